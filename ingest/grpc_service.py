@@ -1,0 +1,471 @@
+"""The gRPC front door: service `streamhouse.v1.StreamHouse`, health and reflection.
+
+Consume and Subscribe answer with ConsumeResponse bytes built by the reader and ingest
+(streamhouse.record_wire), so their handlers use an identity serializer; every other call uses
+the generated protobuf classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ingest.pipeline import Pipeline, PipelineUnavailable
+from ingest.produce import Partitioner, ProduceRejected, plan_produce
+from metadata import (
+    InvalidTopicError,
+    MetadataStore,
+    TopicExistsError,
+    TopicInfo,
+    UnknownTopicError,
+)
+from streamhouse.config import Settings
+from streamhouse.frames import FORMAT_RECORDS, FetchPart, FetchRequest
+from streamhouse.proto import streamhouse_pb2 as pb
+from streamhouse.record_wire import consume_response_tail
+from streamhouse.topic_config import TopicConfigError, effective_config, validate_topic_config
+
+log = logging.getLogger("ingest.grpc")
+
+SERVICE = "streamhouse.v1.StreamHouse"
+DEFAULT_MAX_RECORDS = 10_000
+DEFAULT_MAX_BYTES = 1024 * 1024
+SUBSCRIBE_WAIT_MS = 1_000
+
+# Errors from the pipeline's acks that a client should retry.
+_RETRIABLE = {"KAFKA_STORAGE_ERROR", "NOT_ENOUGH_REPLICAS", "REQUEST_TIMED_OUT"}
+
+
+class StreamHouseService:
+    def __init__(self, settings: Settings, meta: MetadataStore, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.meta = meta
+        self.pipeline = pipeline
+        self.partitioner = Partitioner()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _topic(self, name: str) -> TopicInfo:
+        topic = self.meta.get_topic(name) if name else None
+        if topic is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"topic {name!r} does not exist")
+        return topic
+
+    def _topic_message(self, topic: TopicInfo) -> pb.Topic:
+        parts = [
+            pb.PartitionInfo(
+                partition=p.partition,
+                log_start_offset=p.log_start_offset,
+                high_watermark=p.high_watermark,
+            )
+            for p in self.meta.list_partitions(topic.topic_id)
+        ]
+        return pb.Topic(
+            name=topic.name,
+            partitions=topic.partitions,
+            config=effective_config(topic.config),
+            topic_id=topic.uuid.hex(),
+            partition_info=parts,
+        )
+
+    # -- admin ---------------------------------------------------------------------------
+
+    async def CreateTopic(
+        self, request: pb.CreateTopicRequest, context: Any
+    ) -> pb.CreateTopicResponse:
+        partitions = request.partitions or self.settings.default_partitions
+        try:
+            config = validate_topic_config(dict(request.config))
+            topic = self.meta.create_topic(request.name, partitions, config)
+        except (TopicConfigError, InvalidTopicError) as exc:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        except TopicExistsError:
+            raise _Abort(
+                grpc.StatusCode.ALREADY_EXISTS, f"topic {request.name!r} already exists"
+            ) from None
+        log.info("created topic %s with %d partitions", topic.name, topic.partitions)
+        return pb.CreateTopicResponse(topic=self._topic_message(topic))
+
+    async def GetTopic(self, request: pb.GetTopicRequest, context: Any) -> pb.GetTopicResponse:
+        return pb.GetTopicResponse(topic=self._topic_message(self._topic(request.name)))
+
+    async def ListTopics(
+        self, request: pb.ListTopicsRequest, context: Any
+    ) -> pb.ListTopicsResponse:
+        return pb.ListTopicsResponse(
+            topics=[self._topic_message(t) for t in self.meta.list_topics()]
+        )
+
+    async def DeleteTopic(
+        self, request: pb.DeleteTopicRequest, context: Any
+    ) -> pb.DeleteTopicResponse:
+        try:
+            self.meta.delete_topic(request.name)
+        except UnknownTopicError:
+            raise _Abort(
+                grpc.StatusCode.NOT_FOUND, f"topic {request.name!r} does not exist"
+            ) from None
+        log.info("deleted topic %s", request.name)
+        return pb.DeleteTopicResponse()
+
+    # -- produce -------------------------------------------------------------------------
+
+    async def _produce(
+        self,
+        topic_name: str,
+        partition: int | None,
+        records: Any,
+        producer: tuple[int, int, int] | None,
+    ) -> pb.ProduceBatchResponse:
+        topic = self._topic(topic_name)
+        try:
+            slots = plan_produce(
+                topic.topic_id,
+                topic.partitions,
+                records,
+                partition,
+                self.partitioner,
+                self.settings.max_record_bytes,
+                self.settings.max_batch_bytes,
+                producer,
+            )
+        except ProduceRejected as exc:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        try:
+            outcome = await self.pipeline.produce(slots)
+        except PipelineUnavailable as exc:
+            raise _Abort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        results = []
+        for slot, slot_results in zip(slots, outcome, strict=True):
+            base_offset, error = slot_results[0]
+            if error:
+                raise _ack_error(error, topic_name, slot.partition)
+            results.append(
+                pb.PartitionResult(
+                    partition=slot.partition,
+                    base_offset=base_offset,
+                    record_count=slot.batches[0][0],
+                )
+            )
+        return pb.ProduceBatchResponse(
+            partition=results[0].partition,
+            base_offset=results[0].base_offset,
+            record_count=len(records),
+            results=results,
+        )
+
+    async def Produce(self, request: pb.ProduceRequest, context: Any) -> pb.ProduceResponse:
+        partition = request.partition if request.HasField("partition") else None
+        result = await self._produce(request.topic, partition, [request.record], None)
+        return pb.ProduceResponse(partition=result.partition, base_offset=result.base_offset)
+
+    async def ProduceBatch(
+        self, request: pb.ProduceBatchRequest, context: Any
+    ) -> pb.ProduceBatchResponse:
+        _refuse_malformed(request)  # ProduceStream passes its requests through here
+        partition = request.partition if request.HasField("partition") else None
+        producer = None
+        if request.HasField("producer_id"):
+            producer = (request.producer_id, request.producer_epoch, request.base_sequence)
+        return await self._produce(request.topic, partition, request.records, producer)
+
+    async def ProduceStream(
+        self, requests: AsyncIterator[pb.ProduceBatchRequest], context: Any
+    ) -> AsyncIterator[pb.ProduceBatchResponse]:
+        # Requests are admitted as they arrive; answers go out in request order.
+        answers: asyncio.Queue[asyncio.Task[pb.ProduceBatchResponse] | None] = asyncio.Queue(64)
+
+        async def admit() -> None:
+            try:
+                async for request in requests:
+                    await answers.put(asyncio.ensure_future(self.ProduceBatch(request, context)))
+            finally:
+                await answers.put(None)
+
+        admitter = asyncio.ensure_future(admit())
+        try:
+            while True:
+                task = await answers.get()
+                if task is None:
+                    break
+                yield await task
+            await admitter
+        finally:
+            admitter.cancel()
+
+    # -- consume -------------------------------------------------------------------------
+
+    def _fetch_request(self, request: Any, max_wait_ms: int) -> tuple[TopicInfo, FetchRequest]:
+        topic = self._topic(request.topic)
+        if not 0 <= request.partition < topic.partitions:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"partition {request.partition} is out of range: topic {topic.name!r} has "
+                f"partitions 0..{topic.partitions - 1}",
+            )
+        if request.max_records < 0 or request.max_bytes < 0:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "max_records and max_bytes must be >= 0")
+        offset = request.offset
+        if offset < 0:
+            state = self.meta.get_partition(topic.topic_id, request.partition)
+            if state is None:
+                raise _Abort(grpc.StatusCode.NOT_FOUND, f"topic {topic.name!r} does not exist")
+            if offset == -2:
+                offset = state.log_start_offset
+            elif offset == -1:
+                offset = state.high_watermark
+            else:
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"offset {offset} is invalid: use >= 0, -2 (earliest) or -1 (latest)",
+                )
+        max_bytes = min(request.max_bytes or DEFAULT_MAX_BYTES, self.settings.max_fetch_bytes)
+        fetch = FetchRequest(
+            request_id=0,
+            max_wait_ms=max_wait_ms,
+            min_bytes=1,
+            max_bytes=max_bytes,
+            format=FORMAT_RECORDS,
+            parts=[FetchPart(topic.topic_id, request.partition, offset, max_bytes)],
+            max_records=request.max_records or DEFAULT_MAX_RECORDS,
+        )
+        return topic, fetch
+
+    async def _consume_once(self, topic: TopicInfo, fetch: FetchRequest) -> tuple[bytes, int]:
+        try:
+            response, payload = await self.pipeline.fetch(fetch)
+        except PipelineUnavailable as exc:
+            raise _Abort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        part = response.parts[0]
+        if part.error == "OFFSET_OUT_OF_RANGE":
+            raise _Abort(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"offset {fetch.parts[0].offset} is outside the log of {topic.name!r} "
+                f"partition {part.partition}: valid offsets are {part.log_start_offset}.."
+                f"{part.high_watermark}",
+            )
+        if part.error == "UNKNOWN_TOPIC_OR_PARTITION":
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"topic {topic.name!r} does not exist")
+        if part.error:
+            raise _Abort(grpc.StatusCode.UNAVAILABLE, f"read failed ({part.error}); retry")
+        tail = consume_response_tail(part.high_watermark, part.log_start_offset, part.next_offset)
+        return payload + tail, part.next_offset
+
+    async def Consume(self, request: pb.ConsumeRequest, context: Any) -> bytes:
+        if request.max_wait_ms < 0:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "max_wait_ms must be >= 0")
+        topic, fetch = self._fetch_request(request, min(request.max_wait_ms, 60_000))
+        body, _ = await self._consume_once(topic, fetch)
+        return body
+
+    async def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> AsyncIterator[bytes]:
+        topic, fetch = self._fetch_request(request, SUBSCRIBE_WAIT_MS)
+        part = fetch.parts[0]
+        while True:
+            body, next_offset = await self._consume_once(topic, fetch)
+            if next_offset != part.offset:
+                yield body
+            part = FetchPart(part.topic_id, part.partition, next_offset, part.max_bytes)
+            fetch = FetchRequest(
+                request_id=0,
+                max_wait_ms=fetch.max_wait_ms,
+                min_bytes=1,
+                max_bytes=fetch.max_bytes,
+                format=fetch.format,
+                parts=[part],
+                max_records=fetch.max_records,
+            )
+
+    # -- offsets and producers -----------------------------------------------------------
+
+    def _check_offset_target(self, group: str, topic_name: str, partition: int) -> TopicInfo:
+        if not group:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "group must not be empty")
+        topic = self._topic(topic_name)
+        if not 0 <= partition < topic.partitions:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"partition {partition} is out of range: topic {topic.name!r} has "
+                f"partitions 0..{topic.partitions - 1}",
+            )
+        return topic
+
+    async def CommitOffset(
+        self, request: pb.CommitOffsetRequest, context: Any
+    ) -> pb.CommitOffsetResponse:
+        topic = self._check_offset_target(request.group, request.topic, request.partition)
+        if request.offset < 0:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "offset must be >= 0")
+        self.meta.commit_offset(
+            request.group, topic.topic_id, request.partition, request.offset, request.metadata
+        )
+        return pb.CommitOffsetResponse()
+
+    async def GetOffset(self, request: pb.GetOffsetRequest, context: Any) -> pb.GetOffsetResponse:
+        topic = self._check_offset_target(request.group, request.topic, request.partition)
+        found = self.meta.get_offset(request.group, topic.topic_id, request.partition)
+        if found is None:
+            return pb.GetOffsetResponse(offset=-1, metadata="")
+        return pb.GetOffsetResponse(offset=found[0], metadata=found[1])
+
+    async def InitProducer(
+        self, request: pb.InitProducerRequest, context: Any
+    ) -> pb.InitProducerResponse:
+        producer_id, epoch = self.meta.allocate_producer_id()
+        return pb.InitProducerResponse(producer_id=producer_id, producer_epoch=epoch)
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _ack_error(error: str, topic: str, partition: int) -> _Abort:
+    if error == "UNKNOWN_TOPIC_OR_PARTITION":
+        return _Abort(grpc.StatusCode.NOT_FOUND, f"topic {topic!r} was deleted while producing")
+    if error == "OUT_OF_ORDER_SEQUENCE_NUMBER":
+        return _Abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"out-of-order sequence number for partition {partition}: a batch is missing",
+        )
+    if error == "INVALID_PRODUCER_EPOCH":
+        return _Abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "producer epoch is fenced by a newer one: call InitProducer again",
+        )
+    if error in _RETRIABLE:
+        return _Abort(
+            grpc.StatusCode.UNAVAILABLE, f"the object store did not take the data ({error}); retry"
+        )
+    return _Abort(grpc.StatusCode.INTERNAL, f"produce failed: {error}")
+
+
+class _MalformedRequest:
+    """Stands in for a request body that did not parse, so the handler can refuse it."""
+
+    def __init__(self, kind: str, why: str) -> None:
+        self.message = f"the request is not a valid {kind}: {why}"
+
+
+def _parser(kind: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return kind.FromString(data)
+        except DecodeError as exc:
+            return _MalformedRequest(kind.DESCRIPTOR.full_name, str(exc))
+
+    return parse
+
+
+def _refuse_malformed(request: Any) -> None:
+    if isinstance(request, _MalformedRequest):
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
+
+def _wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            _refuse_malformed(request)
+            return await fn(request, context)
+        except _Abort as exc:
+            await context.abort(exc.code, exc.message)
+        except Exception:
+            log.exception("internal error in %s", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the ingest log")
+
+    return handler
+
+
+def _wrap_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            _refuse_malformed(request)
+            async for item in fn(request, context):
+                yield item
+        except _Abort as exc:
+            await context.abort(exc.code, exc.message)
+        except Exception:
+            log.exception("internal error in %s", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the ingest log")
+
+    return handler
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def method_handlers(service: StreamHouseService) -> grpc.GenericRpcHandler:
+    unary = {
+        "CreateTopic": (pb.CreateTopicRequest, pb.CreateTopicResponse),
+        "GetTopic": (pb.GetTopicRequest, pb.GetTopicResponse),
+        "ListTopics": (pb.ListTopicsRequest, pb.ListTopicsResponse),
+        "DeleteTopic": (pb.DeleteTopicRequest, pb.DeleteTopicResponse),
+        "Produce": (pb.ProduceRequest, pb.ProduceResponse),
+        "ProduceBatch": (pb.ProduceBatchRequest, pb.ProduceBatchResponse),
+        "CommitOffset": (pb.CommitOffsetRequest, pb.CommitOffsetResponse),
+        "GetOffset": (pb.GetOffsetRequest, pb.GetOffsetResponse),
+        "InitProducer": (pb.InitProducerRequest, pb.InitProducerResponse),
+    }
+    handlers: dict[str, grpc.RpcMethodHandler] = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(getattr(service, name)),
+            request_deserializer=_parser(req),
+            response_serializer=resp.SerializeToString,
+        )
+        for name, (req, resp) in unary.items()
+    }
+    handlers["Consume"] = grpc.unary_unary_rpc_method_handler(
+        _wrap_unary(service.Consume),
+        request_deserializer=_parser(pb.ConsumeRequest),
+        response_serializer=_identity,
+    )
+    handlers["Subscribe"] = grpc.unary_stream_rpc_method_handler(
+        _wrap_stream(service.Subscribe),
+        request_deserializer=_parser(pb.SubscribeRequest),
+        response_serializer=_identity,
+    )
+    handlers["ProduceStream"] = grpc.stream_stream_rpc_method_handler(
+        _wrap_stream(service.ProduceStream),
+        request_deserializer=_parser(pb.ProduceBatchRequest),
+        response_serializer=pb.ProduceBatchResponse.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+async def start_grpc_server(
+    settings: Settings, meta: MetadataStore, pipeline: Pipeline
+) -> grpc.aio.Server:
+    """Starts the gRPC server on settings.grpc_listen with health and reflection on."""
+    limit = max(settings.max_batch_bytes, settings.max_fetch_bytes) + 4 * 1024 * 1024
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    server.add_generic_rpc_handlers(
+        (method_handlers(StreamHouseService(settings, meta, pipeline)),)
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bound = server.add_insecure_port(settings.grpc_listen)
+    if bound == 0:
+        raise OSError(f"cannot listen on {settings.grpc_listen} (STREAMHOUSE_GRPC_LISTEN): in use?")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    return server

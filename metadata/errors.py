@@ -1,0 +1,44 @@
+"""Exceptions raised by the metadata store.
+
+Every error the store raises on purpose is a :class:`MetadataError`, so callers can catch one
+class. The subclasses map onto Kafka error codes where one exists (noted per class); the
+mapping itself belongs to the ingest layer.
+"""
+
+from __future__ import annotations
+
+
+class MetadataError(Exception):
+    """Base class of every error the metadata store raises on purpose."""
+
+
+class TopicExistsError(MetadataError):
+    """A topic with that name already exists (Kafka TOPIC_ALREADY_EXISTS)."""
+
+
+class UnknownTopicError(MetadataError):
+    """The topic or partition does not exist (Kafka UNKNOWN_TOPIC_OR_PARTITION)."""
+
+
+class InvalidTopicError(MetadataError):
+    """A topic request is invalid; the message says why (Kafka INVALID_TOPIC_EXCEPTION)."""
+
+
+class InvalidPartitionsError(InvalidTopicError):
+    """The partition count is out of range or would shrink (Kafka INVALID_PARTITIONS)."""
+
+
+class InvalidConfigError(InvalidTopicError):
+    """A topic config is not a mapping of str to str (Kafka INVALID_CONFIG)."""
+
+
+class OffsetOutOfRangeError(MetadataError):
+    """An offset lies outside the partition's log (Kafka OFFSET_OUT_OF_RANGE)."""
+
+
+class DuplicateSegmentError(MetadataError):
+    """A segment with that object key has already been committed."""
+
+
+class SchemaTooNewError(MetadataError):
+    """The metadata file was written by newer code than this; refuse to touch it."""

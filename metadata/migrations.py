@@ -1,0 +1,231 @@
+"""Versioned schema migrations for the metadata SQLite file.
+
+The schema version lives in ``PRAGMA user_version``; version 0 is an empty file. ``MIGRATIONS``
+is an ordered list of steps, step *N* taking the file from version *N-1* to *N*. Each step runs
+in its own ``BEGIN IMMEDIATE`` transaction together with the ``user_version`` bump, so a crash
+leaves the file at a whole version and two processes opening the same file at once apply each
+step exactly once (the second re-reads the version under the write lock and skips it).
+
+Never edit a released step: append a new one.
+
+Schema (version 1)
+==================
+
+All tables are ``STRICT``. Times are milliseconds since the Unix epoch. Offsets are Kafka
+offsets (int64); ``end_offset`` is always exclusive.
+
+``topics`` -- one row per live topic.
+    ``topic_id INTEGER PRIMARY KEY AUTOINCREMENT`` (never reused, even after a delete),
+    ``name TEXT UNIQUE``, ``uuid BLOB UNIQUE`` (16 random bytes, the Kafka topic id),
+    ``partitions INTEGER`` (1..10000), ``config TEXT`` (JSON object of str -> str),
+    ``created_ms INTEGER``.
+
+``partitions`` -- one row per partition of a live topic, ``PRIMARY KEY (topic_id, partition)``.
+    ``log_start_offset INTEGER`` (first readable offset, moved by DeleteRecords/retention),
+    ``high_watermark INTEGER`` (next offset to assign = end of the committed log).
+
+``segments`` -- one row per committed segment object.
+    ``segment_id INTEGER PRIMARY KEY AUTOINCREMENT``, ``key TEXT UNIQUE`` (object key),
+    ``size INTEGER`` (bytes), ``created_ms INTEGER``.
+
+``segment_blocks`` -- where a partition's records live; one row per (segment, partition run).
+    ``PRIMARY KEY (topic_id, partition, end_offset)``, ``WITHOUT ROWID`` so the rows are
+    clustered in lookup order (find the first block with ``end_offset > offset``).
+    ``base_offset`` .. ``end_offset`` (exclusive) cover only the batches that got offsets;
+    ``segment_id``; ``byte_offset``/``byte_length`` locate the block inside the object;
+    ``record_count`` = records that got offsets (= end_offset - base_offset);
+    ``max_timestamp``; ``skipped_batches TEXT`` -- NULL, or a JSON array of the ordinals
+    (0-based, within the block) of batches that are physically present but got no offsets
+    (duplicates, sequence or epoch errors). Index ``segment_blocks_segment`` on ``segment_id``
+    lets a lifecycle job find segments that no block references any more.
+
+``group_offsets`` -- committed consumer offsets, ``PRIMARY KEY (group_id, topic_id, partition)``.
+    ``"offset" INTEGER``, ``metadata TEXT``, ``commit_ms INTEGER``. Index on ``topic_id`` makes
+    deleting a topic's offsets cheap.
+
+``producer_ids`` -- a single row (``id = 1``) holding ``next_producer_id``, the counter behind
+    producer id allocation.
+
+``producer_state`` -- idempotent-producer state, ``PRIMARY KEY (topic_id, partition,
+    producer_id)``, ``WITHOUT ROWID``. ``producer_epoch INTEGER``; ``batches TEXT`` -- JSON
+    array of up to 5 ``[first_sequence, last_sequence, base_offset, record_count]``, oldest
+    first; ``last_update_ms INTEGER`` (for a future expiry job).
+
+``deleted_topics`` -- bookkeeping for the lifecycle job: ``topic_id INTEGER PRIMARY KEY``,
+    ``name``, ``uuid``, ``partitions``, ``deleted_ms``. The topic's blocks are gone, so the
+    segments that held only its data are the ones no block references any more.
+
+``PRAGMA application_id`` is set to :data:`APPLICATION_ID` so that a foreign SQLite file is
+refused rather than migrated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import apsw
+
+from metadata.errors import MetadataError, SchemaTooNewError
+
+#: ``PRAGMA application_id`` of a StreamHouse metadata file ("SHMD").
+APPLICATION_ID = 0x53484D44
+
+
+class Migration(NamedTuple):
+    """One schema step: takes the file from ``version - 1`` to ``version``.
+
+    ``apply`` is either an SQL script or a callable that receives the connection; it runs inside
+    the step's transaction and must not commit or roll back itself.
+    """
+
+    version: int
+    description: str
+    apply: str | Callable[[apsw.Connection], None]
+
+
+_SCHEMA_V1 = f"""
+PRAGMA application_id = {APPLICATION_ID};
+
+CREATE TABLE topics (
+    topic_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT    NOT NULL UNIQUE,
+    uuid        BLOB    NOT NULL UNIQUE CHECK (length(uuid) = 16),
+    partitions  INTEGER NOT NULL CHECK (partitions BETWEEN 1 AND 10000),
+    config      TEXT    NOT NULL DEFAULT '{{}}',
+    created_ms  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE partitions (
+    topic_id          INTEGER NOT NULL,
+    partition         INTEGER NOT NULL,
+    log_start_offset  INTEGER NOT NULL DEFAULT 0,
+    high_watermark    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (topic_id, partition)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE segments (
+    segment_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+    key         TEXT    NOT NULL UNIQUE,
+    size        INTEGER NOT NULL,
+    created_ms  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE segment_blocks (
+    topic_id         INTEGER NOT NULL,
+    partition        INTEGER NOT NULL,
+    end_offset       INTEGER NOT NULL,
+    base_offset      INTEGER NOT NULL,
+    segment_id       INTEGER NOT NULL,
+    byte_offset      INTEGER NOT NULL,
+    byte_length      INTEGER NOT NULL,
+    record_count     INTEGER NOT NULL,
+    max_timestamp    INTEGER NOT NULL,
+    skipped_batches  TEXT,
+    PRIMARY KEY (topic_id, partition, end_offset)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX segment_blocks_segment ON segment_blocks (segment_id);
+
+CREATE TABLE group_offsets (
+    group_id   TEXT    NOT NULL,
+    topic_id   INTEGER NOT NULL,
+    partition  INTEGER NOT NULL,
+    "offset"   INTEGER NOT NULL,
+    metadata   TEXT    NOT NULL DEFAULT '',
+    commit_ms  INTEGER NOT NULL,
+    PRIMARY KEY (group_id, topic_id, partition)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX group_offsets_topic ON group_offsets (topic_id);
+
+CREATE TABLE producer_ids (
+    id                INTEGER PRIMARY KEY CHECK (id = 1),
+    next_producer_id  INTEGER NOT NULL
+) STRICT;
+
+INSERT INTO producer_ids (id, next_producer_id) VALUES (1, 0);
+
+CREATE TABLE producer_state (
+    topic_id        INTEGER NOT NULL,
+    partition       INTEGER NOT NULL,
+    producer_id     INTEGER NOT NULL,
+    producer_epoch  INTEGER NOT NULL,
+    batches         TEXT    NOT NULL,
+    last_update_ms  INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, partition, producer_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE deleted_topics (
+    topic_id    INTEGER PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    uuid        BLOB    NOT NULL,
+    partitions  INTEGER NOT NULL,
+    deleted_ms  INTEGER NOT NULL
+) STRICT;
+"""
+
+#: The ordered migration steps; ``MIGRATIONS[i].version == i + 1``.
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _SCHEMA_V1),)
+
+
+def latest_version(steps: Sequence[Migration] | None = None) -> int:
+    """Return the schema version the given steps (default :data:`MIGRATIONS`) produce."""
+    steps = MIGRATIONS if steps is None else steps
+    return steps[-1].version if steps else 0
+
+
+def schema_version(db: apsw.Connection) -> int:
+    """Return the file's current schema version (``PRAGMA user_version``)."""
+    return int(db.execute("PRAGMA user_version").fetchall()[0][0])
+
+
+def _check_file(db: apsw.Connection, current: int, latest: int) -> None:
+    app_id = int(db.execute("PRAGMA application_id").fetchall()[0][0])
+    if app_id not in (0, APPLICATION_ID):
+        raise MetadataError(
+            f"not a StreamHouse metadata file (application_id {app_id:#x}, "
+            f"expected {APPLICATION_ID:#x})"
+        )
+    if current > latest:
+        raise SchemaTooNewError(
+            f"metadata file has schema version {current}, but this code only knows versions "
+            f"up to {latest}; upgrade StreamHouse before opening it"
+        )
+
+
+def migrate(db: apsw.Connection, steps: Sequence[Migration] | None = None) -> int:
+    """Bring the open database up to the latest schema version and return that version.
+
+    Applies every step newer than the file's ``user_version``, each in one ``BEGIN IMMEDIATE``
+    transaction that also bumps ``user_version``; a failing step rolls back and its exception
+    propagates, leaving the file at the previous version. Raises :class:`SchemaTooNewError` if
+    the file is newer than the code and :class:`MetadataError` if it is not a StreamHouse file.
+    Safe to run concurrently from several processes on the same file. ``steps`` defaults to
+    :data:`MIGRATIONS` (looked up at call time).
+    """
+    steps = MIGRATIONS if steps is None else steps
+    for i, step in enumerate(steps):
+        if step.version != i + 1:
+            raise MetadataError(f"migration list is broken: step {i} has version {step.version}")
+    latest = latest_version(steps)
+    current = schema_version(db)
+    _check_file(db, current, latest)
+    for step in steps[current:]:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            current = schema_version(db)
+            _check_file(db, current, latest)
+            if current < step.version:
+                if isinstance(step.apply, str):
+                    db.execute(step.apply)
+                else:
+                    step.apply(db)
+                db.execute(f"PRAGMA user_version = {int(step.version)}")
+            db.execute("COMMIT")
+        except BaseException:
+            if not db.getautocommit():
+                db.execute("ROLLBACK")
+            raise
+    return schema_version(db)

@@ -1,0 +1,858 @@
+"""The metadata store: topics, partitions, the segment index, group offsets, producer state.
+
+Each process (ingest, uploader, reader) opens its own :class:`MetadataStore` on the same SQLite
+file. The file is in WAL mode, so readers never block the writer and see the last committed
+state; writers serialise on SQLite's write lock and wait for it up to the busy timeout instead of
+failing. Every write runs in one ``BEGIN IMMEDIATE`` transaction, so it either happens entirely
+or not at all, and is durable once the call returns (``synchronous=FULL`` by default).
+
+A store object may be shared by threads (calls are serialised by a lock), but the usual pattern
+is one store per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Final, Literal
+
+import apsw
+import msgspec
+
+from metadata import migrations
+from metadata.errors import (
+    DuplicateSegmentError,
+    InvalidConfigError,
+    InvalidPartitionsError,
+    InvalidTopicError,
+    MetadataError,
+    OffsetOutOfRangeError,
+    TopicExistsError,
+    UnknownTopicError,
+)
+
+MAX_TOPIC_NAME_LENGTH: Final = 249
+MAX_PARTITIONS: Final = 10_000
+#: How many recent batches per producer and partition are kept for duplicate detection (Kafka).
+PRODUCER_BATCH_WINDOW: Final = 5
+
+UNKNOWN_TOPIC_OR_PARTITION: Final = "UNKNOWN_TOPIC_OR_PARTITION"
+OUT_OF_ORDER_SEQUENCE_NUMBER: Final = "OUT_OF_ORDER_SEQUENCE_NUMBER"
+INVALID_PRODUCER_EPOCH: Final = "INVALID_PRODUCER_EPOCH"
+
+_LEGAL_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")
+_SEQ_MASK = 0x7FFFFFFF  # Kafka sequences are non-negative int32 that wrap to 0
+
+
+# --------------------------------------------------------------------------- records
+
+
+class TopicInfo(msgspec.Struct, frozen=True):
+    """A live topic. ``uuid`` is the 16-byte Kafka topic id."""
+
+    topic_id: int
+    name: str
+    uuid: bytes
+    partitions: int
+    config: dict[str, str]
+    created_ms: int
+
+
+class PartitionState(msgspec.Struct, frozen=True):
+    """A partition's readable range: offsets ``log_start_offset`` .. ``high_watermark - 1``."""
+
+    topic_id: int
+    partition: int
+    log_start_offset: int
+    high_watermark: int
+
+
+class BatchRef(msgspec.Struct, frozen=True):
+    """What :meth:`MetadataStore.commit_segment` needs to know about one RecordBatch.
+
+    ``producer_id < 0`` means a non-idempotent batch (no sequence checks).
+    """
+
+    record_count: int
+    producer_id: int = -1
+    producer_epoch: int = -1
+    base_sequence: int = -1
+
+
+class CommitBlock(msgspec.Struct, frozen=True):
+    """One partition's consecutive batches inside a segment object, in log order."""
+
+    topic_id: int
+    partition: int
+    byte_offset: int
+    byte_length: int
+    max_timestamp: int
+    batches: list[BatchRef]
+
+
+class BatchResult(msgspec.Struct, frozen=True):
+    """Outcome of one batch: its base offset (``-1`` on error) and a Kafka error name or None.
+
+    A deduplicated batch has ``error=None``, ``duplicate=True`` and the base offset it got when
+    first committed; it takes no new offsets.
+    """
+
+    base_offset: int
+    error: str | None = None
+    duplicate: bool = False
+
+
+class BlockLocation(msgspec.Struct, frozen=True):
+    """Where offsets ``base_offset`` .. ``end_offset - 1`` of a partition are stored.
+
+    ``skipped_batches`` are ordinals of batches inside the block bytes that got no offsets and
+    must be skipped by readers; the remaining batches take consecutive offsets from
+    ``base_offset``.
+    """
+
+    segment_key: str
+    byte_offset: int
+    byte_length: int
+    base_offset: int
+    end_offset: int
+    record_count: int
+    max_timestamp: int
+    skipped_batches: tuple[int, ...]
+
+
+class GroupOffset(msgspec.Struct, frozen=True):
+    """A committed consumer-group offset."""
+
+    topic_id: int
+    partition: int
+    offset: int
+    metadata: str
+    commit_ms: int
+
+
+class DeletedTopic(msgspec.Struct, frozen=True):
+    """Bookkeeping left behind by :meth:`MetadataStore.delete_topic` for the lifecycle job."""
+
+    topic_id: int
+    name: str
+    uuid: bytes
+    partitions: int
+    deleted_ms: int
+
+
+_RESULT_UNKNOWN: Final = BatchResult(-1, UNKNOWN_TOPIC_OR_PARTITION)
+_RESULT_OUT_OF_ORDER: Final = BatchResult(-1, OUT_OF_ORDER_SEQUENCE_NUMBER)
+_RESULT_BAD_EPOCH: Final = BatchResult(-1, INVALID_PRODUCER_EPOCH)
+
+_config_decoder = msgspec.json.Decoder(dict[str, str])
+_skipped_decoder = msgspec.json.Decoder(tuple[int, ...])
+_batches_decoder = msgspec.json.Decoder(list[tuple[int, int, int, int]])
+_json_encode = msgspec.json.encode
+
+
+# --------------------------------------------------------------------------- SQL
+
+_TOPIC_COLUMNS = "topic_id, name, uuid, partitions, config, created_ms"
+_SQL_TOPIC_BY_NAME = f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE name = ?"
+_SQL_TOPIC_BY_ID = f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE topic_id = ?"
+_SQL_TOPIC_BY_UUID = f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE uuid = ?"
+_SQL_TOPICS = f"SELECT {_TOPIC_COLUMNS} FROM topics ORDER BY name"
+_SQL_INSERT_TOPIC = (
+    "INSERT INTO topics (name, uuid, partitions, config, created_ms) VALUES (?, ?, ?, ?, ?)"
+)
+_SQL_INSERT_PARTITION = (
+    "INSERT INTO partitions (topic_id, partition, log_start_offset, high_watermark) "
+    "VALUES (?, ?, 0, 0)"
+)
+_SQL_PARTITION = (
+    "SELECT topic_id, partition, log_start_offset, high_watermark FROM partitions "
+    "WHERE topic_id = ? AND partition = ?"
+)
+_SQL_PARTITIONS = (
+    "SELECT topic_id, partition, log_start_offset, high_watermark FROM partitions "
+    "WHERE topic_id = ? ORDER BY partition"
+)
+# Set-based lookups for commit_segment: one statement (cached) for all keys, passed as a JSON
+# array of [topic_id, partition(, producer_id)] and joined against the primary key.
+_SQL_HWMS = (
+    "SELECT p.topic_id, p.partition, p.high_watermark FROM json_each(?) AS j "
+    "JOIN partitions AS p ON p.topic_id = j.value ->> 0 AND p.partition = j.value ->> 1"
+)
+_SQL_SET_HWM = "UPDATE partitions SET high_watermark = ? WHERE topic_id = ? AND partition = ?"
+_SQL_SET_LSO = "UPDATE partitions SET log_start_offset = ? WHERE topic_id = ? AND partition = ?"
+_SQL_INSERT_SEGMENT = "INSERT INTO segments (key, size, created_ms) VALUES (?, ?, ?)"
+_SQL_INSERT_BLOCK = (
+    "INSERT INTO segment_blocks (topic_id, partition, end_offset, base_offset, segment_id, "
+    "byte_offset, byte_length, record_count, max_timestamp, skipped_batches) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SQL_FIND_BLOCKS = (
+    "SELECT s.key, b.byte_offset, b.byte_length, b.base_offset, b.end_offset, b.record_count, "
+    "b.max_timestamp, b.skipped_batches "
+    "FROM segment_blocks AS b JOIN segments AS s ON s.segment_id = b.segment_id "
+    "WHERE b.topic_id = ? AND b.partition = ? AND b.end_offset > ? "
+    "ORDER BY b.end_offset LIMIT ?"
+)
+_SQL_PRODUCER_STATES = (
+    "SELECT s.topic_id, s.partition, s.producer_id, s.producer_epoch, s.batches "
+    "FROM json_each(?) AS j JOIN producer_state AS s ON s.topic_id = j.value ->> 0 "
+    "AND s.partition = j.value ->> 1 AND s.producer_id = j.value ->> 2"
+)
+_SQL_UPSERT_PRODUCER_STATE = (
+    "INSERT INTO producer_state (topic_id, partition, producer_id, producer_epoch, batches, "
+    "last_update_ms) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (topic_id, partition, producer_id) DO UPDATE SET "
+    "producer_epoch = excluded.producer_epoch, batches = excluded.batches, "
+    "last_update_ms = excluded.last_update_ms"
+)
+_SQL_UPSERT_OFFSET = (
+    'INSERT INTO group_offsets (group_id, topic_id, partition, "offset", metadata, commit_ms) '
+    "SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS "
+    "(SELECT 1 FROM partitions WHERE topic_id = ?2 AND partition = ?3) "
+    "ON CONFLICT (group_id, topic_id, partition) DO UPDATE SET "
+    '"offset" = excluded."offset", metadata = excluded.metadata, commit_ms = excluded.commit_ms'
+)
+_SQL_GET_OFFSET = (
+    'SELECT "offset", metadata FROM group_offsets '
+    "WHERE group_id = ? AND topic_id = ? AND partition = ?"
+)
+_SQL_GROUP_OFFSETS = (
+    'SELECT topic_id, partition, "offset", metadata, commit_ms FROM group_offsets '
+    "WHERE group_id = ? ORDER BY topic_id, partition"
+)
+_SQL_ALLOCATE_PRODUCER_ID = (
+    "UPDATE producer_ids SET next_producer_id = next_producer_id + 1 WHERE id = 1 "
+    "RETURNING next_producer_id - 1"
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def validate_topic_name(name: object) -> str:
+    """Return ``name`` if it is a legal Kafka topic name, else raise :class:`InvalidTopicError`.
+
+    Legal: 1..249 characters of ASCII letters, digits, ``.``, ``_`` and ``-``; not ``.`` or ``..``.
+    """
+    if not isinstance(name, str):
+        raise InvalidTopicError(f"topic name must be a string, got {type(name).__name__}")
+    if not name:
+        raise InvalidTopicError("topic name is illegal: it can't be empty")
+    if name in (".", ".."):
+        raise InvalidTopicError(f'topic name is illegal: it can\'t be "{name}"')
+    if len(name) > MAX_TOPIC_NAME_LENGTH:
+        raise InvalidTopicError(
+            f"topic name is illegal: it is {len(name)} characters long, "
+            f"the limit is {MAX_TOPIC_NAME_LENGTH}"
+        )
+    if _LEGAL_TOPIC_NAME.fullmatch(name) is None:
+        raise InvalidTopicError(
+            f"topic name {name!r} is illegal: it contains a character other than ASCII "
+            "alphanumerics, '.', '_' and '-'"
+        )
+    return name
+
+
+def _validate_partitions(partitions: object) -> int:
+    if isinstance(partitions, bool) or not isinstance(partitions, int):
+        raise InvalidPartitionsError(
+            f"partition count must be an integer, got {type(partitions).__name__}"
+        )
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise InvalidPartitionsError(
+            f"partition count must be between 1 and {MAX_PARTITIONS}, got {partitions}"
+        )
+    return partitions
+
+
+def _encode_config(config: Mapping[str, str] | None) -> tuple[dict[str, str], str]:
+    if config is None:
+        return {}, "{}"
+    if not isinstance(config, Mapping):
+        raise InvalidConfigError(f"topic config must be a mapping, got {type(config).__name__}")
+    out: dict[str, str] = {}
+    for k, v in config.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidConfigError(
+                f"topic config must map str to str, got {k!r}: {type(v).__name__}"
+            )
+        out[k] = v
+    return out, _json_encode(out).decode()
+
+
+def _new_topic_uuid() -> bytes:
+    """A random topic id, avoiding Kafka's reserved ids (zero, one) and ids whose base64 form
+    starts with '-' (Kafka's ``Uuid.randomUuid`` rule, so ids never look like CLI flags)."""
+    while True:
+        raw = uuidlib.uuid4().bytes
+        value = int.from_bytes(raw, "big")
+        if value > 1 and raw[0] >> 2 != 62:  # url-safe base64 digit 62 is '-'
+            return raw
+
+
+def _topic(row: Sequence[object]) -> TopicInfo:
+    topic_id, name, uuid, partitions, config, created_ms = row
+    return TopicInfo(
+        topic_id=topic_id,  # type: ignore[arg-type]
+        name=name,  # type: ignore[arg-type]
+        uuid=uuid,  # type: ignore[arg-type]
+        partitions=partitions,  # type: ignore[arg-type]
+        config=_config_decoder.decode(config),  # type: ignore[arg-type]
+        created_ms=created_ms,  # type: ignore[arg-type]
+    )
+
+
+class _Producer:
+    """In-memory producer state for one (topic, partition, producer id) during a commit."""
+
+    __slots__ = ("epoch", "batches", "dirty")
+
+    def __init__(self, epoch: int, batches: list[tuple[int, int, int, int]]) -> None:
+        self.epoch = epoch
+        #: up to 5 (first_sequence, last_sequence, base_offset, record_count), oldest first
+        self.batches = batches
+        self.dirty = False
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class MetadataStore:
+    """Metadata of one StreamHouse cluster, kept in an SQLite file shared by its processes.
+
+    Opening creates the file if needed, switches it to WAL mode and migrates it to the latest
+    schema (:mod:`metadata.migrations`); a file from newer code raises
+    :class:`~metadata.errors.SchemaTooNewError`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout_ms: int = 10_000,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+    ) -> None:
+        """Open (creating if needed) and migrate the store at ``path``.
+
+        ``busy_timeout_ms`` is how long a call waits for another process's write lock before
+        raising; ``synchronous`` is SQLite's durability level (FULL: a returned commit survives
+        power loss; NORMAL: it survives a process crash only).
+        """
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+        self._db: apsw.Connection | None = None
+        try:
+            db = apsw.Connection(
+                self.path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+            )
+        except apsw.Error as exc:
+            raise MetadataError(f"cannot open metadata store {self.path!r}: {exc}") from exc
+        try:
+            db.setbusytimeout(busy_timeout_ms)
+            self._prepare(db, synchronous, time.monotonic() + busy_timeout_ms / 1000)
+        except MetadataError:
+            db.close()
+            raise
+        except apsw.Error as exc:
+            db.close()
+            raise MetadataError(f"cannot open metadata store {self.path!r}: {exc}") from exc
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _prepare(self, db: apsw.Connection, synchronous: str, deadline: float) -> None:
+        """Switch to WAL, set durability and migrate, retrying lock conflicts until
+        ``deadline``.
+
+        Needed because SQLite does not run the busy handler where waiting could deadlock: two
+        connections switching a fresh file to WAL at once (both hold SHARED and want
+        EXCLUSIVE) get SQLITE_BUSY immediately. Every step is idempotent, so retrying is safe.
+        """
+        delay = 0.001
+        while True:
+            try:
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
+                if str(mode).lower() != "wal":
+                    raise MetadataError(f"cannot switch {self.path!r} to WAL mode (got {mode!r})")
+                db.execute(f"PRAGMA synchronous = {synchronous}")
+                migrations.migrate(db)
+                return
+            except apsw.BusyError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close the connection. Idempotent; any later call raises :class:`MetadataError`."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> MetadataStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _conn(self) -> apsw.Connection:
+        db = self._db
+        if db is None:
+            raise MetadataError("metadata store is closed")
+        return db
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[apsw.Connection]:
+        """Give the body the connection under the lock; SQLite errors become MetadataError."""
+        with self._lock:
+            try:
+                yield self._conn()
+            except apsw.Error as exc:
+                raise MetadataError(f"metadata store {self.path!r}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[apsw.Connection]:
+        """Run the body in one ``BEGIN IMMEDIATE`` transaction: commit on success, else roll
+        back and re-raise. SQLite errors (e.g. the busy timeout expiring) become
+        :class:`MetadataError`."""
+        with self._lock:
+            db = self._conn()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if not db.getautocommit():
+                        db.execute("ROLLBACK")
+                    raise
+            except apsw.Error as exc:
+                raise MetadataError(f"metadata store {self.path!r}: {exc}") from exc
+
+    # ------------------------------------------------------------------ topics
+
+    def create_topic(
+        self, name: str, partitions: int, config: dict[str, str] | None = None
+    ) -> TopicInfo:
+        """Create a topic with ``partitions`` empty partitions and a fresh id and uuid.
+
+        Raises :class:`InvalidTopicError` (or its subclasses :class:`InvalidPartitionsError`,
+        :class:`InvalidConfigError`) for a bad name, count or config, and
+        :class:`TopicExistsError` if the name is taken.
+        """
+        validate_topic_name(name)
+        _validate_partitions(partitions)
+        cfg, cfg_json = _encode_config(config)
+        now = _now_ms()
+        uuid = _new_topic_uuid()
+        with self._write() as db:
+            if db.execute(_SQL_TOPIC_BY_NAME, (name,)).fetchall():
+                raise TopicExistsError(f"topic {name!r} already exists")
+            db.execute(_SQL_INSERT_TOPIC, (name, uuid, partitions, cfg_json, now))
+            topic_id = db.last_insert_rowid()
+            db.executemany(_SQL_INSERT_PARTITION, ((topic_id, p) for p in range(partitions)))
+        return TopicInfo(topic_id, name, uuid, partitions, cfg, now)
+
+    def get_topic(self, name: str) -> TopicInfo | None:
+        """Return the live topic called ``name``, or None."""
+        with self._read() as db:
+            rows = db.execute(_SQL_TOPIC_BY_NAME, (name,)).fetchall()
+        return _topic(rows[0]) if rows else None
+
+    def get_topic_by_id(self, topic_id: int) -> TopicInfo | None:
+        """Return the live topic with this ``topic_id``, or None (also for deleted topics)."""
+        with self._read() as db:
+            rows = db.execute(_SQL_TOPIC_BY_ID, (topic_id,)).fetchall()
+        return _topic(rows[0]) if rows else None
+
+    def get_topic_by_uuid(self, uuid: bytes) -> TopicInfo | None:
+        """Return the live topic with this 16-byte Kafka topic id, or None."""
+        with self._read() as db:
+            rows = db.execute(_SQL_TOPIC_BY_UUID, (bytes(uuid),)).fetchall()
+        return _topic(rows[0]) if rows else None
+
+    def list_topics(self) -> list[TopicInfo]:
+        """Return all live topics, ordered by name."""
+        with self._read() as db:
+            rows = db.execute(_SQL_TOPICS).fetchall()
+        return [_topic(r) for r in rows]
+
+    def delete_topic(self, name: str) -> TopicInfo:
+        """Delete a topic at once and return what it was.
+
+        In one transaction: its topic, partition, block, group-offset and producer-state rows go,
+        and its id is recorded in ``deleted_topics`` for the lifecycle job. Segment rows stay (a
+        segment may hold other topics' data); those left with no blocks can be reclaimed.
+        The name can be reused immediately; the new topic gets a new id and sees no old data.
+        Raises :class:`UnknownTopicError` if there is no such topic.
+        """
+        now = _now_ms()
+        with self._write() as db:
+            rows = db.execute(_SQL_TOPIC_BY_NAME, (name,)).fetchall()
+            if not rows:
+                raise UnknownTopicError(f"topic {name!r} does not exist")
+            topic = _topic(rows[0])
+            tid = (topic.topic_id,)
+            db.execute("DELETE FROM segment_blocks WHERE topic_id = ?", tid)
+            db.execute("DELETE FROM producer_state WHERE topic_id = ?", tid)
+            db.execute("DELETE FROM group_offsets WHERE topic_id = ?", tid)
+            db.execute("DELETE FROM partitions WHERE topic_id = ?", tid)
+            db.execute("DELETE FROM topics WHERE topic_id = ?", tid)
+            db.execute(
+                "INSERT INTO deleted_topics (topic_id, name, uuid, partitions, deleted_ms) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (topic.topic_id, topic.name, topic.uuid, topic.partitions, now),
+            )
+        return topic
+
+    def list_deleted_topics(self) -> list[DeletedTopic]:
+        """Return the deleted-topic bookkeeping rows, oldest id first."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT topic_id, name, uuid, partitions, deleted_ms FROM deleted_topics "
+                "ORDER BY topic_id"
+            ).fetchall()
+        return [DeletedTopic(*r) for r in rows]
+
+    def add_partitions(self, name: str, total: int) -> TopicInfo:
+        """Grow the topic to ``total`` partitions (new ones start empty) and return it.
+
+        Raises :class:`UnknownTopicError`, or :class:`InvalidPartitionsError` (an
+        :class:`InvalidTopicError`) if ``total`` does not exceed the current count or is above
+        the limit.
+        """
+        _validate_partitions(total)
+        with self._write() as db:
+            rows = db.execute(_SQL_TOPIC_BY_NAME, (name,)).fetchall()
+            if not rows:
+                raise UnknownTopicError(f"topic {name!r} does not exist")
+            topic = _topic(rows[0])
+            if total <= topic.partitions:
+                raise InvalidPartitionsError(
+                    f"topic {name!r} has {topic.partitions} partitions; the new count must be "
+                    f"larger, got {total}"
+                )
+            db.execute(
+                "UPDATE topics SET partitions = ? WHERE topic_id = ?", (total, topic.topic_id)
+            )
+            db.executemany(
+                _SQL_INSERT_PARTITION,
+                ((topic.topic_id, p) for p in range(topic.partitions, total)),
+            )
+        return msgspec.structs.replace(topic, partitions=total)
+
+    def update_topic_config(self, name: str, config: dict[str, str]) -> TopicInfo:
+        """Replace the topic's whole config with ``config`` and return the updated topic.
+
+        Raises :class:`UnknownTopicError` or :class:`InvalidConfigError`.
+        """
+        cfg, cfg_json = _encode_config(config)
+        with self._write() as db:
+            rows = db.execute(_SQL_TOPIC_BY_NAME, (name,)).fetchall()
+            if not rows:
+                raise UnknownTopicError(f"topic {name!r} does not exist")
+            topic = _topic(rows[0])
+            db.execute(
+                "UPDATE topics SET config = ? WHERE topic_id = ?", (cfg_json, topic.topic_id)
+            )
+        return msgspec.structs.replace(topic, config=cfg)
+
+    # ------------------------------------------------------------------ partitions
+
+    def get_partition(self, topic_id: int, partition: int) -> PartitionState | None:
+        """Return the partition's committed state, or None if it does not exist."""
+        with self._read() as db:
+            rows = db.execute(_SQL_PARTITION, (topic_id, partition)).fetchall()
+        return PartitionState(*rows[0]) if rows else None
+
+    def list_partitions(self, topic_id: int) -> list[PartitionState]:
+        """Return the states of all partitions of the topic, by partition number (empty list
+        for an unknown topic)."""
+        with self._read() as db:
+            rows = db.execute(_SQL_PARTITIONS, (topic_id,)).fetchall()
+        return [PartitionState(*r) for r in rows]
+
+    def set_log_start_offset(self, topic_id: int, partition: int, offset: int) -> PartitionState:
+        """Move the partition's log start offset forward to ``offset`` and return the new state.
+
+        An ``offset`` at or below the current log start is a no-op. Raises
+        :class:`OffsetOutOfRangeError` if ``offset`` is negative or beyond the high watermark and
+        :class:`UnknownTopicError` if the partition does not exist. Blocks below the new start
+        are left for the lifecycle job.
+        """
+        with self._write() as db:
+            rows = db.execute(_SQL_PARTITION, (topic_id, partition)).fetchall()
+            if not rows:
+                raise UnknownTopicError(f"partition {topic_id}/{partition} does not exist")
+            state = PartitionState(*rows[0])
+            if offset < 0 or offset > state.high_watermark:
+                raise OffsetOutOfRangeError(
+                    f"log start offset {offset} is outside 0..{state.high_watermark} "
+                    f"(high watermark) of partition {topic_id}/{partition}"
+                )
+            if offset <= state.log_start_offset:
+                return state
+            db.execute(_SQL_SET_LSO, (offset, topic_id, partition))
+        return msgspec.structs.replace(state, log_start_offset=offset)
+
+    # ------------------------------------------------------------------ the log index
+
+    def commit_segment(
+        self, key: str, size: int, blocks: list[CommitBlock]
+    ) -> list[list[BatchResult]]:
+        """Record an uploaded segment object and assign offsets to its batches, atomically.
+
+        In one transaction: inserts the segment row; walks ``blocks`` and their batches in
+        order; gives each accepted batch consecutive offsets from its partition's high
+        watermark; indexes each block that has an accepted batch (its range covers only the
+        accepted batches, the others are listed in ``skipped_batches``); advances high
+        watermarks; saves producer state. Returns one :class:`BatchResult` per batch, shaped
+        like ``blocks``.
+
+        Per batch:
+
+        * block's topic/partition does not exist -> every batch of the block gets
+          ``UNKNOWN_TOPIC_OR_PARTITION`` and the block is not indexed;
+        * ``producer_id < 0`` -> accepted, no sequence checks;
+        * otherwise, against the producer's state on that partition (Kafka semantics):
+          no state yet -> accepted with any sequence; older epoch -> ``INVALID_PRODUCER_EPOCH``;
+          newer epoch -> accepted (state reset) only if ``base_sequence == 0``, else
+          ``OUT_OF_ORDER_SEQUENCE_NUMBER``; same epoch -> a batch with the same first and last
+          sequence as one of the last 5 is a duplicate (``error=None``, its original base
+          offset, no new offsets), one continuing the sequence (``last + 1``, wrapping from
+          2**31-1 to 0) is accepted, anything else is ``OUT_OF_ORDER_SEQUENCE_NUMBER``. A
+          negative epoch or sequence with a producer id is rejected the same way.
+
+        Raises :class:`DuplicateSegmentError` if ``key`` was committed before (nothing changes)
+        and ``ValueError`` for a batch with ``record_count < 1``.
+        """
+        now = _now_ms()
+        results: list[list[BatchResult]] = []
+        block_rows: list[tuple[object, ...]] = []
+
+        with self._write() as db:
+            try:
+                db.execute(_SQL_INSERT_SEGMENT, (key, size, now))
+            except apsw.ConstraintError as exc:
+                raise DuplicateSegmentError(f"segment {key!r} is already committed") from exc
+            segment_id = db.last_insert_rowid()
+
+            # Fetch every partition's HWM and every producer's state in one query each.
+            hwms: dict[tuple[int, int], int] = {}
+            tps = list(dict.fromkeys((b.topic_id, b.partition) for b in blocks))
+            if tps:
+                for topic_id, partition, hwm in db.execute(
+                    _SQL_HWMS, (_json_encode(tps).decode(),)
+                ):
+                    hwms[(topic_id, partition)] = hwm
+            start_hwms = dict(hwms)
+            producers: dict[tuple[int, int, int], _Producer | None] = {}
+            for block in blocks:
+                tp = (block.topic_id, block.partition)
+                if tp in hwms:
+                    for pid in {b.producer_id for b in block.batches}:
+                        if pid >= 0:
+                            producers[(*tp, pid)] = None
+            if producers:
+                for topic_id, partition, pid, epoch, batches in db.execute(
+                    _SQL_PRODUCER_STATES, (_json_encode(list(producers)).decode(),)
+                ):
+                    producers[(topic_id, partition, pid)] = _Producer(
+                        epoch, _batches_decoder.decode(batches)
+                    )
+
+            for block in blocks:
+                topic_id = block.topic_id
+                partition = block.partition
+                tp = (topic_id, partition)
+                hwm = hwms.get(tp, -1)
+                if hwm < 0:
+                    results.append([_RESULT_UNKNOWN] * len(block.batches))
+                    continue
+
+                base = hwm
+                block_results: list[BatchResult] = []
+                skipped: list[int] = []
+                for ordinal, batch in enumerate(block.batches):
+                    count = batch.record_count
+                    if count < 1:
+                        raise ValueError(
+                            f"batch {ordinal} of block {topic_id}/{partition} has "
+                            f"record_count {count}"
+                        )
+                    pid = batch.producer_id
+                    if pid < 0:
+                        block_results.append(BatchResult(hwm))
+                        hwm += count
+                        continue
+
+                    epoch = batch.producer_epoch
+                    first = batch.base_sequence
+                    if epoch < 0:
+                        block_results.append(_RESULT_BAD_EPOCH)
+                        skipped.append(ordinal)
+                        continue
+                    if first < 0:
+                        block_results.append(_RESULT_OUT_OF_ORDER)
+                        skipped.append(ordinal)
+                        continue
+                    last = (first + count - 1) & _SEQ_MASK
+
+                    pkey = (topic_id, partition, pid)
+                    state = producers[pkey]
+                    if state is None:
+                        state = _Producer(epoch, [])
+                        producers[pkey] = state
+                    elif epoch < state.epoch:
+                        block_results.append(_RESULT_BAD_EPOCH)
+                        skipped.append(ordinal)
+                        continue
+                    elif epoch > state.epoch:
+                        if first != 0:
+                            block_results.append(_RESULT_OUT_OF_ORDER)
+                            skipped.append(ordinal)
+                            continue
+                        state.epoch = epoch
+                        state.batches = []
+                    else:
+                        prev_last = state.batches[-1][1] if state.batches else -1
+                        if first != (prev_last + 1) & _SEQ_MASK:
+                            # Not the next batch (checked first: the common case). Kafka looks
+                            # for a duplicate before the sequence check; a batch continuing the
+                            # sequence cannot match a recent one, so the order is equivalent.
+                            duplicate_of = -1
+                            for b_first, b_last, b_base, _ in state.batches:
+                                if b_first == first and b_last == last:
+                                    duplicate_of = b_base
+                                    break
+                            skipped.append(ordinal)
+                            if duplicate_of >= 0:
+                                block_results.append(BatchResult(duplicate_of, duplicate=True))
+                            else:
+                                block_results.append(_RESULT_OUT_OF_ORDER)
+                            continue
+
+                    state.batches.append((first, last, hwm, count))
+                    if len(state.batches) > PRODUCER_BATCH_WINDOW:
+                        del state.batches[0]
+                    state.dirty = True
+                    block_results.append(BatchResult(hwm))
+                    hwm += count
+
+                hwms[tp] = hwm
+                results.append(block_results)
+                if hwm > base:
+                    block_rows.append(
+                        (
+                            topic_id,
+                            partition,
+                            hwm,
+                            base,
+                            segment_id,
+                            block.byte_offset,
+                            block.byte_length,
+                            hwm - base,
+                            block.max_timestamp,
+                            _json_encode(skipped).decode() if skipped else None,
+                        )
+                    )
+
+            if block_rows:
+                db.executemany(_SQL_INSERT_BLOCK, block_rows)
+            hwm_rows = [(hwm, tp[0], tp[1]) for tp, hwm in hwms.items() if hwm != start_hwms[tp]]
+            if hwm_rows:
+                db.executemany(_SQL_SET_HWM, hwm_rows)
+            producer_rows = [
+                (*pkey, st.epoch, _json_encode(st.batches).decode(), now)
+                for pkey, st in producers.items()
+                if st is not None and st.dirty
+            ]
+            if producer_rows:
+                db.executemany(_SQL_UPSERT_PRODUCER_STATE, producer_rows)
+        return results
+
+    def find_blocks(
+        self, topic_id: int, partition: int, offset: int, limit: int = 8
+    ) -> list[BlockLocation]:
+        """Return up to ``limit`` blocks of the partition with ``end_offset > offset``, in offset
+        order: the first one contains ``offset`` (or starts after it if it was never assigned),
+        so a reader fetches from there. Empty if nothing is at or beyond ``offset``, or the
+        partition does not exist. Does not check ``log_start_offset``.
+        """
+        with self._read() as db:
+            rows = db.execute(_SQL_FIND_BLOCKS, (topic_id, partition, offset, limit)).fetchall()
+        return [
+            BlockLocation(
+                segment_key=r[0],
+                byte_offset=r[1],
+                byte_length=r[2],
+                base_offset=r[3],
+                end_offset=r[4],
+                record_count=r[5],
+                max_timestamp=r[6],
+                skipped_batches=_skipped_decoder.decode(r[7]) if r[7] is not None else (),
+            )
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ consumer groups
+
+    def commit_offsets(
+        self, group: str, offsets: Sequence[tuple[int, int, int, str]]
+    ) -> list[bool]:
+        """Store ``(topic_id, partition, offset, metadata)`` commits for ``group`` in one
+        transaction, replacing earlier ones. Returns, per entry, False if the partition does
+        not exist (nothing stored for it) and True otherwise.
+        """
+        now = _now_ms()
+        stored: list[bool] = []
+        with self._write() as db:
+            for topic_id, partition, offset, metadata in offsets:
+                db.execute(_SQL_UPSERT_OFFSET, (group, topic_id, partition, offset, metadata, now))
+                stored.append(db.changes() > 0)
+        return stored
+
+    def commit_offset(
+        self, group: str, topic_id: int, partition: int, offset: int, metadata: str
+    ) -> None:
+        """Store ``group``'s committed ``offset`` and ``metadata`` for the partition, replacing
+        any earlier commit. Raises :class:`UnknownTopicError` if the partition does not exist.
+        """
+        if not self.commit_offsets(group, [(topic_id, partition, offset, metadata)])[0]:
+            raise UnknownTopicError(f"partition {topic_id}/{partition} does not exist")
+
+    def get_offset(self, group: str, topic_id: int, partition: int) -> tuple[int, str] | None:
+        """Return ``(offset, metadata)`` last committed by ``group`` for the partition, or None."""
+        with self._read() as db:
+            rows = db.execute(_SQL_GET_OFFSET, (group, topic_id, partition)).fetchall()
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def list_group_offsets(self, group: str) -> list[GroupOffset]:
+        """Return all of ``group``'s committed offsets, ordered by (topic_id, partition)."""
+        with self._read() as db:
+            rows = db.execute(_SQL_GROUP_OFFSETS, (group,)).fetchall()
+        return [GroupOffset(*r) for r in rows]
+
+    # ------------------------------------------------------------------ producers
+
+    def allocate_producer_id(self) -> tuple[int, int]:
+        """Return ``(producer_id, 0)`` with a producer id never returned before by any store on
+        this file."""
+        with self._write() as db:
+            producer_id = db.execute(_SQL_ALLOCATE_PRODUCER_ID).fetchall()[0][0]
+        return int(producer_id), 0

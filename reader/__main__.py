@@ -1,0 +1,84 @@
+"""The reader process: fetch requests in, batches out; committed segments feed its cache."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from metadata import MetadataStore
+from reader.cache import BlockCache
+from reader.engine import ReadEngine
+from streamhouse import objectstore, rings
+from streamhouse.config import Settings
+from streamhouse.frames import CommittedSegment, FetchRequest, decoder_for, header_encoder
+from streamhouse.process import run_process
+
+log = logging.getLogger("reader")
+
+
+async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
+    meta = MetadataStore(settings.metadata_path)
+    store = objectstore.open_object_store(settings.object_store_url, settings.store_timeout_ms)
+    engine = ReadEngine(meta, store, BlockCache(settings.cache_bytes), settings.prefetch_blocks)
+    requests = rings.open_reader(settings, rings.FETCH_REQUEST)
+    responses = rings.open_writer(settings, rings.FETCH_RESPONSE)
+    committed = rings.open_reader(settings, rings.COMMITTED)
+    decode_request = decoder_for(FetchRequest).decode
+    decode_committed = decoder_for(CommittedSegment).decode
+    in_flight: set[asyncio.Task[None]] = set()
+    log.info(
+        "reader ready: cache %d bytes, prefetch %d blocks",
+        settings.cache_bytes,
+        settings.prefetch_blocks,
+    )
+
+    async def serve(request: FetchRequest) -> None:
+        try:
+            response, payload = await engine.fetch(request)
+        except Exception:
+            log.exception("fetch %d failed", request.request_id)
+            return  # ingest times the request out and answers the client
+        await responses.write(header_encoder.encode(response), payload)
+
+    async def take_requests() -> None:
+        while True:
+            frames = requests.read_frames()
+            if not frames:
+                await requests.wait_readable()
+                continue
+            for header, _ in frames:
+                task = asyncio.ensure_future(serve(decode_request(header)))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+
+    async def take_committed() -> None:
+        while True:
+            frames = committed.read_frames(16)
+            if not frames:
+                await committed.wait_readable()
+                continue
+            for header, obj in frames:
+                engine.on_committed(decode_committed(header), obj)
+
+    tasks = [asyncio.ensure_future(take_requests()), asyncio.ensure_future(take_committed())]
+    stop_task = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait({*tasks, stop_task}, return_when="FIRST_COMPLETED")
+        for task in done:
+            if task is not stop_task:
+                task.result()
+    finally:
+        for task in (*tasks, stop_task, *in_flight):
+            task.cancel()
+        requests.close()
+        responses.close()
+        committed.close()
+        meta.close()
+
+
+def main() -> None:
+    run_process("reader", run_reader)
+
+
+if __name__ == "__main__":
+    main()

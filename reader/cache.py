@@ -1,0 +1,62 @@
+"""Memory LRU cache of segment blocks, bounded in bytes.
+
+Entries are keyed by (segment key, byte offset of the block). A block arrives either encoded
+(straight from the uploader's committed segment: decoded on first use) or decoded (after a
+range GET). Decoded bytes replace the encoded entry, so each block is decoded at most once
+while it stays cached.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from streamhouse.segment import decode_block
+
+BlockKey = tuple[str, int]
+
+
+class BlockCache:
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.size_bytes = 0
+        self._entries: OrderedDict[BlockKey, tuple[bool, bytes]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: BlockKey) -> bool:
+        return key in self._entries
+
+    def put_encoded(self, key: BlockKey, block: bytes) -> None:
+        self._put(key, False, block)
+
+    def put_decoded(self, key: BlockKey, data: bytes) -> None:
+        self._put(key, True, data)
+
+    def get(self, key: BlockKey) -> bytes | None:
+        """The decoded block, or None when it is not cached (raises SegmentCorruptError)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        decoded, data = entry
+        if not decoded:
+            data = decode_block(data)
+            self._put(key, True, data)
+        return data
+
+    def _put(self, key: BlockKey, decoded: bool, data: bytes) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.size_bytes -= len(old[1])
+        if len(data) > self.capacity_bytes:
+            return
+        self._entries[key] = (decoded, data)
+        self.size_bytes += len(data)
+        while self.size_bytes > self.capacity_bytes:
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self.size_bytes -= len(evicted)

@@ -1,0 +1,222 @@
+"""The read engine: finds committed batches for a fetch and returns them, long-polling at the tail.
+
+Rules:
+- Only committed data is visible: positions come from the metadata segment index, which the
+  uploader writes in the same transaction that moves the high watermark.
+- A fetch that starts inside a batch returns that whole batch (Kafka format); the records
+  format drops the records before the requested offset.
+- At least one batch is returned when any is available, even past max_bytes, so a consumer
+  never stalls on a batch larger than its limit.
+- A fetch waits (up to max_wait_ms) until min_bytes are available; commits wake it.
+- Cold reads fetch just the needed block by a range GET; the next blocks are prefetched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from metadata import BlockLocation, MetadataStore
+from reader.cache import BlockCache, BlockKey
+from streamhouse import objectstore
+from streamhouse.frames import (
+    FORMAT_KAFKA,
+    CommittedSegment,
+    FetchPart,
+    FetchPartResult,
+    FetchRequest,
+    FetchResponse,
+)
+from streamhouse.record_wire import render_records
+from streamhouse.recordbatch import decode_records, patch_base_offset, scan_batches
+from streamhouse.segment import decode_block
+
+log = logging.getLogger("reader")
+
+UNKNOWN_TOPIC = "UNKNOWN_TOPIC_OR_PARTITION"
+OUT_OF_RANGE = "OFFSET_OUT_OF_RANGE"
+STORAGE_ERROR = "KAFKA_STORAGE_ERROR"
+
+
+class ReadEngine:
+    def __init__(self, meta: MetadataStore, store: Any, cache: BlockCache, prefetch: int) -> None:
+        self.meta = meta
+        self.store = store
+        self.cache = cache
+        self.prefetch = prefetch
+        self._waiters: dict[tuple[int, int], set[asyncio.Future[None]]] = {}
+        self._loads: dict[BlockKey, asyncio.Task[bytes]] = {}
+
+    def on_committed(self, segment: CommittedSegment, obj: bytes) -> None:
+        """Caches a freshly committed segment's blocks and wakes fetches waiting on them."""
+        view = memoryview(obj)
+        for b in segment.blocks:
+            self.cache.put_encoded(
+                (segment.key, b.byte_offset),
+                bytes(view[b.byte_offset : b.byte_offset + b.byte_length]),
+            )
+            self._wake((b.topic_id, b.partition))
+
+    def _wake(self, tp: tuple[int, int]) -> None:
+        for fut in self._waiters.pop(tp, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def load_block(self, loc: BlockLocation) -> bytes:
+        """The decoded batches of a block: from the cache, else one range GET."""
+        key = (loc.segment_key, loc.byte_offset)
+        data = self.cache.get(key)
+        if data is not None:
+            return data
+        task = self._loads.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch_block(key, loc))
+            self._loads[key] = task
+            task.add_done_callback(lambda _t: self._loads.pop(key, None))
+        return await task
+
+    async def _fetch_block(self, key: BlockKey, loc: BlockLocation) -> bytes:
+        raw = await objectstore.get_range(
+            self.store, loc.segment_key, loc.byte_offset, loc.byte_length
+        )
+        data = decode_block(raw)
+        self.cache.put_decoded(key, data)
+        return data
+
+    def _prefetch_after(self, topic_id: int, partition: int, offset: int) -> None:
+        if self.prefetch <= 0:
+            return
+        for loc in self.meta.find_blocks(topic_id, partition, offset, self.prefetch):
+            key = (loc.segment_key, loc.byte_offset)
+            if key not in self.cache and key not in self._loads:
+                task = asyncio.ensure_future(self.load_block(loc))
+                task.add_done_callback(_ignore_result)
+
+    async def read_part(
+        self, part: FetchPart, fmt: int, max_bytes: int, max_records: int
+    ) -> tuple[FetchPartResult, bytes]:
+        """Reads one partition from `part.offset`, up to max_bytes (one batch at least)."""
+        state = self.meta.get_partition(part.topic_id, part.partition)
+        if state is None:
+            return _result(part, UNKNOWN_TOPIC, -1, -1), b""
+        hwm, lso = state.high_watermark, state.log_start_offset
+        if part.offset < lso or part.offset > hwm:
+            return _result(part, OUT_OF_RANGE, hwm, lso), b""
+        chunks: list[bytes] = []
+        size = 0
+        count = 0
+        next_offset = part.offset
+        limit = max_records if max_records > 0 else 1 << 62
+        cold = False
+        done = part.offset >= hwm
+        while not done:
+            locs = self.meta.find_blocks(part.topic_id, part.partition, next_offset, 8)
+            if not locs:
+                break
+            for loc in locs:
+                key = (loc.segment_key, loc.byte_offset)
+                cold = cold or key not in self.cache
+                try:
+                    data = await self.load_block(loc)
+                except Exception as exc:
+                    log.error("cannot read block %s@%d: %s", loc.segment_key, loc.byte_offset, exc)
+                    if chunks:
+                        done = True
+                        break
+                    return _result(part, STORAGE_ERROR, hwm, lso), b""
+                base = loc.base_offset
+                skipped = loc.skipped_batches
+                view = memoryview(data)
+                for ordinal, info in enumerate(scan_batches(view, verify_crc=False)):
+                    if skipped and ordinal in skipped:
+                        continue
+                    batch_base = base
+                    base += info.record_count
+                    last = batch_base + info.last_offset_delta
+                    if last < next_offset:
+                        continue
+                    if chunks and size + info.length > max_bytes:
+                        done = True
+                        break
+                    batch = view[info.position : info.position + info.length]
+                    if fmt == FORMAT_KAFKA:
+                        chunk = bytearray(batch)
+                        patch_base_offset(chunk, 0, batch_base)
+                        chunks.append(bytes(chunk))
+                        size += info.length
+                        count += info.record_count
+                        next_offset = last + 1
+                    else:
+                        rendered, n = render_records(
+                            decode_records(batch), batch_base, next_offset, limit - count
+                        )
+                        chunks.append(rendered)
+                        size += len(rendered)
+                        count += n
+                        next_offset = (
+                            last + 1 if count < limit else max(next_offset, batch_base) + n
+                        )
+                    if count >= limit:
+                        done = True
+                        break
+                if done:
+                    break
+                next_offset = max(next_offset, loc.end_offset)
+            if next_offset >= hwm:
+                break
+        if cold:
+            self._prefetch_after(part.topic_id, part.partition, next_offset)
+        result = FetchPartResult(
+            part.topic_id, part.partition, "", hwm, lso, size, next_offset, count
+        )
+        return result, b"".join(chunks)
+
+    async def fetch(self, request: FetchRequest) -> tuple[FetchResponse, bytes]:
+        """Serves a fetch, waiting up to max_wait_ms for min_bytes to be committed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.max_wait_ms / 1000
+        while True:
+            wake: asyncio.Future[None] = loop.create_future()
+            tps = [(p.topic_id, p.partition) for p in request.parts]
+            for tp in tps:
+                self._waiters.setdefault(tp, set()).add(wake)
+            try:
+                results: list[FetchPartResult] = []
+                payloads: list[bytes] = []
+                budget = request.max_bytes
+                for part in request.parts:
+                    res, data = await self.read_part(
+                        part,
+                        request.format,
+                        min(part.max_bytes, max(budget, 1)),
+                        request.max_records,
+                    )
+                    budget -= len(data)
+                    results.append(res)
+                    payloads.append(data)
+                total = sum(r.length for r in results)
+                errored = any(r.error for r in results)
+                remaining = deadline - loop.time()
+                if total >= max(request.min_bytes, 1) or errored or remaining <= 0:
+                    return FetchResponse(request.request_id, results), b"".join(payloads)
+                try:
+                    await asyncio.wait_for(wake, timeout=remaining)
+                except TimeoutError:
+                    pass
+            finally:
+                for tp in tps:
+                    waiting = self._waiters.get(tp)
+                    if waiting is not None:
+                        waiting.discard(wake)
+                        if not waiting:
+                            del self._waiters[tp]
+
+
+def _result(part: FetchPart, error: str, hwm: int, lso: int) -> FetchPartResult:
+    return FetchPartResult(part.topic_id, part.partition, error, hwm, lso, 0, part.offset, 0)
+
+
+def _ignore_result(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("prefetch failed: %s", task.exception())

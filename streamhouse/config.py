@@ -1,0 +1,167 @@
+"""StreamHouse settings: one typed object read from `STREAMHOUSE_*` variables and a TOML file.
+
+Precedence, lowest first: the defaults below, the TOML file named by `STREAMHOUSE_CONFIG`
+(keys are the field names, e.g. `flush_interval_ms = 50`), then `STREAMHOUSE_<FIELD>`
+environment variables (e.g. `STREAMHOUSE_FLUSH_INTERVAL_MS=50`). Every field is documented in
+the README's settings table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tomllib
+from typing import Any
+
+import msgspec
+import xxhash
+
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or out of range; the message names it."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every tunable of a StreamHouse stack, with defaults that suit a 2-core, 24 GiB machine."""
+
+    data_dir: str = "./data"
+    grpc_listen: str = "127.0.0.1:50051"
+    kafka_listen: str = "127.0.0.1:9092"
+    # file:///abs/path, s3://bucket[/prefix], memory:// ; empty means <data_dir>/objects
+    object_store: str = ""
+    flush_interval_ms: int = 50
+    max_segment_bytes: int = 8 * MiB
+    # Rings (shared memory); each frame must fit in half a ring.
+    produce_ring_bytes: int = 64 * MiB
+    sealed_ring_bytes: int = 64 * MiB
+    ack_ring_bytes: int = 8 * MiB
+    committed_ring_bytes: int = 64 * MiB
+    fetch_request_ring_bytes: int = 4 * MiB
+    fetch_response_ring_bytes: int = 64 * MiB
+    # Reader memory cache of decoded blocks.
+    cache_bytes: int = 512 * MiB
+    prefetch_blocks: int = 2
+    # Limits at the edge.
+    max_record_bytes: int = 1 * MiB
+    max_batch_bytes: int = 16 * MiB
+    max_fetch_bytes: int = 8 * MiB
+    default_partitions: int = 1
+    # Uploads.
+    upload_concurrency: int = 4
+    upload_attempts: int = 8
+    store_timeout_ms: int = 30_000
+    # How long a produce waits for its durable commit before failing with UNAVAILABLE.
+    produce_timeout_ms: int = 30_000
+    log_level: str = "INFO"
+
+    @property
+    def data_path(self) -> pathlib.Path:
+        return pathlib.Path(self.data_dir).resolve()
+
+    @property
+    def run_dir(self) -> pathlib.Path:
+        return self.data_path / "run"
+
+    @property
+    def log_dir(self) -> pathlib.Path:
+        return self.data_path / "logs"
+
+    @property
+    def metadata_path(self) -> pathlib.Path:
+        return self.data_path / "metadata.sqlite"
+
+    @property
+    def object_store_url(self) -> str:
+        if self.object_store:
+            return self.object_store
+        return (self.data_path / "objects").as_uri()
+
+    @property
+    def stack_id(self) -> str:
+        """Short id unique to this data dir, so stacks side by side never share a ring."""
+        return xxhash.xxh64_hexdigest(str(self.data_path))[:10]
+
+
+_FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
+
+
+def _coerce(name: str, raw: str) -> Any:
+    kind = _FIELDS[name].type
+    if kind is int:
+        try:
+            return int(raw.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"STREAMHOUSE_{name.upper()}={raw!r} is not an integer") from None
+    return raw
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Builds Settings from the optional TOML file and the environment; raises ConfigError."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    toml_path = env.get("STREAMHOUSE_CONFIG")
+    if toml_path:
+        try:
+            with open(toml_path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read STREAMHOUSE_CONFIG file {toml_path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"STREAMHOUSE_CONFIG file {toml_path} is not TOML: {exc}") from None
+        for key, value in doc.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"unknown setting {key!r} in {toml_path}")
+            values[key] = value
+    for name in _FIELDS:
+        raw = env.get(f"STREAMHOUSE_{name.upper()}")
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw)
+    try:
+        settings = msgspec.convert(values, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from None
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    positive = [
+        "flush_interval_ms",
+        "max_segment_bytes",
+        "cache_bytes",
+        "max_record_bytes",
+        "max_batch_bytes",
+        "max_fetch_bytes",
+        "default_partitions",
+        "upload_concurrency",
+        "upload_attempts",
+        "store_timeout_ms",
+        "produce_timeout_ms",
+    ]
+    for name in positive:
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"STREAMHOUSE_{name.upper()} must be positive")
+    for listen in ("grpc_listen", "kafka_listen"):
+        host, _, port = getattr(s, listen).rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"STREAMHOUSE_{listen.upper()} must be HOST:PORT")
+    if s.max_batch_bytes * 2 > s.produce_ring_bytes:
+        raise ConfigError("STREAMHOUSE_PRODUCE_RING_BYTES must be at least twice MAX_BATCH_BYTES")
+    if s.max_segment_bytes * 2 > min(s.sealed_ring_bytes, s.committed_ring_bytes):
+        raise ConfigError(
+            "STREAMHOUSE_SEALED_RING_BYTES and COMMITTED_RING_BYTES must be at least twice "
+            "MAX_SEGMENT_BYTES"
+        )
+    if s.max_fetch_bytes * 2 > s.fetch_response_ring_bytes:
+        raise ConfigError(
+            "STREAMHOUSE_FETCH_RESPONSE_RING_BYTES must be at least twice MAX_FETCH_BYTES"
+        )
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("STREAMHOUSE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+    scheme = s.object_store_url.split("://", 1)[0]
+    if scheme not in ("file", "s3", "memory"):
+        raise ConfigError(
+            f"STREAMHOUSE_OBJECT_STORE={s.object_store!r}: use file:///path, s3://bucket or memory://"
+        )

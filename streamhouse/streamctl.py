@@ -1,0 +1,683 @@
+"""streamctl: a thin command line interface over :class:`streamhouse.client.Client`.
+
+Examples::
+
+    streamctl topic create events --partitions 3 --retention-ms 86400000
+    streamctl produce events --key user-1 --value hello
+    seq 1000 | streamctl produce events --partition 0
+    streamctl consume events --partition 0 --offset earliest --limit 10 --output json
+    streamctl offset commit --group g --topic events --partition 0 --offset 10
+
+Exit status: 0 on success, 1 when the server (or reading input) fails, 2 for usage errors;
+every failure prints exactly one line on stderr, ``streamctl: error: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import IO, Any, NoReturn
+
+from streamhouse.client import (
+    ADDRESS_ENV,
+    DEFAULT_ADDRESS,
+    EARLIEST,
+    LATEST,
+    Client,
+    Record,
+    StreamHouseError,
+)
+from streamhouse.proto import streamhouse_pb2 as pb
+
+PROG = "streamctl"
+DEFAULT_BATCH_SIZE = 1000
+RETENTION_MS_CONFIG = "retention.ms"
+OFFSET_WORDS = {"earliest": EARLIEST, "latest": LATEST}
+
+
+class UsageError(Exception):
+    """Bad command line usage; reported with exit status 2."""
+
+
+class CommandError(Exception):
+    """A failure that is not the server's (e.g. unreadable input); reported with exit status 1."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise :class:`UsageError` instead of printing usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+# -- argument value parsers ----------------------------------------------------------------
+
+
+def parse_offset(text: str) -> int:
+    """Parses a start offset: a non-negative number, ``earliest``/``-2`` or ``latest``/``-1``."""
+    word = text.strip().lower()
+    if word in OFFSET_WORDS:
+        return OFFSET_WORDS[word]
+    try:
+        value = int(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid offset {text!r} (use a number, earliest or latest)"
+        ) from None
+    if value < EARLIEST:
+        raise argparse.ArgumentTypeError(f"invalid offset {text!r} (use -2, -1 or a number >= 0)")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _commit_offset(text: str) -> int:
+    """A committed offset: a number >= -1 (-1 meaning nothing consumed yet)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid offset {text!r}") from None
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"invalid offset {text!r} (must be >= -1)")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    """Parses ``k=v`` (the value may be empty or contain ``=``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+# -- input ---------------------------------------------------------------------------------
+
+
+def read_record_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """Yields each line of a binary stream without its line ending (``\\n`` or ``\\r\\n``).
+
+    Every line is one record, so an empty line is an empty value; a missing final newline
+    does not matter.
+    """
+    for line in stream:
+        if line.endswith(b"\n"):
+            line = line[:-1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+        yield line
+
+
+def lines_to_records(
+    lines: Iterable[bytes],
+    key: bytes | None = None,
+    key_separator: bytes | None = None,
+    headers: Sequence[tuple[str, bytes | None]] = (),
+) -> Iterator[Record]:
+    """Turns input lines into records: the line is the value and ``key`` the key.
+
+    With ``key_separator``, each line is split at its first separator into key and value.
+    """
+    for number, line in enumerate(lines, start=1):
+        record_key = key
+        value = line
+        if key_separator is not None:
+            record_key, sep, value = line.partition(key_separator)
+            if not sep:
+                raise CommandError(f"line {number}: no key separator {key_separator!r}")
+        yield Record(key=record_key, value=value, headers=list(headers))
+
+
+def batched(items: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    """Groups ``items`` into lists of at most ``size``."""
+    batch: list[Record] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def bytes_to_json(data: bytes | None) -> tuple[str | None, bool]:
+    """Returns ``(text, is_base64)``: UTF-8 text when decodable, else base64."""
+    if data is None:
+        return None, False
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), True
+
+
+def record_to_json(record: Record, topic: str | None = None, partition: int | None = None) -> str:
+    """Formats a record as one line of JSON.
+
+    ``key``/``value`` are UTF-8 text when decodable, otherwise base64 with ``key_base64`` /
+    ``value_base64`` set to true; null stays null. Header values follow the same rule.
+    """
+    key, key_b64 = bytes_to_json(record.key)
+    value, value_b64 = bytes_to_json(record.value)
+    headers = []
+    for hkey, hvalue in record.headers:
+        text, is_b64 = bytes_to_json(hvalue)
+        headers.append({"key": hkey, "value": text, "value_base64": is_b64})
+    obj: dict[str, Any] = {}
+    if topic is not None:
+        obj["topic"] = topic
+    if partition is not None:
+        obj["partition"] = partition
+    obj.update(
+        offset=record.offset,
+        timestamp_ms=record.timestamp_ms,
+        key=key,
+        key_base64=key_b64,
+        value=value,
+        value_base64=value_b64,
+        headers=headers,
+    )
+    return json.dumps(obj, ensure_ascii=False)
+
+
+_TEXT_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _text(data: bytes | None) -> str:
+    """Human-readable bytes: UTF-8 with escapes for undecodable bytes and line breaks."""
+    if data is None:
+        return "(null)"
+    text = data.decode("utf-8", errors="surrogateescape").translate(_TEXT_ESCAPES)
+    return _SURROGATE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
+
+
+def record_to_text(record: Record) -> str:
+    """Formats a record as one tab-separated line: offset, key, value (and headers if any)."""
+    fields = [str(record.offset), _text(record.key), _text(record.value)]
+    if record.headers:
+        fields.append(",".join(f"{k}={_text(v)}" for k, v in record.headers))
+    return "\t".join(fields)
+
+
+def topic_to_dict(topic: pb.Topic) -> dict[str, Any]:
+    """Converts a topic to a plain JSON-ready dict."""
+    return {
+        "name": topic.name,
+        "topic_id": topic.topic_id,
+        "partitions": topic.partitions,
+        "config": dict(sorted(topic.config.items())),
+        "partition_info": [
+            {
+                "partition": p.partition,
+                "log_start_offset": p.log_start_offset,
+                "high_watermark": p.high_watermark,
+            }
+            for p in topic.partition_info
+        ],
+    }
+
+
+def topic_to_text(topic: pb.Topic) -> str:
+    """Describes a topic over several lines."""
+    lines = [
+        f"name: {topic.name}",
+        f"topic_id: {topic.topic_id}",
+        f"partitions: {topic.partitions}",
+    ]
+    if topic.config:
+        lines.append("config:")
+        lines.extend(f"  {k}={v}" for k, v in sorted(topic.config.items()))
+    for p in topic.partition_info:
+        lines.append(
+            f"partition {p.partition}: log_start_offset={p.log_start_offset}"
+            f" high_watermark={p.high_watermark}"
+        )
+    return "\n".join(lines)
+
+
+class _Printer:
+    """Writes results to stdout in the chosen format, flushing per line for pipes."""
+
+    def __init__(self, output: str, stream: IO[str]) -> None:
+        self.json = output == "json"
+        self.stream = stream
+
+    def line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def obj(self, obj: dict[str, Any], text: str) -> None:
+        self.line(json.dumps(obj, ensure_ascii=False) if self.json else text)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def _cmd_topic_create(client: Client, args: argparse.Namespace, out: _Printer) -> int:
+    config = dict(args.config or [])
+    if args.retention_ms is not None:
+        config[RETENTION_MS_CONFIG] = str(args.retention_ms)
+    topic = client.create_topic(args.name, partitions=args.partitions, config=config)
+    out.obj(topic_to_dict(topic), f"created topic {topic.name} ({topic.partitions} partitions)")
+    return 0
+
+
+def _cmd_topic_list(client: Client, args: argparse.Namespace, out: _Printer) -> int:
+    for topic in sorted(client.list_topics(), key=lambda t: t.name):
+        out.obj(topic_to_dict(topic), f"{topic.name}\t{topic.partitions}")
+    return 0
+
+
+def _cmd_topic_get(client: Client, args: argparse.Namespace, out: _Printer) -> int:
+    topic = client.get_topic(args.name)
+    out.obj(topic_to_dict(topic), topic_to_text(topic))
+    return 0
+
+
+def _cmd_topic_delete(client: Client, args: argparse.Namespace, out: _Printer) -> int:
+    client.delete_topic(args.name)
+    out.obj({"deleted": args.name}, f"deleted topic {args.name}")
+    return 0
+
+
+def _encode(text: str | None) -> bytes | None:
+    return None if text is None else os.fsencode(text)
+
+
+def _open_input(args: argparse.Namespace) -> IO[bytes]:
+    if args.file is None or args.file == "-":
+        return sys.stdin.buffer
+    try:
+        return open(args.file, "rb")
+    except OSError as error:
+        raise UsageError(f"argument --file: cannot open {args.file!r}: {error.strerror}") from None
+
+
+def _cmd_produce(client: Client, args: argparse.Namespace, out: _Printer) -> int:
+    headers = [(k, _encode(v)) for k, v in (args.header or [])]
+    key = _encode(args.key)
+    if args.value is not None:
+        if args.key_separator is not None:
+            raise UsageError("argument --key-separator: only applies to --file or stdin input")
+        partition, offset = client.produce(
+            args.topic, _encode(args.value), key=key, headers=headers, partition=args.partition
+        )
+        out.obj(
+            {"topic": args.topic, "partition": partition, "offset": offset},
+            f"produced to {args.topic} partition {partition} at offset {offset}",
+        )
+        return 0
+
+    separator = _encode(args.key_separator)
+    if separator == b"":
+        raise UsageError("argument --key-separator: must not be empty")
+    stream = _open_input(args)
+    # Per partition: [first offset, last offset, record count].
+    summary: dict[int, list[int]] = {}
+    total = 0
+    try:
+        records = lines_to_records(read_record_lines(stream), key, separator, headers)
+        for batch in batched(records, args.batch_size):
+            response = client.produce_batch(args.topic, batch, partition=args.partition)
+            results = list(response.results) or [
+                pb.PartitionResult(
+                    partition=response.partition,
+                    base_offset=response.base_offset,
+                    record_count=response.record_count or len(batch),
+                )
+            ]
+            for result in results:
+                last = result.base_offset + result.record_count - 1
+                entry = summary.setdefault(result.partition, [result.base_offset, last, 0])
+                entry[0] = min(entry[0], result.base_offset)
+                entry[1] = max(entry[1], last)
+                entry[2] += result.record_count
+            total += len(batch)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    partitions = [
+        {"partition": p, "first_offset": e[0], "last_offset": e[1], "record_count": e[2]}
+        for p, e in sorted(summary.items())
+    ]
+    text = f"produced {total} records to {args.topic}" + "".join(
+        f"\n  partition {p['partition']}: offsets {p['first_offset']}..{p['last_offset']}"
+        for p in partitions
+    )
+    out.obj({"topic": args.topic, "record_count": total, "partitions": partitions}, text)
+    return 0
+
+
+def _cmd_consume(client: Client, args: argparse.Namespace, out: _Printer) -> int:
+    def emit(record: Record) -> None:
+        if out.json:
+            out.line(record_to_json(record, topic=args.topic, partition=args.partition))
+        else:
+            out.line(record_to_text(record))
+
+    remaining = args.limit
+    if args.follow:
+        records = client.subscribe(args.topic, args.partition, args.offset)
+        try:
+            for record in records:
+                emit(record)
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining <= 0:
+                        break
+        finally:
+            records.close()
+        return 0
+
+    offset = args.offset
+    while remaining is None or remaining > 0:
+        records, next_offset, high_watermark, _ = client.consume(
+            args.topic,
+            args.partition,
+            offset,
+            max_records=min(remaining, DEFAULT_BATCH_SIZE) if remaining else 0,
+            max_wait_ms=args.max_wait_ms,
+        )
+        for record in records[:remaining]:
+            emit(record)
+        if remaining is not None:
+            remaining -= min(len(records), remaining)
+        if next_offset >= high_watermark or (not records and next_offset == offset):
+            break  # caught up with the end of the log (or no progress)
+        offset = next_offset
+    return 0
+
+
+def _cmd_offset_commit(client: Client, args: argparse.Namespace, out: _Printer) -> int:
+    client.commit_offset(args.group, args.topic, args.partition, args.offset, args.metadata)
+    out.obj(
+        {
+            "group": args.group,
+            "topic": args.topic,
+            "partition": args.partition,
+            "offset": args.offset,
+            "metadata": args.metadata,
+        },
+        f"committed offset {args.offset} for group {args.group} on {args.topic}"
+        f" partition {args.partition}",
+    )
+    return 0
+
+
+def _cmd_offset_get(client: Client, args: argparse.Namespace, out: _Printer) -> int:
+    offset, metadata = client.get_offset(args.group, args.topic, args.partition)
+    text = str(offset) if not metadata else f"{offset}\t{metadata}"
+    out.obj(
+        {
+            "group": args.group,
+            "topic": args.topic,
+            "partition": args.partition,
+            "offset": offset,
+            "metadata": metadata,
+        },
+        text,
+    )
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------
+
+Command = Callable[[Client, argparse.Namespace, _Printer], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Builds the streamctl argument parser (errors raise :class:`UsageError`)."""
+    # --server/--output are accepted before or after the command; the copies on subcommands
+    # default to SUPPRESS so they only override the global values when given.
+    common = _ArgumentParser(add_help=False)
+    common.add_argument(
+        "--server",
+        metavar="ADDR",
+        default=argparse.SUPPRESS,
+        help=f"server address host:port (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})",
+    )
+    common.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default=argparse.SUPPRESS,
+        help="output format: text (default) or json (one object per line)",
+    )
+
+    parser = _ArgumentParser(
+        prog=PROG,
+        description="Command line client for StreamHouse.",
+        epilog="Exit status: 0 success, 1 server or input error, 2 usage error.",
+    )
+    parser.add_argument(
+        "--server",
+        metavar="ADDR",
+        default=None,
+        help=f"server address host:port (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})",
+    )
+    parser.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="output format: text (default) or json (one object per line)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # topic ...
+    topic = commands.add_parser("topic", help="create, list, get and delete topics")
+    topic_commands = topic.add_subparsers(dest="topic_command", metavar="ACTION", required=True)
+
+    create = topic_commands.add_parser("create", parents=[common], help="create a topic")
+    create.add_argument("name", metavar="NAME", help="topic name")
+    create.add_argument(
+        "--partitions", type=_positive_int, required=True, metavar="N", help="partition count"
+    )
+    create.add_argument(
+        "--retention-ms",
+        type=_non_negative_int,
+        metavar="MS",
+        help=f"retention in milliseconds (sets config {RETENTION_MS_CONFIG})",
+    )
+    create.add_argument(
+        "--config",
+        type=_key_value,
+        nargs="+",
+        action="extend",
+        metavar="KEY=VALUE",
+        help="topic config entries (repeatable)",
+    )
+    create.set_defaults(func=_cmd_topic_create)
+
+    listing = topic_commands.add_parser("list", parents=[common], help="list topics")
+    listing.set_defaults(func=_cmd_topic_list)
+
+    get = topic_commands.add_parser("get", parents=[common], help="describe a topic")
+    get.add_argument("name", metavar="NAME", help="topic name")
+    get.set_defaults(func=_cmd_topic_get)
+
+    delete = topic_commands.add_parser("delete", parents=[common], help="delete a topic")
+    delete.add_argument("name", metavar="NAME", help="topic name")
+    delete.set_defaults(func=_cmd_topic_delete)
+
+    # produce
+    produce = commands.add_parser(
+        "produce",
+        parents=[common],
+        help="produce one record, or one record per line of a file or stdin",
+        description=(
+            "Produce one record with --value, or else one record per line read from --file "
+            "(or stdin), sent in batches."
+        ),
+    )
+    produce.add_argument("topic", metavar="TOPIC", help="topic name")
+    produce.add_argument(
+        "--partition",
+        type=_non_negative_int,
+        metavar="P",
+        help="target partition (default: chosen by the server, by key)",
+    )
+    produce.add_argument("--key", metavar="K", help="record key (for every record)")
+    source = produce.add_mutually_exclusive_group()
+    source.add_argument("--value", metavar="V", help="produce one record with this value")
+    source.add_argument(
+        "--file", metavar="PATH", help="read one record per line from PATH ('-' for stdin)"
+    )
+    produce.add_argument(
+        "--key-separator",
+        metavar="SEP",
+        help="split each input line at the first SEP into key and value",
+    )
+    produce.add_argument(
+        "--header",
+        type=_key_value,
+        action="append",
+        metavar="KEY=VALUE",
+        help="record header (repeatable)",
+    )
+    produce.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"records per ProduceBatch call for line input (default: {DEFAULT_BATCH_SIZE})",
+    )
+    produce.set_defaults(func=_cmd_produce)
+
+    # consume
+    consume = commands.add_parser(
+        "consume",
+        parents=[common],
+        help="read records from a partition",
+        description=(
+            "Print records of one partition from --offset up to the end of the log, or "
+            "forever with --follow (Ctrl-C stops)."
+        ),
+    )
+    consume.add_argument("topic", metavar="TOPIC", help="topic name")
+    consume.add_argument(
+        "--partition", type=_non_negative_int, required=True, metavar="P", help="partition"
+    )
+    consume.add_argument(
+        "--offset",
+        type=parse_offset,
+        required=True,
+        metavar="O",
+        help="start offset: a number, earliest (-2) or latest (-1)",
+    )
+    consume.add_argument("--limit", type=_positive_int, metavar="N", help="stop after N records")
+    consume.add_argument(
+        "--follow", action="store_true", help="keep following the tail for new records"
+    )
+    consume.add_argument(
+        "--max-wait-ms",
+        type=_non_negative_int,
+        default=0,
+        metavar="MS",
+        help="long-poll at the end of the log for up to MS milliseconds (without --follow)",
+    )
+    consume.set_defaults(func=_cmd_consume)
+
+    # offset ...
+    offset = commands.add_parser("offset", help="commit and get consumer group offsets")
+    offset_commands = offset.add_subparsers(dest="offset_command", metavar="ACTION", required=True)
+    for name, help_text in (
+        ("commit", "commit a consumer group offset"),
+        ("get", "get a committed consumer group offset"),
+    ):
+        sub = offset_commands.add_parser(name, parents=[common], help=help_text)
+        sub.add_argument("--group", required=True, metavar="G", help="consumer group")
+        sub.add_argument("--topic", required=True, metavar="T", help="topic name")
+        sub.add_argument(
+            "--partition", type=_non_negative_int, required=True, metavar="P", help="partition"
+        )
+        if name == "commit":
+            sub.add_argument(
+                "--offset",
+                type=_commit_offset,
+                required=True,
+                metavar="O",
+                help="next offset to consume",
+            )
+            sub.add_argument("--metadata", default="", metavar="M", help="free-form metadata")
+            sub.set_defaults(func=_cmd_offset_commit)
+        else:
+            sub.set_defaults(func=_cmd_offset_get)
+    return parser
+
+
+def _error(message: str) -> None:
+    text = " ".join(str(message).split())
+    sys.stderr.write(f"{PROG}: error: {text}\n")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs streamctl with ``argv`` (default ``sys.argv[1:]``) and returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as error:
+        _error(str(error))
+        return 2
+    except SystemExit as exit_:  # --help
+        return exit_.code if isinstance(exit_.code, int) else 0
+
+    out = _Printer(args.output, sys.stdout)
+    command: Command = args.func
+    client = Client(args.server, timeout=30.0)
+    try:
+        return command(client, args, out)
+    except UsageError as error:
+        _error(str(error))
+        return 2
+    except (StreamHouseError, CommandError) as error:
+        _error(str(error))
+        return 1
+    except OSError as error:
+        if isinstance(error, BrokenPipeError):
+            # The reader went away (e.g. `| head`); stop quietly.
+            _silence_stdout()
+            return 0
+        _error(f"{error.strerror or error}")
+        return 1
+    except KeyboardInterrupt:
+        if getattr(args, "follow", False):
+            return 0
+        _error("interrupted")
+        return 130
+    finally:
+        client.close()
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
