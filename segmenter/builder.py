@@ -43,7 +43,8 @@ class SegmentBuilder:
             buf = self._partitions[(frame.topic_id, frame.partition)] = _PartitionBuffer()
         pos = 0
         view = memoryview(payload)
-        for ordinal, (meta, length) in enumerate(zip(frame.batches, frame.batch_lengths, strict=True)):
+        pairs = zip(frame.batches, frame.batch_lengths, strict=True)
+        for ordinal, (meta, length) in enumerate(pairs):
             count, pid, epoch, seq, max_ts = meta
             buf.batches.append(view[pos : pos + length])
             pos += length
