@@ -52,7 +52,7 @@ class ProduceSlot:
 
     topic_id: int
     partition: int
-    batches: list[tuple[int, int, int, int, int]]  # see ProduceFrame.batches
+    batches: list[tuple[int, int, int, int, int, int]]  # see ProduceFrame.batches
     batch_lengths: list[int]
     payload: bytes
 

@@ -70,7 +70,7 @@ def plan_produce(
             for h in rec.headers:
                 hv = h.value if h.HasField("value") else None
                 headers.append((h.key, hv))
-                size += len(h.key) + (len(hv) if hv is not None else 0)
+                size += len(h.key.encode()) + (len(hv) if hv is not None else 0)
         if size > max_record_bytes:
             raise ProduceRejected(
                 f"record {index} is {size} bytes, over the {max_record_bytes}-byte limit"
@@ -97,6 +97,7 @@ def plan_produce(
         )
     pid, epoch, seq = producer if producer is not None else (-1, -1, -1)
     slots = []
+    encoded = 0
     for target in sorted(groups):
         keys, values, headers_list, timestamps = groups[target]
         batch = encode_batch(
@@ -108,6 +109,11 @@ def plan_produce(
             producer_epoch=epoch,
             base_sequence=seq,
         )
-        meta = (len(keys), pid, epoch, seq, max(timestamps))
+        encoded += len(batch)
+        if encoded > max_batch_bytes:
+            raise ProduceRejected(
+                f"the batch encodes to over {max_batch_bytes} bytes (the limit): split it"
+            )
+        meta = (len(keys), pid, epoch, seq, min(timestamps), max(timestamps))
         slots.append(ProduceSlot(topic_id, target, [meta], [len(batch)], batch))
     return slots

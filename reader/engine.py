@@ -94,9 +94,15 @@ class ReadEngine:
                 task.add_done_callback(_ignore_result)
 
     async def read_part(
-        self, part: FetchPart, fmt: int, max_bytes: int, max_records: int
+        self,
+        part: FetchPart,
+        fmt: int,
+        max_bytes: int,
+        max_records: int,
+        allow_oversize: bool = True,
     ) -> tuple[FetchPartResult, bytes]:
-        """Reads one partition from `part.offset`, up to max_bytes (one batch at least)."""
+        """Reads one partition from `part.offset`, up to max_bytes; with allow_oversize the
+        first batch is returned even when it alone is larger."""
         state = self.meta.get_partition(part.topic_id, part.partition)
         if state is None:
             return _result(part, UNKNOWN_TOPIC, -1, -1), b""
@@ -136,7 +142,8 @@ class ReadEngine:
                     last = batch_base + info.last_offset_delta
                     if last < next_offset:
                         continue
-                    if chunks and size + info.length > max_bytes:
+                    bounded = bool(chunks) or not allow_oversize
+                    if bounded and size + info.length > max_bytes:
                         done = True
                         break
                     batch = view[info.position : info.position + info.length]
@@ -151,6 +158,10 @@ class ReadEngine:
                         rendered, n = render_records(
                             decode_records(batch), batch_base, next_offset, limit - count
                         )
+                        # Rendered records can outgrow the stored batch: check again.
+                        if bounded and size + len(rendered) > max_bytes:
+                            done = True
+                            break
                         chunks.append(rendered)
                         size += len(rendered)
                         count += n
@@ -186,11 +197,13 @@ class ReadEngine:
                 payloads: list[bytes] = []
                 budget = request.max_bytes
                 for part in request.parts:
+                    # Only the first partition with data may go past the limit (as in Kafka).
                     res, data = await self.read_part(
                         part,
                         request.format,
-                        min(part.max_bytes, max(budget, 1)),
+                        min(part.max_bytes, max(budget, 0)),
                         request.max_records,
+                        allow_oversize=budget == request.max_bytes,
                     )
                     budget -= len(data)
                     results.append(res)

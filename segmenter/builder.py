@@ -45,13 +45,13 @@ class SegmentBuilder:
         view = memoryview(payload)
         pairs = zip(frame.batches, frame.batch_lengths, strict=True)
         for ordinal, (meta, length) in enumerate(pairs):
-            count, pid, epoch, seq, max_ts = meta
+            count, pid, epoch, seq, min_ts, max_ts = meta
             buf.batches.append(view[pos : pos + length])
             pos += length
             buf.refs.append((frame.request_id, frame.slot, ordinal, count, pid, epoch, seq))
             buf.record_count += count
-            if max_ts < buf.min_timestamp:
-                buf.min_timestamp = max_ts
+            if min_ts < buf.min_timestamp:
+                buf.min_timestamp = min_ts
             if max_ts > buf.max_timestamp:
                 buf.max_timestamp = max_ts
         self.buffered_bytes += len(payload)

@@ -81,7 +81,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def stack_id(self) -> str:
         """Short id unique to this data dir, so stacks side by side never share a ring."""
-        return xxhash.xxh64_hexdigest(str(self.data_path))[:10]
+        return xxhash.xxh64_hexdigest(str(self.data_path).encode())[:10]
 
 
 _FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}

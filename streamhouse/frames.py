@@ -32,8 +32,8 @@ class ProduceFrame(msgspec.Struct, array_like=True, frozen=True):
     topic_id: int
     partition: int
     # Per batch in the payload: (record_count, producer_id, producer_epoch, base_sequence,
-    # max_timestamp), in payload order; lengths come from the batch headers.
-    batches: list[tuple[int, int, int, int, int]]
+    # min_timestamp, max_timestamp), in payload order.
+    batches: list[tuple[int, int, int, int, int, int]]
     batch_lengths: list[int]
 
 

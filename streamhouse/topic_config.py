@@ -6,6 +6,7 @@ lifecycle work; unknown keys are refused so typos do not pass silently.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 
@@ -13,12 +14,14 @@ class TopicConfigError(ValueError):
     """A topic config key is unknown or its value is invalid; the message says which."""
 
 
+_LONG = re.compile(r"-?[0-9]{1,19}")
+
+
 def _int_at_least(low: int) -> Callable[[str], bool]:
+    """A Kafka long (decimal digits only, within int64) of at least `low`."""
+
     def check(value: str) -> bool:
-        try:
-            return int(value) >= low
-        except ValueError:
-            return False
+        return bool(_LONG.fullmatch(value)) and low <= int(value) < 2**63
 
     return check
 
