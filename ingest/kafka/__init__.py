@@ -1,0 +1,1 @@
+"""Kafka wire-protocol front door of the ingest process (listener, codec, group coordinator)."""
