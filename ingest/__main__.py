@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from ingest.grpc_service import start_grpc_server
+from ingest.kafka.broker import KafkaBroker
 from ingest.pipeline import Pipeline
 from metadata import MetadataStore
 from streamhouse.config import Settings
@@ -19,11 +20,19 @@ async def run_ingest(settings: Settings, stop: asyncio.Event) -> None:
     pipeline = Pipeline(settings)
     pipeline.start()
     server = await start_grpc_server(settings, meta, pipeline)
-    log.info("ingest ready: gRPC on %s", settings.grpc_listen)
+    kafka = KafkaBroker(settings, meta, pipeline)
+    await kafka.start()
+    log.info(
+        "ingest ready: gRPC on %s, Kafka on %s (advertised %s:%d)",
+        settings.grpc_listen,
+        settings.kafka_listen,
+        *settings.kafka_advertised_address,
+    )
     try:
         await stop.wait()
     finally:
         log.info("shutting down: refusing new requests, finishing those in flight")
+        await kafka.stop()
         await server.stop(grace=5)
         await pipeline.close()
         meta.close()

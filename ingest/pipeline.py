@@ -28,6 +28,7 @@ from streamhouse.frames import (
     decoder_for,
     header_encoder,
 )
+from streamhouse.ring import RingTimeout
 
 log = logging.getLogger("ingest.pipeline")
 
@@ -54,7 +55,7 @@ class ProduceSlot:
     partition: int
     batches: list[tuple[int, int, int, int, int, int]]  # see ProduceFrame.batches
     batch_lengths: list[int]
-    payload: bytes
+    payload: bytes | memoryview
 
 
 class Pipeline:
@@ -118,13 +119,14 @@ class Pipeline:
                     slot.batch_lengths,
                 )
                 header = header_encoder.encode(frame)
-                if not self.produce_ring.try_write(header, slot.payload):
-                    try:
-                        await self.produce_ring.write(header, slot.payload, timeout=timeout)
-                    except Exception as exc:
-                        raise PipelineUnavailable(
-                            "the produce pipeline is saturated; retry with backoff"
-                        ) from exc
+                try:
+                    # write() keeps call order across tasks, which keeps a connection's
+                    # pipelined produces (and their sequence numbers) in order.
+                    await self.produce_ring.write(header, slot.payload, timeout=timeout)
+                except RingTimeout as exc:
+                    raise PipelineUnavailable(
+                        "the produce pipeline is saturated; retry with backoff"
+                    ) from exc
             try:
                 return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
             except TimeoutError:
@@ -146,11 +148,10 @@ class Pipeline:
         self._fetches[request_id] = future
         try:
             header = header_encoder.encode(request)
-            if not self.fetch_ring.try_write(header):
-                try:
-                    await self.fetch_ring.write(header, timeout=10)
-                except Exception as exc:
-                    raise PipelineUnavailable("the reader is saturated; retry") from exc
+            try:
+                await self.fetch_ring.write(header, timeout=10)
+            except RingTimeout as exc:
+                raise PipelineUnavailable("the reader is saturated; retry") from exc
             try:
                 return await asyncio.wait_for(asyncio.shield(future), wait_ms / 1000 + 30)
             except TimeoutError:

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import apsw
 import msgspec
@@ -197,6 +197,19 @@ _SQL_FIND_BLOCKS = (
     "FROM segment_blocks AS b JOIN segments AS s ON s.segment_id = b.segment_id "
     "WHERE b.topic_id = ? AND b.partition = ? AND b.end_offset > ? "
     "ORDER BY b.end_offset LIMIT ?"
+)
+_SQL_BLOCK_COLUMNS = (
+    "SELECT s.key, b.byte_offset, b.byte_length, b.base_offset, b.end_offset, b.record_count, "
+    "b.max_timestamp, b.skipped_batches "
+    "FROM segment_blocks AS b JOIN segments AS s ON s.segment_id = b.segment_id "
+)
+_SQL_FIND_BLOCK_BY_TIMESTAMP = (
+    _SQL_BLOCK_COLUMNS + "WHERE b.topic_id = ? AND b.partition = ? AND b.end_offset > ? "
+    "AND b.max_timestamp >= ? ORDER BY b.end_offset LIMIT 1"
+)
+_SQL_FIND_MAX_TIMESTAMP_BLOCK = (
+    _SQL_BLOCK_COLUMNS + "WHERE b.topic_id = ? AND b.partition = ? AND b.end_offset > ? "
+    "ORDER BY b.max_timestamp DESC, b.end_offset LIMIT 1"
 )
 _SQL_PRODUCER_STATES = (
     "SELECT s.topic_id, s.partition, s.producer_id, s.producer_epoch, s.batches "
@@ -796,19 +809,29 @@ class MetadataStore:
         """
         with self._read() as db:
             rows = db.execute(_SQL_FIND_BLOCKS, (topic_id, partition, offset, limit)).fetchall()
-        return [
-            BlockLocation(
-                segment_key=r[0],
-                byte_offset=r[1],
-                byte_length=r[2],
-                base_offset=r[3],
-                end_offset=r[4],
-                record_count=r[5],
-                max_timestamp=r[6],
-                skipped_batches=_skipped_decoder.decode(r[7]) if r[7] is not None else (),
-            )
-            for r in rows
-        ]
+        return [_block_location(r) for r in rows]
+
+    def find_block_by_timestamp(
+        self, topic_id: int, partition: int, timestamp: int, from_offset: int
+    ) -> BlockLocation | None:
+        """The first block (in offset order) ending after ``from_offset`` that holds a record
+        with a timestamp of at least ``timestamp``; None when there is none."""
+        with self._read() as db:
+            rows = db.execute(
+                _SQL_FIND_BLOCK_BY_TIMESTAMP, (topic_id, partition, from_offset, timestamp)
+            ).fetchall()
+        return _block_location(rows[0]) if rows else None
+
+    def find_max_timestamp_block(
+        self, topic_id: int, partition: int, from_offset: int
+    ) -> BlockLocation | None:
+        """The block ending after ``from_offset`` with the largest max timestamp (the earliest
+        such block on ties); None for an empty partition."""
+        with self._read() as db:
+            rows = db.execute(
+                _SQL_FIND_MAX_TIMESTAMP_BLOCK, (topic_id, partition, from_offset)
+            ).fetchall()
+        return _block_location(rows[0]) if rows else None
 
     # ------------------------------------------------------------------ consumer groups
 
@@ -848,6 +871,34 @@ class MetadataStore:
             rows = db.execute(_SQL_GROUP_OFFSETS, (group,)).fetchall()
         return [GroupOffset(*r) for r in rows]
 
+    def delete_group_offsets(
+        self, group: str, partitions: Sequence[tuple[int, int]] | None = None
+    ) -> int:
+        """Remove ``group``'s commits for the given ``(topic_id, partition)`` pairs, or all of
+        them when ``partitions`` is None; returns how many were removed."""
+        removed = 0
+        with self._write() as db:
+            if partitions is None:
+                db.execute("DELETE FROM group_offsets WHERE group_id = ?", (group,))
+                removed = db.changes()
+            else:
+                for topic_id, partition in partitions:
+                    db.execute(
+                        "DELETE FROM group_offsets WHERE group_id = ? AND topic_id = ? "
+                        "AND partition = ?",
+                        (group, topic_id, partition),
+                    )
+                    removed += db.changes()
+        return removed
+
+    def list_offset_groups(self) -> list[str]:
+        """Every group that has at least one committed offset, sorted."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT DISTINCT group_id FROM group_offsets ORDER BY group_id"
+            ).fetchall()
+        return [r[0] for r in rows]
+
     # ------------------------------------------------------------------ producers
 
     def allocate_producer_id(self) -> tuple[int, int]:
@@ -856,3 +907,16 @@ class MetadataStore:
         with self._write() as db:
             producer_id = db.execute(_SQL_ALLOCATE_PRODUCER_ID).fetchall()[0][0]
         return int(producer_id), 0
+
+
+def _block_location(r: Any) -> BlockLocation:
+    return BlockLocation(
+        segment_key=r[0],
+        byte_offset=r[1],
+        byte_length=r[2],
+        base_offset=r[3],
+        end_offset=r[4],
+        record_count=r[5],
+        max_timestamp=r[6],
+        skipped_batches=_skipped_decoder.decode(r[7]) if r[7] is not None else (),
+    )

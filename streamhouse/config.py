@@ -54,6 +54,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     store_timeout_ms: int = 30_000
     # How long a produce waits for its durable commit before failing with UNAVAILABLE.
     produce_timeout_ms: int = 30_000
+    # Kafka listener.
+    # host:port clients are told to connect to; empty means kafka_listen.
+    kafka_advertised: str = ""
+    kafka_auto_create_topics: bool = True
+    # Like Kafka's group.initial.rebalance.delay.ms.
+    group_initial_rebalance_delay_ms: int = 3000
+    group_min_session_timeout_ms: int = 6000
+    group_max_session_timeout_ms: int = 1_800_000
+    # Largest Kafka request frame accepted (Kafka's socket.request.max.bytes).
+    kafka_max_request_bytes: int = 100 * MiB
     log_level: str = "INFO"
 
     @property
@@ -79,6 +89,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return (self.data_path / "objects").as_uri()
 
     @property
+    def kafka_advertised_address(self) -> tuple[str, int]:
+        host, _, port = (self.kafka_advertised or self.kafka_listen).rpartition(":")
+        return host, int(port)
+
+    @property
     def stack_id(self) -> str:
         """Short id unique to this data dir, so stacks side by side never share a ring."""
         return xxhash.xxh64_hexdigest(str(self.data_path).encode())[:10]
@@ -89,6 +104,13 @@ _FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
 
 def _coerce(name: str, raw: str) -> Any:
     kind = _FIELDS[name].type
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"STREAMHOUSE_{name.upper()}={raw!r} is not a boolean (true/false)")
     if kind is int:
         try:
             return int(raw.replace("_", ""))
@@ -139,11 +161,15 @@ def _validate(s: Settings) -> None:
         "upload_attempts",
         "store_timeout_ms",
         "produce_timeout_ms",
+        "group_min_session_timeout_ms",
+        "group_max_session_timeout_ms",
+        "kafka_max_request_bytes",
     ]
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"STREAMHOUSE_{name.upper()} must be positive")
-    for listen in ("grpc_listen", "kafka_listen"):
+    listens = ["grpc_listen", "kafka_listen"] + (["kafka_advertised"] if s.kafka_advertised else [])
+    for listen in listens:
         host, _, port = getattr(s, listen).rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"STREAMHOUSE_{listen.upper()} must be HOST:PORT")

@@ -1,0 +1,161 @@
+"""Cluster-level Kafka APIs: ApiVersions, Metadata, DescribeCluster, FindCoordinator,
+InitProducerId. This single node is every partition's leader and every group's coordinator."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from ingest.kafka import errors
+from ingest.kafka.broker import CLUSTER_ID, LEADER_EPOCH, NODE_ID
+from streamhouse.kafka.messages import (
+    ApiVersionsRequest,
+    ApiVersionsResponse,
+    DescribeClusterRequest,
+    DescribeClusterResponse,
+    FindCoordinatorRequest,
+    FindCoordinatorResponse,
+    InitProducerIdRequest,
+    InitProducerIdResponse,
+    MetadataRequest,
+    MetadataResponse,
+    RequestHeader,
+)
+
+if TYPE_CHECKING:
+    from ingest.kafka.broker import KafkaBroker
+
+M = MetadataResponse
+
+
+async def api_versions(
+    broker: KafkaBroker, header: RequestHeader, request: ApiVersionsRequest
+) -> ApiVersionsResponse:
+    return broker.api_versions()
+
+
+def _topic_entry(broker: KafkaBroker, name: str, error: int) -> M.MetadataResponseTopic:
+    topic = broker.topic(name) if error == 0 else None
+    if topic is None:
+        return M.MetadataResponseTopic(
+            error_code=error or errors.UNKNOWN_TOPIC_OR_PARTITION, name=name
+        )
+    return M.MetadataResponseTopic(
+        error_code=0,
+        name=topic.name,
+        topic_id=uuid.UUID(bytes=topic.uuid),
+        is_internal=False,
+        partitions=[
+            M.MetadataResponsePartition(
+                error_code=0,
+                partition_index=p,
+                leader_id=NODE_ID,
+                leader_epoch=LEADER_EPOCH,
+                replica_nodes=[NODE_ID],
+                isr_nodes=[NODE_ID],
+                offline_replicas=[],
+            )
+            for p in range(topic.partitions)
+        ],
+    )
+
+
+async def metadata(
+    broker: KafkaBroker, header: RequestHeader, request: MetadataRequest
+) -> MetadataResponse:
+    version = header.request_api_version
+    entries: list[M.MetadataResponseTopic] = []
+    if request.topics is None or (version == 0 and not request.topics):
+        for topic in broker.meta.list_topics():
+            entries.append(_topic_entry(broker, topic.name, 0))
+    else:
+        allow = request.allow_auto_topic_creation if version >= 4 else True
+        for wanted in request.topics:
+            name = wanted.name
+            if not name and wanted.topic_id is not None and wanted.topic_id.int != 0:
+                topic = broker.meta.get_topic_by_uuid(wanted.topic_id.bytes)
+                if topic is None:
+                    entries.append(
+                        M.MetadataResponseTopic(
+                            error_code=errors.UNKNOWN_TOPIC_ID, name=None, topic_id=wanted.topic_id
+                        )
+                    )
+                    continue
+                name = topic.name
+            topic, error = broker.topic_or_create(name or "", allow)
+            entries.append(_topic_entry(broker, name or "", error))
+    return MetadataResponse(
+        brokers=[M.MetadataResponseBroker(node_id=NODE_ID, host=broker.host, port=broker.port)],
+        cluster_id=CLUSTER_ID,
+        controller_id=NODE_ID,
+        topics=entries,
+    )
+
+
+async def describe_cluster(
+    broker: KafkaBroker, header: RequestHeader, request: DescribeClusterRequest
+) -> DescribeClusterResponse:
+    return DescribeClusterResponse(
+        error_code=0,
+        endpoint_type=request.endpoint_type,
+        cluster_id=CLUSTER_ID,
+        controller_id=NODE_ID,
+        brokers=[
+            DescribeClusterResponse.DescribeClusterBroker(
+                broker_id=NODE_ID, host=broker.host, port=broker.port
+            )
+        ],
+    )
+
+
+async def find_coordinator(
+    broker: KafkaBroker, header: RequestHeader, request: FindCoordinatorRequest
+) -> FindCoordinatorResponse:
+    # key_type 0 is a group, 1 a transactional id (transactions are not supported).
+    if header.request_api_version >= 4:
+        return FindCoordinatorResponse(
+            coordinators=[
+                _coordinator(broker, key, request.key_type) for key in request.coordinator_keys
+            ]
+        )
+    if request.key_type != 0:
+        return FindCoordinatorResponse(
+            error_code=errors.COORDINATOR_NOT_AVAILABLE,
+            error_message="transactions are not supported",
+            node_id=-1,
+            host="",
+            port=-1,
+        )
+    return FindCoordinatorResponse(
+        error_code=0, error_message=None, node_id=NODE_ID, host=broker.host, port=broker.port
+    )
+
+
+def _coordinator(
+    broker: KafkaBroker, key: str, key_type: int
+) -> FindCoordinatorResponse.Coordinator:
+    if key_type != 0:
+        return FindCoordinatorResponse.Coordinator(
+            key=key,
+            node_id=-1,
+            host="",
+            port=-1,
+            error_code=errors.COORDINATOR_NOT_AVAILABLE,
+            error_message="transactions are not supported",
+        )
+    return FindCoordinatorResponse.Coordinator(
+        key=key, node_id=NODE_ID, host=broker.host, port=broker.port, error_code=0
+    )
+
+
+async def init_producer_id(
+    broker: KafkaBroker, header: RequestHeader, request: InitProducerIdRequest
+) -> InitProducerIdResponse:
+    if request.transactional_id:
+        return InitProducerIdResponse(
+            error_code=errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            producer_id=-1,
+            producer_epoch=-1,
+        )
+    producer_id, epoch = broker.meta.allocate_producer_id()
+    return InitProducerIdResponse(error_code=0, producer_id=producer_id, producer_epoch=epoch)

@@ -1,0 +1,288 @@
+"""Kafka Fetch, ListOffsets and OffsetForLeaderEpoch, served through the reader.
+
+Fetch relays every partition of a request to the reader in one FetchRequest (Kafka format:
+stored batches with `baseOffset` patched); the reader honours max_wait_ms, min_bytes,
+max_bytes and partition_max_bytes. Fetch sessions are not kept: every response is a full
+one with session id 0, which Kafka clients accept. Only committed data exists, so the last
+stable offset is the high watermark.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ingest.kafka import errors
+from ingest.kafka.broker import LEADER_EPOCH
+from ingest.pipeline import PipelineUnavailable
+from metadata import BlockLocation
+from streamhouse.frames import FORMAT_KAFKA, FetchPart
+from streamhouse.frames import FetchRequest as ReaderFetch
+from streamhouse.kafka.messages import (
+    FetchRequest,
+    FetchResponse,
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse,
+    RequestHeader,
+)
+from streamhouse.recordbatch import decode_records, scan_batches
+
+if TYPE_CHECKING:
+    from ingest.kafka.broker import KafkaBroker
+
+F = FetchResponse
+LATEST = -1
+EARLIEST = -2
+MAX_TIMESTAMP = -3
+
+
+async def fetch(broker: KafkaBroker, header: RequestHeader, request: FetchRequest) -> FetchResponse:
+    parts: list[FetchPart] = []
+    # per requested partition: (topic name, topic id uuid, partition, index into parts or error)
+    layout: list[tuple[int, list[tuple[int, int]]]] = []
+    topics_meta = []
+    for t_index, wanted in enumerate(request.topics):
+        topic = broker.topic(wanted.topic)
+        if topic is None and wanted.topic_id is not None and wanted.topic_id.int:
+            topic = broker.meta.get_topic_by_uuid(wanted.topic_id.bytes)
+        topics_meta.append(topic)
+        entries: list[tuple[int, int]] = []
+        for p in wanted.partitions:
+            if topic is None or not 0 <= p.partition < topic.partitions:
+                entries.append((p.partition, -1))
+                continue
+            entries.append((p.partition, len(parts)))
+            parts.append(
+                FetchPart(
+                    topic.topic_id, p.partition, p.fetch_offset, max(p.partition_max_bytes, 0)
+                )
+            )
+        layout.append((t_index, entries))
+    results = []
+    payload = memoryview(b"")
+    if parts:
+        max_bytes = min(
+            request.max_bytes or broker.settings.max_fetch_bytes, broker.settings.max_fetch_bytes
+        )
+        reader_request = ReaderFetch(
+            request_id=0,
+            max_wait_ms=max(request.max_wait_ms, 0),
+            min_bytes=max(request.min_bytes, 0),
+            max_bytes=max_bytes,
+            format=FORMAT_KAFKA,
+            parts=parts,
+        )
+        try:
+            answer, data = await broker.pipeline.fetch(reader_request)
+            results = answer.parts
+            payload = memoryview(data)
+        except PipelineUnavailable:
+            results = []
+    positions = []
+    pos = 0
+    for r in results:
+        positions.append(pos)
+        pos += r.length
+    response = FetchResponse(error_code=0, session_id=0, responses=[])
+    for t_index, entries in layout:
+        wanted = request.topics[t_index]
+        topic = topics_meta[t_index]
+        partitions = []
+        for partition, index in entries:
+            if index < 0:
+                partitions.append(
+                    F.PartitionData(
+                        partition_index=partition,
+                        error_code=errors.UNKNOWN_TOPIC_OR_PARTITION
+                        if not (wanted.topic_id and wanted.topic_id.int and topic is None)
+                        else errors.UNKNOWN_TOPIC_ID,
+                        high_watermark=-1,
+                        last_stable_offset=-1,
+                        log_start_offset=-1,
+                        records=None,
+                    )
+                )
+                continue
+            if index >= len(results):  # the reader restarted: let the client retry
+                partitions.append(
+                    F.PartitionData(
+                        partition_index=partition,
+                        error_code=errors.NOT_LEADER_OR_FOLLOWER,
+                        high_watermark=-1,
+                        last_stable_offset=-1,
+                        log_start_offset=-1,
+                        records=None,
+                    )
+                )
+                continue
+            r = results[index]
+            code = errors.BY_NAME.get(r.error, errors.UNKNOWN_SERVER_ERROR) if r.error else 0
+            start = positions[index]
+            partitions.append(
+                F.PartitionData(
+                    partition_index=partition,
+                    error_code=code,
+                    high_watermark=r.high_watermark,
+                    last_stable_offset=r.high_watermark,
+                    log_start_offset=r.log_start_offset,
+                    records=payload[start : start + r.length],
+                )
+            )
+        response.responses.append(
+            F.FetchableTopicResponse(
+                topic=wanted.topic if topic is None else topic.name,
+                topic_id=wanted.topic_id,
+                partitions=partitions,
+            )
+        )
+    return response
+
+
+async def _offset_for_timestamp(
+    broker: KafkaBroker, topic_id: int, partition: int, timestamp: int, log_start: int, hwm: int
+) -> tuple[int, int]:
+    """(offset, timestamp) of the first record at or after `timestamp`, or of the record with
+    the largest timestamp for MAX_TIMESTAMP; (-1, -1) when there is none."""
+    if timestamp == MAX_TIMESTAMP:
+        loc = broker.meta.find_max_timestamp_block(topic_id, partition, log_start)
+    else:
+        loc = broker.meta.find_block_by_timestamp(topic_id, partition, timestamp, log_start)
+    if loc is None:
+        return -1, -1
+    batches = await _block_batches(broker, topic_id, partition, loc)
+    best = (-1, -1)
+    for base, batch in batches:
+        info = scan_batches(batch, verify_crc=False)[0]
+        if timestamp == MAX_TIMESTAMP:
+            if info.max_timestamp > best[1]:
+                for delta, ts, *_ in decode_records(batch):
+                    if ts == info.max_timestamp:
+                        best = (base + delta, ts)
+                        break
+        elif info.max_timestamp >= timestamp:
+            for delta, ts, *_ in decode_records(batch):
+                if ts >= timestamp and base + delta >= log_start:
+                    return base + delta, ts
+    return best
+
+
+async def _block_batches(
+    broker: KafkaBroker, topic_id: int, partition: int, loc: BlockLocation
+) -> list[tuple[int, memoryview]]:
+    """The committed batches of one block with their base offsets, read through the reader."""
+    out: list[tuple[int, memoryview]] = []
+    offset = loc.base_offset
+    while offset < loc.end_offset:
+        request = ReaderFetch(
+            request_id=0,
+            max_wait_ms=0,
+            min_bytes=0,
+            max_bytes=broker.settings.max_fetch_bytes,
+            format=FORMAT_KAFKA,
+            parts=[FetchPart(topic_id, partition, offset, broker.settings.max_fetch_bytes)],
+        )
+        answer, data = await broker.pipeline.fetch(request)
+        part = answer.parts[0]
+        if part.error or part.length == 0:
+            break
+        view = memoryview(data)[: part.length]
+        for info in scan_batches(view, verify_crc=False):
+            base = int.from_bytes(view[info.position : info.position + 8], "big", signed=True)
+            if base >= loc.end_offset:
+                return out
+            out.append((base, view[info.position : info.position + info.length]))
+        offset = part.next_offset
+    return out
+
+
+async def list_offsets(
+    broker: KafkaBroker, header: RequestHeader, request: ListOffsetsRequest
+) -> ListOffsetsResponse:
+    L = ListOffsetsResponse
+    response = ListOffsetsResponse(topics=[])
+    for wanted in request.topics:
+        topic = broker.topic(wanted.name)
+        partitions = []
+        for p in wanted.partitions:
+            state = None
+            if topic is not None and 0 <= p.partition_index < topic.partitions:
+                state = broker.meta.get_partition(topic.topic_id, p.partition_index)
+            if state is None or topic is None:
+                partitions.append(
+                    L.ListOffsetsPartitionResponse(
+                        partition_index=p.partition_index,
+                        error_code=errors.UNKNOWN_TOPIC_OR_PARTITION,
+                        timestamp=-1,
+                        offset=-1,
+                    )
+                )
+                continue
+            ts, offset = -1, -1
+            if p.timestamp == LATEST:
+                offset = state.high_watermark
+            elif p.timestamp == EARLIEST:
+                offset = state.log_start_offset
+            else:
+                try:
+                    offset, ts = await _offset_for_timestamp(
+                        broker,
+                        topic.topic_id,
+                        p.partition_index,
+                        p.timestamp,
+                        state.log_start_offset,
+                        state.high_watermark,
+                    )
+                except PipelineUnavailable:
+                    offset, ts = -1, -1
+            partitions.append(
+                L.ListOffsetsPartitionResponse(
+                    partition_index=p.partition_index,
+                    error_code=0,
+                    old_style_offsets=[offset]
+                    if offset >= 0 and header.request_api_version == 0
+                    else [],
+                    timestamp=ts,
+                    offset=offset,
+                    leader_epoch=LEADER_EPOCH,
+                )
+            )
+        response.topics.append(L.ListOffsetsTopicResponse(name=wanted.name, partitions=partitions))
+    return response
+
+
+async def offset_for_leader_epoch(
+    broker: KafkaBroker, header: RequestHeader, request: OffsetForLeaderEpochRequest
+) -> OffsetForLeaderEpochResponse:
+    # One epoch (0) forever: its end offset is the high watermark.
+    E = OffsetForLeaderEpochResponse
+    response = E(topics=[])
+    for wanted in request.topics:
+        topic = broker.topic(wanted.topic)
+        partitions = []
+        for p in wanted.partitions:
+            state = None
+            if topic is not None and 0 <= p.partition < topic.partitions:
+                state = broker.meta.get_partition(topic.topic_id, p.partition)
+            if state is None:
+                partitions.append(
+                    E.EpochEndOffset(
+                        error_code=errors.UNKNOWN_TOPIC_OR_PARTITION,
+                        partition=p.partition,
+                        leader_epoch=-1,
+                        end_offset=-1,
+                    )
+                )
+                continue
+            partitions.append(
+                E.EpochEndOffset(
+                    error_code=0,
+                    partition=p.partition,
+                    leader_epoch=LEADER_EPOCH,
+                    end_offset=state.high_watermark,
+                )
+            )
+        response.topics.append(
+            E.OffsetForLeaderTopicResult(topic=wanted.topic, partitions=partitions)
+        )
+    return response

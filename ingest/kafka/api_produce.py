@@ -1,0 +1,181 @@
+"""Kafka Produce: validate the batches as produced, send them down the pipeline, answer after
+the durable commit (acks 1 and all) or not at all (acks 0).
+
+Batches are validated by their headers only (CRC-32C, lengths, counts, magic 2) and stored
+byte for byte — compressed batches stay compressed. Per-partition errors are Kafka's:
+UNKNOWN_TOPIC_OR_PARTITION, CORRUPT_MESSAGE, INVALID_RECORD, UNSUPPORTED_FOR_MESSAGE_FORMAT,
+MESSAGE_TOO_LARGE, OUT_OF_ORDER_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH; a pipeline that could
+not make the data durable in time answers REQUEST_TIMED_OUT (retriable: an idempotent producer
+retries with the same sequence and is deduplicated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from ingest.kafka import errors
+from ingest.kafka.connection import NO_RESPONSE
+from ingest.pipeline import PipelineUnavailable, ProduceSlot
+from streamhouse.kafka.messages import ProduceRequest, ProduceResponse, RequestHeader
+from streamhouse.recordbatch import InvalidBatchError, scan_batches
+
+if TYPE_CHECKING:
+    from ingest.kafka.broker import KafkaBroker
+
+log = logging.getLogger("ingest.kafka.produce")
+
+R = ProduceResponse
+_BATCH_ERRORS = {
+    "CORRUPT_MESSAGE": errors.CORRUPT_MESSAGE,
+    "INVALID_RECORD": errors.INVALID_RECORD,
+    "UNSUPPORTED_VERSION": errors.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+}
+_TRANSACTIONAL = 0x10
+_CONTROL = 0x20
+
+
+def _admit(
+    broker: KafkaBroker, topic_id: int, partition: int, records: object, max_message: int
+) -> tuple[ProduceSlot | None, int, str | None]:
+    """A ProduceSlot for one partition's records, or (None, error code, message)."""
+    if records is None:
+        return None, errors.CORRUPT_MESSAGE, "no records"
+    data = records if isinstance(records, memoryview) else memoryview(records)  # type: ignore[arg-type]
+    try:
+        infos = scan_batches(data)
+    except InvalidBatchError as exc:
+        return None, _BATCH_ERRORS.get(exc.code, errors.CORRUPT_MESSAGE), str(exc)
+    metas = []
+    lengths = []
+    for info in infos:
+        if info.length > max_message:
+            return (
+                None,
+                errors.MESSAGE_TOO_LARGE,
+                f"batch of {info.length} bytes exceeds max.message.bytes {max_message}",
+            )
+        if info.attributes & (_TRANSACTIONAL | _CONTROL):
+            return None, errors.INVALID_RECORD, "transactional batches are not supported"
+        metas.append(
+            (
+                info.record_count,
+                info.producer_id,
+                info.producer_epoch,
+                info.base_sequence,
+                info.base_timestamp,
+                info.max_timestamp,
+            )
+        )
+        lengths.append(info.length)
+    return ProduceSlot(topic_id, partition, metas, lengths, data), 0, None
+
+
+async def produce(
+    broker: KafkaBroker, header: RequestHeader, request: ProduceRequest
+) -> ProduceResponse | object:
+    """Answers one Produce request (see the module docstring)."""
+    if request.acks not in (-1, 0, 1):
+        return _all_failed(request, errors.INVALID_REQUIRED_ACKS, f"acks={request.acks} is invalid")
+    if request.transactional_id:
+        return _all_failed(
+            request, errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "transactions are not supported"
+        )
+    slots: list[ProduceSlot] = []
+    # (topic name, partition) -> (slot index or -1, error, message)
+    outcome: dict[tuple[str, int], tuple[int, int, str | None]] = {}
+    for topic_data in request.topic_data:
+        topic, error = broker.topic_or_create(topic_data.name)
+        max_message = broker.settings.max_batch_bytes
+        if topic is not None:
+            configured = topic.config.get("max.message.bytes")
+            if configured is not None:
+                max_message = min(max_message, int(configured))
+        for part in topic_data.partition_data:
+            key = (topic_data.name, part.index)
+            if topic is None or not 0 <= part.index < topic.partitions:
+                outcome[key] = (-1, error or errors.UNKNOWN_TOPIC_OR_PARTITION, None)
+                continue
+            slot, code, message = _admit(
+                broker, topic.topic_id, part.index, part.records, max_message
+            )
+            if slot is None:
+                log.info("refused produce to %s[%d]: %s", topic.name, part.index, message)
+                outcome[key] = (-1, code, message)
+                continue
+            outcome[key] = (len(slots), 0, None)
+            slots.append(slot)
+    if request.acks == 0:
+        if slots:
+            task = asyncio.ensure_future(broker.pipeline.produce(slots))
+            task.add_done_callback(_ignore_outcome)
+        return NO_RESPONSE
+    results: list[list[tuple[int, str]]] = []
+    timed_out: str | None = None
+    if slots:
+        try:
+            results = await broker.pipeline.produce(slots)
+        except PipelineUnavailable as exc:
+            timed_out = str(exc)
+    response = ProduceResponse(responses=[])
+    for topic_data in request.topic_data:
+        partitions = []
+        for part in topic_data.partition_data:
+            index, code, message = outcome[(topic_data.name, part.index)]
+            base_offset = -1
+            if index >= 0:
+                if timed_out is not None:
+                    code, message = errors.REQUEST_TIMED_OUT, timed_out
+                else:
+                    base_offset, error_name = results[index][0]
+                    for _, later_error in results[index][1:]:
+                        error_name = error_name or later_error
+                    if error_name:
+                        code = errors.BY_NAME.get(error_name, errors.UNKNOWN_SERVER_ERROR)
+                        message = error_name
+                        base_offset = -1 if code != 0 else base_offset
+            partitions.append(
+                R.PartitionProduceResponse(
+                    index=part.index,
+                    error_code=code,
+                    base_offset=base_offset,
+                    log_append_time_ms=-1,
+                    log_start_offset=_log_start(broker, topic_data.name, part.index),
+                    error_message=message,
+                )
+            )
+        response.responses.append(
+            R.TopicProduceResponse(name=topic_data.name, partition_responses=partitions)
+        )
+    return response
+
+
+def _log_start(broker: KafkaBroker, topic_name: str, partition: int) -> int:
+    topic = broker.topic(topic_name)
+    if topic is None:
+        return -1
+    state = broker.meta.get_partition(topic.topic_id, partition)
+    return state.log_start_offset if state is not None else -1
+
+
+def _all_failed(request: ProduceRequest, code: int, message: str) -> ProduceResponse:
+    return ProduceResponse(
+        responses=[
+            R.TopicProduceResponse(
+                name=t.name,
+                partition_responses=[
+                    R.PartitionProduceResponse(
+                        index=p.index, error_code=code, base_offset=-1, error_message=message
+                    )
+                    for p in t.partition_data
+                ],
+            )
+            for t in request.topic_data
+        ]
+    )
+
+
+def _ignore_outcome(task: asyncio.Future[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.info("acks=0 produce was not stored: %s", task.exception())

@@ -1,0 +1,183 @@
+"""The Kafka broker inside ingest: which APIs it serves, the listener, and what handlers share.
+
+This node reports itself (node id 0) as the leader of every partition, with leader epoch 0 and
+the topic ids kept in metadata, so clients route everything here. Handlers live one module per
+area (`api_cluster`, `api_produce`, `api_fetch`, `api_groups`, `api_admin`); each is
+`async def handle(broker, header, request) -> response` and works for every version the
+generated codec decodes (the codec fills version-specific fields).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ingest.kafka.connection import KafkaConnection
+from ingest.kafka.groups import GroupCoordinator
+from ingest.pipeline import Pipeline
+from metadata import InvalidTopicError, MetadataStore, TopicExistsError, TopicInfo
+from streamhouse.config import Settings
+from streamhouse.kafka.messages import ApiVersionsResponse, RequestHeader
+
+log = logging.getLogger("ingest.kafka")
+
+NODE_ID = 0
+LEADER_EPOCH = 0
+CLUSTER_ID = "streamhouse-cluster-0"
+
+# API key -> (name, lowest and highest version advertised in ApiVersions).
+ADVERTISED: dict[int, tuple[str, int, int]] = {
+    0: ("Produce", 3, 11),
+    1: ("Fetch", 4, 12),
+    2: ("ListOffsets", 1, 7),
+    3: ("Metadata", 0, 12),
+    8: ("OffsetCommit", 2, 9),
+    9: ("OffsetFetch", 1, 8),
+    10: ("FindCoordinator", 0, 4),
+    11: ("JoinGroup", 0, 9),
+    12: ("Heartbeat", 0, 4),
+    13: ("LeaveGroup", 0, 5),
+    14: ("SyncGroup", 0, 5),
+    15: ("DescribeGroups", 0, 5),
+    16: ("ListGroups", 0, 4),
+    18: ("ApiVersions", 0, 4),
+    19: ("CreateTopics", 2, 7),
+    20: ("DeleteTopics", 1, 6),
+    21: ("DeleteRecords", 0, 2),
+    22: ("InitProducerId", 0, 4),
+    23: ("OffsetForLeaderEpoch", 0, 4),
+    32: ("DescribeConfigs", 1, 4),
+    33: ("AlterConfigs", 0, 2),
+    37: ("CreatePartitions", 0, 3),
+    42: ("DeleteGroups", 0, 2),
+    44: ("IncrementalAlterConfigs", 0, 1),
+    47: ("OffsetDelete", 0, 0),
+    60: ("DescribeCluster", 0, 1),
+}
+
+Handler = Callable[["KafkaBroker", RequestHeader, Any], Awaitable[Any]]
+
+
+class KafkaBroker:
+    def __init__(self, settings: Settings, meta: MetadataStore, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.meta = meta
+        self.pipeline = pipeline
+        self.host, self.port = settings.kafka_advertised_address
+        self.coordinator = GroupCoordinator(
+            initial_rebalance_delay_ms=settings.group_initial_rebalance_delay_ms,
+            min_session_timeout_ms=settings.group_min_session_timeout_ms,
+            max_session_timeout_ms=settings.group_max_session_timeout_ms,
+        )
+        self.connections: set[KafkaConnection] = set()
+        self._handlers = _handlers()
+        self._server: asyncio.Server | None = None
+
+    # -- shared by handlers --------------------------------------------------------------
+
+    def topic(self, name: str | None) -> TopicInfo | None:
+        return self.meta.get_topic(name) if name else None
+
+    def topic_or_create(self, name: str, allow_create: bool = True) -> tuple[TopicInfo | None, int]:
+        """The topic, created with the default partition count when auto-creation is on.
+
+        Returns (topic, error code) with UNKNOWN_TOPIC_OR_PARTITION or INVALID_TOPIC_EXCEPTION
+        when there is no topic.
+        """
+        topic = self.topic(name)
+        if topic is not None:
+            return topic, 0
+        if not (allow_create and self.settings.kafka_auto_create_topics):
+            return None, 3
+        try:
+            topic = self.meta.create_topic(name, self.settings.default_partitions, {})
+            log.info("auto-created topic %s (%d partitions)", name, topic.partitions)
+            return topic, 0
+        except TopicExistsError:
+            return self.topic(name), 0
+        except InvalidTopicError:
+            return None, 17
+
+    def api_versions(self) -> ApiVersionsResponse:
+        return ApiVersionsResponse(
+            error_code=0,
+            api_keys=[
+                ApiVersionsResponse.ApiVersion(api_key=key, min_version=lo, max_version=hi)
+                for key, (_, lo, hi) in sorted(ADVERTISED.items())
+            ],
+        )
+
+    # -- listener ------------------------------------------------------------------------
+
+    def _dispatch(self, api_key: int) -> Callable[[RequestHeader, Any], Awaitable[Any]] | None:
+        handler = self._handlers.get(api_key)
+        if handler is None:
+            return None
+        return lambda header, request: handler(self, header, request)
+
+    async def start(self) -> None:
+        host, _, port = self.settings.kafka_listen.rpartition(":")
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                self._new_connection,
+                host,
+                int(port),
+                reuse_address=True,
+            )
+        except OSError as exc:
+            raise OSError(
+                f"cannot listen on {self.settings.kafka_listen} (STREAMHOUSE_KAFKA_LISTEN): {exc}"
+            ) from None
+
+    def _new_connection(self) -> KafkaConnection:
+        connection = KafkaConnection(
+            self._dispatch,
+            self.api_versions,
+            self.settings.kafka_max_request_bytes,
+            self.connections.discard,
+        )
+        self.connections.add(connection)
+        return connection
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.close("the broker is stopping")
+        self.coordinator.close()
+
+
+def _handlers() -> dict[int, Handler]:
+    from ingest.kafka import api_admin, api_cluster, api_fetch, api_groups, api_produce
+
+    return {
+        0: api_produce.produce,
+        1: api_fetch.fetch,
+        2: api_fetch.list_offsets,
+        3: api_cluster.metadata,
+        8: api_groups.offset_commit,
+        9: api_groups.offset_fetch,
+        10: api_cluster.find_coordinator,
+        11: api_groups.join_group,
+        12: api_groups.heartbeat,
+        13: api_groups.leave_group,
+        14: api_groups.sync_group,
+        15: api_groups.describe_groups,
+        16: api_groups.list_groups,
+        18: api_cluster.api_versions,
+        19: api_admin.create_topics,
+        20: api_admin.delete_topics,
+        21: api_admin.delete_records,
+        22: api_cluster.init_producer_id,
+        23: api_fetch.offset_for_leader_epoch,
+        32: api_admin.describe_configs,
+        33: api_admin.alter_configs,
+        37: api_admin.create_partitions,
+        42: api_groups.delete_groups,
+        44: api_admin.incremental_alter_configs,
+        47: api_groups.offset_delete,
+        60: api_cluster.describe_cluster,
+    }
