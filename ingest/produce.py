@@ -4,7 +4,7 @@ Rules:
 - An explicit partition must exist; otherwise keyed records go to Kafka's default partition
   (murmur2 of the key) and keyless records of one request go together to the next partition
   in a round robin, so a request's keyless records get consecutive offsets.
-- timestamp_ms 0 means server time.
+- timestamp_ms 0 means server time; on a LogAppendTime topic every record gets server time.
 - Limits: a record (key + value + headers) at most max_record_bytes, a request at most
   max_batch_bytes in total, at least one record.
 - An idempotent request (producer_id set) names its partition; its records become one batch
@@ -46,6 +46,7 @@ def plan_produce(
     max_record_bytes: int,
     max_batch_bytes: int,
     producer: tuple[int, int, int] | None = None,
+    log_append_time: bool = False,
 ) -> list[ProduceSlot]:
     """One ProduceSlot (one v2 batch) per partition written, in partition order."""
     if not records:
@@ -90,7 +91,7 @@ def plan_produce(
         group[0].append(key)
         group[1].append(value)
         group[2].append(headers)
-        group[3].append(rec.timestamp_ms or now_ms)
+        group[3].append(now_ms if log_append_time else rec.timestamp_ms or now_ms)
     if total > max_batch_bytes:
         raise ProduceRejected(
             f"the batch is {total} bytes, over the {max_batch_bytes}-byte limit: split it"

@@ -21,6 +21,7 @@ from metadata import (
     UnknownTopicError,
     validate_topic_name,
 )
+from metadata.store import MAX_PARTITIONS
 from streamhouse.kafka.messages import (
     AlterConfigsRequest,
     AlterConfigsResponse,
@@ -57,7 +58,8 @@ CONFIG_TYPES = {
     "segment.bytes": 3,
     "max.message.bytes": 3,
     "min.insync.replicas": 3,
-}  # LONG=5, INT=3, STRING=2
+    "cleanup.policy": 7,
+}  # LONG=5, INT=3, STRING=2, LIST=7
 
 
 async def create_topics(
@@ -91,7 +93,12 @@ async def create_topics(
                 {c.name: c.value for c in wanted.configs if c.value is not None}
             )
             if request.validate_only:
+                # What create_topic would refuse, without creating anything.
                 validate_topic_name(wanted.name)
+                if not 1 <= partitions <= MAX_PARTITIONS:
+                    raise InvalidPartitionsError(
+                        f"partition count must be between 1 and {MAX_PARTITIONS}, got {partitions}"
+                    )
                 if broker.topic(wanted.name) is not None:
                     raise TopicExistsError(wanted.name)
             else:
@@ -120,6 +127,10 @@ async def create_topics(
         except TopicConfigError as exc:
             result.error_code = errors.INVALID_CONFIG
             result.error_message = str(exc)
+        if result.error_code:
+            # As Kafka: a failed topic reports no partition count, factor or configs.
+            result.num_partitions = result.replication_factor = -1
+            result.configs = []
         results.append(result)
     return R(topics=results)
 
@@ -173,6 +184,11 @@ async def create_partitions(
             result.error_message = (
                 f"topic {wanted.name!r} has {topic.partitions} partitions; the new count "
                 f"{wanted.count} must be larger"
+            )
+        elif wanted.count > MAX_PARTITIONS:
+            result.error_code = errors.INVALID_PARTITIONS
+            result.error_message = (
+                f"partition count must be between 1 and {MAX_PARTITIONS}, got {wanted.count}"
             )
         elif not request.validate_only:
             try:

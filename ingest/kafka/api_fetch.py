@@ -143,36 +143,66 @@ async def _offset_for_timestamp(
     broker: KafkaBroker, topic_id: int, partition: int, timestamp: int, log_start: int, hwm: int
 ) -> tuple[int, int]:
     """(offset, timestamp) of the first record at or after `timestamp`, or of the record with
-    the largest timestamp for MAX_TIMESTAMP; (-1, -1) when there is none."""
+    the largest timestamp for MAX_TIMESTAMP; (-1, -1) when there is none. Records below the
+    log start offset (removed by DeleteRecords) are never answered."""
     if timestamp == MAX_TIMESTAMP:
-        loc = broker.meta.find_max_timestamp_block(topic_id, partition, log_start)
-    else:
-        loc = broker.meta.find_block_by_timestamp(topic_id, partition, timestamp, log_start)
+        return await _max_timestamp(broker, topic_id, partition, log_start)
+    start = log_start
+    while start < hwm:
+        loc = broker.meta.find_block_by_timestamp(topic_id, partition, timestamp, start)
+        if loc is None:
+            break
+        for base, batch in await _block_batches(broker, topic_id, partition, loc, start):
+            if scan_batches(batch, verify_crc=False)[0].max_timestamp < timestamp:
+                continue
+            for delta, ts, *_ in decode_records(batch):
+                if ts >= timestamp and base + delta >= start:
+                    return base + delta, ts
+        # The block's matching records are all below the log start: look further on.
+        start = loc.end_offset
+    return -1, -1
+
+
+async def _max_timestamp(
+    broker: KafkaBroker, topic_id: int, partition: int, log_start: int
+) -> tuple[int, int]:
+    """(offset, timestamp) of the earliest record with the largest timestamp at or after
+    `log_start`; (-1, -1) for an empty partition."""
+    loc = broker.meta.find_max_timestamp_block(topic_id, partition, log_start)
     if loc is None:
         return -1, -1
-    batches = await _block_batches(broker, topic_id, partition, loc)
+    best = await _max_in_block(broker, topic_id, partition, loc, log_start)
+    if loc.base_offset < log_start:
+        # The block straddles the log start, so its largest timestamp may have been deleted:
+        # the best of the later blocks may beat what is left of it (ties keep the earlier).
+        later = broker.meta.find_max_timestamp_block(topic_id, partition, loc.end_offset)
+        if later is not None:
+            other = await _max_in_block(broker, topic_id, partition, later, later.base_offset)
+            if other[1] > best[1]:
+                best = other
+    return best
+
+
+async def _max_in_block(
+    broker: KafkaBroker, topic_id: int, partition: int, loc: BlockLocation, start: int
+) -> tuple[int, int]:
     best = (-1, -1)
-    for base, batch in batches:
-        info = scan_batches(batch, verify_crc=False)[0]
-        if timestamp == MAX_TIMESTAMP:
-            if info.max_timestamp > best[1]:
-                for delta, ts, *_ in decode_records(batch):
-                    if ts == info.max_timestamp:
-                        best = (base + delta, ts)
-                        break
-        elif info.max_timestamp >= timestamp:
-            for delta, ts, *_ in decode_records(batch):
-                if ts >= timestamp and base + delta >= log_start:
-                    return base + delta, ts
+    for base, batch in await _block_batches(broker, topic_id, partition, loc, start):
+        if scan_batches(batch, verify_crc=False)[0].max_timestamp <= best[1]:
+            continue
+        for delta, ts, *_ in decode_records(batch):
+            if ts > best[1] and base + delta >= start:
+                best = (base + delta, ts)
     return best
 
 
 async def _block_batches(
-    broker: KafkaBroker, topic_id: int, partition: int, loc: BlockLocation
+    broker: KafkaBroker, topic_id: int, partition: int, loc: BlockLocation, start: int
 ) -> list[tuple[int, memoryview]]:
-    """The committed batches of one block with their base offsets, read through the reader."""
+    """The committed batches of one block holding offsets at or after `start`, with their base
+    offsets, read through the reader (which refuses offsets below the log start)."""
     out: list[tuple[int, memoryview]] = []
-    offset = loc.base_offset
+    offset = max(loc.base_offset, start)
     while offset < loc.end_offset:
         request = ReaderFetch(
             request_id=0,

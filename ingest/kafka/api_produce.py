@@ -2,24 +2,38 @@
 the durable commit (acks 1 and all) or not at all (acks 0).
 
 Batches are validated by their headers only (CRC-32C, lengths, counts, magic 2) and stored
-byte for byte — compressed batches stay compressed. Per-partition errors are Kafka's:
-UNKNOWN_TOPIC_OR_PARTITION, CORRUPT_MESSAGE, INVALID_RECORD, UNSUPPORTED_FOR_MESSAGE_FORMAT,
-MESSAGE_TOO_LARGE, OUT_OF_ORDER_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH; a pipeline that could
-not make the data durable in time answers REQUEST_TIMED_OUT (retriable: an idempotent producer
-retries with the same sequence and is deduplicated).
+byte for byte — compressed batches stay compressed — except on a topic with
+message.timestamp.type=LogAppendTime, where each batch is stamped as Kafka does: the
+timestamp-type bit set, maxTimestamp the broker's time, the CRC recomputed (readers then give
+every record that time), and the response carries it as log_append_time_ms.
+
+Per-partition errors are Kafka's: UNKNOWN_TOPIC_OR_PARTITION, CORRUPT_MESSAGE, INVALID_RECORD,
+UNSUPPORTED_FOR_MESSAGE_FORMAT, MESSAGE_TOO_LARGE, OUT_OF_ORDER_SEQUENCE_NUMBER,
+INVALID_PRODUCER_EPOCH; a pipeline that could not make the data durable in time answers
+REQUEST_TIMED_OUT (retriable: an idempotent producer retries with the same sequence and is
+deduplicated).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
+import time
 from typing import TYPE_CHECKING
+
+import crc32c
 
 from ingest.kafka import errors
 from ingest.kafka.connection import NO_RESPONSE
 from ingest.pipeline import PipelineUnavailable, ProduceSlot
 from streamhouse.kafka.messages import ProduceRequest, ProduceResponse, RequestHeader
-from streamhouse.recordbatch import InvalidBatchError, scan_batches
+from streamhouse.recordbatch import (
+    TIMESTAMP_TYPE_MASK,
+    BatchInfo,
+    InvalidBatchError,
+    scan_batches,
+)
 
 if TYPE_CHECKING:
     from ingest.kafka.broker import KafkaBroker
@@ -34,12 +48,36 @@ _BATCH_ERRORS = {
 }
 _TRANSACTIONAL = 0x10
 _CONTROL = 0x20
+# Batch header fields rewritten for LogAppendTime (offsets inside a batch).
+_CRC_AT, _ATTRIBUTES_AT, _MAX_TIMESTAMP_AT = 17, 21, 35
+_INT16 = struct.Struct(">h")
+_UINT32 = struct.Struct(">I")
+_INT64 = struct.Struct(">q")
+
+
+def _stamp_log_append_time(data: memoryview, infos: list[BatchInfo], now_ms: int) -> bytearray:
+    """A copy of the batches marked LogAppendTime with maxTimestamp `now_ms` (Kafka's
+    DefaultRecordBatch.setMaxTimestamp): base timestamps and records stay as produced."""
+    out = bytearray(data)
+    for info in infos:
+        at = info.position
+        _INT16.pack_into(out, at + _ATTRIBUTES_AT, info.attributes | TIMESTAMP_TYPE_MASK)
+        _INT64.pack_into(out, at + _MAX_TIMESTAMP_AT, now_ms)
+        crc = crc32c.crc32c(memoryview(out)[at + _ATTRIBUTES_AT : at + info.length])
+        _UINT32.pack_into(out, at + _CRC_AT, crc)
+    return out
 
 
 def _admit(
-    broker: KafkaBroker, topic_id: int, partition: int, records: object, max_message: int
+    broker: KafkaBroker,
+    topic_id: int,
+    partition: int,
+    records: object,
+    max_message: int,
+    append_time: int | None,
 ) -> tuple[ProduceSlot | None, int, str | None]:
-    """A ProduceSlot for one partition's records, or (None, error code, message)."""
+    """A ProduceSlot for one partition's records, or (None, error code, message). With an
+    `append_time` the batches are stamped with it (LogAppendTime)."""
     if records is None:
         return None, errors.CORRUPT_MESSAGE, "no records"
     data = records if isinstance(records, memoryview) else memoryview(records)  # type: ignore[arg-type]
@@ -64,11 +102,13 @@ def _admit(
                 info.producer_id,
                 info.producer_epoch,
                 info.base_sequence,
-                info.base_timestamp,
-                info.max_timestamp,
+                info.base_timestamp if append_time is None else append_time,
+                info.max_timestamp if append_time is None else append_time,
             )
         )
         lengths.append(info.length)
+    if append_time is not None:
+        data = memoryview(_stamp_log_append_time(data, infos, append_time))
     return ProduceSlot(topic_id, partition, metas, lengths, data), 0, None
 
 
@@ -85,20 +125,25 @@ async def produce(
     slots: list[ProduceSlot] = []
     # (topic name, partition) -> (slot index or -1, error, message)
     outcome: dict[tuple[str, int], tuple[int, int, str | None]] = {}
+    # topic name -> the time its batches were stamped with (LogAppendTime topics only)
+    append_times: dict[str, int] = {}
     for topic_data in request.topic_data:
         topic, error = broker.topic_or_create(topic_data.name)
         max_message = broker.settings.max_batch_bytes
+        append_time: int | None = None
         if topic is not None:
             configured = topic.config.get("max.message.bytes")
             if configured is not None:
                 max_message = min(max_message, int(configured))
+            if topic.config.get("message.timestamp.type") == "LogAppendTime":
+                append_time = append_times[topic_data.name] = int(time.time() * 1000)
         for part in topic_data.partition_data:
             key = (topic_data.name, part.index)
             if topic is None or not 0 <= part.index < topic.partitions:
                 outcome[key] = (-1, error or errors.UNKNOWN_TOPIC_OR_PARTITION, None)
                 continue
             slot, code, message = _admit(
-                broker, topic.topic_id, part.index, part.records, max_message
+                broker, topic.topic_id, part.index, part.records, max_message, append_time
             )
             if slot is None:
                 log.info("refused produce to %s[%d]: %s", topic.name, part.index, message)
@@ -140,7 +185,7 @@ async def produce(
                     index=part.index,
                     error_code=code,
                     base_offset=base_offset,
-                    log_append_time_ms=-1,
+                    log_append_time_ms=append_times.get(topic_data.name, -1) if code == 0 else -1,
                     log_start_offset=_log_start(broker, topic_data.name, part.index),
                     error_message=message,
                 )

@@ -25,7 +25,8 @@ Rules kept here:
   - A frame whose declared size is negative or larger than the receiver's limit is refused
     before any of it is buffered (InvalidFrame); the receiver is unusable afterwards, the
     connection must be closed.
-  - A request must be consumed exactly: trailing bytes after the body are corruption.
+  - Bytes after a request's body are ignored, as Kafka's own parser does: librdkafka 2.x sends
+    its all-topics Metadata v12 request with a 4-byte placeholder left in it.
   - `records` fields of decoded messages are memoryview slices of the frame (no copy); the
     frame stays alive as long as they do. Frames from FrameReceiver are never reused.
 """
@@ -247,14 +248,6 @@ def decode_request(frame: Buffer) -> tuple[RequestHeader, Any]:
             api_version,
             correlation_id,
         ) from exc
-    if pos != len(buf):
-        raise CorruptRequest(
-            f"corrupt {_message_name(api_key, api_version, 'Request')}: "
-            f"{len(buf) - pos} bytes after the end of the body",
-            api_key,
-            api_version,
-            correlation_id,
-        )
     return header, body
 
 

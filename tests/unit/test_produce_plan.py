@@ -287,3 +287,14 @@ def test_encoded_payload_never_exceeds_max_batch_bytes() -> None:
     assert payload <= max_batch_bytes, (
         f"accepted a request whose batch is {payload} bytes, over max_batch_bytes {max_batch_bytes}"
     )
+
+
+def test_log_append_time_topic_stamps_every_record_with_server_time() -> None:
+    """On a LogAppendTime topic the producer's timestamps are replaced by the server's."""
+    before = int(time.time() * 1000)
+    (slot,) = plan_produce(
+        7, 1, [rec(ts=5), rec(ts=0)], 0, Partitioner(), BIG, BIG, log_append_time=True
+    )
+    after = int(time.time() * 1000)
+    stamps = [r[0] for r in decoded(slot)]
+    assert stamps[0] == stamps[1] and before <= stamps[0] <= after

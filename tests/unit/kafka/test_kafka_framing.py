@@ -149,11 +149,10 @@ def test_too_short_for_a_header() -> None:
     assert info.value.api_key is None
 
 
-def test_garbage_and_trailing_bytes_are_corrupt() -> None:
+def test_trailing_bytes_are_ignored_and_garbage_is_corrupt() -> None:
     payload = metadata_request(correlation_id=9)[4:]
-    with pytest.raises(CorruptRequest, match="3 bytes after the end") as info:
-        decode_request(payload + b"xyz")
-    assert info.value.correlation_id == 9
+    # Kafka ignores bytes after the body (librdkafka 2.x leaves some in a Metadata request).
+    assert decode_request(payload + b"xyz") == decode_request(payload)
     garbage = payload[:8] + b"\xff" * 40  # valid api key/version/correlation id, then junk
     with pytest.raises(CorruptRequest) as info:
         decode_request(garbage)
