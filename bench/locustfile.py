@@ -18,6 +18,22 @@ failed call (any gRPC status but OK) is a failure with the status code and messa
 Locust runs every user as a greenlet in one process: fine for shaping load and watching latency
 under it, but one core at most. For maximum throughput use bench/grpc_bench.py, which spreads
 the client over processes.
+
+Kafka: the class KafkaUser does the same over the Kafka protocol with confluent-kafka. Pick
+the user classes on the command line; --host stays the gRPC address (the topic is created
+over gRPC at test start), --sh-kafka-address is the Kafka listener:
+
+    locust -f bench/locustfile.py KafkaUser --headless -u 4 -r 4 -t 20s \
+        --host 127.0.0.1:50051 --sh-kafka-address 127.0.0.1:9092
+
+Each KafkaUser has its own Producer (linger.ms 5, acks=all) and Consumer (assigned every
+partition from the beginning, no group). "produce" queues --sh-kafka-batch records (default
+100) and reports once all are acknowledged (durable): response_time is that wait,
+response_length the value bytes. "consume" waits for records and takes up to
+--sh-consume-max-records of them: response_time is the wait for the first, response_length the
+value bytes (0 when nothing arrived within 2 s, which is not a failure). A delivery or consume
+error is a failure. confluent-kafka's C library blocks outside Python, so the user only makes
+non-blocking calls (produce, poll(0), consume(timeout=0)) and yields to gevent between them.
 """
 
 from __future__ import annotations
@@ -28,8 +44,16 @@ import sys
 import time
 from pathlib import Path
 
+import gevent
 import grpc
 import grpc.experimental.gevent as grpc_gevent
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Producer,
+    TopicPartition,
+)
 from locust import User, constant, events, task
 
 # grpc's sync API blocks in C; this makes it cooperate with gevent's loop. Call once, after gevent's
@@ -60,6 +84,12 @@ def _add_options(parser) -> None:
     group.add_argument("--sh-record-size", type=int, default=100, help="value bytes per record")
     group.add_argument(
         "--sh-consume-max-records", type=int, default=10_000, help="max_records per Consume"
+    )
+    group.add_argument(
+        "--sh-kafka-address", default="127.0.0.1:9092", help="Kafka listener (KafkaUser)"
+    )
+    group.add_argument(
+        "--sh-kafka-batch", type=int, default=100, help="records per KafkaUser produce"
     )
     group.add_argument("--sh-produce-weight", type=int, default=3, help="ProduceBatch weight")
     group.add_argument("--sh-consume-weight", type=int, default=1, help="Consume weight")
@@ -164,3 +194,108 @@ def _error(exc: grpc.RpcError) -> Exception:
     details = exc.details() if hasattr(exc, "details") else str(exc)
     name = code.name if code is not None else "ERROR"
     return RuntimeError(f"{name}: {details}")
+
+
+class KafkaUser(User):
+    """One confluent-kafka Producer and Consumer per user; see the module docstring."""
+
+    host = DEFAULT_HOST
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        opts = self.environment.parsed_options
+        self.topic = opts.sh_topic
+        bootstrap = opts.sh_kafka_address
+        self.producer = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", "batch.size": 1048576}
+        )
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "locust-kafka",  # required by the client; no group membership
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+            }
+        )
+        count = self._partition_count()
+        self.consumer.assign(
+            [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in range(count)]
+        )
+        self.value = os.urandom(opts.sh_record_size)
+        self.batch = opts.sh_kafka_batch
+        self.max_records = opts.sh_consume_max_records
+        self.tasks = [KafkaUser.produce] * opts.sh_produce_weight + [
+            KafkaUser.consume
+        ] * opts.sh_consume_weight
+
+    def _partition_count(self) -> int:
+        # Over gRPC (gevent-friendly), like the topic's creation; a Kafka metadata call would
+        # block the gevent loop in C.
+        with grpc.insecure_channel(_address(self.environment), options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.StreamHouseStub(channel)
+            return stub.GetTopic(pb.GetTopicRequest(name=self.topic), timeout=30).topic.partitions
+
+    def on_stop(self) -> None:
+        deadline = time.monotonic() + 10
+        while len(self.producer) and time.monotonic() < deadline:
+            self.producer.poll(0)
+            gevent.sleep(0.01)
+        self.consumer.close()
+
+    def _report(self, name: str, start: float, length: int, exc: BaseException | None) -> None:
+        self.environment.events.request.fire(
+            request_type="kafka",
+            name=name,
+            response_time=(time.perf_counter() - start) * 1000,
+            response_length=length,
+            exception=exc,
+            context={},
+        )
+
+    @task(3)
+    def produce(self) -> None:
+        outcome = {"left": self.batch, "error": None}
+
+        def delivered(err: KafkaError | None, _msg: object) -> None:
+            outcome["left"] -= 1
+            if err is not None and outcome["error"] is None:
+                outcome["error"] = err
+
+        start = time.perf_counter()
+        queued = 0
+        while queued < self.batch:
+            try:
+                self.producer.produce(self.topic, self.value, on_delivery=delivered)
+                queued += 1
+            except BufferError:  # the client's queue is full: let it drain
+                self.producer.poll(0)
+                gevent.sleep(0.001)
+        deadline = start + 60
+        while True:
+            self.producer.poll(0)  # serves delivery reports, never blocks
+            if outcome["left"] <= 0:
+                break
+            if time.perf_counter() > deadline:
+                outcome["error"] = f"{outcome['left']} records unacknowledged after 60s"
+                break
+            gevent.sleep(0.001)
+        error = outcome["error"]
+        exc = RuntimeError(str(error)) if error is not None else None
+        self._report("produce", start, 0 if exc else self.batch * len(self.value), exc)
+
+    @task(1)
+    def consume(self) -> None:
+        start = time.perf_counter()
+        deadline = start + 2
+        messages = self.consumer.consume(num_messages=self.max_records, timeout=0)
+        while not messages and time.perf_counter() < deadline:
+            gevent.sleep(0.002)
+            messages = self.consumer.consume(num_messages=self.max_records, timeout=0)
+        length = 0
+        exc = None
+        for message in messages:
+            if message.error() is not None:
+                exc = RuntimeError(str(message.error()))
+                break
+            length += len(message.value() or b"")
+        self._report("consume", start, length, exc)

@@ -44,6 +44,8 @@ TEST_SETTINGS = {
 }
 
 PROGRAMS = ("ingest", "segmenter", "uploader", "reader")
+# Pause between polls of supervisorctl while waiting for a process state (bounded waits).
+POLL_S = 0.05
 
 
 def free_port() -> int:
@@ -120,6 +122,7 @@ class Stack:
                     pass
                 if time.monotonic() > deadline:
                     raise StackError(f"stack not ready after {timeout}s; see {self.data_dir}/logs")
+                time.sleep(POLL_S)
 
     def supervisorctl(self, *args: str) -> str:
         out = subprocess.run(
@@ -150,6 +153,7 @@ class Stack:
             pid = self.pid(program)
             if pid and pid != old_pid:
                 return pid
+            time.sleep(POLL_S)
         raise StackError(f"{program} did not restart within {timeout}s")
 
     def stop(self, timeout: float = 60) -> None:

@@ -126,6 +126,8 @@ class SeaweedS3:
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     """A real S3 server (SeaweedFS `weed mini`) on 127.0.0.1 for the whole session."""
     server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
-    server.start()
-    yield server
-    server.stop()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

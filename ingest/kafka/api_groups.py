@@ -108,7 +108,9 @@ async def leave_group(
     broker: KafkaBroker, header: RequestHeader, request: LeaveGroupRequest
 ) -> LeaveGroupResponse:
     if header.request_api_version < 3:
-        error, _ = broker.coordinator.leave_group(request.group_id, [(request.member_id, None)])
+        error, left = broker.coordinator.leave_group(request.group_id, [(request.member_id, None)])
+        if error == errors.NONE and left:
+            error = left[0].error  # v0-2 have no per-member errors: the member's is the answer
         return LeaveGroupResponse(error_code=error)
     error, left = broker.coordinator.leave_group(
         request.group_id, [(m.member_id, m.group_instance_id) for m in request.members]

@@ -111,9 +111,17 @@ class KafkaBroker:
 
     # -- listener ------------------------------------------------------------------------
 
-    def _dispatch(self, api_key: int) -> Callable[[RequestHeader, Any], Awaitable[Any]] | None:
+    def _dispatch(
+        self, api_key: int, api_version: int
+    ) -> Callable[[RequestHeader, Any], Awaitable[Any]] | None:
+        """The handler of a request, None for an API or version this broker does not advertise
+        (the codec decodes more versions than the handlers serve, e.g. Fetch v13+ by topic id;
+        Kafka closes the connection for those)."""
         handler = self._handlers.get(api_key)
-        if handler is None:
+        advertised = ADVERTISED.get(api_key)
+        if handler is None or advertised is None:
+            return None
+        if not advertised[1] <= api_version <= advertised[2]:
             return None
         return lambda header, request: handler(self, header, request)
 

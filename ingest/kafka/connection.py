@@ -7,7 +7,8 @@ Rules:
 - An ApiVersions request of a version this broker does not know gets an ApiVersions v0
   response with UNSUPPORTED_VERSION and the supported ranges (so the client can retry lower).
 - Bytes that break the protocol (a bad size prefix, a corrupt request, an API key nobody
-  knows) close this connection only, after a log line; other connections are untouched.
+  knows, a version outside what ApiVersions advertises) close this connection only, after a
+  log line; other connections are untouched.
 - At most MAX_IN_FLIGHT requests per connection are handled at once; beyond that the
   connection stops reading, which pushes back on the client.
 """
@@ -42,7 +43,7 @@ Handler = Callable[[RequestHeader, Any], Awaitable[Any]]
 class KafkaConnection(asyncio.Protocol):
     def __init__(
         self,
-        dispatch: Callable[[int], Handler | None],
+        dispatch: Callable[[int, int], Handler | None],
         api_versions: Callable[[], ApiVersionsResponse],
         max_frame_size: int,
         on_close: Callable[[KafkaConnection], None],
@@ -87,6 +88,8 @@ class KafkaConnection(asyncio.Protocol):
             self._receiver.feed(data)
             while (frame := self._receiver.next_frame()) is not None:
                 self._admit(frame)
+                if self._transport is None or self._transport.is_closing():
+                    return  # closed on a protocol error: what followed it is not served
         except InvalidFrame as exc:
             self.close(f"invalid frame: {exc}")
 
@@ -111,8 +114,19 @@ class KafkaConnection(asyncio.Protocol):
         except CorruptRequest as exc:
             self.close(f"corrupt request: {exc}")
             return
-        handler = self._dispatch(header.request_api_key)
+        handler = self._dispatch(header.request_api_key, header.request_api_version)
         if handler is None:
+            if header.request_api_key == API_VERSIONS:
+                # A version the codec knows but this broker does not advertise: same answer.
+                self._queue_ready(
+                    RequestHeader(
+                        request_api_key=API_VERSIONS,
+                        request_api_version=0,
+                        correlation_id=header.correlation_id,
+                    ),
+                    self._unsupported_api_versions(),
+                )
+                return
             self.close(
                 f"API key {header.request_api_key} v{header.request_api_version} is not served"
             )
