@@ -4,6 +4,7 @@ store, so they survive restarts."""
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from ingest.kafka import errors
@@ -327,7 +328,19 @@ async def offset_delete(
     described = broker.coordinator.describe_group(request.group_id)
     if described.state == "Dead" and not broker.meta.list_group_offsets(request.group_id):
         return R(error_code=errors.GROUP_ID_NOT_FOUND)
-    active = described.state not in ("Empty", "Dead")
+    protocol_type, member_metadata = broker.coordinator.member_protocols(request.group_id)
+    subscribed: set[str] | None = set()
+    if member_metadata:
+        if protocol_type != "consumer":
+            return R(error_code=errors.NON_EMPTY_GROUP)
+        for offered in member_metadata:
+            for metadata in offered:
+                topics_of = _subscribed_topics(metadata)
+                if topics_of is None:
+                    subscribed = None  # unreadable: treat every topic as subscribed
+                    break
+                if subscribed is not None:
+                    subscribed |= topics_of
     topics = []
     for wanted in request.topics:
         topic = broker.topic(wanted.name)
@@ -335,9 +348,7 @@ async def offset_delete(
         for p in wanted.partitions:
             if topic is None or not 0 <= p.partition_index < topic.partitions:
                 code = errors.UNKNOWN_TOPIC_OR_PARTITION
-            elif active:
-                # The classic protocol cannot tell which topics members consume; refuse while
-                # the group has members, as Kafka does for subscribed topics.
+            elif member_metadata and (subscribed is None or wanted.name in subscribed):
                 code = errors.GROUP_SUBSCRIBED_TO_TOPIC
             else:
                 broker.meta.delete_group_offsets(
@@ -349,3 +360,19 @@ async def offset_delete(
             )
         topics.append(R.OffsetDeleteResponseTopic(name=wanted.name, partitions=partitions))
     return R(error_code=0, topics=topics)
+
+
+def _subscribed_topics(metadata: bytes) -> set[str] | None:
+    """Topics of a consumer-protocol subscription (versions 0-3 share the prefix: version
+    int16, topics as an int32 count of int16-length strings); None when unreadable."""
+    try:
+        view = memoryview(metadata)
+        (count,) = struct.unpack_from(">i", view, 2)
+        pos, topics = 6, set()
+        for _ in range(count):
+            (length,) = struct.unpack_from(">h", view, pos)
+            topics.add(bytes(view[pos + 2 : pos + 2 + length]).decode())
+            pos += 2 + length
+        return topics
+    except (struct.error, UnicodeDecodeError, ValueError):
+        return None

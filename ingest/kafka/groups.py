@@ -598,6 +598,16 @@ class GroupCoordinator:
             ],
         )
 
+    def member_protocols(self, group_id: str) -> tuple[str, list[list[bytes]]]:
+        """The group's protocol type and, per member, the metadata of every protocol it
+        offered (whatever the state); ("", []) for a group without members."""
+        group = self._groups.get(group_id)
+        if group is None or not group.members:
+            return "", []
+        return group.protocol_type or "", [
+            [metadata for _, metadata in m.protocols] for m in group.members.values()
+        ]
+
     def list_groups(self, states_filter: list[str] | None = None) -> list[ListedGroup]:
         """(group id, protocol type, state) of every group, optionally only those in the given
         states (compared case-insensitively; an empty filter means all)."""

@@ -716,11 +716,6 @@ def test_groups_kafka_python_and_offset_delete(
     assert "admin-g2" not in listed_groups(admin)
 
 
-@pytest.mark.xfail(
-    reason="api_groups.offset_delete refuses every topic while the group has members; Kafka "
-    "decodes the consumer-protocol subscriptions and refuses only subscribed topics",
-    strict=False,
-)
 def test_offset_delete_of_a_topic_no_member_consumes(
     kp_admin: KafkaAdminClient, bootstrap: str, grpc: Client
 ) -> None:
