@@ -67,6 +67,12 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE),
 ]
 RSS_INTERVAL_S = 0.5
+RETRIABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
+)
 MACHINE = "(machine)"
 BENCH_MAIN = "(bench main)"
 STEAL = "(steal)"
@@ -215,6 +221,7 @@ def consumer_main(
         done_parts: set[int] = set()
         lock = threading.Lock()
         results: dict[int, dict] = {}
+        errors: dict[str, int] = {}
         ready.put(index)
         go.wait()
         cpu0 = sum(os.times()[:2])
@@ -241,54 +248,60 @@ def consumer_main(
             lat: list[float] = []
             t_first = t_last = 0.0
             try:
-                if api == "subscribe":
-                    call = stub.Subscribe(
-                        pb.SubscribeRequest(
-                            topic=cfg["topic"],
-                            partition=p,
-                            offset=offset,
-                            max_records=cfg["max_records"],
-                            max_bytes=cfg["max_bytes"],
-                        )
-                    )
-                    with lock:
-                        calls[p] = call
-                    if finished(p, offset):
-                        call.cancel()
+                while not finished(p, offset):
                     try:
-                        for resp in call:
-                            if not t_first:
-                                t_first = time.time()
+                        if api == "subscribe":
+                            call = stub.Subscribe(
+                                pb.SubscribeRequest(
+                                    topic=cfg["topic"],
+                                    partition=p,
+                                    offset=offset,
+                                    max_records=cfg["max_records"],
+                                    max_bytes=cfg["max_bytes"],
+                                )
+                            )
+                            with lock:
+                                calls[p] = call
+                            if finished(p, offset):
+                                call.cancel()
+                            for resp in call:
+                                n = take(p, offset, resp, lat)
+                                if n:
+                                    t_last = time.time()
+                                    t_first = t_first or t_last
+                                count += n
+                                offset = resp.next_offset
+                                progress[p] = offset
+                                if finished(p, offset):
+                                    call.cancel()
+                                    break
+                        else:
+                            request = pb.ConsumeRequest(
+                                topic=cfg["topic"],
+                                partition=p,
+                                offset=offset,
+                                max_records=cfg["max_records"],
+                                max_bytes=cfg["max_bytes"],
+                                max_wait_ms=cfg["max_wait_ms"],
+                            )
+                            resp = stub.Consume(request, timeout=60 + cfg["max_wait_ms"] / 1000)
                             n = take(p, offset, resp, lat)
+                            if n:
+                                t_last = time.time()
+                                t_first = t_first or t_last
                             count += n
                             offset = resp.next_offset
                             progress[p] = offset
-                            t_last = time.time()
-                            if finished(p, offset):
-                                call.cancel()
-                                break
                     except grpc.RpcError as exc:
-                        if exc.code() != grpc.StatusCode.CANCELLED:
+                        code = exc.code()
+                        if code == grpc.StatusCode.CANCELLED and finished(p, offset):
+                            break
+                        if code not in RETRIABLE:
                             raise
-                else:
-                    while not finished(p, offset):
-                        request = pb.ConsumeRequest(
-                            topic=cfg["topic"],
-                            partition=p,
-                            offset=offset,
-                            max_records=cfg["max_records"],
-                            max_bytes=cfg["max_bytes"],
-                            max_wait_ms=cfg["max_wait_ms"],
-                        )
-                        resp = stub.Consume(request, timeout=60)
-                        n = take(p, offset, resp, lat)
-                        if n:
-                            if not t_first:
-                                t_first = time.time()
-                            t_last = time.time()
-                        count += n
-                        offset = resp.next_offset
-                        progress[p] = offset
+                        # Counted and retried from where this partition stopped.
+                        with lock:
+                            errors[code.name] = errors.get(code.name, 0) + 1
+                        time.sleep(0.1)
             finally:
                 with lock:
                     done_parts.add(p)
@@ -318,6 +331,7 @@ def consumer_main(
         result_q.put(
             {
                 "kind": "consumer",
+                "errors": errors,
                 "records": sum(r["records"] for r in results.values()),
                 "lat": [x for r in results.values() for x in r["lat"]],
                 "t_first": min(firsts) if firsts else 0.0,
@@ -372,6 +386,7 @@ class ServerMonitor:
         self.samples: list[tuple[float, dict[str, tuple[int, int]]]] = []
         self.restarts: dict[str, int] = {}
         self.marks: dict[str, tuple[float, dict[str, float]]] = {}
+        self.snapshots: dict[str, dict[int, tuple[str, float, float, bool]]] = {}
         self._stop = threading.Event()
         self._csv = open(csv_path, "w") if csv_path else None
         if self._csv:
@@ -456,6 +471,7 @@ class ServerMonitor:
 
     def mark(self, label: str) -> None:
         self.marks[label] = (time.time(), self.cpu_times())
+        self.snapshots[label] = all_process_cpu()
 
     def cpu_percent(self, start: str, end: str) -> dict[str, float]:
         (t0, c0), (t1, c1) = self.marks[start], self.marks[end]
@@ -470,7 +486,9 @@ class ServerMonitor:
         steal = cpu.pop(STEAL)
         client = 100 * client_cpu_s / wall + cpu.pop(BENCH_MAIN)
         server = sum(cpu.values())
+        others = self._other_processes(start, end, wall)
         return {
+            "top_other_processes": others,
             "cores": psutil.cpu_count(),
             "busy_pct": machine,
             "server_pct": server,
@@ -478,6 +496,25 @@ class ServerMonitor:
             "other_pct": max(0.0, machine - server - client),
             "steal_pct": steal,
         }
+
+    def _other_processes(self, start: str, end: str, wall: float) -> list[tuple[str, float]]:
+        """The busiest processes that are neither the server nor this bench (100% = a core)."""
+        t_start = self.marks[start][0]
+        before, after = self.snapshots[start], self.snapshots[end]
+        ours = set(self.pids.values())
+        busy: list[tuple[str, float]] = []
+        for pid, (name, created, cpu, mine) in after.items():
+            if pid in ours or mine or before.get(pid, ("", 0, 0, False))[3]:
+                continue
+            if pid in before and before[pid][1] == created:
+                delta = cpu - before[pid][2]
+            elif created >= t_start:
+                delta = cpu
+            else:
+                continue
+            if delta > 0.01 * wall:
+                busy.append((f"{pid} {name}", 100 * delta / wall))
+        return sorted(busy, key=lambda x: x[1], reverse=True)[:5]
 
     def rss_report(self, t_start: float | None = None, t_end: float | None = None) -> dict:
         """RSS at the first sample at/after t_start, peak, and last sample at/before t_end."""
@@ -501,6 +538,21 @@ class ServerMonitor:
                 "anon_end": series[-1][1][1],
             }
         return out
+
+
+def all_process_cpu() -> dict[int, tuple[str, float, float, bool]]:
+    """pid -> (short command line, create time, CPU seconds, is this bench or its child)."""
+    me = psutil.Process()
+    mine = {me.pid} | {c.pid for c in me.children(recursive=True)}
+    out = {}
+    for proc in psutil.process_iter(["cmdline", "name", "create_time", "cpu_times"]):
+        info = proc.info
+        if info["cpu_times"] is None:
+            continue
+        cmd = " ".join(info["cmdline"] or [info["name"] or "?"])
+        cpu = info["cpu_times"].user + info["cpu_times"].system
+        out[proc.pid] = (cmd[:80], info["create_time"], cpu, proc.pid in mine)
+    return out
 
 
 def start_profilers(
@@ -623,6 +675,14 @@ def code_version() -> str:
         return ""
 
 
+def _merge_errors(items: list[dict]) -> dict[str, int]:
+    errors: dict[str, int] = {}
+    for item in items:
+        for code, n in item.get("errors", {}).items():
+            errors[code] = errors.get(code, 0) + n
+    return errors
+
+
 def _servers_only(cpu: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in cpu.items() if k in PROGRAMS}
 
@@ -731,7 +791,11 @@ def run(args: argparse.Namespace) -> dict:
         end_offsets = ctx.RawArray("q", [-1] * partitions)
         live_progress = ctx.RawArray("q", [hwm0.get(p, 0) for p in range(partitions)])
         if live:
-            live_cfg = dict(cfg, sample_latency=True)
+            # Live consumers run while producing, then up to --consume-timeout to catch up.
+            produce_time = args.duration if not args.records else args.consume_timeout
+            live_cfg = dict(
+                cfg, sample_latency=True, consume_timeout=produce_time + args.consume_timeout
+            )
             for c in range(args.consumers):
                 children.append(
                     ctx.Process(
@@ -805,10 +869,7 @@ def run(args: argparse.Namespace) -> dict:
         p_secs = max(p_t1 - p_t0, 1e-9)
         warm_until = p_t0 + args.warmup
         prod_lat = [lat for r in produced for (t, lat) in r["lat"] if t >= warm_until]
-        errors: dict[str, int] = {}
-        for r in produced:
-            for k, v in r["errors"].items():
-                errors[k] = errors.get(k, 0) + v
+        errors = _merge_errors(produced)
         result["produce"] = {
             "records": p_records,
             "seconds": p_secs,
@@ -838,6 +899,7 @@ def run(args: argparse.Namespace) -> dict:
                 "latency_e2e": latency_summary(e2e),
                 "tail_after_produce_s": max(0.0, c_t1 - t_prod_end),
                 "client_cpu_pct": 100 * sum(r["cpu_s"] for r in consumed_live) / c_secs,
+                "errors": _merge_errors(consumed_live),
             }
         result["rss_produce"] = monitor.rss_report(p_t0, p_t1)
 
@@ -901,6 +963,7 @@ def run(args: argparse.Namespace) -> dict:
                 "records_per_s": c_records / c_secs,
                 "mb_per_s": c_records * args.record_size / c_secs / 1e6,
                 "client_cpu_pct": 100 * sum(r["cpu_s"] for r in items) / c_secs,
+                "errors": _merge_errors(items),
             }
             result["server_cpu_pct_catchup"] = _servers_only(
                 monitor.cpu_percent("catchup_start", "catchup_end")
@@ -919,6 +982,8 @@ def run(args: argparse.Namespace) -> dict:
         if stack is not None:
             log(args, "stopping the stack ...")
             stack.stop()
+        if tmp and args.save_logs:
+            shutil.copytree(Path(tmp) / "logs", args.save_logs, dirs_exist_ok=True)
         if tmp and not args.keep_data:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -956,8 +1021,9 @@ def print_table(r: dict) -> None:
                 f"{label:<22}{x['records']:>14,}{x['seconds']:>9.1f}{x['records_per_s']:>13,.0f}"
                 f"{x['mb_per_s']:>9.1f}{x['client_cpu_pct']:>11.0f}%"
             )
-    if r["produce"]["errors"]:
-        print(f"produce errors: {r['produce']['errors']}")
+    for key in ("produce", "consume_live", "consume_catchup"):
+        if r.get(key, {}).get("errors"):
+            print(f"{key} errors (retried): {r[key]['errors']}")
     print()
     print(f"{'latency (ms)':<26}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}{'samples':>9}")
     rows = [("produce (ProduceBatch)", r["produce"]["latency"])]
@@ -990,6 +1056,8 @@ def print_table(r: dict) -> None:
                 f"{m['bench_client_pct']:.0f}% + other processes {m['other_pct']:.0f}% "
                 f"(hypervisor steal {m['steal_pct']:.0f}%)"
             )
+            for name, pct in m["top_other_processes"]:
+                print(f"    other: {pct:4.0f}%  {name}")
     if r.get("restarts"):
         print(f"restarted during the run: {r['restarts']}")
     for phase, procs in r.get("profile", {}).items():
@@ -1020,11 +1088,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--record-size", type=int, default=100, help="value bytes per record")
     load.add_argument("--batch-size", type=int, default=1000, help="records per ProduceBatch")
     load.add_argument("--partitions", type=int, default=3)
-    load.add_argument("--producers", type=int, default=4, help="producer processes")
+    load.add_argument("--producers", type=int, default=2, help="producer processes")
     load.add_argument(
         "--inflight",
         type=int,
-        default=8,
+        default=16,
         help="concurrent ProduceBatch calls (threads) per producer process",
     )
     load.add_argument(
@@ -1049,9 +1117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     load.add_argument(
         "--consume-api",
-        choices=("subscribe", "consume"),
-        default="subscribe",
-        help="Subscribe stream or Consume calls",
+        choices=("consume", "subscribe"),
+        default="consume",
+        help="Consume calls (measured faster) or one Subscribe stream per partition",
     )
     load.add_argument(
         "--max-records",
@@ -1070,7 +1138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--consume-timeout",
         type=float,
         default=600,
-        help="give up consuming after this many seconds",
+        help="consumers give up this long after the catch-up starts or producing ends",
     )
     load.add_argument(
         "--warmup",
@@ -1103,6 +1171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     srv.add_argument("--data-root", default=None, help="where the temporary data dir goes")
     srv.add_argument("--keep-data", action="store_true", help="keep the stack's data dir")
+    srv.add_argument("--save-logs", default=None, help="copy the stack's logs to this dir")
     out = ap.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the result as JSON")
     out.add_argument(
