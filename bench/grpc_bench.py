@@ -154,17 +154,26 @@ def producer_main(index: int, cfg: dict, progress, ready, go, start_at, result_q
                 elif time.time() >= deadline:
                     break
                 request.partition = partitions[(slot + index) % len(partitions)]
-                now = time.time()
-                first.timestamp_ms = int(now * 1000)
-                t0 = time.perf_counter()
-                try:
-                    stub.ProduceBatch(request, timeout=60)
-                except grpc.RpcError as exc:
-                    with errors_lock:
-                        key = exc.code().name if hasattr(exc, "code") else "ERROR"
-                        errors[key] = errors.get(key, 0) + 1
-                    time.sleep(0.05)
-                    continue
+                # A failed call is counted and sent again (same slot) for up to 2 minutes.
+                acked = False
+                first_failure = 0.0
+                while not acked:
+                    now = time.time()
+                    first.timestamp_ms = int(now * 1000)
+                    t0 = time.perf_counter()
+                    try:
+                        stub.ProduceBatch(request, timeout=60)
+                        acked = True
+                    except grpc.RpcError as exc:
+                        with errors_lock:
+                            key = exc.code().name if hasattr(exc, "code") else "ERROR"
+                            errors[key] = errors.get(key, 0) + 1
+                        first_failure = first_failure or now
+                        if time.time() - first_failure > 120:
+                            break
+                        time.sleep(0.1)
+                if not acked:
+                    break
                 elapsed = time.perf_counter() - t0
                 lat.append((now, elapsed))
                 sent += batch

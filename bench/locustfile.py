@@ -1,8 +1,12 @@
 """Locust load test of StreamHouse over gRPC: users that ProduceBatch and Consume.
 
-Headless, against a running server (`streamhouse up` listens on 127.0.0.1:50051 by default):
+Headless, against a running server (`streamhouse up` listens on 127.0.0.1:50051 by default),
+gRPC users only:
 
-    locust -f bench/locustfile.py --headless -u 8 -r 8 -t 60s --host 127.0.0.1:50051
+    locust -f bench/locustfile.py StreamHouseGrpcUser --headless -u 8 -r 8 -t 60s \
+        --host 127.0.0.1:50051
+
+(Without a user class name Locust runs every class in this file, the KafkaUser below included.)
 
 Extra options (after the command): --sh-topic NAME (default locust-bench), --sh-partitions 3,
 --sh-batch-size 1000, --sh-record-size 100, --sh-consume-max-records 10000, and
