@@ -5,7 +5,7 @@ production ring and cache sizes, see `stack_env`) on a temporary directory, runs
 a table and stops the stack. With ``--address`` it drives a server that is already running.
 
     python bench/grpc_bench.py --duration 60 --consume-mode catchup          # max throughput
-    python bench/grpc_bench.py --duration 60 --rate 150000 --consume-mode live  # fixed load
+    python bench/grpc_bench.py --duration 60 --rate 120000 --consume-mode live  # fixed load
     python bench/grpc_bench.py --records 1000000 --json                        # machine-readable
 
 Phases (``--consume-mode``):
@@ -20,8 +20,11 @@ Phases (``--consume-mode``):
 The client is built to stay out of the server's way (the two share the machine's cores):
 requests are pre-built protobuf messages reused for every call (only the partition and the
 first record's timestamp change), calls go through the generated stub, every producer and
-consumer is its own spawned process with its own channel, and consumers parse only the records
-they sample for latency (the first record of every produced batch).
+consumer is its own spawned process with its own channel, and consumers count records from
+``next_offset`` and read only the records they sample for latency (the first record of every
+produced batch; upb parses the response in C, Python objects are made for those records only).
+Consume calls (the default) measured a little faster than Subscribe streams for catch-up reads
+and the same when tailing; both are limited by the reader process (bench/RESULTS.md).
 
 Latency: "produce" is the ProduceBatch round trip, i.e. until the batch is durable (segmented,
 uploaded and committed). "end-to-end" is from the moment the client stamps a batch's first record
@@ -721,12 +724,14 @@ def run(args: argparse.Namespace) -> dict:
     try:
         if args.address:
             address = args.address
-            pids = (
-                {k: int(v) for k, v in (p.split("=") for p in args.pids)}
-                if args.pids
-                else (discover_pids(address))
-            )
-            resolve = None
+            if args.pids:
+                pids = {k: int(v) for k, v in (p.split("=") for p in args.pids)}
+                resolve = None
+            else:
+                pids = discover_pids(address)
+
+                def resolve(name: str, address: str = address) -> int:
+                    return discover_pids(address).get(name, 0)
         else:
             from streamhouse.testing import Stack
 
