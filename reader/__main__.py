@@ -35,10 +35,12 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
     async def serve(request: FetchRequest) -> None:
         try:
             response, payload = await engine.fetch(request)
+            await responses.write(header_encoder.encode(response), payload)
+        except asyncio.CancelledError:
+            raise
         except Exception:
+            # Ingest times the request out and answers the client retriably.
             log.exception("fetch %d failed", request.request_id)
-            return  # ingest times the request out and answers the client
-        await responses.write(header_encoder.encode(response), payload)
 
     async def take_requests() -> None:
         while True:
