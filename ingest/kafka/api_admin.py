@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ingest.kafka import errors
 from metadata import (
@@ -306,6 +306,16 @@ def _apply_config(
     return 0, None
 
 
+def _altered(kind: Any, resource: Any, code: int, message: str | None) -> Any:
+    """The per-resource answer of AlterConfigs / IncrementalAlterConfigs."""
+    return kind(
+        error_code=code,
+        error_message=message,
+        resource_type=resource.resource_type,
+        resource_name=resource.resource_name,
+    )
+
+
 async def alter_configs(
     broker: KafkaBroker, header: RequestHeader, request: AlterConfigsRequest
 ) -> AlterConfigsResponse:
@@ -317,14 +327,7 @@ async def alter_configs(
         code, message = _apply_config(
             broker, resource.resource_type, resource.resource_name, new, request.validate_only
         )
-        out.append(
-            R.AlterConfigsResourceResponse(
-                error_code=code,
-                error_message=message,
-                resource_type=resource.resource_type,
-                resource_name=resource.resource_name,
-            )
-        )
+        out.append(_altered(R.AlterConfigsResourceResponse, resource, code, message))
     return R(responses=out)
 
 
@@ -375,14 +378,7 @@ async def incremental_alter_configs(
                 config,
                 request.validate_only,
             )
-        out.append(
-            R.AlterConfigsResourceResponse(
-                error_code=code,
-                error_message=message,
-                resource_type=resource.resource_type,
-                resource_name=resource.resource_name,
-            )
-        )
+        out.append(_altered(R.AlterConfigsResourceResponse, resource, code, message))
     return R(responses=out)
 
 

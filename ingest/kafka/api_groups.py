@@ -5,7 +5,7 @@ store, so they survive restarts."""
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ingest.kafka import errors
 from streamhouse.kafka.messages import (
@@ -203,54 +203,56 @@ async def offset_fetch(
 ) -> OffsetFetchResponse:
     R = OffsetFetchResponse
     if header.request_api_version >= 8:
-        groups = []
-        for g in request.groups:
-            asked = None if g.topics is None else [(t.name, t.partition_indexes) for t in g.topics]
-            groups.append(
+        return R(
+            groups=[
                 R.OffsetFetchResponseGroup(
                     group_id=g.group_id,
                     error_code=0,
-                    topics=[
-                        R.OffsetFetchResponseTopics(
-                            name=name,
-                            partitions=[
-                                R.OffsetFetchResponsePartitions(
-                                    partition_index=p,
-                                    committed_offset=offset,
-                                    committed_leader_epoch=-1,
-                                    metadata=metadata,
-                                    error_code=code,
-                                )
-                                for p, offset, metadata, code in rows
-                            ],
-                        )
-                        for name, rows in _fetch_group_offsets(broker, g.group_id, asked)
-                    ],
+                    topics=_offset_topics(
+                        broker,
+                        g.group_id,
+                        g.topics,
+                        R.OffsetFetchResponseTopics,
+                        R.OffsetFetchResponsePartitions,
+                    ),
                 )
-            )
-        return R(groups=groups)
-    asked = (
-        None if request.topics is None else [(t.name, t.partition_indexes) for t in request.topics]
-    )
+                for g in request.groups
+            ]
+        )
     return R(
         error_code=0,
-        topics=[
-            R.OffsetFetchResponseTopic(
-                name=name,
-                partitions=[
-                    R.OffsetFetchResponsePartition(
-                        partition_index=p,
-                        committed_offset=offset,
-                        committed_leader_epoch=-1,
-                        metadata=metadata,
-                        error_code=code,
-                    )
-                    for p, offset, metadata, code in rows
-                ],
-            )
-            for name, rows in _fetch_group_offsets(broker, request.group_id, asked)
-        ],
+        topics=_offset_topics(
+            broker,
+            request.group_id,
+            request.topics,
+            R.OffsetFetchResponseTopic,
+            R.OffsetFetchResponsePartition,
+        ),
     )
+
+
+def _offset_topics(
+    broker: KafkaBroker, group_id: str, topics: Any, topic_type: Any, partition_type: Any
+) -> list[Any]:
+    """OffsetFetch topic entries of one group (v8+ and older versions name the same fields
+    differently-typed structs, hence the types as arguments)."""
+    asked = None if topics is None else [(t.name, t.partition_indexes) for t in topics]
+    return [
+        topic_type(
+            name=name,
+            partitions=[
+                partition_type(
+                    partition_index=p,
+                    committed_offset=offset,
+                    committed_leader_epoch=-1,
+                    metadata=metadata,
+                    error_code=code,
+                )
+                for p, offset, metadata, code in rows
+            ],
+        )
+        for name, rows in _fetch_group_offsets(broker, group_id, asked)
+    ]
 
 
 async def describe_groups(
