@@ -1,55 +1,15 @@
-"""Kafka error codes StreamHouse answers with (numbers as in Kafka's protocol)."""
+"""Kafka error codes by name, for the handlers: a view of ``streamhouse.errors.ErrorCode``.
+
+``errors.CORRUPT_MESSAGE`` is the Kafka number (2); the table itself, with whether each error
+is retriable and its gRPC status, lives in ``streamhouse/errors.py``.
+"""
 
 from __future__ import annotations
 
-NONE = 0
-OFFSET_OUT_OF_RANGE = 1
-CORRUPT_MESSAGE = 2
-UNKNOWN_TOPIC_OR_PARTITION = 3
-INVALID_FETCH_SIZE = 4
-NOT_LEADER_OR_FOLLOWER = 6
-REQUEST_TIMED_OUT = 7
-MESSAGE_TOO_LARGE = 10
-COORDINATOR_NOT_AVAILABLE = 15
-NOT_COORDINATOR = 16
-INVALID_TOPIC_EXCEPTION = 17
-RECORD_LIST_TOO_LARGE = 18
-NOT_ENOUGH_REPLICAS = 19
-INVALID_REQUIRED_ACKS = 21
-ILLEGAL_GENERATION = 22
-INCONSISTENT_GROUP_PROTOCOL = 23
-INVALID_GROUP_ID = 24
-UNKNOWN_MEMBER_ID = 25
-INVALID_SESSION_TIMEOUT = 26
-REBALANCE_IN_PROGRESS = 27
-INVALID_COMMIT_OFFSET_SIZE = 28
-TOPIC_AUTHORIZATION_FAILED = 29
-UNSUPPORTED_VERSION = 35
-TOPIC_ALREADY_EXISTS = 36
-INVALID_PARTITIONS = 37
-INVALID_REPLICATION_FACTOR = 38
-INVALID_REQUEST = 42
-UNSUPPORTED_FOR_MESSAGE_FORMAT = 43
-OUT_OF_ORDER_SEQUENCE_NUMBER = 45
-DUPLICATE_SEQUENCE_NUMBER = 46
-INVALID_PRODUCER_EPOCH = 47
-INVALID_TIMESTAMP = 32
-INVALID_CONFIG = 40
-UNKNOWN_SERVER_ERROR = -1
-KAFKA_STORAGE_ERROR = 56
-UNKNOWN_PRODUCER_ID = 59
-TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
-NON_EMPTY_GROUP = 68
-GROUP_ID_NOT_FOUND = 69
-MEMBER_ID_REQUIRED = 79
-FENCED_INSTANCE_ID = 82
-GROUP_SUBSCRIBED_TO_TOPIC = 86
-INVALID_RECORD = 87
-UNKNOWN_TOPIC_ID = 100
-RESOURCE_NOT_FOUND = 91
-POLICY_VIOLATION = 44
+from streamhouse.errors import ErrorCode
 
-# The pipeline and metadata report errors by name; this maps them to codes.
-BY_NAME: dict[str, int] = {
-    name: code for name, code in globals().items() if name.isupper() and isinstance(code, int)
-}
+# The names the handlers use, each bound to its Kafka code.
+globals().update({e.name: e.kafka_code for e in ErrorCode})
+
+# Every code by name (the pipeline used to report errors by name; kept for the handlers).
+BY_NAME: dict[str, int] = {e.name: e.kafka_code for e in ErrorCode}
