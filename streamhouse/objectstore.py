@@ -1,31 +1,200 @@
-"""The object store behind the log, opened from a URL through obstore.
+"""The object store behind the log, opened from a URL.
 
-- `file:///abs/path`  a local folder (the embedded default: `<data_dir>/objects`)
-- `s3://bucket[/prefix]` S3 or any S3-compatible server; endpoint, region and keys come from
-  the usual `AWS_*` variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
-  `AWS_SECRET_ACCESS_KEY`); an `http://` endpoint is allowed.
-- `memory://` objects live in one process's memory: nothing is durable and other processes
-  cannot read them, so a multi-process stack on it serves reads from the reader's cache only.
-  For tests of the write path.
+- `file:///abs/path`  a local folder (the embedded default: `<data_dir>/objects`), written
+  durably by :class:`LocalFolderStore` (see "Durability of the local folder" below).
+- `s3://bucket[/prefix]` S3 or any S3-compatible server through obstore; endpoint, region and
+  keys come from the usual `AWS_*` variables (`AWS_ENDPOINT_URL`, `AWS_REGION`,
+  `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`); an `http://` endpoint is allowed. A PUT that
+  returns is durable as S3 defines it.
+- `memory://` objects live in one process's memory (obstore): nothing is durable and other
+  processes cannot read them, so a multi-process stack on it serves reads from the reader's
+  cache only. For tests of the write path.
+
+Every backend is used through the same four coroutines, `put`, `get`, `get_range` and
+`delete`, which take the store returned by `open_object_store`.
+
+Durability of the local folder
+------------------------------
+
+A PUT of `key` with bytes `data` into the folder `root` does, in this order:
+
+1. create missing directories on the way to `root/key` (one `mkdir` each);
+2. write `data` to a new temporary file in the object's own directory, named
+   `.<name>.<16 hex>.tmp` (created with `O_EXCL`, mode 0600; never a valid object key, since
+   keys never start with a dot);
+3. `fsync` the temporary file (its bytes and size are on disk);
+4. `rename` it onto `root/key` (atomic: a reader sees the old object or the whole new one);
+5. `fsync` the object's directory (the new name is on disk), then the parent of every
+   directory created in step 1, deepest first (their names are on disk).
+
+Only then does the coroutine return, and the uploader commits metadata referring to `key`
+only after it returned. Crash consistency, for an OS crash or power loss at any point:
+
+- before step 4 returns: at most a temporary file is left behind (never read; a janitor may
+  delete `.*.tmp` files older than any PUT in flight); `root/key` does not exist or is an
+  older whole object. No metadata refers to the key yet, so nothing acknowledged is lost.
+- between step 4 and the end of step 5: the rename may or may not survive the crash; again
+  no metadata refers to the key, so at worst an orphan object or nothing remains. Orphans are
+  never served: reads go through the metadata segment index only.
+- after step 5: the object's bytes and every directory entry leading to it are durable, so
+  a metadata commit made afterwards (itself durable: SQLite WAL with `synchronous=FULL`)
+  never refers to a missing or partial object.
+
+A failed PUT (disk full, permissions, ...) removes its temporary file, so space is given back,
+and raises `OSError`; the uploader retries it with backoff and finally fails the produce
+requests retriably. The blocking file I/O runs in the event loop's default thread pool, never
+on the loop itself. Reads are plain `pread`s of the object file, also in the thread pool; a
+range that reaches past the end of the object (a truncated object) raises
+:class:`ObjectTruncatedError` instead of returning fewer bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import os
 import pathlib
+import secrets
 from datetime import timedelta
 from typing import Any
 
 import obstore
-from obstore.store import LocalStore, MemoryStore, S3Store
+from obstore.store import MemoryStore, S3Store
+
+__all__ = [
+    "LocalFolderStore",
+    "ObjectStoreConfigError",
+    "ObjectTruncatedError",
+    "delete",
+    "get",
+    "get_range",
+    "open_object_store",
+    "put",
+]
 
 
 class ObjectStoreConfigError(ValueError):
     """The object store URL or its settings cannot be used; the message says why."""
 
 
+class ObjectTruncatedError(OSError):
+    """A range read reaches past the end of the stored object: it was truncated."""
+
+
+class LocalFolderStore:
+    """A local folder used as an object store: keys are relative paths under `root`.
+
+    PUTs are durable when they return (temp file, fsync, rename, fsync of the directories);
+    see the module docstring for the exact steps and the crash-consistency argument.
+    """
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"LocalFolderStore({str(self.root)!r})"
+
+    def path_of(self, key: str) -> pathlib.Path:
+        """The file holding `key`; raises ValueError for a key that is not a plain relative
+        path (empty parts, `.`/`..`, a leading `/` or dot-named parts)."""
+        parts = key.split("/")
+        if not key or any(not p or p.startswith(".") for p in parts):
+            raise ValueError(
+                f"object key {key!r} is not a relative path of non-empty parts that do not "
+                "start with '.'"
+            )
+        return self.root.joinpath(*parts)
+
+    # The blocking halves of the coroutines below; they run in a worker thread.
+
+    def put_blocking(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        target = self.path_of(key)
+        created = self._make_parents(target.parent)
+        directory = target.parent
+        tmp = directory / f".{target.name}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                view = memoryview(data).cast("B")
+                written = 0
+                while written < len(view):
+                    written += os.write(fd, view[written:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_directory(directory)
+        # Each created directory's name lives in its parent; fsync those, deepest first.
+        for made in reversed(created):
+            _fsync_directory(made.parent)
+
+    def _make_parents(self, directory: pathlib.Path) -> list[pathlib.Path]:
+        """Creates `directory` and its missing ancestors below `root`; returns the ones
+        this call created, shallowest first."""
+        missing: list[pathlib.Path] = []
+        probe = directory
+        while probe != self.root and not probe.is_dir():
+            missing.append(probe)
+            probe = probe.parent
+        created: list[pathlib.Path] = []
+        for path in reversed(missing):
+            try:
+                os.mkdir(path, 0o700)
+                created.append(path)
+            except FileExistsError:
+                pass  # made by a concurrent PUT, which fsyncs its parent itself
+        return created
+
+    def get_range_blocking(self, key: str, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise ValueError(f"range start {start} and length {length} must not be negative")
+        fd = os.open(self.path_of(key), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if start + length > size:
+                raise ObjectTruncatedError(
+                    errno.EIO,
+                    f"object {key!r} is {size} bytes, too short for the range {start}.."
+                    f"{start + length}: it is truncated or the index is wrong",
+                )
+            data = os.pread(fd, length, start)
+            if len(data) != length:  # shrank between fstat and pread
+                raise ObjectTruncatedError(
+                    errno.EIO, f"object {key!r} gave {len(data)} of {length} bytes at {start}"
+                )
+            return data
+        finally:
+            os.close(fd)
+
+    def get_blocking(self, key: str) -> bytes:
+        return self.path_of(key).read_bytes()
+
+    def delete_blocking(self, key: str) -> None:
+        path = self.path_of(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return  # deleting a missing object succeeds, as in S3
+        _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: pathlib.Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def open_object_store(url: str, timeout_ms: int = 30_000) -> Any:
-    """Returns an obstore store for `url`; raises ObjectStoreConfigError on a bad URL."""
+    """Returns the store for `url`; raises ObjectStoreConfigError on a bad URL."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ObjectStoreConfigError(
@@ -36,8 +205,13 @@ def open_object_store(url: str, timeout_ms: int = 30_000) -> Any:
         path = pathlib.Path(rest)
         if not path.is_absolute():
             raise ObjectStoreConfigError(f"object store {url!r}: a file:// path must be absolute")
-        path.mkdir(parents=True, exist_ok=True)
-        return LocalStore(str(path), mkdir=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ObjectStoreConfigError(
+                f"object store {url!r}: cannot create the folder: {exc}"
+            ) from exc
+        return LocalFolderStore(path.resolve())
     if scheme == "memory":
         return MemoryStore()
     if scheme == "s3":
@@ -65,18 +239,32 @@ def open_object_store(url: str, timeout_ms: int = 30_000) -> Any:
     )
 
 
-async def put(store: Any, key: str, data: bytes) -> None:
+async def put(store: Any, key: str, data: bytes | bytearray | memoryview) -> None:
+    """Stores `data` under `key`, replacing any object there; durable when it returns."""
+    if isinstance(store, LocalFolderStore):
+        await asyncio.to_thread(store.put_blocking, key, data)
+        return
     await obstore.put_async(store, key, data)
 
 
 async def get_range(store: Any, key: str, start: int, length: int) -> bytes:
+    """Exactly `length` bytes of `key` from byte `start`."""
+    if isinstance(store, LocalFolderStore):
+        return await asyncio.to_thread(store.get_range_blocking, key, start, length)
     return bytes(await obstore.get_range_async(store, key, start=start, length=length))
 
 
 async def get(store: Any, key: str) -> bytes:
+    """The whole object `key`."""
+    if isinstance(store, LocalFolderStore):
+        return await asyncio.to_thread(store.get_blocking, key)
     result = await obstore.get_async(store, key)
     return bytes(await result.bytes_async())
 
 
 async def delete(store: Any, key: str) -> None:
+    """Removes `key`; removing a missing object is not an error on the local folder."""
+    if isinstance(store, LocalFolderStore):
+        await asyncio.to_thread(store.delete_blocking, key)
+        return
     await obstore.delete_async(store, key)

@@ -1,0 +1,180 @@
+"""The local-folder object store: durable PUTs (fsync of the file and of every directory entry
+before returning), exact range reads, truncation detected, failed PUTs leave nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import pathlib
+import stat
+import threading
+
+import pytest
+
+from streamhouse import objectstore
+from streamhouse.objectstore import LocalFolderStore, ObjectTruncatedError
+
+
+def open_local(tmp_path: pathlib.Path) -> LocalFolderStore:
+    store = objectstore.open_object_store((tmp_path / "objects").as_uri())
+    assert isinstance(store, LocalFolderStore)
+    return store
+
+
+class FsyncLog:
+    """Records what each os.fsync call synced: ('file', path) or ('dir', path)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, str]] = []
+        real = os.fsync
+
+        def recording_fsync(fd: int) -> None:
+            mode = os.fstat(fd).st_mode
+            kind = "dir" if stat.S_ISDIR(mode) else "file"
+            self.calls.append((kind, os.readlink(f"/proc/self/fd/{fd}")))
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+
+
+def test_put_fsyncs_the_file_then_its_directory_and_new_parents(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_local(tmp_path)
+    fsyncs = FsyncLog(monkeypatch)
+    replaced: list[str] = []
+    real_replace = os.replace
+
+    def recording_replace(src: str, dst: str) -> None:
+        replaced.append(str(dst))
+        # The file's bytes were synced before it got its name.
+        assert fsyncs.calls == [("file", str(src))]
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    asyncio.run(objectstore.put(store, "segments/a/1.seg", b"x" * 100_000))
+
+    root = store.root
+    target = root / "segments" / "a" / "1.seg"
+    assert replaced == [str(target)]
+    kinds = [kind for kind, _ in fsyncs.calls]
+    assert kinds == ["file", "dir", "dir", "dir"]
+    # The temp file (now renamed), the object's directory, then the parents of the two
+    # directories this PUT created, deepest first.
+    assert [path for _, path in fsyncs.calls[1:]] == [
+        str(root / "segments" / "a"),
+        str(root / "segments"),
+        str(root),
+    ]
+    assert target.read_bytes() == b"x" * 100_000
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_second_put_in_an_existing_directory_fsyncs_file_and_directory_only(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_local(tmp_path)
+    asyncio.run(objectstore.put(store, "segments/1.seg", b"one"))
+    fsyncs = FsyncLog(monkeypatch)
+    asyncio.run(objectstore.put(store, "segments/2.seg", b"two"))
+    assert [kind for kind, _ in fsyncs.calls] == ["file", "dir"]
+    assert fsyncs.calls[1][1] == str(store.root / "segments")
+
+
+def test_round_trip_range_reads_and_delete(tmp_path: pathlib.Path) -> None:
+    store = open_local(tmp_path)
+    data = bytes(range(256)) * 40
+
+    async def go() -> None:
+        await objectstore.put(store, "segments/k.seg", memoryview(data))
+        assert await objectstore.get(store, "segments/k.seg") == data
+        assert await objectstore.get_range(store, "segments/k.seg", 100, 50) == data[100:150]
+        assert await objectstore.get_range(store, "segments/k.seg", 0, len(data)) == data
+        await objectstore.put(store, "segments/k.seg", b"replaced")
+        assert await objectstore.get(store, "segments/k.seg") == b"replaced"
+        await objectstore.delete(store, "segments/k.seg")
+        await objectstore.delete(store, "segments/k.seg")  # missing: still fine
+        with pytest.raises(FileNotFoundError):
+            await objectstore.get_range(store, "segments/k.seg", 0, 1)
+
+    asyncio.run(go())
+    # Nothing but the (now empty) segments folder is left: no temp files.
+    assert [p.name for p in store.root.rglob("*")] == ["segments"]
+
+
+def test_range_past_the_end_of_a_truncated_object_is_an_error(tmp_path: pathlib.Path) -> None:
+    store = open_local(tmp_path)
+
+    async def go() -> None:
+        await objectstore.put(store, "segments/t.seg", b"0123456789")
+        os.truncate(store.root / "segments" / "t.seg", 6)
+        assert await objectstore.get_range(store, "segments/t.seg", 2, 4) == b"2345"
+        with pytest.raises(ObjectTruncatedError, match="6 bytes, too short for the range 4..10"):
+            await objectstore.get_range(store, "segments/t.seg", 4, 6)
+
+    asyncio.run(go())
+
+
+def test_failed_put_removes_its_temp_file_and_leaves_no_object(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_local(tmp_path)
+    real_write = os.write
+
+    def disk_full(fd: int, data: bytes | memoryview) -> int:
+        if len(data) > 1000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(OSError) as err:
+        asyncio.run(objectstore.put(store, "segments/big.seg", b"y" * 5000))
+    assert err.value.errno == errno.ENOSPC
+    assert list((store.root / "segments").iterdir()) == []
+    # Once space returns, the same PUT works.
+    monkeypatch.setattr(os, "write", real_write)
+    asyncio.run(objectstore.put(store, "segments/big.seg", b"y" * 5000))
+    assert (store.root / "segments" / "big.seg").read_bytes() == b"y" * 5000
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a//b", "../escape", "segments/.hidden", "a/./b"])
+def test_keys_that_are_not_plain_relative_paths_are_refused(
+    tmp_path: pathlib.Path, key: str
+) -> None:
+    store = open_local(tmp_path)
+    with pytest.raises(ValueError, match="object key"):
+        asyncio.run(objectstore.put(store, key, b"data"))
+    assert list(store.root.iterdir()) == []
+
+
+def test_put_does_not_run_on_the_event_loop_thread(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_local(tmp_path)
+    threads: list[int] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        threads.append(threading.get_ident())
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+
+    async def go() -> int:
+        await objectstore.put(store, "segments/1.seg", b"data")
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(go())
+    assert threads and loop_thread not in threads
+
+
+def test_bad_urls_are_refused(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(objectstore.ObjectStoreConfigError, match="must be absolute"):
+        objectstore.open_object_store("file://relative/path")
+    with pytest.raises(objectstore.ObjectStoreConfigError, match="not supported"):
+        objectstore.open_object_store("ftp://host/x")
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    with pytest.raises(objectstore.ObjectStoreConfigError, match="cannot create the folder"):
+        objectstore.open_object_store((blocker / "objects").as_uri())
