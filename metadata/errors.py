@@ -7,6 +7,8 @@ mapping itself belongs to the ingest layer.
 
 from __future__ import annotations
 
+from streamhouse.errors import ErrorCode, StreamHouseError
+
 
 class MetadataError(Exception):
     """Base class of every error the metadata store raises on purpose."""
@@ -42,3 +44,12 @@ class DuplicateSegmentError(MetadataError):
 
 class SchemaTooNewError(MetadataError):
     """The metadata file was written by newer code than this; refuse to touch it."""
+
+
+class MetadataUnavailableError(MetadataError, StreamHouseError):
+    """The database cannot take the call now, but may later: another writer held the lock past
+    the busy timeout (``REQUEST_TIMED_OUT``), or the disk is full or failing
+    (``KAFKA_STORAGE_ERROR``). Nothing was changed; retrying the same call is safe."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        StreamHouseError.__init__(self, code, message)

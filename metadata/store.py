@@ -6,6 +6,23 @@ state; writers serialise on SQLite's write lock and wait for it up to the busy t
 failing. Every write runs in one ``BEGIN IMMEDIATE`` transaction, so it either happens entirely
 or not at all, and is durable once the call returns (``synchronous=FULL`` by default).
 
+Busy, locked and full databases (rules):
+
+1. A write takes SQLite's write lock at ``BEGIN IMMEDIATE``, before it reads or changes
+   anything; in WAL mode nothing later in the transaction waits for another connection. So
+   a busy or locked database is met only there, and retrying means retrying that statement.
+2. It is retried until ``busy_timeout_ms`` after the call started: SQLite's busy handler waits
+   with its own backoff, and the cases where SQLite refuses to wait (``SQLITE_BUSY`` with no
+   handler call, ``SQLITE_BUSY_RECOVERY``, ``SQLITE_LOCKED``) are retried here with
+   exponential backoff (1 ms doubling to 50 ms). Waiting for this object's own thread lock
+   counts against the same bound.
+3. Past the bound the call raises :class:`MetadataUnavailableError` with ``REQUEST_TIMED_OUT``
+   (retriable); a full disk (``SQLITE_FULL``) or an I/O error raises it with
+   ``KAFKA_STORAGE_ERROR`` (retriable) at once. Either way the transaction is rolled back, so
+   nothing changed and the caller may retry the whole call. The process stays up.
+4. The calls block (apsw releases the GIL while SQLite works): processes call them from a
+   worker thread, never on an event loop, whenever they can wait on a lock.
+
 A store object may be shared by threads (calls are serialised by a lock), but the usual pattern
 is one store per process.
 """
@@ -31,10 +48,12 @@ from metadata.errors import (
     InvalidPartitionsError,
     InvalidTopicError,
     MetadataError,
+    MetadataUnavailableError,
     OffsetOutOfRangeError,
     TopicExistsError,
     UnknownTopicError,
 )
+from streamhouse.errors import ErrorCode
 
 MAX_TOPIC_NAME_LENGTH: Final = 249
 MAX_PARTITIONS: Final = 10_000
@@ -356,13 +375,17 @@ class MetadataStore:
     ) -> None:
         """Open (creating if needed) and migrate the store at ``path``.
 
-        ``busy_timeout_ms`` is how long a call waits for another process's write lock before
-        raising; ``synchronous`` is SQLite's durability level (FULL: a returned commit survives
-        power loss; NORMAL: it survives a process crash only).
+        ``busy_timeout_ms`` bounds how long a call waits for another writer's lock before it
+        raises :class:`MetadataUnavailableError` (the uploader passes the produce timeout);
+        ``synchronous`` is SQLite's durability level (FULL: a returned commit survives power
+        loss; NORMAL: it survives a process crash only).
         """
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        if busy_timeout_ms < 0:
+            raise ValueError(f"busy_timeout_ms must not be negative, got {busy_timeout_ms}")
         self.path = os.fspath(path)
+        self.busy_timeout_ms = busy_timeout_ms
         self._lock = threading.Lock()
         self._db: apsw.Connection | None = None
         try:
@@ -429,33 +452,91 @@ class MetadataStore:
             raise MetadataError("metadata store is closed")
         return db
 
+    def _acquire(self, deadline: float) -> None:
+        """Take this object's thread lock, waiting no later than ``deadline``."""
+        if not self._lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise MetadataUnavailableError(
+                ErrorCode.REQUEST_TIMED_OUT,
+                f"metadata store {self.path!r}: another call of this process held it for "
+                f"{self.busy_timeout_ms} ms (the busy timeout); retry",
+            )
+
+    def _unavailable(self, exc: apsw.Error) -> MetadataError:
+        """The error a failed SQLite call becomes (rule 3)."""
+        if isinstance(exc, (apsw.BusyError, apsw.LockedError)):
+            return MetadataUnavailableError(
+                ErrorCode.REQUEST_TIMED_OUT,
+                f"metadata store {self.path!r} is locked by another writer and stayed locked "
+                f"for {self.busy_timeout_ms} ms (the busy timeout): {exc}; retry",
+            )
+        if isinstance(exc, apsw.FullError):
+            return MetadataUnavailableError(
+                ErrorCode.KAFKA_STORAGE_ERROR,
+                f"metadata store {self.path!r}: the disk is full ({exc}); nothing was "
+                "written; free space on that filesystem and retry",
+            )
+        if isinstance(exc, apsw.IOError):
+            return MetadataUnavailableError(
+                ErrorCode.KAFKA_STORAGE_ERROR,
+                f"metadata store {self.path!r}: disk I/O error ({exc}); nothing was written; "
+                "check the filesystem and retry",
+            )
+        return MetadataError(f"metadata store {self.path!r}: {exc}")
+
     @contextlib.contextmanager
     def _read(self) -> Iterator[apsw.Connection]:
-        """Give the body the connection under the lock; SQLite errors become MetadataError."""
-        with self._lock:
+        """Give the body the connection under the lock; SQLite errors become MetadataError
+        (MetadataUnavailableError when retrying can help)."""
+        self._acquire(time.monotonic() + self.busy_timeout_ms / 1000)
+        try:
+            yield self._conn()
+        except apsw.Error as exc:
+            raise self._unavailable(exc) from exc
+        finally:
+            self._lock.release()
+
+    def _begin(self, db: apsw.Connection, deadline: float) -> None:
+        """``BEGIN IMMEDIATE``, retried on busy/locked until ``deadline`` (rules 1 and 2)."""
+        delay = 0.001
+        while True:
+            # SQLite's busy handler waits (with its own backoff) no longer than what is left.
+            db.setbusytimeout(max(int((deadline - time.monotonic()) * 1000), 0))
             try:
-                yield self._conn()
-            except apsw.Error as exc:
-                raise MetadataError(f"metadata store {self.path!r}: {exc}") from exc
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except (apsw.BusyError, apsw.LockedError):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                # SQLite gave up without waiting out the handler: back off and retry.
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.05)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[apsw.Connection]:
         """Run the body in one ``BEGIN IMMEDIATE`` transaction: commit on success, else roll
-        back and re-raise. SQLite errors (e.g. the busy timeout expiring) become
-        :class:`MetadataError`."""
-        with self._lock:
+        back and re-raise. SQLite errors become :class:`MetadataError`; a lock held past the
+        busy timeout, a full disk or an I/O error become :class:`MetadataUnavailableError`."""
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        self._acquire(deadline)
+        try:
             db = self._conn()
             try:
-                db.execute("BEGIN IMMEDIATE")
+                self._begin(db, deadline)
                 try:
                     yield db
                     db.execute("COMMIT")
                 except BaseException:
                     if not db.getautocommit():
-                        db.execute("ROLLBACK")
+                        with contextlib.suppress(apsw.Error):  # keep the first error
+                            db.execute("ROLLBACK")
                     raise
             except apsw.Error as exc:
-                raise MetadataError(f"metadata store {self.path!r}: {exc}") from exc
+                raise self._unavailable(exc) from exc
+            finally:
+                db.setbusytimeout(self.busy_timeout_ms)
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------------ topics
 

@@ -18,7 +18,7 @@ import secrets
 import time
 from collections import deque
 
-from metadata import BatchRef, CommitBlock, MetadataStore
+from metadata import BatchRef, CommitBlock, MetadataStore, MetadataUnavailableError
 from streamhouse import objectstore, rings
 from streamhouse.config import Settings
 from streamhouse.frames import (
@@ -80,7 +80,10 @@ class Uploader:
         self.store = objectstore.open_object_store(
             settings.object_store_url, settings.store_timeout_ms
         )
-        self.meta = MetadataStore(settings.metadata_path)
+        # A commit that meets a locked database waits up to the produce timeout, then fails.
+        self.meta = MetadataStore(
+            settings.metadata_path, busy_timeout_ms=settings.produce_timeout_ms
+        )
         self.sealed = rings.open_reader(settings, rings.SEALED)
         self.acks = rings.open_writer(settings, rings.ACK)
         self.committed = rings.open_writer(settings, rings.COMMITTED)
@@ -140,7 +143,14 @@ class Uploader:
 
     async def commit(self, sealed: SealedSegment, obj: bytes, key: str) -> None:
         blocks = commit_blocks(sealed)
-        per_block = await asyncio.to_thread(self.meta.commit_segment, key, len(obj), blocks)
+        try:
+            per_block = await asyncio.to_thread(self.meta.commit_segment, key, len(obj), blocks)
+        except MetadataUnavailableError as exc:
+            # Nothing was committed (the object is an orphan, never served): fail retriably.
+            log.error("segment %s could not be committed: %s", key, exc)
+            failed = [(b.request_id, b.slot, b.ordinal, -1, exc.code.name) for b in sealed.batches]
+            await self.acks.write(header_encoder.encode(AckFrame(failed)))
+            return
         results: list[tuple[int, int, int, int, str]] = []
         committed: list[CommittedBlock] = []
         batch_iter = iter(sealed.batches)

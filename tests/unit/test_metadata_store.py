@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import apsw
@@ -21,12 +22,14 @@ from metadata import (
     InvalidTopicError,
     MetadataError,
     MetadataStore,
+    MetadataUnavailableError,
     OffsetOutOfRangeError,
     SchemaTooNewError,
     TopicExistsError,
     UnknownTopicError,
     migrations,
 )
+from streamhouse.errors import ErrorCode, StreamHouseError
 
 INT32_MAX = 2**31 - 1
 
@@ -698,3 +701,114 @@ def test_closed_store_raises(db_path: Path) -> None:
     s.close()
     with pytest.raises(MetadataError, match="closed"):
         s.get_topic("t")
+
+
+# --------------------------------------------------------------------------- busy, locked, full
+
+
+def test_write_waits_for_a_lock_held_by_another_connection(db_path: Path) -> None:
+    """A commit that meets another connection's write lock waits (it is not an error) and
+    completes as soon as the lock is released."""
+    with MetadataStore(db_path, busy_timeout_ms=30_000) as s:
+        t = s.create_topic("t", 1)
+        blocker = apsw.Connection(str(db_path))
+        blocker.execute("BEGIN IMMEDIATE")
+        done = threading.Event()
+        outcome: list[object] = []
+
+        def commit() -> None:
+            try:
+                outcome.append(s.commit_segment("s1", 1, [block(t.topic_id, 0, [BatchRef(3)])]))
+            except BaseException as exc:
+                outcome.append(exc)
+            done.set()
+
+        worker = threading.Thread(target=commit)
+        worker.start()
+        try:
+            assert not done.wait(0.3), f"commit did not wait for the lock: {outcome}"
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert done.wait(10), "commit did not finish after the lock was released"
+        worker.join()
+        assert outcome == [[[BatchResult(0)]]]
+        assert s.get_partition(t.topic_id, 0).high_watermark == 3
+
+
+def test_lock_held_past_the_busy_timeout_is_a_retriable_error(db_path: Path) -> None:
+    with MetadataStore(db_path, busy_timeout_ms=300) as s:
+        t = s.create_topic("t", 1)
+        blocker = apsw.Connection(str(db_path))
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.monotonic()
+            with pytest.raises(MetadataUnavailableError, match="locked by another writer") as err:
+                s.commit_segment("s1", 1, [block(t.topic_id, 0, [BatchRef(1)])])
+            waited = time.monotonic() - started
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert 0.25 <= waited < 5, waited
+        assert err.value.code is ErrorCode.REQUEST_TIMED_OUT
+        assert err.value.retriable
+        assert isinstance(err.value, StreamHouseError) and isinstance(err.value, MetadataError)
+        # Nothing was written; the same call succeeds now, on the same connection.
+        assert s.commit_segment("s1", 1, [block(t.topic_id, 0, [BatchRef(1)])]) == [
+            [BatchResult(0)]
+        ]
+
+
+class _BusyAtBegin:
+    """A connection whose first ``fail`` BEGIN IMMEDIATEs fail at once, as SQLite does when it
+    will not run the busy handler (e.g. SQLITE_BUSY_RECOVERY) or for SQLITE_LOCKED."""
+
+    def __init__(self, db: apsw.Connection, fail: int, error: type[apsw.Error]) -> None:
+        self.db = db
+        self.fail = fail
+        self.error = error
+        self.begins = 0
+
+    def execute(self, sql: str, *args: object) -> object:
+        if sql == "BEGIN IMMEDIATE":
+            self.begins += 1
+            if self.begins <= self.fail:
+                raise self.error("database is locked")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+@pytest.mark.parametrize("error", [apsw.BusyError, apsw.LockedError])
+def test_busy_or_locked_without_the_busy_handler_is_retried(
+    db_path: Path, error: type[apsw.Error]
+) -> None:
+    with MetadataStore(db_path, busy_timeout_ms=5_000) as s:
+        t = s.create_topic("t", 1)
+        flaky = _BusyAtBegin(s._db, 4, error)  # type: ignore[arg-type]
+        s._db = flaky  # type: ignore[assignment]
+        assert s.commit_segment("s1", 1, [block(t.topic_id, 0, [BatchRef(2)])]) == [
+            [BatchResult(0)]
+        ]
+        assert flaky.begins == 5
+        s._db = flaky.db
+
+
+def test_full_database_is_a_retriable_storage_error_and_recovers(db_path: Path) -> None:
+    """SQLITE_FULL (here from max_page_count, as from a full disk) fails the call with
+    KAFKA_STORAGE_ERROR, rolls it back, and the store works again once there is room."""
+    with MetadataStore(db_path) as s:
+        t = s.create_topic("t", 1)
+        pages = s._db.execute("PRAGMA page_count").fetchall()[0][0]  # type: ignore[union-attr]
+        s._db.execute(f"PRAGMA max_page_count = {pages}")  # type: ignore[union-attr]
+        many = [block(t.topic_id, 0, [BatchRef(1)] * 2000)]
+        with pytest.raises(MetadataUnavailableError, match="disk is full") as err:
+            for i in range(200):
+                s.commit_segment(f"fill-{i}", 1, many)
+        assert err.value.code is ErrorCode.KAFKA_STORAGE_ERROR and err.value.retriable
+        hwm = s.get_partition(t.topic_id, 0).high_watermark
+        assert hwm % 2000 == 0  # whole commits only
+        s._db.execute("PRAGMA max_page_count = 1073741823")  # type: ignore[union-attr]
+        s.commit_segment("after", 1, [block(t.topic_id, 0, [BatchRef(1)])])
+        assert s.get_partition(t.topic_id, 0).high_watermark == hwm + 1
