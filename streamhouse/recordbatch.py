@@ -1,9 +1,13 @@
 """Kafka RecordBatch v2 (magic 2): build, walk, patch and decode.
 
-StreamHouse stores batches exactly as a producer sent them, so the ingest path only reads
-the fixed 61-byte batch header (``scan_batches``), stamps the base offset
-(``patch_base_offset``) and never touches the records. Records are decoded only for gRPC
-consumers (``decode_records``) and built only for gRPC producers (``encode_batch``).
+StreamHouse stores batches exactly as a producer sent them. The ingest edge checks each one
+as Kafka's LogValidator does (``validate_batches``: header, CRC, attributes, producer fields,
+then every record's framing, offset deltas and timestamps walked in C by
+``streamhouse/_batchcheck.c``, after a decompression with a hard bound on its output) and
+never builds a Python object per record. Readers walk only the 61-byte headers
+(``scan_batches``) and stamp the base offset (``patch_base_offset``). Records are decoded
+only for gRPC consumers (``decode_records``, bounded decompression too) and built only for
+gRPC producers (``encode_batch``).
 
 Batch header (all integers big-endian, 61 bytes)
 ------------------------------------------------
@@ -58,23 +62,29 @@ client); both are accepted on decode.
 
 from __future__ import annotations
 
-import gzip
 import struct
+import zlib
 
 import crc32c
 import lz4.frame
 import msgspec
 
+from streamhouse._batchcheck import check_records
+from streamhouse.errors import ErrorCode, StreamHouseError
+
 __all__ = [
     "BATCH_HEADER_SIZE",
     "BatchInfo",
+    "BatchRules",
     "InvalidBatchError",
     "decode_records",
     "default_partition",
     "encode_batch",
+    "inflate",
     "murmur2",
     "patch_base_offset",
     "scan_batches",
+    "validate_batches",
 ]
 
 BATCH_HEADER_SIZE = 61
@@ -105,21 +115,28 @@ NO_PARTITION_LEADER_EPOCH = -1
 _INT32_MAX = 2**31 - 1
 
 
-class InvalidBatchError(ValueError):
-    """A batch that must be refused; ``code`` is the Kafka error to answer with.
+class InvalidBatchError(StreamHouseError, ValueError):
+    """A batch that must be refused; ``code`` (an ``ErrorCode``) is the Kafka error to answer.
 
-    ``code`` is one of ``"CORRUPT_MESSAGE"`` (bytes damaged: CRC, lengths, truncation),
-    ``"INVALID_RECORD"`` (well-formed bytes with inconsistent content) or
-    ``"UNSUPPORTED_VERSION"`` (not magic 2). The message says what is wrong and where.
+    ``code`` is ``CORRUPT_MESSAGE`` (bytes damaged: CRC, lengths, truncation, undecompressable),
+    ``INVALID_RECORD`` (well-formed bytes with inconsistent content),
+    ``INVALID_TIMESTAMP``, ``MESSAGE_TOO_LARGE``, ``RECORD_LIST_TOO_LARGE`` or
+    ``UNSUPPORTED_FOR_MESSAGE_FORMAT`` (not magic 2). The message says what is wrong and
+    where. ``record_errors`` lists ``(record index in its batch, message)`` when one record is
+    to blame (Produce v8+ ``record_errors``).
     """
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+    def __init__(
+        self, code: ErrorCode, message: str, record_errors: tuple[tuple[int, str], ...] = ()
+    ) -> None:
+        super().__init__(code, message)
+        self.record_errors = record_errors
 
-    def __reduce__(self) -> tuple[type[InvalidBatchError], tuple[str, str]]:
+    def __reduce__(  # type: ignore[override]
+        self,
+    ) -> tuple[type[InvalidBatchError], tuple[ErrorCode, str, tuple[tuple[int, str], ...]]]:
         # keep the code when pickled, e.g. across a process pool
-        return type(self), (self.code, str(self))
+        return type(self), (self.code, self.message, self.record_errors)
 
 
 class BatchInfo(msgspec.Struct, frozen=True):
@@ -305,7 +322,7 @@ def scan_batches(
         mv = mv.cast("B")
     end_of_buf = len(mv)
     if end_of_buf == 0:
-        raise InvalidBatchError("CORRUPT_MESSAGE", "no record batch: the buffer is empty")
+        raise InvalidBatchError(ErrorCode.CORRUPT_MESSAGE, "no record batch: the buffer is empty")
     unpack = _HEADER.unpack_from
     crc_of = crc32c.crc32c
     out: list[BatchInfo] = []
@@ -315,7 +332,7 @@ def scan_batches(
         left = end_of_buf - pos
         if left < BATCH_HEADER_SIZE:
             raise InvalidBatchError(
-                "CORRUPT_MESSAGE",
+                ErrorCode.CORRUPT_MESSAGE,
                 f"batch {index} at byte {pos}: truncated header, {left} bytes left "
                 f"of the {BATCH_HEADER_SIZE} a header needs",
             )
@@ -336,20 +353,20 @@ def scan_batches(
         ) = unpack(mv, pos)
         if magic != 2:
             raise InvalidBatchError(
-                "UNSUPPORTED_VERSION",
+                ErrorCode.UNSUPPORTED_FOR_MESSAGE_FORMAT,
                 f"batch {index} at byte {pos}: magic {magic}, only record batch v2 "
                 "(magic 2) is supported",
             )
         if batch_length < _MIN_BATCH_LENGTH:
             raise InvalidBatchError(
-                "CORRUPT_MESSAGE",
+                ErrorCode.CORRUPT_MESSAGE,
                 f"batch {index} at byte {pos}: batchLength {batch_length} is below the "
                 f"minimum {_MIN_BATCH_LENGTH}",
             )
         end = pos + _LENGTH_FIELD_END + batch_length
         if end > end_of_buf:
             raise InvalidBatchError(
-                "CORRUPT_MESSAGE",
+                ErrorCode.CORRUPT_MESSAGE,
                 f"batch {index} at byte {pos}: truncated, batchLength {batch_length} "
                 f"needs {end - pos} bytes but only {left} remain",
             )
@@ -357,30 +374,31 @@ def scan_batches(
             actual = crc_of(mv[pos + _CRC_START : end])
             if actual != crc:
                 raise InvalidBatchError(
-                    "CORRUPT_MESSAGE",
+                    ErrorCode.CORRUPT_MESSAGE,
                     f"batch {index} at byte {pos}: CRC-32C mismatch, header says "
                     f"{crc:#010x}, bytes give {actual:#010x}",
                 )
         if count < 1:
             raise InvalidBatchError(
-                "INVALID_RECORD",
+                ErrorCode.INVALID_RECORD,
                 f"batch {index} at byte {pos}: recordsCount {count}, a batch needs at "
                 "least one record",
             )
         if count != last_offset_delta + 1:
             raise InvalidBatchError(
-                "INVALID_RECORD",
+                ErrorCode.INVALID_RECORD,
                 f"batch {index} at byte {pos}: recordsCount {count} does not match "
                 f"lastOffsetDelta {last_offset_delta} (expected count = lastOffsetDelta + 1)",
             )
         codec = attributes & CODEC_MASK
         if codec > CODEC_ZSTD:
             raise InvalidBatchError(
-                "INVALID_RECORD", f"batch {index} at byte {pos}: unknown compression codec {codec}"
+                ErrorCode.INVALID_RECORD,
+                f"batch {index} at byte {pos}: unknown compression codec {codec}",
             )
         if codec == CODEC_NONE and count * _MIN_RECORD_SIZE > end - pos - BATCH_HEADER_SIZE:
             raise InvalidBatchError(
-                "INVALID_RECORD",
+                ErrorCode.INVALID_RECORD,
                 f"batch {index} at byte {pos}: recordsCount {count} cannot fit in "
                 f"{end - pos - BATCH_HEADER_SIZE} bytes of uncompressed records",
             )
@@ -412,50 +430,293 @@ def patch_base_offset(buf: bytearray | memoryview, position: int, base_offset: i
 
 
 # ---------------------------------------------------------------------------------------
-# decode
+# validate: the ingest edge, as Kafka's LogValidator
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_CHECK_ERRORS = (ErrorCode.NONE, ErrorCode.INVALID_RECORD, ErrorCode.INVALID_TIMESTAMP)
+
+
+class BatchRules(msgspec.Struct, frozen=True):
+    """What a partition's produced batches must keep (a topic's configs and the settings)."""
+
+    max_message_bytes: int  # one batch, compressed size (max.message.bytes)
+    max_records_bytes: int  # all batches of one partition in one request
+    max_inflated_bytes: int  # one batch's records after decompression
+    log_append_time: bool = False  # message.timestamp.type=LogAppendTime: no timestamp checks
+    timestamp_before_ms: int = _INT64_MAX  # how far a record's timestamp may lag the broker
+    timestamp_after_ms: int = _INT64_MAX  # how far ahead of the broker's clock it may be
+    key_required: bool = False  # compacted topic
+
+
+def validate_batches(
+    buf: bytes | bytearray | memoryview, rules: BatchRules, now_ms: int
+) -> list[BatchInfo]:
+    """Check one partition's produced batches as Kafka's broker does; ``scan_batches``' infos.
+
+    In order: the whole set against ``max_records_bytes`` (``RECORD_LIST_TOO_LARGE``); each
+    batch's header, length and CRC (``scan_batches``); its size against ``max_message_bytes``
+    (``MESSAGE_TOO_LARGE``); its attributes (no control or transactional batches, no
+    LogAppendTime set by a client: ``INVALID_RECORD`` / ``INVALID_TIMESTAMP``) and producer
+    fields (all -1, or a producer id with a non-negative epoch and sequence); then every
+    record, in C (``streamhouse/_batchcheck.c``), after decompressing to at most
+    ``max_inflated_bytes``: framing, lengths, offset deltas 0..n-1, the record count, and for
+    CreateTime topics each timestamp within [now - before, now + after]
+    (``INVALID_TIMESTAMP``) and the header's maxTimestamp equal to the largest one. Raises
+    ``InvalidBatchError`` for the first failure; a record-level one carries
+    ``record_errors``.
+    """
+    size = len(buf)
+    if size > rules.max_records_bytes:
+        raise InvalidBatchError(
+            ErrorCode.RECORD_LIST_TOO_LARGE,
+            f"the partition's batches take {size} bytes, over the {rules.max_records_bytes}-"
+            "byte limit for one partition in one request: send fewer batches per request",
+        )
+    infos = scan_batches(buf)
+    mv = memoryview(buf)
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    if rules.log_append_time:
+        ts_low, ts_high = _INT64_MIN, _INT64_MAX
+    else:
+        ts_low = max(_INT64_MIN, now_ms - rules.timestamp_before_ms)
+        ts_high = min(_INT64_MAX, now_ms + rules.timestamp_after_ms)
+    for index, info in enumerate(infos):
+        where = f"batch {index} at byte {info.position}"
+        if info.length > rules.max_message_bytes:
+            raise InvalidBatchError(
+                ErrorCode.MESSAGE_TOO_LARGE,
+                f"{where}: {info.length} bytes exceed max.message.bytes "
+                f"{rules.max_message_bytes}: send smaller batches or raise the topic's limit",
+            )
+        attributes = info.attributes
+        if attributes & CONTROL_MASK:
+            raise InvalidBatchError(
+                ErrorCode.INVALID_RECORD,
+                f"{where}: clients are not allowed to write control batches",
+            )
+        if attributes & TRANSACTIONAL_MASK:
+            raise InvalidBatchError(
+                ErrorCode.INVALID_RECORD,
+                f"{where}: transactional batches are not supported; produce without a "
+                "transactional.id",
+            )
+        if attributes & TIMESTAMP_TYPE_MASK:
+            raise InvalidBatchError(
+                ErrorCode.INVALID_TIMESTAMP,
+                f"{where}: the producer set timestamp type LogAppendTime; only the broker "
+                "may set it",
+                ((0, "producer should not set timestamp type to LogAppendTime"),),
+            )
+        pid, epoch, seq = info.producer_id, info.producer_epoch, info.base_sequence
+        if not (
+            (pid == -1 and epoch == -1 and seq == -1) or (pid >= 0 and epoch >= 0 and seq >= 0)
+        ):
+            raise InvalidBatchError(
+                ErrorCode.INVALID_RECORD,
+                f"{where}: inconsistent producer fields (producerId {pid}, producerEpoch "
+                f"{epoch}, baseSequence {seq}); either all are -1 or all are valid",
+            )
+        start = info.position + BATCH_HEADER_SIZE
+        end = info.position + info.length
+        codec = attributes & CODEC_MASK
+        if codec == CODEC_NONE:
+            records: bytes | memoryview = mv[start:end]
+        else:
+            try:
+                records = inflate(codec, mv[start:end].tobytes(), rules.max_inflated_bytes)
+            except InvalidBatchError as exc:
+                raise InvalidBatchError(exc.code, f"{where}: {exc.message}") from None
+        bad, error, message, max_ts = check_records(
+            records,
+            info.record_count,
+            info.base_timestamp,
+            ts_low,
+            ts_high,
+            rules.key_required,
+        )
+        if bad >= 0:
+            raise InvalidBatchError(_CHECK_ERRORS[error], f"{where}: {message}", ((bad, message),))
+        if not rules.log_append_time and max_ts != info.max_timestamp:
+            raise InvalidBatchError(
+                ErrorCode.INVALID_RECORD,
+                f"{where}: maxTimestamp {info.max_timestamp} in the header, but the largest "
+                f"record timestamp is {max_ts}; the producer must write the real maximum",
+            )
+    return infos
+
+
+# ---------------------------------------------------------------------------------------
+# bounded decompression
+#
+# A compressed batch is inflated with a hard bound on the output, so a small batch that
+# inflates to gigabytes (a "bomb") is refused having cost at most ``limit`` bytes of memory
+# (plus one codec block). Each codec streams, or states its size before any work is done:
+#   gzip    zlib with ``max_length``; concatenated members are followed, all within the bound
+#   snappy  raw: the preamble varint (uncompressed length) is read and checked first;
+#           xerial (snappy-java): ``\x82SNAPPY\x00``, two int32 versions, then
+#           (int32 length, raw snappy block)*, each block's preamble checked against what is
+#           left of the bound
+#   lz4     frame format, decompressed with ``max_length``
+#   zstd    the frame's content size (when stated) is checked, then the data is fed in small
+#           slices (an RLE block is 4 bytes for at most 128 KiB out), window capped
+
+MAX_INFLATED_BYTES = 64 * 1024 * 1024
+"""Default bound on one batch's decompressed records (``decode_records``)."""
 
 _XERIAL_MAGIC = b"\x82SNAPPY\x00"
 _XERIAL_HEADER_SIZE = 16  # magic (8) + version int32 + compatible version int32
+_ZSTD_MAX_BLOCK_RATIO = 32 * 1024  # output bytes per input byte an RLE block can give
 
 
-def _snappy_decompress(data: bytes) -> bytes:
+class _Inflated(Exception):
+    """Raised inside the codecs when the output passes the bound."""
+
+
+class _Truncated(Exception):
+    """Raised inside the codecs when the compressed data ends early."""
+
+
+def _snappy_preamble(data: bytes | memoryview, pos: int, end: int) -> int:
+    """The uncompressed length a raw snappy block states (unsigned LEB128, <= 32 bits)."""
+    value = 0
+    for i in range(5):
+        if pos + i >= end:
+            raise _Truncated("snappy length preamble runs past the data")
+        b = data[pos + i]
+        value |= (b & 0x7F) << (7 * i)
+        if b < 0x80:
+            return value
+    raise ValueError("snappy length preamble is longer than 5 bytes")
+
+
+def _inflate_snappy(data: bytes, limit: int) -> bytes:
     import cramjam  # only needed for snappy/zstd batches, which are rare on our produce path
 
     if data[:8] != _XERIAL_MAGIC:
+        if _snappy_preamble(data, 0, len(data)) > limit:
+            raise _Inflated()
         return bytes(cramjam.snappy.decompress_raw(data))
-    # snappy-java's framing: header, then (int32 big-endian length, raw snappy block)*.
     out = []
+    total = 0
     pos = _XERIAL_HEADER_SIZE
     end = len(data)
+    if end < pos:
+        raise _Truncated("xerial header is cut short")
     while pos < end:
         if pos + 4 > end:
-            raise ValueError(f"truncated xerial block length at byte {pos}")
+            raise _Truncated(f"truncated xerial block length at byte {pos}")
         (size,) = struct.unpack_from(">i", data, pos)
         pos += 4
         if size < 0 or pos + size > end:
-            raise ValueError(f"xerial block of {size} bytes at byte {pos} overruns the data")
+            raise _Truncated(f"xerial block of {size} bytes at byte {pos} overruns the data")
+        total += _snappy_preamble(data, pos, pos + size)
+        if total > limit:
+            raise _Inflated()
         out.append(bytes(cramjam.snappy.decompress_raw(data[pos : pos + size])))
         pos += size
     return b"".join(out)
 
 
-def _zstd_decompress(data: bytes) -> bytes:
-    import cramjam
+def _inflate_gzip(data: bytes, limit: int) -> bytes:
+    out = []
+    total = 0
+    rest = data
+    while True:
+        d = zlib.decompressobj(wbits=31)  # gzip container only
+        chunk = d.decompress(rest, limit + 1 - total)
+        total += len(chunk)
+        out.append(chunk)
+        if total > limit:
+            raise _Inflated()
+        if not d.eof:
+            # the output stopped below the bound, so the input ran out
+            raise _Truncated("gzip data ends before its end of stream")
+        rest = d.unused_data
+        if not rest:
+            return b"".join(out)
 
-    # cramjam streams, so frames without a content size (the Java client's) work too.
-    return bytes(cramjam.zstd.decompress(data))
+
+def _inflate_lz4(data: bytes, limit: int) -> bytes:
+    d = lz4.frame.LZ4FrameDecompressor()
+    out = d.decompress(data, max_length=limit + 1)
+    if len(out) > limit:
+        raise _Inflated()
+    if not d.eof:
+        raise _Truncated("LZ4 frame ends before its end mark")
+    if d.unused_data:
+        raise ValueError(f"{len(d.unused_data)} bytes follow the LZ4 frame")
+    return out
 
 
-def _decompress(codec: int, data: bytes) -> bytes:
-    if codec == CODEC_GZIP:
-        return gzip.decompress(data)
-    if codec == CODEC_SNAPPY:
-        return _snappy_decompress(data)
-    if codec == CODEC_LZ4:
-        return lz4.frame.decompress(data)
-    if codec == CODEC_ZSTD:
-        return _zstd_decompress(data)
-    raise ValueError(f"unknown compression codec {codec}")
+def _inflate_zstd(data: bytes, limit: int) -> bytes:
+    import zstandard
+
+    size = zstandard.frame_content_size(data)
+    if size > limit:  # -1: not stated (the Java client streams)
+        raise _Inflated()
+    window = 1 << max(20, min(27, (limit - 1).bit_length()))
+    d = zstandard.ZstdDecompressor(max_window_size=window).decompressobj()
+    out = []
+    total = 0
+    pos = 0
+    end = len(data)
+    mv = memoryview(data)
+    while pos < end and not d.eof:
+        step = max(256, (limit - total) // _ZSTD_MAX_BLOCK_RATIO)
+        chunk = d.decompress(mv[pos : pos + step])
+        pos += step
+        total += len(chunk)
+        if total > limit:
+            raise _Inflated()
+        out.append(chunk)
+    if not d.eof:
+        raise _Truncated("zstd frame ends before its last block")
+    if pos < end or d.unused_data:
+        raise ValueError("bytes follow the zstd frame")
+    return b"".join(out)
+
+
+_INFLATERS = {
+    CODEC_GZIP: _inflate_gzip,
+    CODEC_SNAPPY: _inflate_snappy,
+    CODEC_LZ4: _inflate_lz4,
+    CODEC_ZSTD: _inflate_zstd,
+}
+_CODEC_NAMES = {CODEC_GZIP: "gzip", CODEC_SNAPPY: "snappy", CODEC_LZ4: "lz4", CODEC_ZSTD: "zstd"}
+
+
+def inflate(codec: int, data: bytes, limit: int) -> bytes:
+    """The records of a compressed batch, at most ``limit`` bytes of them.
+
+    Raises ``InvalidBatchError``: ``MESSAGE_TOO_LARGE`` when the records inflate past
+    ``limit`` (decompression stops there), ``CORRUPT_MESSAGE`` when the data is truncated or
+    not valid for its codec, ``INVALID_RECORD`` for an unknown codec.
+    """
+    inflater = _INFLATERS.get(codec)
+    if inflater is None:
+        raise InvalidBatchError(ErrorCode.INVALID_RECORD, f"unknown compression codec {codec}")
+    name = _CODEC_NAMES[codec]
+    try:
+        return inflater(data, limit)
+    except _Inflated:
+        raise InvalidBatchError(
+            ErrorCode.MESSAGE_TOO_LARGE,
+            f"the {name} records inflate past {limit} bytes, the limit for one batch's "
+            "uncompressed records: send smaller batches",
+        ) from None
+    except _Truncated as exc:
+        raise InvalidBatchError(
+            ErrorCode.CORRUPT_MESSAGE, f"{name} records are truncated: {exc}"
+        ) from None
+    except Exception as exc:  # every codec library has its own error types
+        raise InvalidBatchError(
+            ErrorCode.CORRUPT_MESSAGE, f"cannot decompress the {name} records: {exc}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------
+# decode
 
 
 def _read_varint_slow(data: bytes, pos: int, max_bytes: int) -> tuple[int, int]:
@@ -472,14 +733,18 @@ def _read_varint_slow(data: bytes, pos: int, max_bytes: int) -> tuple[int, int]:
 
 
 def decode_records(
-    batch: bytes | bytearray | memoryview, *, verify_crc: bool = True
+    batch: bytes | bytearray | memoryview,
+    *,
+    verify_crc: bool = True,
+    max_inflated: int = MAX_INFLATED_BYTES,
 ) -> list[tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]]:
     """Decode every record of exactly one batch (``batch`` is the whole batch, no more).
 
     Returns ``(offset_delta, timestamp_ms, key, value, headers)`` per record in order;
     ``timestamp_ms`` is ``base_timestamp + timestamp_delta``, or ``max_timestamp`` for a
     LogAppendTime batch. Null keys, values and header values are ``None``; empty ones are
-    ``b""``. Compressed batches (gzip, snappy, lz4, zstd) are decompressed. The CRC is
+    ``b""``. Compressed batches (gzip, snappy, lz4, zstd) are decompressed, to at most
+    ``max_inflated`` bytes (``MESSAGE_TOO_LARGE`` beyond: a stored bomb costs no more). The CRC is
     checked unless ``verify_crc`` is false. Raises ``InvalidBatchError`` for a bad header,
     a CRC mismatch, undecompressable data or malformed records (a record overrunning its
     length or the batch, bad lengths, record count mismatch, non-UTF-8 header key).
@@ -489,7 +754,7 @@ def decode_records(
         mv = mv.cast("B")
     if len(mv) < BATCH_HEADER_SIZE:
         raise InvalidBatchError(
-            "CORRUPT_MESSAGE",
+            ErrorCode.CORRUPT_MESSAGE,
             f"batch of {len(mv)} bytes is shorter than the {BATCH_HEADER_SIZE}-byte header",
         )
     (
@@ -509,11 +774,12 @@ def decode_records(
     ) = _HEADER.unpack_from(mv, 0)
     if magic != 2:
         raise InvalidBatchError(
-            "UNSUPPORTED_VERSION", f"magic {magic}, only record batch v2 (magic 2) is supported"
+            ErrorCode.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+            f"magic {magic}, only record batch v2 (magic 2) is supported",
         )
     if batch_length + _LENGTH_FIELD_END != len(mv):
         raise InvalidBatchError(
-            "CORRUPT_MESSAGE",
+            ErrorCode.CORRUPT_MESSAGE,
             f"batchLength {batch_length} says {batch_length + _LENGTH_FIELD_END} bytes, "
             f"got {len(mv)}",
         )
@@ -521,21 +787,16 @@ def decode_records(
         actual = crc32c.crc32c(mv[_CRC_START:])
         if actual != crc:
             raise InvalidBatchError(
-                "CORRUPT_MESSAGE",
+                ErrorCode.CORRUPT_MESSAGE,
                 f"CRC-32C mismatch, header says {crc:#010x}, bytes give {actual:#010x}",
             )
     if count < 0:
-        raise InvalidBatchError("INVALID_RECORD", f"negative recordsCount {count}")
+        raise InvalidBatchError(ErrorCode.INVALID_RECORD, f"negative recordsCount {count}")
     codec = attributes & CODEC_MASK
     if codec == CODEC_NONE:
         data = bytes(mv[BATCH_HEADER_SIZE:])
     else:
-        try:
-            data = _decompress(codec, bytes(mv[BATCH_HEADER_SIZE:]))
-        except Exception as exc:  # every codec library has its own error types
-            raise InvalidBatchError(
-                "CORRUPT_MESSAGE", f"cannot decompress codec {codec} records: {exc}"
-            ) from exc
+        data = inflate(codec, bytes(mv[BATCH_HEADER_SIZE:]), max_inflated)
     log_append = bool(attributes & TIMESTAMP_TYPE_MASK)
     out: list[tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = []
     try:
@@ -544,10 +805,11 @@ def decode_records(
         raise
     except IndexError as exc:  # a varint read ran off the end of the data
         raise InvalidBatchError(
-            "INVALID_RECORD", f"record {len(out)}: truncated, a field runs past the batch's end"
+            ErrorCode.INVALID_RECORD,
+            f"record {len(out)}: truncated, a field runs past the batch's end",
         ) from exc
     except ValueError as exc:  # an overlong varint
-        raise InvalidBatchError("INVALID_RECORD", f"record {len(out)}: {exc}") from exc
+        raise InvalidBatchError(ErrorCode.INVALID_RECORD, f"record {len(out)}: {exc}") from exc
     return out
 
 
@@ -569,7 +831,7 @@ def _decode_record_data(
     for i in range(count):
         if pos >= end:
             raise InvalidBatchError(
-                "INVALID_RECORD", f"record {i}: batch ends after {i} of {count} records"
+                ErrorCode.INVALID_RECORD, f"record {i}: batch ends after {i} of {count} records"
             )
         # Varints: one- and two-byte forms inline (function calls dominate otherwise),
         # zigzag decoded with (v >> 1) ^ -(v & 1).
@@ -586,7 +848,7 @@ def _decode_record_data(
         rec_end = pos + length
         if length < _MIN_RECORD_SIZE - 1 or rec_end > end:
             raise InvalidBatchError(
-                "INVALID_RECORD",
+                ErrorCode.INVALID_RECORD,
                 f"record {i}: length {length} at byte {pos} is invalid for "
                 f"{end - pos} remaining bytes",
             )
@@ -623,14 +885,14 @@ def _decode_record_data(
             kl, pos = slow(data, pos, 5)
         if kl < 0:
             if kl != -1:
-                raise InvalidBatchError("INVALID_RECORD", f"record {i}: key length {kl}")
+                raise InvalidBatchError(ErrorCode.INVALID_RECORD, f"record {i}: key length {kl}")
             key = None
         else:
             key = data[pos : pos + kl]
             pos += kl
             if pos > rec_end:
                 raise InvalidBatchError(
-                    "INVALID_RECORD", f"record {i}: key of {kl} bytes runs past the record"
+                    ErrorCode.INVALID_RECORD, f"record {i}: key of {kl} bytes runs past the record"
                 )
         b = data[pos]
         if b < 0x80:
@@ -644,14 +906,15 @@ def _decode_record_data(
             vl, pos = slow(data, pos, 5)
         if vl < 0:
             if vl != -1:
-                raise InvalidBatchError("INVALID_RECORD", f"record {i}: value length {vl}")
+                raise InvalidBatchError(ErrorCode.INVALID_RECORD, f"record {i}: value length {vl}")
             value = None
         else:
             value = data[pos : pos + vl]
             pos += vl
             if pos > rec_end:
                 raise InvalidBatchError(
-                    "INVALID_RECORD", f"record {i}: value of {vl} bytes runs past the record"
+                    ErrorCode.INVALID_RECORD,
+                    f"record {i}: value of {vl} bytes runs past the record",
                 )
         b = data[pos]
         if b < 0x80:
@@ -662,25 +925,25 @@ def _decode_record_data(
         headers: list[tuple[str, bytes | None]] = []
         if hc:
             if hc < 0 or hc > rec_end - pos:
-                raise InvalidBatchError("INVALID_RECORD", f"record {i}: header count {hc}")
+                raise InvalidBatchError(ErrorCode.INVALID_RECORD, f"record {i}: header count {hc}")
             for _ in range(hc):
                 hkl, pos = slow(data, pos, 5)
                 if hkl < 0 or pos + hkl > rec_end:
                     raise InvalidBatchError(
-                        "INVALID_RECORD", f"record {i}: header key length {hkl}"
+                        ErrorCode.INVALID_RECORD, f"record {i}: header key length {hkl}"
                     )
                 try:
                     hkey = data[pos : pos + hkl].decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise InvalidBatchError(
-                        "INVALID_RECORD", f"record {i}: header key is not UTF-8"
+                        ErrorCode.INVALID_RECORD, f"record {i}: header key is not UTF-8"
                     ) from exc
                 pos += hkl
                 hvl, pos = slow(data, pos, 5)
                 if hvl < 0:
                     if hvl != -1:
                         raise InvalidBatchError(
-                            "INVALID_RECORD", f"record {i}: header value length {hvl}"
+                            ErrorCode.INVALID_RECORD, f"record {i}: header value length {hvl}"
                         )
                     headers.append((hkey, None))
                 else:
@@ -688,14 +951,15 @@ def _decode_record_data(
                     pos += hvl
         if pos != rec_end:
             raise InvalidBatchError(
-                "INVALID_RECORD",
+                ErrorCode.INVALID_RECORD,
                 f"record {i}: fields take {pos - rec_end + length} bytes but its length "
                 f"says {length}",
             )
         append((od, base_ts + td if fixed_ts is None else fixed_ts, key, value, headers))
     if pos != end:
         raise InvalidBatchError(
-            "INVALID_RECORD", f"{end - pos} bytes left after the {count} records of the batch"
+            ErrorCode.INVALID_RECORD,
+            f"{end - pos} bytes left after the {count} records of the batch",
         )
 
 

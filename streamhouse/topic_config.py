@@ -9,12 +9,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from streamhouse.recordbatch import BatchRules
+
 
 class TopicConfigError(ValueError):
     """A topic config key is unknown or its value is invalid; the message says which."""
 
 
 _LONG = re.compile(r"-?[0-9]{1,19}")
+_LONG_MAX = str(2**63 - 1)  # Kafka's Long.MAX_VALUE: no limit
 
 
 def _int_at_least(low: int) -> Callable[[str], bool]:
@@ -45,6 +48,15 @@ TOPIC_CONFIGS: dict[str, tuple[str, Callable[[str], bool], str]] = {
         _one_of("CreateTime", "LogAppendTime"),
         "CreateTime or LogAppendTime",
     ),
+    # Kafka 3.6+ (KIP-937): how far a CreateTime record's timestamp may lag (before) or lead
+    # (after) the broker's clock; difference.max.ms is the older key for both.
+    "message.timestamp.difference.max.ms": (
+        _LONG_MAX,
+        _int_at_least(0),
+        "an integer >= 0 (ms)",
+    ),
+    "message.timestamp.before.max.ms": (_LONG_MAX, _int_at_least(0), "an integer >= 0 (ms)"),
+    "message.timestamp.after.max.ms": (_LONG_MAX, _int_at_least(0), "an integer >= 0 (ms)"),
     "segment.ms": ("604800000", _int_at_least(1), "a positive integer"),
     "segment.bytes": ("1073741824", _int_at_least(14), "an integer >= 14"),
     "min.insync.replicas": ("1", _int_at_least(1), "a positive integer"),
@@ -71,3 +83,30 @@ def validate_topic_config(config: dict[str, str]) -> dict[str, str]:
 def effective_config(config: dict[str, str]) -> dict[str, str]:
     """Every known key with the topic's value or the default."""
     return {key: config.get(key, spec[0]) for key, spec in TOPIC_CONFIGS.items()}
+
+
+def batch_rules(config: dict[str, str], max_batch_bytes: int) -> BatchRules:
+    """The rules a topic's produced batches are validated against (``validate_batches``).
+
+    A batch may take ``max.message.bytes`` (at most ``max_batch_bytes``, the ingest setting);
+    one partition's batches in one request, and a batch's decompressed records, at most
+    ``max_batch_bytes`` and ``segment.bytes``. An explicit ``message.timestamp.before.max.ms``
+    / ``after.max.ms`` wins over ``message.timestamp.difference.max.ms``, as in Kafka.
+    """
+
+    def value(key: str) -> int:
+        return int(config.get(key, TOPIC_CONFIGS[key][0]))
+
+    difference = config.get("message.timestamp.difference.max.ms")
+    before = config.get("message.timestamp.before.max.ms", difference)
+    after = config.get("message.timestamp.after.max.ms", difference)
+    records_limit = min(max_batch_bytes, value("segment.bytes"))
+    return BatchRules(
+        max_message_bytes=min(max_batch_bytes, value("max.message.bytes")),
+        max_records_bytes=records_limit,
+        max_inflated_bytes=records_limit,
+        log_append_time=config.get("message.timestamp.type") == "LogAppendTime",
+        timestamp_before_ms=int(before) if before is not None else 2**63 - 1,
+        timestamp_after_ms=int(after) if after is not None else 2**63 - 1,
+        key_required="compact" in config.get("cleanup.policy", "delete"),
+    )

@@ -14,6 +14,7 @@ import zstandard
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
+from streamhouse.errors import ErrorCode
 from streamhouse.recordbatch import (
     BATCH_HEADER_SIZE,
     BatchInfo,
@@ -115,7 +116,7 @@ def kafka_python_read(batch: bytes) -> list[tuple]:
 def expect_invalid(code: str, fn, *args, match: str | None = None, **kwargs) -> InvalidBatchError:
     with pytest.raises(InvalidBatchError, match=match) as info:
         fn(*args, **kwargs)
-    assert info.value.code == code, str(info.value)
+    assert info.value.code.name == code, str(info.value)
     return info.value
 
 
@@ -180,8 +181,14 @@ def test_default_partition_rejects_no_partitions():
 
 def test_header_size_and_error_pickles():
     assert BATCH_HEADER_SIZE == 61
-    err = pickle.loads(pickle.dumps(InvalidBatchError("INVALID_RECORD", "record 3: bad")))
-    assert (err.code, str(err)) == ("INVALID_RECORD", "record 3: bad")
+    err = pickle.loads(
+        pickle.dumps(InvalidBatchError(ErrorCode.INVALID_RECORD, "record 3: bad", ((3, "bad"),)))
+    )
+    assert (err.code, str(err), err.record_errors) == (
+        ErrorCode.INVALID_RECORD,
+        "record 3: bad",
+        ((3, "bad"),),
+    )
 
 
 def test_encode_round_trip_nulls_empties_headers_and_timestamps():
@@ -339,11 +346,11 @@ def test_scan_truncated_anywhere():
 def test_scan_bad_magic():
     bad = bytearray(encode_sample())
     bad[16] = 1
-    expect_invalid("UNSUPPORTED_VERSION", scan_batches, bad, match="magic 1")
+    expect_invalid("UNSUPPORTED_FOR_MESSAGE_FORMAT", scan_batches, bad, match="magic 1")
     second = encode_sample()
     buf = bytearray(encode_sample() + second)
     buf[len(second) + 16] = 3
-    err = expect_invalid("UNSUPPORTED_VERSION", scan_batches, buf)
+    err = expect_invalid("UNSUPPORTED_FOR_MESSAGE_FORMAT", scan_batches, buf)
     assert f"batch 1 at byte {len(second)}" in str(err)
 
 
@@ -456,7 +463,7 @@ def test_decode_corruption():
     expect_invalid("CORRUPT_MESSAGE", decode_records, batch[:60], match="shorter")
     bad = bytearray(batch)
     bad[16] = 0
-    expect_invalid("UNSUPPORTED_VERSION", decode_records, bad)
+    expect_invalid("UNSUPPORTED_FOR_MESSAGE_FORMAT", decode_records, bad)
     # damaged compressed data
     lz4_batch = kafka_python_batch([(None, b"x" * 500, [], 5)], 3)
     body = bytearray(lz4_batch[BATCH_HEADER_SIZE:])
@@ -517,4 +524,4 @@ def test_decode_random_garbage_never_escapes_as_other_errors():
         try:
             decode_records(batch)
         except InvalidBatchError as exc:
-            assert exc.code == "INVALID_RECORD"
+            assert exc.code is ErrorCode.INVALID_RECORD
