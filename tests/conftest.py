@@ -11,8 +11,17 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from streamhouse.testing import Stack, free_port
+
+# Hypothesis profiles (registered here so that `--hypothesis-profile` finds them): "default"
+# keeps the property tests short enough for CI; `--hypothesis-profile=long` runs 20x the
+# examples. Property tests scale their own example counts by max_examples (see
+# tests/unit/kafka/test_codec_properties.py).
+settings.register_profile("default", deadline=None, print_blob=True, database=None)
+settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True, database=None)
+settings.load_profile("default")
 
 
 @pytest.fixture

@@ -509,12 +509,17 @@ class Context:
             if f.elem in FIXED:
                 fmt, size = FIXED[f.elem]
                 if f.elem == "uuid":
+                    # Checked before building the list: a lying count must not make
+                    # millions of UUIDs out of nothing.
+                    lines.append(f"{inner}if pos + 16 * n > len(buf):")
+                    lines.append(
+                        f'{inner}    raise DecodeError(f"uuid array {f.name} of {{n}} runs '
+                        'past the end")'
+                    )
                     lines.append(f"{inner}{var} = [")
                     lines.append(f"{inner}    uuid_from_bytes(bytes(buf[p : p + 16]))")
                     lines.append(f"{inner}    for p in range(pos, pos + 16 * n, 16)")
                     lines.append(f"{inner}]")
-                    lines.append(f"{inner}if pos + 16 * n > len(buf):")
-                    lines.append(f'{inner}    raise DecodeError("uuid array runs past the end")')
                 else:
                     arrays = self.module.array_structs(fmt)
                     lines.append(f"{inner}{var} = list({arrays}[n].unpack_from(buf, pos))")
@@ -527,7 +532,10 @@ class Context:
                 element_size = 1 if flex else (2 if f.elem == "string" else 4)
                 item = f"{self._variable_reader(f.elem, False, flex)}(buf, pos)"
             if element_size > 0:
-                lines.append(f"{inner}if n > len(buf) - pos:")
+                # Each element takes at least element_size bytes: a count the remaining bytes
+                # cannot hold fails here, before any element is decoded.
+                scaled = "n" if element_size == 1 else f"n * {element_size}"
+                lines.append(f"{inner}if {scaled} > len(buf) - pos:")
                 lines.append(
                     f'{inner}    raise DecodeError(f"array {f.name} of {{n}} runs past the end")'
                 )

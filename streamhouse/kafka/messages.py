@@ -6214,7 +6214,7 @@ def _d_ProduceRequest_TopicProduceData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionData is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array PartitionData of {n} runs past the end")
         f_partition_data = []
         for _ in range(n):
@@ -6230,7 +6230,7 @@ def _d_ProduceRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicData is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array TopicData of {n} runs past the end")
         f_topic_data = []
         for _ in range(n):
@@ -6290,7 +6290,7 @@ def _d_ProduceRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicData is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array TopicData of {n} runs past the end")
         f_topic_data = []
         for _ in range(n):
@@ -6334,7 +6334,7 @@ def _d_ProduceRequest_TopicProduceData_v9(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionData is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array PartitionData of {n} runs past the end")
         f_partition_data = []
         for _ in range(n):
@@ -6359,7 +6359,7 @@ def _d_ProduceRequest_v9(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicData is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array TopicData of {n} runs past the end")
         f_topic_data = []
         for _ in range(n):
@@ -6416,7 +6416,7 @@ def _d_ProduceResponse_TopicProduceResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionResponses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array PartitionResponses of {n} runs past the end")
         f_partition_responses = []
         for _ in range(n):
@@ -6432,7 +6432,7 @@ def _d_ProduceResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -6465,7 +6465,7 @@ def _d_ProduceResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -6501,7 +6501,7 @@ def _d_ProduceResponse_TopicProduceResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionResponses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 22 > len(buf) - pos:
             raise DecodeError(f"array PartitionResponses of {n} runs past the end")
         f_partition_responses = []
         for _ in range(n):
@@ -6517,7 +6517,7 @@ def _d_ProduceResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -6568,7 +6568,7 @@ def _d_ProduceResponse_TopicProduceResponse_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionResponses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 30 > len(buf) - pos:
             raise DecodeError(f"array PartitionResponses of {n} runs past the end")
         f_partition_responses = []
         for _ in range(n):
@@ -6584,7 +6584,7 @@ def _d_ProduceResponse_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -6633,7 +6633,7 @@ def _d_ProduceResponse_PartitionProduceResponse_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array RecordErrors is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array RecordErrors of {n} runs past the end")
         f_record_errors = []
         for _ in range(n):
@@ -6657,7 +6657,7 @@ def _d_ProduceResponse_TopicProduceResponse_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionResponses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 36 > len(buf) - pos:
             raise DecodeError(f"array PartitionResponses of {n} runs past the end")
         f_partition_responses = []
         for _ in range(n):
@@ -6673,7 +6673,7 @@ def _d_ProduceResponse_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -6740,7 +6740,7 @@ def _d_ProduceResponse_PartitionProduceResponse_v9(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array RecordErrors is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array RecordErrors of {n} runs past the end")
         f_record_errors = []
         for _ in range(n):
@@ -6772,7 +6772,7 @@ def _d_ProduceResponse_TopicProduceResponse_v9(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionResponses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 33 > len(buf) - pos:
             raise DecodeError(f"array PartitionResponses of {n} runs past the end")
         f_partition_responses = []
         for _ in range(n):
@@ -6796,7 +6796,7 @@ def _d_ProduceResponse_v9(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -6870,7 +6870,7 @@ def _d_ProduceResponse_PartitionProduceResponse_v10(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array RecordErrors is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array RecordErrors of {n} runs past the end")
         f_record_errors = []
         for _ in range(n):
@@ -6911,7 +6911,7 @@ def _d_ProduceResponse_TopicProduceResponse_v10(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionResponses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 33 > len(buf) - pos:
             raise DecodeError(f"array PartitionResponses of {n} runs past the end")
         f_partition_responses = []
         for _ in range(n):
@@ -6951,7 +6951,7 @@ def _d_ProduceResponse_v10(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -6973,7 +6973,7 @@ def _d_ProduceResponse_v10(buf, pos):
                 if n < 0:
                     raise DecodeError("non-nullable array NodeEndpoints is null")
                 else:
-                    if n > len(buf) - pos:
+                    if n * 11 > len(buf) - pos:
                         raise DecodeError(f"array NodeEndpoints of {n} runs past the end")
                     f_node_endpoints = []
                     for _ in range(n):
@@ -7059,7 +7059,7 @@ def _d_FetchRequest_FetchTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 16 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -7075,7 +7075,7 @@ def _d_FetchRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -7171,7 +7171,7 @@ def _d_FetchRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -7221,7 +7221,7 @@ def _d_FetchRequest_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -7282,7 +7282,7 @@ def _d_FetchRequest_FetchTopic_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 24 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -7300,7 +7300,7 @@ def _d_FetchRequest_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -7394,7 +7394,7 @@ def _d_FetchRequest_v7(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -7404,7 +7404,7 @@ def _d_FetchRequest_v7(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ForgottenTopicsData is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array ForgottenTopicsData of {n} runs past the end")
         f_forgotten_topics_data = []
         for _ in range(n):
@@ -7530,7 +7530,7 @@ def _d_FetchRequest_FetchTopic_v9(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 28 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -7554,7 +7554,7 @@ def _d_FetchRequest_v9(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -7564,7 +7564,7 @@ def _d_FetchRequest_v9(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ForgottenTopicsData is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array ForgottenTopicsData of {n} runs past the end")
         f_forgotten_topics_data = []
         for _ in range(n):
@@ -7690,7 +7690,7 @@ def _d_FetchRequest_v11(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -7700,7 +7700,7 @@ def _d_FetchRequest_v11(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ForgottenTopicsData is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array ForgottenTopicsData of {n} runs past the end")
         f_forgotten_topics_data = []
         for _ in range(n):
@@ -7802,7 +7802,7 @@ def _d_FetchRequest_FetchTopic_v12(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 33 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -7853,7 +7853,7 @@ def _d_FetchRequest_v12(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -7867,7 +7867,7 @@ def _d_FetchRequest_v12(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ForgottenTopicsData is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array ForgottenTopicsData of {n} runs past the end")
         f_forgotten_topics_data = []
         for _ in range(n):
@@ -7975,7 +7975,7 @@ def _d_FetchRequest_FetchTopic_v13(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 33 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -8028,7 +8028,7 @@ def _d_FetchRequest_v13(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -8042,7 +8042,7 @@ def _d_FetchRequest_v13(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ForgottenTopicsData is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array ForgottenTopicsData of {n} runs past the end")
         f_forgotten_topics_data = []
         for _ in range(n):
@@ -8178,7 +8178,7 @@ def _d_FetchRequest_v15(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -8192,7 +8192,7 @@ def _d_FetchRequest_v15(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ForgottenTopicsData is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array ForgottenTopicsData of {n} runs past the end")
         f_forgotten_topics_data = []
         for _ in range(n):
@@ -8351,7 +8351,7 @@ def _d_FetchRequest_FetchTopic_v17(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 33 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -8377,7 +8377,7 @@ def _d_FetchRequest_v17(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -8391,7 +8391,7 @@ def _d_FetchRequest_v17(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ForgottenTopicsData is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array ForgottenTopicsData of {n} runs past the end")
         f_forgotten_topics_data = []
         for _ in range(n):
@@ -8510,7 +8510,7 @@ def _d_FetchResponse_FetchableTopicResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -8524,7 +8524,7 @@ def _d_FetchResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -8560,7 +8560,7 @@ def _d_FetchResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -8594,7 +8594,7 @@ def _d_FetchResponse_PartitionData_v4(buf, pos):
     if n < 0:
         f_aborted_transactions = None
     else:
-        if n > len(buf) - pos:
+        if n * 16 > len(buf) - pos:
             raise DecodeError(f"array AbortedTransactions of {n} runs past the end")
         f_aborted_transactions = []
         for _ in range(n):
@@ -8617,7 +8617,7 @@ def _d_FetchResponse_FetchableTopicResponse_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 30 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -8633,7 +8633,7 @@ def _d_FetchResponse_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -8683,7 +8683,7 @@ def _d_FetchResponse_PartitionData_v5(buf, pos):
     if n < 0:
         f_aborted_transactions = None
     else:
-        if n > len(buf) - pos:
+        if n * 16 > len(buf) - pos:
             raise DecodeError(f"array AbortedTransactions of {n} runs past the end")
         f_aborted_transactions = []
         for _ in range(n):
@@ -8707,7 +8707,7 @@ def _d_FetchResponse_FetchableTopicResponse_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 38 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -8723,7 +8723,7 @@ def _d_FetchResponse_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -8775,7 +8775,7 @@ def _d_FetchResponse_v7(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -8806,7 +8806,7 @@ def _d_FetchResponse_PartitionData_v11(buf, pos):
     if n < 0:
         f_aborted_transactions = None
     else:
-        if n > len(buf) - pos:
+        if n * 16 > len(buf) - pos:
             raise DecodeError(f"array AbortedTransactions of {n} runs past the end")
         f_aborted_transactions = []
         for _ in range(n):
@@ -8833,7 +8833,7 @@ def _d_FetchResponse_FetchableTopicResponse_v11(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 42 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -8849,7 +8849,7 @@ def _d_FetchResponse_v11(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -8955,7 +8955,7 @@ def _d_FetchResponse_PartitionData_v12(buf, pos):
     if n < 0:
         f_aborted_transactions = None
     else:
-        if n > len(buf) - pos:
+        if n * 17 > len(buf) - pos:
             raise DecodeError(f"array AbortedTransactions of {n} runs past the end")
         f_aborted_transactions = []
         for _ in range(n):
@@ -9011,7 +9011,7 @@ def _d_FetchResponse_FetchableTopicResponse_v12(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 37 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -9035,7 +9035,7 @@ def _d_FetchResponse_v12(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -9138,7 +9138,7 @@ def _d_FetchResponse_FetchableTopicResponse_v13(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 37 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -9162,7 +9162,7 @@ def _d_FetchResponse_v13(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -9225,7 +9225,7 @@ def _d_FetchResponse_v16(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -9245,7 +9245,7 @@ def _d_FetchResponse_v16(buf, pos):
                 if n < 0:
                     raise DecodeError("non-nullable array NodeEndpoints is null")
                 else:
-                    if n > len(buf) - pos:
+                    if n * 11 > len(buf) - pos:
                         raise DecodeError(f"array NodeEndpoints of {n} runs past the end")
                     f_node_endpoints = []
                     for _ in range(n):
@@ -9304,7 +9304,7 @@ def _d_ListOffsetsRequest_ListOffsetsTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 16 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -9320,7 +9320,7 @@ def _d_ListOffsetsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -9365,7 +9365,7 @@ def _d_ListOffsetsRequest_ListOffsetsTopic_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 12 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -9381,7 +9381,7 @@ def _d_ListOffsetsRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -9421,7 +9421,7 @@ def _d_ListOffsetsRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -9492,7 +9492,7 @@ def _d_ListOffsetsRequest_ListOffsetsTopic_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 16 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -9508,7 +9508,7 @@ def _d_ListOffsetsRequest_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -9587,7 +9587,7 @@ def _d_ListOffsetsRequest_ListOffsetsTopic_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 17 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -9611,7 +9611,7 @@ def _d_ListOffsetsRequest_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -9737,7 +9737,7 @@ def _d_ListOffsetsRequest_v10(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -9805,7 +9805,7 @@ def _d_ListOffsetsResponse_ListOffsetsTopicResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -9819,7 +9819,7 @@ def _d_ListOffsetsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -9867,7 +9867,7 @@ def _d_ListOffsetsResponse_ListOffsetsTopicResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 22 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -9881,7 +9881,7 @@ def _d_ListOffsetsResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -9916,7 +9916,7 @@ def _d_ListOffsetsResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -9953,7 +9953,7 @@ def _d_ListOffsetsResponse_ListOffsetsTopicResponse_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 26 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -9969,7 +9969,7 @@ def _d_ListOffsetsResponse_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -10026,7 +10026,7 @@ def _d_ListOffsetsResponse_ListOffsetsTopicResponse_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 27 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -10050,7 +10050,7 @@ def _d_ListOffsetsResponse_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -10096,7 +10096,7 @@ def _d_MetadataRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -10127,7 +10127,7 @@ def _d_MetadataRequest_v1(buf, pos):
     if n < 0:
         f_topics = None
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -10189,7 +10189,7 @@ def _d_MetadataRequest_v4(buf, pos):
     if n < 0:
         f_topics = None
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -10267,7 +10267,7 @@ def _d_MetadataRequest_v8(buf, pos):
     if n < 0:
         f_topics = None
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -10322,7 +10322,7 @@ def _d_MetadataRequest_v9(buf, pos):
     if n < 0:
         f_topics = None
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -10390,7 +10390,7 @@ def _d_MetadataRequest_v10(buf, pos):
     if n < 0:
         f_topics = None
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -10447,7 +10447,7 @@ def _d_MetadataRequest_v11(buf, pos):
     if n < 0:
         f_topics = None
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -10537,7 +10537,7 @@ def _d_MetadataResponse_MetadataResponseTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -10553,7 +10553,7 @@ def _d_MetadataResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Brokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array Brokers of {n} runs past the end")
         f_brokers = []
         for _ in range(n):
@@ -10563,7 +10563,7 @@ def _d_MetadataResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -10630,7 +10630,7 @@ def _d_MetadataResponse_MetadataResponseTopic_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -10646,7 +10646,7 @@ def _d_MetadataResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Brokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 12 > len(buf) - pos:
             raise DecodeError(f"array Brokers of {n} runs past the end")
         f_brokers = []
         for _ in range(n):
@@ -10658,7 +10658,7 @@ def _d_MetadataResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 9 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -10701,7 +10701,7 @@ def _d_MetadataResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Brokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 12 > len(buf) - pos:
             raise DecodeError(f"array Brokers of {n} runs past the end")
         f_brokers = []
         for _ in range(n):
@@ -10714,7 +10714,7 @@ def _d_MetadataResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 9 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -10745,7 +10745,7 @@ def _d_MetadataResponse_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Brokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 12 > len(buf) - pos:
             raise DecodeError(f"array Brokers of {n} runs past the end")
         f_brokers = []
         for _ in range(n):
@@ -10758,7 +10758,7 @@ def _d_MetadataResponse_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 9 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -10828,7 +10828,7 @@ def _d_MetadataResponse_MetadataResponseTopic_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 22 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -10846,7 +10846,7 @@ def _d_MetadataResponse_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Brokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 12 > len(buf) - pos:
             raise DecodeError(f"array Brokers of {n} runs past the end")
         f_brokers = []
         for _ in range(n):
@@ -10859,7 +10859,7 @@ def _d_MetadataResponse_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 9 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -10953,7 +10953,7 @@ def _d_MetadataResponse_MetadataResponseTopic_v7(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 26 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -10971,7 +10971,7 @@ def _d_MetadataResponse_v7(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Brokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 12 > len(buf) - pos:
             raise DecodeError(f"array Brokers of {n} runs past the end")
         f_brokers = []
         for _ in range(n):
@@ -10984,7 +10984,7 @@ def _d_MetadataResponse_v7(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 9 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -11046,7 +11046,7 @@ def _d_MetadataResponse_MetadataResponseTopic_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 26 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -11070,7 +11070,7 @@ def _d_MetadataResponse_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Brokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 12 > len(buf) - pos:
             raise DecodeError(f"array Brokers of {n} runs past the end")
         f_brokers = []
         for _ in range(n):
@@ -11083,7 +11083,7 @@ def _d_MetadataResponse_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 13 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -11205,7 +11205,7 @@ def _d_MetadataResponse_MetadataResponseTopic_v9(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -11237,7 +11237,7 @@ def _d_MetadataResponse_v9(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Brokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array Brokers of {n} runs past the end")
         f_brokers = []
         for _ in range(n):
@@ -11254,7 +11254,7 @@ def _d_MetadataResponse_v9(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -11341,7 +11341,7 @@ def _d_MetadataResponse_MetadataResponseTopic_v10(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -11374,7 +11374,7 @@ def _d_MetadataResponse_v10(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Brokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array Brokers of {n} runs past the end")
         f_brokers = []
         for _ in range(n):
@@ -11391,7 +11391,7 @@ def _d_MetadataResponse_v10(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 26 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -11452,7 +11452,7 @@ def _d_MetadataResponse_v11(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Brokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array Brokers of {n} runs past the end")
         f_brokers = []
         for _ in range(n):
@@ -11469,7 +11469,7 @@ def _d_MetadataResponse_v11(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 26 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -11518,7 +11518,7 @@ def _d_MetadataResponse_MetadataResponseTopic_v12(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -11551,7 +11551,7 @@ def _d_MetadataResponse_v12(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Brokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array Brokers of {n} runs past the end")
         f_brokers = []
         for _ in range(n):
@@ -11568,7 +11568,7 @@ def _d_MetadataResponse_v12(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 26 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -11662,7 +11662,7 @@ def _d_LeaderAndIsrRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array UngroupedPartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 30 > len(buf) - pos:
             raise DecodeError(f"array UngroupedPartitionStates of {n} runs past the end")
         f_ungrouped_partition_states = []
         for _ in range(n):
@@ -11672,7 +11672,7 @@ def _d_LeaderAndIsrRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveLeaders is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array LiveLeaders of {n} runs past the end")
         f_live_leaders = []
         for _ in range(n):
@@ -11764,7 +11764,7 @@ def _d_LeaderAndIsrRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array UngroupedPartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 31 > len(buf) - pos:
             raise DecodeError(f"array UngroupedPartitionStates of {n} runs past the end")
         f_ungrouped_partition_states = []
         for _ in range(n):
@@ -11774,7 +11774,7 @@ def _d_LeaderAndIsrRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveLeaders is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array LiveLeaders of {n} runs past the end")
         f_live_leaders = []
         for _ in range(n):
@@ -11858,7 +11858,7 @@ def _d_LeaderAndIsrRequest_LeaderAndIsrTopicState_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 29 > len(buf) - pos:
             raise DecodeError(f"array PartitionStates of {n} runs past the end")
         f_partition_states = []
         for _ in range(n):
@@ -11876,7 +11876,7 @@ def _d_LeaderAndIsrRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array TopicStates of {n} runs past the end")
         f_topic_states = []
         for _ in range(n):
@@ -11886,7 +11886,7 @@ def _d_LeaderAndIsrRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveLeaders is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array LiveLeaders of {n} runs past the end")
         f_live_leaders = []
         for _ in range(n):
@@ -11992,7 +11992,7 @@ def _d_LeaderAndIsrRequest_LeaderAndIsrTopicState_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 37 > len(buf) - pos:
             raise DecodeError(f"array PartitionStates of {n} runs past the end")
         f_partition_states = []
         for _ in range(n):
@@ -12010,7 +12010,7 @@ def _d_LeaderAndIsrRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array TopicStates of {n} runs past the end")
         f_topic_states = []
         for _ in range(n):
@@ -12020,7 +12020,7 @@ def _d_LeaderAndIsrRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveLeaders is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array LiveLeaders of {n} runs past the end")
         f_live_leaders = []
         for _ in range(n):
@@ -12156,7 +12156,7 @@ def _d_LeaderAndIsrRequest_LeaderAndIsrTopicState_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 26 > len(buf) - pos:
             raise DecodeError(f"array PartitionStates of {n} runs past the end")
         f_partition_states = []
         for _ in range(n):
@@ -12197,7 +12197,7 @@ def _d_LeaderAndIsrRequest_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array TopicStates of {n} runs past the end")
         f_topic_states = []
         for _ in range(n):
@@ -12211,7 +12211,7 @@ def _d_LeaderAndIsrRequest_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveLeaders is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array LiveLeaders of {n} runs past the end")
         f_live_leaders = []
         for _ in range(n):
@@ -12299,7 +12299,7 @@ def _d_LeaderAndIsrRequest_LeaderAndIsrTopicState_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 26 > len(buf) - pos:
             raise DecodeError(f"array PartitionStates of {n} runs past the end")
         f_partition_states = []
         for _ in range(n):
@@ -12325,7 +12325,7 @@ def _d_LeaderAndIsrRequest_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 19 > len(buf) - pos:
             raise DecodeError(f"array TopicStates of {n} runs past the end")
         f_topic_states = []
         for _ in range(n):
@@ -12339,7 +12339,7 @@ def _d_LeaderAndIsrRequest_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveLeaders is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array LiveLeaders of {n} runs past the end")
         f_live_leaders = []
         for _ in range(n):
@@ -12486,7 +12486,7 @@ def _d_LeaderAndIsrRequest_LeaderAndIsrTopicState_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 27 > len(buf) - pos:
             raise DecodeError(f"array PartitionStates of {n} runs past the end")
         f_partition_states = []
         for _ in range(n):
@@ -12512,7 +12512,7 @@ def _d_LeaderAndIsrRequest_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 19 > len(buf) - pos:
             raise DecodeError(f"array TopicStates of {n} runs past the end")
         f_topic_states = []
         for _ in range(n):
@@ -12526,7 +12526,7 @@ def _d_LeaderAndIsrRequest_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveLeaders is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array LiveLeaders of {n} runs past the end")
         f_live_leaders = []
         for _ in range(n):
@@ -12605,7 +12605,7 @@ def _d_LeaderAndIsrRequest_v7(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 19 > len(buf) - pos:
             raise DecodeError(f"array TopicStates of {n} runs past the end")
         f_topic_states = []
         for _ in range(n):
@@ -12619,7 +12619,7 @@ def _d_LeaderAndIsrRequest_v7(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveLeaders is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array LiveLeaders of {n} runs past the end")
         f_live_leaders = []
         for _ in range(n):
@@ -12675,7 +12675,7 @@ def _d_LeaderAndIsrResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionErrors is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array PartitionErrors of {n} runs past the end")
         f_partition_errors = []
         for _ in range(n):
@@ -12721,7 +12721,7 @@ def _d_LeaderAndIsrResponse_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionErrors is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array PartitionErrors of {n} runs past the end")
         f_partition_errors = []
         for _ in range(n):
@@ -12773,7 +12773,7 @@ def _d_LeaderAndIsrResponse_LeaderAndIsrTopicError_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionErrors is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array PartitionErrors of {n} runs past the end")
         f_partition_errors = []
         for _ in range(n):
@@ -12799,7 +12799,7 @@ def _d_LeaderAndIsrResponse_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -12851,7 +12851,7 @@ def _d_StopReplicaRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array UngroupedPartitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array UngroupedPartitions of {n} runs past the end")
         f_ungrouped_partitions = []
         for _ in range(n):
@@ -12906,7 +12906,7 @@ def _d_StopReplicaRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -12976,7 +12976,7 @@ def _d_StopReplicaRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -13042,7 +13042,7 @@ def _d_StopReplicaRequest_StopReplicaTopicState_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array PartitionStates of {n} runs past the end")
         f_partition_states = []
         for _ in range(n):
@@ -13068,7 +13068,7 @@ def _d_StopReplicaRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array TopicStates of {n} runs past the end")
         f_topic_states = []
         for _ in range(n):
@@ -13130,7 +13130,7 @@ def _d_StopReplicaRequest_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array TopicStates of {n} runs past the end")
         f_topic_states = []
         for _ in range(n):
@@ -13180,7 +13180,7 @@ def _d_StopReplicaResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionErrors is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array PartitionErrors of {n} runs past the end")
         f_partition_errors = []
         for _ in range(n):
@@ -13226,7 +13226,7 @@ def _d_StopReplicaResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionErrors is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array PartitionErrors of {n} runs past the end")
         f_partition_errors = []
         for _ in range(n):
@@ -13302,7 +13302,7 @@ def _d_UpdateMetadataRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array UngroupedPartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 30 > len(buf) - pos:
             raise DecodeError(f"array UngroupedPartitionStates of {n} runs past the end")
         f_ungrouped_partition_states = []
         for _ in range(n):
@@ -13312,7 +13312,7 @@ def _d_UpdateMetadataRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveBrokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array LiveBrokers of {n} runs past the end")
         f_live_brokers = []
         for _ in range(n):
@@ -13380,7 +13380,7 @@ def _d_UpdateMetadataRequest_UpdateMetadataBroker_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Endpoints is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Endpoints of {n} runs past the end")
         f_endpoints = []
         for _ in range(n):
@@ -13396,7 +13396,7 @@ def _d_UpdateMetadataRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array UngroupedPartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 30 > len(buf) - pos:
             raise DecodeError(f"array UngroupedPartitionStates of {n} runs past the end")
         f_ungrouped_partition_states = []
         for _ in range(n):
@@ -13406,7 +13406,7 @@ def _d_UpdateMetadataRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveBrokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array LiveBrokers of {n} runs past the end")
         f_live_brokers = []
         for _ in range(n):
@@ -13459,7 +13459,7 @@ def _d_UpdateMetadataRequest_UpdateMetadataBroker_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Endpoints is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Endpoints of {n} runs past the end")
         f_endpoints = []
         for _ in range(n):
@@ -13478,7 +13478,7 @@ def _d_UpdateMetadataRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array UngroupedPartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 30 > len(buf) - pos:
             raise DecodeError(f"array UngroupedPartitionStates of {n} runs past the end")
         f_ungrouped_partition_states = []
         for _ in range(n):
@@ -13488,7 +13488,7 @@ def _d_UpdateMetadataRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveBrokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array LiveBrokers of {n} runs past the end")
         f_live_brokers = []
         for _ in range(n):
@@ -13548,7 +13548,7 @@ def _d_UpdateMetadataRequest_UpdateMetadataBroker_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Endpoints is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array Endpoints of {n} runs past the end")
         f_endpoints = []
         for _ in range(n):
@@ -13567,7 +13567,7 @@ def _d_UpdateMetadataRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array UngroupedPartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 30 > len(buf) - pos:
             raise DecodeError(f"array UngroupedPartitionStates of {n} runs past the end")
         f_ungrouped_partition_states = []
         for _ in range(n):
@@ -13577,7 +13577,7 @@ def _d_UpdateMetadataRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveBrokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array LiveBrokers of {n} runs past the end")
         f_live_brokers = []
         for _ in range(n):
@@ -13669,7 +13669,7 @@ def _d_UpdateMetadataRequest_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array UngroupedPartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 34 > len(buf) - pos:
             raise DecodeError(f"array UngroupedPartitionStates of {n} runs past the end")
         f_ungrouped_partition_states = []
         for _ in range(n):
@@ -13679,7 +13679,7 @@ def _d_UpdateMetadataRequest_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveBrokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array LiveBrokers of {n} runs past the end")
         f_live_brokers = []
         for _ in range(n):
@@ -13767,7 +13767,7 @@ def _d_UpdateMetadataRequest_UpdateMetadataTopicState_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 32 > len(buf) - pos:
             raise DecodeError(f"array PartitionStates of {n} runs past the end")
         f_partition_states = []
         for _ in range(n):
@@ -13785,7 +13785,7 @@ def _d_UpdateMetadataRequest_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array TopicStates of {n} runs past the end")
         f_topic_states = []
         for _ in range(n):
@@ -13795,7 +13795,7 @@ def _d_UpdateMetadataRequest_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveBrokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array LiveBrokers of {n} runs past the end")
         f_live_brokers = []
         for _ in range(n):
@@ -13911,7 +13911,7 @@ def _d_UpdateMetadataRequest_UpdateMetadataTopicState_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 24 > len(buf) - pos:
             raise DecodeError(f"array PartitionStates of {n} runs past the end")
         f_partition_states = []
         for _ in range(n):
@@ -13953,7 +13953,7 @@ def _d_UpdateMetadataRequest_UpdateMetadataBroker_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Endpoints is null")
     else:
-        if n > len(buf) - pos:
+        if n * 9 > len(buf) - pos:
             raise DecodeError(f"array Endpoints of {n} runs past the end")
         f_endpoints = []
         for _ in range(n):
@@ -13980,7 +13980,7 @@ def _d_UpdateMetadataRequest_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array TopicStates of {n} runs past the end")
         f_topic_states = []
         for _ in range(n):
@@ -13994,7 +13994,7 @@ def _d_UpdateMetadataRequest_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveBrokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array LiveBrokers of {n} runs past the end")
         f_live_brokers = []
         for _ in range(n):
@@ -14087,7 +14087,7 @@ def _d_UpdateMetadataRequest_UpdateMetadataTopicState_v7(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 24 > len(buf) - pos:
             raise DecodeError(f"array PartitionStates of {n} runs past the end")
         f_partition_states = []
         for _ in range(n):
@@ -14113,7 +14113,7 @@ def _d_UpdateMetadataRequest_v7(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 19 > len(buf) - pos:
             raise DecodeError(f"array TopicStates of {n} runs past the end")
         f_topic_states = []
         for _ in range(n):
@@ -14127,7 +14127,7 @@ def _d_UpdateMetadataRequest_v7(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveBrokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array LiveBrokers of {n} runs past the end")
         f_live_brokers = []
         for _ in range(n):
@@ -14188,7 +14188,7 @@ def _d_UpdateMetadataRequest_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 19 > len(buf) - pos:
             raise DecodeError(f"array TopicStates of {n} runs past the end")
         f_topic_states = []
         for _ in range(n):
@@ -14202,7 +14202,7 @@ def _d_UpdateMetadataRequest_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LiveBrokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array LiveBrokers of {n} runs past the end")
         f_live_brokers = []
         for _ in range(n):
@@ -14328,7 +14328,7 @@ def _d_ControlledShutdownResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array RemainingPartitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array RemainingPartitions of {n} runs past the end")
         f_remaining_partitions = []
         for _ in range(n):
@@ -14376,7 +14376,7 @@ def _d_ControlledShutdownResponse_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array RemainingPartitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array RemainingPartitions of {n} runs past the end")
         f_remaining_partitions = []
         for _ in range(n):
@@ -14423,7 +14423,7 @@ def _d_OffsetCommitRequest_OffsetCommitRequestTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -14438,7 +14438,7 @@ def _d_OffsetCommitRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -14490,7 +14490,7 @@ def _d_OffsetCommitRequest_OffsetCommitRequestTopic_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 22 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -14508,7 +14508,7 @@ def _d_OffsetCommitRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -14558,7 +14558,7 @@ def _d_OffsetCommitRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -14666,7 +14666,7 @@ def _d_OffsetCommitRequest_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -14725,7 +14725,7 @@ def _d_OffsetCommitRequest_OffsetCommitRequestTopic_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -14743,7 +14743,7 @@ def _d_OffsetCommitRequest_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -14794,7 +14794,7 @@ def _d_OffsetCommitRequest_v7(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -14861,7 +14861,7 @@ def _d_OffsetCommitRequest_OffsetCommitRequestTopic_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -14888,7 +14888,7 @@ def _d_OffsetCommitRequest_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -14979,7 +14979,7 @@ def _d_OffsetCommitResponse_OffsetCommitResponseTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -14995,7 +14995,7 @@ def _d_OffsetCommitResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15030,7 +15030,7 @@ def _d_OffsetCommitResponse_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15069,7 +15069,7 @@ def _d_OffsetCommitResponse_OffsetCommitResponseTopic_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -15095,7 +15095,7 @@ def _d_OffsetCommitResponse_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15150,7 +15150,7 @@ def _d_OffsetFetchRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15196,7 +15196,7 @@ def _d_OffsetFetchRequest_v2(buf, pos):
     if n < 0:
         f_topics = None
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15296,7 +15296,7 @@ def _d_OffsetFetchRequest_v6(buf, pos):
     if n < 0:
         f_topics = None
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15343,7 +15343,7 @@ def _d_OffsetFetchRequest_v7(buf, pos):
     if n < 0:
         f_topics = None
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15406,7 +15406,7 @@ def _d_OffsetFetchRequest_OffsetFetchRequestGroup_v8(buf, pos):
     if n < 0:
         f_topics = None
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15428,7 +15428,7 @@ def _d_OffsetFetchRequest_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -15489,7 +15489,7 @@ def _d_OffsetFetchRequest_OffsetFetchRequestGroup_v9(buf, pos):
     if n < 0:
         f_topics = None
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15513,7 +15513,7 @@ def _d_OffsetFetchRequest_v9(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -15575,7 +15575,7 @@ def _d_OffsetFetchResponse_OffsetFetchResponseTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 16 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -15589,7 +15589,7 @@ def _d_OffsetFetchResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15624,7 +15624,7 @@ def _d_OffsetFetchResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15650,7 +15650,7 @@ def _d_OffsetFetchResponse_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15693,7 +15693,7 @@ def _d_OffsetFetchResponse_OffsetFetchResponseTopic_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 20 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -15709,7 +15709,7 @@ def _d_OffsetFetchResponse_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15774,7 +15774,7 @@ def _d_OffsetFetchResponse_OffsetFetchResponseTopic_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 20 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -15798,7 +15798,7 @@ def _d_OffsetFetchResponse_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15870,7 +15870,7 @@ def _d_OffsetFetchResponse_OffsetFetchResponseTopics_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 20 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -15893,7 +15893,7 @@ def _d_OffsetFetchResponse_OffsetFetchResponseGroup_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -15921,7 +15921,7 @@ def _d_OffsetFetchResponse_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -16188,7 +16188,7 @@ def _d_FindCoordinatorResponse_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Coordinators is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Coordinators of {n} runs past the end")
         f_coordinators = []
         for _ in range(n):
@@ -16237,7 +16237,7 @@ def _d_JoinGroupRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Protocols is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Protocols of {n} runs past the end")
         f_protocols = []
         for _ in range(n):
@@ -16280,7 +16280,7 @@ def _d_JoinGroupRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Protocols is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Protocols of {n} runs past the end")
         f_protocols = []
         for _ in range(n):
@@ -16359,7 +16359,7 @@ def _d_JoinGroupRequest_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Protocols is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Protocols of {n} runs past the end")
         f_protocols = []
         for _ in range(n):
@@ -16413,7 +16413,7 @@ def _d_JoinGroupRequest_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Protocols is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Protocols of {n} runs past the end")
         f_protocols = []
         for _ in range(n):
@@ -16468,7 +16468,7 @@ def _d_JoinGroupRequest_v8(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Protocols is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Protocols of {n} runs past the end")
         f_protocols = []
         for _ in range(n):
@@ -16523,7 +16523,7 @@ def _d_JoinGroupResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -16565,7 +16565,7 @@ def _d_JoinGroupResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -16612,7 +16612,7 @@ def _d_JoinGroupResponse_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -16673,7 +16673,7 @@ def _d_JoinGroupResponse_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -16728,7 +16728,7 @@ def _d_JoinGroupResponse_v7(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -16780,7 +16780,7 @@ def _d_JoinGroupResponse_v9(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -16974,7 +16974,7 @@ def _d_LeaveGroupRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -17020,7 +17020,7 @@ def _d_LeaveGroupRequest_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -17073,7 +17073,7 @@ def _d_LeaveGroupRequest_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -17141,7 +17141,7 @@ def _d_LeaveGroupResponse_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -17191,7 +17191,7 @@ def _d_LeaveGroupResponse_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -17239,7 +17239,7 @@ def _d_SyncGroupRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Assignments is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Assignments of {n} runs past the end")
         f_assignments = []
         for _ in range(n):
@@ -17304,7 +17304,7 @@ def _d_SyncGroupRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Assignments is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Assignments of {n} runs past the end")
         f_assignments = []
         for _ in range(n):
@@ -17356,7 +17356,7 @@ def _d_SyncGroupRequest_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Assignments is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Assignments of {n} runs past the end")
         f_assignments = []
         for _ in range(n):
@@ -17409,7 +17409,7 @@ def _d_SyncGroupRequest_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Assignments is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Assignments of {n} runs past the end")
         f_assignments = []
         for _ in range(n):
@@ -17521,7 +17521,7 @@ def _d_DescribeGroupsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -17562,7 +17562,7 @@ def _d_DescribeGroupsRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -17644,7 +17644,7 @@ def _d_DescribeGroupsResponse_DescribedGroup_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -17665,7 +17665,7 @@ def _d_DescribeGroupsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -17708,7 +17708,7 @@ def _d_DescribeGroupsResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -17736,7 +17736,7 @@ def _d_DescribeGroupsResponse_DescribedGroup_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -17762,7 +17762,7 @@ def _d_DescribeGroupsResponse_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -17820,7 +17820,7 @@ def _d_DescribeGroupsResponse_DescribedGroup_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 16 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -17846,7 +17846,7 @@ def _d_DescribeGroupsResponse_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -17921,7 +17921,7 @@ def _d_DescribeGroupsResponse_DescribedGroup_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -17955,7 +17955,7 @@ def _d_DescribeGroupsResponse_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 12 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -18135,7 +18135,7 @@ def _d_ListGroupsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -18164,7 +18164,7 @@ def _d_ListGroupsResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -18204,7 +18204,7 @@ def _d_ListGroupsResponse_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -18258,7 +18258,7 @@ def _d_ListGroupsResponse_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -18317,7 +18317,7 @@ def _d_ListGroupsResponse_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -18365,7 +18365,7 @@ def _d_SaslHandshakeResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Mechanisms is null")
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array Mechanisms of {n} runs past the end")
         f_mechanisms = []
         for _ in range(n):
@@ -18424,7 +18424,7 @@ def _d_ApiVersionsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ApiKeys is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array ApiKeys of {n} runs past the end")
         f_api_keys = []
         for _ in range(n):
@@ -18452,7 +18452,7 @@ def _d_ApiVersionsResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ApiKeys is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array ApiKeys of {n} runs past the end")
         f_api_keys = []
         for _ in range(n):
@@ -18523,7 +18523,7 @@ def _d_ApiVersionsResponse_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ApiKeys is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array ApiKeys of {n} runs past the end")
         f_api_keys = []
         for _ in range(n):
@@ -18548,7 +18548,7 @@ def _d_ApiVersionsResponse_v3(buf, pos):
                 if n < 0:
                     raise DecodeError("non-nullable array SupportedFeatures is null")
                 else:
-                    if n > len(buf) - pos:
+                    if n * 6 > len(buf) - pos:
                         raise DecodeError(f"array SupportedFeatures of {n} runs past the end")
                     f_supported_features = []
                     for _ in range(n):
@@ -18570,7 +18570,7 @@ def _d_ApiVersionsResponse_v3(buf, pos):
                 if n < 0:
                     raise DecodeError("non-nullable array FinalizedFeatures is null")
                 else:
-                    if n > len(buf) - pos:
+                    if n * 6 > len(buf) - pos:
                         raise DecodeError(f"array FinalizedFeatures of {n} runs past the end")
                     f_finalized_features = []
                     for _ in range(n):
@@ -18675,7 +18675,7 @@ def _d_CreateTopicsRequest_CreatableTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Assignments is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Assignments of {n} runs past the end")
         f_assignments = []
         for _ in range(n):
@@ -18685,7 +18685,7 @@ def _d_CreateTopicsRequest_CreatableTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Configs is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Configs of {n} runs past the end")
         f_configs = []
         for _ in range(n):
@@ -18705,7 +18705,7 @@ def _d_CreateTopicsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 16 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -18756,7 +18756,7 @@ def _d_CreateTopicsRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 16 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -18821,7 +18821,7 @@ def _d_CreateTopicsRequest_CreatableTopic_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Assignments is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Assignments of {n} runs past the end")
         f_assignments = []
         for _ in range(n):
@@ -18835,7 +18835,7 @@ def _d_CreateTopicsRequest_CreatableTopic_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Configs is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Configs of {n} runs past the end")
         f_configs = []
         for _ in range(n):
@@ -18863,7 +18863,7 @@ def _d_CreateTopicsRequest_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -18929,7 +18929,7 @@ def _d_CreateTopicsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -18965,7 +18965,7 @@ def _d_CreateTopicsResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -18994,7 +18994,7 @@ def _d_CreateTopicsResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -19044,7 +19044,7 @@ def _d_CreateTopicsResponse_CreatableTopicResult_v5(buf, pos):
     if n < 0:
         f_configs = None
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Configs of {n} runs past the end")
         f_configs = []
         for _ in range(n):
@@ -19085,7 +19085,7 @@ def _d_CreateTopicsResponse_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 12 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -19150,7 +19150,7 @@ def _d_CreateTopicsResponse_CreatableTopicResult_v7(buf, pos):
     if n < 0:
         f_configs = None
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Configs of {n} runs past the end")
         f_configs = []
         for _ in range(n):
@@ -19192,7 +19192,7 @@ def _d_CreateTopicsResponse_v7(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 28 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -19239,7 +19239,7 @@ def _d_DeleteTopicsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicNames is null")
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array TopicNames of {n} runs past the end")
         f_topic_names = []
         for _ in range(n):
@@ -19357,7 +19357,7 @@ def _d_DeleteTopicsRequest_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -19399,7 +19399,7 @@ def _d_DeleteTopicsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -19427,7 +19427,7 @@ def _d_DeleteTopicsResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -19466,7 +19466,7 @@ def _d_DeleteTopicsResponse_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -19519,7 +19519,7 @@ def _d_DeleteTopicsResponse_v5(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -19574,7 +19574,7 @@ def _d_DeleteTopicsResponse_v6(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 21 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -19617,7 +19617,7 @@ def _d_DeleteRecordsRequest_DeleteRecordsTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 12 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -19631,7 +19631,7 @@ def _d_DeleteRecordsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -19684,7 +19684,7 @@ def _d_DeleteRecordsRequest_DeleteRecordsTopic_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 13 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -19706,7 +19706,7 @@ def _d_DeleteRecordsRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -19758,7 +19758,7 @@ def _d_DeleteRecordsResponse_DeleteRecordsTopicResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -19776,7 +19776,7 @@ def _d_DeleteRecordsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -19827,7 +19827,7 @@ def _d_DeleteRecordsResponse_DeleteRecordsTopicResult_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 15 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -19853,7 +19853,7 @@ def _d_DeleteRecordsResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -20014,7 +20014,7 @@ def _d_OffsetForLeaderEpochRequest_OffsetForLeaderTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -20030,7 +20030,7 @@ def _d_OffsetForLeaderEpochRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -20074,7 +20074,7 @@ def _d_OffsetForLeaderEpochRequest_OffsetForLeaderTopic_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 12 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -20090,7 +20090,7 @@ def _d_OffsetForLeaderEpochRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -20125,7 +20125,7 @@ def _d_OffsetForLeaderEpochRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -20166,7 +20166,7 @@ def _d_OffsetForLeaderEpochRequest_OffsetForLeaderTopic_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 13 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -20192,7 +20192,7 @@ def _d_OffsetForLeaderEpochRequest_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -20242,7 +20242,7 @@ def _d_OffsetForLeaderEpochResponse_OffsetForLeaderTopicResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -20258,7 +20258,7 @@ def _d_OffsetForLeaderEpochResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -20303,7 +20303,7 @@ def _d_OffsetForLeaderEpochResponse_OffsetForLeaderTopicResult_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -20319,7 +20319,7 @@ def _d_OffsetForLeaderEpochResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -20354,7 +20354,7 @@ def _d_OffsetForLeaderEpochResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -20396,7 +20396,7 @@ def _d_OffsetForLeaderEpochResponse_OffsetForLeaderTopicResult_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 19 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -20422,7 +20422,7 @@ def _d_OffsetForLeaderEpochResponse_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -20479,7 +20479,7 @@ def _d_AddPartitionsToTxnRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array V3AndBelowTopics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array V3AndBelowTopics of {n} runs past the end")
         f_v3_and_below_topics = []
         for _ in range(n):
@@ -20566,7 +20566,7 @@ def _d_AddPartitionsToTxnRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array V3AndBelowTopics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array V3AndBelowTopics of {n} runs past the end")
         f_v3_and_below_topics = []
         for _ in range(n):
@@ -20616,7 +20616,7 @@ def _d_AddPartitionsToTxnRequest_AddPartitionsToTxnTransaction_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -20644,7 +20644,7 @@ def _d_AddPartitionsToTxnRequest_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Transactions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Transactions of {n} runs past the end")
         f_transactions = []
         for _ in range(n):
@@ -20713,7 +20713,7 @@ def _d_AddPartitionsToTxnResponse_AddPartitionsToTxnTopicResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ResultsByPartition is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array ResultsByPartition of {n} runs past the end")
         f_results_by_partition = []
         for _ in range(n):
@@ -20731,7 +20731,7 @@ def _d_AddPartitionsToTxnResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ResultsByTopicV3AndBelow is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array ResultsByTopicV3AndBelow of {n} runs past the end")
         f_results_by_topic_v3_and_below = []
         for _ in range(n):
@@ -20785,7 +20785,7 @@ def _d_AddPartitionsToTxnResponse_AddPartitionsToTxnTopicResult_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ResultsByPartition is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array ResultsByPartition of {n} runs past the end")
         f_results_by_partition = []
         for _ in range(n):
@@ -20811,7 +20811,7 @@ def _d_AddPartitionsToTxnResponse_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ResultsByTopicV3AndBelow is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array ResultsByTopicV3AndBelow of {n} runs past the end")
         f_results_by_topic_v3_and_below = []
         for _ in range(n):
@@ -20860,7 +20860,7 @@ def _d_AddPartitionsToTxnResponse_AddPartitionsToTxnResult_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicResults is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array TopicResults of {n} runs past the end")
         f_topic_results = []
         for _ in range(n):
@@ -20886,7 +20886,7 @@ def _d_AddPartitionsToTxnResponse_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ResultsByTransaction is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array ResultsByTransaction of {n} runs past the end")
         f_results_by_transaction = []
         for _ in range(n):
@@ -21099,7 +21099,7 @@ def _d_WriteTxnMarkersRequest_WritableTxnMarker_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -21121,7 +21121,7 @@ def _d_WriteTxnMarkersRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Markers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 19 > len(buf) - pos:
             raise DecodeError(f"array Markers of {n} runs past the end")
         f_markers = []
         for _ in range(n):
@@ -21185,7 +21185,7 @@ def _d_WriteTxnMarkersRequest_WritableTxnMarker_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -21215,7 +21215,7 @@ def _d_WriteTxnMarkersRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Markers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 17 > len(buf) - pos:
             raise DecodeError(f"array Markers of {n} runs past the end")
         f_markers = []
         for _ in range(n):
@@ -21268,7 +21268,7 @@ def _d_WriteTxnMarkersResponse_WritableTxnMarkerTopicResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -21286,7 +21286,7 @@ def _d_WriteTxnMarkersResponse_WritableTxnMarkerResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -21302,7 +21302,7 @@ def _d_WriteTxnMarkersResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Markers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 12 > len(buf) - pos:
             raise DecodeError(f"array Markers of {n} runs past the end")
         f_markers = []
         for _ in range(n):
@@ -21360,7 +21360,7 @@ def _d_WriteTxnMarkersResponse_WritableTxnMarkerTopicResult_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -21386,7 +21386,7 @@ def _d_WriteTxnMarkersResponse_WritableTxnMarkerResult_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -21410,7 +21410,7 @@ def _d_WriteTxnMarkersResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Markers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array Markers of {n} runs past the end")
         f_markers = []
         for _ in range(n):
@@ -21471,7 +21471,7 @@ def _d_TxnOffsetCommitRequest_TxnOffsetCommitRequestTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -21491,7 +21491,7 @@ def _d_TxnOffsetCommitRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -21569,7 +21569,7 @@ def _d_TxnOffsetCommitRequest_TxnOffsetCommitRequestTopic_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -21589,7 +21589,7 @@ def _d_TxnOffsetCommitRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -21659,7 +21659,7 @@ def _d_TxnOffsetCommitRequest_TxnOffsetCommitRequestTopic_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -21689,7 +21689,7 @@ def _d_TxnOffsetCommitRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -21753,7 +21753,7 @@ def _d_TxnOffsetCommitResponse_TxnOffsetCommitResponseTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -21771,7 +21771,7 @@ def _d_TxnOffsetCommitResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -21822,7 +21822,7 @@ def _d_TxnOffsetCommitResponse_TxnOffsetCommitResponseTopic_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -21848,7 +21848,7 @@ def _d_TxnOffsetCommitResponse_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -21995,7 +21995,7 @@ def _d_DescribeAclsResponse_DescribeAclsResource_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Acls is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Acls of {n} runs past the end")
         f_acls = []
         for _ in range(n):
@@ -22014,7 +22014,7 @@ def _d_DescribeAclsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Resources is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Resources of {n} runs past the end")
         f_resources = []
         for _ in range(n):
@@ -22062,7 +22062,7 @@ def _d_DescribeAclsResponse_DescribeAclsResource_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Acls is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Acls of {n} runs past the end")
         f_acls = []
         for _ in range(n):
@@ -22084,7 +22084,7 @@ def _d_DescribeAclsResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Resources is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Resources of {n} runs past the end")
         f_resources = []
         for _ in range(n):
@@ -22145,7 +22145,7 @@ def _d_DescribeAclsResponse_DescribeAclsResource_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Acls is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Acls of {n} runs past the end")
         f_acls = []
         for _ in range(n):
@@ -22175,7 +22175,7 @@ def _d_DescribeAclsResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Resources is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Resources of {n} runs past the end")
         f_resources = []
         for _ in range(n):
@@ -22244,7 +22244,7 @@ def _d_CreateAclsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Creations is null")
     else:
-        if n > len(buf) - pos:
+        if n * 9 > len(buf) - pos:
             raise DecodeError(f"array Creations of {n} runs past the end")
         f_creations = []
         for _ in range(n):
@@ -22296,7 +22296,7 @@ def _d_CreateAclsRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Creations is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array Creations of {n} runs past the end")
         f_creations = []
         for _ in range(n):
@@ -22355,7 +22355,7 @@ def _d_CreateAclsRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Creations is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Creations of {n} runs past the end")
         f_creations = []
         for _ in range(n):
@@ -22402,7 +22402,7 @@ def _d_CreateAclsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -22448,7 +22448,7 @@ def _d_CreateAclsResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -22499,7 +22499,7 @@ def _d_DeleteAclsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Filters is null")
     else:
-        if n > len(buf) - pos:
+        if n * 9 > len(buf) - pos:
             raise DecodeError(f"array Filters of {n} runs past the end")
         f_filters = []
         for _ in range(n):
@@ -22551,7 +22551,7 @@ def _d_DeleteAclsRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Filters is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array Filters of {n} runs past the end")
         f_filters = []
         for _ in range(n):
@@ -22610,7 +22610,7 @@ def _d_DeleteAclsRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Filters is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Filters of {n} runs past the end")
         f_filters = []
         for _ in range(n):
@@ -22672,7 +22672,7 @@ def _d_DeleteAclsResponse_DeleteAclsFilterResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array MatchingAcls is null")
     else:
-        if n > len(buf) - pos:
+        if n * 13 > len(buf) - pos:
             raise DecodeError(f"array MatchingAcls of {n} runs past the end")
         f_matching_acls = []
         for _ in range(n):
@@ -22690,7 +22690,7 @@ def _d_DeleteAclsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array FilterResults is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array FilterResults of {n} runs past the end")
         f_filter_results = []
         for _ in range(n):
@@ -22762,7 +22762,7 @@ def _d_DeleteAclsResponse_DeleteAclsFilterResult_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array MatchingAcls is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array MatchingAcls of {n} runs past the end")
         f_matching_acls = []
         for _ in range(n):
@@ -22780,7 +22780,7 @@ def _d_DeleteAclsResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array FilterResults is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array FilterResults of {n} runs past the end")
         f_filter_results = []
         for _ in range(n):
@@ -22861,7 +22861,7 @@ def _d_DeleteAclsResponse_DeleteAclsFilterResult_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array MatchingAcls is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array MatchingAcls of {n} runs past the end")
         f_matching_acls = []
         for _ in range(n):
@@ -22887,7 +22887,7 @@ def _d_DeleteAclsResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array FilterResults is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array FilterResults of {n} runs past the end")
         f_filter_results = []
         for _ in range(n):
@@ -22941,7 +22941,7 @@ def _d_DescribeConfigsRequest_DescribeConfigsResource_v0(buf, pos):
     if n < 0:
         f_configuration_keys = None
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array ConfigurationKeys of {n} runs past the end")
         f_configuration_keys = []
         for _ in range(n):
@@ -22959,7 +22959,7 @@ def _d_DescribeConfigsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Resources is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Resources of {n} runs past the end")
         f_resources = []
         for _ in range(n):
@@ -22996,7 +22996,7 @@ def _d_DescribeConfigsRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Resources is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Resources of {n} runs past the end")
         f_resources = []
         for _ in range(n):
@@ -23032,7 +23032,7 @@ def _d_DescribeConfigsRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Resources is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Resources of {n} runs past the end")
         f_resources = []
         for _ in range(n):
@@ -23093,7 +23093,7 @@ def _d_DescribeConfigsRequest_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Resources is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Resources of {n} runs past the end")
         f_resources = []
         for _ in range(n):
@@ -23159,7 +23159,7 @@ def _d_DescribeConfigsResponse_DescribeConfigsResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Configs is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Configs of {n} runs past the end")
         f_configs = []
         for _ in range(n):
@@ -23181,7 +23181,7 @@ def _d_DescribeConfigsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -23234,7 +23234,7 @@ def _d_DescribeConfigsResponse_DescribeConfigsResourceResult_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Synonyms is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Synonyms of {n} runs past the end")
         f_synonyms = []
         for _ in range(n):
@@ -23261,7 +23261,7 @@ def _d_DescribeConfigsResponse_DescribeConfigsResult_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Configs is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array Configs of {n} runs past the end")
         f_configs = []
         for _ in range(n):
@@ -23283,7 +23283,7 @@ def _d_DescribeConfigsResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -23336,7 +23336,7 @@ def _d_DescribeConfigsResponse_DescribeConfigsResourceResult_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Synonyms is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Synonyms of {n} runs past the end")
         f_synonyms = []
         for _ in range(n):
@@ -23368,7 +23368,7 @@ def _d_DescribeConfigsResponse_DescribeConfigsResult_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Configs is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Configs of {n} runs past the end")
         f_configs = []
         for _ in range(n):
@@ -23390,7 +23390,7 @@ def _d_DescribeConfigsResponse_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -23457,7 +23457,7 @@ def _d_DescribeConfigsResponse_DescribeConfigsResourceResult_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Synonyms is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Synonyms of {n} runs past the end")
         f_synonyms = []
         for _ in range(n):
@@ -23497,7 +23497,7 @@ def _d_DescribeConfigsResponse_DescribeConfigsResult_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Configs is null")
     else:
-        if n > len(buf) - pos:
+        if n * 9 > len(buf) - pos:
             raise DecodeError(f"array Configs of {n} runs past the end")
         f_configs = []
         for _ in range(n):
@@ -23527,7 +23527,7 @@ def _d_DescribeConfigsResponse_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -23595,7 +23595,7 @@ def _d_AlterConfigsRequest_AlterConfigsResource_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Configs is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Configs of {n} runs past the end")
         f_configs = []
         for _ in range(n):
@@ -23611,7 +23611,7 @@ def _d_AlterConfigsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Resources is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Resources of {n} runs past the end")
         f_resources = []
         for _ in range(n):
@@ -23666,7 +23666,7 @@ def _d_AlterConfigsRequest_AlterConfigsResource_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Configs is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Configs of {n} runs past the end")
         f_configs = []
         for _ in range(n):
@@ -23690,7 +23690,7 @@ def _d_AlterConfigsRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Resources is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Resources of {n} runs past the end")
         f_resources = []
         for _ in range(n):
@@ -23752,7 +23752,7 @@ def _d_AlterConfigsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -23806,7 +23806,7 @@ def _d_AlterConfigsResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -23855,7 +23855,7 @@ def _d_AlterReplicaLogDirsRequest_AlterReplicaLogDir_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -23869,7 +23869,7 @@ def _d_AlterReplicaLogDirsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Dirs is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Dirs of {n} runs past the end")
         f_dirs = []
         for _ in range(n):
@@ -23931,7 +23931,7 @@ def _d_AlterReplicaLogDirsRequest_AlterReplicaLogDir_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -23953,7 +23953,7 @@ def _d_AlterReplicaLogDirsRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Dirs is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Dirs of {n} runs past the end")
         f_dirs = []
         for _ in range(n):
@@ -24005,7 +24005,7 @@ def _d_AlterReplicaLogDirsResponse_AlterReplicaLogDirTopicResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -24025,7 +24025,7 @@ def _d_AlterReplicaLogDirsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -24076,7 +24076,7 @@ def _d_AlterReplicaLogDirsResponse_AlterReplicaLogDirTopicResult_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -24104,7 +24104,7 @@ def _d_AlterReplicaLogDirsResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -24158,7 +24158,7 @@ def _d_DescribeLogDirsRequest_v0(buf, pos):
     if n < 0:
         f_topics = None
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -24214,7 +24214,7 @@ def _d_DescribeLogDirsRequest_v2(buf, pos):
     if n < 0:
         f_topics = None
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -24265,7 +24265,7 @@ def _d_DescribeLogDirsResponse_DescribeLogDirsTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 21 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -24282,7 +24282,7 @@ def _d_DescribeLogDirsResponse_DescribeLogDirsResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -24300,7 +24300,7 @@ def _d_DescribeLogDirsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -24365,7 +24365,7 @@ def _d_DescribeLogDirsResponse_DescribeLogDirsTopic_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 22 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -24390,7 +24390,7 @@ def _d_DescribeLogDirsResponse_DescribeLogDirsResult_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -24416,7 +24416,7 @@ def _d_DescribeLogDirsResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -24473,7 +24473,7 @@ def _d_DescribeLogDirsResponse_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -24509,7 +24509,7 @@ def _d_DescribeLogDirsResponse_DescribeLogDirsResult_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -24541,7 +24541,7 @@ def _d_DescribeLogDirsResponse_v4(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 21 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -24682,7 +24682,7 @@ def _d_CreatePartitionsRequest_CreatePartitionsTopic_v0(buf, pos):
     if n < 0:
         f_assignments = None
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Assignments of {n} runs past the end")
         f_assignments = []
         for _ in range(n):
@@ -24698,7 +24698,7 @@ def _d_CreatePartitionsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -24767,7 +24767,7 @@ def _d_CreatePartitionsRequest_CreatePartitionsTopic_v2(buf, pos):
     if n < 0:
         f_assignments = None
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array Assignments of {n} runs past the end")
         f_assignments = []
         for _ in range(n):
@@ -24791,7 +24791,7 @@ def _d_CreatePartitionsRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -24854,7 +24854,7 @@ def _d_CreatePartitionsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -24902,7 +24902,7 @@ def _d_CreatePartitionsResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -24944,7 +24944,7 @@ def _d_CreateDelegationTokenRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Renewers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Renewers of {n} runs past the end")
         f_renewers = []
         for _ in range(n):
@@ -25005,7 +25005,7 @@ def _d_CreateDelegationTokenRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Renewers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Renewers of {n} runs past the end")
         f_renewers = []
         for _ in range(n):
@@ -25050,7 +25050,7 @@ def _d_CreateDelegationTokenRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Renewers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Renewers of {n} runs past the end")
         f_renewers = []
         for _ in range(n):
@@ -25340,7 +25340,7 @@ def _d_DescribeDelegationTokenRequest_v0(buf, pos):
     if n < 0:
         f_owners = None
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Owners of {n} runs past the end")
         f_owners = []
         for _ in range(n):
@@ -25385,7 +25385,7 @@ def _d_DescribeDelegationTokenRequest_v2(buf, pos):
     if n < 0:
         f_owners = None
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Owners of {n} runs past the end")
         f_owners = []
         for _ in range(n):
@@ -25434,7 +25434,7 @@ def _d_DescribeDelegationTokenResponse_DescribedDelegationToken_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Renewers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Renewers of {n} runs past the end")
         f_renewers = []
         for _ in range(n):
@@ -25461,7 +25461,7 @@ def _d_DescribeDelegationTokenResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Tokens is null")
     else:
-        if n > len(buf) - pos:
+        if n * 38 > len(buf) - pos:
             raise DecodeError(f"array Tokens of {n} runs past the end")
         f_tokens = []
         for _ in range(n):
@@ -25527,7 +25527,7 @@ def _d_DescribeDelegationTokenResponse_DescribedDelegationToken_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Renewers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Renewers of {n} runs past the end")
         f_renewers = []
         for _ in range(n):
@@ -25562,7 +25562,7 @@ def _d_DescribeDelegationTokenResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Tokens is null")
     else:
-        if n > len(buf) - pos:
+        if n * 30 > len(buf) - pos:
             raise DecodeError(f"array Tokens of {n} runs past the end")
         f_tokens = []
         for _ in range(n):
@@ -25625,7 +25625,7 @@ def _d_DescribeDelegationTokenResponse_DescribedDelegationToken_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Renewers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Renewers of {n} runs past the end")
         f_renewers = []
         for _ in range(n):
@@ -25662,7 +25662,7 @@ def _d_DescribeDelegationTokenResponse_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Tokens is null")
     else:
-        if n > len(buf) - pos:
+        if n * 32 > len(buf) - pos:
             raise DecodeError(f"array Tokens of {n} runs past the end")
         f_tokens = []
         for _ in range(n):
@@ -25709,7 +25709,7 @@ def _d_DeleteGroupsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array GroupsNames is null")
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array GroupsNames of {n} runs past the end")
         f_groups_names = []
         for _ in range(n):
@@ -25771,7 +25771,7 @@ def _d_DeleteGroupsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -25817,7 +25817,7 @@ def _d_DeleteGroupsResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -25861,7 +25861,7 @@ def _d_ElectLeadersRequest_v0(buf, pos):
     if n < 0:
         f_topic_partitions = None
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array TopicPartitions of {n} runs past the end")
         f_topic_partitions = []
         for _ in range(n):
@@ -25899,7 +25899,7 @@ def _d_ElectLeadersRequest_v1(buf, pos):
     if n < 0:
         f_topic_partitions = None
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array TopicPartitions of {n} runs past the end")
         f_topic_partitions = []
         for _ in range(n):
@@ -25954,7 +25954,7 @@ def _d_ElectLeadersRequest_v2(buf, pos):
     if n < 0:
         f_topic_partitions = None
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array TopicPartitions of {n} runs past the end")
         f_topic_partitions = []
         for _ in range(n):
@@ -26007,7 +26007,7 @@ def _d_ElectLeadersResponse_ReplicaElectionResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionResult is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array PartitionResult of {n} runs past the end")
         f_partition_result = []
         for _ in range(n):
@@ -26025,7 +26025,7 @@ def _d_ElectLeadersResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ReplicaElectionResults is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array ReplicaElectionResults of {n} runs past the end")
         f_replica_election_results = []
         for _ in range(n):
@@ -26064,7 +26064,7 @@ def _d_ElectLeadersResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ReplicaElectionResults is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array ReplicaElectionResults of {n} runs past the end")
         f_replica_election_results = []
         for _ in range(n):
@@ -26108,7 +26108,7 @@ def _d_ElectLeadersResponse_ReplicaElectionResult_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PartitionResult is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array PartitionResult of {n} runs past the end")
         f_partition_result = []
         for _ in range(n):
@@ -26134,7 +26134,7 @@ def _d_ElectLeadersResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ReplicaElectionResults is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array ReplicaElectionResults of {n} runs past the end")
         f_replica_election_results = []
         for _ in range(n):
@@ -26193,7 +26193,7 @@ def _d_IncrementalAlterConfigsRequest_AlterConfigsResource_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Configs is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Configs of {n} runs past the end")
         f_configs = []
         for _ in range(n):
@@ -26209,7 +26209,7 @@ def _d_IncrementalAlterConfigsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Resources is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Resources of {n} runs past the end")
         f_resources = []
         for _ in range(n):
@@ -26269,7 +26269,7 @@ def _d_IncrementalAlterConfigsRequest_AlterConfigsResource_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Configs is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Configs of {n} runs past the end")
         f_configs = []
         for _ in range(n):
@@ -26293,7 +26293,7 @@ def _d_IncrementalAlterConfigsRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Resources is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Resources of {n} runs past the end")
         f_resources = []
         for _ in range(n):
@@ -26356,7 +26356,7 @@ def _d_IncrementalAlterConfigsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -26412,7 +26412,7 @@ def _d_IncrementalAlterConfigsResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -26476,7 +26476,7 @@ def _d_AlterPartitionReassignmentsRequest_ReassignableTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -26502,7 +26502,7 @@ def _d_AlterPartitionReassignmentsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -26567,7 +26567,7 @@ def _d_AlterPartitionReassignmentsResponse_ReassignableTopicResponse_v0(buf, pos
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -26596,7 +26596,7 @@ def _d_AlterPartitionReassignmentsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -26673,7 +26673,7 @@ def _d_ListPartitionReassignmentsRequest_v0(buf, pos):
     if n < 0:
         f_topics = None
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -26763,7 +26763,7 @@ def _d_ListPartitionReassignmentsResponse_OngoingTopicReassignment_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -26792,7 +26792,7 @@ def _d_ListPartitionReassignmentsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -26855,7 +26855,7 @@ def _d_OffsetDeleteRequest_OffsetDeleteRequestTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -26870,7 +26870,7 @@ def _d_OffsetDeleteRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -26913,7 +26913,7 @@ def _d_OffsetDeleteResponse_OffsetDeleteResponseTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -26931,7 +26931,7 @@ def _d_OffsetDeleteResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -26977,7 +26977,7 @@ def _d_DescribeClientQuotasRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Components is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Components of {n} runs past the end")
         f_components = []
         for _ in range(n):
@@ -27025,7 +27025,7 @@ def _d_DescribeClientQuotasRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Components is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Components of {n} runs past the end")
         f_components = []
         for _ in range(n):
@@ -27076,7 +27076,7 @@ def _d_DescribeClientQuotasResponse_EntryData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Entity is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Entity of {n} runs past the end")
         f_entity = []
         for _ in range(n):
@@ -27086,7 +27086,7 @@ def _d_DescribeClientQuotasResponse_EntryData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Values is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array Values of {n} runs past the end")
         f_values = []
         for _ in range(n):
@@ -27103,7 +27103,7 @@ def _d_DescribeClientQuotasResponse_v0(buf, pos):
     if n < 0:
         f_entries = None
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Entries of {n} runs past the end")
         f_entries = []
         for _ in range(n):
@@ -27182,7 +27182,7 @@ def _d_DescribeClientQuotasResponse_EntryData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Entity is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Entity of {n} runs past the end")
         f_entity = []
         for _ in range(n):
@@ -27196,7 +27196,7 @@ def _d_DescribeClientQuotasResponse_EntryData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Values is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array Values of {n} runs past the end")
         f_values = []
         for _ in range(n):
@@ -27221,7 +27221,7 @@ def _d_DescribeClientQuotasResponse_v1(buf, pos):
     if n < 0:
         f_entries = None
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Entries of {n} runs past the end")
         f_entries = []
         for _ in range(n):
@@ -27296,7 +27296,7 @@ def _d_AlterClientQuotasRequest_EntryData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Entity is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Entity of {n} runs past the end")
         f_entity = []
         for _ in range(n):
@@ -27306,7 +27306,7 @@ def _d_AlterClientQuotasRequest_EntryData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Ops is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array Ops of {n} runs past the end")
         f_ops = []
         for _ in range(n):
@@ -27320,7 +27320,7 @@ def _d_AlterClientQuotasRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Entries is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Entries of {n} runs past the end")
         f_entries = []
         for _ in range(n):
@@ -27392,7 +27392,7 @@ def _d_AlterClientQuotasRequest_EntryData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Entity is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Entity of {n} runs past the end")
         f_entity = []
         for _ in range(n):
@@ -27406,7 +27406,7 @@ def _d_AlterClientQuotasRequest_EntryData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Ops is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array Ops of {n} runs past the end")
         f_ops = []
         for _ in range(n):
@@ -27428,7 +27428,7 @@ def _d_AlterClientQuotasRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Entries is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Entries of {n} runs past the end")
         f_entries = []
         for _ in range(n):
@@ -27492,7 +27492,7 @@ def _d_AlterClientQuotasResponse_EntryData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Entity is null")
     else:
-        if n > len(buf) - pos:
+        if n * 4 > len(buf) - pos:
             raise DecodeError(f"array Entity of {n} runs past the end")
         f_entity = []
         for _ in range(n):
@@ -27510,7 +27510,7 @@ def _d_AlterClientQuotasResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Entries is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Entries of {n} runs past the end")
         f_entries = []
         for _ in range(n):
@@ -27565,7 +27565,7 @@ def _d_AlterClientQuotasResponse_EntryData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Entity is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Entity of {n} runs past the end")
         f_entity = []
         for _ in range(n):
@@ -27591,7 +27591,7 @@ def _d_AlterClientQuotasResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Entries is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Entries of {n} runs past the end")
         f_entries = []
         for _ in range(n):
@@ -27647,7 +27647,7 @@ def _d_DescribeUserScramCredentialsRequest_v0(buf, pos):
     if n < 0:
         f_users = None
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array Users of {n} runs past the end")
         f_users = []
         for _ in range(n):
@@ -27701,7 +27701,7 @@ def _d_DescribeUserScramCredentialsResponse_DescribeUserScramCredentialsResult_v
     if n < 0:
         raise DecodeError("non-nullable array CredentialInfos is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array CredentialInfos of {n} runs past the end")
         f_credential_infos = []
         for _ in range(n):
@@ -27731,7 +27731,7 @@ def _d_DescribeUserScramCredentialsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -27820,7 +27820,7 @@ def _d_AlterUserScramCredentialsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Deletions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Deletions of {n} runs past the end")
         f_deletions = []
         for _ in range(n):
@@ -27834,7 +27834,7 @@ def _d_AlterUserScramCredentialsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Upsertions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 9 > len(buf) - pos:
             raise DecodeError(f"array Upsertions of {n} runs past the end")
         f_upsertions = []
         for _ in range(n):
@@ -27898,7 +27898,7 @@ def _d_AlterUserScramCredentialsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -27959,7 +27959,7 @@ def _d_VoteRequest_TopicData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 25 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -27982,7 +27982,7 @@ def _d_VoteRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -28060,7 +28060,7 @@ def _d_VoteRequest_TopicData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 57 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -28085,7 +28085,7 @@ def _d_VoteRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -28160,7 +28160,7 @@ def _d_VoteResponse_TopicData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 16 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -28184,7 +28184,7 @@ def _d_VoteResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -28244,7 +28244,7 @@ def _d_VoteResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -28264,7 +28264,7 @@ def _d_VoteResponse_v1(buf, pos):
                 if n < 0:
                     raise DecodeError("non-nullable array NodeEndpoints is null")
                 else:
-                    if n > len(buf) - pos:
+                    if n * 8 > len(buf) - pos:
                         raise DecodeError(f"array NodeEndpoints of {n} runs past the end")
                     f_node_endpoints = []
                     for _ in range(n):
@@ -28318,7 +28318,7 @@ def _d_BeginQuorumEpochRequest_TopicData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 12 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -28333,7 +28333,7 @@ def _d_BeginQuorumEpochRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -28390,7 +28390,7 @@ def _d_BeginQuorumEpochRequest_TopicData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 29 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -28427,7 +28427,7 @@ def _d_BeginQuorumEpochRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -28441,7 +28441,7 @@ def _d_BeginQuorumEpochRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LeaderEndpoints is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array LeaderEndpoints of {n} runs past the end")
         f_leader_endpoints = []
         for _ in range(n):
@@ -28511,7 +28511,7 @@ def _d_BeginQuorumEpochResponse_TopicData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -28529,7 +28529,7 @@ def _d_BeginQuorumEpochResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -28583,7 +28583,7 @@ def _d_BeginQuorumEpochResponse_TopicData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 15 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -28622,7 +28622,7 @@ def _d_BeginQuorumEpochResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -28642,7 +28642,7 @@ def _d_BeginQuorumEpochResponse_v1(buf, pos):
                 if n < 0:
                     raise DecodeError("non-nullable array NodeEndpoints is null")
                 else:
-                    if n > len(buf) - pos:
+                    if n * 8 > len(buf) - pos:
                         raise DecodeError(f"array NodeEndpoints of {n} runs past the end")
                     f_node_endpoints = []
                     for _ in range(n):
@@ -28719,7 +28719,7 @@ def _d_EndQuorumEpochRequest_TopicData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 16 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -28734,7 +28734,7 @@ def _d_EndQuorumEpochRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -28790,7 +28790,7 @@ def _d_EndQuorumEpochRequest_PartitionData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array PreferredCandidates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 21 > len(buf) - pos:
             raise DecodeError(f"array PreferredCandidates of {n} runs past the end")
         f_preferred_candidates = []
         for _ in range(n):
@@ -28818,7 +28818,7 @@ def _d_EndQuorumEpochRequest_TopicData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -28853,7 +28853,7 @@ def _d_EndQuorumEpochRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -28867,7 +28867,7 @@ def _d_EndQuorumEpochRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LeaderEndpoints is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array LeaderEndpoints of {n} runs past the end")
         f_leader_endpoints = []
         for _ in range(n):
@@ -28942,7 +28942,7 @@ def _d_EndQuorumEpochResponse_TopicData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -28958,7 +28958,7 @@ def _d_EndQuorumEpochResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -29012,7 +29012,7 @@ def _d_EndQuorumEpochResponse_TopicData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 15 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -29049,7 +29049,7 @@ def _d_EndQuorumEpochResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -29069,7 +29069,7 @@ def _d_EndQuorumEpochResponse_v1(buf, pos):
                 if n < 0:
                     raise DecodeError("non-nullable array NodeEndpoints is null")
                 else:
-                    if n > len(buf) - pos:
+                    if n * 8 > len(buf) - pos:
                         raise DecodeError(f"array NodeEndpoints of {n} runs past the end")
                     f_node_endpoints = []
                     for _ in range(n):
@@ -29143,7 +29143,7 @@ def _d_DescribeQuorumRequest_TopicData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -29165,7 +29165,7 @@ def _d_DescribeQuorumRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -29225,7 +29225,7 @@ def _d_DescribeQuorumResponse_PartitionData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array CurrentVoters is null")
     else:
-        if n > len(buf) - pos:
+        if n * 13 > len(buf) - pos:
             raise DecodeError(f"array CurrentVoters of {n} runs past the end")
         f_current_voters = []
         for _ in range(n):
@@ -29239,7 +29239,7 @@ def _d_DescribeQuorumResponse_PartitionData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Observers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 13 > len(buf) - pos:
             raise DecodeError(f"array Observers of {n} runs past the end")
         f_observers = []
         for _ in range(n):
@@ -29270,7 +29270,7 @@ def _d_DescribeQuorumResponse_TopicData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 25 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -29294,7 +29294,7 @@ def _d_DescribeQuorumResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -29373,7 +29373,7 @@ def _d_DescribeQuorumResponse_PartitionData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array CurrentVoters is null")
     else:
-        if n > len(buf) - pos:
+        if n * 29 > len(buf) - pos:
             raise DecodeError(f"array CurrentVoters of {n} runs past the end")
         f_current_voters = []
         for _ in range(n):
@@ -29387,7 +29387,7 @@ def _d_DescribeQuorumResponse_PartitionData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Observers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 29 > len(buf) - pos:
             raise DecodeError(f"array Observers of {n} runs past the end")
         f_observers = []
         for _ in range(n):
@@ -29418,7 +29418,7 @@ def _d_DescribeQuorumResponse_TopicData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 25 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -29442,7 +29442,7 @@ def _d_DescribeQuorumResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -29532,7 +29532,7 @@ def _d_DescribeQuorumResponse_PartitionData_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array CurrentVoters is null")
     else:
-        if n > len(buf) - pos:
+        if n * 45 > len(buf) - pos:
             raise DecodeError(f"array CurrentVoters of {n} runs past the end")
         f_current_voters = []
         for _ in range(n):
@@ -29546,7 +29546,7 @@ def _d_DescribeQuorumResponse_PartitionData_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Observers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 45 > len(buf) - pos:
             raise DecodeError(f"array Observers of {n} runs past the end")
         f_observers = []
         for _ in range(n):
@@ -29578,7 +29578,7 @@ def _d_DescribeQuorumResponse_TopicData_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 26 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -29614,7 +29614,7 @@ def _d_DescribeQuorumResponse_Node_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Listeners is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Listeners of {n} runs past the end")
         f_listeners = []
         for _ in range(n):
@@ -29639,7 +29639,7 @@ def _d_DescribeQuorumResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -29653,7 +29653,7 @@ def _d_DescribeQuorumResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Nodes is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Nodes of {n} runs past the end")
         f_nodes = []
         for _ in range(n):
@@ -29772,7 +29772,7 @@ def _d_AlterPartitionRequest_TopicData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 14 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -29796,7 +29796,7 @@ def _d_AlterPartitionRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -29880,7 +29880,7 @@ def _d_AlterPartitionRequest_TopicData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 15 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -29904,7 +29904,7 @@ def _d_AlterPartitionRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -29960,7 +29960,7 @@ def _d_AlterPartitionRequest_TopicData_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 15 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -29984,7 +29984,7 @@ def _d_AlterPartitionRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -30051,7 +30051,7 @@ def _d_AlterPartitionRequest_PartitionData_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array NewIsrWithEpochs is null")
     else:
-        if n > len(buf) - pos:
+        if n * 13 > len(buf) - pos:
             raise DecodeError(f"array NewIsrWithEpochs of {n} runs past the end")
         f_new_isr_with_epochs = []
         for _ in range(n):
@@ -30084,7 +30084,7 @@ def _d_AlterPartitionRequest_TopicData_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 15 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -30108,7 +30108,7 @@ def _d_AlterPartitionRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -30197,7 +30197,7 @@ def _d_AlterPartitionResponse_TopicData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 20 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -30221,7 +30221,7 @@ def _d_AlterPartitionResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -30303,7 +30303,7 @@ def _d_AlterPartitionResponse_TopicData_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 21 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -30327,7 +30327,7 @@ def _d_AlterPartitionResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -30381,7 +30381,7 @@ def _d_AlterPartitionResponse_TopicData_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 21 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -30405,7 +30405,7 @@ def _d_AlterPartitionResponse_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -30462,7 +30462,7 @@ def _d_UpdateFeaturesRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array FeatureUpdates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array FeatureUpdates of {n} runs past the end")
         f_feature_updates = []
         for _ in range(n):
@@ -30518,7 +30518,7 @@ def _d_UpdateFeaturesRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array FeatureUpdates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array FeatureUpdates of {n} runs past the end")
         f_feature_updates = []
         for _ in range(n):
@@ -30597,7 +30597,7 @@ def _d_UpdateFeaturesResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -30728,7 +30728,7 @@ def _d_FetchSnapshotRequest_TopicSnapshot_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 30 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -30752,7 +30752,7 @@ def _d_FetchSnapshotRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -30849,7 +30849,7 @@ def _d_FetchSnapshotRequest_TopicSnapshot_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 30 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -30873,7 +30873,7 @@ def _d_FetchSnapshotRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -30995,7 +30995,7 @@ def _d_FetchSnapshotResponse_TopicSnapshot_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 37 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -31019,7 +31019,7 @@ def _d_FetchSnapshotResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -31099,7 +31099,7 @@ def _d_FetchSnapshotResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -31119,7 +31119,7 @@ def _d_FetchSnapshotResponse_v1(buf, pos):
                 if n < 0:
                     raise DecodeError("non-nullable array NodeEndpoints is null")
                 else:
-                    if n > len(buf) - pos:
+                    if n * 8 > len(buf) - pos:
                         raise DecodeError(f"array NodeEndpoints of {n} runs past the end")
                     f_node_endpoints = []
                     for _ in range(n):
@@ -31230,7 +31230,7 @@ def _d_DescribeClusterResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Brokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array Brokers of {n} runs past the end")
         f_brokers = []
         for _ in range(n):
@@ -31291,7 +31291,7 @@ def _d_DescribeClusterResponse_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Brokers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array Brokers of {n} runs past the end")
         f_brokers = []
         for _ in range(n):
@@ -31359,7 +31359,7 @@ def _d_DescribeProducersRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -31424,7 +31424,7 @@ def _d_DescribeProducersResponse_PartitionResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ActiveProducers is null")
     else:
-        if n > len(buf) - pos:
+        if n * 37 > len(buf) - pos:
             raise DecodeError(f"array ActiveProducers of {n} runs past the end")
         f_active_producers = []
         for _ in range(n):
@@ -31452,7 +31452,7 @@ def _d_DescribeProducersResponse_TopicResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 9 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -31476,7 +31476,7 @@ def _d_DescribeProducersResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -31575,7 +31575,7 @@ def _d_BrokerRegistrationRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Listeners is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Listeners of {n} runs past the end")
         f_listeners = []
         for _ in range(n):
@@ -31589,7 +31589,7 @@ def _d_BrokerRegistrationRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Features is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Features of {n} runs past the end")
         f_features = []
         for _ in range(n):
@@ -31656,7 +31656,7 @@ def _d_BrokerRegistrationRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Listeners is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Listeners of {n} runs past the end")
         f_listeners = []
         for _ in range(n):
@@ -31670,7 +31670,7 @@ def _d_BrokerRegistrationRequest_v1(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Features is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Features of {n} runs past the end")
         f_features = []
         for _ in range(n):
@@ -31726,7 +31726,7 @@ def _d_BrokerRegistrationRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Listeners is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Listeners of {n} runs past the end")
         f_listeners = []
         for _ in range(n):
@@ -31740,7 +31740,7 @@ def _d_BrokerRegistrationRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Features is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Features of {n} runs past the end")
         f_features = []
         for _ in range(n):
@@ -31757,9 +31757,9 @@ def _d_BrokerRegistrationRequest_v2(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LogDirs is null")
     else:
-        f_log_dirs = [uuid_from_bytes(bytes(buf[p : p + 16])) for p in range(pos, pos + 16 * n, 16)]
         if pos + 16 * n > len(buf):
-            raise DecodeError("uuid array runs past the end")
+            raise DecodeError(f"uuid array LogDirs of {n} runs past the end")
+        f_log_dirs = [uuid_from_bytes(bytes(buf[p : p + 16])) for p in range(pos, pos + 16 * n, 16)]
         pos += 16 * n
     if buf[pos]:
         pos = skip_tagged_fields(buf, pos)
@@ -31813,7 +31813,7 @@ def _d_BrokerRegistrationRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Listeners is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Listeners of {n} runs past the end")
         f_listeners = []
         for _ in range(n):
@@ -31827,7 +31827,7 @@ def _d_BrokerRegistrationRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Features is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Features of {n} runs past the end")
         f_features = []
         for _ in range(n):
@@ -31844,9 +31844,9 @@ def _d_BrokerRegistrationRequest_v3(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array LogDirs is null")
     else:
-        f_log_dirs = [uuid_from_bytes(bytes(buf[p : p + 16])) for p in range(pos, pos + 16 * n, 16)]
         if pos + 16 * n > len(buf):
-            raise DecodeError("uuid array runs past the end")
+            raise DecodeError(f"uuid array LogDirs of {n} runs past the end")
+        f_log_dirs = [uuid_from_bytes(bytes(buf[p : p + 16])) for p in range(pos, pos + 16 * n, 16)]
         pos += 16 * n
     (f_previous_broker_epoch,) = _S_q.unpack_from(buf, pos)
     pos += 8
@@ -31954,12 +31954,12 @@ def _d_BrokerHeartbeatRequest_v1(buf, pos):
                 if n < 0:
                     raise DecodeError("non-nullable array OfflineLogDirs is null")
                 else:
+                    if pos + 16 * n > len(buf):
+                        raise DecodeError(f"uuid array OfflineLogDirs of {n} runs past the end")
                     f_offline_log_dirs = [
                         uuid_from_bytes(bytes(buf[p : p + 16]))
                         for p in range(pos, pos + 16 * n, 16)
                     ]
-                    if pos + 16 * n > len(buf):
-                        raise DecodeError("uuid array runs past the end")
                     pos += 16 * n
                 if pos != end:
                     raise DecodeError("tagged field OfflineLogDirs has a bad size")
@@ -32120,7 +32120,7 @@ def _d_DescribeTransactionsResponse_TransactionState_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 3 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -32153,7 +32153,7 @@ def _d_DescribeTransactionsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TransactionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 28 > len(buf) - pos:
             raise DecodeError(f"array TransactionStates of {n} runs past the end")
         f_transaction_states = []
         for _ in range(n):
@@ -32339,7 +32339,7 @@ def _d_ListTransactionsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TransactionStates is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array TransactionStates of {n} runs past the end")
         f_transaction_states = []
         for _ in range(n):
@@ -32469,7 +32469,7 @@ def _d_ConsumerGroupHeartbeatRequest_v0(buf, pos):
     if n < 0:
         f_topic_partitions = None
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array TopicPartitions of {n} runs past the end")
         f_topic_partitions = []
         for _ in range(n):
@@ -32560,7 +32560,7 @@ def _d_ConsumerGroupHeartbeatRequest_v1(buf, pos):
     if n < 0:
         f_topic_partitions = None
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array TopicPartitions of {n} runs past the end")
         f_topic_partitions = []
         for _ in range(n):
@@ -32642,7 +32642,7 @@ def _d_ConsumerGroupHeartbeatResponse_Assignment_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicPartitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array TopicPartitions of {n} runs past the end")
         f_topic_partitions = []
         for _ in range(n):
@@ -32781,7 +32781,7 @@ def _d_ConsumerGroupDescribeResponse_Assignment_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicPartitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 19 > len(buf) - pos:
             raise DecodeError(f"array TopicPartitions of {n} runs past the end")
         f_topic_partitions = []
         for _ in range(n):
@@ -32854,7 +32854,7 @@ def _d_ConsumerGroupDescribeResponse_DescribedGroup_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 16 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -32890,7 +32890,7 @@ def _d_ConsumerGroupDescribeResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 20 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -33002,7 +33002,7 @@ def _d_ControllerRegistrationRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Listeners is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Listeners of {n} runs past the end")
         f_listeners = []
         for _ in range(n):
@@ -33016,7 +33016,7 @@ def _d_ControllerRegistrationRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Features is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Features of {n} runs past the end")
         f_features = []
         for _ in range(n):
@@ -33225,7 +33225,7 @@ def _d_AssignReplicasToDirsRequest_TopicData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -33250,7 +33250,7 @@ def _d_AssignReplicasToDirsRequest_DirectoryData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -33274,7 +33274,7 @@ def _d_AssignReplicasToDirsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Directories is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Directories of {n} runs past the end")
         f_directories = []
         for _ in range(n):
@@ -33345,7 +33345,7 @@ def _d_AssignReplicasToDirsResponse_TopicData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 7 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -33372,7 +33372,7 @@ def _d_AssignReplicasToDirsResponse_DirectoryData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -33396,7 +33396,7 @@ def _d_AssignReplicasToDirsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Directories is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Directories of {n} runs past the end")
         f_directories = []
         for _ in range(n):
@@ -33475,7 +33475,7 @@ def _d_ListClientMetricsResourcesResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ClientMetricsResources is null")
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array ClientMetricsResources of {n} runs past the end")
         f_client_metrics_resources = []
         for _ in range(n):
@@ -33537,7 +33537,7 @@ def _d_DescribeTopicPartitionsRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 2 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -33671,7 +33671,7 @@ def _d_DescribeTopicPartitionsResponse_DescribeTopicPartitionsResponseTopic_v0(b
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 20 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -33721,7 +33721,7 @@ def _d_DescribeTopicPartitionsResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 26 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -33883,7 +33883,7 @@ def _d_ShareGroupHeartbeatResponse_Assignment_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicPartitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array TopicPartitions of {n} runs past the end")
         f_topic_partitions = []
         for _ in range(n):
@@ -34022,7 +34022,7 @@ def _d_ShareGroupDescribeResponse_Assignment_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array TopicPartitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 19 > len(buf) - pos:
             raise DecodeError(f"array TopicPartitions of {n} runs past the end")
         f_topic_partitions = []
         for _ in range(n):
@@ -34089,7 +34089,7 @@ def _d_ShareGroupDescribeResponse_DescribedGroup_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Members is null")
     else:
-        if n > len(buf) - pos:
+        if n * 12 > len(buf) - pos:
             raise DecodeError(f"array Members of {n} runs past the end")
         f_members = []
         for _ in range(n):
@@ -34125,7 +34125,7 @@ def _d_ShareGroupDescribeResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Groups is null")
     else:
-        if n > len(buf) - pos:
+        if n * 20 > len(buf) - pos:
             raise DecodeError(f"array Groups of {n} runs past the end")
         f_groups = []
         for _ in range(n):
@@ -34228,7 +34228,7 @@ def _d_ShareFetchRequest_FetchPartition_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array AcknowledgementBatches is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array AcknowledgementBatches of {n} runs past the end")
         f_acknowledgement_batches = []
         for _ in range(n):
@@ -34257,7 +34257,7 @@ def _d_ShareFetchRequest_FetchTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 10 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -34304,7 +34304,7 @@ def _d_ShareFetchRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -34318,7 +34318,7 @@ def _d_ShareFetchRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array ForgottenTopicsData is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array ForgottenTopicsData of {n} runs past the end")
         f_forgotten_topics_data = []
         for _ in range(n):
@@ -34430,7 +34430,7 @@ def _d_ShareFetchResponse_PartitionData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array AcquiredRecords is null")
     else:
-        if n > len(buf) - pos:
+        if n * 19 > len(buf) - pos:
             raise DecodeError(f"array AcquiredRecords of {n} runs past the end")
         f_acquired_records = []
         for _ in range(n):
@@ -34464,7 +34464,7 @@ def _d_ShareFetchResponse_ShareFetchableTopicResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 22 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -34507,7 +34507,7 @@ def _d_ShareFetchResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -34521,7 +34521,7 @@ def _d_ShareFetchResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array NodeEndpoints is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array NodeEndpoints of {n} runs past the end")
         f_node_endpoints = []
         for _ in range(n):
@@ -34630,7 +34630,7 @@ def _d_ShareAcknowledgeRequest_AcknowledgePartition_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array AcknowledgementBatches is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array AcknowledgementBatches of {n} runs past the end")
         f_acknowledgement_batches = []
         for _ in range(n):
@@ -34657,7 +34657,7 @@ def _d_ShareAcknowledgeRequest_AcknowledgeTopic_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 6 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -34685,7 +34685,7 @@ def _d_ShareAcknowledgeRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -34781,7 +34781,7 @@ def _d_ShareAcknowledgeResponse_ShareAcknowledgeTopicResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 17 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -34824,7 +34824,7 @@ def _d_ShareAcknowledgeResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Responses is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Responses of {n} runs past the end")
         f_responses = []
         for _ in range(n):
@@ -34838,7 +34838,7 @@ def _d_ShareAcknowledgeResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array NodeEndpoints is null")
     else:
-        if n > len(buf) - pos:
+        if n * 11 > len(buf) - pos:
             raise DecodeError(f"array NodeEndpoints of {n} runs past the end")
         f_node_endpoints = []
         for _ in range(n):
@@ -34925,7 +34925,7 @@ def _d_AddRaftVoterRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Listeners is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Listeners of {n} runs past the end")
         f_listeners = []
         for _ in range(n):
@@ -35056,7 +35056,7 @@ def _d_UpdateRaftVoterRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Listeners is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Listeners of {n} runs past the end")
         f_listeners = []
         for _ in range(n):
@@ -35178,7 +35178,7 @@ def _d_InitializeShareGroupStateRequest_InitializeStateData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 17 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -35203,7 +35203,7 @@ def _d_InitializeShareGroupStateRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -35264,7 +35264,7 @@ def _d_InitializeShareGroupStateResponse_InitializeStateResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -35288,7 +35288,7 @@ def _d_InitializeShareGroupStateResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -35348,7 +35348,7 @@ def _d_ReadShareGroupStateRequest_ReadStateData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 9 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -35373,7 +35373,7 @@ def _d_ReadShareGroupStateRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -35440,7 +35440,7 @@ def _d_ReadShareGroupStateResponse_PartitionResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array StateBatches is null")
     else:
-        if n > len(buf) - pos:
+        if n * 20 > len(buf) - pos:
             raise DecodeError(f"array StateBatches of {n} runs past the end")
         f_state_batches = []
         for _ in range(n):
@@ -35472,7 +35472,7 @@ def _d_ReadShareGroupStateResponse_ReadStateResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 21 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -35496,7 +35496,7 @@ def _d_ReadShareGroupStateResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -35570,7 +35570,7 @@ def _d_WriteShareGroupStateRequest_PartitionData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array StateBatches is null")
     else:
-        if n > len(buf) - pos:
+        if n * 20 > len(buf) - pos:
             raise DecodeError(f"array StateBatches of {n} runs past the end")
         f_state_batches = []
         for _ in range(n):
@@ -35601,7 +35601,7 @@ def _d_WriteShareGroupStateRequest_WriteStateData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 22 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -35626,7 +35626,7 @@ def _d_WriteShareGroupStateRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -35696,7 +35696,7 @@ def _d_WriteShareGroupStateResponse_WriteStateResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -35720,7 +35720,7 @@ def _d_WriteShareGroupStateResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -35778,7 +35778,7 @@ def _d_DeleteShareGroupStateRequest_DeleteStateData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 5 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -35803,7 +35803,7 @@ def _d_DeleteShareGroupStateRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -35864,7 +35864,7 @@ def _d_DeleteShareGroupStateResponse_DeleteStateResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 8 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -35888,7 +35888,7 @@ def _d_DeleteShareGroupStateResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
@@ -35948,7 +35948,7 @@ def _d_ReadShareGroupStateSummaryRequest_ReadStateSummaryData_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 9 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -35973,7 +35973,7 @@ def _d_ReadShareGroupStateSummaryRequest_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Topics is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Topics of {n} runs past the end")
         f_topics = []
         for _ in range(n):
@@ -36040,7 +36040,7 @@ def _d_ReadShareGroupStateSummaryResponse_ReadStateSummaryResult_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Partitions is null")
     else:
-        if n > len(buf) - pos:
+        if n * 20 > len(buf) - pos:
             raise DecodeError(f"array Partitions of {n} runs past the end")
         f_partitions = []
         for _ in range(n):
@@ -36064,7 +36064,7 @@ def _d_ReadShareGroupStateSummaryResponse_v0(buf, pos):
     if n < 0:
         raise DecodeError("non-nullable array Results is null")
     else:
-        if n > len(buf) - pos:
+        if n * 18 > len(buf) - pos:
             raise DecodeError(f"array Results of {n} runs past the end")
         f_results = []
         for _ in range(n):
