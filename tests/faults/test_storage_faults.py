@@ -1,0 +1,369 @@
+"""Storage faults against a real stack: a locked metadata database, a full data dir, corrupt and
+truncated segment objects, and an object uploaded but never committed.
+
+What each test holds the stack to:
+- locked metadata: a produce waits for the lock and completes once it is released; held past
+  the produce timeout, the produce fails retriably; no process restarts.
+- data dir full (a size-limited tmpfs): produces fail retriably, every acknowledged record
+  stays readable, nothing that failed is ever read, and produces succeed again once space
+  returns, without restarting anything.
+- corrupt or truncated object: reading that partition's block is an error, never garbage; the
+  other partitions of the same object read fine; the reader keeps running.
+- orphan object (the uploader killed between its PUT and its commit): never served; offsets
+  stay contiguous.
+
+The size-limited filesystems are tmpfs mounts (the tests run as root) that each test unmounts.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import apsw
+import pytest
+
+from metadata import BlockLocation, MetadataStore
+from streamhouse.client import Client, Record, StreamHouseError
+from streamhouse.segment import read_index
+from streamhouse.testing import PROGRAMS, Stack
+
+MiB = 1024 * 1024
+POLL_S = 0.05
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Bounded polling on a condition."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        time.sleep(POLL_S)
+
+
+def read_all(client: Client, topic: str, partition: int) -> list[tuple[int, bytes]]:
+    """Every (offset, value) of the partition, from the start to the high watermark."""
+    out: list[tuple[int, bytes]] = []
+    offset = 0
+    while True:
+        records, next_offset, hwm, _ = client.consume(topic, partition, offset)
+        out.extend((r.offset, r.value or b"") for r in records)
+        if next_offset >= hwm:
+            return out
+        assert next_offset > offset, f"consume from {offset} made no progress"
+        offset = next_offset
+
+
+def assert_contiguous(entries: list[tuple[int, bytes]]) -> None:
+    assert [o for o, _ in entries] == list(range(len(entries))), "offsets are not 0..n-1"
+
+
+def pids(stack: Stack) -> dict[str, int]:
+    return {p: stack.pid(p) for p in PROGRAMS}
+
+
+class InBackground:
+    """Runs `fn` in a thread; `done` is set when it returned or raised."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+        def run() -> None:
+            try:
+                self.result = fn()
+            except BaseException as exc:  # inspected by the test
+                self.error = exc
+            finally:
+                self.done.set()
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def join(self, timeout: float) -> None:
+        assert self.done.wait(timeout), f"still running after {timeout}s"
+        self.thread.join()
+
+
+def hold_write_lock(path: pathlib.Path) -> apsw.Connection:
+    """A second connection holding SQLite's write lock (as another agent's long commit)."""
+    blocker = apsw.Connection(str(path))
+    blocker.execute("BEGIN IMMEDIATE")
+    return blocker
+
+
+def release(blocker: apsw.Connection) -> None:
+    blocker.execute("ROLLBACK")
+    blocker.close()
+
+
+def log_text(stack: Stack, program: str) -> str:
+    path = stack.data_dir / "logs" / f"{program}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def mount_tmpfs(path: pathlib.Path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True
+    )
+
+
+def unmount(path: pathlib.Path) -> None:
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def fill(directory: pathlib.Path) -> pathlib.Path:
+    """Writes a filler file until the filesystem has no byte left; returns its path."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        chunk = 1 * MiB
+        while chunk >= 512:
+            try:
+                os.write(fd, b"\0" * chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                chunk //= 2
+    finally:
+        os.close(fd)
+    return filler
+
+
+# ----------------------------------------------------------------------------- locked metadata
+
+
+def test_produce_waits_out_a_locked_metadata_database_and_fails_retriably_past_the_timeout(
+    tmp_path: pathlib.Path,
+) -> None:
+    env = {"STREAMHOUSE_PRODUCE_TIMEOUT_MS": "4000"}
+    with Stack(tmp_path / "data", env=env) as stack, Client(stack.grpc_address) as client:
+        client.create_topic("locked", 1)
+        assert client.produce("locked", b"before", partition=0) == (0, 0)
+        started = pids(stack)
+
+        # Held briefly: the produce waits for the commit and then succeeds.
+        blocker = hold_write_lock(stack.settings.metadata_path)
+        try:
+            produce = InBackground(lambda: client.produce("locked", b"waited", partition=0))
+            assert not produce.done.wait(1.0), f"produce did not wait: {produce.error}"
+        finally:
+            release(blocker)
+        produce.join(10)
+        assert produce.error is None and produce.result == (0, 1)
+
+        # Held past the produce timeout: the produce fails retriably; the uploader gives the
+        # commit up (the log says so) and stays up.
+        blocker = hold_write_lock(stack.settings.metadata_path)
+        try:
+            with pytest.raises(StreamHouseError) as err:
+                client.produce("locked", b"timed out", partition=0)
+            wait_until(
+                lambda: "could not be committed" in log_text(stack, "uploader"),
+                15,
+                "the uploader giving up the commit",
+            )
+        finally:
+            release(blocker)
+        assert err.value.code.name == "UNAVAILABLE"
+        assert "retry" in str(err.value)
+        assert "locked by another writer" in log_text(stack, "uploader")
+
+        assert client.produce("locked", b"after", partition=0) == (0, 2)
+        assert read_all(client, "locked", 0) == [(0, b"before"), (1, b"waited"), (2, b"after")]
+        assert pids(stack) == started
+
+
+# ----------------------------------------------------------------------------- data dir full
+
+
+@pytest.fixture
+def small_fs(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """An 8 MiB tmpfs at tmp_path/small, unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount_tmpfs(mount, "8m")
+    try:
+        yield mount
+    finally:
+        unmount(mount)
+
+
+@pytest.mark.parametrize("full", ["data_dir", "metadata_only"])
+def test_full_data_dir_fails_produces_retriably_and_recovers(
+    tmp_path: pathlib.Path, small_fs: pathlib.Path, full: str
+) -> None:
+    """`data_dir`: the whole data dir (metadata and objects) on the small filesystem.
+    `metadata_only`: only the data dir (metadata.sqlite) there, objects elsewhere; the
+    failures then come from SQLite (SQLITE_FULL) instead of the object PUT. Logs live on the
+    big disk in both (bind mount), as an operator would put them."""
+    data_dir = small_fs / "data"
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True)
+    real_logs = tmp_path / "logs"
+    real_logs.mkdir()
+    subprocess.run(["mount", "--bind", str(real_logs), str(logs)], check=True)
+    env = {
+        "STREAMHOUSE_UPLOAD_ATTEMPTS": "2",
+        "STREAMHOUSE_STORE_TIMEOUT_MS": "2000",
+        "STREAMHOUSE_PRODUCE_TIMEOUT_MS": "8000",
+        "STREAMHOUSE_CACHE_BYTES": str(1 * MiB),
+    }
+    if full == "metadata_only":
+        env["STREAMHOUSE_OBJECT_STORE"] = (tmp_path / "objects").as_uri()
+    try:
+        with Stack(data_dir, env=env) as stack, Client(stack.grpc_address) as client:
+            client.create_topic("full", 2)
+            acked: dict[int, list[bytes]] = {0: [], 1: []}
+            failed: list[bytes] = []
+            payload = b"x" * 2000
+
+            def produce(n: int) -> None:
+                partition = n % 2
+                values = [b"%d-%d-" % (n, i) + payload for i in range(20)]
+                client.produce_batch("full", [Record(value=v) for v in values], partition)
+                acked[partition].extend(values)
+
+            for n in range(10):
+                produce(n)
+            started = pids(stack)
+            filler = fill(small_fs)
+
+            # Produce until writes fail (at once for objects; SQLite may first reuse WAL room).
+            n = 10
+            error: StreamHouseError | None = None
+            while error is None:
+                assert n < 400, "produces kept succeeding on a full filesystem"
+                try:
+                    produce(n)
+                except StreamHouseError as exc:
+                    error = exc
+                    failed.extend(b"%d-%d-" % (n, i) + payload for i in range(20))
+                n += 1
+            assert error.code.name == "UNAVAILABLE", error
+            assert "retry" in str(error)
+            expected = "No space left" if full == "data_dir" else "disk is full"
+            assert expected in log_text(stack, "uploader")
+            assert pids(stack) == started
+
+            # Everything acknowledged is readable, nothing that failed is, offsets contiguous.
+            for partition in (0, 1):
+                entries = read_all(client, "full", partition)
+                assert_contiguous(entries)
+                assert [v for _, v in entries] == acked[partition]
+
+            # Space returns: produces succeed again, nothing restarted.
+            filler.unlink()
+            for m in range(n, n + 4):
+                produce(m)
+            assert pids(stack) == started
+            for partition in (0, 1):
+                entries = read_all(client, "full", partition)
+                assert_contiguous(entries)
+                assert [v for _, v in entries] == acked[partition]
+                assert not set(failed) & {v for _, v in entries}
+    finally:
+        unmount(logs)
+
+
+# ----------------------------------------------------------------------------- corrupt objects
+
+
+def blocks_by_partition(stack: Stack, topic: str, partitions: int) -> dict[int, BlockLocation]:
+    with MetadataStore(stack.settings.metadata_path) as meta:
+        info = meta.get_topic(topic)
+        assert info is not None
+        found = {p: meta.find_blocks(info.topic_id, p, 0, 10) for p in range(partitions)}
+    assert all(len(b) == 1 for b in found.values()), found
+    return {p: b[0] for p, b in found.items()}
+
+
+def test_corrupt_and_truncated_blocks_fail_only_their_partition(tmp_path: pathlib.Path) -> None:
+    # A cache too small for any block: every read is a range GET of the object file.
+    env = {"STREAMHOUSE_CACHE_BYTES": "1", "STREAMHOUSE_FLUSH_INTERVAL_MS": "300"}
+    with Stack(tmp_path / "data", env=env) as stack, Client(stack.grpc_address) as client:
+        client.create_topic("corrupt", 3)
+        # One request, keyed records over all three partitions: one segment, three blocks.
+        records = [Record(key=b"key-%d" % i, value=b"value-%d" % i) for i in range(60)]
+        client.produce_batch("corrupt", records)
+        blocks = blocks_by_partition(stack, "corrupt", 3)
+        keys = {b.segment_key for b in blocks.values()}
+        assert len(keys) == 1, f"the partitions landed in different segments: {keys}"
+        before = {p: read_all(client, "corrupt", p) for p in range(3)}
+        assert sum(len(v) for v in before.values()) == 60
+        assert all(before.values()), before
+
+        path = stack.data_dir / "objects" / keys.pop()
+        first, middle, last = sorted(blocks, key=lambda p: blocks[p].byte_offset)
+        # Flip bytes inside the first block's stored bytes (after its 20-byte header).
+        with open(path, "r+b") as f:
+            f.seek(blocks[first].byte_offset + 20 + 3)
+            original = f.read(2)
+            f.seek(blocks[first].byte_offset + 20 + 3)
+            f.write(bytes(b ^ 0xFF for b in original))
+        # Cut the object inside the last block.
+        last_block = blocks[last]
+        os.truncate(path, last_block.byte_offset + last_block.byte_length - 5)
+        reader = stack.pid("reader")
+
+        for bad in (first, last):
+            for _ in range(2):  # not cached afterwards either
+                with pytest.raises(StreamHouseError) as err:
+                    client.consume("corrupt", bad, 0)
+                assert err.value.code.name == "UNAVAILABLE"
+                assert "KAFKA_STORAGE_ERROR" in str(err.value)
+        assert read_all(client, "corrupt", middle) == before[middle]
+        assert stack.pid("reader") == reader
+        reader_log = log_text(stack, "reader")
+        assert "checksum mismatch" in reader_log
+        assert "truncated" in reader_log
+
+
+# ----------------------------------------------------------------------------- orphan objects
+
+
+def segment_objects(stack: Stack) -> set[pathlib.Path]:
+    folder = stack.data_dir / "objects" / "segments"
+    return set(folder.glob("*.seg")) if folder.exists() else set()
+
+
+def test_object_uploaded_but_never_committed_is_never_served(tmp_path: pathlib.Path) -> None:
+    """The uploader is killed after its PUT, while its commit waits for the metadata lock:
+    the object stays in the store, uncommitted, and no consumer ever sees its records."""
+    with Stack(tmp_path / "data") as stack, Client(stack.grpc_address) as client:
+        client.create_topic("orphan", 1)
+        assert client.produce("orphan", b"first", partition=0) == (0, 0)
+        committed = segment_objects(stack)
+
+        blocker = hold_write_lock(stack.settings.metadata_path)
+        try:
+            produce = InBackground(lambda: client.produce("orphan", b"orphaned", partition=0))
+            wait_until(lambda: segment_objects(stack) - committed, 15, "the PUT of the object")
+            old = stack.kill("uploader")
+            stack.wait_restarted("uploader", old)
+        finally:
+            release(blocker)
+        produce.join(30)
+        assert isinstance(produce.error, StreamHouseError), produce.result
+        assert produce.error.code.name == "UNAVAILABLE"
+
+        (orphan,) = segment_objects(stack) - committed
+        index = read_index(orphan.read_bytes())
+        assert [e.record_count for e in index] == [1]  # a whole, valid segment object
+
+        assert client.produce("orphan", b"second", partition=0) == (0, 1)
+        entries = read_all(client, "orphan", 0)
+        assert entries == [(0, b"first"), (1, b"second")]
+        with MetadataStore(stack.settings.metadata_path) as meta:
+            info = meta.get_topic("orphan")
+            assert info is not None
+            keys = {b.segment_key for b in meta.find_blocks(info.topic_id, 0, 0, 10)}
+        assert orphan.relative_to(stack.data_dir / "objects").as_posix() not in keys
