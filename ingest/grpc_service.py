@@ -136,6 +136,7 @@ class StreamHouseService:
                 self.settings.max_batch_bytes,
                 producer,
                 log_append_time=topic.config.get("message.timestamp.type") == "LogAppendTime",
+                topic_config=topic.config,
             )
         except ProduceRejected as exc:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None

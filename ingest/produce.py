@@ -6,7 +6,11 @@ Rules:
   in a round robin, so a request's keyless records get consecutive offsets.
 - timestamp_ms 0 means server time; on a LogAppendTime topic every record gets server time.
 - Limits: a record (key + value + headers) at most max_record_bytes, a request at most
-  max_batch_bytes in total, at least one record.
+  max_batch_bytes in total, at least one record; each encoded batch at most the topic's
+  max.message.bytes.
+- Timestamps are checked at the edge as the Kafka path checks them (``batch_rules`` of the
+  topic config): on a CreateTime topic within
+  [now - message.timestamp.before.max.ms, now + message.timestamp.after.max.ms].
 - An idempotent request (producer_id set) names its partition; its records become one batch
   carrying the producer id, epoch and base sequence.
 """
@@ -19,6 +23,7 @@ from collections.abc import Sequence
 from ingest.pipeline import ProduceSlot
 from streamhouse.proto import streamhouse_pb2 as pb
 from streamhouse.recordbatch import default_partition, encode_batch
+from streamhouse.topic_config import batch_rules
 
 
 class ProduceRejected(ValueError):
@@ -47,8 +52,13 @@ def plan_produce(
     max_batch_bytes: int,
     producer: tuple[int, int, int] | None = None,
     log_append_time: bool = False,
+    topic_config: dict[str, str] | None = None,
 ) -> list[ProduceSlot]:
-    """One ProduceSlot (one v2 batch) per partition written, in partition order."""
+    """One ProduceSlot (one v2 batch) per partition written, in partition order.
+
+    ``topic_config`` (the topic's configs) sets the timestamp bounds and max.message.bytes;
+    a LogAppendTime topic there implies ``log_append_time``.
+    """
     if not records:
         raise ProduceRejected("the batch is empty: send at least one record")
     if partition is not None and not 0 <= partition < partition_count:
@@ -59,6 +69,10 @@ def plan_produce(
     if producer is not None and partition is None:
         raise ProduceRejected("an idempotent produce (producer_id set) must name its partition")
     now_ms = int(time.time() * 1000)
+    rules = batch_rules(topic_config or {}, max_batch_bytes)
+    log_append_time = log_append_time or rules.log_append_time
+    ts_low = max(-(2**63), now_ms - rules.timestamp_before_ms)
+    ts_high = min(2**63 - 1, now_ms + rules.timestamp_after_ms)
     keyless = partition if partition is not None else None
     groups: dict[int, tuple[list, list, list, list]] = {}
     total = 0
@@ -91,7 +105,18 @@ def plan_produce(
         group[0].append(key)
         group[1].append(value)
         group[2].append(headers)
-        group[3].append(now_ms if log_append_time else rec.timestamp_ms or now_ms)
+        if log_append_time:
+            timestamp = now_ms
+        else:
+            timestamp = rec.timestamp_ms or now_ms
+            if not ts_low <= timestamp <= ts_high:
+                raise ProduceRejected(
+                    f"record {index}: timestamp_ms {timestamp} is out of range; the topic "
+                    f"accepts {ts_low}..{ts_high} (message.timestamp.before.max.ms / "
+                    "after.max.ms around the server's clock): fix the producer's clock or "
+                    "send 0 for server time"
+                )
+        group[3].append(timestamp)
     if total > max_batch_bytes:
         raise ProduceRejected(
             f"the batch is {total} bytes, over the {max_batch_bytes}-byte limit: split it"
@@ -114,6 +139,11 @@ def plan_produce(
         if encoded > max_batch_bytes:
             raise ProduceRejected(
                 f"the batch encodes to over {max_batch_bytes} bytes (the limit): split it"
+            )
+        if len(batch) > rules.max_message_bytes:
+            raise ProduceRejected(
+                f"the records for partition {target} encode to {len(batch)} bytes, over the "
+                f"topic's max.message.bytes {rules.max_message_bytes}: split the batch"
             )
         meta = (len(keys), pid, epoch, seq, min(timestamps), max(timestamps))
         slots.append(ProduceSlot(topic_id, target, [meta], [len(batch)], batch))

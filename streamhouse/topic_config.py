@@ -88,10 +88,11 @@ def effective_config(config: dict[str, str]) -> dict[str, str]:
 def batch_rules(config: dict[str, str], max_batch_bytes: int) -> BatchRules:
     """The rules a topic's produced batches are validated against (``validate_batches``).
 
-    A batch may take ``max.message.bytes`` (at most ``max_batch_bytes``, the ingest setting);
-    one partition's batches in one request, and a batch's decompressed records, at most
-    ``max_batch_bytes`` and ``segment.bytes``. An explicit ``message.timestamp.before.max.ms``
-    / ``after.max.ms`` wins over ``message.timestamp.difference.max.ms``, as in Kafka.
+    A batch may take ``max_batch_bytes`` (the ingest setting), or less when the topic sets
+    ``max.message.bytes``; one partition's batches in one request, and a batch's
+    decompressed records, at most ``max_batch_bytes`` and ``segment.bytes``. An explicit
+    ``message.timestamp.before.max.ms`` / ``after.max.ms`` wins over
+    ``message.timestamp.difference.max.ms``, as in Kafka.
     """
 
     def value(key: str) -> int:
@@ -102,7 +103,7 @@ def batch_rules(config: dict[str, str], max_batch_bytes: int) -> BatchRules:
     after = config.get("message.timestamp.after.max.ms", difference)
     records_limit = min(max_batch_bytes, value("segment.bytes"))
     return BatchRules(
-        max_message_bytes=min(max_batch_bytes, value("max.message.bytes")),
+        max_message_bytes=min(max_batch_bytes, int(config.get("max.message.bytes", _LONG_MAX))),
         max_records_bytes=records_limit,
         max_inflated_bytes=records_limit,
         log_append_time=config.get("message.timestamp.type") == "LogAppendTime",

@@ -1,13 +1,16 @@
 """Kafka Produce: validate the batches as produced, send them down the pipeline, answer after
 the durable commit (acks 1 and all) or not at all (acks 0).
 
-Batches are validated by their headers only (CRC-32C, lengths, counts, magic 2) and stored
-byte for byte — compressed batches stay compressed — except on a topic with
+Batches are validated as Kafka's LogValidator does (``streamhouse.recordbatch.validate_batches``
+with the topic's ``batch_rules``: header, CRC-32C, attributes, producer fields, every record's
+framing, offset deltas and timestamps, compressed batches inflated with a hard bound) and
+stored byte for byte — compressed batches stay compressed — except on a topic with
 message.timestamp.type=LogAppendTime, where each batch is stamped as Kafka does: the
 timestamp-type bit set, maxTimestamp the broker's time, the CRC recomputed (readers then give
 every record that time), and the response carries it as log_append_time_ms.
 
-Per-partition errors are Kafka's: UNKNOWN_TOPIC_OR_PARTITION, CORRUPT_MESSAGE, INVALID_RECORD,
+Per-partition errors are Kafka's: UNKNOWN_TOPIC_OR_PARTITION, CORRUPT_MESSAGE, INVALID_RECORD
+and INVALID_TIMESTAMP (with ``record_errors`` naming the record, v8+), RECORD_LIST_TOO_LARGE,
 UNSUPPORTED_FOR_MESSAGE_FORMAT, MESSAGE_TOO_LARGE, OUT_OF_ORDER_SEQUENCE_NUMBER,
 INVALID_PRODUCER_EPOCH; a pipeline that could not make the data durable in time answers
 REQUEST_TIMED_OUT (retriable: an idempotent producer retries with the same sequence and is
@@ -31,9 +34,11 @@ from streamhouse.kafka.messages import ProduceRequest, ProduceResponse, RequestH
 from streamhouse.recordbatch import (
     TIMESTAMP_TYPE_MASK,
     BatchInfo,
+    BatchRules,
     InvalidBatchError,
-    scan_batches,
+    validate_batches,
 )
+from streamhouse.topic_config import batch_rules
 
 if TYPE_CHECKING:
     from ingest.kafka.broker import KafkaBroker
@@ -41,13 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ingest.kafka.produce")
 
 R = ProduceResponse
-_BATCH_ERRORS = {
-    "CORRUPT_MESSAGE": errors.CORRUPT_MESSAGE,
-    "INVALID_RECORD": errors.INVALID_RECORD,
-    "UNSUPPORTED_VERSION": errors.UNSUPPORTED_FOR_MESSAGE_FORMAT,
-}
-_TRANSACTIONAL = 0x10
-_CONTROL = 0x20
 # Batch header fields rewritten for LogAppendTime (offsets inside a batch).
 _CRC_AT, _ATTRIBUTES_AT, _MAX_TIMESTAMP_AT = 17, 21, 35
 _INT16 = struct.Struct(">h")
@@ -73,29 +71,22 @@ def _admit(
     topic_id: int,
     partition: int,
     records: object,
-    max_message: int,
+    rules: BatchRules,
     append_time: int | None,
-) -> tuple[ProduceSlot | None, int, str | None]:
-    """A ProduceSlot for one partition's records, or (None, error code, message). With an
-    `append_time` the batches are stamped with it (LogAppendTime)."""
+    now_ms: int,
+) -> tuple[ProduceSlot | None, int, str | None, tuple[tuple[int, str], ...]]:
+    """A ProduceSlot for one partition's records, or (None, error code, message, record
+    errors). With an `append_time` the batches are stamped with it (LogAppendTime)."""
     if records is None:
-        return None, errors.CORRUPT_MESSAGE, "no records"
+        return None, errors.CORRUPT_MESSAGE, "no records", ()
     data = records if isinstance(records, memoryview) else memoryview(records)  # type: ignore[arg-type]
     try:
-        infos = scan_batches(data)
+        infos = validate_batches(data, rules, now_ms)
     except InvalidBatchError as exc:
-        return None, _BATCH_ERRORS.get(exc.code, errors.CORRUPT_MESSAGE), str(exc)
+        return None, exc.code.kafka_code, exc.message, exc.record_errors
     metas = []
     lengths = []
     for info in infos:
-        if info.length > max_message:
-            return (
-                None,
-                errors.MESSAGE_TOO_LARGE,
-                f"batch of {info.length} bytes exceeds max.message.bytes {max_message}",
-            )
-        if info.attributes & (_TRANSACTIONAL | _CONTROL):
-            return None, errors.INVALID_RECORD, "transactional batches are not supported"
         metas.append(
             (
                 info.record_count,
@@ -109,7 +100,7 @@ def _admit(
         lengths.append(info.length)
     if append_time is not None:
         data = memoryview(_stamp_log_append_time(data, infos, append_time))
-    return ProduceSlot(topic_id, partition, metas, lengths, data), 0, None
+    return ProduceSlot(topic_id, partition, metas, lengths, data), 0, None, ()
 
 
 async def produce(
@@ -125,29 +116,30 @@ async def produce(
     slots: list[ProduceSlot] = []
     # (topic name, partition) -> (slot index or -1, error, message)
     outcome: dict[tuple[str, int], tuple[int, int, str | None]] = {}
+    # (topic name, partition) -> per-record errors of a refused batch (Produce v8+)
+    record_errors: dict[tuple[str, int], tuple[tuple[int, str], ...]] = {}
     # topic name -> the time its batches were stamped with (LogAppendTime topics only)
     append_times: dict[str, int] = {}
+    now_ms = int(time.time() * 1000)
     for topic_data in request.topic_data:
         topic, error = broker.topic_or_create(topic_data.name)
-        max_message = broker.settings.max_batch_bytes
         append_time: int | None = None
         if topic is not None:
-            configured = topic.config.get("max.message.bytes")
-            if configured is not None:
-                max_message = min(max_message, int(configured))
-            if topic.config.get("message.timestamp.type") == "LogAppendTime":
-                append_time = append_times[topic_data.name] = int(time.time() * 1000)
+            rules = batch_rules(topic.config, broker.settings.max_batch_bytes)
+            if rules.log_append_time:
+                append_time = append_times[topic_data.name] = now_ms
         for part in topic_data.partition_data:
             key = (topic_data.name, part.index)
             if topic is None or not 0 <= part.index < topic.partitions:
                 outcome[key] = (-1, error or errors.UNKNOWN_TOPIC_OR_PARTITION, None)
                 continue
-            slot, code, message = _admit(
-                broker, topic.topic_id, part.index, part.records, max_message, append_time
+            slot, code, message, bad_records = _admit(
+                broker, topic.topic_id, part.index, part.records, rules, append_time, now_ms
             )
             if slot is None:
                 log.info("refused produce to %s[%d]: %s", topic.name, part.index, message)
                 outcome[key] = (-1, code, message)
+                record_errors[key] = bad_records
                 continue
             outcome[key] = (len(slots), 0, None)
             slots.append(slot)
@@ -188,6 +180,10 @@ async def produce(
                     log_append_time_ms=append_times.get(topic_data.name, -1) if code == 0 else -1,
                     log_start_offset=_log_start(broker, topic_data.name, part.index),
                     error_message=message,
+                    record_errors=[
+                        R.BatchIndexAndErrorMessage(batch_index=i, batch_index_error_message=text)
+                        for i, text in record_errors.get((topic_data.name, part.index), ())
+                    ],
                 )
             )
         response.responses.append(
