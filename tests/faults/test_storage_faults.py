@@ -20,21 +20,29 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import socket
+import struct
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import apsw
 import pytest
 
 from metadata import BlockLocation, MetadataStore
 from streamhouse.client import Client, Record, StreamHouseError
+from streamhouse.kafka.framing import decode_response, encode_request
+from streamhouse.kafka.messages import FetchRequest, ProduceRequest, RequestHeader
+from streamhouse.recordbatch import decode_records, encode_batch, scan_batches
 from streamhouse.segment import read_index
 from streamhouse.testing import PROGRAMS, Stack
 
 MiB = 1024 * 1024
 POLL_S = 0.05
+KAFKA_STORAGE_ERROR = 56
+REQUEST_TIMED_OUT = 7
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -92,6 +100,86 @@ class InBackground:
     def join(self, timeout: float) -> None:
         assert self.done.wait(timeout), f"still running after {timeout}s"
         self.thread.join()
+
+
+class KafkaConnection:
+    """One raw Kafka connection: Produce v9 and Fetch v12 built with the generated codec."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", stack.kafka_port), timeout=30)
+        self.correlation = 0
+
+    def __enter__(self) -> KafkaConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def _read_exactly(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            assert chunk, "the server closed the Kafka connection"
+            data += chunk
+        return data
+
+    def call(self, api_key: int, version: int, request: Any) -> Any:
+        self.correlation += 1
+        header = RequestHeader(
+            request_api_key=api_key,
+            request_api_version=version,
+            correlation_id=self.correlation,
+            client_id="storage-faults",
+        )
+        self.sock.sendall(encode_request(header, request))
+        (length,) = struct.unpack(">i", self._read_exactly(4))
+        response_header, response = decode_response(self._read_exactly(length), api_key, version)
+        assert response_header.correlation_id == self.correlation
+        return response
+
+    def produce(self, topic: str, values: dict[int, list[bytes]]) -> dict[int, int]:
+        """One acks=all Produce of a batch per partition; partition -> error code."""
+        data = [
+            ProduceRequest.PartitionProduceData(
+                index=p,
+                records=encode_batch([None] * len(vs), list(vs), [[] for _ in vs], [1] * len(vs)),
+            )
+            for p, vs in values.items()
+        ]
+        request = ProduceRequest(
+            acks=-1,
+            timeout_ms=30_000,
+            topic_data=[ProduceRequest.TopicProduceData(name=topic, partition_data=data)],
+        )
+        (topic_response,) = self.call(0, 9, request).responses
+        return {p.index: p.error_code for p in topic_response.partition_responses}
+
+    def fetch(self, topic: str, partitions: list[int]) -> dict[int, tuple[int, list[bytes]]]:
+        """One Fetch from offset 0 of each partition; partition -> (error code, values)."""
+        request = FetchRequest(
+            max_wait_ms=0,
+            min_bytes=0,
+            topics=[
+                FetchRequest.FetchTopic(
+                    topic=topic,
+                    partitions=[
+                        FetchRequest.FetchPartition(partition=p, partition_max_bytes=MiB)
+                        for p in partitions
+                    ],
+                )
+            ],
+        )
+        (topic_response,) = self.call(1, 12, request).responses
+        out: dict[int, tuple[int, list[bytes]]] = {}
+        for part in topic_response.partitions:
+            records = bytes(part.records or b"")
+            values: list[bytes] = []
+            if records:
+                for info in scan_batches(records):
+                    batch = records[info.position : info.position + info.length]
+                    values.extend(r[3] or b"" for r in decode_records(batch))
+            out[part.partition_index] = (part.error_code, values)
+        return out
 
 
 def hold_write_lock(path: pathlib.Path) -> apsw.Connection:
@@ -250,6 +338,11 @@ def test_full_data_dir_fails_produces_retriably_and_recovers(
                 n += 1
             assert error.code.name == "UNAVAILABLE", error
             assert "retry" in str(error)
+            with KafkaConnection(stack) as kafka:
+                refused = [b"kafka-while-full-%d" % i for i in range(5)]
+                code = kafka.produce("full", {0: refused})[0]
+                assert code in (KAFKA_STORAGE_ERROR, REQUEST_TIMED_OUT), code
+                failed.extend(refused)
             expected = "No space left" if full == "data_dir" else "disk is full"
             assert expected in log_text(stack, "uploader")
             assert pids(stack) == started
@@ -264,6 +357,10 @@ def test_full_data_dir_fails_produces_retriably_and_recovers(
             filler.unlink()
             for m in range(n, n + 4):
                 produce(m)
+            with KafkaConnection(stack) as kafka:
+                accepted = [b"kafka-after-%d" % i for i in range(5)]
+                assert kafka.produce("full", {1: accepted}) == {1: 0}
+                acked[1].extend(accepted)
             assert pids(stack) == started
             for partition in (0, 1):
                 entries = read_all(client, "full", partition)
@@ -289,17 +386,21 @@ def blocks_by_partition(stack: Stack, topic: str, partitions: int) -> dict[int, 
 def test_corrupt_and_truncated_blocks_fail_only_their_partition(tmp_path: pathlib.Path) -> None:
     # A cache too small for any block: every read is a range GET of the object file.
     env = {"STREAMHOUSE_CACHE_BYTES": "1", "STREAMHOUSE_FLUSH_INTERVAL_MS": "300"}
-    with Stack(tmp_path / "data", env=env) as stack, Client(stack.grpc_address) as client:
+    with (
+        Stack(tmp_path / "data", env=env) as stack,
+        Client(stack.grpc_address) as client,
+        KafkaConnection(stack) as kafka,
+    ):
         client.create_topic("corrupt", 3)
-        # One request, keyed records over all three partitions: one segment, three blocks.
-        records = [Record(key=b"key-%d" % i, value=b"value-%d" % i) for i in range(60)]
-        client.produce_batch("corrupt", records)
+        produced = {p: [b"p%d-value-%d" % (p, i) for i in range(20)] for p in range(3)}
+        # One Kafka request for all three partitions: one segment, three blocks.
+        assert kafka.produce("corrupt", produced) == {0: 0, 1: 0, 2: 0}
         blocks = blocks_by_partition(stack, "corrupt", 3)
         keys = {b.segment_key for b in blocks.values()}
         assert len(keys) == 1, f"the partitions landed in different segments: {keys}"
         before = {p: read_all(client, "corrupt", p) for p in range(3)}
-        assert sum(len(v) for v in before.values()) == 60
-        assert all(before.values()), before
+        assert {p: [v for _, v in e] for p, e in before.items()} == produced
+        assert kafka.fetch("corrupt", [0, 1, 2]) == {p: (0, produced[p]) for p in range(3)}
 
         path = stack.data_dir / "objects" / keys.pop()
         first, middle, last = sorted(blocks, key=lambda p: blocks[p].byte_offset)
@@ -321,6 +422,12 @@ def test_corrupt_and_truncated_blocks_fail_only_their_partition(tmp_path: pathli
                 assert err.value.code.name == "UNAVAILABLE"
                 assert "KAFKA_STORAGE_ERROR" in str(err.value)
         assert read_all(client, "corrupt", middle) == before[middle]
+        # Kafka: one fetch of all three; only the damaged partitions carry the error.
+        assert kafka.fetch("corrupt", [0, 1, 2]) == {
+            first: (KAFKA_STORAGE_ERROR, []),
+            middle: (0, produced[middle]),
+            last: (KAFKA_STORAGE_ERROR, []),
+        }
         assert stack.pid("reader") == reader
         reader_log = log_text(stack, "reader")
         assert "checksum mismatch" in reader_log
