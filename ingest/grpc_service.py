@@ -182,7 +182,11 @@ class StreamHouseService:
         self, requests: AsyncIterator[pb.ProduceBatchRequest], context: Any
     ) -> AsyncIterator[pb.ProduceBatchResponse]:
         # Requests are admitted as they arrive; answers go out in request order.
-        answers: asyncio.Queue[asyncio.Task[pb.ProduceBatchResponse] | None] = asyncio.Queue(64)
+        # At most grpc_stream_max_in_flight requests are admitted and unanswered; beyond that
+        # the stream is not read (HTTP/2 flow control pushes back on the client).
+        answers: asyncio.Queue[asyncio.Task[pb.ProduceBatchResponse] | None] = asyncio.Queue(
+            self.settings.grpc_stream_max_in_flight
+        )
 
         async def admit() -> None:
             try:
@@ -447,14 +451,31 @@ def method_handlers(service: StreamHouseService) -> grpc.GenericRpcHandler:
 async def start_grpc_server(
     settings: Settings, meta: MetadataStore, pipeline: Pipeline
 ) -> grpc.aio.Server:
-    """Starts the gRPC server on settings.grpc_listen with health and reflection on."""
-    limit = max(settings.max_batch_bytes, settings.max_fetch_bytes) + 4 * 1024 * 1024
+    """Starts the gRPC server on settings.grpc_listen with health and reflection on.
+
+    Limits: messages above grpc_message_limit get RESOURCE_EXHAUSTED; each HTTP/2 connection
+    carries at most grpc_max_concurrent_streams streams (more wait in the client); beyond
+    grpc_max_concurrent_rpcs RPCs in the whole server a new one gets RESOURCE_EXHAUSTED; a
+    connection with no RPC for grpc_idle_timeout_ms is closed with GOAWAY (clients reconnect
+    on their next call); a connection that does not finish its HTTP/2 handshake within
+    slow_client_timeout_ms is dropped; pings are answered at most every 10 s without data
+    (a ping flood ends the connection).
+    """
+    limit = settings.grpc_message_limit
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
-        ]
+            ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+            ("grpc.max_connection_idle_ms", settings.grpc_idle_timeout_ms),
+            ("grpc.server_handshake_timeout_ms", settings.slow_client_timeout_ms),
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 2),
+        ],
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
     )
     server.add_generic_rpc_handlers(
         (method_handlers(StreamHouseService(settings, meta, pipeline)),)

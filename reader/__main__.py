@@ -20,12 +20,19 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
     meta = MetadataStore(settings.metadata_path)
     store = objectstore.open_object_store(settings.object_store_url, settings.store_timeout_ms)
     engine = ReadEngine(meta, store, BlockCache(settings.cache_bytes), settings.prefetch_blocks)
+    engine.max_waiting = settings.reader_max_waiting_fetches
     requests = rings.open_reader(settings, rings.FETCH_REQUEST)
     responses = rings.open_writer(settings, rings.FETCH_RESPONSE)
     committed = rings.open_reader(settings, rings.COMMITTED)
     decode_request = decoder_for(FetchRequest).decode
     decode_committed = decoder_for(CommittedSegment).decode
     in_flight: set[asyncio.Task[None]] = set()
+    slot_freed = asyncio.Event()
+
+    def finished(task: asyncio.Task[None]) -> None:
+        in_flight.discard(task)
+        slot_freed.set()
+
     log.info(
         "reader ready: cache %d bytes, prefetch %d blocks",
         settings.cache_bytes,
@@ -44,14 +51,21 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
 
     async def take_requests() -> None:
         while True:
-            frames = requests.read_frames()
+            room = settings.reader_max_fetches - len(in_flight)
+            if room <= 0:
+                # At the limit, requests stay in the ring: ingest's writes wait (back-pressure)
+                # and fail retriably if no fetch finishes in time.
+                slot_freed.clear()
+                await slot_freed.wait()
+                continue
+            frames = requests.read_frames(room)
             if not frames:
                 await requests.wait_readable()
                 continue
             for header, _ in frames:
                 task = asyncio.ensure_future(serve(decode_request(header)))
                 in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
+                task.add_done_callback(finished)
 
     async def take_committed() -> None:
         while True:

@@ -7,7 +7,9 @@ Rules:
   format drops the records before the requested offset.
 - At least one batch is returned when any is available, even past max_bytes, so a consumer
   never stalls on a batch larger than its limit.
-- A fetch waits (up to max_wait_ms) until min_bytes are available; commits wake it.
+- A fetch waits (up to max_wait_ms) until min_bytes are available; commits wake it. At most
+  `max_waiting` fetches wait at once; one more is answered at once with what there is (Kafka
+  clients simply fetch again), so long polls never hold every fetch slot of the reader.
 - Cold reads fetch just the needed block by a range GET; the next blocks are prefetched.
 """
 
@@ -47,6 +49,8 @@ class ReadEngine:
         self.prefetch = prefetch
         self._waiters: dict[tuple[int, int], set[asyncio.Future[None]]] = {}
         self._loads: dict[BlockKey, asyncio.Task[bytes]] = {}
+        self.max_waiting = 1 << 30  # the reader sets reader_max_waiting_fetches
+        self.waiting = 0
 
     def on_committed(self, segment: CommittedSegment, obj: bytes) -> None:
         """Caches a freshly committed segment's blocks and wakes fetches waiting on them."""
@@ -211,12 +215,20 @@ class ReadEngine:
                 total = sum(r.length for r in results)
                 errored = any(r.error for r in results)
                 remaining = deadline - loop.time()
-                if total >= max(request.min_bytes, 1) or errored or remaining <= 0:
+                if (
+                    total >= max(request.min_bytes, 1)
+                    or errored
+                    or remaining <= 0
+                    or self.waiting >= self.max_waiting
+                ):
                     return FetchResponse(request.request_id, results), b"".join(payloads)
+                self.waiting += 1
                 try:
                     await asyncio.wait_for(wake, timeout=remaining)
                 except TimeoutError:
                     pass
+                finally:
+                    self.waiting -= 1
             finally:
                 for tp in tps:
                     waiting = self._waiters.get(tp)

@@ -64,6 +64,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     group_max_session_timeout_ms: int = 1_800_000
     # Largest Kafka request frame accepted (Kafka's socket.request.max.bytes).
     kafka_max_request_bytes: int = 100 * MiB
+    # Listener limits: beyond each one a client gets an error or back-pressure (README).
+    kafka_max_connections: int = 1024
+    kafka_max_in_flight_requests: int = 64
+    kafka_max_in_flight_bytes: int = 16 * MiB
+    kafka_send_buffer_bytes: int = 1 * MiB
+    kafka_idle_timeout_ms: int = 600_000
+    slow_client_timeout_ms: int = 30_000
+    max_partitions_per_request: int = 2000
+    grpc_max_message_bytes: int = 0  # 0: max(max_batch_bytes, max_fetch_bytes) + 4 MiB
+    grpc_max_concurrent_streams: int = 100
+    grpc_max_concurrent_rpcs: int = 1000
+    grpc_stream_max_in_flight: int = 32
+    grpc_idle_timeout_ms: int = 600_000
+    reader_max_fetches: int = 256
+    reader_max_waiting_fetches: int = 192
     log_level: str = "INFO"
 
     @property
@@ -92,6 +107,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def kafka_advertised_address(self) -> tuple[str, int]:
         host, _, port = (self.kafka_advertised or self.kafka_listen).rpartition(":")
         return host, int(port)
+
+    @property
+    def grpc_message_limit(self) -> int:
+        """Largest gRPC message received or sent (grpc_max_message_bytes, or derived)."""
+        if self.grpc_max_message_bytes:
+            return self.grpc_max_message_bytes
+        return max(self.max_batch_bytes, self.max_fetch_bytes) + 4 * MiB
 
     @property
     def stack_id(self) -> str:
@@ -164,6 +186,18 @@ def _validate(s: Settings) -> None:
         "group_min_session_timeout_ms",
         "group_max_session_timeout_ms",
         "kafka_max_request_bytes",
+        "kafka_max_connections",
+        "kafka_max_in_flight_requests",
+        "kafka_max_in_flight_bytes",
+        "kafka_send_buffer_bytes",
+        "kafka_idle_timeout_ms",
+        "slow_client_timeout_ms",
+        "max_partitions_per_request",
+        "grpc_max_concurrent_streams",
+        "grpc_max_concurrent_rpcs",
+        "grpc_stream_max_in_flight",
+        "grpc_idle_timeout_ms",
+        "reader_max_fetches",
     ]
     for name in positive:
         if getattr(s, name) <= 0:
@@ -183,6 +217,13 @@ def _validate(s: Settings) -> None:
     if s.max_fetch_bytes * 2 > s.fetch_response_ring_bytes:
         raise ConfigError(
             "STREAMHOUSE_FETCH_RESPONSE_RING_BYTES must be at least twice MAX_FETCH_BYTES"
+        )
+    if s.grpc_max_message_bytes < 0:
+        raise ConfigError("STREAMHOUSE_GRPC_MAX_MESSAGE_BYTES must be >= 0 (0: derived)")
+    if not 0 <= s.reader_max_waiting_fetches < s.reader_max_fetches:
+        raise ConfigError(
+            "STREAMHOUSE_READER_MAX_WAITING_FETCHES must be >= 0 and below "
+            "READER_MAX_FETCHES, so that fetches with data are never stuck behind long polls"
         )
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("STREAMHOUSE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")

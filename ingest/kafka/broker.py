@@ -5,6 +5,14 @@ the topic ids kept in metadata, so clients route everything here. Handlers live 
 area (`api_cluster`, `api_produce`, `api_fetch`, `api_groups`, `api_admin`); each is
 `async def handle(broker, header, request) -> response` and works for every version the
 generated codec decodes (the codec fills version-specific fields).
+
+Listener limits (settings, README): at most `kafka_max_connections` connections are served;
+one more is accepted and closed at once (a warning once per burst of refusals, a count when it
+ends). Each connection keeps its own limits (`connection.ConnectionLimits`); one sweeper task
+checks every connection's idle and slow-client timeouts a few times per shortest timeout. A
+Produce or Fetch naming more than `max_partitions_per_request` partitions is refused whole
+with INVALID_REQUEST on every partition (and the Fetch's top-level error), before any handler
+or ring sees it.
 """
 
 from __future__ import annotations
@@ -14,12 +22,20 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ingest.kafka.connection import KafkaConnection
+from ingest.kafka.connection import NO_RESPONSE, ConnectionLimits, KafkaConnection
 from ingest.kafka.groups import GroupCoordinator
 from ingest.pipeline import Pipeline
 from metadata import InvalidTopicError, MetadataStore, TopicExistsError, TopicInfo
 from streamhouse.config import Settings
-from streamhouse.kafka.messages import ApiVersionsResponse, RequestHeader
+from streamhouse.errors import ErrorCode
+from streamhouse.kafka.messages import (
+    ApiVersionsResponse,
+    FetchRequest,
+    FetchResponse,
+    ProduceRequest,
+    ProduceResponse,
+    RequestHeader,
+)
 
 log = logging.getLogger("ingest.kafka")
 
@@ -74,6 +90,16 @@ class KafkaBroker:
         self.connections: set[KafkaConnection] = set()
         self._handlers = _handlers()
         self._server: asyncio.Server | None = None
+        self._limits = ConnectionLimits(
+            max_frame_bytes=settings.kafka_max_request_bytes,
+            max_in_flight_requests=settings.kafka_max_in_flight_requests,
+            max_in_flight_bytes=settings.kafka_max_in_flight_bytes,
+            send_buffer_bytes=settings.kafka_send_buffer_bytes,
+            idle_timeout=settings.kafka_idle_timeout_ms / 1000,
+            slow_client_timeout=settings.slow_client_timeout_ms / 1000,
+        )
+        self._sweeper: asyncio.Task[None] | None = None
+        self._refused = 0  # connections refused in the current burst
 
     # -- shared by handlers --------------------------------------------------------------
 
@@ -123,7 +149,27 @@ class KafkaBroker:
             return None
         if not advertised[1] <= api_version <= advertised[2]:
             return None
+        if api_key in (PRODUCE, FETCH):
+            return lambda header, request: self._bounded(handler, header, request)
         return lambda header, request: handler(self, header, request)
+
+    async def _bounded(self, handler: Handler, header: RequestHeader, request: Any) -> Any:
+        """Runs a Produce or Fetch handler unless the request names too many partitions."""
+        limit = self.settings.max_partitions_per_request
+        if isinstance(request, ProduceRequest):
+            count = sum(len(t.partition_data) for t in request.topic_data)
+        else:
+            count = sum(len(t.partitions) for t in request.topics)
+        if count <= limit:
+            return await handler(self, header, request)
+        message = (
+            f"the request names {count} partitions; at most {limit} are served per request "
+            "(STREAMHOUSE_MAX_PARTITIONS_PER_REQUEST): split it"
+        )
+        log.warning("refusing a %s request: %s", ADVERTISED[header.request_api_key][0], message)
+        if isinstance(request, ProduceRequest):
+            return _refuse_produce(request, message)
+        return _refuse_fetch(request)
 
     async def start(self) -> None:
         host, _, port = self.settings.kafka_listen.rpartition(":")
@@ -139,23 +185,107 @@ class KafkaBroker:
             raise OSError(
                 f"cannot listen on {self.settings.kafka_listen} (STREAMHOUSE_KAFKA_LISTEN): {exc}"
             ) from None
+        self._sweeper = asyncio.ensure_future(self._sweep())
 
-    def _new_connection(self) -> KafkaConnection:
+    def _new_connection(self) -> asyncio.Protocol:
+        limit = self.settings.kafka_max_connections
+        if len(self.connections) >= limit:
+            if self._refused == 0:
+                log.warning(
+                    "refusing Kafka connections: %d are open, the limit "
+                    "(STREAMHOUSE_KAFKA_MAX_CONNECTIONS)",
+                    limit,
+                )
+            self._refused += 1
+            return _Refused()
+        if self._refused:
+            log.warning("refused %d Kafka connections while at the limit", self._refused)
+            self._refused = 0
         connection = KafkaConnection(
             self._dispatch,
             self.api_versions,
-            self.settings.kafka_max_request_bytes,
+            self._limits,
             self.connections.discard,
         )
         self.connections.add(connection)
         return connection
 
+    async def _sweep(self) -> None:
+        """Checks every connection's timeouts, a few times per shortest timeout."""
+        loop = asyncio.get_running_loop()
+        shortest = min(self._limits.idle_timeout, self._limits.slow_client_timeout)
+        interval = min(max(shortest / 5, 0.02), 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for connection in list(self.connections):
+                connection.check_timeouts(now)
+
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
             connection.close("the broker is stopping")
         self.coordinator.close()
+
+
+PRODUCE = 0
+FETCH = 1
+
+
+class _Refused(asyncio.Protocol):
+    """A connection beyond the limit: closed as soon as it is accepted."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+def _refuse_produce(request: ProduceRequest, message: str) -> Any:
+    if request.acks == 0:
+        return NO_RESPONSE
+    code = ErrorCode.INVALID_REQUEST.kafka_code
+    R = ProduceResponse
+    return R(
+        responses=[
+            R.TopicProduceResponse(
+                name=t.name,
+                partition_responses=[
+                    R.PartitionProduceResponse(
+                        index=p.index, error_code=code, base_offset=-1, error_message=message
+                    )
+                    for p in t.partition_data
+                ],
+            )
+            for t in request.topic_data
+        ]
+    )
+
+
+def _refuse_fetch(request: FetchRequest) -> FetchResponse:
+    code = ErrorCode.INVALID_REQUEST.kafka_code
+    F = FetchResponse
+    return F(
+        error_code=code,
+        responses=[
+            F.FetchableTopicResponse(
+                topic=t.topic,
+                topic_id=t.topic_id,
+                partitions=[
+                    F.PartitionData(
+                        partition_index=p.partition,
+                        error_code=code,
+                        high_watermark=-1,
+                        last_stable_offset=-1,
+                        log_start_offset=-1,
+                    )
+                    for p in t.partitions
+                ],
+            )
+            for t in request.topics
+        ],
+    )
 
 
 def _handlers() -> dict[int, Handler]:

@@ -9,8 +9,31 @@ Rules:
 - Bytes that break the protocol (a bad size prefix, a corrupt request, an API key nobody
   knows, a version outside what ApiVersions advertises) close this connection only, after a
   log line; other connections are untouched.
-- At most MAX_IN_FLIGHT requests per connection are handled at once; beyond that the
-  connection stops reading, which pushes back on the client.
+
+Limits (`ConnectionLimits`, from the settings; nothing a client sends is buffered without
+bound):
+- A frame larger than `max_frame_bytes` is refused from its size prefix, before any of it is
+  buffered, and closes the connection.
+- At most `max_in_flight_requests` requests, and `max_in_flight_bytes` of request frames, are
+  admitted and not yet answered; the first request is always admitted, so one frame of any
+  accepted size gets through. At the limit the connection stops taking frames and stops
+  reading the socket (TCP back-pressure); frames already received wait in the receive buffer
+  and are taken first when answers free room.
+- Responses go to the transport while its buffer is under `send_buffer_bytes`; above it the
+  sender waits. A client that does not read its responses therefore stalls its own requests
+  (in-flight limit, then back-pressure) and is dropped once writing has been blocked for
+  `slow_client_timeout`.
+- A request frame that started arriving and is not complete within `slow_client_timeout`
+  closes the connection (slowloris); the clock does not run while the broker itself has
+  stopped reading.
+- A connection with no request in flight, nothing buffered and no bytes received or sent for
+  `idle_timeout` is closed, like Kafka's `connections.max.idle.ms`.
+- Timeouts are checked by the broker's sweeper calling `check_timeouts(now)` (loop time), not
+  by one timer per connection.
+
+Memory per connection is therefore at most max_in_flight_bytes + max_frame_bytes (requests
+admitted plus one being received) + send_buffer_bytes + the answers of the admitted requests
+(each bounded by its API: a fetch answer by max_fetch_bytes).
 """
 
 from __future__ import annotations
@@ -19,6 +42,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from streamhouse.kafka.framing import (
@@ -33,11 +57,22 @@ from streamhouse.kafka.messages import ApiVersionsResponse, RequestHeader
 
 log = logging.getLogger("ingest.kafka")
 
-MAX_IN_FLIGHT = 64
 API_VERSIONS = 18
 NO_RESPONSE = object()  # a handler's answer when the client expects none (acks=0)
 
 Handler = Callable[[RequestHeader, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Per-connection bounds; see the module docstring for what each one does."""
+
+    max_frame_bytes: int
+    max_in_flight_requests: int
+    max_in_flight_bytes: int
+    send_buffer_bytes: int
+    idle_timeout: float  # seconds
+    slow_client_timeout: float  # seconds
 
 
 class KafkaConnection(asyncio.Protocol):
@@ -45,20 +80,28 @@ class KafkaConnection(asyncio.Protocol):
         self,
         dispatch: Callable[[int, int], Handler | None],
         api_versions: Callable[[], ApiVersionsResponse],
-        max_frame_size: int,
+        limits: ConnectionLimits,
         on_close: Callable[[KafkaConnection], None],
     ) -> None:
         self._dispatch = dispatch
         self._api_versions = api_versions
-        self._receiver = FrameReceiver(max_frame_size)
+        self._limits = limits
+        self._receiver = FrameReceiver(limits.max_frame_bytes)
         self._on_close = on_close
         self._transport: asyncio.Transport | None = None
-        self._pending: deque[tuple[RequestHeader, asyncio.Future[Any]]] = deque()
+        # (request header, its answer, the request frame's size)
+        self._pending: deque[tuple[RequestHeader, asyncio.Future[Any], int]] = deque()
+        self._in_flight_bytes = 0
         self._sender: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._reading_paused = False
         self._can_write = asyncio.Event()
         self._can_write.set()
+        self._closing = False
+        now = asyncio.get_running_loop().time()
+        self._last_activity = now
+        self._frame_started: float | None = None  # when the partial frame began arriving
+        self._write_blocked_since: float | None = None
         self.peer = "?"
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -67,31 +110,105 @@ class KafkaConnection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]  (uvloop's own class)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._transport.set_write_buffer_limits(high=self._limits.send_buffer_bytes)
         self._sender = asyncio.ensure_future(self._send_in_order())
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
         if self._sender is not None:
             self._sender.cancel()
-        for _, future in self._pending:
+        for _, future, _ in self._pending:
             future.cancel()
         self._pending.clear()
+        self._in_flight_bytes = 0
         self._on_close(self)
 
     def pause_writing(self) -> None:
         self._can_write.clear()
+        self._write_blocked_since = asyncio.get_running_loop().time()
 
     def resume_writing(self) -> None:
         self._can_write.set()
+        self._write_blocked_since = None
+        self._last_activity = asyncio.get_running_loop().time()
 
     def data_received(self, data: bytes) -> None:
+        self._last_activity = asyncio.get_running_loop().time()
+        self._receiver.feed(data)
+        self._take_frames()
+
+    # -- limits --------------------------------------------------------------------------
+
+    def _full(self) -> bool:
+        """True when no more requests may be admitted until answers leave."""
+        if not self._pending:
+            return False
+        return (
+            len(self._pending) >= self._limits.max_in_flight_requests
+            or self._in_flight_bytes >= self._limits.max_in_flight_bytes
+        )
+
+    def _take_frames(self) -> None:
+        """Admits received frames while the limits allow, then pauses or resumes reading."""
+        took = False
         try:
-            self._receiver.feed(data)
-            while (frame := self._receiver.next_frame()) is not None:
+            while not self._full():
+                frame = self._receiver.next_frame()
+                if frame is None:
+                    break
+                took = True
                 self._admit(frame)
-                if self._transport is None or self._transport.is_closing():
+                if self._closing:
                     return  # closed on a protocol error: what followed it is not served
         except InvalidFrame as exc:
             self.close(f"invalid frame: {exc}")
+            return
+        transport = self._transport
+        if transport is None or self._closing:
+            return
+        if self._full():
+            if not self._reading_paused:
+                transport.pause_reading()
+                self._reading_paused = True
+            self._frame_started = None  # the broker stopped reading: not the client's fault
+            return
+        if self._reading_paused:
+            transport.resume_reading()
+            self._reading_paused = False
+        if self._receiver.buffered == 0:
+            self._frame_started = None
+        elif took or self._frame_started is None:
+            self._frame_started = asyncio.get_running_loop().time()
+
+    def check_timeouts(self, now: float) -> None:
+        """Closes the connection when a slow-client or idle timeout has passed (loop time)."""
+        if self._closing:
+            return
+        limits = self._limits
+        started = self._frame_started
+        if started is not None and now - started > limits.slow_client_timeout:
+            self.close(
+                f"a request frame was not completed within {limits.slow_client_timeout:g} s "
+                "(slow client; see STREAMHOUSE_SLOW_CLIENT_TIMEOUT_MS)"
+            )
+        elif (
+            self._write_blocked_since is not None
+            and now - self._write_blocked_since > limits.slow_client_timeout
+        ):
+            self.close(
+                f"the client has not read its responses for {limits.slow_client_timeout:g} s "
+                "(slow client; see STREAMHOUSE_SLOW_CLIENT_TIMEOUT_MS)",
+                abort=True,  # what is buffered for it would never drain
+            )
+        elif (
+            not self._pending
+            and self._receiver.buffered == 0
+            and now - self._last_activity > limits.idle_timeout
+        ):
+            self.close(
+                f"idle for {limits.idle_timeout:g} s (see STREAMHOUSE_KAFKA_IDLE_TIMEOUT_MS)",
+                level=logging.INFO,
+            )
 
     # -- requests ------------------------------------------------------------------------
 
@@ -132,16 +249,15 @@ class KafkaConnection(asyncio.Protocol):
             )
             return
         future = asyncio.ensure_future(handler(header, request))
-        self._pending.append((header, future))
+        size = len(frame)
+        self._pending.append((header, future, size))
+        self._in_flight_bytes += size
         self._wake.set()
-        if len(self._pending) >= MAX_IN_FLIGHT and self._transport and not self._reading_paused:
-            self._transport.pause_reading()
-            self._reading_paused = True
 
     def _queue_ready(self, header: RequestHeader, response: Any) -> None:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.set_result(response)
-        self._pending.append((header, future))
+        self._pending.append((header, future, 0))
         self._wake.set()
 
     def _unsupported_api_versions(self) -> ApiVersionsResponse:
@@ -150,12 +266,13 @@ class KafkaConnection(asyncio.Protocol):
         return response
 
     async def _send_in_order(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            header, future = self._pending[0]
+            header, future, size = self._pending[0]
             try:
                 response = await future
             except Exception:
@@ -167,33 +284,42 @@ class KafkaConnection(asyncio.Protocol):
                 )
                 self.close("internal error")
                 return
+            if response is not NO_RESPONSE:
+                # (ApiVersions answers with the v0 response header at every version: the
+                # codec knows.)
+                version = header.request_api_version
+                try:
+                    data = encode_response(header, header.request_api_key, version, response)
+                except Exception:
+                    log.exception(
+                        "%s: cannot encode the response to API %d v%d; closing the connection",
+                        self.peer,
+                        header.request_api_key,
+                        version,
+                    )
+                    self.close("internal error")
+                    return
+                del response
+                await self._can_write.wait()
+                if self._transport is None or self._transport.is_closing():
+                    return
+                self._transport.write(data)
+                del data
+            # The request leaves the in-flight count only once its answer is written, so a
+            # client that does not read holds its own slots, not the broker's memory.
             self._pending.popleft()
-            if self._reading_paused and len(self._pending) < MAX_IN_FLIGHT // 2:
-                assert self._transport is not None
-                self._transport.resume_reading()
-                self._reading_paused = False
-            if response is NO_RESPONSE:
-                continue
-            # (ApiVersions answers with the v0 response header at every version: the codec
-            # knows.)
-            version = header.request_api_version
-            try:
-                data = encode_response(header, header.request_api_key, version, response)
-            except Exception:
-                log.exception(
-                    "%s: cannot encode the response to API %d v%d; closing the connection",
-                    self.peer,
-                    header.request_api_key,
-                    version,
-                )
-                self.close("internal error")
-                return
-            await self._can_write.wait()
-            if self._transport is None or self._transport.is_closing():
-                return
-            self._transport.write(data)
+            self._in_flight_bytes -= size
+            self._last_activity = loop.time()
+            if self._reading_paused or self._receiver.buffered:
+                self._take_frames()
 
-    def close(self, why: str) -> None:
-        log.warning("%s: closing Kafka connection: %s", self.peer, why)
+    def close(self, why: str, level: int = logging.WARNING, abort: bool = False) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        log.log(level, "%s: closing Kafka connection: %s", self.peer, why)
         if self._transport is not None:
-            self._transport.close()
+            if abort:
+                self._transport.abort()
+            else:
+                self._transport.close()

@@ -1,0 +1,566 @@
+"""RSS of every StreamHouse process under each abuse pattern, against the configured bounds.
+
+    python3 bench/abuse.py                 # every pattern, 15 s each
+    python3 bench/abuse.py --seconds 30 --only slowloris,pipeline-no-read
+
+Starts one Stack (streamhouse.testing.Stack) with the listener limits below, then runs each
+pattern for a bounded time from this process (asyncio raw sockets for Kafka, grpc.aio for
+gRPC) while a thread samples the RSS of ingest, segmenter, uploader and reader every 100 ms.
+Prints a Markdown table: per pattern the peak RSS of each process, the growth of ingest (or
+the reader, for long polls) over its baseline before the pattern, the bound the settings
+allow for that growth, and what the clients saw (served, refused, dropped).
+
+Patterns:
+  connection-flood   2 x max connections, each doing ApiVersions in a loop, reconnecting
+  idle-connections   max connections that send nothing, reconnecting when dropped
+  slowloris          max connections sending a 1 MiB frame one byte every 200 ms
+  pipeline-no-read   16 connections pipelining fetches (~240 KB answers), never reading
+  huge-frames        8 connections sending max-size garbage frames and oversize prefixes
+  grpc-streams       2 x max concurrent RPCs Subscribe streams and ProduceStreams
+  long-polls         2 x reader max fetches Kafka long-poll fetches on an empty partition
+  many-partitions    Produce and Fetch naming 20 x the partitions-per-request limit
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import pathlib
+import struct
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+import psutil
+
+from streamhouse.client import Client, Record
+from streamhouse.kafka.framing import encode_request
+from streamhouse.kafka.messages import (
+    ApiVersionsRequest,
+    FetchRequest,
+    ProduceRequest,
+    RequestHeader,
+)
+from streamhouse.proto import streamhouse_pb2 as pb
+from streamhouse.proto import streamhouse_pb2_grpc
+from streamhouse.recordbatch import encode_batch
+from streamhouse.testing import PROGRAMS, Stack
+
+MiB = 1024 * 1024
+TOPIC = "abuse"
+EMPTY_TOPIC = "abuse-empty"
+
+MAX_CONNECTIONS = 256
+IN_FLIGHT_REQUESTS = 16
+IN_FLIGHT_BYTES = 4 * MiB
+SEND_BUFFER = 256 * 1024
+MAX_REQUEST = 8 * MiB
+MAX_FETCH = 1 * MiB
+IDLE_MS = 5_000
+SLOW_MS = 3_000
+MAX_PARTITIONS = 1000
+GRPC_MAX_RPCS = 200
+GRPC_MAX_MESSAGE = 4 * MiB
+READER_MAX_FETCHES = 128
+READER_MAX_WAITING = 96
+
+SETTINGS = {
+    "STREAMHOUSE_KAFKA_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+    "STREAMHOUSE_KAFKA_MAX_IN_FLIGHT_REQUESTS": str(IN_FLIGHT_REQUESTS),
+    "STREAMHOUSE_KAFKA_MAX_IN_FLIGHT_BYTES": str(IN_FLIGHT_BYTES),
+    "STREAMHOUSE_KAFKA_SEND_BUFFER_BYTES": str(SEND_BUFFER),
+    "STREAMHOUSE_KAFKA_MAX_REQUEST_BYTES": str(MAX_REQUEST),
+    "STREAMHOUSE_MAX_FETCH_BYTES": str(MAX_FETCH),
+    "STREAMHOUSE_KAFKA_IDLE_TIMEOUT_MS": str(IDLE_MS),
+    "STREAMHOUSE_SLOW_CLIENT_TIMEOUT_MS": str(SLOW_MS),
+    "STREAMHOUSE_MAX_PARTITIONS_PER_REQUEST": str(MAX_PARTITIONS),
+    "STREAMHOUSE_GRPC_MAX_CONCURRENT_RPCS": str(GRPC_MAX_RPCS),
+    "STREAMHOUSE_GRPC_MAX_MESSAGE_BYTES": str(GRPC_MAX_MESSAGE),
+    "STREAMHOUSE_READER_MAX_FETCHES": str(READER_MAX_FETCHES),
+    "STREAMHOUSE_READER_MAX_WAITING_FETCHES": str(READER_MAX_WAITING),
+    "STREAMHOUSE_LOG_LEVEL": "ERROR",  # a line per dropped connection would measure logging
+}
+# Per-connection memory the Kafka listener allows (connection.py): admitted requests, one
+# frame being received, unsent answers, and the answers of admitted requests.
+PER_CONNECTION = IN_FLIGHT_BYTES + MAX_REQUEST + SEND_BUFFER + IN_FLIGHT_REQUESTS * MAX_FETCH
+
+
+@dataclass
+class Counts:
+    served: int = 0
+    refused: int = 0
+    dropped: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def error(self, name: str) -> None:
+        self.errors[name] = self.errors.get(name, 0) + 1
+
+    def describe(self) -> str:
+        parts = [f"served {self.served}", f"refused {self.refused}", f"dropped {self.dropped}"]
+        parts += [f"{k} {v}" for k, v in sorted(self.errors.items())]
+        return ", ".join(parts)
+
+
+class RssSampler:
+    """Samples every program's RSS in a thread; `peak()` since the last `reset()`."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.procs = {p: psutil.Process(stack.pid(p)) for p in PROGRAMS}
+        self._peak: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def current(self) -> dict[str, int]:
+        return {name: proc.memory_info().rss for name, proc in self.procs.items()}
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            now = self.current()
+            with self._lock:
+                for name, rss in now.items():
+                    self._peak[name] = max(self._peak.get(name, 0), rss)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def reset(self) -> dict[str, int]:
+        now = self.current()
+        with self._lock:
+            self._peak = dict(now)
+        return now
+
+    def peak(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._peak)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- Kafka requests ------------------------------------------------------------------------
+
+
+def request(api_key: int, version: int, body: object, correlation: int = 1) -> bytes:
+    header = RequestHeader(
+        request_api_key=api_key,
+        request_api_version=version,
+        correlation_id=correlation,
+        client_id="abuse",
+    )
+    return encode_request(header, body)
+
+
+def fetch(topic: str, partitions: int, max_wait_ms: int) -> FetchRequest:
+    return FetchRequest(
+        replica_id=-1,
+        max_wait_ms=max_wait_ms,
+        min_bytes=1,
+        max_bytes=MAX_FETCH,
+        topics=[
+            FetchRequest.FetchTopic(
+                topic=topic,
+                partitions=[
+                    FetchRequest.FetchPartition(
+                        partition=p, fetch_offset=0, partition_max_bytes=MAX_FETCH
+                    )
+                    for p in range(partitions)
+                ],
+            )
+        ],
+    )
+
+
+API_VERSIONS = request(18, 3, ApiVersionsRequest(client_software_name="abuse"))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    (size,) = struct.unpack(">i", await reader.readexactly(4))
+    return await reader.readexactly(size)
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+DISCONNECTS = (
+    ConnectionError,
+    asyncio.IncompleteReadError,
+    BrokenPipeError,
+    OSError,
+)
+
+
+async def forever(deadline: float, counts: Counts, body: Callable[[], Awaitable[None]]) -> None:
+    """Runs `body` again and again until the deadline; a disconnect counts as dropped."""
+    while time.monotonic() < deadline:
+        try:
+            await body()
+        except DISCONNECTS:
+            counts.dropped += 1
+            await asyncio.sleep(0.05)  # reconnect pacing of the abusive client
+
+
+async def with_deadline(deadline: float, *tasks: Awaitable[None]) -> None:
+    running = [asyncio.ensure_future(t) for t in tasks]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            asyncio.gather(*running, return_exceptions=True),
+            max(0.0, deadline - time.monotonic()) + 5,
+        )
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+
+
+# -- patterns ------------------------------------------------------------------------------
+
+
+async def connection_flood(stack: Stack, deadline: float, counts: Counts) -> None:
+    async def client() -> None:
+        async def body() -> None:
+            reader, writer = await connect(stack.kafka_port)
+            try:
+                while time.monotonic() < deadline:
+                    writer.write(API_VERSIONS)
+                    try:
+                        await read_frame(reader)
+                    except asyncio.IncompleteReadError:
+                        counts.refused += 1  # closed at once: over the connection limit
+                        await asyncio.sleep(0.2)
+                        return
+                    counts.served += 1
+                    await asyncio.sleep(0.1)
+            finally:
+                writer.close()
+
+        await forever(deadline, counts, body)
+
+    await with_deadline(deadline, *(client() for _ in range(2 * MAX_CONNECTIONS)))
+
+
+async def idle_connections(stack: Stack, deadline: float, counts: Counts) -> None:
+    async def client() -> None:
+        async def body() -> None:
+            reader, writer = await connect(stack.kafka_port)
+            try:
+                remaining = deadline - time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    data = await asyncio.wait_for(reader.read(1), remaining)
+                    if data == b"":
+                        counts.dropped += 1  # closed by the idle timeout
+            finally:
+                writer.close()
+
+        await forever(deadline, counts, body)
+
+    await with_deadline(deadline, *(client() for _ in range(MAX_CONNECTIONS)))
+
+
+async def slowloris(stack: Stack, deadline: float, counts: Counts) -> None:
+    async def client() -> None:
+        async def body() -> None:
+            reader, writer = await connect(stack.kafka_port)
+            try:
+                writer.write(struct.pack(">i", MiB))
+                while time.monotonic() < deadline:
+                    writer.write(b"\x00")
+                    await writer.drain()
+                    if reader.at_eof():
+                        counts.dropped += 1
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        if await asyncio.wait_for(reader.read(1), 0.2) == b"":
+                            counts.dropped += 1
+                            return
+            finally:
+                writer.close()
+
+        await forever(deadline, counts, body)
+
+    await with_deadline(deadline, *(client() for _ in range(MAX_CONNECTIONS)))
+
+
+async def pipeline_no_read(stack: Stack, deadline: float, counts: Counts) -> None:
+    burst = b"".join(request(1, 12, fetch(TOPIC, 1, 0), i) for i in range(50))
+
+    async def client() -> None:
+        async def body() -> None:
+            _, writer = await connect(stack.kafka_port)
+            try:
+                while time.monotonic() < deadline:
+                    writer.write(burst)
+                    try:
+                        await asyncio.wait_for(writer.drain(), 1)
+                        counts.served += 50
+                    except TimeoutError:
+                        counts.error("stalled")  # back-pressure: the broker stopped reading
+                    if writer.is_closing():
+                        raise ConnectionResetError
+            finally:
+                writer.close()
+
+        await forever(deadline, counts, body)
+
+    await with_deadline(deadline, *(client() for _ in range(16)))
+
+
+async def huge_frames(stack: Stack, deadline: float, counts: Counts) -> None:
+    garbage = struct.pack(">i", MAX_REQUEST) + b"\x00\x12\x00\x03" + b"\xff" * (MAX_REQUEST - 4)
+    oversize = struct.pack(">i", 1 << 30) + b"\x00" * 1024
+
+    async def client(frame: bytes) -> None:
+        async def body() -> None:
+            reader, writer = await connect(stack.kafka_port)
+            try:
+                writer.write(frame)
+                await writer.drain()
+                await reader.read()  # the broker closes the connection after the frame
+                counts.refused += 1
+            finally:
+                writer.close()
+
+        await forever(deadline, counts, body)
+
+    clients = [client(garbage) for _ in range(8)] + [client(oversize) for _ in range(8)]
+    await with_deadline(deadline, *clients)
+
+
+async def grpc_streams(stack: Stack, deadline: float, counts: Counts) -> None:
+    async with grpc.aio.insecure_channel(stack.grpc_address) as channel:
+        stub = streamhouse_pb2_grpc.StreamHouseStub(channel)
+
+        async def subscriber() -> None:
+            while time.monotonic() < deadline:
+                call = stub.Subscribe(
+                    pb.SubscribeRequest(topic=EMPTY_TOPIC, partition=0, offset=-1),
+                    timeout=max(0.5, deadline - time.monotonic()),
+                )
+                try:
+                    async for _ in call:
+                        counts.served += 1
+                except grpc.aio.AioRpcError as err:
+                    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        counts.refused += 1
+                        await asyncio.sleep(0.2)
+                    elif err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                        counts.error(err.code().name)
+
+        async def producer() -> None:
+            batch = pb.ProduceBatchRequest(
+                topic=TOPIC, partition=1, records=[pb.Record(value=b"s" * 1000)] * 100
+            )
+
+            async def requests():  # type: ignore[no-untyped-def]
+                while time.monotonic() < deadline:
+                    yield batch
+
+            while time.monotonic() < deadline:
+                call = stub.ProduceStream(requests(), timeout=max(0.5, deadline - time.monotonic()))
+                try:
+                    async for _ in call:
+                        counts.served += 1
+                except grpc.aio.AioRpcError as err:
+                    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        counts.refused += 1
+                        await asyncio.sleep(0.2)
+                    elif err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                        counts.error(err.code().name)
+
+        clients = [subscriber() for _ in range(2 * GRPC_MAX_RPCS - 8)]
+        clients += [producer() for _ in range(8)]
+        await with_deadline(deadline, *clients)
+
+
+async def long_polls(stack: Stack, deadline: float, counts: Counts) -> None:
+    poll = request(1, 12, fetch(EMPTY_TOPIC, 1, 5_000))
+
+    async def client() -> None:
+        async def body() -> None:
+            reader, writer = await connect(stack.kafka_port)
+            try:
+                while time.monotonic() < deadline:
+                    writer.write(poll)
+                    await read_frame(reader)
+                    counts.served += 1
+            finally:
+                writer.close()
+
+        await forever(deadline, counts, body)
+
+    await with_deadline(deadline, *(client() for _ in range(2 * READER_MAX_FETCHES)))
+
+
+async def many_partitions(stack: Stack, deadline: float, counts: Counts) -> None:
+    n = 20 * MAX_PARTITIONS
+    one = encode_batch([None], [b"p"], [[]], [1_700_000_000_000])
+    produce = request(
+        0,
+        9,
+        ProduceRequest(
+            acks=-1,
+            timeout_ms=30_000,
+            topic_data=[
+                ProduceRequest.TopicProduceData(
+                    name=TOPIC,
+                    partition_data=[
+                        ProduceRequest.PartitionProduceData(index=p, records=one) for p in range(n)
+                    ],
+                )
+            ],
+        ),
+    )
+    wide_fetch = request(1, 12, fetch(TOPIC, n, 0))
+
+    async def client(frame: bytes) -> None:
+        async def body() -> None:
+            reader, writer = await connect(stack.kafka_port)
+            try:
+                while time.monotonic() < deadline:
+                    writer.write(frame)
+                    await read_frame(reader)
+                    counts.refused += 1
+            finally:
+                writer.close()
+
+        await forever(deadline, counts, body)
+
+    await with_deadline(deadline, *[client(produce) for _ in range(4)], client(wide_fetch))
+
+
+@dataclass
+class Pattern:
+    name: str
+    run: Callable[[Stack, float, Counts], Awaitable[None]]
+    process: str  # the process the bound is about
+    bound: str  # how the settings bound its growth
+    bound_bytes: int
+
+
+PATTERNS = [
+    Pattern(
+        "connection-flood",
+        connection_flood,
+        "ingest",
+        "max connections x ApiVersions in flight",
+        MAX_CONNECTIONS * (SEND_BUFFER + 64 * 1024),
+    ),
+    Pattern(
+        "idle-connections",
+        idle_connections,
+        "ingest",
+        "max connections x empty buffers",
+        MAX_CONNECTIONS * 64 * 1024,
+    ),
+    Pattern(
+        "slowloris",
+        slowloris,
+        "ingest",
+        "max connections x partial frame (dropped after slow timeout)",
+        MAX_CONNECTIONS * (MiB + 64 * 1024),
+    ),
+    Pattern(
+        "pipeline-no-read",
+        pipeline_no_read,
+        "ingest",
+        "16 x per-connection bound",
+        16 * PER_CONNECTION,
+    ),
+    Pattern(
+        "huge-frames",
+        huge_frames,
+        "ingest",
+        "8 x max request frame",
+        8 * (MAX_REQUEST + 256 * 1024),
+    ),
+    Pattern(
+        "grpc-streams",
+        grpc_streams,
+        "ingest",
+        "max RPCs x one message",
+        GRPC_MAX_RPCS * 64 * 1024 + 8 * 32 * GRPC_MAX_MESSAGE,
+    ),
+    Pattern(
+        "long-polls",
+        long_polls,
+        "reader",
+        "reader max fetches x max fetch bytes",
+        READER_MAX_FETCHES * MAX_FETCH,
+    ),
+    Pattern(
+        "many-partitions",
+        many_partitions,
+        "ingest",
+        "5 x max request frame",
+        5 * MAX_REQUEST,
+    ),
+]
+
+
+def mib(n: int) -> str:
+    return f"{n / MiB:.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=15, help="length of each pattern")
+    parser.add_argument("--only", default="", help="comma-separated pattern names")
+    args = parser.parse_args()
+    wanted = [p for p in PATTERNS if not args.only or p.name in args.only.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="streamhouse-abuse-") as tmp:
+        stack = Stack(pathlib.Path(tmp) / "data", env=SETTINGS)
+        stack.start()
+        try:
+            with Client(stack.grpc_address) as client:
+                client.create_topic(TOPIC, 4)
+                client.create_topic(EMPTY_TOPIC, 1)
+                client.produce_batch(
+                    TOPIC, [Record(value=b"x" * 60_000) for _ in range(4)], partition=0
+                )
+            sampler = RssSampler(stack)
+            sampler.start()
+            base = sampler.reset()
+            rows.append(("(idle stack)", base, base, "", 0, "", ""))
+            for pattern in wanted:
+                before = sampler.reset()
+                counts = Counts()
+                deadline = time.monotonic() + args.seconds
+                asyncio.run(pattern.run(stack, deadline, counts))
+                peak = sampler.peak()
+                growth = peak[pattern.process] - before[pattern.process]
+                rows.append(
+                    (
+                        pattern.name,
+                        before,
+                        peak,
+                        pattern.process,
+                        growth,
+                        f"{mib(pattern.bound_bytes)} ({pattern.bound})",
+                        counts.describe(),
+                    )
+                )
+                print(f"{pattern.name}: {counts.describe()}", file=sys.stderr)
+                stack.wait_ready(30)  # every process still up and serving
+                if any(stack.pid(p) != sampler.procs[p].pid for p in PROGRAMS):
+                    raise SystemExit(f"a process restarted during {pattern.name}")
+            sampler.stop()
+        finally:
+            stack.stop()
+    head = " | ".join(f"{p} peak MiB" for p in PROGRAMS)
+    print(f"| pattern | {head} | growth MiB (process) | bound MiB | clients saw |")
+    print("|---" * (len(PROGRAMS) + 4) + "|")
+    for name, _, peak, process, growth, bound, seen in rows:
+        cells = " | ".join(mib(peak[p]) for p in PROGRAMS)
+        grown = f"{growth / MiB:.1f} ({process})" if process else ""
+        print(f"| {name} | {cells} | {grown} | {bound} | {seen} |")
+
+
+if __name__ == "__main__":
+    main()
