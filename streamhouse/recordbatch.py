@@ -559,7 +559,8 @@ def validate_batches(
 #           left of the bound
 #   lz4     frame format, decompressed with ``max_length``
 #   zstd    the frame's content size (when stated) is checked, then the data is fed in small
-#           slices (an RLE block is 4 bytes for at most 128 KiB out), window capped
+#           slices (an RLE block is 4 bytes for at most 128 KiB out), window capped at
+#           max(8 MiB, limit) and 128 MiB
 
 MAX_INFLATED_BYTES = 64 * 1024 * 1024
 """Default bound on one batch's decompressed records (``decode_records``)."""
@@ -655,7 +656,9 @@ def _inflate_zstd(data: bytes, limit: int) -> bytes:
     size = zstandard.frame_content_size(data)
     if size > limit:  # -1: not stated (the Java client streams)
         raise _Inflated()
-    window = 1 << max(20, min(27, (limit - 1).bit_length()))
+    # zstd's own cap is 128 MiB; streamed frames (no content size) of producers at usual
+    # levels declare 2-8 MiB windows, so that much is always allowed
+    window = 1 << max(23, min(27, (limit - 1).bit_length()))
     d = zstandard.ZstdDecompressor(max_window_size=window).decompressobj()
     out = []
     total = 0
