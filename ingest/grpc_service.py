@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ingest.pipeline import Pipeline, PipelineUnavailable
+from ingest.pipeline import Pipeline
 from ingest.produce import Partitioner, ProduceRejected, plan_produce
 from metadata import (
     InvalidTopicError,
@@ -27,6 +27,7 @@ from metadata import (
     UnknownTopicError,
 )
 from streamhouse.config import Settings
+from streamhouse.errors import StreamHouseError, from_ring
 from streamhouse.frames import FORMAT_RECORDS, FetchPart, FetchRequest
 from streamhouse.proto import streamhouse_pb2 as pb
 from streamhouse.record_wire import consume_response_tail
@@ -38,9 +39,6 @@ SERVICE = "streamhouse.v1.StreamHouse"
 DEFAULT_MAX_RECORDS = 10_000
 DEFAULT_MAX_BYTES = 1024 * 1024
 SUBSCRIBE_WAIT_MS = 1_000
-
-# Errors from the pipeline's acks that a client should retry.
-_RETRIABLE = {"KAFKA_STORAGE_ERROR", "NOT_ENOUGH_REPLICAS", "REQUEST_TIMED_OUT"}
 
 
 class StreamHouseService:
@@ -142,18 +140,18 @@ class StreamHouseService:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         try:
             outcome = await self.pipeline.produce(slots)
-        except PipelineUnavailable as exc:
-            raise _Abort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        except StreamHouseError as exc:
+            raise _abort_for(exc, f"produce to topic {topic_name!r}") from None
         results = []
         for slot, slot_results in zip(slots, outcome, strict=True):
             base_offset, error = slot_results[0]
-            if error:
-                raise _ack_error(error, topic_name, slot.partition)
+            if error is not None:
+                raise _abort_for(error, f"produce to topic {topic_name!r}")
             results.append(
                 pb.PartitionResult(
                     partition=slot.partition,
                     base_offset=base_offset,
-                    record_count=slot.batches[0][0],
+                    record_count=slot.batches[0].record_count,
                 )
             )
         return pb.ProduceBatchResponse(
@@ -247,20 +245,12 @@ class StreamHouseService:
     async def _consume_once(self, topic: TopicInfo, fetch: FetchRequest) -> tuple[bytes, int]:
         try:
             response, payload = await self.pipeline.fetch(fetch)
-        except PipelineUnavailable as exc:
-            raise _Abort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        except StreamHouseError as exc:
+            raise _abort_for(exc, f"consume from topic {topic.name!r}") from None
         part = response.parts[0]
-        if part.error == "OFFSET_OUT_OF_RANGE":
-            raise _Abort(
-                grpc.StatusCode.OUT_OF_RANGE,
-                f"offset {fetch.parts[0].offset} is outside the log of {topic.name!r} "
-                f"partition {part.partition}: valid offsets are {part.log_start_offset}.."
-                f"{part.high_watermark}",
-            )
-        if part.error == "UNKNOWN_TOPIC_OR_PARTITION":
-            raise _Abort(grpc.StatusCode.NOT_FOUND, f"topic {topic.name!r} does not exist")
-        if part.error:
-            raise _Abort(grpc.StatusCode.UNAVAILABLE, f"read failed ({part.error}); retry")
+        error = from_ring(part.error)
+        if error is not None:
+            raise _abort_for(error, f"topic {topic.name!r} partition {part.partition}")
         tail = consume_response_tail(part.high_watermark, part.log_start_offset, part.next_offset)
         return payload + tail, part.next_offset
 
@@ -335,24 +325,9 @@ class _Abort(Exception):
         self.message = message
 
 
-def _ack_error(error: str, topic: str, partition: int) -> _Abort:
-    if error == "UNKNOWN_TOPIC_OR_PARTITION":
-        return _Abort(grpc.StatusCode.NOT_FOUND, f"topic {topic!r} was deleted while producing")
-    if error == "OUT_OF_ORDER_SEQUENCE_NUMBER":
-        return _Abort(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"out-of-order sequence number for partition {partition}: a batch is missing",
-        )
-    if error == "INVALID_PRODUCER_EPOCH":
-        return _Abort(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "producer epoch is fenced by a newer one: call InitProducer again",
-        )
-    if error in _RETRIABLE:
-        return _Abort(
-            grpc.StatusCode.UNAVAILABLE, f"the object store did not take the data ({error}); retry"
-        )
-    return _Abort(grpc.StatusCode.INTERNAL, f"produce failed: {error}")
+def _abort_for(error: StreamHouseError, what: str) -> _Abort:
+    """The gRPC status of a pipeline error (its ErrorCode's grpc_status) with its message."""
+    return _Abort(error.code.grpc_status, f"{what}: {error.message} ({error.code.name})")
 
 
 class _MalformedRequest:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 
 from ingest.pipeline import ProduceSlot
+from streamhouse.frames import BatchMeta
 from streamhouse.proto import streamhouse_pb2 as pb
 from streamhouse.recordbatch import default_partition, encode_batch
 from streamhouse.topic_config import batch_rules
@@ -145,6 +146,6 @@ def plan_produce(
                 f"the records for partition {target} encode to {len(batch)} bytes, over the "
                 f"topic's max.message.bytes {rules.max_message_bytes}: split the batch"
             )
-        meta = (len(keys), pid, epoch, seq, min(timestamps), max(timestamps))
+        meta = BatchMeta(len(keys), pid, epoch, seq, min(timestamps), max(timestamps))
         slots.append(ProduceSlot(topic_id, target, [meta], [len(batch)], batch))
     return slots

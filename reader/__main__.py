@@ -1,17 +1,36 @@
-"""The reader process: fetch requests in, batches out; committed segments feed its cache."""
+"""The reader process: fetch requests in, batches out; committed segments feed its cache.
+
+No frame can stop the reader: a fetch request that does not decode or does not add up is
+answered with an error response (`reader.engine.parse_request`), a fetch that fails is
+answered with a retriable error, a response is trimmed to fit its ring
+(`reader.engine.fit_response`), and a committed-segment frame that does not add up is
+dropped with one log line (readers then read that segment from the object store). The ring
+loops are spawned through `streamhouse.process.spawn`: if one dies the process exits and
+supervisord restarts it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
+import msgspec
+
 from metadata import MetadataStore
 from reader.cache import BlockCache
-from reader.engine import ReadEngine
+from reader.engine import ReadEngine, error_response, fit_response, parse_request
 from streamhouse import objectstore, rings
 from streamhouse.config import Settings
-from streamhouse.frames import CommittedSegment, FetchRequest, decoder_for, header_encoder
-from streamhouse.process import run_process
+from streamhouse.errors import ErrorCode
+from streamhouse.frames import (
+    CommittedSegment,
+    FetchResponse,
+    FrameError,
+    check_committed,
+    decoder_for,
+    header_encoder,
+)
+from streamhouse.process import describe_failure, run_process, spawn
 
 log = logging.getLogger("reader")
 
@@ -24,7 +43,6 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
     requests = rings.open_reader(settings, rings.FETCH_REQUEST)
     responses = rings.open_writer(settings, rings.FETCH_RESPONSE)
     committed = rings.open_reader(settings, rings.COMMITTED)
-    decode_request = decoder_for(FetchRequest).decode
     decode_committed = decoder_for(CommittedSegment).decode
     in_flight: set[asyncio.Task[None]] = set()
     slot_freed = asyncio.Event()
@@ -39,15 +57,32 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
         settings.prefetch_blocks,
     )
 
-    async def serve(request: FetchRequest) -> None:
+    async def serve(header: bytes) -> None:
+        request = parse_request(header, settings.max_partitions_per_request)
+        if request is None:
+            return
+        if isinstance(request, FetchResponse):  # refused: answer with the error
+            await responses.write(header_encoder.encode(request))
+            return
         try:
             response, payload = await engine.fetch(request)
-            await responses.write(header_encoder.encode(response), payload)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # Ingest times the request out and answers the client retriably.
-            log.exception("fetch %d failed", request.request_id)
+        except Exception as exc:
+            log.error("fetch %d failed: %s", request.request_id, describe_failure(exc))
+            response, payload = (
+                error_response(
+                    request.request_id,
+                    ErrorCode.KAFKA_STORAGE_ERROR,
+                    f"the reader could not serve the fetch ({exc}); retry",
+                ),
+                b"",
+            )
+        header, payload = fit_response(request, response, payload, responses.max_frame_size)
+        try:
+            await responses.write(header, payload)
+        except Exception as exc:  # e.g. the ring closed at shutdown; ingest times it out
+            log.error("fetch %d: response not sent: %s", request.request_id, exc)
 
     async def take_requests() -> None:
         while True:
@@ -63,26 +98,27 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
                 await requests.wait_readable()
                 continue
             for header, _ in frames:
-                task = asyncio.ensure_future(serve(decode_request(header)))
+                task = asyncio.ensure_future(serve(header))
                 in_flight.add(task)
                 task.add_done_callback(finished)
 
     async def take_committed() -> None:
-        while True:
-            frames = committed.read_frames(16)
-            if not frames:
-                await committed.wait_readable()
+        async for header, obj in committed:
+            try:
+                segment = decode_committed(header)
+                check_committed(segment, len(obj))
+            except (msgspec.DecodeError, msgspec.ValidationError, FrameError) as exc:
+                log.error("dropped a committed-segment frame that does not add up: %s", exc)
                 continue
-            for header, obj in frames:
-                engine.on_committed(decode_committed(header), obj)
+            engine.on_committed(segment, obj)
 
-    tasks = [asyncio.ensure_future(take_requests()), asyncio.ensure_future(take_committed())]
+    tasks = [
+        spawn(take_requests(), "fetch-request intake"),
+        spawn(take_committed(), "committed-segment intake"),
+    ]
     stop_task = asyncio.ensure_future(stop.wait())
     try:
-        done, _ = await asyncio.wait({*tasks, stop_task}, return_when="FIRST_COMPLETED")
-        for task in done:
-            if task is not stop_task:
-                task.result()
+        await stop_task
     finally:
         for task in (*tasks, stop_task, *in_flight):
             task.cancel()

@@ -8,8 +8,9 @@ Rules:
 - At least one batch is returned when any is available, even past max_bytes, so a consumer
   never stalls on a batch larger than its limit.
 - A fetch waits (up to max_wait_ms) until min_bytes are available; commits wake it. At most
-  `max_waiting` fetches wait at once; one more is answered at once with what there is (Kafka
-  clients simply fetch again), so long polls never hold every fetch slot of the reader.
+  `max_waiting` fetches wait that way at once; one more is parked until its max_wait and then
+  answered with what there is (latency, not a busy loop of empty answers), so the work a
+  commit wakes is bounded.
 - Cold reads fetch just the needed block by a range GET; the next blocks are prefetched.
 """
 
@@ -19,9 +20,12 @@ import asyncio
 import logging
 from typing import Any
 
+import msgspec
+
 from metadata import BlockLocation, MetadataStore
 from reader.cache import BlockCache, BlockKey
 from streamhouse import objectstore
+from streamhouse.errors import RING_OK, ErrorCode, RingError
 from streamhouse.frames import (
     FORMAT_KAFKA,
     CommittedSegment,
@@ -29,16 +33,19 @@ from streamhouse.frames import (
     FetchPartResult,
     FetchRequest,
     FetchResponse,
+    FrameError,
+    check_fetch_request,
+    decoder_for,
+    header_encoder,
+    ring_error,
+    salvage_ids,
 )
 from streamhouse.record_wire import render_records
 from streamhouse.recordbatch import decode_records, patch_base_offset, scan_batches
 from streamhouse.segment import decode_block
 
 log = logging.getLogger("reader")
-
-UNKNOWN_TOPIC = "UNKNOWN_TOPIC_OR_PARTITION"
-OUT_OF_RANGE = "OFFSET_OUT_OF_RANGE"
-STORAGE_ERROR = "KAFKA_STORAGE_ERROR"
+_decode_request = decoder_for(FetchRequest).decode
 
 
 class ReadEngine:
@@ -109,10 +116,18 @@ class ReadEngine:
         first batch is returned even when it alone is larger."""
         state = self.meta.get_partition(part.topic_id, part.partition)
         if state is None:
-            return _result(part, UNKNOWN_TOPIC, -1, -1), b""
+            error = ring_error(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION.kafka_code,
+                f"topic id {part.topic_id} partition {part.partition} does not exist",
+            )
+            return _result(part, error, -1, -1), b""
         hwm, lso = state.high_watermark, state.log_start_offset
         if part.offset < lso or part.offset > hwm:
-            return _result(part, OUT_OF_RANGE, hwm, lso), b""
+            error = ring_error(
+                ErrorCode.OFFSET_OUT_OF_RANGE.kafka_code,
+                f"offset {part.offset} is outside the log: valid offsets are {lso}..{hwm}",
+            )
+            return _result(part, error, hwm, lso), b""
         chunks: list[bytes] = []
         size = 0
         count = 0
@@ -134,7 +149,12 @@ class ReadEngine:
                     if chunks:
                         done = True
                         break
-                    return _result(part, STORAGE_ERROR, hwm, lso), b""
+                    error = ring_error(
+                        ErrorCode.KAFKA_STORAGE_ERROR.kafka_code,
+                        f"stored block {loc.segment_key}@{loc.byte_offset} could not be read "
+                        f"({exc}); retry",
+                    )
+                    return _result(part, error, hwm, lso), b""
                 base = loc.base_offset
                 skipped = loc.skipped_batches
                 view = memoryview(data)
@@ -183,7 +203,7 @@ class ReadEngine:
         if cold:
             self._prefetch_after(part.topic_id, part.partition, next_offset)
         result = FetchPartResult(
-            part.topic_id, part.partition, "", hwm, lso, size, next_offset, count
+            part.topic_id, part.partition, RING_OK, hwm, lso, size, next_offset, count
         )
         return result, b"".join(chunks)
 
@@ -213,15 +233,15 @@ class ReadEngine:
                     results.append(res)
                     payloads.append(data)
                 total = sum(r.length for r in results)
-                errored = any(r.error for r in results)
+                errored = any(r.error.code for r in results)
                 remaining = deadline - loop.time()
-                if (
-                    total >= max(request.min_bytes, 1)
-                    or errored
-                    or remaining <= 0
-                    or self.waiting >= self.max_waiting
-                ):
+                if total >= max(request.min_bytes, 1) or errored or remaining <= 0:
                     return FetchResponse(request.request_id, results), b"".join(payloads)
+                if self.waiting >= self.max_waiting:
+                    # Over the limit: parked until its deadline and not re-read on commits (no
+                    # herd), nor answered early (its client would fetch again at once: a spin).
+                    await asyncio.sleep(remaining)
+                    continue
                 self.waiting += 1
                 try:
                     await asyncio.wait_for(wake, timeout=remaining)
@@ -238,8 +258,85 @@ class ReadEngine:
                             del self._waiters[tp]
 
 
-def _result(part: FetchPart, error: str, hwm: int, lso: int) -> FetchPartResult:
+def _result(part: FetchPart, error: RingError, hwm: int, lso: int) -> FetchPartResult:
     return FetchPartResult(part.topic_id, part.partition, error, hwm, lso, 0, part.offset, 0)
+
+
+def error_response(request_id: int, code: ErrorCode, message: str) -> FetchResponse:
+    """A response that fails a whole fetch (the reader could not serve it as asked)."""
+    return FetchResponse(request_id, [], ring_error(code.kafka_code, message))
+
+
+def parse_request(header: bytes, max_parts: int) -> FetchRequest | FetchResponse | None:
+    """The fetch a request frame asks for; or the error response that refuses it (one log
+    line); or None when not even its request id can be read (ingest times that fetch out)."""
+    try:
+        request = _decode_request(header)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        ids = salvage_ids(header, 1)
+        if ids is None:
+            log.error("dropped a fetch request whose header does not decode: %s", exc)
+            return None
+        log.error("refusing fetch %d: its header does not decode: %s", ids[0], exc)
+        return error_response(
+            ids[0], ErrorCode.INVALID_REQUEST, f"the fetch request does not decode: {exc}"
+        )
+    try:
+        check_fetch_request(request, max_parts)
+    except FrameError as exc:
+        log.error("refusing fetch %d: %s", request.request_id, exc)
+        return error_response(request.request_id, ErrorCode.INVALID_REQUEST, str(exc))
+    return request
+
+
+def fit_response(
+    request: FetchRequest,
+    response: FetchResponse,
+    payload: bytes,
+    max_frame_bytes: int,
+) -> tuple[bytes, bytes]:
+    """The encoded header and payload of `response`, trimmed to fit one ring frame.
+
+    Parts are kept in order while they fit; the later ones are answered with no data and
+    their requested offset, so the client simply fetches them again. If not even the first
+    part's data fits, the fetch fails with MESSAGE_TOO_LARGE.
+    """
+    header = header_encoder.encode(response)
+    if len(header) + len(payload) <= max_frame_bytes:
+        return header, payload
+    kept: list[FetchPartResult] = []
+    used = 0
+    trimming = False  # once a part is cut, every later one is too: the payload is a prefix
+    for wanted, part in zip(request.parts, response.parts, strict=True):
+        trimming = trimming or bool(kept) and used + part.length + len(header) > max_frame_bytes
+        if not trimming:
+            kept.append(part)
+            used += part.length
+        else:
+            kept.append(
+                FetchPartResult(
+                    part.topic_id,
+                    part.partition,
+                    RING_OK,
+                    part.high_watermark,
+                    part.log_start_offset,
+                    0,
+                    wanted.offset,
+                    0,
+                )
+            )
+    header = header_encoder.encode(FetchResponse(response.request_id, kept))
+    if len(header) + used > max_frame_bytes:
+        first = request.parts[0]
+        failed = error_response(
+            request.request_id,
+            ErrorCode.MESSAGE_TOO_LARGE,
+            f"the data at offset {first.offset} of topic id {first.topic_id} partition "
+            f"{first.partition} ({used} bytes) does not fit the fetch-response ring "
+            f"({max_frame_bytes} bytes); raise fetch_response_ring_bytes",
+        )
+        return header_encoder.encode(failed), b""
+    return header, payload[:used]
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:

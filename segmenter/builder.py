@@ -3,21 +3,48 @@
 Rules:
 - Batches of one partition keep their produce order inside the partition's block.
 - A segment is sealed when the buffered bytes reach `max_segment_bytes` or the oldest
-  buffered batch has waited `flush_interval` — whichever comes first.
+  buffered batch has waited `flush_interval` — whichever comes first — and before a frame
+  whose batches would make the sealed frame (header + object) larger than `max_frame_bytes`
+  (the sealed ring's max frame size): every sealed frame fits its ring by construction.
 - Blocks are laid out in (topic_id, partition) order so segments are deterministic.
+- A produce frame is checked before anything of it is buffered (`check_frame`): its batch
+  list must describe exactly its payload, and the payload must be RecordBatch v2 batches of
+  those lengths and record counts. A frame that fails, or that could never fit a sealed
+  frame, is answered with a refusal (`refusal`) instead of being stored.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
-from streamhouse.frames import ProduceFrame, SealedBatch, SealedSegment
+import msgspec
+
+from streamhouse.errors import ErrorCode
+from streamhouse.frames import (
+    ALL_BATCHES,
+    SEALED_PER_SEGMENT,
+    FrameError,
+    ProduceFrame,
+    SealedBatch,
+    SealedBlock,
+    SealedSegment,
+    check_produce,
+    decoder_for,
+    ring_error,
+    salvage_ids,
+    sealed_cost,
+)
+from streamhouse.recordbatch import InvalidBatchError, scan_batches
 from streamhouse.segment import SegmentWriter
+
+log = logging.getLogger("segmenter")
+_decode_produce = decoder_for(ProduceFrame).decode
 
 
 @dataclass
 class _PartitionBuffer:
-    batches: list[bytes] = field(default_factory=list)
+    batches: list[memoryview] = field(default_factory=list)
     # (request_id, slot, ordinal, record_count, producer_id, producer_epoch, base_sequence)
     refs: list[tuple[int, int, int, int, int, int, int]] = field(default_factory=list)
     record_count: int = 0
@@ -25,36 +52,84 @@ class _PartitionBuffer:
     max_timestamp: int = -(2**63)
 
 
+def check_frame(frame: ProduceFrame, payload: bytes | memoryview) -> None:
+    """Raises FrameError unless the frame describes its payload and the payload is batches."""
+    check_produce(frame, len(payload))
+    try:
+        infos = scan_batches(payload, verify_crc=False)
+    except InvalidBatchError as exc:
+        raise FrameError(f"produce frame payload is not RecordBatch v2 batches: {exc}") from None
+    if len(infos) != len(frame.batches):
+        raise FrameError(
+            f"produce frame lists {len(frame.batches)} batches but its payload holds {len(infos)}"
+        )
+    for i, (info, meta, length) in enumerate(
+        zip(infos, frame.batches, frame.batch_lengths, strict=True)
+    ):
+        if info.length != length or info.record_count != meta.record_count:
+            raise FrameError(
+                f"produce frame batch {i}: listed as {length} bytes / {meta.record_count} "
+                f"records, the payload has {info.length} bytes / {info.record_count} records"
+            )
+
+
 class SegmentBuilder:
     """Accumulates ProduceFrames and seals them into SealedSegment + object bytes."""
 
-    def __init__(self, epoch: int, max_segment_bytes: int) -> None:
+    def __init__(
+        self, epoch: int, max_segment_bytes: int, max_frame_bytes: int = 2**32 - 2
+    ) -> None:
         self.epoch = epoch
         self.max_segment_bytes = max_segment_bytes
+        self.max_frame_bytes = max_frame_bytes
         self._sequence = 0
         self._partitions: dict[tuple[int, int], _PartitionBuffer] = {}
         self.buffered_bytes = 0
         self.oldest_ns: int | None = None
+        self._cost = SEALED_PER_SEGMENT  # worst-case size of the sealed frame so far
+
+    def fits_alone(self, frame: ProduceFrame, payload_length: int) -> bool:
+        """Whether the frame fits a sealed frame even in an empty segment."""
+        cost = SEALED_PER_SEGMENT + sealed_cost(len(frame.batches), payload_length)
+        return cost <= self.max_frame_bytes
+
+    def fits(self, frame: ProduceFrame, payload_length: int) -> bool:
+        """Whether the frame can join the buffered segment without overflowing a sealed frame."""
+        return self._cost + sealed_cost(len(frame.batches), payload_length) <= self.max_frame_bytes
 
     def add(self, frame: ProduceFrame, payload: bytes, now_ns: int) -> None:
-        """Buffers the batches of one frame (the payload is split by the frame's lengths)."""
-        buf = self._partitions.get((frame.topic_id, frame.partition))
+        """Buffers the batches of one frame (the payload is split by the frame's lengths).
+
+        The caller has checked the frame (`check_frame`) and sealed first unless `fits`.
+        """
+        key = (frame.topic_id, frame.partition)
+        buf = self._partitions.get(key)
         if buf is None:
-            buf = self._partitions[(frame.topic_id, frame.partition)] = _PartitionBuffer()
+            buf = self._partitions[key] = _PartitionBuffer()
         pos = 0
         view = memoryview(payload)
         pairs = zip(frame.batches, frame.batch_lengths, strict=True)
         for ordinal, (meta, length) in enumerate(pairs):
-            count, pid, epoch, seq, min_ts, max_ts = meta
             buf.batches.append(view[pos : pos + length])
             pos += length
-            buf.refs.append((frame.request_id, frame.slot, ordinal, count, pid, epoch, seq))
-            buf.record_count += count
-            if min_ts < buf.min_timestamp:
-                buf.min_timestamp = min_ts
-            if max_ts > buf.max_timestamp:
-                buf.max_timestamp = max_ts
+            buf.refs.append(
+                (
+                    frame.request_id,
+                    frame.slot,
+                    ordinal,
+                    meta.record_count,
+                    meta.producer_id,
+                    meta.producer_epoch,
+                    meta.base_sequence,
+                )
+            )
+            buf.record_count += meta.record_count
+            if meta.min_timestamp < buf.min_timestamp:
+                buf.min_timestamp = meta.min_timestamp
+            if meta.max_timestamp > buf.max_timestamp:
+                buf.max_timestamp = meta.max_timestamp
         self.buffered_bytes += len(payload)
+        self._cost += sealed_cost(len(frame.batches), len(payload))
         if self.oldest_ns is None:
             self.oldest_ns = now_ns
 
@@ -87,10 +162,69 @@ class SegmentBuilder:
                     SealedBatch(request_id, slot, ordinal, block_index, count, pid, epoch, seq)
                 )
         obj, entries = writer.finish()
-        blocks = [(e.topic_id, e.partition, e.offset, e.length, e.max_timestamp) for e in entries]
+        blocks = [
+            SealedBlock(e.topic_id, e.partition, e.offset, e.length, e.max_timestamp)
+            for e in entries
+        ]
         sealed = SealedSegment(self.epoch, self._sequence, blocks, batches)
         self._sequence += 1
         self._partitions = {}
         self.buffered_bytes = 0
         self.oldest_ns = None
+        self._cost = SEALED_PER_SEGMENT
         return sealed, obj
+
+    def take(self, header: bytes, payload: bytes, now_ns: int) -> list[tuple[SealedSegment, bytes]]:
+        """Handles one produce-ring frame; returns the sealed frames to send, in order.
+
+        Never raises for bad input: a frame that does not decode or does not add up becomes
+        a refusal for the slot it names (or only a log line when not even that is readable).
+        """
+        out: list[tuple[SealedSegment, bytes]] = []
+        try:
+            frame = _decode_produce(header)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            ids = salvage_ids(header, 2)
+            why = f"produce frame header does not decode: {exc}"
+            if ids is None:
+                log.error("%s; dropped (its request times out and is retried)", why)
+                return out
+            log.error("%s; refusing request %d slot %d", why, *ids)
+            out.append((self.refusal(ids[0], ids[1], ErrorCode.CORRUPT_MESSAGE, why), b""))
+            return out
+        try:
+            check_frame(frame, payload)
+        except FrameError as exc:
+            log.error("refusing request %d slot %d: %s", frame.request_id, frame.slot, exc)
+            refused = self.refusal(
+                frame.request_id, frame.slot, ErrorCode.CORRUPT_MESSAGE, str(exc)
+            )
+            out.append((refused, b""))
+            return out
+        if not self.fits_alone(frame, len(payload)):
+            why = (
+                f"the {len(payload)} bytes / {len(frame.batches)} batches for one partition do "
+                f"not fit a segment frame of {self.max_frame_bytes} bytes; send fewer per request"
+            )
+            log.error("refusing request %d slot %d: %s", frame.request_id, frame.slot, why)
+            refused = self.refusal(
+                frame.request_id, frame.slot, ErrorCode.RECORD_LIST_TOO_LARGE, why
+            )
+            out.append((refused, b""))
+            return out
+        if not self.empty and not self.fits(frame, len(payload)):
+            out.append(self.seal())
+        self.add(frame, payload, now_ns)
+        if self.full:
+            out.append(self.seal())
+        return out
+
+    def refusal(self, request_id: int, slot: int, code: ErrorCode, message: str) -> SealedSegment:
+        """A sealed frame that tells the uploader to fail every batch of one produce slot."""
+        return SealedSegment(
+            self.epoch,
+            -1,
+            [],
+            [SealedBatch(request_id, slot, ALL_BATCHES, -1, 0, -1, -1, -1)],
+            ring_error(code.kafka_code, message),
+        )

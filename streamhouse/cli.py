@@ -30,9 +30,12 @@ def stack_environment(settings: Settings, base: dict[str, str] | None = None) ->
 
 
 def prepare_data_dir(settings: Settings) -> None:
-    """Creates the data dir layout and removes rings left by a stack that is no longer running."""
+    """Creates the data dir layout and removes rings left by a stack that is no longer running.
+
+    The data dir and its run/ and logs/ dirs are private to this user (0700; tightened if they
+    exist open to others; refused if another user owns them)."""
     for path in (settings.data_path, settings.run_dir, settings.log_dir):
-        path.mkdir(parents=True, exist_ok=True)
+        rings.make_private_dir(path)
     pid_file = settings.run_dir / "supervisord.pid"
     if pid_file.exists():
         try:

@@ -72,6 +72,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_idle_timeout_ms: int = 600_000
     slow_client_timeout_ms: int = 30_000
     max_partitions_per_request: int = 2000
+    # Batches one request may write to one partition (Kafka clients send one); more get
+    # RECORD_LIST_TOO_LARGE up front, so every ring frame they make fits by construction.
+    max_batches_per_partition: int = 1000
     grpc_max_message_bytes: int = 0  # 0: max(max_batch_bytes, max_fetch_bytes) + 4 MiB
     grpc_max_concurrent_streams: int = 100
     grpc_max_concurrent_rpcs: int = 1000
@@ -193,6 +196,7 @@ def _validate(s: Settings) -> None:
         "kafka_idle_timeout_ms",
         "slow_client_timeout_ms",
         "max_partitions_per_request",
+        "max_batches_per_partition",
         "grpc_max_concurrent_streams",
         "grpc_max_concurrent_rpcs",
         "grpc_stream_max_in_flight",

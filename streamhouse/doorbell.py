@@ -14,6 +14,8 @@ Rules the doorbell keeps:
 * A waiter must ``drain()`` *before* it re-checks its condition and only then ``wait()``. Any
   change made after the check is followed by a ring, which makes the FIFO readable, so no
   wake-up is lost. Spurious wake-ups are possible and harmless.
+* The FIFO is created mode 0600; one owned by another user or open to group or others is
+  refused (``PermissionError``): a stranger must not be able to ring or drain it.
 * One waiter per ``Doorbell`` object at a time (``loop.add_reader`` keeps one callback per fd);
   callers that may wait from several tasks serialise those waits themselves.
 """
@@ -25,7 +27,7 @@ import errno
 import os
 import stat
 
-__all__ = ["Doorbell", "DoorbellClosed"]
+__all__ = ["Doorbell", "DoorbellClosed", "check_private"]
 
 _DRAIN_CHUNK = 4096
 
@@ -49,11 +51,15 @@ class Doorbell:
         except FileExistsError:
             pass
         fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                raise FileExistsError(
+                    errno.EEXIST, f"{self.path} exists and is not a FIFO; remove it", self.path
+                )
+            check_private(fd, self.path, "doorbell FIFO")
+        except BaseException:
             os.close(fd)
-            raise FileExistsError(
-                errno.EEXIST, f"{self.path} exists and is not a FIFO; remove it", self.path
-            )
+            raise
         self._fd: int = fd
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
 
@@ -120,6 +126,25 @@ class Doorbell:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_private(fd: int, path: str, what: str) -> None:
+    """Raise ``PermissionError`` unless the open file is this user's and mode 0600 or less."""
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        raise PermissionError(
+            errno.EACCES,
+            f"{what} {path} belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()}); "
+            "refusing to attach: remove it (another user's stack, or a forgery)",
+            path,
+        )
+    if st.st_mode & 0o077:
+        raise PermissionError(
+            errno.EACCES,
+            f"{what} {path} is open to group or others (mode {st.st_mode & 0o777:o}); "
+            "refusing to attach: remove it and restart the stack",
+            path,
+        )
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

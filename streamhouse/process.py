@@ -1,7 +1,15 @@
-"""Start-up shared by the StreamHouse processes: settings, logging, uvloop, signals.
+"""Start-up shared by the StreamHouse processes: settings, logging, uvloop, signals, supervision.
 
 Each process logs to stderr; supervisord writes that to `<data_dir>/logs/<program>.log` and
 rotates it.
+
+Rules (a process is never left up but deaf):
+- Every background task of a process (ring reader loops, the ack taker, the watchdog...) is
+  started with `spawn`. A spawned task that raises, or that returns although it was spawned
+  `forever`, fails the process: one log line names the task, the exception, its cause and
+  where it was raised, and the process exits with status 1 so supervisord restarts it.
+- Cancelling a task is not a failure (that is how a process stops its tasks).
+- SIGTERM/SIGINT set `stop`; `main` returns and the process exits 0.
 """
 
 from __future__ import annotations
@@ -10,15 +18,111 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import uvloop
 
 from streamhouse.config import ConfigError, Settings, load_settings
 
+__all__ = ["TaskSupervisor", "describe_failure", "run_process", "spawn"]
+
+T = TypeVar("T")
+
+log = logging.getLogger("streamhouse.process")
+
+# How long a failed process gives `main` to clean up before it exits anyway.
+_FAILED_EXIT_GRACE_S = 5.0
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line: exception type and message, where it was raised, and its cause chain."""
+    parts = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = f"{type(current).__name__}: {current}".rstrip(": ")
+        frames = traceback.extract_tb(current.__traceback__)
+        if frames:
+            last = frames[-1]
+            text += f" (at {last.filename}:{last.lineno} in {last.name})"
+        parts.append(text)
+        current = current.__cause__ or current.__context__
+    return " <- caused by ".join(parts).replace("\n", " ")
+
+
+class TaskSupervisor:
+    """Background tasks whose death fails their process (see the module rules)."""
+
+    def __init__(self) -> None:
+        self._failure: asyncio.Future[tuple[str, BaseException]] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _failure_future(self) -> asyncio.Future[tuple[str, BaseException]]:
+        if self._failure is None:
+            self._failure = asyncio.get_running_loop().create_future()
+        return self._failure
+
+    def spawn(
+        self, coro: Coroutine[Any, Any, T], name: str, *, forever: bool = True
+    ) -> asyncio.Task[T]:
+        """Start `coro` as a task named `name`; its exception (or, if `forever`, its return)
+        fails the process."""
+        failure = self._failure_future()
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[T]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled() or failure.done():
+                return
+            exc = t.exception()
+            if exc is None:
+                if not forever:
+                    return
+                exc = RuntimeError(f"background task {name} returned; it must run until stop")
+            failure.set_result((name, exc))
+
+        task.add_done_callback(done)
+        return task
+
+    async def failed(self) -> tuple[str, BaseException]:
+        """Wait until a spawned task fails; returns its name and exception."""
+        return await asyncio.shield(self._failure_future())
+
+    def cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+
+_supervisor: TaskSupervisor | None = None
+
+
+def spawn(coro: Coroutine[Any, Any, T], name: str, *, forever: bool = True) -> asyncio.Task[T]:
+    """`TaskSupervisor.spawn` on the process's supervisor. Outside `run_process` (tests,
+    embedding) the task is not supervised: its failure is logged in one line."""
+    if _supervisor is not None:
+        return _supervisor.spawn(coro, name, forever=forever)
+    task = asyncio.get_running_loop().create_task(coro, name=name)
+
+    def done(t: asyncio.Task[T]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            log.error("background task %s died: %s", name, describe_failure(t.exception()))
+
+    task.add_done_callback(done)
+    return task
+
+
+class _ProcessFailed(Exception):
+    pass
+
 
 def run_process(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:
-    """Runs `main(settings, stop)` on uvloop until it returns; SIGTERM/SIGINT set `stop`."""
+    """Runs `main(settings, stop)` on uvloop until it returns; SIGTERM/SIGINT set `stop`; a
+    failed spawned task or an exception from `main` exits with status 1."""
+    global _supervisor
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -29,22 +133,52 @@ def run_process(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[N
         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    log = logging.getLogger(name)
+    plog = logging.getLogger(name)
 
     async def runner() -> None:
+        global _supervisor
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("starting (data dir %s)", settings.data_path)
+        supervisor = _supervisor = TaskSupervisor()
+        plog.info("starting (data dir %s)", settings.data_path)
+        main_task = loop.create_task(main(settings, stop), name=f"{name} main")
+        failure = loop.create_task(supervisor.failed())
         try:
-            await main(settings, stop)
-        except Exception:
-            log.exception("%s failed; supervisord will restart it", name)
+            await asyncio.wait({main_task, failure}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            main_task.cancel()
             raise
-        log.info("stopped")
+        if failure.done():
+            task_name, exc = failure.result()
+            plog.error(
+                "background task %s died: %s; exiting so supervisord restarts %s",
+                task_name,
+                describe_failure(exc),
+                name,
+            )
+            stop.set()
+            supervisor.cancel_all()
+            main_task.cancel()
+            await asyncio.wait({main_task}, timeout=_FAILED_EXIT_GRACE_S)
+            raise _ProcessFailed
+        failure.cancel()
+        supervisor.cancel_all()
+        try:
+            main_task.result()
+        except Exception as exc:
+            plog.error(
+                "%s failed: %s; supervisord will restart it", name, describe_failure(exc)
+            )
+            raise _ProcessFailed from None
+        plog.info("stopped")
 
     try:
         uvloop.run(runner())
+    except _ProcessFailed:
+        raise SystemExit(1) from None
     except Exception:
         raise SystemExit(1) from None
+    finally:
+        _supervisor = None

@@ -65,9 +65,14 @@ Rules the ring keeps:
    sizes it, writes the static fields and writes ``magic`` last. Everyone else attaches and
    waits (bounded, start-up only) until ``magic`` appears, then checks layout version and
    capacity and refuses a mismatch (fix: stop both sides, ``unlink_ring``, restart).
+   Segments and doorbell FIFOs are created mode 0600 and the run dir 0700; a segment or FIFO
+   owned by another user, or open to group or others, is refused (``RingPermissionError``),
+   never attached: whoever can write a ring can make its reader act on forged frames.
 9. Survivors detect a restarted peer by comparing ``peer_epoch()`` with the value seen before.
 10. One process per role at a time (SPSC). Several asyncio tasks in that process may share the
     object: sync calls are atomic with respect to the loop and waits are serialised.
+11. A ring is read with ``async for header, payload in reader`` (frames in order, waiting on
+    the doorbell when empty); the bytes are copies, so the space is already released.
 
 Memory ordering: ``head``, ``tail`` and the epochs are read and written through a
 ``memoryview`` of the header cast to native ``"Q"`` words; item get/set is a ``memcpy`` of a
@@ -95,16 +100,18 @@ import re
 import struct
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Self
 
 import xxhash
 
-from streamhouse.doorbell import Doorbell
+from streamhouse.doorbell import Doorbell, check_private
 
 __all__ = [
     "LAYOUT_VERSION",
     "RingError",
     "RingLayoutError",
+    "RingPermissionError",
     "RingReader",
     "RingTimeout",
     "RingWriter",
@@ -162,6 +169,10 @@ class RingLayoutError(RingError):
 
     The message says how to fix it (stop both sides and call ``unlink_ring``).
     """
+
+
+class RingPermissionError(RingError, PermissionError):
+    """A ring file or its directory belongs to another user or is open to group or others."""
 
 
 class RingTimeout(RingError, TimeoutError):
@@ -225,8 +236,7 @@ class _RingEnd:
             )
         if not os.path.isdir(_SHM_DIR):
             raise RingError(f"POSIX shared memory directory {_SHM_DIR} is missing (Linux only)")
-        os.makedirs(run_dir, exist_ok=True)
-        real_dir = os.path.realpath(os.fspath(run_dir))
+        real_dir = make_private_dir(run_dir)
         self.name = name
         self.run_dir = real_dir
         self.capacity = capacity
@@ -275,6 +285,7 @@ class _RingEnd:
                 pass
             else:
                 try:
+                    os.fchmod(fd, 0o600)  # whatever the umask: private to this user
                     return self._create(fd, path, capacity)
                 finally:
                     os.close(fd)  # the mapping holds its own reference
@@ -284,6 +295,12 @@ class _RingEnd:
                 fd = -1  # unlinked between our two opens: race to create it again
             if fd >= 0:
                 try:
+                    try:
+                        check_private(fd, path, "ring")
+                    except PermissionError as exc:
+                        raise RingPermissionError(
+                            f"{exc.strerror}; {_fix_hint(self.name, self.run_dir, path)}"
+                        ) from None
                     mm = self._attach(fd, path, capacity)
                 finally:
                     os.close(fd)
@@ -573,6 +590,8 @@ class RingReader(_RingEnd):
             base = _HEADER_SIZE + pos
             body, hlen = _PREFIX.unpack_from(buf, base)
             if body == _WRAP:
+                if cap - pos > head - tail:  # a marker past head: corrupt, never loop on it
+                    raise self._corrupt(tail, head, body, hlen)
                 tail += cap - pos
                 continue
             size = (body + 15) & ~7
@@ -589,6 +608,19 @@ class RingReader(_RingEnd):
         self._words[_W_TAIL] = tail
         self._space_bell.ring()
         return out
+
+    def __aiter__(self) -> AsyncIterator[tuple[bytes, bytes]]:
+        """Every frame from now on, in order, as (header, payload) copies (rule 11)."""
+        return self._frames()
+
+    async def _frames(self, batch: int = 64) -> AsyncIterator[tuple[bytes, bytes]]:
+        while True:
+            frames = self.read_frames(batch)
+            if not frames:
+                await self.wait_readable()
+                continue
+            for frame in frames:
+                yield frame
 
     async def wait_readable(self) -> None:
         """Return once at least one frame is readable; checks first, then waits on the doorbell.
@@ -619,6 +651,8 @@ class RingReader(_RingEnd):
             pos = tail % cap
             if _U32.unpack_from(buf, _HEADER_SIZE + pos)[0] != _WRAP:
                 break
+            if cap - pos > head - tail:
+                return True  # a marker past head: read_frames reports the corruption
             tail += cap - pos
             skipped = True
         if skipped:
@@ -634,6 +668,30 @@ class RingReader(_RingEnd):
             f"claims body {body} / header {hlen} bytes; "
             + _fix_hint(self.name, self.run_dir, self._shm_path)
         )
+
+
+def make_private_dir(path: str | os.PathLike[str], *, tighten: bool = False) -> str:
+    """Create ``path`` (and parents) mode 0700 if missing and return its real path.
+
+    A directory owned by another user raises ``RingPermissionError``; so does one open to
+    group or others, unless ``tighten`` (then it is chmod 0700: for the stack's own dirs).
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    real = os.path.realpath(os.fspath(path))
+    st = os.stat(real)
+    if st.st_uid != os.geteuid():
+        raise RingPermissionError(
+            f"directory {real} belongs to uid {st.st_uid}, not to this user (uid "
+            f"{os.geteuid()}); run StreamHouse as its owner or use a data dir of your own"
+        )
+    if st.st_mode & 0o077:
+        if not tighten:
+            raise RingPermissionError(
+                f"directory {real} is open to group or others (mode {st.st_mode & 0o777:o}); "
+                f"rings and doorbells must be private: chmod 700 {real}"
+            )
+        os.chmod(real, 0o700)
+    return real
 
 
 def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:

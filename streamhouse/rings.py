@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from streamhouse.config import Settings
 from streamhouse.ring import RingReader, RingWriter, unlink_ring
+from streamhouse.ring import make_private_dir as _make_private_dir
 
 PRODUCE = "produce"  # ingest -> segmenter
 SEALED = "sealed"  # segmenter -> uploader
@@ -26,13 +29,21 @@ def capacity(settings: Settings, name: str) -> int:
     }[name]
 
 
+def make_private_dir(path: os.PathLike[str] | str) -> None:
+    """Create a stack directory mode 0700, closing an existing one of ours to group and others;
+    raises RingPermissionError if another user owns it."""
+    _make_private_dir(path, tighten=True)
+
+
 def open_reader(settings: Settings, name: str) -> RingReader:
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    """Attach (or create) the reading end of one of this stack's rings."""
+    make_private_dir(settings.run_dir)
     return RingReader(name, settings.run_dir, capacity(settings, name))
 
 
 def open_writer(settings: Settings, name: str) -> RingWriter:
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    """Attach (or create) the writing end of one of this stack's rings."""
+    make_private_dir(settings.run_dir)
     return RingWriter(name, settings.run_dir, capacity(settings, name))
 
 

@@ -6,8 +6,13 @@ Rules:
 - A segment whose PUT still fails after `upload_attempts` tries (with exponential backoff) is
   not committed; its batches are acknowledged with a retriable error. Nothing is acknowledged
   before its commit.
-- The committed segment is offered to the reader's cache; if that ring is full the reader
-  simply reads it from the object store later.
+- The committed segment is offered to the reader's cache; if that ring is full (or the frame
+  would not fit it) the reader simply reads it from the object store later.
+- Acks are split into as many AckFrames as it takes for each to fit the ack ring.
+- No frame can stop the uploader: a sealed frame that does not decode is dropped with one log
+  line (its produces time out and are retried); one whose blocks and batches do not add up,
+  a refusal from the segmenter, and a commit that fails are answered with an error ack for
+  the batches they carry.
 """
 
 from __future__ import annotations
@@ -18,22 +23,32 @@ import secrets
 import time
 from collections import deque
 
+import msgspec
+
 from metadata import BatchRef, CommitBlock, MetadataStore, MetadataUnavailableError
+from metadata.store import BatchResult
 from streamhouse import objectstore, rings
 from streamhouse.config import Settings
+from streamhouse.errors import RING_OK, ErrorCode, RingError, StreamHouseError
 from streamhouse.frames import (
-    AckFrame,
+    AckResult,
     CommittedBlock,
     CommittedSegment,
+    FrameError,
+    SealedBatch,
     SealedSegment,
+    ack_headers,
+    check_sealed,
     decoder_for,
     header_encoder,
+    ring_error,
 )
-from streamhouse.process import run_process
+from streamhouse.process import run_process, spawn
 
 log = logging.getLogger("uploader")
 
-STORAGE_ERROR = "KAFKA_STORAGE_ERROR"
+# Largest AckFrame header written (several are written for more results).
+MAX_ACK_FRAME_BYTES = 1024 * 1024
 
 
 def new_segment_key() -> str:
@@ -69,9 +84,31 @@ def commit_blocks(sealed: SealedSegment) -> list[CommitBlock]:
             BatchRef(b.record_count, b.producer_id, b.producer_epoch, b.base_sequence)
         )
     return [
-        CommitBlock(topic_id, partition, offset, length, max_ts, refs[i])
-        for i, (topic_id, partition, offset, length, max_ts) in enumerate(sealed.blocks)
+        CommitBlock(b.topic_id, b.partition, b.byte_offset, b.byte_length, b.max_timestamp, refs[i])
+        for i, b in enumerate(sealed.blocks)
     ]
+
+
+def batch_error(result: BatchResult, block: CommitBlock) -> RingError:
+    """The ring error for one batch's commit outcome, with a message saying what to do."""
+    if result.error is None:
+        return RING_OK
+    code = ErrorCode.from_name(result.error)
+    where = f"topic id {block.topic_id} partition {block.partition}"
+    if code is ErrorCode.UNKNOWN_TOPIC_OR_PARTITION:
+        message = f"{where} does not exist (deleted while producing?)"
+    elif code is ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER:
+        message = f"out-of-order sequence number for {where}: a batch is missing"
+    elif code is ErrorCode.INVALID_PRODUCER_EPOCH:
+        message = "producer epoch is fenced by a newer one: initialise the producer again"
+    else:
+        message = f"commit of a batch for {where} failed: {result.error}"
+    return ring_error(code.kafka_code, message)
+
+
+def failed_acks(batches: list[SealedBatch], error: RingError) -> list[AckResult]:
+    """The same error for every batch listed."""
+    return [AckResult(b.request_id, b.slot, b.ordinal, -1, error) for b in batches]
 
 
 class Uploader:
@@ -90,6 +127,7 @@ class Uploader:
         self.slots = asyncio.Semaphore(settings.upload_concurrency)
         self.in_order: deque[tuple[SealedSegment, bytes, str, asyncio.Task[bool]]] = deque()
         self.work = asyncio.Event()
+        self._decode = decoder_for(SealedSegment).decode
 
     async def upload(self, key: str, obj: bytes) -> bool:
         async with self.slots:
@@ -97,21 +135,48 @@ class Uploader:
 
     async def receive(self, stop: asyncio.Event) -> None:
         """Starts an upload for every sealed segment, queued in seal order."""
-        decode = decoder_for(SealedSegment).decode
-        while not stop.is_set():
-            frames = self.sealed.read_frames(64)
-            if not frames:
-                await self.sealed.wait_readable()
+        async for header, obj in self.sealed:
+            sealed = await self.take(header, obj)
+            if sealed is None:
                 continue
-            for header, obj in frames:
-                sealed = decode(header)
-                key = new_segment_key()
-                # Bound the work in flight: wait for an upload slot before taking more.
-                while len(self.in_order) >= 4 * self.settings.upload_concurrency:
-                    await self._drained()
-                task = asyncio.ensure_future(self.upload(key, obj))
-                self.in_order.append((sealed, obj, key, task))
-                self.work.set()
+            key = new_segment_key()
+            # Bound the work in flight: wait for an upload slot before taking more.
+            while len(self.in_order) >= 4 * self.settings.upload_concurrency:
+                await self._drained()
+            task = asyncio.ensure_future(self.upload(key, obj))
+            self.in_order.append((sealed, obj, key, task))
+            self.work.set()
+            if stop.is_set():
+                return
+
+    async def take(self, header: bytes, obj: bytes) -> SealedSegment | None:
+        """The sealed segment to upload, or None after answering a refused or bad frame."""
+        try:
+            sealed = self._decode(header)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error(
+                "dropped a sealed frame whose header does not decode (%s); its produces time "
+                "out and are retried",
+                exc,
+            )
+            return None
+        try:
+            check_sealed(sealed, len(obj))
+        except FrameError as exc:
+            log.error("refusing a sealed segment that does not add up: %s", exc)
+            error = ring_error(ErrorCode.CORRUPT_MESSAGE.kafka_code, f"segment refused: {exc}")
+            await self.ack(failed_acks(sealed.batches, error))
+            return None
+        if sealed.error.code:
+            await self.ack(failed_acks(sealed.batches, sealed.error))
+            return None
+        return sealed
+
+    async def ack(self, results: list[AckResult]) -> None:
+        """Sends the results to ingest in as many AckFrames as it takes to fit the ring."""
+        limit = min(MAX_ACK_FRAME_BYTES, self.acks.max_frame_size)
+        for header in ack_headers(results, limit):
+            await self.acks.write(header)
 
     async def _drained(self) -> None:
         head = self.in_order[0][3]
@@ -136,10 +201,12 @@ class Uploader:
                 await self.commit(sealed, obj, key)
             else:
                 log.error("segment %s could not be stored; failing its produce requests", key)
-                results = [
-                    (b.request_id, b.slot, b.ordinal, -1, STORAGE_ERROR) for b in sealed.batches
-                ]
-                await self.acks.write(header_encoder.encode(AckFrame(results)))
+                error = ring_error(
+                    ErrorCode.KAFKA_STORAGE_ERROR.kafka_code,
+                    f"the object store did not take segment {key} after "
+                    f"{self.settings.upload_attempts} attempts; retry",
+                )
+                await self.ack(failed_acks(sealed.batches, error))
 
     async def commit(self, sealed: SealedSegment, obj: bytes, key: str) -> None:
         blocks = commit_blocks(sealed)
@@ -148,10 +215,21 @@ class Uploader:
         except MetadataUnavailableError as exc:
             # Nothing was committed (the object is an orphan, never served): fail retriably.
             log.error("segment %s could not be committed: %s", key, exc)
-            failed = [(b.request_id, b.slot, b.ordinal, -1, exc.code.name) for b in sealed.batches]
-            await self.acks.write(header_encoder.encode(AckFrame(failed)))
+            error = ring_error(exc.code.kafka_code, exc.message)
+            await self.ack(failed_acks(sealed.batches, error))
             return
-        results: list[tuple[int, int, int, int, str]] = []
+        except Exception as exc:  # any other failure of the store: nothing was committed
+            log.error("commit of segment %s failed: %s; failing its produce requests", key, exc)
+            if isinstance(exc, StreamHouseError):
+                error = ring_error(exc.code.kafka_code, exc.message)
+            else:
+                error = ring_error(
+                    ErrorCode.KAFKA_STORAGE_ERROR.kafka_code,
+                    f"the metadata commit of the data failed ({exc}); retry",
+                )
+            await self.ack(failed_acks(sealed.batches, error))
+            return
+        results: list[AckResult] = []
         committed: list[CommittedBlock] = []
         batch_iter = iter(sealed.batches)
         for block, block_results in zip(blocks, per_block, strict=True):
@@ -160,7 +238,13 @@ class Uploader:
             for ordinal, result in enumerate(block_results):
                 ref = next(batch_iter)
                 results.append(
-                    (ref.request_id, ref.slot, ref.ordinal, result.base_offset, result.error or "")
+                    AckResult(
+                        ref.request_id,
+                        ref.slot,
+                        ref.ordinal,
+                        result.base_offset,
+                        batch_error(result, block),
+                    )
                 )
                 if result.error is None and not result.duplicate:
                     if base < 0:
@@ -180,11 +264,13 @@ class Uploader:
                         tuple(skipped),
                     )
                 )
-        await self.acks.write(header_encoder.encode(AckFrame(results)))
-        if committed and not self.committed.try_write(
-            header_encoder.encode(CommittedSegment(key, committed)), obj
-        ):
-            log.debug("committed ring full; reader will read %s from the object store", key)
+        await self.ack(results)
+        if committed:
+            header = header_encoder.encode(CommittedSegment(key, committed))
+            if len(header) + len(obj) > self.committed.max_frame_size:
+                log.debug("segment %s is too large for the committed ring; reader reads it", key)
+            elif not self.committed.try_write(header, obj):
+                log.debug("committed ring full; reader will read %s from the object store", key)
 
     def close(self) -> None:
         self.sealed.close()
@@ -200,14 +286,12 @@ async def run_uploader(settings: Settings, stop: asyncio.Event) -> None:
         settings.object_store_url,
         settings.upload_concurrency,
     )
-    receive = asyncio.ensure_future(uploader.receive(stop))
-    commit = asyncio.ensure_future(uploader.commit_loop(stop))
+    # A death of either task fails the process (streamhouse.process); they end only at stop.
+    receive = spawn(uploader.receive(stop), "sealed-ring intake", forever=False)
+    commit = spawn(uploader.commit_loop(stop), "commit loop", forever=False)
     stop_task = asyncio.ensure_future(stop.wait())
     try:
-        done, _ = await asyncio.wait({receive, commit, stop_task}, return_when="FIRST_COMPLETED")
-        for task in done:
-            if task is not stop_task:
-                task.result()  # surface a crash
+        await asyncio.wait({receive, commit, stop_task}, return_when="FIRST_COMPLETED")
         receive.cancel()
         uploader.work.set()
         # Finish what is already uploading so its producers get their acks.

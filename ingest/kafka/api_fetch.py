@@ -15,6 +15,7 @@ from ingest.kafka import errors
 from ingest.kafka.broker import LEADER_EPOCH
 from ingest.pipeline import PipelineUnavailable
 from metadata import BlockLocation
+from streamhouse.errors import StreamHouseError
 from streamhouse.frames import FORMAT_KAFKA, FetchPart
 from streamhouse.frames import FetchRequest as ReaderFetch
 from streamhouse.kafka.messages import (
@@ -61,6 +62,7 @@ async def fetch(broker: KafkaBroker, header: RequestHeader, request: FetchReques
         layout.append((t_index, entries))
     results = []
     payload = memoryview(b"")
+    failed_code = errors.NOT_LEADER_OR_FOLLOWER
     if parts:
         max_bytes = min(
             request.max_bytes or broker.settings.max_fetch_bytes, broker.settings.max_fetch_bytes
@@ -78,7 +80,10 @@ async def fetch(broker: KafkaBroker, header: RequestHeader, request: FetchReques
             results = answer.parts
             payload = memoryview(data)
         except PipelineUnavailable:
+            results = []  # the reader restarted or is slow: NOT_LEADER_OR_FOLLOWER, retry
+        except StreamHouseError as exc:  # refused as asked: every partition gets its code
             results = []
+            failed_code = exc.code.kafka_code
     positions = []
     pos = 0
     for r in results:
@@ -104,11 +109,11 @@ async def fetch(broker: KafkaBroker, header: RequestHeader, request: FetchReques
                     )
                 )
                 continue
-            if index >= len(results):  # the reader restarted: let the client retry
+            if index >= len(results):  # the fetch failed as a whole
                 partitions.append(
                     F.PartitionData(
                         partition_index=partition,
-                        error_code=errors.NOT_LEADER_OR_FOLLOWER,
+                        error_code=failed_code,
                         high_watermark=-1,
                         last_stable_offset=-1,
                         log_start_offset=-1,
@@ -117,7 +122,7 @@ async def fetch(broker: KafkaBroker, header: RequestHeader, request: FetchReques
                 )
                 continue
             r = results[index]
-            code = errors.BY_NAME.get(r.error, errors.UNKNOWN_SERVER_ERROR) if r.error else 0
+            code = r.error.code  # the Kafka code (streamhouse.errors.RingError)
             start = positions[index]
             partitions.append(
                 F.PartitionData(
@@ -214,7 +219,7 @@ async def _block_batches(
         )
         answer, data = await broker.pipeline.fetch(request)
         part = answer.parts[0]
-        if part.error or part.length == 0:
+        if part.error.code or part.length == 0:
             break
         view = memoryview(data)[: part.length]
         for info in scan_batches(view, verify_crc=False):
@@ -263,7 +268,7 @@ async def list_offsets(
                         state.log_start_offset,
                         state.high_watermark,
                     )
-                except PipelineUnavailable:
+                except StreamHouseError:  # the reader could not answer: no offset found
                     offset, ts = -1, -1
             partitions.append(
                 L.ListOffsetsPartitionResponse(

@@ -29,7 +29,8 @@ import crc32c
 
 from ingest.kafka import errors
 from ingest.kafka.connection import NO_RESPONSE
-from ingest.pipeline import PipelineUnavailable, ProduceSlot
+from ingest.pipeline import BatchOutcome, PipelineUnavailable, ProduceSlot
+from streamhouse.frames import BatchMeta
 from streamhouse.kafka.messages import ProduceRequest, ProduceResponse, RequestHeader
 from streamhouse.recordbatch import (
     TIMESTAMP_TYPE_MASK,
@@ -88,7 +89,7 @@ def _admit(
     lengths = []
     for info in infos:
         metas.append(
-            (
+            BatchMeta(
                 info.record_count,
                 info.producer_id,
                 info.producer_epoch,
@@ -148,13 +149,13 @@ async def produce(
             task = asyncio.ensure_future(broker.pipeline.produce(slots))
             task.add_done_callback(_ignore_outcome)
         return NO_RESPONSE
-    results: list[list[tuple[int, str]]] = []
+    results: list[list[BatchOutcome]] = []
     timed_out: str | None = None
     if slots:
         try:
             results = await broker.pipeline.produce(slots)
         except PipelineUnavailable as exc:
-            timed_out = str(exc)
+            timed_out = exc.message
     response = ProduceResponse(responses=[])
     for topic_data in request.topic_data:
         partitions = []
@@ -165,13 +166,13 @@ async def produce(
                 if timed_out is not None:
                     code, message = errors.REQUEST_TIMED_OUT, timed_out
                 else:
-                    base_offset, error_name = results[index][0]
-                    for _, later_error in results[index][1:]:
-                        error_name = error_name or later_error
-                    if error_name:
-                        code = errors.BY_NAME.get(error_name, errors.UNKNOWN_SERVER_ERROR)
-                        message = error_name
-                        base_offset = -1 if code != 0 else base_offset
+                    # The partition's first failed batch decides its error (Kafka answers
+                    # per partition); its offset is the first batch's.
+                    base_offset = results[index][0].base_offset
+                    failed = next((r.error for r in results[index] if r.error), None)
+                    if failed is not None:
+                        code, message = failed.code.kafka_code, failed.message
+                        base_offset = -1
             partitions.append(
                 R.PartitionProduceResponse(
                     index=part.index,

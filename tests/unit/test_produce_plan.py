@@ -8,6 +8,7 @@ import pytest
 
 from ingest.pipeline import ProduceSlot
 from ingest.produce import Partitioner, ProduceRejected, plan_produce
+from streamhouse.frames import BatchMeta
 from streamhouse.proto import streamhouse_pb2 as pb
 from streamhouse.recordbatch import decode_records, default_partition, scan_batches
 
@@ -117,7 +118,7 @@ def test_keyed_records_use_default_partition() -> None:
             if default_partition(k, 5) == slot.partition
         ]
         assert [(r[1], r[2]) for r in decoded(slot)] == expected
-        assert slot.batches[0][0] == len(expected)
+        assert slot.batches[0].record_count == len(expected)
 
 
 def test_keyed_request_does_not_advance_round_robin() -> None:
@@ -187,7 +188,7 @@ def test_idempotent_request_is_one_batch_with_producer_fields() -> None:
     (info,) = scan_batches(slot.payload)
     assert (info.producer_id, info.producer_epoch, info.base_sequence) == (99, 3, 17)
     assert info.record_count == 3
-    assert slot.batches == [(3, 99, 3, 17, 10, 30)]
+    assert slot.batches == [BatchMeta(3, 99, 3, 17, 10, 30)]
     assert slot.partition == 1
 
 
@@ -196,7 +197,7 @@ def test_non_idempotent_batches_have_no_producer() -> None:
     (slot,) = plan([rec(ts=5), rec(ts=9)], partition=0)
     (info,) = scan_batches(slot.payload)
     assert (info.producer_id, info.producer_epoch, info.base_sequence) == (-1, -1, -1)
-    assert slot.batches == [(2, -1, -1, -1, 5, 9)]
+    assert slot.batches == [BatchMeta(2, -1, -1, -1, 5, 9)]
 
 
 def test_records_round_trip_through_the_batch() -> None:
@@ -212,7 +213,7 @@ def test_records_round_trip_through_the_batch() -> None:
     records = [rec(k, v, h, ts) for k, v, h, ts in specs]
     (slot,) = plan(records, partition=0)
     assert decoded(slot) == [(ts, k, v, h) for k, v, h, ts in specs]
-    assert slot.batches == [(5, -1, -1, -1, -50, 1_700_000_000_000)]
+    assert slot.batches == [BatchMeta(5, -1, -1, -1, -50, 1_700_000_000_000)]
 
 
 def test_zero_timestamp_means_server_time() -> None:
@@ -224,14 +225,14 @@ def test_zero_timestamp_means_server_time() -> None:
     assert before <= stamps[0] <= after
     assert stamps[1] == 123
     assert stamps[2] == stamps[0]
-    assert slot.batches[0][4:] == (123, stamps[0])
+    assert (slot.batches[0].min_timestamp, slot.batches[0].max_timestamp) == (123, stamps[0])
 
 
 def test_negative_timestamps_are_kept() -> None:
     """Negative timestamps are the producer's to choose (only 0 is special)."""
     (slot,) = plan([rec(ts=-1), rec(ts=-1_000)], partition=0)
     assert [r[0] for r in decoded(slot)] == [-1, -1_000]
-    assert slot.batches[0][4:] == (-1_000, -1)
+    assert (slot.batches[0].min_timestamp, slot.batches[0].max_timestamp) == (-1_000, -1)
 
 
 def test_record_size_limit_counts_key_value_and_headers() -> None:

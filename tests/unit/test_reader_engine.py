@@ -21,6 +21,7 @@ from reader import engine as engine_module
 from reader.cache import BlockCache
 from reader.engine import ReadEngine
 from streamhouse import objectstore
+from streamhouse.errors import RING_OK, ErrorCode
 from streamhouse.frames import (
     FORMAT_KAFKA,
     FORMAT_RECORDS,
@@ -219,7 +220,7 @@ def test_kafka_fetch_patches_base_offsets(h: Harness) -> None:
     a, b, c = seed(h)
     resp, payload = fetch(h, request(h, 0))
     (part,) = resp.parts
-    assert part == FetchPartResult(h.topic_id, 0, "", 9, 0, len(payload), 9, 9)
+    assert part == FetchPartResult(h.topic_id, 0, RING_OK, 9, 0, len(payload), 9, 9)
     assert kafka_batches(payload) == [(0, vals("a", 3)), (3, vals("b", 2)), (5, vals("c", 4))]
     assert len(payload) == len(a) + len(b) + len(c)
     # Only baseOffset differs from what the producer sent.
@@ -300,13 +301,13 @@ def test_fetch_at_high_watermark_is_empty(h: Harness) -> None:
     seed(h)
     resp, payload = fetch(h, request(h, 9))
     assert payload == b""
-    assert resp.parts[0] == FetchPartResult(h.topic_id, 0, "", 9, 0, 0, 9, 0)
+    assert resp.parts[0] == FetchPartResult(h.topic_id, 0, RING_OK, 9, 0, 0, 9, 0)
 
 
 def test_fetch_of_an_empty_partition(h: Harness) -> None:
     resp, payload = fetch(h, request(h, 0, partition=2))
     assert payload == b""
-    assert resp.parts[0] == FetchPartResult(h.topic_id, 2, "", 0, 0, 0, 0, 0)
+    assert resp.parts[0] == FetchPartResult(h.topic_id, 2, RING_OK, 0, 0, 0, 0, 0)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -316,7 +317,9 @@ def test_offset_above_high_watermark_is_out_of_range(h: Harness) -> None:
     seed(h)
     resp, payload = fetch(h, request(h, 10))
     assert payload == b""
-    assert resp.parts[0] == FetchPartResult(h.topic_id, 0, "OFFSET_OUT_OF_RANGE", 9, 0, 0, 10, 0)
+    assert resp.parts[0].error.code == ErrorCode.OFFSET_OUT_OF_RANGE.kafka_code
+    assert "0..9" in resp.parts[0].error.message
+    assert resp.parts[0] == FetchPartResult(h.topic_id, 0, resp.parts[0].error, 9, 0, 0, 10, 0)
 
 
 def test_offset_below_log_start_is_out_of_range(h: Harness) -> None:
@@ -325,10 +328,10 @@ def test_offset_below_log_start_is_out_of_range(h: Harness) -> None:
     h.meta.set_log_start_offset(h.topic_id, 0, 5)
     resp, payload = fetch(h, request(h, 4))
     assert payload == b""
-    assert resp.parts[0].error == "OFFSET_OUT_OF_RANGE"
+    assert resp.parts[0].error.code == ErrorCode.OFFSET_OUT_OF_RANGE.kafka_code
     assert (resp.parts[0].high_watermark, resp.parts[0].log_start_offset) == (9, 5)
     resp, payload = fetch(h, request(h, 5))
-    assert resp.parts[0].error == ""
+    assert resp.parts[0].error == RING_OK
     assert resp.parts[0].log_start_offset == 5
     assert kafka_batches(payload) == [(5, vals("c", 4))]
 
@@ -336,7 +339,7 @@ def test_offset_below_log_start_is_out_of_range(h: Harness) -> None:
 def test_negative_offset_is_out_of_range(h: Harness) -> None:
     seed(h)
     resp, _payload = fetch(h, request(h, -1))
-    assert resp.parts[0].error == "OFFSET_OUT_OF_RANGE"
+    assert resp.parts[0].error.code == ErrorCode.OFFSET_OUT_OF_RANGE.kafka_code
 
 
 @pytest.mark.parametrize(("topic_delta", "partition"), [(1000, 0), (0, 3), (0, -1)])
@@ -346,8 +349,8 @@ def test_unknown_topic_or_partition(h: Harness, topic_delta: int, partition: int
     resp, payload = fetch(h, req)
     assert payload == b""
     (part,) = resp.parts
-    assert (part.error, part.high_watermark, part.log_start_offset) == (
-        "UNKNOWN_TOPIC_OR_PARTITION",
+    assert (part.error.code, part.high_watermark, part.log_start_offset) == (
+        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION.kafka_code,
         -1,
         -1,
     )
@@ -362,7 +365,7 @@ def test_error_part_does_not_wait(h: Harness) -> None:
         )
 
     resp, _payload = asyncio.run(go())
-    assert resp.parts[0].error == "UNKNOWN_TOPIC_OR_PARTITION"
+    assert resp.parts[0].error.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION.kafka_code
 
 
 def test_missing_object_is_a_storage_error(h: Harness) -> None:
@@ -374,7 +377,7 @@ def test_missing_object_is_a_storage_error(h: Harness) -> None:
 
     resp, payload = asyncio.run(go())
     assert payload == b""
-    assert resp.parts[0].error == "KAFKA_STORAGE_ERROR"
+    assert resp.parts[0].error.code == ErrorCode.KAFKA_STORAGE_ERROR.kafka_code
     assert resp.parts[0].high_watermark == 2
 
 
@@ -507,7 +510,7 @@ def test_cold_read_uses_one_range_get_then_the_cache(h: Harness) -> None:
         assert kafka_batches(payload) == [(0, vals("a", 3))]
         assert h.range_gets == [(segment.key, block.byte_offset, block.byte_length)]
         assert (segment.key, block.byte_offset) in h.cache
-        assert resp.parts[0].error == ""
+        assert resp.parts[0].error == RING_OK
 
         await objectstore.delete(h.store, segment.key)
         _resp, again = await h.engine.fetch(request(h, 1, fmt=FORMAT_RECORDS))
@@ -647,7 +650,7 @@ def test_long_poll_returns_empty_after_max_wait(h: Harness) -> None:
         )
         elapsed = loop.time() - started
         assert payload == b""
-        assert resp.parts[0] == FetchPartResult(h.topic_id, 0, "", 2, 0, 0, 2, 0)
+        assert resp.parts[0] == FetchPartResult(h.topic_id, 0, RING_OK, 2, 0, 0, 2, 0)
         assert elapsed >= 0.09
         assert h.engine._waiters == {}
 

@@ -495,7 +495,7 @@ def test_uninitialised_ring_times_out_with_fix(
     ring: RingFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ring_mod, "_ATTACH_TIMEOUT_S", 0.05)
-    os.makedirs(ring.run_dir)
+    os.makedirs(ring.run_dir, mode=0o700)
     fd = os.open(ring.shm_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     os.ftruncate(fd, 384 + CAP)  # sized, but the creator "died" before writing the magic
     os.close(fd)
@@ -506,7 +506,7 @@ def test_uninitialised_ring_times_out_with_fix(
 def test_attacher_waits_for_creator_to_finish(
     ring: RingFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    os.makedirs(ring.run_dir)
+    os.makedirs(ring.run_dir, mode=0o700)
     fd = os.open(ring.shm_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)  # created (O_EXCL won) but not even sized yet
     steps: list[str] = []

@@ -6,7 +6,15 @@ import msgspec
 import pytest
 
 from segmenter.builder import SegmentBuilder
-from streamhouse.frames import ProduceFrame, SealedBatch, SealedSegment, decoder_for, header_encoder
+from streamhouse.frames import (
+    BatchMeta,
+    ProduceFrame,
+    SealedBatch,
+    SealedBlock,
+    SealedSegment,
+    decoder_for,
+    header_encoder,
+)
 from streamhouse.recordbatch import decode_records, encode_batch, scan_batches
 from streamhouse.segment import BlockEntry, decode_block, read_index
 
@@ -29,7 +37,7 @@ def frame(
     payload = b"".join(batches)
     infos = scan_batches(payload)
     meta = [
-        (
+        BatchMeta(
             i.record_count,
             i.producer_id,
             i.producer_epoch,
@@ -97,7 +105,7 @@ def test_seal_groups_partitions_in_produce_order() -> None:
     assert sealed.segmenter_epoch == 3
     assert sealed.sequence == 0
     assert sealed.blocks == [
-        (e.topic_id, e.partition, e.offset, e.length, e.max_timestamp) for e in entries
+        SealedBlock(e.topic_id, e.partition, e.offset, e.length, e.max_timestamp) for e in entries
     ]
     assert sealed.batches == [
         SealedBatch(1, 1, 0, 0, 2, -1, -1, -1),
@@ -130,7 +138,7 @@ def test_block_max_timestamp_is_the_largest_batch_max() -> None:
     sealed, obj = b.seal()
     (entry,) = read_index(obj)
     assert entry.max_timestamp == 9_002
-    assert sealed.blocks[0][4] == 9_002
+    assert sealed.blocks[0].max_timestamp == 9_002
     assert entry.min_timestamp <= entry.max_timestamp
 
 
