@@ -299,3 +299,43 @@ def test_log_append_time_topic_stamps_every_record_with_server_time() -> None:
     after = int(time.time() * 1000)
     stamps = [r[0] for r in decoded(slot)]
     assert stamps[0] == stamps[1] and before <= stamps[0] <= after
+
+
+# ------------------------------------------------------------------------------------------
+# the edge's topic rules (message.timestamp.*, max.message.bytes), as on the Kafka path
+
+
+def plan_with_config(records: list[pb.Record], config: dict[str, str]) -> list[ProduceSlot]:
+    return plan_produce(7, 1, records, 0, Partitioner(), BIG, BIG, None, topic_config=config)
+
+
+def test_timestamps_outside_the_topic_bounds_are_rejected_naming_the_record() -> None:
+    now = int(time.time() * 1000)
+    config = {"message.timestamp.before.max.ms": "60000", "message.timestamp.after.max.ms": "1000"}
+    (slot,) = plan_with_config([rec(ts=now - 50_000), rec(ts=now), rec(ts=0)], config)
+    assert scan_batches(slot.payload)[0].record_count == 3  # 0 is server time
+    with pytest.raises(ProduceRejected, match=r"record 1: timestamp_ms \d+ is out of range"):
+        plan_with_config([rec(ts=now), rec(ts=now + 3_600_000)], config)
+    with pytest.raises(ProduceRejected, match="record 0: timestamp_ms"):
+        plan_with_config([rec(ts=now - 3_600_000)], config)
+
+
+def test_difference_max_ms_bounds_both_sides() -> None:
+    now = int(time.time() * 1000)
+    config = {"message.timestamp.difference.max.ms": "60000"}
+    with pytest.raises(ProduceRejected, match="out of range"):
+        plan_with_config([rec(ts=now + 3_600_000)], config)
+    with pytest.raises(ProduceRejected, match="out of range"):
+        plan_with_config([rec(ts=now - 3_600_000)], config)
+
+
+def test_log_append_time_topic_ignores_producer_timestamps() -> None:
+    config = {"message.timestamp.type": "LogAppendTime", "message.timestamp.before.max.ms": "0"}
+    (slot,) = plan_with_config([rec(ts=5)], config)
+    assert decoded(slot)[0][0] >= int(time.time() * 1000) - 60_000
+
+
+def test_topic_max_message_bytes_bounds_each_encoded_batch() -> None:
+    with pytest.raises(ProduceRejected, match="max.message.bytes 100: split the batch"):
+        plan_with_config([rec(value=b"x" * 200)], {"max.message.bytes": "100"})
+    assert plan_with_config([rec(value=b"x" * 20)], {"max.message.bytes": "100"})
