@@ -24,9 +24,11 @@ from streamhouse import ring as ring_mod
 from streamhouse.doorbell import Doorbell
 from streamhouse.ring import (
     RingLayoutError,
+    RingPermissionError,
     RingReader,
     RingTimeout,
     RingWriter,
+    make_private_dir,
     unlink_ring,
 )
 
@@ -592,3 +594,101 @@ def test_doorbell_ring_never_blocks(tmp_path: Path) -> None:
     (tmp_path / "plain").write_text("x")
     with pytest.raises(FileExistsError, match="not a FIFO"):
         Doorbell(tmp_path / "plain")
+
+
+# -- permissions: rings are private to the stack's user (rule 8) ------------------------------
+
+OTHER_UID = 4242  # any uid but ours; chown to it works because the tests run as root
+
+
+def needs_root() -> None:
+    assert os.geteuid() == 0, "these tests chown files to another uid, which needs root"
+
+
+def test_ring_files_and_run_dir_are_created_private_whatever_the_umask(
+    ring: RingFixture,
+) -> None:
+    old = os.umask(0)
+    try:
+        ring.writer()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(ring.shm_path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(ring.run_dir).st_mode) == 0o700
+    for fifo in ring.run_dir.iterdir():
+        assert stat.S_IMODE(os.stat(fifo).st_mode) == 0o600, fifo
+
+
+def test_ring_file_of_another_user_is_refused_not_attached(ring: RingFixture) -> None:
+    needs_root()
+    ring.writer().close()
+    os.chown(ring.shm_path, OTHER_UID, OTHER_UID)
+    for end in (RingReader, RingWriter):
+        with pytest.raises(RingPermissionError, match=f"belongs to uid {OTHER_UID}.*unlink_ring"):
+            end(ring.name, ring.run_dir, CAP)
+
+
+def test_ring_file_open_to_others_is_refused(ring: RingFixture) -> None:
+    ring.writer().close()
+    os.chmod(ring.shm_path, 0o644)
+    with pytest.raises(RingPermissionError, match="open to group or others.*mode 644"):
+        RingReader(ring.name, ring.run_dir, CAP)
+
+
+def test_doorbell_fifo_of_another_user_or_open_to_others_is_refused(tmp_path: Path) -> None:
+    needs_root()
+    path = tmp_path / "x.data.fifo"
+    os.mkfifo(path, 0o600)
+    os.chown(path, OTHER_UID, OTHER_UID)
+    with pytest.raises(PermissionError, match=f"belongs to uid {OTHER_UID}"):
+        Doorbell(path)
+    os.chown(path, os.geteuid(), os.getegid())
+    os.chmod(path, 0o622)
+    with pytest.raises(PermissionError, match="open to group or others"):
+        Doorbell(path)
+    os.chmod(path, 0o600)
+    Doorbell(path).close()
+
+
+def test_run_dir_of_another_user_or_open_to_others_is_refused(ring: RingFixture) -> None:
+    needs_root()
+    os.makedirs(ring.run_dir, mode=0o700)
+    os.chown(ring.run_dir, OTHER_UID, OTHER_UID)
+    with pytest.raises(RingPermissionError, match=f"belongs to uid {OTHER_UID}"):
+        RingWriter(ring.name, ring.run_dir, CAP)
+    with pytest.raises(RingPermissionError, match=f"belongs to uid {OTHER_UID}"):
+        make_private_dir(ring.run_dir, tighten=True)
+    os.chown(ring.run_dir, os.geteuid(), os.getegid())
+    os.chmod(ring.run_dir, 0o755)
+    with pytest.raises(RingPermissionError, match="chmod 700"):
+        RingWriter(ring.name, ring.run_dir, CAP)
+    make_private_dir(ring.run_dir, tighten=True)  # the stack's own dirs are tightened
+    assert stat.S_IMODE(os.stat(ring.run_dir).st_mode) == 0o700
+    ring.writer()
+
+
+# -- async for over a ring (rule 11) ------------------------------------------------------------
+
+
+@LOOPS
+def test_async_for_yields_every_frame_in_order_and_waits_when_empty(
+    ring: RingFixture, loop_factory: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    writer, reader = ring.writer(), ring.reader()
+
+    async def go() -> None:
+        got: list[tuple[bytes, bytes]] = []
+
+        async def consume() -> None:
+            async for frame in reader:
+                got.append(frame)
+                if len(got) == 300:
+                    return
+
+        task = asyncio.ensure_future(consume())
+        for i in range(300):
+            await writer.write(f"h{i}".encode(), b"p" * (i % 50))
+        await asyncio.wait_for(task, 10)
+        assert got == [(f"h{i}".encode(), b"p" * (i % 50)) for i in range(300)]
+
+    run(loop_factory, go())
