@@ -20,11 +20,14 @@ Busy, locked and full databases (rules):
    (retriable); a full disk (``SQLITE_FULL``) or an I/O error raises it with
    ``KAFKA_STORAGE_ERROR`` (retriable) at once. Either way the transaction is rolled back, so
    nothing changed and the caller may retry the whole call. The process stays up.
-4. The calls block (apsw releases the GIL while SQLite works): processes call them from a
-   worker thread, never on an event loop, whenever they can wait on a lock.
+4. The calls block (apsw releases the GIL while SQLite works): processes call writes from a
+   worker thread, never on an event loop, since they can wait on a lock.
+5. Reads use a second connection of their own, so a read never queues behind a write of
+   the same store that waits for the lock: in WAL mode a read does not wait for writers and
+   may run on an event loop.
 
-A store object may be shared by threads (calls are serialised by a lock), but the usual pattern
-is one store per process.
+A store object may be shared by threads (reads are serialised by one lock, writes by
+another), but the usual pattern is one store per process.
 """
 
 from __future__ import annotations
@@ -386,27 +389,36 @@ class MetadataStore:
             raise ValueError(f"busy_timeout_ms must not be negative, got {busy_timeout_ms}")
         self.path = os.fspath(path)
         self.busy_timeout_ms = busy_timeout_ms
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the write connection's
+        self._read_lock = threading.Lock()
         self._db: apsw.Connection | None = None
+        self._reads: apsw.Connection | None = None
+        opened: list[apsw.Connection] = []
         try:
             db = apsw.Connection(
                 self.path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
             )
-        except apsw.Error as exc:
-            raise MetadataError(f"cannot open metadata store {self.path!r}: {exc}") from exc
-        try:
+            opened.append(db)
             db.setbusytimeout(busy_timeout_ms)
             self._prepare(db, synchronous, time.monotonic() + busy_timeout_ms / 1000)
+            reads = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+            opened.append(reads)
+            reads.setbusytimeout(busy_timeout_ms)
+            reads.execute("PRAGMA query_only = 1")
         except MetadataError:
-            db.close()
+            for conn in opened:
+                conn.close()
             raise
         except apsw.Error as exc:
-            db.close()
+            for conn in opened:
+                conn.close()
             raise MetadataError(f"cannot open metadata store {self.path!r}: {exc}") from exc
         except BaseException:
-            db.close()
+            for conn in opened:
+                conn.close()
             raise
         self._db = db
+        self._reads = reads
 
     def _prepare(self, db: apsw.Connection, synchronous: str, deadline: float) -> None:
         """Switch to WAL, set durability and migrate, retrying lock conflicts until
@@ -434,11 +446,12 @@ class MetadataStore:
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Close the connection. Idempotent; any later call raises :class:`MetadataError`."""
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        """Close the connections. Idempotent; any later call raises :class:`MetadataError`."""
+        with self._lock, self._read_lock:
+            for conn in (self._db, self._reads):
+                if conn is not None:
+                    conn.close()
+            self._db = self._reads = None
 
     def __enter__(self) -> MetadataStore:
         return self
@@ -452,9 +465,9 @@ class MetadataStore:
             raise MetadataError("metadata store is closed")
         return db
 
-    def _acquire(self, deadline: float) -> None:
-        """Take this object's thread lock, waiting no later than ``deadline``."""
-        if not self._lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+    def _acquire(self, lock: threading.Lock, deadline: float) -> None:
+        """Take one of this object's thread locks, waiting no later than ``deadline``."""
+        if not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
             raise MetadataUnavailableError(
                 ErrorCode.REQUEST_TIMED_OUT,
                 f"metadata store {self.path!r}: another call of this process held it for "
@@ -485,15 +498,18 @@ class MetadataStore:
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[apsw.Connection]:
-        """Give the body the connection under the lock; SQLite errors become MetadataError
-        (MetadataUnavailableError when retrying can help)."""
-        self._acquire(time.monotonic() + self.busy_timeout_ms / 1000)
+        """Give the body the read connection under its lock; SQLite errors become
+        MetadataError (MetadataUnavailableError when retrying can help)."""
+        self._acquire(self._read_lock, time.monotonic() + self.busy_timeout_ms / 1000)
         try:
-            yield self._conn()
+            reads = self._reads
+            if reads is None:
+                raise MetadataError("metadata store is closed")
+            yield reads
         except apsw.Error as exc:
             raise self._unavailable(exc) from exc
         finally:
-            self._lock.release()
+            self._read_lock.release()
 
     def _begin(self, db: apsw.Connection, deadline: float) -> None:
         """``BEGIN IMMEDIATE``, retried on busy/locked until ``deadline`` (rules 1 and 2)."""
@@ -518,7 +534,7 @@ class MetadataStore:
         back and re-raise. SQLite errors become :class:`MetadataError`; a lock held past the
         busy timeout, a full disk or an I/O error become :class:`MetadataUnavailableError`."""
         deadline = time.monotonic() + self.busy_timeout_ms / 1000
-        self._acquire(deadline)
+        self._acquire(self._lock, deadline)
         try:
             db = self._conn()
             try:

@@ -812,3 +812,39 @@ def test_full_database_is_a_retriable_storage_error_and_recovers(db_path: Path) 
         s._db.execute("PRAGMA max_page_count = 1073741823")  # type: ignore[union-attr]
         s.commit_segment("after", 1, [block(t.topic_id, 0, [BatchRef(1)])])
         assert s.get_partition(t.topic_id, 0).high_watermark == hwm + 1
+
+
+def test_reads_do_not_queue_behind_a_write_waiting_for_the_lock(db_path: Path) -> None:
+    """A write of this store waiting (in a worker thread) for another connection's lock does
+    not hold up this store's reads: they have their own connection and lock."""
+    with MetadataStore(db_path, busy_timeout_ms=30_000) as s:
+        t = s.create_topic("t", 1)
+        blocker = apsw.Connection(str(db_path))
+        blocker.execute("BEGIN IMMEDIATE")
+        done = threading.Event()
+        worker = threading.Thread(
+            target=lambda: (
+                s.commit_segment("s1", 1, [block(t.topic_id, 0, [BatchRef(1)])]),
+                done.set(),
+            )
+        )
+        worker.start()
+        try:
+            assert not done.wait(0.2)  # the write is waiting for the lock
+            started = time.monotonic()
+            assert s.get_partition(t.topic_id, 0).high_watermark == 0
+            assert [x.name for x in s.list_topics()] == ["t"]
+            assert time.monotonic() - started < 0.5
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert done.wait(10)
+        worker.join()
+        # The read connection sees the write as soon as it is committed.
+        assert s.get_partition(t.topic_id, 0).high_watermark == 1
+
+
+def test_read_connection_cannot_write(store: MetadataStore) -> None:
+    with pytest.raises(MetadataError, match="readonly|query_only|read-only|attempt to write"):
+        with store._read() as db:
+            db.execute("DELETE FROM topics")
