@@ -3,20 +3,23 @@
     python3 bench/abuse.py                 # every pattern, 15 s each
     python3 bench/abuse.py --seconds 30 --only slowloris,pipeline-no-read
 
-Starts one Stack (streamhouse.testing.Stack) with the listener limits below, then runs each
-pattern for a bounded time from this process (asyncio raw sockets for Kafka, grpc.aio for
-gRPC) while a thread samples the RSS of ingest, segmenter, uploader and reader every 100 ms.
-Prints a Markdown table: per pattern the peak RSS of each process, the growth of ingest (or
-the reader, for long polls) over its baseline before the pattern, the bound the settings
-allow for that growth, and what the clients saw (served, refused, dropped).
+For each pattern, starts a fresh Stack (streamhouse.testing.Stack) with the listener limits
+below (so no pattern inherits another's high-water marks), then runs the pattern for a bounded
+time from this process (asyncio raw sockets for Kafka, grpc.aio for gRPC) while a thread
+samples the RSS of ingest, segmenter, uploader and reader every 100 ms. Prints a Markdown
+table: per pattern the peak RSS of each process, the growth of the process the pattern aims
+at (ingest, or the reader for long polls) over its idle RSS on that stack (the fixed
+overhead), the bound the settings allow for that growth, and what the clients saw.
 
 Patterns:
   connection-flood   2 x max connections, each doing ApiVersions in a loop, reconnecting
   idle-connections   max connections that send nothing, reconnecting when dropped
   slowloris          max connections sending a 1 MiB frame one byte every 200 ms
   pipeline-no-read   16 connections pipelining fetches (~240 KB answers), never reading
+                     (a client sends more only when its last burst left its own buffer)
   huge-frames        8 connections sending max-size garbage frames and oversize prefixes
-  grpc-streams       2 x max concurrent RPCs Subscribe streams and ProduceStreams
+  grpc-streams       2 x max concurrent RPCs Subscribe streams and 8 ProduceStreams, over
+                     8 channels (one channel carries at most max concurrent streams)
   long-polls         2 x reader max fetches Kafka long-poll fetches on an empty partition
   many-partitions    Produce and Fetch naming 20 x the partitions-per-request limit
 """
@@ -34,6 +37,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import psutil
@@ -92,6 +96,7 @@ PER_CONNECTION = IN_FLIGHT_BYTES + MAX_REQUEST + SEND_BUFFER + IN_FLIGHT_REQUEST
 
 @dataclass
 class Counts:
+    sent: int = 0
     served: int = 0
     refused: int = 0
     dropped: int = 0
@@ -102,6 +107,8 @@ class Counts:
 
     def describe(self) -> str:
         parts = [f"served {self.served}", f"refused {self.refused}", f"dropped {self.dropped}"]
+        if self.sent:
+            parts.insert(0, f"requests sent {self.sent}")
         parts += [f"{k} {v}" for k, v in sorted(self.errors.items())]
         return ", ".join(parts)
 
@@ -296,11 +303,13 @@ async def pipeline_no_read(stack: Stack, deadline: float, counts: Counts) -> Non
             try:
                 while time.monotonic() < deadline:
                     writer.write(burst)
-                    try:
-                        await asyncio.wait_for(writer.drain(), 1)
-                        counts.served += 50
-                    except TimeoutError:
-                        counts.error("stalled")  # back-pressure: the broker stopped reading
+                    counts.sent += 50
+                    while time.monotonic() < deadline:
+                        try:
+                            await asyncio.wait_for(writer.drain(), 1)
+                            break
+                        except TimeoutError:
+                            counts.error("stalls")  # back-pressure: the broker stopped reading
                     if writer.is_closing():
                         raise ConnectionResetError
             finally:
@@ -333,49 +342,57 @@ async def huge_frames(stack: Stack, deadline: float, counts: Counts) -> None:
 
 
 async def grpc_streams(stack: Stack, deadline: float, counts: Counts) -> None:
-    async with grpc.aio.insecure_channel(stack.grpc_address) as channel:
-        stub = streamhouse_pb2_grpc.StreamHouseStub(channel)
+    channels = [grpc.aio.insecure_channel(stack.grpc_address) for _ in range(16)]
+    try:
+        await _grpc_streams(channels, deadline, counts)
+    finally:
+        for channel in channels:
+            await channel.close()
 
-        async def subscriber() -> None:
-            while time.monotonic() < deadline:
-                call = stub.Subscribe(
-                    pb.SubscribeRequest(topic=EMPTY_TOPIC, partition=0, offset=-1),
-                    timeout=max(0.5, deadline - time.monotonic()),
-                )
-                try:
-                    async for _ in call:
-                        counts.served += 1
-                except grpc.aio.AioRpcError as err:
-                    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        counts.refused += 1
-                        await asyncio.sleep(0.2)
-                    elif err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                        counts.error(err.code().name)
 
-        async def producer() -> None:
-            batch = pb.ProduceBatchRequest(
-                topic=TOPIC, partition=1, records=[pb.Record(value=b"s" * 1000)] * 100
+async def _grpc_streams(channels: list[grpc.aio.Channel], deadline: float, counts: Counts) -> None:
+    stubs = [streamhouse_pb2_grpc.StreamHouseStub(channel) for channel in channels]
+
+    async def subscriber(stub: streamhouse_pb2_grpc.StreamHouseStub) -> None:
+        while time.monotonic() < deadline:
+            call = stub.Subscribe(
+                pb.SubscribeRequest(topic=EMPTY_TOPIC, partition=0, offset=-1),
+                timeout=max(0.5, deadline - time.monotonic()),
             )
+            try:
+                async for _ in call:
+                    counts.served += 1
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    counts.refused += 1
+                    await asyncio.sleep(0.2)
+                elif err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    counts.error(err.code().name)
 
-            async def requests():  # type: ignore[no-untyped-def]
-                while time.monotonic() < deadline:
-                    yield batch
+    async def producer(stub: streamhouse_pb2_grpc.StreamHouseStub) -> None:
+        batch = pb.ProduceBatchRequest(
+            topic=TOPIC, partition=1, records=[pb.Record(value=b"s" * 1000)] * 100
+        )
 
+        async def requests():  # type: ignore[no-untyped-def]
             while time.monotonic() < deadline:
-                call = stub.ProduceStream(requests(), timeout=max(0.5, deadline - time.monotonic()))
-                try:
-                    async for _ in call:
-                        counts.served += 1
-                except grpc.aio.AioRpcError as err:
-                    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        counts.refused += 1
-                        await asyncio.sleep(0.2)
-                    elif err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                        counts.error(err.code().name)
+                yield batch
 
-        clients = [subscriber() for _ in range(2 * GRPC_MAX_RPCS - 8)]
-        clients += [producer() for _ in range(8)]
-        await with_deadline(deadline, *clients)
+        while time.monotonic() < deadline:
+            call = stub.ProduceStream(requests(), timeout=max(0.5, deadline - time.monotonic()))
+            try:
+                async for _ in call:
+                    counts.served += 1
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    counts.refused += 1
+                    await asyncio.sleep(0.2)
+                elif err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    counts.error(err.code().name)
+
+    clients = [subscriber(stubs[i % 8]) for i in range(2 * GRPC_MAX_RPCS - 8)]
+    clients += [producer(stubs[8 + i]) for i in range(8)]
+    await with_deadline(deadline, *clients)
 
 
 async def long_polls(stack: Stack, deadline: float, counts: Counts) -> None:
@@ -448,43 +465,43 @@ PATTERNS = [
         "connection-flood",
         connection_flood,
         "ingest",
-        "max connections x ApiVersions in flight",
+        "max connections x (64 KiB read + send buffer)",
         MAX_CONNECTIONS * (SEND_BUFFER + 64 * 1024),
     ),
     Pattern(
         "idle-connections",
         idle_connections,
         "ingest",
-        "max connections x empty buffers",
+        "max connections x 64 KiB",
         MAX_CONNECTIONS * 64 * 1024,
     ),
     Pattern(
         "slowloris",
         slowloris,
         "ingest",
-        "max connections x partial frame (dropped after slow timeout)",
+        "max connections x (1 MiB partial frame + 64 KiB)",
         MAX_CONNECTIONS * (MiB + 64 * 1024),
     ),
     Pattern(
         "pipeline-no-read",
         pipeline_no_read,
         "ingest",
-        "16 x per-connection bound",
+        "16 connections x (in-flight bytes + max frame + send buffer + in-flight x max fetch)",
         16 * PER_CONNECTION,
     ),
     Pattern(
         "huge-frames",
         huge_frames,
         "ingest",
-        "8 x max request frame",
+        "8 connections x max request frame (+ 8 refused from the size prefix)",
         8 * (MAX_REQUEST + 256 * 1024),
     ),
     Pattern(
         "grpc-streams",
         grpc_streams,
         "ingest",
-        "max RPCs x one message",
-        GRPC_MAX_RPCS * 64 * 1024 + 8 * 32 * GRPC_MAX_MESSAGE,
+        "max RPCs x 64 KiB + 8 ProduceStreams x stream in-flight (32) x 100 KB requests",
+        GRPC_MAX_RPCS * 64 * 1024 + 8 * 32 * 100 * 1024,
     ),
     Pattern(
         "long-polls",
@@ -497,8 +514,8 @@ PATTERNS = [
         "many-partitions",
         many_partitions,
         "ingest",
-        "5 x max request frame",
-        5 * MAX_REQUEST,
+        "5 connections x (max request frame + in-flight bytes)",
+        5 * (MAX_REQUEST + IN_FLIGHT_BYTES),
     ),
 ]
 
@@ -507,58 +524,54 @@ def mib(n: int) -> str:
     return f"{n / MiB:.0f}"
 
 
+def run_pattern(pattern: Pattern, seconds: float, tmp: str) -> tuple[Any, ...]:
+    """Runs one pattern on a fresh stack; returns its table row."""
+    stack = Stack(pathlib.Path(tmp) / pattern.name / "data", env=SETTINGS)
+    stack.start()
+    try:
+        with Client(stack.grpc_address) as client:
+            client.create_topic(TOPIC, 4)
+            client.create_topic(EMPTY_TOPIC, 1)
+            client.produce_batch(
+                TOPIC, [Record(value=b"x" * 60_000) for _ in range(4)], partition=0
+            )
+        sampler = RssSampler(stack)
+        sampler.start()
+        idle = sampler.reset()
+        counts = Counts()
+        asyncio.run(pattern.run(stack, time.monotonic() + seconds, counts))
+        peak = sampler.peak()
+        sampler.stop()
+        print(f"{pattern.name}: {counts.describe()}", file=sys.stderr)
+        stack.wait_ready(30)  # every process still up and serving
+        if any(stack.pid(p) != sampler.procs[p].pid for p in PROGRAMS):
+            raise SystemExit(f"a process restarted during {pattern.name}")
+    finally:
+        stack.stop()
+    growth = peak[pattern.process] - idle[pattern.process]
+    return (
+        pattern.name,
+        idle,
+        peak,
+        f"{growth / MiB:.1f} ({pattern.process})",
+        f"{mib(pattern.bound_bytes)}: {pattern.bound}",
+        counts.describe(),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=15, help="length of each pattern")
     parser.add_argument("--only", default="", help="comma-separated pattern names")
     args = parser.parse_args()
     wanted = [p for p in PATTERNS if not args.only or p.name in args.only.split(",")]
-    rows = []
     with tempfile.TemporaryDirectory(prefix="streamhouse-abuse-") as tmp:
-        stack = Stack(pathlib.Path(tmp) / "data", env=SETTINGS)
-        stack.start()
-        try:
-            with Client(stack.grpc_address) as client:
-                client.create_topic(TOPIC, 4)
-                client.create_topic(EMPTY_TOPIC, 1)
-                client.produce_batch(
-                    TOPIC, [Record(value=b"x" * 60_000) for _ in range(4)], partition=0
-                )
-            sampler = RssSampler(stack)
-            sampler.start()
-            base = sampler.reset()
-            rows.append(("(idle stack)", base, base, "", 0, "", ""))
-            for pattern in wanted:
-                before = sampler.reset()
-                counts = Counts()
-                deadline = time.monotonic() + args.seconds
-                asyncio.run(pattern.run(stack, deadline, counts))
-                peak = sampler.peak()
-                growth = peak[pattern.process] - before[pattern.process]
-                rows.append(
-                    (
-                        pattern.name,
-                        before,
-                        peak,
-                        pattern.process,
-                        growth,
-                        f"{mib(pattern.bound_bytes)} ({pattern.bound})",
-                        counts.describe(),
-                    )
-                )
-                print(f"{pattern.name}: {counts.describe()}", file=sys.stderr)
-                stack.wait_ready(30)  # every process still up and serving
-                if any(stack.pid(p) != sampler.procs[p].pid for p in PROGRAMS):
-                    raise SystemExit(f"a process restarted during {pattern.name}")
-            sampler.stop()
-        finally:
-            stack.stop()
-    head = " | ".join(f"{p} peak MiB" for p in PROGRAMS)
+        rows = [run_pattern(pattern, args.seconds, tmp) for pattern in wanted]
+    head = " | ".join(f"{p} idle / peak MiB" for p in PROGRAMS)
     print(f"| pattern | {head} | growth MiB (process) | bound MiB | clients saw |")
     print("|---" * (len(PROGRAMS) + 4) + "|")
-    for name, _, peak, process, growth, bound, seen in rows:
-        cells = " | ".join(mib(peak[p]) for p in PROGRAMS)
-        grown = f"{growth / MiB:.1f} ({process})" if process else ""
+    for name, idle, peak, grown, bound, seen in rows:
+        cells = " | ".join(f"{mib(idle[p])} / {mib(peak[p])}" for p in PROGRAMS)
         print(f"| {name} | {cells} | {grown} | {bound} | {seen} |")
 
 

@@ -376,20 +376,38 @@ def _ok(call: Callable[[], Any]) -> bool:
         return False
 
 
-def test_reader_bounds_long_polls(stack: Stack) -> None:
-    """With READER_MAX_WAITING long polls waiting, one more is answered at once."""
-    with grpc.insecure_channel(stack.grpc_address) as channel:
+def _poll_woken_by_commit(stub: Any, client: Client, partition: int, max_wait_s: float) -> float:
+    """Seconds until a long poll at the tail of `partition` answers, when a record is
+    committed there right after it was sent; the answer must carry that record."""
+    start = time.monotonic()
+    poll = _consume(stub, int(max_wait_s * 1000), partition=partition)
+    client.produce(TOPIC, b"wake", partition=partition)
+    response = poll.result()
+    assert [r.value for r in response.records] == [b"wake"]
+    return time.monotonic() - start
+
+
+def test_reader_parks_long_polls_beyond_its_limit(stack: Stack) -> None:
+    """With READER_MAX_WAITING long polls waiting, one more is not woken by a commit: it is
+    answered at its max_wait (latency, never an early empty answer to spin on)."""
+    with (
+        grpc.insecure_channel(stack.grpc_address) as channel,
+        Client(stack.grpc_address) as client,
+    ):
         stub = streamhouse_pb2_grpc.StreamHouseStub(channel)
-        waiting = [_consume(stub, 20_000, partition=2) for _ in range(READER_MAX_WAITING)]
+        assert _poll_woken_by_commit(stub, client, 3, 4.0) < 3.0, "a commit wakes a long poll"
+        waiting = [_consume(stub, 30_000, partition=2) for _ in range(READER_MAX_WAITING)]
         try:
-
-            def answered_at_once() -> bool:
-                start = time.monotonic()
-                _consume(stub, 3_000, partition=3).result()
-                return time.monotonic() - start < 1.5
-
-            wait_for(answered_at_once, 20, "a fetch beyond the waiting limit answered at once")
+            # Wait until the holders are in the reader: a further poll is then parked.
+            deadline = time.monotonic() + 30
+            while _poll_woken_by_commit(stub, client, 3, 4.0) < 3.0:
+                assert time.monotonic() < deadline, "a poll beyond the limit was woken early"
             assert not any(call.done() for call in waiting), "the waiting polls keep waiting"
         finally:
             for call in waiting:
                 call.cancel()
+        wait_for(
+            lambda: _poll_woken_by_commit(stub, client, 3, 4.0) < 3.0,
+            30,
+            "long polls woken by commits again once the holders left",
+        )
