@@ -256,7 +256,7 @@ class _RingEnd:
         try:
             head = self._words[_W_HEAD]
             tail = self._words[_W_TAIL]
-            if not tail <= head <= tail + capacity:
+            if not tail <= head <= tail + capacity or (head | tail) & 7:
                 raise RingError(
                     f"ring {name!r} is corrupt (head {head}, tail {tail}, capacity "
                     f"{capacity}); {_fix_hint(name, real_dir, shm_path)}"
@@ -580,6 +580,11 @@ class RingReader(_RingEnd):
         head = self._words[_W_HEAD]
         if tail == head:
             return []
+        if head & 7:  # records are 8-aligned: a peer published garbage
+            raise RingError(
+                f"ring {self.name!r} is corrupt: head {head} is not a multiple of 8; "
+                + _fix_hint(self.name, self.run_dir, self._shm_path)
+            )
         cap = self._cap
         mm = self._mm
         out: list[tuple[bytes, bytes]] = []
@@ -645,6 +650,8 @@ class RingReader(_RingEnd):
         head = self._words[_W_HEAD]
         if tail == head:
             return False
+        if head & 7:
+            return True  # read_frames reports the corruption
         cap = self._cap
         skipped = False
         while tail != head:
