@@ -36,6 +36,7 @@ from streamhouse.kafka.messages import (
     ProduceResponse,
     RequestHeader,
 )
+from streamhouse.process import spawn
 
 log = logging.getLogger("ingest.kafka")
 
@@ -185,7 +186,8 @@ class KafkaBroker:
             raise OSError(
                 f"cannot listen on {self.settings.kafka_listen} (STREAMHOUSE_KAFKA_LISTEN): {exc}"
             ) from None
-        self._sweeper = asyncio.ensure_future(self._sweep())
+        # Supervised: if the sweeper dies, ingest exits and is restarted (streamhouse.process).
+        self._sweeper = spawn(self._sweep(), "Kafka connection sweeper")
 
     def _new_connection(self) -> asyncio.Protocol:
         limit = self.settings.kafka_max_connections
