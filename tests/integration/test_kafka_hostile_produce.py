@@ -21,11 +21,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import crc32c
+import grpc
 import pytest
 import zstandard
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streamhouse.client import Client
+from streamhouse.client import StreamHouseError as ClientError
 from streamhouse.kafka.framing import decode_response, encode_request
 from streamhouse.kafka.messages import FetchRequest, ProduceRequest, RequestHeader
 from streamhouse.recordbatch import decode_records, encode_batch, scan_batches
@@ -322,6 +325,22 @@ def test_hostile_partition_refused_other_partition_stored(
     follow = conn.produce(topic, {0: good(marker)}, version)[0]
     assert follow.error_code == 0
     assert conn.fetch_values(topic, 0, follow.base_offset) == [marker]
+
+
+def test_grpc_produce_checks_the_same_topic_rules(hostile_stack: Stack) -> None:
+    """gRPC records are encoded by ingest, so their inputs are checked at the edge: the
+    timestamp bounds and max.message.bytes of the topic give INVALID_ARGUMENT with a message."""
+    with Client(hostile_stack.grpc_address) as client:
+        with pytest.raises(ClientError) as info:
+            client.produce(TS_TOPIC, b"late", partition=0, timestamp_ms=now_ms() + 2 * 3600_000)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "out of range" in str(info.value)
+        with pytest.raises(ClientError) as info:
+            client.produce(SMALL_TOPIC, b"x" * 3000, partition=0)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max.message.bytes" in str(info.value)
+        partition, offset = client.produce(TS_TOPIC, b"on-time", partition=0)
+        assert (partition, offset >= 0) == (0, True)
 
 
 def test_stack_stays_up_and_serves_other_clients(hostile_stack: Stack) -> None:
