@@ -9,18 +9,20 @@ Rules (a process is never left up but deaf):
   `forever`, fails the process: one log line names the task, the exception, its cause and
   where it was raised, and the process exits with status 1 so supervisord restarts it.
 - Cancelling a task is not a failure (that is how a process stops its tasks).
-- SIGTERM/SIGINT set `stop`; `main` returns and the process exits 0.
+- SIGTERM/SIGINT set `stop`; `main` returns and the process exits 0. A failed process gives
+  `main` a few seconds to clean up, then exits at once (`os._exit`), whatever threads hang.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import uvloop
 
@@ -115,10 +117,6 @@ def spawn(coro: Coroutine[Any, Any, T], name: str, *, forever: bool = True) -> a
     return task
 
 
-class _ProcessFailed(Exception):
-    pass
-
-
 def run_process(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:
     """Runs `main(settings, stop)` on uvloop until it returns; SIGTERM/SIGINT set `stop`; a
     failed spawned task or an exception from `main` exits with status 1."""
@@ -162,23 +160,28 @@ def run_process(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[N
             supervisor.cancel_all()
             main_task.cancel()
             await asyncio.wait({main_task}, timeout=_FAILED_EXIT_GRACE_S)
-            raise _ProcessFailed
+            _exit_failed()
         failure.cancel()
         supervisor.cancel_all()
         try:
             main_task.result()
         except Exception as exc:
-            plog.error(
-                "%s failed: %s; supervisord will restart it", name, describe_failure(exc)
-            )
-            raise _ProcessFailed from None
+            plog.error("%s failed: %s; supervisord will restart it", name, describe_failure(exc))
+            _exit_failed()
         plog.info("stopped")
 
     try:
         uvloop.run(runner())
-    except _ProcessFailed:
-        raise SystemExit(1) from None
-    except Exception:
-        raise SystemExit(1) from None
+    except Exception as exc:
+        plog.error("%s failed: %s", name, describe_failure(exc))
+        _exit_failed()
     finally:
         _supervisor = None
+
+
+def _exit_failed() -> NoReturn:
+    """Exit with status 1 at once: a worker thread stuck in a blocking call (a busy database,
+    a hung store) must not keep a failed process alive; the OS releases its mappings and
+    files, and nothing unacknowledged was promised to anyone."""
+    logging.shutdown()
+    os._exit(1)
