@@ -8,6 +8,7 @@ describe the node's few settings read-only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -102,7 +103,10 @@ async def create_topics(
                 if broker.topic(wanted.name) is not None:
                     raise TopicExistsError(wanted.name)
             else:
-                topic = broker.meta.create_topic(wanted.name, partitions, config)
+                # Metadata writes wait for SQLite's lock and an fsync: not on the event loop.
+                topic = await asyncio.to_thread(
+                    broker.meta.create_topic, wanted.name, partitions, config
+                )
                 result.topic_id = uuid.UUID(bytes=topic.uuid)
                 log.info("created topic %s (%d partitions) over Kafka", topic.name, partitions)
             result.configs = [
@@ -159,7 +163,7 @@ async def delete_topics(
             result.error_message = "no topic has that id"
         else:
             try:
-                broker.meta.delete_topic(name)
+                await asyncio.to_thread(broker.meta.delete_topic, name)
                 log.info("deleted topic %s over Kafka", name)
             except UnknownTopicError:
                 result.error_code = errors.UNKNOWN_TOPIC_OR_PARTITION
@@ -192,7 +196,7 @@ async def create_partitions(
             )
         elif not request.validate_only:
             try:
-                broker.meta.add_partitions(wanted.name, wanted.count)
+                await asyncio.to_thread(broker.meta.add_partitions, wanted.name, wanted.count)
             except InvalidTopicError as exc:
                 result.error_code = errors.INVALID_PARTITIONS
                 result.error_message = str(exc)
@@ -404,8 +408,11 @@ async def delete_records(
                     if target < 0:
                         raise OffsetOutOfRangeError(f"offset {p.offset} is invalid")
                     if target > state.log_start_offset:
-                        state = broker.meta.set_log_start_offset(
-                            topic.topic_id, p.partition_index, target
+                        state = await asyncio.to_thread(
+                            broker.meta.set_log_start_offset,
+                            topic.topic_id,
+                            p.partition_index,
+                            target,
                         )
                     result.low_watermark = state.log_start_offset
                 except OffsetOutOfRangeError:

@@ -3,6 +3,7 @@ InitProducerId. This single node is every partition's leader and every group's c
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import TYPE_CHECKING
 
@@ -157,5 +158,6 @@ async def init_producer_id(
             producer_id=-1,
             producer_epoch=-1,
         )
-    producer_id, epoch = broker.meta.allocate_producer_id()
+    # A metadata write waits for SQLite's lock and an fsync: not on the event loop.
+    producer_id, epoch = await asyncio.to_thread(broker.meta.allocate_producer_id)
     return InitProducerIdResponse(error_code=0, producer_id=producer_id, producer_epoch=epoch)

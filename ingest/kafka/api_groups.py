@@ -4,6 +4,7 @@ store, so they survive restarts."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -162,7 +163,8 @@ async def offset_commit(
                 )
                 slots.append(len(partitions) - 1)
         if commits:
-            stored = broker.meta.commit_offsets(request.group_id, commits)
+            # A metadata write waits for SQLite's lock and an fsync: not on the event loop.
+            stored = await asyncio.to_thread(broker.meta.commit_offsets, request.group_id, commits)
             for slot, ok in zip(slots, stored, strict=True):
                 if not ok:
                     partitions[slot].error_code = errors.UNKNOWN_TOPIC_OR_PARTITION
@@ -318,7 +320,7 @@ async def delete_groups(
         if error == errors.GROUP_ID_NOT_FOUND and has_offsets:
             error = 0
         if error == 0:
-            broker.meta.delete_group_offsets(group_id)
+            await asyncio.to_thread(broker.meta.delete_group_offsets, group_id)
         results.append(R.DeletableGroupResult(group_id=group_id, error_code=error))
     return R(results=results)
 
@@ -353,8 +355,10 @@ async def offset_delete(
             elif member_metadata and (subscribed is None or wanted.name in subscribed):
                 code = errors.GROUP_SUBSCRIBED_TO_TOPIC
             else:
-                broker.meta.delete_group_offsets(
-                    request.group_id, [(topic.topic_id, p.partition_index)]
+                await asyncio.to_thread(
+                    broker.meta.delete_group_offsets,
+                    request.group_id,
+                    [(topic.topic_id, p.partition_index)],
                 )
                 code = 0
             partitions.append(
