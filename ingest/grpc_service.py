@@ -81,7 +81,10 @@ class StreamHouseService:
         partitions = request.partitions or self.settings.default_partitions
         try:
             config = validate_topic_config(dict(request.config))
-            topic = self.meta.create_topic(request.name, partitions, config)
+            # Metadata writes wait for SQLite's lock and an fsync: not on the event loop.
+            topic = await asyncio.to_thread(
+                self.meta.create_topic, request.name, partitions, config
+            )
         except (TopicConfigError, InvalidTopicError) as exc:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         except TopicExistsError:
@@ -105,7 +108,7 @@ class StreamHouseService:
         self, request: pb.DeleteTopicRequest, context: Any
     ) -> pb.DeleteTopicResponse:
         try:
-            self.meta.delete_topic(request.name)
+            await asyncio.to_thread(self.meta.delete_topic, request.name)
         except UnknownTopicError:
             raise _Abort(
                 grpc.StatusCode.NOT_FOUND, f"topic {request.name!r} does not exist"
@@ -299,8 +302,13 @@ class StreamHouseService:
         topic = self._check_offset_target(request.group, request.topic, request.partition)
         if request.offset < 0:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "offset must be >= 0")
-        self.meta.commit_offset(
-            request.group, topic.topic_id, request.partition, request.offset, request.metadata
+        await asyncio.to_thread(
+            self.meta.commit_offset,
+            request.group,
+            topic.topic_id,
+            request.partition,
+            request.offset,
+            request.metadata,
         )
         return pb.CommitOffsetResponse()
 
@@ -314,7 +322,7 @@ class StreamHouseService:
     async def InitProducer(
         self, request: pb.InitProducerRequest, context: Any
     ) -> pb.InitProducerResponse:
-        producer_id, epoch = self.meta.allocate_producer_id()
+        producer_id, epoch = await asyncio.to_thread(self.meta.allocate_producer_id)
         return pb.InitProducerResponse(producer_id=producer_id, producer_epoch=epoch)
 
 
@@ -359,6 +367,8 @@ def _wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[An
             return await fn(request, context)
         except _Abort as exc:
             await context.abort(exc.code, exc.message)
+        except StreamHouseError as exc:  # e.g. the metadata store stayed locked: retriable
+            await context.abort(exc.code.grpc_status, exc.message)
         except Exception:
             log.exception("internal error in %s", fn.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the ingest log")
@@ -374,6 +384,8 @@ def _wrap_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIt
                 yield item
         except _Abort as exc:
             await context.abort(exc.code, exc.message)
+        except StreamHouseError as exc:  # e.g. the metadata store stayed locked: retriable
+            await context.abort(exc.code.grpc_status, exc.message)
         except Exception:
             log.exception("internal error in %s", fn.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the ingest log")
