@@ -457,7 +457,7 @@ def validate_batches(
     batch's header, length and CRC (``scan_batches``); its size against ``max_message_bytes``
     (``MESSAGE_TOO_LARGE``); its attributes (no control or transactional batches, no
     LogAppendTime set by a client: ``INVALID_RECORD`` / ``INVALID_TIMESTAMP``) and producer
-    fields (all -1, or a producer id with a non-negative epoch and sequence); then every
+    fields (no producer id is -1; a producer id needs a non-negative epoch and sequence); then every
     record, in C (``streamhouse/_batchcheck.c``), after decompressing to at most
     ``max_inflated_bytes``: framing, lengths, offset deltas 0..n-1, the record count, and for
     CreateTime topics each timestamp within [now - before, now + after]
@@ -509,13 +509,14 @@ def validate_batches(
                 ((0, "producer should not set timestamp type to LogAppendTime"),),
             )
         pid, epoch, seq = info.producer_id, info.producer_epoch, info.base_sequence
-        if not (
-            (pid == -1 and epoch == -1 and seq == -1) or (pid >= 0 and epoch >= 0 and seq >= 0)
-        ):
+        # Kafka checks only a batch with a producer id; without one (-1) the epoch and
+        # sequence are ignored (aiokafka writes baseSequence 0 there).
+        if pid < -1 or (pid >= 0 and (epoch < 0 or seq < 0)):
             raise InvalidBatchError(
                 ErrorCode.INVALID_RECORD,
                 f"{where}: inconsistent producer fields (producerId {pid}, producerEpoch "
-                f"{epoch}, baseSequence {seq}); either all are -1 or all are valid",
+                f"{epoch}, baseSequence {seq}): a producer id needs a non-negative epoch and "
+                "sequence, and no producer id is -1",
             )
         start = info.position + BATCH_HEADER_SIZE
         end = info.position + info.length

@@ -267,15 +267,19 @@ def test_attributes(attributes: int, code: ErrorCode, match: str) -> None:
     refused(code, batch(records_of(1), 1, attributes=attributes), match=match)
 
 
-@pytest.mark.parametrize(
-    "producer", [(-1, 0, -1), (-1, -1, 0), (5, -1, 0), (5, 0, -1), (-2, -1, -1)]
-)
+@pytest.mark.parametrize("producer", [(5, -1, 0), (5, 0, -1), (-2, -1, -1)])
 def test_inconsistent_producer_fields(producer: tuple[int, int, int]) -> None:
     refused(ErrorCode.INVALID_RECORD, batch(records_of(1), 1, producer=producer), match="producer")
 
 
 def test_idempotent_producer_fields_pass() -> None:
     assert validate_batches(batch(records_of(1), 1, producer=(7, 0, 12)), RULES, NOW)
+
+
+def test_without_producer_id_epoch_and_sequence_are_ignored_as_in_kafka() -> None:
+    """aiokafka's non-idempotent batches carry baseSequence 0 with producerId -1."""
+    assert validate_batches(batch(records_of(1), 1, producer=(-1, -1, 0)), RULES, NOW)
+    assert validate_batches(batch(records_of(1), 1, producer=(-1, 0, -1)), RULES, NOW)
 
 
 def test_timestamps_against_the_topic_configs() -> None:
