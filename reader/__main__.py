@@ -85,22 +85,15 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
             log.error("fetch %d: response not sent: %s", request.request_id, exc)
 
     async def take_requests() -> None:
-        while True:
-            room = settings.reader_max_fetches - len(in_flight)
-            if room <= 0:
-                # At the limit, requests stay in the ring: ingest's writes wait (back-pressure)
-                # and fail retriably if no fetch finishes in time.
+        # One frame at a time, so that at the limit the requests stay in the ring: ingest's
+        # writes wait (back-pressure) and fail retriably if no fetch finishes in time.
+        async for header, _ in requests.frames(batch=1):
+            task = asyncio.ensure_future(serve(header))
+            in_flight.add(task)
+            task.add_done_callback(finished)
+            while len(in_flight) >= settings.reader_max_fetches:
                 slot_freed.clear()
                 await slot_freed.wait()
-                continue
-            frames = requests.read_frames(room)
-            if not frames:
-                await requests.wait_readable()
-                continue
-            for header, _ in frames:
-                task = asyncio.ensure_future(serve(header))
-                in_flight.add(task)
-                task.add_done_callback(finished)
 
     async def take_committed() -> None:
         async for header, obj in committed:

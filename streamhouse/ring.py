@@ -616,9 +616,11 @@ class RingReader(_RingEnd):
 
     def __aiter__(self) -> AsyncIterator[tuple[bytes, bytes]]:
         """Every frame from now on, in order, as (header, payload) copies (rule 11)."""
-        return self._frames()
+        return self.frames()
 
-    async def _frames(self, batch: int = 64) -> AsyncIterator[tuple[bytes, bytes]]:
+    async def frames(self, batch: int = 64) -> AsyncIterator[tuple[bytes, bytes]]:
+        """Like ``async for`` over the ring, taking at most ``batch`` frames out of the ring
+        at a time (``batch=1`` leaves the rest in the ring, for back-pressure)."""
         while True:
             frames = self.read_frames(batch)
             if not frames:
