@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class RunResult:
     watermarks: dict[int, int]
     polled: int
     poisoned: int
+    failed_in_flight: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -66,6 +68,9 @@ class RunResult:
         lines.append(f"high watermarks: {self.watermarks}")
         lines.append(f"records polled by the consumer group: {self.polled}")
         lines.append(f"poisoned gRPC batches refused: {self.poisoned}")
+        lines.append(
+            f"produces in flight failed by a pipeline restart (ingest log): {self.failed_in_flight}"
+        )
         lines.extend(f"PROBLEM: {p}" for p in self.problems)
         lines.append(self.verdict.report())
         if self.problems:
@@ -85,6 +90,15 @@ def stack_env(proxy: LatencyProxy) -> dict[str, str]:
         # Consumers rejoin quickly after each ingest restart.
         "STREAMHOUSE_GROUP_INITIAL_REBALANCE_DELAY_MS": "500",
     }
+
+
+def failed_in_flight(log_dir: pathlib.Path) -> int:
+    """Produces ingest failed because a peer restarted under them: evidence the faults hit."""
+    total = 0
+    for log in log_dir.glob("ingest.log*"):
+        text = log.read_text(errors="replace")
+        total += sum(int(n) for n in re.findall(r"restarted; failing (\d+) pending", text))
+    return total
 
 
 def wait_for_acks(history: History, minimum: int, timeout: float) -> None:
@@ -207,6 +221,7 @@ def run(out: pathlib.Path, config: RunConfig, log: bool = True) -> RunResult:
         watermarks=watermarks,
         polled=sum(c.polled for c in consumers),
         poisoned=sum(g.poisoned for g in grpc_producers),
+        failed_in_flight=failed_in_flight(out / "data" / "logs"),
         problems=problems,
     )
     (out / "verdict.txt").write_text(result.report() + "\n")
