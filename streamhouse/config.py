@@ -222,6 +222,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             "STREAMHOUSE_FETCH_RESPONSE_RING_BYTES must be at least twice MAX_FETCH_BYTES"
         )
+    for ring in ("ack_ring_bytes", "fetch_request_ring_bytes"):
+        # An ack or fetch request of one partition, with its error message, must fit a frame.
+        if getattr(s, ring) < 64 * 1024:
+            raise ConfigError(f"STREAMHOUSE_{ring.upper()} must be at least 65536 (64 KiB)")
     if s.grpc_max_message_bytes < 0:
         raise ConfigError("STREAMHOUSE_GRPC_MAX_MESSAGE_BYTES must be >= 0 (0: derived)")
     if not 0 <= s.reader_max_waiting_fetches < s.reader_max_fetches:

@@ -269,3 +269,11 @@ def test_load_settings_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("STREAMHOUSE_FLUSH_INTERVAL_MS", "123")
     monkeypatch.delenv("STREAMHOUSE_CONFIG", raising=False)
     assert load_settings().flush_interval_ms == 123
+
+
+def test_ack_and_fetch_request_rings_have_a_floor() -> None:
+    """An ack or a fetch request with its error message must always fit one frame."""
+    for name in ("ACK_RING_BYTES", "FETCH_REQUEST_RING_BYTES"):
+        with pytest.raises(ConfigError, match=f"STREAMHOUSE_{name} must be at least 65536"):
+            load_settings({f"STREAMHOUSE_{name}": "4096"})
+        load_settings({f"STREAMHOUSE_{name}": "65536"})
