@@ -85,13 +85,15 @@ __all__ = [
     "check_sealed",
     "decoder_for",
     "header_encoder",
+    "ring_error",
     "salvage_ids",
     "sealed_cost",
 ]
 
 # Ordinal of an AckResult that answers every batch of its slot (rule 3).
 ALL_BATCHES = -1
-# Longest error message carried on a ring (longer ones are cut): keeps frames bounded.
+# Longest error message carried on a ring, in UTF-8 bytes (longer ones are cut by
+# `ring_error`): keeps every AckResult, and so every frame, bounded.
 MAX_ERROR_MESSAGE = 1000
 
 
@@ -249,9 +251,10 @@ def decoder_for(kind: type) -> msgspec.msgpack.Decoder:
 
 
 def ring_error(code: int, message: str) -> RingError:
-    """A RingError with the message cut to MAX_ERROR_MESSAGE characters."""
-    if len(message) > MAX_ERROR_MESSAGE:
-        message = message[: MAX_ERROR_MESSAGE - 3] + "..."
+    """A RingError with the message cut to at most MAX_ERROR_MESSAGE bytes of UTF-8."""
+    raw = message.encode()
+    if len(raw) > MAX_ERROR_MESSAGE:
+        message = raw[: MAX_ERROR_MESSAGE - 3].decode(errors="ignore") + "..."
     return RingError(code, message)
 
 
@@ -345,9 +348,7 @@ def check_committed(segment: CommittedSegment, payload_length: int) -> None:
                 f"{payload_length}-byte object"
             )
         if block.end_offset <= block.base_offset or block.base_offset < 0:
-            raise FrameError(
-                f"committed block has offsets {block.base_offset}..{block.end_offset}"
-            )
+            raise FrameError(f"committed block has offsets {block.base_offset}..{block.end_offset}")
 
 
 def check_fetch_request(request: FetchRequest, max_parts: int) -> None:
@@ -377,9 +378,7 @@ def check_fetch_response(response: FetchResponse, parts: int, payload_length: in
     if response.error.code != 0:
         return
     if len(response.parts) != parts:
-        raise FrameError(
-            f"fetch response has {len(response.parts)} parts for a request of {parts}"
-        )
+        raise FrameError(f"fetch response has {len(response.parts)} parts for a request of {parts}")
     total = 0
     for part in response.parts:
         if part.length < 0:

@@ -10,6 +10,9 @@ import pathlib
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from ingest.pipeline import BatchOutcome, Pipeline, PipelineUnavailable, ProduceSlot
 from reader.engine import error_response, fit_response, parse_request
@@ -19,6 +22,7 @@ from streamhouse.config import load_settings
 from streamhouse.errors import RING_OK, ErrorCode, RingError, StreamHouseError
 from streamhouse.frames import (
     ALL_BATCHES,
+    MAX_ERROR_MESSAGE,
     AckFrame,
     AckResult,
     BatchMeta,
@@ -36,6 +40,7 @@ from streamhouse.frames import (
     check_sealed,
     decoder_for,
     header_encoder,
+    ring_error,
     salvage_ids,
 )
 from streamhouse.recordbatch import encode_batch, scan_batches
@@ -71,6 +76,37 @@ def test_ack_headers_split_large_acks_into_frames_that_fit_in_order() -> None:
     decode = decoder_for(AckFrame).decode
     got = [r for h in headers for r in decode(h).results]
     assert got == results
+
+
+ack_results = st.lists(
+    st.builds(
+        AckResult,
+        st.integers(0, 2**63 - 1),
+        st.integers(0, 2**31),
+        st.integers(-1, 2**31),
+        st.integers(-1, 2**62),
+        st.builds(ring_error, st.integers(-1, 120), st.text(max_size=2 * MAX_ERROR_MESSAGE)),
+    ),
+    max_size=300,
+)
+
+
+@given(results=ack_results, limit=st.integers(2 * MAX_ERROR_MESSAGE, 64 * 1024))
+@hypothesis_settings(max_examples=200, deadline=None)
+def test_ack_headers_always_fit_and_keep_every_result_in_order(
+    results: list[AckResult], limit: int
+) -> None:
+    headers = list(ack_headers(results, limit))
+    assert all(len(h) <= limit for h in headers)
+    decode = decoder_for(AckFrame).decode
+    assert [r for h in headers for r in decode(h).results] == results
+
+
+def test_ring_error_messages_are_cut_to_a_byte_bound() -> None:
+    error = ring_error(2, "é" * MAX_ERROR_MESSAGE)
+    assert len(error.message.encode()) <= MAX_ERROR_MESSAGE
+    assert error.message.endswith("...") and error.code == 2
+    assert ring_error(2, "short") == RingError(2, "short")
 
 
 def test_ack_headers_keep_small_acks_in_one_frame() -> None:
