@@ -103,7 +103,10 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
             except (msgspec.DecodeError, msgspec.ValidationError, FrameError) as exc:
                 log.error("dropped a committed-segment frame that does not add up: %s", exc)
                 continue
-            engine.on_committed(segment, obj)
+            try:
+                engine.on_committed(segment, obj)
+            except Exception as exc:  # the cache is an optimisation: read from the store
+                log.error("committed segment %s not cached: %s", segment.key, exc)
 
     tasks = [
         spawn(take_requests(), "fetch-request intake"),
