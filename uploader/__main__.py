@@ -213,10 +213,17 @@ class Uploader:
         try:
             per_block = await asyncio.to_thread(self.meta.commit_segment, key, len(obj), blocks)
         except MetadataUnavailableError as exc:
-            # Nothing was committed (the object is an orphan, never served): fail retriably.
+            # Nothing was committed (the object is an orphan, never served): fail retriably,
+            # then delete the object, which no row refers to (a full disk gets its space back).
             log.error("segment %s could not be committed: %s", key, exc)
             error = ring_error(exc.code.kafka_code, exc.message)
             await self.ack(failed_acks(sealed.batches, error))
+            try:
+                await asyncio.wait_for(
+                    objectstore.delete(self.store, key), self.settings.store_timeout_ms / 1000
+                )
+            except Exception as delete_error:  # the lifecycle job reclaims it later
+                log.warning("could not delete uncommitted segment %s: %s", key, delete_error)
             return
         except Exception as exc:  # any other failure of the store: nothing was committed
             log.error("commit of segment %s failed: %s; failing its produce requests", key, exc)

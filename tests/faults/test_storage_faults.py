@@ -269,6 +269,24 @@ def test_produce_waits_out_a_locked_metadata_database_and_fails_retriably_past_t
         assert client.produce("locked", b"after", partition=0) == (0, 2)
         assert read_all(client, "locked", 0) == [(0, b"before"), (1, b"waited"), (2, b"after")]
         assert pids(stack) == started
+        # The object of the commit given up was deleted: every object left is committed.
+        assert stored_keys(stack) == committed_keys(stack, "locked", 1)
+
+
+def stored_keys(stack: Stack) -> set[str]:
+    root = stack.data_dir / "objects"
+    return {p.relative_to(root).as_posix() for p in root.rglob("*.seg")}
+
+
+def committed_keys(stack: Stack, topic: str, partitions: int) -> set[str]:
+    with MetadataStore(stack.settings.metadata_path) as meta:
+        info = meta.get_topic(topic)
+        assert info is not None
+        return {
+            b.segment_key
+            for p in range(partitions)
+            for b in meta.find_blocks(info.topic_id, p, 0, 1000)
+        }
 
 
 # ----------------------------------------------------------------------------- data dir full
