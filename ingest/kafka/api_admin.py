@@ -290,7 +290,7 @@ async def describe_configs(
     return R(results=results)
 
 
-def _apply_config(
+async def _apply_config(
     broker: KafkaBroker,
     resource_type: int,
     name: str,
@@ -306,7 +306,7 @@ def _apply_config(
     except TopicConfigError as exc:
         return errors.INVALID_CONFIG, str(exc)
     if not validate_only:
-        broker.meta.update_topic_config(name, config)
+        await asyncio.to_thread(broker.meta.update_topic_config, name, config)
     return 0, None
 
 
@@ -328,7 +328,7 @@ async def alter_configs(
     for resource in request.resources:
         # AlterConfigs replaces the whole config of the resource.
         new = {c.name: c.value for c in resource.configs if c.value is not None}
-        code, message = _apply_config(
+        code, message = await _apply_config(
             broker, resource.resource_type, resource.resource_name, new, request.validate_only
         )
         out.append(_altered(R.AlterConfigsResourceResponse, resource, code, message))
@@ -375,7 +375,7 @@ async def incremental_alter_configs(
                 )
                 break
         if code == 0:
-            code, message = _apply_config(
+            code, message = await _apply_config(
                 broker,
                 resource.resource_type,
                 resource.resource_name,
