@@ -18,7 +18,8 @@ Durability of the local folder
 
 A PUT of `key` with bytes `data` into the folder `root` does, in this order:
 
-1. create missing directories on the way to `root/key` (one `mkdir` each);
+1. create missing directories on the way to `root/key` (one `mkdir` each; `root` itself was
+   created the same way, with its parents fsynced, when the store was opened);
 2. write `data` to a new temporary file in the object's own directory, named
    `.<name>.<16 hex>.tmp` (created with `O_EXCL`, mode 0600; never a valid object key, since
    keys never start with a dot);
@@ -185,6 +186,26 @@ class LocalFolderStore:
         _fsync_directory(path.parent)
 
 
+def make_dirs_durably(path: pathlib.Path) -> None:
+    """`mkdir -p path`, then fsync the parent of every directory it created, deepest first,
+    so the folder itself survives a crash (not only the objects in it)."""
+    missing: list[pathlib.Path] = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        probe = probe.parent
+    created: list[pathlib.Path] = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+            created.append(directory)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+    for directory in reversed(created):
+        _fsync_directory(directory.parent)
+
+
 def _fsync_directory(directory: pathlib.Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -206,7 +227,7 @@ def open_object_store(url: str, timeout_ms: int = 30_000) -> Any:
         if not path.is_absolute():
             raise ObjectStoreConfigError(f"object store {url!r}: a file:// path must be absolute")
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            make_dirs_durably(path)
         except OSError as exc:
             raise ObjectStoreConfigError(
                 f"object store {url!r}: cannot create the folder: {exc}"

@@ -178,3 +178,16 @@ def test_bad_urls_are_refused(tmp_path: pathlib.Path) -> None:
     blocker.write_bytes(b"")
     with pytest.raises(objectstore.ObjectStoreConfigError, match="cannot create the folder"):
         objectstore.open_object_store((blocker / "objects").as_uri())
+
+
+def test_opening_creates_the_folder_durably(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsyncs = FsyncLog(monkeypatch)
+    store = objectstore.open_object_store((tmp_path / "data" / "objects").as_uri())
+    assert isinstance(store, LocalFolderStore) and store.root.is_dir()
+    # "objects" is named in data/, "data" in tmp_path: both fsynced, deepest first.
+    assert fsyncs.calls == [("dir", str(tmp_path / "data")), ("dir", str(tmp_path))]
+    fsyncs.calls.clear()
+    objectstore.open_object_store((tmp_path / "data" / "objects").as_uri())
+    assert fsyncs.calls == []  # nothing created, nothing to sync
