@@ -6,10 +6,12 @@
 For each pattern, starts a fresh Stack (streamhouse.testing.Stack) with the listener limits
 below (so no pattern inherits another's high-water marks), then runs the pattern for a bounded
 time from this process (asyncio raw sockets for Kafka, grpc.aio for gRPC) while a thread
-samples the RSS of ingest, segmenter, uploader and reader every 100 ms. Prints a Markdown
+samples the RSS of ingest, segmenter, uploader and reader every 20 ms. Prints a Markdown
 table: per pattern the peak RSS of each process, the growth of the process the pattern aims
-at (ingest, or the reader for long polls) over its idle RSS on that stack (the fixed
-overhead), the bound the settings allow for that growth, and what the clients saw.
+at (ingest, or the reader for long polls) over its idle RSS on that stack, the bound the
+settings allow for that growth (the process's shared-memory rings, resident once traffic
+touches them, plus what the listener limits allow the pattern to hold), and what the
+clients saw.
 
 Patterns:
   connection-flood   2 x max connections, each doing ApiVersions in a loop, reconnecting
@@ -43,6 +45,7 @@ import grpc
 import psutil
 
 from streamhouse.client import Client, Record
+from streamhouse.config import Settings
 from streamhouse.kafka.framing import encode_request
 from streamhouse.kafka.messages import (
     ApiVersionsRequest,
@@ -127,7 +130,7 @@ class RssSampler:
         return {name: proc.memory_info().rss for name, proc in self.procs.items()}
 
     def _run(self) -> None:
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(0.02):
             now = self.current()
             with self._lock:
                 for name, rss in now.items():
@@ -342,7 +345,10 @@ async def huge_frames(stack: Stack, deadline: float, counts: Counts) -> None:
 
 
 async def grpc_streams(stack: Stack, deadline: float, counts: Counts) -> None:
-    channels = [grpc.aio.insecure_channel(stack.grpc_address) for _ in range(16)]
+    # A local subchannel pool per channel: its own TCP connection (channels with the same
+    # arguments would otherwise share one, capped at max concurrent streams).
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(stack.grpc_address, options=options) for _ in range(16)]
     try:
         await _grpc_streams(channels, deadline, counts)
     finally:
@@ -367,7 +373,7 @@ async def _grpc_streams(channels: list[grpc.aio.Channel], deadline: float, count
                     counts.refused += 1
                     await asyncio.sleep(0.2)
                 elif err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    counts.error(err.code().name)
+                    counts.error(f"{err.code().name} ({err.details()})")
 
     async def producer(stub: streamhouse_pb2_grpc.StreamHouseStub) -> None:
         batch = pb.ProduceBatchRequest(
@@ -388,7 +394,7 @@ async def _grpc_streams(channels: list[grpc.aio.Channel], deadline: float, count
                     counts.refused += 1
                     await asyncio.sleep(0.2)
                 elif err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    counts.error(err.code().name)
+                    counts.error(f"{err.code().name} ({err.details()})")
 
     clients = [subscriber(stubs[i % 8]) for i in range(2 * GRPC_MAX_RPCS - 8)]
     clients += [producer(stubs[8 + i]) for i in range(8)]
@@ -500,8 +506,8 @@ PATTERNS = [
         "grpc-streams",
         grpc_streams,
         "ingest",
-        "max RPCs x 64 KiB + 8 ProduceStreams x stream in-flight (32) x 100 KB requests",
-        GRPC_MAX_RPCS * 64 * 1024 + 8 * 32 * 100 * 1024,
+        "max RPCs x 64 KiB + 8 ProduceStreams x (1 MiB window + 32 in flight x 2 x 100 KB)",
+        GRPC_MAX_RPCS * 64 * 1024 + 8 * (MiB + 32 * 2 * 100 * 1024),
     ),
     Pattern(
         "long-polls",
@@ -518,6 +524,16 @@ PATTERNS = [
         5 * (MAX_REQUEST + IN_FLIGHT_BYTES),
     ),
 ]
+
+
+def ring_bytes(process: str, settings: Settings) -> int:
+    """Shared-memory ring bytes a process maps: resident once traffic has touched them, so
+    they are part of its fixed overhead."""
+    rings = {
+        "ingest": ("produce", "ack", "fetch_request", "fetch_response"),
+        "reader": ("fetch_request", "fetch_response", "committed"),
+    }[process]
+    return sum(getattr(settings, f"{ring}_ring_bytes") for ring in rings)
 
 
 def mib(n: int) -> str:
@@ -549,12 +565,13 @@ def run_pattern(pattern: Pattern, seconds: float, tmp: str) -> tuple[Any, ...]:
     finally:
         stack.stop()
     growth = peak[pattern.process] - idle[pattern.process]
+    rings = ring_bytes(pattern.process, stack.settings)
     return (
         pattern.name,
         idle,
         peak,
         f"{growth / MiB:.1f} ({pattern.process})",
-        f"{mib(pattern.bound_bytes)}: {pattern.bound}",
+        f"{mib(rings + pattern.bound_bytes)}: rings {mib(rings)} + {pattern.bound}",
         counts.describe(),
     )
 

@@ -141,6 +141,13 @@ class StreamHouseService:
             )
         except ProduceRejected as exc:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        limit = self.settings.max_partitions_per_request
+        if len(slots) > limit:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the records go to {len(slots)} partitions; at most {limit} are served per "
+                "request (STREAMHOUSE_MAX_PARTITIONS_PER_REQUEST): split the batch",
+            )
         try:
             outcome = await self.pipeline.produce(slots)
         except StreamHouseError as exc:
@@ -446,7 +453,7 @@ async def start_grpc_server(
     connection with no RPC for grpc_idle_timeout_ms is closed with GOAWAY (clients reconnect
     on their next call); a connection that does not finish its HTTP/2 handshake within
     slow_client_timeout_ms is dropped; pings are answered at most every 10 s without data
-    (a ping flood ends the connection).
+    (a ping flood ends the connection); a stream's HTTP/2 window stays at 1 MiB.
     """
     limit = settings.grpc_message_limit
     server = grpc.aio.server(
@@ -461,6 +468,10 @@ async def start_grpc_server(
             ("grpc.keepalive_timeout_ms", 20_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.http2.max_ping_strikes", 2),
+            # Fixed 1 MiB stream windows (no BDP growth): what gRPC core buffers for a stream
+            # whose requests wait is bounded (BDP probing grew it to tens of MiB under load).
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", 1024 * 1024),
         ],
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
     )

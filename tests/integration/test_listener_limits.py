@@ -19,7 +19,7 @@ import grpc
 import psutil
 import pytest
 
-from streamhouse.client import Client, Record
+from streamhouse.client import Client, Record, StreamHouseError
 from streamhouse.kafka.framing import decode_response, encode_request
 from streamhouse.kafka.messages import (
     ApiVersionsRequest,
@@ -306,6 +306,17 @@ def test_partitions_per_request_limit(stack: Stack) -> None:
         assert conn.works(), "a refused request does not close the connection"
     finally:
         conn.close()
+
+
+def test_grpc_produce_partitions_per_request_limit(stack: Stack) -> None:
+    with Client(stack.grpc_address) as client:
+        client.create_topic("limits-wide", 2 * MAX_PARTITIONS)
+        records = [Record(key=b"key-%d" % i, value=b"v") for i in range(100)]
+        with pytest.raises(StreamHouseError) as err:
+            client.produce_batch("limits-wide", records)
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "STREAMHOUSE_MAX_PARTITIONS_PER_REQUEST" in str(err.value)
+        assert client.produce_batch("limits-wide", records[:MAX_PARTITIONS]).record_count == 4
 
 
 def test_grpc_oversize_message_is_refused(stack: Stack) -> None:
