@@ -227,7 +227,16 @@ def test_random_and_mutated_bytes_get_proper_statuses(
     @examples(120)
     @given(data=st.data())
     def property_(data: st.DataObject) -> None:
-        method = data.draw(st.sampled_from(UNARY + ["Subscribe"]), label="method")
+        method = data.draw(st.sampled_from([*UNARY, "Subscribe", "ProduceStream"]), label="method")
+        if method == "ProduceStream":  # several hostile ProduceBatch messages on one stream
+            raws = [
+                data.draw(hostile_bytes("ProduceBatch"), label="message")
+                for _ in range(data.draw(st.integers(1, 3)))
+            ]
+            call = channel.stream_stream(SERVICE + method)
+            code, details = status_of(lambda: list(call(iter(raws), timeout=CALL_TIMEOUT)))
+            assert_proper(method, code, details, raws)
+            return
         raw = data.draw(hostile_bytes(method), label="bytes")
         if method == "Subscribe":
             stream = channel.unary_stream(SERVICE + method)(raw, timeout=1.0)
