@@ -136,6 +136,17 @@ UNARY = sorted(REQUESTS)
 # ------------------------------------------------------------------------------ the stack
 
 
+def assert_no_tracebacks(stack: Stack) -> None:
+    """No process logged an exception (a handler failing on the input logs one and answers
+    INTERNAL or closes the connection: both are bugs for these inputs)."""
+    for program in PROGRAMS:
+        for log in sorted((stack.data_dir / "logs").glob(f"{program}*.log*")):
+            text = log.read_text(errors="replace")
+            assert "Traceback" not in text, (
+                f"{log.name}:\n{text[max(0, text.index('Traceback') - 300) :][:3000]}"
+            )
+
+
 @pytest.fixture
 def fuzz_stack(stack: Stack) -> Iterator[tuple[Stack, grpc.Channel]]:
     """The stack with topic TOPIC, a raw channel to it, and a check afterwards that nothing
@@ -147,6 +158,7 @@ def fuzz_stack(stack: Stack) -> Iterator[tuple[Stack, grpc.Channel]]:
     with grpc.insecure_channel(stack.grpc_address, options=options) as channel:
         yield stack, channel
     assert {program: stack.pid(program) for program in PROGRAMS} == pids, "a process restarted"
+    assert_no_tracebacks(stack)
     with Client(stack.grpc_address) as client:
         _, offset = client.produce(TOPIC, b"still here", partition=0)
         records = client.consume(TOPIC, 0, offset)[0]

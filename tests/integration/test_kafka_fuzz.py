@@ -194,6 +194,17 @@ def hostile_frame(draw: st.DrawFn, advertised: list[tuple[int, int]], correlatio
     return struct.pack(">i", len(payload)) + bytes(payload)
 
 
+def assert_no_tracebacks(stack: Stack) -> None:
+    """No process logged an exception (a handler failing on the input logs one and answers
+    INTERNAL or closes the connection: both are bugs for these inputs)."""
+    for program in PROGRAMS:
+        for log in sorted((stack.data_dir / "logs").glob(f"{program}*.log*")):
+            text = log.read_text(errors="replace")
+            assert "Traceback" not in text, (
+                f"{log.name}:\n{text[max(0, text.index('Traceback') - 300) :][:3000]}"
+            )
+
+
 @pytest.fixture
 def kafka_stack(stack: Stack) -> Iterator[tuple[Stack, Connection, list[tuple[int, int]]]]:
     with Client(stack.grpc_address) as client:
@@ -214,6 +225,7 @@ def kafka_stack(stack: Stack) -> Iterator[tuple[Stack, Connection, list[tuple[in
     finally:
         bystander.close()
     assert {program: stack.pid(program) for program in PROGRAMS} == pids, "a process restarted"
+    assert_no_tracebacks(stack)
     with Client(stack.grpc_address) as client:
         _, offset = client.produce(TOPIC, b"still here", partition=1)
         assert client.consume(TOPIC, 1, offset)[0][0].value == b"still here"
