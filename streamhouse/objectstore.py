@@ -25,8 +25,10 @@ A PUT of `key` with bytes `data` into the folder `root` does, in this order:
    keys never start with a dot);
 3. `fsync` the temporary file (its bytes and size are on disk);
 4. `rename` it onto `root/key` (atomic: a reader sees the old object or the whole new one);
-5. `fsync` the object's directory (the new name is on disk), then the parent of every
-   directory created in step 1, deepest first (their names are on disk).
+5. `fsync` the object's directory (the new name is on disk), then, deepest first, the parent
+   of every directory on the way whose name this store object has not synced before (created
+   now, or by another PUT or process that may not have synced it yet): their names are on
+   disk. After the first PUT into `segments/` that is just the object's directory.
 
 Only then does the coroutine return, and the uploader commits metadata referring to `key`
 only after it returned. Crash consistency, for an OS crash or power loss at any point:
@@ -90,10 +92,12 @@ class LocalFolderStore:
     see the module docstring for the exact steps and the crash-consistency argument.
     """
 
-    __slots__ = ("root",)
+    __slots__ = ("root", "_synced_dirs")
 
     def __init__(self, root: pathlib.Path) -> None:
         self.root = root
+        #: directories below root whose names this object fsynced into their parents
+        self._synced_dirs: set[pathlib.Path] = set()
 
     def __repr__(self) -> str:
         return f"LocalFolderStore({str(self.root)!r})"
@@ -132,26 +136,28 @@ class LocalFolderStore:
                 os.unlink(tmp)
             raise
         _fsync_directory(directory)
-        # Each created directory's name lives in its parent; fsync those, deepest first.
+        # Each directory's name lives in its parent; fsync those not yet synced, deepest first.
         for made in reversed(created):
             _fsync_directory(made.parent)
+            self._synced_dirs.add(made)
 
     def _make_parents(self, directory: pathlib.Path) -> list[pathlib.Path]:
-        """Creates `directory` and its missing ancestors below `root`; returns the ones
-        this call created, shallowest first."""
-        missing: list[pathlib.Path] = []
+        """Creates `directory` and its missing ancestors below `root`; returns those whose
+        names this object has not fsynced into their parents yet, shallowest first. That
+        includes directories another PUT or process just created and may not have synced:
+        this PUT must not return before they are durable.
+        """
+        chain: list[pathlib.Path] = []
         probe = directory
-        while probe != self.root and not probe.is_dir():
-            missing.append(probe)
+        while probe != self.root:
+            chain.append(probe)
             probe = probe.parent
-        created: list[pathlib.Path] = []
-        for path in reversed(missing):
-            try:
+        chain.reverse()
+        pending = [path for path in chain if path not in self._synced_dirs]
+        for path in pending:
+            with contextlib.suppress(FileExistsError):
                 os.mkdir(path, 0o700)
-                created.append(path)
-            except FileExistsError:
-                pass  # made by a concurrent PUT, which fsyncs its parent itself
-        return created
+        return pending
 
     def get_range_blocking(self, key: str, start: int, length: int) -> bytes:
         if start < 0 or length < 0:
@@ -194,15 +200,13 @@ def make_dirs_durably(path: pathlib.Path) -> None:
     while not probe.is_dir():
         missing.append(probe)
         probe = probe.parent
-    created: list[pathlib.Path] = []
     for directory in reversed(missing):
         try:
             os.mkdir(directory, 0o700)
-            created.append(directory)
-        except FileExistsError:
+        except FileExistsError:  # made meanwhile by another process: synced below as well
             if not directory.is_dir():
                 raise
-    for directory in reversed(created):
+    for directory in missing:  # deepest first
         _fsync_directory(directory.parent)
 
 

@@ -191,3 +191,37 @@ def test_opening_creates_the_folder_durably(
     fsyncs.calls.clear()
     objectstore.open_object_store((tmp_path / "data" / "objects").as_uri())
     assert fsyncs.calls == []  # nothing created, nothing to sync
+
+
+def test_directory_made_by_a_concurrent_put_is_still_synced_before_returning(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If another PUT creates `segments/` between our check and our mkdir, that PUT may not
+    have fsynced the root yet: this PUT must do it before returning."""
+    store = open_local(tmp_path)
+    real_mkdir = os.mkdir
+
+    def raced_mkdir(path: str | os.PathLike[str], mode: int = 0o777) -> None:
+        real_mkdir(path, mode)  # the other PUT got there first
+        raise FileExistsError(errno.EEXIST, "File exists", str(path))
+
+    monkeypatch.setattr(os, "mkdir", raced_mkdir)
+    fsyncs = FsyncLog(monkeypatch)
+    asyncio.run(objectstore.put(store, "segments/1.seg", b"data"))
+    assert [path for kind, path in fsyncs.calls if kind == "dir"] == [
+        str(store.root / "segments"),
+        str(store.root),
+    ]
+
+
+def test_a_directory_made_by_another_process_is_synced_by_the_first_put(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_local(tmp_path)
+    (store.root / "segments").mkdir()  # e.g. by an uploader that crashed before syncing it
+    fsyncs = FsyncLog(monkeypatch)
+    asyncio.run(objectstore.put(store, "segments/1.seg", b"one"))
+    assert fsyncs.calls[1:] == [("dir", str(store.root / "segments")), ("dir", str(store.root))]
+    fsyncs.calls.clear()
+    asyncio.run(objectstore.put(store, "segments/2.seg", b"two"))
+    assert [kind for kind, _ in fsyncs.calls] == ["file", "dir"]
