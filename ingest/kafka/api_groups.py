@@ -9,6 +9,7 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from ingest.kafka import errors
+from metadata import MetadataUnavailableError
 from streamhouse.kafka.messages import (
     DeleteGroupsRequest,
     DeleteGroupsResponse,
@@ -164,10 +165,22 @@ async def offset_commit(
                 slots.append(len(partitions) - 1)
         if commits:
             # A metadata write waits for SQLite's lock and an fsync: not on the event loop.
-            stored = await asyncio.to_thread(broker.meta.commit_offsets, request.group_id, commits)
-            for slot, ok in zip(slots, stored, strict=True):
-                if not ok:
-                    partitions[slot].error_code = errors.UNKNOWN_TOPIC_OR_PARTITION
+            try:
+                stored = await asyncio.to_thread(
+                    broker.meta.commit_offsets, request.group_id, commits
+                )
+            except MetadataUnavailableError as exc:
+                # Kafka's mapping for an offsets append that failed: a storage error becomes
+                # NOT_COORDINATOR, a timeout stays REQUEST_TIMED_OUT; clients retry both.
+                code = exc.code.kafka_code
+                if code != errors.REQUEST_TIMED_OUT:
+                    code = errors.NOT_COORDINATOR
+                for slot in slots:
+                    partitions[slot].error_code = code
+            else:
+                for slot, ok in zip(slots, stored, strict=True):
+                    if not ok:
+                        partitions[slot].error_code = errors.UNKNOWN_TOPIC_OR_PARTITION
         response.topics.append(R.OffsetCommitResponseTopic(name=wanted.name, partitions=partitions))
     return response
 

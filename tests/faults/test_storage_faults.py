@@ -36,7 +36,12 @@ from obstore.store import S3Store
 from metadata import BlockLocation, MetadataStore
 from streamhouse.client import Client, Record, StreamHouseError
 from streamhouse.kafka.framing import decode_response, encode_request
-from streamhouse.kafka.messages import FetchRequest, ProduceRequest, RequestHeader
+from streamhouse.kafka.messages import (
+    FetchRequest,
+    OffsetCommitRequest,
+    ProduceRequest,
+    RequestHeader,
+)
 from streamhouse.recordbatch import decode_records, encode_batch, scan_batches
 from streamhouse.segment import read_index
 from streamhouse.testing import PROGRAMS, Stack
@@ -155,6 +160,25 @@ class KafkaConnection:
         )
         (topic_response,) = self.call(0, 9, request).responses
         return {p.index: p.error_code for p in topic_response.partition_responses}
+
+    def offset_commit(self, group: str, topic: str, offsets: dict[int, int]) -> dict[int, int]:
+        """One OffsetCommit v8 outside group management; partition -> error code."""
+        request = OffsetCommitRequest(
+            group_id=group,
+            topics=[
+                OffsetCommitRequest.OffsetCommitRequestTopic(
+                    name=topic,
+                    partitions=[
+                        OffsetCommitRequest.OffsetCommitRequestPartition(
+                            partition_index=p, committed_offset=o
+                        )
+                        for p, o in offsets.items()
+                    ],
+                )
+            ],
+        )
+        (topic_response,) = self.call(8, 8, request).topics
+        return {p.partition_index: p.error_code for p in topic_response.partitions}
 
     def fetch(self, topic: str, partitions: list[int]) -> dict[int, tuple[int, list[bytes]]]:
         """One Fetch from offset 0 of each partition; partition -> (error code, values)."""
@@ -289,6 +313,46 @@ def committed_keys(stack: Stack, topic: str, partitions: int) -> set[str]:
             for p in range(partitions)
             for b in meta.find_blocks(info.topic_id, p, 0, 1000)
         }
+
+
+def test_offset_commits_on_a_locked_database_fail_retriably_while_ingest_keeps_serving(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Offset commits (gRPC and Kafka) wait for the lock off ingest's event loop: meanwhile
+    ingest answers other requests at once; past ingest's busy timeout (10 s) they fail
+    retriably (UNAVAILABLE; Kafka REQUEST_TIMED_OUT), and succeed once the lock is gone."""
+    with (
+        Stack(tmp_path / "data") as stack,
+        Client(stack.grpc_address) as client,
+        KafkaConnection(stack) as kafka,
+    ):
+        client.create_topic("offsets", 1)
+        assert client.produce("offsets", b"x", partition=0) == (0, 0)
+        ingest = stack.pid("ingest")
+        blocker = hold_write_lock(stack.settings.metadata_path)
+        try:
+            grpc_commit = InBackground(lambda: client.commit_offset("g1", "offsets", 0, 1))
+            kafka_commit = InBackground(lambda: kafka.offset_commit("g2", "offsets", {0: 1}))
+            assert not grpc_commit.done.wait(1.0), grpc_commit.error
+            started = time.monotonic()
+            assert client.get_topic("offsets").partition_info[0].high_watermark == 1
+            records, *_ = client.consume("offsets", 0, 0)
+            assert [r.value for r in records] == [b"x"]
+            assert time.monotonic() - started < 2, "ingest's event loop was blocked"
+            grpc_commit.join(30)
+            kafka_commit.join(30)
+        finally:
+            release(blocker)
+        assert isinstance(grpc_commit.error, StreamHouseError), grpc_commit.result
+        assert grpc_commit.error.code.name == "UNAVAILABLE"
+        assert "locked by another writer" in str(grpc_commit.error)
+        assert kafka_commit.error is None and kafka_commit.result == {0: REQUEST_TIMED_OUT}
+
+        client.commit_offset("g1", "offsets", 0, 1)
+        assert client.get_offset("g1", "offsets", 0) == (1, "")
+        assert kafka.offset_commit("g2", "offsets", {0: 1}) == {0: 0}
+        assert client.get_offset("g2", "offsets", 0) == (1, "")
+        assert stack.pid("ingest") == ingest
 
 
 # ----------------------------------------------------------------------------- data dir full
