@@ -2,15 +2,16 @@
 
 Kinds (`KINDS`), one at a time, each healed before the next starts:
 
-| kind               | what happens                                                         |
-|--------------------|----------------------------------------------------------------------|
-| `kill:<program>`   | SIGKILL of ingest, segmenter, uploader or reader; supervisord restarts it |
-| `pause:<program>`  | SIGSTOP of that program, SIGCONT after a random pause                 |
-| `store-kill`       | SIGKILL of SeaweedFS; restarted on the same dir and ports after a pause |
-| `store-pause`      | SIGSTOP of SeaweedFS, SIGCONT after a random pause                   |
-| `store-slow`       | the proxy in front of SeaweedFS adds latency to every chunk for a while |
-| `stack-restart`    | the whole stack stopped (SIGTERM to supervisord) and started again  |
-| `stack-kill`       | supervisord and all four programs SIGKILLed at once, then started    |
+| kind                       | what happens                                                |
+|----------------------------|-------------------------------------------------------------|
+| `kill:<program>`           | SIGKILL of ingest, segmenter, uploader or reader (restarted) |
+| `pause:<program>`          | SIGSTOP of that program, SIGCONT after a random pause        |
+| `store-kill`               | SIGKILL of SeaweedFS; restarted on the same dir and ports    |
+| `store-pause`              | SIGSTOP of SeaweedFS, SIGCONT after a random pause           |
+| `store-slow`               | the proxy before SeaweedFS delays every chunk for a while    |
+| `store-kill+kill:uploader` | SeaweedFS killed, then the uploader, which restarts meanwhile |
+| `stack-restart`            | the whole stack stopped (SIGTERM to supervisord), started    |
+| `stack-kill`               | supervisord and all four programs SIGKILLed, then started    |
 
 The first `len(KINDS)` faults are every kind once, in a seeded shuffled order, so even a short
 run exercises each (a run stopped before that finishes the kinds left first); later ones are
@@ -37,6 +38,7 @@ KINDS: tuple[str, ...] = (
     "store-kill",
     "store-pause",
     "store-slow",
+    "store-kill+kill:uploader",
     "stack-restart",
     "stack-kill",
 )
@@ -120,6 +122,14 @@ class Nemesis(threading.Thread):
             self._hold(pause)
             self.store.start()
             return f"down for {pause:.1f}s"
+        if kind == "store-kill+kill:uploader":
+            pause = self._pause_s()
+            self.store.kill()
+            old = self.stack.kill("uploader")
+            new = self.stack.wait_restarted("uploader", old, timeout=60)
+            self._hold(pause)
+            self.store.start()
+            return f"store down for {pause:.1f}s; uploader {old} killed, restarted as {new}"
         if kind == "store-pause":
             pause = self._pause_s()
             self.store.signal(signal.SIGSTOP)
