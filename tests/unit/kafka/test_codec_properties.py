@@ -20,8 +20,8 @@ file well under a minute; ``--hypothesis-profile=long`` runs 20x more examples.
 
 from __future__ import annotations
 
-import os
 import struct
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -42,7 +42,7 @@ from streamhouse.kafka.framing import (
     encode_request,
     encode_response,
 )
-from streamhouse.kafka.generate import FieldSpec, Message, StructSpec
+from streamhouse.kafka.generate import Message, StructSpec
 from streamhouse.kafka.messages import (
     REQUEST_DECODERS,
     REQUEST_ENCODERS,
@@ -54,14 +54,18 @@ from streamhouse.kafka.messages import (
 )
 from streamhouse.kafka.primitives import DecodeError, uvarint
 
-SPEC_DIR = Path(
-    os.environ.get(
-        "STREAMHOUSE_KAFKA_SPECS",
-        Path(__file__).resolve().parents[4] / "shared" / "kafka-protocol" / "message",
-    )
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
+from kafka_strategies import (  # noqa: E402  (tests/fuzz is not a package)
+    API_MESSAGES,
+    INT_RANGES,
+    SPEC_DIR,
+    SPECS,
+    MessageStrategies,
+    struct_type,
 )
-SPECS: list[Message] = generate.load_messages(SPEC_DIR) if SPEC_DIR.is_dir() else []
-API_MESSAGES = [m for m in SPECS if m.kind in ("request", "response")]
+
+sys.path.pop(0)
+
 MESSAGE_PARAMS = [pytest.param(m, id=m.name) for m in API_MESSAGES]
 
 # A decode of a frame of n bytes may build Python objects worth many times n (small ints,
@@ -103,67 +107,7 @@ def test_specs_are_present() -> None:
 
 # ------------------------------------------------------------------------------ strategies
 
-
-def struct_type(path: str) -> type[Any]:
-    obj: Any = messages
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-INT_RANGES = {
-    "int8": (-(2**7), 2**7 - 1),
-    "int16": (-(2**15), 2**15 - 1),
-    "int32": (-(2**31), 2**31 - 1),
-    "int64": (-(2**63), 2**63 - 1),
-    "uint16": (0, 2**16 - 1),
-    "uint32": (0, 2**32 - 1),
-}
-
-
-def scalar_strategy(kind: str) -> st.SearchStrategy[Any]:
-    if kind in INT_RANGES:
-        lo, hi = INT_RANGES[kind]
-        return st.integers(lo, hi)
-    if kind == "bool":
-        return st.booleans()
-    if kind == "float64":
-        return st.floats(allow_nan=False)
-    if kind == "uuid":
-        return st.uuids(version=None) | st.just(messages._ZERO_UUID)
-    if kind == "string":
-        return st.text(max_size=12)  # never surrogates, so always UTF-8 encodable
-    return st.binary(max_size=24)  # bytes, records
-
-
-def field_strategy(f: FieldSpec, version: int) -> st.SearchStrategy[Any]:
-    if f.is_array:
-        if f.struct is not None:
-            element = struct_strategy(f.struct, version)
-        else:
-            element = scalar_strategy(f.elem)
-        value: st.SearchStrategy[Any] = st.lists(element, max_size=3)
-    elif f.struct is not None:
-        value = struct_strategy(f.struct, version)
-    else:
-        value = scalar_strategy(f.type)
-    if version in f.nullable:
-        value = st.none() | value
-    return value
-
-
-_STRATEGIES: dict[tuple[str, int], st.SearchStrategy[Any]] = {}
-
-
-def struct_strategy(struct: StructSpec, version: int) -> st.SearchStrategy[Any]:
-    """Instances of `struct` with every field `version` carries drawn, the others default."""
-    key = (struct.path, version)
-    if key not in _STRATEGIES:
-        fields = {
-            f.attr: field_strategy(f, version) for f in struct.fields if version in f.versions
-        }
-        _STRATEGIES[key] = st.builds(struct_type(struct.path), **fields)
-    return _STRATEGIES[key]
+STRATEGIES = MessageStrategies()
 
 
 def codecs(message: Message) -> tuple[dict[Any, Any], dict[Any, Any]]:
@@ -193,10 +137,8 @@ def encode_frame(message: Message, version: int, value: Any, correlation_id: int
     return encode_response(header, message.api_key, version, value)[4:]
 
 
-@st.composite
-def versioned_message(draw: st.DrawFn, message: Message) -> tuple[int, Any]:
-    version = draw(st.sampled_from(generate.versions_of(message)))
-    return version, draw(struct_strategy(message.root, version))
+def versioned_message(message: Message) -> st.SearchStrategy[tuple[int, Any]]:
+    return STRATEGIES.message(message)
 
 
 # ------------------------------------------------------------------------------ round trips
