@@ -82,9 +82,9 @@ ANOMALOUS: dict[str, list[dict]] = {
     "lost": [
         send("p", "invoke", ["a", "b", "c"]),
         send("p", "ok", ["a", "b", "c"], offsets=[0, 1, 2]),
-        poll("c0", [[0, 0, "a"]]),
-        assign("c0"),
-        poll("c0", [[0, 2, "c"]]),
+        poll("final", [[0, 0, "a"]], f="read"),
+        assign("final"),
+        poll("final", [[0, 2, "c"]], f="read"),
     ],
     # acknowledged at 0/1, no read got that far
     "unseen": [
@@ -118,7 +118,18 @@ ANOMALOUS: dict[str, list[dict]] = {
         assign("c0"),
         poll("c0", [[0, 0, "a"]]),
         poll("c0", [[0, 2, "c"]]),
+        poll("c1", [[0, 1, "b"]]),  # the group as a whole saw offset 1
         poll("final", [[0, 0, "a"], [0, 1, "b"], [0, 2, "c"]], f="read"),
+    ],
+    # c0 read 0/1 and lost the partition; c1 was assigned it and started past 0/2
+    "group_skipped": [
+        send("p", "invoke", ["a", "b", "c", "d"]),
+        send("p", "ok", ["a", "b", "c", "d"], offsets=[0, 1, 2, 3]),
+        assign("c0"),
+        poll("c0", [[0, 0, "a"], [0, 1, "b"]]),
+        assign("c1"),
+        poll("c1", [[0, 3, "d"]]),
+        poll("final", [[0, 0, "a"], [0, 1, "b"], [0, 2, "c"], [0, 3, "d"]], f="read"),
     ],
     "failed_reads": [
         send("p", "invoke", ["a"]),

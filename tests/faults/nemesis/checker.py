@@ -13,6 +13,11 @@ What it counts, per Jepsen's Kafka analyses, each of which must be zero:
   or below one it had already returned (a new `assign` op resets this).
 - `skipped`: within one consumer's assignment, offsets of a partition jumped forward (StreamHouse
   offsets are contiguous: no transactions, no compaction here, so a jump skips records).
+- `group_skipped`: an offset of a partition that no member of the consumer group ever polled,
+  although the group polled beyond it. The group starts at the earliest offset and commits only
+  what it polled, so a rebalance may re-deliver records but never skip one; a skip means a
+  commit or offset fetch went wrong. (All `poll` ops are by members of one group; the final
+  read is `read`.)
 - `failed_reads`: a value read whose send definitely failed.
 - `unknown_reads`: a value read that no send ever invoked.
 
@@ -35,6 +40,7 @@ ANOMALIES = (
     "inconsistent_offsets",
     "nonmonotonic",
     "skipped",
+    "group_skipped",
     "failed_reads",
     "unknown_reads",
 )
@@ -56,6 +62,7 @@ class Verdict:
     inconsistent_offsets: int = 0
     nonmonotonic: int = 0
     skipped: int = 0
+    group_skipped: int = 0
     failed_reads: int = 0
     unknown_reads: int = 0
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
@@ -99,6 +106,7 @@ def check(history: Iterable[Op]) -> Verdict:
     highest_read: dict[int, int] = {}
     # (process, partition) -> last offset that process read since its last assignment
     last_read: dict[tuple[str, int], int] = {}
+    group_polled: dict[int, set[int]] = defaultdict(set)
 
     for op in history:
         f, type_, process = op["f"], op["type"], op["process"]
@@ -124,6 +132,8 @@ def check(history: Iterable[Op]) -> Verdict:
         elif f in ("poll", "read") and type_ == "ok":
             for partition, offset, value in op["records"]:
                 verdict.records_read += 1
+                if f == "poll":
+                    group_polled[partition].add(offset)
                 at[(partition, offset)].add(value)
                 read_at[value].add((partition, offset))
                 if offset > highest_read.get(partition, -1):
@@ -151,6 +161,14 @@ def check(history: Iterable[Op]) -> Verdict:
     for (partition, offset), values in sorted(at.items()):
         if len(values) > 1:
             verdict.note("inconsistent_offsets", f"{partition}/{offset} holds {sorted(values)}")
+    for partition, offsets in sorted(group_polled.items()):
+        for offset in range(max(offsets) + 1):
+            if offset not in offsets:
+                verdict.note(
+                    "group_skipped",
+                    f"{partition}/{offset} never polled by the group, which polled up to "
+                    f"{partition}/{max(offsets)}",
+                )
     for value, (partition, offset) in acked.items():
         if value in read_at:
             continue
