@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         help="directory for the history, verdict, stack and SeaweedFS data (must be new)",
     )
     parser.add_argument("--check", type=pathlib.Path, help="only check this history file")
+    parser.add_argument(
+        "--kafka-rate", type=float, default=100, help="values/s of each of 3 Kafka producers"
+    )
+    parser.add_argument(
+        "--grpc-rate", type=float, default=5, help="20-value batches/s of each of 2 gRPC producers"
+    )
     args = parser.parse_args(argv)
     if args.check is not None:
         verdict = check(read_history(args.check))
@@ -40,9 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if verdict.valid else 1
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f"--out {args.out} is not empty; give a new directory")
-    result = run(
-        args.out, RunConfig(duration=args.duration, seed=args.seed, interval=args.interval)
+    config = RunConfig(
+        duration=args.duration,
+        seed=args.seed,
+        interval=args.interval,
+        kafka_rate=args.kafka_rate,
+        grpc_batches_per_s=args.grpc_rate,
     )
+    result = run(args.out, config)
     print(result.report())
     print(f"history: {args.out / 'history.jsonl'}; logs: {args.out / 'data' / 'logs'}")
     return 0 if result.valid else 1
