@@ -52,7 +52,7 @@ typedef struct {
 } failure_t;
 
 /* Zigzag LEB128 at *p (not past end). 0 ok, -1 truncated, -2 too long or out of range. */
-static int read_varint(const uint8_t **p, const uint8_t *end, int max_bytes, int64_t *out) {
+static inline int read_varint(const uint8_t **p, const uint8_t *end, int max_bytes, int64_t *out) {
     uint64_t v = 0;
     const uint8_t *q = *p;
     for (int i = 0; i < max_bytes; i++) {
@@ -103,14 +103,21 @@ static int valid_utf8(const uint8_t *s, int64_t n) {
         return;                                                                \
     } while (0)
 
-/* Reads one varint field of record i into var, failing with the field's name. */
+/* Reads one varint field of record i into var, failing with the field's name. One-byte
+ * varints (almost every length and delta of small records) take the inline path. */
 #define FIELD(var, max_bytes, name, limit)                                                 \
     do {                                                                                   \
-        int rc_ = read_varint(&p, (limit), (max_bytes), &(var));                           \
-        if (rc_ == -1)                                                                     \
-            FAIL("record %zd: %s runs past the record's declared length of %lld bytes", i, \
-                 (name), (long long)length);                                               \
-        if (rc_ == -2) FAIL("record %zd: %s is an overlong or out-of-range varint", i, (name)); \
+        if (p < (limit) && *p < 0x80) {                                                    \
+            (var) = (int64_t)(*p >> 1) ^ -(int64_t)(*p & 1);                               \
+            p++;                                                                           \
+        } else {                                                                           \
+            int rc_ = read_varint(&p, (limit), (max_bytes), &(var));                       \
+            if (rc_ == -1)                                                                 \
+                FAIL("record %zd: %s runs past the record's declared length of %lld bytes", \
+                     i, (name), (long long)length);                                        \
+            if (rc_ == -2)                                                                 \
+                FAIL("record %zd: %s is an overlong or out-of-range varint", i, (name));   \
+        }                                                                                  \
     } while (0)
 
 static void walk(const uint8_t *data, Py_ssize_t size, Py_ssize_t count, int64_t base_ts,

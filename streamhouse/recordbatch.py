@@ -312,7 +312,7 @@ def scan_batches(
 
     Returns one ``BatchInfo`` per batch, in order, covering ``buf`` exactly. Raises
     ``InvalidBatchError`` on: an empty buffer; a trailing partial header or batch; a
-    ``batch_length`` below the header size; magic other than 2 (``UNSUPPORTED_VERSION``);
+    ``batch_length`` below the header size; magic other than 2 (``UNSUPPORTED_FOR_MESSAGE_FORMAT``);
     a CRC-32C mismatch when ``verify_crc``; ``records_count`` < 1, not equal to
     ``last_offset_delta + 1`` or too large for the uncompressed record bytes; an unknown
     compression codec. Records are never decoded or decompressed.
