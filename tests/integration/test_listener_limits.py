@@ -344,6 +344,26 @@ def _consume(stub: Any, max_wait_ms: int, partition: int = 1) -> Any:
     return stub.Consume.future(request, timeout=max_wait_ms / 1000 + 10)
 
 
+def test_grpc_slow_handshake_is_dropped(stack: Stack) -> None:
+    """A TCP connection to the gRPC port that never finishes the HTTP/2 preface is closed
+    after the slow-client timeout, while calls on other connections keep working."""
+    with (
+        socket.create_connection(("127.0.0.1", stack.grpc_port), timeout=SLOW_S + 10) as sock,
+        Client(stack.grpc_address) as client,
+    ):
+        sock.sendall(b"PRI")
+        start = time.monotonic()
+        assert client.get_topic(TOPIC).partitions == MAX_PARTITIONS
+        try:
+            while sock.recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+        took = time.monotonic() - start
+        assert SLOW_S * 0.9 <= took < SLOW_S + 10
+        assert client.get_topic(TOPIC).partitions == MAX_PARTITIONS
+
+
 def test_grpc_concurrent_rpc_limit(stack: Stack) -> None:
     release = threading.Event()
 
