@@ -471,7 +471,8 @@ class MetadataStore:
             raise MetadataUnavailableError(
                 ErrorCode.REQUEST_TIMED_OUT,
                 f"metadata store {self.path!r}: another call of this process held it for "
-                f"{self.busy_timeout_ms} ms (the busy timeout); retry",
+                f"{self.busy_timeout_ms} ms (the busy timeout), waiting for a database locked "
+                "by another writer or a slow disk; retry",
             )
 
     def _unavailable(self, exc: apsw.Error) -> MetadataError:

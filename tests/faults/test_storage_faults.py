@@ -338,13 +338,15 @@ def test_offset_commits_on_a_locked_database_fail_retriably_while_ingest_keeps_s
             assert client.get_topic("offsets").partition_info[0].high_watermark == 1
             records, *_ = client.consume("offsets", 0, 0)
             assert [r.value for r in records] == [b"x"]
-            assert time.monotonic() - started < 2, "ingest's event loop was blocked"
+            assert time.monotonic() - started < 5, "ingest's event loop was blocked"
             grpc_commit.join(30)
             kafka_commit.join(30)
         finally:
             release(blocker)
         assert isinstance(grpc_commit.error, StreamHouseError), grpc_commit.result
         assert grpc_commit.error.code.name == "UNAVAILABLE"
+        # (Whichever of the two commits queued behind the other says so; both name the cause.)
+        assert "(the busy timeout)" in str(grpc_commit.error)
         assert "locked by another writer" in str(grpc_commit.error)
         assert kafka_commit.error is None and kafka_commit.result == {0: REQUEST_TIMED_OUT}
 
