@@ -184,6 +184,14 @@ class StreamHouseService:
         producer = None
         if request.HasField("producer_id"):
             producer = (request.producer_id, request.producer_epoch, request.base_sequence)
+            # A batch carries the epoch as int16; Kafka's rules for the three fields.
+            if not (producer[0] >= 0 and 0 <= producer[1] <= 32767 and producer[2] >= 0):
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"producer_id {producer[0]}, producer_epoch {producer[1]}, base_sequence "
+                    f"{producer[2]}: an idempotent producer needs producer_id >= 0, "
+                    "0 <= producer_epoch <= 32767 and base_sequence >= 0 (use InitProducer)",
+                )
         return await self._produce(request.topic, partition, request.records, producer)
 
     async def ProduceStream(

@@ -297,3 +297,26 @@ def test_oversized_message_is_refused_and_server_stays_up(
         code,
         details,
     )
+
+
+def test_producer_fields_out_of_range_are_invalid_argument(
+    fuzz_stack: tuple[Stack, grpc.Channel],
+) -> None:
+    """Found by the long run: an epoch outside int16 (the batch's field) answered INTERNAL."""
+    _, channel = fuzz_stack
+    for pid, epoch, seq in ((0, -(2**31), 0), (0, 32768, 0), (-5, 0, 0), (0, 0, -1)):
+        request = pb.ProduceBatchRequest(
+            topic=TOPIC,
+            partition=0,
+            records=[pb.Record(value=b"v")],
+            producer_id=pid,
+            producer_epoch=epoch,
+            base_sequence=seq,
+        )
+        code, details = status_of(
+            lambda request=request: raw_unary(channel, "ProduceBatch")(
+                request.SerializeToString(), timeout=CALL_TIMEOUT
+            )
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (pid, epoch, seq, code, details)
+        assert "producer_epoch" in details
