@@ -12,7 +12,8 @@ ends). Each connection keeps its own limits (`connection.ConnectionLimits`); one
 checks every connection's idle and slow-client timeouts a few times per shortest timeout. A
 Produce or Fetch naming more than `max_partitions_per_request` partitions is refused whole
 with INVALID_REQUEST on every partition (and the Fetch's top-level error), before any handler
-or ring sees it.
+or ring sees it; a Produce naming more than four times that many topics and partitions is not
+even decoded: the connection closes (see connection.py).
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class KafkaBroker:
         self._server: asyncio.Server | None = None
         self._limits = ConnectionLimits(
             max_frame_bytes=settings.kafka_max_request_bytes,
+            max_non_produce_frame_bytes=settings.kafka_max_non_produce_request_bytes,
+            max_produce_entries=4 * settings.max_partitions_per_request,
             max_in_flight_requests=settings.kafka_max_in_flight_requests,
             max_in_flight_bytes=settings.kafka_max_in_flight_bytes,
             send_buffer_bytes=settings.kafka_send_buffer_bytes,

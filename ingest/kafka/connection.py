@@ -14,6 +14,11 @@ Limits (`ConnectionLimits`, from the settings; nothing a client sends is buffere
 bound):
 - A frame larger than `max_frame_bytes` is refused from its size prefix, before any of it is
   buffered, and closes the connection.
+- Decoding costs up to about eleven times a frame's size and blocks the loop while it runs,
+  so two kinds of frame close the connection before they are decoded: a request of another
+  API than Produce larger than `max_non_produce_frame_bytes` (only Produce carries bulk
+  data), and a Produce naming more than `max_produce_entries` topics and partitions
+  (counted by `limits.produce_entries`, which stops at the limit and allocates nothing).
 - At most `max_in_flight_requests` requests, and `max_in_flight_bytes` of request frames, are
   admitted and not yet answered; the first request is always admitted, so one frame of any
   accepted size gets through. At the limit the connection stops taking frames and stops
@@ -45,6 +50,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ingest.kafka.limits import PRODUCE, produce_entries
 from streamhouse.kafka.framing import (
     CorruptRequest,
     FrameReceiver,
@@ -68,6 +74,8 @@ class ConnectionLimits:
     """Per-connection bounds; see the module docstring for what each one does."""
 
     max_frame_bytes: int
+    max_non_produce_frame_bytes: int
+    max_produce_entries: int
     max_in_flight_requests: int
     max_in_flight_bytes: int
     send_buffer_bytes: int
@@ -212,7 +220,30 @@ class KafkaConnection(asyncio.Protocol):
 
     # -- requests ------------------------------------------------------------------------
 
+    def _refusal_before_decoding(self, frame: memoryview) -> str | None:
+        limits = self._limits
+        api_key = int.from_bytes(frame[:2], "big", signed=True)
+        if api_key != PRODUCE:
+            if len(frame) > limits.max_non_produce_frame_bytes:
+                return (
+                    f"a request of API key {api_key} has {len(frame)} bytes; only Produce may "
+                    f"exceed {limits.max_non_produce_frame_bytes} "
+                    "(STREAMHOUSE_KAFKA_MAX_NON_PRODUCE_REQUEST_BYTES)"
+                )
+            return None
+        entries = produce_entries(frame, limits.max_produce_entries)
+        if entries is not None and entries > limits.max_produce_entries:
+            return (
+                f"a Produce names more than {limits.max_produce_entries} topics and partitions "
+                "(4 x STREAMHOUSE_MAX_PARTITIONS_PER_REQUEST); it was not decoded"
+            )
+        return None
+
     def _admit(self, frame: Any) -> None:
+        refusal = self._refusal_before_decoding(frame)
+        if refusal is not None:
+            self.close(refusal)
+            return
         try:
             header, request = decode_request(frame)
         except UnsupportedVersion as exc:

@@ -308,6 +308,27 @@ def test_partitions_per_request_limit(stack: Stack) -> None:
         conn.close()
 
 
+def test_requests_too_costly_to_decode_close_the_connection(stack: Stack) -> None:
+    """A Produce naming over 4 x the partition limit, or another API's request over
+    KAFKA_MAX_NON_PRODUCE_REQUEST_BYTES, closes the connection undecoded; others are served."""
+    good = open_working(stack.kafka_port)
+    try:
+        wide = open_working(stack.kafka_port)
+        data, _ = wide.request(0, 9, produce_request(5 * MAX_PARTITIONS))
+        wide.sock.sendall(data)
+        assert wide.closed_by_server() < 10
+        wide.close()
+        big = open_working(stack.kafka_port)
+        body = ApiVersionsRequest(client_software_name="x" * (1024 * 1024 + 1))
+        data, _ = big.request(18, 3, body)
+        big.sock.sendall(data)
+        assert big.closed_by_server() < 10
+        big.close()
+        assert good.works()
+    finally:
+        good.close()
+
+
 def test_grpc_produce_partitions_per_request_limit(stack: Stack) -> None:
     with Client(stack.grpc_address) as client:
         client.create_topic("limits-wide", 2 * MAX_PARTITIONS)

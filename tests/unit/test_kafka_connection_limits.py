@@ -10,15 +10,19 @@ from typing import Any
 import pytest
 
 from ingest.kafka.connection import ConnectionLimits, KafkaConnection
+from ingest.kafka.limits import produce_entries
 from streamhouse.kafka.framing import encode_request
 from streamhouse.kafka.messages import (
     ApiVersionsRequest,
     ApiVersionsResponse,
+    ProduceRequest,
     RequestHeader,
 )
 
 LIMITS = ConnectionLimits(
     max_frame_bytes=1024 * 1024,
+    max_non_produce_frame_bytes=64 * 1024,
+    max_produce_entries=8,
     max_in_flight_requests=3,
     max_in_flight_bytes=10_000,
     send_buffer_bytes=1024,
@@ -85,9 +89,10 @@ class Harness:
             request_api_key=18,
             request_api_version=3,
             correlation_id=self.correlation,
-            client_id="x" * padding,
+            client_id="unit",
         )
-        return encode_request(header, ApiVersionsRequest(client_software_name="unit"))
+        body = ApiVersionsRequest(client_software_name="unit" + "x" * padding)
+        return encode_request(header, body)
 
     async def settle(self) -> None:
         for _ in range(5):
@@ -202,5 +207,70 @@ def test_idle_timeout_closes_only_a_connection_with_nothing_in_flight(busy: bool
         assert not h.transport.closed
         h.connection.check_timeouts(now + 11)
         assert h.transport.closed != busy
+
+    run(scenario())
+
+
+def _produce_frame(version: int, topics: int, partitions: int) -> bytes:
+    P = ProduceRequest
+    request = P(
+        transactional_id=None,
+        acks=-1,
+        timeout_ms=1000,
+        topic_data=[
+            P.TopicProduceData(
+                name=f"t{t}",
+                partition_data=[
+                    P.PartitionProduceData(index=p, records=b"x" * 70 if p % 2 else None)
+                    for p in range(partitions)
+                ],
+            )
+            for t in range(topics)
+        ],
+    )
+    header = RequestHeader(
+        request_api_key=0, request_api_version=version, correlation_id=7, client_id="c"
+    )
+    return encode_request(header, request)[4:]
+
+
+@pytest.mark.parametrize("version", [3, 8, 9, 11])
+def test_produce_entries_counts_topics_and_partitions_without_decoding(version: int) -> None:
+    assert produce_entries(_produce_frame(version, 3, 5), 1000) == 3 + 15
+    assert produce_entries(_produce_frame(version, 1, 0), 1000) == 1
+    # It stops one past the limit, however many there are.
+    assert produce_entries(_produce_frame(version, 2, 50_000), 10) == 11
+
+
+def test_produce_entries_leaves_other_apis_and_broken_frames_to_the_decoder() -> None:
+    frame = _produce_frame(9, 2, 3)
+    assert produce_entries(frame[:-7], 1000) is None
+    assert produce_entries(frame[:9], 1000) is None
+    header = RequestHeader(request_api_key=18, request_api_version=3, correlation_id=1)
+    versions = encode_request(header, ApiVersionsRequest(client_software_name="unit"))[4:]
+    assert produce_entries(versions, 1000) is None
+
+
+def test_a_produce_naming_too_many_partitions_closes_before_decoding() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        frame = _produce_frame(9, 1, 20)
+        h.connection.data_received(len(frame).to_bytes(4, "big") + frame)
+        await h.settle()
+        assert h.transport.closed and h.answers == []
+
+    run(scenario())
+
+
+def test_a_large_request_of_another_api_closes_before_decoding() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        h.connection.data_received(h.frame(padding=30_000))
+        await h.settle()
+        assert not h.transport.closed and len(h.answers) == 1
+        await h.answer_first()
+        h.connection.data_received(h.frame(padding=70_000))
+        await h.settle()
+        assert h.transport.closed and h.answers == []
 
     run(scenario())
