@@ -30,12 +30,14 @@
  *   4. lengths are -1 or >= 0 (header keys >= 0), header counts >= 0, keys present when
  *      ``key_required`` (compacted topics);
  *   5. every timestamp (base + delta, no int64 overflow) other than -1 lies in
- *      [ts_low, ts_high]; a timestamp error is reported only if the framing is sound.
+ *      [ts_low, ts_high]; timestamp errors are reported only if the framing is sound, and
+ *      then every offending record is listed (the first 64), as Kafka does.
  *
  * check_records(records, count, base_timestamp, ts_low, ts_high, key_required)
- *   -> (bad_index, error, message, max_timestamp)
+ *   -> (bad_index, error, message, max_timestamp, timestamp_errors)
  * error is 0 (valid; bad_index -1, message None), 1 (INVALID_RECORD) or 2 (INVALID_TIMESTAMP);
- * max_timestamp is the largest record timestamp when valid.
+ * max_timestamp is the largest record timestamp when valid; timestamp_errors is, for
+ * INVALID_TIMESTAMP, ((record index, timestamp or None when it overflows), ...), else ().
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -45,11 +47,28 @@
 
 enum { OK = 0, INVALID_RECORD = 1, INVALID_TIMESTAMP = 2 };
 
+#define MAX_TIMESTAMP_ERRORS 64
+
 typedef struct {
     Py_ssize_t index; /* record that failed */
     int error;
     char message[256];
+    /* every record whose timestamp is out of range (the first MAX_TIMESTAMP_ERRORS), as
+     * Kafka lists each one in record_errors; overflowed[k] when base + delta overflows */
+    int ts_errors;
+    Py_ssize_t ts_index[MAX_TIMESTAMP_ERRORS];
+    int64_t ts_value[MAX_TIMESTAMP_ERRORS];
+    char ts_overflowed[MAX_TIMESTAMP_ERRORS];
 } failure_t;
+
+static void note_timestamp(failure_t *f, Py_ssize_t i, int64_t value, int overflowed) {
+    if (f->ts_errors < MAX_TIMESTAMP_ERRORS) {
+        f->ts_index[f->ts_errors] = i;
+        f->ts_value[f->ts_errors] = value;
+        f->ts_overflowed[f->ts_errors] = (char)overflowed;
+    }
+    f->ts_errors++;
+}
 
 /* Zigzag LEB128 at *p (not past end). 0 ok, -1 truncated, -2 too long or out of range. */
 static inline int read_varint(const uint8_t **p, const uint8_t *end, int max_bytes, int64_t *out) {
@@ -126,8 +145,6 @@ static void walk(const uint8_t *data, Py_ssize_t size, Py_ssize_t count, int64_t
     const uint8_t *p = data;
     const uint8_t *end = data + size;
     int64_t max_ts = INT64_MIN;
-    Py_ssize_t ts_bad = -1;
-    int64_t ts_bad_value = 0;
     Py_ssize_t i;
     f->error = OK;
     for (i = 0; i < count; i++) {
@@ -193,14 +210,11 @@ static void walk(const uint8_t *data, Py_ssize_t size, Py_ssize_t count, int64_t
                  (long long)(rec_end - p), (long long)length);
         int64_t ts;
         if (__builtin_add_overflow(base_ts, td, &ts)) {
-            if (ts_bad < 0) { ts_bad = i; ts_bad_value = td; }
+            note_timestamp(f, i, td, 1);
             continue;
         }
         if (ts > max_ts) max_ts = ts;
-        if (ts != -1 && (ts < ts_low || ts > ts_high) && ts_bad < 0) {
-            ts_bad = i;
-            ts_bad_value = ts;
-        }
+        if (ts != -1 && (ts < ts_low || ts > ts_high)) note_timestamp(f, i, ts, 0);
     }
     if (p != end) {
         i = count - 1;
@@ -208,13 +222,19 @@ static void walk(const uint8_t *data, Py_ssize_t size, Py_ssize_t count, int64_t
              "the batch has trailing bytes)",
              (long long)(end - p), count);
     }
-    if (ts_bad >= 0) {
-        f->index = ts_bad;
+    if (f->ts_errors) {
+        f->index = f->ts_index[0];
         f->error = INVALID_TIMESTAMP;
-        snprintf(f->message, sizeof f->message,
-                 "record %zd: timestamp %lld is out of range, the topic accepts [%lld, %lld] "
-                 "(message.timestamp.before.max.ms / after.max.ms); check the producer's clock",
-                 ts_bad, (long long)ts_bad_value, (long long)ts_low, (long long)ts_high);
+        if (f->ts_overflowed[0])
+            snprintf(f->message, sizeof f->message,
+                     "record %zd: timestamp delta %lld overflows a 64-bit timestamp", f->index,
+                     (long long)f->ts_value[0]);
+        else
+            snprintf(f->message, sizeof f->message,
+                     "record %zd: timestamp %lld is out of range, the topic accepts [%lld, "
+                     "%lld] (message.timestamp.before.max.ms / after.max.ms); check the "
+                     "producer's clock",
+                     f->index, (long long)f->ts_value[0], (long long)ts_low, (long long)ts_high);
         return;
     }
     *max_ts_out = max_ts;
@@ -233,6 +253,7 @@ static PyObject *check_records(PyObject *self, PyObject *args) {
     int64_t max_ts = INT64_MIN;
     f.message[0] = 0;
     f.index = -1;
+    f.ts_errors = 0;
     if (count < 0) {
         PyBuffer_Release(&buf);
         PyErr_SetString(PyExc_ValueError, "count must not be negative");
@@ -243,8 +264,24 @@ static PyObject *check_records(PyObject *self, PyObject *args) {
          &max_ts);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&buf);
-    if (f.error == OK) return Py_BuildValue("niOL", (Py_ssize_t)-1, 0, Py_None, (long long)max_ts);
-    return Py_BuildValue("nisL", f.index, f.error, f.message, (long long)0);
+    if (f.error == OK)
+        return Py_BuildValue("niOL()", (Py_ssize_t)-1, 0, Py_None, (long long)max_ts);
+    if (f.error != INVALID_TIMESTAMP)
+        return Py_BuildValue("nisL()", f.index, f.error, f.message, (long long)0);
+    int n = f.ts_errors < MAX_TIMESTAMP_ERRORS ? f.ts_errors : MAX_TIMESTAMP_ERRORS;
+    PyObject *bad = PyTuple_New(n);
+    if (bad == NULL) return NULL;
+    for (int k = 0; k < n; k++) {
+        PyObject *item = f.ts_overflowed[k]
+                             ? Py_BuildValue("nO", f.ts_index[k], Py_None)
+                             : Py_BuildValue("nL", f.ts_index[k], (long long)f.ts_value[k]);
+        if (item == NULL) {
+            Py_DECREF(bad);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(bad, k, item);
+    }
+    return Py_BuildValue("nisLN", f.index, f.error, f.message, (long long)0, bad);
 }
 
 static PyMethodDef methods[] = {

@@ -528,7 +528,7 @@ def validate_batches(
                 records = inflate(codec, mv[start:end].tobytes(), rules.max_inflated_bytes)
             except InvalidBatchError as exc:
                 raise InvalidBatchError(exc.code, f"{where}: {exc.message}") from None
-        bad, error, message, max_ts = check_records(
+        bad, error, message, max_ts, bad_timestamps = check_records(
             records,
             info.record_count,
             info.base_timestamp,
@@ -537,7 +537,16 @@ def validate_batches(
             rules.key_required,
         )
         if bad >= 0:
-            raise InvalidBatchError(_CHECK_ERRORS[error], f"{where}: {message}", ((bad, message),))
+            if bad_timestamps:  # Kafka lists every record with a bad timestamp
+                record_errors = tuple(
+                    (i, f"record {i}: timestamp {ts} is out of range [{ts_low}, {ts_high}]")
+                    if ts is not None
+                    else (i, f"record {i}: timestamp overflows")
+                    for i, ts in bad_timestamps
+                )
+            else:
+                record_errors = ((bad, message),)
+            raise InvalidBatchError(_CHECK_ERRORS[error], f"{where}: {message}", record_errors)
         if not rules.log_append_time and max_ts != info.max_timestamp:
             raise InvalidBatchError(
                 ErrorCode.INVALID_RECORD,

@@ -185,7 +185,13 @@ def test_compressed_batch_built_by_hand_passes() -> None:
 
 def test_check_records_reports_max_timestamp() -> None:
     recs = record(0, ts_delta=5) + record(1, ts_delta=-2) + record(2, ts_delta=9)
-    assert _batchcheck.check_records(recs, 3, 100, -(2**63), 2**63 - 1, False) == (-1, 0, None, 109)
+    assert _batchcheck.check_records(recs, 3, 100, -(2**63), 2**63 - 1, False) == (
+        -1,
+        0,
+        None,
+        109,
+        (),
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -289,8 +295,9 @@ def test_timestamps_against_the_topic_configs() -> None:
     )
     recs = record(0) + record(1, ts_delta=-1001) + record(2, ts_delta=-2000)
     err = refused(ErrorCode.INVALID_TIMESTAMP, batch(recs, 3, max_ts=NOW), rules)
-    assert [i for i, _ in err.record_errors] == [1]
-    assert "out of range" in err.message
+    assert [i for i, _ in err.record_errors] == [1, 2]  # every bad record, as Kafka lists them
+    assert err.message.startswith(f"batch 0 at byte 0: record 1: timestamp {NOW - 1001} is out")
+    assert err.record_errors[1][1].startswith(f"record 2: timestamp {NOW - 2000} is out of range")
     late = record(0, ts_delta=501)
     refused(ErrorCode.INVALID_TIMESTAMP, batch(late, 1, max_ts=NOW + 501), rules)
     edge = record(0, ts_delta=-1000) + record(1, ts_delta=500)
@@ -318,7 +325,22 @@ def test_log_append_time_topic_skips_timestamp_checks() -> None:
 
 def test_timestamp_overflow_is_invalid_timestamp() -> None:
     recs = record(0, ts_delta=2**62)
-    refused(ErrorCode.INVALID_TIMESTAMP, batch(recs, 1, base_ts=2**62, max_ts=2**62))
+    err = refused(ErrorCode.INVALID_TIMESTAMP, batch(recs, 1, base_ts=2**62, max_ts=2**62))
+    assert err.record_errors == ((0, "record 0: timestamp overflows"),)
+
+
+def test_timestamp_errors_are_capped_at_64_records() -> None:
+    rules = batch_rules({"message.timestamp.before.max.ms": "0"}, 16 * MiB)
+    recs = b"".join(record(i, ts_delta=-1 - i) for i in range(100))
+    err = refused(ErrorCode.INVALID_TIMESTAMP, batch(recs, 100, max_ts=NOW - 1), rules)
+    assert [i for i, _ in err.record_errors] == list(range(64))
+
+
+def test_framing_errors_win_over_timestamp_errors() -> None:
+    rules = batch_rules({"message.timestamp.before.max.ms": "0"}, 16 * MiB)
+    recs = record(0, ts_delta=-5) + record(2)
+    err = refused(ErrorCode.INVALID_RECORD, batch(recs, 2), rules)
+    assert [i for i, _ in err.record_errors] == [1]
 
 
 def test_compacted_topic_needs_keys() -> None:
