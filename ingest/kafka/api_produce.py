@@ -3,8 +3,10 @@ the durable commit (acks 1 and all) or not at all (acks 0).
 
 Batches are validated as Kafka's LogValidator does (``streamhouse.recordbatch.validate_batches``
 with the topic's ``batch_rules``: header, CRC-32C, attributes, producer fields, every record's
-framing, offset deltas and timestamps, compressed batches inflated with a hard bound) and
-stored byte for byte — compressed batches stay compressed — except on a topic with
+framing, offset deltas and timestamps, compressed batches inflated with a hard bound; inline
+on the event loop, not in a thread, so that pipelined Produce requests of one connection
+reach the pipeline in the order they were sent) and stored byte for byte — compressed
+batches stay compressed — except on a topic with
 message.timestamp.type=LogAppendTime, where each batch is stamped as Kafka does: the
 timestamp-type bit set, maxTimestamp the broker's time, the CRC recomputed (readers then give
 every record that time), and the response carries it as log_append_time_ms.
