@@ -23,8 +23,12 @@ Busy, locked and full databases (rules):
 4. The calls block (apsw releases the GIL while SQLite works): processes call writes from a
    worker thread, never on an event loop, since they can wait on a lock.
 5. Reads use a second connection of their own, so a read never queues behind a write of
-   the same store that waits for the lock: in WAL mode a read does not wait for writers and
-   may run on an event loop.
+   the same store that waits for the lock: in WAL mode a read does not wait for writers.
+   Reads still do disk I/O, so processes make them off the loop too
+   (:class:`metadata.async_store.AsyncMetadata` runs every call on worker threads).
+6. With ``STREAMHOUSE_DEBUG_LOOP_CALLS=1`` in the environment when a store is opened (the
+   test stacks set it), every call made on a thread that is running an asyncio event loop,
+   opening and closing included, raises :class:`LoopCallError` instead of blocking it.
 
 A store object may be shared by threads (reads are serialised by one lock, writes by
 another), but the usual pattern is one store per process.
@@ -32,9 +36,11 @@ another), but the usual pattern is one store per process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
+import sys
 import threading
 import time
 import uuid as uuidlib
@@ -66,6 +72,9 @@ PRODUCER_BATCH_WINDOW: Final = 5
 UNKNOWN_TOPIC_OR_PARTITION: Final = "UNKNOWN_TOPIC_OR_PARTITION"
 OUT_OF_ORDER_SEQUENCE_NUMBER: Final = "OUT_OF_ORDER_SEQUENCE_NUMBER"
 INVALID_PRODUCER_EPOCH: Final = "INVALID_PRODUCER_EPOCH"
+
+#: Environment variable: "1" makes a store refuse calls made on an event loop (rule 6).
+DEBUG_LOOP_CALLS_ENV: Final = "STREAMHOUSE_DEBUG_LOOP_CALLS"
 
 _LEGAL_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")
 _SEQ_MASK = 0x7FFFFFFF  # Kafka sequences are non-negative int32 that wrap to 0
@@ -361,6 +370,27 @@ class _Producer:
 # --------------------------------------------------------------------------- the store
 
 
+class LoopCallError(RuntimeError):
+    """A store was called on a thread running an asyncio event loop while
+    ``STREAMHOUSE_DEBUG_LOOP_CALLS=1`` (rule 6): a bug in the caller, never retriable."""
+
+
+def _public_caller() -> str:
+    """The name of the store method that entered ``_read``/``_write`` (frames: this function,
+    the context manager's generator, ``contextlib``'s ``__enter__``, the method)."""
+    return sys._getframe(3).f_code.co_name
+
+
+def _check_off_loop(path: str, call: str) -> None:
+    """Raise :class:`LoopCallError` if this thread is running an asyncio event loop."""
+    if asyncio._get_running_loop() is not None:
+        raise LoopCallError(
+            f"MetadataStore.{call} on {path!r} was called on a thread running an asyncio "
+            f"event loop, where it would block every other task ({DEBUG_LOOP_CALLS_ENV}=1): "
+            "await it through metadata.async_store.AsyncMetadata instead"
+        )
+
+
 class MetadataStore:
     """Metadata of one StreamHouse cluster, kept in an SQLite file shared by its processes.
 
@@ -375,14 +405,21 @@ class MetadataStore:
         *,
         busy_timeout_ms: int = 10_000,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        forbid_loop_calls: bool | None = None,
     ) -> None:
         """Open (creating if needed) and migrate the store at ``path``.
 
         ``busy_timeout_ms`` bounds how long a call waits for another writer's lock before it
         raises :class:`MetadataUnavailableError` (the uploader passes the produce timeout);
         ``synchronous`` is SQLite's durability level (FULL: a returned commit survives power
-        loss; NORMAL: it survives a process crash only).
+        loss; NORMAL: it survives a process crash only). ``forbid_loop_calls`` turns on the
+        event-loop guard (rule 6); None reads ``STREAMHOUSE_DEBUG_LOOP_CALLS``.
         """
+        if forbid_loop_calls is None:
+            forbid_loop_calls = os.environ.get(DEBUG_LOOP_CALLS_ENV) == "1"
+        self._forbid_loop_calls = forbid_loop_calls
+        if forbid_loop_calls:
+            _check_off_loop(os.fspath(path), "__init__")
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
         if busy_timeout_ms < 0:
@@ -447,6 +484,8 @@ class MetadataStore:
 
     def close(self) -> None:
         """Close the connections. Idempotent; any later call raises :class:`MetadataError`."""
+        if self._forbid_loop_calls:
+            _check_off_loop(self.path, "close")
         with self._lock, self._read_lock:
             for conn in (self._db, self._reads):
                 if conn is not None:
@@ -501,6 +540,8 @@ class MetadataStore:
     def _read(self) -> Iterator[apsw.Connection]:
         """Give the body the read connection under its lock; SQLite errors become
         MetadataError (MetadataUnavailableError when retrying can help)."""
+        if self._forbid_loop_calls:
+            _check_off_loop(self.path, _public_caller())
         self._acquire(self._read_lock, time.monotonic() + self.busy_timeout_ms / 1000)
         try:
             reads = self._reads
@@ -534,6 +575,8 @@ class MetadataStore:
         """Run the body in one ``BEGIN IMMEDIATE`` transaction: commit on success, else roll
         back and re-raise. SQLite errors become :class:`MetadataError`; a lock held past the
         busy timeout, a full disk or an I/O error become :class:`MetadataUnavailableError`."""
+        if self._forbid_loop_calls:
+            _check_off_loop(self.path, _public_caller())
         deadline = time.monotonic() + self.busy_timeout_ms / 1000
         self._acquire(self._lock, deadline)
         try:

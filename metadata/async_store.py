@@ -1,0 +1,283 @@
+"""The metadata store as the processes' event loops use it: every call runs on a worker thread.
+
+:class:`MetadataStore` blocks (SQLite I/O, fsyncs, waiting for another writer's lock), so no
+event loop may call it (DESIGN.md: "no blocking database call runs on an event loop").
+:class:`AsyncMetadata` wraps one store and awaits each call on a small thread pool of its own.
+It is the first step toward the narrow async metadata interface of issue 7: its methods are
+what ingest, the uploader and the reader need, and the batched ones answer a whole request.
+
+Rules:
+
+1. Reads and writes run on separate pools, matching the store's two connections: one read
+   thread (the read connection serialises anyway; in WAL mode a read never waits for a
+   writer), and ``write_threads`` write threads, so writes queued behind a locked database
+   each wait on the store's own deadline (``busy_timeout_ms``), as they did on the default
+   executor, and never hold up a read.
+2. A hot path pays one thread hop per request, not per partition: :meth:`topic_states`
+   answers every topic and partition a produce, fetch or ListOffsets names, and
+   :meth:`read_plans` gives the reader every partition's state and first blocks of a fetch.
+3. Errors are the store's (:mod:`metadata.errors`), raised in the awaiting task.
+4. Cancelling the awaiting task does not stop a call already running on its thread (a write
+   either commits or rolls back whole; its result is dropped).
+5. The store is opened and closed on a worker thread too (:meth:`open`, :meth:`close`):
+   opening migrates the schema, which writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, NamedTuple, TypeVar
+
+import msgspec
+
+from metadata.store import (
+    BatchResult,
+    BlockLocation,
+    CommitBlock,
+    GroupOffset,
+    MetadataStore,
+    PartitionState,
+    TopicInfo,
+)
+
+T = TypeVar("T")
+
+#: Write threads per store: writes waiting for a locked database wait side by side.
+WRITE_THREADS = 4
+
+
+class TopicLookup(NamedTuple):
+    """A topic a request names, by name or else by its 16-byte Kafka id, and the partitions
+    whose states the request needs (out-of-range ones are left out of the answer)."""
+
+    name: str | None
+    uuid: bytes | None = None
+    partitions: Iterable[int] = ()
+
+
+class TopicState(msgspec.Struct, frozen=True):
+    """A topic found by :meth:`AsyncMetadata.topic_states` and the states of the partitions
+    asked for that exist."""
+
+    topic: TopicInfo
+    partitions: dict[int, PartitionState]
+
+
+class ReadPlan(msgspec.Struct, frozen=True):
+    """Where a fetch of one partition starts: its state (None: no such partition) and up to
+    ``limit`` blocks from the fetch offset on (see :meth:`MetadataStore.find_blocks`)."""
+
+    state: PartitionState | None
+    blocks: list[BlockLocation]
+
+
+def _topic_states(store: MetadataStore, lookups: Sequence[TopicLookup]) -> list[TopicState | None]:
+    out: list[TopicState | None] = []
+    for lookup in lookups:
+        topic = store.get_topic(lookup.name) if lookup.name else None
+        if topic is None and lookup.uuid is not None and any(lookup.uuid):
+            topic = store.get_topic_by_uuid(lookup.uuid)
+        if topic is None:
+            out.append(None)
+            continue
+        states: dict[int, PartitionState] = {}
+        for partition in lookup.partitions:
+            if 0 <= partition < topic.partitions and partition not in states:
+                state = store.get_partition(topic.topic_id, partition)
+                if state is not None:
+                    states[partition] = state
+        out.append(TopicState(topic, states))
+    return out
+
+
+def _read_plans(
+    store: MetadataStore, parts: Sequence[tuple[int, int, int]], limit: int
+) -> list[ReadPlan]:
+    plans = []
+    for topic_id, partition, offset in parts:
+        # The state first: blocks are committed with the high watermark, so the blocks read
+        # after it cover at least everything below it.
+        state = store.get_partition(topic_id, partition)
+        if state is None or offset >= state.high_watermark:
+            plans.append(ReadPlan(state, []))
+        else:
+            plans.append(ReadPlan(state, store.find_blocks(topic_id, partition, offset, limit)))
+    return plans
+
+
+def _topics_by_id(store: MetadataStore, topic_ids: Iterable[int]) -> dict[int, TopicInfo]:
+    out = {}
+    for topic_id in dict.fromkeys(topic_ids):
+        topic = store.get_topic_by_id(topic_id)
+        if topic is not None:
+            out[topic_id] = topic
+    return out
+
+
+class AsyncMetadata:
+    """Awaitable calls on one :class:`MetadataStore`, run on this object's threads.
+
+    ``store`` stays usable synchronously off the loop (tests, tools)."""
+
+    def __init__(self, store: MetadataStore, *, write_threads: int = WRITE_THREADS) -> None:
+        self.store = store
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix="metadata-read")
+        self._writes = ThreadPoolExecutor(write_threads, thread_name_prefix="metadata-write")
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout_ms: int = 10_000,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+    ) -> AsyncMetadata:
+        """Open (creating and migrating) the store at ``path`` on a worker thread."""
+        store = await asyncio.to_thread(
+            MetadataStore, path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous
+        )
+        return cls(store)
+
+    async def close(self) -> None:
+        """Wait for calls in flight, then close the store (off the loop)."""
+
+        def finish() -> None:
+            self._reads.shutdown(wait=True)
+            self._writes.shutdown(wait=True)
+            self.store.close()
+
+        await asyncio.to_thread(finish)
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._reads, functools.partial(fn, *args))
+
+    def _write(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._writes, functools.partial(fn, *args))
+
+    # -- topics --------------------------------------------------------------------------
+
+    async def get_topic(self, name: str) -> TopicInfo | None:
+        """The live topic called ``name``, or None (also for an empty name)."""
+        if not name:
+            return None
+        return await self._read(self.store.get_topic, name)
+
+    async def get_topic_by_uuid(self, uuid: bytes) -> TopicInfo | None:
+        return await self._read(self.store.get_topic_by_uuid, uuid)
+
+    async def topics_by_id(self, topic_ids: Iterable[int]) -> dict[int, TopicInfo]:
+        """The live topics among ``topic_ids``, by id, in one call."""
+        return await self._read(_topics_by_id, self.store, list(topic_ids))
+
+    async def list_topics(self) -> list[TopicInfo]:
+        return await self._read(self.store.list_topics)
+
+    async def topic_states(self, lookups: Sequence[TopicLookup]) -> list[TopicState | None]:
+        """Every topic of ``lookups`` (None where there is none) with the states of the
+        partitions asked for, in one call: what a produce, fetch or offset request needs."""
+        return await self._read(_topic_states, self.store, list(lookups))
+
+    async def create_topic(
+        self, name: str, partitions: int, config: dict[str, str] | None = None
+    ) -> TopicInfo:
+        return await self._write(self.store.create_topic, name, partitions, config)
+
+    async def delete_topic(self, name: str) -> TopicInfo:
+        return await self._write(self.store.delete_topic, name)
+
+    async def add_partitions(self, name: str, total: int) -> TopicInfo:
+        return await self._write(self.store.add_partitions, name, total)
+
+    async def update_topic_config(self, name: str, config: dict[str, str]) -> TopicInfo:
+        return await self._write(self.store.update_topic_config, name, config)
+
+    # -- partitions and the log index -----------------------------------------------------
+
+    async def get_partition(self, topic_id: int, partition: int) -> PartitionState | None:
+        return await self._read(self.store.get_partition, topic_id, partition)
+
+    async def list_partitions(self, topic_id: int) -> list[PartitionState]:
+        return await self._read(self.store.list_partitions, topic_id)
+
+    async def set_log_start_offset(
+        self, topic_id: int, partition: int, offset: int
+    ) -> PartitionState:
+        return await self._write(self.store.set_log_start_offset, topic_id, partition, offset)
+
+    async def read_plans(self, parts: Sequence[tuple[int, int, int]], limit: int) -> list[ReadPlan]:
+        """For each ``(topic_id, partition, offset)`` of a fetch: the partition's state and,
+        when ``offset`` is below its high watermark, up to ``limit`` blocks from ``offset``;
+        all in one call."""
+        return await self._read(_read_plans, self.store, list(parts), limit)
+
+    async def find_blocks(
+        self, topic_id: int, partition: int, offset: int, limit: int = 8
+    ) -> list[BlockLocation]:
+        return await self._read(self.store.find_blocks, topic_id, partition, offset, limit)
+
+    async def find_block_by_timestamp(
+        self, topic_id: int, partition: int, timestamp: int, from_offset: int
+    ) -> BlockLocation | None:
+        return await self._read(
+            self.store.find_block_by_timestamp, topic_id, partition, timestamp, from_offset
+        )
+
+    async def find_max_timestamp_block(
+        self, topic_id: int, partition: int, from_offset: int
+    ) -> BlockLocation | None:
+        return await self._read(
+            self.store.find_max_timestamp_block, topic_id, partition, from_offset
+        )
+
+    async def commit_segment(
+        self, key: str, size: int, blocks: list[CommitBlock]
+    ) -> list[list[BatchResult]]:
+        return await self._write(self.store.commit_segment, key, size, blocks)
+
+    # -- consumer groups and producers ----------------------------------------------------
+
+    async def commit_offsets(
+        self, group: str, offsets: Sequence[tuple[int, int, int, str]]
+    ) -> list[bool]:
+        return await self._write(self.store.commit_offsets, group, offsets)
+
+    async def commit_offset(
+        self, group: str, topic_id: int, partition: int, offset: int, metadata: str
+    ) -> None:
+        await self._write(self.store.commit_offset, group, topic_id, partition, offset, metadata)
+
+    async def get_offset(self, group: str, topic_id: int, partition: int) -> tuple[int, str] | None:
+        return await self._read(self.store.get_offset, group, topic_id, partition)
+
+    async def list_group_offsets(self, group: str) -> list[GroupOffset]:
+        return await self._read(self.store.list_group_offsets, group)
+
+    async def group_offsets(
+        self, group: str, partitions: Mapping[int, Iterable[int]] | None = None
+    ) -> dict[tuple[int, int], GroupOffset]:
+        """``group``'s commits by ``(topic_id, partition)``: all of them, or those of the
+        given partitions (topic id -> partition numbers); one call."""
+        committed = await self._read(self.store.list_group_offsets, group)
+        if partitions is None:
+            return {(c.topic_id, c.partition): c for c in committed}
+        wanted = {(t, p) for t, ps in partitions.items() for p in ps}
+        return {
+            (c.topic_id, c.partition): c for c in committed if (c.topic_id, c.partition) in wanted
+        }
+
+    async def delete_group_offsets(
+        self, group: str, partitions: Sequence[tuple[int, int]] | None = None
+    ) -> int:
+        return await self._write(self.store.delete_group_offsets, group, partitions)
+
+    async def list_offset_groups(self) -> list[str]:
+        return await self._read(self.store.list_offset_groups)
+
+    async def allocate_producer_id(self) -> tuple[int, int]:
+        return await self._write(self.store.allocate_producer_id)
