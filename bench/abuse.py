@@ -21,8 +21,9 @@ Patterns:
   pipeline-no-read   16 connections pipelining fetches (~240 KB answers), never reading
                      (a client sends more only when its last burst left its own buffer)
   huge-frames        8 connections sending max-size garbage frames and oversize prefixes
-  grpc-streams       2 x max concurrent RPCs Subscribe streams and 8 ProduceStreams, over
-                     8 channels (one channel carries at most max concurrent streams)
+  grpc-streams       8 busy ProduceStreams, then a flood of 2 x max concurrent RPCs Subscribe
+                     streams over 8 channels (one channel carries at most max concurrent
+                     streams)
   long-polls         2 x reader max fetches Kafka long-poll fetches on an empty partition
   many-partitions    Produce and Fetch naming 20 x the partitions-per-request limit
 """
@@ -411,9 +412,12 @@ async def _grpc_streams(channels: list[grpc.aio.Channel], deadline: float, count
                 elif err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                     counts.error(f"{err.code().name} ({err.details()})")
 
-    clients = [subscriber(stubs[i % 8]) for i in range(2 * GRPC_MAX_RPCS - 8)]
-    clients += [producer(stubs[8 + i]) for i in range(8)]
-    await with_deadline(deadline, *clients)
+    async def flood() -> None:
+        # The producers were there first; the flood of subscribers comes a second later.
+        await asyncio.sleep(1)
+        await asyncio.gather(*(subscriber(stubs[i % 8]) for i in range(2 * GRPC_MAX_RPCS - 8)))
+
+    await with_deadline(deadline, flood(), *(producer(stubs[8 + i]) for i in range(8)))
 
 
 async def long_polls(stack: Stack, deadline: float, counts: Counts) -> None:
