@@ -455,7 +455,8 @@ async def start_grpc_server(
 ) -> grpc.aio.Server:
     """Starts the gRPC server on settings.grpc_listen with health and reflection on.
 
-    Limits: messages above grpc_message_limit get RESOURCE_EXHAUSTED; each HTTP/2 connection
+    Limits: at most grpc_max_connections connections (more are closed when accepted);
+    messages above grpc_message_limit get RESOURCE_EXHAUSTED; each HTTP/2 connection
     carries at most grpc_max_concurrent_streams streams (more wait in the client); beyond
     grpc_max_concurrent_rpcs RPCs in the whole server a new one gets RESOURCE_EXHAUSTED; a
     connection with no RPC for grpc_idle_timeout_ms is closed with GOAWAY (clients reconnect
@@ -469,6 +470,7 @@ async def start_grpc_server(
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
+            ("grpc.max_allowed_incoming_connections", settings.grpc_max_connections),
             ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
             ("grpc.max_connection_idle_ms", settings.grpc_idle_timeout_ms),
             ("grpc.server_handshake_timeout_ms", settings.slow_client_timeout_ms),

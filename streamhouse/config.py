@@ -77,6 +77,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # RECORD_LIST_TOO_LARGE up front, so every ring frame they make fits by construction.
     max_batches_per_partition: int = 1000
     grpc_max_message_bytes: int = 0  # 0: max(max_batch_bytes, max_fetch_bytes) + 4 MiB
+    grpc_max_connections: int = 1024
     grpc_max_concurrent_streams: int = 100
     grpc_max_concurrent_rpcs: int = 1000
     grpc_stream_max_in_flight: int = 32
@@ -199,6 +200,7 @@ def _validate(s: Settings) -> None:
         "slow_client_timeout_ms",
         "max_partitions_per_request",
         "max_batches_per_partition",
+        "grpc_max_connections",
         "grpc_max_concurrent_streams",
         "grpc_max_concurrent_rpcs",
         "grpc_stream_max_in_flight",

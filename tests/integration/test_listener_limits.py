@@ -39,6 +39,7 @@ SLOW_S = 1.5
 MAX_PARTITIONS = 4
 GRPC_MAX_MESSAGE = 1 * MiB
 GRPC_MAX_RPCS = 6
+GRPC_MAX_CONNECTIONS = 6
 READER_MAX_WAITING = 2
 INVALID_REQUEST = 42
 TOPIC = "limits"
@@ -53,6 +54,7 @@ LIMITS = {
     "STREAMHOUSE_MAX_PARTITIONS_PER_REQUEST": str(MAX_PARTITIONS),
     "STREAMHOUSE_GRPC_MAX_MESSAGE_BYTES": str(GRPC_MAX_MESSAGE),
     "STREAMHOUSE_GRPC_MAX_CONCURRENT_RPCS": str(GRPC_MAX_RPCS),
+    "STREAMHOUSE_GRPC_MAX_CONNECTIONS": str(GRPC_MAX_CONNECTIONS),
     "STREAMHOUSE_READER_MAX_FETCHES": "8",
     "STREAMHOUSE_READER_MAX_WAITING_FETCHES": str(READER_MAX_WAITING),
 }
@@ -383,6 +385,36 @@ def test_grpc_slow_handshake_is_dropped(stack: Stack) -> None:
         took = time.monotonic() - start
         assert SLOW_S * 0.9 <= took < SLOW_S + 10
         assert client.get_topic(TOPIC).partitions == MAX_PARTITIONS
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _get_topic_on_new_connection(stack: Stack, timeout: float) -> bool:
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(stack.grpc_address, options=options) as channel:
+        stub = streamhouse_pb2_grpc.StreamHouseStub(channel)
+        return _ok(lambda: stub.GetTopic(pb.GetTopicRequest(name=TOPIC), timeout=timeout))
+
+
+def test_grpc_connection_limit(stack: Stack) -> None:
+    """With GRPC_MAX_CONNECTIONS connections open (HTTP/2 preface sent, then quiet), one more
+    is closed when accepted; calls work again once they leave."""
+    held = []
+    try:
+        for _ in range(GRPC_MAX_CONNECTIONS):
+            sock = socket.create_connection(("127.0.0.1", stack.grpc_port), timeout=10)
+            sock.sendall(HTTP2_PREFACE)
+            held.append(sock)
+        assert not _get_topic_on_new_connection(stack, 2.0), "a connection over the limit"
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(
+        lambda: _get_topic_on_new_connection(stack, 2.0),
+        20,
+        "a gRPC call served once the held connections closed",
+    )
 
 
 def test_grpc_concurrent_rpc_limit(stack: Stack) -> None:
