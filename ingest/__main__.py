@@ -8,7 +8,7 @@ import logging
 from ingest.grpc_service import start_grpc_server
 from ingest.kafka.broker import KafkaBroker
 from ingest.pipeline import Pipeline
-from metadata import MetadataStore
+from metadata.async_store import AsyncMetadata
 from streamhouse.config import Settings
 from streamhouse.process import run_process
 
@@ -16,7 +16,7 @@ log = logging.getLogger("ingest")
 
 
 async def run_ingest(settings: Settings, stop: asyncio.Event) -> None:
-    meta = MetadataStore(settings.metadata_path)
+    meta = await AsyncMetadata.open(settings.metadata_path)
     pipeline = Pipeline(settings)
     pipeline.start()
     server = await start_grpc_server(settings, meta, pipeline)
@@ -35,7 +35,7 @@ async def run_ingest(settings: Settings, stop: asyncio.Event) -> None:
         await kafka.stop()
         await server.stop(grace=5)
         await pipeline.close()
-        meta.close()
+        await meta.close()
 
 
 def main() -> None:

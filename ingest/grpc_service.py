@@ -21,11 +21,11 @@ from ingest.pipeline import Pipeline
 from ingest.produce import Partitioner, ProduceRejected, plan_produce
 from metadata import (
     InvalidTopicError,
-    MetadataStore,
     TopicExistsError,
     TopicInfo,
     UnknownTopicError,
 )
+from metadata.async_store import AsyncMetadata
 from streamhouse.config import Settings
 from streamhouse.errors import StreamHouseError, from_ring
 from streamhouse.frames import FORMAT_RECORDS, FetchPart, FetchRequest
@@ -42,7 +42,7 @@ SUBSCRIBE_WAIT_MS = 1_000
 
 
 class StreamHouseService:
-    def __init__(self, settings: Settings, meta: MetadataStore, pipeline: Pipeline) -> None:
+    def __init__(self, settings: Settings, meta: AsyncMetadata, pipeline: Pipeline) -> None:
         self.settings = settings
         self.meta = meta
         self.pipeline = pipeline
@@ -50,20 +50,20 @@ class StreamHouseService:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _topic(self, name: str) -> TopicInfo:
-        topic = self.meta.get_topic(name) if name else None
+    async def _topic(self, name: str) -> TopicInfo:
+        topic = await self.meta.get_topic(name)
         if topic is None:
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"topic {name!r} does not exist")
         return topic
 
-    def _topic_message(self, topic: TopicInfo) -> pb.Topic:
+    async def _topic_message(self, topic: TopicInfo) -> pb.Topic:
         parts = [
             pb.PartitionInfo(
                 partition=p.partition,
                 log_start_offset=p.log_start_offset,
                 high_watermark=p.high_watermark,
             )
-            for p in self.meta.list_partitions(topic.topic_id)
+            for p in await self.meta.list_partitions(topic.topic_id)
         ]
         return pb.Topic(
             name=topic.name,
@@ -82,9 +82,7 @@ class StreamHouseService:
         try:
             config = validate_topic_config(dict(request.config))
             # Metadata writes wait for SQLite's lock and an fsync: not on the event loop.
-            topic = await asyncio.to_thread(
-                self.meta.create_topic, request.name, partitions, config
-            )
+            topic = await self.meta.create_topic(request.name, partitions, config)
         except (TopicConfigError, InvalidTopicError) as exc:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         except TopicExistsError:
@@ -92,23 +90,24 @@ class StreamHouseService:
                 grpc.StatusCode.ALREADY_EXISTS, f"topic {request.name!r} already exists"
             ) from None
         log.info("created topic %s with %d partitions", topic.name, topic.partitions)
-        return pb.CreateTopicResponse(topic=self._topic_message(topic))
+        return pb.CreateTopicResponse(topic=await self._topic_message(topic))
 
     async def GetTopic(self, request: pb.GetTopicRequest, context: Any) -> pb.GetTopicResponse:
-        return pb.GetTopicResponse(topic=self._topic_message(self._topic(request.name)))
+        topic = await self._topic(request.name)
+        return pb.GetTopicResponse(topic=await self._topic_message(topic))
 
     async def ListTopics(
         self, request: pb.ListTopicsRequest, context: Any
     ) -> pb.ListTopicsResponse:
         return pb.ListTopicsResponse(
-            topics=[self._topic_message(t) for t in self.meta.list_topics()]
+            topics=[await self._topic_message(t) for t in await self.meta.list_topics()]
         )
 
     async def DeleteTopic(
         self, request: pb.DeleteTopicRequest, context: Any
     ) -> pb.DeleteTopicResponse:
         try:
-            await asyncio.to_thread(self.meta.delete_topic, request.name)
+            await self.meta.delete_topic(request.name)
         except UnknownTopicError:
             raise _Abort(
                 grpc.StatusCode.NOT_FOUND, f"topic {request.name!r} does not exist"
@@ -125,7 +124,7 @@ class StreamHouseService:
         records: Any,
         producer: tuple[int, int, int] | None,
     ) -> pb.ProduceBatchResponse:
-        topic = self._topic(topic_name)
+        topic = await self._topic(topic_name)
         try:
             slots = plan_produce(
                 topic.topic_id,
@@ -224,8 +223,10 @@ class StreamHouseService:
 
     # -- consume -------------------------------------------------------------------------
 
-    def _fetch_request(self, request: Any, max_wait_ms: int) -> tuple[TopicInfo, FetchRequest]:
-        topic = self._topic(request.topic)
+    async def _fetch_request(
+        self, request: Any, max_wait_ms: int
+    ) -> tuple[TopicInfo, FetchRequest]:
+        topic = await self._topic(request.topic)
         if not 0 <= request.partition < topic.partitions:
             raise _Abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -236,7 +237,7 @@ class StreamHouseService:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "max_records and max_bytes must be >= 0")
         offset = request.offset
         if offset < 0:
-            state = self.meta.get_partition(topic.topic_id, request.partition)
+            state = await self.meta.get_partition(topic.topic_id, request.partition)
             if state is None:
                 raise _Abort(grpc.StatusCode.NOT_FOUND, f"topic {topic.name!r} does not exist")
             if offset == -2:
@@ -275,12 +276,12 @@ class StreamHouseService:
     async def Consume(self, request: pb.ConsumeRequest, context: Any) -> bytes:
         if request.max_wait_ms < 0:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "max_wait_ms must be >= 0")
-        topic, fetch = self._fetch_request(request, min(request.max_wait_ms, 60_000))
+        topic, fetch = await self._fetch_request(request, min(request.max_wait_ms, 60_000))
         body, _ = await self._consume_once(topic, fetch)
         return body
 
     async def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> AsyncIterator[bytes]:
-        topic, fetch = self._fetch_request(request, SUBSCRIBE_WAIT_MS)
+        topic, fetch = await self._fetch_request(request, SUBSCRIBE_WAIT_MS)
         part = fetch.parts[0]
         while True:
             body, next_offset = await self._consume_once(topic, fetch)
@@ -299,10 +300,10 @@ class StreamHouseService:
 
     # -- offsets and producers -----------------------------------------------------------
 
-    def _check_offset_target(self, group: str, topic_name: str, partition: int) -> TopicInfo:
+    async def _check_offset_target(self, group: str, topic_name: str, partition: int) -> TopicInfo:
         if not group:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "group must not be empty")
-        topic = self._topic(topic_name)
+        topic = await self._topic(topic_name)
         if not 0 <= partition < topic.partitions:
             raise _Abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -314,11 +315,10 @@ class StreamHouseService:
     async def CommitOffset(
         self, request: pb.CommitOffsetRequest, context: Any
     ) -> pb.CommitOffsetResponse:
-        topic = self._check_offset_target(request.group, request.topic, request.partition)
+        topic = await self._check_offset_target(request.group, request.topic, request.partition)
         if request.offset < 0:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "offset must be >= 0")
-        await asyncio.to_thread(
-            self.meta.commit_offset,
+        await self.meta.commit_offset(
             request.group,
             topic.topic_id,
             request.partition,
@@ -328,8 +328,8 @@ class StreamHouseService:
         return pb.CommitOffsetResponse()
 
     async def GetOffset(self, request: pb.GetOffsetRequest, context: Any) -> pb.GetOffsetResponse:
-        topic = self._check_offset_target(request.group, request.topic, request.partition)
-        found = self.meta.get_offset(request.group, topic.topic_id, request.partition)
+        topic = await self._check_offset_target(request.group, request.topic, request.partition)
+        found = await self.meta.get_offset(request.group, topic.topic_id, request.partition)
         if found is None:
             return pb.GetOffsetResponse(offset=-1, metadata="")
         return pb.GetOffsetResponse(offset=found[0], metadata=found[1])
@@ -337,7 +337,7 @@ class StreamHouseService:
     async def InitProducer(
         self, request: pb.InitProducerRequest, context: Any
     ) -> pb.InitProducerResponse:
-        producer_id, epoch = await asyncio.to_thread(self.meta.allocate_producer_id)
+        producer_id, epoch = await self.meta.allocate_producer_id()
         return pb.InitProducerResponse(producer_id=producer_id, producer_epoch=epoch)
 
 
@@ -451,7 +451,7 @@ def method_handlers(service: StreamHouseService) -> grpc.GenericRpcHandler:
 
 
 async def start_grpc_server(
-    settings: Settings, meta: MetadataStore, pipeline: Pipeline
+    settings: Settings, meta: AsyncMetadata, pipeline: Pipeline
 ) -> grpc.aio.Server:
     """Starts the gRPC server on settings.grpc_listen with health and reflection on.
 

@@ -144,13 +144,13 @@ class AsyncMetadata:
 
     async def close(self) -> None:
         """Wait for calls in flight, then close the store (off the loop)."""
+        await asyncio.to_thread(self.close_blocking)
 
-        def finish() -> None:
-            self._reads.shutdown(wait=True)
-            self._writes.shutdown(wait=True)
-            self.store.close()
-
-        await asyncio.to_thread(finish)
+    def close_blocking(self) -> None:
+        """:meth:`close` for a caller that is not on an event loop."""
+        self._reads.shutdown(wait=True)
+        self._writes.shutdown(wait=True)
+        self.store.close()
 
     def _read(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()

@@ -16,7 +16,7 @@ import logging
 
 import msgspec
 
-from metadata import MetadataStore
+from metadata.async_store import AsyncMetadata
 from reader.cache import BlockCache
 from reader.engine import ReadEngine, error_response, fit_response, parse_request
 from streamhouse import objectstore, rings
@@ -36,7 +36,7 @@ log = logging.getLogger("reader")
 
 
 async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
-    meta = MetadataStore(settings.metadata_path)
+    meta = await AsyncMetadata.open(settings.metadata_path)
     store = objectstore.open_object_store(settings.object_store_url, settings.store_timeout_ms)
     engine = ReadEngine(meta, store, BlockCache(settings.cache_bytes), settings.prefetch_blocks)
     engine.max_waiting = settings.reader_max_waiting_fetches
@@ -121,7 +121,7 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
         requests.close()
         responses.close()
         committed.close()
-        meta.close()
+        await meta.close()
 
 
 def main() -> None:

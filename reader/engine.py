@@ -12,6 +12,9 @@ Rules:
   answered with what there is (latency, not a busy loop of empty answers), so the work a
   commit wakes is bounded.
 - Cold reads fetch just the needed block by a range GET; the next blocks are prefetched.
+- Metadata is read off the event loop (`metadata.async_store.AsyncMetadata`), one call per
+  pass over a fetch: every partition's state and first `BLOCKS_PER_LOOKUP` blocks together
+  (`read_plans`); a partition read past those blocks looks up its next ones.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import msgspec
 
 from metadata import BlockLocation, MetadataStore
+from metadata.async_store import AsyncMetadata, ReadPlan
 from reader.cache import BlockCache, BlockKey
 from streamhouse import objectstore
 from streamhouse.errors import RING_OK, ErrorCode, RingError
@@ -46,11 +50,16 @@ from streamhouse.segment import decode_block
 
 log = logging.getLogger("reader")
 _decode_request = decoder_for(FetchRequest).decode
+#: Blocks looked up per partition and metadata call.
+BLOCKS_PER_LOOKUP = 8
 
 
 class ReadEngine:
-    def __init__(self, meta: MetadataStore, store: Any, cache: BlockCache, prefetch: int) -> None:
-        self.meta = meta
+    def __init__(
+        self, meta: AsyncMetadata | MetadataStore, store: Any, cache: BlockCache, prefetch: int
+    ) -> None:
+        """`meta` is awaited off the loop; a bare MetadataStore (unit tests) is wrapped."""
+        self.meta = meta if isinstance(meta, AsyncMetadata) else AsyncMetadata(meta)
         self.store = store
         self.cache = cache
         self.prefetch = prefetch
@@ -98,11 +107,20 @@ class ReadEngine:
     def _prefetch_after(self, topic_id: int, partition: int, offset: int) -> None:
         if self.prefetch <= 0:
             return
-        for loc in self.meta.find_blocks(topic_id, partition, offset, self.prefetch):
+        task = asyncio.ensure_future(self._prefetch(topic_id, partition, offset))
+        task.add_done_callback(_ignore_result)
+
+    async def _prefetch(self, topic_id: int, partition: int, offset: int) -> None:
+        """Loads the blocks after `offset` that are neither cached nor loading; done when they
+        are (each failure is logged)."""
+        loads = []
+        for loc in await self.meta.find_blocks(topic_id, partition, offset, self.prefetch):
             key = (loc.segment_key, loc.byte_offset)
             if key not in self.cache and key not in self._loads:
                 task = asyncio.ensure_future(self.load_block(loc))
                 task.add_done_callback(_ignore_result)
+                loads.append(task)
+        await asyncio.gather(*loads, return_exceptions=True)
 
     async def read_part(
         self,
@@ -111,10 +129,16 @@ class ReadEngine:
         max_bytes: int,
         max_records: int,
         allow_oversize: bool = True,
+        plan: ReadPlan | None = None,
     ) -> tuple[FetchPartResult, bytes]:
         """Reads one partition from `part.offset`, up to max_bytes; with allow_oversize the
-        first batch is returned even when it alone is larger."""
-        state = self.meta.get_partition(part.topic_id, part.partition)
+        first batch is returned even when it alone is larger. `plan` is the partition's
+        metadata for `part.offset` when the caller looked it up already."""
+        if plan is None:
+            (plan,) = await self.meta.read_plans(
+                [(part.topic_id, part.partition, part.offset)], BLOCKS_PER_LOOKUP
+            )
+        state = plan.state
         if state is None:
             error = ring_error(
                 ErrorCode.UNKNOWN_TOPIC_OR_PARTITION.kafka_code,
@@ -135,8 +159,12 @@ class ReadEngine:
         limit = max_records if max_records > 0 else 1 << 62
         cold = False
         done = part.offset >= hwm
+        locs: list[BlockLocation] | None = plan.blocks
         while not done:
-            locs = self.meta.find_blocks(part.topic_id, part.partition, next_offset, 8)
+            if locs is None:
+                locs = await self.meta.find_blocks(
+                    part.topic_id, part.partition, next_offset, BLOCKS_PER_LOOKUP
+                )
             if not locs:
                 break
             for loc in locs:
@@ -200,6 +228,7 @@ class ReadEngine:
                 next_offset = max(next_offset, loc.end_offset)
             if next_offset >= hwm:
                 break
+            locs = None  # read past the blocks looked up: look up the next ones
         if cold:
             self._prefetch_after(part.topic_id, part.partition, next_offset)
         result = FetchPartResult(
@@ -220,7 +249,12 @@ class ReadEngine:
                 results: list[FetchPartResult] = []
                 payloads: list[bytes] = []
                 budget = request.max_bytes
-                for part in request.parts:
+                # Every partition's state and first blocks in one metadata call.
+                plans = await self.meta.read_plans(
+                    [(p.topic_id, p.partition, p.offset) for p in request.parts],
+                    BLOCKS_PER_LOOKUP,
+                )
+                for part, plan in zip(request.parts, plans, strict=True):
                     # Only the first partition with data may go past the limit (as in Kafka).
                     res, data = await self.read_part(
                         part,
@@ -228,6 +262,7 @@ class ReadEngine:
                         min(part.max_bytes, max(budget, 0)),
                         request.max_records,
                         allow_oversize=budget == request.max_bytes,
+                        plan=plan,
                     )
                     budget -= len(data)
                     results.append(res)

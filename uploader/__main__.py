@@ -26,6 +26,7 @@ from collections import deque
 import msgspec
 
 from metadata import BatchRef, CommitBlock, MetadataStore, MetadataUnavailableError
+from metadata.async_store import AsyncMetadata
 from metadata.store import BatchResult
 from streamhouse import objectstore, rings
 from streamhouse.config import Settings
@@ -112,14 +113,17 @@ def failed_acks(batches: list[SealedBatch], error: RingError) -> list[AckResult]
 
 
 class Uploader:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, meta: AsyncMetadata | None = None) -> None:
+        """`meta` is opened off the loop by the process (see run_uploader); without it (unit
+        tests) the store is opened here, and closed by :meth:`close`."""
         self.settings = settings
         self.store = objectstore.open_object_store(
             settings.object_store_url, settings.store_timeout_ms
         )
         # A commit that meets a locked database waits up to the produce timeout, then fails.
-        self.meta = MetadataStore(
-            settings.metadata_path, busy_timeout_ms=settings.produce_timeout_ms
+        self._owns_meta = meta is None
+        self.meta = meta or AsyncMetadata(
+            MetadataStore(settings.metadata_path, busy_timeout_ms=settings.produce_timeout_ms)
         )
         self.sealed = rings.open_reader(settings, rings.SEALED)
         self.acks = rings.open_writer(settings, rings.ACK)
@@ -211,7 +215,7 @@ class Uploader:
     async def commit(self, sealed: SealedSegment, obj: bytes, key: str) -> None:
         blocks = commit_blocks(sealed)
         try:
-            per_block = await asyncio.to_thread(self.meta.commit_segment, key, len(obj), blocks)
+            per_block = await self.meta.commit_segment(key, len(obj), blocks)
         except MetadataUnavailableError as exc:
             # Nothing was committed (the object is an orphan, never served): fail retriably,
             # then delete the object, which no row refers to (a full disk gets its space back).
@@ -283,11 +287,16 @@ class Uploader:
         self.sealed.close()
         self.acks.close()
         self.committed.close()
-        self.meta.close()
+        if self._owns_meta:
+            self.meta.close_blocking()
 
 
 async def run_uploader(settings: Settings, stop: asyncio.Event) -> None:
-    uploader = Uploader(settings)
+    # A commit that meets a locked database waits up to the produce timeout, then fails.
+    meta = await AsyncMetadata.open(
+        settings.metadata_path, busy_timeout_ms=settings.produce_timeout_ms
+    )
+    uploader = Uploader(settings, meta)
     log.info(
         "uploader ready: object store %s, %d concurrent uploads",
         settings.object_store_url,
@@ -306,6 +315,7 @@ async def run_uploader(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         stop_task.cancel()
         uploader.close()
+        await meta.close()
 
 
 def main() -> None:

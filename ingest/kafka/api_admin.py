@@ -8,7 +8,6 @@ describe the node's few settings read-only.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -100,13 +99,11 @@ async def create_topics(
                     raise InvalidPartitionsError(
                         f"partition count must be between 1 and {MAX_PARTITIONS}, got {partitions}"
                     )
-                if broker.topic(wanted.name) is not None:
+                if await broker.topic(wanted.name) is not None:
                     raise TopicExistsError(wanted.name)
             else:
                 # Metadata writes wait for SQLite's lock and an fsync: not on the event loop.
-                topic = await asyncio.to_thread(
-                    broker.meta.create_topic, wanted.name, partitions, config
-                )
+                topic = await broker.meta.create_topic(wanted.name, partitions, config)
                 result.topic_id = uuid.UUID(bytes=topic.uuid)
                 log.info("created topic %s (%d partitions) over Kafka", topic.name, partitions)
             result.configs = [
@@ -148,7 +145,7 @@ async def delete_topics(
         for t in request.topics:
             name = t.name
             if not name and t.topic_id is not None and t.topic_id.int:
-                found = broker.meta.get_topic_by_uuid(t.topic_id.bytes)
+                found = await broker.meta.get_topic_by_uuid(t.topic_id.bytes)
                 name = found.name if found else None
             names.append((name, t.topic_id))
     else:
@@ -163,7 +160,7 @@ async def delete_topics(
             result.error_message = "no topic has that id"
         else:
             try:
-                await asyncio.to_thread(broker.meta.delete_topic, name)
+                await broker.meta.delete_topic(name)
                 log.info("deleted topic %s over Kafka", name)
             except UnknownTopicError:
                 result.error_code = errors.UNKNOWN_TOPIC_OR_PARTITION
@@ -179,7 +176,7 @@ async def create_partitions(
     results = []
     for wanted in request.topics:
         result = R.CreatePartitionsTopicResult(name=wanted.name, error_code=0, error_message=None)
-        topic = broker.topic(wanted.name)
+        topic = await broker.topic(wanted.name)
         if topic is None:
             result.error_code = errors.UNKNOWN_TOPIC_OR_PARTITION
             result.error_message = f"topic {wanted.name!r} does not exist"
@@ -196,7 +193,7 @@ async def create_partitions(
             )
         elif not request.validate_only:
             try:
-                await asyncio.to_thread(broker.meta.add_partitions, wanted.name, wanted.count)
+                await broker.meta.add_partitions(wanted.name, wanted.count)
             except InvalidTopicError as exc:
                 result.error_code = errors.INVALID_PARTITIONS
                 result.error_message = str(exc)
@@ -204,11 +201,11 @@ async def create_partitions(
     return R(results=results)
 
 
-def _describe_topic(
+async def _describe_topic(
     broker: KafkaBroker, name: str, keys: list[str] | None
 ) -> DescribeConfigsResponse.DescribeConfigsResult:
     R = DescribeConfigsResponse
-    topic = broker.topic(name)
+    topic = await broker.topic(name)
     result = R.DescribeConfigsResult(error_code=0, resource_type=TOPIC_RESOURCE, resource_name=name)
     if topic is None:
         result.error_code = errors.UNKNOWN_TOPIC_OR_PARTITION
@@ -275,7 +272,7 @@ async def describe_configs(
             list(resource.configuration_keys) if resource.configuration_keys is not None else None
         )
         if resource.resource_type == TOPIC_RESOURCE:
-            results.append(_describe_topic(broker, resource.resource_name, keys))
+            results.append(await _describe_topic(broker, resource.resource_name, keys))
         elif resource.resource_type == BROKER_RESOURCE:
             results.append(_describe_broker(broker, resource.resource_name, keys))
         else:
@@ -299,14 +296,14 @@ async def _apply_config(
 ) -> tuple[int, str | None]:
     if resource_type != TOPIC_RESOURCE:
         return errors.INVALID_REQUEST, "only topic configs can be altered"
-    if broker.topic(name) is None:
+    if await broker.topic(name) is None:
         return errors.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist"
     try:
         config = validate_topic_config(new_config)
     except TopicConfigError as exc:
         return errors.INVALID_CONFIG, str(exc)
     if not validate_only:
-        await asyncio.to_thread(broker.meta.update_topic_config, name, config)
+        await broker.meta.update_topic_config(name, config)
     return 0, None
 
 
@@ -342,7 +339,7 @@ async def incremental_alter_configs(
     out = []
     for resource in request.resources:
         topic = (
-            broker.topic(resource.resource_name)
+            await broker.topic(resource.resource_name)
             if resource.resource_type == TOPIC_RESOURCE
             else None
         )
@@ -392,7 +389,7 @@ async def delete_records(
     R = DeleteRecordsResponse
     topics = []
     for wanted in request.topics:
-        topic = broker.topic(wanted.name)
+        topic = await broker.topic(wanted.name)
         partitions = []
         for p in wanted.partitions:
             result = R.DeleteRecordsPartitionResult(
@@ -401,15 +398,14 @@ async def delete_records(
             if topic is None or not 0 <= p.partition_index < topic.partitions:
                 result.error_code = errors.UNKNOWN_TOPIC_OR_PARTITION
             else:
-                state = broker.meta.get_partition(topic.topic_id, p.partition_index)
+                state = await broker.meta.get_partition(topic.topic_id, p.partition_index)
                 assert state is not None
                 target = state.high_watermark if p.offset == -1 else p.offset
                 try:
                     if target < 0:
                         raise OffsetOutOfRangeError(f"offset {p.offset} is invalid")
                     if target > state.log_start_offset:
-                        state = await asyncio.to_thread(
-                            broker.meta.set_log_start_offset,
+                        state = await broker.meta.set_log_start_offset(
                             topic.topic_id,
                             p.partition_index,
                             target,

@@ -3,12 +3,13 @@ InitProducerId. This single node is every partition's leader and every group's c
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import TYPE_CHECKING
 
 from ingest.kafka import errors
 from ingest.kafka.broker import CLUSTER_ID, LEADER_EPOCH, NODE_ID
+from metadata import TopicInfo
+from metadata.async_store import TopicLookup
 from streamhouse.kafka.messages import (
     ApiVersionsRequest,
     ApiVersionsResponse,
@@ -35,8 +36,7 @@ async def api_versions(
     return broker.api_versions()
 
 
-def _topic_entry(broker: KafkaBroker, name: str, error: int) -> M.MetadataResponseTopic:
-    topic = broker.topic(name) if error == 0 else None
+def _topic_entry(topic: TopicInfo | None, name: str, error: int) -> M.MetadataResponseTopic:
     if topic is None:
         return M.MetadataResponseTopic(
             error_code=error or errors.UNKNOWN_TOPIC_OR_PARTITION, name=name
@@ -67,14 +67,18 @@ async def metadata(
     version = header.request_api_version
     entries: list[M.MetadataResponseTopic] = []
     if request.topics is None or (version == 0 and not request.topics):
-        for topic in broker.meta.list_topics():
-            entries.append(_topic_entry(broker, topic.name, 0))
+        for topic in await broker.meta.list_topics():
+            entries.append(_topic_entry(topic, topic.name, 0))
     else:
         allow = request.allow_auto_topic_creation if version >= 4 else True
-        for wanted in request.topics:
+        # Every named topic in one metadata call (off the loop); only missing ones are created.
+        found = await broker.meta.topic_states(
+            [TopicLookup(t.name, t.topic_id.bytes if t.topic_id else None) for t in request.topics]
+        )
+        for wanted, known in zip(request.topics, found, strict=True):
             name = wanted.name
             if not name and wanted.topic_id is not None and wanted.topic_id.int != 0:
-                topic = broker.meta.get_topic_by_uuid(wanted.topic_id.bytes)
+                topic = known.topic if known is not None else None
                 if topic is None:
                     entries.append(
                         M.MetadataResponseTopic(
@@ -83,8 +87,11 @@ async def metadata(
                     )
                     continue
                 name = topic.name
-            topic, error = broker.topic_or_create(name or "", allow)
-            entries.append(_topic_entry(broker, name or "", error))
+            if known is not None and known.topic.name == name:
+                topic, error = known.topic, 0
+            else:
+                topic, error = await broker.topic_or_create(name or "", allow)
+            entries.append(_topic_entry(topic, name or "", error))
     return MetadataResponse(
         brokers=[M.MetadataResponseBroker(node_id=NODE_ID, host=broker.host, port=broker.port)],
         cluster_id=CLUSTER_ID,
@@ -159,5 +166,5 @@ async def init_producer_id(
             producer_epoch=-1,
         )
     # A metadata write waits for SQLite's lock and an fsync: not on the event loop.
-    producer_id, epoch = await asyncio.to_thread(broker.meta.allocate_producer_id)
+    producer_id, epoch = await broker.meta.allocate_producer_id()
     return InitProducerIdResponse(error_code=0, producer_id=producer_id, producer_epoch=epoch)

@@ -15,6 +15,7 @@ from ingest.kafka import errors
 from ingest.kafka.broker import LEADER_EPOCH
 from ingest.pipeline import PipelineUnavailable
 from metadata import BlockLocation
+from metadata.async_store import TopicLookup
 from streamhouse.errors import StreamHouseError
 from streamhouse.frames import FORMAT_KAFKA, FetchPart
 from streamhouse.frames import FetchRequest as ReaderFetch
@@ -42,12 +43,13 @@ async def fetch(broker: KafkaBroker, header: RequestHeader, request: FetchReques
     parts: list[FetchPart] = []
     # per requested partition: (topic name, topic id uuid, partition, index into parts or error)
     layout: list[tuple[int, list[tuple[int, int]]]] = []
-    topics_meta = []
+    # Every topic, by name or else by id, in one metadata call (off the loop).
+    found = await broker.meta.topic_states(
+        [TopicLookup(t.topic, t.topic_id.bytes if t.topic_id else None) for t in request.topics]
+    )
+    topics_meta = [f.topic if f is not None else None for f in found]
     for t_index, wanted in enumerate(request.topics):
-        topic = broker.topic(wanted.topic)
-        if topic is None and wanted.topic_id is not None and wanted.topic_id.int:
-            topic = broker.meta.get_topic_by_uuid(wanted.topic_id.bytes)
-        topics_meta.append(topic)
+        topic = topics_meta[t_index]
         entries: list[tuple[int, int]] = []
         for p in wanted.partitions:
             if topic is None or not 0 <= p.partition < topic.partitions:
@@ -154,7 +156,7 @@ async def _offset_for_timestamp(
         return await _max_timestamp(broker, topic_id, partition, log_start)
     start = log_start
     while start < hwm:
-        loc = broker.meta.find_block_by_timestamp(topic_id, partition, timestamp, start)
+        loc = await broker.meta.find_block_by_timestamp(topic_id, partition, timestamp, start)
         if loc is None:
             break
         for base, batch in await _block_batches(broker, topic_id, partition, loc, start):
@@ -173,14 +175,14 @@ async def _max_timestamp(
 ) -> tuple[int, int]:
     """(offset, timestamp) of the earliest record with the largest timestamp at or after
     `log_start`; (-1, -1) for an empty partition."""
-    loc = broker.meta.find_max_timestamp_block(topic_id, partition, log_start)
+    loc = await broker.meta.find_max_timestamp_block(topic_id, partition, log_start)
     if loc is None:
         return -1, -1
     best = await _max_in_block(broker, topic_id, partition, loc, log_start)
     if loc.base_offset < log_start:
         # The block straddles the log start, so its largest timestamp may have been deleted:
         # the best of the later blocks may beat what is left of it (ties keep the earlier).
-        later = broker.meta.find_max_timestamp_block(topic_id, partition, loc.end_offset)
+        later = await broker.meta.find_max_timestamp_block(topic_id, partition, loc.end_offset)
         if later is not None:
             other = await _max_in_block(broker, topic_id, partition, later, later.base_offset)
             if other[1] > best[1]:
@@ -236,13 +238,17 @@ async def list_offsets(
 ) -> ListOffsetsResponse:
     L = ListOffsetsResponse
     response = ListOffsetsResponse(topics=[])
-    for wanted in request.topics:
-        topic = broker.topic(wanted.name)
+    found = await broker.meta.topic_states(
+        [
+            TopicLookup(t.name, None, [p.partition_index for p in t.partitions])
+            for t in request.topics
+        ]
+    )
+    for wanted, known in zip(request.topics, found, strict=True):
+        topic = known.topic if known is not None else None
         partitions = []
         for p in wanted.partitions:
-            state = None
-            if topic is not None and 0 <= p.partition_index < topic.partitions:
-                state = broker.meta.get_partition(topic.topic_id, p.partition_index)
+            state = known.partitions.get(p.partition_index) if known is not None else None
             if state is None or topic is None:
                 partitions.append(
                     L.ListOffsetsPartitionResponse(
@@ -292,13 +298,13 @@ async def offset_for_leader_epoch(
     # One epoch (0) forever: its end offset is the high watermark.
     E = OffsetForLeaderEpochResponse
     response = E(topics=[])
-    for wanted in request.topics:
-        topic = broker.topic(wanted.topic)
+    found = await broker.meta.topic_states(
+        [TopicLookup(t.topic, None, [p.partition for p in t.partitions]) for t in request.topics]
+    )
+    for wanted, known in zip(request.topics, found, strict=True):
         partitions = []
         for p in wanted.partitions:
-            state = None
-            if topic is not None and 0 <= p.partition < topic.partitions:
-                state = broker.meta.get_partition(topic.topic_id, p.partition)
+            state = known.partitions.get(p.partition) if known is not None else None
             if state is None:
                 partitions.append(
                     E.EpochEndOffset(

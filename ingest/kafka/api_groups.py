@@ -4,12 +4,12 @@ store, so they survive restarts."""
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from typing import TYPE_CHECKING, Any
 
 from ingest.kafka import errors
 from metadata import MetadataUnavailableError
+from metadata.async_store import TopicLookup
 from streamhouse.kafka.messages import (
     DeleteGroupsRequest,
     DeleteGroupsResponse,
@@ -141,7 +141,7 @@ async def offset_commit(
     )
     response = R(topics=[])
     for wanted in request.topics:
-        topic = broker.topic(wanted.name)
+        topic = await broker.topic(wanted.name)
         partitions = []
         commits = []
         slots = []
@@ -166,9 +166,7 @@ async def offset_commit(
         if commits:
             # A metadata write waits for SQLite's lock and an fsync: not on the event loop.
             try:
-                stored = await asyncio.to_thread(
-                    broker.meta.commit_offsets, request.group_id, commits
-                )
+                stored = await broker.meta.commit_offsets(request.group_id, commits)
             except MetadataUnavailableError as exc:
                 # Kafka's mapping for an offsets append that failed: a storage error becomes
                 # NOT_COORDINATOR, a timeout stays REQUEST_TIMED_OUT; clients retry both.
@@ -185,30 +183,34 @@ async def offset_commit(
     return response
 
 
-def _fetch_group_offsets(
+async def _fetch_group_offsets(
     broker: KafkaBroker, group_id: str, topics: list[tuple[str, list[int]]] | None
 ) -> list[tuple[str, list[tuple[int, int, str, int]]]]:
     """[(topic, [(partition, offset, metadata, error)])] for the asked partitions, or for every
-    committed partition when `topics` is None."""
+    committed partition when `topics` is None. Two metadata calls, off the loop."""
     if topics is None:
         by_topic: dict[str, list[tuple[int, int, str, int]]] = {}
-        for committed in broker.meta.list_group_offsets(group_id):
-            topic = broker.meta.get_topic_by_id(committed.topic_id)
+        all_committed = await broker.meta.list_group_offsets(group_id)
+        names = await broker.meta.topics_by_id(c.topic_id for c in all_committed)
+        for committed in all_committed:
+            topic = names.get(committed.topic_id)
             if topic is not None:
                 by_topic.setdefault(topic.name, []).append(
                     (committed.partition, committed.offset, committed.metadata, 0)
                 )
         return list(by_topic.items())
+    found = await broker.meta.topic_states([TopicLookup(name) for name, _ in topics])
+    commits = await broker.meta.group_offsets(group_id)
     out = []
-    for name, partitions in topics:
-        topic = broker.topic(name)
+    for (name, partitions), known in zip(topics, found, strict=True):
+        topic = known.topic if known is not None else None
         rows = []
         for partition in partitions:
             if topic is None or not 0 <= partition < topic.partitions:
                 rows.append((partition, -1, "", errors.UNKNOWN_TOPIC_OR_PARTITION))
                 continue
-            found = broker.meta.get_offset(group_id, topic.topic_id, partition)
-            rows.append((partition, found[0], found[1], 0) if found else (partition, -1, "", 0))
+            c = commits.get((topic.topic_id, partition))
+            rows.append((partition, c.offset, c.metadata, 0) if c else (partition, -1, "", 0))
         out.append((name, rows))
     return out
 
@@ -223,7 +225,7 @@ async def offset_fetch(
                 R.OffsetFetchResponseGroup(
                     group_id=g.group_id,
                     error_code=0,
-                    topics=_offset_topics(
+                    topics=await _offset_topics(
                         broker,
                         g.group_id,
                         g.topics,
@@ -236,7 +238,7 @@ async def offset_fetch(
         )
     return R(
         error_code=0,
-        topics=_offset_topics(
+        topics=await _offset_topics(
             broker,
             request.group_id,
             request.topics,
@@ -246,7 +248,7 @@ async def offset_fetch(
     )
 
 
-def _offset_topics(
+async def _offset_topics(
     broker: KafkaBroker, group_id: str, topics: Any, topic_type: Any, partition_type: Any
 ) -> list[Any]:
     """OffsetFetch topic entries of one group (v8+ and older versions name the same fields
@@ -266,7 +268,7 @@ def _offset_topics(
                 for p, offset, metadata, code in rows
             ],
         )
-        for name, rows in _fetch_group_offsets(broker, group_id, asked)
+        for name, rows in await _fetch_group_offsets(broker, group_id, asked)
     ]
 
 
@@ -278,7 +280,7 @@ async def describe_groups(
     for group_id in request.groups:
         d = broker.coordinator.describe_group(group_id)
         state = d.state
-        if state == "Dead" and broker.meta.list_group_offsets(group_id):
+        if state == "Dead" and await broker.meta.list_group_offsets(group_id):
             state = "Empty"  # a group known only by its committed offsets
         described.append(
             R.DescribedGroup(
@@ -314,7 +316,7 @@ async def list_groups(
         for g in listed.values()
     ]
     if states is None or any(s.lower() == "empty" for s in states):
-        for group_id in broker.meta.list_offset_groups():
+        for group_id in await broker.meta.list_offset_groups():
             if group_id not in listed and not broker.coordinator.known(group_id):
                 groups.append(
                     R.ListedGroup(group_id=group_id, protocol_type="", group_state="Empty")
@@ -328,12 +330,12 @@ async def delete_groups(
     R = DeleteGroupsResponse
     results = []
     for group_id in request.groups_names:
-        has_offsets = bool(broker.meta.list_group_offsets(group_id))
+        has_offsets = bool(await broker.meta.list_group_offsets(group_id))
         error = broker.coordinator.delete_group(group_id)
         if error == errors.GROUP_ID_NOT_FOUND and has_offsets:
             error = 0
         if error == 0:
-            await asyncio.to_thread(broker.meta.delete_group_offsets, group_id)
+            await broker.meta.delete_group_offsets(group_id)
         results.append(R.DeletableGroupResult(group_id=group_id, error_code=error))
     return R(results=results)
 
@@ -343,7 +345,7 @@ async def offset_delete(
 ) -> OffsetDeleteResponse:
     R = OffsetDeleteResponse
     described = broker.coordinator.describe_group(request.group_id)
-    if described.state == "Dead" and not broker.meta.list_group_offsets(request.group_id):
+    if described.state == "Dead" and not await broker.meta.list_group_offsets(request.group_id):
         return R(error_code=errors.GROUP_ID_NOT_FOUND)
     protocol_type, member_metadata = broker.coordinator.member_protocols(request.group_id)
     subscribed: set[str] | None = set()
@@ -360,7 +362,7 @@ async def offset_delete(
                     subscribed |= topics_of
     topics = []
     for wanted in request.topics:
-        topic = broker.topic(wanted.name)
+        topic = await broker.topic(wanted.name)
         partitions = []
         for p in wanted.partitions:
             if topic is None or not 0 <= p.partition_index < topic.partitions:
@@ -368,10 +370,8 @@ async def offset_delete(
             elif member_metadata and (subscribed is None or wanted.name in subscribed):
                 code = errors.GROUP_SUBSCRIBED_TO_TOPIC
             else:
-                await asyncio.to_thread(
-                    broker.meta.delete_group_offsets,
-                    request.group_id,
-                    [(topic.topic_id, p.partition_index)],
+                await broker.meta.delete_group_offsets(
+                    request.group_id, [(topic.topic_id, p.partition_index)]
                 )
                 code = 0
             partitions.append(

@@ -32,6 +32,7 @@ import crc32c
 from ingest.kafka import errors
 from ingest.kafka.connection import NO_RESPONSE
 from ingest.pipeline import BatchOutcome, PipelineUnavailable, ProduceSlot
+from metadata.async_store import TopicLookup, TopicState
 from streamhouse.frames import BatchMeta
 from streamhouse.kafka.messages import ProduceRequest, ProduceResponse, RequestHeader
 from streamhouse.recordbatch import (
@@ -124,8 +125,16 @@ async def produce(
     # topic name -> the time its batches were stamped with (LogAppendTime topics only)
     append_times: dict[str, int] = {}
     now_ms = int(time.time() * 1000)
+    # Every topic and partition state the request needs, in one metadata call (off the loop).
+    found = await broker.meta.topic_states(
+        [TopicLookup(t.name, None, [p.index for p in t.partition_data]) for t in request.topic_data]
+    )
+    states = {t.name: f for t, f in zip(request.topic_data, found, strict=True) if f is not None}
     for topic_data in request.topic_data:
-        topic, error = broker.topic_or_create(topic_data.name)
+        known = states.get(topic_data.name)
+        topic, error = (known.topic, 0) if known else await broker.topic_or_create(topic_data.name)
+        if known is None and topic is not None:  # auto-created: every partition starts at 0
+            states[topic_data.name] = TopicState(topic, {})
         append_time: int | None = None
         if topic is not None:
             rules = batch_rules(topic.config, broker.settings.max_batch_bytes)
@@ -181,7 +190,7 @@ async def produce(
                     error_code=code,
                     base_offset=base_offset,
                     log_append_time_ms=append_times.get(topic_data.name, -1) if code == 0 else -1,
-                    log_start_offset=_log_start(broker, topic_data.name, part.index),
+                    log_start_offset=_log_start(states, topic_data.name, part.index),
                     error_message=message,
                     record_errors=[
                         R.BatchIndexAndErrorMessage(batch_index=i, batch_index_error_message=text)
@@ -195,12 +204,12 @@ async def produce(
     return response
 
 
-def _log_start(broker: KafkaBroker, topic_name: str, partition: int) -> int:
-    topic = broker.topic(topic_name)
-    if topic is None:
+def _log_start(states: dict[str, TopicState], topic_name: str, partition: int) -> int:
+    known = states.get(topic_name)
+    if known is None or not 0 <= partition < known.topic.partitions:
         return -1
-    state = broker.meta.get_partition(topic.topic_id, partition)
-    return state.log_start_offset if state is not None else -1
+    state = known.partitions.get(partition)
+    return state.log_start_offset if state is not None else 0
 
 
 def _all_failed(request: ProduceRequest, code: int, message: str) -> ProduceResponse:

@@ -26,7 +26,8 @@ from typing import Any
 from ingest.kafka.connection import NO_RESPONSE, ConnectionLimits, KafkaConnection
 from ingest.kafka.groups import GroupCoordinator
 from ingest.pipeline import Pipeline
-from metadata import InvalidTopicError, MetadataStore, TopicExistsError, TopicInfo
+from metadata import InvalidTopicError, TopicExistsError, TopicInfo
+from metadata.async_store import AsyncMetadata
 from streamhouse.config import Settings
 from streamhouse.errors import ErrorCode
 from streamhouse.kafka.messages import (
@@ -79,7 +80,7 @@ Handler = Callable[["KafkaBroker", RequestHeader, Any], Awaitable[Any]]
 
 
 class KafkaBroker:
-    def __init__(self, settings: Settings, meta: MetadataStore, pipeline: Pipeline) -> None:
+    def __init__(self, settings: Settings, meta: AsyncMetadata, pipeline: Pipeline) -> None:
         self.settings = settings
         self.meta = meta
         self.pipeline = pipeline
@@ -107,26 +108,28 @@ class KafkaBroker:
 
     # -- shared by handlers --------------------------------------------------------------
 
-    def topic(self, name: str | None) -> TopicInfo | None:
-        return self.meta.get_topic(name) if name else None
+    async def topic(self, name: str | None) -> TopicInfo | None:
+        return await self.meta.get_topic(name) if name else None
 
-    def topic_or_create(self, name: str, allow_create: bool = True) -> tuple[TopicInfo | None, int]:
+    async def topic_or_create(
+        self, name: str, allow_create: bool = True
+    ) -> tuple[TopicInfo | None, int]:
         """The topic, created with the default partition count when auto-creation is on.
 
         Returns (topic, error code) with UNKNOWN_TOPIC_OR_PARTITION or INVALID_TOPIC_EXCEPTION
         when there is no topic.
         """
-        topic = self.topic(name)
+        topic = await self.topic(name)
         if topic is not None:
             return topic, 0
         if not (allow_create and self.settings.kafka_auto_create_topics):
             return None, 3
         try:
-            topic = self.meta.create_topic(name, self.settings.default_partitions, {})
+            topic = await self.meta.create_topic(name, self.settings.default_partitions, {})
             log.info("auto-created topic %s (%d partitions)", name, topic.partitions)
             return topic, 0
         except TopicExistsError:
-            return self.topic(name), 0
+            return await self.topic(name), 0
         except InvalidTopicError:
             return None, 17
 
