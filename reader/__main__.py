@@ -40,6 +40,7 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
     store = objectstore.open_object_store(settings.object_store_url, settings.store_timeout_ms)
     engine = ReadEngine(meta, store, BlockCache(settings.cache_bytes), settings.prefetch_blocks)
     engine.max_waiting = settings.reader_max_waiting_fetches
+    engine.max_wait_ms = settings.reader_max_wait_ms
     requests = rings.open_reader(settings, rings.FETCH_REQUEST)
     responses = rings.open_writer(settings, rings.FETCH_RESPONSE)
     committed = rings.open_reader(settings, rings.COMMITTED)

@@ -10,7 +10,8 @@ Rules:
 - A fetch waits (up to max_wait_ms) until min_bytes are available; commits wake it. At most
   `max_waiting` fetches wait that way at once; one more is parked until its max_wait and then
   answered with what there is (latency, not a busy loop of empty answers), so the work a
-  commit wakes is bounded.
+  commit wakes is bounded. No fetch waits longer than `max_wait_ms` (the reader's cap),
+  whatever it asked for, so a fetch slot is never held for long.
 - Cold reads fetch just the needed block by a range GET; the next blocks are prefetched.
 - Metadata is read off the event loop (`metadata.async_store.AsyncMetadata`), one call per
   pass over a fetch: every partition's state and first `BLOCKS_PER_LOOKUP` blocks together
@@ -66,6 +67,7 @@ class ReadEngine:
         self._waiters: dict[tuple[int, int], set[asyncio.Future[None]]] = {}
         self._loads: dict[BlockKey, asyncio.Task[bytes]] = {}
         self.max_waiting = 1 << 30  # the reader sets reader_max_waiting_fetches
+        self.max_wait_ms = 1 << 31  # the reader sets reader_max_wait_ms
         self.waiting = 0
 
     def on_committed(self, segment: CommittedSegment, obj: bytes) -> None:
@@ -239,7 +241,7 @@ class ReadEngine:
     async def fetch(self, request: FetchRequest) -> tuple[FetchResponse, bytes]:
         """Serves a fetch, waiting up to max_wait_ms for min_bytes to be committed."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + request.max_wait_ms / 1000
+        deadline = loop.time() + min(request.max_wait_ms, self.max_wait_ms) / 1000
         while True:
             wake: asyncio.Future[None] = loop.create_future()
             tps = [(p.topic_id, p.partition) for p in request.parts]

@@ -84,6 +84,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     grpc_idle_timeout_ms: int = 600_000
     reader_max_fetches: int = 256
     reader_max_waiting_fetches: int = 192
+    reader_max_wait_ms: int = 60_000
     log_level: str = "INFO"
 
     @property
@@ -206,6 +207,7 @@ def _validate(s: Settings) -> None:
         "grpc_stream_max_in_flight",
         "grpc_idle_timeout_ms",
         "reader_max_fetches",
+        "reader_max_wait_ms",
     ]
     for name in positive:
         if getattr(s, name) <= 0:

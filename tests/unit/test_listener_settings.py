@@ -26,6 +26,7 @@ LIMITS = (
     "grpc_idle_timeout_ms",
     "reader_max_fetches",
     "reader_max_waiting_fetches",
+    "reader_max_wait_ms",
 )
 
 
