@@ -67,6 +67,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Listener limits: beyond each one a client gets an error or back-pressure (README).
     kafka_max_connections: int = 1024
     kafka_max_non_produce_request_bytes: int = 1 * MiB
+    kafka_max_queued_request_bytes: int = 256 * MiB
     kafka_max_in_flight_requests: int = 64
     kafka_max_in_flight_bytes: int = 16 * MiB
     kafka_send_buffer_bytes: int = 1 * MiB
@@ -194,6 +195,7 @@ def _validate(s: Settings) -> None:
         "kafka_max_request_bytes",
         "kafka_max_connections",
         "kafka_max_non_produce_request_bytes",
+        "kafka_max_queued_request_bytes",
         "kafka_max_in_flight_requests",
         "kafka_max_in_flight_bytes",
         "kafka_send_buffer_bytes",

@@ -8,7 +8,8 @@ generated codec decodes (the codec fills version-specific fields).
 
 Listener limits (settings, README): at most `kafka_max_connections` connections are served;
 one more is accepted and closed at once (a warning once per burst of refusals, a count when it
-ends). Each connection keeps its own limits (`connection.ConnectionLimits`); one sweeper task
+ends). Each connection keeps its own limits (`connection.ConnectionLimits`) and all share one
+`RequestBytesPool` of `kafka_max_queued_request_bytes`; one sweeper task
 checks every connection's idle and slow-client timeouts a few times per shortest timeout. A
 Produce or Fetch naming more than `max_partitions_per_request` partitions is refused whole
 with INVALID_REQUEST on every partition (and the Fetch's top-level error), before any handler
@@ -23,7 +24,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ingest.kafka.connection import NO_RESPONSE, ConnectionLimits, KafkaConnection
+from ingest.kafka.connection import (
+    NO_RESPONSE,
+    ConnectionLimits,
+    KafkaConnection,
+    RequestBytesPool,
+)
 from ingest.kafka.groups import GroupCoordinator
 from ingest.pipeline import Pipeline
 from metadata import InvalidTopicError, TopicExistsError, TopicInfo
@@ -103,6 +109,7 @@ class KafkaBroker:
             idle_timeout=settings.kafka_idle_timeout_ms / 1000,
             slow_client_timeout=settings.slow_client_timeout_ms / 1000,
         )
+        self._pool = RequestBytesPool(settings.kafka_max_queued_request_bytes)
         self._sweeper: asyncio.Task[None] | None = None
         self._refused = 0  # connections refused in the current burst
 
@@ -214,6 +221,7 @@ class KafkaBroker:
             self.api_versions,
             self._limits,
             self.connections.discard,
+            self._pool,
         )
         self.connections.add(connection)
         return connection

@@ -24,6 +24,11 @@ bound):
   accepted size gets through. At the limit the connection stops taking frames and stops
   reading the socket (TCP back-pressure); frames already received wait in the receive buffer
   and are taken first when answers free room.
+- Across all connections of the listener, admitted request bytes are bounded by a shared
+  `RequestBytesPool` (Kafka's `queued.max.request.bytes`): while it is exhausted no
+  connection takes a new request (not even its first) and the connections wait; bytes come
+  back when answers leave or a connection closes, and the waiting connections are offered
+  them again. Everything in the pool is a request being handled, so it always drains.
 - Responses go to the transport while its buffer is under `send_buffer_bytes`; above it the
   sender waits. A client that does not read its responses therefore stalls its own requests
   (in-flight limit, then back-pressure) and is dropped once writing has been blocked for
@@ -83,6 +88,35 @@ class ConnectionLimits:
     slow_client_timeout: float  # seconds
 
 
+class RequestBytesPool:
+    """Request bytes admitted and not yet answered, over every connection of a listener."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._waiting: dict[KafkaConnection, None] = {}  # insertion-ordered set
+
+    def exhausted(self, connection: KafkaConnection) -> bool:
+        """True when `connection` must wait; it is then offered bytes when some come back."""
+        if self.used < self.capacity:
+            return False
+        self._waiting[connection] = None
+        return True
+
+    def take(self, n: int) -> None:
+        self.used += n
+
+    def give_back(self, n: int) -> None:
+        self.used -= n
+        while self._waiting and self.used < self.capacity:
+            waiting = next(iter(self._waiting))
+            del self._waiting[waiting]
+            waiting.offer()
+
+    def forget(self, connection: KafkaConnection) -> None:
+        self._waiting.pop(connection, None)
+
+
 class KafkaConnection(asyncio.Protocol):
     def __init__(
         self,
@@ -90,7 +124,9 @@ class KafkaConnection(asyncio.Protocol):
         api_versions: Callable[[], ApiVersionsResponse],
         limits: ConnectionLimits,
         on_close: Callable[[KafkaConnection], None],
+        pool: RequestBytesPool,
     ) -> None:
+        self._pool = pool
         self._dispatch = dispatch
         self._api_versions = api_versions
         self._limits = limits
@@ -128,7 +164,9 @@ class KafkaConnection(asyncio.Protocol):
         for _, future, _ in self._pending:
             future.cancel()
         self._pending.clear()
-        self._in_flight_bytes = 0
+        self._pool.forget(self)
+        in_flight, self._in_flight_bytes = self._in_flight_bytes, 0
+        self._pool.give_back(in_flight)
         self._on_close(self)
 
     def pause_writing(self) -> None:
@@ -149,6 +187,8 @@ class KafkaConnection(asyncio.Protocol):
 
     def _full(self) -> bool:
         """True when no more requests may be admitted until answers leave."""
+        if self._pool.exhausted(self):
+            return True
         if not self._pending:
             return False
         return (
@@ -156,8 +196,14 @@ class KafkaConnection(asyncio.Protocol):
             or self._in_flight_bytes >= self._limits.max_in_flight_bytes
         )
 
+    def offer(self) -> None:
+        """The listener's pool has room again: take waiting frames, resume reading."""
+        self._take_frames()
+
     def _take_frames(self) -> None:
         """Admits received frames while the limits allow, then pauses or resumes reading."""
+        if self._closing:
+            return
         took = False
         try:
             while not self._full():
@@ -283,6 +329,7 @@ class KafkaConnection(asyncio.Protocol):
         size = len(frame)
         self._pending.append((header, future, size))
         self._in_flight_bytes += size
+        self._pool.take(size)
         self._wake.set()
 
     def _queue_ready(self, header: RequestHeader, response: Any) -> None:
@@ -340,6 +387,7 @@ class KafkaConnection(asyncio.Protocol):
             # client that does not read holds its own slots, not the broker's memory.
             self._pending.popleft()
             self._in_flight_bytes -= size
+            self._pool.give_back(size)
             self._last_activity = loop.time()
             if self._reading_paused or self._receiver.buffered:
                 self._take_frames()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ingest.kafka.connection import ConnectionLimits, KafkaConnection
+from ingest.kafka.connection import ConnectionLimits, KafkaConnection, RequestBytesPool
 from ingest.kafka.limits import produce_entries
 from streamhouse.kafka.framing import encode_request
 from streamhouse.kafka.messages import (
@@ -67,10 +67,15 @@ class FakeTransport(asyncio.Transport):
 class Harness:
     """One connection whose handlers wait until the test answers them."""
 
-    def __init__(self, limits: ConnectionLimits = LIMITS) -> None:
+    def __init__(
+        self, limits: ConnectionLimits = LIMITS, pool: RequestBytesPool | None = None
+    ) -> None:
         self.answers: list[asyncio.Future[Any]] = []
         self.closed: list[KafkaConnection] = []
-        self.connection = KafkaConnection(self._dispatch, _versions, limits, self.closed.append)
+        self.pool = pool or RequestBytesPool(1 << 30)
+        self.connection = KafkaConnection(
+            self._dispatch, _versions, limits, self.closed.append, self.pool
+        )
         self.transport = FakeTransport()
         self.connection.connection_made(self.transport)
         self.correlation = 0
@@ -272,5 +277,39 @@ def test_a_large_request_of_another_api_closes_before_decoding() -> None:
         h.connection.data_received(h.frame(padding=70_000))
         await h.settle()
         assert h.transport.closed and h.answers == []
+
+    run(scenario())
+
+
+def test_the_listener_pool_bounds_request_bytes_over_all_connections() -> None:
+    async def scenario() -> None:
+        pool = RequestBytesPool(5_000)
+        a, b = Harness(pool=pool), Harness(pool=pool)
+        a.connection.data_received(a.frame(padding=6_000))
+        await a.settle()
+        assert len(a.answers) == 1 and pool.used > pool.capacity
+        b.connection.data_received(b.frame())
+        await b.settle()
+        assert b.answers == [] and b.transport.paused, "not even a first request: pool is full"
+        await a.answer_first()
+        assert pool.used < pool.capacity
+        assert len(b.answers) == 1 and not b.transport.paused, "b is offered the freed bytes"
+        await b.answer_first()
+        assert pool.used == 0
+
+    run(scenario())
+
+
+def test_a_closed_connection_gives_its_bytes_back() -> None:
+    async def scenario() -> None:
+        pool = RequestBytesPool(5_000)
+        a, b = Harness(pool=pool), Harness(pool=pool)
+        a.connection.data_received(a.frame(padding=6_000))
+        b.connection.data_received(b.frame())
+        await a.settle()
+        assert b.answers == []
+        a.connection.connection_lost(None)
+        await b.settle()
+        assert len(b.answers) == 1
 
     run(scenario())

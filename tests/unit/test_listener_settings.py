@@ -12,6 +12,7 @@ MiB = 1024 * 1024
 LIMITS = (
     "kafka_max_connections",
     "kafka_max_non_produce_request_bytes",
+    "kafka_max_queued_request_bytes",
     "kafka_max_in_flight_requests",
     "kafka_max_in_flight_bytes",
     "kafka_send_buffer_bytes",
