@@ -16,7 +16,9 @@ log = logging.getLogger("ingest")
 
 
 async def run_ingest(settings: Settings, stop: asyncio.Event) -> None:
-    meta = await AsyncMetadata.open(settings.metadata_path)
+    meta = await AsyncMetadata.open(
+        settings.metadata_path, forbid_loop_calls=settings.debug_loop_calls
+    )
     pipeline = Pipeline(settings)
     pipeline.start()
     server = await start_grpc_server(settings, meta, pipeline)

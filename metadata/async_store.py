@@ -135,10 +135,18 @@ class AsyncMetadata:
         *,
         busy_timeout_ms: int = 10_000,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        forbid_loop_calls: bool | None = None,
     ) -> AsyncMetadata:
-        """Open (creating and migrating) the store at ``path`` on a worker thread."""
+        """Open (creating and migrating) the store at ``path`` on a worker thread; the
+        arguments are :class:`MetadataStore`'s."""
         store = await asyncio.to_thread(
-            MetadataStore, path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous
+            functools.partial(
+                MetadataStore,
+                path,
+                busy_timeout_ms=busy_timeout_ms,
+                synchronous=synchronous,
+                forbid_loop_calls=forbid_loop_calls,
+            )
         )
         return cls(store)
 

@@ -26,8 +26,8 @@ Busy, locked and full databases (rules):
    the same store that waits for the lock: in WAL mode a read does not wait for writers.
    Reads still do disk I/O, so processes make them off the loop too
    (:class:`metadata.async_store.AsyncMetadata` runs every call on worker threads).
-6. With ``STREAMHOUSE_DEBUG_LOOP_CALLS=1`` in the environment when a store is opened (the
-   test stacks set it), every call made on a thread that is running an asyncio event loop,
+6. With the ``debug_loop_calls`` setting (``STREAMHOUSE_DEBUG_LOOP_CALLS=1``; the test
+   stacks set it), every call made on a thread that is running an asyncio event loop,
    opening and closing included, raises :class:`LoopCallError` instead of blocking it.
 
 A store object may be shared by threads (reads are serialised by one lock, writes by
@@ -416,7 +416,8 @@ class MetadataStore:
         event-loop guard (rule 6); None reads ``STREAMHOUSE_DEBUG_LOOP_CALLS``.
         """
         if forbid_loop_calls is None:
-            forbid_loop_calls = os.environ.get(DEBUG_LOOP_CALLS_ENV) == "1"
+            flag = os.environ.get(DEBUG_LOOP_CALLS_ENV, "").strip().lower()
+            forbid_loop_calls = flag in ("1", "true", "yes", "on")
         self._forbid_loop_calls = forbid_loop_calls
         if forbid_loop_calls:
             _check_off_loop(os.fspath(path), "__init__")

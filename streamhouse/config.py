@@ -87,6 +87,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reader_max_waiting_fetches: int = 192
     reader_max_wait_ms: int = 60_000
     log_level: str = "INFO"
+    # Debugging: every metadata call made on an event loop raises (the test stacks turn it on).
+    debug_loop_calls: bool = False
 
     @property
     def data_path(self) -> pathlib.Path:

@@ -41,7 +41,7 @@ TEST_SETTINGS = {
     "STREAMHOUSE_CACHE_BYTES": str(64 * MiB),
     "STREAMHOUSE_FLUSH_INTERVAL_MS": "20",
     "STREAMHOUSE_LOG_LEVEL": "INFO",
-    # Every metadata call made on an event loop fails (metadata/store.py rule 6).
+    # Every metadata call made on an event loop raises (metadata/store.py rule 6).
     "STREAMHOUSE_DEBUG_LOOP_CALLS": "1",
 }
 

@@ -294,7 +294,9 @@ class Uploader:
 async def run_uploader(settings: Settings, stop: asyncio.Event) -> None:
     # A commit that meets a locked database waits up to the produce timeout, then fails.
     meta = await AsyncMetadata.open(
-        settings.metadata_path, busy_timeout_ms=settings.produce_timeout_ms
+        settings.metadata_path,
+        busy_timeout_ms=settings.produce_timeout_ms,
+        forbid_loop_calls=settings.debug_loop_calls,
     )
     uploader = Uploader(settings, meta)
     log.info(

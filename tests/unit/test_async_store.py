@@ -219,3 +219,24 @@ def test_open_and_close_run_off_the_loop(
             await meta.get_topic("events")
 
     asyncio.run(go())
+
+
+def test_the_setting_turns_the_guard_on(tmp_path: pathlib.Path) -> None:
+    """Processes pass settings.debug_loop_calls (STREAMHOUSE_DEBUG_LOOP_CALLS, any boolean
+    spelling) when they open the store."""
+    from streamhouse.config import load_settings
+
+    settings = load_settings({DEBUG_LOOP_CALLS_ENV: "true"})
+    assert settings.debug_loop_calls is True
+    assert load_settings({}).debug_loop_calls is False
+
+    async def go() -> None:
+        meta = await AsyncMetadata.open(
+            tmp_path / "meta.sqlite", forbid_loop_calls=settings.debug_loop_calls
+        )
+        with pytest.raises(LoopCallError, match=r"MetadataStore\.list_topics"):
+            meta.store.list_topics()
+        assert await meta.list_topics() == []
+        await meta.close()
+
+    asyncio.run(go())
