@@ -107,7 +107,9 @@ async def fetch(broker: KafkaBroker, header: RequestHeader, request: FetchReques
                         high_watermark=-1,
                         last_stable_offset=-1,
                         log_start_offset=-1,
-                        records=None,
+                        # Empty, never null, as Kafka answers: librdkafka rejects the whole
+                        # response for a null record set ("invalid MessageSetSize -1").
+                        records=b"",
                     )
                 )
                 continue
@@ -119,7 +121,7 @@ async def fetch(broker: KafkaBroker, header: RequestHeader, request: FetchReques
                         high_watermark=-1,
                         last_stable_offset=-1,
                         log_start_offset=-1,
-                        records=None,
+                        records=b"",
                     )
                 )
                 continue

@@ -158,6 +158,22 @@ def test_each_anomaly_is_counted(anomaly: str) -> None:
     assert verdict.examples[anomaly], "an example names the values involved"
 
 
+def test_an_acknowledgement_without_offset_must_still_be_read() -> None:
+    history = [
+        send("p", "invoke", ["a", "b"]),
+        send("p", "ok", ["b"], offsets=[None]),  # implicitly acknowledged by a later batch
+        send("p", "ok", ["a"], offsets=[0]),
+        poll("final", [[0, 0, "a"], [0, 1, "b"]], f="read"),
+    ]
+    verdict = check(history)
+    assert verdict.valid, verdict.report()
+    assert verdict.acknowledged_without_offset == 1
+    assert counts(history[:3] + [poll("final", [[0, 0, "a"]], f="read")])["lost"] == 1
+    assert counts(history[:3])["unseen"] == 2
+    moved = history[:3] + [poll("final", [[0, 0, "a"], [1, 0, "b"]], f="read")]
+    assert counts(moved)["inconsistent_offsets"] == 1
+
+
 def test_an_anomaly_added_to_a_clean_history_is_counted() -> None:
     history = clean() + [poll("c1", [[0, 5, "x"]])]  # reads the value whose send failed
     assert counts(history)["failed_reads"] == 1

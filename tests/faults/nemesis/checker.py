@@ -23,6 +23,11 @@ What it counts, per Jepsen's Kafka analyses, each of which must be zero:
 
 It also counts `acknowledged` values (and acknowledged send operations): a run that
 acknowledged nothing proved nothing, so `Verdict.valid` is false then too.
+
+An acknowledgement may carry no offset (`null`): librdkafka's idempotent producer reports a
+message as delivered without one when a later batch's acknowledgement proved it persisted
+(its own batch's answer was lost to a fault). Such a value must still be read in its partition;
+if it never is, it is `lost` once some read of that partition exists, else `unseen`.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class Verdict:
 
     acknowledged: int = 0
     acknowledged_ops: int = 0
+    acknowledged_without_offset: int = 0
     sends_failed: int = 0
     sends_unknown: int = 0
     records_read: int = 0
@@ -81,6 +87,7 @@ class Verdict:
         lines = [
             f"acknowledged values: {self.acknowledged}",
             f"acknowledged send operations: {self.acknowledged_ops}",
+            f"acknowledged values without an offset: {self.acknowledged_without_offset}",
             f"sends definitely failed: {self.sends_failed}",
             f"sends with unknown outcome: {self.sends_unknown}",
             f"records read (polls and final read): {self.records_read}",
@@ -99,7 +106,7 @@ def check(history: Iterable[Op]) -> Verdict:
     verdict = Verdict()
     invoked: set[str] = set()
     failed: set[str] = set()
-    acked: dict[str, tuple[int, int]] = {}
+    acked: dict[str, tuple[int, int | None]] = {}
     # (partition, offset) -> values read or acknowledged there
     at: dict[tuple[int, int], set[str]] = defaultdict(set)
     read_at: dict[str, set[tuple[int, int]]] = defaultdict(set)
@@ -120,7 +127,10 @@ def check(history: Iterable[Op]) -> Verdict:
                 partition = op["partition"]
                 for value, offset in zip(values, op["offsets"], strict=True):
                     acked[value] = (partition, offset)
-                    at[(partition, offset)].add(value)
+                    if offset is None:
+                        verdict.acknowledged_without_offset += 1
+                    else:
+                        at[(partition, offset)].add(value)
             elif type_ == "fail":
                 verdict.sends_failed += len(values)
                 failed.update(values)
@@ -171,13 +181,20 @@ def check(history: Iterable[Op]) -> Verdict:
                 )
     for value, (partition, offset) in acked.items():
         if value in read_at:
+            if offset is None and all(p != partition for p, _ in read_at[value]):
+                verdict.note(
+                    "inconsistent_offsets",
+                    f"{value!r} acknowledged in partition {partition}, read at "
+                    f"{sorted(read_at[value])}",
+                )
             continue
-        if offset <= highest_read.get(partition, -1):
+        highest = highest_read.get(partition, -1)
+        if (offset is None and highest >= 0) or (offset is not None and offset <= highest):
             verdict.note("lost", f"{value!r} acknowledged at {partition}/{offset}, never read")
         else:
             verdict.note(
                 "unseen",
                 f"{value!r} acknowledged at {partition}/{offset}, beyond every read "
-                f"(highest {highest_read.get(partition, -1)})",
+                f"(highest {highest})",
             )
     return verdict

@@ -57,6 +57,7 @@ class RunResult:
     polled: int
     poisoned: int
     failed_in_flight: int = 0
+    protocol_errors: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -71,6 +72,7 @@ class RunResult:
         lines.append(
             f"produces in flight failed by a pipeline restart (ingest log): {self.failed_in_flight}"
         )
+        lines.append(f"Kafka protocol errors seen by clients: {self.protocol_errors}")
         lines.extend(f"PROBLEM: {p}" for p in self.problems)
         lines.append(self.verdict.report())
         if self.problems:
@@ -99,6 +101,15 @@ def failed_in_flight(log_dir: pathlib.Path) -> int:
         text = log.read_text(errors="replace")
         total += sum(int(n) for n in re.findall(r"restarted; failing (\d+) pending", text))
     return total
+
+
+def protocol_errors(client_log: pathlib.Path) -> list[str]:
+    """librdkafka's PROTOERR lines: a response it could not parse is a broker bug."""
+    if not client_log.exists():
+        return []
+    return [
+        line for line in client_log.read_text(errors="replace").splitlines() if "PROTOERR" in line
+    ]
 
 
 def wait_for_acks(history: History, minimum: int, timeout: float) -> None:
@@ -215,6 +226,12 @@ def run(out: pathlib.Path, config: RunConfig, log: bool = True) -> RunResult:
         CLIENT_LOG.removeHandler(client_log)
         client_log.close()
     verdict = check(read_history(out / "history.jsonl"))
+    bad_responses = protocol_errors(out / "clients.log")
+    if bad_responses:
+        problems.append(
+            f"{len(bad_responses)} Kafka responses clients could not parse, e.g. "
+            f"{bad_responses[0]} (see {out / 'clients.log'})"
+        )
     result = RunResult(
         verdict=verdict,
         faults=faults,
@@ -222,6 +239,7 @@ def run(out: pathlib.Path, config: RunConfig, log: bool = True) -> RunResult:
         polled=sum(c.polled for c in consumers),
         poisoned=sum(g.poisoned for g in grpc_producers),
         failed_in_flight=failed_in_flight(out / "data" / "logs"),
+        protocol_errors=len(bad_responses),
         problems=problems,
     )
     (out / "verdict.txt").write_text(result.report() + "\n")
