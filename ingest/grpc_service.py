@@ -206,7 +206,11 @@ class StreamHouseService:
         async def admit() -> None:
             try:
                 async for request in requests:
-                    await answers.put(asyncio.ensure_future(self.ProduceBatch(request, context)))
+                    task = asyncio.ensure_future(self.ProduceBatch(request, context))
+                    # Once one answer fails the stream ends and the tasks queued behind it are
+                    # never awaited: retrieve their outcome so none is left unobserved.
+                    task.add_done_callback(_retrieve_outcome)
+                    await answers.put(task)
             finally:
                 await answers.put(None)
 
@@ -373,6 +377,11 @@ def _parser(kind: Any) -> Callable[[bytes], Any]:
 def _refuse_malformed(request: Any) -> None:
     if isinstance(request, _MalformedRequest):
         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
+
+def _retrieve_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
