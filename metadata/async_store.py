@@ -10,9 +10,9 @@ Rules:
 
 1. Reads and writes run on separate pools, matching the store's two connections: one read
    thread (the read connection serialises anyway; in WAL mode a read never waits for a
-   writer), and ``write_threads`` write threads, so writes queued behind a locked database
-   each wait on the store's own deadline (``busy_timeout_ms``), as they did on the default
-   executor, and never hold up a read.
+   writer), so a read never queues behind a write stuck on another writer's lock; and
+   ``write_threads`` write threads, so that many writes wait for a locked database side by
+   side, each up to the store's ``busy_timeout_ms`` (more queue for a thread first).
 2. A hot path pays one thread hop per request, not per partition: :meth:`topic_states`
    answers every topic and partition a produce, fetch or ListOffsets names, and
    :meth:`read_plans` gives the reader every partition's state and first blocks of a fetch.
