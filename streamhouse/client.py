@@ -56,8 +56,15 @@ LATEST = -1
 _MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 # Status codes after which an idempotent batch is re-sent with the same sequence number.
+# CANCELLED is what a client sees when ingest stops (or restarts) with the request in flight;
+# the batch may or may not have been stored, and the sequence number makes the retry safe.
 RETRYABLE_CODES = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
 )
 
 
