@@ -367,6 +367,120 @@ class _Producer:
         self.dirty = False
 
 
+def assign_offsets(
+    blocks: Sequence[CommitBlock],
+    hwms: dict[tuple[int, int], int],
+    producers: dict[tuple[int, int, int], _Producer | None],
+    segment_id: int,
+) -> tuple[list[list[BatchResult]], list[tuple[object, ...]]]:
+    """The offset assignment of :meth:`MetadataStore.commit_segment`, shared by both backends.
+
+    ``hwms`` maps each existing (topic_id, partition) of ``blocks`` to its high watermark and is
+    advanced in place; ``producers`` maps each (topic_id, partition, producer_id) met to its
+    state (None: no state yet) and is updated in place (changed entries get ``dirty``).
+    Returns the per-batch results shaped like ``blocks`` and the ``segment_blocks`` rows to
+    insert: (topic_id, partition, end_offset, base_offset, segment_id, byte_offset,
+    byte_length, record_count, max_timestamp, skipped_batches JSON or None).
+    """
+    results: list[list[BatchResult]] = []
+    block_rows: list[tuple[object, ...]] = []
+    for block in blocks:
+        topic_id = block.topic_id
+        partition = block.partition
+        tp = (topic_id, partition)
+        hwm = hwms.get(tp, -1)
+        if hwm < 0:
+            results.append([_RESULT_UNKNOWN] * len(block.batches))
+            continue
+
+        base = hwm
+        block_results: list[BatchResult] = []
+        skipped: list[int] = []
+        for ordinal, batch in enumerate(block.batches):
+            count = batch.record_count
+            if count < 1:
+                raise ValueError(
+                    f"batch {ordinal} of block {topic_id}/{partition} has record_count {count}"
+                )
+            pid = batch.producer_id
+            if pid < 0:
+                block_results.append(BatchResult(hwm))
+                hwm += count
+                continue
+
+            epoch = batch.producer_epoch
+            first = batch.base_sequence
+            if epoch < 0:
+                block_results.append(_RESULT_BAD_EPOCH)
+                skipped.append(ordinal)
+                continue
+            if first < 0:
+                block_results.append(_RESULT_OUT_OF_ORDER)
+                skipped.append(ordinal)
+                continue
+            last = (first + count - 1) & _SEQ_MASK
+
+            pkey = (topic_id, partition, pid)
+            state = producers[pkey]
+            if state is None:
+                state = _Producer(epoch, [])
+                producers[pkey] = state
+            elif epoch < state.epoch:
+                block_results.append(_RESULT_BAD_EPOCH)
+                skipped.append(ordinal)
+                continue
+            elif epoch > state.epoch:
+                if first != 0:
+                    block_results.append(_RESULT_OUT_OF_ORDER)
+                    skipped.append(ordinal)
+                    continue
+                state.epoch = epoch
+                state.batches = []
+            else:
+                prev_last = state.batches[-1][1] if state.batches else -1
+                if first != (prev_last + 1) & _SEQ_MASK:
+                    # Not the next batch (checked first: the common case). Kafka looks
+                    # for a duplicate before the sequence check; a batch continuing the
+                    # sequence cannot match a recent one, so the order is equivalent.
+                    duplicate_of = -1
+                    for b_first, b_last, b_base, _ in state.batches:
+                        if b_first == first and b_last == last:
+                            duplicate_of = b_base
+                            break
+                    skipped.append(ordinal)
+                    if duplicate_of >= 0:
+                        block_results.append(BatchResult(duplicate_of, duplicate=True))
+                    else:
+                        block_results.append(_RESULT_OUT_OF_ORDER)
+                    continue
+
+            state.batches.append((first, last, hwm, count))
+            if len(state.batches) > PRODUCER_BATCH_WINDOW:
+                del state.batches[0]
+            state.dirty = True
+            block_results.append(BatchResult(hwm))
+            hwm += count
+
+        hwms[tp] = hwm
+        results.append(block_results)
+        if hwm > base:
+            block_rows.append(
+                (
+                    topic_id,
+                    partition,
+                    hwm,
+                    base,
+                    segment_id,
+                    block.byte_offset,
+                    block.byte_length,
+                    hwm - base,
+                    block.max_timestamp,
+                    _json_encode(skipped).decode() if skipped else None,
+                )
+            )
+    return results, block_rows
+
+
 # --------------------------------------------------------------------------- the store
 
 
@@ -797,9 +911,6 @@ class MetadataStore:
         and ``ValueError`` for a batch with ``record_count < 1``.
         """
         now = _now_ms()
-        results: list[list[BatchResult]] = []
-        block_rows: list[tuple[object, ...]] = []
-
         with self._write() as db:
             try:
                 db.execute(_SQL_INSERT_SEGMENT, (key, size, now))
@@ -831,101 +942,7 @@ class MetadataStore:
                         epoch, _batches_decoder.decode(batches)
                     )
 
-            for block in blocks:
-                topic_id = block.topic_id
-                partition = block.partition
-                tp = (topic_id, partition)
-                hwm = hwms.get(tp, -1)
-                if hwm < 0:
-                    results.append([_RESULT_UNKNOWN] * len(block.batches))
-                    continue
-
-                base = hwm
-                block_results: list[BatchResult] = []
-                skipped: list[int] = []
-                for ordinal, batch in enumerate(block.batches):
-                    count = batch.record_count
-                    if count < 1:
-                        raise ValueError(
-                            f"batch {ordinal} of block {topic_id}/{partition} has "
-                            f"record_count {count}"
-                        )
-                    pid = batch.producer_id
-                    if pid < 0:
-                        block_results.append(BatchResult(hwm))
-                        hwm += count
-                        continue
-
-                    epoch = batch.producer_epoch
-                    first = batch.base_sequence
-                    if epoch < 0:
-                        block_results.append(_RESULT_BAD_EPOCH)
-                        skipped.append(ordinal)
-                        continue
-                    if first < 0:
-                        block_results.append(_RESULT_OUT_OF_ORDER)
-                        skipped.append(ordinal)
-                        continue
-                    last = (first + count - 1) & _SEQ_MASK
-
-                    pkey = (topic_id, partition, pid)
-                    state = producers[pkey]
-                    if state is None:
-                        state = _Producer(epoch, [])
-                        producers[pkey] = state
-                    elif epoch < state.epoch:
-                        block_results.append(_RESULT_BAD_EPOCH)
-                        skipped.append(ordinal)
-                        continue
-                    elif epoch > state.epoch:
-                        if first != 0:
-                            block_results.append(_RESULT_OUT_OF_ORDER)
-                            skipped.append(ordinal)
-                            continue
-                        state.epoch = epoch
-                        state.batches = []
-                    else:
-                        prev_last = state.batches[-1][1] if state.batches else -1
-                        if first != (prev_last + 1) & _SEQ_MASK:
-                            # Not the next batch (checked first: the common case). Kafka looks
-                            # for a duplicate before the sequence check; a batch continuing the
-                            # sequence cannot match a recent one, so the order is equivalent.
-                            duplicate_of = -1
-                            for b_first, b_last, b_base, _ in state.batches:
-                                if b_first == first and b_last == last:
-                                    duplicate_of = b_base
-                                    break
-                            skipped.append(ordinal)
-                            if duplicate_of >= 0:
-                                block_results.append(BatchResult(duplicate_of, duplicate=True))
-                            else:
-                                block_results.append(_RESULT_OUT_OF_ORDER)
-                            continue
-
-                    state.batches.append((first, last, hwm, count))
-                    if len(state.batches) > PRODUCER_BATCH_WINDOW:
-                        del state.batches[0]
-                    state.dirty = True
-                    block_results.append(BatchResult(hwm))
-                    hwm += count
-
-                hwms[tp] = hwm
-                results.append(block_results)
-                if hwm > base:
-                    block_rows.append(
-                        (
-                            topic_id,
-                            partition,
-                            hwm,
-                            base,
-                            segment_id,
-                            block.byte_offset,
-                            block.byte_length,
-                            hwm - base,
-                            block.max_timestamp,
-                            _json_encode(skipped).decode() if skipped else None,
-                        )
-                    )
+            results, block_rows = assign_offsets(blocks, hwms, producers, segment_id)
 
             if block_rows:
                 db.executemany(_SQL_INSERT_BLOCK, block_rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -140,3 +141,129 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
         yield server
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _postgres_bin(name: str) -> str:
+    """Path of a PostgreSQL server binary: Debian keeps them in /usr/lib/postgresql/<v>/bin."""
+    found = sorted(
+        pathlib.Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+    )
+    if found:
+        return str(found[-1])
+    on_path = shutil.which(name)
+    if on_path is None:
+        raise RuntimeError(
+            f"PostgreSQL's {name} is not installed: apt-get install -y postgresql (.ci/run does)"
+        )
+    return on_path
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster on a temp dir, listening on 127.0.0.1:<free port>.
+
+    As root the server runs as the ``postgres`` user (initdb refuses root). Authentication is
+    ``trust`` for local connections; :meth:`create_database` gives each test its own database.
+    """
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="streamhouse-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.user = "postgres"
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+        else:
+            import getpass
+
+            self.user = getpass.getuser()
+        self._databases = 0
+
+    def _run(self, *args: str) -> None:
+        done = subprocess.run(
+            [*self._as_user, *args], capture_output=True, text=True, timeout=120, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr}")
+
+    def start(self) -> None:
+        self._run(
+            _postgres_bin("initdb"), "-D", str(self.data), "-U", self.user, "-A", "trust",
+            "-E", "UTF8", "--no-sync",
+        )  # fmt: skip
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} -k {self.dir} "
+            "-c fsync=off -c max_connections=300 -c shared_buffers=32MB"
+        )
+        self._run(
+            _postgres_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "server.log"),
+            "-o", options, "-w", "-t", "60", "start",
+        )  # fmt: skip
+        import psycopg
+
+        deadline = time.monotonic() + 60
+        while True:  # pg_ctl -w waited already; confirm over TCP with a bounded poll
+            try:
+                psycopg.connect(self.admin_dsn, connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    @property
+    def admin_dsn(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    def dsn(self, database: str) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """Create an empty database and return its name."""
+        import psycopg
+
+        self._databases += 1
+        name = f"t{self._databases}"
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+        return name
+
+    def drop_database(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            with contextlib.suppress(RuntimeError):
+                self._run(_postgres_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A real PostgreSQL (Debian's packages) on a temp dir and a free 127.0.0.1 port."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres: PostgresCluster) -> Iterator[str]:
+    """The URL of a fresh, empty database on the session's PostgreSQL; dropped afterwards."""
+    name = postgres.create_database()
+    try:
+        yield postgres.dsn(name)
+    finally:
+        postgres.drop_database(name)

@@ -1,0 +1,716 @@
+"""The metadata store on PostgreSQL, for a cluster of agents sharing one metadata service.
+
+:class:`PostgresMetadataStore` has the public methods and semantics of
+:class:`metadata.store.MetadataStore` (the SQLite backend; its docstrings are the reference)
+and shares its record types, validation and offset assignment (:func:`metadata.store.
+assign_offsets`). Each store holds a ``psycopg_pool.ConnectionPool``; every call is one
+transaction on one pooled connection. The schema and its migrations are in
+:mod:`metadata.postgres_migrations`.
+
+Concurrency and failures (rules):
+
+1. ``commit_segment`` assigns offsets inside its transaction: it locks the partition rows it
+   advances with one ``SELECT ... ORDER BY topic_id, partition FOR UPDATE`` (PostgreSQL locks
+   the rows in that order), reads their high watermarks and the producers' state under those
+   locks, and writes blocks, watermarks and producer state before committing. Every
+   transaction that locks several partition rows locks them in that same order, so
+   concurrent commits from any number of agents serialise per partition, never deadlock and
+   never assign an offset twice. A producer retrying through another agent meets the same
+   producer state, so the retry is deduplicated.
+2. Transactions run at READ COMMITTED; reads are ``READ ONLY`` transactions.
+3. Waiting is bounded by ``busy_timeout_ms`` from the start of the call: the pool wait,
+   ``lock_timeout`` (set per transaction to what is left) and the retries all count. A
+   serialization failure, a deadlock (should one ever happen), a lock not granted in time, a
+   lost or refused connection, or no free pooled connection roll the transaction back and
+   retry it with exponential backoff (1 ms doubling to 50 ms). Past the bound the call
+   raises :class:`MetadataUnavailableError` with ``REQUEST_TIMED_OUT`` (retriable); a full
+   disk on the server raises it with ``KAFKA_STORAGE_ERROR`` at once.
+4. A connection lost while ``COMMIT`` was in flight leaves the outcome unknown; the retry of a
+   ``commit_segment`` then either commits it or raises :class:`DuplicateSegmentError` (the
+   first attempt committed), exactly as a caller retrying after a timeout sees.
+5. Calls block: processes make them from worker threads. With ``forbid_loop_calls``
+   (``STREAMHOUSE_DEBUG_LOOP_CALLS=1``) a call on an event-loop thread raises
+   :class:`metadata.store.LoopCallError`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
+
+import msgspec
+import psycopg
+import psycopg.errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from metadata import postgres_migrations
+from metadata.errors import (
+    DuplicateSegmentError,
+    InvalidPartitionsError,
+    MetadataError,
+    MetadataUnavailableError,
+    OffsetOutOfRangeError,
+    TopicExistsError,
+    UnknownTopicError,
+)
+from metadata.store import (
+    DEBUG_LOOP_CALLS_ENV,
+    BatchResult,
+    BlockLocation,
+    CommitBlock,
+    DeletedTopic,
+    GroupOffset,
+    PartitionState,
+    TopicInfo,
+    _batches_decoder,
+    _block_location,
+    _check_off_loop,
+    _encode_config,
+    _json_encode,
+    _new_topic_uuid,
+    _now_ms,
+    _Producer,
+    _topic,
+    _validate_partitions,
+    assign_offsets,
+    validate_topic_name,
+)
+from streamhouse.errors import ErrorCode
+
+T = TypeVar("T")
+
+#: Connections per store by default: a process's writes wait for row locks side by side.
+DEFAULT_POOL_SIZE: Final = 4
+
+_TOPIC_COLUMNS = "topic_id, name, uuid, partitions, config, created_ms"
+_SQL_TOPIC_BY_NAME = f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE name = %s"
+_SQL_TOPIC_BY_NAME_LOCKED = _SQL_TOPIC_BY_NAME + " FOR UPDATE"
+_SQL_TOPIC_BY_ID = f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE topic_id = %s"
+_SQL_TOPIC_BY_UUID = f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE uuid = %s"
+_SQL_TOPICS = f'SELECT {_TOPIC_COLUMNS} FROM topics ORDER BY name COLLATE "C"'
+_SQL_INSERT_PARTITIONS = (
+    "INSERT INTO partitions (topic_id, partition) SELECT %s, generate_series(%s::int, %s::int)"
+)
+_SQL_PARTITION = (
+    "SELECT topic_id, partition, log_start_offset, high_watermark FROM partitions "
+    "WHERE topic_id = %s AND partition = %s"
+)
+_SQL_PARTITIONS = (
+    "SELECT topic_id, partition, log_start_offset, high_watermark FROM partitions "
+    "WHERE topic_id = %s ORDER BY partition"
+)
+# Rule 1: the partition rows of a commit, locked in (topic_id, partition) order.
+_SQL_LOCK_HWMS = (
+    "SELECT p.topic_id, p.partition, p.high_watermark FROM partitions AS p "
+    "JOIN unnest(%s::bigint[], %s::int[]) AS k (topic_id, partition) "
+    "ON p.topic_id = k.topic_id AND p.partition = k.partition "
+    "ORDER BY p.topic_id, p.partition FOR UPDATE OF p"
+)
+_SQL_PRODUCER_STATES = (
+    "SELECT s.topic_id, s.partition, s.producer_id, s.producer_epoch, s.batches "
+    "FROM producer_state AS s "
+    "JOIN unnest(%s::bigint[], %s::int[], %s::bigint[]) AS k (topic_id, partition, producer_id) "
+    "ON s.topic_id = k.topic_id AND s.partition = k.partition AND s.producer_id = k.producer_id"
+)
+_SQL_SET_HWMS = (
+    "UPDATE partitions AS p SET high_watermark = k.hwm "
+    "FROM unnest(%s::bigint[], %s::int[], %s::bigint[]) AS k (topic_id, partition, hwm) "
+    "WHERE p.topic_id = k.topic_id AND p.partition = k.partition"
+)
+_SQL_INSERT_SEGMENT = (
+    "INSERT INTO segments (key, size, created_ms) VALUES (%s, %s, %s) "
+    "ON CONFLICT (key) DO NOTHING RETURNING segment_id"
+)
+_SQL_INSERT_BLOCKS = (
+    "INSERT INTO segment_blocks (topic_id, partition, end_offset, base_offset, segment_id, "
+    "byte_offset, byte_length, record_count, max_timestamp, skipped_batches) "
+    "SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[], %s::bigint[], "
+    "%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[])"
+)
+_SQL_UPSERT_PRODUCER_STATES = (
+    "INSERT INTO producer_state (topic_id, partition, producer_id, producer_epoch, batches, "
+    "last_update_ms) SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::int[], "
+    "%s::text[], %s::bigint[]) "
+    "ON CONFLICT (topic_id, partition, producer_id) DO UPDATE SET "
+    "producer_epoch = excluded.producer_epoch, batches = excluded.batches, "
+    "last_update_ms = excluded.last_update_ms"
+)
+_SQL_BLOCK_COLUMNS = (
+    "SELECT s.key, b.byte_offset, b.byte_length, b.base_offset, b.end_offset, b.record_count, "
+    "b.max_timestamp, b.skipped_batches "
+    "FROM segment_blocks AS b JOIN segments AS s ON s.segment_id = b.segment_id "
+)
+_SQL_FIND_BLOCKS = (
+    _SQL_BLOCK_COLUMNS + "WHERE b.topic_id = %s AND b.partition = %s AND b.end_offset > %s "
+    "ORDER BY b.end_offset LIMIT %s"
+)
+_SQL_FIND_BLOCK_BY_TIMESTAMP = (
+    _SQL_BLOCK_COLUMNS + "WHERE b.topic_id = %s AND b.partition = %s AND b.end_offset > %s "
+    "AND b.max_timestamp >= %s ORDER BY b.end_offset LIMIT 1"
+)
+_SQL_FIND_MAX_TIMESTAMP_BLOCK = (
+    _SQL_BLOCK_COLUMNS + "WHERE b.topic_id = %s AND b.partition = %s AND b.end_offset > %s "
+    "ORDER BY b.max_timestamp DESC, b.end_offset LIMIT 1"
+)
+_SQL_UPSERT_OFFSET = (
+    'INSERT INTO group_offsets (group_id, topic_id, partition, "offset", metadata, commit_ms) '
+    "SELECT %(g)s, %(t)s, %(p)s, %(o)s, %(m)s, %(now)s WHERE EXISTS "
+    "(SELECT 1 FROM partitions WHERE topic_id = %(t)s AND partition = %(p)s FOR KEY SHARE) "
+    "ON CONFLICT (group_id, topic_id, partition) DO UPDATE SET "
+    '"offset" = excluded."offset", metadata = excluded.metadata, commit_ms = excluded.commit_ms'
+)
+_SQL_GET_OFFSET = (
+    'SELECT "offset", metadata FROM group_offsets '
+    "WHERE group_id = %s AND topic_id = %s AND partition = %s"
+)
+_SQL_GROUP_OFFSETS = (
+    'SELECT topic_id, partition, "offset", metadata, commit_ms FROM group_offsets '
+    "WHERE group_id = %s ORDER BY topic_id, partition"
+)
+_SQL_ALLOCATE_PRODUCER_ID = (
+    "UPDATE producer_ids SET next_producer_id = next_producer_id + 1 WHERE id = 1 "
+    "RETURNING next_producer_id - 1"
+)
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with any password replaced by ``***``, for messages and logs."""
+    return _KV_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", dsn))
+
+
+def _bytes(value: object) -> bytes:
+    return bytes(value)  # type: ignore[call-overload]  # BYTEA comes back as bytes already
+
+
+def _topic_row(row: Sequence[object]) -> TopicInfo:
+    topic_id, name, uuid, partitions, config, created_ms = row
+    return _topic((topic_id, name, _bytes(uuid), partitions, config, created_ms))
+
+
+class PostgresMetadataStore:
+    """Metadata of one StreamHouse cluster, kept in a PostgreSQL database shared by its agents.
+
+    Opening connects the pool and migrates the database to the latest schema
+    (:mod:`metadata.postgres_migrations`); a database from newer code raises
+    :class:`~metadata.errors.SchemaTooNewError`.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        busy_timeout_ms: int = 10_000,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        forbid_loop_calls: bool | None = None,
+    ) -> None:
+        """Connect to ``dsn`` (a libpq URL or key=value string) and migrate.
+
+        ``busy_timeout_ms`` bounds how long a call waits for locks, connections and retries
+        before it raises :class:`MetadataUnavailableError`; ``pool_size`` is the most
+        connections this store opens. Opening waits for the server up to the same bound.
+        """
+        if forbid_loop_calls is None:
+            flag = os.environ.get(DEBUG_LOOP_CALLS_ENV, "").strip().lower()
+            forbid_loop_calls = flag in ("1", "true", "yes", "on")
+        self._forbid_loop_calls = forbid_loop_calls
+        self.path = redact_dsn(dsn)
+        if forbid_loop_calls:
+            _check_off_loop(self.path, "__init__")
+        if busy_timeout_ms < 0:
+            raise ValueError(f"busy_timeout_ms must not be negative, got {busy_timeout_ms}")
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, got {pool_size}")
+        self.busy_timeout_ms = busy_timeout_ms
+        self._closed = threading.Event()
+        self._pool = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name=f"streamhouse-metadata-{id(self):x}",
+        )
+        try:
+            self._pool.open(wait=False)
+            self._call(self._migrate, write=True, transaction=False)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    @staticmethod
+    def _migrate(conn: psycopg.Connection[Any]) -> int:
+        return postgres_migrations.migrate(conn)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close the pool. Idempotent; any later call raises :class:`MetadataError`."""
+        if self._forbid_loop_calls:
+            _check_off_loop(self.path, "close")
+        self._closed.set()
+        self._pool.close()
+
+    def __enter__(self) -> PostgresMetadataStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _unavailable(self, exc: BaseException) -> MetadataUnavailableError:
+        return MetadataUnavailableError(
+            ErrorCode.REQUEST_TIMED_OUT,
+            f"metadata database {self.path!r} did not take the call within "
+            f"{self.busy_timeout_ms} ms (the busy timeout): {type(exc).__name__}: "
+            f"{str(exc).strip() or 'no detail'}; nothing was changed; check that PostgreSQL "
+            "is up and not overloaded, and retry",
+        )
+
+    def _call(
+        self,
+        body: Callable[[Any], T],
+        *,
+        write: bool,
+        transaction: bool = True,
+    ) -> T:
+        """Run ``body`` in one transaction on a pooled connection (rule 3): ``body`` gets a
+        cursor (or the connection itself when ``transaction`` is False)."""
+        if self._closed.is_set():
+            raise MetadataError("metadata store is closed")
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        delay = 0.001
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                with self._pool.connection(timeout=max(remaining, 0.001)) as conn:
+                    if not transaction:
+                        return body(conn)
+                    with conn.transaction(), conn.cursor() as cur:
+                        if not write:
+                            cur.execute("SET TRANSACTION READ ONLY")
+                        lock_ms = max(int((deadline - time.monotonic()) * 1000), 1)
+                        cur.execute(
+                            "SELECT set_config('lock_timeout', %s, true)", (f"{lock_ms}ms",)
+                        )
+                        return body(cur)
+            except psycopg.errors.DiskFull as exc:
+                raise MetadataUnavailableError(
+                    ErrorCode.KAFKA_STORAGE_ERROR,
+                    f"metadata database {self.path!r}: the server's disk is full ({exc}); "
+                    "nothing was written; free space on the PostgreSQL server and retry",
+                ) from exc
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                # Serialization failure, deadlock, lock timeout, lost/refused connection, no
+                # pooled connection in time: all retriable (rule 3).
+                if self._closed.is_set():
+                    raise MetadataError("metadata store is closed") from exc
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._unavailable(exc) from exc
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.05)
+            except psycopg.Error as exc:
+                if self._closed.is_set():
+                    raise MetadataError("metadata store is closed") from exc
+                raise MetadataError(f"metadata database {self.path!r}: {exc}") from exc
+
+    def _read(self, body: Callable[[Any], T]) -> T:
+        if self._forbid_loop_calls:
+            _check_off_loop(self.path, body.__name__)
+        return self._call(body, write=False)
+
+    def _write(self, body: Callable[[Any], T]) -> T:
+        if self._forbid_loop_calls:
+            _check_off_loop(self.path, body.__name__)
+        return self._call(body, write=True)
+
+    # ------------------------------------------------------------------ topics
+
+    def create_topic(
+        self, name: str, partitions: int, config: dict[str, str] | None = None
+    ) -> TopicInfo:
+        """See :meth:`metadata.store.MetadataStore.create_topic`."""
+        validate_topic_name(name)
+        _validate_partitions(partitions)
+        cfg, cfg_json = _encode_config(config)
+        now = _now_ms()
+        uuid = _new_topic_uuid()
+
+        def create_topic(cur: Any) -> int:
+            cur.execute(
+                "INSERT INTO topics (name, uuid, partitions, config, created_ms) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING topic_id",
+                (name, uuid, partitions, cfg_json, now),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise TopicExistsError(f"topic {name!r} already exists")
+            cur.execute(_SQL_INSERT_PARTITIONS, (row[0], 0, partitions - 1))
+            return int(row[0])
+
+        topic_id = self._write(create_topic)
+        return TopicInfo(topic_id, name, uuid, partitions, cfg, now)
+
+    def get_topic(self, name: str) -> TopicInfo | None:
+        """See :meth:`metadata.store.MetadataStore.get_topic`."""
+        return self._one_topic(_SQL_TOPIC_BY_NAME, name)
+
+    def get_topic_by_id(self, topic_id: int) -> TopicInfo | None:
+        """See :meth:`metadata.store.MetadataStore.get_topic_by_id`."""
+        return self._one_topic(_SQL_TOPIC_BY_ID, topic_id)
+
+    def get_topic_by_uuid(self, uuid: bytes) -> TopicInfo | None:
+        """See :meth:`metadata.store.MetadataStore.get_topic_by_uuid`."""
+        return self._one_topic(_SQL_TOPIC_BY_UUID, bytes(uuid))
+
+    def _one_topic(self, sql: str, key: object) -> TopicInfo | None:
+        def get_topic(cur: Any) -> Any:
+            cur.execute(sql, (key,))
+            return cur.fetchone()
+
+        row = self._read(get_topic)
+        return _topic_row(row) if row is not None else None
+
+    def list_topics(self) -> list[TopicInfo]:
+        """See :meth:`metadata.store.MetadataStore.list_topics`."""
+
+        def list_topics(cur: Any) -> list[Any]:
+            cur.execute(_SQL_TOPICS)
+            return cur.fetchall()
+
+        return [_topic_row(r) for r in self._read(list_topics)]
+
+    def delete_topic(self, name: str) -> TopicInfo:
+        """See :meth:`metadata.store.MetadataStore.delete_topic`."""
+        now = _now_ms()
+
+        def delete_topic(cur: Any) -> TopicInfo:
+            cur.execute(_SQL_TOPIC_BY_NAME_LOCKED, (name,))
+            row = cur.fetchone()
+            if row is None:
+                raise UnknownTopicError(f"topic {name!r} does not exist")
+            topic = _topic_row(row)
+            tid = (topic.topic_id,)
+            # Lock its partitions in the commit order (rule 1) before touching anything.
+            cur.execute(
+                "SELECT 1 FROM partitions WHERE topic_id = %s ORDER BY partition FOR UPDATE", tid
+            )
+            cur.execute("DELETE FROM segment_blocks WHERE topic_id = %s", tid)
+            cur.execute("DELETE FROM producer_state WHERE topic_id = %s", tid)
+            cur.execute("DELETE FROM group_offsets WHERE topic_id = %s", tid)
+            cur.execute("DELETE FROM partitions WHERE topic_id = %s", tid)
+            cur.execute("DELETE FROM topics WHERE topic_id = %s", tid)
+            cur.execute(
+                "INSERT INTO deleted_topics (topic_id, name, uuid, partitions, deleted_ms) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (topic.topic_id, topic.name, topic.uuid, topic.partitions, now),
+            )
+            return topic
+
+        return self._write(delete_topic)
+
+    def list_deleted_topics(self) -> list[DeletedTopic]:
+        """See :meth:`metadata.store.MetadataStore.list_deleted_topics`."""
+
+        def list_deleted_topics(cur: Any) -> list[Any]:
+            cur.execute(
+                "SELECT topic_id, name, uuid, partitions, deleted_ms FROM deleted_topics "
+                "ORDER BY topic_id"
+            )
+            return cur.fetchall()
+
+        return [
+            DeletedTopic(t, n, _bytes(u), p, d) for t, n, u, p, d in self._read(list_deleted_topics)
+        ]
+
+    def add_partitions(self, name: str, total: int) -> TopicInfo:
+        """See :meth:`metadata.store.MetadataStore.add_partitions`."""
+        _validate_partitions(total)
+
+        def add_partitions(cur: Any) -> TopicInfo:
+            cur.execute(_SQL_TOPIC_BY_NAME_LOCKED, (name,))
+            row = cur.fetchone()
+            if row is None:
+                raise UnknownTopicError(f"topic {name!r} does not exist")
+            topic = _topic_row(row)
+            if total <= topic.partitions:
+                raise InvalidPartitionsError(
+                    f"topic {name!r} has {topic.partitions} partitions; the new count must be "
+                    f"larger, got {total}"
+                )
+            cur.execute(
+                "UPDATE topics SET partitions = %s WHERE topic_id = %s", (total, topic.topic_id)
+            )
+            cur.execute(_SQL_INSERT_PARTITIONS, (topic.topic_id, topic.partitions, total - 1))
+            return msgspec.structs.replace(topic, partitions=total)
+
+        return self._write(add_partitions)
+
+    def update_topic_config(self, name: str, config: dict[str, str]) -> TopicInfo:
+        """See :meth:`metadata.store.MetadataStore.update_topic_config`."""
+        cfg, cfg_json = _encode_config(config)
+
+        def update_topic_config(cur: Any) -> TopicInfo:
+            cur.execute(
+                f"UPDATE topics SET config = %s WHERE name = %s RETURNING {_TOPIC_COLUMNS}",
+                (cfg_json, name),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise UnknownTopicError(f"topic {name!r} does not exist")
+            return msgspec.structs.replace(_topic_row(row), config=cfg)
+
+        return self._write(update_topic_config)
+
+    # ------------------------------------------------------------------ partitions
+
+    def get_partition(self, topic_id: int, partition: int) -> PartitionState | None:
+        """See :meth:`metadata.store.MetadataStore.get_partition`."""
+
+        def get_partition(cur: Any) -> Any:
+            cur.execute(_SQL_PARTITION, (topic_id, partition))
+            return cur.fetchone()
+
+        row = self._read(get_partition)
+        return PartitionState(*row) if row is not None else None
+
+    def list_partitions(self, topic_id: int) -> list[PartitionState]:
+        """See :meth:`metadata.store.MetadataStore.list_partitions`."""
+
+        def list_partitions(cur: Any) -> list[Any]:
+            cur.execute(_SQL_PARTITIONS, (topic_id,))
+            return cur.fetchall()
+
+        return [PartitionState(*r) for r in self._read(list_partitions)]
+
+    def set_log_start_offset(self, topic_id: int, partition: int, offset: int) -> PartitionState:
+        """See :meth:`metadata.store.MetadataStore.set_log_start_offset`."""
+
+        def set_log_start_offset(cur: Any) -> PartitionState:
+            cur.execute(_SQL_PARTITION + " FOR UPDATE", (topic_id, partition))
+            row = cur.fetchone()
+            if row is None:
+                raise UnknownTopicError(f"partition {topic_id}/{partition} does not exist")
+            state = PartitionState(*row)
+            if offset < 0 or offset > state.high_watermark:
+                raise OffsetOutOfRangeError(
+                    f"log start offset {offset} is outside 0..{state.high_watermark} "
+                    f"(high watermark) of partition {topic_id}/{partition}"
+                )
+            if offset <= state.log_start_offset:
+                return state
+            cur.execute(
+                "UPDATE partitions SET log_start_offset = %s WHERE topic_id = %s "
+                "AND partition = %s",
+                (offset, topic_id, partition),
+            )
+            return msgspec.structs.replace(state, log_start_offset=offset)
+
+        return self._write(set_log_start_offset)
+
+    # ------------------------------------------------------------------ the log index
+
+    def commit_segment(
+        self, key: str, size: int, blocks: list[CommitBlock]
+    ) -> list[list[BatchResult]]:
+        """See :meth:`metadata.store.MetadataStore.commit_segment`; locking is rule 1."""
+        now = _now_ms()
+        tps = sorted(set((b.topic_id, b.partition) for b in blocks))
+
+        def commit_segment(cur: Any) -> list[list[BatchResult]]:
+            cur.execute(_SQL_INSERT_SEGMENT, (key, size, now))
+            row = cur.fetchone()
+            if row is None:
+                raise DuplicateSegmentError(f"segment {key!r} is already committed")
+            segment_id = int(row[0])
+            hwms: dict[tuple[int, int], int] = {}
+            if tps:
+                cur.execute(_SQL_LOCK_HWMS, ([t for t, _ in tps], [p for _, p in tps]))
+                for topic_id, partition, hwm in cur.fetchall():
+                    hwms[(topic_id, partition)] = hwm
+            start_hwms = dict(hwms)
+            producers: dict[tuple[int, int, int], _Producer | None] = {}
+            for block in blocks:
+                tp = (block.topic_id, block.partition)
+                if tp in hwms:
+                    for pid in {b.producer_id for b in block.batches}:
+                        if pid >= 0:
+                            producers[(*tp, pid)] = None
+            if producers:
+                keys = list(producers)
+                cur.execute(
+                    _SQL_PRODUCER_STATES,
+                    ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+                )
+                for topic_id, partition, pid, epoch, batches in cur.fetchall():
+                    producers[(topic_id, partition, pid)] = _Producer(
+                        epoch, _batches_decoder.decode(batches)
+                    )
+
+            results, block_rows = assign_offsets(blocks, hwms, producers, segment_id)
+
+            if block_rows:
+                cur.execute(
+                    _SQL_INSERT_BLOCKS, [list(col) for col in zip(*block_rows, strict=True)]
+                )
+            changed = [(tp, hwm) for tp, hwm in hwms.items() if hwm != start_hwms[tp]]
+            if changed:
+                cur.execute(
+                    _SQL_SET_HWMS,
+                    (
+                        [tp[0] for tp, _ in changed],
+                        [tp[1] for tp, _ in changed],
+                        [hwm for _, hwm in changed],
+                    ),
+                )
+            dirty = [(pkey, st) for pkey, st in producers.items() if st is not None and st.dirty]
+            if dirty:
+                cur.execute(
+                    _SQL_UPSERT_PRODUCER_STATES,
+                    (
+                        [k[0] for k, _ in dirty],
+                        [k[1] for k, _ in dirty],
+                        [k[2] for k, _ in dirty],
+                        [st.epoch for _, st in dirty],
+                        [_json_encode(st.batches).decode() for _, st in dirty],
+                        [now] * len(dirty),
+                    ),
+                )
+            return results
+
+        return self._write(commit_segment)
+
+    def find_blocks(
+        self, topic_id: int, partition: int, offset: int, limit: int = 8
+    ) -> list[BlockLocation]:
+        """See :meth:`metadata.store.MetadataStore.find_blocks`."""
+
+        def find_blocks(cur: Any) -> list[Any]:
+            cur.execute(_SQL_FIND_BLOCKS, (topic_id, partition, offset, limit))
+            return cur.fetchall()
+
+        return [_block_location(r) for r in self._read(find_blocks)]
+
+    def find_block_by_timestamp(
+        self, topic_id: int, partition: int, timestamp: int, from_offset: int
+    ) -> BlockLocation | None:
+        """See :meth:`metadata.store.MetadataStore.find_block_by_timestamp`."""
+
+        def find_block_by_timestamp(cur: Any) -> Any:
+            cur.execute(_SQL_FIND_BLOCK_BY_TIMESTAMP, (topic_id, partition, from_offset, timestamp))
+            return cur.fetchone()
+
+        row = self._read(find_block_by_timestamp)
+        return _block_location(row) if row is not None else None
+
+    def find_max_timestamp_block(
+        self, topic_id: int, partition: int, from_offset: int
+    ) -> BlockLocation | None:
+        """See :meth:`metadata.store.MetadataStore.find_max_timestamp_block`."""
+
+        def find_max_timestamp_block(cur: Any) -> Any:
+            cur.execute(_SQL_FIND_MAX_TIMESTAMP_BLOCK, (topic_id, partition, from_offset))
+            return cur.fetchone()
+
+        row = self._read(find_max_timestamp_block)
+        return _block_location(row) if row is not None else None
+
+    # ------------------------------------------------------------------ consumer groups
+
+    def commit_offsets(
+        self, group: str, offsets: Sequence[tuple[int, int, int, str]]
+    ) -> list[bool]:
+        """See :meth:`metadata.store.MetadataStore.commit_offsets`."""
+        now = _now_ms()
+
+        def commit_offsets(cur: Any) -> list[bool]:
+            stored: list[bool] = []
+            for topic_id, partition, offset, metadata in offsets:
+                cur.execute(
+                    _SQL_UPSERT_OFFSET,
+                    {
+                        "g": group,
+                        "t": topic_id,
+                        "p": partition,
+                        "o": offset,
+                        "m": metadata,
+                        "now": now,
+                    },
+                )
+                stored.append(cur.rowcount > 0)
+            return stored
+
+        return self._write(commit_offsets)
+
+    def commit_offset(
+        self, group: str, topic_id: int, partition: int, offset: int, metadata: str
+    ) -> None:
+        """See :meth:`metadata.store.MetadataStore.commit_offset`."""
+        if not self.commit_offsets(group, [(topic_id, partition, offset, metadata)])[0]:
+            raise UnknownTopicError(f"partition {topic_id}/{partition} does not exist")
+
+    def get_offset(self, group: str, topic_id: int, partition: int) -> tuple[int, str] | None:
+        """See :meth:`metadata.store.MetadataStore.get_offset`."""
+
+        def get_offset(cur: Any) -> Any:
+            cur.execute(_SQL_GET_OFFSET, (group, topic_id, partition))
+            return cur.fetchone()
+
+        row = self._read(get_offset)
+        return (row[0], row[1]) if row is not None else None
+
+    def list_group_offsets(self, group: str) -> list[GroupOffset]:
+        """See :meth:`metadata.store.MetadataStore.list_group_offsets`."""
+
+        def list_group_offsets(cur: Any) -> list[Any]:
+            cur.execute(_SQL_GROUP_OFFSETS, (group,))
+            return cur.fetchall()
+
+        return [GroupOffset(*r) for r in self._read(list_group_offsets)]
+
+    def delete_group_offsets(
+        self, group: str, partitions: Sequence[tuple[int, int]] | None = None
+    ) -> int:
+        """See :meth:`metadata.store.MetadataStore.delete_group_offsets`."""
+
+        def delete_group_offsets(cur: Any) -> int:
+            if partitions is None:
+                cur.execute("DELETE FROM group_offsets WHERE group_id = %s", (group,))
+                return int(cur.rowcount)
+            removed = 0
+            for topic_id, partition in partitions:
+                cur.execute(
+                    "DELETE FROM group_offsets WHERE group_id = %s AND topic_id = %s "
+                    "AND partition = %s",
+                    (group, topic_id, partition),
+                )
+                removed += cur.rowcount
+            return removed
+
+        return self._write(delete_group_offsets)
+
+    def list_offset_groups(self) -> list[str]:
+        """See :meth:`metadata.store.MetadataStore.list_offset_groups`."""
+
+        def list_offset_groups(cur: Any) -> list[Any]:
+            cur.execute('SELECT DISTINCT group_id FROM group_offsets ORDER BY group_id COLLATE "C"')
+            return cur.fetchall()
+
+        return [r[0] for r in self._read(list_offset_groups)]
+
+    # ------------------------------------------------------------------ producers
+
+    def allocate_producer_id(self) -> tuple[int, int]:
+        """See :meth:`metadata.store.MetadataStore.allocate_producer_id`."""
+
+        def allocate_producer_id(cur: Any) -> int:
+            cur.execute(_SQL_ALLOCATE_PRODUCER_ID)
+            return int(cur.fetchone()[0])
+
+        return self._write(allocate_producer_id), 0

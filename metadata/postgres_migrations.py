@@ -1,0 +1,239 @@
+"""Versioned schema migrations for the PostgreSQL metadata backend.
+
+The same logical schema as the SQLite file (:mod:`metadata.migrations`), in PostgreSQL types.
+The schema version lives in the single-row table ``streamhouse_schema``; a database without it
+is at version 0. ``MIGRATIONS`` is an ordered list of steps, step *N* taking the database from
+version *N-1* to *N*. Each step runs in its own transaction together with the version bump,
+while the opening connection holds the advisory lock :data:`MIGRATION_LOCK`, so agents
+starting at once apply each step exactly once (the others wait for the lock, re-read the
+version and skip it), and a failing step leaves the database at the previous version
+(PostgreSQL's DDL is transactional).
+
+Never edit a released step: append a new one.
+
+Schema (version 1)
+==================
+
+Times are milliseconds since the Unix epoch (``BIGINT``). Offsets are Kafka offsets
+(``BIGINT``); ``end_offset`` is always exclusive.
+
+``streamhouse_schema`` -- one row (``id = 1``): ``version INTEGER``, ``application TEXT``
+    (always :data:`APPLICATION`, so that a database used by something else is refused).
+
+``topics`` -- one row per live topic. ``topic_id BIGINT GENERATED ALWAYS AS IDENTITY``
+    (a sequence: never reused, even after a delete), ``name TEXT UNIQUE``, ``uuid BYTEA
+    UNIQUE`` (16 random bytes, the Kafka topic id), ``partitions INTEGER`` (1..10000),
+    ``config TEXT`` (JSON object of str -> str), ``created_ms BIGINT``.
+
+``partitions`` -- ``PRIMARY KEY (topic_id, partition)``: ``log_start_offset BIGINT``,
+    ``high_watermark BIGINT`` (next offset to assign). A commit locks the rows it advances
+    (``SELECT ... ORDER BY topic_id, partition FOR UPDATE``), always in that order.
+
+``segments`` -- ``segment_id BIGINT`` identity, ``key TEXT UNIQUE`` (object key), ``size``,
+    ``created_ms``.
+
+``segment_blocks`` -- ``PRIMARY KEY (topic_id, partition, end_offset)``: ``base_offset``,
+    ``segment_id`` (indexed, for the lifecycle job), ``byte_offset``, ``byte_length``,
+    ``record_count`` (= end_offset - base_offset), ``max_timestamp``, ``skipped_batches TEXT``
+    (NULL or a JSON array of the ordinals of batches present in the bytes that got no offsets).
+
+``group_offsets`` -- ``PRIMARY KEY (group_id, topic_id, partition)``: ``"offset" BIGINT``,
+    ``metadata TEXT``, ``commit_ms BIGINT``; index on ``topic_id``.
+
+``producer_ids`` -- one row (``id = 1``): ``next_producer_id BIGINT``.
+
+``producer_state`` -- ``PRIMARY KEY (topic_id, partition, producer_id)``: ``producer_epoch
+    INTEGER``, ``batches TEXT`` (JSON array of up to 5 ``[first_sequence, last_sequence,
+    base_offset, record_count]``, oldest first), ``last_update_ms BIGINT``.
+
+``deleted_topics`` -- ``topic_id BIGINT PRIMARY KEY``, ``name``, ``uuid``, ``partitions``,
+    ``deleted_ms``: bookkeeping for the lifecycle job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NamedTuple
+
+from metadata.errors import MetadataError, SchemaTooNewError
+
+#: ``streamhouse_schema.application`` of a StreamHouse metadata database.
+APPLICATION: Final = "streamhouse-metadata"
+#: Key of the advisory lock migrations hold ("SHMD", as the SQLite application_id).
+MIGRATION_LOCK: Final = 0x53484D44
+
+
+class Migration(NamedTuple):
+    """One schema step: takes the database from ``version - 1`` to ``version``.
+
+    ``apply`` is an SQL script or a callable receiving a psycopg cursor; it runs inside the
+    step's transaction and must not commit or roll back itself.
+    """
+
+    version: int
+    description: str
+    apply: str | Callable[[Any], None]
+
+
+_SCHEMA_V1 = """
+CREATE TABLE topics (
+    topic_id    BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name        TEXT    NOT NULL UNIQUE,
+    uuid        BYTEA   NOT NULL UNIQUE CHECK (octet_length(uuid) = 16),
+    partitions  INTEGER NOT NULL CHECK (partitions BETWEEN 1 AND 10000),
+    config      TEXT    NOT NULL DEFAULT '{}',
+    created_ms  BIGINT  NOT NULL
+);
+
+CREATE TABLE partitions (
+    topic_id          BIGINT  NOT NULL,
+    partition         INTEGER NOT NULL,
+    log_start_offset  BIGINT  NOT NULL DEFAULT 0,
+    high_watermark    BIGINT  NOT NULL DEFAULT 0,
+    PRIMARY KEY (topic_id, partition)
+);
+
+CREATE TABLE segments (
+    segment_id  BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key         TEXT   NOT NULL UNIQUE,
+    size        BIGINT NOT NULL,
+    created_ms  BIGINT NOT NULL
+);
+
+CREATE TABLE segment_blocks (
+    topic_id         BIGINT  NOT NULL,
+    partition        INTEGER NOT NULL,
+    end_offset       BIGINT  NOT NULL,
+    base_offset      BIGINT  NOT NULL,
+    segment_id       BIGINT  NOT NULL,
+    byte_offset      BIGINT  NOT NULL,
+    byte_length      BIGINT  NOT NULL,
+    record_count     BIGINT  NOT NULL,
+    max_timestamp    BIGINT  NOT NULL,
+    skipped_batches  TEXT,
+    PRIMARY KEY (topic_id, partition, end_offset)
+);
+
+CREATE INDEX segment_blocks_segment ON segment_blocks (segment_id);
+
+CREATE TABLE group_offsets (
+    group_id   TEXT    NOT NULL,
+    topic_id   BIGINT  NOT NULL,
+    partition  INTEGER NOT NULL,
+    "offset"   BIGINT  NOT NULL,
+    metadata   TEXT    NOT NULL DEFAULT '',
+    commit_ms  BIGINT  NOT NULL,
+    PRIMARY KEY (group_id, topic_id, partition)
+);
+
+CREATE INDEX group_offsets_topic ON group_offsets (topic_id);
+
+CREATE TABLE producer_ids (
+    id                INTEGER PRIMARY KEY CHECK (id = 1),
+    next_producer_id  BIGINT  NOT NULL
+);
+
+INSERT INTO producer_ids (id, next_producer_id) VALUES (1, 0);
+
+CREATE TABLE producer_state (
+    topic_id        BIGINT  NOT NULL,
+    partition       INTEGER NOT NULL,
+    producer_id     BIGINT  NOT NULL,
+    producer_epoch  INTEGER NOT NULL,
+    batches         TEXT    NOT NULL,
+    last_update_ms  BIGINT  NOT NULL,
+    PRIMARY KEY (topic_id, partition, producer_id)
+);
+
+CREATE TABLE deleted_topics (
+    topic_id    BIGINT  PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    uuid        BYTEA   NOT NULL,
+    partitions  INTEGER NOT NULL,
+    deleted_ms  BIGINT  NOT NULL
+);
+"""
+
+#: The ordered migration steps; ``MIGRATIONS[i].version == i + 1``.
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _SCHEMA_V1),)
+
+_SQL_CREATE_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS streamhouse_schema (id INTEGER PRIMARY KEY CHECK (id = 1), "
+    "version INTEGER NOT NULL, application TEXT NOT NULL)"
+)
+
+
+def latest_version(steps: Sequence[Migration] | None = None) -> int:
+    """Return the schema version the given steps (default :data:`MIGRATIONS`) produce."""
+    steps = MIGRATIONS if steps is None else steps
+    return steps[-1].version if steps else 0
+
+
+def schema_version(cur: Any) -> int:
+    """Return the database's schema version (0 without the ``streamhouse_schema`` table)."""
+    cur.execute("SELECT to_regclass('streamhouse_schema') IS NOT NULL")
+    if not cur.fetchone()[0]:
+        return 0
+    cur.execute("SELECT version, application FROM streamhouse_schema WHERE id = 1")
+    row = cur.fetchone()
+    if row is None:
+        return 0
+    if row[1] != APPLICATION:
+        raise MetadataError(
+            f"not a StreamHouse metadata database (streamhouse_schema.application is "
+            f"{row[1]!r}, expected {APPLICATION!r}); point STREAMHOUSE_METADATA at another one"
+        )
+    return int(row[0])
+
+
+def _locked_version(cur: Any, latest: int) -> int:
+    current = schema_version(cur)
+    if current > latest:
+        raise SchemaTooNewError(
+            f"metadata database has schema version {current}, but this code only knows "
+            f"versions up to {latest}; upgrade StreamHouse before opening it"
+        )
+    return current
+
+
+def migrate(conn: Any, steps: Sequence[Migration] | None = None) -> int:
+    """Bring the database behind the psycopg connection ``conn`` (autocommit) up to the
+    latest schema version and return that version.
+
+    Pending steps run while ``conn`` holds :data:`MIGRATION_LOCK`; each, in one transaction,
+    re-reads the version, applies the step and bumps the version. A failing step rolls back and
+    its exception propagates. Raises :class:`SchemaTooNewError` if the database is newer than
+    the code and :class:`MetadataError` if it belongs to something else. ``steps`` defaults to
+    :data:`MIGRATIONS` (looked up at call time).
+    """
+    steps = MIGRATIONS if steps is None else steps
+    for i, step in enumerate(steps):
+        if step.version != i + 1:
+            raise MetadataError(f"migration list is broken: step {i} has version {step.version}")
+    latest = latest_version(steps)
+    with conn.cursor() as cur:
+        if _locked_version(cur, latest) == latest:
+            return latest
+        # A session-level lock taken outside any transaction: each step's transaction then
+        # starts after the lock is held, so it sees every step another agent committed.
+        cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            for step in steps:
+                with conn.transaction():
+                    if _locked_version(cur, latest) >= step.version:
+                        continue  # applied before, or by another agent meanwhile
+                    cur.execute(_SQL_CREATE_VERSION_TABLE)
+                    if isinstance(step.apply, str):
+                        cur.execute(step.apply)
+                    else:
+                        step.apply(cur)
+                    cur.execute(
+                        "INSERT INTO streamhouse_schema (id, version, application) "
+                        "VALUES (1, %s, %s) ON CONFLICT (id) DO UPDATE SET version = "
+                        "excluded.version",
+                        (step.version, APPLICATION),
+                    )
+        finally:
+            if not conn.closed:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        return schema_version(cur)

@@ -1,0 +1,867 @@
+"""Conformance suite: every behaviour of the metadata store, against both backends.
+
+Each test gets ``store`` (and ``open_store`` for more stores on the same metadata) once for the
+SQLite backend (:class:`metadata.store.MetadataStore` on a file under tmp_path) and once for the
+PostgreSQL backend (:class:`metadata.postgres.PostgresMetadataStore` on a fresh database of the
+session's throwaway PostgreSQL, see tests/conftest.py). What only one backend has (the SQLite
+file and its locks) is tested in tests/unit/test_metadata_store.py; PostgreSQL's own (its
+migrations, row locks, lost connections, many agents at once) at the end of this file.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from metadata import (
+    INVALID_PRODUCER_EPOCH,
+    OUT_OF_ORDER_SEQUENCE_NUMBER,
+    UNKNOWN_TOPIC_OR_PARTITION,
+    BatchRef,
+    BatchResult,
+    CommitBlock,
+    DuplicateSegmentError,
+    InvalidConfigError,
+    InvalidPartitionsError,
+    InvalidTopicError,
+    MetadataError,
+    MetadataStore,
+    MetadataUnavailableError,
+    OffsetOutOfRangeError,
+    SchemaTooNewError,
+    TopicExistsError,
+    UnknownTopicError,
+    postgres_migrations,
+)
+from metadata.postgres import PostgresMetadataStore
+from streamhouse.errors import ErrorCode
+from streamhouse.testing import free_port
+
+INT32_MAX = 2**31 - 1
+
+Store = MetadataStore | PostgresMetadataStore
+Opener = Callable[..., Store]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens stores on one backend's metadata (keyword arguments go to the store); every store
+    opened is closed at the end."""
+    opened: list[Store] = []
+    if request.param == "sqlite":
+        path = tmp_path / "meta.db"
+
+        def opener(**kwargs: object) -> Store:
+            opened.append(MetadataStore(path, **kwargs))  # type: ignore[arg-type]
+            return opened[-1]
+    else:
+        dsn: str = request.getfixturevalue("postgres_dsn")
+
+        def opener(**kwargs: object) -> Store:
+            opened.append(PostgresMetadataStore(dsn, **kwargs))  # type: ignore[arg-type]
+            return opened[-1]
+
+    yield opener
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(open_store: Opener) -> Store:
+    return open_store()
+
+
+def block(
+    topic_id: int, partition: int, batches: list[BatchRef], byte_offset: int = 0, ts: int = 1000
+) -> CommitBlock:
+    return CommitBlock(
+        topic_id=topic_id,
+        partition=partition,
+        byte_offset=byte_offset,
+        byte_length=100 * len(batches),
+        max_timestamp=ts,
+        batches=batches,
+    )
+
+
+def idem(count: int, pid: int, epoch: int, seq: int) -> BatchRef:
+    return BatchRef(record_count=count, producer_id=pid, producer_epoch=epoch, base_sequence=seq)
+
+
+def offsets(results: list[BatchResult]) -> list[int]:
+    return [r.base_offset for r in results]
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def test_topic_crud(store: Store) -> None:
+    t = store.create_topic("orders", 3, {"cleanup.policy": "delete"})
+    assert t.name == "orders" and t.partitions == 3 and len(t.uuid) == 16
+    assert t.config == {"cleanup.policy": "delete"}
+    assert store.get_topic("orders") == t
+    assert store.get_topic_by_id(t.topic_id) == t
+    assert store.get_topic_by_uuid(t.uuid) == t
+    assert store.get_topic("nope") is None
+    assert [p.partition for p in store.list_partitions(t.topic_id)] == [0, 1, 2]
+    assert all(
+        p.log_start_offset == 0 and p.high_watermark == 0 for p in store.list_partitions(t.topic_id)
+    )
+
+    with pytest.raises(TopicExistsError):
+        store.create_topic("orders", 1)
+
+    u = store.create_topic("alpha", 1)
+    assert u.topic_id != t.topic_id and u.uuid != t.uuid
+    assert [x.name for x in store.list_topics()] == ["alpha", "orders"]
+
+    t2 = store.add_partitions("orders", 5)
+    assert t2.partitions == 5 and store.get_topic("orders").partitions == 5
+    assert len(store.list_partitions(t.topic_id)) == 5
+    with pytest.raises(InvalidTopicError):
+        store.add_partitions("orders", 5)
+    with pytest.raises(InvalidPartitionsError):
+        store.add_partitions("orders", 2)
+    with pytest.raises(UnknownTopicError):
+        store.add_partitions("nope", 9)
+
+    t3 = store.update_topic_config("orders", {"retention.ms": "5"})
+    assert t3.config == {"retention.ms": "5"}
+    assert store.get_topic("orders").config == {"retention.ms": "5"}
+    with pytest.raises(UnknownTopicError):
+        store.update_topic_config("nope", {})
+
+    deleted = store.delete_topic("orders")
+    assert deleted.topic_id == t.topic_id
+    assert store.get_topic("orders") is None
+    assert store.get_topic_by_id(t.topic_id) is None
+    assert store.list_partitions(t.topic_id) == []
+    assert [d.topic_id for d in store.list_deleted_topics()] == [t.topic_id]
+    with pytest.raises(UnknownTopicError):
+        store.delete_topic("orders")
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("", "empty"),
+        (".", '"."'),
+        ("..", '".."'),
+        ("a" * 250, "250 characters"),
+        ("has space", "character"),
+        ("slash/name", "character"),
+        ("ünïcode", "character"),
+        ("trailing\n", "character"),
+    ],
+)
+def test_bad_topic_names(store: Store, name: str, why: str) -> None:
+    with pytest.raises(InvalidTopicError, match=why):
+        store.create_topic(name, 1)
+    assert store.list_topics() == []
+
+
+def test_good_topic_names(store: Store) -> None:
+    for name in ["a" * 249, "a.b_c-D9", "...", "_", "-"]:
+        assert store.create_topic(name, 1).name == name
+
+
+@pytest.mark.parametrize("partitions", [0, -1, 10_001])
+def test_bad_partition_counts(store: Store, partitions: int) -> None:
+    with pytest.raises(InvalidTopicError, match="partition count"):
+        store.create_topic("t", partitions)
+
+
+def test_bad_config(store: Store) -> None:
+    with pytest.raises(InvalidConfigError):
+        store.create_topic("t", 1, {"retention.ms": 5})  # type: ignore[dict-item]
+    assert store.get_topic("t") is None
+
+
+def test_name_reuse_after_delete_gets_new_id_and_no_old_data(store: Store) -> None:
+    old = store.create_topic("t", 1)
+    pid, epoch = store.allocate_producer_id()
+    store.commit_segment("s1", 10, [block(old.topic_id, 0, [BatchRef(5), idem(1, pid, epoch, 0)])])
+    store.commit_offset("g", old.topic_id, 0, 5, "")
+    store.delete_topic("t")
+
+    new = store.create_topic("t", 1)
+    assert new.topic_id != old.topic_id and new.topic_id > old.topic_id
+    assert new.uuid != old.uuid
+    assert store.get_partition(new.topic_id, 0).high_watermark == 0
+    assert store.find_blocks(new.topic_id, 0, 0) == []
+    assert store.find_blocks(old.topic_id, 0, 0) == []
+    assert store.get_offset("g", new.topic_id, 0) is None
+    assert store.get_offset("g", old.topic_id, 0) is None
+    assert store.list_group_offsets("g") == []
+    # Producer state went with the old topic: the same producer starts fresh at offset 0.
+    res = store.commit_segment("s2", 10, [block(new.topic_id, 0, [idem(1, pid, epoch, 1)])])
+    assert res == [[BatchResult(0)]]
+
+
+def test_topic_ids_never_reused_even_for_highest_id(store: Store) -> None:
+    a = store.create_topic("a", 1)
+    store.delete_topic("a")
+    b = store.create_topic("b", 1)
+    assert b.topic_id > a.topic_id
+
+
+# --------------------------------------------------------------------------- commit_segment
+
+
+def test_offsets_contiguous_across_blocks_and_segments(store: Store) -> None:
+    t = store.create_topic("t", 2)
+    tid = t.topic_id
+    r1 = store.commit_segment(
+        "s1",
+        1000,
+        [
+            block(tid, 0, [BatchRef(3), BatchRef(2)]),
+            block(tid, 1, [BatchRef(1)]),
+            block(tid, 0, [BatchRef(4)], byte_offset=500),
+        ],
+    )
+    assert [offsets(r) for r in r1] == [[0, 3], [0], [5]]
+    r2 = store.commit_segment(
+        "s2", 10, [block(tid, 1, [BatchRef(2)]), block(tid, 0, [BatchRef(1)])]
+    )
+    assert [offsets(r) for r in r2] == [[1], [9]]
+    assert store.get_partition(tid, 0).high_watermark == 10
+    assert store.get_partition(tid, 1).high_watermark == 3
+    assert all(r.error is None for rs in r1 + r2 for r in rs)
+
+    blocks = store.find_blocks(tid, 0, 0)
+    assert [(b.segment_key, b.base_offset, b.end_offset, b.byte_offset) for b in blocks] == [
+        ("s1", 0, 5, 0),
+        ("s1", 5, 9, 500),
+        ("s2", 9, 10, 0),
+    ]
+    assert [b.record_count for b in blocks] == [5, 4, 1]
+
+
+def test_commit_to_deleted_topic_is_unknown(store: Store) -> None:
+    t = store.create_topic("t", 1)
+    keep = store.create_topic("keep", 1)
+    store.delete_topic("t")
+    res = store.commit_segment(
+        "s1",
+        10,
+        [
+            block(t.topic_id, 0, [BatchRef(1), BatchRef(2)]),
+            block(keep.topic_id, 0, [BatchRef(3)]),
+            block(keep.topic_id, 7, [BatchRef(3)]),  # partition that never existed
+        ],
+    )
+    assert res == [
+        [BatchResult(-1, UNKNOWN_TOPIC_OR_PARTITION)] * 2,
+        [BatchResult(0)],
+        [BatchResult(-1, UNKNOWN_TOPIC_OR_PARTITION)],
+    ]
+    assert store.find_blocks(t.topic_id, 0, 0) == []
+    assert store.find_blocks(keep.topic_id, 7, 0) == []
+    assert len(store.find_blocks(keep.topic_id, 0, 0)) == 1
+
+
+def test_duplicate_segment_key_is_rejected_without_changes(store: Store) -> None:
+    t = store.create_topic("t", 1)
+    store.commit_segment("s1", 10, [block(t.topic_id, 0, [BatchRef(1)])])
+    with pytest.raises(DuplicateSegmentError):
+        store.commit_segment("s1", 10, [block(t.topic_id, 0, [BatchRef(1)])])
+    assert store.get_partition(t.topic_id, 0).high_watermark == 1
+
+
+def test_invalid_batch_rolls_back_whole_commit(store: Store) -> None:
+    t = store.create_topic("t", 1)
+    with pytest.raises(ValueError):
+        store.commit_segment(
+            "s1", 10, [block(t.topic_id, 0, [BatchRef(1)]), block(t.topic_id, 0, [BatchRef(0)])]
+        )
+    assert store.get_partition(t.topic_id, 0).high_watermark == 0
+    assert store.find_blocks(t.topic_id, 0, 0) == []
+    # The key was not recorded either, so the uploader may retry it.
+    assert store.commit_segment("s1", 10, [block(t.topic_id, 0, [BatchRef(1)])]) == [
+        [BatchResult(0)]
+    ]
+
+
+def test_empty_segment_is_recorded(store: Store) -> None:
+    assert store.commit_segment("empty", 0, []) == []
+    with pytest.raises(DuplicateSegmentError):
+        store.commit_segment("empty", 0, [])
+
+
+# --------------------------------------------------------------------------- idempotence
+
+
+def test_duplicate_of_committed_batch_returns_original_offset(store: Store) -> None:
+    t = store.create_topic("t", 1)
+    tid = t.topic_id
+    pid, epoch = store.allocate_producer_id()
+    r1 = store.commit_segment(
+        "s1", 10, [block(tid, 0, [BatchRef(2), idem(3, pid, epoch, 0), idem(2, pid, epoch, 3)])]
+    )
+    assert offsets(r1[0]) == [0, 2, 5]
+    # Retry of both batches (e.g. lost ack) plus a new one.
+    r2 = store.commit_segment(
+        "s2",
+        10,
+        [block(tid, 0, [idem(3, pid, epoch, 0), idem(2, pid, epoch, 3), idem(1, pid, epoch, 5)])],
+    )
+    assert r2 == [[BatchResult(2, duplicate=True), BatchResult(5, duplicate=True), BatchResult(7)]]
+    assert store.get_partition(tid, 0).high_watermark == 8
+    b = store.find_blocks(tid, 0, 7)
+    assert len(b) == 1
+    assert (b[0].segment_key, b[0].base_offset, b[0].end_offset) == ("s2", 7, 8)
+    assert b[0].skipped_batches == (0, 1)
+    assert store.find_blocks(tid, 0, 0)[0].skipped_batches == ()
+
+
+def test_duplicate_within_same_segment(store: Store) -> None:
+    t = store.create_topic("t", 1)
+    tid = t.topic_id
+    res = store.commit_segment(
+        "s1",
+        10,
+        [
+            block(tid, 0, [idem(2, 9, 0, 0), idem(2, 9, 0, 0)]),
+            block(tid, 0, [idem(2, 9, 0, 2), idem(2, 9, 0, 0)]),
+        ],
+    )
+    assert res == [
+        [BatchResult(0), BatchResult(0, duplicate=True)],
+        [BatchResult(2), BatchResult(0, duplicate=True)],
+    ]
+    blocks = store.find_blocks(tid, 0, 0)
+    assert [(b.base_offset, b.end_offset, b.skipped_batches) for b in blocks] == [
+        (0, 2, (1,)),
+        (2, 4, (1,)),
+    ]
+
+
+def test_block_with_only_duplicates_is_not_indexed(store: Store) -> None:
+    t = store.create_topic("t", 1)
+    tid = t.topic_id
+    store.commit_segment("s1", 10, [block(tid, 0, [idem(2, 9, 0, 0)])])
+    res = store.commit_segment("s2", 10, [block(tid, 0, [idem(2, 9, 0, 0)])])
+    assert res == [[BatchResult(0, duplicate=True)]]
+    assert [b.segment_key for b in store.find_blocks(tid, 0, 0)] == ["s1"]
+    assert store.get_partition(tid, 0).high_watermark == 2
+
+
+def test_only_last_five_batches_are_remembered(store: Store) -> None:
+    t = store.create_topic("t", 1)
+    tid = t.topic_id
+    batches = [idem(1, 4, 0, seq) for seq in range(6)]
+    store.commit_segment("s1", 10, [block(tid, 0, batches)])
+    # seq 1..5 are within the window -> duplicates; seq 0 fell out -> out of order.
+    res = store.commit_segment("s2", 10, [block(tid, 0, [idem(1, 4, 0, 5), idem(1, 4, 0, 1)])])
+    assert res == [[BatchResult(5, duplicate=True), BatchResult(1, duplicate=True)]]
+    res = store.commit_segment("s3", 10, [block(tid, 0, [idem(1, 4, 0, 0)])])
+    assert res == [[BatchResult(-1, OUT_OF_ORDER_SEQUENCE_NUMBER)]]
+
+
+def test_sequence_gap_is_out_of_order(store: Store) -> None:
+    t = store.create_topic("t", 1)
+    tid = t.topic_id
+    store.commit_segment("s1", 10, [block(tid, 0, [idem(2, 1, 0, 0)])])
+    res = store.commit_segment(
+        "s2", 10, [block(tid, 0, [idem(1, 1, 0, 5), BatchRef(1), idem(1, 1, 0, 2)])]
+    )
+    assert res == [[BatchResult(-1, OUT_OF_ORDER_SEQUENCE_NUMBER), BatchResult(2), BatchResult(3)]]
+    [b] = store.find_blocks(tid, 0, 2)
+    assert (b.base_offset, b.end_offset, b.skipped_batches) == (2, 4, (0,))
+
+
+def test_old_epoch_is_fenced_and_new_epoch_must_start_at_zero(store: Store) -> None:
+    t = store.create_topic("t", 1)
+    tid = t.topic_id
+    store.commit_segment("s1", 10, [block(tid, 0, [idem(1, 3, 1, 0), idem(1, 3, 1, 1)])])
+    res = store.commit_segment("s2", 10, [block(tid, 0, [idem(1, 3, 0, 2)])])
+    assert res == [[BatchResult(-1, INVALID_PRODUCER_EPOCH)]]
+    res = store.commit_segment("s3", 10, [block(tid, 0, [idem(1, 3, 2, 2)])])
+    assert res == [[BatchResult(-1, OUT_OF_ORDER_SEQUENCE_NUMBER)]]
+    res = store.commit_segment(
+        "s4", 10, [block(tid, 0, [idem(1, 3, 2, 0), idem(1, 3, 1, 2), idem(1, 3, 2, 1)])]
+    )
+    assert res == [[BatchResult(2), BatchResult(-1, INVALID_PRODUCER_EPOCH), BatchResult(3)]]
+    # The epoch bump forgot the old epoch's batches: a retry of an epoch-1 batch is fenced.
+    res = store.commit_segment("s5", 10, [block(tid, 0, [idem(1, 3, 1, 0)])])
+    assert res == [[BatchResult(-1, INVALID_PRODUCER_EPOCH)]]
+    assert store.get_partition(tid, 0).high_watermark == 4
+
+
+def test_unknown_producer_accepts_any_sequence(store: Store) -> None:
+    # Kafka accepts any sequence from a producer without state (e.g. after state expiry).
+    t = store.create_topic("t", 1)
+    res = store.commit_segment("s1", 10, [block(t.topic_id, 0, [idem(1, 8, 0, 41)])])
+    assert res == [[BatchResult(0)]]
+    res = store.commit_segment("s2", 10, [block(t.topic_id, 0, [idem(1, 8, 0, 43)])])
+    assert res == [[BatchResult(-1, OUT_OF_ORDER_SEQUENCE_NUMBER)]]
+
+
+def test_negative_epoch_or_sequence_with_producer_id_is_rejected(store: Store) -> None:
+    t = store.create_topic("t", 1)
+    res = store.commit_segment(
+        "s1", 10, [block(t.topic_id, 0, [idem(1, 8, -1, 0), idem(1, 8, 0, -1)])]
+    )
+    assert res == [
+        [BatchResult(-1, INVALID_PRODUCER_EPOCH), BatchResult(-1, OUT_OF_ORDER_SEQUENCE_NUMBER)]
+    ]
+    assert store.get_partition(t.topic_id, 0).high_watermark == 0
+
+
+def test_int32_sequence_wraps_to_zero(store: Store) -> None:
+    t = store.create_topic("t", 1)
+    tid = t.topic_id
+    res = store.commit_segment(
+        "s1",
+        10,
+        [
+            block(
+                tid,
+                0,
+                [
+                    idem(1, 2, 0, 0),  # establishes state at epoch 0
+                    idem(INT32_MAX - 3, 2, 0, 1),  # last seq = INT32_MAX - 3
+                    idem(5, 2, 0, INT32_MAX - 2),  # MAX-2, MAX-1, MAX, 0, 1: last seq = 1
+                    idem(1, 2, 0, 2),
+                ],
+            )
+        ],
+    )
+    base_wrap = 1 + INT32_MAX - 3
+    assert offsets(res[0]) == [0, 1, base_wrap, base_wrap + 5]
+    # The wrapping batch is recognised as a duplicate by (first, last) = (MAX-2, 1).
+    res = store.commit_segment("s2", 10, [block(tid, 0, [idem(5, 2, 0, INT32_MAX - 2)])])
+    assert res == [[BatchResult(base_wrap, duplicate=True)]]
+    res = store.commit_segment("s3", 10, [block(tid, 0, [idem(1, 2, 0, 3)])])
+    assert res == [[BatchResult(base_wrap + 6)]]
+
+
+def test_int32_successor_of_max_is_zero(store: Store) -> None:
+    t = store.create_topic("t", 1)
+    tid = t.topic_id
+    store.commit_segment("s1", 10, [block(tid, 0, [idem(1, 2, 0, INT32_MAX)])])
+    res = store.commit_segment("s2", 10, [block(tid, 0, [idem(1, 2, 0, 0)])])
+    assert res == [[BatchResult(1)]]
+
+
+def test_producer_state_is_per_partition(store: Store) -> None:
+    t = store.create_topic("t", 2)
+    tid = t.topic_id
+    res = store.commit_segment(
+        "s1", 10, [block(tid, 0, [idem(1, 5, 0, 0)]), block(tid, 1, [idem(1, 5, 0, 0)])]
+    )
+    assert res == [[BatchResult(0)], [BatchResult(0)]]
+
+
+# --------------------------------------------------------------------------- find_blocks
+
+
+def test_find_blocks(store: Store) -> None:
+    t = store.create_topic("t", 2)
+    tid = t.topic_id
+    for i in range(10):
+        store.commit_segment(
+            f"s{i}",
+            1000,
+            [
+                block(tid, 0, [BatchRef(5), BatchRef(5)], byte_offset=0, ts=100 + i),
+                block(tid, 1, [BatchRef(1)], byte_offset=700),
+            ],
+        )
+    found = store.find_blocks(tid, 0, 0)
+    assert len(found) == 8  # default limit
+    assert [b.base_offset for b in found] == list(range(0, 80, 10))
+    assert found[0].segment_key == "s0" and found[0].max_timestamp == 100
+    assert found[0].byte_length == 200
+
+    # An offset inside a block returns that block first; its end is exclusive.
+    assert [b.segment_key for b in store.find_blocks(tid, 0, 37, limit=2)] == ["s3", "s4"]
+    assert store.find_blocks(tid, 0, 39, limit=1)[0].segment_key == "s3"
+    assert store.find_blocks(tid, 0, 40, limit=1)[0].segment_key == "s4"
+    assert store.find_blocks(tid, 0, 99, limit=5)[0].segment_key == "s9"
+    assert store.find_blocks(tid, 0, 100) == []
+    assert [b.byte_offset for b in store.find_blocks(tid, 1, 3, limit=3)] == [700] * 3
+    assert store.find_blocks(tid, 5, 0) == []
+    assert store.find_blocks(999, 0, 0) == []
+
+
+def test_set_log_start_offset(store: Store) -> None:
+    t = store.create_topic("t", 1)
+    tid = t.topic_id
+    store.commit_segment("s1", 10, [block(tid, 0, [BatchRef(10)])])
+    assert store.set_log_start_offset(tid, 0, 4).log_start_offset == 4
+    assert store.set_log_start_offset(tid, 0, 2).log_start_offset == 4  # never backwards
+    assert store.set_log_start_offset(tid, 0, 10).log_start_offset == 10
+    assert store.get_partition(tid, 0).log_start_offset == 10
+    with pytest.raises(OffsetOutOfRangeError):
+        store.set_log_start_offset(tid, 0, 11)
+    with pytest.raises(UnknownTopicError):
+        store.set_log_start_offset(tid, 3, 0)
+
+
+# --------------------------------------------------------------------------- group offsets
+
+
+def test_group_offsets(store: Store) -> None:
+    t = store.create_topic("t", 3)
+    tid = t.topic_id
+    assert store.get_offset("g1", tid, 0) is None
+    store.commit_offset("g1", tid, 0, 10, "first")
+    store.commit_offset("g1", tid, 2, 7, "")
+    store.commit_offset("g2", tid, 0, 99, "other group")
+    store.commit_offset("g1", tid, 0, 12, "second")
+    assert store.get_offset("g1", tid, 0) == (12, "second")
+    assert store.get_offset("g1", tid, 2) == (7, "")
+    assert store.get_offset("g1", tid, 1) is None
+    assert store.get_offset("g3", tid, 0) is None
+    listed = store.list_group_offsets("g1")
+    assert [(o.topic_id, o.partition, o.offset, o.metadata) for o in listed] == [
+        (tid, 0, 12, "second"),
+        (tid, 2, 7, ""),
+    ]
+    assert store.list_group_offsets("nobody") == []
+    with pytest.raises(UnknownTopicError):
+        store.commit_offset("g1", tid, 3, 1, "")
+    assert store.commit_offsets("g1", [(tid, 1, 5, "m"), (tid + 100, 0, 1, "")]) == [True, False]
+    assert store.get_offset("g1", tid, 1) == (5, "m")
+
+
+# --------------------------------------------------------------------------- stores sharing one
+
+
+def test_reopen_keeps_data(open_store: Opener) -> None:
+    with open_store() as s:
+        t = s.create_topic("orders", 2, {"retention.ms": "1000"})
+        s.commit_segment("seg-1", 10, [block(t.topic_id, 1, [BatchRef(4)])])
+        s.commit_offset("g", t.topic_id, 1, 3, "meta")
+    with open_store() as s:
+        assert s.get_topic("orders") == t
+        assert s.get_partition(t.topic_id, 1).high_watermark == 4
+        assert s.get_offset("g", t.topic_id, 1) == (3, "meta")
+        assert [b.segment_key for b in s.find_blocks(t.topic_id, 1, 0)] == ["seg-1"]
+
+
+def test_concurrent_first_open_migrates_once(open_store: Opener) -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def opener() -> None:
+        try:
+            barrier.wait()
+            with open_store() as s:
+                s.allocate_producer_id()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    with open_store() as s:
+        assert s.allocate_producer_id() == (4, 0)
+
+
+def test_two_stores_see_each_others_commits(open_store: Opener) -> None:
+    with open_store() as a, open_store() as b:
+        t = a.create_topic("t", 1)
+        assert b.get_topic("t") == t
+        b.commit_segment("s1", 10, [block(t.topic_id, 0, [BatchRef(3)])])
+        assert a.get_partition(t.topic_id, 0).high_watermark == 3
+        res = a.commit_segment("s2", 10, [block(t.topic_id, 0, [BatchRef(2)])])
+        assert res == [[BatchResult(3)]]
+        assert [x.segment_key for x in b.find_blocks(t.topic_id, 0, 0)] == ["s1", "s2"]
+        a.commit_offset("g", t.topic_id, 0, 4, "x")
+        assert b.get_offset("g", t.topic_id, 0) == (4, "x")
+        b.delete_topic("t")
+        assert a.get_topic("t") is None
+        assert a.commit_segment("s3", 1, [block(t.topic_id, 0, [BatchRef(1)])]) == [
+            [BatchResult(-1, UNKNOWN_TOPIC_OR_PARTITION)]
+        ]
+
+
+def test_concurrent_writers_wait_and_stay_consistent(open_store: Opener) -> None:
+    with open_store() as s:
+        t = s.create_topic("t", 1)
+    errors: list[BaseException] = []
+
+    def writer(name: str) -> None:
+        try:
+            with open_store() as s:
+                for i in range(30):
+                    s.commit_segment(f"{name}-{i}", 10, [block(t.topic_id, 0, [BatchRef(2)])])
+                    s.allocate_producer_id()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(f"w{n}",)) for n in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    with open_store() as s:
+        assert s.get_partition(t.topic_id, 0).high_watermark == 180
+        blocks = s.find_blocks(t.topic_id, 0, 0, limit=1000)
+        assert [(b.base_offset, b.end_offset) for b in blocks] == [
+            (i, i + 2) for i in range(0, 180, 2)
+        ]
+        assert s.allocate_producer_id() == (90, 0)
+
+
+def test_allocate_producer_id_unique(open_store: Opener) -> None:
+    with open_store() as a, open_store() as b:
+        ids = [s.allocate_producer_id() for _ in range(50) for s in (a, b)]
+    assert len({pid for pid, _ in ids}) == 100
+    assert all(epoch == 0 for _, epoch in ids)
+    with open_store() as c:
+        assert c.allocate_producer_id()[0] == 100
+
+
+def test_closed_store_raises(open_store: Opener) -> None:
+    s = open_store()
+    s.close()
+    s.close()
+    with pytest.raises(MetadataError, match="closed"):
+        s.get_topic("t")
+
+
+# --------------------------------------------------------------------------- PostgreSQL's own
+
+
+def _pg_schema_version(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        return postgres_migrations.schema_version(cur)
+
+
+def test_postgres_migrates_empty_database_to_latest(postgres_dsn: str) -> None:
+    PostgresMetadataStore(postgres_dsn).close()
+    assert _pg_schema_version(postgres_dsn) == postgres_migrations.latest_version()
+    with psycopg.connect(postgres_dsn) as conn:
+        tables = {
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )
+        }
+    assert {
+        "streamhouse_schema",
+        "topics",
+        "partitions",
+        "segments",
+        "segment_blocks",
+        "group_offsets",
+        "producer_ids",
+        "producer_state",
+        "deleted_topics",
+    } <= tables
+
+
+def test_postgres_migration_versions_are_consecutive() -> None:
+    assert [m.version for m in postgres_migrations.MIGRATIONS] == list(
+        range(1, len(postgres_migrations.MIGRATIONS) + 1)
+    )
+
+
+def test_postgres_newer_schema_is_refused(postgres_dsn: str) -> None:
+    PostgresMetadataStore(postgres_dsn).close()
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE streamhouse_schema SET version = version + 1")
+    with pytest.raises(SchemaTooNewError, match="schema version"):
+        PostgresMetadataStore(postgres_dsn)
+
+
+def test_postgres_foreign_database_is_refused(postgres_dsn: str) -> None:
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE streamhouse_schema (id INTEGER PRIMARY KEY, version INTEGER NOT NULL, "
+            "application TEXT NOT NULL)"
+        )
+        conn.execute("INSERT INTO streamhouse_schema VALUES (1, 1, 'something-else')")
+    with pytest.raises(MetadataError, match="not a StreamHouse"):
+        PostgresMetadataStore(postgres_dsn)
+
+
+def test_postgres_old_database_is_upgraded(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with PostgresMetadataStore(postgres_dsn) as s:
+        s.create_topic("t", 1)
+    step = postgres_migrations.Migration(
+        len(postgres_migrations.MIGRATIONS) + 1,
+        "test step",
+        "CREATE TABLE extra (x INTEGER); INSERT INTO extra VALUES (42);",
+    )
+    monkeypatch.setattr(postgres_migrations, "MIGRATIONS", (*postgres_migrations.MIGRATIONS, step))
+    with PostgresMetadataStore(postgres_dsn) as s:
+        assert s.get_topic("t") is not None
+    assert _pg_schema_version(postgres_dsn) == step.version
+    with psycopg.connect(postgres_dsn) as conn:
+        assert conn.execute("SELECT x FROM extra").fetchall() == [(42,)]
+
+
+def test_postgres_failed_migration_rolls_back(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    PostgresMetadataStore(postgres_dsn).close()
+    before = postgres_migrations.latest_version()
+
+    def broken(cur: psycopg.Cursor) -> None:  # type: ignore[type-arg]
+        cur.execute("CREATE TABLE half_done (x INTEGER)")
+        raise RuntimeError("boom")
+
+    step = postgres_migrations.Migration(before + 1, "broken", broken)
+    monkeypatch.setattr(postgres_migrations, "MIGRATIONS", (*postgres_migrations.MIGRATIONS, step))
+    with pytest.raises(RuntimeError, match="boom"):
+        PostgresMetadataStore(postgres_dsn)
+    assert _pg_schema_version(postgres_dsn) == before
+    with psycopg.connect(postgres_dsn) as conn:
+        assert conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
+
+
+def test_postgres_row_lock_is_waited_for_then_a_retriable_timeout(postgres_dsn: str) -> None:
+    """A commit meeting another transaction's lock on its partition row waits for it; held
+    past the busy timeout, the call fails with REQUEST_TIMED_OUT (retriable), having changed
+    nothing, and the same call succeeds once the lock is gone."""
+    with PostgresMetadataStore(postgres_dsn, busy_timeout_ms=400) as s:
+        t = s.create_topic("t", 1)
+        blocker = psycopg.connect(postgres_dsn)
+        try:
+            blocker.execute(
+                "SELECT 1 FROM partitions WHERE topic_id = %s FOR UPDATE", (t.topic_id,)
+            )
+            started = time.monotonic()
+            with pytest.raises(MetadataUnavailableError, match="busy timeout") as err:
+                s.commit_segment("s1", 1, [block(t.topic_id, 0, [BatchRef(1)])])
+            waited = time.monotonic() - started
+            assert err.value.code is ErrorCode.REQUEST_TIMED_OUT and err.value.retriable
+            assert 0.35 <= waited < 5, waited
+            # Reads do not wait for row locks.
+            assert s.get_partition(t.topic_id, 0).high_watermark == 0
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert s.commit_segment("s1", 1, [block(t.topic_id, 0, [BatchRef(1)])]) == [
+            [BatchResult(0)]
+        ]
+
+
+def test_postgres_lost_connections_are_retried(postgres_dsn: str) -> None:
+    """Every pooled connection killed by the server (as on a failover or restart): the next
+    calls reconnect and succeed."""
+    with PostgresMetadataStore(postgres_dsn, pool_size=2) as s:
+        t = s.create_topic("t", 1)
+        for round_ in range(3):
+            with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+                killed = admin.execute(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                    "FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                ).fetchone()
+            assert killed is not None and killed[0] >= 1
+            res = s.commit_segment(f"s{round_}", 1, [block(t.topic_id, 0, [BatchRef(2)])])
+            assert res == [[BatchResult(2 * round_)]]
+        assert s.get_partition(t.topic_id, 0).high_watermark == 6
+
+
+def test_postgres_unreachable_server_is_a_retriable_error() -> None:
+    dsn = f"postgresql://nobody@127.0.0.1:{free_port()}/nothing?connect_timeout=1"
+    started = time.monotonic()
+    with pytest.raises(MetadataUnavailableError, match="busy timeout") as err:
+        PostgresMetadataStore(dsn, busy_timeout_ms=300)
+    assert err.value.code is ErrorCode.REQUEST_TIMED_OUT and err.value.retriable
+    assert time.monotonic() - started < 10
+
+
+def test_postgres_many_agents_commit_concurrently(postgres_dsn: str) -> None:
+    """8 agents (each its own store and pool) commit segments to overlapping partitions, in
+    different orders, at once: no errors (no deadlock), and every partition's offsets are
+    contiguous with no offset assigned twice."""
+    agents = 8
+    segments_per_agent = 25
+    with PostgresMetadataStore(postgres_dsn) as setup:
+        topics = [setup.create_topic(f"t{i}", 4) for i in range(2)]
+    parts = [(t.topic_id, p) for t in topics for p in range(4)]
+    errors: list[BaseException] = []
+    assigned: dict[tuple[int, int], list[tuple[int, int]]] = {tp: [] for tp in parts}
+    lock = threading.Lock()
+    barrier = threading.Barrier(agents)
+
+    def agent(n: int) -> None:
+        try:
+            with PostgresMetadataStore(postgres_dsn, pool_size=1, busy_timeout_ms=60_000) as s:
+                barrier.wait()
+                for i in range(segments_per_agent):
+                    # Each segment touches 5 of the 8 partitions, listed in an agent-specific
+                    # order (reversed for odd agents), so lock orders would cross without rule 1.
+                    chosen = [parts[(n + i + k) % len(parts)] for k in range(5)]
+                    if n % 2:
+                        chosen.reverse()
+                    blocks = [block(tid, p, [BatchRef(1 + n), BatchRef(2)]) for tid, p in chosen]
+                    res = s.commit_segment(f"a{n}-{i}", 100, blocks)
+                    with lock:
+                        for (tid, p), rs in zip(chosen, res, strict=True):
+                            assert all(r.error is None for r in rs)
+                            assigned[(tid, p)].append((rs[0].base_offset, 1 + n + 2))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=agent, args=(n,)) for n in range(agents)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    with PostgresMetadataStore(postgres_dsn) as s:
+        for tp in parts:
+            ranges = sorted(assigned[tp])
+            expected = 0
+            for base, count in ranges:
+                assert base == expected, (tp, ranges)
+                expected += count
+            assert s.get_partition(*tp).high_watermark == expected
+            found = s.find_blocks(*tp, 0, limit=10_000)
+            assert [(b.base_offset, b.end_offset - b.base_offset) for b in found] == ranges
+    assert sum(len(r) for r in assigned.values()) == agents * segments_per_agent * 5
+
+
+def test_postgres_retry_through_another_agent_is_deduplicated(postgres_dsn: str) -> None:
+    """An idempotent producer's batches committed by agent A, then retried through agent B
+    (say A died before acking): B returns the original offsets and assigns none."""
+    with PostgresMetadataStore(postgres_dsn) as a, PostgresMetadataStore(postgres_dsn) as b:
+        t = a.create_topic("t", 2)
+        pid, epoch = b.allocate_producer_id()
+        first = a.commit_segment(
+            "a-1",
+            10,
+            [
+                block(t.topic_id, 0, [idem(3, pid, epoch, 0), idem(2, pid, epoch, 3)]),
+                block(t.topic_id, 1, [idem(4, pid, epoch, 0)]),
+            ],
+        )
+        assert first == [[BatchResult(0), BatchResult(3)], [BatchResult(0)]]
+        retry = b.commit_segment(
+            "b-1",
+            10,
+            [
+                block(t.topic_id, 1, [idem(4, pid, epoch, 0), idem(1, pid, epoch, 4)]),
+                block(t.topic_id, 0, [idem(2, pid, epoch, 3)]),
+            ],
+        )
+        assert retry == [
+            [BatchResult(0, duplicate=True), BatchResult(4)],
+            [BatchResult(3, duplicate=True)],
+        ]
+        assert a.get_partition(t.topic_id, 0).high_watermark == 5
+        assert a.get_partition(t.topic_id, 1).high_watermark == 5
+        # A stale epoch retried through the other agent is fenced there too.
+        assert b.commit_segment("b-2", 1, [block(t.topic_id, 0, [idem(1, pid, epoch + 1, 0)])])
+        fenced = a.commit_segment("a-2", 1, [block(t.topic_id, 0, [idem(1, pid, epoch, 5)])])
+        assert fenced == [[BatchResult(-1, INVALID_PRODUCER_EPOCH)]]
