@@ -10,6 +10,7 @@ migrations, row locks, lost connections, many agents at once) at the end of this
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ from metadata import (
     UnknownTopicError,
     postgres_migrations,
 )
+from metadata.interface import MetadataBackend
 from metadata.postgres import PostgresMetadataStore
 from streamhouse.errors import ErrorCode
 from streamhouse.testing import free_port
@@ -74,6 +76,21 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opene
 @pytest.fixture
 def store(open_store: Opener) -> Store:
     return open_store()
+
+
+def test_both_backends_implement_the_interface(store: Store) -> None:
+    """Every call of metadata.interface.MetadataBackend exists on the backend with the same
+    parameters (names, kinds, defaults), and nothing public is left out of the interface."""
+    assert isinstance(store, MetadataBackend)
+    names = {n for n, v in vars(MetadataBackend).items() if callable(v) and not n.startswith("_")}
+    for name in names:
+        want = inspect.signature(getattr(MetadataBackend, name)).parameters
+        got = inspect.signature(getattr(type(store), name)).parameters
+        assert [(p.name, p.kind, p.default) for p in got.values()] == [
+            (p.name, p.kind, p.default) for p in want.values()
+        ], name
+    public = {n for n in dir(type(store)) if not n.startswith("_") and callable(getattr(store, n))}
+    assert public == names
 
 
 def block(

@@ -1,0 +1,101 @@
+"""The metadata interface both backends implement, named once.
+
+:class:`MetadataBackend` lists the calls the processes make on a metadata store: the SQLite
+backend (:class:`metadata.store.MetadataStore`, the embedded default) and the PostgreSQL
+backend (:class:`metadata.postgres.PostgresMetadataStore`, for a cluster) both satisfy it, with
+the same semantics (the SQLite store's docstrings are the reference; the conformance suite
+tests/conformance/test_metadata_backends.py runs every behaviour against both). Nothing
+SQL-shaped crosses it: arguments and results are the record types of :mod:`metadata.store`.
+Calls block; event loops reach them through :class:`metadata.async_store.AsyncMetadata`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from metadata.store import (
+    BatchResult,
+    BlockLocation,
+    CommitBlock,
+    DeletedTopic,
+    GroupOffset,
+    PartitionState,
+    TopicInfo,
+)
+
+
+@runtime_checkable
+class MetadataBackend(Protocol):
+    """A metadata store: topics, partitions, the segment index, group offsets, producers."""
+
+    #: Where the metadata lives (a file path, or a URL without its password), for messages.
+    path: str
+    #: How long a call waits for locks and connections before a retriable error.
+    busy_timeout_ms: int
+
+    def close(self) -> None: ...
+
+    def create_topic(
+        self, name: str, partitions: int, config: dict[str, str] | None = None
+    ) -> TopicInfo: ...
+
+    def get_topic(self, name: str) -> TopicInfo | None: ...
+
+    def get_topic_by_id(self, topic_id: int) -> TopicInfo | None: ...
+
+    def get_topic_by_uuid(self, uuid: bytes) -> TopicInfo | None: ...
+
+    def list_topics(self) -> list[TopicInfo]: ...
+
+    def delete_topic(self, name: str) -> TopicInfo: ...
+
+    def list_deleted_topics(self) -> list[DeletedTopic]: ...
+
+    def add_partitions(self, name: str, total: int) -> TopicInfo: ...
+
+    def update_topic_config(self, name: str, config: dict[str, str]) -> TopicInfo: ...
+
+    def get_partition(self, topic_id: int, partition: int) -> PartitionState | None: ...
+
+    def list_partitions(self, topic_id: int) -> list[PartitionState]: ...
+
+    def set_log_start_offset(
+        self, topic_id: int, partition: int, offset: int
+    ) -> PartitionState: ...
+
+    def commit_segment(
+        self, key: str, size: int, blocks: list[CommitBlock]
+    ) -> list[list[BatchResult]]: ...
+
+    def find_blocks(
+        self, topic_id: int, partition: int, offset: int, limit: int = 8
+    ) -> list[BlockLocation]: ...
+
+    def find_block_by_timestamp(
+        self, topic_id: int, partition: int, timestamp: int, from_offset: int
+    ) -> BlockLocation | None: ...
+
+    def find_max_timestamp_block(
+        self, topic_id: int, partition: int, from_offset: int
+    ) -> BlockLocation | None: ...
+
+    def commit_offsets(
+        self, group: str, offsets: Sequence[tuple[int, int, int, str]]
+    ) -> list[bool]: ...
+
+    def commit_offset(
+        self, group: str, topic_id: int, partition: int, offset: int, metadata: str
+    ) -> None: ...
+
+    def get_offset(self, group: str, topic_id: int, partition: int) -> tuple[int, str] | None: ...
+
+    def list_group_offsets(self, group: str) -> list[GroupOffset]: ...
+
+    def delete_group_offsets(
+        self, group: str, partitions: Sequence[tuple[int, int]] | None = None
+    ) -> int: ...
+
+    def list_offset_groups(self) -> list[str]: ...
+
+    def allocate_producer_id(self) -> tuple[int, int]: ...
