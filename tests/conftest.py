@@ -169,9 +169,11 @@ class PostgresCluster:
     ``trust`` for local connections; :meth:`create_database` gives each test its own database.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        """``fsync=False`` (tests) trades crash safety for speed; benches pass True."""
         import tempfile
 
+        self.fsync = fsync
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="streamhouse-pg-"))
         self.data = self.dir / "data"
         self.port = free_port()
@@ -200,7 +202,8 @@ class PostgresCluster:
         )  # fmt: skip
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -k {self.dir} "
-            "-c fsync=off -c max_connections=300 -c shared_buffers=32MB"
+            f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=300 "
+            "-c shared_buffers=32MB"
         )
         self._run(
             _postgres_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "server.log"),
