@@ -17,6 +17,8 @@ Concurrency and failures (rules):
    concurrent commits from any number of agents serialise per partition, never deadlock and
    never assign an offset twice. A producer retrying through another agent meets the same
    producer state, so the retry is deduplicated.
+   Offset commits do not lock partition rows (so they never queue behind segment commits):
+   they share-lock the topic row, which ``delete_topic`` locks first, then its partitions.
 2. Transactions run at READ COMMITTED; reads are ``READ ONLY`` transactions.
 3. Waiting is bounded by ``busy_timeout_ms`` from the start of the call: the pool wait,
    ``lock_timeout`` (set per transaction to what is left) and the retries all count. A
@@ -159,7 +161,8 @@ _SQL_FIND_MAX_TIMESTAMP_BLOCK = (
 _SQL_UPSERT_OFFSET = (
     'INSERT INTO group_offsets (group_id, topic_id, partition, "offset", metadata, commit_ms) '
     "SELECT %(g)s, %(t)s, %(p)s, %(o)s, %(m)s, %(now)s WHERE EXISTS "
-    "(SELECT 1 FROM partitions WHERE topic_id = %(t)s AND partition = %(p)s FOR KEY SHARE) "
+    "(SELECT 1 FROM topics AS t JOIN partitions AS p ON p.topic_id = t.topic_id "
+    "WHERE t.topic_id = %(t)s AND p.partition = %(p)s FOR KEY SHARE OF t) "
     "ON CONFLICT (group_id, topic_id, partition) DO UPDATE SET "
     '"offset" = excluded."offset", metadata = excluded.metadata, commit_ms = excluded.commit_ms'
 )
@@ -631,6 +634,8 @@ class PostgresMetadataStore:
 
         def commit_offsets(cur: Any) -> list[bool]:
             stored: list[bool] = []
+            # The topic row is share-locked (rule 1's note), so a concurrent delete_topic
+            # either runs first (nothing stored) or after (it removes these rows too).
             for topic_id, partition, offset, metadata in offsets:
                 cur.execute(
                     _SQL_UPSERT_OFFSET,
