@@ -1,7 +1,9 @@
 """StreamHouse metadata: topics, partitions, the segment index, offsets and producer state.
 
 All processes share one SQLite file through :class:`MetadataStore`; see :mod:`metadata.store`
-for the API and :mod:`metadata.migrations` for the schema.
+for the API and :mod:`metadata.migrations` for the schema. A cluster shares one PostgreSQL
+database instead (:mod:`metadata.postgres`); :func:`open_store` opens either, by what it is
+given, behind the interface :class:`MetadataBackend`.
 """
 
 from metadata.errors import (
@@ -16,6 +18,7 @@ from metadata.errors import (
     TopicExistsError,
     UnknownTopicError,
 )
+from metadata.interface import MetadataBackend, open_store
 from metadata.store import (
     INVALID_PRODUCER_EPOCH,
     OUT_OF_ORDER_SEQUENCE_NUMBER,
@@ -46,6 +49,7 @@ __all__ = [
     "InvalidConfigError",
     "InvalidPartitionsError",
     "InvalidTopicError",
+    "MetadataBackend",
     "MetadataError",
     "MetadataStore",
     "MetadataUnavailableError",
@@ -55,5 +59,6 @@ __all__ = [
     "TopicExistsError",
     "TopicInfo",
     "UnknownTopicError",
+    "open_store",
     "validate_topic_name",
 ]

@@ -34,12 +34,12 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 
+from metadata.interface import MetadataBackend, open_store
 from metadata.store import (
     BatchResult,
     BlockLocation,
     CommitBlock,
     GroupOffset,
-    MetadataStore,
     PartitionState,
     TopicInfo,
 )
@@ -75,7 +75,9 @@ class ReadPlan(msgspec.Struct, frozen=True):
     blocks: list[BlockLocation]
 
 
-def _topic_states(store: MetadataStore, lookups: Sequence[TopicLookup]) -> list[TopicState | None]:
+def _topic_states(
+    store: MetadataBackend, lookups: Sequence[TopicLookup]
+) -> list[TopicState | None]:
     out: list[TopicState | None] = []
     for lookup in lookups:
         topic = store.get_topic(lookup.name) if lookup.name else None
@@ -95,7 +97,7 @@ def _topic_states(store: MetadataStore, lookups: Sequence[TopicLookup]) -> list[
 
 
 def _read_plans(
-    store: MetadataStore, parts: Sequence[tuple[int, int, int]], limit: int
+    store: MetadataBackend, parts: Sequence[tuple[int, int, int]], limit: int
 ) -> list[ReadPlan]:
     plans = []
     for topic_id, partition, offset in parts:
@@ -109,7 +111,7 @@ def _read_plans(
     return plans
 
 
-def _topics_by_id(store: MetadataStore, topic_ids: Iterable[int]) -> dict[int, TopicInfo]:
+def _topics_by_id(store: MetadataBackend, topic_ids: Iterable[int]) -> dict[int, TopicInfo]:
     out = {}
     for topic_id in dict.fromkeys(topic_ids):
         topic = store.get_topic_by_id(topic_id)
@@ -123,7 +125,7 @@ class AsyncMetadata:
 
     ``store`` stays usable synchronously off the loop (tests, tools)."""
 
-    def __init__(self, store: MetadataStore, *, write_threads: int = WRITE_THREADS) -> None:
+    def __init__(self, store: MetadataBackend, *, write_threads: int = WRITE_THREADS) -> None:
         self.store = store
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="metadata-read")
         self._writes = ThreadPoolExecutor(write_threads, thread_name_prefix="metadata-write")
@@ -137,11 +139,12 @@ class AsyncMetadata:
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         forbid_loop_calls: bool | None = None,
     ) -> AsyncMetadata:
-        """Open (creating and migrating) the store at ``path`` on a worker thread; the
-        arguments are :class:`MetadataStore`'s."""
+        """Open (creating and migrating) the store at ``path`` on a worker thread: an SQLite
+        file, or a PostgreSQL database for a ``postgresql://`` URL
+        (:func:`metadata.interface.open_store`); the arguments are :class:`MetadataStore`'s."""
         store = await asyncio.to_thread(
             functools.partial(
-                MetadataStore,
+                open_store,
                 path,
                 busy_timeout_ms=busy_timeout_ms,
                 synchronous=synchronous,

@@ -7,12 +7,14 @@ the same semantics (the SQLite store's docstrings are the reference; the conform
 tests/conformance/test_metadata_backends.py runs every behaviour against both). Nothing
 SQL-shaped crosses it: arguments and results are the record types of :mod:`metadata.store`.
 Calls block; event loops reach them through :class:`metadata.async_store.AsyncMetadata`.
+:func:`open_store` picks the backend from what it is given: a ``postgresql://`` URL or a path.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Final, Literal, Protocol, runtime_checkable
 
 from metadata.store import (
     BatchResult,
@@ -20,6 +22,7 @@ from metadata.store import (
     CommitBlock,
     DeletedTopic,
     GroupOffset,
+    MetadataStore,
     PartitionState,
     TopicInfo,
 )
@@ -99,3 +102,37 @@ class MetadataBackend(Protocol):
     def list_offset_groups(self) -> list[str]: ...
 
     def allocate_producer_id(self) -> tuple[int, int]: ...
+
+
+#: URL schemes that select the PostgreSQL backend.
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
+
+
+def is_postgres_target(target: str | os.PathLike[str]) -> bool:
+    """True if ``target`` names a PostgreSQL database (a ``postgresql://`` URL)."""
+    return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+
+
+def open_store(
+    target: str | os.PathLike[str],
+    *,
+    busy_timeout_ms: int = 10_000,
+    synchronous: Literal["FULL", "NORMAL"] = "FULL",
+    forbid_loop_calls: bool | None = None,
+) -> MetadataBackend:
+    """Open the metadata store ``target`` names: a ``postgresql://`` URL opens
+    :class:`~metadata.postgres.PostgresMetadataStore` (``synchronous`` does not apply: the
+    server's settings decide), anything else is the path of the SQLite file
+    (:class:`~metadata.store.MetadataStore`)."""
+    if is_postgres_target(target):
+        from metadata.postgres import PostgresMetadataStore  # psycopg only when asked for
+
+        return PostgresMetadataStore(
+            os.fspath(target), busy_timeout_ms=busy_timeout_ms, forbid_loop_calls=forbid_loop_calls
+        )
+    return MetadataStore(
+        target,
+        busy_timeout_ms=busy_timeout_ms,
+        synchronous=synchronous,
+        forbid_loop_calls=forbid_loop_calls,
+    )

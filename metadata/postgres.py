@@ -85,8 +85,9 @@ from streamhouse.errors import ErrorCode
 
 T = TypeVar("T")
 
-#: Connections per store by default: a process's writes wait for row locks side by side.
-DEFAULT_POOL_SIZE: Final = 4
+#: Connections per store by default: one per AsyncMetadata thread (1 read + 4 write), so its
+#: writes wait for row locks side by side and a read never waits for a connection.
+DEFAULT_POOL_SIZE: Final = 5
 
 _TOPIC_COLUMNS = "topic_id, name, uuid, partitions, config, created_ms"
 _SQL_TOPIC_BY_NAME = f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE name = %s"

@@ -10,6 +10,7 @@ migrations, row locks, lost connections, many agents at once) at the end of this
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import threading
 import time
@@ -39,8 +40,11 @@ from metadata import (
     UnknownTopicError,
     postgres_migrations,
 )
+from metadata.async_store import AsyncMetadata, TopicLookup
 from metadata.interface import MetadataBackend
+from metadata.interface import open_store as open_metadata
 from metadata.postgres import PostgresMetadataStore
+from metadata.store import LoopCallError
 from streamhouse.errors import ErrorCode
 from streamhouse.testing import free_port
 
@@ -91,6 +95,41 @@ def test_both_backends_implement_the_interface(store: Store) -> None:
         ], name
     public = {n for n in dir(type(store)) if not n.startswith("_") and callable(getattr(store, n))}
     assert public == names
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_open_store_and_async_metadata_pick_the_backend_from_the_target(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A postgresql:// URL opens the PostgreSQL backend, anything else the SQLite file; the
+    processes' AsyncMetadata works the same over both, loop guard included."""
+    if backend == "sqlite":
+        target, kind = str(tmp_path / "meta.sqlite"), MetadataStore
+    else:
+        target, kind = request.getfixturevalue("postgres_dsn"), PostgresMetadataStore
+    s = open_metadata(target)
+    try:
+        assert type(s) is kind
+        t = s.create_topic("t", 2)
+    finally:
+        s.close()
+
+    async def main() -> None:
+        meta = await AsyncMetadata.open(target, forbid_loop_calls=True)
+        try:
+            assert type(meta.store) is kind
+            res = await meta.commit_segment("s1", 10, [block(t.topic_id, 1, [BatchRef(3)])])
+            assert res == [[BatchResult(0)]]
+            [state] = await meta.topic_states([TopicLookup("t", None, [1])])
+            assert state is not None and state.partitions[1].high_watermark == 3
+            [plan] = await meta.read_plans([(t.topic_id, 1, 0)], 8)
+            assert [b.segment_key for b in plan.blocks] == ["s1"]
+            with pytest.raises(LoopCallError, match="event loop"):
+                meta.store.get_topic("t")
+        finally:
+            await meta.close()
+
+    asyncio.run(main())
 
 
 def block(
