@@ -43,6 +43,7 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
     engine = ReadEngine(meta, store, BlockCache(settings.cache_bytes), settings.prefetch_blocks)
     engine.max_waiting = settings.reader_max_waiting_fetches
     engine.max_wait_ms = settings.reader_max_wait_ms
+    engine.max_inflated = settings.max_batch_bytes
     requests = rings.open_reader(settings, rings.FETCH_REQUEST)
     responses = rings.open_writer(settings, rings.FETCH_RESPONSE)
     committed = rings.open_reader(settings, rings.COMMITTED)

@@ -46,7 +46,12 @@ from streamhouse.frames import (
     salvage_ids,
 )
 from streamhouse.record_wire import render_records
-from streamhouse.recordbatch import decode_records, patch_base_offset, scan_batches
+from streamhouse.recordbatch import (
+    MAX_INFLATED_BYTES,
+    decode_records,
+    patch_base_offset,
+    scan_batches,
+)
 from streamhouse.segment import decode_block
 
 log = logging.getLogger("reader")
@@ -68,6 +73,9 @@ class ReadEngine:
         self._loads: dict[BlockKey, asyncio.Task[bytes]] = {}
         self.max_waiting = 1 << 30  # the reader sets reader_max_waiting_fetches
         self.max_wait_ms = 1 << 31  # the reader sets reader_max_wait_ms
+        # Bound on one stored batch's decompressed records when rendering them; the reader
+        # sets max_batch_bytes (what ingest let in), so a stored bomb costs no more.
+        self.max_inflated = MAX_INFLATED_BYTES
         self.waiting = 0
 
     def on_committed(self, segment: CommittedSegment, obj: bytes) -> None:
@@ -210,7 +218,10 @@ class ReadEngine:
                         next_offset = last + 1
                     else:
                         rendered, n = render_records(
-                            decode_records(batch), batch_base, next_offset, limit - count
+                            decode_records(batch, max_inflated=self.max_inflated),
+                            batch_base,
+                            next_offset,
+                            limit - count,
                         )
                         # Rendered records can outgrow the stored batch: check again.
                         if bounded and size + len(rendered) > max_bytes:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from metadata import BatchRef, CommitBlock, MetadataStore
 from reader import engine as engine_module
@@ -34,7 +35,7 @@ from streamhouse.frames import (
 )
 from streamhouse.proto import streamhouse_pb2 as pb
 from streamhouse.record_wire import consume_response_tail, render_records
-from streamhouse.recordbatch import decode_records, encode_batch, scan_batches
+from streamhouse.recordbatch import InvalidBatchError, decode_records, encode_batch, scan_batches
 from streamhouse.segment import SegmentWriter
 
 _keys = itertools.count()
@@ -669,3 +670,29 @@ def test_available_data_returns_without_waiting(h: Harness) -> None:
         assert payload
 
     asyncio.run(go())
+
+
+def test_records_format_bounds_decompression_by_the_engine_setting(h: Harness) -> None:
+    """A stored gzip batch inflating past `max_inflated` (the reader sets max_batch_bytes) is
+    refused when rendered, not decompressed in full; Kafka-format fetches pass it through."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=1,
+        is_transactional=False,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 30,
+    )
+    builder.append(0, timestamp=1_000, key=None, value=bytes(1 << 20), headers=[])
+    asyncio.run(h.commit([(0, [bytes(builder.build())])]))
+    h.engine.max_inflated = 256 << 10
+    with pytest.raises(InvalidBatchError, match="inflate past 262144 bytes"):
+        fetch(h, request(h, 0, fmt=FORMAT_RECORDS, part_max_bytes=2 << 20, max_bytes=2 << 20))
+    resp, payload = fetch(h, request(h, 0, part_max_bytes=2 << 20, max_bytes=2 << 20))
+    assert resp.parts[0].record_count == 1
+    h.engine.max_inflated = 2 << 20
+    _resp, payload = fetch(
+        h, request(h, 0, fmt=FORMAT_RECORDS, part_max_bytes=4 << 20, max_bytes=4 << 20)
+    )
+    assert consumed(payload) == [(0, bytes(1 << 20))]
