@@ -27,9 +27,13 @@ Concurrency and failures (rules):
    retry it with exponential backoff (1 ms doubling to 50 ms). Past the bound the call
    raises :class:`MetadataUnavailableError` with ``REQUEST_TIMED_OUT`` (retriable); a full
    disk on the server raises it with ``KAFKA_STORAGE_ERROR`` at once.
-4. A connection lost while ``COMMIT`` was in flight leaves the outcome unknown; the retry of a
-   ``commit_segment`` then either commits it or raises :class:`DuplicateSegmentError` (the
-   first attempt committed), exactly as a caller retrying after a timeout sees.
+4. A write notes its transaction id (``txid_current()``). If the connection is lost while
+   ``COMMIT`` is in flight, the store asks the server (``txid_status`` on another connection,
+   within the busy timeout) whether it committed: if it did, the call returns its result; if
+   not, it is retried like any lost connection. If that cannot be learnt in time, the call
+   raises a plain :class:`MetadataError` saying the outcome is unknown -- never
+   :class:`MetadataUnavailableError`, which promises that nothing changed (the uploader
+   deletes the segment object on that promise).
 5. Calls block: processes make them from worker threads. With ``forbid_loop_calls``
    (``STREAMHOUSE_DEBUG_LOOP_CALLS=1``) a call on an event-loop thread raises
    :class:`metadata.store.LoopCallError`.
@@ -291,6 +295,9 @@ class PostgresMetadataStore:
         delay = 0.001
         while True:
             remaining = deadline - time.monotonic()
+            xid: int | None = None
+            finished = False  # the body ran; only COMMIT was left
+            result: T
             try:
                 with self._pool.connection(timeout=max(remaining, 0.001)) as conn:
                     if not transaction:
@@ -300,9 +307,14 @@ class PostgresMetadataStore:
                             cur.execute("SET TRANSACTION READ ONLY")
                         lock_ms = max(int((deadline - time.monotonic()) * 1000), 1)
                         cur.execute(
-                            "SELECT set_config('lock_timeout', %s, true)", (f"{lock_ms}ms",)
+                            "SELECT set_config('lock_timeout', %s, true), "
+                            + ("txid_current()" if write else "NULL"),
+                            (f"{lock_ms}ms",),
                         )
-                        return body(cur)
+                        xid = cur.fetchone()[1]
+                        result = body(cur)
+                        finished = True
+                    return result
             except psycopg.errors.DiskFull as exc:
                 raise MetadataUnavailableError(
                     ErrorCode.KAFKA_STORAGE_ERROR,
@@ -314,6 +326,19 @@ class PostgresMetadataStore:
                 # pooled connection in time: all retriable (rule 3).
                 if self._closed.is_set():
                     raise MetadataError("metadata store is closed") from exc
+                if finished and xid is not None:
+                    # Lost at COMMIT (rule 4): ask the server whether it committed.
+                    committed = self._committed(int(xid), deadline)
+                    if committed:
+                        return result
+                    if committed is None:
+                        raise MetadataError(
+                            f"metadata database {self.path!r}: the connection was lost while "
+                            f"committing and the outcome could not be learnt within "
+                            f"{self.busy_timeout_ms} ms ({exc}); the call may or may not have "
+                            "taken effect: do not assume either (an uploader must keep the "
+                            "segment object)"
+                        ) from exc
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise self._unavailable(exc) from exc
@@ -323,6 +348,30 @@ class PostgresMetadataStore:
                 if self._closed.is_set():
                     raise MetadataError("metadata store is closed") from exc
                 raise MetadataError(f"metadata database {self.path!r}: {exc}") from exc
+
+    def _committed(self, xid: int, deadline: float) -> bool | None:
+        """Whether transaction ``xid`` committed (True) or not (False), asked on another
+        connection until ``deadline``; None if that could not be learnt."""
+        delay = 0.001
+        while True:
+            try:
+                with self._pool.connection(timeout=max(deadline - time.monotonic(), 0.001)) as conn:
+                    row = conn.execute("SELECT txid_status(%s)", (xid,)).fetchone()
+                status = row[0] if row is not None else None
+                if status == "committed":
+                    return True
+                if status == "aborted":
+                    return False
+                if status is None:  # too old to know (cannot happen within a call)
+                    return None
+                # "in progress": the old backend has not finished its COMMIT yet.
+            except (psycopg.OperationalError, PoolTimeout):
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed.is_set():
+                return None
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.05)
 
     def _read(self, body: Callable[[Any], T]) -> T:
         if self._forbid_loop_calls:

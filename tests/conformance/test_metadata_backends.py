@@ -926,3 +926,55 @@ def test_postgres_retry_through_another_agent_is_deduplicated(postgres_dsn: str)
         assert b.commit_segment("b-2", 1, [block(t.topic_id, 0, [idem(1, pid, epoch + 1, 0)])])
         fenced = a.commit_segment("a-2", 1, [block(t.topic_id, 0, [idem(1, pid, epoch, 5)])])
         assert fenced == [[BatchResult(-1, INVALID_PRODUCER_EPOCH)]]
+
+
+def _fail_commits(monkeypatch: pytest.MonkeyPatch, times: int, *, committed: bool) -> list[int]:
+    """Make the next ``times`` transaction commits look lost to the client: with ``committed``
+    the COMMIT reaches the server and then the client sees the connection drop (the ack is
+    lost); without, the server kills the backend just before COMMIT (the transaction aborts)."""
+    original = psycopg.Transaction.__exit__
+    hits: list[int] = []
+
+    def exit_(self: psycopg.Transaction, exc_type: object, exc: object, tb: object) -> object:
+        if exc_type is not None or len(hits) >= times:
+            return original(self, exc_type, exc, tb)  # type: ignore[arg-type]
+        hits.append(1)
+        if committed:
+            original(self, None, None, None)
+            raise psycopg.OperationalError("server closed the connection unexpectedly (test)")
+        pid = self.connection.info.backend_pid
+        with psycopg.connect(self.connection.info.dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))  # waits for it
+        return original(self, None, None, None)
+
+    monkeypatch.setattr(psycopg.Transaction, "__exit__", exit_)
+    return hits
+
+
+def test_postgres_commit_whose_ack_was_lost_returns_its_result(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The COMMIT went through but the connection dropped before the client heard: the store
+    learns from the server that it committed and returns the results, instead of retrying
+    into DuplicateSegmentError or claiming (retriably) that nothing happened."""
+    with PostgresMetadataStore(postgres_dsn) as s:
+        t = s.create_topic("t", 1)
+        hits = _fail_commits(monkeypatch, 1, committed=True)
+        res = s.commit_segment("s1", 10, [block(t.topic_id, 0, [BatchRef(3)])])
+        assert hits == [1]
+        assert res == [[BatchResult(0)]]
+        assert s.get_partition(t.topic_id, 0).high_watermark == 3
+        assert [b.segment_key for b in s.find_blocks(t.topic_id, 0, 0)] == ["s1"]
+
+
+def test_postgres_commit_lost_before_it_reached_the_server_is_retried(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with PostgresMetadataStore(postgres_dsn) as s:
+        t = s.create_topic("t", 1)
+        hits = _fail_commits(monkeypatch, 2, committed=False)
+        res = s.commit_segment("s1", 10, [block(t.topic_id, 0, [BatchRef(3)])])
+        assert hits == [1, 1]  # two attempts aborted, the third committed
+        assert res == [[BatchResult(0)]]
+        assert s.get_partition(t.topic_id, 0).high_watermark == 3
+        assert len(s.find_blocks(t.topic_id, 0, 0)) == 1
