@@ -29,8 +29,8 @@ Concurrency and failures (rules):
    disk on the server raises it with ``KAFKA_STORAGE_ERROR`` at once.
 4. A write notes its transaction id (``txid_current()``). If the connection is lost while
    ``COMMIT`` is in flight, the store asks the server (``txid_status`` on another connection,
-   within the busy timeout) whether it committed: if it did, the call returns its result; if
-   not, it is retried like any lost connection. If that cannot be learnt in time, the call
+   within the busy timeout but for at least a second) whether it committed: if it did, the
+   call returns its result; if not, it is retried like any lost connection. If that cannot be learnt in time, the call
    raises a plain :class:`MetadataError` saying the outcome is unknown -- never
    :class:`MetadataUnavailableError`, which promises that nothing changed (the uploader
    deletes the segment object on that promise).
@@ -328,7 +328,9 @@ class PostgresMetadataStore:
                     raise MetadataError("metadata store is closed") from exc
                 if finished and xid is not None:
                     # Lost at COMMIT (rule 4): ask the server whether it committed.
-                    committed = self._committed(int(xid), deadline)
+                    # At least a second to ask, even when the busy timeout is nearly spent:
+                    # an unknown outcome costs the caller far more than a short overrun.
+                    committed = self._committed(int(xid), max(deadline, time.monotonic() + 1))
                     if committed:
                         return result
                     if committed is None:
@@ -351,7 +353,7 @@ class PostgresMetadataStore:
 
     def _committed(self, xid: int, deadline: float) -> bool | None:
         """Whether transaction ``xid`` committed (True) or not (False), asked on another
-        connection until ``deadline``; None if that could not be learnt."""
+        connection until ``deadline``; None if that could not be learnt by then."""
         delay = 0.001
         while True:
             try:

@@ -978,3 +978,11 @@ def test_postgres_commit_lost_before_it_reached_the_server_is_retried(
         assert res == [[BatchResult(0)]]
         assert s.get_partition(t.topic_id, 0).high_watermark == 3
         assert len(s.find_blocks(t.topic_id, 0, 0)) == 1
+
+
+def test_postgres_reads_cannot_write(postgres_dsn: str) -> None:
+    with PostgresMetadataStore(postgres_dsn) as s:
+        s.create_topic("t", 1)
+        with pytest.raises(MetadataError, match="read-only"):
+            s._read(lambda cur: cur.execute("DELETE FROM topics"))
+        assert s.get_topic("t") is not None
