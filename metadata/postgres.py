@@ -30,8 +30,9 @@ Concurrency and failures (rules):
 4. A write notes its transaction id (``txid_current()``). If the connection is lost while
    ``COMMIT`` is in flight, the store asks the server (``txid_status`` on another connection,
    within the busy timeout but for at least a second) whether it committed: if it did, the
-   call returns its result; if not, it is retried like any lost connection. If that cannot be learnt in time, the call
-   raises a plain :class:`MetadataError` saying the outcome is unknown -- never
+   call returns its result; if not, it is retried like any lost connection. If that cannot be
+   learnt in time, the call raises a plain :class:`MetadataError` saying the outcome is
+   unknown -- never
    :class:`MetadataUnavailableError`, which promises that nothing changed (the uploader
    deletes the segment object on that promise).
 5. Calls block: processes make them from worker threads. With ``forbid_loop_calls``
