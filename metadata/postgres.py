@@ -32,9 +32,8 @@ Concurrency and failures (rules):
    within the busy timeout but for at least a second) whether it committed: if it did, the
    call returns its result; if not, it is retried like any lost connection. If that cannot be
    learnt in time, the call raises a plain :class:`MetadataError` saying the outcome is
-   unknown -- never
-   :class:`MetadataUnavailableError`, which promises that nothing changed (the uploader
-   deletes the segment object on that promise).
+   unknown -- never :class:`MetadataUnavailableError`, which promises that nothing changed
+   (the uploader deletes the segment object on that promise).
 5. Calls block: processes make them from worker threads. With ``forbid_loop_calls``
    (``STREAMHOUSE_DEBUG_LOOP_CALLS=1``) a call on an event-loop thread raises
    :class:`metadata.store.LoopCallError`.
