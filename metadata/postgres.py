@@ -34,18 +34,23 @@ Concurrency and failures (rules):
    learnt in time, the call raises a plain :class:`MetadataError` saying the outcome is
    unknown -- never :class:`MetadataUnavailableError`, which promises that nothing changed
    (the uploader deletes the segment object on that promise).
-5. Calls block: processes make them from worker threads. With ``forbid_loop_calls``
+5. psycopg_pool reconnects a lost connection with backoff (1 s, 2 s, 4 s, ...), so after the
+   server comes back a pool can sit idle for many seconds. When a call gets no connection
+   although none of this store's connections is in use, and a direct connection succeeds, the
+   store swaps in a fresh pool (the old one is closed in the background); calls resume at once.
+6. Calls block: processes make them from worker threads. With ``forbid_loop_calls``
    (``STREAMHOUSE_DEBUG_LOOP_CALLS=1``) a call on an event-loop thread raises
    :class:`metadata.store.LoopCallError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -237,20 +242,44 @@ class PostgresMetadataStore:
             raise ValueError(f"pool_size must be at least 1, got {pool_size}")
         self.busy_timeout_ms = busy_timeout_ms
         self._closed = threading.Event()
-        self._pool = ConnectionPool(
-            dsn,
-            min_size=1,
-            max_size=pool_size,
-            kwargs={"autocommit": True},
-            open=False,
-            name=f"streamhouse-metadata-{id(self):x}",
-        )
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._lock = threading.Lock()  # guards _in_use and _pool
+        self._renew_lock = threading.Lock()
+        self._in_use = 0  # connections of this store's pool held by calls right now
+        self._pool = self._new_pool()
         try:
-            self._pool.open(wait=False)
             self._call(self._migrate, write=True, transaction=False)
         except BaseException:
             self._pool.close()
             raise
+
+    def _new_pool(self) -> ConnectionPool[Any]:
+        pool: ConnectionPool[Any] = ConnectionPool(
+            self._dsn,
+            min_size=1,
+            max_size=self._pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name=f"streamhouse-metadata-{id(self):x}",
+        )
+        pool.open(wait=False)
+        return pool
+
+    def _renew_pool(self, stuck: ConnectionPool[Any]) -> None:
+        """Replace ``stuck`` if the server answers a direct connection (rule 5)."""
+        with self._renew_lock:
+            if self._pool is not stuck or self._closed.is_set():
+                return  # another call renewed it already
+            try:
+                psycopg.connect(self._dsn, connect_timeout=1).close()
+            except psycopg.Error:
+                return  # still down: the pool's own reconnection is as good as ours
+            fresh = self._new_pool()
+            with self._lock:
+                self._pool = fresh
+        # Closing waits for the old pool's workers; not on this call's time.
+        threading.Thread(target=stuck.close, name="metadata-pool-close", daemon=True).start()
 
     @staticmethod
     def _migrate(conn: psycopg.Connection[Any]) -> int:
@@ -263,7 +292,8 @@ class PostgresMetadataStore:
         if self._forbid_loop_calls:
             _check_off_loop(self.path, "close")
         self._closed.set()
-        self._pool.close()
+        with self._renew_lock:
+            self._pool.close()
 
     def __enter__(self) -> PostgresMetadataStore:
         return self
@@ -298,8 +328,16 @@ class PostgresMetadataStore:
             xid: int | None = None
             finished = False  # the body ran; only COMMIT was left
             result: T
+            pool = self._pool
+            # Wait in slices, so that a pool stuck reconnecting is noticed (rule 5): short
+            # ones when it has no idle connection although none is in use.
+            idle = pool.get_stats().get("pool_available", 0)
+            slice_s = 1.0 if idle or self._in_use else 0.1
             try:
-                with self._pool.connection(timeout=max(remaining, 0.001)) as conn:
+                with (
+                    pool.connection(timeout=min(max(remaining, 0.001), slice_s)) as conn,
+                    self._using(),
+                ):
                     if not transaction:
                         return body(conn)
                     with conn.transaction(), conn.cursor() as cur:
@@ -326,6 +364,8 @@ class PostgresMetadataStore:
                 # pooled connection in time: all retriable (rule 3).
                 if self._closed.is_set():
                     raise MetadataError("metadata store is closed") from exc
+                if isinstance(exc, PoolTimeout) and self._in_use == 0:
+                    self._renew_pool(pool)  # no connection although none is in use
                 if finished and xid is not None:
                     # Lost at COMMIT (rule 4): ask the server whether it committed.
                     # At least a second to ask, even when the busy timeout is nearly spent:
@@ -350,6 +390,16 @@ class PostgresMetadataStore:
                 if self._closed.is_set():
                     raise MetadataError("metadata store is closed") from exc
                 raise MetadataError(f"metadata database {self.path!r}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[None]:
+        with self._lock:
+            self._in_use += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_use -= 1
 
     def _committed(self, xid: int, deadline: float) -> bool | None:
         """Whether transaction ``xid`` committed (True) or not (False), asked on another

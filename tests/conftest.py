@@ -196,10 +196,19 @@ class PostgresCluster:
             raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr}")
 
     def start(self) -> None:
+        """Create the cluster and start its server."""
         self._run(
             _postgres_bin("initdb"), "-D", str(self.data), "-U", self.user, "-A", "trust",
             "-E", "UTF8", "--no-sync",
         )  # fmt: skip
+        self.start_server()
+
+    def stop_server(self) -> None:
+        """Stop the server (fast shutdown: connections are cut), keeping its data."""
+        self._run(_postgres_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def start_server(self) -> None:
+        """Start the server on the cluster's data and port; returns once it takes connections."""
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -k {self.dir} "
             f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=300 "

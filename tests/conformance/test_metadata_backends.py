@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -986,3 +987,26 @@ def test_postgres_reads_cannot_write(postgres_dsn: str) -> None:
         with pytest.raises(MetadataError, match="read-only"):
             s._read(lambda cur: cur.execute("DELETE FROM topics"))
         assert s.get_topic("t") is not None
+
+
+def test_postgres_server_restart_fails_writes_retriably_then_they_resume(
+    postgres: Any, postgres_dsn: str
+) -> None:
+    """The metadata service restarted: calls made while it is down fail with the retriable
+    REQUEST_TIMED_OUT (nothing changed), and the same calls succeed once it is back."""
+    with PostgresMetadataStore(postgres_dsn, busy_timeout_ms=500) as s:
+        t = s.create_topic("t", 1)
+        s.commit_segment("s0", 1, [block(t.topic_id, 0, [BatchRef(1)])])
+        postgres.stop_server()
+        try:
+            with pytest.raises(MetadataUnavailableError) as err:
+                s.commit_segment("s1", 1, [block(t.topic_id, 0, [BatchRef(2)])])
+            assert err.value.code is ErrorCode.REQUEST_TIMED_OUT and err.value.retriable
+            with pytest.raises(MetadataUnavailableError):
+                s.get_partition(t.topic_id, 0)
+        finally:
+            postgres.start_server()
+        assert s.commit_segment("s1", 1, [block(t.topic_id, 0, [BatchRef(2)])]) == [
+            [BatchResult(1)]
+        ]
+        assert s.get_partition(t.topic_id, 0).high_watermark == 3
