@@ -406,8 +406,11 @@ class PostgresMetadataStore:
         connection until ``deadline``; None if that could not be learnt by then."""
         delay = 0.001
         while True:
+            pool = self._pool
             try:
-                with self._pool.connection(timeout=max(deadline - time.monotonic(), 0.001)) as conn:
+                with pool.connection(
+                    timeout=min(max(deadline - time.monotonic(), 0.001), 0.2)
+                ) as conn:
                     row = conn.execute("SELECT txid_status(%s)", (xid,)).fetchone()
                 status = row[0] if row is not None else None
                 if status == "committed":
@@ -417,7 +420,10 @@ class PostgresMetadataStore:
                 if status is None:  # too old to know (cannot happen within a call)
                     return None
                 # "in progress": the old backend has not finished its COMMIT yet.
-            except (psycopg.OperationalError, PoolTimeout):
+            except PoolTimeout:
+                if self._in_use == 0:
+                    self._renew_pool(pool)  # stuck reconnecting (rule 5)
+            except psycopg.OperationalError:
                 pass
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._closed.is_set():
