@@ -71,7 +71,6 @@ def _stamp_log_append_time(data: memoryview, infos: list[BatchInfo], now_ms: int
 
 
 def _admit(
-    broker: KafkaBroker,
     topic_id: int,
     partition: int,
     records: object,
@@ -112,9 +111,9 @@ async def produce(
 ) -> ProduceResponse | object:
     """Answers one Produce request (see the module docstring)."""
     if request.acks not in (-1, 0, 1):
-        return _all_failed(request, errors.INVALID_REQUIRED_ACKS, f"acks={request.acks} is invalid")
+        return all_failed(request, errors.INVALID_REQUIRED_ACKS, f"acks={request.acks} is invalid")
     if request.transactional_id:
-        return _all_failed(
+        return all_failed(
             request, errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "transactions are not supported"
         )
     slots: list[ProduceSlot] = []
@@ -146,7 +145,7 @@ async def produce(
                 outcome[key] = (-1, error or errors.UNKNOWN_TOPIC_OR_PARTITION, None)
                 continue
             slot, code, message, bad_records = _admit(
-                broker, topic.topic_id, part.index, part.records, rules, append_time, now_ms
+                topic.topic_id, part.index, part.records, rules, append_time, now_ms
             )
             if slot is None:
                 log.info("refused produce to %s[%d]: %s", topic.name, part.index, message)
@@ -212,7 +211,8 @@ def _log_start(states: dict[str, TopicState], topic_name: str, partition: int) -
     return state.log_start_offset if state is not None else 0
 
 
-def _all_failed(request: ProduceRequest, code: int, message: str) -> ProduceResponse:
+def all_failed(request: ProduceRequest, code: int, message: str) -> ProduceResponse:
+    """A response failing every partition of ``request`` with ``code`` and ``message``."""
     return ProduceResponse(
         responses=[
             R.TopicProduceResponse(

@@ -41,7 +41,6 @@ from streamhouse.kafka.messages import (
     FetchRequest,
     FetchResponse,
     ProduceRequest,
-    ProduceResponse,
     RequestHeader,
 )
 from streamhouse.process import spawn
@@ -259,24 +258,11 @@ class _Refused(asyncio.Protocol):
 
 
 def _refuse_produce(request: ProduceRequest, message: str) -> Any:
+    from ingest.kafka.api_produce import all_failed
+
     if request.acks == 0:
         return NO_RESPONSE
-    code = ErrorCode.INVALID_REQUEST.kafka_code
-    R = ProduceResponse
-    return R(
-        responses=[
-            R.TopicProduceResponse(
-                name=t.name,
-                partition_responses=[
-                    R.PartitionProduceResponse(
-                        index=p.index, error_code=code, base_offset=-1, error_message=message
-                    )
-                    for p in t.partition_data
-                ],
-            )
-            for t in request.topic_data
-        ]
-    )
+    return all_failed(request, ErrorCode.INVALID_REQUEST.kafka_code, message)
 
 
 def _refuse_fetch(request: FetchRequest) -> FetchResponse:
@@ -295,6 +281,7 @@ def _refuse_fetch(request: FetchRequest) -> FetchResponse:
                         high_watermark=-1,
                         last_stable_offset=-1,
                         log_start_offset=-1,
+                        records=b"",  # empty, never null: librdkafka rejects a null set
                     )
                     for p in t.partitions
                 ],
