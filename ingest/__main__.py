@@ -17,7 +17,7 @@ log = logging.getLogger("ingest")
 
 async def run_ingest(settings: Settings, stop: asyncio.Event) -> None:
     meta = await AsyncMetadata.open(
-        settings.metadata_path, forbid_loop_calls=settings.debug_loop_calls
+        settings.metadata_target, forbid_loop_calls=settings.debug_loop_calls
     )
     pipeline = Pipeline(settings)
     pipeline.start()

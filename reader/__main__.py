@@ -37,7 +37,7 @@ log = logging.getLogger("reader")
 
 async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
     meta = await AsyncMetadata.open(
-        settings.metadata_path, forbid_loop_calls=settings.debug_loop_calls
+        settings.metadata_target, forbid_loop_calls=settings.debug_loop_calls
     )
     store = objectstore.open_object_store(settings.object_store_url, settings.store_timeout_ms)
     engine = ReadEngine(meta, store, BlockCache(settings.cache_bytes), settings.prefetch_blocks)

@@ -31,6 +31,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_listen: str = "127.0.0.1:9092"
     # file:///abs/path, s3://bucket[/prefix], memory:// ; empty means <data_dir>/objects
     object_store: str = ""
+    # Metadata store: empty means the SQLite file <data_dir>/metadata.sqlite (one agent); a
+    # postgresql://user@host:port/db URL is the shared metadata of a cluster of agents.
+    metadata: str = ""
     flush_interval_ms: int = 50
     max_segment_bytes: int = 8 * MiB
     # Rings (shared memory); each frame must fit in half a ring.
@@ -105,6 +108,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def metadata_path(self) -> pathlib.Path:
         return self.data_path / "metadata.sqlite"
+
+    @property
+    def metadata_target(self) -> str | pathlib.Path:
+        """What `metadata.open_store` opens: the PostgreSQL URL, or the SQLite file's path."""
+        return self.metadata or self.metadata_path
 
     @property
     def object_store_url(self) -> str:
@@ -245,6 +253,11 @@ def _validate(s: Settings) -> None:
         )
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("STREAMHOUSE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+    if s.metadata and not s.metadata.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"STREAMHOUSE_METADATA={s.metadata!r}: use postgresql://user@host:port/dbname "
+            "(or leave it empty for the SQLite file in the data dir)"
+        )
     scheme = s.object_store_url.split("://", 1)[0]
     if scheme not in ("file", "s3", "memory"):
         raise ConfigError(

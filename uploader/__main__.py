@@ -25,8 +25,9 @@ from collections import deque
 
 import msgspec
 
-from metadata import BatchRef, CommitBlock, MetadataStore, MetadataUnavailableError
+from metadata import BatchRef, CommitBlock, MetadataUnavailableError
 from metadata.async_store import AsyncMetadata
+from metadata.interface import open_store
 from metadata.store import BatchResult
 from streamhouse import objectstore, rings
 from streamhouse.config import Settings
@@ -123,7 +124,7 @@ class Uploader:
         # A commit that meets a locked database waits up to the produce timeout, then fails.
         self._owns_meta = meta is None
         self.meta = meta or AsyncMetadata(
-            MetadataStore(settings.metadata_path, busy_timeout_ms=settings.produce_timeout_ms)
+            open_store(settings.metadata_target, busy_timeout_ms=settings.produce_timeout_ms)
         )
         self.sealed = rings.open_reader(settings, rings.SEALED)
         self.acks = rings.open_writer(settings, rings.ACK)
@@ -294,7 +295,7 @@ class Uploader:
 async def run_uploader(settings: Settings, stop: asyncio.Event) -> None:
     # A commit that meets a locked database waits up to the produce timeout, then fails.
     meta = await AsyncMetadata.open(
-        settings.metadata_path,
+        settings.metadata_target,
         busy_timeout_ms=settings.produce_timeout_ms,
         forbid_loop_calls=settings.debug_loop_calls,
     )
