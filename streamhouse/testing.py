@@ -5,18 +5,29 @@
 
 The stack runs under supervisord exactly as `streamhouse up` does; `kill(program)` sends
 SIGKILL to one process (supervisord restarts it), `restart()` stops and starts everything.
+
+`Cluster` is N such stacks (agents) sharing one metadata URL (PostgreSQL) and one object store,
+each with its own data dir (rings, logs), ports and supervisord:
+
+    with Cluster(tmp_path, 3, postgres_dsn, "s3://bucket/prefix", env=s3_env) as cluster:
+        producer = Producer({"bootstrap.servers": cluster.kafka_bootstrap})
+        cluster.kill_agent(1)      # SIGKILL of supervisord and its four programs at once
+        cluster.start_agent(1)     # same data dir and ports, so the same agent id
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -60,6 +71,44 @@ class StackError(RuntimeError):
     pass
 
 
+def _children_map() -> dict[int, list[int]]:
+    """parent pid -> child pids, read from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue  # exited meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after ')'.
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def _descendants(pid: int) -> list[int]:
+    children = _children_map()
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed orphan may wait for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
+
+
 class Stack:
     """One StreamHouse stack (supervisord + four processes) on `data_dir`."""
 
@@ -87,7 +136,24 @@ class Stack:
     def grpc_address(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    @property
+    def kafka_address(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def running(self) -> bool:
+        """supervisord was started and has not been stopped or killed."""
+        return self.proc is not None
+
     def start(self, timeout: float = 60) -> Stack:
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    def launch(self) -> None:
+        """Starts supervisord without waiting for the programs (see `wait_ready`)."""
+        if self.proc is not None:
+            raise StackError(f"the stack on {self.data_dir} is already running")
         prepare_data_dir(self.settings)
         log = open(self.data_dir / "logs" / "stack-console.log", "ab")
         self.proc = subprocess.Popen(
@@ -98,8 +164,6 @@ class Stack:
             start_new_session=True,
         )
         log.close()
-        self.wait_ready(timeout)
-        return self
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Blocks until every program runs and the gRPC health check says SERVING."""
@@ -175,7 +239,214 @@ class Stack:
         self.stop()
         self.start()
 
+    def kill_all(self, timeout: float = 30) -> list[int]:
+        """SIGKILLs supervisord and every process under it at once: nothing runs its shutdown
+        (no deregistration, no seal, no commit), as when the machine dies. Returns the pids.
+
+        The pids are collected first (supervisord's descendants, from /proc), then supervisord
+        is killed (so it restarts nothing) and its programs right after it; returns once every
+        one of them is gone. The stack can be started again with `start()`."""
+        if self.proc is None:
+            raise StackError(f"the stack on {self.data_dir} is not running")
+        victims = [self.proc.pid, *_descendants(self.proc.pid)]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while any(_alive(pid) for pid in victims):
+            if time.monotonic() > deadline:
+                raise StackError(f"processes {victims} still alive {timeout}s after SIGKILL")
+            time.sleep(POLL_S)
+        self.proc = None
+        unlink_all(self.settings)
+        return victims
+
     def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- raw Kafka calls
+
+
+def kafka_call(address: str, api_key: int, version: int, request: Any, timeout: float = 10) -> Any:
+    """Sends one Kafka request to `address` (host:port) on a fresh connection; returns the
+    decoded response body. For asking one particular agent, whatever its clients are told."""
+    from streamhouse.kafka.framing import decode_response, encode_request
+    from streamhouse.kafka.messages import RequestHeader
+
+    host, _, port = address.rpartition(":")
+    header = RequestHeader(
+        request_api_key=api_key, request_api_version=version, correlation_id=1, client_id="testing"
+    )
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(encode_request(header, request))
+        with sock.makefile("rb") as reader:
+            head = reader.read(4)
+            if len(head) < 4:
+                raise StackError(f"{address} closed the connection before answering API {api_key}")
+            (size,) = struct.unpack(">i", head)
+            _, body = decode_response(reader.read(size), api_key, version)
+    return body
+
+
+class KafkaView(NamedTuple):
+    """What one agent's Kafka Metadata response says: brokers and partition leaders."""
+
+    brokers: dict[int, str]  # node id -> "host:port"
+    controller: int
+    leaders: dict[int, int]  # partition -> leader node id (of the topic asked about)
+
+
+def kafka_metadata(address: str, topic: str | None = None) -> KafkaView:
+    """A Metadata v1 request to one agent (naming `topic`, or no topic)."""
+    from streamhouse.kafka.messages import MetadataRequest
+
+    topics = [] if topic is None else [MetadataRequest.MetadataRequestTopic(name=topic)]
+    body = kafka_call(address, 3, 1, MetadataRequest(topics=topics))
+    brokers = {b.node_id: f"{b.host}:{b.port}" for b in body.brokers}
+    leaders: dict[int, int] = {}
+    for t in body.topics:
+        if t.error_code:
+            raise StackError(f"Metadata from {address}: topic {t.name!r} error {t.error_code}")
+        leaders = {p.partition_index: p.leader_id for p in t.partitions}
+    return KafkaView(brokers, body.controller_id, leaders)
+
+
+# --------------------------------------------------------------------------- clusters of agents
+
+# Agents notice a dead peer within a lease; short ones make failover tests quick. The lease
+# stays several heartbeats long so a loaded 2-core machine does not expire live agents.
+CLUSTER_SETTINGS = {
+    "STREAMHOUSE_AGENT_HEARTBEAT_MS": "500",
+    "STREAMHOUSE_AGENT_LEASE_MS": "3000",
+}
+
+
+class Cluster:
+    """N agents (`Stack`s) sharing one metadata URL and one object store.
+
+    Each agent has its own data dir (`<base_dir>/agent<i>`: rings, logs, supervisord), its own
+    free gRPC and Kafka ports and its own supervisord. `env` is applied to every agent after
+    CLUSTER_SETTINGS (e.g. S3 credentials); `agent_env[i]` to agent i only (e.g. its zone).
+    The ports are chosen once, so a killed agent started again keeps its agent id (its Kafka
+    advertised address) and with it its node id."""
+
+    def __init__(
+        self,
+        base_dir: os.PathLike[str] | str,
+        n: int,
+        metadata_url: str,
+        object_store_url: str,
+        env: Mapping[str, str] | None = None,
+        agent_env: Sequence[Mapping[str, str]] | None = None,
+    ) -> None:
+        if n < 1:
+            raise ValueError(f"a cluster needs at least one agent, not {n}")
+        if agent_env is not None and len(agent_env) != n:
+            raise ValueError(f"agent_env has {len(agent_env)} entries for {n} agents")
+        self.base_dir = pathlib.Path(base_dir)
+        self.metadata_url = metadata_url
+        self.object_store_url = object_store_url
+        self.agents: list[Stack] = []
+        for i in range(n):
+            merged = dict(CLUSTER_SETTINGS)
+            merged.update(env or {})
+            merged["STREAMHOUSE_METADATA"] = metadata_url
+            merged["STREAMHOUSE_OBJECT_STORE"] = object_store_url
+            merged.update(agent_env[i] if agent_env is not None else {})
+            self.agents.append(Stack(self.base_dir / f"agent{i}", env=merged))
+
+    def __len__(self) -> int:
+        return len(self.agents)
+
+    def __getitem__(self, i: int) -> Stack:
+        return self.agents[i]
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    @property
+    def kafka_addresses(self) -> list[str]:
+        return [a.kafka_address for a in self.agents]
+
+    @property
+    def grpc_addresses(self) -> list[str]:
+        return [a.grpc_address for a in self.agents]
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """Every agent's Kafka address, comma-separated (bootstrap.servers)."""
+        return ",".join(self.kafka_addresses)
+
+    def agent_by_kafka_address(self, address: str) -> int:
+        """Index of the agent whose Kafka listener is `address` (as Metadata names it)."""
+        for i, agent in enumerate(self.agents):
+            if agent.kafka_address == address:
+                return i
+        raise StackError(f"no agent of this cluster listens for Kafka on {address}")
+
+    def running_indices(self) -> list[int]:
+        return [i for i, a in enumerate(self.agents) if a.running]
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 90) -> Cluster:
+        """Starts every agent that is not running (all at once) and waits until each serves."""
+        started = [a for a in self.agents if not a.running]
+        try:
+            for agent in started:
+                agent.launch()
+            deadline = time.monotonic() + timeout
+            for agent in started:
+                agent.wait_ready(max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_agent(self, i: int, timeout: float = 60) -> None:
+        self.agents[i].start(timeout)
+
+    def stop_agent(self, i: int) -> None:
+        """Clean stop (SIGTERM to supervisord): the agent seals, commits and deregisters."""
+        self.agents[i].stop()
+
+    def kill_agent(self, i: int) -> list[int]:
+        """SIGKILL of agent i's supervisord and all four of its processes at once."""
+        return self.agents[i].kill_all()
+
+    def stop(self) -> None:
+        """Stops every running agent (one failing to stop does not leave the others up)."""
+        errors: list[BaseException] = []
+        for agent in self.agents:
+            try:
+                agent.stop()
+            except Exception as exc:  # keep stopping the others
+                errors.append(exc)
+        if errors:
+            raise StackError(f"{len(errors)} agent(s) failed to stop: {errors}")
+
+    def wait_brokers(self, count: int, timeout: float = 30) -> dict[int, str]:
+        """Waits until every running agent's Kafka Metadata lists `count` brokers, the same
+        ones; returns them (node id -> address)."""
+        deadline = time.monotonic() + timeout
+        seen: list[dict[int, str]] = []
+        while True:
+            try:
+                seen = [kafka_metadata(self.agents[i].kafka_address).brokers
+                        for i in self.running_indices()]  # fmt: skip
+            except (OSError, StackError):
+                seen = []
+            if seen and all(len(b) == count and b == seen[0] for b in seen):
+                return seen[0]
+            if time.monotonic() > deadline:
+                raise StackError(f"agents did not agree on {count} brokers in {timeout}s: {seen}")
+            time.sleep(POLL_S)
+
+    def __enter__(self) -> Cluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -9,12 +9,13 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import pytest
 from hypothesis import settings
 
-from streamhouse.testing import Stack, free_port
+from streamhouse.testing import Cluster, Stack, free_port
 
 # Hypothesis profiles (registered here so that `--hypothesis-profile` finds them): "default"
 # keeps the property tests short enough for CI; `--hypothesis-profile=long` runs 20x the
@@ -203,6 +204,11 @@ class PostgresCluster:
         )  # fmt: skip
         self.start_server()
 
+    def restart_server(self) -> None:
+        """Stop the server (fast: every connection cut) and start it again on the same port."""
+        self.stop_server()
+        self.start_server()
+
     def stop_server(self) -> None:
         """Stop the server (fast shutdown: connections are cut), keeping its data."""
         self._run(_postgres_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
@@ -279,3 +285,44 @@ def postgres_dsn(postgres: PostgresCluster) -> Iterator[str]:
         yield postgres.dsn(name)
     finally:
         postgres.drop_database(name)
+
+
+# --------------------------------------------------------------------------- clusters of agents
+
+ClusterFactory = Callable[..., Cluster]
+
+
+@pytest.fixture
+def make_cluster(
+    tmp_path: pathlib.Path, postgres_dsn: str, seaweed: SeaweedS3
+) -> Iterator[ClusterFactory]:
+    """Starts clusters of agents on this test's fresh PostgreSQL database and a fresh prefix of
+    the session's SeaweedFS bucket: ``make_cluster(3, env={...}, agent_env=[{...}, ...])``.
+    Every cluster it made is stopped afterwards."""
+    made: list[Cluster] = []
+    s3 = {k: v for k, v in seaweed.env().items() if k != "STREAMHOUSE_OBJECT_STORE"}
+
+    def make(
+        n: int = 3,
+        env: Mapping[str, str] | None = None,
+        agent_env: Sequence[Mapping[str, str]] | None = None,
+    ) -> Cluster:
+        store = f"s3://{seaweed.bucket}/{uuid.uuid4().hex[:12]}"
+        cluster = Cluster(
+            tmp_path / f"cluster{len(made)}", n, postgres_dsn, store, {**s3, **(env or {})},
+            agent_env,
+        )  # fmt: skip
+        made.append(cluster)
+        return cluster.start()
+
+    try:
+        yield make
+    finally:
+        for cluster in made:
+            cluster.stop()
+
+
+@pytest.fixture
+def cluster(make_cluster: ClusterFactory) -> Cluster:
+    """Three agents sharing a fresh PostgreSQL database and a fresh SeaweedFS prefix."""
+    return make_cluster(3)
