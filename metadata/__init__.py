@@ -1,4 +1,5 @@
-"""StreamHouse metadata: topics, partitions, the segment index, offsets and producer state.
+"""StreamHouse metadata: topics, partitions, the segment index, offsets, producer state,
+consumer-group state and the agent registry.
 
 All processes share one SQLite file through :class:`MetadataStore`; see :mod:`metadata.store`
 for the API and :mod:`metadata.migrations` for the schema. A cluster shares one PostgreSQL
@@ -7,6 +8,7 @@ given, behind the interface :class:`MetadataBackend`.
 """
 
 from metadata.errors import (
+    AgentUnknownError,
     DuplicateSegmentError,
     InvalidConfigError,
     InvalidPartitionsError,
@@ -23,6 +25,7 @@ from metadata.store import (
     INVALID_PRODUCER_EPOCH,
     OUT_OF_ORDER_SEQUENCE_NUMBER,
     UNKNOWN_TOPIC_OR_PARTITION,
+    AgentInfo,
     BatchRef,
     BatchResult,
     BlockLocation,
@@ -39,6 +42,8 @@ __all__ = [
     "INVALID_PRODUCER_EPOCH",
     "OUT_OF_ORDER_SEQUENCE_NUMBER",
     "UNKNOWN_TOPIC_OR_PARTITION",
+    "AgentInfo",
+    "AgentUnknownError",
     "BatchRef",
     "BatchResult",
     "BlockLocation",

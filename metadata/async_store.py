@@ -21,6 +21,9 @@ Rules:
    either commits or rolls back whole; its result is dropped).
 5. The store is opened and closed on a worker thread too (:meth:`open`, :meth:`close`):
    opening migrates the schema, which writes.
+6. The agent registry calls (register, heartbeat, list, deregister, forget) run on one
+   control thread of their own, so a heartbeat never queues behind segment commits waiting
+   for row locks on the write threads (a late heartbeat would let the agent's lease lapse).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import msgspec
 
 from metadata.interface import MetadataBackend, open_store
 from metadata.store import (
+    AgentInfo,
     BatchResult,
     BlockLocation,
     CommitBlock,
@@ -129,6 +133,7 @@ class AsyncMetadata:
         self.store = store
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="metadata-read")
         self._writes = ThreadPoolExecutor(write_threads, thread_name_prefix="metadata-write")
+        self._control = ThreadPoolExecutor(1, thread_name_prefix="metadata-control")
 
     @classmethod
     async def open(
@@ -161,6 +166,7 @@ class AsyncMetadata:
         """:meth:`close` for a caller that is not on an event loop."""
         self._reads.shutdown(wait=True)
         self._writes.shutdown(wait=True)
+        self._control.shutdown(wait=True)
         self.store.close()
 
     def _read(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -170,6 +176,10 @@ class AsyncMetadata:
     def _write(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._writes, functools.partial(fn, *args))
+
+    def _controlled(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._control, functools.partial(fn, *args))
 
     # -- topics --------------------------------------------------------------------------
 
@@ -292,3 +302,51 @@ class AsyncMetadata:
 
     async def allocate_producer_id(self) -> tuple[int, int]:
         return await self._write(self.store.allocate_producer_id)
+
+    # -- consumer-group state ---------------------------------------------------------------
+
+    async def save_group_state(self, group_id: str, generation: int, state: bytes) -> bool:
+        """Store the group's state blob unless a newer generation is stored (then False)."""
+        return await self._write(self.store.save_group_state, group_id, generation, state)
+
+    async def load_group_state(self, group_id: str) -> tuple[int, bytes] | None:
+        return await self._read(self.store.load_group_state, group_id)
+
+    async def delete_group_state(self, group_id: str) -> None:
+        await self._write(self.store.delete_group_state, group_id)
+
+    async def list_group_states(self) -> list[str]:
+        return await self._read(self.store.list_group_states)
+
+    # -- the agent registry (rule 6: on the control thread) ---------------------------------
+
+    async def register_agent(
+        self,
+        agent_id: str,
+        kafka_host: str,
+        kafka_port: int,
+        grpc_address: str,
+        zone: str,
+        lease_ms: int,
+    ) -> AgentInfo:
+        return await self._controlled(
+            self.store.register_agent,
+            agent_id,
+            kafka_host,
+            kafka_port,
+            grpc_address,
+            zone,
+            lease_ms,
+        )
+
+    async def heartbeat_agent(self, agent_id: str, lease_ms: int) -> list[AgentInfo]:
+        return await self._controlled(self.store.heartbeat_agent, agent_id, lease_ms)
+
+    async def list_agents(self) -> list[AgentInfo]:
+        return await self._controlled(self.store.list_agents)
+
+    async def deregister_agent(self, agent_id: str) -> None:
+        await self._controlled(self.store.deregister_agent, agent_id)
+
+    async def forget_agent(self, agent_id: str) -> bool:
+        return await self._controlled(self.store.forget_agent, agent_id)

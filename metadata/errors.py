@@ -42,6 +42,11 @@ class DuplicateSegmentError(MetadataError):
     """A segment with that object key has already been committed."""
 
 
+class AgentUnknownError(MetadataError):
+    """A heartbeat (or another agent call) named an agent that is not registered: its row was
+    forgotten (``forget_agent``) or never written. The agent registers again."""
+
+
 class SchemaTooNewError(MetadataError):
     """The metadata file was written by newer code than this; refuse to touch it."""
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Final, Literal, Protocol, runtime_checkable
 
 from metadata.store import (
+    AgentInfo,
     BatchResult,
     BlockLocation,
     CommitBlock,
@@ -30,7 +31,8 @@ from metadata.store import (
 
 @runtime_checkable
 class MetadataBackend(Protocol):
-    """A metadata store: topics, partitions, the segment index, group offsets, producers."""
+    """A metadata store: topics, partitions, the segment index, group offsets, producers,
+    consumer-group state and the agent registry."""
 
     #: Where the metadata lives (a file path, or a URL without its password), for messages.
     path: str
@@ -102,6 +104,32 @@ class MetadataBackend(Protocol):
     def list_offset_groups(self) -> list[str]: ...
 
     def allocate_producer_id(self) -> tuple[int, int]: ...
+
+    def save_group_state(self, group_id: str, generation: int, state: bytes) -> bool: ...
+
+    def load_group_state(self, group_id: str) -> tuple[int, bytes] | None: ...
+
+    def delete_group_state(self, group_id: str) -> None: ...
+
+    def list_group_states(self) -> list[str]: ...
+
+    def register_agent(
+        self,
+        agent_id: str,
+        kafka_host: str,
+        kafka_port: int,
+        grpc_address: str,
+        zone: str,
+        lease_ms: int,
+    ) -> AgentInfo: ...
+
+    def heartbeat_agent(self, agent_id: str, lease_ms: int) -> list[AgentInfo]: ...
+
+    def list_agents(self) -> list[AgentInfo]: ...
+
+    def deregister_agent(self, agent_id: str) -> None: ...
+
+    def forget_agent(self, agent_id: str) -> bool: ...
 
 
 #: URL schemes that select the PostgreSQL backend.

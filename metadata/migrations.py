@@ -55,6 +55,26 @@ offsets (int64); ``end_offset`` is always exclusive.
     ``name``, ``uuid``, ``partitions``, ``deleted_ms``. The topic's blocks are gone, so the
     segments that held only its data are the ones no block references any more.
 
+Schema (version 2)
+==================
+
+Version 1 plus two tables for a cluster of agents (the embedded single agent uses them too):
+
+``agents`` -- the agent registry, one row per agent that ever registered and was not
+    forgotten. ``agent_id TEXT PRIMARY KEY`` (stable name, default the Kafka advertised
+    host:port), ``node_id INTEGER UNIQUE`` (>= 0, the Kafka broker id: the smallest one free at
+    first registration, kept by the agent_id until the row is deleted), ``kafka_host TEXT``,
+    ``kafka_port INTEGER``, ``grpc_address TEXT``, ``zone TEXT`` ('' = none),
+    ``started_at_ms`` (this incarnation's registration), ``heartbeat_at_ms`` (last heartbeat),
+    ``lease_until_ms`` (lease end; the agent is alive while it is after now; a clean stop sets
+    it to now). Times by the store's clock (here the local one).
+
+``group_states`` -- consumer-group state, one row per group, opaque to the store.
+    ``group_id TEXT PRIMARY KEY``, ``generation INTEGER`` (a save with an older generation
+    than the stored one is refused), ``state BLOB`` (the group coordinator's blob; its format
+    belongs to ingest/kafka/groups.py), ``updated_ms INTEGER``. Independent of
+    ``group_offsets``: deleting a group's offsets or a topic leaves it alone.
+
 ``PRAGMA application_id`` is set to :data:`APPLICATION_ID` so that a foreign SQLite file is
 refused rather than migrated.
 """
@@ -165,8 +185,32 @@ CREATE TABLE deleted_topics (
 ) STRICT;
 """
 
+_SCHEMA_V2 = """
+CREATE TABLE agents (
+    agent_id         TEXT    PRIMARY KEY,
+    node_id          INTEGER NOT NULL UNIQUE CHECK (node_id >= 0),
+    kafka_host       TEXT    NOT NULL,
+    kafka_port       INTEGER NOT NULL,
+    grpc_address     TEXT    NOT NULL,
+    zone             TEXT    NOT NULL DEFAULT '',
+    started_at_ms    INTEGER NOT NULL,
+    heartbeat_at_ms  INTEGER NOT NULL,
+    lease_until_ms   INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE group_states (
+    group_id    TEXT    PRIMARY KEY,
+    generation  INTEGER NOT NULL,
+    state       BLOB    NOT NULL,
+    updated_ms  INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+"""
+
 #: The ordered migration steps; ``MIGRATIONS[i].version == i + 1``.
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _SCHEMA_V1),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _SCHEMA_V1),
+    Migration(2, "agents registry and consumer-group state", _SCHEMA_V2),
+)
 
 
 def latest_version(steps: Sequence[Migration] | None = None) -> int:

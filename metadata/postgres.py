@@ -60,6 +60,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from metadata import postgres_migrations
 from metadata.errors import (
+    AgentUnknownError,
     DuplicateSegmentError,
     InvalidPartitionsError,
     MetadataError,
@@ -69,7 +70,9 @@ from metadata.errors import (
     UnknownTopicError,
 )
 from metadata.store import (
+    _AGENT_COLUMNS,
     DEBUG_LOOP_CALLS_ENV,
+    AgentInfo,
     BatchResult,
     BlockLocation,
     CommitBlock,
@@ -87,16 +90,30 @@ from metadata.store import (
     _Producer,
     _topic,
     _validate_partitions,
+    agent_row,
     assign_offsets,
+    smallest_free_node_id,
+    validate_agent,
+    validate_group_state,
+    validate_lease,
     validate_topic_name,
 )
 from streamhouse.errors import ErrorCode
 
 T = TypeVar("T")
 
-#: Connections per store by default: one per AsyncMetadata thread (1 read + 4 write), so its
-#: writes wait for row locks side by side and a read never waits for a connection.
-DEFAULT_POOL_SIZE: Final = 5
+#: Connections per store by default: one per AsyncMetadata thread (1 read + 4 write + 1
+#: control), so its writes wait for row locks side by side, and neither a read nor a heartbeat
+#: ever waits for a connection.
+DEFAULT_POOL_SIZE: Final = 6
+#: Key of the transaction-level advisory lock held while a new agent picks its node id
+#: ("SHAG"), so concurrent registrations never pick the same one.
+AGENTS_LOCK: Final = 0x53484147
+
+#: The store's clock: milliseconds since the epoch by the server's ``clock_timestamp()``, so
+#: every agent's leases are measured on one clock whatever their own clocks say.
+_SQL_NOW_MS = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+_SQL_AGENTS = f"SELECT {_AGENT_COLUMNS} FROM agents ORDER BY node_id"
 
 _TOPIC_COLUMNS = "topic_id, name, uuid, partitions, config, created_ms"
 _SQL_TOPIC_BY_NAME = f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE name = %s"
@@ -816,6 +833,159 @@ class PostgresMetadataStore:
             return cur.fetchall()
 
         return [r[0] for r in self._read(list_offset_groups)]
+
+    # ------------------------------------------------------------------ consumer-group state
+
+    def save_group_state(self, group_id: str, generation: int, state: bytes) -> bool:
+        """See :meth:`metadata.store.MetadataStore.save_group_state`."""
+        blob = validate_group_state(group_id, generation, state)
+        now = _now_ms()
+
+        def save_group_state(cur: Any) -> bool:
+            # The conflicting row is locked before the WHERE is checked, so of two racing
+            # saves the older generation never lands after the newer one.
+            cur.execute(
+                "INSERT INTO group_states (group_id, generation, state, updated_ms) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (group_id) DO UPDATE SET "
+                "generation = excluded.generation, state = excluded.state, "
+                "updated_ms = excluded.updated_ms "
+                "WHERE group_states.generation <= excluded.generation",
+                (group_id, generation, blob, now),
+            )
+            return bool(cur.rowcount > 0)
+
+        return self._write(save_group_state)
+
+    def load_group_state(self, group_id: str) -> tuple[int, bytes] | None:
+        """See :meth:`metadata.store.MetadataStore.load_group_state`."""
+
+        def load_group_state(cur: Any) -> Any:
+            cur.execute(
+                "SELECT generation, state FROM group_states WHERE group_id = %s", (group_id,)
+            )
+            return cur.fetchone()
+
+        row = self._read(load_group_state)
+        return (int(row[0]), _bytes(row[1])) if row is not None else None
+
+    def delete_group_state(self, group_id: str) -> None:
+        """See :meth:`metadata.store.MetadataStore.delete_group_state`."""
+
+        def delete_group_state(cur: Any) -> None:
+            cur.execute("DELETE FROM group_states WHERE group_id = %s", (group_id,))
+
+        self._write(delete_group_state)
+
+    def list_group_states(self) -> list[str]:
+        """See :meth:`metadata.store.MetadataStore.list_group_states`."""
+
+        def list_group_states(cur: Any) -> list[Any]:
+            cur.execute('SELECT group_id FROM group_states ORDER BY group_id COLLATE "C"')
+            return cur.fetchall()
+
+        return [r[0] for r in self._read(list_group_states)]
+
+    # ------------------------------------------------------------------ agents
+
+    def register_agent(
+        self,
+        agent_id: str,
+        kafka_host: str,
+        kafka_port: int,
+        grpc_address: str,
+        zone: str,
+        lease_ms: int,
+    ) -> AgentInfo:
+        """See :meth:`metadata.store.MetadataStore.register_agent`; "now" is the server's
+        ``clock_timestamp()``. A new agent picks its node id holding :data:`AGENTS_LOCK`."""
+        validate_agent(agent_id, kafka_host, kafka_port, grpc_address, zone, lease_ms)
+
+        def register_agent(cur: Any) -> AgentInfo:
+            cur.execute(f"SELECT pg_advisory_xact_lock(%s), {_SQL_NOW_MS}", (AGENTS_LOCK,))
+            now = int(cur.fetchone()[1])
+            cur.execute("SELECT agent_id, node_id FROM agents")
+            rows = cur.fetchall()
+            mine = [n for a, n in rows if a == agent_id]
+            node_id = mine[0] if mine else smallest_free_node_id([n for _, n in rows])
+            cur.execute(
+                f"INSERT INTO agents ({_AGENT_COLUMNS}) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (agent_id) DO UPDATE SET kafka_host = excluded.kafka_host, "
+                "kafka_port = excluded.kafka_port, grpc_address = excluded.grpc_address, "
+                "zone = excluded.zone, started_at_ms = excluded.started_at_ms, "
+                "heartbeat_at_ms = excluded.heartbeat_at_ms, "
+                f"lease_until_ms = excluded.lease_until_ms RETURNING {_AGENT_COLUMNS}",
+                (
+                    agent_id,
+                    node_id,
+                    kafka_host,
+                    kafka_port,
+                    grpc_address,
+                    zone,
+                    now,
+                    now,
+                    now + lease_ms,
+                ),
+            )
+            return agent_row(cur.fetchone(), now)
+
+        return self._write(register_agent)
+
+    def heartbeat_agent(self, agent_id: str, lease_ms: int) -> list[AgentInfo]:
+        """See :meth:`metadata.store.MetadataStore.heartbeat_agent`."""
+        validate_lease(lease_ms)
+
+        def heartbeat_agent(cur: Any) -> list[AgentInfo]:
+            cur.execute(
+                f"WITH n AS (SELECT {_SQL_NOW_MS} AS now) UPDATE agents "
+                "SET heartbeat_at_ms = n.now, lease_until_ms = n.now + %s FROM n "
+                "WHERE agent_id = %s RETURNING n.now",
+                (lease_ms, agent_id),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise AgentUnknownError(
+                    f"agent {agent_id!r} is not registered (it was forgotten, or never "
+                    "registered): register it again"
+                )
+            now = int(row[0])
+            cur.execute(_SQL_AGENTS)
+            return [agent_row(r, now) for r in cur.fetchall()]
+
+        return self._write(heartbeat_agent)
+
+    def list_agents(self) -> list[AgentInfo]:
+        """See :meth:`metadata.store.MetadataStore.list_agents`."""
+
+        def list_agents(cur: Any) -> list[AgentInfo]:
+            cur.execute(f"SELECT {_SQL_NOW_MS}")
+            now = int(cur.fetchone()[0])
+            cur.execute(_SQL_AGENTS)
+            return [agent_row(r, now) for r in cur.fetchall()]
+
+        return self._read(list_agents)
+
+    def deregister_agent(self, agent_id: str) -> None:
+        """See :meth:`metadata.store.MetadataStore.deregister_agent`."""
+
+        def deregister_agent(cur: Any) -> None:
+            cur.execute(
+                f"WITH n AS (SELECT {_SQL_NOW_MS} AS now) UPDATE agents "
+                "SET lease_until_ms = n.now FROM n "
+                "WHERE agent_id = %s AND lease_until_ms > n.now",
+                (agent_id,),
+            )
+
+        self._write(deregister_agent)
+
+    def forget_agent(self, agent_id: str) -> bool:
+        """See :meth:`metadata.store.MetadataStore.forget_agent`."""
+
+        def forget_agent(cur: Any) -> bool:
+            cur.execute("DELETE FROM agents WHERE agent_id = %s", (agent_id,))
+            return bool(cur.rowcount > 0)
+
+        return self._write(forget_agent)
 
     # ------------------------------------------------------------------ producers
 

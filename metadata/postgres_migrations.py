@@ -48,6 +48,24 @@ Times are milliseconds since the Unix epoch (``BIGINT``). Offsets are Kafka offs
 
 ``deleted_topics`` -- ``topic_id BIGINT PRIMARY KEY``, ``name``, ``uuid``, ``partitions``,
     ``deleted_ms``: bookkeeping for the lifecycle job.
+
+Schema (version 2)
+==================
+
+Version 1 plus the cluster's tables (the same as the SQLite file's version 2):
+
+``agents`` -- the agent registry. ``agent_id TEXT PRIMARY KEY``, ``node_id INTEGER UNIQUE``
+    (>= 0, the Kafka broker id: the smallest free one at first registration, assigned while
+    holding the transaction-level advisory lock :data:`metadata.postgres.AGENTS_LOCK`, kept by
+    the agent_id until the row is deleted), ``kafka_host``, ``kafka_port``, ``grpc_address``,
+    ``zone`` ('' = none), ``started_at_ms``, ``heartbeat_at_ms``, ``lease_until_ms`` (BIGINT,
+    by the server's ``clock_timestamp()`` so that agents with skewed clocks agree; alive while
+    ``lease_until_ms`` is after now).
+
+``group_states`` -- ``group_id TEXT PRIMARY KEY``, ``generation BIGINT`` (a save with an
+    older generation than the stored one is refused), ``state BYTEA`` (opaque; the format
+    belongs to ingest/kafka/groups.py), ``updated_ms BIGINT``. Independent of
+    ``group_offsets``: deleting offsets or a topic leaves it alone.
 """
 
 from __future__ import annotations
@@ -154,8 +172,32 @@ CREATE TABLE deleted_topics (
 );
 """
 
+_SCHEMA_V2 = """
+CREATE TABLE agents (
+    agent_id         TEXT    PRIMARY KEY,
+    node_id          INTEGER NOT NULL UNIQUE CHECK (node_id >= 0),
+    kafka_host       TEXT    NOT NULL,
+    kafka_port       INTEGER NOT NULL,
+    grpc_address     TEXT    NOT NULL,
+    zone             TEXT    NOT NULL DEFAULT '',
+    started_at_ms    BIGINT  NOT NULL,
+    heartbeat_at_ms  BIGINT  NOT NULL,
+    lease_until_ms   BIGINT  NOT NULL
+);
+
+CREATE TABLE group_states (
+    group_id    TEXT    PRIMARY KEY,
+    generation  BIGINT  NOT NULL,
+    state       BYTEA   NOT NULL,
+    updated_ms  BIGINT  NOT NULL
+);
+"""
+
 #: The ordered migration steps; ``MIGRATIONS[i].version == i + 1``.
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _SCHEMA_V1),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _SCHEMA_V1),
+    Migration(2, "agents registry and consumer-group state", _SCHEMA_V2),
+)
 
 _SQL_CREATE_VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS streamhouse_schema (id INTEGER PRIMARY KEY CHECK (id = 1), "

@@ -52,6 +52,7 @@ import msgspec
 
 from metadata import migrations
 from metadata.errors import (
+    AgentUnknownError,
     DuplicateSegmentError,
     InvalidConfigError,
     InvalidPartitionsError,
@@ -176,6 +177,23 @@ class DeletedTopic(msgspec.Struct, frozen=True):
     deleted_ms: int
 
 
+class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One agent of the registry (see :meth:`MetadataStore.register_agent`). Times are
+    milliseconds since the epoch by the store's clock; ``alive`` is ``lease_until_ms > now``
+    at the instant the row was read."""
+
+    agent_id: str
+    node_id: int
+    kafka_host: str
+    kafka_port: int
+    grpc_address: str
+    zone: str
+    started_at_ms: int
+    heartbeat_at_ms: int
+    lease_until_ms: int
+    alive: bool
+
+
 _RESULT_UNKNOWN: Final = BatchResult(-1, UNKNOWN_TOPIC_OR_PARTITION)
 _RESULT_OUT_OF_ORDER: Final = BatchResult(-1, OUT_OF_ORDER_SEQUENCE_NUMBER)
 _RESULT_BAD_EPOCH: Final = BatchResult(-1, INVALID_PRODUCER_EPOCH)
@@ -275,6 +293,15 @@ _SQL_ALLOCATE_PRODUCER_ID = (
 )
 
 
+_AGENT_COLUMNS = (
+    "agent_id, node_id, kafka_host, kafka_port, grpc_address, zone, started_at_ms, "
+    "heartbeat_at_ms, lease_until_ms"
+)
+_SQL_AGENTS = f"SELECT {_AGENT_COLUMNS} FROM agents ORDER BY node_id"
+_SQL_AGENT_NODE_IDS = "SELECT agent_id, node_id FROM agents ORDER BY node_id"
+_SQL_GROUP_STATE = "SELECT generation, state FROM group_states WHERE group_id = ?"
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -304,6 +331,115 @@ def validate_topic_name(name: object) -> str:
             "alphanumerics, '.', '_' and '-'"
         )
     return name
+
+
+#: Longest agent id, host, gRPC address or zone accepted (characters).
+MAX_AGENT_FIELD_LENGTH: Final = 255
+#: Longest lease accepted: a day (a lease is normally a few heartbeats long).
+MAX_LEASE_MS: Final = 86_400_000
+#: Longest consumer group id accepted (characters) and largest group state blob (bytes).
+MAX_GROUP_ID_LENGTH: Final = 255
+MAX_GROUP_STATE_BYTES: Final = 16 * 1024 * 1024
+_INT64_MAX: Final = 2**63 - 1
+
+
+def _check_text(what: str, value: object, *, empty_ok: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+    if not value and not empty_ok:
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > MAX_AGENT_FIELD_LENGTH:
+        raise ValueError(
+            f"{what} is {len(value)} characters long; the limit is {MAX_AGENT_FIELD_LENGTH}"
+        )
+    return value
+
+
+def _check_int(what: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be between {low} and {high}, got {value}")
+    return value
+
+
+def validate_agent(
+    agent_id: object,
+    kafka_host: object,
+    kafka_port: object,
+    grpc_address: object,
+    zone: object,
+    lease_ms: object,
+) -> None:
+    """Refuse a bad registration with ``ValueError`` saying which argument is wrong:
+    ``agent_id``, ``kafka_host`` and ``grpc_address`` non-empty strings, ``zone`` a string
+    ('' = none), each at most :data:`MAX_AGENT_FIELD_LENGTH` characters; ``kafka_port``
+    1..65535; ``lease_ms`` 1..:data:`MAX_LEASE_MS`."""
+    _check_text("agent_id", agent_id)
+    _check_text("kafka_host", kafka_host)
+    _check_int("kafka_port", kafka_port, 1, 65535)
+    _check_text("grpc_address", grpc_address)
+    _check_text("zone", zone, empty_ok=True)
+    validate_lease(lease_ms)
+
+
+def validate_lease(lease_ms: object) -> int:
+    """``lease_ms`` if it is 1..:data:`MAX_LEASE_MS`, else ``ValueError``."""
+    return _check_int("lease_ms", lease_ms, 1, MAX_LEASE_MS)
+
+
+def validate_group_state(group_id: object, generation: object, state: object) -> bytes:
+    """Refuse a bad group-state save with ``ValueError``; return ``state`` as bytes.
+    ``group_id``: a non-empty string of at most :data:`MAX_GROUP_ID_LENGTH` characters;
+    ``generation``: -1..2**63-1; ``state``: bytes-like, at most :data:`MAX_GROUP_STATE_BYTES`."""
+    validate_group_id(group_id)
+    _check_int("generation", generation, -1, _INT64_MAX)
+    if not isinstance(state, (bytes, bytearray, memoryview)):
+        raise ValueError(f"group state must be bytes, got {type(state).__name__}")
+    blob = bytes(state)
+    if len(blob) > MAX_GROUP_STATE_BYTES:
+        raise ValueError(
+            f"group state of {group_id!r} is {len(blob)} bytes; the limit is "
+            f"{MAX_GROUP_STATE_BYTES}: the coordinator must keep less per group"
+        )
+    return blob
+
+
+def validate_group_id(group_id: object) -> str:
+    """``group_id`` if it is a non-empty string of at most :data:`MAX_GROUP_ID_LENGTH`
+    characters, else ``ValueError``."""
+    if not isinstance(group_id, str):
+        raise ValueError(f"group id must be a string, got {type(group_id).__name__}")
+    if not group_id or len(group_id) > MAX_GROUP_ID_LENGTH:
+        raise ValueError(
+            f"group id must be 1..{MAX_GROUP_ID_LENGTH} characters long, got {len(group_id)}"
+        )
+    return group_id
+
+
+def smallest_free_node_id(taken: Sequence[int]) -> int:
+    """The smallest node id >= 0 not in ``taken``."""
+    used = set(taken)
+    node_id = 0
+    while node_id in used:
+        node_id += 1
+    return node_id
+
+
+def agent_row(row: Sequence[Any], now_ms: int) -> AgentInfo:
+    """An :class:`AgentInfo` from an ``agents`` row (columns as ``_AGENT_COLUMNS``)."""
+    return AgentInfo(
+        agent_id=row[0],
+        node_id=row[1],
+        kafka_host=row[2],
+        kafka_port=row[3],
+        grpc_address=row[4],
+        zone=row[5],
+        started_at_ms=row[6],
+        heartbeat_at_ms=row[7],
+        lease_until_ms=row[8],
+        alive=row[8] > now_ms,
+    )
 
 
 def _validate_partitions(partitions: object) -> int:
@@ -768,6 +904,8 @@ class MetadataStore:
         and its id is recorded in ``deleted_topics`` for the lifecycle job. Segment rows stay (a
         segment may hold other topics' data); those left with no blocks can be reclaimed.
         The name can be reused immediately; the new topic gets a new id and sees no old data.
+        Consumer-group state (:meth:`save_group_state`) is not touched: a group's membership
+        outlives the topics it consumes (its coordinator drops what no longer exists).
         Raises :class:`UnknownTopicError` if there is no such topic.
         """
         now = _now_ms()
@@ -1034,7 +1172,9 @@ class MetadataStore:
         self, group: str, partitions: Sequence[tuple[int, int]] | None = None
     ) -> int:
         """Remove ``group``'s commits for the given ``(topic_id, partition)`` pairs, or all of
-        them when ``partitions`` is None; returns how many were removed."""
+        them when ``partitions`` is None; returns how many were removed. The group's state
+        (:meth:`save_group_state`) is a separate concern and stays: delete it with
+        :meth:`delete_group_state`."""
         removed = 0
         with self._write() as db:
             if partitions is None:
@@ -1057,6 +1197,137 @@ class MetadataStore:
                 "SELECT DISTINCT group_id FROM group_offsets ORDER BY group_id"
             ).fetchall()
         return [r[0] for r in rows]
+
+    # ------------------------------------------------------------------ consumer-group state
+
+    def save_group_state(self, group_id: str, generation: int, state: bytes) -> bool:
+        """Store ``group_id``'s state blob (opaque here; its format belongs to
+        ingest/kafka/groups.py) at ``generation``, replacing the stored one, unless a newer
+        generation is stored: then nothing changes and the call returns False (a stale
+        coordinator must not overwrite its successor's state). Equal generations overwrite.
+        Group state is separate from committed offsets: :meth:`delete_group_offsets` and
+        :meth:`delete_topic` leave it alone. Raises ``ValueError`` for bad arguments
+        (:func:`validate_group_state`)."""
+        blob = validate_group_state(group_id, generation, state)
+        now = _now_ms()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO group_states (group_id, generation, state, updated_ms) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (group_id) DO UPDATE SET "
+                "generation = excluded.generation, state = excluded.state, "
+                "updated_ms = excluded.updated_ms "
+                "WHERE group_states.generation <= excluded.generation",
+                (group_id, generation, blob, now),
+            )
+            return db.changes() > 0
+
+    def load_group_state(self, group_id: str) -> tuple[int, bytes] | None:
+        """``(generation, state)`` stored for ``group_id``, or None."""
+        with self._read() as db:
+            rows = db.execute(_SQL_GROUP_STATE, (group_id,)).fetchall()
+        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
+
+    def delete_group_state(self, group_id: str) -> None:
+        """Forget ``group_id``'s state (no-op if there is none); its offsets stay."""
+        with self._write() as db:
+            db.execute("DELETE FROM group_states WHERE group_id = ?", (group_id,))
+
+    def list_group_states(self) -> list[str]:
+        """Every group id with stored state, sorted (by code point)."""
+        with self._read() as db:
+            rows = db.execute("SELECT group_id FROM group_states ORDER BY group_id").fetchall()
+        return [r[0] for r in rows]
+
+    # ------------------------------------------------------------------ agents
+
+    def register_agent(
+        self,
+        agent_id: str,
+        kafka_host: str,
+        kafka_port: int,
+        grpc_address: str,
+        zone: str,
+        lease_ms: int,
+    ) -> AgentInfo:
+        """Register (or re-register, after a restart) the agent ``agent_id`` and return its row.
+
+        A new ``agent_id`` gets the smallest node id >= 0 that no other agent row holds (node
+        ids of forgotten agents are reused); an existing one keeps its node id and gets the new
+        addresses and zone. Either way ``started_at_ms = heartbeat_at_ms = now`` and
+        ``lease_until_ms = now + lease_ms``, now by the store's clock (for SQLite, this
+        machine's). Raises ``ValueError`` for bad arguments (:func:`validate_agent`).
+        """
+        validate_agent(agent_id, kafka_host, kafka_port, grpc_address, zone, lease_ms)
+        with self._write() as db:
+            now = _now_ms()
+            rows = db.execute(_SQL_AGENT_NODE_IDS).fetchall()
+            mine = [n for a, n in rows if a == agent_id]
+            node_id = mine[0] if mine else smallest_free_node_id([n for _, n in rows])
+            row = db.execute(
+                f"INSERT INTO agents ({_AGENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (agent_id) DO UPDATE SET kafka_host = excluded.kafka_host, "
+                "kafka_port = excluded.kafka_port, grpc_address = excluded.grpc_address, "
+                "zone = excluded.zone, started_at_ms = excluded.started_at_ms, "
+                "heartbeat_at_ms = excluded.heartbeat_at_ms, "
+                f"lease_until_ms = excluded.lease_until_ms RETURNING {_AGENT_COLUMNS}",
+                (
+                    agent_id,
+                    node_id,
+                    kafka_host,
+                    kafka_port,
+                    grpc_address,
+                    zone,
+                    now,
+                    now,
+                    now + lease_ms,
+                ),
+            ).fetchall()[0]
+        return agent_row(row, now)
+
+    def heartbeat_agent(self, agent_id: str, lease_ms: int) -> list[AgentInfo]:
+        """Renew ``agent_id``'s lease (``heartbeat_at_ms = now``, ``lease_until_ms = now +
+        lease_ms``) and return every registered agent ordered by node id, ``alive`` computed at
+        that same instant. Raises :class:`AgentUnknownError` if the agent's row is gone (the
+        caller registers again) and ``ValueError`` for a bad ``lease_ms``."""
+        validate_lease(lease_ms)
+        with self._write() as db:
+            now = _now_ms()
+            db.execute(
+                "UPDATE agents SET heartbeat_at_ms = ?, lease_until_ms = ? WHERE agent_id = ?",
+                (now, now + lease_ms, agent_id),
+            )
+            if db.changes() == 0:
+                raise AgentUnknownError(
+                    f"agent {agent_id!r} is not registered (it was forgotten, or never "
+                    "registered): register it again"
+                )
+            rows = db.execute(_SQL_AGENTS).fetchall()
+        return [agent_row(r, now) for r in rows]
+
+    def list_agents(self) -> list[AgentInfo]:
+        """Every registered agent (alive or not) ordered by node id; ``alive`` as of now."""
+        with self._read() as db:
+            now = _now_ms()
+            rows = db.execute(_SQL_AGENTS).fetchall()
+        return [agent_row(r, now) for r in rows]
+
+    def deregister_agent(self, agent_id: str) -> None:
+        """A clean stop: end ``agent_id``'s lease now (``lease_until_ms = now``), so it shows as
+        not alive at once. The row and its node id stay. No-op for an unknown agent."""
+        with self._write() as db:
+            now = _now_ms()
+            db.execute(
+                "UPDATE agents SET lease_until_ms = ? WHERE agent_id = ? AND lease_until_ms > ?",
+                (now, agent_id, now),
+            )
+
+    def forget_agent(self, agent_id: str) -> bool:
+        """Delete ``agent_id``'s row, freeing its node id for the next new agent; False if it
+        was not registered. A live agent forgotten gets :class:`AgentUnknownError` at its next
+        heartbeat and registers again."""
+        with self._write() as db:
+            db.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,))
+            return db.changes() > 0
 
     # ------------------------------------------------------------------ producers
 

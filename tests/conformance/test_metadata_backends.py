@@ -25,6 +25,7 @@ from metadata import (
     INVALID_PRODUCER_EPOCH,
     OUT_OF_ORDER_SEQUENCE_NUMBER,
     UNKNOWN_TOPIC_OR_PARTITION,
+    AgentUnknownError,
     BatchRef,
     BatchResult,
     CommitBlock,
@@ -589,6 +590,238 @@ def test_group_offsets(store: Store) -> None:
     assert store.get_offset("g1", tid, 1) == (5, "m")
 
 
+# --------------------------------------------------------------------------- consumer-group state
+
+
+def test_group_state_generation_guard(store: Store) -> None:
+    """A save with an older generation than the stored one is refused (nothing changes); an
+    equal or newer one replaces it."""
+    assert store.load_group_state("g") is None
+    assert store.list_group_states() == []
+    assert store.save_group_state("g", 3, b"three") is True
+    assert store.load_group_state("g") == (3, b"three")
+    assert store.save_group_state("g", 2, b"stale") is False
+    assert store.load_group_state("g") == (3, b"three")
+    assert store.save_group_state("g", 3, b"three again") is True
+    assert store.load_group_state("g") == (3, b"three again")
+    assert store.save_group_state("g", 4, bytearray(b"\x00four\xff")) is True
+    assert store.load_group_state("g") == (4, b"\x00four\xff")
+    assert store.save_group_state("other", 0, b"") is True
+    assert store.load_group_state("other") == (0, b"")
+    assert store.list_group_states() == ["g", "other"]
+
+
+def test_group_state_delete_and_relation_to_offsets_and_topics(store: Store) -> None:
+    """Group state is its own concern: deleting offsets or a topic leaves it; deleting it
+    leaves the offsets; after a delete any generation may be saved again."""
+    t = store.create_topic("t", 1)
+    store.commit_offset("g", t.topic_id, 0, 5, "")
+    store.save_group_state("g", 7, b"members")
+    assert store.delete_group_offsets("g") == 1
+    assert store.load_group_state("g") == (7, b"members")
+    store.commit_offset("g", t.topic_id, 0, 6, "")
+    store.delete_topic("t")
+    assert store.load_group_state("g") == (7, b"members")
+    store.create_topic("u", 1)
+    u = store.get_topic("u")
+    assert u is not None
+    store.commit_offset("g", u.topic_id, 0, 9, "")
+    store.delete_group_state("g")
+    assert store.load_group_state("g") is None
+    assert store.list_group_states() == []
+    assert store.get_offset("g", u.topic_id, 0) == (9, "")
+    store.delete_group_state("g")  # deleting what is not there is a no-op
+    assert store.save_group_state("g", 1, b"new life") is True
+    assert store.load_group_state("g") == (1, b"new life")
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("", 1, b""), "group id"),
+        ((7, 1, b""), "group id must be a string"),
+        (("g" * 256, 1, b""), "group id"),
+        (("g", -2, b""), "generation"),
+        (("g", True, b""), "generation must be an integer"),
+        (("g", 1, "text"), "must be bytes"),
+    ],
+)
+def test_group_state_bad_arguments_are_refused(
+    store: Store, args: tuple[object, ...], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        store.save_group_state(*args)  # type: ignore[arg-type]
+    assert store.list_group_states() == []
+
+
+# --------------------------------------------------------------------------- agents
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what} after {timeout} s"
+        time.sleep(0.01)  # polling interval, not synchronisation
+
+
+def register(store: Store, agent_id: str, lease_ms: int = 60_000, zone: str = "") -> Any:
+    return store.register_agent(
+        agent_id, f"host-{agent_id}", 9092, f"{agent_id}:50051", zone, lease_ms
+    )
+
+
+def test_register_agent_assigns_smallest_free_node_ids_kept_by_agent_id(store: Store) -> None:
+    before = int(time.time() * 1000)
+    a = register(store, "a", zone="z1")
+    assert a.node_id == 0 and a.alive
+    assert (a.agent_id, a.kafka_host, a.kafka_port, a.grpc_address, a.zone) == (
+        "a",
+        "host-a",
+        9092,
+        "a:50051",
+        "z1",
+    )
+    assert a.started_at_ms == a.heartbeat_at_ms and a.lease_until_ms == a.started_at_ms + 60_000
+    assert abs(a.started_at_ms - before) < 60_000  # the store's clock, near this one
+    assert [register(store, x).node_id for x in ("b", "c", "d")] == [1, 2, 3]
+    # Re-registering keeps the node id and takes the new addresses and zone.
+    again = store.register_agent("b", "new-host", 19092, "new:1", "z2", 1000)
+    assert (again.node_id, again.kafka_host, again.kafka_port, again.zone) == (
+        1,
+        "new-host",
+        19092,
+        "z2",
+    )
+    assert again.started_at_ms >= a.started_at_ms
+    # Forgetting frees a node id; the next new agent gets the smallest free one.
+    assert store.forget_agent("b") is True
+    assert store.forget_agent("b") is False
+    assert store.forget_agent("never") is False
+    assert store.forget_agent("a") is True
+    assert register(store, "e").node_id == 0
+    assert register(store, "f").node_id == 1
+    assert register(store, "g").node_id == 4
+    assert register(store, "c").node_id == 2  # still its own
+    assert [(x.node_id, x.agent_id) for x in store.list_agents()] == [
+        (0, "e"),
+        (1, "f"),
+        (2, "c"),
+        (3, "d"),
+        (4, "g"),
+    ]
+
+
+def test_heartbeat_renews_the_lease_and_returns_every_agent(store: Store) -> None:
+    a = register(store, "a", lease_ms=60_000)
+    register(store, "b", lease_ms=60_000)
+    register(store, "c", lease_ms=1)
+    wait_until(lambda: not store.list_agents()[2].alive, "a 1 ms lease to lapse")
+    store.deregister_agent("b")
+    agents = store.heartbeat_agent("a", 120_000)
+    assert [(x.agent_id, x.node_id, x.alive) for x in agents] == [
+        ("a", 0, True),
+        ("b", 1, False),
+        ("c", 2, False),
+    ]
+    me = agents[0]
+    assert me.heartbeat_at_ms >= a.heartbeat_at_ms
+    assert me.lease_until_ms == me.heartbeat_at_ms + 120_000
+    assert me.started_at_ms == a.started_at_ms  # a heartbeat is not a restart
+    # A deregistered (stopped) agent that heartbeats again is alive again.
+    assert [x.alive for x in store.heartbeat_agent("b", 60_000)] == [True, True, False]
+    assert [(x.agent_id, x.alive) for x in store.list_agents()] == [
+        ("a", True),
+        ("b", True),
+        ("c", False),
+    ]
+
+
+def test_lease_expiry_makes_an_agent_not_alive(store: Store) -> None:
+    register(store, "a", lease_ms=60_000)
+    short = register(store, "b", lease_ms=200)
+    assert short.alive
+    wait_until(lambda: not store.list_agents()[1].alive, "a 200 ms lease to lapse")
+    assert {x.agent_id: x.alive for x in store.list_agents()} == {"a": True, "b": False}
+    # Seen from a heartbeat too, and renewing brings it back.
+    assert [x.alive for x in store.heartbeat_agent("a", 60_000)] == [True, False]
+    assert [x.alive for x in store.heartbeat_agent("b", 60_000)] == [True, True]
+
+
+def test_deregister_and_forget(store: Store) -> None:
+    register(store, "a")
+    register(store, "b")
+    store.deregister_agent("a")
+    listed = store.list_agents()
+    assert [(x.agent_id, x.alive) for x in listed] == [("a", False), ("b", True)]
+    assert listed[0].lease_until_ms >= listed[0].heartbeat_at_ms
+    store.deregister_agent("a")  # again: still stopped, nothing else changes
+    store.deregister_agent("nobody")  # unknown: a no-op
+    assert store.list_agents()[0] == listed[0]
+    assert store.forget_agent("a") is True
+    assert [x.agent_id for x in store.list_agents()] == ["b"]
+    with pytest.raises(AgentUnknownError, match="register it again"):
+        store.heartbeat_agent("a", 1000)
+    with pytest.raises(AgentUnknownError, match="'nobody' is not registered"):
+        store.heartbeat_agent("nobody", 1000)
+    assert register(store, "a").node_id == 0
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("", "h", 9092, "g:1", "", 1000), "agent_id must not be empty"),
+        ((None, "h", 9092, "g:1", "", 1000), "agent_id must be a string"),
+        (("a" * 256, "h", 9092, "g:1", "", 1000), "agent_id is 256 characters"),
+        (("a", "", 9092, "g:1", "", 1000), "kafka_host"),
+        (("a", "h", 0, "g:1", "", 1000), "kafka_port must be between 1 and 65535"),
+        (("a", "h", 70000, "g:1", "", 1000), "kafka_port"),
+        (("a", "h", "9092", "g:1", "", 1000), "kafka_port must be an integer"),
+        (("a", "h", 9092, "", "", 1000), "grpc_address"),
+        (("a", "h", 9092, "g:1", None, 1000), "zone must be a string"),
+        (("a", "h", 9092, "g:1", "", 0), "lease_ms must be between"),
+        (("a", "h", 9092, "g:1", "", 10**12), "lease_ms"),
+    ],
+)
+def test_bad_agent_arguments_are_refused(
+    store: Store, args: tuple[object, ...], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        store.register_agent(*args)  # type: ignore[arg-type]
+    assert store.list_agents() == []
+    register(store, "a")
+    with pytest.raises(ValueError, match="lease_ms"):
+        store.heartbeat_agent("a", -5)
+
+
+def test_async_metadata_agents_and_group_state(open_store: Opener) -> None:
+    """The awaited wrappers reach the same calls, loop guard on."""
+    s = open_store(forbid_loop_calls=True)
+
+    async def main() -> None:
+        meta = AsyncMetadata(s)
+        try:
+            me = await meta.register_agent("a", "h", 9092, "h:1", "z", 60_000)
+            assert me.node_id == 0
+            assert [x.agent_id for x in await meta.heartbeat_agent("a", 60_000)] == ["a"]
+            assert [x.alive for x in await meta.list_agents()] == [True]
+            await meta.deregister_agent("a")
+            assert [x.alive for x in await meta.list_agents()] == [False]
+            assert await meta.forget_agent("a") is True
+            with pytest.raises(AgentUnknownError):
+                await meta.heartbeat_agent("a", 1000)
+            assert await meta.save_group_state("g", 2, b"x") is True
+            assert await meta.save_group_state("g", 1, b"y") is False
+            assert await meta.load_group_state("g") == (2, b"x")
+            assert await meta.list_group_states() == ["g"]
+            await meta.delete_group_state("g")
+            assert await meta.load_group_state("g") is None
+        finally:
+            await meta.close()
+
+    asyncio.run(main())
+
+
 # --------------------------------------------------------------------------- stores sharing one
 
 
@@ -718,6 +951,8 @@ def test_postgres_migrates_empty_database_to_latest(postgres_dsn: str) -> None:
         "producer_ids",
         "producer_state",
         "deleted_topics",
+        "agents",
+        "group_states",
     } <= tables
 
 
@@ -892,6 +1127,57 @@ def test_postgres_many_agents_commit_concurrently(postgres_dsn: str) -> None:
             found = s.find_blocks(*tp, 0, limit=10_000)
             assert [(b.base_offset, b.end_offset - b.base_offset) for b in found] == ranges
     assert sum(len(r) for r in assigned.values()) == agents * segments_per_agent * 5
+
+
+def test_postgres_concurrent_registrations_get_unique_node_ids(postgres_dsn: str) -> None:
+    """24 agents (each its own store) register at once, twice each (a restart): node ids are
+    0..23, each held by exactly one agent, and a re-registration keeps its id."""
+    agents = 24
+    got: dict[str, list[int]] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(agents)
+
+    def agent(n: int) -> None:
+        try:
+            with PostgresMetadataStore(postgres_dsn, pool_size=1) as s:
+                barrier.wait()
+                ids = [
+                    s.register_agent(f"agent-{n}", f"h{n}", 9092, f"h{n}:1", "", 60_000).node_id
+                    for _ in range(2)
+                ]
+                with lock:
+                    got[f"agent-{n}"] = ids
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=agent, args=(n,)) for n in range(agents)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert all(a == b for a, b in got.values()), got
+    assert sorted(ids[0] for ids in got.values()) == list(range(agents))
+    with PostgresMetadataStore(postgres_dsn) as s:
+        listed = s.list_agents()
+    assert [x.node_id for x in listed] == list(range(agents))
+    assert {x.agent_id: x.node_id for x in listed} == {a: ids[0] for a, ids in got.items()}
+
+
+def test_postgres_agent_times_are_the_servers_clock(postgres_dsn: str) -> None:
+    """Leases are measured on PostgreSQL's clock, not the caller's."""
+    with PostgresMetadataStore(postgres_dsn) as s, psycopg.connect(postgres_dsn) as conn:
+        before = conn.execute(
+            "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+        ).fetchone()
+        a = s.register_agent("a", "h", 9092, "h:1", "", 5000)
+        after = conn.execute(
+            "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+        ).fetchone()
+    assert before is not None and after is not None
+    assert before[0] <= a.started_at_ms <= after[0]
+    assert a.lease_until_ms == a.started_at_ms + 5000
 
 
 def test_postgres_retry_through_another_agent_is_deduplicated(postgres_dsn: str) -> None:
