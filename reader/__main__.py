@@ -7,6 +7,12 @@ answered with a retriable error, a response is trimmed to fit its ring
 dropped with one log line (readers then read that segment from the object store). The ring
 loops are spawned through `streamhouse.process.spawn`: if one dies the process exits and
 supervisord restarts it.
+
+With a PostgreSQL metadata store (a cluster of agents) the reader also runs a
+`metadata.commit_feed.CommitFeed` (spawned the same way): every agent's segment commits wake
+its long-polls and feed its cache (`ReadEngine.on_notice`), and a gap in the feed (the
+connection lost and re-established) wakes every waiting fetch (`ReadEngine.wake_all`). An
+outage of PostgreSQL does not stop the reader: the feed reconnects by itself.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import logging
 import msgspec
 
 from metadata.async_store import AsyncMetadata
+from metadata.commit_feed import CommitFeed
+from metadata.interface import is_postgres_target
 from reader.cache import BlockCache
 from reader.engine import ReadEngine, error_response, fit_response, parse_request
 from streamhouse import objectstore, rings
@@ -116,6 +124,10 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
         spawn(take_requests(), "fetch-request intake"),
         spawn(take_committed(), "committed-segment intake"),
     ]
+    target = settings.metadata_target
+    if isinstance(target, str) and is_postgres_target(target):
+        feed = CommitFeed(target, engine.on_notice, engine.wake_all)
+        tasks.append(spawn(feed.run(), "commit feed"))
     stop_task = asyncio.ensure_future(stop.wait())
     try:
         await stop_task

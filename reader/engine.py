@@ -13,6 +13,17 @@ Rules:
   commit wakes is bounded. No fetch waits longer than `max_wait_ms` (the reader's cap),
   whatever it asked for, so a fetch slot is never held for long.
 - Cold reads fetch just the needed block by a range GET; the next blocks are prefetched.
+- Commits wake long-polls from two sources. This agent's uploader hands each committed
+  segment over the committed ring (`on_committed`: its blocks go straight into the cache).
+  With a PostgreSQL metadata store, `metadata.commit_feed.CommitFeed` also delivers every
+  agent's commits (`on_notice`): for each announced block of a partition that has waiters
+  the block is loaded first (one range GET, shared with every fetch that then asks for it
+  through `load_block`: N waiting consumers cost one GET), then the waiters are woken; a
+  notice whose block list did not fit (``*``) and a gap in the feed (`wake_all`) wake every
+  waiter, which re-reads the metadata. The feed also announces this agent's own commits,
+  possibly before their ring frame arrives: a notified block is therefore GET only after
+  `own_commit_grace_s` without its ring frame, and a segment the ring delivered already is
+  ignored, so an own commit costs no GET and at most one harmless extra pass per waiter.
 - Metadata is read off the event loop (`metadata.async_store.AsyncMetadata`), one call per
   pass over a fetch: every partition's state and first `BLOCKS_PER_LOOKUP` blocks together
   (`read_plans`); a partition read past those blocks looks up its next ones.
@@ -22,12 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from typing import Any
 
 import msgspec
 
 from metadata import BlockLocation, MetadataStore
 from metadata.async_store import AsyncMetadata, ReadPlan
+from metadata.commit_feed import CommitNotice
 from reader.cache import BlockCache, BlockKey
 from streamhouse import objectstore
 from streamhouse.errors import RING_OK, ErrorCode, RingError
@@ -58,6 +71,8 @@ log = logging.getLogger("reader")
 _decode_request = decoder_for(FetchRequest).decode
 #: Blocks looked up per partition and metadata call.
 BLOCKS_PER_LOOKUP = 8
+#: Segment keys the committed ring delivered, remembered to ignore their commit notices.
+RING_SEGMENTS_REMEMBERED = 4096
 
 
 class ReadEngine:
@@ -77,21 +92,77 @@ class ReadEngine:
         # sets max_batch_bytes (what ingest let in), so a stored bomb costs no more.
         self.max_inflated = MAX_INFLATED_BYTES
         self.waiting = 0
+        # How long a notified block waits for this agent's committed ring before its GET.
+        self.own_commit_grace_s = 0.005
+        self._ring_segments: OrderedDict[str, None] = OrderedDict()
+        self._arrivals: dict[BlockKey, asyncio.Future[None]] = {}
+        #: Notified blocks loaded by a GET, and found in the cache (ring) instead.
+        self.feed_gets = 0
+        self.feed_cached = 0
 
     def on_committed(self, segment: CommittedSegment, obj: bytes) -> None:
         """Caches a freshly committed segment's blocks and wakes fetches waiting on them."""
         view = memoryview(obj)
+        self._ring_segments[segment.key] = None
+        if len(self._ring_segments) > RING_SEGMENTS_REMEMBERED:
+            self._ring_segments.popitem(last=False)
         for b in segment.blocks:
-            self.cache.put_encoded(
-                (segment.key, b.byte_offset),
-                bytes(view[b.byte_offset : b.byte_offset + b.byte_length]),
-            )
+            key = (segment.key, b.byte_offset)
+            self.cache.put_encoded(key, bytes(view[b.byte_offset : b.byte_offset + b.byte_length]))
+            arrival = self._arrivals.pop(key, None)
+            if arrival is not None and not arrival.done():
+                arrival.set_result(None)
             self._wake((b.topic_id, b.partition))
+
+    def on_notice(self, notice: CommitNotice) -> None:
+        """A segment committed by any agent (commit feed): loads its blocks that fetches wait
+        for, then wakes those fetches (see the module rules)."""
+        if notice.blocks is None:
+            self.wake_all()
+            return
+        if notice.segment_key in self._ring_segments:
+            return  # this agent's own commit, cached and woken by on_committed already
+        for b in notice.blocks:
+            tp = (b.topic_id, b.partition)
+            if tp not in self._waiters:
+                continue
+            key = (notice.segment_key, b.byte_offset)
+            if key not in self.cache and key not in self._loads:
+                task = asyncio.ensure_future(self._feed_block(key, b.byte_length))
+                self._loads[key] = task
+                task.add_done_callback(lambda _t, key=key: self._loads.pop(key, None))
+                task.add_done_callback(_log_failure)
+            self._wake(tp)
+
+    def wake_all(self) -> None:
+        """Wakes every waiting fetch (commits may have been missed: each re-reads)."""
+        for tp in list(self._waiters):
+            self._wake(tp)
 
     def _wake(self, tp: tuple[int, int]) -> None:
         for fut in self._waiters.pop(tp, ()):
             if not fut.done():
                 fut.set_result(None)
+
+    async def _feed_block(self, key: BlockKey, length: int) -> bytes:
+        """A notified block: from this agent's committed ring if it comes within the grace
+        (own commit), else one range GET."""
+        if self.own_commit_grace_s > 0:
+            arrival = asyncio.get_running_loop().create_future()
+            self._arrivals[key] = arrival
+            try:
+                await asyncio.wait_for(arrival, self.own_commit_grace_s)
+            except TimeoutError:
+                pass
+            finally:
+                if self._arrivals.get(key) is arrival:
+                    del self._arrivals[key]
+        data = self.cache.get(key)
+        if data is not None:
+            self.feed_cached += 1
+            return data
+        self.feed_gets += 1
+        return await self._fetch_block(key, length)
 
     async def load_block(self, loc: BlockLocation) -> bytes:
         """The decoded batches of a block: from the cache, else one range GET."""
@@ -101,15 +172,13 @@ class ReadEngine:
             return data
         task = self._loads.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._fetch_block(key, loc))
+            task = asyncio.ensure_future(self._fetch_block(key, loc.byte_length))
             self._loads[key] = task
             task.add_done_callback(lambda _t: self._loads.pop(key, None))
         return await task
 
-    async def _fetch_block(self, key: BlockKey, loc: BlockLocation) -> bytes:
-        raw = await objectstore.get_range(
-            self.store, loc.segment_key, loc.byte_offset, loc.byte_length
-        )
+    async def _fetch_block(self, key: BlockKey, length: int) -> bytes:
+        raw = await objectstore.get_range(self.store, key[0], key[1], length)
         data = decode_block(raw)
         self.cache.put_decoded(key, data)
         return data
@@ -390,3 +459,11 @@ def fit_response(
 def _ignore_result(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("prefetch failed: %s", task.exception())
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning(
+            "loading a block announced by the commit feed failed (fetches retry it): %s",
+            task.exception(),
+        )

@@ -18,6 +18,7 @@ import pytest
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from metadata import BatchRef, CommitBlock, MetadataStore
+from metadata.commit_feed import CommitNotice, NoticeBlock
 from reader import engine as engine_module
 from reader.cache import BlockCache
 from reader.engine import ReadEngine
@@ -696,3 +697,130 @@ def test_records_format_bounds_decompression_by_the_engine_setting(h: Harness) -
         h, request(h, 0, fmt=FORMAT_RECORDS, part_max_bytes=4 << 20, max_bytes=4 << 20)
     )
     assert consumed(payload) == [(0, bytes(1 << 20))]
+
+
+# ----------------------------------------------------------------------------- commit notices
+
+
+def notice_of(segment: CommittedSegment) -> CommitNotice:
+    """The commit notification PostgreSQL would deliver for `segment`."""
+    return CommitNotice(
+        segment.key,
+        tuple(
+            NoticeBlock(b.topic_id, b.partition, b.byte_offset, b.byte_length, b.end_offset)
+            for b in segment.blocks
+        ),
+    )
+
+
+def test_notice_loads_the_block_once_and_wakes_every_waiter(h: Harness) -> None:
+    """Another agent's commit: N fetches waiting on the partition cost one range GET, the
+    block lands in the cache, and every waiter returns the new data."""
+    h.engine.own_commit_grace_s = 0
+
+    async def go() -> None:
+        waiters = [
+            asyncio.ensure_future(h.engine.fetch(request(h, 0, max_wait_ms=60_000)))
+            for _ in range(5)
+        ]
+        await until(lambda: h.engine.waiting == 5)
+        segment, _obj = await h.commit([(0, [mk(vals("a", 3))]), (1, [mk(vals("x", 1))])])
+        h.engine.on_notice(notice_of(segment))
+        results = await asyncio.wait_for(asyncio.gather(*waiters), timeout=30)
+        for _resp, payload in results:
+            assert kafka_batches(payload) == [(0, vals("a", 3))]
+        b0 = segment.blocks[0]
+        assert h.range_gets == [(segment.key, b0.byte_offset, b0.byte_length)]
+        assert h.engine.feed_gets == 1
+        assert (segment.key, segment.blocks[0].byte_offset) in h.cache
+        # Partition 1 had no waiter: its block was not loaded.
+        assert (segment.key, segment.blocks[1].byte_offset) not in h.cache
+
+    asyncio.run(go())
+
+
+def test_notice_of_an_own_commit_after_its_ring_frame_is_ignored(h: Harness) -> None:
+    """The ring delivered the segment first: its notice neither GETs nor wakes anyone."""
+
+    async def go() -> None:
+        first, _ = await h.commit([(0, [mk(vals("a", 2))])], put=False, feed=True)
+        task = asyncio.ensure_future(h.engine.fetch(request(h, 2, max_wait_ms=60_000)))
+        await until(lambda: h.engine.waiting == 1)
+        h.engine.on_notice(notice_of(first))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not task.done() and h.engine.waiting == 1
+        second, _ = await h.commit([(0, [mk(vals("b", 1))])], put=False, feed=True)
+        h.engine.on_notice(notice_of(second))  # the double wake: harmless
+        _resp, payload = await asyncio.wait_for(task, timeout=30)
+        assert kafka_batches(payload) == [(2, vals("b", 1))]
+        assert h.range_gets == [] and h.engine.feed_gets == 0
+
+    asyncio.run(go())
+
+
+def test_notice_of_an_own_commit_before_its_ring_frame_waits_for_the_ring(h: Harness) -> None:
+    """The notice overtook the ring frame: the block is taken from the ring when it comes
+    within the grace (no GET, objects were never PUT), and the waiter gets it."""
+    h.engine.own_commit_grace_s = 60.0
+
+    async def go() -> None:
+        task = asyncio.ensure_future(h.engine.fetch(request(h, 0, max_wait_ms=60_000)))
+        await until(lambda: h.engine.waiting == 1)
+        segment, obj = await h.commit([(0, [mk(vals("a", 2))])], put=False)
+        h.engine.on_notice(notice_of(segment))
+        await until(lambda: (segment.key, segment.blocks[0].byte_offset) in h.engine._arrivals)
+        h.engine.on_committed(segment, obj)
+        _resp, payload = await asyncio.wait_for(task, timeout=30)
+        assert kafka_batches(payload) == [(0, vals("a", 2))]
+        assert h.range_gets == []
+        assert (h.engine.feed_gets, h.engine.feed_cached) == (0, 1)
+        assert h.engine._arrivals == {}
+
+    asyncio.run(go())
+
+
+def test_notice_without_blocks_and_a_gap_wake_every_waiter(h: Harness) -> None:
+    """`*` (the block list did not fit) and wake_all (the feed had a gap) wake all waiters:
+    each re-reads the metadata and returns what was committed meanwhile."""
+    h.engine.own_commit_grace_s = 0
+
+    async def go() -> None:
+        offsets = [0, 0]
+        for wake in ("star", "gap"):
+            p0 = asyncio.ensure_future(h.engine.fetch(request(h, offsets[0], max_wait_ms=60_000)))
+            p1 = asyncio.ensure_future(
+                h.engine.fetch(request(h, offsets[1], partition=1, max_wait_ms=60_000))
+            )
+            await until(lambda: h.engine.waiting == 2)
+            segment, _obj = await h.commit([(0, [mk(vals(wake, 1))]), (1, [mk(vals(wake, 2))])])
+            if wake == "star":
+                h.engine.on_notice(CommitNotice(segment.key, None))
+            else:
+                h.engine.wake_all()
+            (_r0, d0), (_r1, d1) = await asyncio.wait_for(asyncio.gather(p0, p1), timeout=30)
+            assert consumed_values(d0) == vals(wake, 1)
+            assert consumed_values(d1) == vals(wake, 2)
+            offsets = [offsets[0] + 1, offsets[1] + 2]
+        assert h.engine._waiters == {}
+
+    asyncio.run(go())
+
+
+def test_notice_for_a_partition_nobody_waits_on_loads_nothing(h: Harness) -> None:
+    h.engine.own_commit_grace_s = 0
+
+    async def go() -> None:
+        segment, _obj = await h.commit([(0, [mk(vals("a", 1))])])
+        h.engine.on_notice(notice_of(segment))
+        assert h.engine._loads == {}
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert h.range_gets == [] and len(h.cache) == 0
+
+    asyncio.run(go())
+
+
+def consumed_values(payload: bytes) -> list[bytes]:
+    """Record values of a Kafka-format payload."""
+    return [v for _base, values in kafka_batches(payload) for v in values if v is not None]
