@@ -702,6 +702,17 @@ def test_records_format_bounds_decompression_by_the_engine_setting(h: Harness) -
 # ----------------------------------------------------------------------------- commit notices
 
 
+async def eventually(cond: Callable[[], bool], timeout: float = 30) -> None:
+    """Polls `cond()` until it holds (metadata reads run on worker threads, so a fetch
+    reaches its wait after an unknown number of loop turns); fails after `timeout` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not reached within {timeout} s")
+        await asyncio.sleep(0.001)
+
+
 def notice_of(segment: CommittedSegment) -> CommitNotice:
     """The commit notification PostgreSQL would deliver for `segment`."""
     return CommitNotice(
@@ -723,7 +734,7 @@ def test_notice_loads_the_block_once_and_wakes_every_waiter(h: Harness) -> None:
             asyncio.ensure_future(h.engine.fetch(request(h, 0, max_wait_ms=60_000)))
             for _ in range(5)
         ]
-        await until(lambda: h.engine.waiting == 5)
+        await eventually(lambda: h.engine.waiting == 5)
         segment, _obj = await h.commit([(0, [mk(vals("a", 3))]), (1, [mk(vals("x", 1))])])
         h.engine.on_notice(notice_of(segment))
         results = await asyncio.wait_for(asyncio.gather(*waiters), timeout=30)
@@ -745,7 +756,7 @@ def test_notice_of_an_own_commit_after_its_ring_frame_is_ignored(h: Harness) -> 
     async def go() -> None:
         first, _ = await h.commit([(0, [mk(vals("a", 2))])], put=False, feed=True)
         task = asyncio.ensure_future(h.engine.fetch(request(h, 2, max_wait_ms=60_000)))
-        await until(lambda: h.engine.waiting == 1)
+        await eventually(lambda: h.engine.waiting == 1)
         h.engine.on_notice(notice_of(first))
         for _ in range(20):
             await asyncio.sleep(0)
@@ -766,10 +777,10 @@ def test_notice_of_an_own_commit_before_its_ring_frame_waits_for_the_ring(h: Har
 
     async def go() -> None:
         task = asyncio.ensure_future(h.engine.fetch(request(h, 0, max_wait_ms=60_000)))
-        await until(lambda: h.engine.waiting == 1)
+        await eventually(lambda: h.engine.waiting == 1)
         segment, obj = await h.commit([(0, [mk(vals("a", 2))])], put=False)
         h.engine.on_notice(notice_of(segment))
-        await until(lambda: (segment.key, segment.blocks[0].byte_offset) in h.engine._arrivals)
+        await eventually(lambda: (segment.key, segment.blocks[0].byte_offset) in h.engine._arrivals)
         h.engine.on_committed(segment, obj)
         _resp, payload = await asyncio.wait_for(task, timeout=30)
         assert kafka_batches(payload) == [(0, vals("a", 2))]
@@ -792,7 +803,7 @@ def test_notice_without_blocks_and_a_gap_wake_every_waiter(h: Harness) -> None:
             p1 = asyncio.ensure_future(
                 h.engine.fetch(request(h, offsets[1], partition=1, max_wait_ms=60_000))
             )
-            await until(lambda: h.engine.waiting == 2)
+            await eventually(lambda: h.engine.waiting == 2)
             segment, _obj = await h.commit([(0, [mk(vals(wake, 1))]), (1, [mk(vals(wake, 2))])])
             if wake == "star":
                 h.engine.on_notice(CommitNotice(segment.key, None))
