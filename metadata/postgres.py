@@ -38,7 +38,11 @@ Concurrency and failures (rules):
    server comes back a pool can sit idle for many seconds. When a call gets no connection
    although none of this store's connections is in use, and a direct connection succeeds, the
    store swaps in a fresh pool (the old one is closed in the background); calls resume at once.
-6. Calls block: processes make them from worker threads. With ``forbid_loop_calls``
+6. ``commit_segment`` sends ``pg_notify(COMMIT_CHANNEL, payload)`` as its transaction's last
+   statement; PostgreSQL delivers notifications at commit, so every session listening on it
+   hears of each committed segment exactly once and never of one rolled back. The payload
+   format is :mod:`metadata.commit_notice`'s.
+7. Calls block: processes make them from worker threads. With ``forbid_loop_calls``
    (``STREAMHOUSE_DEBUG_LOOP_CALLS=1``) a call on an event-loop thread raises
    :class:`metadata.store.LoopCallError`.
 """
@@ -59,6 +63,7 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from metadata import postgres_migrations
+from metadata.commit_notice import COMMIT_CHANNEL, commit_notification
 from metadata.errors import (
     AgentUnknownError,
     DuplicateSegmentError,
@@ -101,6 +106,8 @@ from metadata.store import (
 from streamhouse.errors import ErrorCode
 
 T = TypeVar("T")
+
+__all__ = ["AGENTS_LOCK", "COMMIT_CHANNEL", "DEFAULT_POOL_SIZE", "PostgresMetadataStore"]
 
 #: Connections per store by default: one per AsyncMetadata thread (1 read + 4 write + 1
 #: control), so its writes wait for row locks side by side, and neither a read nor a heartbeat
@@ -647,7 +654,12 @@ class PostgresMetadataStore:
     def commit_segment(
         self, key: str, size: int, blocks: list[CommitBlock]
     ) -> list[list[BatchResult]]:
-        """See :meth:`metadata.store.MetadataStore.commit_segment`; locking is rule 1."""
+        """See :meth:`metadata.store.MetadataStore.commit_segment`; locking is rule 1.
+
+        Also notifies :data:`COMMIT_CHANNEL` inside the transaction (rule 6), so listeners
+        hear of the segment if and only if it committed. Raises ``ValueError`` for a key too
+        long to be announced (~8000 bytes)."""
+        commit_notification(key, [])  # refuses an unannounceable key before any work
         now = _now_ms()
         tps = sorted(set((b.topic_id, b.partition) for b in blocks))
 
@@ -710,6 +722,11 @@ class PostgresMetadataStore:
                         [now] * len(dirty),
                     ),
                 )
+            # Rule 6: announced from inside the transaction, after the blocks are written.
+            notice = commit_notification(
+                key, [(r[0], r[1], r[5], r[6], hwms[(r[0], r[1])]) for r in block_rows]
+            )
+            cur.execute("SELECT pg_notify(%s, %s)", (COMMIT_CHANNEL, notice))
             return results
 
         return self._write(commit_segment)

@@ -43,6 +43,12 @@ from metadata import (
     postgres_migrations,
 )
 from metadata.async_store import AsyncMetadata, TopicLookup
+from metadata.commit_notice import (
+    COMMIT_CHANNEL,
+    MAX_PAYLOAD_BYTES,
+    commit_notification,
+    parse_commit_notification,
+)
 from metadata.interface import MetadataBackend
 from metadata.interface import open_store as open_metadata
 from metadata.postgres import PostgresMetadataStore
@@ -1178,6 +1184,129 @@ def test_postgres_agent_times_are_the_servers_clock(postgres_dsn: str) -> None:
     assert before is not None and after is not None
     assert before[0] <= a.started_at_ms <= after[0]
     assert a.lease_until_ms == a.started_at_ms + 5000
+
+
+# --------------------------------------------------------------------------- commit notifications
+
+
+def test_commit_notification_format_round_trips() -> None:
+    entries = [(1, 0, 0, 100, 10), (1, 7, 100, 50, 3), (12, 9999, 150, 1, 2**40)]
+    payload = commit_notification("segs/a|b.seg", entries)
+    assert payload == "1|segs/a|b.seg|1:0:0:100:10;1:7:100:50:3;12:9999:150:1:1099511627776"
+    assert parse_commit_notification(payload) == ("segs/a|b.seg", entries)
+    assert commit_notification("k", []) == "1|k|"
+    assert parse_commit_notification("1|k|") == ("k", [])
+    many = [(1, p, p * 1000, 1000, 10) for p in range(1000)]
+    assert commit_notification("k", many) == "1|k|*"
+    assert parse_commit_notification("1|k|*") == ("k", None)
+    # Just under and at the limit (bytes, with a multi-byte key).
+    key = "é" * 10
+    head = len(f"1|{key}|".encode())
+    entry = (1, 1, 1, 1, 1)  # "1:1:1:1:1" is 9 bytes, 10 with its ";"
+    n = (MAX_PAYLOAD_BYTES - 1 - head + 1) // 10
+    fits = commit_notification(key, [entry] * n)
+    assert len(fits.encode()) < MAX_PAYLOAD_BYTES and not fits.endswith("*")
+    assert commit_notification(key, [entry] * (n + 1)).endswith("|*")
+    with pytest.raises(ValueError, match="too long"):
+        commit_notification("k" * 8000, [])
+
+
+@pytest.mark.parametrize(
+    "payload, match",
+    [
+        ("nothing", "no '|'"),
+        ("2|k|1:0:0:1:1", "version '2' is unknown"),
+        ("1|k", "no entry list"),
+        ("1|k|1:0:0:1", "5 fields"),
+        ("1|k|1:0:x:1:1", "not an integer"),
+    ],
+)
+def test_commit_notification_parser_refuses_bad_payloads(payload: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_commit_notification(payload)
+
+
+def _listen(dsn: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute(f"LISTEN {COMMIT_CHANNEL}")
+    return conn
+
+
+def _drain(conn: psycopg.Connection[Any], quiet_s: float = 0.3) -> list[str]:
+    """Every notification delivered until none arrived for ``quiet_s`` (PostgreSQL delivers
+    them at commit, before the committing call returns, so this bounds the wait for none)."""
+    got: list[str] = []
+    while True:
+        batch = [n.payload for n in conn.notifies(timeout=quiet_s, stop_after=1)]
+        if not batch:
+            return got
+        got.extend(batch)
+
+
+def test_postgres_commit_notifies_once_per_committed_segment(postgres_dsn: str) -> None:
+    """A listener hears exactly one notification per committed segment, listing its indexed
+    blocks with the high watermark after the commit; nothing for a commit that fails
+    (duplicate key, a bad batch) or rolls back; the '*' form for a segment of many blocks."""
+    with PostgresMetadataStore(postgres_dsn) as s:
+        t = s.create_topic("t", 3)
+        wide = s.create_topic("wide", 2000)
+        tid = t.topic_id
+        listener = _listen(postgres_dsn)
+        try:
+            pid, epoch = s.allocate_producer_id()
+            s.commit_segment(
+                "seg-1",
+                500,
+                [
+                    block(tid, 0, [BatchRef(3), BatchRef(2)], byte_offset=0),
+                    block(tid, 2, [idem(4, pid, epoch, 0)], byte_offset=200),
+                    block(tid + 1000, 0, [BatchRef(1)], byte_offset=300),  # unknown: left out
+                ],
+            )
+            s.commit_segment(
+                "seg-2",
+                300,
+                [
+                    block(tid, 2, [idem(4, pid, epoch, 0)], byte_offset=0),  # duplicate only
+                    block(tid, 0, [BatchRef(1)], byte_offset=100),
+                    block(tid, 0, [BatchRef(2)], byte_offset=200),  # same partition again
+                ],
+            )
+            s.commit_segment("seg-empty", 0, [])
+            with pytest.raises(DuplicateSegmentError):
+                s.commit_segment("seg-1", 1, [block(tid, 1, [BatchRef(1)])])
+            with pytest.raises(ValueError):
+                s.commit_segment("seg-bad", 1, [block(tid, 1, [BatchRef(1), BatchRef(0)])])
+            got = _drain(listener)
+            assert [parse_commit_notification(p) for p in got] == [
+                ("seg-1", [(tid, 0, 0, 200, 5), (tid, 2, 200, 100, 4)]),
+                ("seg-2", [(tid, 0, 100, 100, 8), (tid, 0, 200, 100, 8)]),
+                ("seg-empty", []),
+            ]
+            s.commit_segment(
+                "seg-wide", 1, [block(wide.topic_id, p, [BatchRef(1)]) for p in range(2000)]
+            )
+            assert _drain(listener) == ["1|seg-wide|*"]
+        finally:
+            listener.close()
+
+
+def test_postgres_commit_notification_only_when_the_transaction_commits(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two attempts killed right before COMMIT (their pg_notify had run) and a third that
+    commits: the listener hears exactly one notification."""
+    with PostgresMetadataStore(postgres_dsn) as s:
+        t = s.create_topic("t", 1)
+        listener = _listen(postgres_dsn)
+        try:
+            hits = _fail_commits(monkeypatch, 2, committed=False)
+            s.commit_segment("s1", 10, [block(t.topic_id, 0, [BatchRef(3)])])
+            assert hits == [1, 1]
+            monkeypatch.undo()
+            assert _drain(listener) == [f"1|s1|{t.topic_id}:0:0:100:3"]
+        finally:
+            listener.close()
 
 
 def test_postgres_retry_through_another_agent_is_deduplicated(postgres_dsn: str) -> None:
