@@ -157,6 +157,8 @@ class CommitFeed:
         self.listening = asyncio.Event()
         #: Successful LISTENs so far (1 after the first connection).
         self.connections = 0
+        #: Connection attempts that failed (PostgreSQL down or refusing this login).
+        self.failed_connects = 0
         #: Notifications handed to on_notice, and payloads refused.
         self.notices = 0
         self.bad_payloads = 0
@@ -171,6 +173,7 @@ class CommitFeed:
             try:
                 conn = await psycopg.AsyncConnection.connect(self.dsn, **_CONNECT_OPTIONS)
             except psycopg.OperationalError as exc:
+                self.failed_connects += 1
                 if not down_since_logged:
                     log.warning(
                         "commit feed cannot connect to PostgreSQL (%s); retrying every "
