@@ -26,7 +26,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import grpc
@@ -272,7 +272,14 @@ class Stack:
 # --------------------------------------------------------------------------- raw Kafka calls
 
 
-def kafka_call(address: str, api_key: int, version: int, request: Any, timeout: float = 10) -> Any:
+def kafka_call(
+    address: str,
+    api_key: int,
+    version: int,
+    request: Any,
+    timeout: float = 10,
+    client_id: str = "testing",
+) -> Any:
     """Sends one Kafka request to `address` (host:port) on a fresh connection; returns the
     decoded response body. For asking one particular agent, whatever its clients are told."""
     from streamhouse.kafka.framing import decode_response, encode_request
@@ -280,7 +287,7 @@ def kafka_call(address: str, api_key: int, version: int, request: Any, timeout: 
 
     host, _, port = address.rpartition(":")
     header = RequestHeader(
-        request_api_key=api_key, request_api_version=version, correlation_id=1, client_id="testing"
+        request_api_key=api_key, request_api_version=version, correlation_id=1, client_id=client_id
     )
     with socket.create_connection((host, int(port)), timeout=timeout) as sock:
         sock.sendall(encode_request(header, request))
@@ -301,12 +308,12 @@ class KafkaView(NamedTuple):
     leaders: dict[int, int]  # partition -> leader node id (of the topic asked about)
 
 
-def kafka_metadata(address: str, topic: str | None = None) -> KafkaView:
-    """A Metadata v1 request to one agent (naming `topic`, or no topic)."""
+def kafka_metadata(address: str, topic: str | None = None, client_id: str = "testing") -> KafkaView:
+    """A Metadata v1 request to one agent (naming `topic`, or no topic), as `client_id`."""
     from streamhouse.kafka.messages import MetadataRequest
 
     topics = [] if topic is None else [MetadataRequest.MetadataRequestTopic(name=topic)]
-    body = kafka_call(address, 3, 1, MetadataRequest(topics=topics))
+    body = kafka_call(address, 3, 1, MetadataRequest(topics=topics), client_id=client_id)
     brokers = {b.node_id: f"{b.host}:{b.port}" for b in body.brokers}
     leaders: dict[int, int] = {}
     for t in body.topics:
@@ -314,6 +321,16 @@ def kafka_metadata(address: str, topic: str | None = None) -> KafkaView:
             raise StackError(f"Metadata from {address}: topic {t.name!r} error {t.error_code}")
         leaders = {p.partition_index: p.leader_id for p in t.partitions}
     return KafkaView(brokers, body.controller_id, leaders)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Polls `predicate` every POLL_S until it holds; raises StackError naming `what` after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise StackError(f"{what}: not true after {timeout}s")
+        time.sleep(POLL_S)
 
 
 # --------------------------------------------------------------------------- clusters of agents
