@@ -1,16 +1,21 @@
-"""The ingest process: gRPC (and later Kafka) listeners in front of the pipeline."""
+"""The ingest process: gRPC and Kafka listeners in front of the pipeline, and this agent's
+registration in the cluster (ingest/cluster.py: register at start, heartbeat, deregister at a
+clean stop)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
+import grpc
+
+from ingest.cluster import Membership
 from ingest.grpc_service import start_grpc_server
 from ingest.kafka.broker import KafkaBroker
 from ingest.pipeline import Pipeline
 from metadata.async_store import AsyncMetadata
 from streamhouse.config import Settings
-from streamhouse.process import run_process
+from streamhouse.process import run_process, spawn
 
 log = logging.getLogger("ingest")
 
@@ -19,24 +24,39 @@ async def run_ingest(settings: Settings, stop: asyncio.Event) -> None:
     meta = await AsyncMetadata.open(
         settings.metadata_target, forbid_loop_calls=settings.debug_loop_calls
     )
-    pipeline = Pipeline(settings)
-    pipeline.start()
-    server = await start_grpc_server(settings, meta, pipeline)
-    kafka = KafkaBroker(settings, meta, pipeline)
-    await kafka.start()
-    log.info(
-        "ingest ready: gRPC on %s, Kafka on %s (advertised %s:%d)",
-        settings.grpc_listen,
-        settings.kafka_listen,
-        *settings.kafka_advertised_address,
-    )
+    membership = Membership(settings, meta)
+    cluster = await membership.join()
+    heartbeat = spawn(membership.run(), "agent heartbeat")
+    pipeline: Pipeline | None = None
+    server: grpc.aio.Server | None = None
+    kafka: KafkaBroker | None = None
     try:
+        pipeline = Pipeline(settings)
+        pipeline.start()
+        server = await start_grpc_server(settings, meta, pipeline, cluster)
+        kafka = KafkaBroker(settings, meta, pipeline, cluster)
+        await kafka.start()
+        log.info(
+            "ingest ready: gRPC on %s, Kafka on %s (advertised %s:%d), agent %s node %d",
+            settings.grpc_listen,
+            settings.kafka_listen,
+            *settings.kafka_advertised_address,
+            cluster.self_agent.agent_id,
+            cluster.self_agent.node_id,
+        )
         await stop.wait()
     finally:
         log.info("shutting down: refusing new requests, finishing those in flight")
-        await kafka.stop()
-        await server.stop(grace=5)
-        await pipeline.close()
+        heartbeat.cancel()
+        # First, so the other agents take this one's partitions and groups at their next
+        # heartbeat rather than when its lease lapses.
+        await membership.leave()
+        if kafka is not None:
+            await kafka.stop()
+        if server is not None:
+            await server.stop(grace=5)
+        if pipeline is not None:
+            await pipeline.close()
         await meta.close()
 
 

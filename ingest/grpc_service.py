@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,9 +18,11 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ingest.cluster import ClusterView
 from ingest.pipeline import Pipeline
 from ingest.produce import Partitioner, ProduceRejected, plan_produce
 from metadata import (
+    AgentInfo,
     InvalidTopicError,
     TopicExistsError,
     TopicInfo,
@@ -42,10 +45,17 @@ SUBSCRIBE_WAIT_MS = 1_000
 
 
 class StreamHouseService:
-    def __init__(self, settings: Settings, meta: AsyncMetadata, pipeline: Pipeline) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        meta: AsyncMetadata,
+        pipeline: Pipeline,
+        cluster: ClusterView,
+    ) -> None:
         self.settings = settings
         self.meta = meta
         self.pipeline = pipeline
+        self.cluster = cluster
         self.partitioner = Partitioner()
 
     # -- helpers -------------------------------------------------------------------------
@@ -344,6 +354,45 @@ class StreamHouseService:
         producer_id, epoch = await self.meta.allocate_producer_id()
         return pb.InitProducerResponse(producer_id=producer_id, producer_epoch=epoch)
 
+    # -- cluster -------------------------------------------------------------------------
+
+    async def DescribeCluster(
+        self, request: pb.DescribeClusterRequest, context: Any
+    ) -> pb.DescribeClusterResponse:
+        """Every registered agent, read from metadata now (not this agent's cached view)."""
+        agents = await self.meta.list_agents()
+        return pb.DescribeClusterResponse(
+            agents=[_agent_message(a, self.settings.agent_lease_ms) for a in agents],
+            answered_by=self.cluster.self_agent.agent_id,
+            now_ms=int(time.time() * 1000),
+        )
+
+
+def agent_state(agent: AgentInfo, lease_ms: int) -> str:
+    """An agent's health: "alive"; "stopped" for a clean stop (deregistering ends the lease
+    early, before a whole lease has run since the last heartbeat); "expired" for a lease that ran
+    out. An agent configured with another lease than `lease_ms` may be told apart wrongly."""
+    if agent.alive:
+        return "alive"
+    if agent.lease_until_ms - agent.heartbeat_at_ms < lease_ms:
+        return "stopped"
+    return "expired"
+
+
+def _agent_message(agent: AgentInfo, lease_ms: int) -> pb.Agent:
+    return pb.Agent(
+        agent_id=agent.agent_id,
+        node_id=agent.node_id,
+        kafka_address=f"{agent.kafka_host}:{agent.kafka_port}",
+        grpc_address=agent.grpc_address,
+        zone=agent.zone,
+        alive=agent.alive,
+        state=agent_state(agent, lease_ms),
+        started_at_ms=agent.started_at_ms,
+        heartbeat_at_ms=agent.heartbeat_at_ms,
+        lease_until_ms=agent.lease_until_ms,
+    )
+
 
 class _Abort(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
@@ -432,6 +481,7 @@ def method_handlers(service: StreamHouseService) -> grpc.GenericRpcHandler:
         "CommitOffset": (pb.CommitOffsetRequest, pb.CommitOffsetResponse),
         "GetOffset": (pb.GetOffsetRequest, pb.GetOffsetResponse),
         "InitProducer": (pb.InitProducerRequest, pb.InitProducerResponse),
+        "DescribeCluster": (pb.DescribeClusterRequest, pb.DescribeClusterResponse),
     }
     handlers: dict[str, grpc.RpcMethodHandler] = {
         name: grpc.unary_unary_rpc_method_handler(
@@ -460,7 +510,7 @@ def method_handlers(service: StreamHouseService) -> grpc.GenericRpcHandler:
 
 
 async def start_grpc_server(
-    settings: Settings, meta: AsyncMetadata, pipeline: Pipeline
+    settings: Settings, meta: AsyncMetadata, pipeline: Pipeline, cluster: ClusterView
 ) -> grpc.aio.Server:
     """Starts the gRPC server on settings.grpc_listen with health and reflection on.
 
@@ -495,7 +545,7 @@ async def start_grpc_server(
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
     )
     server.add_generic_rpc_handlers(
-        (method_handlers(StreamHouseService(settings, meta, pipeline)),)
+        (method_handlers(StreamHouseService(settings, meta, pipeline, cluster)),)
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,7 +1,15 @@
-"""`streamhouse` command: `streamhouse up` runs the whole stack in the foreground.
+"""`streamhouse` command: `streamhouse up` runs the whole stack (one agent) in the foreground.
 
 It runs supervisord with the repo's supervisord.conf, with STREAMHOUSE_DATA_DIR made absolute
 and every other STREAMHOUSE_* variable passed through. Ctrl-C or SIGTERM stops every process.
+
+The flags of `up` and `config` (`--data-dir`, `--metadata`, `--object-store`, `--kafka-listen`,
+`--kafka-advertised`, `--grpc-listen`, `--grpc-advertised`, `--agent-id`, `--zone`) set the
+setting of the same name (`--zone` is `agent_zone`), overriding STREAMHOUSE_* variables and the
+TOML file, so one agent of a cluster starts as::
+
+    streamhouse up --metadata postgresql://sh@db:5432/streamhouse --object-store s3://bucket \
+        --kafka-listen 127.0.0.1:9192 --grpc-listen 127.0.0.1:50151 --data-dir /var/lib/sh-a2
 """
 
 from __future__ import annotations
@@ -51,18 +59,22 @@ def prepare_data_dir(settings: Settings) -> None:
     rings.unlink_all(settings)
 
 
-def up(settings: Settings) -> int:
+def up(settings: Settings, env: dict[str, str] | None = None) -> int:
+    """Runs the stack in the foreground; `env` (default os.environ) carries its settings."""
     prepare_data_dir(settings)
     cmd = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(SUPERVISORD_CONF)]
-    proc = subprocess.Popen(cmd, env=stack_environment(settings))
+    proc = subprocess.Popen(cmd, env=stack_environment(settings, env))
 
     def forward(signum: int, _frame: object) -> None:
         proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
+    host, port = settings.kafka_advertised_address
     print(
-        f"streamhouse: up on gRPC {settings.grpc_listen}, data in {settings.data_path} "
+        f"streamhouse: agent {settings.agent_name} up on gRPC {settings.grpc_listen}, Kafka "
+        f"{settings.kafka_listen} (advertised {host}:{port}), metadata "
+        f"{'PostgreSQL' if settings.metadata else 'SQLite'}, data in {settings.data_path} "
         f"(logs in {settings.log_dir}); Ctrl-C stops",
         file=sys.stderr,
     )
@@ -71,14 +83,52 @@ def up(settings: Settings) -> int:
     return rc
 
 
+# Flag -> setting (field of Settings) for `up` and `config`.
+FLAGS: dict[str, tuple[str, str]] = {
+    "--data-dir": ("data_dir", "directory of this agent's rings, logs (and SQLite metadata)"),
+    "--metadata": ("metadata", "postgresql:// URL of a cluster's metadata (default: SQLite)"),
+    "--object-store": ("object_store", "file:///path, s3://bucket[/prefix] or memory://"),
+    "--kafka-listen": ("kafka_listen", "HOST:PORT the Kafka listener binds"),
+    "--kafka-advertised": ("kafka_advertised", "HOST:PORT Kafka clients are told to use"),
+    "--grpc-listen": ("grpc_listen", "HOST:PORT the gRPC server binds"),
+    "--grpc-advertised": ("grpc_advertised", "HOST:PORT shown for this agent's gRPC"),
+    "--agent-id": ("agent_id", "this agent's stable id (default: Kafka advertised host:port)"),
+    "--zone": ("agent_zone", "this agent's zone (clients announce theirs in client.id)"),
+}
+
+
+def settings_environment(
+    overrides: dict[str, str | None], base: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment with each given flag's setting as its STREAMHOUSE_* variable."""
+    env = dict(os.environ if base is None else base)
+    for field, value in overrides.items():
+        if value is not None:
+            env[f"STREAMHOUSE_{field.upper()}"] = value
+    return env
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, (field, help_text) in FLAGS.items():
+        parser.add_argument(flag, dest=field, metavar="VALUE", default=None, help=help_text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamhouse", description="Run a StreamHouse stack.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start every process in the foreground under supervisord")
-    sub.add_parser("config", help="print the effective settings as JSON")
+    _add_setting_flags(
+        sub.add_parser("up", help="start every process in the foreground under supervisord")
+    )
+    _add_setting_flags(sub.add_parser("config", help="print the effective settings as JSON"))
     args = parser.parse_args(argv)
+    overrides = {field: getattr(args, field) for field, _ in FLAGS.values()}
+    for flag, (field, _) in FLAGS.items():
+        if overrides[field] == "" and field not in ("metadata", "object_store", "agent_zone"):
+            print(f"streamhouse: error: {flag} must not be empty", file=sys.stderr)
+            return 2
+    env = settings_environment(overrides)
     try:
-        settings = load_settings()
+        settings = load_settings(env)
     except ConfigError as exc:
         print(f"streamhouse: error: {exc}", file=sys.stderr)
         return 2
@@ -87,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(msgspec.json.encode(settings).decode())
         return 0
-    return up(settings)
+    return up(settings, env)
 
 
 if __name__ == "__main__":

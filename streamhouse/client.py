@@ -395,6 +395,14 @@ class Client:
         response = self._call(self._stub.InitProducer, pb.InitProducerRequest())
         return response.producer_id, response.producer_epoch
 
+    # -- cluster ---------------------------------------------------------------------------
+
+    def describe_cluster(self) -> pb.DescribeClusterResponse:
+        """Every registered agent of the cluster (``agents``, by node id, each with its
+        addresses, zone, ``state`` alive/expired/stopped and lease times), which agent answered
+        and its clock (``now_ms``)."""
+        return self._call(self._stub.DescribeCluster, pb.DescribeClusterRequest())
+
 
 class IdempotentProducer:
     """Produces batches that the server deduplicates, so they are safe to retry.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import tomllib
 from typing import Any
 
@@ -60,6 +61,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Kafka listener.
     # host:port clients are told to connect to; empty means kafka_listen.
     kafka_advertised: str = ""
+    # gRPC host:port other agents and `streamctl cluster` show for this agent; empty means
+    # grpc_listen.
+    grpc_advertised: str = ""
+    # Agents (ingest/cluster.py): this agent's stable name in the cluster (empty means its
+    # Kafka advertised host:port), its zone ("" = none), how often it renews its lease in
+    # metadata and how long a lease lasts (an agent silent that long is dead to the others).
+    agent_id: str = ""
+    agent_zone: str = ""
+    agent_heartbeat_ms: int = 1000
+    agent_lease_ms: int = 4000
     kafka_auto_create_topics: bool = True
     # Like Kafka's group.initial.rebalance.delay.ms.
     group_initial_rebalance_delay_ms: int = 3000
@@ -126,6 +137,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return host, int(port)
 
     @property
+    def grpc_advertised_address(self) -> str:
+        """host:port this agent's gRPC service is reached at (grpc_advertised or grpc_listen)."""
+        return self.grpc_advertised or self.grpc_listen
+
+    @property
+    def agent_name(self) -> str:
+        """This agent's id in the cluster: agent_id, or else its Kafka advertised host:port."""
+        if self.agent_id:
+            return self.agent_id
+        host, port = self.kafka_advertised_address
+        return f"{host}:{port}"
+
+    @property
     def grpc_message_limit(self) -> int:
         """Largest gRPC message received or sent (grpc_max_message_bytes, or derived)."""
         if self.grpc_max_message_bytes:
@@ -137,6 +161,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """Short id unique to this data dir, so stacks side by side never share a ring."""
         return xxhash.xxh64_hexdigest(str(self.data_path).encode())[:10]
 
+
+# Agent ids and zones: what a client.id token, a log line and a table cell carry unharmed.
+_AGENT_ID = re.compile(r"[A-Za-z0-9._:\[\]\-]{1,200}")
+_ZONE = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 
 _FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
 
@@ -220,15 +248,42 @@ def _validate(s: Settings) -> None:
         "grpc_idle_timeout_ms",
         "reader_max_fetches",
         "reader_max_wait_ms",
+        "agent_heartbeat_ms",
+        "agent_lease_ms",
     ]
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"STREAMHOUSE_{name.upper()} must be positive")
-    listens = ["grpc_listen", "kafka_listen"] + (["kafka_advertised"] if s.kafka_advertised else [])
+    listens = ["grpc_listen", "kafka_listen"]
+    listens += [name for name in ("kafka_advertised", "grpc_advertised") if getattr(s, name)]
     for listen in listens:
         host, _, port = getattr(s, listen).rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"STREAMHOUSE_{listen.upper()} must be HOST:PORT")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"STREAMHOUSE_{listen.upper()}={getattr(s, listen)!r} must be HOST:PORT "
+                "with a port from 1 to 65535"
+            )
+    if s.agent_lease_ms > 86_400_000:  # metadata.store.MAX_LEASE_MS
+        raise ConfigError(
+            f"STREAMHOUSE_AGENT_LEASE_MS={s.agent_lease_ms} is over a day (86400000): a dead "
+            "agent would keep its partitions that long"
+        )
+    if s.agent_lease_ms <= 2 * s.agent_heartbeat_ms:
+        raise ConfigError(
+            f"STREAMHOUSE_AGENT_LEASE_MS={s.agent_lease_ms} must exceed twice "
+            f"STREAMHOUSE_AGENT_HEARTBEAT_MS={s.agent_heartbeat_ms}, so one late heartbeat "
+            "does not make a live agent look dead"
+        )
+    if not _AGENT_ID.fullmatch(s.agent_name):
+        raise ConfigError(
+            f"STREAMHOUSE_AGENT_ID={s.agent_name!r}: use 1 to 200 characters from letters, "
+            "digits and . _ - : [ ] (defaults to the Kafka advertised host:port)"
+        )
+    if s.agent_zone and not _ZONE.fullmatch(s.agent_zone):
+        raise ConfigError(
+            f"STREAMHOUSE_AGENT_ZONE={s.agent_zone!r}: use 1 to 64 characters from letters, "
+            "digits and . _ - (or leave it empty for no zone)"
+        )
     if s.max_batch_bytes * 2 > s.produce_ring_bytes:
         raise ConfigError("STREAMHOUSE_PRODUCE_RING_BYTES must be at least twice MAX_BATCH_BYTES")
     if s.max_segment_bytes * 2 > min(s.sealed_ring_bytes, s.committed_ring_bytes):

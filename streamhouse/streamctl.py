@@ -7,6 +7,7 @@ Examples::
     seq 1000 | streamctl produce events --partition 0
     streamctl consume events --partition 0 --offset earliest --limit 10 --output json
     streamctl offset commit --group g --topic events --partition 0 --offset 10
+    streamctl cluster            # the agents of the cluster and their health (--json)
 
 Exit status: 0 on success, 1 when the server (or reading input) fails, 2 for usage errors;
 every failure prints exactly one line on stderr, ``streamctl: error: ...``.
@@ -442,6 +443,60 @@ def _cmd_offset_get(client: Client, args: argparse.Namespace, out: _Printer) -> 
     return 0
 
 
+def agent_to_dict(agent: pb.Agent, now_ms: int) -> dict[str, Any]:
+    """An agent as a plain JSON-ready dict, with the seconds since its last heartbeat."""
+    return {
+        "agent_id": agent.agent_id,
+        "node_id": agent.node_id,
+        "kafka_address": agent.kafka_address,
+        "grpc_address": agent.grpc_address,
+        "zone": agent.zone,
+        "state": agent.state,
+        "alive": agent.alive,
+        "seconds_since_heartbeat": round(max(0, now_ms - agent.heartbeat_at_ms) / 1000, 3),
+        "started_at_ms": agent.started_at_ms,
+        "heartbeat_at_ms": agent.heartbeat_at_ms,
+        "lease_until_ms": agent.lease_until_ms,
+    }
+
+
+CLUSTER_COLUMNS = ("NODE", "AGENT", "STATE", "HEARTBEAT", "KAFKA", "GRPC", "ZONE")
+
+
+def cluster_table(agents: Sequence[pb.Agent], now_ms: int) -> str:
+    """The agents as an aligned text table, one row per agent."""
+    rows = [CLUSTER_COLUMNS]
+    for agent in agents:
+        seconds = max(0, now_ms - agent.heartbeat_at_ms) / 1000
+        rows.append(
+            (
+                str(agent.node_id),
+                agent.agent_id,
+                agent.state,
+                f"{seconds:.1f}s ago",
+                agent.kafka_address,
+                agent.grpc_address,
+                agent.zone or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(CLUSTER_COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _cmd_cluster(client: Client, args: argparse.Namespace, out: _Printer) -> int:
+    response = client.describe_cluster()
+    agents = sorted(response.agents, key=lambda a: a.node_id)
+    if out.json or args.json:
+        for agent in agents:
+            out.line(json.dumps(agent_to_dict(agent, response.now_ms), ensure_ascii=False))
+        return 0
+    out.line(cluster_table(agents, response.now_ms))
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------
 
 Command = Callable[[Client, argparse.Namespace, _Printer], int]
@@ -623,6 +678,22 @@ def build_parser() -> argparse.ArgumentParser:
             sub.set_defaults(func=_cmd_offset_commit)
         else:
             sub.set_defaults(func=_cmd_offset_get)
+
+    # cluster
+    cluster = commands.add_parser(
+        "cluster",
+        parents=[common],
+        help="list the agents of the cluster and their health",
+        description=(
+            "List every registered agent: node id, agent id, state (alive; expired: its lease "
+            "ran out; stopped: it stopped cleanly), seconds since its last heartbeat, Kafka "
+            "and gRPC addresses, zone."
+        ),
+    )
+    cluster.add_argument(
+        "--json", action="store_true", help="one JSON object per agent (same as --output json)"
+    )
+    cluster.set_defaults(func=_cmd_cluster)
     return parser
 
 

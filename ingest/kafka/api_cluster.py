@@ -1,14 +1,31 @@
 """Cluster-level Kafka APIs: ApiVersions, Metadata, DescribeCluster, FindCoordinator,
-InitProducerId. This single node is every partition's leader and every group's coordinator."""
+InitProducerId.
+
+Brokers are the live agents of `broker.cluster` (ingest/cluster.py), each with its node id,
+Kafka advertised address and zone as rack; the controller is the lowest live node id. A
+partition's leader is the rendezvous choice over the live agents (over those of the client's
+zone when its client.id carries `streamhouse_az=<zone>` and any of them is alive), its replicas
+and ISR just that leader. FindCoordinator answers the group's coordinator agent (zones play no
+part). With one agent all of these are that agent.
+
+Leader epochs in Metadata are -1 ("unknown"): librdkafka (2.x, `rd_kafka_toppar_leader_update`)
+takes a new leader from metadata only if the cached epoch is -1 or the new epoch is greater,
+so a constant epoch 0 would pin every partition to its first leader forever, even after that
+agent died. With -1 every metadata refresh may move a partition; the Java client accepts any
+leader when the epoch is absent. The log itself keeps one epoch, 0 (ListOffsets and
+OffsetForLeaderEpoch answer `LEADER_EPOCH`, whose end offset is the high watermark), so a
+consumer's offset validation after a move succeeds.
+"""
 
 from __future__ import annotations
 
 import uuid
 from typing import TYPE_CHECKING
 
+from ingest.cluster import ClusterView, client_zone
 from ingest.kafka import errors
-from ingest.kafka.broker import CLUSTER_ID, LEADER_EPOCH, NODE_ID
-from metadata import TopicInfo
+from ingest.kafka.broker import CLUSTER_ID
+from metadata import AgentInfo, TopicInfo
 from metadata.async_store import TopicLookup
 from streamhouse.kafka.messages import (
     ApiVersionsRequest,
@@ -29,6 +46,9 @@ if TYPE_CHECKING:
 
 M = MetadataResponse
 
+#: Leader epoch of every partition in Metadata responses: unknown (see the module docstring).
+METADATA_LEADER_EPOCH = -1
+
 
 async def api_versions(
     broker: KafkaBroker, header: RequestHeader, request: ApiVersionsRequest
@@ -36,11 +56,14 @@ async def api_versions(
     return broker.api_versions()
 
 
-def _topic_entry(topic: TopicInfo | None, name: str, error: int) -> M.MetadataResponseTopic:
+def _topic_entry(
+    cluster: ClusterView, zone: str, topic: TopicInfo | None, name: str, error: int
+) -> M.MetadataResponseTopic:
     if topic is None:
         return M.MetadataResponseTopic(
             error_code=error or errors.UNKNOWN_TOPIC_OR_PARTITION, name=name
         )
+    leaders = cluster.leaders(topic.topic_id, topic.partitions, zone)
     return M.MetadataResponseTopic(
         error_code=0,
         name=topic.name,
@@ -50,25 +73,31 @@ def _topic_entry(topic: TopicInfo | None, name: str, error: int) -> M.MetadataRe
             M.MetadataResponsePartition(
                 error_code=0,
                 partition_index=p,
-                leader_id=NODE_ID,
-                leader_epoch=LEADER_EPOCH,
-                replica_nodes=[NODE_ID],
-                isr_nodes=[NODE_ID],
+                leader_id=leader.node_id,
+                leader_epoch=METADATA_LEADER_EPOCH,
+                replica_nodes=[leader.node_id],
+                isr_nodes=[leader.node_id],
                 offline_replicas=[],
             )
-            for p in range(topic.partitions)
+            for p, leader in enumerate(leaders)
         ],
     )
+
+
+def _rack(agent: AgentInfo) -> str | None:
+    return agent.zone or None
 
 
 async def metadata(
     broker: KafkaBroker, header: RequestHeader, request: MetadataRequest
 ) -> MetadataResponse:
     version = header.request_api_version
+    cluster = broker.cluster
+    zone = client_zone(header.client_id)
     entries: list[M.MetadataResponseTopic] = []
     if request.topics is None or (version == 0 and not request.topics):
         for topic in await broker.meta.list_topics():
-            entries.append(_topic_entry(topic, topic.name, 0))
+            entries.append(_topic_entry(cluster, zone, topic, topic.name, 0))
     else:
         allow = request.allow_auto_topic_creation if version >= 4 else True
         # Every named topic in one metadata call (off the loop); only missing ones are created.
@@ -91,11 +120,16 @@ async def metadata(
                 topic, error = known.topic, 0
             else:
                 topic, error = await broker.topic_or_create(name or "", allow)
-            entries.append(_topic_entry(topic, name or "", error))
+            entries.append(_topic_entry(cluster, zone, topic, name or "", error))
     return MetadataResponse(
-        brokers=[M.MetadataResponseBroker(node_id=NODE_ID, host=broker.host, port=broker.port)],
+        brokers=[
+            M.MetadataResponseBroker(
+                node_id=a.node_id, host=a.kafka_host, port=a.kafka_port, rack=_rack(a)
+            )
+            for a in cluster.live()
+        ],
         cluster_id=CLUSTER_ID,
-        controller_id=NODE_ID,
+        controller_id=cluster.controller_id,
         topics=entries,
     )
 
@@ -103,15 +137,17 @@ async def metadata(
 async def describe_cluster(
     broker: KafkaBroker, header: RequestHeader, request: DescribeClusterRequest
 ) -> DescribeClusterResponse:
+    cluster = broker.cluster
     return DescribeClusterResponse(
         error_code=0,
         endpoint_type=request.endpoint_type,
         cluster_id=CLUSTER_ID,
-        controller_id=NODE_ID,
+        controller_id=cluster.controller_id,
         brokers=[
             DescribeClusterResponse.DescribeClusterBroker(
-                broker_id=NODE_ID, host=broker.host, port=broker.port
+                broker_id=a.node_id, host=a.kafka_host, port=a.kafka_port, rack=_rack(a)
             )
+            for a in cluster.live()
         ],
     )
 
@@ -134,8 +170,13 @@ async def find_coordinator(
             host="",
             port=-1,
         )
+    coordinator = broker.cluster.coordinator_for(request.key)
     return FindCoordinatorResponse(
-        error_code=0, error_message=None, node_id=NODE_ID, host=broker.host, port=broker.port
+        error_code=0,
+        error_message=None,
+        node_id=coordinator.node_id,
+        host=coordinator.kafka_host,
+        port=coordinator.kafka_port,
     )
 
 
@@ -151,8 +192,13 @@ def _coordinator(
             error_code=errors.COORDINATOR_NOT_AVAILABLE,
             error_message="transactions are not supported",
         )
+    coordinator = broker.cluster.coordinator_for(key)
     return FindCoordinatorResponse.Coordinator(
-        key=key, node_id=NODE_ID, host=broker.host, port=broker.port, error_code=0
+        key=key,
+        node_id=coordinator.node_id,
+        host=coordinator.kafka_host,
+        port=coordinator.kafka_port,
+        error_code=0,
     )
 
 

@@ -1,7 +1,12 @@
 """The Kafka broker inside ingest: which APIs it serves, the listener, and what handlers share.
 
-This node reports itself (node id 0) as the leader of every partition, with leader epoch 0 and
-the topic ids kept in metadata, so clients route everything here. Handlers live one module per
+Every live agent of the cluster is a broker (its node id, Kafka advertised address and zone as
+rack). Which one Kafka clients are told leads a partition or coordinates a group is
+`self.cluster` (ingest/cluster.py: rendezvous hashing over the live agents, the same on every
+agent); with the SQLite default that is this one agent, node id 0. Every agent still accepts
+produce and fetch for every partition (no NOT_LEADER errors): leadership only spreads load.
+Metadata reports leader epochs as unknown (-1) so clients follow leader moves; the log keeps
+one epoch, `LEADER_EPOCH` (api_cluster.py says why). Handlers live one module per
 area (`api_cluster`, `api_produce`, `api_fetch`, `api_groups`, `api_admin`); each is
 `async def handle(broker, header, request) -> response` and works for every version the
 generated codec decodes (the codec fills version-specific fields).
@@ -24,6 +29,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ingest.cluster import ClusterView
 from ingest.kafka.connection import (
     NO_RESPONSE,
     ConnectionLimits,
@@ -47,7 +53,6 @@ from streamhouse.process import spawn
 
 log = logging.getLogger("ingest.kafka")
 
-NODE_ID = 0
 LEADER_EPOCH = 0
 CLUSTER_ID = "streamhouse-cluster-0"
 
@@ -85,10 +90,17 @@ Handler = Callable[["KafkaBroker", RequestHeader, Any], Awaitable[Any]]
 
 
 class KafkaBroker:
-    def __init__(self, settings: Settings, meta: AsyncMetadata, pipeline: Pipeline) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        meta: AsyncMetadata,
+        pipeline: Pipeline,
+        cluster: ClusterView,
+    ) -> None:
         self.settings = settings
         self.meta = meta
         self.pipeline = pipeline
+        self.cluster = cluster
         self.host, self.port = settings.kafka_advertised_address
         self.coordinator = GroupCoordinator(
             initial_rebalance_delay_ms=settings.group_initial_rebalance_delay_ms,

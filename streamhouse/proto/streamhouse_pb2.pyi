@@ -319,10 +319,7 @@ class GetOffsetRequest(_message.Message):
     topic: str
     partition: int
     def __init__(
-        self,
-        group: str | None = ...,
-        topic: str | None = ...,
-        partition: int | None = ...,
+        self, group: str | None = ..., topic: str | None = ..., partition: int | None = ...
     ) -> None: ...
 
 class GetOffsetResponse(_message.Message):
@@ -344,3 +341,69 @@ class InitProducerResponse(_message.Message):
     producer_id: int
     producer_epoch: int
     def __init__(self, producer_id: int | None = ..., producer_epoch: int | None = ...) -> None: ...
+
+class DescribeClusterRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Agent(_message.Message):
+    __slots__ = (
+        "agent_id",
+        "node_id",
+        "kafka_address",
+        "grpc_address",
+        "zone",
+        "alive",
+        "state",
+        "started_at_ms",
+        "heartbeat_at_ms",
+        "lease_until_ms",
+    )
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KAFKA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    node_id: int
+    kafka_address: str
+    grpc_address: str
+    zone: str
+    alive: bool
+    state: str
+    started_at_ms: int
+    heartbeat_at_ms: int
+    lease_until_ms: int
+    def __init__(
+        self,
+        agent_id: str | None = ...,
+        node_id: int | None = ...,
+        kafka_address: str | None = ...,
+        grpc_address: str | None = ...,
+        zone: str | None = ...,
+        alive: bool | None = ...,
+        state: str | None = ...,
+        started_at_ms: int | None = ...,
+        heartbeat_at_ms: int | None = ...,
+        lease_until_ms: int | None = ...,
+    ) -> None: ...
+
+class DescribeClusterResponse(_message.Message):
+    __slots__ = ("agents", "answered_by", "now_ms")
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    agents: _containers.RepeatedCompositeFieldContainer[Agent]
+    answered_by: str
+    now_ms: int
+    def __init__(
+        self,
+        agents: _Iterable[Agent | _Mapping] | None = ...,
+        answered_by: str | None = ...,
+        now_ms: int | None = ...,
+    ) -> None: ...

@@ -94,6 +94,11 @@ class StreamHouseStub:
                 request_serializer=streamhouse__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=streamhouse__pb2.ConsumeResponse.FromString,
                 _registered_method=True)
+        self.DescribeCluster = channel.unary_unary(
+                '/streamhouse.v1.StreamHouse/DescribeCluster',
+                request_serializer=streamhouse__pb2.DescribeClusterRequest.SerializeToString,
+                response_deserializer=streamhouse__pb2.DescribeClusterResponse.FromString,
+                _registered_method=True)
 
 
 class StreamHouseServicer:
@@ -174,6 +179,13 @@ class StreamHouseServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeCluster(self, request, context):
+        """Every registered agent of the cluster (alive, expired or stopped), as metadata lists them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StreamHouseServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +248,11 @@ def add_StreamHouseServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=streamhouse__pb2.SubscribeRequest.FromString,
                     response_serializer=streamhouse__pb2.ConsumeResponse.SerializeToString,
+            ),
+            'DescribeCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeCluster,
+                    request_deserializer=streamhouse__pb2.DescribeClusterRequest.FromString,
+                    response_serializer=streamhouse__pb2.DescribeClusterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -562,6 +579,33 @@ class StreamHouse:
             '/streamhouse.v1.StreamHouse/Subscribe',
             streamhouse__pb2.SubscribeRequest.SerializeToString,
             streamhouse__pb2.ConsumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamhouse.v1.StreamHouse/DescribeCluster',
+            streamhouse__pb2.DescribeClusterRequest.SerializeToString,
+            streamhouse__pb2.DescribeClusterResponse.FromString,
             options,
             channel_credentials,
             insecure,
