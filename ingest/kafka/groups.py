@@ -1,4 +1,4 @@
-"""Kafka consumer-group coordinator, classic protocol: in memory, one node, no I/O.
+"""Kafka consumer-group coordinator, classic protocol: in memory, persisted by snapshots, no I/O.
 
 The Kafka listener's request handlers call in with plain values and get result structs back,
 with errors as Kafka's numeric codes. JoinGroup and SyncGroup are ``async`` only because their
@@ -62,7 +62,53 @@ Rules
    member and rebalances the rest (or leaves the group Empty).
 7. Every parked request is answered exactly once: a removed member's JoinGroup/SyncGroup gets
    UNKNOWN_MEMBER_ID, a superseded one REBALANCE_IN_PROGRESS, everything at close()
-   COORDINATOR_NOT_AVAILABLE.
+   COORDINATOR_NOT_AVAILABLE, everything of a dropped group (``drop_group``) NOT_COORDINATOR.
+
+Persistence and moving coordinators
+-----------------------------------
+In a cluster each group has one coordinator agent at a time (rendezvous over the live agents,
+ingest/cluster.py); the I/O shell (api_groups.py) answers NOT_COORDINATOR for the others. So
+that a successor continues the group, the coordinator is built with a ``persist(group_id,
+generation, blob_or_None)`` callback (None = the group is gone) and calls it, once per loop
+iteration at most per group (changes in one request are coalesced), after every change a
+successor needs: a member added, updated, renamed (static rejoin), removed or expired; a
+rebalance starting or ending (new generation, leader, protocol); SyncGroup storing the
+assignments (Stable); the group becoming Empty; delete_group and a forgotten never-used group
+(None). Heartbeats, valid commits and timers change nothing persisted. The shell writes the
+blobs in order per group, off the loop; a write refused because the store holds a newer
+generation means another agent coordinated the group since: the shell calls ``drop_group``
+and the next request reloads it.
+
+8. Restoring (``restore``) rebuilds a group from its snapshot on the agent that now
+   coordinates it, before that agent answers anything about the group. Every member gets a
+   fresh session timer, so members that died with the old coordinator expire as usual.
+   Empty and Stable come back as they were (generation, leader, protocol, assignments): a
+   member of that generation heartbeats and commits on without a rebalance, an older
+   generation is fenced (ILLEGAL_GENERATION). PreparingRebalance and CompletingRebalance come
+   back as PreparingRebalance at the stored generation with every member (nobody is parked:
+   the members learn from REBALANCE_IN_PROGRESS or a refused SyncGroup and rejoin; dynamic
+   members that do not within the rebalance timeout are removed). Pending members (those
+   told MEMBER_ID_REQUIRED) are not kept: their second JoinGroup gets UNKNOWN_MEMBER_ID and
+   they start over.
+
+Snapshot format (the blob ``persist`` gets; metadata stores it opaquely with its generation):
+MessagePack (msgspec) of a map ``GroupSnapshot``::
+
+    format          int      1 (readers refuse other values)
+    group_id        str
+    state           str      Empty | PreparingRebalance | CompletingRebalance | Stable
+    generation_id   int      >= 0
+    protocol_type   str|nil  e.g. "consumer"
+    protocol_name   str|nil  the chosen assignor (nil unless a generation is under way/Stable)
+    leader_id       str|nil  a member id of ``members``
+    members         array of maps, oldest first:
+        member_id, group_instance_id (str|nil), client_id, client_host (str),
+        session_timeout_ms, rebalance_timeout_ms (int),
+        protocols (array of [name str, metadata bin], the member's order of preference),
+        assignment (bin; empty until SyncGroup)
+
+Fields may only be added with defaults (readers ignore unknown keys); anything else takes a
+new ``format`` number.
 """
 
 from __future__ import annotations
@@ -92,6 +138,7 @@ from ingest.kafka.errors import (  # noqa: E402  (codes grouped here for readers
     MEMBER_ID_REQUIRED,
     NON_EMPTY_GROUP,
     NONE,
+    NOT_COORDINATOR,
     REBALANCE_IN_PROGRESS,
     UNKNOWN_MEMBER_ID,
 )
@@ -187,6 +234,82 @@ class GroupDescription(msgspec.Struct, kw_only=True):
     members: list[DescribedMember] = msgspec.field(default_factory=list)
 
 
+SNAPSHOT_FORMAT = 1
+"""The ``format`` of the snapshots this module writes (and the only one it reads)."""
+
+PersistFn = Callable[[str, int, "bytes | None"], None]
+"""``persist(group_id, generation, blob)``: store a group's snapshot (None: delete it)."""
+
+
+class SnapshotError(ValueError):
+    """A stored group snapshot that cannot be restored (the message says why)."""
+
+
+class MemberSnapshot(msgspec.Struct, kw_only=True, frozen=True):
+    """One member in a :class:`GroupSnapshot` (format in the module docstring)."""
+
+    member_id: str
+    group_instance_id: str | None
+    client_id: str
+    client_host: str
+    session_timeout_ms: int
+    rebalance_timeout_ms: int
+    protocols: list[tuple[str, bytes]]
+    assignment: bytes = b""
+
+
+class GroupSnapshot(msgspec.Struct, kw_only=True, frozen=True):
+    """What a successor needs of one group (format in the module docstring)."""
+
+    format: int = SNAPSHOT_FORMAT
+    group_id: str
+    state: str
+    generation_id: int
+    protocol_type: str | None = None
+    protocol_name: str | None = None
+    leader_id: str | None = None
+    members: list[MemberSnapshot] = msgspec.field(default_factory=list)
+
+
+_SNAPSHOT_ENCODER = msgspec.msgpack.Encoder()
+_SNAPSHOT_DECODER = msgspec.msgpack.Decoder(GroupSnapshot)
+_RESTORABLE = frozenset(s.value for s in GroupState if s is not GroupState.DEAD)
+
+
+def encode_snapshot(snapshot: GroupSnapshot) -> bytes:
+    return _SNAPSHOT_ENCODER.encode(snapshot)
+
+
+def decode_snapshot(blob: bytes, group_id: str) -> GroupSnapshot:
+    """The snapshot in ``blob``, checked to be one of ``group_id`` this module can restore;
+    SnapshotError otherwise."""
+    try:
+        snapshot = _SNAPSHOT_DECODER.decode(blob)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise SnapshotError(
+            f"the stored state of group {group_id!r} is unreadable: {exc}"
+        ) from None
+    problem = None
+    member_ids = [m.member_id for m in snapshot.members]
+    if snapshot.format != SNAPSHOT_FORMAT:
+        problem = f"format {snapshot.format}, this agent reads format {SNAPSHOT_FORMAT} only"
+    elif snapshot.group_id != group_id:
+        problem = f"it is the state of group {snapshot.group_id!r}"
+    elif snapshot.state not in _RESTORABLE:
+        problem = f"unknown state {snapshot.state!r}"
+    elif snapshot.generation_id < 0:
+        problem = f"negative generation {snapshot.generation_id}"
+    elif len(set(member_ids)) != len(member_ids) or not all(member_ids):
+        problem = "empty or duplicate member ids"
+    elif member_ids and snapshot.leader_id not in member_ids:
+        problem = f"leader {snapshot.leader_id!r} is not a member"
+    elif not member_ids and snapshot.state != GroupState.EMPTY.value:
+        problem = f"no members in state {snapshot.state}"
+    if problem is not None:
+        raise SnapshotError(f"the stored state of group {group_id!r} cannot be restored: {problem}")
+    return snapshot
+
+
 @dataclass(eq=False, slots=True)
 class _Member:
     member_id: str
@@ -238,6 +361,8 @@ class _Group:
     # True while the running join timer is the initial delay, which joins never cut short.
     initial_delay_active: bool = False
     new_member_added: bool = False
+    # A snapshot of this incarnation was handed to persist (so forgetting it must delete it).
+    saved: bool = False
 
     def transition(self, to: GroupState) -> None:
         if self.state not in _ALLOWED_FROM[to]:
@@ -356,6 +481,29 @@ class _Group:
             for m in self.members.values()
         ]
 
+    def snapshot(self) -> GroupSnapshot:
+        return GroupSnapshot(
+            group_id=self.group_id,
+            state=self.state.value,
+            generation_id=self.generation_id,
+            protocol_type=self.protocol_type,
+            protocol_name=self.protocol_name,
+            leader_id=self.leader_id if self.members else None,
+            members=[
+                MemberSnapshot(
+                    member_id=m.member_id,
+                    group_instance_id=m.group_instance_id,
+                    client_id=m.client_id,
+                    client_host=m.client_host,
+                    session_timeout_ms=m.session_timeout_ms,
+                    rebalance_timeout_ms=m.rebalance_timeout_ms,
+                    protocols=list(m.protocols),
+                    assignment=m.assignment,
+                )
+                for m in self.members.values()
+            ],
+        )
+
     def current_join_result(self, member_id: str, *, with_members: bool) -> JoinResult:
         return JoinResult(
             error=NONE,
@@ -405,15 +553,21 @@ class GroupCoordinator:
         min_session_timeout_ms: int = 6000,
         max_session_timeout_ms: int = 1_800_000,
         new_member_join_timeout_ms: int = NEW_MEMBER_JOIN_TIMEOUT_MS,
+        persist: PersistFn | None = None,
     ) -> None:
         """Timeouts as Kafka's group.initial.rebalance.delay.ms, group.min.session.timeout.ms
-        and group.max.session.timeout.ms."""
+        and group.max.session.timeout.ms. ``persist`` (also settable later as the attribute of
+        that name) gets every group's snapshot after each change (module docstring); without
+        it the groups live in memory only."""
         self._initial_delay_ms = initial_rebalance_delay_ms
         self._min_session_ms = min_session_timeout_ms
         self._max_session_ms = max_session_timeout_ms
         self._new_member_timeout_ms = new_member_join_timeout_ms
         self._groups: dict[str, _Group] = {}
         self._closed = False
+        self.persist = persist
+        self._dirty: set[str] = set()
+        self._flush_scheduled = False
 
     # ---- requests ------------------------------------------------------------------------
 
@@ -631,7 +785,49 @@ class GroupCoordinator:
             return NON_EMPTY_GROUP
         self._kill(group)
         del self._groups[group_id]
+        self._forgotten(group)
         return NONE
+
+    def snapshot(self, group_id: str) -> bytes | None:
+        """The group's snapshot as ``persist`` would get it (None for an unknown group)."""
+        group = self._groups.get(group_id)
+        return None if group is None else encode_snapshot(group.snapshot())
+
+    def restore(self, group_id: str, blob: bytes) -> None:
+        """Rebuild a group this coordinator does not hold from its snapshot (rule 8).
+        SnapshotError if the blob cannot be restored, ValueError if the group is held."""
+        if group_id in self._groups:
+            raise ValueError(f"group {group_id!r} is already held; drop_group it first")
+        snapshot = decode_snapshot(blob, group_id)
+        self._restore(snapshot)
+
+    def restore_empty(self, group_id: str, generation_id: int) -> None:
+        """Start a group Empty at ``generation_id`` (its stored snapshot was unreadable: keep
+        fencing the old generations and let the next save replace the bad blob)."""
+        if group_id in self._groups:
+            raise ValueError(f"group {group_id!r} is already held; drop_group it first")
+        self._restore(
+            GroupSnapshot(
+                group_id=group_id, state=GroupState.EMPTY.value, generation_id=generation_id
+            )
+        )
+        self._changed(self._groups[group_id])
+
+    def drop_group(self, group_id: str, error: int = NOT_COORDINATOR) -> bool:
+        """Forget a group without persisting anything (another agent coordinates it now):
+        its timers stop, its parked JoinGroup/SyncGroup are answered ``error``. False if the
+        group was not held."""
+        group = self._groups.pop(group_id, None)
+        if group is None:
+            return False
+        self._dirty.discard(group_id)
+        self._kill(group, error)
+        log.info("group %s: dropped (generation %d)", group_id, group.generation_id)
+        return True
+
+    def group_ids(self) -> list[str]:
+        """The ids of every group held in memory."""
+        return list(self._groups)
 
     def known(self, group_id: str) -> bool:
         """Does the coordinator hold state for this group (any state but Dead)?"""
@@ -735,7 +931,7 @@ class GroupCoordinator:
         same = member.protocols == req.protocols
         match group.state:
             case GroupState.PREPARING_REBALANCE:
-                self._update_member(member, req)
+                self._update_member(group, member, req)
             case GroupState.COMPLETING_REBALANCE if same:
                 # Probably a retry of a lost JoinGroup answer: repeat it.
                 _answer(
@@ -747,7 +943,7 @@ class GroupCoordinator:
                 _answer(req.future, group.current_join_result(member_id, with_members=False))
             case GroupState.COMPLETING_REBALANCE | GroupState.STABLE:
                 # New metadata, or the leader asking for a new assignment (e.g. topics changed).
-                self._update_member(member, req)
+                self._update_member(group, member, req)
                 self._prepare_rebalance(group)
             case _:
                 # Empty or Dead with this member in it cannot happen; make it start over.
@@ -765,8 +961,9 @@ class GroupCoordinator:
         member.join_future = None
         member.sync_future = None
         group.rename(old_id, new_id)
+        self._changed(group)
         member.client_id, member.client_host = req.client_id, req.client_host
-        self._update_member(member, req)
+        self._update_member(group, member, req)
         self._restart_session(group, member)
         log.info(
             "group %s: static member %s rejoined as %s", group.group_id, req.instance_id, new_id
@@ -809,12 +1006,19 @@ class GroupCoordinator:
         if group.state is GroupState.PREPARING_REBALANCE and group.generation_id == 0:
             group.new_member_added = True  # rule 3: the initial delay gets extended
         group.add(member, req.protocol_type)
+        self._changed(group)
         # A parked new member cannot heartbeat and we cannot see it disconnect; bound its wait.
         self._restart_session(group, member, self._new_member_timeout_ms)
         log.info("group %s: member %s added", group.group_id, member_id)
         self._maybe_prepare_rebalance(group)
 
-    def _update_member(self, member: _Member, req: _JoinRequest) -> None:
+    def _update_member(self, group: _Group, member: _Member, req: _JoinRequest) -> None:
+        if (member.protocols, member.session_timeout_ms, member.rebalance_timeout_ms) != (
+            req.protocols,
+            req.session_ms,
+            req.rebalance_ms,
+        ):
+            self._changed(group)
         member.protocols = req.protocols
         member.session_timeout_ms = req.session_ms
         member.rebalance_timeout_ms = req.rebalance_ms
@@ -882,6 +1086,7 @@ class GroupCoordinator:
         for member in group.members.values():
             member.assignment = assignments.get(member.member_id, b"")
         group.transition(GroupState.STABLE)
+        self._changed(group)
         for member in group.members.values():
             if member.sync_future is not None:
                 _answer(member.sync_future, self._sync_result(group, member))
@@ -946,6 +1151,7 @@ class GroupCoordinator:
                 group.rebalance_timeout_ms(), self._on_rebalance_timeout, group
             )
         group.transition(GroupState.PREPARING_REBALANCE)
+        self._changed(group)
         log.info("group %s: rebalancing (generation %d)", group.group_id, group.generation_id)
         self._maybe_complete_join(group)
 
@@ -996,6 +1202,7 @@ class GroupCoordinator:
             )
             return
         group.generation_id += 1
+        self._changed(group)
         if not group.members:
             group.protocol_name = None
             group.transition(GroupState.EMPTY)
@@ -1087,11 +1294,12 @@ class GroupCoordinator:
         _cancel(member.session_timer)
         member.session_timer = None
         group.remove(member.member_id)
+        self._changed(group)
 
     # ---- housekeeping --------------------------------------------------------------------
 
-    def _kill(self, group: _Group) -> None:
-        """Dead: no timer left, every parked request answered COORDINATOR_NOT_AVAILABLE."""
+    def _kill(self, group: _Group, error: int = COORDINATOR_NOT_AVAILABLE) -> None:
+        """Dead: no timer left, every parked request answered ``error``."""
         _cancel(group.join_timer)
         _cancel(group.sync_timer)
         group.join_timer = group.sync_timer = None
@@ -1101,11 +1309,8 @@ class GroupCoordinator:
         for member in group.members.values():
             _cancel(member.session_timer)
             member.session_timer = None
-            _answer(
-                member.join_future,
-                JoinResult(error=COORDINATOR_NOT_AVAILABLE, member_id=member.member_id),
-            )
-            _answer(member.sync_future, SyncResult(error=COORDINATOR_NOT_AVAILABLE))
+            _answer(member.join_future, JoinResult(error=error, member_id=member.member_id))
+            _answer(member.sync_future, SyncResult(error=error))
             member.join_future = member.sync_future = None
         group.transition(GroupState.DEAD)
 
@@ -1121,6 +1326,78 @@ class GroupCoordinator:
         ):
             group.transition(GroupState.DEAD)
             del self._groups[group.group_id]
+            self._forgotten(group)
+
+    # ---- persistence ---------------------------------------------------------------------
+
+    def _restore(self, snapshot: GroupSnapshot) -> None:
+        group = _Group(
+            snapshot.group_id,
+            generation_id=snapshot.generation_id,
+            protocol_type=snapshot.protocol_type,
+            protocol_name=snapshot.protocol_name,
+            leader_id=snapshot.leader_id,
+            saved=True,
+        )
+        for m in snapshot.members:
+            member = _Member(
+                member_id=m.member_id,
+                group_instance_id=m.group_instance_id,
+                client_id=m.client_id,
+                client_host=m.client_host,
+                session_timeout_ms=m.session_timeout_ms,
+                rebalance_timeout_ms=m.rebalance_timeout_ms,
+                protocols=list(m.protocols),
+                assignment=m.assignment,
+            )
+            group.members[member.member_id] = member
+            if member.group_instance_id is not None:
+                group.static_members[member.group_instance_id] = member.member_id
+        self._groups[group.group_id] = group
+        for member in group.members.values():
+            self._restart_session(group, member)
+        state = GroupState(snapshot.state)
+        if state in (GroupState.EMPTY, GroupState.STABLE):
+            group.state = state
+        else:
+            # Mid-rebalance: nobody is parked here, so run the rebalance again (rule 8).
+            group.state = GroupState.STABLE
+            self._prepare_rebalance(group)
+        log.info(
+            "group %s: restored %s (generation %d, %d members)",
+            group.group_id,
+            snapshot.state,
+            group.generation_id,
+            len(group.members),
+        )
+
+    def _changed(self, group: _Group) -> None:
+        """Something a successor needs changed: persist the group at the end of this loop
+        iteration (coalescing every change the current request or timer makes)."""
+        if self.persist is None or self._closed:
+            return
+        self._dirty.add(group.group_id)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        if self.persist is None or self._closed:
+            return
+        for group_id in sorted(dirty):
+            group = self._groups.get(group_id)
+            if group is None or group.state is GroupState.DEAD:
+                continue  # dropped or deleted meanwhile (a deletion persisted None itself)
+            group.saved = True
+            self.persist(group_id, group.generation_id, encode_snapshot(group.snapshot()))
+
+    def _forgotten(self, group: _Group) -> None:
+        """The group is gone from this coordinator for good: delete its snapshot."""
+        self._dirty.discard(group.group_id)
+        if self.persist is not None and group.saved and not self._closed:
+            self.persist(group.group_id, group.generation_id, None)
 
     def _live(self, group: _Group) -> bool:
         # Timers are cancelled when a group dies; this guards against a callback already queued.
