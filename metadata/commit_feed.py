@@ -7,15 +7,10 @@ of every agent listens to that channel through a `CommitFeed`, which wakes its l
 feeds its block cache within milliseconds of a commit made on another agent, with no polling.
 With SQLite (one agent) there is no feed: the uploader's committed-segment ring is enough.
 
-Payload (text, UTF-8, < 8000 bytes; written by ``metadata/postgres.py``, parsed by
-`parse_commit_notification`)::
-
-    1|<segment_key>|<topic_id>:<partition>:<byte_offset>:<byte_length>:<end_offset>;...
-
-one entry per block of the segment (``end_offset`` is the partition's high watermark after
-the commit), or ``1|<segment_key>|*`` when the list would not fit (anything may have
-changed). The leading ``1`` is the format version; an unknown version or a payload that does
-not parse is logged once and treated like a gap (every waiter re-reads the metadata).
+The payload format is `metadata.commit_notice`'s (version 1: the segment key and, per block,
+``topic_id:partition:byte_offset:byte_length:end_offset``, or ``*`` when the list did not fit:
+anything may have changed). A payload that does not parse (another version, malformed) is
+logged and treated like a gap: every waiter re-reads the metadata.
 
 Behaviour of `CommitFeed.run` (spawn it with ``streamhouse.process.spawn``):
 
@@ -47,6 +42,9 @@ from typing import Final, NamedTuple
 
 import psycopg
 
+from metadata import commit_notice
+from metadata.commit_notice import COMMIT_CHANNEL
+
 __all__ = [
     "COMMIT_CHANNEL",
     "CommitFeed",
@@ -57,11 +55,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("metadata.commit_feed")
-
-#: The PostgreSQL channel segment commits notify (``metadata/postgres.py`` sends on it).
-COMMIT_CHANNEL: Final = "streamhouse_commit"
-#: Payload format version this module reads.
-NOTICE_VERSION: Final = "1"
 
 
 class NoticeFormatError(ValueError):
@@ -87,36 +80,22 @@ class CommitNotice(NamedTuple):
 
 
 def parse_commit_notification(payload: str) -> CommitNotice:
-    """The notice a payload announces; raises NoticeFormatError naming what is wrong."""
-    version, sep, rest = payload.partition("|")
-    if not sep or version != NOTICE_VERSION:
-        raise NoticeFormatError(
-            f"commit notification {payload[:80]!r}: expected format version "
-            f"{NOTICE_VERSION!r} before the first '|'"
-        )
-    key, sep, entries = rest.rpartition("|")
-    if not sep or not key:
-        raise NoticeFormatError(f"commit notification {payload[:80]!r}: no segment key")
-    if entries == "*":
+    """The notice a payload announces (`metadata.commit_notice` format); raises
+    NoticeFormatError naming what is wrong."""
+    try:
+        key, entries = commit_notice.parse_commit_notification(payload)
+    except ValueError as exc:
+        raise NoticeFormatError(str(exc)) from None
+    if not key:
+        raise NoticeFormatError(f"commit notification {payload[:80]!r} has no segment key")
+    if entries is None:
         return CommitNotice(key, None)
-    blocks: list[NoticeBlock] = []
-    for entry in entries.split(";"):
-        fields = entry.split(":")
-        try:
-            if len(fields) != 5:
-                raise ValueError(f"{len(fields)} fields instead of 5")
-            block = NoticeBlock(*(int(f) for f in fields))
-        except ValueError as exc:
-            raise NoticeFormatError(
-                f"commit notification for {key}: block entry {entry!r} is not "
-                f"topic_id:partition:byte_offset:byte_length:end_offset ({exc})"
-            ) from None
-        if min(block) < 0:
-            raise NoticeFormatError(
-                f"commit notification for {key}: block entry {entry!r} has a negative field"
-            )
-        blocks.append(block)
-    return CommitNotice(key, tuple(blocks))
+    blocks = tuple(NoticeBlock(*e) for e in entries)
+    if any(min(b) < 0 for b in blocks):
+        raise NoticeFormatError(
+            f"commit notification for segment {key!r} has a negative field: {payload[:200]!r}"
+        )
+    return CommitNotice(key, blocks)
 
 
 #: libpq options of the listening connection: notice a dead peer within about 20 s.

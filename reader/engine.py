@@ -160,8 +160,10 @@ class ReadEngine:
         data = self.cache.get(key)
         if data is not None:
             self.feed_cached += 1
+            log.debug("notified block %s@%d: taken from the committed ring", *key)
             return data
         self.feed_gets += 1
+        log.debug("notified block %s@%d: range GET", *key)
         return await self._fetch_block(key, length)
 
     async def load_block(self, loc: BlockLocation) -> bytes:

@@ -20,17 +20,16 @@ from typing import Any
 import psycopg
 import pytest
 
-import metadata.postgres
 from metadata import BatchRef, CommitBlock
 from metadata.async_store import AsyncMetadata
 from metadata.commit_feed import (
-    COMMIT_CHANNEL,
     CommitFeed,
     CommitNotice,
     NoticeBlock,
     NoticeFormatError,
     parse_commit_notification,
 )
+from metadata.commit_notice import COMMIT_CHANNEL, commit_notification
 from metadata.postgres import PostgresMetadataStore
 from reader import engine as engine_module
 from reader.cache import BlockCache
@@ -57,6 +56,17 @@ def test_parse_star_means_anything_changed() -> None:
     assert parse_commit_notification("1|segments/k.seg|*") == CommitNotice("segments/k.seg", None)
 
 
+def test_parse_agrees_with_the_writer() -> None:
+    """What metadata.commit_notice writes (the store's payloads) parses back."""
+    entries = [(7, p, p * 100, 100, p + 3) for p in range(40)]
+    assert parse_commit_notification(commit_notification("segments/a|b.seg", entries)) == (
+        CommitNotice("segments/a|b.seg", tuple(NoticeBlock(*e) for e in entries))
+    )
+    many = [(7, p, p * 100, 100, p + 3) for p in range(2000)]
+    assert parse_commit_notification(commit_notification("k", many)) == CommitNotice("k", None)
+    assert parse_commit_notification(commit_notification("k", [])) == CommitNotice("k", ())
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -64,7 +74,6 @@ def test_parse_star_means_anything_changed() -> None:
         "2|segments/k.seg|*",
         "1|*",
         "1||*",
-        "1|k|",
         "1|k|1:2:3:4",
         "1|k|1:2:3:4:5:6",
         "1|k|1:2:x:4:5",
@@ -103,9 +112,8 @@ class Agents:
         self.engine.wake_all()
 
     async def commit(self, partition: int, values: list[bytes]) -> str:
-        """Agent A: one segment with one batch of `values` on `partition`, PUT then committed;
-        announced as metadata/postgres.py does (pg_notify after the commit, with the same
-        payload), in case the store does not notify by itself yet."""
+        """Agent A: one segment with one batch of `values` on `partition`, PUT then committed
+        (the store notifies the commit)."""
         n = len(values)
         batch = encode_batch([None] * n, values, [[] for _ in range(n)], [1_000] * n)
         info = scan_batches(batch)[0]
@@ -126,20 +134,7 @@ class Agents:
             for e in entries
         ]
         await asyncio.to_thread(self.a.commit_segment, key, len(obj), blocks)
-        if not _STORE_NOTIFIES:
-            state = await asyncio.to_thread(self.a.get_partition, self.topic_id, partition)
-            assert state is not None
-            hwm = state.high_watermark
-            entry = ";".join(
-                f"{e.topic_id}:{e.partition}:{e.offset}:{e.length}:{hwm}" for e in entries
-            )
-            await notify(self.dsn, f"1|{key}|{entry}")
         return key
-
-
-#: Whether metadata/postgres.py sends the commit notification itself (it defines the
-#: channel once it does).
-_STORE_NOTIFIES = hasattr(metadata.postgres, "COMMIT_CHANNEL")
 
 
 async def notify(dsn: str, payload: str) -> None:
