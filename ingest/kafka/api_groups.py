@@ -1,15 +1,47 @@
 """Kafka consumer-group APIs: membership through the in-memory coordinator
 (`ingest.kafka.groups`), committed offsets (with their metadata strings) in the metadata
-store, so they survive restarts."""
+store, so they survive restarts.
+
+One coordinator per group (`GroupShell`, the I/O around `GroupCoordinator`):
+
+- Every group API first asks the cluster view whether this agent coordinates the group
+  (`ClusterView.is_coordinator`, rendezvous over the live agents). If not, the group is
+  answered NOT_COORDINATOR (per group where the API has per-group errors, else for the whole
+  request) and the client runs FindCoordinator again. ListGroups lists the groups this agent
+  coordinates: those it holds, those with stored state and those known only by committed
+  offsets, each on exactly one agent.
+- Taking over: the first request about a group this agent coordinates but does not hold loads
+  its snapshot from metadata (off the loop, one load per group however many requests wait
+  for it) and restores it before answering (groups.py, rule 8). A group with no stored state
+  starts new. A group is loaded once per coordination: ids checked since the live set last
+  changed are remembered (at most `_CHECKED_MAX`, then forgotten and loaded again).
+- Saving: the coordinator's `persist` callback queues the newest snapshot of a group; one
+  writer task per group saves them in order (`save_group_state`, with the generation guard) or
+  deletes the state. A write that fails is retried every `SAVE_RETRY_S` until a newer snapshot
+  supersedes it or `SAVE_ATTEMPTS` were made. A save refused because a newer generation is
+  stored means another agent coordinated the group since: the group is dropped from memory
+  (parked requests get NOT_COORDINATOR) and reloaded by the next request.
+- Losing coordination: when the live set changes (ClusterView listener) every held group this
+  agent no longer coordinates is dropped (parked JoinGroup/SyncGroup answered NOT_COORDINATOR)
+  and the memory of checked ids is cleared, so a group that comes back is reloaded from
+  metadata, never taken from stale memory. Snapshots already queued are still written: the
+  generation guard keeps them from overwriting a successor's newer state.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import struct
+import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ingest.kafka import errors
+from ingest.kafka.groups import GroupCoordinator, JoinResult, SnapshotError, SyncResult
 from metadata import MetadataUnavailableError
-from metadata.async_store import TopicLookup
+from metadata.async_store import AsyncMetadata, TopicLookup
+from metadata.store import MAX_GROUP_ID_LENGTH
 from streamhouse.kafka.messages import (
     DeleteGroupsRequest,
     DeleteGroupsResponse,
@@ -33,9 +65,204 @@ from streamhouse.kafka.messages import (
     SyncGroupRequest,
     SyncGroupResponse,
 )
+from streamhouse.process import describe_failure
 
 if TYPE_CHECKING:
+    from ingest.cluster import ClusterView
     from ingest.kafka.broker import KafkaBroker
+
+log = logging.getLogger("ingest.kafka.groups")
+
+SAVE_RETRY_S = 1.0
+"""Delay between attempts to write a group's snapshot while metadata fails."""
+SAVE_ATTEMPTS = 30
+"""Attempts per snapshot before giving up on it (a successor then loads an older one)."""
+_CHECKED_MAX = 100_000
+_LOAD_CONCURRENCY = 16
+
+
+class GroupShell:
+    """One broker's group coordination across agents (module docstring)."""
+
+    def __init__(
+        self, coordinator: GroupCoordinator, cluster: ClusterView, meta: AsyncMetadata
+    ) -> None:
+        self.coordinator = coordinator
+        self.cluster = cluster
+        self.meta = meta
+        self._checked: set[str] = set()
+        self._loading: dict[str, asyncio.Future[int]] = {}
+        self._epoch = 0  # +1 at every change of the live set
+        self._queued: dict[str, tuple[int, bytes | None]] = {}
+        self._writers: dict[str, asyncio.Task[None]] = {}
+        coordinator.persist = self._persist
+        cluster.add_listener(self._on_live_set_changed)
+
+    # -- coordination ---------------------------------------------------------------------
+
+    def coordinates(self, group_id: str) -> bool:
+        return self.cluster.is_coordinator(group_id)
+
+    async def ensure(self, group_id: str) -> int:
+        """NONE when this agent coordinates the group and holds it (loaded from metadata if
+        it was not held); NOT_COORDINATOR, INVALID_GROUP_ID or (metadata failing)
+        COORDINATOR_NOT_AVAILABLE otherwise, all of which clients act on."""
+        if not group_id:
+            return errors.NONE  # the coordinator answers INVALID_GROUP_ID where it applies
+        if len(group_id) > MAX_GROUP_ID_LENGTH:
+            return errors.INVALID_GROUP_ID
+        if not self.coordinates(group_id):
+            return errors.NOT_COORDINATOR
+        if group_id in self._checked or self.coordinator.known(group_id):
+            return errors.NONE
+        loading = self._loading.get(group_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(group_id))
+            self._loading[group_id] = loading
+        # Shielded: a waiter whose client went away must not cancel the others' load.
+        return await asyncio.shield(loading)
+
+    async def _load(self, group_id: str) -> int:
+        try:
+            while True:
+                epoch = self._epoch
+                try:
+                    found = await self.meta.load_group_state(group_id)
+                except MetadataUnavailableError as exc:
+                    log.warning(
+                        "group %s: cannot load its state (%s); answering "
+                        "COORDINATOR_NOT_AVAILABLE, clients retry",
+                        group_id,
+                        describe_failure(exc),
+                    )
+                    return errors.COORDINATOR_NOT_AVAILABLE
+                if not self.coordinates(group_id):
+                    return errors.NOT_COORDINATOR
+                if epoch == self._epoch:
+                    break
+                # The live set changed while loading: the state may have moved on; load again.
+            if not self.coordinator.known(group_id) and found is not None:
+                generation, blob = found
+                try:
+                    self.coordinator.restore(group_id, blob)
+                except SnapshotError as exc:
+                    log.error(
+                        "%s; starting the group Empty at generation %d (its members rejoin; "
+                        "committed offsets are kept)",
+                        exc,
+                        generation,
+                    )
+                    self.coordinator.restore_empty(group_id, generation)
+            if len(self._checked) >= _CHECKED_MAX:
+                self._checked.clear()
+            self._checked.add(group_id)
+            return errors.NONE
+        finally:
+            self._loading.pop(group_id, None)
+
+    def _on_live_set_changed(self) -> None:
+        self._epoch += 1
+        self._checked.clear()
+        for group_id in self.coordinator.group_ids():
+            if not self.coordinates(group_id):
+                self.coordinator.drop_group(group_id, errors.NOT_COORDINATOR)
+                log.info(
+                    "group %s: now coordinated by agent %s",
+                    group_id,
+                    self.cluster.coordinator_for(group_id).agent_id,
+                )
+
+    async def coordinated(self, group_ids: Iterable[str]) -> list[str]:
+        """The given groups this agent coordinates, each loaded (held) when it has state."""
+        mine = [g for g in dict.fromkeys(group_ids) if g and self.coordinates(g)]
+        limit = asyncio.Semaphore(_LOAD_CONCURRENCY)
+
+        async def load(group_id: str) -> int:
+            async with limit:
+                return await self.ensure(group_id)
+
+        codes = await asyncio.gather(*(load(g) for g in mine))
+        return [g for g, code in zip(mine, codes, strict=True) if code == errors.NONE]
+
+    # -- saving ---------------------------------------------------------------------------
+
+    def _persist(self, group_id: str, generation: int, blob: bytes | None) -> None:
+        self._queued[group_id] = (generation, blob)  # newest wins; written in order below
+        if group_id not in self._writers:
+            self._writers[group_id] = asyncio.get_running_loop().create_task(
+                self._write(group_id), name=f"save group {group_id}"
+            )
+
+    async def _write(self, group_id: str) -> None:
+        failures = 0
+        try:
+            while (item := self._queued.pop(group_id, None)) is not None:
+                generation, blob = item
+                try:
+                    if blob is None:
+                        await self.meta.delete_group_state(group_id)
+                    elif not await self.meta.save_group_state(group_id, generation, blob):
+                        self._stale(group_id, generation)
+                    failures = 0
+                except ValueError as exc:  # refused by the store's validation: never retried
+                    log.error("group %s: its state was not saved: %s", group_id, exc)
+                except Exception as exc:
+                    failures += 1
+                    if failures >= SAVE_ATTEMPTS:
+                        log.error(
+                            "group %s: gave up saving its state after %d attempts (%s); if "
+                            "another agent takes the group over it starts from the last saved "
+                            "state",
+                            group_id,
+                            failures,
+                            describe_failure(exc),
+                        )
+                        failures = 0
+                        continue
+                    if failures == 1:
+                        log.warning(
+                            "group %s: saving its state failed (%s); retrying every %.1f s",
+                            group_id,
+                            describe_failure(exc),
+                            SAVE_RETRY_S,
+                        )
+                    self._queued.setdefault(group_id, item)  # unless a newer one came
+                    await asyncio.sleep(SAVE_RETRY_S)
+        finally:
+            self._writers.pop(group_id, None)
+
+    def _stale(self, group_id: str, generation: int) -> None:
+        """A newer generation is stored: another agent coordinated the group since."""
+        log.warning(
+            "group %s: the store holds a newer generation than %d, so another agent "
+            "coordinated the group since; dropping it here (the next request reloads it)",
+            group_id,
+            generation,
+        )
+        self._queued.pop(group_id, None)
+        self._checked.discard(group_id)
+        self.coordinator.drop_group(group_id, errors.NOT_COORDINATOR)
+
+    async def flush(self) -> None:
+        """Wait until every queued snapshot is written (tests, clean stops)."""
+        while self._writers:
+            await asyncio.gather(*list(self._writers.values()), return_exceptions=True)
+
+
+_SHELLS: weakref.WeakKeyDictionary[KafkaBroker, GroupShell] = weakref.WeakKeyDictionary()
+
+
+def shell(broker: KafkaBroker) -> GroupShell:
+    """The broker's GroupShell, made (and attached to its coordinator and cluster view) on the
+    first group request."""
+    found = _SHELLS.get(broker)
+    if found is None:
+        found = _SHELLS[broker] = GroupShell(broker.coordinator, broker.cluster, broker.meta)
+    return found
+
+
+async def _gate(broker: KafkaBroker, group_id: str) -> int:
+    return await shell(broker).ensure(group_id)
 
 
 def _client_host(broker: KafkaBroker) -> str:
@@ -46,20 +273,11 @@ async def join_group(
     broker: KafkaBroker, header: RequestHeader, request: JoinGroupRequest
 ) -> JoinGroupResponse:
     version = header.request_api_version
-    result = await broker.coordinator.join_group(
-        request.group_id,
-        request.member_id,
-        request.group_instance_id,
-        request.protocol_type,
-        [(p.name, bytes(p.metadata)) for p in request.protocols],
-        request.session_timeout_ms,
-        request.rebalance_timeout_ms if version >= 1 else -1,
-        header.client_id or "",
-        _client_host(broker),
-        require_known_member_id=version >= 4,
-        reason=request.reason,
-        supports_skip_assignment=version >= 9,
-    )
+    error = await _gate(broker, request.group_id)
+    if error != errors.NONE:
+        result = JoinResult(error=error, member_id=request.member_id)
+    else:
+        result = await _join(broker, header, request)
     return JoinGroupResponse(
         error_code=result.error,
         generation_id=result.generation_id,
@@ -77,19 +295,43 @@ async def join_group(
     )
 
 
+async def _join(
+    broker: KafkaBroker, header: RequestHeader, request: JoinGroupRequest
+) -> JoinResult:
+    version = header.request_api_version
+    return await broker.coordinator.join_group(
+        request.group_id,
+        request.member_id,
+        request.group_instance_id,
+        request.protocol_type,
+        [(p.name, bytes(p.metadata)) for p in request.protocols],
+        request.session_timeout_ms,
+        request.rebalance_timeout_ms if version >= 1 else -1,
+        header.client_id or "",
+        _client_host(broker),
+        require_known_member_id=version >= 4,
+        reason=request.reason,
+        supports_skip_assignment=version >= 9,
+    )
+
+
 async def sync_group(
     broker: KafkaBroker, header: RequestHeader, request: SyncGroupRequest
 ) -> SyncGroupResponse:
     version = header.request_api_version
-    result = await broker.coordinator.sync_group(
-        request.group_id,
-        request.generation_id,
-        request.member_id,
-        request.group_instance_id,
-        request.protocol_type if version >= 5 else None,
-        request.protocol_name if version >= 5 else None,
-        [(a.member_id, bytes(a.assignment)) for a in request.assignments],
-    )
+    error = await _gate(broker, request.group_id)
+    if error != errors.NONE:
+        result = SyncResult(error=error)
+    else:
+        result = await broker.coordinator.sync_group(
+            request.group_id,
+            request.generation_id,
+            request.member_id,
+            request.group_instance_id,
+            request.protocol_type if version >= 5 else None,
+            request.protocol_name if version >= 5 else None,
+            [(a.member_id, bytes(a.assignment)) for a in request.assignments],
+        )
     return SyncGroupResponse(
         error_code=result.error,
         protocol_type=result.protocol_type,
@@ -101,15 +343,20 @@ async def sync_group(
 async def heartbeat(
     broker: KafkaBroker, header: RequestHeader, request: HeartbeatRequest
 ) -> HeartbeatResponse:
-    error = broker.coordinator.heartbeat(
-        request.group_id, request.generation_id, request.member_id, request.group_instance_id
-    )
+    error = await _gate(broker, request.group_id)
+    if error == errors.NONE:
+        error = broker.coordinator.heartbeat(
+            request.group_id, request.generation_id, request.member_id, request.group_instance_id
+        )
     return HeartbeatResponse(error_code=error)
 
 
 async def leave_group(
     broker: KafkaBroker, header: RequestHeader, request: LeaveGroupRequest
 ) -> LeaveGroupResponse:
+    error = await _gate(broker, request.group_id)
+    if error != errors.NONE:
+        return LeaveGroupResponse(error_code=error, members=[])
     if header.request_api_version < 3:
         error, left = broker.coordinator.leave_group(request.group_id, [(request.member_id, None)])
         if error == errors.NONE and left:
@@ -133,12 +380,14 @@ async def offset_commit(
     broker: KafkaBroker, header: RequestHeader, request: OffsetCommitRequest
 ) -> OffsetCommitResponse:
     R = OffsetCommitResponse
-    error = broker.coordinator.validate_offset_commit(
-        request.group_id,
-        request.generation_id_or_member_epoch,
-        request.member_id,
-        request.group_instance_id,
-    )
+    error = await _gate(broker, request.group_id)
+    if error == errors.NONE:
+        error = broker.coordinator.validate_offset_commit(
+            request.group_id,
+            request.generation_id_or_member_epoch,
+            request.member_id,
+            request.group_instance_id,
+        )
     response = R(topics=[])
     for wanted in request.topics:
         topic = await broker.topic(wanted.name)
@@ -220,12 +469,16 @@ async def offset_fetch(
 ) -> OffsetFetchResponse:
     R = OffsetFetchResponse
     if header.request_api_version >= 8:
-        return R(
-            groups=[
+        groups = []
+        for g in request.groups:
+            error = await _gate(broker, g.group_id)
+            groups.append(
                 R.OffsetFetchResponseGroup(
                     group_id=g.group_id,
-                    error_code=0,
-                    topics=await _offset_topics(
+                    error_code=error,
+                    topics=[]
+                    if error != errors.NONE
+                    else await _offset_topics(
                         broker,
                         g.group_id,
                         g.topics,
@@ -233,8 +486,29 @@ async def offset_fetch(
                         R.OffsetFetchResponsePartitions,
                     ),
                 )
-                for g in request.groups
-            ]
+            )
+        return R(groups=groups)
+    error = await _gate(broker, request.group_id)
+    if error != errors.NONE:
+        # v1 has no top-level error: each asked partition carries it too.
+        return R(
+            error_code=error,
+            topics=[
+                R.OffsetFetchResponseTopic(
+                    name=t.name,
+                    partitions=[
+                        R.OffsetFetchResponsePartition(
+                            partition_index=p,
+                            committed_offset=-1,
+                            committed_leader_epoch=-1,
+                            metadata="",
+                            error_code=error,
+                        )
+                        for p in t.partition_indexes
+                    ],
+                )
+                for t in request.topics or ()
+            ],
         )
     return R(
         error_code=0,
@@ -278,6 +552,19 @@ async def describe_groups(
     R = DescribeGroupsResponse
     described = []
     for group_id in request.groups:
+        error = await _gate(broker, group_id)
+        if error != errors.NONE:
+            described.append(
+                R.DescribedGroup(
+                    error_code=error,
+                    group_id=group_id,
+                    group_state="",
+                    protocol_type="",
+                    protocol_data="",
+                    members=[],
+                )
+            )
+            continue
         d = broker.coordinator.describe_group(group_id)
         state = d.state
         if state == "Dead" and await broker.meta.list_group_offsets(group_id):
@@ -309,14 +596,24 @@ async def list_groups(
     broker: KafkaBroker, header: RequestHeader, request: ListGroupsRequest
 ) -> ListGroupsResponse:
     R = ListGroupsResponse
+    groups_shell = shell(broker)
     states = list(request.states_filter) if request.states_filter else None
-    listed = {g.group_id: g for g in broker.coordinator.list_groups(states)}
+    # Kafka's per-broker answer: the groups this agent coordinates. Those with stored state
+    # are loaded first (this agent is their coordinator now), so they show their real state.
+    stored = await broker.meta.list_group_states()
+    offset_only = await broker.meta.list_offset_groups()
+    mine = await groups_shell.coordinated([*stored, *offset_only])
+    listed = {
+        g.group_id: g
+        for g in broker.coordinator.list_groups(states)
+        if groups_shell.coordinates(g.group_id)
+    }
     groups = [
         R.ListedGroup(group_id=g.group_id, protocol_type=g.protocol_type, group_state=g.state)
         for g in listed.values()
     ]
     if states is None or any(s.lower() == "empty" for s in states):
-        for group_id in await broker.meta.list_offset_groups():
+        for group_id in mine:
             if group_id not in listed and not broker.coordinator.known(group_id):
                 groups.append(
                     R.ListedGroup(group_id=group_id, protocol_type="", group_state="Empty")
@@ -330,6 +627,10 @@ async def delete_groups(
     R = DeleteGroupsResponse
     results = []
     for group_id in request.groups_names:
+        gate = await _gate(broker, group_id)
+        if gate != errors.NONE:
+            results.append(R.DeletableGroupResult(group_id=group_id, error_code=gate))
+            continue
         has_offsets = bool(await broker.meta.list_group_offsets(group_id))
         error = broker.coordinator.delete_group(group_id)
         if error == errors.GROUP_ID_NOT_FOUND and has_offsets:
@@ -344,6 +645,9 @@ async def offset_delete(
     broker: KafkaBroker, header: RequestHeader, request: OffsetDeleteRequest
 ) -> OffsetDeleteResponse:
     R = OffsetDeleteResponse
+    error = await _gate(broker, request.group_id)
+    if error != errors.NONE:
+        return R(error_code=error, topics=[])
     described = broker.coordinator.describe_group(request.group_id)
     if described.state == "Dead" and not await broker.meta.list_group_offsets(request.group_id):
         return R(error_code=errors.GROUP_ID_NOT_FOUND)
