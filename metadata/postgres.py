@@ -54,7 +54,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -161,11 +161,11 @@ _SQL_INSERT_SEGMENT = (
     "INSERT INTO segments (key, size, created_ms) VALUES (%s, %s, %s) "
     "ON CONFLICT (key) DO NOTHING RETURNING segment_id"
 )
-_SQL_INSERT_BLOCKS = (
-    "INSERT INTO segment_blocks (topic_id, partition, end_offset, base_offset, segment_id, "
-    "byte_offset, byte_length, record_count, max_timestamp, skipped_batches) "
-    "SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[], %s::bigint[], "
-    "%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[])"
+# segment_blocks rows go in with COPY (text format; written by _copy_blocks): cheaper per row
+# than an INSERT ... SELECT FROM unnest(...) for a wide commit's 10,000 blocks.
+_SQL_COPY_BLOCKS = (
+    "COPY segment_blocks (topic_id, partition, end_offset, base_offset, segment_id, "
+    "byte_offset, byte_length, record_count, max_timestamp, skipped_batches) FROM STDIN"
 )
 _SQL_UPSERT_PRODUCER_STATES = (
     "INSERT INTO producer_state (topic_id, partition, producer_id, producer_epoch, batches, "
@@ -215,6 +215,32 @@ _SQL_ALLOCATE_PRODUCER_ID = (
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def _ints(values: Iterable[int]) -> str:
+    """An int array literal (``{1,2,3}``) for a ``%s::bigint[]`` parameter: building the text
+    with one join is ~10x cheaper than psycopg dumping a 10,000-element list."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _json_texts(values: Iterable[str | None]) -> str:
+    """A text array literal of JSON arrays of ints (or NULL) for a ``%s::text[]``: the
+    elements hold only digits, '-', ',' and brackets, so quoting them needs no escaping."""
+    return "{" + ",".join("NULL" if v is None else f'"{v}"' for v in values) + "}"
+
+
+def _copy_blocks(cur: Any, rows: Sequence[tuple[object, ...]]) -> None:
+    """Insert ``segment_blocks`` rows (as :func:`metadata.store.assign_offsets` makes them)
+    with one COPY. Text format: the values are integers and NULL or a JSON array of integers,
+    which hold no tab, newline or backslash, so no escaping is needed."""
+    null = "\\N"
+    data = "".join(
+        f"{r[0]}\t{r[1]}\t{r[2]}\t{r[3]}\t{r[4]}\t{r[5]}\t{r[6]}\t{r[7]}\t{r[8]}\t"
+        f"{null if r[9] is None else r[9]}\n"
+        for r in rows
+    )
+    with cur.copy(_SQL_COPY_BLOCKS) as copy:
+        copy.write(data)
 
 
 def redact_dsn(dsn: str) -> str:
@@ -671,7 +697,7 @@ class PostgresMetadataStore:
             segment_id = int(row[0])
             hwms: dict[tuple[int, int], int] = {}
             if tps:
-                cur.execute(_SQL_LOCK_HWMS, ([t for t, _ in tps], [p for _, p in tps]))
+                cur.execute(_SQL_LOCK_HWMS, (_ints(t for t, _ in tps), _ints(p for _, p in tps)))
                 for topic_id, partition, hwm in cur.fetchall():
                     hwms[(topic_id, partition)] = hwm
             start_hwms = dict(hwms)
@@ -686,7 +712,11 @@ class PostgresMetadataStore:
                 keys = list(producers)
                 cur.execute(
                     _SQL_PRODUCER_STATES,
-                    ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+                    (
+                        _ints(k[0] for k in keys),
+                        _ints(k[1] for k in keys),
+                        _ints(k[2] for k in keys),
+                    ),
                 )
                 for topic_id, partition, pid, epoch, batches in cur.fetchall():
                     producers[(topic_id, partition, pid)] = _Producer(
@@ -696,17 +726,15 @@ class PostgresMetadataStore:
             results, block_rows = assign_offsets(blocks, hwms, producers, segment_id)
 
             if block_rows:
-                cur.execute(
-                    _SQL_INSERT_BLOCKS, [list(col) for col in zip(*block_rows, strict=True)]
-                )
+                _copy_blocks(cur, block_rows)
             changed = [(tp, hwm) for tp, hwm in hwms.items() if hwm != start_hwms[tp]]
             if changed:
                 cur.execute(
                     _SQL_SET_HWMS,
                     (
-                        [tp[0] for tp, _ in changed],
-                        [tp[1] for tp, _ in changed],
-                        [hwm for _, hwm in changed],
+                        _ints(tp[0] for tp, _ in changed),
+                        _ints(tp[1] for tp, _ in changed),
+                        _ints(hwm for _, hwm in changed),
                     ),
                 )
             dirty = [(pkey, st) for pkey, st in producers.items() if st is not None and st.dirty]
@@ -714,12 +742,12 @@ class PostgresMetadataStore:
                 cur.execute(
                     _SQL_UPSERT_PRODUCER_STATES,
                     (
-                        [k[0] for k, _ in dirty],
-                        [k[1] for k, _ in dirty],
-                        [k[2] for k, _ in dirty],
-                        [st.epoch for _, st in dirty],
-                        [_json_encode(st.batches).decode() for _, st in dirty],
-                        [now] * len(dirty),
+                        _ints(k[0] for k, _ in dirty),
+                        _ints(k[1] for k, _ in dirty),
+                        _ints(k[2] for k, _ in dirty),
+                        _ints(st.epoch for _, st in dirty),
+                        _json_texts(_json_encode(st.batches).decode() for _, st in dirty),
+                        _ints(now for _ in dirty),
                     ),
                 )
             # Rule 6: announced from inside the transaction, after the blocks are written.

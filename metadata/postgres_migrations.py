@@ -66,6 +66,17 @@ Version 1 plus the cluster's tables (the same as the SQLite file's version 2):
     older generation than the stored one is refused), ``state BYTEA`` (opaque; the format
     belongs to ingest/kafka/groups.py), ``updated_ms BIGINT``. Independent of
     ``group_offsets``: deleting offsets or a topic leaves it alone.
+
+Schema (version 3)
+==================
+
+No new columns: ``partitions`` and ``producer_state`` get ``fillfactor = 50``. Every segment
+commit rewrites the high watermark of each partition it touches (and the state of each
+idempotent producer), none of them an indexed column, so with room left on each page
+PostgreSQL updates the row in place (a HOT update: no new index entry). Packed pages
+(fillfactor 100) turned nearly every such update into a new heap row plus a new primary-key
+entry. Pages written before the step keep their packing until the table is rewritten
+(``VACUUM FULL partitions, producer_state`` in a quiet moment).
 """
 
 from __future__ import annotations
@@ -197,6 +208,12 @@ CREATE TABLE group_states (
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _SCHEMA_V1),
     Migration(2, "agents registry and consumer-group state", _SCHEMA_V2),
+    Migration(
+        3,
+        "room for in-place (HOT) updates of high watermarks and producer state",
+        "ALTER TABLE partitions SET (fillfactor = 50); "
+        "ALTER TABLE producer_state SET (fillfactor = 50);",
+    ),
 )
 
 _SQL_CREATE_VERSION_TABLE = (

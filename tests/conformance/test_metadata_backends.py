@@ -960,6 +960,14 @@ def test_postgres_migrates_empty_database_to_latest(postgres_dsn: str) -> None:
         "agents",
         "group_states",
     } <= tables
+    with psycopg.connect(postgres_dsn) as conn:
+        options = dict(
+            conn.execute(
+                "SELECT relname, reloptions FROM pg_class "
+                "WHERE relname IN ('partitions', 'producer_state')"
+            ).fetchall()
+        )
+    assert options == {"partitions": ["fillfactor=50"], "producer_state": ["fillfactor=50"]}
 
 
 def test_postgres_migration_versions_are_consecutive() -> None:
