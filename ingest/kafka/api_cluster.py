@@ -8,13 +8,15 @@ zone when its client.id carries `streamhouse_az=<zone>` and any of them is alive
 and ISR just that leader. FindCoordinator answers the group's coordinator agent (zones play no
 part). With one agent all of these are that agent.
 
-Leader epochs in Metadata are -1 ("unknown"): librdkafka (2.x, `rd_kafka_toppar_leader_update`)
-takes a new leader from metadata only if the cached epoch is -1 or the new epoch is greater,
-so a constant epoch 0 would pin every partition to its first leader forever, even after that
-agent died. With -1 every metadata refresh may move a partition; the Java client accepts any
-leader when the epoch is absent. The log itself keeps one epoch, 0 (ListOffsets and
-OffsetForLeaderEpoch answer `LEADER_EPOCH`, whose end offset is the high watermark), so a
-consumer's offset validation after a move succeeds.
+Leader epochs in Metadata are -1 ("unknown"), not a constant 0. Older librdkafka 2.x releases
+(`rd_kafka_toppar_leader_update`, e.g. the copy vendored in mongodb/mongo) take a new leader
+from metadata only if the cached epoch is -1 or the new epoch is greater, so at a constant
+epoch 0 a partition stays pinned to its first leader, even after that agent died; current
+librdkafka (2.16 here) ignores only strictly older epochs, so both work with it (the agents
+integration test moves partitions either way). The Java client accepts any leader when the
+epoch is absent. With -1 every metadata refresh may move a partition. The log itself keeps
+one epoch, 0 (ListOffsets and OffsetForLeaderEpoch answer `LEADER_EPOCH` with the high
+watermark as its end offset), so a consumer's offset validation after a move succeeds.
 """
 
 from __future__ import annotations
