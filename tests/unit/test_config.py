@@ -277,3 +277,127 @@ def test_ack_and_fetch_request_rings_have_a_floor() -> None:
         with pytest.raises(ConfigError, match=f"STREAMHOUSE_{name} must be at least 65536"):
             load_settings({f"STREAMHOUSE_{name}": "4096"})
         load_settings({f"STREAMHOUSE_{name}": "65536"})
+
+
+# -- agents ----------------------------------------------------------------------------------
+
+
+def test_agent_defaults_derive_from_the_listen_addresses() -> None:
+    """agent_id defaults to the Kafka advertised host:port, grpc_advertised to grpc_listen."""
+    s = load_settings(
+        {"STREAMHOUSE_KAFKA_LISTEN": "0.0.0.0:9092", "STREAMHOUSE_GRPC_LISTEN": "h:1"}
+    )
+    assert (s.agent_id, s.agent_zone, s.grpc_advertised) == ("", "", "")
+    assert (s.agent_heartbeat_ms, s.agent_lease_ms) == (1000, 4000)
+    assert s.agent_name == "0.0.0.0:9092"
+    assert s.grpc_advertised_address == "h:1"
+    s = load_settings(
+        {
+            "STREAMHOUSE_KAFKA_ADVERTISED": "kafka.example:19092",
+            "STREAMHOUSE_GRPC_ADVERTISED": "grpc.example:443",
+        }
+    )
+    assert s.agent_name == "kafka.example:19092"
+    assert s.grpc_advertised_address == "grpc.example:443"
+    s = load_settings({"STREAMHOUSE_AGENT_ID": "agent-7", "STREAMHOUSE_AGENT_ZONE": "eu-west-1a"})
+    assert (s.agent_name, s.agent_zone) == ("agent-7", "eu-west-1a")
+    assert load_settings({"STREAMHOUSE_KAFKA_LISTEN": "[::1]:9093"}).agent_name == "[::1]:9093"
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "lease"), [("1000", "2000"), ("1000", "1500"), ("500", "1000"), ("10", "5")]
+)
+def test_lease_must_exceed_twice_the_heartbeat(heartbeat: str, lease: str) -> None:
+    with pytest.raises(ConfigError, match="AGENT_LEASE_MS.*must exceed twice.*HEARTBEAT_MS"):
+        load_settings(
+            {"STREAMHOUSE_AGENT_HEARTBEAT_MS": heartbeat, "STREAMHOUSE_AGENT_LEASE_MS": lease}
+        )
+    ok = load_settings(
+        {"STREAMHOUSE_AGENT_HEARTBEAT_MS": heartbeat, "STREAMHOUSE_AGENT_LEASE_MS": "100000"}
+    )
+    assert ok.agent_lease_ms == 100000
+
+
+@pytest.mark.parametrize("name", ["AGENT_HEARTBEAT_MS", "AGENT_LEASE_MS"])
+def test_agent_timings_must_be_positive(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"STREAMHOUSE_{name} must be positive"):
+        load_settings({f"STREAMHOUSE_{name}": "0"})
+
+
+def test_lease_of_more_than_a_day_is_refused() -> None:
+    with pytest.raises(ConfigError, match="AGENT_LEASE_MS=86400001 is over a day"):
+        load_settings({"STREAMHOUSE_AGENT_LEASE_MS": "86400001"})
+
+
+@pytest.mark.parametrize("agent_id", ["has space", "a/b", "é", "x" * 201, "a,b"])
+def test_bad_agent_ids_are_refused(agent_id: str) -> None:
+    with pytest.raises(ConfigError, match="STREAMHOUSE_AGENT_ID=.*letters, digits"):
+        load_settings({"STREAMHOUSE_AGENT_ID": agent_id})
+
+
+@pytest.mark.parametrize("zone", ["eu west", "a:b", "z=1", "x" * 65, "a,b"])
+def test_bad_zones_are_refused(zone: str) -> None:
+    with pytest.raises(ConfigError, match="STREAMHOUSE_AGENT_ZONE=.*letters, digits"):
+        load_settings({"STREAMHOUSE_AGENT_ZONE": zone})
+
+
+@pytest.mark.parametrize("address", ["nohost", ":50051", "h:", "h:x", "h:0", "h:70000"])
+def test_grpc_advertised_must_be_host_and_port(address: str) -> None:
+    with pytest.raises(ConfigError, match="STREAMHOUSE_GRPC_ADVERTISED=.*HOST:PORT"):
+        load_settings({"STREAMHOUSE_GRPC_ADVERTISED": address})
+
+
+# -- streamhouse up / config flags -----------------------------------------------------------
+
+
+def test_cli_flags_set_their_settings(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`streamhouse config` with the flags `up` takes prints the settings they give, and the
+    flags beat STREAMHOUSE_* variables."""
+    from streamhouse import cli
+
+    monkeypatch.setenv("STREAMHOUSE_AGENT_ZONE", "from-env")
+    monkeypatch.setenv("STREAMHOUSE_FLUSH_INTERVAL_MS", "33")
+    argv = [
+        "config",
+        "--data-dir", str(tmp_path / "a2"),
+        "--metadata", "postgresql://sh@db.example:5432/streamhouse",
+        "--object-store", "s3://bucket/prefix",
+        "--kafka-listen", "127.0.0.1:9192",
+        "--kafka-advertised", "agent2.example:9192",
+        "--grpc-listen", "127.0.0.1:50151",
+        "--grpc-advertised", "agent2.example:50151",
+        "--agent-id", "a2",
+        "--zone", "z2",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = msgspec.json.decode(capsys.readouterr().out)
+    assert printed["data_dir"] == str(tmp_path / "a2")
+    assert printed["metadata"] == "postgresql://sh@db.example:5432/streamhouse"
+    assert printed["object_store"] == "s3://bucket/prefix"
+    assert printed["kafka_listen"] == "127.0.0.1:9192"
+    assert printed["kafka_advertised"] == "agent2.example:9192"
+    assert printed["grpc_listen"] == "127.0.0.1:50151"
+    assert printed["grpc_advertised"] == "agent2.example:50151"
+    assert (printed["agent_id"], printed["agent_zone"]) == ("a2", "z2")
+    assert printed["flush_interval_ms"] == 33  # untouched settings still come from the env
+
+
+def test_cli_flag_errors_name_the_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    from streamhouse import cli
+
+    assert cli.main(["config", "--zone", "bad zone"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streamhouse: error: STREAMHOUSE_AGENT_ZONE='bad zone'")
+    assert cli.main(["config", "--kafka-listen", ""]) == 2
+    assert "--kafka-listen must not be empty" in capsys.readouterr().err
+    assert cli.main(["config", "--metadata", "mysql://x"]) == 2
+    assert "STREAMHOUSE_METADATA='mysql://x': use postgresql://" in capsys.readouterr().err
+
+
+def test_cli_settings_environment_maps_flags_to_variables() -> None:
+    from streamhouse.cli import settings_environment
+
+    env = settings_environment({"agent_zone": "z", "metadata": None}, {"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "STREAMHOUSE_AGENT_ZONE": "z"}
