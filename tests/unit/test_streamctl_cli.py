@@ -117,6 +117,43 @@ class FakeClient:
         self.calls.append(("get_offset", (group, topic, partition)))
         return 7, "meta"
 
+    def describe_cluster(self) -> pb.DescribeClusterResponse:
+        self.calls.append(("describe_cluster", None))
+        self._maybe_fail()
+        return CLUSTER
+
+
+NOW_MS = 1_700_000_010_000
+CLUSTER = pb.DescribeClusterResponse(
+    answered_by="a",
+    now_ms=NOW_MS,
+    agents=[
+        pb.Agent(
+            agent_id="b",
+            node_id=1,
+            kafka_address="10.0.0.2:9092",
+            grpc_address="10.0.0.2:50051",
+            zone="z2",
+            alive=False,
+            state="expired",
+            started_at_ms=NOW_MS - 60_000,
+            heartbeat_at_ms=NOW_MS - 9_500,
+            lease_until_ms=NOW_MS - 5_500,
+        ),
+        pb.Agent(
+            agent_id="a",
+            node_id=0,
+            kafka_address="10.0.0.1:9092",
+            grpc_address="10.0.0.1:50051",
+            alive=True,
+            state="alive",
+            started_at_ms=NOW_MS - 60_000,
+            heartbeat_at_ms=NOW_MS - 400,
+            lease_until_ms=NOW_MS + 3_600,
+        ),
+    ],
+)
+
 
 @pytest.fixture
 def fake_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeClient]]:
@@ -566,3 +603,70 @@ def test_plain_produce_batch_is_not_retried() -> None:
     assert len(stub.requests) == 1
     assert not stub.requests[0].HasField("producer_id")
     assert not stub.requests[0].HasField("partition")
+
+
+# -- cluster -----------------------------------------------------------------------------------
+
+
+def test_cluster_prints_a_table_of_agents_by_node_id(
+    fake_client: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(["--server", "h:1", "cluster"], capsys)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["NODE", "AGENT", "STATE", "HEARTBEAT", "KAFKA", "GRPC", "ZONE"]
+    assert lines[1].split() == [
+        "0", "a", "alive", "0.4s", "ago", "10.0.0.1:9092", "10.0.0.1:50051", "-",
+    ]  # fmt: skip
+    assert lines[2].split() == [
+        "1", "b", "expired", "9.5s", "ago", "10.0.0.2:9092", "10.0.0.2:50051", "z2",
+    ]  # fmt: skip
+    # Columns are aligned: every row starts its STATE column at the same place.
+    words = ["STATE", "alive", "expired"]
+    assert len({line.index(word) for line, word in zip(lines, words, strict=True)}) == 1
+    assert fake_client.instances[0].calls == [("describe_cluster", None)]
+
+
+@pytest.mark.parametrize("flags", [["cluster", "--json"], ["--output", "json", "cluster"]])
+def test_cluster_json_is_one_object_per_agent(
+    fake_client: type[FakeClient], capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    code, out, err = run(flags, capsys)
+    assert (code, err) == (0, "")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["agent_id"] for r in rows] == ["a", "b"]
+    assert rows[0] == {
+        "agent_id": "a",
+        "node_id": 0,
+        "kafka_address": "10.0.0.1:9092",
+        "grpc_address": "10.0.0.1:50051",
+        "zone": "",
+        "state": "alive",
+        "alive": True,
+        "seconds_since_heartbeat": 0.4,
+        "started_at_ms": NOW_MS - 60_000,
+        "heartbeat_at_ms": NOW_MS - 400,
+        "lease_until_ms": NOW_MS + 3_600,
+    }
+    assert (rows[1]["state"], rows[1]["seconds_since_heartbeat"]) == ("expired", 9.5)
+
+
+def test_cluster_server_error_is_one_line(
+    fake_client: type[FakeClient], capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    original = FakeClient.__init__
+
+    def failing(self: FakeClient, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.error = StreamHouseError(grpc.StatusCode.UNAVAILABLE, "metadata down")
+
+    monkeypatch.setattr(FakeClient, "__init__", failing)
+    code, out, err = run(["cluster"], capsys)
+    assert code == 1 and out == ""
+    assert assert_one_error_line(err) == "streamctl: error: UNAVAILABLE: metadata down"
+
+
+def test_cluster_help_mentions_health(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["cluster", "--help"], capsys)
+    assert code == 0
+    assert "--json" in out and "expired" in out and "stopped" in out
