@@ -363,3 +363,27 @@ def test_follow_ctrl_c_exits_zero_quietly(stack: Any, topic: str) -> None:
             proc.wait()
     assert proc.returncode == 0, err
     assert err == b""
+
+
+def test_cluster_lists_the_single_agent(stack: Any) -> None:
+    """One stack on its SQLite metadata is one agent, node 0, alive, with its own addresses."""
+    rows = json_lines(ok(streamctl(stack, "cluster", "--json")))
+    assert len(rows) == 1
+    (row,) = rows
+    kafka = f"127.0.0.1:{stack.kafka_port}"
+    assert (row["agent_id"], row["node_id"], row["state"], row["alive"]) == (
+        kafka,
+        0,
+        "alive",
+        True,
+    )
+    assert (row["kafka_address"], row["grpc_address"], row["zone"]) == (
+        kafka,
+        stack.grpc_address,
+        "",
+    )
+    assert 0 <= row["seconds_since_heartbeat"] < 4
+    assert row["started_at_ms"] <= row["heartbeat_at_ms"] < row["lease_until_ms"]
+    table = ok(streamctl(stack, "cluster")).splitlines()
+    assert table[0].split()[:3] == ["NODE", "AGENT", "STATE"]
+    assert table[1].split()[:3] == ["0", kafka, "alive"]
