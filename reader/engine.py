@@ -93,7 +93,7 @@ class ReadEngine:
         self.max_inflated = MAX_INFLATED_BYTES
         self.waiting = 0
         # How long a notified block waits for this agent's committed ring before its GET.
-        self.own_commit_grace_s = 0.005
+        self.own_commit_grace_s = 0.010
         self._ring_segments: OrderedDict[str, None] = OrderedDict()
         self._arrivals: dict[BlockKey, asyncio.Future[None]] = {}
         #: Notified blocks loaded by a GET, and found in the cache (ring) instead.
@@ -128,6 +128,8 @@ class ReadEngine:
                 continue
             key = (notice.segment_key, b.byte_offset)
             if key not in self.cache and key not in self._loads:
+                # Registered now: the ring frame may come before the task first runs.
+                self._arrivals[key] = asyncio.get_running_loop().create_future()
                 task = asyncio.ensure_future(self._feed_block(key, b.byte_length))
                 self._loads[key] = task
                 task.add_done_callback(lambda _t, key=key: self._loads.pop(key, None))
@@ -147,20 +149,25 @@ class ReadEngine:
     async def _feed_block(self, key: BlockKey, length: int) -> bytes:
         """A notified block: from this agent's committed ring if it comes within the grace
         (own commit), else one range GET."""
-        if self.own_commit_grace_s > 0:
-            arrival = asyncio.get_running_loop().create_future()
-            self._arrivals[key] = arrival
-            try:
-                await asyncio.wait_for(arrival, self.own_commit_grace_s)
-            except TimeoutError:
-                pass
-            finally:
-                if self._arrivals.get(key) is arrival:
-                    del self._arrivals[key]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        arrival = self._arrivals.get(key)
+        try:
+            if arrival is not None and not arrival.done() and self.own_commit_grace_s > 0:
+                await asyncio.wait_for(asyncio.shield(arrival), self.own_commit_grace_s)
+        except TimeoutError:
+            pass
+        finally:
+            if arrival is not None and self._arrivals.get(key) is arrival:
+                del self._arrivals[key]
         data = self.cache.get(key)
         if data is not None:
             self.feed_cached += 1
-            log.debug("notified block %s@%d: taken from the committed ring", *key)
+            log.debug(
+                "notified block %s@%d: taken from the committed ring after %.2f ms",
+                *key,
+                (loop.time() - started) * 1000,
+            )
             return data
         self.feed_gets += 1
         log.debug("notified block %s@%d: range GET", *key)
