@@ -10,6 +10,7 @@ import collections
 import json
 import os
 import pathlib
+import signal
 import socket
 import struct
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
+from metadata import open_store
 from streamhouse.client import Client
 from streamhouse.kafka.framing import decode_response, encode_request
 from streamhouse.kafka.messages import (
@@ -33,7 +35,7 @@ from streamhouse.kafka.messages import (
     MetadataResponse,
     RequestHeader,
 )
-from streamhouse.testing import Stack
+from streamhouse.testing import TEST_SETTINGS, Stack, free_port
 
 T = TypeVar("T")
 
@@ -281,3 +283,57 @@ def test_a_stopped_agent_leaves_and_clients_follow_its_partitions(
             records, _, high_watermark, _ = client.consume("moving", p, 0, max_records=10)
             assert [r.value for r in records] == [f"before-{p}".encode(), f"after-{p}".encode()]
             assert high_watermark == 2
+
+
+def test_streamhouse_up_flags_start_an_agent_of_the_cluster(
+    tmp_path: pathlib.Path, postgres_dsn: str
+) -> None:
+    """`streamhouse up --metadata ... --zone ...` as the README runs agents: it registers with
+    the flags' id, zone and addresses, and SIGTERM stops it cleanly (state stopped)."""
+    kafka_port, grpc_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMHOUSE_")}
+    env.update(TEST_SETTINGS)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    argv = [
+        sys.executable, "-m", "streamhouse.cli", "up",
+        "--metadata", postgres_dsn,
+        "--object-store", (tmp_path / "objects").as_uri(),
+        "--data-dir", str(tmp_path / "agent"),
+        "--kafka-listen", f"127.0.0.1:{kafka_port}",
+        "--grpc-listen", f"127.0.0.1:{grpc_port}",
+        "--grpc-advertised", f"localhost:{grpc_port}",
+        "--agent-id", "up-agent",
+        "--zone", "z7",
+    ]  # fmt: skip
+    log = open(tmp_path / "up.log", "wb")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    log.close()
+    try:
+
+        def described() -> Any:
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()
+            try:
+                with Client(f"127.0.0.1:{grpc_port}", timeout=2) as client:
+                    return client.describe_cluster()
+            except Exception:
+                return None
+
+        response = poll_until(described, "the agent started by streamhouse up answering", 60)
+        (me,) = response.agents
+        assert (me.agent_id, me.node_id, me.zone, me.state) == ("up-agent", 0, "z7", "alive")
+        assert me.kafka_address == f"127.0.0.1:{kafka_port}"
+        assert me.grpc_address == f"localhost:{grpc_port}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Deregistered on the way out: the row says stopped.
+    store = open_store(postgres_dsn)
+    try:
+        (row,) = store.list_agents()
+        assert row.agent_id == "up-agent" and not row.alive
+        assert row.lease_until_ms - row.heartbeat_at_ms < 4000  # ended early: a clean stop
+    finally:
+        store.close()
