@@ -24,7 +24,15 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupState, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamhouse.kafka.messages import FindCoordinatorRequest
+from streamhouse.kafka.messages import (
+    DescribeGroupsRequest,
+    FindCoordinatorRequest,
+    HeartbeatRequest,
+    JoinGroupRequest,
+    ListGroupsRequest,
+    OffsetCommitRequest,
+    OffsetFetchRequest,
+)
 from streamhouse.testing import Cluster, kafka_call, wait_until
 
 GROUP_ENV = {
@@ -242,3 +250,81 @@ def test_group_keeps_consuming_when_its_coordinator_dies(two_agents: Cluster) ->
             assert dict(members.revocations) == {}, members.revocations
     finally:
         members.stop()
+
+
+NOT_COORDINATOR = 16
+
+
+def test_only_the_coordinator_answers_for_a_group(two_agents: Cluster) -> None:
+    cluster = two_agents
+    brokers = cluster.wait_brokers(2)
+    admin = AdminClient({"bootstrap.servers": cluster.kafka_bootstrap})
+    for future in admin.create_topics([NewTopic("ledger", 1, 1)]).values():
+        future.result(timeout=30)
+    # One group per agent, by what FindCoordinator answers.
+    owned: dict[int, str] = {}
+    for i in range(200):
+        node = coordinator_node(cluster.kafka_addresses[0], f"ledger-{i}")
+        owned.setdefault(cluster.agent_by_kafka_address(brokers[node]), f"ledger-{i}")
+        if len(owned) == 2:
+            break
+    assert len(owned) == 2, f"200 group ids all hash to one agent: {owned}"
+
+    def commit(address: str, group: str) -> int:
+        R = OffsetCommitRequest
+        body = kafka_call(address, 8, 8, R(
+            group_id=group, generation_id_or_member_epoch=-1, member_id="",
+            topics=[R.OffsetCommitRequestTopic(name="ledger", partitions=[
+                R.OffsetCommitRequestPartition(partition_index=0, committed_offset=7)])],
+        ))  # fmt: skip
+        return int(body.topics[0].partitions[0].error_code)
+
+    for agent, group in owned.items():
+        mine, other = cluster.kafka_addresses[agent], cluster.kafka_addresses[1 - agent]
+        assert commit(other, group) == NOT_COORDINATOR
+        assert commit(mine, group) == 0
+        heartbeat = HeartbeatRequest(group_id=group, generation_id=1, member_id="m")
+        assert kafka_call(other, 12, 3, heartbeat).error_code == NOT_COORDINATOR
+        join = JoinGroupRequest(
+            group_id=group, session_timeout_ms=6000, rebalance_timeout_ms=6000, member_id="",
+            protocol_type="consumer",
+            protocols=[JoinGroupRequest.JoinGroupRequestProtocol(name="range", metadata=b"")],
+        )  # fmt: skip
+        assert kafka_call(other, 11, 7, join).error_code == NOT_COORDINATOR
+        (described,) = kafka_call(other, 15, 5, DescribeGroupsRequest(groups=[group])).groups
+        assert described.error_code == NOT_COORDINATOR
+        fetch = OffsetFetchRequest(groups=[OffsetFetchRequest.OffsetFetchRequestGroup(
+            group_id=group, topics=None)])  # fmt: skip
+        (fetched,) = kafka_call(other, 9, 8, fetch).groups
+        assert fetched.error_code == NOT_COORDINATOR
+        (fetched,) = kafka_call(mine, 9, 8, fetch).groups
+        assert fetched.error_code == 0
+        assert fetched.topics[0].partitions[0].committed_offset == 7
+
+    # ListGroups is per agent: each group (known only by its committed offsets) on exactly one.
+    for agent, address in enumerate(cluster.kafka_addresses):
+        listed = {g.group_id for g in kafka_call(address, 16, 4, ListGroupsRequest()).groups}
+        assert listed == {owned[agent]}, (agent, listed)
+    # A group with members (stored state) as well: listed by its coordinator only, Stable.
+    consumer = Consumer({
+        "bootstrap.servers": cluster.kafka_bootstrap, "group.id": "ledger-readers",
+        "session.timeout.ms": 6000, "auto.offset.reset": "earliest",
+    })  # fmt: skip
+    try:
+        consumer.subscribe(["ledger"])
+        readers = cluster.agent_by_kafka_address(
+            brokers[coordinator_node(cluster.kafka_addresses[0], "ledger-readers")]
+        )
+
+        def listed_on(address: str) -> dict[str, str]:
+            answer = kafka_call(address, 16, 4, ListGroupsRequest())
+            return {g.group_id: g.group_state for g in answer.groups}
+
+        def stable_on_coordinator_only() -> bool:
+            consumer.poll(0.1)
+            return listed_on(cluster.kafka_addresses[readers]).get("ledger-readers") == "Stable"
+
+        wait_until(stable_on_coordinator_only, 30, "ledger-readers Stable on its coordinator")
+        assert "ledger-readers" not in listed_on(cluster.kafka_addresses[1 - readers])
+    finally:
+        consumer.close()
