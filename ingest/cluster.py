@@ -253,6 +253,8 @@ class Membership:
         self._last_renewed: float | None = None  # loop time a successful renewal started
         self._outage_since: float | None = None
         self._failures = 0
+        self._incarnation = 0  # started_at_ms of this agent's registration
+        self._intruder = 0  # started_at_ms of another agent last seen under this agent's id
 
     async def join(self) -> ClusterView:
         """Registers this agent and returns its view of the cluster (raises if metadata fails:
@@ -289,7 +291,7 @@ class Membership:
                 )
 
     async def _register(self) -> AgentInfo:
-        return await self.meta.register_agent(
+        me = await self.meta.register_agent(
             self.agent_id,
             self.kafka_host,
             self.kafka_port,
@@ -297,6 +299,8 @@ class Membership:
             self.settings.agent_zone,
             self.settings.agent_lease_ms,
         )
+        self._incarnation = me.started_at_ms
+        return me
 
     async def run(self) -> None:
         """Heartbeats forever, one interval apart (spawn it; cancel it to stop)."""
@@ -353,7 +357,31 @@ class Membership:
             self._outage_since = None
             self._failures = 0
         self._last_renewed = started
+        if me is None:
+            self._check_shared_id(agents)
         self.view.update(agents, me)
+
+    def _check_shared_id(self, agents: Sequence[AgentInfo]) -> None:
+        """Warns (once per intruder) when this agent's row shows another incarnation: a second
+        agent registered with the same id, so the two share one node id and overwrite each
+        other's addresses."""
+        for agent in agents:
+            if agent.agent_id != self.agent_id or agent.started_at_ms == self._incarnation:
+                continue
+            if agent.started_at_ms != self._intruder:
+                self._intruder = agent.started_at_ms
+                log.error(
+                    "another agent registered as %s (Kafka %s:%d, gRPC %s) while this one "
+                    "runs (Kafka %s:%d): two agents share this id and node id %d; give each "
+                    "agent its own STREAMHOUSE_AGENT_ID (or Kafka advertised address)",
+                    self.agent_id,
+                    agent.kafka_host,
+                    agent.kafka_port,
+                    agent.grpc_address,
+                    self.kafka_host,
+                    self.kafka_port,
+                    agent.node_id,
+                )
 
     async def leave(self, timeout: float = 3.0) -> None:
         """Deregisters (clean stop); gives up after `timeout` seconds with one log line."""

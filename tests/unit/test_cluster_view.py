@@ -417,3 +417,34 @@ def test_the_heartbeat_task_renews_the_lease_on_its_own(tmp_path: pathlib.Path) 
             await meta.close()
 
     asyncio.run(scenario())
+
+
+def test_a_second_agent_with_the_same_id_is_reported(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        meta = await AsyncMetadata.open(tmp_path / "metadata.sqlite", forbid_loop_calls=True)
+        try:
+            membership = Membership(_settings(tmp_path), meta)
+            view = await membership.join()
+            mine = view.self_agent
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while True:  # another process registers under the same id (a later millisecond)
+                other = await meta.register_agent(
+                    mine.agent_id, "10.9.9.9", 9999, "10.9.9.9:1", "", 5000
+                )
+                if other.started_at_ms != mine.started_at_ms:
+                    break
+                assert loop.time() < deadline
+            with caplog.at_level(logging.ERROR, logger="ingest.cluster"):
+                await membership.beat()
+                await membership.beat()
+            errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+            assert len(errors) == 1, errors
+            assert "another agent registered as 127.0.0.1:9311 (Kafka 10.9.9.9:9999" in errors[0]
+            assert "STREAMHOUSE_AGENT_ID" in errors[0]
+        finally:
+            await meta.close()
+
+    asyncio.run(scenario())
