@@ -35,7 +35,7 @@ from streamhouse.kafka.messages import (
     MetadataResponse,
     RequestHeader,
 )
-from streamhouse.testing import TEST_SETTINGS, Stack, free_port
+from streamhouse.testing import PROGRAMS, TEST_SETTINGS, Stack, free_port
 
 T = TypeVar("T")
 
@@ -337,3 +337,35 @@ def test_streamhouse_up_flags_start_an_agent_of_the_cluster(
         assert row.lease_until_ms - row.heartbeat_at_ms < 4000  # ended early: a clean stop
     finally:
         store.close()
+
+
+def test_a_killed_agent_expires_from_the_others_view_within_its_lease(
+    agents: tuple[Stack, Stack],
+) -> None:
+    """kill -9 of every process of agent b (nothing deregisters): agent a drops it once its
+    lease runs out, and streamctl shows it expired."""
+    a, b = agents
+    poll_until(lambda: both_registered(a, b), "both agents in each one's Metadata")
+    assert b.proc is not None
+    pids = [b.pid(program) for program in PROGRAMS] + [b.proc.pid]
+    assert all(pids), pids
+    killed_at = time.monotonic()
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    b.proc.wait(30)
+    gone = poll_until(
+        lambda: (m := metadata(a)) and len(m.brokers) == 1 and m,
+        "the killed agent gone from agent a's Metadata",
+        timeout=LEASE_MS / 1000 + 10,
+    )
+    took = time.monotonic() - killed_at
+    # At most a lease plus a heartbeat of a's (with slack for a loaded machine).
+    assert took < (LEASE_MS + 2 * HEARTBEAT_MS) / 1000 + 2.0, took
+    assert brokers(gone) == {0: ("127.0.0.1", a.kafka_port, "z1")}
+    rows = {r["agent_id"]: r for r in streamctl_cluster(a)}
+    assert rows["b"]["state"] == "expired" and rows["b"]["alive"] is False
+    assert rows["b"]["seconds_since_heartbeat"] >= LEASE_MS / 1000
+    # Every group is now coordinated by a.
+    for group in ("g1", "g2", "g3", "g4"):
+        answer = kafka_call(a, 10, 3, FindCoordinatorRequest(key=group, key_type=0))
+        assert (answer.error_code, answer.node_id) == (0, 0)
