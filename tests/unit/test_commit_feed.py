@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from metadata import BatchRef, CommitBlock
+from metadata import BatchRef, CommitBlock, MetadataUnavailableError
 from metadata.async_store import AsyncMetadata
 from metadata.commit_feed import (
     CommitFeed,
@@ -291,5 +291,34 @@ def test_reconnect_after_the_connection_is_killed_wakes_waiters(
             await agents.commit(0, [b"heard"])
             (_resp, payload) = await asyncio.wait_for(poll, timeout=30)
             assert values_of(payload) == [b"heard"]
+
+    asyncio.run(go())
+
+
+def test_feed_survives_a_postgresql_restart(
+    postgres: Any, agents_factory: Callable[..., Any]
+) -> None:
+    """PostgreSQL restarts under a listening feed: it reconnects by itself, calls on_gap
+    (which wakes waiters), and a commit made afterwards wakes a long-poll again."""
+
+    async def go() -> None:
+        async with agents_factory() as (agents, feed):
+            gaps = agents.gaps
+            await asyncio.to_thread(postgres.restart_server)
+            await eventually(lambda: feed.connections == 2, "feed listening again", timeout=60)
+            assert agents.gaps == gaps + 1
+            poll = asyncio.ensure_future(agents.engine.fetch(long_poll(agents, 0, 0)))
+            await eventually(lambda: agents.engine.waiting == 1, "fetch waiting")
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:  # A's pool may still be reconnecting: a commit then fails retriably
+                try:
+                    await agents.commit(0, [b"after restart"])
+                    break
+                except MetadataUnavailableError:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+            (_resp, payload) = await asyncio.wait_for(poll, timeout=30)
+            assert values_of(payload) == [b"after restart"]
 
     asyncio.run(go())
