@@ -25,6 +25,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -331,6 +332,99 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise StackError(f"{what}: not true after {timeout}s")
         time.sleep(POLL_S)
+
+
+# ------------------------------------------------ Kafka client helpers (need confluent-kafka)
+
+
+class Deliveries:
+    """A confluent-kafka delivery-report callback that keeps every acknowledgement (record value
+    -> (partition, offset), and its monotonic time per partition) and every failure."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.acked: dict[bytes, tuple[int, int]] = {}
+        self.ack_times: dict[int, list[float]] = {}  # partition -> times of its acks, in order
+        self.failed: list[str] = []
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if err is None:
+                self.acked[msg.value()] = (msg.partition(), msg.offset())
+                self.ack_times.setdefault(msg.partition(), []).append(now)
+            else:
+                self.failed.append(f"{msg.value()!r}: {err}")
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.acked)
+
+    def first_ack_after(self, partition: int, moment: float) -> float | None:
+        """Time of the first acknowledgement on `partition` later than `moment`, if any."""
+        with self.lock:
+            times = self.ack_times.get(partition, [])
+            later = [t for t in times[-5000:] if t > moment]
+        return min(later) if later else None
+
+
+def read_kafka_log(
+    bootstrap: str, topic: str, partitions: int, timeout: float = 60
+) -> dict[int, list[tuple[int, bytes]]]:
+    """Every record of every partition as (offset, value), from the log start to the high
+    watermark, read by partition (assign, no group) by a confluent-kafka consumer."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "log-reader", "enable.auto.commit": False}
+    )
+    out: dict[int, list[tuple[int, bytes]]] = {p: [] for p in range(partitions)}
+    try:
+        left = sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in range(partitions)
+        )
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        deadline = time.monotonic() + timeout
+        while left > 0:
+            if time.monotonic() > deadline:
+                raise StackError(f"{left} records of {topic} not read back in {timeout}s")
+            # consume() returns at num_messages or at the timeout: never ask for more than left.
+            for message in consumer.consume(num_messages=min(10_000, left), timeout=1):
+                if message.error() is not None:
+                    raise StackError(f"reading {topic}: {message.error()}")
+                out[message.partition()].append((message.offset(), message.value()))
+                left -= 1
+    finally:
+        consumer.close()
+    return out
+
+
+def log_problems(
+    log: dict[int, list[tuple[int, bytes]]], acked: dict[bytes, tuple[int, int]]
+) -> list[str]:
+    """What is wrong with a log read back against the acknowledgements: offsets not 0..n-1 in
+    a partition, a value present twice, an acknowledged value missing or not at its
+    acknowledged (partition, offset). Empty when every acknowledged record is there exactly
+    once."""
+    problems: list[str] = []
+    where: dict[bytes, tuple[int, int]] = {}
+    for p, records in log.items():
+        offsets = [o for o, _ in records]
+        if offsets != list(range(len(records))):
+            gaps = [o for i, o in enumerate(offsets) if o != i][:3]
+            problems.append(f"partition {p}: offsets not 0..{len(records) - 1} (from {gaps})")
+        for offset, value in records:
+            if value in where:
+                problems.append(f"{value!r} twice: at {where[value]} and {(p, offset)}")
+            where[value] = (p, offset)
+    missing = [v for v in acked if v not in where]
+    if missing:
+        problems.append(f"{len(missing)} acknowledged records missing, e.g. {missing[:3]}")
+    moved = [(v, acked[v], where[v]) for v in acked if v in where and acked[v] != where[v]]
+    if moved:
+        problems.append(f"{len(moved)} records not where acknowledged, e.g. {moved[:3]}")
+    return problems[:20]
 
 
 # --------------------------------------------------------------------------- clusters of agents

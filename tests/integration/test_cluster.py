@@ -18,15 +18,22 @@ and a new prefix of the session's SeaweedFS bucket.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamhouse.client import Client, IdempotentProducer, Record
 from streamhouse.kafka.messages import FindCoordinatorRequest
-from streamhouse.testing import Cluster, kafka_call, kafka_metadata, wait_until
+from streamhouse.testing import (
+    Cluster,
+    Deliveries,
+    kafka_call,
+    kafka_metadata,
+    log_problems,
+    read_kafka_log,
+    wait_until,
+)
 
 ZONES = ("z0", "z1", "z2")
 ZONE_ENV = [{"STREAMHOUSE_AGENT_ZONE": zone} for zone in ZONES]
@@ -48,31 +55,6 @@ def create_topic(bootstrap: str, name: str, partitions: int) -> None:
         future.result(timeout=30)
 
 
-def read_kafka(bootstrap: str, topic: str, partitions: int) -> dict[int, list[tuple[int, bytes]]]:
-    """Every record of every partition, as (offset, value), up to the high watermarks."""
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "cluster-reader", "enable.auto.commit": False}
-    )
-    out: dict[int, list[tuple[int, bytes]]] = {p: [] for p in range(partitions)}
-    try:
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-            for p in range(partitions)
-        }
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        left = sum(ends.values())
-        deadline = time.monotonic() + 60
-        while left > 0:
-            assert time.monotonic() < deadline, f"{left} records not read back in 60 s"
-            for message in consumer.consume(num_messages=min(10_000, left), timeout=1):
-                assert message.error() is None, message.error()
-                out[message.partition()].append((message.offset(), message.value()))
-                left -= 1
-    finally:
-        consumer.close()
-    return out
-
-
 def read_grpc(address: str, topic: str, partitions: int) -> dict[int, list[tuple[int, bytes]]]:
     """The same over gRPC from one agent."""
     out: dict[int, list[tuple[int, bytes]]] = {}
@@ -88,37 +70,13 @@ def read_grpc(address: str, topic: str, partitions: int) -> dict[int, list[tuple
     return out
 
 
-class Deliveries:
-    """confluent-kafka delivery reports: value -> (partition, offset), and failures."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.acked: dict[bytes, tuple[int, int]] = {}
-        self.failed: list[str] = []
-
-    def __call__(self, err: KafkaError | None, msg: object) -> None:
-        with self.lock:
-            if err is None:
-                self.acked[msg.value()] = (msg.partition(), msg.offset())  # type: ignore[attr-defined]
-            else:
-                self.failed.append(str(err))
-
-
 def assert_exactly_once(
     log: dict[int, list[tuple[int, bytes]]], acked: dict[bytes, tuple[int, int]]
 ) -> None:
     """Offsets 0..n-1 without gaps in every partition, no value twice, every acknowledged
     value at its acknowledged partition and offset."""
-    where: dict[bytes, tuple[int, int]] = {}
-    for p, records in log.items():
-        assert [o for o, _ in records] == list(range(len(records))), f"offset gap in {p}"
-        for offset, value in records:
-            assert value not in where, f"{value!r} twice: {where[value]} and {(p, offset)}"
-            where[value] = (p, offset)
-    missing = [v for v in acked if v not in where]
-    assert not missing, f"{len(missing)} acknowledged records missing, e.g. {missing[:3]}"
-    moved = {v: (acked[v], where[v]) for v in acked if acked[v] != where[v]}
-    assert not moved, f"records not where acknowledged: {list(moved.items())[:3]}"
+    problems = log_problems(log, acked)
+    assert not problems, problems
 
 
 # --------------------------------------------------------------------------- tests
@@ -153,7 +111,7 @@ def test_produce_on_one_agent_consume_on_another(cluster: Cluster) -> None:
     via_grpc = read_grpc(grpc2, topic, partitions)
     assert_exactly_once(via_grpc, acked)
     assert sum(len(r) for r in via_grpc.values()) == len(acked)
-    via_kafka = read_kafka(cluster.kafka_addresses[2], topic, partitions)
+    via_kafka = read_kafka_log(cluster.kafka_addresses[2], topic, partitions)
     assert via_kafka == via_grpc
 
     ends = {p: len(via_grpc[p]) for p in range(partitions)}
@@ -235,7 +193,7 @@ def test_idempotent_producers_through_different_agents(
     assert not deliveries.failed, deliveries.failed[:5]
     assert len(deliveries.acked) == 4000
 
-    log = read_kafka(cluster.kafka_bootstrap, topic, partitions)
+    log = read_kafka_log(cluster.kafka_bootstrap, topic, partitions)
     assert_exactly_once(log, {**grpc_acked, **deliveries.acked})
     assert sum(len(r) for r in log.values()) == len(grpc_acked) + 4000
     # Each Kafka producer's records keep their produce order within a partition.
