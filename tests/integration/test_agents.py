@@ -6,8 +6,10 @@ a librdkafka producer follows its partitions to the survivor."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -23,8 +25,11 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
+from ingest.cluster import Membership
 from metadata import open_store
+from metadata.async_store import AsyncMetadata
 from streamhouse.client import Client
+from streamhouse.config import load_settings
 from streamhouse.kafka.framing import decode_response, encode_request
 from streamhouse.kafka.messages import (
     DescribeClusterRequest,
@@ -369,3 +374,64 @@ def test_a_killed_agent_expires_from_the_others_view_within_its_lease(
     for group in ("g1", "g2", "g3", "g4"):
         answer = kafka_call(a, 10, 3, FindCoordinatorRequest(key=group, key_type=0))
         assert (answer.error_code, answer.node_id) == (0, 0)
+
+
+def test_heartbeats_ride_out_a_metadata_restart(
+    tmp_path: pathlib.Path,
+    postgres: Any,
+    postgres_dsn: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PostgreSQL stopped for longer than the lease: the agent logs the outage once, keeps its
+    view, and registers anew (a new incarnation, same node id) once the server is back."""
+    settings = load_settings(
+        {
+            "STREAMHOUSE_DATA_DIR": str(tmp_path),
+            "STREAMHOUSE_METADATA": postgres_dsn,
+            "STREAMHOUSE_AGENT_ID": "survivor",
+            "STREAMHOUSE_AGENT_HEARTBEAT_MS": "100",
+            "STREAMHOUSE_AGENT_LEASE_MS": "400",
+        }
+    )
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+            deadline = loop.time() + timeout
+            while not check():
+                assert loop.time() < deadline, what
+                await asyncio.sleep(0.02)
+
+        meta = await AsyncMetadata.open(postgres_dsn, busy_timeout_ms=300, forbid_loop_calls=True)
+        task: asyncio.Task[None] | None = None
+        try:
+            membership = Membership(settings, meta)
+            view = await membership.join()
+            first = view.self_agent
+            task = asyncio.ensure_future(membership.run())
+            await asyncio.to_thread(postgres.stop_server)
+            try:
+                await until(lambda: "heartbeat failed" in caplog.text, "a failed heartbeat")
+                renewed = membership._last_renewed
+                assert renewed is not None
+                await until(lambda: loop.time() - renewed > 1.0, "the lease to lapse")
+                assert view.live() == [view.self_agent]  # still serving on its last view
+            finally:
+                await asyncio.to_thread(postgres.start_server)
+            await until(lambda: "succeeded again" in caplog.text, "a heartbeat after the restart")
+            await until(
+                lambda: view.self_agent.started_at_ms > first.started_at_ms,
+                "a new registration",
+            )
+            assert not task.done()
+            assert caplog.text.count("heartbeat failed") == 1
+            (row,) = await meta.list_agents()
+            assert (row.agent_id, row.node_id, row.alive) == ("survivor", first.node_id, True)
+        finally:
+            if task is not None:
+                task.cancel()
+            await meta.close()
+
+    with caplog.at_level(logging.INFO, logger="ingest.cluster"):
+        asyncio.run(scenario())
