@@ -261,6 +261,12 @@ class AsyncMetadata:
     ) -> list[list[BatchResult]]:
         return await self._write(self.store.commit_segment, key, size, blocks)
 
+    async def commit_segments(
+        self, segments: Sequence[tuple[str, int, list[CommitBlock]]]
+    ) -> list[list[list[BatchResult]]]:
+        """Several segments in one transaction (see :meth:`MetadataStore.commit_segments`)."""
+        return await self._write(self.store.commit_segments, list(segments))
+
     # -- consumer groups and producers ----------------------------------------------------
 
     async def commit_offsets(

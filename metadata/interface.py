@@ -73,6 +73,10 @@ class MetadataBackend(Protocol):
         self, key: str, size: int, blocks: list[CommitBlock]
     ) -> list[list[BatchResult]]: ...
 
+    def commit_segments(
+        self, segments: Sequence[tuple[str, int, list[CommitBlock]]]
+    ) -> list[list[list[BatchResult]]]: ...
+
     def find_blocks(
         self, topic_id: int, partition: int, offset: int, limit: int = 8
     ) -> list[BlockLocation]: ...

@@ -88,11 +88,13 @@ from metadata.store import (
     _batches_decoder,
     _block_location,
     _check_off_loop,
+    _check_segment_keys,
     _encode_config,
     _json_encode,
     _new_topic_uuid,
     _now_ms,
     _Producer,
+    _producer_keys,
     _topic,
     _validate_partitions,
     agent_row,
@@ -157,9 +159,10 @@ _SQL_SET_HWMS = (
     "FROM unnest(%s::bigint[], %s::int[], %s::bigint[]) AS k (topic_id, partition, hwm) "
     "WHERE p.topic_id = k.topic_id AND p.partition = k.partition"
 )
-_SQL_INSERT_SEGMENT = (
-    "INSERT INTO segments (key, size, created_ms) VALUES (%s, %s, %s) "
-    "ON CONFLICT (key) DO NOTHING RETURNING segment_id"
+_SQL_INSERT_SEGMENTS = (
+    "INSERT INTO segments (key, size, created_ms) "
+    "SELECT k.key, k.size, %s FROM unnest(%s::text[], %s::bigint[]) AS k (key, size) "
+    "ON CONFLICT (key) DO NOTHING RETURNING segment_id, key"
 )
 # segment_blocks rows go in with COPY (text format; written by _copy_blocks): cheaper per row
 # than an INSERT ... SELECT FROM unnest(...) for a wide commit's 10,000 blocks.
@@ -685,29 +688,36 @@ class PostgresMetadataStore:
         Also notifies :data:`COMMIT_CHANNEL` inside the transaction (rule 6), so listeners
         hear of the segment if and only if it committed. Raises ``ValueError`` for a key too
         long to be announced (~8000 bytes)."""
-        commit_notification(key, [])  # refuses an unannounceable key before any work
-        now = _now_ms()
-        tps = sorted(set((b.topic_id, b.partition) for b in blocks))
+        return self.commit_segments([(key, size, blocks)])[0]
 
-        def commit_segment(cur: Any) -> list[list[BatchResult]]:
-            cur.execute(_SQL_INSERT_SEGMENT, (key, size, now))
-            row = cur.fetchone()
-            if row is None:
-                raise DuplicateSegmentError(f"segment {key!r} is already committed")
-            segment_id = int(row[0])
+    def commit_segments(
+        self, segments: Sequence[tuple[str, int, list[CommitBlock]]]
+    ) -> list[list[list[BatchResult]]]:
+        """See :meth:`metadata.store.MetadataStore.commit_segments`: one transaction, one
+        lock round over every partition of every segment (rule 1), one notification per
+        segment (rule 6; ``end_offset`` is the high watermark after that segment)."""
+        _check_segment_keys(segments)
+        for key, _, _ in segments:
+            commit_notification(key, [])  # refuses an unannounceable key before any work
+        now = _now_ms()
+        tps = sorted(set((b.topic_id, b.partition) for _, _, bs in segments for b in bs))
+
+        def commit_segments(cur: Any) -> list[list[list[BatchResult]]]:
+            cur.execute(
+                _SQL_INSERT_SEGMENTS,
+                (now, [k for k, _, _ in segments], [z for _, z, _ in segments]),
+            )
+            ids = {key: int(segment_id) for segment_id, key in cur.fetchall()}
+            for key, _, _ in segments:
+                if key not in ids:
+                    raise DuplicateSegmentError(f"segment {key!r} is already committed")
             hwms: dict[tuple[int, int], int] = {}
             if tps:
                 cur.execute(_SQL_LOCK_HWMS, (_ints(t for t, _ in tps), _ints(p for _, p in tps)))
                 for topic_id, partition, hwm in cur.fetchall():
                     hwms[(topic_id, partition)] = hwm
             start_hwms = dict(hwms)
-            producers: dict[tuple[int, int, int], _Producer | None] = {}
-            for block in blocks:
-                tp = (block.topic_id, block.partition)
-                if tp in hwms:
-                    for pid in {b.producer_id for b in block.batches}:
-                        if pid >= 0:
-                            producers[(*tp, pid)] = None
+            producers = _producer_keys(segments, hwms)
             if producers:
                 keys = list(producers)
                 cur.execute(
@@ -723,10 +733,18 @@ class PostgresMetadataStore:
                         epoch, _batches_decoder.decode(batches)
                     )
 
-            results, block_rows = assign_offsets(blocks, hwms, producers, segment_id)
+            results = []
+            all_rows: list[tuple[object, ...]] = []
+            notices = []
+            for key, _, blocks in segments:
+                seg_results, block_rows = assign_offsets(blocks, hwms, producers, ids[key])
+                results.append(seg_results)
+                all_rows.extend(block_rows)
+                entries = [(r[0], r[1], r[5], r[6], hwms[(r[0], r[1])]) for r in block_rows]
+                notices.append(commit_notification(key, entries))  # type: ignore[arg-type]
 
-            if block_rows:
-                _copy_blocks(cur, block_rows)
+            if all_rows:
+                _copy_blocks(cur, all_rows)
             changed = [(tp, hwm) for tp, hwm in hwms.items() if hwm != start_hwms[tp]]
             if changed:
                 cur.execute(
@@ -751,13 +769,14 @@ class PostgresMetadataStore:
                     ),
                 )
             # Rule 6: announced from inside the transaction, after the blocks are written.
-            notice = commit_notification(
-                key, [(r[0], r[1], r[5], r[6], hwms[(r[0], r[1])]) for r in block_rows]
+            cur.execute(
+                "SELECT pg_notify(%s, n) FROM unnest(%s::text[]) WITH ORDINALITY AS u (n, i) "
+                "ORDER BY i",
+                (COMMIT_CHANNEL, notices),
             )
-            cur.execute("SELECT pg_notify(%s, %s)", (COMMIT_CHANNEL, notice))
             return results
 
-        return self._write(commit_segment)
+        return self._write(commit_segments)
 
     def find_blocks(
         self, topic_id: int, partition: int, offset: int, limit: int = 8

@@ -491,6 +491,30 @@ def _topic(row: Sequence[object]) -> TopicInfo:
     )
 
 
+def _check_segment_keys(segments: Sequence[tuple[str, int, list[CommitBlock]]]) -> None:
+    """Refuse (``ValueError``) a batch of segments naming one key twice."""
+    keys = [key for key, _, _ in segments]
+    if len(set(keys)) != len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"segment keys {twice!r} appear more than once in one commit")
+
+
+def _producer_keys(
+    segments: Sequence[tuple[str, int, list[CommitBlock]]], hwms: Mapping[tuple[int, int], int]
+) -> dict[tuple[int, int, int], _Producer | None]:
+    """Every (topic_id, partition, producer_id) of an idempotent batch on an existing
+    partition of ``segments``, mapped to None (state not read yet)."""
+    producers: dict[tuple[int, int, int], _Producer | None] = {}
+    for _, _, blocks in segments:
+        for block in blocks:
+            tp = (block.topic_id, block.partition)
+            if tp in hwms:
+                for pid in {b.producer_id for b in block.batches}:
+                    if pid >= 0:
+                        producers[(*tp, pid)] = None
+    return producers
+
+
 class _Producer:
     """In-memory producer state for one (topic, partition, producer id) during a commit."""
 
@@ -1048,30 +1072,43 @@ class MetadataStore:
         Raises :class:`DuplicateSegmentError` if ``key`` was committed before (nothing changes)
         and ``ValueError`` for a batch with ``record_count < 1``.
         """
+        return self.commit_segments([(key, size, blocks)])[0]
+
+    def commit_segments(
+        self, segments: Sequence[tuple[str, int, list[CommitBlock]]]
+    ) -> list[list[list[BatchResult]]]:
+        """Commit several segments ``(key, size, blocks)`` in one transaction: exactly as if
+        :meth:`commit_segment` had been called for each in list order (offsets, producer
+        state and duplicates carry from one to the next), but all or nothing, with one lock
+        round and one durable commit for all of them. Returns each segment's results.
+
+        Raises :class:`DuplicateSegmentError` if any key was committed before (nothing is
+        committed then) and ``ValueError`` if a key repeats within ``segments`` or a batch has
+        ``record_count < 1``.
+        """
+        _check_segment_keys(segments)
         now = _now_ms()
         with self._write() as db:
-            try:
-                db.execute(_SQL_INSERT_SEGMENT, (key, size, now))
-            except apsw.ConstraintError as exc:
-                raise DuplicateSegmentError(f"segment {key!r} is already committed") from exc
-            segment_id = db.last_insert_rowid()
+            segment_ids = []
+            for key, size, _ in segments:
+                try:
+                    db.execute(_SQL_INSERT_SEGMENT, (key, size, now))
+                except apsw.ConstraintError as exc:
+                    raise DuplicateSegmentError(f"segment {key!r} is already committed") from exc
+                segment_ids.append(db.last_insert_rowid())
 
             # Fetch every partition's HWM and every producer's state in one query each.
             hwms: dict[tuple[int, int], int] = {}
-            tps = list(dict.fromkeys((b.topic_id, b.partition) for b in blocks))
+            tps = list(
+                dict.fromkeys((b.topic_id, b.partition) for _, _, bs in segments for b in bs)
+            )
             if tps:
                 for topic_id, partition, hwm in db.execute(
                     _SQL_HWMS, (_json_encode(tps).decode(),)
                 ):
                     hwms[(topic_id, partition)] = hwm
             start_hwms = dict(hwms)
-            producers: dict[tuple[int, int, int], _Producer | None] = {}
-            for block in blocks:
-                tp = (block.topic_id, block.partition)
-                if tp in hwms:
-                    for pid in {b.producer_id for b in block.batches}:
-                        if pid >= 0:
-                            producers[(*tp, pid)] = None
+            producers = _producer_keys(segments, hwms)
             if producers:
                 for topic_id, partition, pid, epoch, batches in db.execute(
                     _SQL_PRODUCER_STATES, (_json_encode(list(producers)).decode(),)
@@ -1080,10 +1117,12 @@ class MetadataStore:
                         epoch, _batches_decoder.decode(batches)
                     )
 
-            results, block_rows = assign_offsets(blocks, hwms, producers, segment_id)
-
-            if block_rows:
-                db.executemany(_SQL_INSERT_BLOCK, block_rows)
+            results = []
+            for (_, _, blocks), segment_id in zip(segments, segment_ids, strict=True):
+                seg_results, block_rows = assign_offsets(blocks, hwms, producers, segment_id)
+                results.append(seg_results)
+                if block_rows:
+                    db.executemany(_SQL_INSERT_BLOCK, block_rows)
             hwm_rows = [(hwm, tp[0], tp[1]) for tp, hwm in hwms.items() if hwm != start_hwms[tp]]
             if hwm_rows:
                 db.executemany(_SQL_SET_HWM, hwm_rows)

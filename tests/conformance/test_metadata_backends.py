@@ -307,6 +307,57 @@ def test_offsets_contiguous_across_blocks_and_segments(store: Store) -> None:
     assert [b.record_count for b in blocks] == [5, 4, 1]
 
 
+def test_commit_segments_is_sequential_commits_in_one_transaction(store: Store) -> None:
+    """Several segments at once: offsets, producer state and duplicates carry from one to the
+    next as if committed one by one."""
+    t = store.create_topic("t", 2)
+    tid = t.topic_id
+    pid, epoch = store.allocate_producer_id()
+    res = store.commit_segments(
+        [
+            ("s1", 10, [block(tid, 0, [BatchRef(3)]), block(tid, 1, [idem(2, pid, epoch, 0)])]),
+            ("s2", 10, [block(tid, 0, [BatchRef(4)]), block(tid, 1, [idem(2, pid, epoch, 0)])]),
+            ("s3", 10, [block(tid, 1, [idem(1, pid, epoch, 2)]), block(tid + 9, 0, [BatchRef(1)])]),
+            ("s4", 0, []),
+        ]
+    )
+    assert res == [
+        [[BatchResult(0)], [BatchResult(0)]],
+        [[BatchResult(3)], [BatchResult(0, duplicate=True)]],
+        [[BatchResult(2)], [BatchResult(-1, UNKNOWN_TOPIC_OR_PARTITION)]],
+        [],
+    ]
+    assert store.get_partition(tid, 0).high_watermark == 7  # type: ignore[union-attr]
+    assert store.get_partition(tid, 1).high_watermark == 3  # type: ignore[union-attr]
+    assert [(b.segment_key, b.base_offset, b.end_offset) for b in store.find_blocks(tid, 0, 0)] == [
+        ("s1", 0, 3),
+        ("s2", 3, 7),
+    ]
+    assert [b.segment_key for b in store.find_blocks(tid, 1, 0)] == ["s1", "s3"]
+    assert store.commit_segments([]) == []
+
+
+def test_commit_segments_is_all_or_nothing(store: Store) -> None:
+    t = store.create_topic("t", 1)
+    tid = t.topic_id
+    store.commit_segment("old", 1, [block(tid, 0, [BatchRef(1)])])
+    with pytest.raises(DuplicateSegmentError, match="'old'"):
+        store.commit_segments(
+            [("new", 1, [block(tid, 0, [BatchRef(5)])]), ("old", 1, [block(tid, 0, [BatchRef(1)])])]
+        )
+    with pytest.raises(ValueError, match="more than once"):
+        store.commit_segments([("a", 1, []), ("a", 1, [])])
+    with pytest.raises(ValueError, match="record_count"):
+        store.commit_segments(
+            [("new", 1, [block(tid, 0, [BatchRef(5)])]), ("bad", 1, [block(tid, 0, [BatchRef(0)])])]
+        )
+    assert store.get_partition(tid, 0).high_watermark == 1  # type: ignore[union-attr]
+    assert [b.segment_key for b in store.find_blocks(tid, 0, 0)] == ["old"]
+    assert store.commit_segments([("new", 1, [block(tid, 0, [BatchRef(5)])])]) == [
+        [[BatchResult(1)]]
+    ]
+
+
 def test_commit_to_deleted_topic_is_unknown(store: Store) -> None:
     t = store.create_topic("t", 1)
     keep = store.create_topic("keep", 1)
@@ -1295,6 +1346,30 @@ def test_postgres_commit_notifies_once_per_committed_segment(postgres_dsn: str) 
                 "seg-wide", 1, [block(wide.topic_id, p, [BatchRef(1)]) for p in range(2000)]
             )
             assert _drain(listener) == ["1|seg-wide|*"]
+        finally:
+            listener.close()
+
+
+def test_postgres_commit_segments_notifies_once_per_segment(postgres_dsn: str) -> None:
+    """A batch of segments in one transaction: one notification per segment, in order, each
+    with the high watermark after that segment; none when the batch fails."""
+    with PostgresMetadataStore(postgres_dsn) as s:
+        t = s.create_topic("t", 2)
+        tid = t.topic_id
+        listener = _listen(postgres_dsn)
+        try:
+            s.commit_segments(
+                [
+                    ("a", 1, [block(tid, 0, [BatchRef(2)]), block(tid, 1, [BatchRef(1)])]),
+                    ("b", 1, [block(tid, 0, [BatchRef(3)], byte_offset=50)]),
+                ]
+            )
+            with pytest.raises(DuplicateSegmentError):
+                s.commit_segments([("c", 1, []), ("a", 1, [])])
+            assert [parse_commit_notification(p) for p in _drain(listener)] == [
+                ("a", [(tid, 0, 0, 100, 2), (tid, 1, 0, 100, 1)]),
+                ("b", [(tid, 0, 50, 100, 5)]),
+            ]
         finally:
             listener.close()
 
