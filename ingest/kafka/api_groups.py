@@ -125,6 +125,10 @@ class GroupShell:
     async def _load(self, group_id: str) -> int:
         try:
             while True:
+                # This agent's own writes of the group go first (a deletion in flight must not
+                # be read back as the group).
+                while (writer := self._writers.get(group_id)) is not None:
+                    await asyncio.shield(writer)
                 epoch = self._epoch
                 try:
                     found = await self.meta.load_group_state(group_id)
@@ -613,8 +617,11 @@ async def list_groups(
         for g in listed.values()
     ]
     if states is None or any(s.lower() == "empty" for s in states):
+        # Not held after loading: known only by committed offsets (a stored state not held is
+        # being deleted, or could not be loaded).
+        offset_groups = set(offset_only)
         for group_id in mine:
-            if group_id not in listed and not broker.coordinator.known(group_id):
+            if group_id in offset_groups and not broker.coordinator.known(group_id):
                 groups.append(
                     R.ListedGroup(group_id=group_id, protocol_type="", group_state="Empty")
                 )
