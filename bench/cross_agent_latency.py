@@ -12,10 +12,10 @@ Reported (milliseconds, over ``--rounds`` records):
                 (B's feed, wake, metadata read, one range GET, reader -> ingest -> gRPC)
   commit -> A   the same on the producing agent (its own uploader's ring wakes it)
   produce -> B  the produce call started -> a consumer on B received it (end to end)
-and how A's reader got the blocks its commit feed announced (its own commits: from the
-ring, never by a GET, is the goal), counted in A's reader log (A runs at DEBUG level), with
-how long after the notice the ring frame came (``notice -> ring``: what the reader's
-``own_commit_grace_s`` must cover).
+and how each reader got the blocks its commit feed announced, counted in its log (both
+agents run at DEBUG level): A's are its own commits (from the ring, never by a GET, is the
+goal), B's come by GET; with how long after the notice A's ring frame came (``notice ->
+ring``: what the reader's ``own_commit_grace_s`` must cover).
 
     python bench/cross_agent_latency.py [--rounds 300] [--consumers 2] [--dsn postgresql://...]
 
@@ -136,7 +136,7 @@ def run(dsn: str, rounds: int, consumers: int, work: Path) -> None:
     env = {"STREAMHOUSE_METADATA": dsn, "STREAMHOUSE_OBJECT_STORE": objects.as_uri()}
     with (
         Stack(work / "a", {**env, "STREAMHOUSE_LOG_LEVEL": "DEBUG"}) as a,
-        Stack(work / "b", env) as b,
+        Stack(work / "b", {**env, "STREAMHOUSE_LOG_LEVEL": "DEBUG"}) as b,
         Client(a.grpc_address) as producer,
     ):
         producer.create_topic(TOPIC, 1)
@@ -187,6 +187,12 @@ def run(dsn: str, rounds: int, consumers: int, work: Path) -> None:
         from_ring = log.count("taken from the committed ring")
         by_get = log.count(": range GET")
         print(f"A's reader, blocks its feed announced: {from_ring} from the ring, {by_get} by GET")
+        log_b = (work / "b" / "logs" / "reader.log").read_text(errors="replace")
+        print(
+            f"B's reader: {log_b.count(': range GET')} blocks by GET, "
+            f"{log_b.count('taken from the committed ring')} from the ring, "
+            f"{log_b.count(': another agent')} backends learned as another agent's"
+        )
         delays = [float(m) / 1000 for m in re.findall(r"committed ring after ([0-9.]+) ms", log)]
         if delays:
             print(summary("notice -> ring", delays))

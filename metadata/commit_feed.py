@@ -17,7 +17,7 @@ Behaviour of `CommitFeed.run` (spawn it with ``streamhouse.process.spawn``):
 - One dedicated psycopg 3 ``AsyncConnection`` (autocommit, TCP keepalives) runs ``LISTEN
   streamhouse_commit`` and iterates ``conn.notifies()``; it never blocks the event loop.
 - Each notification is parsed and handed to ``on_notice`` (a plain callback, run on the loop;
-  it must not block).
+  it must not block), with the backend pid of the connection that committed.
 - After every successful ``LISTEN`` (the first one too: commits made before it were not
   heard) ``on_gap`` is called: notifications may have been missed, so the reader wakes every
   waiting fetch and each re-reads the metadata. Nothing is ever lost that way, only delayed.
@@ -73,10 +73,12 @@ class NoticeBlock(NamedTuple):
 
 class CommitNotice(NamedTuple):
     """A committed segment: its object key and blocks; ``blocks`` None means "anything may
-    have changed" (the payload said ``*``)."""
+    have changed" (the payload said ``*``). ``pid`` is the PostgreSQL backend process that
+    sent it (the committing connection; 0 when unknown)."""
 
     segment_key: str
     blocks: tuple[NoticeBlock, ...] | None
+    pid: int = 0
 
 
 def parse_commit_notification(payload: str) -> CommitNotice:
@@ -203,7 +205,7 @@ class CommitFeed:
                     self.on_gap()
                     continue
                 self.notices += 1
-                self.on_notice(notice)
+                self.on_notice(notice._replace(pid=note.pid))
             await conn.execute("SELECT 1")  # a half-open connection fails here
 
 

@@ -21,12 +21,15 @@ Rules:
   through `load_block`: N waiting consumers cost one GET), then the waiters are woken; a
   notice whose block list did not fit (``*``) and a gap in the feed (`wake_all`) wake every
   waiter, which re-reads the metadata. The feed also announces this agent's own commits,
-  possibly before their ring frame arrives: a notified block is therefore GET only after
-  `own_commit_grace_s` without its ring frame, and a segment the ring delivered already is
-  ignored, so an own commit costs no GET and at most one harmless extra pass per waiter.
-- Metadata is read off the event loop (`metadata.async_store.AsyncMetadata`), one call per
-  pass over a fetch: every partition's state and first `BLOCKS_PER_LOOKUP` blocks together
-  (`read_plans`); a partition read past those blocks looks up its next ones.
+  usually before their ring frame arrives; an own commit must cost no GET. So a notified
+  block waits up to `own_commit_grace_s` for the ring before its GET, and a segment the ring
+  delivered already is ignored (an own commit costs at most one harmless extra pass per
+  waiter). The engine learns, per notifying PostgreSQL backend pid, whose connection it is
+  (own: the ring delivered one of its segments; foreign: the grace ran out without the
+  ring): a foreign backend's blocks are loaded at once, an own backend's wait up to
+  `own_pid_grace_s` for the ring (longer: the frame is on its way; only a full ring makes
+  them GET after it). A misjudged pid (pids are reused) costs one GET or one grace, never a
+  wrong answer.
 """
 
 from __future__ import annotations
@@ -71,8 +74,8 @@ log = logging.getLogger("reader")
 _decode_request = decoder_for(FetchRequest).decode
 #: Blocks looked up per partition and metadata call.
 BLOCKS_PER_LOOKUP = 8
-#: Segment keys the committed ring delivered, remembered to ignore their commit notices.
-RING_SEGMENTS_REMEMBERED = 4096
+#: Segment keys (ring deliveries, notices) and backend pids remembered, each at most.
+REMEMBERED = 4096
 
 
 class ReadEngine:
@@ -94,8 +97,14 @@ class ReadEngine:
         self.waiting = 0
         # How long a notified block waits for this agent's committed ring before its GET.
         self.own_commit_grace_s = 0.010
+        # The same for a block whose backend is known to commit for this agent's uploader.
+        self.own_pid_grace_s = 0.100
         self._ring_segments: OrderedDict[str, None] = OrderedDict()
         self._arrivals: dict[BlockKey, asyncio.Future[None]] = {}
+        # Backend pid of each recent notice's segment; pids known to commit for this agent's
+        # uploader (True) or for other agents (False).
+        self._notice_pids: OrderedDict[str, int] = OrderedDict()
+        self._pid_is_own: OrderedDict[int, bool] = OrderedDict()
         #: Notified blocks loaded by a GET, and found in the cache (ring) instead.
         self.feed_gets = 0
         self.feed_cached = 0
@@ -103,9 +112,10 @@ class ReadEngine:
     def on_committed(self, segment: CommittedSegment, obj: bytes) -> None:
         """Caches a freshly committed segment's blocks and wakes fetches waiting on them."""
         view = memoryview(obj)
-        self._ring_segments[segment.key] = None
-        if len(self._ring_segments) > RING_SEGMENTS_REMEMBERED:
-            self._ring_segments.popitem(last=False)
+        _remember(self._ring_segments, segment.key, None)
+        pid = self._notice_pids.pop(segment.key, 0)
+        if pid:
+            _remember(self._pid_is_own, pid, True)
         for b in segment.blocks:
             key = (segment.key, b.byte_offset)
             self.cache.put_encoded(key, bytes(view[b.byte_offset : b.byte_offset + b.byte_length]))
@@ -121,7 +131,15 @@ class ReadEngine:
             self.wake_all()
             return
         if notice.segment_key in self._ring_segments:
+            if notice.pid:
+                _remember(self._pid_is_own, notice.pid, True)
             return  # this agent's own commit, cached and woken by on_committed already
+        if notice.pid:
+            _remember(self._notice_pids, notice.segment_key, notice.pid)
+        # No grace for a backend known to commit for another agent, a longer one for a
+        # backend of this agent's uploader (its ring frame is on the way).
+        own = self._pid_is_own.get(notice.pid) if notice.pid else None
+        grace = {None: self.own_commit_grace_s, True: self.own_pid_grace_s, False: 0.0}[own]
         for b in notice.blocks:
             tp = (b.topic_id, b.partition)
             if tp not in self._waiters:
@@ -130,7 +148,9 @@ class ReadEngine:
             if key not in self.cache and key not in self._loads:
                 # Registered now: the ring frame may come before the task first runs.
                 self._arrivals[key] = asyncio.get_running_loop().create_future()
-                task = asyncio.ensure_future(self._feed_block(key, b.byte_length))
+                task = asyncio.ensure_future(
+                    self._feed_block(key, b.byte_length, grace, notice.pid)
+                )
                 self._loads[key] = task
                 task.add_done_callback(lambda _t, key=key: self._loads.pop(key, None))
                 task.add_done_callback(_log_failure)
@@ -146,17 +166,19 @@ class ReadEngine:
             if not fut.done():
                 fut.set_result(None)
 
-    async def _feed_block(self, key: BlockKey, length: int) -> bytes:
-        """A notified block: from this agent's committed ring if it comes within the grace
-        (own commit), else one range GET."""
+    async def _feed_block(self, key: BlockKey, length: int, grace: float, pid: int) -> bytes:
+        """A notified block: from this agent's committed ring if it comes within `grace`
+        (own commit), else one range GET (and `pid`, unless known as own, is foreign)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         arrival = self._arrivals.get(key)
         try:
-            if arrival is not None and not arrival.done() and self.own_commit_grace_s > 0:
-                await asyncio.wait_for(asyncio.shield(arrival), self.own_commit_grace_s)
+            if arrival is not None and not arrival.done() and grace > 0:
+                await asyncio.wait_for(asyncio.shield(arrival), grace)
         except TimeoutError:
-            pass
+            if pid and not self._pid_is_own.get(pid, False):
+                _remember(self._pid_is_own, pid, False)
+                log.debug("commit notices of backend %d: another agent's (no ring frame)", pid)
         finally:
             if arrival is not None and self._arrivals.get(key) is arrival:
                 del self._arrivals[key]
@@ -463,6 +485,14 @@ def fit_response(
         )
         return header_encoder.encode(failed), b""
     return header, payload[:used]
+
+
+def _remember(memory: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+    """Sets `key` as the newest entry of a bounded memory, forgetting the oldest."""
+    memory[key] = value
+    memory.move_to_end(key)
+    if len(memory) > REMEMBERED:
+        memory.popitem(last=False)
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:

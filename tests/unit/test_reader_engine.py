@@ -835,3 +835,57 @@ def test_notice_for_a_partition_nobody_waits_on_loads_nothing(h: Harness) -> Non
 def consumed_values(payload: bytes) -> list[bytes]:
     """Record values of a Kafka-format payload."""
     return [v for _base, values in kafka_batches(payload) for v in values if v is not None]
+
+
+def test_notifying_backends_are_learned_as_own_or_foreign(h: Harness) -> None:
+    """A backend whose notice outlived the grace without a ring frame is another agent's: its
+    next notices are loaded at once (a 60 s grace would otherwise hold the fetch). One whose
+    segment came over the ring is this agent's: its notices wait for the ring, never GET.
+    A pid judged foreign whose segment then comes over the ring is own again (pid reuse)."""
+
+    async def waiting_fetch(offset: int) -> asyncio.Future[tuple[FetchResponse, bytes]]:
+        task = asyncio.ensure_future(h.engine.fetch(request(h, offset, max_wait_ms=60_000)))
+        await eventually(lambda: h.engine.waiting == 1)
+        return task
+
+    async def go() -> None:
+        foreign, own = 77, 88
+        # Another agent's first commit: waits out a short grace, then GETs.
+        h.engine.own_commit_grace_s = 0.01
+        task = await waiting_fetch(0)
+        s1, _ = await h.commit([(0, [mk(vals("a", 1))])])
+        h.engine.on_notice(notice_of(s1)._replace(pid=foreign))
+        _r, payload = await asyncio.wait_for(task, timeout=30)
+        assert consumed_values(payload) == vals("a", 1)
+        assert h.engine._pid_is_own[foreign] is False and h.engine.feed_gets == 1
+
+        # Its next commit is loaded at once, however long the grace.
+        h.engine.own_commit_grace_s = 60.0
+        task = await waiting_fetch(1)
+        s2, _ = await h.commit([(0, [mk(vals("b", 1))])])
+        h.engine.on_notice(notice_of(s2)._replace(pid=foreign))
+        _r, payload = await asyncio.wait_for(task, timeout=30)
+        assert consumed_values(payload) == vals("b", 1) and h.engine.feed_gets == 2
+
+        # This agent's commit, ring first: its backend is learned as own...
+        s3, obj3 = await h.commit([(0, [mk(vals("c", 1))])], put=False, feed=True)
+        h.engine.on_notice(notice_of(s3)._replace(pid=own))
+        assert h.engine._pid_is_own[own] is True
+        # ...and its next notice, ahead of the ring, waits for the ring: no GET.
+        task = await waiting_fetch(3)
+        s4, obj4 = await h.commit([(0, [mk(vals("d", 1))])], put=False)
+        h.engine.on_notice(notice_of(s4)._replace(pid=own))
+        h.engine.on_committed(s4, obj4)
+        _r, payload = await asyncio.wait_for(task, timeout=30)
+        assert consumed_values(payload) == vals("d", 1)
+        assert h.engine.feed_gets == 2 and h.range_gets == [
+            (s.key, s.blocks[0].byte_offset, s.blocks[0].byte_length) for s in (s1, s2)
+        ]
+
+        # The foreign pid now commits for this agent (reused): the ring corrects it.
+        s5, obj5 = await h.commit([(0, [mk(vals("e", 1))])], put=False)
+        h.engine.on_notice(notice_of(s5)._replace(pid=foreign))
+        h.engine.on_committed(s5, obj5)
+        assert h.engine._pid_is_own[foreign] is True
+
+    asyncio.run(go())
