@@ -225,6 +225,8 @@ def test_a_commit_on_another_store_wakes_the_long_poll(agents_factory: Callable[
             assert [values_of(p) for _r, p in results] == [[b"v0", b"v1"]] * 4
             assert [g[0] for g in agents.range_gets] == [key]
             assert feed.notices >= 1
+            # The notice named the committing backend (A's connection, not B's feed's).
+            assert engine._notice_pids[key] not in (0, feed.backend_pid)
 
             poll = asyncio.ensure_future(engine.fetch(long_poll(agents, 0, 2)))
             await eventually(lambda: engine.waiting == 1, "next fetch waiting")
