@@ -478,3 +478,29 @@ def test_coordinator_rejects_restore_over_a_held_group() -> None:
         c.close()
 
     asyncio.run(main())
+
+
+def test_the_store_ends_with_the_newest_snapshot_of_every_change(db: pathlib.Path) -> None:
+    async def main() -> None:
+        shell, view, meta = await two_agent_shell(db)
+        mine = group_of(view, ME)
+        assert await shell.ensure(mine) == NONE
+        c = shell.coordinator
+        for round_no in range(3):  # joins, syncs and leaves in quick succession
+            joins = await stable_group_named(c, mine, 2)
+            stored_now = c.snapshot(mine)
+            c.leave_group(mine, [(joins[0].member_id, None)])
+            if round_no < 2:
+                c.leave_group(mine, [(joins[1].member_id, None)])
+        await let_tasks_run()
+        await shell.flush()
+        stored = await meta.load_group_state(mine)
+        assert stored is not None and stored_now is not None
+        assert stored[1] == c.snapshot(mine) != stored_now
+        snapshot = decode_snapshot(stored[1], mine)
+        assert (snapshot.state, len(snapshot.members)) == ("PreparingRebalance", 1)
+        assert stored[0] == snapshot.generation_id == 5
+        c.close()
+        await meta.close()
+
+    asyncio.run(main())
