@@ -10,12 +10,16 @@ segment holds one block of one 10-record batch for each of P partitions. Two lay
 * ``owned``: each agent writes the P partitions of a topic of its own (each partition has one
   leader, as issue 7's cluster assigns them; commits of different agents touch disjoint rows).
 
-Prints, per (backend, layout, N, P): commits/s and partition-blocks/s over the measured
-window, and p50/p99 latency of the commits that finished in it. After each point it checks
+With ``--batch K`` each agent commits K segments per transaction (``commit_segments``), as
+an agent flushing K segments' worth of data per metadata round trip would.
+
+Prints, per (backend, layout, N, P, K): segments/s and partition-blocks/s over the measured
+window, and p50/p99 latency of the commit calls that finished in it. After each point it checks
 that every topic's high watermark is 10 x its commits (no offset lost or assigned twice).
 
     python bench/metadata_commits.py [--points pg:1:10,pg:8:10,sqlite:1:10,...]
-        [--matrix] [--layouts shared,owned] [--seconds 5] [--procs 2] [--dsn postgresql://...]
+        [--matrix] [--layouts shared,owned] [--batch 1] [--seconds 5] [--procs 2]
+        [--dsn postgresql://...]
 
 ``--matrix`` runs the grid N in 1, 10, 100 x P in 1, 100, 10,000 on PostgreSQL for each
 layout. Without ``--dsn`` the bench starts a throwaway PostgreSQL (Debian's packages, fsync
@@ -86,6 +90,7 @@ def _worker(
     target: str,
     agents: list[tuple[int, int]],
     partitions: int,
+    batch: int,
     run: str,
     ready: Any,
     go: Event,
@@ -112,7 +117,15 @@ def _worker(
             i = 0
             while not stop.is_set():
                 started = time.monotonic()
-                store.commit_segment(f"{run}-agent{n}-{i}", 1000 * partitions, blocks)
+                if batch == 1:
+                    store.commit_segment(f"{run}-agent{n}-{i}", 1000 * partitions, blocks)
+                else:
+                    store.commit_segments(
+                        [
+                            (f"{run}-agent{n}-{i}-{k}", 1000 * partitions, blocks)
+                            for k in range(batch)
+                        ]
+                    )
                 ended = time.monotonic()
                 done.append((ended, ended - started))
                 i += 1
@@ -134,7 +147,13 @@ def _worker(
 
 
 def run_point(
-    target: str, layout: str, agents: int, partitions: int, seconds: float, procs: int
+    target: str,
+    layout: str,
+    agents: int,
+    partitions: int,
+    seconds: float,
+    procs: int,
+    batch: int = 1,
 ) -> dict[str, float]:
     """Measure one point on ``target`` (a database URL or SQLite path) and return its numbers."""
     setup = _open(target)
@@ -155,7 +174,7 @@ def run_point(
     workers = [
         ctx.Process(
             target=_worker,
-            args=(target, mine, partitions, run, ready, go, stop, results),
+            args=(target, mine, partitions, batch, run, ready, go, stop, results),
             daemon=True,
         )
         for mine in share
@@ -179,7 +198,7 @@ def run_point(
     every = sorted(window)
     commits_per_topic: dict[int, int] = {}
     for n, done, _ in reports:
-        commits_per_topic[topic_of[n]] = commits_per_topic.get(topic_of[n], 0) + len(done)
+        commits_per_topic[topic_of[n]] = commits_per_topic.get(topic_of[n], 0) + len(done) * batch
     check = _open(target)
     try:
         for tid, commits in commits_per_topic.items():
@@ -192,11 +211,11 @@ def run_point(
     elapsed = ended - began
     n_window = len(every)
     return {
-        "commits_per_s": n_window / elapsed,
-        "blocks_per_s": n_window * partitions / elapsed,
+        "commits_per_s": n_window * batch / elapsed,
+        "blocks_per_s": n_window * batch * partitions / elapsed,
         "p50_ms": statistics.median(every) * 1000 if every else float("nan"),
         "p99_ms": every[min(n_window - 1, int(n_window * 0.99))] * 1000 if every else float("nan"),
-        "commits": n_window,
+        "commits": n_window * batch,
     }
 
 
@@ -205,11 +224,14 @@ def main() -> None:
     ap.add_argument("--points", default=DEFAULT_POINTS, help="backend:N:P,... (pg or sqlite)")
     ap.add_argument("--matrix", action="store_true", help="pg: N in 1,10,100 x P in 1,100,10000")
     ap.add_argument("--layouts", default="shared", help="shared, owned or shared,owned")
+    ap.add_argument("--batch", type=int, default=1, help="segments per transaction")
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point")
     ap.add_argument("--procs", type=int, default=os.cpu_count() or 1, help="worker processes")
     ap.add_argument("--dsn", help="an existing PostgreSQL database URL (else a throwaway one)")
     ap.add_argument("--shared-buffers", default="512MB", help="the throwaway server's")
     args = ap.parse_args()
+    if args.batch < 1:
+        ap.error(f"--batch must be at least 1, got {args.batch}")
     layouts = args.layouts.split(",")
     for layout in layouts:
         if layout not in ("shared", "owned"):
@@ -224,9 +246,9 @@ def main() -> None:
                 ap.error(f"backend must be pg or sqlite, got {backend!r} in {item!r}")
             points.append((backend, int(n), int(p)))
 
-    print("| backend | layout | N agents | P partitions | commits/s | partition-blocks/s "
-          "| p50 ms | p99 ms | commits |\n|---|---|---:|---:|---:|---:|---:|---:|---:|",
-          flush=True)  # fmt: skip
+    print("| backend | layout | N agents | P partitions | K per txn | segments/s "
+          "| partition-blocks/s | p50 ms | p99 ms | segments |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)  # fmt: skip
     with (
         tempfile.TemporaryDirectory() as directory,
         _maybe_postgres(args.dsn, points, args.shared_buffers) as new_db,
@@ -237,10 +259,11 @@ def main() -> None:
                     target = new_db()
                 else:
                     target = str(Path(directory) / f"point{index}-{layout}.sqlite")
-                r = run_point(target, layout, n, p, args.seconds, args.procs)
+                r = run_point(target, layout, n, p, args.seconds, args.procs, args.batch)
                 name = "PostgreSQL" if backend == "pg" else "SQLite"
                 print(
-                    f"| {name} | {layout} | {n} | {p:,} | {r['commits_per_s']:,.1f} | "
+                    f"| {name} | {layout} | {n} | {p:,} | {args.batch} | "
+                    f"{r['commits_per_s']:,.1f} | "
                     f"{r['blocks_per_s']:,.0f} | {r['p50_ms']:,.2f} | {r['p99_ms']:,.2f} | "
                     f"{r['commits']:,.0f} |",
                     flush=True,
