@@ -339,12 +339,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 class Deliveries:
     """A confluent-kafka delivery-report callback that keeps every acknowledgement (record value
-    -> (partition, offset), and its monotonic time per partition) and every failure."""
+    -> (partition, offset), and per partition the time each was reported) and every failure.
+
+    A report is timed when the client serves it (`poll`), which may be a little after the
+    broker answered; `first_ack_after` can therefore be told which records count (e.g. only
+    records produced after some moment), so that an answer received before it is never taken
+    for one received after."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.acked: dict[bytes, tuple[int, int]] = {}
-        self.ack_times: dict[int, list[float]] = {}  # partition -> times of its acks, in order
+        self.ack_times: dict[int, list[tuple[float, bytes]]] = {}  # partition -> (time, value)
         self.failed: list[str] = []
 
     def __call__(self, err: Any, msg: Any) -> None:
@@ -352,7 +357,7 @@ class Deliveries:
         with self.lock:
             if err is None:
                 self.acked[msg.value()] = (msg.partition(), msg.offset())
-                self.ack_times.setdefault(msg.partition(), []).append(now)
+                self.ack_times.setdefault(msg.partition(), []).append((now, msg.value()))
             else:
                 self.failed.append(f"{msg.value()!r}: {err}")
 
@@ -360,12 +365,17 @@ class Deliveries:
         with self.lock:
             return len(self.acked)
 
-    def first_ack_after(self, partition: int, moment: float) -> float | None:
-        """Time of the first acknowledgement on `partition` later than `moment`, if any."""
+    def first_ack_after(
+        self, partition: int, moment: float, counts: Callable[[bytes], bool] | None = None
+    ) -> float | None:
+        """Time of the first acknowledgement on `partition` later than `moment` (of a record
+        `counts` accepts, when given), if any."""
         with self.lock:
-            times = self.ack_times.get(partition, [])
-            later = [t for t in times[-5000:] if t > moment]
-        return min(later) if later else None
+            times = list(self.ack_times.get(partition, []))
+        for at, value in times:
+            if at > moment and (counts is None or counts(value)):
+                return at
+        return None
 
 
 def read_kafka_log(
