@@ -71,10 +71,13 @@ ingest/cluster.py); the I/O shell (api_groups.py) answers NOT_COORDINATOR for th
 that a successor continues the group, the coordinator is built with a ``persist(group_id,
 generation, blob_or_None)`` callback (None = the group is gone) and calls it, once per loop
 iteration at most per group (changes in one request are coalesced), after every change a
-successor needs: a member added, updated, renamed (static rejoin), removed or expired; a
-rebalance starting or ending (new generation, leader, protocol); SyncGroup storing the
-assignments (Stable); the group becoming Empty; delete_group and a forgotten never-used group
-(None). Heartbeats, valid commits and timers change nothing persisted. The shell writes the
+successor needs: a rebalance starting (with the member that started it) or ending (new
+generation, members, leader, protocol); SyncGroup storing the assignments (Stable); a member
+renamed (static rejoin), removed or expired; the group becoming Empty; delete_group and a
+forgotten never-used group (None). Members joining or rejoining while a rebalance is already
+under way are saved when it ends, so a join storm costs one save, not one per member (a
+successor that never saw such a member answers its rejoin UNKNOWN_MEMBER_ID and it joins
+anew). Heartbeats, valid commits and timers change nothing persisted. The shell writes the
 blobs in order per group, off the loop; a write refused because the store holds a newer
 generation means another agent coordinated the group since: the shell calls ``drop_group``
 and the next request reloads it.
@@ -931,7 +934,7 @@ class GroupCoordinator:
         same = member.protocols == req.protocols
         match group.state:
             case GroupState.PREPARING_REBALANCE:
-                self._update_member(group, member, req)
+                self._update_member(member, req)
             case GroupState.COMPLETING_REBALANCE if same:
                 # Probably a retry of a lost JoinGroup answer: repeat it.
                 _answer(
@@ -943,7 +946,7 @@ class GroupCoordinator:
                 _answer(req.future, group.current_join_result(member_id, with_members=False))
             case GroupState.COMPLETING_REBALANCE | GroupState.STABLE:
                 # New metadata, or the leader asking for a new assignment (e.g. topics changed).
-                self._update_member(group, member, req)
+                self._update_member(member, req)
                 self._prepare_rebalance(group)
             case _:
                 # Empty or Dead with this member in it cannot happen; make it start over.
@@ -963,7 +966,7 @@ class GroupCoordinator:
         group.rename(old_id, new_id)
         self._changed(group)
         member.client_id, member.client_host = req.client_id, req.client_host
-        self._update_member(group, member, req)
+        self._update_member(member, req)
         self._restart_session(group, member)
         log.info(
             "group %s: static member %s rejoined as %s", group.group_id, req.instance_id, new_id
@@ -1006,19 +1009,12 @@ class GroupCoordinator:
         if group.state is GroupState.PREPARING_REBALANCE and group.generation_id == 0:
             group.new_member_added = True  # rule 3: the initial delay gets extended
         group.add(member, req.protocol_type)
-        self._changed(group)
         # A parked new member cannot heartbeat and we cannot see it disconnect; bound its wait.
         self._restart_session(group, member, self._new_member_timeout_ms)
         log.info("group %s: member %s added", group.group_id, member_id)
         self._maybe_prepare_rebalance(group)
 
-    def _update_member(self, group: _Group, member: _Member, req: _JoinRequest) -> None:
-        if (member.protocols, member.session_timeout_ms, member.rebalance_timeout_ms) != (
-            req.protocols,
-            req.session_ms,
-            req.rebalance_ms,
-        ):
-            self._changed(group)
+    def _update_member(self, member: _Member, req: _JoinRequest) -> None:
         member.protocols = req.protocols
         member.session_timeout_ms = req.session_ms
         member.rebalance_timeout_ms = req.rebalance_ms

@@ -504,3 +504,18 @@ def test_the_store_ends_with_the_newest_snapshot_of_every_change(db: pathlib.Pat
         await meta.close()
 
     asyncio.run(main())
+
+
+def test_a_join_storm_costs_a_few_saves_not_one_per_member() -> None:
+    async def main() -> None:
+        saved, persist = recorder()
+        c = make(persist=persist)
+        await stable_group(c, 20)
+        await let_tasks_run()
+        # The rebalance starting, the generation formed, the assignments stored.
+        states = [decode_snapshot(blob or b"", GROUP).state for _, _, blob in saved]
+        assert states == ["PreparingRebalance", "CompletingRebalance", "Stable"], states
+        assert len(last_snapshot(saved).members) == 20
+        c.close()
+
+    asyncio.run(main())
