@@ -239,7 +239,7 @@ def test_a_stopped_agent_leaves_and_clients_follow_its_partitions(
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
-            "message.timeout.ms": 30_000,
+            "message.timeout.ms": 60_000,
             "topic.metadata.refresh.interval.ms": 1000,
         }
     )
@@ -257,21 +257,19 @@ def test_a_stopped_agent_leaves_and_clients_follow_its_partitions(
             producer.produce(
                 "moving", value=f"{tag}-{p}".encode(), partition=p, on_delivery=on_delivery
             )
-        remaining = producer.flush(30)
+        remaining = producer.flush(60)
         assert remaining == 0, f"{remaining} records undelivered"
 
     produce_round("before")
     assert failed == [] and all(delivered[p] == 1 for p in range(partitions)), delivered
 
-    stopped_at = time.monotonic()
-    b.stop()
+    b.stop()  # returns once all of b's processes have exited (b deregistered first)
     # a's Metadata shows only itself within the lease (b deregistered, so sooner).
     only_a = poll_until(
         lambda: (m := metadata(a, "moving")) and len(m.brokers) == 1 and m,
         "agent b gone from agent a's Metadata",
         timeout=LEASE_MS / 1000 + 5,
     )
-    assert time.monotonic() - stopped_at < LEASE_MS / 1000 + 5
     assert brokers(only_a) == {0: ("127.0.0.1", a.kafka_port, "z1")}
     assert set(leaders(only_a).values()) == {0}
     assert only_a.controller_id == 0
