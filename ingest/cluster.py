@@ -108,6 +108,8 @@ def rendezvous(candidates: Sequence[AgentInfo], key: bytes) -> AgentInfo:
 
 def _pick(seeded: Sequence[tuple[int, AgentInfo]], key: bytes) -> AgentInfo:
     best = seeded[0][1]
+    if len(seeded) == 1:
+        return best
     best_weight = -1
     for seed, agent in seeded:
         weight = xxhash.xxh3_64_intdigest(key, seed=seed)
@@ -169,7 +171,10 @@ class ClusterView:
         found = self._leaders.get(cache_key)
         if found is None:
             candidates = self._candidates(zone)
-            found = [_pick(candidates, partition_key(topic_id, p)) for p in range(partitions)]
+            if len(candidates) == 1:
+                found = [candidates[0][1]] * partitions
+            else:
+                found = [_pick(candidates, partition_key(topic_id, p)) for p in range(partitions)]
             if len(self._leaders) >= _LEADER_CACHE_ENTRIES:
                 self._leaders.clear()
             self._leaders[cache_key] = found
