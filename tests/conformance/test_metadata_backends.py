@@ -1230,6 +1230,54 @@ def test_postgres_concurrent_registrations_get_unique_node_ids(postgres_dsn: str
     assert {x.agent_id: x.node_id for x in listed} == {a: ids[0] for a, ids in got.items()}
 
 
+def test_postgres_heartbeat_does_not_queue_behind_blocked_commits(postgres_dsn: str) -> None:
+    """AsyncMetadata runs agent calls on their own thread (and the store has a connection for
+    it): with every write thread stuck on a row lock, a heartbeat still answers at once."""
+    store = PostgresMetadataStore(postgres_dsn, busy_timeout_ms=60_000)
+    t = store.create_topic("t", 1)
+    store.register_agent("a", "h", 9092, "h:1", "", 60_000)
+    blocker = psycopg.connect(postgres_dsn)
+    admin = psycopg.connect(postgres_dsn, autocommit=True)
+    blocker.execute("SELECT 1 FROM partitions WHERE topic_id = %s FOR UPDATE", (t.topic_id,))
+
+    def waiting_on_locks() -> int:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    async def main() -> None:
+        meta = AsyncMetadata(store)
+        try:
+            commits = [
+                asyncio.ensure_future(
+                    meta.commit_segment(f"s{i}", 1, [block(t.topic_id, 0, [BatchRef(1)])])
+                )
+                for i in range(6)
+            ]
+            deadline = time.monotonic() + 20
+            while await asyncio.to_thread(waiting_on_locks) < 4:  # every write thread stuck
+                assert time.monotonic() < deadline, "the commits never waited on the lock"
+                await asyncio.sleep(0.01)
+            agents = await asyncio.wait_for(meta.heartbeat_agent("a", 60_000), 5)
+            assert [x.alive for x in agents] == [True]
+            assert [x.agent_id for x in await asyncio.wait_for(meta.list_agents(), 5)] == ["a"]
+            assert not any(c.done() for c in commits)
+            await asyncio.to_thread(blocker.rollback)
+            results = await asyncio.gather(*commits)
+            assert sorted(r[0][0].base_offset for r in results) == list(range(6))
+        finally:
+            await asyncio.to_thread(blocker.rollback)  # on failure too: lets the commits end
+            await meta.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        blocker.close()
+        admin.close()
+
+
 def test_postgres_agent_times_are_the_servers_clock(postgres_dsn: str) -> None:
     """Leases are measured on PostgreSQL's clock, not the caller's."""
     with PostgresMetadataStore(postgres_dsn) as s, psycopg.connect(postgres_dsn) as conn:
