@@ -25,6 +25,8 @@ AsyncMetadata:
    finds the row gone (`AgentUnknownError`: an operator forgot the agent) registers again.
 4. A clean stop deregisters (the lease ends now; the row stays, shown as stopped), so the
    others drop this agent at their next heartbeat instead of after the lease.
+5. A heartbeat that shows this agent's row registered by another incarnation (two agents
+   given the same id, which would share a node id) logs an error once per intruder.
 
 Rendezvous (highest random weight) hashing: for a key (a partition: topic id and index; a
 group: its id) every candidate agent gets the weight `xxh3_64(key, seed=xxh3_64(agent_id))`
@@ -34,7 +36,9 @@ even in expectation. Partition keys are `topic_id` (8 bytes, big-endian) + parti
 group keys are the group id's UTF-8 bytes.
 
 Zones: an agent has a zone (`agent_zone`); a Kafka client announces its own with the token
-`streamhouse_az=<zone>` anywhere in its `client.id` (e.g. `client.id=billing,streamhouse_az=eu-1a`).
+`streamhouse_az=<zone>` in its `client.id`, at the start or after any character other than a
+letter, digit or `_` (e.g. `client.id=billing,streamhouse_az=eu-1a`); the zone is the run of
+letters, digits and `. _ -` after the `=` (at most 64).
 Partition leaders for that client are then chosen only among live agents of that zone when any
 is alive (among all live agents otherwise). Group coordinators ignore zones: a group has one
 coordinator for all its members.
