@@ -54,12 +54,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import psutil  # noqa: E402
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from bench.kafka_bench import produce_phase, stack_env  # noqa: E402
 from streamhouse.config import Settings  # noqa: E402
-from streamhouse.testing import Cluster, Deliveries, kafka_metadata, wait_until  # noqa: E402
+from streamhouse.testing import (  # noqa: E402
+    PROGRAMS,
+    Cluster,
+    Deliveries,
+    kafka_metadata,
+    wait_until,
+)
 
 MiB = 1024 * 1024
 MB = 1_000_000
@@ -83,7 +90,10 @@ def producer_main(bootstrap: str, topic: str, size: int, seconds: float, conn: C
     Producer({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=30)  # warm metadata
     conn.send("ready")
     conn.recv()  # start together
-    conn.send(produce_phase(bootstrap, topic, value, seconds))
+    cpu0 = time.process_time()
+    result = produce_phase(bootstrap, topic, value, seconds)
+    result["cpu_s"] = time.process_time() - cpu0  # every thread of this process (librdkafka's)
+    conn.send(result)
 
 
 def consumer_main(bootstrap: str, topic: str, partitions: list[int], conn: Connection) -> None:
@@ -104,6 +114,7 @@ def consumer_main(bootstrap: str, topic: str, partitions: list[int], conn: Conne
     )
     conn.send("ready")
     conn.recv()
+    cpu0 = time.process_time()
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     count = errors = 0
     started = time.perf_counter()
@@ -115,8 +126,11 @@ def consumer_main(bootstrap: str, topic: str, partitions: list[int], conn: Conne
                 continue
             count += 1
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu0
     consumer.close()
-    conn.send({"records": count, "expected": expected, "elapsed": elapsed, "errors": errors})
+    conn.send(
+        {"records": count, "expected": expected, "elapsed": elapsed, "errors": errors, "cpu_s": cpu}
+    )
 
 
 def run_processes(targets: list[tuple[Any, tuple[Any, ...]]]) -> list[dict[str, Any]]:
@@ -142,6 +156,66 @@ def run_processes(targets: list[tuple[Any, tuple[Any, ...]]]) -> list[dict[str, 
     return results
 
 
+# -- CPU accounting ------------------------------------------------------------------------------
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    idle = fields[3] + fields[4]
+    return (total - idle) / ticks, total / ticks
+
+
+class ServerCpu:
+    """CPU seconds of every agent process of a cluster, by program."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.procs: dict[str, list[psutil.Process]] = {p: [] for p in PROGRAMS}
+        for agent in cluster.agents:
+            for program in PROGRAMS:
+                pid = agent.pid(program)
+                if pid:
+                    self.procs[program].append(psutil.Process(pid))
+
+    def sample(self) -> dict[str, float]:
+        out = {}
+        for program, procs in self.procs.items():
+            total = 0.0
+            for proc in procs:
+                try:
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+                except psutil.Error:
+                    pass
+            out[program] = total
+        return out
+
+
+def phase_cpu(
+    before: tuple[dict[str, float], tuple[float, float]],
+    after: tuple[dict[str, float], tuple[float, float]],
+    clients_s: float,
+    records: int,
+) -> dict[str, Any]:
+    """Server CPU by program, machine busy, client and other processes' CPU over a phase, and
+    the server's CPU µs per record (the cost that does not depend on how busy the machine is)."""
+    server = {p: after[0][p] - before[0][p] for p in PROGRAMS}
+    busy = after[1][0] - before[1][0]
+    server_s = sum(server.values())
+    return {
+        "server_s": server,
+        "server_total_s": server_s,
+        "client_s": clients_s,
+        "machine_busy_s": busy,
+        "machine_total_s": after[1][1] - before[1][1],
+        "other_s": max(0.0, busy - server_s - clients_s),
+        "server_us_per_record": server_s / records * 1e6 if records else None,
+    }
+
+
 # -- one configuration --------------------------------------------------------------------------
 
 
@@ -151,6 +225,8 @@ def throughput(cluster: Cluster, args: argparse.Namespace, name: str) -> dict[st
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, args.partitions, 1)])[topic].result(timeout=30)
     load0 = os.getloadavg()[0]
+    cpu = ServerCpu(cluster)
+    mark0 = (cpu.sample(), machine_cpu())
     produced = run_processes(
         [
             (producer_main, (bootstrap, topic, args.record_size, args.seconds))
@@ -160,8 +236,10 @@ def throughput(cluster: Cluster, args: argparse.Namespace, name: str) -> dict[st
     records = sum(p["records"] for p in produced)
     p_elapsed = max(p["elapsed"] for p in produced)
     failures = [f for p in produced for f in p["failures"]]
+    mark1 = (cpu.sample(), machine_cpu())
     shares = [list(range(i, args.partitions, args.consumers)) for i in range(args.consumers)]
     consumed = run_processes([(consumer_main, (bootstrap, topic, share)) for share in shares])
+    mark2 = (cpu.sample(), machine_cpu())
     c_records = sum(c["records"] for c in consumed)
     c_elapsed = max(c["elapsed"] for c in consumed)
     leaders = kafka_metadata(cluster.kafka_addresses[0], topic).leaders
@@ -183,6 +261,10 @@ def throughput(cluster: Cluster, args: argparse.Namespace, name: str) -> dict[st
             str(n): sum(1 for v in leaders.values() if v == n) for n in set(leaders.values())
         },
         "loadavg_1m_before_after": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        # The phases include process start-up and the consumers' metadata requests (the
+        # producers' too): a few hundred ms of the machine, counted in "other".
+        "cpu_produce": phase_cpu(mark0, mark1, sum(p["cpu_s"] for p in produced), records),
+        "cpu_consume": phase_cpu(mark1, mark2, sum(c["cpu_s"] for c in consumed), c_records),
     }
 
 
@@ -276,6 +358,9 @@ def main() -> None:
     parser.add_argument("--consumers", type=int, default=2)
     parser.add_argument("--store", choices=("s3", "file"), default="s3")
     parser.add_argument("--failover-rounds", type=int, default=3)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the configurations this many times, in turn"
+    )
     defaults = Settings()
     parser.add_argument("--heartbeat-ms", type=int, default=defaults.agent_heartbeat_ms)
     parser.add_argument("--lease-ms", type=int, default=defaults.agent_lease_ms)
@@ -307,7 +392,8 @@ def main() -> None:
             (tmp / "s3").mkdir()
             seaweed.start()
             env.update({k: v for k, v in seaweed.env().items() if k != "STREAMHOUSE_OBJECT_STORE"})
-        for config in configs:
+        failover_done = False
+        for config in [c for _ in range(args.repeat) for c in configs]:
             kind, _, n = config.partition("-")
             metadata = postgres.dsn(postgres.create_database()) if kind == "pg" else ""
             prefix = uuid.uuid4().hex[:12]
@@ -323,13 +409,18 @@ def main() -> None:
                 cluster.wait_brokers(int(n), timeout=60)
                 row = throughput(cluster, args, config)
                 print(
-                    f"  produce {row['produce_rps']:,.0f} rec/s, consume "
-                    f"{row['consume_rps']:,.0f} rec/s, leaders per node {row['leaders_per_node']}",
+                    f"  produce {row['produce_rps']:,.0f} rec/s "
+                    f"({row['cpu_produce']['server_us_per_record']:.2f} server CPU µs/rec, "
+                    f"other processes {row['cpu_produce']['other_s']:.0f} CPU s), consume "
+                    f"{row['consume_rps']:,.0f} rec/s "
+                    f"({row['cpu_consume']['server_us_per_record']:.2f} µs/rec), "
+                    f"leaders per node {row['leaders_per_node']}",
                     flush=True,
                 )
                 results["throughput"].append(row)
-                if config == "pg-3" and args.failover_rounds:
+                if config == "pg-3" and args.failover_rounds and not failover_done:
                     results["failover"] = failover(cluster, args)
+                    failover_done = True
             finally:
                 cluster.stop()
     finally:
@@ -343,23 +434,37 @@ def main() -> None:
 
 
 def report(results: dict[str, Any]) -> str:
-    rows = results["throughput"]
-    base = next((r for r in rows if r["config"] == "pg-1"), None)
+    """One line per configuration: medians over its runs (all runs listed in the JSON)."""
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    for r in results["throughput"]:
+        by_config.setdefault(r["config"], []).append(r)
+
+    def med(rows: list[dict[str, Any]], key: Any) -> float:
+        return statistics.median(key(r) for r in rows)
+
+    base = by_config.get("pg-1")
     lines = [
-        "config     agents   produce rec/s   MB/s   consume rec/s   vs pg-1 (prod/cons)  failures",
+        "config   runs   produce rec/s  server µs/rec   consume rec/s  server µs/rec   "
+        "vs pg-1 prod/cons   other CPU s (prod)  failures",
     ]
-    for r in rows:
+    for name, rows in by_config.items():
+        prod = med(rows, lambda r: r["produce_rps"])
+        cons = med(rows, lambda r: r["consume_rps"])
         ratio = (
-            f"{r['produce_rps'] / base['produce_rps']:.2f} / "
-            f"{r['consume_rps'] / base['consume_rps']:.2f}"
+            f"{prod / med(base, lambda r: r['produce_rps']):.2f} / "
+            f"{cons / med(base, lambda r: r['consume_rps']):.2f}"
             if base
             else "-"
         )
+        short = sum(r["consume_records"] != r["consume_expected"] for r in rows)
         lines.append(
-            f"{r['config']:<10} {r['agents']:>6} {r['produce_rps']:>15,.0f} "
-            f"{r['produce_mbps']:>6.1f} {r['consume_rps']:>15,.0f}   {ratio:<19} "
-            f"{r['produce_failure_count']}"
-            + ("" if r["consume_records"] == r["consume_expected"] else "  (consume short!)")
+            f"{name:<8} {len(rows):>4} {prod:>15,.0f} "
+            f"{med(rows, lambda r: r['cpu_produce']['server_us_per_record']):>14.2f} "
+            f"{cons:>15,.0f} "
+            f"{med(rows, lambda r: r['cpu_consume']['server_us_per_record']):>14.2f}   "
+            f"{ratio:<17} {med(rows, lambda r: r['cpu_produce']['other_s']):>18.0f}  "
+            f"{sum(r['produce_failure_count'] for r in rows)}"
+            + (f"  ({short} consume runs short!)" if short else "")
         )
     if results["failover"]:
         firsts = [f["first_s"] for f in results["failover"]]
