@@ -337,9 +337,9 @@ def validate_topic_name(name: object) -> str:
 MAX_AGENT_FIELD_LENGTH: Final = 255
 #: Longest lease accepted: a day (a lease is normally a few heartbeats long).
 MAX_LEASE_MS: Final = 86_400_000
-#: Longest consumer group id accepted (characters): the Kafka protocol's STRING limit, so no
-#: group id a client can send is refused. And the largest group state blob (bytes).
-MAX_GROUP_ID_LENGTH: Final = 32767
+#: Longest consumer group id whose state is accepted (characters; the group coordinator
+#: answers INVALID_GROUP_ID above it), and the largest group state blob (bytes).
+MAX_GROUP_ID_LENGTH: Final = 255
 MAX_GROUP_STATE_BYTES: Final = 16 * 1024 * 1024
 _INT64_MAX: Final = 2**63 - 1
 

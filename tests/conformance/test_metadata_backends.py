@@ -697,7 +697,7 @@ def test_group_state_delete_and_relation_to_offsets_and_topics(store: Store) -> 
     [
         (("", 1, b""), "group id"),
         ((7, 1, b""), "group id must be a string"),
-        (("g" * 32768, 1, b""), "group id must be 1..32767 characters long, got 32768"),
+        (("g" * 256, 1, b""), "group id must be 1..255 characters long, got 256"),
         (("g", -2, b""), "generation"),
         (("g", True, b""), "generation must be an integer"),
         (("g", 1, "text"), "must be bytes"),
