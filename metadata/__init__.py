@@ -4,7 +4,8 @@ consumer-group state and the agent registry.
 All processes share one SQLite file through :class:`MetadataStore`; see :mod:`metadata.store`
 for the API and :mod:`metadata.migrations` for the schema. A cluster shares one PostgreSQL
 database instead (:mod:`metadata.postgres`); :func:`open_store` opens either, by what it is
-given, behind the interface :class:`MetadataBackend`.
+given, behind the interface :class:`MetadataBackend`. On PostgreSQL every segment commit is
+also announced to listening agents (:mod:`metadata.commit_notice` has the payload format).
 """
 
 from metadata.errors import (
