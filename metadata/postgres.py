@@ -906,7 +906,9 @@ class PostgresMetadataStore:
         """See :meth:`metadata.store.MetadataStore.list_offset_groups`."""
 
         def list_offset_groups(cur: Any) -> list[Any]:
-            cur.execute('SELECT DISTINCT group_id FROM group_offsets ORDER BY group_id COLLATE "C"')
+            cur.execute(
+                'SELECT group_id FROM group_offsets GROUP BY group_id ORDER BY group_id COLLATE "C"'
+            )
             return cur.fetchall()
 
         return [r[0] for r in self._read(list_offset_groups)]

@@ -645,6 +645,8 @@ def test_group_offsets(store: Store) -> None:
         store.commit_offset("g1", tid, 3, 1, "")
     assert store.commit_offsets("g1", [(tid, 1, 5, "m"), (tid + 100, 0, 1, "")]) == [True, False]
     assert store.get_offset("g1", tid, 1) == (5, "m")
+    # Every group with a committed offset, once each, in byte order (ListGroups relies on it).
+    assert store.list_offset_groups() == ["g1", "g2"]
 
 
 # --------------------------------------------------------------------------- consumer-group state
