@@ -113,6 +113,16 @@ def failed_acks(batches: list[SealedBatch], error: RingError) -> list[AckResult]
     return [AckResult(b.request_id, b.slot, b.ordinal, -1, error) for b in batches]
 
 
+#: Most segments committed in one metadata transaction (uploaded segments waiting in seal
+#: order behind the one being committed go with it).
+MAX_SEGMENTS_PER_COMMIT = 16
+
+
+def _uploaded(task: asyncio.Task[bool]) -> bool:
+    """True if the upload finished and stored its object."""
+    return task.done() and not task.cancelled() and task.exception() is None and task.result()
+
+
 class Uploader:
     def __init__(self, settings: Settings, meta: AsyncMetadata | None = None) -> None:
         """`meta` is opened off the loop by the process (see run_uploader); without it (unit
@@ -203,7 +213,21 @@ class Uploader:
             uploaded = await task
             self.in_order.popleft()
             if uploaded:
-                await self.commit(sealed, obj, key)
+                # Segments behind it that are uploaded already go in the same transaction:
+                # when commits are the bottleneck, one lock round and one durable commit
+                # serve many segments (still in seal order, as if committed one by one).
+                group = [(sealed, obj, key)]
+                while (
+                    self.in_order
+                    and len(group) < MAX_SEGMENTS_PER_COMMIT
+                    and _uploaded(self.in_order[0][3])
+                ):
+                    next_sealed, next_obj, next_key, _ = self.in_order.popleft()
+                    group.append((next_sealed, next_obj, next_key))
+                if len(group) == 1:
+                    await self.commit(sealed, obj, key)
+                else:
+                    await self.commit_group(group)
             else:
                 log.error("segment %s could not be stored; failing its produce requests", key)
                 error = ring_error(
@@ -213,22 +237,55 @@ class Uploader:
                 )
                 await self.ack(failed_acks(sealed.batches, error))
 
+    async def commit_group(self, group: list[tuple[SealedSegment, bytes, str]]) -> None:
+        """Commits several uploaded segments in one transaction (all or nothing), then acks
+        each as :meth:`commit` does. If the transaction fails for a reason other than the
+        metadata being unavailable, each segment is committed on its own, so one bad segment
+        fails only its own produces."""
+        blocks = [commit_blocks(sealed) for sealed, _, _ in group]
+        try:
+            per_segment = await self.meta.commit_segments(
+                [(key, len(obj), b) for (_, obj, key), b in zip(group, blocks, strict=True)]
+            )
+        except MetadataUnavailableError as exc:
+            for sealed, _, key in group:
+                await self._commit_unavailable(sealed, key, exc)
+            return
+        except Exception as exc:
+            log.warning(
+                "commit of %d segments together failed (%s); committing them one by one",
+                len(group),
+                exc,
+            )
+            for sealed, obj, key in group:
+                await self.commit(sealed, obj, key)
+            return
+        for (sealed, obj, key), segment_blocks, per_block in zip(
+            group, blocks, per_segment, strict=True
+        ):
+            await self._committed(sealed, obj, key, segment_blocks, per_block)
+
+    async def _commit_unavailable(
+        self, sealed: SealedSegment, key: str, exc: MetadataUnavailableError
+    ) -> None:
+        # Nothing was committed (the object is an orphan, never served): fail retriably,
+        # then delete the object, which no row refers to (a full disk gets its space back).
+        log.error("segment %s could not be committed: %s", key, exc)
+        error = ring_error(exc.code.kafka_code, exc.message)
+        await self.ack(failed_acks(sealed.batches, error))
+        try:
+            await asyncio.wait_for(
+                objectstore.delete(self.store, key), self.settings.store_timeout_ms / 1000
+            )
+        except Exception as delete_error:  # the lifecycle job reclaims it later
+            log.warning("could not delete uncommitted segment %s: %s", key, delete_error)
+
     async def commit(self, sealed: SealedSegment, obj: bytes, key: str) -> None:
         blocks = commit_blocks(sealed)
         try:
             per_block = await self.meta.commit_segment(key, len(obj), blocks)
         except MetadataUnavailableError as exc:
-            # Nothing was committed (the object is an orphan, never served): fail retriably,
-            # then delete the object, which no row refers to (a full disk gets its space back).
-            log.error("segment %s could not be committed: %s", key, exc)
-            error = ring_error(exc.code.kafka_code, exc.message)
-            await self.ack(failed_acks(sealed.batches, error))
-            try:
-                await asyncio.wait_for(
-                    objectstore.delete(self.store, key), self.settings.store_timeout_ms / 1000
-                )
-            except Exception as delete_error:  # the lifecycle job reclaims it later
-                log.warning("could not delete uncommitted segment %s: %s", key, delete_error)
+            await self._commit_unavailable(sealed, key, exc)
             return
         except Exception as exc:  # any other failure of the store: nothing was committed
             log.error("commit of segment %s failed: %s; failing its produce requests", key, exc)
@@ -241,6 +298,17 @@ class Uploader:
                 )
             await self.ack(failed_acks(sealed.batches, error))
             return
+        await self._committed(sealed, obj, key, blocks, per_block)
+
+    async def _committed(
+        self,
+        sealed: SealedSegment,
+        obj: bytes,
+        key: str,
+        blocks: list[CommitBlock],
+        per_block: list[list[BatchResult]],
+    ) -> None:
+        """Acks a committed segment's batches and offers it to the reader's cache."""
         results: list[AckResult] = []
         committed: list[CommittedBlock] = []
         batch_iter = iter(sealed.batches)
