@@ -100,6 +100,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reader_max_fetches: int = 256
     reader_max_waiting_fetches: int = 192
     reader_max_wait_ms: int = 60_000
+    # Data lifecycle (lifecycle/): how often a pass runs; how long a dead segment's object and
+    # an unknown object are kept before deletion (longer than any produce or read in flight);
+    # the object-store budget it may take from produce/consume (concurrent delete requests,
+    # objects deleted per second); whether the process does anything at all.
+    lifecycle_interval_ms: int = 30_000
+    lifecycle_grace_ms: int = 600_000
+    lifecycle_delete_concurrency: int = 4
+    lifecycle_deletes_per_second: int = 200
+    lifecycle_enabled: bool = True
     log_level: str = "INFO"
     # Debugging: every metadata call made on an event loop raises (the test stacks turn it on).
     debug_loop_calls: bool = False
@@ -250,6 +259,10 @@ def _validate(s: Settings) -> None:
         "reader_max_wait_ms",
         "agent_heartbeat_ms",
         "agent_lease_ms",
+        "lifecycle_interval_ms",
+        "lifecycle_grace_ms",
+        "lifecycle_delete_concurrency",
+        "lifecycle_deletes_per_second",
     ]
     for name in positive:
         if getattr(s, name) <= 0:
@@ -283,6 +296,13 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"STREAMHOUSE_AGENT_ZONE={s.agent_zone!r}: use 1 to 64 characters from letters, "
             "digits and . _ - (or leave it empty for no zone)"
+        )
+    longest_in_flight = max(s.produce_timeout_ms, s.reader_max_wait_ms, s.store_timeout_ms)
+    if s.lifecycle_grace_ms <= longest_in_flight:
+        raise ConfigError(
+            f"STREAMHOUSE_LIFECYCLE_GRACE_MS={s.lifecycle_grace_ms} must exceed "
+            f"PRODUCE_TIMEOUT_MS, READER_MAX_WAIT_MS and STORE_TIMEOUT_MS (largest "
+            f"{longest_in_flight}): a read or upload in flight must still find its object"
         )
     if s.max_batch_bytes * 2 > s.produce_ring_bytes:
         raise ConfigError("STREAMHOUSE_PRODUCE_RING_BYTES must be at least twice MAX_BATCH_BYTES")

@@ -10,8 +10,14 @@
   processes cannot read them, so a multi-process stack on it serves reads from the reader's
   cache only. For tests of the write path.
 
-Every backend is used through the same four coroutines, `put`, `get`, `get_range` and
-`delete`, which take the store returned by `open_object_store`.
+Every backend is used through the same coroutines, `put`, `get`, `get_range`, `delete`,
+`delete_many` and `list_objects`, which take the store returned by `open_object_store`.
+
+Listing (for the lifecycle's orphan scan): `list_objects(store, prefix)` yields pages (lists
+of :class:`ObjectInfo`: key, size, last modified in Unix milliseconds) of every object whose
+key starts with `prefix`. On S3 a page is one ListObjectsV2 page; on the local folder a page
+is up to `page_size` files of one walk, in no particular order. The local folder never lists
+the temporary files of PUTs in flight (dot-named, see below).
 
 Durability of the local folder
 ------------------------------
@@ -59,17 +65,21 @@ import errno
 import os
 import pathlib
 import secrets
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import obstore
 from obstore.store import MemoryStore, S3Store
 
 __all__ = [
     "LocalFolderStore",
+    "ObjectInfo",
     "ObjectStoreConfigError",
     "ObjectTruncatedError",
     "delete",
+    "delete_many",
+    "list_objects",
     "get",
     "get_range",
     "open_object_store",
@@ -83,6 +93,15 @@ class ObjectStoreConfigError(ValueError):
 
 class ObjectTruncatedError(OSError):
     """A range read reaches past the end of the stored object: it was truncated."""
+
+
+class ObjectInfo(NamedTuple):
+    """One listed object: its key (relative to the store's root or URL prefix), its size in
+    bytes and when it was last written, in Unix milliseconds."""
+
+    key: str
+    size: int
+    last_modified_ms: int
 
 
 class LocalFolderStore:
@@ -191,6 +210,52 @@ class LocalFolderStore:
             return  # deleting a missing object succeeds, as in S3
         _fsync_directory(path.parent)
 
+    def delete_many_blocking(self, keys: Sequence[str]) -> None:
+        """Unlinks every key (missing ones are fine), then fsyncs each directory touched once."""
+        paths = [self.path_of(key) for key in keys]  # refuse a bad key before deleting any
+        touched: set[pathlib.Path] = set()
+        for path in paths:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            touched.add(path.parent)
+        for directory in touched:
+            _fsync_directory(directory)
+
+    def list_blocking(self, prefix: str) -> list[ObjectInfo]:
+        """Every object whose key starts with `prefix` (temporary files excluded)."""
+        base, _, name_start = prefix.rpartition("/")
+        start = self.root.joinpath(*base.split("/")) if base else self.root
+        out: list[ObjectInfo] = []
+        todo = [(start, f"{base}/" if base else "")]
+        first = True
+        while todo:
+            directory, key_prefix = todo.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue  # a PUT's temporary file, never an object
+                if first and not entry.name.startswith(name_start):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        todo.append((pathlib.Path(entry.path), f"{key_prefix}{entry.name}/"))
+                    elif entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        out.append(
+                            ObjectInfo(
+                                f"{key_prefix}{entry.name}", st.st_size, st.st_mtime_ns // 1_000_000
+                            )
+                        )
+                except FileNotFoundError:
+                    continue  # deleted while listing
+            first = False
+        return out
+
 
 def make_dirs_durably(path: pathlib.Path) -> None:
     """`mkdir -p path`, then fsync the parent of every directory it created, deepest first,
@@ -293,3 +358,32 @@ async def delete(store: Any, key: str) -> None:
         await asyncio.to_thread(store.delete_blocking, key)
         return
     await obstore.delete_async(store, key)
+
+
+async def delete_many(store: Any, keys: Sequence[str]) -> None:
+    """Removes every key in one call where the backend allows it (S3 DeleteObjects, up to
+    1,000 keys a request); a missing object is not an error. Raises on the first failure:
+    some of the keys may be gone then, and deleting them again later is harmless."""
+    if not keys:
+        return
+    if isinstance(store, LocalFolderStore):
+        await asyncio.to_thread(store.delete_many_blocking, list(keys))
+        return
+    await obstore.delete_async(store, list(keys))
+
+
+async def list_objects(
+    store: Any, prefix: str, page_size: int = 1000
+) -> AsyncIterator[list[ObjectInfo]]:
+    """Pages of the objects whose key starts with `prefix` (see the module docstring)."""
+    if isinstance(store, LocalFolderStore):
+        found = await asyncio.to_thread(store.list_blocking, prefix)
+        for i in range(0, len(found), page_size):
+            yield found[i : i + page_size]
+        return
+    stream = obstore.list(store, prefix, chunk_size=page_size)
+    async for chunk in stream:
+        yield [
+            ObjectInfo(meta["path"], meta["size"], int(meta["last_modified"].timestamp() * 1000))
+            for meta in chunk
+        ]
