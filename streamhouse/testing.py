@@ -383,19 +383,28 @@ def read_kafka_log(
 ) -> dict[int, list[tuple[int, bytes]]]:
     """Every record of every partition as (offset, value), from the log start to the high
     watermark, read by partition (assign, no group) by a confluent-kafka consumer."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "log-reader", "enable.auto.commit": False}
     )
     out: dict[int, list[tuple[int, bytes]]] = {p: [] for p in range(partitions)}
+    deadline = time.monotonic() + timeout
+
+    def high_watermark(partition: int) -> int:
+        # Right after a failover the client's metadata may still miss a partition or name a
+        # dead leader ("Unknown partition", timeouts): ask again until the deadline.
+        while True:
+            try:
+                return consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)[1]
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise StackError(f"no high watermark for {topic}[{partition}]: {exc}") from exc
+                time.sleep(POLL_S)
+
     try:
-        left = sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-            for p in range(partitions)
-        )
+        left = sum(high_watermark(p) for p in range(partitions))
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        deadline = time.monotonic() + timeout
         while left > 0:
             if time.monotonic() > deadline:
                 raise StackError(f"{left} records of {topic} not read back in {timeout}s")
