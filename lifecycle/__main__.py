@@ -12,11 +12,13 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import msgspec
 
 from lifecycle.plan import Backoff
-from lifecycle.runner import LifecyclePass, ObjectStoreFailure
+from lifecycle.runner import LifecyclePass, ObjectStoreFailure, PassReport
 from metadata import MetadataUnavailableError
 from metadata.async_store import AsyncMetadata
 from streamhouse import objectstore
@@ -74,7 +76,9 @@ async def run_loop(settings: Settings, stop: asyncio.Event) -> None:
         while not stop.is_set():
             pause = settings.lifecycle_interval_ms / 1000
             try:
-                report = await runner.run(wall_clock_ms())
+                report = await _unless_stopped(runner.run(wall_clock_ms()), stop)
+                if report is None:
+                    return  # stopped mid-pass: the next start redoes what was left
             except (ObjectStoreFailure, MetadataUnavailableError) as exc:
                 pause = backoff.failed()
                 log.warning(
@@ -100,6 +104,25 @@ async def run_loop(settings: Settings, stop: asyncio.Event) -> None:
                 pass
     finally:
         await meta.close()
+
+
+async def _unless_stopped(
+    pass_: Coroutine[Any, Any, PassReport], stop: asyncio.Event
+) -> PassReport | None:
+    """The pass's report, or None when `stop` was set first (the pass is then cancelled:
+    every step is safe to cut short, see lifecycle/runner.py)."""
+    task = asyncio.ensure_future(pass_)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        return None
+    return task.result()
 
 
 def main(argv: list[str] | None = None) -> None:
