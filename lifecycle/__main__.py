@@ -84,7 +84,7 @@ async def run_loop(settings: Settings, stop: asyncio.Event) -> None:
                 log.warning(
                     "pass stopped: %s; nothing whose object may remain was forgotten; "
                     "next try in %.1f s",
-                    describe_failure(exc),
+                    str(exc) if isinstance(exc, ObjectStoreFailure) else describe_failure(exc),
                     pause,
                 )
             else:

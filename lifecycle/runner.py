@@ -154,7 +154,7 @@ class LifecyclePass:
             except Exception as exc:
                 raise ObjectStoreFailure(
                     f"listing {SEGMENT_PREFIX} in {self.settings.object_store_url} failed: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{_one_line(exc)}"
                 ) from exc
             report.objects_listed += len(page)
             candidates = orphan_candidates(page, now_ms, grace_ms)
@@ -204,5 +204,13 @@ class LifecyclePass:
             except Exception as exc:
                 raise ObjectStoreFailure(
                     f"deleting {len(keys)} {what} ({keys[0]}...) from "
-                    f"{self.settings.object_store_url} failed: {type(exc).__name__}: {exc}"
+                    f"{self.settings.object_store_url} failed: {_one_line(exc)}"
                 ) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's type and the first line of its message (obstore appends a multi-line
+    debug dump that would spread one failure over many log lines)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

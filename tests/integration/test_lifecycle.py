@@ -43,6 +43,8 @@ from streamhouse.testing import (
 )
 
 DEADLINE_S = 30.0
+# `python3 -m lifecycle` runs from the repository, as supervisord runs it (supervisord.conf).
+REPO = pathlib.Path(__file__).resolve().parents[2]
 GRACE_MS = 600_000  # the default lifecycle_grace_ms
 DAY_MS = 86_400_000
 OFFSET_OUT_OF_RANGE = 1
@@ -105,6 +107,7 @@ def run_pass(
     done = subprocess.run(
         lifecycle_command(at_ms),
         env={**stack.env, **(env or {})},
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=180,
@@ -353,6 +356,7 @@ def test_kill_9_mid_delete_then_one_clean_pass(
             proc = subprocess.Popen(
                 lifecycle_command(at),
                 env={**stack.env, **slow},
+                cwd=REPO,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
