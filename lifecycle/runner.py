@@ -4,8 +4,11 @@
 A pass, at clock `now_ms`:
 
 1. ``enforce_retention(now_ms)``: time and size retention move log starts and drop block rows;
-2. ``mark_unreferenced_segments(now_ms)``: segments left without block rows (retention,
-   DeleteRecords, DeleteTopics, all-duplicate commits) are dead from now on;
+2. ``mark_unreferenced_segments(wall clock)``: segments left without block rows (retention,
+   DeleteRecords, DeleteTopics, all-duplicate commits) are dead from now on. The moment is
+   the real time the pass saw them, never a moved clock: a clock in the past would date
+   their death too early and shorten their grace period; with a clock in the future, a
+   single ``--once --now-ms <now + grace + 1>`` reclaims what was deleted just before;
 3. dead segments: ``dead_segments(now_ms - grace)`` in pages; each page's objects are deleted
    (batched requests, ``lifecycle_delete_concurrency`` at a time, paced by the delete budget)
    and only then are their rows forgotten (``forget_segments``), chunk by chunk;
@@ -82,11 +85,13 @@ class LifecyclePass:
         meta: AsyncMetadata,
         store: object,
         monotonic: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self.settings = settings
         self.meta = meta
         self.store = store
         self._monotonic = monotonic
+        self._wall_ms = wall_ms
         self._budget = DeleteBudget(settings.lifecycle_deletes_per_second)
         self._requests = asyncio.Semaphore(settings.lifecycle_delete_concurrency)
         self._chunk = chunk_size(
@@ -113,7 +118,7 @@ class LifecyclePass:
                 move.blocks_removed,
                 move.bytes_removed,
             )
-        report.segments_marked_dead = await self.meta.mark_unreferenced_segments(now_ms)
+        report.segments_marked_dead = await self.meta.mark_unreferenced_segments(self._wall_ms())
         await self._delete_dead(now_ms - grace, report)
         await self._collect_orphans(now_ms, grace, report)
         report.duration_ms = int((self._monotonic() - started) * 1000)

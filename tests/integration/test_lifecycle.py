@@ -57,6 +57,12 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def past_grace() -> int:
+    """A pass clock past the grace period of everything dead so far, and of what a pass
+    starting within the next minute sees dead (it dates a death by the real time it saw it)."""
+    return now_ms() + GRACE_MS + 60_000
+
+
 @pytest.fixture(params=["folder", "s3"])
 def store_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     """Object-store settings of a stack: its own local folder, or its own prefix of the
@@ -231,7 +237,7 @@ def test_deleted_topics_leave_no_objects(tmp_path: pathlib.Path, store_env: dict
         assert report["dead_objects_deleted"] == report["orphans_deleted"] == 0, report
         assert segment_keys(stack) == written
 
-        report = run_pass(stack, now_ms() + GRACE_MS + 1)
+        report = run_pass(stack, past_grace())
         assert report["dead_objects_deleted"] == len(written), report
         assert report["segments_forgotten"] == len(written), report
         assert segment_keys(stack) == set()
@@ -239,7 +245,7 @@ def test_deleted_topics_leave_no_objects(tmp_path: pathlib.Path, store_env: dict
         assert (known, dead) == (set(), [])
 
         # A second pass finds nothing to do.
-        again = run_pass(stack, now_ms() + GRACE_MS + 1)
+        again = run_pass(stack, past_grace())
         assert again["dead_objects_deleted"] == again["orphans_deleted"] == 0
 
 
@@ -290,7 +296,7 @@ def test_retention_by_time_keeps_whole_batches(
         # The dropped batches' objects stay for the grace period.
         assert segment_keys(stack) == written
 
-        report = run_pass(stack, now_ms() + GRACE_MS + 1)
+        report = run_pass(stack, past_grace())
         assert report["dead_objects_deleted"] == 3, report
         kept = segment_keys(stack)
         assert kept < written and len(kept) == len(written) - 3
@@ -321,7 +327,7 @@ def test_orphans_are_deleted_only_after_the_grace_period(
         assert report["objects_listed"] == len(live) + 1
         assert segment_keys(stack) == live | {orphan}
 
-        report = run_pass(stack, now_ms() + GRACE_MS + 1)
+        report = run_pass(stack, past_grace())
         assert report["orphans_deleted"] == 1, report
         assert segment_keys(stack) == live
         stack.restart()
@@ -350,7 +356,7 @@ def test_kill_9_mid_delete_then_one_clean_pass(
             "STREAMHOUSE_LIFECYCLE_DELETES_PER_SECOND": "4",
             "STREAMHOUSE_LIFECYCLE_DELETE_CONCURRENCY": "1",
         }
-        at = now_ms() + GRACE_MS + 1
+        at = past_grace()
         for kill in range(3):
             left = segment_keys(stack)
             proc = subprocess.Popen(

@@ -28,8 +28,9 @@ def now_ms() -> int:
 
 
 def later() -> int:
-    """A clock past the grace period of everything dead or written so far."""
-    return now_ms() + GRACE + 1
+    """A clock past the grace period of everything dead or written so far, and of what the
+    pass itself sees dead (it dates those by the real time, within the next minute)."""
+    return now_ms() + GRACE + 60_000
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
