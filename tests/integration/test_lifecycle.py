@@ -392,15 +392,19 @@ def test_kill_9_mid_delete_then_one_clean_pass(
         assert len(log[0]) == len(acked)
 
 
+# The supervised loop with a short grace period (which must outlast produce, read and store
+# requests in flight, so those are shortened too).
+FAST_LIFECYCLE = {
+    "STREAMHOUSE_LIFECYCLE_INTERVAL_MS": "300",
+    "STREAMHOUSE_LIFECYCLE_GRACE_MS": "5000",
+    "STREAMHOUSE_PRODUCE_TIMEOUT_MS": "4000",
+    "STREAMHOUSE_READER_MAX_WAIT_MS": "1000",
+    "STREAMHOUSE_STORE_TIMEOUT_MS": "4000",
+}
+
+
 def test_the_supervised_lifecycle_reclaims_a_deleted_topic(tmp_path: pathlib.Path) -> None:
-    fast = {
-        "STREAMHOUSE_LIFECYCLE_INTERVAL_MS": "300",
-        "STREAMHOUSE_LIFECYCLE_GRACE_MS": "5000",
-        "STREAMHOUSE_PRODUCE_TIMEOUT_MS": "4000",
-        "STREAMHOUSE_READER_MAX_WAIT_MS": "1000",
-        "STREAMHOUSE_STORE_TIMEOUT_MS": "4000",
-    }
-    with Stack(tmp_path / "data", env=fast) as stack:
+    with Stack(tmp_path / "data", env=FAST_LIFECYCLE) as stack:
         wait_until(lambda: stack.pid("lifecycle") != 0, 30, "the lifecycle program running")
         bootstrap = stack.kafka_address
         create_topics(bootstrap, "short-lived", "kept")
@@ -418,3 +422,35 @@ def test_the_supervised_lifecycle_reclaims_a_deleted_topic(tmp_path: pathlib.Pat
         # A killed lifecycle comes back.
         old = stack.kill("lifecycle")
         stack.wait_restarted("lifecycle", old)
+
+
+def test_every_agent_runs_a_lifecycle_on_shared_postgresql_and_s3(make_cluster) -> None:  # noqa: ANN001
+    """Two agents, each with its supervised lifecycle passing every 300 ms over the same
+    PostgreSQL and bucket: a deleted topic's objects and an orphan are reclaimed once, the
+    kept topic's records all stay readable, and no pass fails (both logs are clean)."""
+    cluster = make_cluster(2, env=FAST_LIFECYCLE)
+    bootstrap = cluster.kafka_bootstrap
+    create_topics(bootstrap, "doomed", "kept")
+    acked: dict[bytes, tuple[int, int]] = {}
+    for b in range(10):
+        produce(bootstrap, "doomed", [f"doomed-{b}-{i}".encode() for i in range(3)])
+        acked |= produce(bootstrap, "kept", [f"kept-{b}-{i}".encode() for i in range(3)]).acked
+    agent = cluster[0]
+    before = segment_keys(agent)
+    put_object(agent, "segments/00000000000000000000-orphan.seg", b"orphan")
+    delete_topics(bootstrap, "doomed")
+
+    def reclaimed() -> bool:
+        left = segment_keys(agent)
+        known, dead = metadata_view(agent, left)
+        return left == known and dead == []
+
+    wait_until(reclaimed, 60, "the deleted topic's objects and the orphan reclaimed")
+    left = segment_keys(agent)
+    assert left and len(left) <= len(before) - 10, "the doomed topic's 10+ segments must go"
+    assert "segments/00000000000000000000-orphan.seg" not in left
+    log = read_kafka_log(bootstrap, "kept", 1)
+    assert log_problems(log, acked) == []
+    for stack in cluster:
+        text = (stack.data_dir / "logs" / "lifecycle.log").read_text()
+        assert "pass stopped" not in text and " ERROR " not in text, text[-2000:]
