@@ -50,7 +50,11 @@ async def run_once(settings: Settings, now_ms: int | None) -> None:
     meta, store = await _open(settings)
     try:
         clock = wall_clock_ms() if now_ms is None else now_ms
-        report = await LifecyclePass(settings, meta, store).run(clock)
+        try:
+            report = await LifecyclePass(settings, meta, store).run(clock)
+        except (ObjectStoreFailure, MetadataUnavailableError) as exc:
+            log.error("pass failed: %s; nothing whose object may remain was forgotten", exc)
+            raise SystemExit(1) from None
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
         sys.stdout.flush()
     finally:
