@@ -43,8 +43,10 @@ from metadata.store import (
     BatchResult,
     BlockLocation,
     CommitBlock,
+    DeadSegment,
     GroupOffset,
     PartitionState,
+    RetentionMove,
     TopicInfo,
 )
 
@@ -266,6 +268,27 @@ class AsyncMetadata:
     ) -> list[list[list[BatchResult]]]:
         """Several segments in one transaction (see :meth:`MetadataStore.commit_segments`)."""
         return await self._write(self.store.commit_segments, list(segments))
+
+    # -- data lifecycle -------------------------------------------------------------------
+
+    async def enforce_retention(
+        self, now_ms: int, max_partitions: int = 10_000
+    ) -> list[RetentionMove]:
+        """Time and size retention as of ``now_ms`` (see
+        :meth:`MetadataStore.enforce_retention`)."""
+        return await self._write(self.store.enforce_retention, now_ms, max_partitions)
+
+    async def mark_unreferenced_segments(self, now_ms: int) -> int:
+        return await self._write(self.store.mark_unreferenced_segments, now_ms)
+
+    async def dead_segments(self, dead_before_ms: int, limit: int = 1000) -> list[DeadSegment]:
+        return await self._read(self.store.dead_segments, dead_before_ms, limit)
+
+    async def forget_segments(self, keys: Sequence[str]) -> int:
+        return await self._write(self.store.forget_segments, list(keys))
+
+    async def known_segments(self, keys: Sequence[str]) -> set[str]:
+        return await self._read(self.store.known_segments, list(keys))
 
     # -- consumer groups and producers ----------------------------------------------------
 

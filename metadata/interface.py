@@ -21,10 +21,12 @@ from metadata.store import (
     BatchResult,
     BlockLocation,
     CommitBlock,
+    DeadSegment,
     DeletedTopic,
     GroupOffset,
     MetadataStore,
     PartitionState,
+    RetentionMove,
     TopicInfo,
 )
 
@@ -88,6 +90,18 @@ class MetadataBackend(Protocol):
     def find_max_timestamp_block(
         self, topic_id: int, partition: int, from_offset: int
     ) -> BlockLocation | None: ...
+
+    def enforce_retention(
+        self, now_ms: int, max_partitions: int = 10_000
+    ) -> list[RetentionMove]: ...
+
+    def mark_unreferenced_segments(self, now_ms: int) -> int: ...
+
+    def dead_segments(self, dead_before_ms: int, limit: int = 1000) -> list[DeadSegment]: ...
+
+    def forget_segments(self, keys: Sequence[str]) -> int: ...
+
+    def known_segments(self, keys: Sequence[str]) -> set[str]: ...
 
     def commit_offsets(
         self, group: str, offsets: Sequence[tuple[int, int, int, str]]

@@ -75,6 +75,30 @@ Version 1 plus two tables for a cluster of agents (the embedded single agent use
     belongs to ingest/kafka/groups.py), ``updated_ms INTEGER``. Independent of
     ``group_offsets``: deleting a group's offsets or a topic leaves it alone.
 
+Schema (version 3)
+==================
+
+Version 2 plus the data lifecycle's bookkeeping:
+
+``segments.dead_since_ms INTEGER`` (NULL while the segment is live) -- when the last block
+    row referring to the segment went (retention, DeleteRecords, a deleted topic) or, for a
+    segment committed with no block row at all (only duplicate batches), when a lifecycle
+    pass first saw it so. From then on nobody can look the object up; the lifecycle job
+    deletes the object once the grace period has passed since ``dead_since_ms`` and then
+    deletes the row (``forget_segments``). Keys are never reused, so a dead segment never
+    becomes live again. Rows of version 2 start live (NULL); the first lifecycle pass marks
+    the unreferenced ones.
+
+Index ``segments_dead`` on ``(dead_since_ms, segment_id) WHERE dead_since_ms IS NOT NULL``
+    (partial: only dead rows are in it) lists dead segments oldest first without reading the
+    live ones. The oldest blocks of a partition come from ``segment_blocks``' primary key
+    (``topic_id, partition, end_offset``) and whether a segment still has block rows from
+    ``segment_blocks_segment``, so retention needs no other index.
+
+Upgrading: the step adds the column and the index in one transaction (a fast metadata-only
+change in SQLite: no row is rewritten); older code cannot open the file afterwards
+(:class:`~metadata.errors.SchemaTooNewError`), so upgrade every process together.
+
 ``PRAGMA application_id`` is set to :data:`APPLICATION_ID` so that a foreign SQLite file is
 refused rather than migrated.
 """
@@ -206,10 +230,18 @@ CREATE TABLE group_states (
 ) STRICT, WITHOUT ROWID;
 """
 
+_SCHEMA_V3 = """
+ALTER TABLE segments ADD COLUMN dead_since_ms INTEGER;
+
+CREATE INDEX segments_dead ON segments (dead_since_ms, segment_id)
+    WHERE dead_since_ms IS NOT NULL;
+"""
+
 #: The ordered migration steps; ``MIGRATIONS[i].version == i + 1``.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _SCHEMA_V1),
     Migration(2, "agents registry and consumer-group state", _SCHEMA_V2),
+    Migration(3, "dead segments for the data lifecycle", _SCHEMA_V3),
 )
 
 

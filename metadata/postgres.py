@@ -46,7 +46,17 @@ Concurrency and failures (rules):
    statement; PostgreSQL delivers notifications at commit, so every session listening on it
    hears of each committed segment exactly once and never of one rolled back. The payload
    format is :mod:`metadata.commit_notice`'s.
-7. Calls block: processes make them from worker threads. With ``forbid_loop_calls``
+8. Data lifecycle: a transaction that marks segments dead or forgets them (retention,
+   ``delete_topic``, ``set_log_start_offset``, ``mark_unreferenced_segments``,
+   ``forget_segments``) locks the segment rows it may change in ``segment_id`` order
+   (``SELECT ... ORDER BY segment_id FOR UPDATE``) and only after any partition rows it locks
+   (rule 1 order), so these never deadlock with each other or with commits (a commit inserts
+   new segment rows and locks no existing one). A segment is marked dead by a statement run
+   after that lock is granted: of two transactions removing the last block rows of one
+   segment from different partitions, the second to lock sees the first's removal committed,
+   so the segment is always marked. Retention, marking and forgetting are idempotent, so any
+   number of agents' lifecycle passes may run at once.
+9. Calls block: processes make them from worker threads. With ``forbid_loop_calls``
    (``STREAMHOUSE_DEBUG_LOOP_CALLS=1``) a call on an event-loop thread raises
    :class:`metadata.store.LoopCallError`.
 """
@@ -80,17 +90,23 @@ from metadata.errors import (
 )
 from metadata.store import (
     _AGENT_COLUMNS,
+    _SQL_DEAD_SEGMENTS,
+    _SQL_DROP_BLOCKS,
     DEBUG_LOOP_CALLS_ENV,
+    MAX_RETENTION_BATCH,
     AgentInfo,
     BatchResult,
     BlockLocation,
     CommitBlock,
+    DeadSegment,
     DeletedTopic,
     GroupOffset,
     PartitionState,
+    RetentionMove,
     TopicInfo,
     _batches_decoder,
     _block_location,
+    _check_int,
     _check_off_loop,
     _check_segment_keys,
     _encode_config,
@@ -103,6 +119,11 @@ from metadata.store import (
     _validate_partitions,
     agent_row,
     assign_offsets,
+    check_lifecycle_time,
+    check_segment_keys,
+    retain_partition,
+    retention_candidates,
+    retention_rules,
     smallest_free_node_id,
     validate_agent,
     validate_group_state,
@@ -223,6 +244,42 @@ _SQL_ALLOCATE_PRODUCER_ID = (
     "RETURNING next_producer_id - 1"
 )
 
+# Data lifecycle (rule 8). A batch of partitions in commit order, each with its oldest block.
+_SQL_RETENTION_SCAN = (
+    "SELECT p.topic_id, p.partition, p.log_start_offset, b.end_offset, b.max_timestamp "
+    "FROM partitions AS p LEFT JOIN LATERAL (SELECT end_offset, max_timestamp "
+    "FROM segment_blocks AS c WHERE c.topic_id = p.topic_id AND c.partition = p.partition "
+    "ORDER BY c.end_offset LIMIT 1) AS b ON true "
+    "WHERE (p.topic_id, p.partition) > (%s, %s) ORDER BY p.topic_id, p.partition LIMIT %s"
+)
+_SQL_LOCK_PARTITIONS = (
+    "SELECT p.topic_id, p.partition, p.log_start_offset, p.high_watermark FROM partitions AS p "
+    "JOIN unnest(%s::bigint[], %s::int[]) AS k (topic_id, partition) "
+    "ON p.topic_id = k.topic_id AND p.partition = k.partition "
+    "ORDER BY p.topic_id, p.partition FOR UPDATE OF p"
+)
+_SQL_NO_BLOCK = "NOT EXISTS (SELECT 1 FROM segment_blocks AS b WHERE b.segment_id = s.segment_id)"
+_SQL_LOCK_SEGMENTS = (
+    "SELECT segment_id FROM segments WHERE segment_id = ANY(%s::bigint[]) "
+    "AND dead_since_ms IS NULL ORDER BY segment_id FOR UPDATE"
+)
+_SQL_MARK_DEAD = (
+    "UPDATE segments AS s SET dead_since_ms = %s WHERE s.segment_id = ANY(%s::bigint[]) "
+    f"AND s.dead_since_ms IS NULL AND {_SQL_NO_BLOCK}"
+)
+_SQL_LOCK_UNREFERENCED = (
+    f"SELECT s.segment_id FROM segments AS s WHERE s.dead_since_ms IS NULL AND {_SQL_NO_BLOCK} "
+    "ORDER BY s.segment_id FOR UPDATE"
+)
+_SQL_LOCK_DEAD_BY_KEY = (
+    "SELECT segment_id FROM segments WHERE key = ANY(%s::text[]) "
+    "AND dead_since_ms IS NOT NULL ORDER BY segment_id FOR UPDATE"
+)
+_SQL_FORGET_SEGMENTS = (
+    "DELETE FROM segments AS s WHERE s.segment_id = ANY(%s::bigint[]) "
+    f"AND s.dead_since_ms IS NOT NULL AND {_SQL_NO_BLOCK}"
+)
+
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
 
@@ -251,6 +308,20 @@ def _copy_blocks(cur: Any, rows: Sequence[tuple[object, ...]]) -> None:
     )
     with cur.copy(_SQL_COPY_BLOCKS) as copy:
         copy.write(data)
+
+
+def _mark_dead(cur: Any, segment_ids: Iterable[int], now_ms: int) -> int:
+    """Mark those of ``segment_ids`` that have no block row left dead since ``now_ms``; their
+    rows are locked first in ``segment_id`` order (rule 8). Returns how many were marked."""
+    ids = sorted(set(segment_ids))
+    if not ids:
+        return 0
+    cur.execute(_SQL_LOCK_SEGMENTS, (_ints(ids),))
+    locked = [r[0] for r in cur.fetchall()]
+    if not locked:
+        return 0
+    cur.execute(_SQL_MARK_DEAD, (now_ms, _ints(locked)))
+    return int(cur.rowcount)
 
 
 def redact_dsn(dsn: str) -> str:
@@ -572,7 +643,13 @@ class PostgresMetadataStore:
             cur.execute(
                 "SELECT 1 FROM partitions WHERE topic_id = %s ORDER BY partition FOR UPDATE", tid
             )
-            cur.execute("DELETE FROM segment_blocks WHERE topic_id = %s", tid)
+            cur.execute(
+                "WITH d AS (DELETE FROM segment_blocks WHERE topic_id = %s RETURNING segment_id) "
+                "SELECT DISTINCT segment_id FROM d",
+                tid,
+            )
+            emptied = [r[0] for r in cur.fetchall()]
+            _mark_dead(cur, emptied, now)  # rule 8: after the partition rows
             cur.execute("DELETE FROM producer_state WHERE topic_id = %s", tid)
             cur.execute("DELETE FROM group_offsets WHERE topic_id = %s", tid)
             cur.execute("DELETE FROM partitions WHERE topic_id = %s", tid)
@@ -662,6 +739,7 @@ class PostgresMetadataStore:
 
     def set_log_start_offset(self, topic_id: int, partition: int, offset: int) -> PartitionState:
         """See :meth:`metadata.store.MetadataStore.set_log_start_offset`."""
+        now = _now_ms()
 
         def set_log_start_offset(cur: Any) -> PartitionState:
             cur.execute(_SQL_PARTITION + " FOR UPDATE", (topic_id, partition))
@@ -681,6 +759,8 @@ class PostgresMetadataStore:
                 "AND partition = %s",
                 (offset, topic_id, partition),
             )
+            cur.execute(_SQL_DROP_BLOCKS, (topic_id, partition, offset))
+            _mark_dead(cur, [r[0] for r in cur.fetchall()], now)  # rule 8
             return msgspec.structs.replace(state, log_start_offset=offset)
 
         return self._write(set_log_start_offset)
@@ -825,6 +905,112 @@ class PostgresMetadataStore:
 
         row = self._read(find_max_timestamp_block)
         return _block_location(row) if row is not None else None
+
+    # ------------------------------------------------------------------ data lifecycle
+
+    def enforce_retention(self, now_ms: int, max_partitions: int = 10_000) -> list[RetentionMove]:
+        """See :meth:`metadata.store.MetadataStore.enforce_retention`. Each batch's
+        transaction scans its partitions without locks, then locks the rows of those that
+        may have something to drop in ``(topic_id, partition)`` order (rule 1), re-reads their
+        log start and high watermark under the lock, and drops blocks with fresh statements,
+        so a commit that got in first is seen and none is lost; segment rows are locked after
+        the partition rows, in ``segment_id`` order (rule 8)."""
+        check_lifecycle_time("now_ms", now_ms)
+        _check_int("max_partitions", max_partitions, 1, MAX_RETENTION_BATCH)
+
+        def topic_configs(cur: Any) -> list[Any]:
+            cur.execute("SELECT topic_id, config FROM topics")
+            return cur.fetchall()
+
+        rules = retention_rules(self._read(topic_configs), now_ms)
+        moves: list[RetentionMove] = []
+        after = (-1, -1)
+        while True:
+
+            def enforce_retention(
+                cur: Any, start: tuple[int, int] = after
+            ) -> tuple[list[RetentionMove], int, tuple[int, int]]:
+                def q(sql: str, params: Sequence[object]) -> list[Any]:
+                    cur.execute(sql, params)
+                    return cur.fetchall() if cur.description is not None else []
+
+                rows = q(_SQL_RETENTION_SCAN, (*start, max_partitions))
+                if not rows:
+                    return [], 0, start
+                todo = retention_candidates(rows, rules)
+                batch: list[RetentionMove] = []
+                emptied: set[int] = set()
+                if todo:
+                    locked = q(
+                        _SQL_LOCK_PARTITIONS,
+                        (_ints(t for t, _ in todo), _ints(p for _, p in todo)),
+                    )
+                    for topic_id, partition, log_start, hwm in locked:
+                        move, segment_ids = retain_partition(
+                            q, topic_id, partition, log_start, hwm, rules[topic_id]
+                        )
+                        if move is not None:
+                            batch.append(move)
+                            emptied |= segment_ids
+                    _mark_dead(cur, emptied, now_ms)
+                return batch, len(rows), (rows[-1][0], rows[-1][1])
+
+            batch, scanned, after = self._write(enforce_retention)
+            moves.extend(batch)
+            if scanned < max_partitions:
+                return moves
+
+    def mark_unreferenced_segments(self, now_ms: int) -> int:
+        """See :meth:`metadata.store.MetadataStore.mark_unreferenced_segments`; the rows are
+        locked in ``segment_id`` order (rule 8)."""
+        check_lifecycle_time("now_ms", now_ms)
+
+        def mark_unreferenced_segments(cur: Any) -> int:
+            cur.execute(_SQL_LOCK_UNREFERENCED)
+            ids = [r[0] for r in cur.fetchall()]
+            return _mark_dead(cur, ids, now_ms)
+
+        return self._write(mark_unreferenced_segments)
+
+    def dead_segments(self, dead_before_ms: int, limit: int = 1000) -> list[DeadSegment]:
+        """See :meth:`metadata.store.MetadataStore.dead_segments`."""
+        check_lifecycle_time("dead_before_ms", dead_before_ms)
+        _check_int("limit", limit, 1, MAX_RETENTION_BATCH)
+
+        def dead_segments(cur: Any) -> list[Any]:
+            cur.execute(_SQL_DEAD_SEGMENTS, (dead_before_ms, limit))
+            return cur.fetchall()
+
+        return [DeadSegment(*r) for r in self._read(dead_segments)]
+
+    def forget_segments(self, keys: Sequence[str]) -> int:
+        """See :meth:`metadata.store.MetadataStore.forget_segments`; the rows are locked in
+        ``segment_id`` order first (rule 8)."""
+        names = check_segment_keys(keys)
+        if not names:
+            return 0
+
+        def forget_segments(cur: Any) -> int:
+            cur.execute(_SQL_LOCK_DEAD_BY_KEY, (names,))
+            ids = [r[0] for r in cur.fetchall()]
+            if not ids:
+                return 0
+            cur.execute(_SQL_FORGET_SEGMENTS, (ids,))
+            return int(cur.rowcount)
+
+        return self._write(forget_segments)
+
+    def known_segments(self, keys: Sequence[str]) -> set[str]:
+        """See :meth:`metadata.store.MetadataStore.known_segments`."""
+        names = check_segment_keys(keys)
+        if not names:
+            return set()
+
+        def known_segments(cur: Any) -> list[Any]:
+            cur.execute("SELECT key FROM segments WHERE key = ANY(%s::text[])", (names,))
+            return cur.fetchall()
+
+        return {r[0] for r in self._read(known_segments)}
 
     # ------------------------------------------------------------------ consumer groups
 

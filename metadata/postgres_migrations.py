@@ -77,6 +77,29 @@ PostgreSQL updates the row in place (a HOT update: no new index entry). Packed p
 (fillfactor 100) turned nearly every such update into a new heap row plus a new primary-key
 entry. Pages written before the step keep their packing until the table is rewritten
 (``VACUUM FULL partitions, producer_state`` in a quiet moment).
+
+Schema (version 4)
+==================
+
+The data lifecycle's bookkeeping (as the SQLite file's version 3):
+
+``segments.dead_since_ms BIGINT`` (NULL while the segment is live) -- when the last block row
+    referring to the segment went (retention, DeleteRecords, a deleted topic) or, for a
+    segment committed with no block row (only duplicate batches), when a lifecycle pass first
+    saw it so. The lifecycle job deletes the object once the grace period has passed since
+    then, and then the row. Keys are never reused, so a dead segment never becomes live
+    again. Existing rows start live (NULL); the first lifecycle pass marks the unreferenced
+    ones.
+
+Index ``segments_dead`` on ``(dead_since_ms, segment_id) WHERE dead_since_ms IS NOT NULL``
+    (partial) lists dead segments oldest first without reading live ones. Retention finds a
+    partition's oldest blocks by ``segment_blocks``' primary key and whether a segment still
+    has block rows by ``segment_blocks_segment``.
+
+Upgrading: ``ADD COLUMN`` without a default only changes the catalog (no table rewrite) and
+the index starts empty, so the step is quick on any size of database; it holds an ACCESS
+EXCLUSIVE lock on ``segments`` for that moment (commits wait). Older code refuses the database
+afterwards, so upgrade every agent together.
 """
 
 from __future__ import annotations
@@ -213,6 +236,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         "room for in-place (HOT) updates of high watermarks and producer state",
         "ALTER TABLE partitions SET (fillfactor = 50); "
         "ALTER TABLE producer_state SET (fillfactor = 50);",
+    ),
+    Migration(
+        4,
+        "dead segments for the data lifecycle",
+        "ALTER TABLE segments ADD COLUMN dead_since_ms BIGINT; "
+        "CREATE INDEX segments_dead ON segments (dead_since_ms, segment_id) "
+        "WHERE dead_since_ms IS NOT NULL;",
     ),
 )
 

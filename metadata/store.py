@@ -44,8 +44,8 @@ import sys
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Final, Literal
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final, Literal, NamedTuple
 
 import apsw
 import msgspec
@@ -64,6 +64,7 @@ from metadata.errors import (
     UnknownTopicError,
 )
 from streamhouse.errors import ErrorCode
+from streamhouse.topic_config import TOPIC_CONFIGS
 
 MAX_TOPIC_NAME_LENGTH: Final = 249
 MAX_PARTITIONS: Final = 10_000
@@ -192,6 +193,30 @@ class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_at_ms: int
     lease_until_ms: int
     alive: bool
+
+
+class RetentionMove(msgspec.Struct, frozen=True):
+    """What :meth:`MetadataStore.enforce_retention` did to one partition: its log start
+    moved from ``old_log_start`` to ``new_log_start`` (equal when only block rows left below
+    an earlier DeleteRecords were removed) and ``blocks_removed`` block rows holding
+    ``bytes_removed`` bytes (the sum of their ``byte_length``) were deleted."""
+
+    topic_id: int
+    partition: int
+    old_log_start: int
+    new_log_start: int
+    blocks_removed: int
+    bytes_removed: int
+
+
+class DeadSegment(msgspec.Struct, frozen=True):
+    """A committed segment object no block row refers to any more, dead since
+    ``dead_since_ms``: nobody can look it up again, so once the grace period has passed since
+    then (longer than any read in flight), its object may be deleted and its row forgotten."""
+
+    key: str
+    size: int
+    dead_since_ms: int
 
 
 _RESULT_UNKNOWN: Final = BatchResult(-1, UNKNOWN_TOPIC_OR_PARTITION)
@@ -642,6 +667,199 @@ def assign_offsets(
     return results, block_rows
 
 
+# --------------------------------------------------------------------------- lifecycle helpers
+#
+# Shared by both backends. SQL here is written with ``%s`` placeholders (PostgreSQL's); the
+# SQLite store runs it through :func:`_qmarks`.
+
+#: Topic config defaults the retention rules fall back to (streamhouse.topic_config's).
+_DEFAULT_RETENTION_MS: Final = int(TOPIC_CONFIGS["retention.ms"][0])
+_DEFAULT_RETENTION_BYTES: Final = int(TOPIC_CONFIGS["retention.bytes"][0])
+_DEFAULT_CLEANUP_POLICY: Final = TOPIC_CONFIGS["cleanup.policy"][0]
+#: Largest batch of partitions one retention transaction may take.
+MAX_RETENTION_BATCH: Final = 100_000
+
+# The oldest block still kept by the time rule: the first (in offset order) above the log
+# start whose max timestamp is not older than the cut-off.
+_SQL_FIRST_KEPT = (
+    "SELECT end_offset FROM segment_blocks WHERE topic_id = %s AND partition = %s "
+    "AND end_offset > %s AND max_timestamp >= %s ORDER BY end_offset LIMIT 1"
+)
+# The end of the last block before it (the new log start by time).
+_SQL_LAST_END_BEFORE = (
+    "SELECT max(end_offset) FROM segment_blocks WHERE topic_id = %s AND partition = %s "
+    "AND end_offset > %s AND end_offset < %s"
+)
+# Kafka's size rule over the blocks above the log start: the oldest block goes while the
+# partition's bytes minus its size stay >= retention.bytes. Block k (oldest first) goes iff
+# total - (bytes of blocks 1..k) >= retention.bytes; the new log start is the end of the
+# last such block.
+_SQL_BYTES_END = (
+    "SELECT max(end_offset) FROM (SELECT end_offset, "
+    "sum(byte_length) OVER (ORDER BY end_offset) AS upto, sum(byte_length) OVER () AS total "
+    "FROM segment_blocks WHERE topic_id = %s AND partition = %s AND end_offset > %s) AS w "
+    "WHERE total - upto >= %s"
+)
+_SQL_DROP_BLOCKS = (
+    "DELETE FROM segment_blocks WHERE topic_id = %s AND partition = %s AND end_offset <= %s "
+    "RETURNING segment_id, byte_length"
+)
+_SQL_MOVE_LOG_START = (
+    "UPDATE partitions SET log_start_offset = %s WHERE topic_id = %s AND partition = %s"
+)
+_SQL_DEAD_SEGMENTS = (
+    "SELECT key, size, dead_since_ms FROM segments WHERE dead_since_ms IS NOT NULL "
+    "AND dead_since_ms <= %s ORDER BY dead_since_ms, segment_id LIMIT %s"
+)
+
+
+class RetentionRule(NamedTuple):
+    """One topic's retention at a given now: blocks whose max timestamp is below
+    ``cutoff_ms`` go (None: no time limit), and Kafka's size rule with ``max_bytes`` (None: no
+    size limit). A topic without the ``delete`` cleanup policy has neither."""
+
+    cutoff_ms: int | None
+    max_bytes: int | None
+
+
+def retention_rules(topics: Iterable[tuple[int, str]], now_ms: int) -> dict[int, RetentionRule]:
+    """The rule of each ``(topic_id, config JSON)`` at ``now_ms``. A value that does not parse
+    (configs are validated where they come in, so only a hand-edited database has one) means
+    no limit: data is never dropped on a guess."""
+    rules: dict[int, RetentionRule] = {}
+    for topic_id, config_json in topics:
+        config = _config_decoder.decode(config_json)
+        policy = config.get("cleanup.policy", _DEFAULT_CLEANUP_POLICY)
+        if "delete" not in policy.split(","):
+            rules[topic_id] = RetentionRule(None, None)
+            continue
+        retention_ms = _config_int(config, "retention.ms", _DEFAULT_RETENTION_MS)
+        retention_bytes = _config_int(config, "retention.bytes", _DEFAULT_RETENTION_BYTES)
+        rules[topic_id] = RetentionRule(
+            now_ms - retention_ms if retention_ms >= 0 else None,
+            retention_bytes if retention_bytes >= 0 else None,
+        )
+    return rules
+
+
+def _config_int(config: Mapping[str, str], key: str, default: int) -> int:
+    try:
+        return int(config.get(key, default))
+    except ValueError:
+        return -1
+
+
+def retention_candidates(
+    rows: Iterable[Sequence[Any]], rules: Mapping[int, RetentionRule]
+) -> list[tuple[int, int]]:
+    """Which partitions of a scanned batch may have something to drop. ``rows`` are
+    ``(topic_id, partition, log_start_offset, first block's end_offset or None, its
+    max_timestamp)``: a partition qualifies when its oldest block ends at or below the log
+    start (left by DeleteRecords), is older than the time cut-off, or its topic has a size
+    limit. Topics not in ``rules`` (created after the rules were read) are skipped."""
+    out: list[tuple[int, int]] = []
+    for topic_id, partition, log_start, first_end, first_ts in rows:
+        rule = rules.get(topic_id)
+        if rule is None or first_end is None:
+            continue
+        if (
+            first_end <= log_start
+            or (rule.cutoff_ms is not None and first_ts < rule.cutoff_ms)
+            or rule.max_bytes is not None
+        ):
+            out.append((topic_id, partition))
+    return out
+
+
+def retain_partition(
+    q: Callable[[str, Sequence[object]], list[Any]],
+    topic_id: int,
+    partition: int,
+    log_start: int,
+    hwm: int,
+    rule: RetentionRule,
+) -> tuple[RetentionMove | None, set[int]]:
+    """Apply ``rule`` to one partition whose row is locked (``log_start`` and ``hwm`` read
+    under that lock), running statements with ``q(sql, params) -> rows``. Returns the move
+    (None when nothing changed) and the ids of the segments that lost block rows."""
+    new_start = log_start
+    if rule.cutoff_ms is not None:
+        kept = q(_SQL_FIRST_KEPT, (topic_id, partition, log_start, rule.cutoff_ms))
+        bound = kept[0][0] if kept else _INT64_MAX
+        last = q(_SQL_LAST_END_BEFORE, (topic_id, partition, log_start, bound))
+        if last and last[0][0] is not None:
+            new_start = max(new_start, int(last[0][0]))
+    if rule.max_bytes is not None:
+        last = q(_SQL_BYTES_END, (topic_id, partition, log_start, rule.max_bytes))
+        if last and last[0][0] is not None:
+            new_start = max(new_start, int(last[0][0]))
+    new_start = min(new_start, hwm)  # blocks never end past the HWM; belt and braces
+    dropped = q(_SQL_DROP_BLOCKS, (topic_id, partition, max(new_start, log_start)))
+    if new_start > log_start:
+        q(_SQL_MOVE_LOG_START, (new_start, topic_id, partition))
+    if not dropped and new_start <= log_start:
+        return None, set()
+    move = RetentionMove(
+        topic_id,
+        partition,
+        log_start,
+        max(new_start, log_start),
+        len(dropped),
+        sum(int(length) for _, length in dropped),
+    )
+    return move, {int(segment_id) for segment_id, _ in dropped}
+
+
+def check_segment_keys(keys: object) -> list[str]:
+    """``keys`` as a list if it is a sequence of non-empty strings, else ``ValueError``."""
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, Sequence):
+        raise ValueError(f"segment keys must be a sequence of strings, got {type(keys).__name__}")
+    out = list(keys)
+    for key in out:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"segment keys must be non-empty strings, got {key!r}")
+    return out
+
+
+def check_lifecycle_time(what: str, value: object) -> int:
+    """``value`` if it is a millisecond time in 0..2**63-1, else ``ValueError``."""
+    return _check_int(what, value, 0, _INT64_MAX)
+
+
+def _qmarks(sql: str) -> str:
+    """``sql`` written with ``%s`` placeholders, for SQLite."""
+    return sql.replace("%s", "?")
+
+
+# Each partition of a batch, with its oldest block (if any): what retention_candidates needs.
+_SQL_RETENTION_SCAN = (
+    "SELECT p.topic_id, p.partition, p.log_start_offset, p.high_watermark, b.end_offset, "
+    "b.max_timestamp FROM partitions AS p LEFT JOIN segment_blocks AS b "
+    "ON b.topic_id = p.topic_id AND b.partition = p.partition AND b.end_offset = "
+    "(SELECT min(c.end_offset) FROM segment_blocks AS c WHERE c.topic_id = p.topic_id "
+    "AND c.partition = p.partition) "
+    "WHERE (p.topic_id, p.partition) > (?, ?) ORDER BY p.topic_id, p.partition LIMIT ?"
+)
+_SQL_NO_BLOCK = (
+    "NOT EXISTS (SELECT 1 FROM segment_blocks AS b WHERE b.segment_id = segments.segment_id)"
+)
+_SQL_MARK_DEAD = (
+    "UPDATE segments SET dead_since_ms = ? WHERE segment_id IN (SELECT value FROM json_each(?)) "
+    f"AND dead_since_ms IS NULL AND {_SQL_NO_BLOCK}"
+)
+_SQL_MARK_UNREFERENCED = (
+    f"UPDATE segments SET dead_since_ms = ? WHERE dead_since_ms IS NULL AND {_SQL_NO_BLOCK}"
+)
+_SQL_FORGET_SEGMENTS = (
+    "DELETE FROM segments WHERE key IN (SELECT value FROM json_each(?)) "
+    f"AND dead_since_ms IS NOT NULL AND {_SQL_NO_BLOCK}"
+)
+_SQL_TOPIC_SEGMENTS = (
+    "SELECT DISTINCT segment_id FROM segment_blocks WHERE topic_id = ? ORDER BY segment_id"
+)
+_SQL_KNOWN_SEGMENTS = "SELECT key FROM segments WHERE key IN (SELECT value FROM json_each(?))"
+
+
 # --------------------------------------------------------------------------- the store
 
 
@@ -927,7 +1145,8 @@ class MetadataStore:
 
         In one transaction: its topic, partition, block, group-offset and producer-state rows go,
         and its id is recorded in ``deleted_topics`` for the lifecycle job. Segment rows stay (a
-        segment may hold other topics' data); those left with no blocks can be reclaimed.
+        segment may hold other topics' data); those left with no block row are marked dead
+        (``dead_since_ms`` = now) in the same transaction, for the lifecycle job to reclaim.
         The name can be reused immediately; the new topic gets a new id and sees no old data.
         Consumer-group state (:meth:`save_group_state`) is not touched: a group's membership
         outlives the topics it consumes (its coordinator drops what no longer exists).
@@ -940,7 +1159,10 @@ class MetadataStore:
                 raise UnknownTopicError(f"topic {name!r} does not exist")
             topic = _topic(rows[0])
             tid = (topic.topic_id,)
+            emptied = [r[0] for r in db.execute(_SQL_TOPIC_SEGMENTS, tid)]
             db.execute("DELETE FROM segment_blocks WHERE topic_id = ?", tid)
+            if emptied:
+                db.execute(_SQL_MARK_DEAD, (now, _json_encode(emptied).decode()))
             db.execute("DELETE FROM producer_state WHERE topic_id = ?", tid)
             db.execute("DELETE FROM group_offsets WHERE topic_id = ?", tid)
             db.execute("DELETE FROM partitions WHERE topic_id = ?", tid)
@@ -1024,9 +1246,11 @@ class MetadataStore:
 
         An ``offset`` at or below the current log start is a no-op. Raises
         :class:`OffsetOutOfRangeError` if ``offset`` is negative or beyond the high watermark and
-        :class:`UnknownTopicError` if the partition does not exist. Blocks below the new start
-        are left for the lifecycle job.
+        :class:`UnknownTopicError` if the partition does not exist. In the same transaction
+        the block rows entirely below the new start (``end_offset <= offset``) are deleted and
+        the segments left with no block row are marked dead (``dead_since_ms`` = now).
         """
+        now = _now_ms()
         with self._write() as db:
             rows = db.execute(_SQL_PARTITION, (topic_id, partition)).fetchall()
             if not rows:
@@ -1040,6 +1264,12 @@ class MetadataStore:
             if offset <= state.log_start_offset:
                 return state
             db.execute(_SQL_SET_LSO, (offset, topic_id, partition))
+            dropped = db.execute(
+                _qmarks(_SQL_DROP_BLOCKS), (topic_id, partition, offset)
+            ).fetchall()
+            if dropped:
+                emptied = sorted({r[0] for r in dropped})
+                db.execute(_SQL_MARK_DEAD, (now, _json_encode(emptied).decode()))
         return msgspec.structs.replace(state, log_start_offset=offset)
 
     # ------------------------------------------------------------------ the log index
@@ -1169,6 +1399,98 @@ class MetadataStore:
                 _SQL_FIND_MAX_TIMESTAMP_BLOCK, (topic_id, partition, from_offset)
             ).fetchall()
         return _block_location(rows[0]) if rows else None
+
+    # ------------------------------------------------------------------ data lifecycle
+
+    def enforce_retention(self, now_ms: int, max_partitions: int = 10_000) -> list[RetentionMove]:
+        """Apply time and size retention to every partition as of ``now_ms`` and return what
+        moved.
+
+        For each partition of a topic whose ``cleanup.policy`` contains ``delete`` (the
+        default): with ``retention.ms >= 0``, the oldest blocks whose max timestamp is below
+        ``now_ms - retention.ms`` go, whole blocks, oldest first, stopping at the first block
+        that must stay; with ``retention.bytes >= 0``, Kafka's rule: the oldest block goes
+        while the bytes of the partition's blocks (their ``byte_length``) minus its size stay
+        at least ``retention.bytes``. The log start offset moves to the end of the last block
+        dropped (never backwards, never past the high watermark). On every topic, block rows
+        entirely below the log start (an earlier DeleteRecords, or rows from before this
+        schema) are deleted. Segments left with no block row get ``dead_since_ms = now_ms``.
+
+        Partitions are taken in ``(topic_id, partition)`` order, ``max_partitions`` per
+        transaction (the commit's lock order, so on PostgreSQL it never deadlocks with
+        commits; a failure leaves the batches before it applied). Only partitions whose oldest
+        block can go are touched. Raises ``ValueError`` for a bad ``now_ms`` or
+        ``max_partitions``.
+        """
+        check_lifecycle_time("now_ms", now_ms)
+        _check_int("max_partitions", max_partitions, 1, MAX_RETENTION_BATCH)
+        with self._read() as db:
+            rules = retention_rules(db.execute("SELECT topic_id, config FROM topics"), now_ms)
+        moves: list[RetentionMove] = []
+        after = (-1, -1)
+        while True:
+            with self._write() as db:
+
+                def q(sql: str, params: Sequence[object]) -> list[Any]:
+                    return db.execute(_qmarks(sql), params).fetchall()
+
+                rows = db.execute(_SQL_RETENTION_SCAN, (*after, max_partitions)).fetchall()
+                states = {(r[0], r[1]): (r[2], r[3]) for r in rows}
+                emptied: set[int] = set()
+                for tp in retention_candidates((r[:3] + r[4:] for r in rows), rules):
+                    log_start, hwm = states[tp]
+                    move, segment_ids = retain_partition(q, *tp, log_start, hwm, rules[tp[0]])
+                    if move is not None:
+                        moves.append(move)
+                        emptied |= segment_ids
+                if emptied:
+                    db.execute(_SQL_MARK_DEAD, (now_ms, _json_encode(sorted(emptied)).decode()))
+            if len(rows) < max_partitions:
+                return moves
+            after = (rows[-1][0], rows[-1][1])
+
+    def mark_unreferenced_segments(self, now_ms: int) -> int:
+        """Give every segment with no block row and no ``dead_since_ms`` yet
+        ``dead_since_ms = now_ms``; return how many. Retention, :meth:`delete_topic` and
+        :meth:`set_log_start_offset` mark the segments they empty themselves; this catches the
+        rest: a segment committed with only duplicate batches (no block row from the start)
+        and rows removed by any other path. Raises ``ValueError`` for a bad ``now_ms``."""
+        check_lifecycle_time("now_ms", now_ms)
+        with self._write() as db:
+            db.execute(_SQL_MARK_UNREFERENCED, (now_ms,))
+            return db.changes()
+
+    def dead_segments(self, dead_before_ms: int, limit: int = 1000) -> list[DeadSegment]:
+        """Up to ``limit`` dead segments with ``dead_since_ms <= dead_before_ms``, the
+        longest dead first (then in commit order). Raises ``ValueError`` for a bad argument."""
+        check_lifecycle_time("dead_before_ms", dead_before_ms)
+        _check_int("limit", limit, 1, MAX_RETENTION_BATCH)
+        with self._read() as db:
+            rows = db.execute(_qmarks(_SQL_DEAD_SEGMENTS), (dead_before_ms, limit)).fetchall()
+        return [DeadSegment(*r) for r in rows]
+
+    def forget_segments(self, keys: Sequence[str]) -> int:
+        """Delete the rows of the segments named by ``keys`` that are dead (a segment with a
+        block row, or not dead, is never forgotten; unknown keys are ignored). Returns how
+        many rows went. Call it only after the objects are deleted: a forgotten segment's
+        object that still exists is an orphan to the lifecycle job. Raises ``ValueError``
+        unless ``keys`` is a sequence of non-empty strings."""
+        names = check_segment_keys(keys)
+        if not names:
+            return 0
+        with self._write() as db:
+            db.execute(_SQL_FORGET_SEGMENTS, (_json_encode(names).decode(),))
+            return db.changes()
+
+    def known_segments(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` have a segment row (live or dead). Raises ``ValueError`` unless
+        ``keys`` is a sequence of non-empty strings."""
+        names = check_segment_keys(keys)
+        if not names:
+            return set()
+        with self._read() as db:
+            rows = db.execute(_SQL_KNOWN_SEGMENTS, (_json_encode(names).decode(),)).fetchall()
+        return {r[0] for r in rows}
 
     # ------------------------------------------------------------------ consumer groups
 
