@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import apsw
+import psycopg
 import pytest
 
 from metadata import (
@@ -23,6 +25,8 @@ from metadata import (
     DeadSegment,
     MetadataStore,
     RetentionMove,
+    migrations,
+    postgres_migrations,
 )
 from metadata.async_store import AsyncMetadata
 from metadata.postgres import PostgresMetadataStore
@@ -497,3 +501,53 @@ def test_async_metadata_wraps_the_lifecycle_calls(open_store: Opener) -> None:
         await meta.close()
 
     asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- schema upgrade
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrade_from_the_previous_schema_reclaims_what_it_left(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database of the previous schema version (no dead_since_ms) with a segment that has no
+    block row and block rows below a log start moved by the old DeleteRecords (which left
+    them) is upgraded on open: every segment starts live, and the first retention and
+    mark_unreferenced_segments reclaim both."""
+    if backend == "sqlite":
+        path = tmp_path / "old.db"
+        monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:-1])
+        old: Store = MetadataStore(path)
+
+        def raw(sql: str) -> None:
+            db = apsw.Connection(str(path))
+            db.execute(sql)
+            db.close()
+
+        def reopen() -> Store:
+            return MetadataStore(path)
+    else:
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        monkeypatch.setattr(postgres_migrations, "MIGRATIONS", postgres_migrations.MIGRATIONS[:-1])
+        old = PostgresMetadataStore(dsn)
+
+        def raw(sql: str) -> None:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(sql)  # type: ignore[arg-type]
+
+        def reopen() -> Store:
+            return PostgresMetadataStore(dsn)
+
+    with old:
+        t = old.create_topic("old", 1, {"retention.ms": "-1"})
+        keys = _log(old, t.topic_id, [(2, 10, 0), (2, 10, 0), (2, 10, 0)])
+        old.commit_segment("segments/empty", 5, [])
+    raw(f"UPDATE partitions SET log_start_offset = 4 WHERE topic_id = {t.topic_id}")
+    monkeypatch.undo()
+    with reopen() as store:
+        assert store.dead_segments(2**62) == []
+        assert store.known_segments([*keys, "segments/empty"]) == {*keys, "segments/empty"}
+        assert store.enforce_retention(100) == [RetentionMove(t.topic_id, 0, 4, 4, 2, 20)]
+        assert store.mark_unreferenced_segments(200) == 1
+        assert _dead(store) == {keys[0]: 100, keys[1]: 100, "segments/empty": 200}
+        assert _starts(store, t.topic_id) == (4, 6, [4])
