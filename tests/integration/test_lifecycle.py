@@ -395,6 +395,7 @@ def test_kill_9_mid_delete_then_one_clean_pass(
 # The supervised loop with a short grace period (which must outlast produce, read and store
 # requests in flight, so those are shortened too).
 FAST_LIFECYCLE = {
+    "STREAMHOUSE_LIFECYCLE_ENABLED": "true",
     "STREAMHOUSE_LIFECYCLE_INTERVAL_MS": "300",
     "STREAMHOUSE_LIFECYCLE_GRACE_MS": "5000",
     "STREAMHOUSE_PRODUCE_TIMEOUT_MS": "4000",
