@@ -68,7 +68,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -103,6 +103,7 @@ from metadata.store import (
     GroupOffset,
     PartitionState,
     RetentionMove,
+    RetentionRule,
     TopicInfo,
     _batches_decoder,
     _block_location,
@@ -121,9 +122,9 @@ from metadata.store import (
     assign_offsets,
     check_lifecycle_time,
     check_segment_keys,
-    retain_partition,
     retention_candidates,
     retention_rules,
+    retention_work,
     smallest_free_node_id,
     validate_agent,
     validate_group_state,
@@ -258,6 +259,38 @@ _SQL_LOCK_PARTITIONS = (
     "ON p.topic_id = k.topic_id AND p.partition = k.partition "
     "ORDER BY p.topic_id, p.partition FOR UPDATE OF p"
 )
+# Retention for many partitions at once (arrays of topic_id, partition, log start, limit):
+# each partition's new log start by time (the end of the last block before the first one to
+# keep) and by size (Kafka's rule, as metadata.store's _SQL_BYTES_END).
+_SQL_TIME_ENDS = (
+    "SELECT k.t, k.p, (SELECT max(b.end_offset) FROM segment_blocks AS b "
+    "WHERE b.topic_id = k.t AND b.partition = k.p AND b.end_offset > k.lso "
+    "AND b.end_offset < COALESCE((SELECT c.end_offset FROM segment_blocks AS c "
+    "WHERE c.topic_id = k.t AND c.partition = k.p AND c.end_offset > k.lso "
+    "AND c.max_timestamp >= k.cutoff ORDER BY c.end_offset LIMIT 1), 9223372036854775807)) "
+    "FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[]) AS k (t, p, lso, cutoff)"
+)
+_SQL_BYTES_ENDS = (
+    "SELECT k.t, k.p, (SELECT max(w.end_offset) FROM (SELECT end_offset, "
+    "sum(byte_length) OVER (ORDER BY end_offset) AS upto, sum(byte_length) OVER () AS total "
+    "FROM segment_blocks AS b WHERE b.topic_id = k.t AND b.partition = k.p "
+    "AND b.end_offset > k.lso) AS w WHERE w.total - w.upto >= k.max_bytes) "
+    "FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[]) "
+    "AS k (t, p, lso, max_bytes)"
+)
+_SQL_DROP_BLOCKS_MANY = (
+    "WITH d AS (DELETE FROM segment_blocks AS b "
+    "USING unnest(%s::bigint[], %s::int[], %s::bigint[]) AS k (t, p, upto) "
+    "WHERE b.topic_id = k.t AND b.partition = k.p AND b.end_offset <= k.upto "
+    "RETURNING b.topic_id, b.partition, b.segment_id, b.byte_length) "
+    "SELECT topic_id, partition, count(*), sum(byte_length), array_agg(DISTINCT segment_id) "
+    "FROM d GROUP BY topic_id, partition"
+)
+_SQL_MOVE_LOG_STARTS = (
+    "UPDATE partitions AS p SET log_start_offset = k.lso "
+    "FROM unnest(%s::bigint[], %s::int[], %s::bigint[]) AS k (t, p, lso) "
+    "WHERE p.topic_id = k.t AND p.partition = k.p"
+)
 _SQL_NO_BLOCK = "NOT EXISTS (SELECT 1 FROM segment_blocks AS b WHERE b.segment_id = s.segment_id)"
 _SQL_LOCK_SEGMENTS = (
     "SELECT segment_id FROM segments WHERE segment_id = ANY(%s::bigint[]) "
@@ -322,6 +355,71 @@ def _mark_dead(cur: Any, segment_ids: Iterable[int], now_ms: int) -> int:
         return 0
     cur.execute(_SQL_MARK_DEAD, (now_ms, _ints(locked)))
     return int(cur.rowcount)
+
+
+def _retain_partitions(
+    cur: Any, locked: Sequence[Sequence[Any]], rules: Mapping[int, RetentionRule]
+) -> tuple[list[RetentionMove], set[int]]:
+    """:func:`metadata.store.retain_partition` for many locked partitions at once
+    (``(topic_id, partition, log_start_offset, high_watermark)`` rows), a few set-based
+    statements instead of a few per partition. Returns the moves in (topic_id, partition)
+    order and the ids of the segments that lost block rows."""
+    states = {(t, p): (int(lso), int(hwm)) for t, p, lso, hwm in locked}
+    new = {tp: lso for tp, (lso, _) in states.items()}
+    timed = [(tp, rules[tp[0]].cutoff_ms) for tp in states if rules[tp[0]].cutoff_ms is not None]
+    if timed:
+        cur.execute(
+            _SQL_TIME_ENDS,
+            (
+                _ints(tp[0] for tp, _ in timed),
+                _ints(tp[1] for tp, _ in timed),
+                _ints(states[tp][0] for tp, _ in timed),
+                _ints(c for _, c in timed),  # type: ignore[misc]
+            ),
+        )
+        for t, p, end in cur.fetchall():
+            if end is not None:
+                new[(t, p)] = max(new[(t, p)], int(end))
+    sized = [(tp, rules[tp[0]].max_bytes) for tp in states if rules[tp[0]].max_bytes is not None]
+    if sized:
+        cur.execute(
+            _SQL_BYTES_ENDS,
+            (
+                _ints(tp[0] for tp, _ in sized),
+                _ints(tp[1] for tp, _ in sized),
+                _ints(states[tp][0] for tp, _ in sized),
+                _ints(b for _, b in sized),  # type: ignore[misc]
+            ),
+        )
+        for t, p, end in cur.fetchall():
+            if end is not None:
+                new[(t, p)] = max(new[(t, p)], int(end))
+    for tp, start in new.items():
+        new[tp] = min(start, states[tp][1])  # never past the HWM
+    tps = sorted(new)
+    cur.execute(
+        _SQL_DROP_BLOCKS_MANY,
+        (_ints(t for t, _ in tps), _ints(p for _, p in tps), _ints(new[tp] for tp in tps)),
+    )
+    dropped = {(t, p): (int(n), int(b), ids) for t, p, n, b, ids in cur.fetchall()}
+    moved = [tp for tp in tps if new[tp] > states[tp][0]]
+    if moved:
+        cur.execute(
+            _SQL_MOVE_LOG_STARTS,
+            (
+                _ints(t for t, _ in moved),
+                _ints(p for _, p in moved),
+                _ints(new[tp] for tp in moved),
+            ),
+        )
+    moves: list[RetentionMove] = []
+    emptied: set[int] = set()
+    for tp in tps:
+        count, size, ids = dropped.get(tp, (0, 0, []))
+        if count or new[tp] > states[tp][0]:
+            moves.append(RetentionMove(tp[0], tp[1], states[tp][0], new[tp], count, size))
+            emptied.update(int(i) for i in ids)
+    return moves, emptied
 
 
 def redact_dsn(dsn: str) -> str:
@@ -912,9 +1010,10 @@ class PostgresMetadataStore:
         """See :meth:`metadata.store.MetadataStore.enforce_retention`. Each batch's
         transaction scans its partitions without locks, then locks the rows of those that
         may have something to drop in ``(topic_id, partition)`` order (rule 1), re-reads their
-        log start and high watermark under the lock, and drops blocks with fresh statements,
-        so a commit that got in first is seen and none is lost; segment rows are locked after
-        the partition rows, in ``segment_id`` order (rule 8)."""
+        log start and high watermark under the lock, and computes and drops with fresh
+        set-based statements (a handful per transaction, whatever the partition count), so a
+        commit that got in first is seen and none is lost; segment rows are locked after the
+        partition rows, in ``segment_id`` order (rule 8)."""
         check_lifecycle_time("now_ms", now_ms)
         _check_int("max_partitions", max_partitions, 1, MAX_RETENTION_BATCH)
 
@@ -929,35 +1028,26 @@ class PostgresMetadataStore:
 
             def enforce_retention(
                 cur: Any, start: tuple[int, int] = after
-            ) -> tuple[list[RetentionMove], int, tuple[int, int]]:
-                def q(sql: str, params: Sequence[object]) -> list[Any]:
-                    cur.execute(sql, params)
-                    return cur.fetchall() if cur.description is not None else []
-
-                rows = q(_SQL_RETENTION_SCAN, (*start, max_partitions))
+            ) -> tuple[list[RetentionMove], bool, tuple[int, int]]:
+                cur.execute(_SQL_RETENTION_SCAN, (*start, max_partitions))
+                rows = cur.fetchall()
                 if not rows:
-                    return [], 0, start
-                todo = retention_candidates(rows, rules)
-                batch: list[RetentionMove] = []
-                emptied: set[int] = set()
-                if todo:
-                    locked = q(
-                        _SQL_LOCK_PARTITIONS,
-                        (_ints(t for t, _ in todo), _ints(p for _, p in todo)),
-                    )
-                    for topic_id, partition, log_start, hwm in locked:
-                        move, segment_ids = retain_partition(
-                            q, topic_id, partition, log_start, hwm, rules[topic_id]
-                        )
-                        if move is not None:
-                            batch.append(move)
-                            emptied |= segment_ids
-                    _mark_dead(cur, emptied, now_ms)
-                return batch, len(rows), (rows[-1][0], rows[-1][1])
+                    return [], False, start
+                todo, more, resume = retention_work(
+                    rows, retention_candidates(rows, rules), max_partitions
+                )
+                if not todo:
+                    return [], more, resume
+                cur.execute(
+                    _SQL_LOCK_PARTITIONS, (_ints(t for t, _ in todo), _ints(p for _, p in todo))
+                )
+                batch, emptied = _retain_partitions(cur, cur.fetchall(), rules)
+                _mark_dead(cur, emptied, now_ms)
+                return batch, more, resume
 
-            batch, scanned, after = self._write(enforce_retention)
+            batch, more, after = self._write(enforce_retention)
             moves.extend(batch)
-            if scanned < max_partitions:
+            if not more:
                 return moves
 
     def mark_unreferenced_segments(self, now_ms: int) -> int:

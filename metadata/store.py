@@ -676,8 +676,10 @@ def assign_offsets(
 _DEFAULT_RETENTION_MS: Final = int(TOPIC_CONFIGS["retention.ms"][0])
 _DEFAULT_RETENTION_BYTES: Final = int(TOPIC_CONFIGS["retention.bytes"][0])
 _DEFAULT_CLEANUP_POLICY: Final = TOPIC_CONFIGS["cleanup.policy"][0]
-#: Largest batch of partitions one retention transaction may take.
+#: Largest batch of partitions one retention transaction may scan.
 MAX_RETENTION_BATCH: Final = 100_000
+#: Most partitions one retention transaction drops blocks from (and so locks, on PostgreSQL).
+RETENTION_WORK_BATCH: Final = 1000
 
 # The oldest block still kept by the time rule: the first (in offset order) above the log
 # start whose max timestamp is not older than the cut-off.
@@ -769,6 +771,20 @@ def retention_candidates(
         ):
             out.append((topic_id, partition))
     return out
+
+
+def retention_work(
+    rows: Sequence[Sequence[Any]], todo: list[tuple[int, int]], limit: int
+) -> tuple[list[tuple[int, int]], bool, tuple[int, int]]:
+    """Bound one retention transaction: of a scanned batch ``rows`` (in (topic_id,
+    partition) order, at most ``limit``) and its candidates ``todo``, the candidates to do now
+    (at most :data:`RETENTION_WORK_BATCH`, so commits never wait long for the partition
+    locks), whether another transaction must follow, and the (topic_id, partition) it
+    resumes after."""
+    if len(todo) > RETENTION_WORK_BATCH:
+        todo = todo[:RETENTION_WORK_BATCH]
+        return todo, True, todo[-1]
+    return todo, len(rows) >= limit, (rows[-1][0], rows[-1][1])
 
 
 def retain_partition(
@@ -1416,10 +1432,11 @@ class MetadataStore:
         entirely below the log start (an earlier DeleteRecords, or rows from before this
         schema) are deleted. Segments left with no block row get ``dead_since_ms = now_ms``.
 
-        Partitions are taken in ``(topic_id, partition)`` order, ``max_partitions`` per
-        transaction (the commit's lock order, so on PostgreSQL it never deadlocks with
-        commits; a failure leaves the batches before it applied). Only partitions whose oldest
-        block can go are touched. Raises ``ValueError`` for a bad ``now_ms`` or
+        Partitions are taken in ``(topic_id, partition)`` order, at most ``max_partitions``
+        scanned and :data:`RETENTION_WORK_BATCH` changed per transaction (the commit's lock
+        order, so on PostgreSQL it never deadlocks with commits, and a commit never waits
+        long; a failure leaves the transactions before it applied). Only partitions whose
+        oldest block can go are touched. Raises ``ValueError`` for a bad ``now_ms`` or
         ``max_partitions``.
         """
         check_lifecycle_time("now_ms", now_ms)
@@ -1435,9 +1452,13 @@ class MetadataStore:
                     return db.execute(_qmarks(sql), params).fetchall()
 
                 rows = db.execute(_SQL_RETENTION_SCAN, (*after, max_partitions)).fetchall()
+                if not rows:
+                    return moves
                 states = {(r[0], r[1]): (r[2], r[3]) for r in rows}
+                candidates = retention_candidates((r[:3] + r[4:] for r in rows), rules)
+                todo, more, after = retention_work(rows, candidates, max_partitions)
                 emptied: set[int] = set()
-                for tp in retention_candidates((r[:3] + r[4:] for r in rows), rules):
+                for tp in todo:
                     log_start, hwm = states[tp]
                     move, segment_ids = retain_partition(q, *tp, log_start, hwm, rules[tp[0]])
                     if move is not None:
@@ -1445,9 +1466,8 @@ class MetadataStore:
                         emptied |= segment_ids
                 if emptied:
                     db.execute(_SQL_MARK_DEAD, (now_ms, _json_encode(sorted(emptied)).decode()))
-            if len(rows) < max_partitions:
+            if not more:
                 return moves
-            after = (rows[-1][0], rows[-1][1])
 
     def mark_unreferenced_segments(self, now_ms: int) -> int:
         """Give every segment with no block row and no ``dead_since_ms`` yet

@@ -28,6 +28,7 @@ from metadata import (
     migrations,
     postgres_migrations,
 )
+from metadata import store as metadata_store
 from metadata.async_store import AsyncMetadata
 from metadata.postgres import PostgresMetadataStore
 
@@ -266,6 +267,22 @@ def test_batches_of_partitions_give_the_same_result(open_store: Opener) -> None:
         (t.topic_id, p, 2) for t in topics for p in range(3)
     ]
     assert store.enforce_retention(1000, max_partitions=2) == []
+
+
+def test_transactions_change_a_bounded_number_of_partitions(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With at most 2 partitions changed per transaction (RETENTION_WORK_BATCH) and 100
+    scanned, all 7 partitions with something to drop are still done, in order, the empty
+    and the kept ones left alone."""
+    monkeypatch.setattr(metadata_store, "RETENTION_WORK_BATCH", 2)
+    t = store.create_topic("capped", 9, {"retention.ms": "100"})
+    for p in range(7):
+        _log(store, t.topic_id, [(1, 10, 0), (1, 10, 10**6)], p)
+    _log(store, t.topic_id, [(1, 10, 10**6)], 8)
+    moves = store.enforce_retention(1000, max_partitions=100)
+    assert [(m.partition, m.new_log_start) for m in moves] == [(p, 1) for p in range(7)]
+    assert [s.log_start_offset for s in store.list_partitions(t.topic_id)] == [1] * 7 + [0, 0]
 
 
 def test_a_segment_shared_by_partitions_dies_with_its_last_block(store: Store) -> None:
