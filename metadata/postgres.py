@@ -92,6 +92,7 @@ from metadata.store import (
     _AGENT_COLUMNS,
     _SQL_DEAD_SEGMENTS,
     _SQL_DROP_BLOCKS,
+    _SQL_KEEP_BY_TIME,
     DEBUG_LOOP_CALLS_ENV,
     MAX_RETENTION_BATCH,
     AgentInfo,
@@ -266,8 +267,9 @@ _SQL_TIME_ENDS = (
     "SELECT k.t, k.p, (SELECT max(b.end_offset) FROM segment_blocks AS b "
     "WHERE b.topic_id = k.t AND b.partition = k.p AND b.end_offset > k.lso "
     "AND b.end_offset < COALESCE((SELECT c.end_offset FROM segment_blocks AS c "
-    "WHERE c.topic_id = k.t AND c.partition = k.p AND c.end_offset > k.lso "
-    "AND c.max_timestamp >= k.cutoff ORDER BY c.end_offset LIMIT 1), 9223372036854775807)) "
+    "WHERE c.topic_id = k.t AND c.partition = k.p AND c.end_offset > k.lso AND "
+    + _SQL_KEEP_BY_TIME.replace("b.", "c.").format(cutoff="k.cutoff")
+    + " ORDER BY c.end_offset LIMIT 1), 9223372036854775807)) "
     "FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[]) AS k (t, p, lso, cutoff)"
 )
 _SQL_BYTES_ENDS = (

@@ -683,9 +683,16 @@ RETENTION_WORK_BATCH: Final = 1000
 
 # The oldest block still kept by the time rule: the first (in offset order) above the log
 # start whose max timestamp is not older than the cut-off.
+# A block without timestamps (max_timestamp < 0) is as old as its segment's commit (Kafka
+# falls back to the segment file's modification time the same way).
+_SQL_KEEP_BY_TIME = (
+    "(b.max_timestamp >= {cutoff} OR (b.max_timestamp < 0 AND (SELECT s.created_ms "
+    "FROM segments AS s WHERE s.segment_id = b.segment_id) >= {cutoff}))"
+)
 _SQL_FIRST_KEPT = (
-    "SELECT end_offset FROM segment_blocks WHERE topic_id = %s AND partition = %s "
-    "AND end_offset > %s AND max_timestamp >= %s ORDER BY end_offset LIMIT 1"
+    "SELECT b.end_offset FROM segment_blocks AS b WHERE b.topic_id = %s AND b.partition = %s "
+    "AND b.end_offset > %s AND " + _SQL_KEEP_BY_TIME.format(cutoff="%s") + " "
+    "ORDER BY b.end_offset LIMIT 1"
 )
 # The end of the last block before it (the new log start by time).
 _SQL_LAST_END_BEFORE = (
@@ -800,7 +807,8 @@ def retain_partition(
     (None when nothing changed) and the ids of the segments that lost block rows."""
     new_start = log_start
     if rule.cutoff_ms is not None:
-        kept = q(_SQL_FIRST_KEPT, (topic_id, partition, log_start, rule.cutoff_ms))
+        cutoff = rule.cutoff_ms
+        kept = q(_SQL_FIRST_KEPT, (topic_id, partition, log_start, cutoff, cutoff))
         bound = kept[0][0] if kept else _INT64_MAX
         last = q(_SQL_LAST_END_BEFORE, (topic_id, partition, log_start, bound))
         if last and last[0][0] is not None:
@@ -1425,7 +1433,9 @@ class MetadataStore:
         For each partition of a topic whose ``cleanup.policy`` contains ``delete`` (the
         default): with ``retention.ms >= 0``, the oldest blocks whose max timestamp is below
         ``now_ms - retention.ms`` go, whole blocks, oldest first, stopping at the first block
-        that must stay; with ``retention.bytes >= 0``, Kafka's rule: the oldest block goes
+        that must stay (a block without timestamps, ``max_timestamp < 0``, counts as old as
+        its segment's commit, as Kafka uses the segment file's time); with
+        ``retention.bytes >= 0``, Kafka's rule: the oldest block goes
         while the bytes of the partition's blocks (their ``byte_length``) minus its size stay
         at least ``retention.bytes``. The log start offset moves to the end of the last block
         dropped (never backwards, never past the high watermark). On every topic, block rows

@@ -130,6 +130,16 @@ def test_a_block_exactly_at_the_cutoff_stays_and_zero_retention_drops_all_older(
     assert _starts(store, t.topic_id) == (4, 4, [])
 
 
+def test_a_block_without_timestamps_is_as_old_as_its_commit(store: Store) -> None:
+    """max_timestamp -1 (records without timestamps): the segment's commit time counts, as
+    Kafka falls back to the segment file's time; the block is not dropped at once."""
+    t = store.create_topic("untimed", 1, {"retention.ms": "1000"})
+    _log(store, t.topic_id, [(1, 10, -1), (1, 10, -1)])
+    committed = int(time.time() * 1000)
+    assert store.enforce_retention(committed + 500) == []
+    assert [m.new_log_start for m in store.enforce_retention(committed + 2000)] == [2]
+
+
 def test_default_retention_is_seven_days(store: Store) -> None:
     t = store.create_topic("default", 1)
     now = 100 * DAY_MS
