@@ -3,7 +3,8 @@
 Rules:
 - Every produce frame and fetch request carries a request id unique to this ingest run; an
   ack or response for an unknown id (sent to an earlier ingest) is ignored.
-- A produce is answered only from its ack, which the uploader sends after the durable commit.
+- A produce is answered only from its ack, which the uploader sends after the durable commit
+  or after deciding, for certain, not to commit (see "Produce deadlines").
 - Nothing is sent that could not be acknowledged: before any frame of a produce goes out,
   each slot is checked against `max_batches_per_partition` and against the worst-case size
   of its produce frame and of a sealed segment holding it; a slot that does not fit fails
@@ -13,6 +14,19 @@ Rules:
   failed with a retriable error at once: whatever it held was never acknowledged.
 - No frame can stop ingest: an ack or response that does not decode or does not add up is
   logged in one line and fails the request it names (if any can be read); the rest time out.
+- Produce deadlines: a produce has a budget (``produce_timeout_ms``, or the Kafka request's
+  own ``timeout_ms`` when that is shorter, never under MIN_BUDGET_S). Ingest answers by the
+  end of the budget; the uploader must have its definite outcome some grace (see
+  :func:`commit_grace`) before that, so it commits a batch only before the batch's *commit
+  deadline* and refuses afterwards (nothing written; a retriable error that Kafka clients
+  treat as "not persisted"). An answer that says "timed out" is therefore given only when
+  the outcome is genuinely unknown (the uploader lost a COMMIT and could not learn its fate,
+  or a downstream process restarted), never while the batch may still be committed later.
+- Request id format (ProduceFrame.request_id, carried through SealedBatch to AckResult): bits
+  63..24 the commit deadline in milliseconds of CLOCK_MONOTONIC (shared by every process on
+  the host: the agent's ingest and uploader always run on one host), bits 23..0 a counter
+  that starts at a random value per ingest run. :func:`commit_deadline` reads it back. Fetch
+  ids have the same shape (their deadline field is unused).
 - The ring loops and the watchdog are spawned through `streamhouse.process.spawn`: if one
   dies the process exits and supervisord restarts it.
 """
@@ -23,6 +37,7 @@ import asyncio
 import itertools
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -56,11 +71,40 @@ log = logging.getLogger("ingest.pipeline")
 WATCHDOG_INTERVAL_S = 0.25
 
 
-class PipelineUnavailable(StreamHouseError):
-    """The pipeline could not take or finish the request; retrying is safe and useful."""
+#: Low bits of a request id that count requests; the bits above hold the commit deadline.
+COUNTER_BITS = 24
+_COUNTER_MASK = (1 << COUNTER_BITS) - 1
+#: The shortest produce budget used, whatever the Kafka request's timeout_ms says.
+MIN_BUDGET_S = 1.0
 
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.REQUEST_TIMED_OUT, message)
+
+def commit_grace(budget_s: float) -> float:
+    """Seconds between a batch's commit deadline and ingest's answer: room for the ack to
+    travel and for the metadata store to learn the fate of a COMMIT lost on the wire (at
+    least a second past its busy timeout, see metadata/postgres.py rule 4)."""
+    return min(max(budget_s / 4, 0.25), 2.5)
+
+
+def commit_deadline(request_id: int) -> float:
+    """The CLOCK_MONOTONIC time (``time.monotonic()``, seconds) after which the uploader must
+    not commit this request's batches (see the request id format in the module docstring)."""
+    return (request_id >> COUNTER_BITS) / 1000
+
+
+def make_request_id(deadline: float, counter: int) -> int:
+    """A request id carrying ``deadline`` (monotonic seconds) and the low bits of ``counter``."""
+    return (max(int(deadline * 1000), 0) << COUNTER_BITS) | (counter & _COUNTER_MASK)
+
+
+class PipelineUnavailable(StreamHouseError):
+    """The pipeline could not take or finish the request; retrying is safe and useful.
+
+    ``REQUEST_TIMED_OUT`` (the default) when the data may still have been written; a caller
+    that knows nothing was written passes ``NOT_ENOUGH_REPLICAS``, which Kafka clients treat
+    as "not persisted" (an idempotent producer then retries without fencing itself)."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.REQUEST_TIMED_OUT) -> None:
+        super().__init__(code, message)
 
 
 class BatchOutcome(NamedTuple):
@@ -102,7 +146,7 @@ class Pipeline:
         self.fetch_ring = rings.open_writer(settings, rings.FETCH_REQUEST)
         self.response_ring = rings.open_reader(settings, rings.FETCH_RESPONSE)
         self._sealed_max = max_frame_size(rings.capacity(settings, rings.SEALED))
-        self._ids = itertools.count(int.from_bytes(os.urandom(5), "big") << 20)
+        self._counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
         self._produces: dict[int, _PendingProduce] = {}
         self._fetches: dict[int, _PendingFetch] = {}
         self._epochs = self._peer_epochs()
@@ -163,10 +207,26 @@ class Pipeline:
             )
         return None
 
-    async def produce(self, slots: list[ProduceSlot]) -> list[list[BatchOutcome]]:
-        """Sends the slots and waits for their durable commit: per slot, per batch, its base
+    def _next_id(self, deadline: float) -> int:
+        return make_request_id(deadline, next(self._counter))
+
+    def budget(self, timeout_ms: int | None = None) -> float:
+        """Seconds a produce may take: ``produce_timeout_ms``, or the request's own timeout
+        when that is shorter (but at least MIN_BUDGET_S)."""
+        budget = self.settings.produce_timeout_ms / 1000
+        if timeout_ms is not None and timeout_ms > 0:
+            budget = min(budget, max(timeout_ms / 1000, MIN_BUDGET_S))
+        return budget
+
+    async def produce(
+        self, slots: list[ProduceSlot], timeout_ms: int | None = None
+    ) -> list[list[BatchOutcome]]:
+        """Sends the slots and waits for their definite outcome: per slot, per batch, its base
         offset or its error. Slots that could not fit are refused without being sent (see the
-        module rules); raises PipelineUnavailable when the pipeline is saturated or slow."""
+        module rules); a slot the saturated produce ring did not take in time fails with
+        NOT_ENOUGH_REPLICAS (not written). Raises PipelineUnavailable (REQUEST_TIMED_OUT)
+        only when the outcome is unknown at the end of the budget (see "Produce deadlines";
+        ``timeout_ms`` is the Kafka request's own timeout, if any)."""
         limit = self.settings.max_partitions_per_request
         if len(slots) > limit:
             error = StreamHouseError(
@@ -175,10 +235,13 @@ class Pipeline:
                 "(max_partitions_per_request); split it",
             )
             return [[BatchOutcome(-1, error)] * len(s.batch_lengths) for s in slots]
-        request_id = next(self._ids)
+        budget = self.budget(timeout_ms)
+        answer_by = time.monotonic() + budget
+        commit_by = answer_by - commit_grace(budget)
+        request_id = self._next_id(commit_by)
         loop = asyncio.get_running_loop()
         results: list[list[BatchOutcome | None]] = []
-        frames: list[tuple[bytes, ProduceSlot]] = []
+        frames: list[tuple[bytes, ProduceSlot, int]] = []
         for slot_index, slot in enumerate(slots):
             frame = ProduceFrame(
                 request_id,
@@ -200,33 +263,59 @@ class Pipeline:
                 results.append([BatchOutcome(-1, refused)] * max(len(slot.batch_lengths), 1))
             else:
                 results.append([None] * len(slot.batch_lengths))
-                frames.append((header, slot))
+                frames.append((header, slot, slot_index))
         remaining = sum(r.count(None) for r in results)
         pending = _PendingProduce(loop.create_future(), results, remaining)
         if remaining == 0:
             return results  # type: ignore[return-value]
         self._produces[request_id] = pending
-        timeout = self.settings.produce_timeout_ms / 1000
         try:
-            for header, slot in frames:
+            for position, (header, slot, _) in enumerate(frames):
                 try:
                     # write() keeps call order across tasks, which keeps a connection's
                     # pipelined produces (and their sequence numbers) in order.
-                    await self.produce_ring.write(header, slot.payload, timeout=timeout)
-                except RingTimeout as exc:
+                    await self.produce_ring.write(
+                        header, slot.payload, timeout=max(commit_by - time.monotonic(), 0.001)
+                    )
+                except RingTimeout:
+                    # These slots were never sent: certainly not written.
+                    self._not_sent(pending, [index for _, _, index in frames[position:]])
+                    break
+            if not pending.future.done():
+                try:
+                    await asyncio.wait_for(
+                        asyncio.shield(pending.future), max(answer_by - time.monotonic(), 0)
+                    )
+                except TimeoutError:
+                    log.warning(
+                        "produce %d: no outcome from the uploader within %.1f s; answering "
+                        "that the outcome is unknown",
+                        request_id,
+                        budget,
+                    )
                     raise PipelineUnavailable(
-                        "the produce pipeline is saturated; retry with backoff"
-                    ) from exc
-            try:
-                await asyncio.wait_for(asyncio.shield(pending.future), timeout)
-            except TimeoutError:
-                raise PipelineUnavailable(
-                    f"no durable commit within {self.settings.produce_timeout_ms} ms "
-                    "(is the object store reachable?); retry"
-                ) from None
+                        f"no outcome within {budget * 1000:.0f} ms: the data may or may not "
+                        "have been written (is the metadata store or the object store "
+                        "reachable?); retry"
+                    ) from None
             return results  # type: ignore[return-value]
         finally:
             self._produces.pop(request_id, None)
+
+    def _not_sent(self, pending: _PendingProduce, slot_indices: list[int]) -> None:
+        error = StreamHouseError(
+            ErrorCode.NOT_ENOUGH_REPLICAS,
+            "the produce pipeline is saturated and did not take the data in time; nothing "
+            "was written; retry with backoff",
+        )
+        for index in slot_indices:
+            slot_results = pending.results[index]
+            for ordinal, outcome in enumerate(slot_results):
+                if outcome is None:
+                    pending.remaining -= 1
+                    slot_results[ordinal] = BatchOutcome(-1, error)
+        if pending.remaining == 0 and not pending.future.done():
+            pending.future.set_result(None)
 
     def on_ack(self, header: bytes) -> None:
         """Applies one AckFrame (sans-I/O: the ack-ring loop calls it per frame)."""
@@ -280,7 +369,7 @@ class Pipeline:
                 f"the fetch reads {len(request.parts)} partitions, over the limit of {limit} "
                 "(max_partitions_per_request); split it",
             )
-        request_id = next(self._ids)
+        request_id = self._next_id(time.monotonic())
         request = msgspec.structs.replace(request, request_id=request_id)
         wait_ms = request.max_wait_ms
         header = header_encoder.encode(request)

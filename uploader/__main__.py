@@ -9,6 +9,18 @@ Rules:
 - The committed segment is offered to the reader's cache; if that ring is full (or the frame
   would not fit it) the reader simply reads it from the object store later.
 - Acks are split into as many AckFrames as it takes for each to fit the ack ring.
+- Commit deadlines: every batch carries the time after which it must not be committed (its
+  request id, see ingest/pipeline.py "Produce deadlines"); ingest answers the produce a grace
+  period after it. A segment is committed only before the earliest deadline of its batches,
+  and each commit attempt waits for the metadata store (its busy timeout) only for what is
+  left of that deadline, so the definite outcome reaches ingest before ingest answers. A
+  segment past its deadline is not committed; its batches fail with NOT_ENOUGH_REPLICAS.
+- Error codes of the acks say whether the data may have been written: NOT_ENOUGH_REPLICAS
+  and KAFKA_STORAGE_ERROR when it certainly was not (the deadline passed, the metadata store
+  was unavailable and changed nothing, the PUT failed; the object is deleted), which Kafka
+  clients treat as "not persisted" and retry without fencing themselves; REQUEST_TIMED_OUT
+  when the commit's outcome is unknown (a COMMIT lost on the wire whose fate the store could
+  not learn; the object is kept).
 - No frame can stop the uploader: a sealed frame that does not decode is dropped with one log
   line (its produces time out and are retried); one whose blocks and batches do not add up,
   a refusal from the segmenter, and a commit that fails are answered with an error ack for
@@ -19,13 +31,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections import deque
 
 import msgspec
 
-from metadata import BatchRef, CommitBlock, MetadataUnavailableError
+from ingest.pipeline import commit_deadline
+from metadata import BatchRef, CommitBlock, MetadataError, MetadataUnavailableError
 from metadata.async_store import AsyncMetadata
 from metadata.interface import open_store
 from metadata.store import BatchResult
@@ -106,6 +120,27 @@ def batch_error(result: BatchResult, block: CommitBlock) -> RingError:
     else:
         message = f"commit of a batch for {where} failed: {result.error}"
     return ring_error(code.kafka_code, message)
+
+
+def segment_deadline(sealed: SealedSegment) -> float:
+    """The earliest commit deadline (monotonic seconds) of the segment's batches."""
+    return min((commit_deadline(b.request_id) for b in sealed.batches), default=math.inf)
+
+
+def unavailable_error(exc: MetadataUnavailableError) -> RingError:
+    """The ack error for a commit that changed nothing: retriable and "not persisted" to
+    Kafka clients (REQUEST_TIMED_OUT would tell them the data may have been written)."""
+    code = exc.code
+    if code is ErrorCode.REQUEST_TIMED_OUT:
+        code = ErrorCode.NOT_ENOUGH_REPLICAS
+    return ring_error(code.kafka_code, f"{exc.message} (nothing was written)")
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """True if a failed commit may still have taken effect: the store raises a plain
+    MetadataError when it lost a COMMIT and could not learn its fate (see
+    metadata/postgres.py rule 4); its subclasses are definite refusals."""
+    return type(exc) is MetadataError
 
 
 def failed_acks(batches: list[SealedBatch], error: RingError) -> list[AckResult]:
@@ -224,9 +259,10 @@ class Uploader:
                 ):
                     next_sealed, next_obj, next_key, _ = self.in_order.popleft()
                     group.append((next_sealed, next_obj, next_key))
+                group = await self._in_time(group)
                 if len(group) == 1:
-                    await self.commit(sealed, obj, key)
-                else:
+                    await self.commit(*group[0])
+                elif group:
                     await self.commit_group(group)
             else:
                 log.error("segment %s could not be stored; failing its produce requests", key)
@@ -237,12 +273,67 @@ class Uploader:
                 )
                 await self.ack(failed_acks(sealed.batches, error))
 
+    def _time_left(self, group: list[tuple[SealedSegment, bytes, str]]) -> float:
+        """Seconds left to commit the group: to the earliest deadline of its batches, at most
+        the produce timeout (a request id of another format cannot stretch it)."""
+        deadline = min(segment_deadline(sealed) for sealed, _, _ in group)
+        return min(deadline - time.monotonic(), self.settings.produce_timeout_ms / 1000)
+
+    async def _in_time(
+        self, group: list[tuple[SealedSegment, bytes, str]]
+    ) -> list[tuple[SealedSegment, bytes, str]]:
+        """The segments of the group that can still be committed; the others (past their
+        deadline) are failed as not written and their objects deleted."""
+        now = time.monotonic()
+        live = []
+        for sealed, obj, key in group:
+            if segment_deadline(sealed) > now:
+                live.append((sealed, obj, key))
+                continue
+            log.error("segment %s is past its produce deadline; not committing it", key)
+            error = ring_error(
+                ErrorCode.NOT_ENOUGH_REPLICAS.kafka_code,
+                "the data could not be committed before the produce deadline (metadata store "
+                "slow or unavailable?); nothing was written; retry",
+            )
+            await self.ack(failed_acks(sealed.batches, error))
+            await self._delete(key)
+        return live
+
+    def _bound_commit(self, seconds: float) -> None:
+        """The next commit waits for the metadata store at most `seconds` (the uploader commits
+        one transaction at a time, so the store's busy timeout is this commit's)."""
+        self.meta.store.busy_timeout_ms = max(int(seconds * 1000), 1)
+
+    async def _unknown(self, sealed: SealedSegment, key: str, exc: BaseException) -> None:
+        log.error(
+            "segment %s: the commit's outcome is unknown (%s); keeping the object, answering "
+            "its produces that the data may have been written",
+            key,
+            exc,
+        )
+        error = ring_error(
+            ErrorCode.REQUEST_TIMED_OUT.kafka_code,
+            f"the metadata commit's outcome is unknown ({exc}); the data may have been "
+            "written; retry (an idempotent producer is deduplicated)",
+        )
+        await self.ack(failed_acks(sealed.batches, error))
+
+    async def _delete(self, key: str) -> None:
+        try:
+            await asyncio.wait_for(
+                objectstore.delete(self.store, key), self.settings.store_timeout_ms / 1000
+            )
+        except Exception as delete_error:  # the lifecycle job reclaims it later
+            log.warning("could not delete uncommitted segment %s: %s", key, delete_error)
+
     async def commit_group(self, group: list[tuple[SealedSegment, bytes, str]]) -> None:
         """Commits several uploaded segments in one transaction (all or nothing), then acks
         each as :meth:`commit` does. If the transaction fails for a reason other than the
         metadata being unavailable, each segment is committed on its own, so one bad segment
         fails only its own produces."""
         blocks = [commit_blocks(sealed) for sealed, _, _ in group]
+        self._bound_commit(self._time_left(group))
         try:
             per_segment = await self.meta.commit_segments(
                 [(key, len(obj), b) for (_, obj, key), b in zip(group, blocks, strict=True)]
@@ -252,12 +343,16 @@ class Uploader:
                 await self._commit_unavailable(sealed, key, exc)
             return
         except Exception as exc:
+            if outcome_unknown(exc):
+                for sealed, _, key in group:
+                    await self._unknown(sealed, key, exc)
+                return
             log.warning(
                 "commit of %d segments together failed (%s); committing them one by one",
                 len(group),
                 exc,
             )
-            for sealed, obj, key in group:
+            for sealed, obj, key in await self._in_time(group):
                 await self.commit(sealed, obj, key)
             return
         for (sealed, obj, key), segment_blocks, per_block in zip(
@@ -271,23 +366,26 @@ class Uploader:
         # Nothing was committed (the object is an orphan, never served): fail retriably,
         # then delete the object, which no row refers to (a full disk gets its space back).
         log.error("segment %s could not be committed: %s", key, exc)
-        error = ring_error(exc.code.kafka_code, exc.message)
-        await self.ack(failed_acks(sealed.batches, error))
-        try:
-            await asyncio.wait_for(
-                objectstore.delete(self.store, key), self.settings.store_timeout_ms / 1000
-            )
-        except Exception as delete_error:  # the lifecycle job reclaims it later
-            log.warning("could not delete uncommitted segment %s: %s", key, delete_error)
+        await self.ack(failed_acks(sealed.batches, unavailable_error(exc)))
+        await self._delete(key)
 
     async def commit(self, sealed: SealedSegment, obj: bytes, key: str) -> None:
         blocks = commit_blocks(sealed)
+        left = self._time_left([(sealed, obj, key)])
+        if left <= 0:
+            await self._in_time([(sealed, obj, key)])
+            return
+        self._bound_commit(left)
         try:
             per_block = await self.meta.commit_segment(key, len(obj), blocks)
         except MetadataUnavailableError as exc:
             await self._commit_unavailable(sealed, key, exc)
             return
-        except Exception as exc:  # any other failure of the store: nothing was committed
+        except Exception as exc:
+            if outcome_unknown(exc):
+                await self._unknown(sealed, key, exc)
+                return
+            # Any other failure of the store is a refusal: nothing was committed.
             log.error("commit of segment %s failed: %s; failing its produce requests", key, exc)
             if isinstance(exc, StreamHouseError):
                 error = ring_error(exc.code.kafka_code, exc.message)

@@ -14,9 +14,11 @@ every record that time), and the response carries it as log_append_time_ms.
 Per-partition errors are Kafka's: UNKNOWN_TOPIC_OR_PARTITION, CORRUPT_MESSAGE, INVALID_RECORD
 and INVALID_TIMESTAMP (with ``record_errors`` naming the record, v8+), RECORD_LIST_TOO_LARGE,
 UNSUPPORTED_FOR_MESSAGE_FORMAT, MESSAGE_TOO_LARGE, OUT_OF_ORDER_SEQUENCE_NUMBER,
-INVALID_PRODUCER_EPOCH; a pipeline that could not make the data durable in time answers
-REQUEST_TIMED_OUT (retriable: an idempotent producer retries with the same sequence and is
-deduplicated).
+INVALID_PRODUCER_EPOCH. The pipeline answers within the request's budget (the request's
+``timeout_ms``, at most ``produce_timeout_ms``; see ingest/pipeline.py "Produce deadlines"):
+data it certainly did not write is answered NOT_ENOUGH_REPLICAS or KAFKA_STORAGE_ERROR
+(retriable, and "not persisted" to librdkafka, so an idempotent producer retries without
+bumping its epoch), and REQUEST_TIMED_OUT only when the outcome is genuinely unknown.
 """
 
 from __future__ import annotations
@@ -160,12 +162,12 @@ async def produce(
             task.add_done_callback(_ignore_outcome)
         return NO_RESPONSE
     results: list[list[BatchOutcome]] = []
-    timed_out: str | None = None
+    unavailable: PipelineUnavailable | None = None
     if slots:
         try:
-            results = await broker.pipeline.produce(slots)
+            results = await broker.pipeline.produce(slots, request.timeout_ms)
         except PipelineUnavailable as exc:
-            timed_out = exc.message
+            unavailable = exc
     response = ProduceResponse(responses=[])
     for topic_data in request.topic_data:
         partitions = []
@@ -173,8 +175,8 @@ async def produce(
             index, code, message = outcome[(topic_data.name, part.index)]
             base_offset = -1
             if index >= 0:
-                if timed_out is not None:
-                    code, message = errors.REQUEST_TIMED_OUT, timed_out
+                if unavailable is not None:
+                    code, message = unavailable.code.kafka_code, unavailable.message
                 else:
                     # The partition's first failed batch decides its error (Kafka answers
                     # per partition); its offset is the first batch's.
