@@ -505,6 +505,63 @@ def test_commits_racing_retention_never_deadlock_or_lose_a_block_that_stays(
         admin.close()
 
 
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_concurrent_removals_of_a_segments_last_blocks_always_mark_it_dead(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Every segment holds one block of each of 3 partitions; three threads move the three
+    log starts forward (DeleteRecords) in small steps at the same time, so the last block row
+    of a segment often goes in two transactions at once. Without mark_unreferenced_segments,
+    every segment ends dead (the removal that commits second sees the first one), once."""
+    if backend == "sqlite":
+        target: str = str(tmp_path / "marks.db")
+
+        def opener() -> Store:
+            return MetadataStore(target, busy_timeout_ms=30_000)
+    else:
+        target = request.getfixturevalue("postgres_dsn")
+
+        def opener() -> Store:
+            return PostgresMetadataStore(target, busy_timeout_ms=30_000)
+
+    admin = opener()
+    parts, segments = 3, 120
+    t = admin.create_topic("marks", parts)
+    admin.commit_segments(
+        [
+            (f"segments/m{i:03d}", 30, [_block(t.topic_id, p, 1, 10, 0) for p in range(parts)])
+            for i in range(segments)
+        ]
+    )
+    errors: list[BaseException] = []
+    stores: list[Store] = []
+
+    def delete_records(partition: int) -> None:
+        s = opener()
+        stores.append(s)
+        try:
+            for offset in range(1, segments + 1):
+                s.set_log_start_offset(t.topic_id, partition, offset)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=delete_records, args=(p,)) for p in range(parts)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    try:
+        assert not any(th.is_alive() for th in threads)
+        assert errors == []
+        dead = admin.dead_segments(2**62, 10_000)
+        assert sorted(d.key for d in dead) == [f"segments/m{i:03d}" for i in range(segments)]
+        assert admin.mark_unreferenced_segments(2**62) == 0
+    finally:
+        for s in stores:
+            s.close()
+        admin.close()
+
+
 # --------------------------------------------------------------------------- AsyncMetadata
 
 
