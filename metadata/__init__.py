@@ -6,6 +6,7 @@ for the API and :mod:`metadata.migrations` for the schema. A cluster shares one 
 database instead (:mod:`metadata.postgres`); :func:`open_store` opens either, by what it is
 given, behind the interface :class:`MetadataBackend`. On PostgreSQL every segment commit is
 also announced to listening agents (:mod:`metadata.commit_notice` has the payload format).
+The data lifecycle's calls (retention, dead segments) are described in :mod:`metadata.store`.
 """
 
 from metadata.errors import (

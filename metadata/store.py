@@ -32,6 +32,20 @@ Busy, locked and full databases (rules):
 
 A store object may be shared by threads (reads are serialised by one lock, writes by
 another), but the usual pattern is one store per process.
+
+Data lifecycle (the lifecycle process's calls; schema in :mod:`metadata.migrations`,
+version 3): a segment is LIVE while a ``segment_blocks`` row refers to it and DEAD from the
+moment the last one goes (``segments.dead_since_ms``). Rows go by retention
+(:meth:`MetadataStore.enforce_retention`, which marks with the ``now_ms`` it is given),
+DeleteRecords (:meth:`MetadataStore.set_log_start_offset`) and
+:meth:`MetadataStore.delete_topic` (both mark in the same transaction, with the wall clock):
+the segments they empty are marked eagerly. A segment committed with only duplicate batches
+never had a row; :meth:`MetadataStore.mark_unreferenced_segments` marks it (and anything
+any other path left unmarked), so it is the safety net each lifecycle pass runs. A dead
+segment is listed by :meth:`MetadataStore.dead_segments`; after the grace period the job
+deletes its object and then the row (:meth:`MetadataStore.forget_segments`, which never
+forgets a live one). :meth:`MetadataStore.known_segments` tells the orphan scan which object
+keys have a row. Every one of these calls is idempotent.
 """
 
 from __future__ import annotations
