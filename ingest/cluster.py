@@ -23,6 +23,13 @@ AsyncMetadata:
    whole lease, the lease has lapsed (the others dropped this agent), so when metadata answers
    again the agent registers anew (a new incarnation) instead of renewing. A heartbeat that
    finds the row gone (`AgentUnknownError`: an operator forgot the agent) registers again.
+   After such an outage (at least one heartbeat of this agent failed) the others' leases
+   have likely lapsed too, only because nobody could heartbeat: for one lease period after
+   the first heartbeat that succeeds again, an agent that was live in the last view stays
+   live although its row says its lease lapsed (unless the row shows a clean stop:
+   `lease_until_ms` short of `heartbeat_at_ms` plus this agent's lease), so that partition
+   leadership does not move back and forth while every agent comes back. An agent that
+   really died during the outage is dropped one lease after the store came back.
 4. A clean stop deregisters (the lease ends now; the row stays, shown as stopped), so the
    others drop this agent at their next heartbeat instead of after the lease.
 5. A heartbeat that shows this agent's row registered by another incarnation (two agents
@@ -50,7 +57,7 @@ import asyncio
 import logging
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import xxhash
 
@@ -197,10 +204,17 @@ class ClusterView:
         """Calls `callback()` on the event loop after every change of the live set."""
         self._listeners.append(callback)
 
-    def update(self, agents: Sequence[AgentInfo], self_agent: AgentInfo | None = None) -> bool:
+    def update(
+        self,
+        agents: Sequence[AgentInfo],
+        self_agent: AgentInfo | None = None,
+        keep: Collection[str] = (),
+    ) -> bool:
         """Takes a heartbeat's list of every registered agent; returns whether the live set
         changed (then the listeners have been called). `self_agent` replaces this agent's row
-        (after it registered again); otherwise its row is taken from `agents` when there."""
+        (after it registered again); otherwise its row is taken from `agents` when there.
+        Agents named in `keep` that are live now stay live while their row is listed, even
+        if it says their lease lapsed (see rule 3 of the module docstring)."""
         if self_agent is not None:
             self.self_agent = self_agent
         me = self.self_agent.agent_id
@@ -208,7 +222,8 @@ class ClusterView:
             if agent.agent_id == me:
                 self.self_agent = agent
         self._agents = sorted(agents, key=lambda a: a.node_id)
-        live = [a for a in self._agents if a.alive and a.agent_id != me]
+        held = {a.agent_id for a in self._live} & set(keep)
+        live = [a for a in self._agents if (a.alive or a.agent_id in held) and a.agent_id != me]
         live.append(self.self_agent)  # serving, whatever the store last said
         live.sort(key=lambda a: a.node_id)
         if _identity(live) == _identity(self._live):
@@ -261,6 +276,7 @@ class Membership:
         self._lease = settings.agent_lease_ms / 1000
         self._last_renewed: float | None = None  # loop time a successful renewal started
         self._outage_since: float | None = None
+        self._hold_until: float | None = None  # loop time the post-outage hold ends (rule 3)
         self._failures = 0
         self._incarnation = 0  # started_at_ms of this agent's registration
         self._intruder = 0  # started_at_ms of another agent last seen under this agent's id
@@ -365,10 +381,35 @@ class Membership:
             )
             self._outage_since = None
             self._failures = 0
+            self._hold_until = loop.time() + self._lease
         self._last_renewed = started
         if me is None:
             self._check_shared_id(agents)
-        self.view.update(agents, me)
+        keep: list[str] = []
+        if self._hold_until is not None:
+            if loop.time() < self._hold_until:
+                keep = self._lapsed_in_outage(agents)
+            else:
+                self._hold_until = None
+        self.view.update(agents, me, keep)
+
+    def _lapsed_in_outage(self, agents: Sequence[AgentInfo]) -> list[str]:
+        """Agents whose lease lapsed without a clean stop (rule 3): kept live for a while."""
+        lease_ms = self.settings.agent_lease_ms
+        held = [
+            a.agent_id
+            for a in agents
+            if not a.alive
+            and a.agent_id != self.agent_id
+            and a.lease_until_ms >= a.heartbeat_at_ms + lease_ms
+        ]
+        if held:
+            log.info(
+                "keeping %s live for up to %d ms: their leases lapsed during the metadata outage",
+                ", ".join(held),
+                lease_ms,
+            )
+        return held
 
     def _check_shared_id(self, agents: Sequence[AgentInfo]) -> None:
         """Warns (once per intruder) when this agent's row shows another incarnation: a second

@@ -448,3 +448,72 @@ def test_a_second_agent_with_the_same_id_is_reported(
             await meta.close()
 
     asyncio.run(scenario())
+
+
+def test_kept_agents_stay_live_while_listed_and_only_if_live_before() -> None:
+    """`keep` holds agents of the current live set whose lease lapsed; it adds no agent."""
+    me, b, c = agent(0), agent(1), agent(2)
+    view = view_of(me, b)
+    calls: list[int] = []
+    view.add_listener(lambda: calls.append(len(view.live())))
+    lapsed_b, lapsed_c = agent(1, alive=False), agent(2, alive=False)
+    assert view.update([me, lapsed_b, lapsed_c], keep=["agent-1", "agent-2"]) is False
+    assert [a.agent_id for a in view.live()] == ["agent-0", "agent-1"]
+    assert calls == []
+    # Not listed any more (forgotten): gone although kept.
+    assert view.update([me], keep=["agent-1"]) is True
+    assert [a.agent_id for a in view.live()] == ["agent-0"]
+    # Not kept: a lapsed lease drops the agent as before.
+    view = view_of(me, b, c)
+    assert view.update([me, lapsed_b, c]) is True
+    assert [a.agent_id for a in view.live()] == ["agent-0", "agent-2"]
+
+
+def test_after_a_metadata_outage_lapsed_agents_stay_live_for_one_lease(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Every lease lapsed while metadata was unreachable: when it answers again the others
+    stay in the view (no leadership moves) for one lease, a cleanly stopped agent leaves at
+    once, and an agent that did not come back is dropped when the lease has passed."""
+    settings = _settings(tmp_path)  # 20 ms heartbeats, 200 ms lease
+
+    async def scenario() -> None:
+        real = await AsyncMetadata.open(tmp_path / "metadata.sqlite", forbid_loop_calls=True)
+        meta = FlakyMetadata(real)
+        try:
+            membership = Membership(settings, meta)  # type: ignore[arg-type]
+            view = await membership.join()
+            for name in ("b", "c"):
+                await real.register_agent(name, "127.0.0.1", 9400, "127.0.0.1:1", "", 200)
+            await membership.beat()
+            everyone = [view.self_agent.agent_id, "b", "c"]
+            assert [a.agent_id for a in view.live()] == everyone
+            changes: list[list[str]] = []
+            view.add_listener(lambda: changes.append([a.agent_id for a in view.live()]))
+            meta.down = True
+            await membership.beat()  # fails: the outage starts
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while any(a.alive for a in await real.list_agents() if a.agent_id in ("b", "c")):
+                assert loop.time() < deadline, "the others' 200 ms leases never lapsed"
+                await asyncio.sleep(0.02)
+            meta.down = False
+            await membership.beat()  # back: b and c lapsed, but only for the outage
+            assert [a.agent_id for a in view.live()] == everyone
+            assert changes == []
+            # b stops cleanly: it leaves the view at once, hold or not.
+            await real.register_agent("b", "127.0.0.1", 9400, "127.0.0.1:1", "", 200)
+            await real.deregister_agent("b")
+            await membership.beat()
+            assert changes == [[view.self_agent.agent_id, "c"]]
+            # c never heartbeats again: dropped once a lease has passed since the recovery.
+            deadline = loop.time() + 5
+            while [a.agent_id for a in view.live()] != [view.self_agent.agent_id]:
+                assert loop.time() < deadline, "c was kept past the lease after the outage"
+                await asyncio.sleep(0.02)
+                await membership.beat()
+            assert changes[-1] == [view.self_agent.agent_id]
+        finally:
+            await real.close()
+
+    asyncio.run(scenario())
