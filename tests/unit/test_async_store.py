@@ -100,7 +100,15 @@ def test_calls_run_off_the_loop(store: MetadataStore) -> None:
         assert await meta.delete_group_offsets("g") == 1
         pid, epoch = await meta.allocate_producer_id()
         assert pid >= 0 and epoch == 0
-        await meta.delete_topic("events")
+        block = CommitBlock(topic.topic_id, 0, 0, 10, 5, [BatchRef(2)])
+        await meta.commit_segment("segments/old", 10, [block])
+        moves = await meta.enforce_retention(2000)  # retention.ms was reset: 7 days
+        assert moves == []
+        await meta.delete_topic("events")  # marks segments/old dead
+        assert await meta.mark_unreferenced_segments(3000) == 0
+        assert [d.key for d in await meta.dead_segments(2**62)] == ["segments/old"]
+        assert await meta.known_segments(["segments/old", "segments/x"]) == {"segments/old"}
+        assert await meta.forget_segments(["segments/old"]) == 1
         with pytest.raises(UnknownTopicError):  # the store's errors, in the awaiting task
             await meta.delete_topic("events")
         await meta.close()
