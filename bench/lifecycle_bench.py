@@ -6,8 +6,13 @@ usual AWS_* variables), deletes the topic, and times `LifecyclePass.run` at a cl
 grace period: objects deleted per second, and the effective rate against
 `lifecycle_deletes_per_second`.
 
-    python bench/lifecycle_bench.py --segments 2000 --rate 100000 --concurrency 4
-    python bench/lifecycle_bench.py --segments 400 --rate 200 --concurrency 4
+    PYTHONPATH=. python bench/lifecycle_bench.py --segments 2000 --rate 100000 --concurrency 4
+    PYTHONPATH=. python bench/lifecycle_bench.py --segments 1000 --rate 200 --concurrency 4
+
+(`PYTHONPATH=.` until pyproject.toml lists the `lifecycle` package.) On the 2-core development
+machine under other load, local folder and SQLite: 3,300-10,400 objects/s unthrottled (the
+folder's unlinks and directory fsyncs dominate; metadata takes ~2 ms per 1,000 forgotten), and
+194-217 objects/s with the 200/s budget.
 """
 
 from __future__ import annotations
