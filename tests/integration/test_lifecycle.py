@@ -420,6 +420,11 @@ def test_the_supervised_lifecycle_reclaims_a_deleted_topic(tmp_path: pathlib.Pat
         # Not before the grace period.
         assert time.monotonic() - deleted_at >= 5.0
         assert consume_all(bootstrap, "kept", 1) == [(0, b"stays")]
+        # Its metadata calls ran off the event loop (the stack's loop-call guard is on) and no
+        # pass failed.
+        text = (stack.data_dir / "logs" / "lifecycle.log").read_text()
+        assert " ERROR " not in text and "pass stopped" not in text, text[-2000:]
+        assert "lifecycle ready" in text
         # A killed lifecycle comes back.
         old = stack.kill("lifecycle")
         stack.wait_restarted("lifecycle", old)
