@@ -23,9 +23,10 @@ AsyncMetadata:
    whole lease, the lease has lapsed (the others dropped this agent), so when metadata answers
    again the agent registers anew (a new incarnation) instead of renewing. A heartbeat that
    finds the row gone (`AgentUnknownError`: an operator forgot the agent) registers again.
-   After such an outage (at least one heartbeat of this agent failed) the others' leases
-   have likely lapsed too, only because nobody could heartbeat: for one lease period after
-   the first heartbeat that succeeds again, an agent that was live in the last view stays
+   After such an outage (a heartbeat of this agent failed, or one succeeded more than two
+   intervals after the previous success: a call can wait out a whole outage) the others'
+   leases have likely lapsed too, only because nobody could heartbeat: for one lease period
+   after that heartbeat, an agent that was live in the last view stays
    live although its row says its lease lapsed (unless the row shows a clean stop:
    `lease_until_ms` short of `heartbeat_at_ms` plus this agent's lease), so that partition
    leadership does not move back and forth while every agent comes back. An agent that
@@ -372,6 +373,16 @@ class Membership:
                     self.settings.agent_lease_ms,
                 )
             return
+        # Trouble reaching the store (a failed heartbeat, or this one or the previous one
+        # slow: a call can wait out a whole outage): the others' leases may have lapsed only
+        # for that (rule 3).
+        troubled = (
+            self._outage_since is not None
+            or self._last_renewed is None
+            or loop.time() - self._last_renewed > 2 * self._interval
+        )
+        if troubled:
+            self._hold_until = loop.time() + self._lease
         if self._outage_since is not None:
             log.warning(
                 "agent heartbeat succeeded again after %.1f s and %d failed attempts%s",
@@ -381,7 +392,6 @@ class Membership:
             )
             self._outage_since = None
             self._failures = 0
-            self._hold_until = loop.time() + self._lease
         self._last_renewed = started
         if me is None:
             self._check_shared_id(agents)

@@ -517,3 +517,33 @@ def test_after_a_metadata_outage_lapsed_agents_stay_live_for_one_lease(
             await real.close()
 
     asyncio.run(scenario())
+
+
+def test_a_heartbeat_that_waited_out_the_outage_also_keeps_the_others(
+    tmp_path: pathlib.Path,
+) -> None:
+    """No heartbeat failed, but the one that succeeded came long after the previous one (its
+    call waited for the store the whole outage): the others' lapsed leases are held too."""
+    settings = _settings(tmp_path)  # 20 ms heartbeats, 200 ms lease
+
+    async def scenario() -> None:
+        meta = await AsyncMetadata.open(tmp_path / "metadata.sqlite", forbid_loop_calls=True)
+        try:
+            membership = Membership(settings, meta)
+            view = await membership.join()
+            await meta.register_agent("b", "127.0.0.1", 9400, "127.0.0.1:1", "", 200)
+            await membership.beat()
+            assert [a.agent_id for a in view.live()][1:] == ["b"]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while any(a.alive for a in await meta.list_agents() if a.agent_id == "b"):
+                assert loop.time() < deadline, "b's 200 ms lease never lapsed"
+                await asyncio.sleep(0.02)
+            # The previous renewal started 100 ms ago (5 intervals, within this lease).
+            membership._last_renewed = loop.time() - 0.1
+            await membership.beat()
+            assert [a.agent_id for a in view.live()][1:] == ["b"]
+        finally:
+            await meta.close()
+
+    asyncio.run(scenario())
