@@ -55,9 +55,12 @@ TEST_SETTINGS = {
     "STREAMHOUSE_LOG_LEVEL": "INFO",
     # Every metadata call made on an event loop raises (metadata/store.py rule 6).
     "STREAMHOUSE_DEBUG_LOOP_CALLS": "1",
+    # Test records often carry fixed old timestamps that the default 7-day retention would
+    # drop; tests of the lifecycle turn it on themselves.
+    "STREAMHOUSE_LIFECYCLE_ENABLED": "false",
 }
 
-PROGRAMS = ("ingest", "segmenter", "uploader", "reader")
+PROGRAMS = ("ingest", "segmenter", "uploader", "reader", "lifecycle")
 # Pause between polls of supervisorctl while waiting for a process state (bounded waits).
 POLL_S = 0.05
 

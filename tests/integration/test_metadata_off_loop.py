@@ -15,7 +15,7 @@ from streamhouse.client import EARLIEST, Client
 from streamhouse.testing import Stack
 
 DEADLINE_S = 30
-PROGRAMS_WITH_METADATA = ("ingest", "uploader", "reader")
+PROGRAMS_WITH_METADATA = ("ingest", "uploader", "reader", "lifecycle")
 
 
 def _environment(pid: int) -> dict[str, str]:
