@@ -11,7 +11,9 @@ consumer group run.
   between rounds (the long variant).
 - the PostgreSQL server restarted under load: while it is down produces fail with retriable
   errors (seen by a gRPC producer that does its own retrying) and Kafka clients retry; after it
-  is back every producer resumes and nothing acknowledged is lost or duplicated.
+  is back every producer resumes and nothing acknowledged is lost or duplicated, and no agent
+  drops another from its live set (every agent's lease lapsed during the outage, but none
+  died), so partition leadership never moves.
 """
 
 from __future__ import annotations
@@ -334,8 +336,23 @@ def test_metadata_restart_under_load(make_cluster: Callable[..., Cluster], postg
                     grpc_acked[record.value] = (n % PARTITIONS, response.base_offset + i)  # type: ignore[index]
                 n += 1
 
+    # Every agent's Kafka metadata, sampled throughout: which brokers each one lists.
+    brokers_seen: list[tuple[float, int, frozenset[int]]] = []
+
+    def sample_brokers() -> None:
+        while not stop.is_set():
+            for i, address in enumerate(cluster.kafka_addresses):
+                try:
+                    view = kafka_metadata(address)
+                except Exception:  # metadata down: the agent cannot answer; nothing to see
+                    continue
+                brokers_seen.append((time.monotonic(), i, frozenset(view.brokers)))
+            stop.wait(0.2)
+
     grpc_thread = threading.Thread(target=grpc_producer, daemon=True)
     grpc_thread.start()
+    sampler = threading.Thread(target=sample_brokers, daemon=True)
+    sampler.start()
     try:
         wait_until(lambda: deliveries.count() >= 1000 and grpc_acked, 60, "records acknowledged")
         postgres.stop_server()
@@ -371,13 +388,30 @@ def test_metadata_restart_under_load(make_cluster: Callable[..., Cluster], postg
         wait_until(lambda: len(grpc_acked) > grpc_before, 60, "gRPC produces resuming")
         outstanding = [p.finish() for p in producers]
         assert outstanding == [0, 0], f"records unacknowledged 60 s after the end: {outstanding}"
+        # Watch the live sets until two leases (4 s each) after the restart.
+        wait_until(
+            lambda: any(at > up_at + 8 for at, _, _ in brokers_seen),
+            60,
+            "Kafka metadata sampled 8 s after the restart",
+        )
     finally:
         stop.set()
         for producer in producers:
             producer.stop.set()
         grpc_thread.join(30)
+        sampler.join(30)
     assert not deliveries.failed, deliveries.failed[:5]
     assert codes and set(codes) <= RETRYABLE_CODES, codes
+    # No agent dropped another (leadership would have moved while clients retried).
+    after = [(at, i) for at, i, _ in brokers_seen if at > up_at]
+    assert {i for _, i in after} == {0, 1, 2}, "an agent never answered Metadata after the restart"
+    everyone = frozenset(range(3))
+    dropped = [
+        (f"{at - up_at:+.1f} s", i, sorted(seen))
+        for at, i, seen in brokers_seen
+        if seen != everyone
+    ]
+    assert dropped == [], f"agents left a live set after the outage: {dropped[:10]}"
     acked = {**deliveries.acked, **grpc_acked}
     log = read_kafka_log(cluster.kafka_bootstrap, topic, PARTITIONS)
     assert log_problems(log, acked) == []
