@@ -16,7 +16,8 @@ fetch-request  ingest -> reader        FetchRequest      empty
 fetch-response reader -> ingest        FetchResponse     the parts' data, concatenated
 
 Headers as msgpack arrays (every struct is array-like; `RingError` is `[kafka_code, message]`,
-code 0 = success, see `streamhouse.errors`)::
+code 0 = success, see `streamhouse.errors`). A produce `request_id` also carries the produce's
+commit deadline (bits 63..24, ms of the monotonic clock; `ingest.pipeline.make_request_id`)::
 
     ProduceFrame      [request_id, slot, topic_id, partition, [BatchMeta...], [length...]]
     BatchMeta         [record_count, producer_id, producer_epoch, base_sequence,
