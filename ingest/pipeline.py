@@ -25,7 +25,8 @@ Rules:
 - Request id format (ProduceFrame.request_id, carried through SealedBatch to AckResult): bits
   63..24 the commit deadline in milliseconds of CLOCK_MONOTONIC (shared by every process on
   the host: the agent's ingest and uploader always run on one host), bits 23..0 a counter
-  that starts at a random value per ingest run. :func:`commit_deadline` reads it back. Fetch
+  that starts at a random value per ingest run (`streamhouse.frames.make_request_id`;
+  `streamhouse.frames.commit_deadline` reads it back). Fetch
   ids have the same shape (their deadline field is unused).
 - The ring loops and the watchdog are spawned through `streamhouse.process.spawn`: if one
   dies the process exits and supervisord restarts it.
@@ -58,6 +59,7 @@ from streamhouse.frames import (
     check_fetch_response,
     decoder_for,
     header_encoder,
+    make_request_id,
     max_frame_size,
     salvage_ids,
     sealed_cost,
@@ -71,9 +73,6 @@ log = logging.getLogger("ingest.pipeline")
 WATCHDOG_INTERVAL_S = 0.25
 
 
-#: Low bits of a request id that count requests; the bits above hold the commit deadline.
-COUNTER_BITS = 24
-_COUNTER_MASK = (1 << COUNTER_BITS) - 1
 #: The shortest produce budget used, whatever the Kafka request's timeout_ms says.
 MIN_BUDGET_S = 1.0
 
@@ -83,17 +82,6 @@ def commit_grace(budget_s: float) -> float:
     travel and for the metadata store to learn the fate of a COMMIT lost on the wire (at
     least a second past its busy timeout, see metadata/postgres.py rule 4)."""
     return min(max(budget_s / 4, 0.25), 2.5)
-
-
-def commit_deadline(request_id: int) -> float:
-    """The CLOCK_MONOTONIC time (``time.monotonic()``, seconds) after which the uploader must
-    not commit this request's batches (see the request id format in the module docstring)."""
-    return (request_id >> COUNTER_BITS) / 1000
-
-
-def make_request_id(deadline: float, counter: int) -> int:
-    """A request id carrying ``deadline`` (monotonic seconds) and the low bits of ``counter``."""
-    return (max(int(deadline * 1000), 0) << COUNTER_BITS) | (counter & _COUNTER_MASK)
 
 
 class PipelineUnavailable(StreamHouseError):

@@ -368,29 +368,22 @@ def _retain_partitions(
     order and the ids of the segments that lost block rows."""
     states = {(t, p): (int(lso), int(hwm)) for t, p, lso, hwm in locked}
     new = {tp: lso for tp, (lso, _) in states.items()}
-    timed = [(tp, rules[tp[0]].cutoff_ms) for tp in states if rules[tp[0]].cutoff_ms is not None]
-    if timed:
+    # By time, then by size: each rule's statement gives the end of the last block it drops.
+    for sql, limit_of in (
+        (_SQL_TIME_ENDS, lambda rule: rule.cutoff_ms),
+        (_SQL_BYTES_ENDS, lambda rule: rule.max_bytes),
+    ):
+        limited = [(tp, limit_of(rules[tp[0]])) for tp in states]
+        limited = [(tp, limit) for tp, limit in limited if limit is not None]
+        if not limited:
+            continue
         cur.execute(
-            _SQL_TIME_ENDS,
+            sql,
             (
-                _ints(tp[0] for tp, _ in timed),
-                _ints(tp[1] for tp, _ in timed),
-                _ints(states[tp][0] for tp, _ in timed),
-                _ints(c for _, c in timed),  # type: ignore[misc]
-            ),
-        )
-        for t, p, end in cur.fetchall():
-            if end is not None:
-                new[(t, p)] = max(new[(t, p)], int(end))
-    sized = [(tp, rules[tp[0]].max_bytes) for tp in states if rules[tp[0]].max_bytes is not None]
-    if sized:
-        cur.execute(
-            _SQL_BYTES_ENDS,
-            (
-                _ints(tp[0] for tp, _ in sized),
-                _ints(tp[1] for tp, _ in sized),
-                _ints(states[tp][0] for tp, _ in sized),
-                _ints(b for _, b in sized),  # type: ignore[misc]
+                _ints(tp[0] for tp, _ in limited),
+                _ints(tp[1] for tp, _ in limited),
+                _ints(states[tp][0] for tp, _ in limited),
+                _ints(limit for _, limit in limited),
             ),
         )
         for t, p, end in cur.fetchall():

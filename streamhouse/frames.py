@@ -17,7 +17,7 @@ fetch-response reader -> ingest        FetchResponse     the parts' data, concat
 
 Headers as msgpack arrays (every struct is array-like; `RingError` is `[kafka_code, message]`,
 code 0 = success, see `streamhouse.errors`). A produce `request_id` also carries the produce's
-commit deadline (bits 63..24, ms of the monotonic clock; `ingest.pipeline.make_request_id`)::
+commit deadline (bits 63..24, ms of the monotonic clock; :func:`make_request_id`)::
 
     ProduceFrame      [request_id, slot, topic_id, partition, [BatchMeta...], [length...]]
     BatchMeta         [record_count, producer_id, producer_epoch, base_sequence,
@@ -96,6 +96,24 @@ ALL_BATCHES = -1
 # Longest error message carried on a ring, in UTF-8 bytes (longer ones are cut by
 # `ring_error`): keeps every AckResult, and so every frame, bounded.
 MAX_ERROR_MESSAGE = 1000
+
+
+#: Low bits of a request id that count requests; the bits above hold the commit deadline.
+COUNTER_BITS = 24
+_COUNTER_MASK = (1 << COUNTER_BITS) - 1
+
+
+def make_request_id(deadline: float, counter: int) -> int:
+    """A request id carrying ``deadline`` (CLOCK_MONOTONIC seconds, ``time.monotonic()``, in
+    bits 63..24 as milliseconds) and the low 24 bits of ``counter``; ingest/pipeline.py
+    "Produce deadlines" says what the deadline means."""
+    return (max(int(deadline * 1000), 0) << COUNTER_BITS) | (counter & _COUNTER_MASK)
+
+
+def commit_deadline(request_id: int) -> float:
+    """The monotonic time (seconds) after which the uploader must not commit this request's
+    batches: the deadline :func:`make_request_id` put into the id."""
+    return (request_id >> COUNTER_BITS) / 1000
 
 
 class FrameError(ValueError):

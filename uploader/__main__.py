@@ -38,7 +38,6 @@ from collections import deque
 
 import msgspec
 
-from ingest.pipeline import commit_deadline
 from metadata import BatchRef, CommitBlock, MetadataError, MetadataUnavailableError
 from metadata.async_store import AsyncMetadata
 from metadata.interface import open_store
@@ -55,6 +54,7 @@ from streamhouse.frames import (
     SealedSegment,
     ack_headers,
     check_sealed,
+    commit_deadline,
     decoder_for,
     header_encoder,
     ring_error,
@@ -259,11 +259,7 @@ class Uploader:
                 ):
                     next_sealed, next_obj, next_key, _ = self.in_order.popleft()
                     group.append((next_sealed, next_obj, next_key))
-                group = await self._in_time(group)
-                if len(group) == 1:
-                    await self.commit(*group[0])
-                elif group:
-                    await self.commit_group(group)
+                await self.commit_group(group)
             else:
                 log.error("segment %s could not be stored; failing its produce requests", key)
                 error = ring_error(
@@ -328,10 +324,14 @@ class Uploader:
             log.warning("could not delete uncommitted segment %s: %s", key, delete_error)
 
     async def commit_group(self, group: list[tuple[SealedSegment, bytes, str]]) -> None:
-        """Commits several uploaded segments in one transaction (all or nothing), then acks
-        each as :meth:`commit` does. If the transaction fails for a reason other than the
-        metadata being unavailable, each segment is committed on its own, so one bad segment
-        fails only its own produces."""
+        """Commits uploaded segments in one transaction (all or nothing), each as if committed
+        alone, then acks them. Segments past their commit deadline are failed, not committed.
+        If a transaction of several fails for a reason other than the metadata being
+        unavailable or its outcome being unknown, each segment is committed on its own, so one
+        bad segment fails only its own produces."""
+        group = await self._in_time(group)
+        if not group:
+            return
         blocks = [commit_blocks(sealed) for sealed, _, _ in group]
         self._bound_commit(self._time_left(group))
         try:
@@ -346,14 +346,16 @@ class Uploader:
             if outcome_unknown(exc):
                 for sealed, _, key in group:
                     await self._unknown(sealed, key, exc)
-                return
-            log.warning(
-                "commit of %d segments together failed (%s); committing them one by one",
-                len(group),
-                exc,
-            )
-            for sealed, obj, key in await self._in_time(group):
-                await self.commit(sealed, obj, key)
+            elif len(group) > 1:
+                log.warning(
+                    "commit of %d segments together failed (%s); committing them one by one",
+                    len(group),
+                    exc,
+                )
+                for segment in group:
+                    await self.commit_group([segment])
+            else:
+                await self._refused(group[0][0], group[0][2], exc)
             return
         for (sealed, obj, key), segment_blocks, per_block in zip(
             group, blocks, per_segment, strict=True
@@ -369,34 +371,21 @@ class Uploader:
         await self.ack(failed_acks(sealed.batches, unavailable_error(exc)))
         await self._delete(key)
 
+    async def _refused(self, sealed: SealedSegment, key: str, exc: Exception) -> None:
+        # Any other failure of the store is a refusal: nothing was committed.
+        log.error("commit of segment %s failed: %s; failing its produce requests", key, exc)
+        if isinstance(exc, StreamHouseError):
+            error = ring_error(exc.code.kafka_code, exc.message)
+        else:
+            error = ring_error(
+                ErrorCode.KAFKA_STORAGE_ERROR.kafka_code,
+                f"the metadata commit of the data failed ({exc}); retry",
+            )
+        await self.ack(failed_acks(sealed.batches, error))
+
     async def commit(self, sealed: SealedSegment, obj: bytes, key: str) -> None:
-        blocks = commit_blocks(sealed)
-        left = self._time_left([(sealed, obj, key)])
-        if left <= 0:
-            await self._in_time([(sealed, obj, key)])
-            return
-        self._bound_commit(left)
-        try:
-            per_block = await self.meta.commit_segment(key, len(obj), blocks)
-        except MetadataUnavailableError as exc:
-            await self._commit_unavailable(sealed, key, exc)
-            return
-        except Exception as exc:
-            if outcome_unknown(exc):
-                await self._unknown(sealed, key, exc)
-                return
-            # Any other failure of the store is a refusal: nothing was committed.
-            log.error("commit of segment %s failed: %s; failing its produce requests", key, exc)
-            if isinstance(exc, StreamHouseError):
-                error = ring_error(exc.code.kafka_code, exc.message)
-            else:
-                error = ring_error(
-                    ErrorCode.KAFKA_STORAGE_ERROR.kafka_code,
-                    f"the metadata commit of the data failed ({exc}); retry",
-                )
-            await self.ack(failed_acks(sealed.batches, error))
-            return
-        await self._committed(sealed, obj, key, blocks, per_block)
+        """Commits one uploaded segment (:meth:`commit_group` of one)."""
+        await self.commit_group([(sealed, obj, key)])
 
     async def _committed(
         self,

@@ -12,13 +12,19 @@ from collections.abc import Iterator
 import apsw
 import pytest
 
-from ingest.pipeline import make_request_id
 from metadata import MetadataStore
 from segmenter.builder import SegmentBuilder
 from streamhouse import objectstore, rings
 from streamhouse.config import Settings, load_settings
 from streamhouse.errors import ErrorCode
-from streamhouse.frames import AckFrame, AckResult, BatchMeta, ProduceFrame, decoder_for
+from streamhouse.frames import (
+    AckFrame,
+    AckResult,
+    BatchMeta,
+    ProduceFrame,
+    decoder_for,
+    make_request_id,
+)
 from streamhouse.recordbatch import encode_batch, scan_batches
 from uploader.__main__ import MAX_SEGMENTS_PER_COMMIT, Uploader, new_segment_key
 
