@@ -109,6 +109,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     lifecycle_delete_concurrency: int = 4
     lifecycle_deletes_per_second: int = 200
     lifecycle_enabled: bool = True
+    # Rewrites (lifecycle/, one agent of a cluster at a time): objects under
+    # lifecycle_small_object_bytes and older than lifecycle_compaction_min_age_ms are merged
+    # into objects of about lifecycle_target_object_bytes; an object whose live bytes are
+    # under lifecycle_min_live_percent of its size is rewritten; key compaction keeps at most
+    # lifecycle_key_map_bytes of key hashes in memory per pass. Rewrites read and write at
+    # most lifecycle_rewrite_bytes_per_second with lifecycle_upload_concurrency PUTs at once.
+    lifecycle_compaction_enabled: bool = True
+    lifecycle_small_object_bytes: int = 8 * 1024 * 1024
+    lifecycle_target_object_bytes: int = 64 * 1024 * 1024
+    lifecycle_compaction_min_age_ms: int = 60_000
+    lifecycle_min_live_percent: int = 50
+    lifecycle_rewrite_bytes_per_second: int = 64 * 1024 * 1024
+    lifecycle_upload_concurrency: int = 2
+    lifecycle_key_map_bytes: int = 64 * 1024 * 1024
+    # Expiry of idle state, as Kafka's broker settings of the same names: a producer id's
+    # idempotence state after producer.id.expiration.ms without a write; an empty group's
+    # committed offsets after offsets.retention.minutes without a commit.
+    producer_id_expiration_ms: int = 86_400_000
+    offsets_retention_minutes: int = 10_080
     log_level: str = "INFO"
     # Debugging: every metadata call made on an event loop raises (the test stacks turn it on).
     debug_loop_calls: bool = False
@@ -263,6 +282,14 @@ def _validate(s: Settings) -> None:
         "lifecycle_grace_ms",
         "lifecycle_delete_concurrency",
         "lifecycle_deletes_per_second",
+        "lifecycle_small_object_bytes",
+        "lifecycle_target_object_bytes",
+        "lifecycle_compaction_min_age_ms",
+        "lifecycle_rewrite_bytes_per_second",
+        "lifecycle_upload_concurrency",
+        "lifecycle_key_map_bytes",
+        "producer_id_expiration_ms",
+        "offsets_retention_minutes",
     ]
     for name in positive:
         if getattr(s, name) <= 0:
@@ -303,6 +330,16 @@ def _validate(s: Settings) -> None:
             f"STREAMHOUSE_LIFECYCLE_GRACE_MS={s.lifecycle_grace_ms} must exceed "
             f"PRODUCE_TIMEOUT_MS, READER_MAX_WAIT_MS and STORE_TIMEOUT_MS (largest "
             f"{longest_in_flight}): a read or upload in flight must still find its object"
+        )
+    if not 0 <= s.lifecycle_min_live_percent <= 100:
+        raise ConfigError(
+            f"STREAMHOUSE_LIFECYCLE_MIN_LIVE_PERCENT={s.lifecycle_min_live_percent} must be "
+            "0..100 (0: never rewrite an object for its dead bytes)"
+        )
+    if s.lifecycle_small_object_bytes > s.lifecycle_target_object_bytes:
+        raise ConfigError(
+            f"STREAMHOUSE_LIFECYCLE_SMALL_OBJECT_BYTES={s.lifecycle_small_object_bytes} must "
+            f"not exceed LIFECYCLE_TARGET_OBJECT_BYTES={s.lifecycle_target_object_bytes}"
         )
     if s.max_batch_bytes * 2 > s.produce_ring_bytes:
         raise ConfigError("STREAMHOUSE_PRODUCE_RING_BYTES must be at least twice MAX_BATCH_BYTES")
