@@ -66,7 +66,7 @@ from streamhouse.recordbatch import (
     MAX_INFLATED_BYTES,
     decode_records,
     patch_base_offset,
-    scan_batches,
+    walk_block,
 )
 from streamhouse.segment import decode_block
 
@@ -293,14 +293,14 @@ class ReadEngine:
                         f"({exc}); retry",
                     )
                     return _result(part, error, hwm, lso), b""
-                base = loc.base_offset
-                skipped = loc.skipped_batches
                 view = memoryview(data)
-                for ordinal, info in enumerate(scan_batches(view, verify_crc=False)):
-                    if skipped and ordinal in skipped:
-                        continue
-                    batch_base = base
-                    base += info.record_count
+                # offsets by the gap rule (streamhouse/recordbatch.py): compacted blocks
+                # have gaps between batches and inside them
+                for stored in walk_block(
+                    view, loc.base_offset, loc.skipped_batches, end_offset=loc.end_offset
+                ):
+                    info = stored.info
+                    batch_base = stored.first_offset
                     last = batch_base + info.last_offset_delta
                     if last < next_offset:
                         continue
@@ -317,11 +317,9 @@ class ReadEngine:
                         count += info.record_count
                         next_offset = last + 1
                     else:
+                        records = decode_records(batch, max_inflated=self.max_inflated)
                         rendered, n = render_records(
-                            decode_records(batch, max_inflated=self.max_inflated),
-                            batch_base,
-                            next_offset,
-                            limit - count,
+                            records, batch_base, next_offset, limit - count
                         )
                         # Rendered records can outgrow the stored batch: check again.
                         if bounded and size + len(rendered) > max_bytes:
@@ -330,9 +328,11 @@ class ReadEngine:
                         chunks.append(rendered)
                         size += len(rendered)
                         count += n
-                        next_offset = (
-                            last + 1 if count < limit else max(next_offset, batch_base) + n
-                        )
+                        if count < limit:
+                            next_offset = last + 1
+                        else:  # after the last record rendered (offsets may have gaps)
+                            taken = [d for d, *_ in records if batch_base + d >= next_offset]
+                            next_offset = batch_base + taken[n - 1] + 1
                     if count >= limit:
                         done = True
                         break

@@ -55,6 +55,22 @@ header_count       varint    number of headers, kept in order, duplicates allowe
   header_value     bytes
 =================  ========  ===================================================
 
+Stored blocks: the gap rule
+---------------------------
+
+A block of a segment object holds one partition's batches back to back. Their offsets are not
+written into them at commit; the block's metadata row gives its ``base_offset`` and the
+ordinals of duplicate batches (``skipped_batches``, which take no offsets), and the stored
+``baseOffset`` field of each other batch is the *gap*: the number of offsets between the end of
+the previous batch (or the row's ``base_offset``, for the first) and the batch's first offset.
+A batch's offsets are ``[first, first + lastOffsetDelta]``. Produced batches have
+``baseOffset`` 0 (``validate_batches`` refuses any other), so a produced block's batches take
+consecutive offsets; a block rewritten by key compaction keeps each surviving batch's
+``lastOffsetDelta`` and each record's ``offsetDelta``, may hold fewer records than
+``lastOffsetDelta + 1`` in a batch, and leaves gaps where whole batches were removed
+(``encode_block`` writes such blocks, ``walk_block`` reads every block). The reader stamps the
+absolute first offset into the ``baseOffset`` of each batch it serves.
+
 Kafka's LZ4 codec is the LZ4 *frame* format; its snappy codec is either raw snappy
 (librdkafka and most non-JVM clients) or the xerial/snappy-java block framing (the Java
 client); both are accepted on decode.
@@ -64,6 +80,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 
 import crc32c
 import lz4.frame
@@ -76,15 +93,18 @@ __all__ = [
     "BATCH_HEADER_SIZE",
     "BatchInfo",
     "BatchRules",
+    "BlockBatch",
     "InvalidBatchError",
     "decode_records",
     "default_partition",
     "encode_batch",
+    "encode_block",
     "inflate",
     "murmur2",
     "patch_base_offset",
     "scan_batches",
     "validate_batches",
+    "walk_block",
 ]
 
 BATCH_HEADER_SIZE = 61
@@ -96,6 +116,8 @@ _CRC_HEADER = struct.Struct(">hiqqqhii")
 # The part before it (base_offset .. crc).
 _PRE_CRC = struct.Struct(">qiibI")
 _BASE_OFFSET = struct.Struct(">q")
+_LAST_OFFSET_DELTA = struct.Struct(">i")
+_LAST_OFFSET_DELTA_AT = 23
 assert _HEADER.size == BATCH_HEADER_SIZE
 assert _PRE_CRC.size + _CRC_HEADER.size == BATCH_HEADER_SIZE
 
@@ -306,7 +328,7 @@ def encode_batch(
 
 
 def scan_batches(
-    buf: bytes | bytearray | memoryview, *, verify_crc: bool = True
+    buf: bytes | bytearray | memoryview, *, verify_crc: bool = True, compacted: bool = False
 ) -> list[BatchInfo]:
     """Walk concatenated batches, reading only their 61-byte headers.
 
@@ -314,8 +336,9 @@ def scan_batches(
     ``InvalidBatchError`` on: an empty buffer; a trailing partial header or batch; a
     ``batch_length`` below the header size; magic other than 2 (``UNSUPPORTED_FOR_MESSAGE_FORMAT``);
     a CRC-32C mismatch when ``verify_crc``; ``records_count`` < 1, not equal to
-    ``last_offset_delta + 1`` or too large for the uncompressed record bytes; an unknown
-    compression codec. Records are never decoded or decompressed.
+    ``last_offset_delta + 1`` (with ``compacted``: above it, since key compaction removes
+    records but keeps ``lastOffsetDelta``) or too large for the uncompressed record bytes; an
+    unknown compression codec. Records are never decoded or decompressed.
     """
     mv = memoryview(buf)
     if mv.format != "B" or mv.ndim != 1:
@@ -384,11 +407,12 @@ def scan_batches(
                 f"batch {index} at byte {pos}: recordsCount {count}, a batch needs at "
                 "least one record",
             )
-        if count != last_offset_delta + 1:
+        if count != last_offset_delta + 1 and not (compacted and count <= last_offset_delta):
             raise InvalidBatchError(
                 ErrorCode.INVALID_RECORD,
                 f"batch {index} at byte {pos}: recordsCount {count} does not match "
-                f"lastOffsetDelta {last_offset_delta} (expected count = lastOffsetDelta + 1)",
+                f"lastOffsetDelta {last_offset_delta} (expected count = lastOffsetDelta + 1"
+                + (", or fewer in a compacted block)" if compacted else ")"),
             )
         codec = attributes & CODEC_MASK
         if codec > CODEC_ZSTD:
@@ -427,6 +451,99 @@ def patch_base_offset(buf: bytearray | memoryview, position: int, base_offset: i
     The base offset is outside the CRC, so the batch stays valid without recomputing it.
     """
     _BASE_OFFSET.pack_into(buf, position, base_offset)
+
+
+# ---------------------------------------------------------------------------------------
+# blocks: offsets of the batches stored in one block (the gap rule)
+
+
+class BlockBatch(msgspec.Struct, frozen=True):
+    """A batch of a stored block that carries offsets, with its absolute first offset."""
+
+    info: BatchInfo  # position/length within the block bytes, counts, timestamps...
+    first_offset: int  # absolute offset of the batch's first offset
+
+    @property
+    def last_offset(self) -> int:
+        return self.first_offset + self.info.last_offset_delta
+
+
+def walk_block(
+    block: bytes | bytearray | memoryview,
+    base_offset: int,
+    skipped: tuple[int, ...] = (),
+    *,
+    verify_crc: bool = False,
+    end_offset: int | None = None,
+) -> list[BlockBatch]:
+    """The batches of a block that carry offsets, with absolute offsets, by the gap rule.
+
+    ``base_offset`` is the block row's; ``skipped`` the ordinals of its duplicate batches
+    (left out, they take no offsets). A batch's stored ``baseOffset`` field is the gap between
+    the running position (the block's ``base_offset``, then the end of the previous batch) and
+    its first offset; its offsets are ``[first, first + lastOffsetDelta]``. Batches may hold
+    fewer records than ``lastOffsetDelta + 1`` (compacted). With ``end_offset`` (the row's),
+    a batch reaching it or past it is refused. Raises ``InvalidBatchError`` for bad headers
+    (``scan_batches``), a negative gap or offsets past ``end_offset``.
+    """
+    mv = memoryview(block)
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    unpack = _BASE_OFFSET.unpack_from
+    out: list[BlockBatch] = []
+    running = base_offset
+    for ordinal, info in enumerate(scan_batches(mv, verify_crc=verify_crc, compacted=True)):
+        if skipped and ordinal in skipped:
+            continue
+        (gap,) = unpack(mv, info.position)
+        if gap < 0:
+            raise InvalidBatchError(
+                ErrorCode.CORRUPT_MESSAGE,
+                f"batch {ordinal} at byte {info.position} of a stored block: stored baseOffset "
+                f"{gap} is negative, it must be the gap to the previous batch",
+            )
+        first = running + gap
+        running = first + info.last_offset_delta + 1
+        if end_offset is not None and running > end_offset:
+            raise InvalidBatchError(
+                ErrorCode.CORRUPT_MESSAGE,
+                f"batch {ordinal} at byte {info.position} of a stored block ends at offset "
+                f"{running - 1}, past the block's end offset {end_offset}",
+            )
+        out.append(BlockBatch(info, first))
+    return out
+
+
+def encode_block(
+    batches: Sequence[tuple[bytes | bytearray | memoryview, int]], base_offset: int
+) -> bytes:
+    """Block bytes holding ``(batch bytes, absolute first offset)`` pairs in offset order.
+
+    Each batch is copied with its stored ``baseOffset`` set to the gap rule's value (its
+    first offset minus the end of the previous batch, or minus ``base_offset`` for the first);
+    ``baseOffset`` is outside the CRC, so nothing else changes. ``walk_block(result,
+    base_offset)`` gives the offsets back. Raises ``ValueError`` for no batches, or for a
+    batch starting before the previous one ends (or before ``base_offset``).
+    """
+    if not batches:
+        raise ValueError("encode_block needs at least one batch (empty blocks are dropped)")
+    out = bytearray()
+    running = base_offset
+    for index, (batch, first) in enumerate(batches):
+        gap = first - running
+        if gap < 0:
+            raise ValueError(
+                f"encode_block: batch {index} starts at offset {first}, before offset {running} "
+                "where the previous batch (or the block) ends; give batches in offset order"
+            )
+        at = len(out)
+        out += batch
+        if len(out) - at < BATCH_HEADER_SIZE:
+            raise ValueError(f"encode_block: batch {index} is shorter than a batch header")
+        _BASE_OFFSET.pack_into(out, at, gap)
+        (last_offset_delta,) = _LAST_OFFSET_DELTA.unpack_from(out, at + _LAST_OFFSET_DELTA_AT)
+        running = first + last_offset_delta + 1
+    return bytes(out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -476,6 +593,15 @@ def validate_batches(
     mv = memoryview(buf)
     if mv.format != "B" or mv.ndim != 1:
         mv = mv.cast("B")
+    for index, info in enumerate(infos):
+        (stored_base,) = _BASE_OFFSET.unpack_from(mv, info.position)
+        if stored_base != 0:
+            # stored blocks use the field for the gap rule (module docstring)
+            raise InvalidBatchError(
+                ErrorCode.INVALID_RECORD,
+                f"batch {index} at byte {info.position}: baseOffset {stored_base}, a produced "
+                "batch must have baseOffset 0 (the log assigns offsets)",
+            )
     if rules.log_append_time:
         ts_low, ts_high = _INT64_MIN, _INT64_MAX
     else:

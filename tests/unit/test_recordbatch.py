@@ -18,13 +18,17 @@ from streamhouse.errors import ErrorCode
 from streamhouse.recordbatch import (
     BATCH_HEADER_SIZE,
     BatchInfo,
+    BatchRules,
     InvalidBatchError,
     decode_records,
     default_partition,
     encode_batch,
+    encode_block,
     murmur2,
     patch_base_offset,
     scan_batches,
+    validate_batches,
+    walk_block,
 )
 
 # ------------------------------------------------------------------------------------------
@@ -382,6 +386,100 @@ def test_scan_bad_counts():
     expect_invalid("INVALID_RECORD", scan_batches, forge(recs, count=1000), match="cannot fit")
     expect_invalid(
         "INVALID_RECORD", scan_batches, forge(recs, count=2, attributes=6), match="codec 6"
+    )
+
+
+def test_scan_compacted_accepts_fewer_records_than_the_offset_span():
+    # a compacted batch keeps lastOffsetDelta 5 and the deltas of its two surviving records
+    recs = raw_record(1, 0, b"a", b"x") + raw_record(5, 0, b"b", b"y")
+    batch = forge(recs, count=2, last_offset_delta=5)
+    expect_invalid("INVALID_RECORD", scan_batches, batch, match="lastOffsetDelta 5")
+    (info,) = scan_batches(batch, compacted=True)
+    assert (info.record_count, info.last_offset_delta) == (2, 5)
+    # more records than offsets, or none at all, is still refused
+    expect_invalid(
+        "INVALID_RECORD",
+        scan_batches,
+        forge(recs, count=2, last_offset_delta=0),
+        compacted=True,
+        match="or fewer in a compacted block",
+    )
+    expect_invalid(
+        "INVALID_RECORD", scan_batches, forge(b"", count=0), compacted=True, match="recordsCount 0"
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# blocks: the gap rule
+
+
+def test_walk_block_of_produced_batches_takes_consecutive_offsets_and_skips_duplicates():
+    a, b, c = encode_sample(SAMPLE[:2]), encode_sample(), encode_sample(SAMPLE[:1])
+    block = a + b + c
+    walked = walk_block(block, 100)
+    assert [(w.first_offset, w.last_offset) for w in walked] == [(100, 101), (102, 106), (107, 107)]
+    assert [w.info.position for w in walked] == [0, len(a), len(a) + len(b)]
+    # a skipped (duplicate) batch takes no offsets
+    walked = walk_block(block, 100, (1,))
+    assert [(w.first_offset, w.last_offset) for w in walked] == [(100, 101), (102, 102)]
+    assert walked[1].info.position == len(a) + len(b)
+    assert walk_block(memoryview(block), 7, (0, 1, 2)) == []
+
+
+def test_encode_block_round_trips_gaps_and_keeps_crcs():
+    recs = raw_record(1, 0, b"a", b"x") + raw_record(5, 0, b"b", b"y")
+    compacted = forge(recs, count=2, last_offset_delta=5)  # offsets first .. first + 5
+    whole = encode_sample()  # 5 records
+    pairs = [(compacted, 1000), (whole, 1006), (compacted, 1020), (memoryview(whole), 1026)]
+    block = encode_block(pairs, 990)
+    walked = walk_block(block, 990, verify_crc=True)
+    assert [w.first_offset for w in walked] == [1000, 1006, 1020, 1026]
+    assert [w.last_offset for w in walked] == [1005, 1010, 1025, 1030]
+    assert [w.info.record_count for w in walked] == [2, 5, 2, 5]
+    # stored baseOffset = gap to the previous batch's end
+    stored = [struct.unpack_from(">q", block, w.info.position)[0] for w in walked]
+    assert stored == [10, 0, 9, 0]
+    # the batches are otherwise byte for byte what was given (baseOffset is outside the CRC)
+    for w, (batch, _) in zip(walked, pairs, strict=True):
+        got = block[w.info.position : w.info.position + w.info.length]
+        assert got[8:] == bytes(batch)[8:]
+    # records keep their deltas: the reader's patched view gives the absolute offsets
+    view = bytearray(
+        block[walked[2].info.position : walked[2].info.position + walked[2].info.length]
+    )
+    patch_base_offset(view, 0, walked[2].first_offset)
+    assert [r.offset for r in DefaultRecordBatch(view)] == [1021, 1025]
+    # end_offset bounds the walk
+    assert len(walk_block(block, 990, end_offset=1031)) == 4
+    expect_invalid("CORRUPT_MESSAGE", walk_block, block, 990, end_offset=1030, match="past")
+
+
+def test_encode_block_refuses_out_of_order_or_empty():
+    whole = encode_sample()
+    with pytest.raises(ValueError, match="at least one batch"):
+        encode_block([], 0)
+    with pytest.raises(ValueError, match="before offset 5"):
+        encode_block([(whole, 0), (whole, 3)], 0)
+    with pytest.raises(ValueError, match="before offset 10"):
+        encode_block([(whole, 9)], 10)
+
+
+def test_walk_block_refuses_negative_gaps():
+    batch = bytearray(encode_sample())
+    patch_base_offset(batch, 0, -1)
+    expect_invalid("CORRUPT_MESSAGE", walk_block, bytes(batch), 0, match="negative")
+
+
+def test_validate_refuses_produced_batches_with_a_base_offset():
+    rules = BatchRules(
+        max_message_bytes=1 << 20, max_records_bytes=1 << 20, max_inflated_bytes=1 << 20
+    )
+    good = encode_sample(SAMPLE[:1])
+    assert len(validate_batches(good, rules, SAMPLE[0][3])) == 1
+    bad = bytearray(good)
+    patch_base_offset(bad, 0, 42)
+    expect_invalid(
+        "INVALID_RECORD", validate_batches, good + bytes(bad), rules, SAMPLE[0][3], match="batch 1"
     )
 
 
