@@ -13,7 +13,9 @@ from streamhouse.objectstore import ObjectInfo
 __all__ = [
     "SEGMENT_PREFIX",
     "Backoff",
+    "ByteBudget",
     "DeleteBudget",
+    "RateBudget",
     "chunk_size",
     "chunks",
     "orphan_candidates",
@@ -54,29 +56,48 @@ def chunks(keys: Sequence[str], size: int) -> list[list[str]]:
     return [list(keys[i : i + size]) for i in range(0, len(keys), size)]
 
 
-class DeleteBudget:
-    """At most `per_second` objects deleted per second, on average, from the first request.
+class RateBudget:
+    """At most `per_second` units (deleted objects, bytes) per second, on average, from the
+    first request.
 
-    Each reservation of n objects occupies n / per_second seconds of a schedule; a request
+    Each reservation of n units occupies n / per_second seconds of a schedule; a request
     starts when the ones reserved before it are paid for. `reserve` returns how long the
     caller waits before sending its request (0 for the first one, so a small pass is not
     delayed at all)."""
 
     __slots__ = ("per_second", "_paid_until")
 
+    #: What the budget counts, for error messages.
+    unit = "units"
+
     def __init__(self, per_second: int) -> None:
         if per_second <= 0:
-            raise ValueError(f"deletes per second {per_second} must be positive")
+            raise ValueError(f"{self.unit} per second {per_second} must be positive")
         self.per_second = per_second
         self._paid_until = float("-inf")
 
     def reserve(self, count: int, now_s: float) -> float:
-        """Books `count` deletes; returns the seconds to wait from `now_s` before sending."""
+        """Books `count` units; returns the seconds to wait from `now_s` before sending."""
         if count < 0:
-            raise ValueError(f"cannot reserve {count} deletes")
+            raise ValueError(f"cannot reserve {count} {self.unit}")
         start = max(now_s, self._paid_until)
         self._paid_until = start + count / self.per_second
         return start - now_s
+
+
+class DeleteBudget(RateBudget):
+    """At most `per_second` objects deleted per second (lifecycle_deletes_per_second)."""
+
+    __slots__ = ()
+    unit = "deletes"
+
+
+class ByteBudget(RateBudget):
+    """At most `per_second` bytes read and written per second by the rewriting steps
+    (lifecycle_rewrite_bytes_per_second)."""
+
+    __slots__ = ()
+    unit = "bytes"
 
 
 class Backoff:
