@@ -113,6 +113,41 @@ class StreamHouseService:
             topics=[await self._topic_message(t) for t in await self.meta.list_topics()]
         )
 
+    async def AlterTopicConfig(
+        self, request: pb.AlterTopicConfigRequest, context: Any
+    ) -> pb.AlterTopicConfigResponse:
+        """Sets `set_entries` and removes `delete_entries` (back to their defaults) in the
+        topic's stored config, as IncrementalAlterConfigs SET and DELETE; the whole new config
+        is validated before anything is stored."""
+        both = sorted(set(request.set_entries) & set(request.delete_entries))
+        if both:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"config {', '.join(both)} is both set and deleted: give each entry once",
+            )
+        topic = await self._topic(request.name)
+        config = dict(topic.config)
+        for name in request.delete_entries:
+            config.pop(name, None)
+        config.update(request.set_entries)
+        try:
+            config = validate_topic_config(config)
+        except TopicConfigError as exc:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if not request.validate_only:
+            try:
+                topic = await self.meta.update_topic_config(topic.name, config)
+            except UnknownTopicError:
+                raise _Abort(
+                    grpc.StatusCode.NOT_FOUND, f"topic {request.name!r} does not exist"
+                ) from None
+            log.info("altered the config of topic %s: %s", topic.name, config)
+        message = await self._topic_message(topic)
+        if request.validate_only:
+            message.config.clear()
+            message.config.update(effective_config(config))
+        return pb.AlterTopicConfigResponse(topic=message)
+
     async def DeleteTopic(
         self, request: pb.DeleteTopicRequest, context: Any
     ) -> pb.DeleteTopicResponse:
@@ -367,6 +402,55 @@ class StreamHouseService:
             now_ms=int(time.time() * 1000),
         )
 
+    # -- storage -------------------------------------------------------------------------
+
+    async def DescribeStorage(
+        self, request: pb.DescribeStorageRequest, context: Any
+    ) -> pb.DescribeStorageResponse:
+        """Storage per topic and in total, read from metadata now (one storage_report call,
+        off the loop, plus the topic list for the topics' UUIDs)."""
+        if request.small_object_bytes < 0:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"small_object_bytes {request.small_object_bytes} is negative: give a size in "
+                "bytes, or 0 for the agent's lifecycle_small_object_bytes",
+            )
+        small = request.small_object_bytes or self.settings.lifecycle_small_object_bytes
+        now_ms = int(time.time() * 1000)
+        report = await self.meta.storage_report(now_ms, small)
+        uuids = {t.topic_id: t.uuid.hex() for t in await self.meta.list_topics()}
+        topics = [
+            pb.TopicStorage(
+                name=t.name,
+                topic_id=uuids.get(t.topic_id, ""),
+                partitions=t.partitions,
+                objects=t.objects,
+                bytes_stored=t.bytes_stored,
+                bytes_live=t.bytes_live,
+                records=t.records,
+                oldest_offset=t.oldest_offset,
+                oldest_timestamp_ms=t.oldest_timestamp_ms,
+                cleanup_policy=t.cleanup_policy,
+                dirty_bytes=t.dirty_bytes,
+            )
+            for t in sorted(report.topics, key=lambda t: t.name)
+        ]
+        return pb.DescribeStorageResponse(
+            topics=topics,
+            objects=report.objects,
+            bytes_stored=report.bytes_stored,
+            bytes_live=report.bytes_live,
+            dead_objects=report.dead_objects,
+            dead_bytes=report.dead_bytes,
+            small_objects=report.small_objects,
+            small_bytes=report.small_bytes,
+            segments_created_last_hour=report.segments_created_last_hour,
+            bytes_created_last_hour=report.bytes_created_last_hour,
+            small_object_bytes=small,
+            now_ms=now_ms,
+            answered_by=self.cluster.self_agent.agent_id,
+        )
+
 
 def agent_state(agent: AgentInfo, lease_ms: int) -> str:
     """An agent's health: "alive"; "stopped" for a clean stop (deregistering ends the lease
@@ -482,6 +566,8 @@ def method_handlers(service: StreamHouseService) -> grpc.GenericRpcHandler:
         "GetOffset": (pb.GetOffsetRequest, pb.GetOffsetResponse),
         "InitProducer": (pb.InitProducerRequest, pb.InitProducerResponse),
         "DescribeCluster": (pb.DescribeClusterRequest, pb.DescribeClusterResponse),
+        "DescribeStorage": (pb.DescribeStorageRequest, pb.DescribeStorageResponse),
+        "AlterTopicConfig": (pb.AlterTopicConfigRequest, pb.AlterTopicConfigResponse),
     }
     handlers: dict[str, grpc.RpcMethodHandler] = {
         name: grpc.unary_unary_rpc_method_handler(

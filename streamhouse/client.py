@@ -233,6 +233,24 @@ class Client:
         """Deletes a topic."""
         self._call(self._stub.DeleteTopic, pb.DeleteTopicRequest(name=name))
 
+    def alter_topic_config(
+        self,
+        name: str,
+        set_entries: dict[str, str] | None = None,
+        delete_entries: Iterable[str] = (),
+        validate_only: bool = False,
+    ) -> pb.Topic:
+        """Sets ``set_entries`` and removes ``delete_entries`` (back to their defaults) in a
+        topic's config, as Kafka's IncrementalAlterConfigs; returns the topic as it is now (with
+        ``validate_only``, as it would be; nothing is changed)."""
+        request = pb.AlterTopicConfigRequest(
+            name=name,
+            set_entries=set_entries or {},
+            delete_entries=list(delete_entries),
+            validate_only=validate_only,
+        )
+        return self._call(self._stub.AlterTopicConfig, request).topic
+
     # -- produce ---------------------------------------------------------------------------
 
     def produce(
@@ -402,6 +420,16 @@ class Client:
         addresses, zone, ``state`` alive/expired/stopped and lease times), which agent answered
         and its clock (``now_ms``)."""
         return self._call(self._stub.DescribeCluster, pb.DescribeClusterRequest())
+
+    # -- storage ---------------------------------------------------------------------------
+
+    def describe_storage(self, small_object_bytes: int = 0) -> pb.DescribeStorageResponse:
+        """Storage per topic (``topics``, by name) and in total, as metadata knows it: live
+        objects and their bytes, live bytes, dead objects awaiting deletion, small objects (below
+        ``small_object_bytes``; 0: the server's lifecycle_small_object_bytes), objects and bytes
+        created in the last hour."""
+        request = pb.DescribeStorageRequest(small_object_bytes=small_object_bytes)
+        return self._call(self._stub.DescribeStorage, request)
 
 
 class IdempotentProducer:

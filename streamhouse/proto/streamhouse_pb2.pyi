@@ -163,7 +163,9 @@ class ProduceResponse(_message.Message):
     BASE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     partition: int
     base_offset: int
-    def __init__(self, partition: int | None = ..., base_offset: int | None = ...) -> None: ...
+    def __init__(
+        self, partition: int | None = ..., base_offset: int | None = ...
+    ) -> None: ...
 
 class ProduceBatchRequest(_message.Message):
     __slots__ = ("topic", "partition", "records", "producer_id", "producer_epoch", "base_sequence")
@@ -319,7 +321,10 @@ class GetOffsetRequest(_message.Message):
     topic: str
     partition: int
     def __init__(
-        self, group: str | None = ..., topic: str | None = ..., partition: int | None = ...
+        self,
+        group: str | None = ...,
+        topic: str | None = ...,
+        partition: int | None = ...,
     ) -> None: ...
 
 class GetOffsetResponse(_message.Message):
@@ -340,7 +345,9 @@ class InitProducerResponse(_message.Message):
     PRODUCER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     producer_id: int
     producer_epoch: int
-    def __init__(self, producer_id: int | None = ..., producer_epoch: int | None = ...) -> None: ...
+    def __init__(
+        self, producer_id: int | None = ..., producer_epoch: int | None = ...
+    ) -> None: ...
 
 class DescribeClusterRequest(_message.Message):
     __slots__ = ()
@@ -407,3 +414,151 @@ class DescribeClusterResponse(_message.Message):
         answered_by: str | None = ...,
         now_ms: int | None = ...,
     ) -> None: ...
+
+class DescribeStorageRequest(_message.Message):
+    __slots__ = ("small_object_bytes",)
+    SMALL_OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    small_object_bytes: int
+    def __init__(self, small_object_bytes: int | None = ...) -> None: ...
+
+class TopicStorage(_message.Message):
+    __slots__ = (
+        "name",
+        "topic_id",
+        "partitions",
+        "objects",
+        "bytes_stored",
+        "bytes_live",
+        "records",
+        "oldest_offset",
+        "oldest_timestamp_ms",
+        "cleanup_policy",
+        "dirty_bytes",
+    )
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_STORED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_LIVE_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    CLEANUP_POLICY_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    topic_id: str
+    partitions: int
+    objects: int
+    bytes_stored: int
+    bytes_live: int
+    records: int
+    oldest_offset: int
+    oldest_timestamp_ms: int
+    cleanup_policy: str
+    dirty_bytes: int
+    def __init__(
+        self,
+        name: str | None = ...,
+        topic_id: str | None = ...,
+        partitions: int | None = ...,
+        objects: int | None = ...,
+        bytes_stored: int | None = ...,
+        bytes_live: int | None = ...,
+        records: int | None = ...,
+        oldest_offset: int | None = ...,
+        oldest_timestamp_ms: int | None = ...,
+        cleanup_policy: str | None = ...,
+        dirty_bytes: int | None = ...,
+    ) -> None: ...
+
+class DescribeStorageResponse(_message.Message):
+    __slots__ = (
+        "topics",
+        "objects",
+        "bytes_stored",
+        "bytes_live",
+        "dead_objects",
+        "dead_bytes",
+        "small_objects",
+        "small_bytes",
+        "segments_created_last_hour",
+        "bytes_created_last_hour",
+        "small_object_bytes",
+        "now_ms",
+        "answered_by",
+    )
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_STORED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_LIVE_FIELD_NUMBER: _ClassVar[int]
+    DEAD_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    DEAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SMALL_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    SMALL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_CREATED_LAST_HOUR_FIELD_NUMBER: _ClassVar[int]
+    BYTES_CREATED_LAST_HOUR_FIELD_NUMBER: _ClassVar[int]
+    SMALL_OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    topics: _containers.RepeatedCompositeFieldContainer[TopicStorage]
+    objects: int
+    bytes_stored: int
+    bytes_live: int
+    dead_objects: int
+    dead_bytes: int
+    small_objects: int
+    small_bytes: int
+    segments_created_last_hour: int
+    bytes_created_last_hour: int
+    small_object_bytes: int
+    now_ms: int
+    answered_by: str
+    def __init__(
+        self,
+        topics: _Iterable[TopicStorage | _Mapping] | None = ...,
+        objects: int | None = ...,
+        bytes_stored: int | None = ...,
+        bytes_live: int | None = ...,
+        dead_objects: int | None = ...,
+        dead_bytes: int | None = ...,
+        small_objects: int | None = ...,
+        small_bytes: int | None = ...,
+        segments_created_last_hour: int | None = ...,
+        bytes_created_last_hour: int | None = ...,
+        small_object_bytes: int | None = ...,
+        now_ms: int | None = ...,
+        answered_by: str | None = ...,
+    ) -> None: ...
+
+class AlterTopicConfigRequest(_message.Message):
+    __slots__ = ("name", "set_entries", "delete_entries", "validate_only")
+    class SetEntriesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: str | None = ..., value: str | None = ...) -> None: ...
+
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SET_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    DELETE_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    set_entries: _containers.ScalarMap[str, str]
+    delete_entries: _containers.RepeatedScalarFieldContainer[str]
+    validate_only: bool
+    def __init__(
+        self,
+        name: str | None = ...,
+        set_entries: _Mapping[str, str] | None = ...,
+        delete_entries: _Iterable[str] | None = ...,
+        validate_only: bool | None = ...,
+    ) -> None: ...
+
+class AlterTopicConfigResponse(_message.Message):
+    __slots__ = ("topic",)
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    topic: Topic
+    def __init__(self, topic: Topic | _Mapping | None = ...) -> None: ...

@@ -99,6 +99,16 @@ class StreamHouseStub:
                 request_serializer=streamhouse__pb2.DescribeClusterRequest.SerializeToString,
                 response_deserializer=streamhouse__pb2.DescribeClusterResponse.FromString,
                 _registered_method=True)
+        self.DescribeStorage = channel.unary_unary(
+                '/streamhouse.v1.StreamHouse/DescribeStorage',
+                request_serializer=streamhouse__pb2.DescribeStorageRequest.SerializeToString,
+                response_deserializer=streamhouse__pb2.DescribeStorageResponse.FromString,
+                _registered_method=True)
+        self.AlterTopicConfig = channel.unary_unary(
+                '/streamhouse.v1.StreamHouse/AlterTopicConfig',
+                request_serializer=streamhouse__pb2.AlterTopicConfigRequest.SerializeToString,
+                response_deserializer=streamhouse__pb2.AlterTopicConfigResponse.FromString,
+                _registered_method=True)
 
 
 class StreamHouseServicer:
@@ -186,6 +196,21 @@ class StreamHouseServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeStorage(self, request, context):
+        """Storage per topic and in total, as metadata knows it now (streamctl storage).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AlterTopicConfig(self, request, context):
+        """Sets and removes a topic's config entries, as Kafka's IncrementalAlterConfigs SET/DELETE
+        (streamctl topic alter-config); answers the topic as it is afterwards.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StreamHouseServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -253,6 +278,16 @@ def add_StreamHouseServicer_to_server(servicer, server):
                     servicer.DescribeCluster,
                     request_deserializer=streamhouse__pb2.DescribeClusterRequest.FromString,
                     response_serializer=streamhouse__pb2.DescribeClusterResponse.SerializeToString,
+            ),
+            'DescribeStorage': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeStorage,
+                    request_deserializer=streamhouse__pb2.DescribeStorageRequest.FromString,
+                    response_serializer=streamhouse__pb2.DescribeStorageResponse.SerializeToString,
+            ),
+            'AlterTopicConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.AlterTopicConfig,
+                    request_deserializer=streamhouse__pb2.AlterTopicConfigRequest.FromString,
+                    response_serializer=streamhouse__pb2.AlterTopicConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -606,6 +641,60 @@ class StreamHouse:
             '/streamhouse.v1.StreamHouse/DescribeCluster',
             streamhouse__pb2.DescribeClusterRequest.SerializeToString,
             streamhouse__pb2.DescribeClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeStorage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamhouse.v1.StreamHouse/DescribeStorage',
+            streamhouse__pb2.DescribeStorageRequest.SerializeToString,
+            streamhouse__pb2.DescribeStorageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AlterTopicConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamhouse.v1.StreamHouse/AlterTopicConfig',
+            streamhouse__pb2.AlterTopicConfigRequest.SerializeToString,
+            streamhouse__pb2.AlterTopicConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,112 @@
+"""streamhouse.cost: the monthly estimate on S3 and on replicated Kafka, computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamhouse.cost import (
+    GIB,
+    HOURS_PER_MONTH,
+    Prices,
+    Usage,
+    estimate,
+)
+
+
+def usage(**overrides: float) -> Usage:
+    values: dict[str, float] = {
+        "bytes_stored": 100 * GIB,
+        "dead_bytes": 0,
+        "bytes_live": 80 * GIB,
+        "objects_created_last_hour": 3600,
+        "bytes_written_per_hour": GIB,
+        "gets_per_second": 0.0,
+    }
+    values.update(overrides)
+    return Usage(**values)  # type: ignore[arg-type]
+
+
+def by_item(lines: list) -> dict[str, float]:  # type: ignore[type-arg]
+    return {line.item: line.monthly_usd for line in lines}
+
+
+def test_streamhouse_lines_at_list_prices() -> None:
+    result = estimate(usage(dead_bytes=20 * GIB, gets_per_second=10.0))
+    lines = by_item(result.streamhouse)
+    # 120 GiB in the bucket (live objects + dead ones awaiting deletion) at $0.023.
+    assert lines["S3 storage"] == pytest.approx(120 * 0.023)
+    # One object a second: 3,600 an hour, 2,628,000 a month at $0.005 per 1,000.
+    assert lines["S3 PUT"] == pytest.approx(3600 * HOURS_PER_MONTH / 1000 * 0.005)
+    assert lines["S3 PUT"] == pytest.approx(13.14)
+    # 10 GETs a second at $0.0004 per 1,000.
+    assert lines["S3 GET"] == pytest.approx(10 * 3600 * HOURS_PER_MONTH / 1000 * 0.0004)
+    assert result.streamhouse_monthly_usd == pytest.approx(sum(lines.values()))
+
+
+def test_kafka_lines_replicate_live_bytes_and_writes() -> None:
+    result = estimate(usage())
+    lines = by_item(result.kafka)
+    # 80 GiB live x 3 replicas on disks kept half full: 480 GiB of gp3 at $0.08.
+    assert lines["block storage"] == pytest.approx(480 * 0.08)
+    # 1 GiB written an hour, copied to 2 followers in other zones at $0.02 per GB.
+    assert lines["cross-AZ replication"] == pytest.approx(HOURS_PER_MONTH * 2 * 0.02)
+    assert result.kafka_monthly_usd == pytest.approx(38.4 + 29.2)
+    expected = 100 * (1 - result.streamhouse_monthly_usd / result.kafka_monthly_usd)
+    assert result.saving_percent == pytest.approx(expected)
+    assert 0 < result.saving_percent < 100
+
+
+def test_overridden_prices_and_assumptions() -> None:
+    prices = Prices(
+        s3_gb_month_usd=0.0125,
+        s3_put_per_1000_usd=0.01,
+        s3_get_per_1000_usd=0.001,
+        block_gb_month_usd=0.1,
+        cross_az_gb_usd=0.0,
+        replication_factor=2,
+        disk_fill=1.0,
+    )
+    result = estimate(usage(gets_per_second=1.0), prices)
+    sh, kafka = by_item(result.streamhouse), by_item(result.kafka)
+    assert sh["S3 storage"] == pytest.approx(100 * 0.0125)
+    assert sh["S3 PUT"] == pytest.approx(3600 * HOURS_PER_MONTH / 1000 * 0.01)
+    assert sh["S3 GET"] == pytest.approx(3600 * HOURS_PER_MONTH / 1000 * 0.001)
+    assert kafka["block storage"] == pytest.approx(80 * 2 * 0.1)
+    assert kafka["cross-AZ replication"] == 0
+
+
+def test_nothing_stored_costs_nothing() -> None:
+    result = estimate(
+        Usage(
+            bytes_stored=0,
+            dead_bytes=0,
+            bytes_live=0,
+            objects_created_last_hour=0,
+            bytes_written_per_hour=0,
+        )
+    )
+    assert result.streamhouse_monthly_usd == result.kafka_monthly_usd == 0
+    assert result.saving_percent is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("s3_gb_month_usd", -0.01, "must be >= 0"),
+        ("cross_az_gb_usd", float("nan"), "must be >= 0"),
+        ("replication_factor", 0, "at least 1"),
+        ("disk_fill", 0.0, "(0, 1]"),
+        ("disk_fill", 1.5, "(0, 1]"),
+    ],
+)
+def test_bad_prices_are_refused(field: str, value: float, words: str) -> None:
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace("]", r"\]")):
+        Prices(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("bytes_live", -1), ("gets_per_second", -0.5), ("dead_bytes", -3)]
+)
+def test_bad_usage_is_refused(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        usage(**{field: value})
