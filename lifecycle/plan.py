@@ -1,5 +1,6 @@
 """The lifecycle's decisions, free of I/O: which listed objects are orphans, how deletes are
-split into requests, when the delete budget allows the next request, how long to back off.
+split into requests, when the delete and byte budgets allow the next request, how long to back
+off, which objects are rewritten and how they are grouped.
 
 Everything here takes the clock as an argument, so the tests drive it with plain numbers.
 """
@@ -7,8 +8,13 @@ Everything here takes the clock as an argument, so the tests drive it with plain
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from streamhouse.objectstore import ObjectInfo
+from streamhouse.segment import FOOTER_SIZE, HEADER_SIZE, INDEX_ENTRY_SIZE
+
+if TYPE_CHECKING:
+    from metadata import SegmentUsage
 
 __all__ = [
     "SEGMENT_PREFIX",
@@ -16,6 +22,11 @@ __all__ = [
     "ByteBudget",
     "DeleteBudget",
     "RateBudget",
+    "RewriteGroup",
+    "RewriteGrouper",
+    "is_partly_live",
+    "is_small",
+    "object_overhead",
     "chunk_size",
     "chunks",
     "orphan_candidates",
@@ -121,3 +132,85 @@ class Backoff:
 
     def succeeded(self) -> None:
         self._failures = 0
+
+
+# --------------------------------------------------------------------------- rewrites
+
+
+def object_overhead(block_count: int) -> int:
+    """Bytes of a segment object that are not blocks: header, index entries, footer."""
+    return HEADER_SIZE + FOOTER_SIZE + INDEX_ENTRY_SIZE * block_count
+
+
+def is_small(segment: SegmentUsage, now_ms: int, small_bytes: int, min_age_ms: int) -> bool:
+    """A live object worth merging with others: smaller than `small_bytes` and committed at
+    least `min_age_ms` before `now_ms` (the young tail is still read from the reader's cache
+    and may soon have neighbours to merge with)."""
+    return (
+        segment.live_bytes > 0
+        and segment.size < small_bytes
+        and segment.created_ms <= now_ms - min_age_ms
+    )
+
+
+def is_partly_live(segment: SegmentUsage, min_live_percent: int) -> bool:
+    """A live object kept alive by a few live blocks: its live bytes are below
+    `min_live_percent` of its size, and rewriting its live blocks alone would make a smaller
+    object (an object whose only "waste" is its own header, index and footer is not)."""
+    if min_live_percent <= 0 or segment.live_bytes <= 0:
+        return False
+    waste = segment.size - segment.live_bytes - object_overhead(segment.block_count)
+    return segment.live_bytes * 100 < min_live_percent * segment.size and waste > 0
+
+
+class RewriteGroup(NamedTuple):
+    """Objects whose live blocks are rewritten together into one new object."""
+
+    segments: list[SegmentUsage]
+    partly_live: int  # how many of them are partly live (the others are small)
+
+    @property
+    def live_bytes(self) -> int:
+        return sum(s.live_bytes for s in self.segments)
+
+    @property
+    def worth_it(self) -> bool:
+        """Two objects or more become one, or a partly-live object sheds its dead bytes; a
+        lone small object would only be copied."""
+        return len(self.segments) >= 2 or self.partly_live > 0
+
+
+class RewriteGrouper:
+    """Groups rewrite candidates, fed in segment-id (commit) order, into groups of about
+    `target_bytes` of live bytes: a group closes when the next candidate would take it past
+    the target (a candidate larger than the target is a group of its own). Commit order
+    keeps each partition's rows of a group consecutive, so they merge into few blocks."""
+
+    __slots__ = ("target_bytes", "_segments", "_partly_live", "_live")
+
+    def __init__(self, target_bytes: int) -> None:
+        if target_bytes <= 0:
+            raise ValueError(f"target object bytes {target_bytes} must be positive")
+        self.target_bytes = target_bytes
+        self._segments: list[SegmentUsage] = []
+        self._partly_live = 0
+        self._live = 0
+
+    def add(self, segment: SegmentUsage, partly_live: bool) -> list[RewriteGroup]:
+        """Adds a candidate; returns the groups it closed (worth rewriting or not)."""
+        closed: list[RewriteGroup] = []
+        if self._segments and self._live + segment.live_bytes > self.target_bytes:
+            closed.append(self._close())
+        self._segments.append(segment)
+        self._partly_live += partly_live
+        self._live += segment.live_bytes
+        return closed
+
+    def finish(self) -> list[RewriteGroup]:
+        """The last, unclosed group (if any)."""
+        return [self._close()] if self._segments else []
+
+    def _close(self) -> RewriteGroup:
+        group = RewriteGroup(self._segments, self._partly_live)
+        self._segments, self._partly_live, self._live = [], 0, 0
+        return group

@@ -195,7 +195,8 @@ class RewriteContext:
     """The I/O of the rewriting steps of one lifecycle process (see the module docstring).
 
     ``settings``, ``meta`` and ``store`` are the process's; ``monotonic`` is the clock of the
-    byte budget (tests pass their own)."""
+    byte budget and ``wall_ms`` the real time that dates dead segments (tests pass their
+    own)."""
 
     def __init__(
         self,
@@ -203,11 +204,13 @@ class RewriteContext:
         meta: AsyncMetadata,
         store: object,
         monotonic: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self.settings = settings
         self.meta = meta
         self.store = store
         self._monotonic = monotonic
+        self._wall_ms = wall_ms
         self._budget = ByteBudget(settings.lifecycle_rewrite_bytes_per_second)
         self._puts = asyncio.Semaphore(settings.lifecycle_upload_concurrency)
         self._gets = asyncio.Semaphore(settings.lifecycle_upload_concurrency)
@@ -328,11 +331,16 @@ class RewriteContext:
         self.bytes_written += len(obj)
         return NewObject(key=key, size=len(obj), blocks=tuple(rows))
 
-    async def switch(self, rewrite: BlockRewrite, now_ms: int) -> bool:
+    async def switch(self, rewrite: BlockRewrite, now_ms: int | None = None) -> bool:
         """``replace_blocks`` in one transaction: True when the new object replaced the rows,
         False when one of them had changed first (the new object is then a dead segment,
-        deleted after the grace period)."""
-        return bool(await self.meta.replace_blocks(rewrite, now_ms))
+        deleted after the grace period).
+
+        The old objects (and a refused new one) are dated dead by the WALL clock, whatever
+        `now_ms` (a pass's clock, accepted for symmetry) says: a clock moved into the past
+        would date their death too early and shorten the grace period of reads in flight."""
+        del now_ms
+        return bool(await self.meta.replace_blocks(rewrite, self._wall_ms()))
 
     async def is_rewriter(self) -> tuple[bool, str]:
         """Whether this process does the rewriting steps, and why.
