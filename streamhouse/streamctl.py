@@ -8,6 +8,8 @@ Examples::
     streamctl consume events --partition 0 --offset earliest --limit 10 --output json
     streamctl offset commit --group g --topic events --partition 0 --offset 10
     streamctl cluster            # the agents of the cluster and their health (--json)
+    streamctl topic alter-config events --set retention.bytes=1073741824 --delete retention.ms
+    streamctl storage --cost     # bytes per topic and in total; the monthly bill vs. Kafka
 
 Exit status: 0 on success, 1 when the server (or reading input) fails, 2 for usage errors;
 every failure prints exactly one line on stderr, ``streamctl: error: ...``.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime
 import json
 import os
 import re
@@ -33,6 +36,7 @@ from streamhouse.client import (
     Record,
     StreamHouseError,
 )
+from streamhouse.cost import CostEstimate, Prices, Usage, estimate
 from streamhouse.proto import streamhouse_pb2 as pb
 
 PROG = "streamctl"
@@ -100,6 +104,23 @@ def _commit_offset(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid offset {text!r}") from None
     if value < -1:
         raise argparse.ArgumentTypeError(f"invalid offset {text!r} (must be >= -1)")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1: {text!r}")
     return value
 
 
@@ -294,6 +315,21 @@ def _cmd_topic_list(client: Client, args: argparse.Namespace, out: _Printer) -> 
 def _cmd_topic_get(client: Client, args: argparse.Namespace, out: _Printer) -> int:
     topic = client.get_topic(args.name)
     out.obj(topic_to_dict(topic), topic_to_text(topic))
+    return 0
+
+
+def _cmd_topic_alter_config(client: Client, args: argparse.Namespace, out: _Printer) -> int:
+    entries = dict(args.set or [])
+    deleted = list(dict.fromkeys(args.delete or []))
+    if not entries and not deleted:
+        raise UsageError("topic alter-config: give at least one --set KEY=VALUE or --delete KEY")
+    topic = client.alter_topic_config(args.name, entries, deleted, args.validate_only)
+    verb = "would alter" if args.validate_only else "altered"
+    changes = [f"{k}={v}" for k, v in sorted(entries.items())] + [f"-{k}" for k in deleted]
+    out.obj(
+        {**topic_to_dict(topic), "validate_only": args.validate_only},
+        f"{verb} the config of topic {topic.name}: {' '.join(changes)}",
+    )
     return 0
 
 
@@ -497,6 +533,246 @@ def _cmd_cluster(client: Client, args: argparse.Namespace, out: _Printer) -> int
     return 0
 
 
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def human_bytes(count: int) -> str:
+    """A byte count for people: ``512 B``, ``1.5 MiB``."""
+    value = float(count)
+    for unit in _UNITS:
+        if abs(value) < 1024 or unit == _UNITS[-1]:
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def utc_time(ms: int) -> str:
+    """A time in ms since the epoch as ISO 8601 UTC to the second; ``-`` for -1 (none)."""
+    if ms < 0:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def topic_storage_to_dict(topic: pb.TopicStorage) -> dict[str, Any]:
+    return {
+        "name": topic.name,
+        "topic_id": topic.topic_id,
+        "partitions": topic.partitions,
+        "objects": topic.objects,
+        "bytes_stored": topic.bytes_stored,
+        "bytes_live": topic.bytes_live,
+        "records": topic.records,
+        "oldest_offset": topic.oldest_offset,
+        "oldest_timestamp_ms": topic.oldest_timestamp_ms,
+        "cleanup_policy": topic.cleanup_policy,
+        "dirty_bytes": topic.dirty_bytes,
+    }
+
+
+def storage_to_dict(response: pb.DescribeStorageResponse) -> dict[str, Any]:
+    """The storage report as one JSON-ready dict: ``topics`` (by name) and ``total``."""
+    return {
+        "topics": [topic_storage_to_dict(t) for t in response.topics],
+        "total": {
+            "objects": response.objects,
+            "bytes_stored": response.bytes_stored,
+            "bytes_live": response.bytes_live,
+            "dead_objects": response.dead_objects,
+            "dead_bytes": response.dead_bytes,
+            "small_objects": response.small_objects,
+            "small_bytes": response.small_bytes,
+            "small_object_bytes": response.small_object_bytes,
+            "dirty_bytes": sum(t.dirty_bytes for t in response.topics),
+            "segments_created_last_hour": response.segments_created_last_hour,
+            "bytes_created_last_hour": response.bytes_created_last_hour,
+        },
+        "now_ms": response.now_ms,
+        "answered_by": response.answered_by,
+    }
+
+
+STORAGE_COLUMNS = (
+    "TOPIC",
+    "PARTS",
+    "OBJECTS",
+    "STORED",
+    "LIVE",
+    "RECORDS",
+    "OLDEST OFFSET",
+    "OLDEST TIME (UTC)",
+    "POLICY",
+    "BACKLOG",
+)
+
+
+def _table(rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    )
+
+
+def storage_table(response: pb.DescribeStorageResponse) -> str:
+    """The storage report for people: a row per topic and a total row, then the bucket's
+    dead and small objects and what was written in the last hour. An object holding blocks of
+    several topics counts once per topic and once in the total; BACKLOG is the bytes a compacted
+    topic has not key-compacted yet."""
+    rows: list[tuple[str, ...]] = [STORAGE_COLUMNS]
+    for t in response.topics:
+        rows.append(
+            (
+                t.name,
+                str(t.partitions),
+                str(t.objects),
+                human_bytes(t.bytes_stored),
+                human_bytes(t.bytes_live),
+                str(t.records),
+                str(t.oldest_offset),
+                utc_time(t.oldest_timestamp_ms),
+                t.cleanup_policy,
+                human_bytes(t.dirty_bytes) if "compact" in t.cleanup_policy else "-",
+            )
+        )
+    rows.append(
+        (
+            "TOTAL",
+            str(sum(t.partitions for t in response.topics)),
+            str(response.objects),
+            human_bytes(response.bytes_stored),
+            human_bytes(response.bytes_live),
+            str(sum(t.records for t in response.topics)),
+            "",
+            "",
+            "",
+            human_bytes(sum(t.dirty_bytes for t in response.topics)),
+        )
+    )
+    dead_inside = max(0, response.bytes_stored - response.bytes_live)
+    lines = [
+        _table(rows, right=frozenset({1, 2, 3, 4, 5, 6, 9})),
+        "",
+        f"bytes of live objects that no reader reaches: {human_bytes(dead_inside)} (dropped"
+        " batches, block headers and index; an object under lifecycle_min_live_percent live"
+        " is rewritten)",
+        f"dead objects awaiting deletion: {response.dead_objects}"
+        f" ({human_bytes(response.dead_bytes)})",
+        f"small objects (< {human_bytes(response.small_object_bytes)}): "
+        f"{response.small_objects} ({human_bytes(response.small_bytes)}), the small-object "
+        "compaction backlog",
+        f"created in the last hour: {response.segments_created_last_hour} objects"
+        f" ({human_bytes(response.bytes_created_last_hour)})",
+        f"as of {utc_time(response.now_ms)}, answered by {response.answered_by}",
+    ]
+    return "\n".join(lines)
+
+
+def storage_usage(response: pb.DescribeStorageResponse, args: argparse.Namespace) -> Usage:
+    written = args.written_bytes_per_hour
+    return Usage(
+        bytes_stored=response.bytes_stored,
+        dead_bytes=response.dead_bytes,
+        bytes_live=response.bytes_live,
+        objects_created_last_hour=response.segments_created_last_hour,
+        bytes_written_per_hour=response.bytes_created_last_hour if written is None else written,
+        gets_per_second=args.gets_per_second,
+    )
+
+
+def cost_to_dict(cost: CostEstimate) -> dict[str, Any]:
+    def lines(items: Sequence[Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "item": line.item,
+                "quantity": line.quantity,
+                "unit": line.unit,
+                "unit_price_usd": line.unit_price_usd,
+                "monthly_usd": round(line.monthly_usd, 4),
+                "basis": line.basis,
+            }
+            for line in items
+        ]
+
+    return {
+        "streamhouse": lines(cost.streamhouse),
+        "streamhouse_monthly_usd": round(cost.streamhouse_monthly_usd, 4),
+        "kafka": lines(cost.kafka),
+        "kafka_monthly_usd": round(cost.kafka_monthly_usd, 4),
+        "saving_percent": None if cost.saving_percent is None else round(cost.saving_percent, 2),
+        "prices": {f: getattr(cost.prices, f) for f in cost.prices.__struct_fields__},
+    }
+
+
+def cost_table(cost: CostEstimate) -> str:
+    """The monthly estimate: StreamHouse's lines, Kafka's lines, the totals and the basis."""
+    rows: list[tuple[str, ...]] = [("", "ITEM", "QUANTITY", "UNIT", "PRICE USD", "MONTH USD")]
+    for system, items in (("StreamHouse", cost.streamhouse), ("Kafka", cost.kafka)):
+        for i, line in enumerate(items):
+            rows.append(
+                (
+                    system if i == 0 else "",
+                    line.item,
+                    f"{line.quantity:,.2f}",
+                    line.unit,
+                    f"{line.unit_price_usd:g}",
+                    f"{line.monthly_usd:,.2f}",
+                )
+            )
+    lines = [
+        "monthly cost estimate (list prices; see streamhouse/cost.py for sources)",
+        _table(rows, right=frozenset({2, 4, 5})),
+        "",
+        f"StreamHouse: ${cost.streamhouse_monthly_usd:,.2f} a month;"
+        f" replicated Kafka: ${cost.kafka_monthly_usd:,.2f} a month"
+        + (
+            f"; {cost.saving_percent:.0f}% lower"
+            if cost.saving_percent is not None and cost.saving_percent >= 0
+            else ""
+        ),
+        "basis:",
+    ]
+    lines += [f"  {line.item}: {line.basis}" for line in (*cost.streamhouse, *cost.kafka)]
+    if cost.usage.gets_per_second == 0:
+        lines.append(
+            "  GETs are not counted by StreamHouse: pass --gets-per-second from your request "
+            "metrics (tail reads on the writing agent cost none; other agents about one per "
+            "block; cold reads one per block)"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_storage(client: Client, args: argparse.Namespace, out: _Printer) -> int:
+    try:
+        prices = Prices(
+            s3_gb_month_usd=args.s3_gb_month_usd,
+            s3_put_per_1000_usd=args.s3_put_per_1000_usd,
+            s3_get_per_1000_usd=args.s3_get_per_1000_usd,
+            block_gb_month_usd=args.block_gb_month_usd,
+            cross_az_gb_usd=args.cross_az_gb_usd,
+            replication_factor=args.replication_factor,
+            disk_fill=args.disk_fill,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    response = client.describe_storage(args.small_object_bytes)
+    cost = estimate(storage_usage(response, args), prices) if args.cost else None
+    if out.json or args.json:
+        obj = storage_to_dict(response)
+        if cost is not None:
+            obj["cost"] = cost_to_dict(cost)
+        out.line(json.dumps(obj, ensure_ascii=False))
+        return 0
+    out.line(storage_table(response))
+    if cost is not None:
+        out.line("")
+        out.line(cost_table(cost))
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------
 
 Command = Callable[[Client, argparse.Namespace, _Printer], int]
@@ -570,6 +846,37 @@ def build_parser() -> argparse.ArgumentParser:
     get = topic_commands.add_parser("get", parents=[common], help="describe a topic")
     get.add_argument("name", metavar="NAME", help="topic name")
     get.set_defaults(func=_cmd_topic_get)
+
+    alter = topic_commands.add_parser(
+        "alter-config",
+        parents=[common],
+        help="set or remove topic config entries",
+        description=(
+            "Set and remove config entries of a topic (removed entries go back to their "
+            "defaults), as Kafka's IncrementalAlterConfigs; the other entries stay. E.g. "
+            "retention.ms, retention.bytes (-1: forever); a lifecycle pass applies them."
+        ),
+    )
+    alter.add_argument("name", metavar="NAME", help="topic name")
+    alter.add_argument(
+        "--set",
+        type=_key_value,
+        nargs="+",
+        action="extend",
+        metavar="KEY=VALUE",
+        help="config entries to set (repeatable)",
+    )
+    alter.add_argument(
+        "--delete",
+        nargs="+",
+        action="extend",
+        metavar="KEY",
+        help="config entries to remove, back to their defaults (repeatable)",
+    )
+    alter.add_argument(
+        "--validate-only", action="store_true", help="check the new config, change nothing"
+    )
+    alter.set_defaults(func=_cmd_topic_alter_config)
 
     delete = topic_commands.add_parser("delete", parents=[common], help="delete a topic")
     delete.add_argument("name", metavar="NAME", help="topic name")
@@ -694,6 +1001,78 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="one JSON object per agent (same as --output json)"
     )
     cluster.set_defaults(func=_cmd_cluster)
+
+    # storage
+    storage = commands.add_parser(
+        "storage",
+        parents=[common],
+        help="bytes and objects per topic and in total; --cost: the monthly bill vs. Kafka",
+        description=(
+            "Per topic and in total: live objects, bytes stored (a topic's share of its "
+            "objects), bytes live (its blocks), records, oldest offset and time, and the "
+            "compaction backlog (bytes a compacted topic has not key-compacted; small objects "
+            "awaiting merging); dead objects awaiting deletion; objects written in the last "
+            "hour. With --cost, a monthly estimate at S3 list prices beside the same data on "
+            "replicated Kafka (prices and assumptions in streamhouse/cost.py, each a flag)."
+        ),
+    )
+    storage.add_argument(
+        "--json", action="store_true", help="one JSON object (same as --output json)"
+    )
+    storage.add_argument(
+        "--small-object-bytes",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="objects below N bytes count as small (default: the server's setting)",
+    )
+    storage.add_argument("--cost", action="store_true", help="add the monthly cost estimate")
+    defaults = Prices()
+    for flag, dest, help_text in (
+        ("--s3-gb-month-usd", "s3_gb_month_usd", "S3 storage per GB-month"),
+        ("--s3-put-per-1000-usd", "s3_put_per_1000_usd", "S3 PUT per 1,000 requests"),
+        ("--s3-get-per-1000-usd", "s3_get_per_1000_usd", "S3 GET per 1,000 requests"),
+        ("--block-gb-month-usd", "block_gb_month_usd", "Kafka block storage per GB-month"),
+        ("--cross-az-gb-usd", "cross_az_gb_usd", "transfer between zones per GB"),
+    ):
+        storage.add_argument(
+            flag,
+            dest=dest,
+            type=_non_negative_float,
+            default=getattr(defaults, dest),
+            metavar="USD",
+            help=f"{help_text} (default: {getattr(defaults, dest)})",
+        )
+    storage.add_argument(
+        "--replication-factor",
+        type=_positive_int,
+        default=defaults.replication_factor,
+        metavar="N",
+        help=f"Kafka replicas per partition (default: {defaults.replication_factor})",
+    )
+    storage.add_argument(
+        "--disk-fill",
+        type=_fraction,
+        default=defaults.disk_fill,
+        metavar="F",
+        help=f"share of Kafka's provisioned disk the data fills (default: {defaults.disk_fill})",
+    )
+    storage.add_argument(
+        "--gets-per-second",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="R",
+        help="object-store GETs per second, from your metrics (default 0: not counted)",
+    )
+    storage.add_argument(
+        "--written-bytes-per-hour",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="bytes written per hour for Kafka's replication traffic (default: the bytes of "
+        "the objects created in the last hour)",
+    )
+    storage.set_defaults(func=_cmd_storage)
     return parser
 
 
