@@ -14,12 +14,13 @@ from streamhouse.objectstore import ObjectInfo
 from streamhouse.segment import FOOTER_SIZE, HEADER_SIZE, INDEX_ENTRY_SIZE
 
 if TYPE_CHECKING:
-    from metadata import SegmentUsage
+    from metadata.store import SegmentUsage
 
 __all__ = [
     "SEGMENT_PREFIX",
     "Backoff",
     "ByteBudget",
+    "MAX_GROUP_ROWS",
     "DeleteBudget",
     "RateBudget",
     "RewriteGroup",
@@ -180,30 +181,43 @@ class RewriteGroup(NamedTuple):
         return len(self.segments) >= 2 or self.partly_live > 0
 
 
+#: Most block rows one rewrite replaces (one metadata transaction; the store takes 100,000).
+MAX_GROUP_ROWS = 20_000
+
+
 class RewriteGrouper:
     """Groups rewrite candidates, fed in segment-id (commit) order, into groups of about
-    `target_bytes` of live bytes: a group closes when the next candidate would take it past
-    the target (a candidate larger than the target is a group of its own). Commit order
-    keeps each partition's rows of a group consecutive, so they merge into few blocks."""
+    `target_bytes` of live bytes and at most `max_rows` block rows: a group closes when the
+    next candidate would take it past either (a candidate larger than that is a group of its
+    own). Commit order keeps each partition's rows of a group consecutive, so they merge into
+    few blocks."""
 
-    __slots__ = ("target_bytes", "_segments", "_partly_live", "_live")
+    __slots__ = ("target_bytes", "max_rows", "_segments", "_partly_live", "_live", "_rows")
 
-    def __init__(self, target_bytes: int) -> None:
-        if target_bytes <= 0:
-            raise ValueError(f"target object bytes {target_bytes} must be positive")
+    def __init__(self, target_bytes: int, max_rows: int = MAX_GROUP_ROWS) -> None:
+        if target_bytes <= 0 or max_rows <= 0:
+            raise ValueError(
+                f"target object bytes {target_bytes} and rows {max_rows} must be positive"
+            )
         self.target_bytes = target_bytes
+        self.max_rows = max_rows
         self._segments: list[SegmentUsage] = []
         self._partly_live = 0
         self._live = 0
+        self._rows = 0
 
     def add(self, segment: SegmentUsage, partly_live: bool) -> list[RewriteGroup]:
         """Adds a candidate; returns the groups it closed (worth rewriting or not)."""
         closed: list[RewriteGroup] = []
-        if self._segments and self._live + segment.live_bytes > self.target_bytes:
+        if self._segments and (
+            self._live + segment.live_bytes > self.target_bytes
+            or self._rows + segment.block_count > self.max_rows
+        ):
             closed.append(self._close())
         self._segments.append(segment)
         self._partly_live += partly_live
         self._live += segment.live_bytes
+        self._rows += segment.block_count
         return closed
 
     def finish(self) -> list[RewriteGroup]:
@@ -212,5 +226,5 @@ class RewriteGrouper:
 
     def _close(self) -> RewriteGroup:
         group = RewriteGroup(self._segments, self._partly_live)
-        self._segments, self._partly_live, self._live = [], 0, 0
+        self._segments, self._partly_live, self._live, self._rows = [], 0, 0, 0
         return group

@@ -52,7 +52,7 @@ from streamhouse.config import Settings
 from streamhouse.segment import SegmentCorruptError, SegmentWriter, decode_block
 
 if TYPE_CHECKING:
-    from metadata import BlockRewrite, NewBlock, StoredBlock
+    from metadata.store import BlockRewrite, NewBlock, StoredBlock
     from streamhouse.recordbatch import BlockBatch
 
 __all__ = [
@@ -282,7 +282,7 @@ class RewriteContext:
         lifecycle_upload_concurrency at once) and returns its key, size and block rows.
         Raises ObjectStoreFailure (the object, if it was written, is an orphan that the orphan
         scan deletes after the grace period) or ValueError for an empty list or a bad block."""
-        from metadata import NewBlock
+        from metadata.store import NewBlock
 
         if not blocks:
             raise ValueError("a rewritten object needs at least one block")

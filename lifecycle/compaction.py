@@ -1,0 +1,290 @@
+"""Small-object compaction and rewrites of partly-live objects (a rewriting step of a pass).
+
+Which objects (:mod:`lifecycle.plan`):
+- *small*: live objects under ``lifecycle_small_object_bytes`` committed at least
+  ``lifecycle_compaction_min_age_ms`` before the pass's clock;
+- *partly live*: objects whose live bytes (the block rows still pointing into them) are under
+  ``lifecycle_min_live_percent`` of their size (after retention, DeleteRecords, DeleteTopics
+  or key compaction took some of their blocks), whatever their size or age.
+They are taken in commit (segment id) order and grouped into about
+``lifecycle_target_object_bytes`` of live bytes; a group of two objects or more, or holding a
+partly-live one, is rewritten into ONE new object (a lone small object is left alone).
+
+The new object's layout (:func:`merge_partition`): its blocks in (topic id, partition, base
+offset) order; the consecutive rows of one partition (no row of another object between them)
+become one block, holding their batches in offset order, except that a block closes before a
+row that would take its batches past ``MERGED_BLOCK_BYTES`` (2 MiB) of raw bytes: a reader
+fetches and caches whole blocks, so a cold read of a partition's history costs about one GET
+per 2 MiB and a block never costs the cache more than that (a row already larger stays one
+block of its own). Rows are never split, so each new block's ``max_timestamp`` is the max of
+the rows it merges (time retention and ListOffsets by time see the same values as before,
+block-grained: a merged block goes when its newest record expires). Skipped (duplicate)
+batches are dropped; every other batch is copied byte for byte except its stored
+``baseOffset`` field, rewritten by the gap rule (``streamhouse.recordbatch.encode_block``,
+outside the batch CRC), so every offset, timestamp and byte a consumer sees stays the same.
+The new rows tile the replaced ones: a block starts at the ``base_offset`` of its first row
+and ends at the end offset of its last. Idempotence state (producer ids, sequences) lives in
+metadata and is not touched.
+
+The new segment row's ``created_ms`` is the oldest of the replaced objects' (a rewrite does
+not make data younger: retention's fallback for blocks without timestamps is its segment's
+commit time).
+
+Each group is one RewriteContext rewrite (read, PUT, switch; see :mod:`lifecycle.rewrite` for
+why killing the process at any point loses nothing). A group whose switch is refused (a row
+changed meanwhile) is counted and left for the next pass; a group with an unreadable block is
+logged and left as it is. A step starts no new group once it has run ``STEP_SECONDS``, so
+the pass goes on to its deletes; the next pass continues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from itertools import groupby
+
+import msgspec
+
+from lifecycle.plan import RewriteGroup, RewriteGrouper, is_partly_live, is_small
+from lifecycle.rewrite import BlockData, BlockUnreadableError, RewriteContext, block_data
+from metadata.store import BlockRewrite, SegmentUsage, StoredBlock
+from streamhouse.errors import ErrorCode
+from streamhouse.recordbatch import BlockBatch, InvalidBatchError, encode_block, walk_block
+
+__all__ = [
+    "MERGED_BLOCK_BYTES",
+    "STEP_SECONDS",
+    "CompactionReport",
+    "compact_objects",
+    "merge_partition",
+]
+
+log = logging.getLogger("lifecycle")
+
+#: A merged block holds at most this many raw (decompressed) bytes, unless one row alone is
+#: larger (rows are never split).
+MERGED_BLOCK_BYTES = 2 * 1024 * 1024
+#: Live segments fetched from metadata at a time.
+SEGMENT_PAGE = 1000
+#: A compaction step starts no new group after running this long (the pass must get on to its
+#: deletes; the next pass continues where this one stopped).
+STEP_SECONDS = 120.0
+
+
+class CompactionReport(msgspec.Struct, kw_only=True):
+    """What the small-object compaction step did in one pass."""
+
+    ran: bool = False  # False: not the rewriter, or compaction disabled (see `skipped`)
+    skipped: str = ""  # why it did not run
+    segments_scanned: int = 0  # live objects looked at
+    small_objects: int = 0  # candidates by size and age
+    partly_live_objects: int = 0  # candidates by live share
+    groups_rewritten: int = 0
+    objects_replaced: int = 0  # old objects whose rows moved to a new object
+    objects_written: int = 0  # new objects switched in
+    rows_replaced: int = 0
+    blocks_written: int = 0
+    bytes_before: int = 0  # size of the objects replaced
+    bytes_after: int = 0  # size of the objects written
+    duplicate_batches_dropped: int = 0
+    switches_refused: int = 0  # a replaced row changed first: left for the next pass
+    groups_unreadable: int = 0  # a block failed its checksum: left as it is
+    stopped_early: bool = False  # STEP_SECONDS ran out; the next pass continues
+    duration_ms: int = 0
+
+
+def merge_partition(
+    rows: Sequence[tuple[StoredBlock, bytes]],
+    follows: Sequence[bool],
+    cap: int = MERGED_BLOCK_BYTES,
+) -> tuple[list[BlockData], int]:
+    """The new blocks of one partition's rows of a group, and how many duplicate batches were
+    dropped.
+
+    `rows`: the partition's block rows with their decoded bytes, by base offset; `follows[i]`
+    says whether row i directly follows row i-1 in the partition (no other row between them;
+    ``follows[0]`` is ignored). Consecutive rows merge into one block up to `cap` raw bytes
+    (see the module docstring). Raises InvalidBatchError when a row's bytes do not hold the
+    offsets the row says."""
+    out: list[BlockData] = []
+    dropped = 0
+    pieces: list[tuple[memoryview, int]] = []
+    batches: list[BlockBatch] = []
+    size = 0
+    base = 0
+    newest = 0
+    first_row: StoredBlock | None = None
+
+    def close() -> None:
+        assert first_row is not None
+        data = encode_block(pieces, base)
+        out.append(block_data(first_row.topic_id, first_row.partition, base, data, batches, newest))
+
+    for i, (row, data) in enumerate(rows):
+        view = memoryview(data)
+        walked = walk_block(view, row.base_offset, row.skipped_batches, end_offset=row.end_offset)
+        if not walked or walked[-1].last_offset + 1 != row.end_offset:
+            end = walked[-1].last_offset + 1 if walked else row.base_offset
+            raise InvalidBatchError(
+                ErrorCode.CORRUPT_MESSAGE,
+                f"block row of topic id {row.topic_id} partition {row.partition} at "
+                f"{row.segment_key}@{row.byte_offset} says offsets {row.base_offset}.."
+                f"{row.end_offset} but its batches end at {end}",
+            )
+        dropped += len(row.skipped_batches)
+        row_bytes = sum(b.info.length for b in walked)
+        if first_row is not None and (not follows[i] or size + row_bytes > cap):
+            close()
+            first_row = None
+        if first_row is None:
+            first_row, pieces, batches, size = row, [], [], 0
+            base, newest = row.base_offset, row.max_timestamp
+        for b in walked:
+            pieces.append((view[b.info.position : b.info.position + b.info.length], b.first_offset))
+        batches.extend(walked)
+        size += row_bytes
+        newest = max(newest, row.max_timestamp)
+    if first_row is not None:
+        close()
+    return out, dropped
+
+
+async def compact_objects(
+    ctx: RewriteContext, now_ms: int, monotonic: Callable[[], float] = time.monotonic
+) -> CompactionReport:
+    """The compaction step of a pass at clock `now_ms` (see the module docstring). Raises
+    ObjectStoreFailure (the pass stops; nothing half-done is visible) or the metadata
+    store's errors."""
+    settings = ctx.settings
+    report = CompactionReport(ran=True)
+    started = monotonic()
+    grouper = RewriteGrouper(settings.lifecycle_target_object_bytes)
+    after = 0
+    while True:
+        page = await ctx.meta.live_segments(after, SEGMENT_PAGE)
+        if not page:
+            break
+        after = page[-1].segment_id
+        report.segments_scanned += len(page)
+        for segment in page:
+            partly = is_partly_live(segment, settings.lifecycle_min_live_percent)
+            small = is_small(
+                segment,
+                now_ms,
+                settings.lifecycle_small_object_bytes,
+                settings.lifecycle_compaction_min_age_ms,
+            )
+            if not (partly or small):
+                continue
+            report.partly_live_objects += partly
+            report.small_objects += small and not partly
+            for group in grouper.add(segment, partly):
+                await _rewrite(ctx, group, report)
+                if monotonic() - started > STEP_SECONDS:
+                    report.stopped_early = True
+                    report.duration_ms = int((monotonic() - started) * 1000)
+                    return report
+        if len(page) < SEGMENT_PAGE:
+            break
+    for group in grouper.finish():
+        await _rewrite(ctx, group, report)
+    report.duration_ms = int((monotonic() - started) * 1000)
+    return report
+
+
+async def _rewrite(ctx: RewriteContext, group: RewriteGroup, report: CompactionReport) -> None:
+    if not group.worth_it:
+        return
+    segments: dict[int, SegmentUsage] = {s.segment_id: s for s in group.segments}
+    rows = await ctx.meta.blocks_of_segments(list(segments))
+    if not rows:
+        return  # their rows went meanwhile; the segments are marked dead by this pass
+    follows = await _follows(ctx, rows)
+    try:
+        datas = await ctx.get_blocks(rows)
+    except BlockUnreadableError as exc:
+        report.groups_unreadable += 1
+        log.error("compaction: group of %d objects left as it is: %s", len(segments), exc)
+        return
+
+    def layout() -> tuple[list[BlockData], int]:
+        blocks: list[BlockData] = []
+        dropped = 0
+        start = 0
+        for _, members in groupby(rows, key=lambda r: (r.topic_id, r.partition)):
+            count = len(list(members))
+            part = [(rows[i], datas[i]) for i in range(start, start + count)]
+            new, n = merge_partition(part, follows[start : start + count])
+            blocks.extend(new)
+            dropped += n
+            start += count
+        return blocks, dropped
+
+    try:
+        blocks, dropped = await asyncio.to_thread(layout)
+    except (InvalidBatchError, ValueError) as exc:
+        report.groups_unreadable += 1
+        log.error(
+            "compaction: group of %d objects (%s...) left as it is: %s",
+            len(segments),
+            group.segments[0].key,
+            exc,
+        )
+        return
+    new = await ctx.put_object(blocks)
+    used = {r.segment_id for r in rows}
+    rewrite = BlockRewrite(
+        key=new.key,
+        size=new.size,
+        created_ms=min(segments[s].created_ms for s in used),
+        replaced=tuple(rows),
+        blocks=new.blocks,
+    )
+    if not await ctx.switch(rewrite):
+        report.switches_refused += 1
+        log.info(
+            "compaction: rows of %d objects changed during their rewrite; %s is dead and the "
+            "next pass tries again",
+            len(used),
+            new.key,
+        )
+        return
+    report.groups_rewritten += 1
+    report.objects_replaced += len(used)
+    report.objects_written += 1
+    report.rows_replaced += len(rows)
+    report.blocks_written += len(blocks)
+    report.bytes_before += sum(segments[s].size for s in used)
+    report.bytes_after += new.size
+    report.duplicate_batches_dropped += dropped
+    log.info(
+        "compaction: %d objects (%d bytes, %d rows) -> %s (%d bytes, %d blocks)",
+        len(used),
+        sum(segments[s].size for s in used),
+        len(rows),
+        new.key,
+        new.size,
+        len(blocks),
+    )
+
+
+async def _follows(ctx: RewriteContext, rows: Sequence[StoredBlock]) -> list[bool]:
+    """For each row (ordered by topic, partition, base offset), whether it directly follows
+    the row before it in its partition: ends meet, or (a gap left by key compaction) the
+    partition's next row after the earlier one is this one."""
+    out = [False] * len(rows)
+    for i in range(1, len(rows)):
+        prev, row = rows[i - 1], rows[i]
+        if (prev.topic_id, prev.partition) != (row.topic_id, row.partition):
+            continue
+        if prev.end_offset == row.base_offset:
+            out[i] = True
+            continue
+        nxt = await ctx.meta.partition_blocks(prev.topic_id, prev.partition, prev.end_offset, 1)
+        out[i] = bool(nxt) and (nxt[0].segment_id, nxt[0].base_offset) == (
+            row.segment_id,
+            row.base_offset,
+        )
+    return out
