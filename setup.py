@@ -1,7 +1,8 @@
-"""Build of the one C extension; everything else is configured in pyproject.toml.
+"""Build of the C extensions; everything else is configured in pyproject.toml.
 
 ``pip install -e .`` (and a wheel build) compiles ``streamhouse/_batchcheck.c``, the record
-walk of the ingest edge's batch validation.
+walk of the ingest edge's batch validation, and ``streamhouse/_keycompact.c``, the key map
+and record filter of key compaction.
 """
 
 from setuptools import Extension, setup
@@ -12,6 +13,11 @@ setup(
             "streamhouse._batchcheck",
             ["streamhouse/_batchcheck.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
-        )
+        ),
+        Extension(
+            "streamhouse._keycompact",
+            ["streamhouse/_keycompact.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
+        ),
     ]
 )

@@ -96,12 +96,14 @@ __all__ = [
     "BlockBatch",
     "InvalidBatchError",
     "decode_records",
+    "deflate",
     "default_partition",
     "encode_batch",
     "encode_block",
     "inflate",
     "murmur2",
     "patch_base_offset",
+    "rebuild_batch",
     "scan_batches",
     "validate_batches",
     "walk_block",
@@ -131,6 +133,7 @@ CODEC_NONE, CODEC_GZIP, CODEC_SNAPPY, CODEC_LZ4, CODEC_ZSTD = 0, 1, 2, 3, 4
 TIMESTAMP_TYPE_MASK = 0x08  # set: LogAppendTime
 TRANSACTIONAL_MASK = 0x10
 CONTROL_MASK = 0x20
+DELETE_HORIZON_MASK = 0x40  # KIP-534: baseTimestamp is the batch's delete horizon
 
 NO_PARTITION_LEADER_EPOCH = -1
 
@@ -852,6 +855,61 @@ def inflate(codec: int, data: bytes, limit: int) -> bytes:
         raise InvalidBatchError(
             ErrorCode.CORRUPT_MESSAGE, f"cannot decompress the {name} records: {exc}"
         ) from None
+
+
+def deflate(codec: int, data: bytes, *, like: bytes | memoryview = b"") -> bytes:
+    """``data`` compressed with ``codec`` (the inverse of ``inflate``), for batches rebuilt by
+    key compaction with their original codec. For snappy, ``like`` (the original compressed
+    records) picks the framing: xerial (the Java client's) when it has it, raw otherwise."""
+    if codec == CODEC_GZIP:
+        c = zlib.compressobj(6, zlib.DEFLATED, 31)  # gzip container
+        return c.compress(data) + c.flush()
+    if codec == CODEC_LZ4:
+        return lz4.frame.compress(data)
+    if codec == CODEC_ZSTD:
+        import zstandard
+
+        return zstandard.ZstdCompressor().compress(data)
+    if codec == CODEC_SNAPPY:
+        import cramjam
+
+        if bytes(like[:8]) != _XERIAL_MAGIC:
+            return bytes(cramjam.snappy.compress_raw(data))
+        out = [bytes(like[:_XERIAL_HEADER_SIZE])]
+        for at in range(0, len(data), 32 * 1024):
+            block = bytes(cramjam.snappy.compress_raw(data[at : at + 32 * 1024]))
+            out.append(struct.pack(">i", len(block)) + block)
+        return b"".join(out)
+    raise ValueError(f"deflate: unknown compression codec {codec}")
+
+
+def rebuild_batch(
+    batch: bytes | memoryview,
+    records: bytes,
+    record_count: int,
+    *,
+    max_timestamp: int,
+    base_timestamp: int,
+    attributes: int,
+) -> bytes:
+    """``batch`` with other (uncompressed) ``records``: same baseOffset, leader epoch,
+    lastOffsetDelta, producer id/epoch and base sequence; the given count, timestamps and
+    attributes; the records compressed with the attributes' codec; the CRC recomputed."""
+    (base, _len, epoch, _magic, _crc, _attr, lod, _bts, _mts, pid, pepoch, bseq, _count) = (
+        _HEADER.unpack_from(batch, 0)
+    )
+    codec = attributes & CODEC_MASK
+    if codec != CODEC_NONE:
+        records = deflate(
+            codec, records, like=batch[BATCH_HEADER_SIZE : BATCH_HEADER_SIZE + _XERIAL_HEADER_SIZE]
+        )
+    body = (
+        _CRC_HEADER.pack(
+            attributes, lod, base_timestamp, max_timestamp, pid, pepoch, bseq, record_count
+        )
+        + records
+    )
+    return _PRE_CRC.pack(base, len(body) + 9, epoch, 2, crc32c.crc32c(body)) + body
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,6 +29,14 @@ def _int_at_least(low: int) -> Callable[[str], bool]:
     return check
 
 
+_DECIMAL = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?([eE]-?[0-9]{1,3})?")
+
+
+def _ratio(value: str) -> bool:
+    """A Kafka double within [0, 1] (plain decimal notation)."""
+    return bool(_DECIMAL.fullmatch(value)) and 0.0 <= float(value) <= 1.0
+
+
 def _one_of(*choices: str) -> Callable[[str], bool]:
     return lambda value: value in choices
 
@@ -41,6 +49,19 @@ TOPIC_CONFIGS: dict[str, tuple[str, Callable[[str], bool], str]] = {
         "delete",
         _one_of("delete", "compact", "compact,delete", "delete,compact"),
         "delete, compact or compact,delete",
+    ),
+    # Key compaction (cleanup.policy compact), Kafka's defaults; lifecycle/keycompact.py.
+    # delete.retention.ms: how long a tombstone (null value) survives once compaction reached
+    # it; min/max.compaction.lag.ms: a record is never compacted younger than min, and a
+    # partition is compacted once its oldest uncompacted record is older than max, whatever
+    # min.cleanable.dirty.ratio (the share of uncompacted bytes that makes it due) says.
+    "delete.retention.ms": ("86400000", _int_at_least(0), "an integer >= 0 (ms)"),
+    "min.compaction.lag.ms": ("0", _int_at_least(0), "an integer >= 0 (ms)"),
+    "max.compaction.lag.ms": (_LONG_MAX, _int_at_least(1), "a positive integer (ms)"),
+    "min.cleanable.dirty.ratio": (
+        "0.5",
+        _ratio,
+        "a number between 0 and 1 (the share of uncompacted bytes that makes compaction due)",
     ),
     "max.message.bytes": ("1048588", _int_at_least(1), "a positive integer"),
     "message.timestamp.type": (

@@ -1,0 +1,262 @@
+"""Key compaction without I/O: which part of a partition is cleaned, and the record filter.
+
+Kafka's log cleaner semantics (cleanup.policy=compact, also with delete), on StreamHouse's
+blocks (one block row = one partition's batches in one segment object):
+
+- The *cleanable range* of a partition runs from its log start to the end of the last block
+  before the first block that is younger than ``min.compaction.lag.ms`` (by the block's
+  max_timestamp; a block without timestamps counts as old). The partition's newest block is
+  never cleanable (Kafka never cleans the active segment), so the log never ends in a gap.
+- Offsets below the partition's *clean offset* (``metadata set_clean_offset``) were cleaned
+  by an earlier pass; the blocks at or after it are *dirty*. A partition is due when its dirty
+  cleanable bytes are at least ``min.cleanable.dirty.ratio`` of its cleanable bytes, or when
+  its first dirty block's max_timestamp is older than ``max.compaction.lag.ms``.
+- A pass builds a key map (``streamhouse._keycompact.OffsetMap``: 128-bit key hash -> last
+  offset) over the dirty cleanable batches, bounded by ``lifecycle_key_map_bytes``. When it
+  fills, the pass cleans up to the last offset it put and the next pass goes on from there.
+- Every batch from the log start up to the map's last offset is filtered: a record goes when
+  it has no key or the map holds a later offset for its key; a tombstone (null value) that is
+  the latest of its key stays until its batch's *delete horizon* has passed. The horizon is
+  KIP-534's: the first pass that keeps a tombstone sets attribute bit 6 on its batch and stores
+  ``now + delete.retention.ms`` in the batch's baseTimestamp (the kept records' timestamp
+  deltas are rewritten relative to it, so every record keeps its timestamp); a later pass
+  removes the tombstones of a batch whose horizon is in the past.
+- A batch that loses records keeps its baseOffset, lastOffsetDelta, producer id, epoch and
+  base sequence, its attributes and codec (recompressed with it), its surviving records byte
+  for byte (each keeps its offset delta); its count and maxTimestamp are recomputed (CreateTime)
+  and its CRC. A batch that loses every record is dropped, a block that loses every batch too.
+  Offsets never move: the gap rule of ``streamhouse.recordbatch`` (``encode_block``) keeps them.
+- The new clean offset is the end of what the map covered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+from streamhouse._keycompact import OffsetMap, filter_records
+
+from streamhouse.recordbatch import (
+    BATCH_HEADER_SIZE,
+    CODEC_MASK,
+    CODEC_NONE,
+    DELETE_HORIZON_MASK,
+    TIMESTAMP_TYPE_MASK,
+    BlockBatch,
+    encode_block,
+    inflate,
+    rebuild_batch,
+    walk_block,
+)
+from streamhouse.topic_config import TOPIC_CONFIGS
+
+__all__ = [
+    "CompactionConfig",
+    "FilterStats",
+    "OffsetMap",
+    "PartitionPlan",
+    "batch_records",
+    "compaction_config",
+    "filter_block",
+    "is_compacted",
+    "plan_partition",
+    "put_block",
+]
+
+#: Bound on one batch's decompressed records while compacting (ingest allowed no more).
+MAX_INFLATED = 256 * 1024 * 1024
+
+
+class CompactionConfig(msgspec.Struct, frozen=True):
+    """A compacted topic's key-compaction configs (Kafka's names, in ms and a ratio)."""
+
+    delete_retention_ms: int
+    min_lag_ms: int
+    max_lag_ms: int
+    min_dirty_ratio: float
+
+
+def is_compacted(config: dict[str, str]) -> bool:
+    """Whether the topic's cleanup.policy includes compact."""
+    return "compact" in config.get("cleanup.policy", TOPIC_CONFIGS["cleanup.policy"][0])
+
+
+def compaction_config(config: dict[str, str]) -> CompactionConfig:
+    """The topic's key-compaction configs, Kafka's defaults where unset."""
+
+    def get(key: str) -> str:
+        return config.get(key, TOPIC_CONFIGS[key][0])
+
+    return CompactionConfig(
+        delete_retention_ms=int(get("delete.retention.ms")),
+        min_lag_ms=int(get("min.compaction.lag.ms")),
+        max_lag_ms=int(get("max.compaction.lag.ms")),
+        min_dirty_ratio=float(get("min.cleanable.dirty.ratio")),
+    )
+
+
+class BlockRow(msgspec.Struct, frozen=True):
+    """What the plan needs of a block row (metadata.StoredBlock has these fields)."""
+
+    base_offset: int
+    end_offset: int
+    byte_length: int
+    max_timestamp: int
+
+
+class PartitionPlan(msgspec.Struct, frozen=True):
+    """Whether a partition is due, and its ranges (offsets)."""
+
+    due: bool
+    reason: str
+    cleanable_end: int  # blocks ending at or before it are cleanable
+    dirty_start: int  # the clean offset
+    dirty_bytes: int
+    cleanable_bytes: int
+
+
+def plan_partition(
+    blocks: Sequence[BlockRow], clean_offset: int, now_ms: int, config: CompactionConfig
+) -> PartitionPlan:
+    """The cleanable range of a partition whose block rows (by base offset) are `blocks`
+    and whether it is due (module docstring)."""
+    end = blocks[0].base_offset if blocks else clean_offset
+    cleanable_bytes = dirty_bytes = 0
+    first_dirty_ts: int | None = None
+    young = now_ms - config.min_lag_ms
+    for block in blocks[:-1]:  # never the newest block
+        if block.max_timestamp > young:
+            break
+        end = block.end_offset
+        cleanable_bytes += block.byte_length
+        if block.end_offset > clean_offset:
+            dirty_bytes += block.byte_length
+            if first_dirty_ts is None:
+                first_dirty_ts = block.max_timestamp
+    plan = {
+        "cleanable_end": end,
+        "dirty_start": clean_offset,
+        "dirty_bytes": dirty_bytes,
+        "cleanable_bytes": cleanable_bytes,
+    }
+    if dirty_bytes == 0:
+        return PartitionPlan(due=False, reason="nothing dirty is cleanable", **plan)
+    ratio = dirty_bytes / cleanable_bytes
+    if ratio >= config.min_dirty_ratio:
+        reason = f"dirty ratio {ratio:.2f} >= min.cleanable.dirty.ratio {config.min_dirty_ratio}"
+        return PartitionPlan(due=True, reason=reason, **plan)
+    assert first_dirty_ts is not None
+    if now_ms - first_dirty_ts > config.max_lag_ms:
+        reason = f"dirty data older than max.compaction.lag.ms {config.max_lag_ms}"
+        return PartitionPlan(due=True, reason=reason, **plan)
+    reason = f"dirty ratio {ratio:.2f} below min.cleanable.dirty.ratio {config.min_dirty_ratio}"
+    return PartitionPlan(due=False, reason=reason, **plan)
+
+
+def batch_records(block: bytes | memoryview, batch: BlockBatch) -> bytes | memoryview:
+    """The uncompressed record bytes of one batch of a block."""
+    info = batch.info
+    start = info.position + BATCH_HEADER_SIZE
+    end = info.position + info.length
+    codec = info.attributes & CODEC_MASK
+    raw = memoryview(block)[start:end]
+    if codec == CODEC_NONE:
+        return raw
+    return inflate(codec, raw.tobytes(), MAX_INFLATED)
+
+
+def put_block(
+    omap: OffsetMap,
+    block: bytes | memoryview,
+    base_offset: int,
+    skipped: tuple[int, ...],
+    from_offset: int,
+    until_offset: int,
+) -> bool:
+    """Puts the keys of the block's batches that hold offsets in [from_offset,
+    until_offset) into the map; False when the map filled (the map's latest_offset is then
+    where the pass stops)."""
+    for batch in walk_block(block, base_offset, skipped):
+        if batch.last_offset < from_offset:
+            continue
+        if batch.first_offset >= until_offset:
+            break
+        count = batch.info.record_count
+        if omap.put_records(batch_records(block, batch), count, batch.first_offset) < count:
+            return False
+    return True
+
+
+class FilterStats(msgspec.Struct):
+    """What filtering did (summed over blocks)."""
+
+    records_removed: int = 0
+    tombstones_removed: int = 0
+    batches_removed: int = 0
+    batches_rewritten: int = 0
+
+
+def filter_block(
+    omap: OffsetMap,
+    block: bytes | memoryview,
+    base_offset: int,
+    skipped: tuple[int, ...],
+    now_ms: int,
+    delete_retention_ms: int,
+    stats: FilterStats,
+) -> tuple[bytes, list[BlockBatch]] | None:
+    """The block's batches filtered by the map (module docstring): ``(block bytes by the gap
+    rule from base_offset, their walk)``; ``None`` when nothing changed (the block stays
+    as it is). Bytes with no batch left are ``b""`` with an empty list."""
+    latest = omap.latest_offset
+    kept: list[tuple[bytes | memoryview, int]] = []
+    changed = False
+    mv = memoryview(block)
+    for batch in walk_block(block, base_offset, skipped):
+        info = batch.info
+        raw = mv[info.position : info.position + info.length]
+        if batch.first_offset > latest:
+            kept.append((raw, batch.first_offset))
+            continue
+        attributes = info.attributes
+        has_horizon = bool(attributes & DELETE_HORIZON_MASK)
+        if has_horizon:
+            drop_tombstones, rebase_to = now_ms >= info.base_timestamp, info.base_timestamp
+        else:
+            drop_tombstones, rebase_to = False, now_ms + delete_retention_ms
+        records, count, tomb_removed, _tomb_kept, max_ts, rebased = filter_records(
+            batch_records(block, batch),
+            info.record_count,
+            batch.first_offset,
+            omap,
+            drop_tombstones,
+            info.base_timestamp,
+            rebase_to,
+        )
+        if count == info.record_count and not rebased:
+            kept.append((raw, batch.first_offset))
+            continue
+        changed = True
+        stats.records_removed += info.record_count - count
+        stats.tombstones_removed += tomb_removed
+        if count == 0:
+            stats.batches_removed += 1
+            continue
+        stats.batches_rewritten += 1
+        if attributes & TIMESTAMP_TYPE_MASK:
+            max_ts = info.max_timestamp  # LogAppendTime: the batch's time stays
+        new = rebuild_batch(
+            raw,
+            records,
+            count,
+            max_timestamp=max_ts,
+            base_timestamp=rebase_to if rebased else info.base_timestamp,
+            attributes=attributes | DELETE_HORIZON_MASK if rebased else attributes,
+        )
+        kept.append((new, batch.first_offset))
+    if not changed and not skipped:
+        return None
+    if not kept:
+        return b"", []
+    data = encode_block(kept, base_offset)
+    return data, walk_block(data, base_offset)
