@@ -42,11 +42,14 @@ from metadata.store import (
     AgentInfo,
     BatchResult,
     BlockLocation,
+    BlockRewrite,
     CommitBlock,
     DeadSegment,
     GroupOffset,
     PartitionState,
     RetentionMove,
+    SegmentUsage,
+    StoredBlock,
     TopicInfo,
 )
 
@@ -289,6 +292,26 @@ class AsyncMetadata:
 
     async def known_segments(self, keys: Sequence[str]) -> set[str]:
         return await self._read(self.store.known_segments, list(keys))
+
+    async def live_segments(
+        self, after_segment_id: int = 0, limit: int = 1000
+    ) -> list[SegmentUsage]:
+        return await self._read(self.store.live_segments, after_segment_id, limit)
+
+    async def blocks_of_segments(self, segment_ids: Sequence[int]) -> list[StoredBlock]:
+        return await self._read(self.store.blocks_of_segments, list(segment_ids))
+
+    async def partition_blocks(
+        self, topic_id: int, partition: int, from_offset: int = 0, limit: int = 1000
+    ) -> list[StoredBlock]:
+        return await self._read(
+            self.store.partition_blocks, topic_id, partition, from_offset, limit
+        )
+
+    async def replace_blocks(self, rewrite: BlockRewrite, now_ms: int) -> bool:
+        """Switch a rewrite's rows to its new object (see
+        :meth:`MetadataStore.replace_blocks`)."""
+        return await self._write(self.store.replace_blocks, rewrite, now_ms)
 
     # -- consumer groups and producers ----------------------------------------------------
 

@@ -20,6 +20,7 @@ from metadata.store import (
     AgentInfo,
     BatchResult,
     BlockLocation,
+    BlockRewrite,
     CommitBlock,
     DeadSegment,
     DeletedTopic,
@@ -27,6 +28,8 @@ from metadata.store import (
     MetadataStore,
     PartitionState,
     RetentionMove,
+    SegmentUsage,
+    StoredBlock,
     TopicInfo,
 )
 
@@ -102,6 +105,16 @@ class MetadataBackend(Protocol):
     def forget_segments(self, keys: Sequence[str]) -> int: ...
 
     def known_segments(self, keys: Sequence[str]) -> set[str]: ...
+
+    def live_segments(self, after_segment_id: int = 0, limit: int = 1000) -> list[SegmentUsage]: ...
+
+    def blocks_of_segments(self, segment_ids: Sequence[int]) -> list[StoredBlock]: ...
+
+    def partition_blocks(
+        self, topic_id: int, partition: int, from_offset: int = 0, limit: int = 1000
+    ) -> list[StoredBlock]: ...
+
+    def replace_blocks(self, rewrite: BlockRewrite, now_ms: int) -> bool: ...
 
     def commit_offsets(
         self, group: str, offsets: Sequence[tuple[int, int, int, str]]

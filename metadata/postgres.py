@@ -90,14 +90,20 @@ from metadata.errors import (
 )
 from metadata.store import (
     _AGENT_COLUMNS,
+    _INT64_MAX,
     _SQL_DEAD_SEGMENTS,
     _SQL_DROP_BLOCKS,
     _SQL_KEEP_BY_TIME,
+    _SQL_LIVE_SEGMENTS,
+    _SQL_PARTITION_BLOCKS,
+    _STORED_BLOCK_COLUMNS,
     DEBUG_LOOP_CALLS_ENV,
     MAX_RETENTION_BATCH,
+    MAX_REWRITE_ROWS,
     AgentInfo,
     BatchResult,
     BlockLocation,
+    BlockRewrite,
     CommitBlock,
     DeadSegment,
     DeletedTopic,
@@ -105,6 +111,8 @@ from metadata.store import (
     PartitionState,
     RetentionMove,
     RetentionRule,
+    SegmentUsage,
+    StoredBlock,
     TopicInfo,
     _batches_decoder,
     _block_location,
@@ -121,12 +129,19 @@ from metadata.store import (
     _validate_partitions,
     agent_row,
     assign_offsets,
+    check_kept_rows,
     check_lifecycle_time,
+    check_rewrite,
+    check_segment_ids,
     check_segment_keys,
+    new_block_rows,
     retention_candidates,
     retention_rules,
     retention_work,
+    segment_usage,
     smallest_free_node_id,
+    stored_block,
+    unchanged,
     validate_agent,
     validate_group_state,
     validate_lease,
@@ -1096,6 +1111,116 @@ class PostgresMetadataStore:
             return cur.fetchall()
 
         return {r[0] for r in self._read(known_segments)}
+
+    # ------------------------------------------------------------------ rewrites
+
+    def live_segments(self, after_segment_id: int = 0, limit: int = 1000) -> list[SegmentUsage]:
+        """See :meth:`metadata.store.MetadataStore.live_segments`."""
+        _check_int("after_segment_id", after_segment_id, 0, _INT64_MAX)
+        _check_int("limit", limit, 1, MAX_REWRITE_ROWS)
+
+        def live_segments(cur: Any) -> list[Any]:
+            cur.execute(_SQL_LIVE_SEGMENTS, (after_segment_id, limit))
+            return cur.fetchall()
+
+        return [segment_usage(r) for r in self._read(live_segments)]
+
+    def blocks_of_segments(self, segment_ids: Sequence[int]) -> list[StoredBlock]:
+        """See :meth:`metadata.store.MetadataStore.blocks_of_segments`."""
+        ids = check_segment_ids(segment_ids)
+        if not ids:
+            return []
+
+        def blocks_of_segments(cur: Any) -> list[Any]:
+            cur.execute(
+                f"SELECT {_STORED_BLOCK_COLUMNS} FROM segment_blocks AS b "
+                "JOIN segments AS s ON s.segment_id = b.segment_id "
+                "WHERE b.segment_id = ANY(%s::bigint[]) "
+                "ORDER BY b.topic_id, b.partition, b.base_offset",
+                (_ints(ids),),
+            )
+            return cur.fetchall()
+
+        return [stored_block(r) for r in self._read(blocks_of_segments)]
+
+    def partition_blocks(
+        self, topic_id: int, partition: int, from_offset: int = 0, limit: int = 1000
+    ) -> list[StoredBlock]:
+        """See :meth:`metadata.store.MetadataStore.partition_blocks`."""
+        _check_int("from_offset", from_offset, 0, _INT64_MAX)
+        _check_int("limit", limit, 1, MAX_REWRITE_ROWS)
+
+        def partition_blocks(cur: Any) -> list[Any]:
+            cur.execute(_SQL_PARTITION_BLOCKS, (topic_id, partition, from_offset, limit))
+            return cur.fetchall()
+
+        return [stored_block(r) for r in self._read(partition_blocks)]
+
+    def replace_blocks(self, rewrite: BlockRewrite, now_ms: int) -> bool:
+        """See :meth:`metadata.store.MetadataStore.replace_blocks`. Locks the partition rows of
+        the replaced blocks in ``(topic_id, partition)`` order (rule 1) before reading them, so
+        a commit, retention, DeleteRecords, delete_topic or another rewrite of those
+        partitions is either wholly before it (and seen) or waits for it; the segment rows it
+        marks dead are locked after them, in ``segment_id`` order (rule 8)."""
+        spans = check_rewrite(rewrite)
+        check_lifecycle_time("now_ms", now_ms)
+        tps = sorted(spans)
+        old = rewrite.replaced
+
+        def replace_blocks(cur: Any) -> bool:
+            cur.execute(_SQL_LOCK_PARTITIONS, (_ints(t for t, _ in tps), _ints(p for _, p in tps)))
+            pk = (
+                _ints(b.topic_id for b in old),
+                _ints(b.partition for b in old),
+                _ints(b.end_offset for b in old),
+            )
+            cur.execute(
+                "SELECT b.topic_id, b.partition, b.end_offset, b.base_offset, b.segment_id "
+                "FROM segment_blocks AS b JOIN unnest(%s::bigint[], %s::int[], %s::bigint[]) "
+                "AS k (t, p, e) ON b.topic_id = k.t AND b.partition = k.p AND b.end_offset = k.e",
+                pk,
+            )
+            current = {(r[0], r[1], r[2]): (r[3], r[4]) for r in cur.fetchall()}
+            switched = unchanged(rewrite, current)
+            cur.execute(
+                "INSERT INTO segments (key, size, created_ms, dead_since_ms) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (key) DO NOTHING RETURNING segment_id",
+                (rewrite.key, rewrite.size, rewrite.created_ms, None if switched else now_ms),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise DuplicateSegmentError(
+                    f"segment {rewrite.key!r} is already committed: a rewrite must PUT a new key"
+                )
+            segment_id = int(row[0])
+            if not switched:
+                return False
+            cur.execute(
+                "DELETE FROM segment_blocks AS b "
+                "USING unnest(%s::bigint[], %s::int[], %s::bigint[]) AS k (t, p, e) "
+                "WHERE b.topic_id = k.t AND b.partition = k.p AND b.end_offset = k.e",
+                pk,
+            )
+            cur.execute(
+                "SELECT b.topic_id, b.partition, b.base_offset, b.end_offset "
+                "FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[]) "
+                "AS k (t, p, lo, hi) JOIN segment_blocks AS b ON b.topic_id = k.t "
+                "AND b.partition = k.p AND b.end_offset > k.lo AND b.base_offset < k.hi",
+                (
+                    _ints(t for t, _ in tps),
+                    _ints(p for _, p in tps),
+                    _ints(spans[tp][0] for tp in tps),
+                    _ints(spans[tp][1] for tp in tps),
+                ),
+            )
+            check_kept_rows(rewrite, cur.fetchall())  # a ValueError rolls everything back
+            rows = new_block_rows(rewrite, segment_id)
+            if rows:
+                _copy_blocks(cur, rows)
+            _mark_dead(cur, {b.segment_id for b in old} | {segment_id}, now_ms)  # rule 8
+            return True
+
+        return self._write(replace_blocks)
 
     # ------------------------------------------------------------------ consumer groups
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import re
 import sys
@@ -231,6 +232,111 @@ class DeadSegment(msgspec.Struct, frozen=True):
     key: str
     size: int
     dead_since_ms: int
+
+
+class StoredBlock(msgspec.Struct, frozen=True):
+    """A ``segment_blocks`` row as the rewriting steps of the lifecycle see it: offsets
+    ``base_offset`` .. ``end_offset - 1`` of a partition, stored at ``byte_offset`` (for
+    ``byte_length`` bytes) in segment ``segment_id`` (object ``segment_key``). It holds
+    ``record_count`` records (fewer than its span after key compaction) and skips the
+    batches whose ordinals are in ``skipped_batches``."""
+
+    topic_id: int
+    partition: int
+    base_offset: int
+    end_offset: int
+    segment_id: int
+    segment_key: str
+    byte_offset: int
+    byte_length: int
+    record_count: int
+    max_timestamp: int
+    skipped_batches: tuple[int, ...]
+
+
+class SegmentUsage(msgspec.Struct, frozen=True):
+    """A live segment and how much of it is still referenced: ``live_bytes`` is the sum of
+    the ``byte_length`` of its ``block_count`` block rows (``size`` is the object's)."""
+
+    segment_id: int
+    key: str
+    size: int
+    created_ms: int
+    live_bytes: int
+    block_count: int
+
+
+class NewBlock(msgspec.Struct, frozen=True):
+    """A block row of a rewritten object (its batches follow the gap rule of
+    :mod:`streamhouse.recordbatch`; no skipped batches)."""
+
+    topic_id: int
+    partition: int
+    base_offset: int
+    end_offset: int
+    byte_offset: int
+    byte_length: int
+    record_count: int
+    max_timestamp: int
+
+
+class BlockRewrite(msgspec.Struct, frozen=True):
+    """What :meth:`MetadataStore.replace_blocks` switches: the new object ``key`` (already
+    PUT, ``size`` bytes, written at ``created_ms``), the rows it replaces as they were read
+    before the rewrite, and its own rows."""
+
+    key: str
+    size: int
+    created_ms: int
+    replaced: tuple[StoredBlock, ...]
+    blocks: tuple[NewBlock, ...]
+
+
+class CleanState(msgspec.Struct, frozen=True):
+    """A partition's key-compaction checkpoint: offsets below ``clean_offset`` have been
+    key-compacted, last at ``cleaned_ms``."""
+
+    clean_offset: int
+    cleaned_ms: int
+
+
+class TopicStorage(msgspec.Struct, frozen=True, kw_only=True):
+    """One topic's share of the object store (see :meth:`MetadataStore.storage_report`)."""
+
+    name: str
+    topic_id: int
+    partitions: int
+    #: live segments holding at least one of its blocks
+    objects: int
+    #: sum of its blocks' byte_length
+    bytes_live: int
+    #: each of those objects' size shared out in proportion to each topic's live bytes in it
+    bytes_stored: int
+    records: int
+    #: the smallest log start offset of its partitions
+    oldest_offset: int
+    #: the smallest max timestamp of its partitions' first blocks; -1 when it has no block
+    oldest_timestamp_ms: int
+    cleanup_policy: str
+    #: compacted topics: bytes of the blocks at or after the clean offset; 0 otherwise
+    dirty_bytes: int
+
+
+class StorageReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What the object store holds, as the metadata sees it (live segments: those with
+    ``dead_since_ms`` NULL; ``small_*``: live segments below the threshold asked for;
+    ``*_last_hour``: segment rows, live or dead, created in the hour up to ``now_ms``)."""
+
+    topics: list[TopicStorage]
+    objects: int
+    bytes_stored: int
+    bytes_live: int
+    dead_objects: int
+    dead_bytes: int
+    small_objects: int
+    small_bytes: int
+    segments_created_last_hour: int
+    bytes_created_last_hour: int
 
 
 _RESULT_UNKNOWN: Final = BatchResult(-1, UNKNOWN_TOPIC_OR_PARTITION)
@@ -862,6 +968,194 @@ def check_segment_keys(keys: object) -> list[str]:
 def check_lifecycle_time(what: str, value: object) -> int:
     """``value`` if it is a millisecond time in 0..2**63-1, else ``ValueError``."""
     return _check_int(what, value, 0, _INT64_MAX)
+
+
+#: Most rows one rewrite may replace or write, and most segment ids one lookup may name.
+MAX_REWRITE_ROWS: Final = 100_000
+#: The columns of a :class:`StoredBlock` (``b`` = segment_blocks, ``s`` = segments).
+_STORED_BLOCK_COLUMNS: Final = (
+    "b.topic_id, b.partition, b.base_offset, b.end_offset, b.segment_id, s.key, "
+    "b.byte_offset, b.byte_length, b.record_count, b.max_timestamp, b.skipped_batches"
+)
+_SQL_PARTITION_BLOCKS: Final = (
+    f"SELECT {_STORED_BLOCK_COLUMNS} FROM segment_blocks AS b "
+    "JOIN segments AS s ON s.segment_id = b.segment_id "
+    "WHERE b.topic_id = %s AND b.partition = %s AND b.end_offset > %s "
+    "ORDER BY b.end_offset LIMIT %s"
+)
+# A live segment's usage: one statement, the block rows reached by segment_blocks_segment.
+_SQL_LIVE_SEGMENTS: Final = (
+    "SELECT s.segment_id, s.key, s.size, s.created_ms, COALESCE(sum(b.byte_length), 0), "
+    "count(b.segment_id) FROM segments AS s "
+    "LEFT JOIN segment_blocks AS b ON b.segment_id = s.segment_id "
+    "WHERE s.dead_since_ms IS NULL AND s.segment_id > %s "
+    "GROUP BY s.segment_id, s.key, s.size, s.created_ms ORDER BY s.segment_id LIMIT %s"
+)
+
+
+def stored_block(r: Sequence[Any]) -> StoredBlock:
+    """A :class:`StoredBlock` from a row of ``_STORED_BLOCK_COLUMNS``."""
+    return StoredBlock(
+        topic_id=int(r[0]),
+        partition=int(r[1]),
+        base_offset=int(r[2]),
+        end_offset=int(r[3]),
+        segment_id=int(r[4]),
+        segment_key=r[5],
+        byte_offset=int(r[6]),
+        byte_length=int(r[7]),
+        record_count=int(r[8]),
+        max_timestamp=int(r[9]),
+        skipped_batches=_skipped_decoder.decode(r[10]) if r[10] is not None else (),
+    )
+
+
+def segment_usage(r: Sequence[Any]) -> SegmentUsage:
+    """A :class:`SegmentUsage` from a row of ``_SQL_LIVE_SEGMENTS`` (PostgreSQL sums come
+    back as Decimal)."""
+    return SegmentUsage(int(r[0]), r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]))
+
+
+def check_segment_ids(segment_ids: object) -> list[int]:
+    """``segment_ids`` as a sorted list without repeats, if it is a sequence of at most
+    :data:`MAX_REWRITE_ROWS` integers >= 1, else ``ValueError``."""
+    if isinstance(segment_ids, (str, bytes)) or not isinstance(segment_ids, Sequence):
+        raise ValueError(
+            f"segment ids must be a sequence of integers, got {type(segment_ids).__name__}"
+        )
+    if len(segment_ids) > MAX_REWRITE_ROWS:
+        raise ValueError(
+            f"{len(segment_ids)} segment ids asked for at once; the limit is {MAX_REWRITE_ROWS}"
+        )
+    return sorted({_check_int("segment id", i, 1, _INT64_MAX) for i in segment_ids})
+
+
+def check_rewrite(rewrite: object) -> dict[tuple[int, int], tuple[int, int]]:
+    """Refuse a malformed :class:`BlockRewrite` with ``ValueError`` (a bug in the rewriting
+    step, never a race); return the offset span ``[min base, max end)`` of the replaced rows
+    of each ``(topic_id, partition)``.
+
+    Refused: no replaced row; a replaced row named twice; a new row with a bad field
+    (``base_offset < end_offset``, ``1 <= record_count <= end_offset - base_offset``, its bytes
+    inside the object's ``size``); a new row of a partition with no replaced row, outside
+    the span of that partition's replaced rows, or overlapping another new row (which also
+    refuses colliding ``end_offset`` values)."""
+    if not isinstance(rewrite, BlockRewrite):
+        raise ValueError(f"a rewrite must be a BlockRewrite, got {type(rewrite).__name__}")
+    check_segment_keys([rewrite.key])
+    _check_int("rewrite size", rewrite.size, 0, _INT64_MAX)
+    check_lifecycle_time("rewrite created_ms", rewrite.created_ms)
+    if not rewrite.replaced:
+        raise ValueError(f"rewrite {rewrite.key!r} replaces no block row")
+    if len(rewrite.replaced) > MAX_REWRITE_ROWS or len(rewrite.blocks) > MAX_REWRITE_ROWS:
+        raise ValueError(
+            f"rewrite {rewrite.key!r} names {len(rewrite.replaced)} replaced and "
+            f"{len(rewrite.blocks)} new rows; the limit is {MAX_REWRITE_ROWS} each"
+        )
+    spans: dict[tuple[int, int], tuple[int, int]] = {}
+    seen: set[tuple[int, int, int]] = set()
+    for old in rewrite.replaced:
+        if not isinstance(old, StoredBlock):
+            raise ValueError(f"replaced rows must be StoredBlock, got {type(old).__name__}")
+        tp = (old.topic_id, old.partition)
+        if (*tp, old.end_offset) in seen:
+            raise ValueError(
+                f"rewrite {rewrite.key!r} replaces block {tp[0]}/{tp[1]} ending at "
+                f"{old.end_offset} twice"
+            )
+        seen.add((*tp, old.end_offset))
+        lo, hi = spans.get(tp, (old.base_offset, old.end_offset))
+        spans[tp] = (min(lo, old.base_offset), max(hi, old.end_offset))
+    by_tp: dict[tuple[int, int], list[NewBlock]] = {}
+    for new in rewrite.blocks:
+        if not isinstance(new, NewBlock):
+            raise ValueError(f"new rows must be NewBlock, got {type(new).__name__}")
+        where = f"new block {new.topic_id}/{new.partition} [{new.base_offset}, {new.end_offset})"
+        if new.base_offset < 0 or new.end_offset <= new.base_offset:
+            raise ValueError(f"{where} of rewrite {rewrite.key!r} has an empty or negative span")
+        if not 1 <= new.record_count <= new.end_offset - new.base_offset:
+            raise ValueError(
+                f"{where} of rewrite {rewrite.key!r} holds {new.record_count} records; it "
+                "must hold 1 .. end_offset - base_offset"
+            )
+        if new.byte_offset < 0 or new.byte_length < 1:
+            raise ValueError(f"{where} of rewrite {rewrite.key!r} has no bytes")
+        if new.byte_offset + new.byte_length > rewrite.size:
+            raise ValueError(
+                f"{where} of rewrite {rewrite.key!r} ends at byte "
+                f"{new.byte_offset + new.byte_length}, past the object's {rewrite.size} bytes"
+            )
+        tp = (new.topic_id, new.partition)
+        if tp not in spans:
+            raise ValueError(
+                f"{where} of rewrite {rewrite.key!r} is in a partition none of whose rows "
+                "it replaces"
+            )
+        lo, hi = spans[tp]
+        if new.base_offset < lo or new.end_offset > hi:
+            raise ValueError(
+                f"{where} of rewrite {rewrite.key!r} leaves [{lo}, {hi}), the span of the "
+                "rows it replaces"
+            )
+        by_tp.setdefault(tp, []).append(new)
+    for tp, news in by_tp.items():
+        news.sort(key=lambda n: (n.base_offset, n.end_offset))
+        for a, b in itertools.pairwise(news):
+            if b.base_offset < a.end_offset:
+                raise ValueError(
+                    f"new blocks [{a.base_offset}, {a.end_offset}) and [{b.base_offset}, "
+                    f"{b.end_offset}) of partition {tp[0]}/{tp[1]} in rewrite "
+                    f"{rewrite.key!r} overlap"
+                )
+    return spans
+
+
+def check_kept_rows(rewrite: BlockRewrite, kept: Iterable[tuple[int, int, int, int]]) -> None:
+    """Refuse (``ValueError``) new rows of ``rewrite`` that overlap a row it does not replace:
+    ``kept`` are ``(topic_id, partition, base_offset, end_offset)`` of the rows left inside the
+    spans of the replaced ones once those are gone."""
+    by_tp: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for t, p, base, end in kept:
+        by_tp.setdefault((int(t), int(p)), []).append((int(base), int(end)))
+    for new in rewrite.blocks:
+        for base, end in by_tp.get((new.topic_id, new.partition), ()):
+            if base < new.end_offset and new.base_offset < end:
+                raise ValueError(
+                    f"new block {new.topic_id}/{new.partition} [{new.base_offset}, "
+                    f"{new.end_offset}) of rewrite {rewrite.key!r} overlaps the block "
+                    f"[{base}, {end}), which it does not replace"
+                )
+
+
+def new_block_rows(rewrite: BlockRewrite, segment_id: int) -> list[tuple[object, ...]]:
+    """The ``segment_blocks`` rows of ``rewrite``'s new blocks, shaped like
+    :func:`assign_offsets`' (no skipped batches)."""
+    return [
+        (
+            b.topic_id,
+            b.partition,
+            b.end_offset,
+            b.base_offset,
+            segment_id,
+            b.byte_offset,
+            b.byte_length,
+            b.record_count,
+            b.max_timestamp,
+            None,
+        )
+        for b in rewrite.blocks
+    ]
+
+
+def unchanged(
+    rewrite: BlockRewrite, current: Mapping[tuple[int, int, int], tuple[int, int]]
+) -> bool:
+    """Whether every replaced row of ``rewrite`` still exists as read: ``current`` maps
+    ``(topic_id, partition, end_offset)`` of the rows found to ``(base_offset, segment_id)``."""
+    return all(
+        current.get((b.topic_id, b.partition, b.end_offset)) == (b.base_offset, b.segment_id)
+        for b in rewrite.replaced
+    )
 
 
 def _qmarks(sql: str) -> str:
@@ -1535,6 +1829,117 @@ class MetadataStore:
         with self._read() as db:
             rows = db.execute(_SQL_KNOWN_SEGMENTS, (_json_encode(names).decode(),)).fetchall()
         return {r[0] for r in rows}
+
+    # ------------------------------------------------------------------ rewrites
+
+    def live_segments(self, after_segment_id: int = 0, limit: int = 1000) -> list[SegmentUsage]:
+        """Up to ``limit`` live segments (``dead_since_ms`` NULL) with ``segment_id >
+        after_segment_id``, by segment id, each with the bytes and count of its block rows
+        (one aggregate statement; page on with the last id returned). Raises ``ValueError``
+        for a bad argument."""
+        _check_int("after_segment_id", after_segment_id, 0, _INT64_MAX)
+        _check_int("limit", limit, 1, MAX_REWRITE_ROWS)
+        with self._read() as db:
+            rows = db.execute(_qmarks(_SQL_LIVE_SEGMENTS), (after_segment_id, limit)).fetchall()
+        return [segment_usage(r) for r in rows]
+
+    def blocks_of_segments(self, segment_ids: Sequence[int]) -> list[StoredBlock]:
+        """The block rows held by the segments ``segment_ids`` (unknown or dead ones have
+        none), ordered by ``(topic_id, partition, base_offset)``. Raises ``ValueError`` unless
+        ``segment_ids`` is a sequence of at most :data:`MAX_REWRITE_ROWS` ids."""
+        ids = check_segment_ids(segment_ids)
+        if not ids:
+            return []
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_STORED_BLOCK_COLUMNS} FROM segment_blocks AS b "
+                "JOIN segments AS s ON s.segment_id = b.segment_id "
+                "WHERE b.segment_id IN (SELECT value FROM json_each(?)) "
+                "ORDER BY b.topic_id, b.partition, b.base_offset",
+                (_json_encode(ids).decode(),),
+            ).fetchall()
+        return [stored_block(r) for r in rows]
+
+    def partition_blocks(
+        self, topic_id: int, partition: int, from_offset: int = 0, limit: int = 1000
+    ) -> list[StoredBlock]:
+        """Up to ``limit`` block rows of the partition with ``end_offset > from_offset``, by
+        base offset (empty for an unknown partition). Raises ``ValueError`` for a bad
+        ``from_offset`` or ``limit``."""
+        _check_int("from_offset", from_offset, 0, _INT64_MAX)
+        _check_int("limit", limit, 1, MAX_REWRITE_ROWS)
+        with self._read() as db:
+            rows = db.execute(
+                _qmarks(_SQL_PARTITION_BLOCKS), (topic_id, partition, from_offset, limit)
+            ).fetchall()
+        return [stored_block(r) for r in rows]
+
+    def replace_blocks(self, rewrite: BlockRewrite, now_ms: int) -> bool:
+        """Switch the block rows ``rewrite.replaced`` to the new object ``rewrite.key`` (already
+        PUT), in one transaction; True if it switched.
+
+        If every replaced row still exists unchanged (same topic, partition, base and end
+        offset, segment id): they are deleted, the segment row of ``rewrite.key`` is inserted
+        live (``created_ms`` and ``size`` from ``rewrite``) with the rows ``rewrite.blocks``,
+        and each old segment left with no block row (and the new one, if it got none) gets
+        ``dead_since_ms = now_ms``. Readers then find the new rows; a read that already
+        looked up an old row finishes within the grace period, before the old object goes.
+
+        Otherwise (retention, DeleteRecords, DeleteTopics or another rewrite changed one of
+        them first) nothing changes but the insertion of the new object's segment row,
+        already dead since ``now_ms``, so the dead-segment path deletes the object after the
+        grace period; returns False.
+
+        Raises ``ValueError`` for a malformed rewrite (:func:`check_rewrite`), also when a new
+        row would overlap a row of the partition it does not replace (nothing changes), and
+        :class:`DuplicateSegmentError` if ``rewrite.key`` has a segment row already."""
+        spans = check_rewrite(rewrite)
+        check_lifecycle_time("now_ms", now_ms)
+        pk_json = _json_encode(
+            [[b.topic_id, b.partition, b.end_offset] for b in rewrite.replaced]
+        ).decode()
+        with self._write() as db:
+            current = {
+                (r[0], r[1], r[2]): (r[3], r[4])
+                for r in db.execute(
+                    "SELECT b.topic_id, b.partition, b.end_offset, b.base_offset, b.segment_id "
+                    "FROM json_each(?) AS j JOIN segment_blocks AS b ON b.topic_id = "
+                    "j.value ->> 0 AND b.partition = j.value ->> 1 AND b.end_offset = "
+                    "j.value ->> 2",
+                    (pk_json,),
+                )
+            }
+            try:
+                db.execute(_SQL_INSERT_SEGMENT, (rewrite.key, rewrite.size, rewrite.created_ms))
+            except apsw.ConstraintError as exc:
+                raise DuplicateSegmentError(
+                    f"segment {rewrite.key!r} is already committed: a rewrite must PUT a new key"
+                ) from exc
+            segment_id = db.last_insert_rowid()
+            if not unchanged(rewrite, current):
+                db.execute(
+                    "UPDATE segments SET dead_since_ms = ? WHERE segment_id = ?",
+                    (now_ms, segment_id),
+                )
+                return False
+            db.execute(
+                "DELETE FROM segment_blocks WHERE (topic_id, partition, end_offset) IN "
+                "(SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each(?) AS j)",
+                (pk_json,),
+            )
+            spans_json = _json_encode([[*tp, lo, hi] for tp, (lo, hi) in spans.items()]).decode()
+            kept = db.execute(
+                "SELECT b.topic_id, b.partition, b.base_offset, b.end_offset "
+                "FROM json_each(?) AS j JOIN segment_blocks AS b ON b.topic_id = j.value ->> 0 "
+                "AND b.partition = j.value ->> 1 AND b.end_offset > j.value ->> 2 "
+                "AND b.base_offset < j.value ->> 3",
+                (spans_json,),
+            ).fetchall()
+            check_kept_rows(rewrite, kept)  # a ValueError rolls everything back
+            db.executemany(_SQL_INSERT_BLOCK, new_block_rows(rewrite, segment_id))
+            old = {b.segment_id for b in rewrite.replaced} | {segment_id}
+            db.execute(_SQL_MARK_DEAD, (now_ms, _json_encode(sorted(old)).decode()))
+            return True
 
     # ------------------------------------------------------------------ consumer groups
 
