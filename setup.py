@@ -1,8 +1,9 @@
 """Build of the C extensions; everything else is configured in pyproject.toml.
 
 ``pip install -e .`` (and a wheel build) compiles ``streamhouse/_batchcheck.c``, the record
-walk of the ingest edge's batch validation, and ``streamhouse/_keycompact.c``, the key map
-and record filter of key compaction.
+walk of the ingest edge's batch validation, ``streamhouse/_keycompact.c``, the key map
+and record filter of key compaction, and ``sql/_arrowdecode.c``, the record walk of the SQL
+scan into Arrow buffers.
 """
 
 from setuptools import Extension, setup
@@ -17,6 +18,11 @@ setup(
         Extension(
             "streamhouse._keycompact",
             ["streamhouse/_keycompact.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
+        ),
+        Extension(
+            "sql._arrowdecode",
+            ["sql/_arrowdecode.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
         ),
     ]
