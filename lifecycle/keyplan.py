@@ -182,7 +182,8 @@ def put_block(
         if batch.first_offset >= until_offset:
             break
         count = batch.info.record_count
-        if omap.put_records(batch_records(block, batch), count, batch.first_offset) < count:
+        records = batch_records(block, batch)
+        if omap.put_records(records, count, batch.first_offset, from_offset) < count:
             return False
     return True
 
