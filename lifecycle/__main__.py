@@ -99,6 +99,7 @@ async def run_loop(settings: Settings, stop: asyncio.Event) -> None:
                         report.segments_marked_dead,
                         report.dead_objects_deleted,
                         report.orphans_deleted,
+                        report.compaction and report.compaction.objects_replaced,
                     )
                 ):
                     log.info("pass: %s", msgspec.json.encode(report).decode())

@@ -87,7 +87,9 @@ class CompactionReport(msgspec.Struct, kw_only=True):
     rows_replaced: int = 0
     blocks_written: int = 0
     bytes_before: int = 0  # size of the objects replaced
-    bytes_after: int = 0  # size of the objects written
+    bytes_after: int = 0  # size of the objects switched in
+    bytes_read: int = 0  # read from the object store (paced)
+    bytes_written: int = 0  # PUT to the object store (paced; refused switches included)
     duplicate_batches_dropped: int = 0
     switches_refused: int = 0  # a replaced row changed first: left for the next pass
     groups_unreadable: int = 0  # a block failed its checksum: left as it is
@@ -160,6 +162,14 @@ async def compact_objects(
     settings = ctx.settings
     report = CompactionReport(ran=True)
     started = monotonic()
+    read, written = ctx.bytes_read, ctx.bytes_written
+
+    def done() -> CompactionReport:
+        report.bytes_read = ctx.bytes_read - read
+        report.bytes_written = ctx.bytes_written - written
+        report.duration_ms = int((monotonic() - started) * 1000)
+        return report
+
     grouper = RewriteGrouper(settings.lifecycle_target_object_bytes)
     after = 0
     while True:
@@ -184,14 +194,12 @@ async def compact_objects(
                 await _rewrite(ctx, group, report)
                 if monotonic() - started > STEP_SECONDS:
                     report.stopped_early = True
-                    report.duration_ms = int((monotonic() - started) * 1000)
-                    return report
+                    return done()
         if len(page) < SEGMENT_PAGE:
             break
     for group in grouper.finish():
         await _rewrite(ctx, group, report)
-    report.duration_ms = int((monotonic() - started) * 1000)
-    return report
+    return done()
 
 
 async def _rewrite(ctx: RewriteContext, group: RewriteGroup, report: CompactionReport) -> None:

@@ -4,17 +4,29 @@
 A pass, at clock `now_ms`:
 
 1. ``enforce_retention(now_ms)``: time and size retention move log starts and drop block rows;
-2. ``mark_unreferenced_segments(wall clock)``: segments left without block rows (retention,
+2. the rewriting steps, on one lifecycle process of a cluster (RewriteContext.is_rewriter)
+   and only with ``lifecycle_compaction_enabled``: key compaction of ``cleanup.policy=
+   compact`` topics (:mod:`lifecycle.keycompact`), then small-object compaction and rewrites
+   of partly-live objects (:mod:`lifecycle.compaction`). Both go through one
+   :class:`lifecycle.rewrite.RewriteContext` (shared byte budget and PUT limit); the objects
+   they replace become dead here and go through the steps below;
+3. ``mark_unreferenced_segments(wall clock)``: segments left without block rows (retention,
    DeleteRecords, DeleteTopics, all-duplicate commits) are dead from now on. The moment is
    the real time the pass saw them, never a moved clock: a clock in the past would date
    their death too early and shorten their grace period; with a clock in the future, a
    single ``--once --now-ms <now + grace + 1>`` reclaims what was deleted just before;
-3. dead segments: ``dead_segments(now_ms - grace)`` in pages; each page's objects are deleted
+4. dead segments: ``dead_segments(now_ms - grace)`` in pages; each page's objects are deleted
    (batched requests, ``lifecycle_delete_concurrency`` at a time, paced by the delete budget)
    and only then are their rows forgotten (``forget_segments``), chunk by chunk;
-4. orphan scan: the object store is listed under ``segments/``; of every page, the objects
+5. orphan scan: the object store is listed under ``segments/``; of every page, the objects
    last written before ``now_ms - grace`` that no segment row knows (``known_segments``)
-   are deleted, under the same budget.
+   are deleted, under the same budget;
+6. expiry of idle state (:mod:`lifecycle.expiry`): producer ids' idempotence state and
+   empty groups' committed offsets, as Kafka's ``producer.id.expiration.ms`` and
+   ``offsets.retention.minutes``.
+
+Retention, deletes, orphans and expiry run on every agent's lifecycle process (each is safe
+to run concurrently, see :mod:`lifecycle`); the rewriting steps on one.
 
 A failed object-store request stops the pass: its chunk's rows stay (dead), so the next pass
 deletes those objects again (deleting a missing object succeeds) and then forgets them. A
@@ -32,6 +44,7 @@ from typing import Any
 
 import msgspec
 
+from lifecycle.compaction import CompactionReport, compact_objects
 from lifecycle.plan import (
     SEGMENT_PREFIX,
     DeleteBudget,
@@ -40,6 +53,7 @@ from lifecycle.plan import (
     orphan_candidates,
     orphans,
 )
+from lifecycle.rewrite import ObjectStoreFailure, RewriteContext, one_line
 from metadata.async_store import AsyncMetadata
 from streamhouse import objectstore
 from streamhouse.config import Settings
@@ -52,11 +66,6 @@ log = logging.getLogger("lifecycle")
 DEAD_PAGE = 1000
 #: Objects listed per page of the orphan scan (one ListObjectsV2 page on S3).
 LIST_PAGE = 1000
-
-
-class ObjectStoreFailure(RuntimeError):
-    """An object-store request of the pass failed; the pass stopped there (nothing whose
-    object may remain was forgotten). The message says which request and why."""
 
 
 class PassReport(msgspec.Struct, kw_only=True):
@@ -72,6 +81,10 @@ class PassReport(msgspec.Struct, kw_only=True):
     segments_forgotten: int = 0
     objects_listed: int = 0
     orphans_deleted: int = 0
+    #: whether this process ran the rewriting steps, and why (or why not)
+    rewriter: bool = False
+    rewriter_reason: str = ""
+    compaction: CompactionReport | None = None
     duration_ms: int = 0
 
 
@@ -97,6 +110,7 @@ class LifecyclePass:
         self._chunk = chunk_size(
             settings.lifecycle_deletes_per_second, settings.lifecycle_delete_concurrency
         )
+        self.rewrites = RewriteContext(settings, meta, store, monotonic, wall_ms)
 
     async def run(self, now_ms: int) -> PassReport:
         """One whole pass at clock `now_ms`; raises ObjectStoreFailure or the metadata
@@ -118,11 +132,22 @@ class LifecyclePass:
                 move.blocks_removed,
                 move.bytes_removed,
             )
+        await self._rewrite(now_ms, report)
         report.segments_marked_dead = await self.meta.mark_unreferenced_segments(self._wall_ms())
         await self._delete_dead(now_ms - grace, report)
         await self._collect_orphans(now_ms, grace, report)
         report.duration_ms = int((self._monotonic() - started) * 1000)
         return report
+
+    async def _rewrite(self, now_ms: int, report: PassReport) -> None:
+        """The rewriting steps, on the one rewriting process of the cluster."""
+        if not self.settings.lifecycle_compaction_enabled:
+            report.rewriter_reason = "STREAMHOUSE_LIFECYCLE_COMPACTION_ENABLED=false"
+            return
+        report.rewriter, report.rewriter_reason = await self.rewrites.is_rewriter()
+        if not report.rewriter:
+            return
+        report.compaction = await compact_objects(self.rewrites, now_ms, self._monotonic)
 
     async def _delete_dead(self, dead_before_ms: int, report: PassReport) -> None:
         while True:
@@ -159,7 +184,7 @@ class LifecyclePass:
             except Exception as exc:
                 raise ObjectStoreFailure(
                     f"listing {SEGMENT_PREFIX} in {self.settings.object_store_url} failed: "
-                    f"{_one_line(exc)}"
+                    f"{one_line(exc)}"
                 ) from exc
             report.objects_listed += len(page)
             candidates = orphan_candidates(page, now_ms, grace_ms)
@@ -209,13 +234,5 @@ class LifecyclePass:
             except Exception as exc:
                 raise ObjectStoreFailure(
                     f"deleting {len(keys)} {what} ({keys[0]}...) from "
-                    f"{self.settings.object_store_url} failed: {_one_line(exc)}"
+                    f"{self.settings.object_store_url} failed: {one_line(exc)}"
                 ) from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    """The exception's type and the first line of its message (obstore appends a multi-line
-    debug dump that would spread one failure over many log lines)."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
