@@ -43,6 +43,7 @@ from metadata.store import (
     BatchResult,
     BlockLocation,
     BlockRewrite,
+    CleanState,
     CommitBlock,
     DeadSegment,
     GroupOffset,
@@ -312,6 +313,16 @@ class AsyncMetadata:
         """Switch a rewrite's rows to its new object (see
         :meth:`MetadataStore.replace_blocks`)."""
         return await self._write(self.store.replace_blocks, rewrite, now_ms)
+
+    async def get_clean_offsets(self, topic_id: int) -> dict[int, CleanState]:
+        return await self._read(self.store.get_clean_offsets, topic_id)
+
+    async def set_clean_offset(
+        self, topic_id: int, partition: int, clean_offset: int, now_ms: int
+    ) -> None:
+        """Store a partition's key-compaction checkpoint (see
+        :meth:`MetadataStore.set_clean_offset`)."""
+        await self._write(self.store.set_clean_offset, topic_id, partition, clean_offset, now_ms)
 
     # -- consumer groups and producers ----------------------------------------------------
 

@@ -21,6 +21,7 @@ from metadata.store import (
     BatchResult,
     BlockLocation,
     BlockRewrite,
+    CleanState,
     CommitBlock,
     DeadSegment,
     DeletedTopic,
@@ -115,6 +116,12 @@ class MetadataBackend(Protocol):
     ) -> list[StoredBlock]: ...
 
     def replace_blocks(self, rewrite: BlockRewrite, now_ms: int) -> bool: ...
+
+    def get_clean_offsets(self, topic_id: int) -> dict[int, CleanState]: ...
+
+    def set_clean_offset(
+        self, topic_id: int, partition: int, clean_offset: int, now_ms: int
+    ) -> None: ...
 
     def commit_offsets(
         self, group: str, offsets: Sequence[tuple[int, int, int, str]]

@@ -99,6 +99,33 @@ Upgrading: the step adds the column and the index in one transaction (a fast met
 change in SQLite: no row is rewritten); older code cannot open the file afterwards
 (:class:`~metadata.errors.SchemaTooNewError`), so upgrade every process together.
 
+Schema (version 4)
+==================
+
+Version 3 plus the second increment of the data lifecycle and the streaming-SQL catalog:
+
+``clean_offsets`` -- key compaction's checkpoint, one row per partition of a compacted topic
+    that was ever key-compacted. ``PRIMARY KEY (topic_id, partition)``, ``WITHOUT ROWID``;
+    ``clean_offset INTEGER`` (>= 0: offsets below it have been key-compacted),
+    ``cleaned_ms INTEGER`` (when it was last set). Rows go with their topic
+    (``delete_topic``); a checkpoint is only stored for a partition that exists.
+
+``catalog`` -- named definitions of streaming SQL (streams, tables, views, queries), opaque
+    here. ``PRIMARY KEY (kind, name)``, ``WITHOUT ROWID``; ``kind TEXT`` (e.g. 'stream',
+    'table', 'view', 'query'), ``name TEXT``, ``definition BLOB`` (its format belongs to the
+    SQL layer), ``created_ms``, ``updated_ms``.
+
+Rewrites of objects (``replace_blocks``) need no new column: a rewritten block row may hold
+fewer records than its span (``record_count <= end_offset - base_offset``, key compaction) and
+a partition's rows may leave gaps between them (offsets whose records were all removed).
+Producer-state expiry (``last_update_ms``) and offset expiry (``commit_ms``) scan their tables:
+an index on those columns would be rewritten by every idempotent commit and offset commit,
+which run far more often than the lifecycle pass that reads them.
+
+Upgrading: the step only creates the two tables (quick on any size of file); older code cannot
+open the file afterwards (:class:`~metadata.errors.SchemaTooNewError`), so upgrade every
+process together.
+
 ``PRAGMA application_id`` is set to :data:`APPLICATION_ID` so that a foreign SQLite file is
 refused rather than migrated.
 """
@@ -237,11 +264,31 @@ CREATE INDEX segments_dead ON segments (dead_since_ms, segment_id)
     WHERE dead_since_ms IS NOT NULL;
 """
 
+_SCHEMA_V4 = """
+CREATE TABLE clean_offsets (
+    topic_id      INTEGER NOT NULL,
+    partition     INTEGER NOT NULL,
+    clean_offset  INTEGER NOT NULL CHECK (clean_offset >= 0),
+    cleaned_ms    INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, partition)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE catalog (
+    kind        TEXT    NOT NULL,
+    name        TEXT    NOT NULL,
+    definition  BLOB    NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL,
+    PRIMARY KEY (kind, name)
+) STRICT, WITHOUT ROWID;
+"""
+
 #: The ordered migration steps; ``MIGRATIONS[i].version == i + 1``.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _SCHEMA_V1),
     Migration(2, "agents registry and consumer-group state", _SCHEMA_V2),
     Migration(3, "dead segments for the data lifecycle", _SCHEMA_V3),
+    Migration(4, "key-compaction checkpoints and the streaming-SQL catalog", _SCHEMA_V4),
 )
 
 

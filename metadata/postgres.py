@@ -96,6 +96,7 @@ from metadata.store import (
     _SQL_KEEP_BY_TIME,
     _SQL_LIVE_SEGMENTS,
     _SQL_PARTITION_BLOCKS,
+    _SQL_SET_CLEAN_OFFSET,
     _STORED_BLOCK_COLUMNS,
     DEBUG_LOOP_CALLS_ENV,
     MAX_RETENTION_BATCH,
@@ -104,6 +105,7 @@ from metadata.store import (
     BatchResult,
     BlockLocation,
     BlockRewrite,
+    CleanState,
     CommitBlock,
     DeadSegment,
     DeletedTopic,
@@ -129,6 +131,7 @@ from metadata.store import (
     _validate_partitions,
     agent_row,
     assign_offsets,
+    check_clean_offset,
     check_kept_rows,
     check_lifecycle_time,
     check_rewrite,
@@ -759,6 +762,7 @@ class PostgresMetadataStore:
             emptied = [r[0] for r in cur.fetchall()]
             _mark_dead(cur, emptied, now)  # rule 8: after the partition rows
             cur.execute("DELETE FROM producer_state WHERE topic_id = %s", tid)
+            cur.execute("DELETE FROM clean_offsets WHERE topic_id = %s", tid)
             cur.execute("DELETE FROM group_offsets WHERE topic_id = %s", tid)
             cur.execute("DELETE FROM partitions WHERE topic_id = %s", tid)
             cur.execute("DELETE FROM topics WHERE topic_id = %s", tid)
@@ -1221,6 +1225,37 @@ class PostgresMetadataStore:
             return True
 
         return self._write(replace_blocks)
+
+    # ------------------------------------------------------------------ key compaction
+
+    def get_clean_offsets(self, topic_id: int) -> dict[int, CleanState]:
+        """See :meth:`metadata.store.MetadataStore.get_clean_offsets`."""
+
+        def get_clean_offsets(cur: Any) -> list[Any]:
+            cur.execute(
+                "SELECT partition, clean_offset, cleaned_ms FROM clean_offsets "
+                "WHERE topic_id = %s ORDER BY partition",
+                (topic_id,),
+            )
+            return cur.fetchall()
+
+        return {int(p): CleanState(int(c), int(m)) for p, c, m in self._read(get_clean_offsets)}
+
+    def set_clean_offset(
+        self, topic_id: int, partition: int, clean_offset: int, now_ms: int
+    ) -> None:
+        """See :meth:`metadata.store.MetadataStore.set_clean_offset`. Key-share locks the
+        partition row, so a ``delete_topic`` (which locks it for update first) either
+        removed it before (nothing is stored) or removes the checkpoint after."""
+        check_clean_offset(clean_offset, now_ms)
+
+        def set_clean_offset(cur: Any) -> None:
+            cur.execute(
+                _SQL_SET_CLEAN_OFFSET.format(lock=" FOR KEY SHARE OF p"),
+                (clean_offset, now_ms, topic_id, partition),
+            )
+
+        self._write(set_clean_offset)
 
     # ------------------------------------------------------------------ consumer groups
 

@@ -100,6 +100,21 @@ Upgrading: ``ADD COLUMN`` without a default only changes the catalog (no table r
 the index starts empty, so the step is quick on any size of database; it holds an ACCESS
 EXCLUSIVE lock on ``segments`` for that moment (commits wait). Older code refuses the database
 afterwards, so upgrade every agent together.
+
+Schema (version 5)
+==================
+
+As the SQLite file's version 4: ``clean_offsets`` (``PRIMARY KEY (topic_id, partition)``,
+``clean_offset BIGINT`` >= 0, ``cleaned_ms BIGINT``; key compaction's checkpoint: offsets
+below it have been key-compacted; rows go with their topic) and ``catalog`` (``PRIMARY KEY
+(kind, name)``, ``definition BYTEA`` opaque to the store, ``created_ms``, ``updated_ms``; the
+streaming-SQL catalog). No index on ``producer_state.last_update_ms`` or
+``group_offsets.commit_ms`` for the expiry calls: either would turn every idempotent commit's
+producer-state update (a HOT update today, version 3) or every offset commit into an index
+write, to speed up a scan that runs once per lifecycle pass.
+
+Upgrading: the step creates two empty tables; nothing else is locked. Older code refuses the
+database afterwards, so upgrade every agent together.
 """
 
 from __future__ import annotations
@@ -227,6 +242,25 @@ CREATE TABLE group_states (
 );
 """
 
+_SCHEMA_V5 = """
+CREATE TABLE clean_offsets (
+    topic_id      BIGINT  NOT NULL,
+    partition     INTEGER NOT NULL,
+    clean_offset  BIGINT  NOT NULL CHECK (clean_offset >= 0),
+    cleaned_ms    BIGINT  NOT NULL,
+    PRIMARY KEY (topic_id, partition)
+);
+
+CREATE TABLE catalog (
+    kind        TEXT    NOT NULL,
+    name        TEXT    NOT NULL,
+    definition  BYTEA   NOT NULL,
+    created_ms  BIGINT  NOT NULL,
+    updated_ms  BIGINT  NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+"""
+
 #: The ordered migration steps; ``MIGRATIONS[i].version == i + 1``.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _SCHEMA_V1),
@@ -244,6 +278,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX segments_dead ON segments (dead_since_ms, segment_id) "
         "WHERE dead_since_ms IS NOT NULL;",
     ),
+    Migration(5, "key-compaction checkpoints and the streaming-SQL catalog", _SCHEMA_V5),
 )
 
 _SQL_CREATE_VERSION_TABLE = (

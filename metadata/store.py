@@ -1158,6 +1158,24 @@ def unchanged(
     )
 
 
+# The checkpoint of a partition that exists (PostgreSQL: key-share locks its row, so a
+# delete_topic holding it waits, or went first and this inserts nothing).
+_SQL_SET_CLEAN_OFFSET: Final = (
+    "INSERT INTO clean_offsets (topic_id, partition, clean_offset, cleaned_ms) "
+    "SELECT p.topic_id, p.partition, %s, %s FROM partitions AS p "
+    "WHERE p.topic_id = %s AND p.partition = %s{lock} "
+    "ON CONFLICT (topic_id, partition) DO UPDATE SET clean_offset = excluded.clean_offset, "
+    "cleaned_ms = excluded.cleaned_ms"
+)
+
+
+def check_clean_offset(clean_offset: object, now_ms: object) -> None:
+    """Refuse (``ValueError``) a negative or non-integer ``clean_offset`` or a bad
+    ``now_ms``."""
+    _check_int("clean_offset", clean_offset, 0, _INT64_MAX)
+    check_lifecycle_time("now_ms", now_ms)
+
+
 def _qmarks(sql: str) -> str:
     """``sql`` written with ``%s`` placeholders, for SQLite."""
     return sql.replace("%s", "?")
@@ -1496,6 +1514,7 @@ class MetadataStore:
             if emptied:
                 db.execute(_SQL_MARK_DEAD, (now, _json_encode(emptied).decode()))
             db.execute("DELETE FROM producer_state WHERE topic_id = ?", tid)
+            db.execute("DELETE FROM clean_offsets WHERE topic_id = ?", tid)
             db.execute("DELETE FROM group_offsets WHERE topic_id = ?", tid)
             db.execute("DELETE FROM partitions WHERE topic_id = ?", tid)
             db.execute("DELETE FROM topics WHERE topic_id = ?", tid)
@@ -1940,6 +1959,35 @@ class MetadataStore:
             old = {b.segment_id for b in rewrite.replaced} | {segment_id}
             db.execute(_SQL_MARK_DEAD, (now_ms, _json_encode(sorted(old)).decode()))
             return True
+
+    # ------------------------------------------------------------------ key compaction
+
+    def get_clean_offsets(self, topic_id: int) -> dict[int, CleanState]:
+        """The key-compaction checkpoint of each partition of the topic that has one (offsets
+        below ``clean_offset`` have been key-compacted), by partition; empty for a topic never
+        compacted or unknown."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT partition, clean_offset, cleaned_ms FROM clean_offsets "
+                "WHERE topic_id = ? ORDER BY partition",
+                (topic_id,),
+            ).fetchall()
+        return {int(p): CleanState(int(c), int(m)) for p, c, m in rows}
+
+    def set_clean_offset(
+        self, topic_id: int, partition: int, clean_offset: int, now_ms: int
+    ) -> None:
+        """Store the partition's key-compaction checkpoint: offsets below ``clean_offset`` have
+        been key-compacted, as of ``now_ms`` (replacing the previous checkpoint). A partition
+        that no longer exists (its topic was deleted meanwhile) gets none: nothing is stored.
+        The checkpoint goes with the topic (:meth:`delete_topic`). Raises ``ValueError`` for a
+        negative ``clean_offset`` or a bad ``now_ms``."""
+        check_clean_offset(clean_offset, now_ms)
+        with self._write() as db:
+            db.execute(
+                _qmarks(_SQL_SET_CLEAN_OFFSET.format(lock="")),
+                (clean_offset, now_ms, topic_id, partition),
+            )
 
     # ------------------------------------------------------------------ consumer groups
 

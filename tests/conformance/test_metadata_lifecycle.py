@@ -591,16 +591,16 @@ def test_async_metadata_wraps_the_lifecycle_calls(open_store: Opener) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_upgrade_from_the_previous_schema_reclaims_what_it_left(
+def test_upgrade_from_the_schema_before_dead_segments_reclaims_what_it_left(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A database of the previous schema version (no dead_since_ms) with a segment that has no
-    block row and block rows below a log start moved by the old DeleteRecords (which left
-    them) is upgraded on open: every segment starts live, and the first retention and
+    """A database of the schema before dead segments (no dead_since_ms) with a segment that
+    has no block row and block rows below a log start moved by the old DeleteRecords (which
+    left them) is upgraded on open: every segment starts live, and the first retention and
     mark_unreferenced_segments reclaim both."""
     if backend == "sqlite":
         path = tmp_path / "old.db"
-        monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:-1])
+        monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
         old: Store = MetadataStore(path)
 
         def raw(sql: str) -> None:
@@ -612,7 +612,7 @@ def test_upgrade_from_the_previous_schema_reclaims_what_it_left(
             return MetadataStore(path)
     else:
         dsn: str = request.getfixturevalue("postgres_dsn")
-        monkeypatch.setattr(postgres_migrations, "MIGRATIONS", postgres_migrations.MIGRATIONS[:-1])
+        monkeypatch.setattr(postgres_migrations, "MIGRATIONS", postgres_migrations.MIGRATIONS[:3])
         old = PostgresMetadataStore(dsn)
 
         def raw(sql: str) -> None:

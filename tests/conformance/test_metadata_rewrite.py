@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,45 +19,21 @@ import pytest
 from metadata import (
     BatchRef,
     BlockRewrite,
+    CleanState,
     CommitBlock,
     DuplicateSegmentError,
     MetadataStore,
     NewBlock,
     SegmentUsage,
     StoredBlock,
+    migrations,
+    postgres_migrations,
 )
 from metadata.async_store import AsyncMetadata
 from metadata.postgres import PostgresMetadataStore
 
 Store = MetadataStore | PostgresMetadataStore
 Opener = Callable[..., Store]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    """Opens stores on one backend's metadata; every store opened is closed at the end."""
-    opened: list[Store] = []
-    if request.param == "sqlite":
-        path = tmp_path / "meta.db"
-
-        def opener(**kwargs: object) -> Store:
-            opened.append(MetadataStore(path, **kwargs))  # type: ignore[arg-type]
-            return opened[-1]
-    else:
-        dsn: str = request.getfixturevalue("postgres_dsn")
-
-        def opener(**kwargs: object) -> Store:
-            opened.append(PostgresMetadataStore(dsn, **kwargs))  # type: ignore[arg-type]
-            return opened[-1]
-
-    yield opener
-    for s in opened:
-        s.close()
-
-
-@pytest.fixture
-def store(open_store: Opener) -> Store:
-    return open_store()
 
 
 def _commit(
@@ -399,42 +375,37 @@ def test_a_rewrite_that_drops_every_record_leaves_its_object_dead(store: Store) 
 # --------------------------------------------------------------------------- concurrency
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_rewrites_racing_commits_and_retention_never_lose_or_repeat_an_offset(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+    backend_opener: Opener,
 ) -> None:
     """A writer thread commits segments spanning three partitions while a rewriter thread
-    merges the oldest rows of each partition into new objects over and over and a third
-    thread moves the log start of partition 2 (DeleteRecords). No call fails (no deadlock,
+    merges the oldest rows of each partition into new objects over and over, a third thread
+    moves the log start of partition 2 (DeleteRecords) and a fourth runs size retention
+    (150 bytes per partition) with a batch of two partitions. No call fails (no deadlock,
     no lock timeout); afterwards every partition's rows tile [log start, HWM) exactly, hold
     every record committed above the log start, and every segment is either live with rows
     or dead, never both."""
-    if backend == "sqlite":
-        target: str = str(tmp_path / "race.db")
-
-        def opener() -> Store:
-            return MetadataStore(target, busy_timeout_ms=30_000)
-    else:
-        target = request.getfixturevalue("postgres_dsn")
-
-        def opener() -> Store:
-            return PostgresMetadataStore(target, busy_timeout_ms=30_000)
-
+    opener = backend_opener
     admin = opener()
     parts, rounds = 3, 60
-    t = admin.create_topic("race", parts)
+    t = admin.create_topic("race", parts, {"retention.ms": "-1", "retention.bytes": "150"})
     errors: list[BaseException] = []
     stop = threading.Event()
-    stores: list[Store] = []
     outcomes: list[bool] = []
+    tried = threading.Condition()
+    committed: list[int] = []
 
     def write() -> None:
         s = opener()
-        stores.append(s)
         try:
             for r in range(rounds):
                 order = [(r + i) % parts for i in range(parts)]
                 _commit(s, f"segments/w{r:03d}", t.topic_id, order, records=1 + r % 3)
+                committed.append(1 + r % 3)
+                # Keep the rewriter in the race (a busy writer can starve SQLite's lock
+                # waiters): every 4th commit, wait until it has tried r / 4 switches.
+                with tried:
+                    tried.wait_for(lambda r=r: len(outcomes) >= r // 4, timeout=10)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -442,20 +413,21 @@ def test_rewrites_racing_commits_and_retention_never_lose_or_repeat_an_offset(
 
     def rewrite() -> None:
         s = opener()
-        stores.append(s)
         n = 0
         try:
             while not stop.is_set() or n < 3:
                 rows = [r for p in range(parts) for r in s.partition_blocks(t.topic_id, p, 0, 4)]
                 if rows:
-                    outcomes.append(s.replace_blocks(_merged(f"segments/r{n:04d}", rows), n))
+                    switched = s.replace_blocks(_merged(f"segments/r{n:04d}", rows), n)
+                    with tried:
+                        outcomes.append(switched)
+                        tried.notify_all()
                     n += 1
         except BaseException as exc:
             errors.append(exc)
 
     def delete_records() -> None:
         s = opener()
-        stores.append(s)
         try:
             while not stop.is_set():
                 state = s.get_partition(t.topic_id, 2)
@@ -464,45 +436,44 @@ def test_rewrites_racing_commits_and_retention_never_lose_or_repeat_an_offset(
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=f) for f in (write, rewrite, delete_records)]
+    def retain() -> None:
+        s = opener()
+        try:
+            while not stop.is_set():
+                s.enforce_retention(10**6, max_partitions=2)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=f) for f in (write, rewrite, delete_records, retain)]
     for th in threads:
         th.start()
     for th in threads:
         th.join(timeout=180)
-    try:
-        assert not any(th.is_alive() for th in threads)
-        assert errors == []
-        assert True in outcomes  # some rewrites switched
-        committed = [1 + r % 3 for r in range(rounds)]
-        for p in range(parts):
-            state = admin.get_partition(t.topic_id, p)
-            assert state is not None
-            assert state.high_watermark == sum(committed)
-            rows = admin.partition_blocks(t.topic_id, p, 0, 10_000)
-            # Rows tile the log from (at most) the log start to the HWM: no gap, no overlap.
-            assert rows[0].base_offset <= state.log_start_offset < rows[0].end_offset or (
-                p == 2 and rows[0].base_offset >= state.log_start_offset
-            )
-            assert [r.base_offset for r in rows[1:]] == [r.end_offset for r in rows[:-1]]
-            assert rows[-1].end_offset == state.high_watermark
-            # Merged rows hold every record of their span (no compaction here).
-            assert all(r.record_count == r.end_offset - r.base_offset for r in rows)
-            if p != 2:
-                assert rows[0].base_offset == 0
-        live = _live(admin)
-        dead = _dead(admin)
-        assert not set(live) & set(dead)
-        assert all(u.block_count > 0 for u in live.values())
-        keys_with_rows = {
-            r.segment_key
-            for p in range(parts)
-            for r in admin.partition_blocks(t.topic_id, p, 0, 10_000)
-        }
-        assert keys_with_rows == set(live)
-    finally:
-        for s in stores:
-            s.close()
-        admin.close()
+    assert not any(th.is_alive() for th in threads)
+    assert errors == []
+    assert outcomes.count(True) >= 5  # rewrites switched while the others ran
+    for p in range(parts):
+        state = admin.get_partition(t.topic_id, p)
+        assert state is not None
+        assert state.high_watermark == sum(committed)
+        rows = admin.partition_blocks(t.topic_id, p, 0, 10_000)
+        # Rows tile the log from (at most) the log start to the HWM: no gap, no overlap.
+        assert rows[0].base_offset <= state.log_start_offset < rows[0].end_offset
+        assert [r.base_offset for r in rows[1:]] == [r.end_offset for r in rows[:-1]]
+        assert rows[-1].end_offset == state.high_watermark
+        # Merged rows hold every record of their span (no compaction here).
+        assert all(r.record_count == r.end_offset - r.base_offset for r in rows)
+        assert sum(r.byte_length for r in rows) < 150 + 7 * 20  # retention kept up
+    live = _live(admin)
+    dead = _dead(admin)
+    assert not set(live) & set(dead)
+    assert all(u.block_count > 0 for u in live.values())
+    keys_with_rows = {
+        r.segment_key
+        for p in range(parts)
+        for r in admin.partition_blocks(t.topic_id, p, 0, 10_000)
+    }
+    assert keys_with_rows == set(live)
 
 
 # --------------------------------------------------------------------------- AsyncMetadata
@@ -532,3 +503,82 @@ def test_async_metadata_wraps_the_rewrite_calls(open_store: Opener) -> None:
         await meta.close()
 
     asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- clean offsets
+
+
+def test_clean_offsets_are_stored_per_partition_and_go_with_the_topic(store: Store) -> None:
+    t = store.create_topic("keys", 3, {"cleanup.policy": "compact"})
+    other = store.create_topic("other", 1, {"cleanup.policy": "compact"})
+    assert store.get_clean_offsets(t.topic_id) == {}
+    store.set_clean_offset(t.topic_id, 2, 40, 1000)
+    store.set_clean_offset(t.topic_id, 0, 10, 1001)
+    store.set_clean_offset(other.topic_id, 0, 5, 1002)
+    assert store.get_clean_offsets(t.topic_id) == {0: CleanState(10, 1001), 2: CleanState(40, 1000)}
+    store.set_clean_offset(t.topic_id, 0, 25, 2000)  # replaces
+    assert store.get_clean_offsets(t.topic_id)[0] == CleanState(25, 2000)
+    # A partition that does not exist gets no checkpoint.
+    store.set_clean_offset(t.topic_id, 3, 1, 1)
+    store.set_clean_offset(10**6, 0, 1, 1)
+    assert sorted(store.get_clean_offsets(t.topic_id)) == [0, 2]
+    assert store.get_clean_offsets(10**6) == {}
+    store.delete_topic("keys")
+    assert store.get_clean_offsets(t.topic_id) == {}
+    # The name reused: a new topic id, no checkpoint; the other topic keeps its own.
+    again = store.create_topic("keys", 3, {"cleanup.policy": "compact"})
+    assert store.get_clean_offsets(again.topic_id) == {}
+    assert store.get_clean_offsets(other.topic_id) == {0: CleanState(5, 1002)}
+    for bad in (-1, 1.5, "3"):
+        with pytest.raises(ValueError, match="clean_offset"):
+            store.set_clean_offset(other.topic_id, 0, bad, 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="now_ms"):
+        store.set_clean_offset(other.topic_id, 0, 1, -5)
+    assert store.get_clean_offsets(other.topic_id) == {0: CleanState(5, 1002)}
+
+
+def test_async_metadata_wraps_the_clean_offsets(open_store: Opener) -> None:
+    store = open_store(forbid_loop_calls=True)
+
+    async def main() -> None:
+        meta = AsyncMetadata(store)
+        t = await meta.create_topic("async-keys", 1, {"cleanup.policy": "compact"})
+        await meta.set_clean_offset(t.topic_id, 0, 7, 70)
+        assert await meta.get_clean_offsets(t.topic_id) == {0: CleanState(7, 70)}
+        await meta.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrade_from_the_schema_before_rewrites_keeps_everything(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database of the previous schema version (no clean_offsets, no catalog) with data is
+    upgraded on open: its log is intact, rewrites and checkpoints work on it."""
+    opener: Callable[[], Store]
+    if backend == "sqlite":
+        path = tmp_path / "old.db"
+        monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:3])
+
+        def opener() -> Store:
+            return MetadataStore(path)
+    else:
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        monkeypatch.setattr(postgres_migrations, "MIGRATIONS", postgres_migrations.MIGRATIONS[:4])
+
+        def opener() -> Store:
+            return PostgresMetadataStore(dsn)
+
+    with opener() as old:
+        t = old.create_topic("old", 1)
+        _commit(old, "segments/o1", t.topic_id, [0])
+        _commit(old, "segments/o2", t.topic_id, [0])
+    monkeypatch.undo()
+    with opener() as store:
+        assert _index(store, t.topic_id, 0) == [(0, 2, "segments/o1", 2), (2, 4, "segments/o2", 2)]
+        rows = store.partition_blocks(t.topic_id, 0)
+        assert store.replace_blocks(_merged("segments/n", rows), 9) is True
+        assert _index(store, t.topic_id, 0) == [(0, 4, "segments/n", 4)]
+        store.set_clean_offset(t.topic_id, 0, 4, 10)
+        assert store.get_clean_offsets(t.topic_id) == {0: CleanState(4, 10)}
