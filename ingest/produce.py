@@ -79,6 +79,11 @@ def plan_produce(
     total = 0
     for index, rec in enumerate(records):
         key = rec.key if rec.HasField("key") else None
+        if key is None and rules.key_required:
+            raise ProduceRejected(
+                f"record {index} has no key: a compacted topic (cleanup.policy=compact) keeps "
+                "the latest record of each key, so every record needs one"
+            )
         value = rec.value if rec.HasField("value") else None
         size = (len(key) if key is not None else 0) + (len(value) if value is not None else 0)
         headers: list[tuple[str, bytes | None]] = []
