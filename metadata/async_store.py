@@ -324,6 +324,15 @@ class AsyncMetadata:
         :meth:`MetadataStore.set_clean_offset`)."""
         await self._write(self.store.set_clean_offset, topic_id, partition, clean_offset, now_ms)
 
+    async def expire_producer_state(self, idle_before_ms: int, limit: int = 10_000) -> int:
+        return await self._write(self.store.expire_producer_state, idle_before_ms, limit)
+
+    async def expirable_offset_groups(self, commit_before_ms: int) -> list[str]:
+        return await self._read(self.store.expirable_offset_groups, commit_before_ms)
+
+    async def expire_group_offsets(self, group_id: str, commit_before_ms: int) -> int:
+        return await self._write(self.store.expire_group_offsets, group_id, commit_before_ms)
+
     # -- consumer groups and producers ----------------------------------------------------
 
     async def commit_offsets(

@@ -93,6 +93,8 @@ from metadata.store import (
     _INT64_MAX,
     _SQL_DEAD_SEGMENTS,
     _SQL_DROP_BLOCKS,
+    _SQL_EXPIRABLE_GROUPS,
+    _SQL_GROUP_STATE_SINCE,
     _SQL_KEEP_BY_TIME,
     _SQL_LIVE_SEGMENTS,
     _SQL_PARTITION_BLOCKS,
@@ -146,6 +148,7 @@ from metadata.store import (
     stored_block,
     unchanged,
     validate_agent,
+    validate_group_id,
     validate_group_state,
     validate_lease,
     validate_topic_name,
@@ -1256,6 +1259,68 @@ class PostgresMetadataStore:
             )
 
         self._write(set_clean_offset)
+
+    # ------------------------------------------------------------------ expiry of idle state
+
+    def expire_producer_state(self, idle_before_ms: int, limit: int = 10_000) -> int:
+        """See :meth:`metadata.store.MetadataStore.expire_producer_state`. A commit that
+        rewrites a row meanwhile keeps it: the delete re-checks ``last_update_ms`` on the row
+        it waited for."""
+        check_lifecycle_time("idle_before_ms", idle_before_ms)
+        _check_int("limit", limit, 1, MAX_RETENTION_BATCH)
+
+        def expire_producer_state(cur: Any) -> int:
+            cur.execute(
+                "DELETE FROM producer_state AS s USING (SELECT topic_id, partition, producer_id "
+                "FROM producer_state WHERE last_update_ms < %s LIMIT %s) AS k "
+                "WHERE s.topic_id = k.topic_id AND s.partition = k.partition "
+                "AND s.producer_id = k.producer_id AND s.last_update_ms < %s",
+                (idle_before_ms, limit, idle_before_ms),
+            )
+            return int(cur.rowcount)
+
+        return self._write(expire_producer_state)
+
+    def expirable_offset_groups(self, commit_before_ms: int) -> list[str]:
+        """See :meth:`metadata.store.MetadataStore.expirable_offset_groups`."""
+        check_lifecycle_time("commit_before_ms", commit_before_ms)
+
+        def expirable_offset_groups(cur: Any) -> list[Any]:
+            cur.execute(
+                _SQL_EXPIRABLE_GROUPS.format(order='o.group_id COLLATE "C"'),
+                (commit_before_ms, commit_before_ms),
+            )
+            return cur.fetchall()
+
+        return [r[0] for r in self._read(expirable_offset_groups)]
+
+    def expire_group_offsets(self, group_id: str, commit_before_ms: int) -> int:
+        """See :meth:`metadata.store.MetadataStore.expire_group_offsets`. The group's offset
+        rows are locked first (by ``(topic_id, partition)``), so a commit to one of them is
+        either seen (the group keeps its offsets) or waits; an offset committed meanwhile to a
+        partition the group had none for is newer than the cut-off and stays."""
+        validate_group_id(group_id)
+        check_lifecycle_time("commit_before_ms", commit_before_ms)
+
+        def expire_group_offsets(cur: Any) -> int:
+            cur.execute(
+                "SELECT commit_ms FROM group_offsets WHERE group_id = %s "
+                "ORDER BY topic_id, partition FOR UPDATE",
+                (group_id,),
+            )
+            commits = [int(r[0]) for r in cur.fetchall()]
+            if not commits or max(commits) >= commit_before_ms:
+                return 0
+            cur.execute(_SQL_GROUP_STATE_SINCE, (group_id, commit_before_ms))
+            if cur.fetchone() is not None:
+                return 0
+            cur.execute(
+                "DELETE FROM group_offsets WHERE group_id = %s AND commit_ms < %s",
+                (group_id, commit_before_ms),
+            )
+            return int(cur.rowcount)
+
+        return self._write(expire_group_offsets)
 
     # ------------------------------------------------------------------ consumer groups
 

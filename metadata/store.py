@@ -1169,6 +1169,17 @@ _SQL_SET_CLEAN_OFFSET: Final = (
 )
 
 
+# Groups whose offsets may expire: newest commit before the cut-off, no state saved since.
+_SQL_EXPIRABLE_GROUPS: Final = (
+    "SELECT o.group_id FROM group_offsets AS o GROUP BY o.group_id "
+    "HAVING max(o.commit_ms) < %s AND NOT EXISTS (SELECT 1 FROM group_states AS s "
+    "WHERE s.group_id = o.group_id AND s.updated_ms >= %s) ORDER BY {order}"
+)
+_SQL_GROUP_STATE_SINCE: Final = (
+    "SELECT 1 FROM group_states WHERE group_id = %s AND updated_ms >= %s"
+)
+
+
 def check_clean_offset(clean_offset: object, now_ms: object) -> None:
     """Refuse (``ValueError``) a negative or non-integer ``clean_offset`` or a bad
     ``now_ms``."""
@@ -1988,6 +1999,62 @@ class MetadataStore:
                 _qmarks(_SQL_SET_CLEAN_OFFSET.format(lock="")),
                 (clean_offset, now_ms, topic_id, partition),
             )
+
+    # ------------------------------------------------------------------ expiry of idle state
+
+    def expire_producer_state(self, idle_before_ms: int, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` idempotent-producer state rows (one per producer and
+        partition) last written before ``idle_before_ms`` (``last_update_ms``, the store's
+        clock at the producer's last commit); return how many went. A producer whose state
+        went is no longer deduplicated on a retry of an old batch and may start any sequence
+        (as Kafka treats a producer it holds no state for). Call again while it returns
+        ``limit``. Raises ``ValueError`` for a bad argument."""
+        check_lifecycle_time("idle_before_ms", idle_before_ms)
+        _check_int("limit", limit, 1, MAX_RETENTION_BATCH)
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM producer_state WHERE (topic_id, partition, producer_id) IN "
+                "(SELECT topic_id, partition, producer_id FROM producer_state "
+                "WHERE last_update_ms < ? LIMIT ?)",
+                (idle_before_ms, limit),
+            )
+            return db.changes()
+
+    def expirable_offset_groups(self, commit_before_ms: int) -> list[str]:
+        """The groups whose committed offsets may expire at ``commit_before_ms``: the newest
+        commit of each is older (``commit_ms < commit_before_ms``) and it has no stored state
+        (:meth:`save_group_state`) saved since then (none at all, or ``updated_ms <
+        commit_before_ms``). Sorted by group id (code points). Whether the group is empty is
+        the caller's to judge from its state; :meth:`expire_group_offsets` checks these
+        conditions again. Raises ``ValueError`` for a bad ``commit_before_ms``."""
+        check_lifecycle_time("commit_before_ms", commit_before_ms)
+        with self._read() as db:
+            rows = db.execute(
+                _qmarks(_SQL_EXPIRABLE_GROUPS.format(order="o.group_id")),
+                (commit_before_ms, commit_before_ms),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def expire_group_offsets(self, group_id: str, commit_before_ms: int) -> int:
+        """Delete all of ``group_id``'s committed offsets, in one transaction, if it still
+        qualifies as :meth:`expirable_offset_groups` says (no offset committed at or after
+        ``commit_before_ms``, no state saved then or later); return how many went (0 when it
+        no longer qualifies). Raises ``ValueError`` for a bad argument."""
+        validate_group_id(group_id)
+        check_lifecycle_time("commit_before_ms", commit_before_ms)
+        with self._write() as db:
+            newest = db.execute(
+                "SELECT max(commit_ms) FROM group_offsets WHERE group_id = ?", (group_id,)
+            ).fetchall()[0][0]
+            if newest is None or newest >= commit_before_ms:
+                return 0
+            if db.execute(_qmarks(_SQL_GROUP_STATE_SINCE), (group_id, commit_before_ms)).fetchall():
+                return 0
+            db.execute(
+                "DELETE FROM group_offsets WHERE group_id = ? AND commit_ms < ?",
+                (group_id, commit_before_ms),
+            )
+            return db.changes()
 
     # ------------------------------------------------------------------ consumer groups
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,15 +55,15 @@ def backend_opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[O
     if request.param == "sqlite":
         target: str = str(tmp_path / "race.db")
 
-        def make(**kwargs: object) -> Store:
-            return MetadataStore(target, busy_timeout_ms=30_000, **kwargs)  # type: ignore[arg-type]
+        def make(**kwargs: Any) -> Store:
+            return MetadataStore(target, busy_timeout_ms=30_000, **kwargs)
     else:
         target = request.getfixturevalue("postgres_dsn")
 
-        def make(**kwargs: object) -> Store:
-            return PostgresMetadataStore(target, busy_timeout_ms=30_000, **kwargs)  # type: ignore[arg-type]
+        def make(**kwargs: Any) -> Store:
+            return PostgresMetadataStore(target, busy_timeout_ms=30_000, **kwargs)
 
-    def opener(**kwargs: object) -> Store:
+    def opener(**kwargs: Any) -> Store:
         s = make(**kwargs)
         with lock:
             opened.append(s)
