@@ -42,8 +42,10 @@ from metadata.store import (
     PartitionState,
     RetentionMove,
     SegmentUsage,
+    StorageReport,
     StoredBlock,
     TopicInfo,
+    TopicStorage,
     validate_topic_name,
 )
 
@@ -76,9 +78,11 @@ __all__ = [
     "RetentionMove",
     "SchemaTooNewError",
     "SegmentUsage",
+    "StorageReport",
     "StoredBlock",
     "TopicExistsError",
     "TopicInfo",
+    "TopicStorage",
     "UnknownTopicError",
     "open_store",
     "validate_topic_name",

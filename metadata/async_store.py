@@ -50,6 +50,7 @@ from metadata.store import (
     PartitionState,
     RetentionMove,
     SegmentUsage,
+    StorageReport,
     StoredBlock,
     TopicInfo,
 )
@@ -332,6 +333,11 @@ class AsyncMetadata:
 
     async def expire_group_offsets(self, group_id: str, commit_before_ms: int) -> int:
         return await self._write(self.store.expire_group_offsets, group_id, commit_before_ms)
+
+    async def storage_report(self, now_ms: int, small_object_bytes: int) -> StorageReport:
+        """What the object store holds, per topic and in total (see
+        :meth:`MetadataStore.storage_report`)."""
+        return await self._read(self.store.storage_report, now_ms, small_object_bytes)
 
     # -- consumer groups and producers ----------------------------------------------------
 

@@ -30,6 +30,7 @@ from metadata.store import (
     PartitionState,
     RetentionMove,
     SegmentUsage,
+    StorageReport,
     StoredBlock,
     TopicInfo,
 )
@@ -128,6 +129,8 @@ class MetadataBackend(Protocol):
     def expirable_offset_groups(self, commit_before_ms: int) -> list[str]: ...
 
     def expire_group_offsets(self, group_id: str, commit_before_ms: int) -> int: ...
+
+    def storage_report(self, now_ms: int, small_object_bytes: int) -> StorageReport: ...
 
     def commit_offsets(
         self, group: str, offsets: Sequence[tuple[int, int, int, str]]

@@ -116,6 +116,7 @@ from metadata.store import (
     RetentionMove,
     RetentionRule,
     SegmentUsage,
+    StorageReport,
     StoredBlock,
     TopicInfo,
     _batches_decoder,
@@ -145,6 +146,7 @@ from metadata.store import (
     retention_work,
     segment_usage,
     smallest_free_node_id,
+    storage_report,
     stored_block,
     unchanged,
     validate_agent,
@@ -1321,6 +1323,24 @@ class PostgresMetadataStore:
             return int(cur.rowcount)
 
         return self._write(expire_group_offsets)
+
+    # ------------------------------------------------------------------ storage report
+
+    def storage_report(self, now_ms: int, small_object_bytes: int) -> StorageReport:
+        """See :meth:`metadata.store.MetadataStore.storage_report` (one read-only
+        transaction; each statement reads its own snapshot, at READ COMMITTED)."""
+        check_lifecycle_time("now_ms", now_ms)
+        _check_int("small_object_bytes", small_object_bytes, 0, _INT64_MAX)
+
+        def storage_report_(cur: Any) -> StorageReport:
+            def q(sql: str, params: Sequence[object]) -> list[Any]:
+                cur.execute(sql, params)
+                return cur.fetchall()
+
+            return storage_report(q, now_ms, small_object_bytes)
+
+        storage_report_.__name__ = "storage_report"
+        return self._read(storage_report_)
 
     # ------------------------------------------------------------------ consumer groups
 

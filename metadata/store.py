@@ -983,13 +983,14 @@ _SQL_PARTITION_BLOCKS: Final = (
     "WHERE b.topic_id = %s AND b.partition = %s AND b.end_offset > %s "
     "ORDER BY b.end_offset LIMIT %s"
 )
-# A live segment's usage: one statement, the block rows reached by segment_blocks_segment.
+# A page of live segments' usage: one statement; the page is picked first (by the primary
+# key), then only its block rows are read (by segment_blocks_segment).
 _SQL_LIVE_SEGMENTS: Final = (
     "SELECT s.segment_id, s.key, s.size, s.created_ms, COALESCE(sum(b.byte_length), 0), "
-    "count(b.segment_id) FROM segments AS s "
+    "count(b.segment_id) FROM (SELECT segment_id, key, size, created_ms FROM segments "
+    "WHERE dead_since_ms IS NULL AND segment_id > %s ORDER BY segment_id LIMIT %s) AS s "
     "LEFT JOIN segment_blocks AS b ON b.segment_id = s.segment_id "
-    "WHERE s.dead_since_ms IS NULL AND s.segment_id > %s "
-    "GROUP BY s.segment_id, s.key, s.size, s.created_ms ORDER BY s.segment_id LIMIT %s"
+    "GROUP BY s.segment_id, s.key, s.size, s.created_ms ORDER BY s.segment_id"
 )
 
 
@@ -1178,6 +1179,98 @@ _SQL_EXPIRABLE_GROUPS: Final = (
 _SQL_GROUP_STATE_SINCE: Final = (
     "SELECT 1 FROM group_states WHERE group_id = %s AND updated_ms >= %s"
 )
+
+
+#: The window of ``StorageReport.segments_created_last_hour``.
+_HOUR_MS: Final = 3_600_000
+# Storage report (statements shared by both backends; %s placeholders). Every one is a
+# single aggregate: nothing is looped over per row in Python.
+_SQL_SEGMENT_TOTALS: Final = (
+    "SELECT count(*), "
+    "sum(CASE WHEN dead_since_ms IS NULL THEN 1 ELSE 0 END), "
+    "sum(CASE WHEN dead_since_ms IS NULL THEN size ELSE 0 END), "
+    "sum(CASE WHEN dead_since_ms IS NOT NULL THEN size ELSE 0 END), "
+    "sum(CASE WHEN dead_since_ms IS NULL AND size < %s THEN 1 ELSE 0 END), "
+    "sum(CASE WHEN dead_since_ms IS NULL AND size < %s THEN size ELSE 0 END), "
+    "sum(CASE WHEN created_ms > %s AND created_ms <= %s THEN 1 ELSE 0 END), "
+    "sum(CASE WHEN created_ms > %s AND created_ms <= %s THEN size ELSE 0 END) "
+    "FROM segments"
+)
+# Per topic: its share of each object it has blocks in (by (topic, segment) first, then by
+# topic), its live bytes, records and the bytes at or after its partitions' clean offsets.
+_SQL_TOPIC_USAGE: Final = (
+    "WITH ts AS (SELECT b.topic_id, b.segment_id, sum(b.byte_length) AS live, "
+    "sum(b.record_count) AS recs, sum(CASE WHEN b.end_offset > COALESCE(c.clean_offset, 0) "
+    "THEN b.byte_length ELSE 0 END) AS dirty FROM segment_blocks AS b "
+    "LEFT JOIN clean_offsets AS c ON c.topic_id = b.topic_id AND c.partition = b.partition "
+    "GROUP BY b.topic_id, b.segment_id), "
+    "seg AS (SELECT segment_id, sum(live) AS seg_live FROM ts GROUP BY segment_id) "
+    "SELECT ts.topic_id, count(*), sum(ts.live), sum(ts.recs), sum(ts.dirty), "
+    "sum(CAST(s.size AS DOUBLE PRECISION) * ts.live / NULLIF(seg.seg_live, 0)) "
+    "FROM ts JOIN seg ON seg.segment_id = ts.segment_id "
+    "JOIN segments AS s ON s.segment_id = ts.segment_id GROUP BY ts.topic_id"
+)
+_SQL_TOPIC_STARTS: Final = (
+    "SELECT t.topic_id, t.name, t.partitions, t.config, min(p.log_start_offset) "
+    "FROM topics AS t LEFT JOIN partitions AS p ON p.topic_id = t.topic_id "
+    "GROUP BY t.topic_id, t.name, t.partitions, t.config"
+)
+_SQL_FIRST_BLOCK_TIMES: Final = (
+    "SELECT b.topic_id, min(b.max_timestamp) FROM segment_blocks AS b "
+    "JOIN (SELECT topic_id, partition, min(end_offset) AS e FROM segment_blocks "
+    "GROUP BY topic_id, partition) AS f ON b.topic_id = f.topic_id "
+    "AND b.partition = f.partition AND b.end_offset = f.e GROUP BY b.topic_id"
+)
+
+
+def storage_report(
+    q: Callable[[str, Sequence[object]], list[Any]], now_ms: int, small_object_bytes: int
+) -> StorageReport:
+    """:meth:`MetadataStore.storage_report` from four aggregate statements run with
+    ``q(sql, params) -> rows`` (``%s`` placeholders)."""
+    hour = now_ms - _HOUR_MS
+    totals = q(
+        _SQL_SEGMENT_TOTALS,
+        (small_object_bytes, small_object_bytes, hour, now_ms, hour, now_ms),
+    )[0]
+    _, live_objects, stored, dead_bytes, small, small_bytes, recent, recent_bytes = (
+        int(v or 0) for v in totals
+    )
+    usage = {int(r[0]): r[1:] for r in q(_SQL_TOPIC_USAGE, ())}
+    first_times = {int(t): int(ts) for t, ts in q(_SQL_FIRST_BLOCK_TIMES, ())}
+    topics = []
+    for topic_id, name, partitions, config_json, oldest in q(_SQL_TOPIC_STARTS, ()):
+        config = _config_decoder.decode(config_json)
+        policy = config.get("cleanup.policy", _DEFAULT_CLEANUP_POLICY)
+        objects, live, records, dirty, share = usage.get(int(topic_id), (0, 0, 0, 0, 0.0))
+        topics.append(
+            TopicStorage(
+                name=name,
+                topic_id=int(topic_id),
+                partitions=int(partitions),
+                objects=int(objects),
+                bytes_live=int(live or 0),
+                bytes_stored=int(float(share or 0.0) + 0.5),
+                records=int(records or 0),
+                oldest_offset=int(oldest or 0),
+                oldest_timestamp_ms=first_times.get(int(topic_id), -1),
+                cleanup_policy=policy,
+                dirty_bytes=int(dirty or 0) if "compact" in policy.split(",") else 0,
+            )
+        )
+    topics.sort(key=lambda t: t.name)
+    return StorageReport(
+        topics=topics,
+        objects=live_objects,
+        bytes_stored=stored,
+        bytes_live=sum(int(u[1] or 0) for u in usage.values()),
+        dead_objects=int(totals[0] or 0) - live_objects,
+        dead_bytes=dead_bytes,
+        small_objects=small,
+        small_bytes=small_bytes,
+        segments_created_last_hour=recent,
+        bytes_created_last_hour=recent_bytes,
+    )
 
 
 def check_clean_offset(clean_offset: object, now_ms: object) -> None:
@@ -2055,6 +2148,32 @@ class MetadataStore:
                 (group_id, commit_before_ms),
             )
             return db.changes()
+
+    # ------------------------------------------------------------------ storage report
+
+    def storage_report(self, now_ms: int, small_object_bytes: int) -> StorageReport:
+        """What the object store holds, per topic and in total, as of ``now_ms``.
+
+        Totals: live segments (``objects``, their ``bytes_stored``), the ``bytes_live`` of
+        every block row, dead segments not yet forgotten, live segments smaller than
+        ``small_object_bytes`` (``small_*``) and segment rows created in the hour up to
+        ``now_ms``. Per topic (sorted by name), a :class:`TopicStorage`: the live objects
+        holding its blocks, their bytes, its share of those objects (each object's size
+        split in proportion to each topic's live bytes in it), records, the smallest log
+        start, the smallest max timestamp of its partitions' first blocks (-1 without
+        blocks), its ``cleanup.policy`` and, for a compacted topic, the bytes of its blocks
+        at or after each partition's clean offset (a partition never compacted counts all).
+        A handful of aggregate statements whatever the row count (each reads its own
+        moment, so figures may differ by a commit in flight). Raises ``ValueError`` for a bad
+        argument."""
+        check_lifecycle_time("now_ms", now_ms)
+        _check_int("small_object_bytes", small_object_bytes, 0, _INT64_MAX)
+        with self._read() as db:
+
+            def q(sql: str, params: Sequence[object]) -> list[Any]:
+                return db.execute(_qmarks(sql), params).fetchall()
+
+            return storage_report(q, now_ms, small_object_bytes)
 
     # ------------------------------------------------------------------ consumer groups
 
