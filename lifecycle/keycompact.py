@@ -17,7 +17,7 @@ tombstones and their delete horizon) are :mod:`lifecycle.keyplan`'s; the per-rec
    (:meth:`RewriteContext.put_object`) and switched in one transaction
    (:meth:`RewriteContext.switch`, ``replace_blocks``) with the rows they replace; a block
    that lost every batch only loses its row. A group whose blocks all emptied carries the
-   partition's next block (copied as it is) so that it has an object;
+   partition's newest block (copied as it is) so that it has an object;
 4. when every group switched, the clean offset moves to the end of what the map covered
    (``set_clean_offset``).
 
@@ -129,7 +129,7 @@ async def _compact_partition(
         log.debug("key compaction of %s not due: %s", where, plan.reason)
         return
     start = max(clean_offset, rows[0].base_offset)
-    dirty = [r for r in rows if r.end_offset > start and r.end_offset <= plan.cleanable_end]
+    dirty = [r for r in rows if r.end_offset > start and r.base_offset < plan.cleanable_end]
     omap = OffsetMap(ctx.settings.lifecycle_key_map_bytes)
     full = False
     try:
@@ -194,7 +194,6 @@ async def _rewrite(
     when a switch was refused."""
     latest = omap.latest_offset
     targets = [r for r in rows if r.base_offset <= latest]
-    rest = rows[len(targets) :]
     stats = FilterStats()
     replaced: list[StoredBlock] = []
     new: list[BlockData] = []
@@ -252,9 +251,10 @@ async def _rewrite(
             if pending >= target_bytes and not await flush():
                 return False
     if replaced and not new:
-        # every changed block emptied: the partition's next block carries the new object
-        carrier = rest[0] if rest else None
-        if carrier is None:  # cannot happen: the newest block is never cleanable
+        # every changed block emptied: the partition's newest block (never emptied: its last
+        # record always stays) carries the new object
+        carrier = rows[-1]
+        if carrier in replaced:  # cannot happen: it would have a batch left
             raise RuntimeError(f"topic {topic.name!r} partition {partition} would end in a gap")
         (data,) = await ctx.get_blocks([carrier])
         replaced.append(carrier)

@@ -5,8 +5,11 @@ blocks (one block row = one partition's batches in one segment object):
 
 - The *cleanable range* of a partition runs from its log start to the end of the last block
   before the first block that is younger than ``min.compaction.lag.ms`` (by the block's
-  max_timestamp; a block without timestamps counts as old). The partition's newest block is
-  never cleanable (Kafka never cleans the active segment), so the log never ends in a gap.
+  max_timestamp; a block without timestamps counts as old), and never includes the
+  partition's newest offset: its last record always stays (Kafka never cleans the active
+  segment), so the log never ends in a gap that a consumer could not fetch past. (A block is
+  the unit because small-object compaction merges a partition's blocks: "the newest block"
+  may be the whole partition.)
 - Offsets below the partition's *clean offset* (``metadata set_clean_offset``) were cleaned
   by an earlier pass; the blocks at or after it are *dirty*. A partition is due when its dirty
   cleanable bytes are at least ``min.cleanable.dirty.ratio`` of its cleanable bytes, or when
@@ -109,7 +112,7 @@ class PartitionPlan(msgspec.Struct, frozen=True):
 
     due: bool
     reason: str
-    cleanable_end: int  # blocks ending at or before it are cleanable
+    cleanable_end: int  # offsets below it are cleanable
     dirty_start: int  # the clean offset
     dirty_bytes: int
     cleanable_bytes: int
@@ -124,15 +127,22 @@ def plan_partition(
     cleanable_bytes = dirty_bytes = 0
     first_dirty_ts: int | None = None
     young = now_ms - config.min_lag_ms
-    for block in blocks[:-1]:  # never the newest block
+    for block in blocks:
         if block.max_timestamp > young:
             break
         end = block.end_offset
+    if blocks:
+        end = min(end, blocks[-1].end_offset - 1)  # never the newest offset
+    for block in blocks:
+        if block.base_offset >= end:
+            break
         cleanable_bytes += block.byte_length
         if block.end_offset > clean_offset:
             dirty_bytes += block.byte_length
             if first_dirty_ts is None:
                 first_dirty_ts = block.max_timestamp
+    if end <= clean_offset:
+        dirty_bytes = 0
     plan = {
         "cleanable_end": end,
         "dirty_start": clean_offset,
@@ -183,7 +193,7 @@ def put_block(
             break
         count = batch.info.record_count
         records = batch_records(block, batch)
-        if omap.put_records(records, count, batch.first_offset, from_offset) < count:
+        if omap.put_records(records, count, batch.first_offset, from_offset, until_offset) < count:
             return False
     return True
 

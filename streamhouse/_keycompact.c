@@ -28,8 +28,9 @@
  *
  * OffsetMap(memory_bytes) -> map of memory_bytes / 24 slots (rounded down to a power of two,
  *   at least 16); .size, .capacity (entries it takes before it is full), .latest_offset (-1
- *   before any put), .put_records(records, count, base_offset, from_offset) -> index of the first
- *   record not put (count when all were; records below from_offset are passed over), .get(key) -> offset or -1, .clear().
+ *   before any put), .put_records(records, count, base_offset, from_offset, until_offset) -> index
+ *   of the first record not put (count when all were; records outside [from_offset,
+ *   until_offset) are passed over), .get(key) -> offset or -1, .clear().
  * filter_records(records, count, base_offset, offset_map, drop_tombstones, base_timestamp,
  *   rebase_to) -> (record_bytes, kept, removed_tombstones, kept_tombstones, max_timestamp,
  *   rebased)
@@ -208,8 +209,10 @@ static slot_t *map_find(OffsetMap *m, uint64_t h1, uint64_t h2) {
 static PyObject *OffsetMap_put_records(OffsetMap *self, PyObject *args) {
     Py_buffer buf;
     Py_ssize_t count;
-    long long base_offset, from_offset = INT64_MIN;
-    if (!PyArg_ParseTuple(args, "y*nL|L", &buf, &count, &base_offset, &from_offset)) return NULL;
+    long long base_offset, from_offset = INT64_MIN, until_offset = INT64_MAX;
+    if (!PyArg_ParseTuple(args, "y*nL|LL", &buf, &count, &base_offset, &from_offset,
+                          &until_offset))
+        return NULL;
     const uint8_t *p = buf.buf, *end = p + buf.len;
     char err[128];
     Py_ssize_t i = 0;
@@ -221,7 +224,8 @@ static PyObject *OffsetMap_put_records(OffsetMap *self, PyObject *args) {
             PyErr_SetString(PyExc_ValueError, err);
             return NULL;
         }
-        if (r.key && base_offset + r.offset_delta >= from_offset) {
+        int64_t offset = base_offset + r.offset_delta;
+        if (r.key && offset >= from_offset && offset < until_offset) {
             uint64_t h1 = hash64(r.key, r.key_len, SEED1), h2 = hash64(r.key, r.key_len, SEED2);
             slot_t *s = map_find(self, h1, h2);
             if (s->offset < 0) {
@@ -230,7 +234,7 @@ static PyObject *OffsetMap_put_records(OffsetMap *self, PyObject *args) {
                 s->h2 = h2;
                 self->size++;
             }
-            s->offset = base_offset + r.offset_delta;
+            s->offset = offset;
             self->latest = s->offset;
         }
         p = q;
@@ -267,8 +271,8 @@ static PyObject *OffsetMap_get_latest(OffsetMap *self, void *c) {
 
 static PyMethodDef OffsetMap_methods[] = {
     {"put_records", (PyCFunction)OffsetMap_put_records, METH_VARARGS,
-     "put_records(records, count, base_offset, from_offset=-2**63) -> index of the first record "
-     "not put"},
+     "put_records(records, count, base_offset, from_offset=-2**63, until_offset=2**63-1) -> "
+     "index of the first record not put"},
     {"get", (PyCFunction)OffsetMap_get, METH_O, "get(key) -> latest offset put, or -1"},
     {"clear", (PyCFunction)OffsetMap_clear, METH_NOARGS, "forget every key"},
     {NULL, NULL, 0, NULL},

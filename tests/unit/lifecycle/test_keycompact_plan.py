@@ -223,13 +223,17 @@ def rows(*spec: tuple[int, int, int, int]) -> list[BlockRow]:
     return [BlockRow(*s) for s in spec]
 
 
-def test_plan_never_cleans_the_newest_block_and_respects_min_lag():
+def test_plan_never_cleans_the_newest_offset_and_respects_min_lag():
     blocks = rows((0, 10, 100, NOW - 500), (10, 20, 100, NOW - 400), (20, 30, 100, NOW - 300))
     plan = plan_partition(blocks, 0, NOW, CONFIG)
-    assert plan.due and plan.cleanable_end == 20 and plan.dirty_bytes == 200
+    assert plan.due and plan.cleanable_end == 29 and plan.dirty_bytes == 300
     lagged = CompactionConfig(DAY, 450, 2**63 - 1, 0.5)
     assert plan_partition(blocks, 0, NOW, lagged).cleanable_end == 10
-    assert not plan_partition(rows((0, 10, 100, NOW)), 0, NOW, CONFIG).due
+    # one block (small-object compaction merged the partition): all but its last offset
+    single = plan_partition(rows((0, 10, 100, NOW)), 0, NOW, CONFIG)
+    assert single.due and single.cleanable_end == 9
+    assert not plan_partition(rows((0, 10, 100, NOW)), 9, NOW, CONFIG).due
+    assert not plan_partition(rows((0, 10, 100, NOW + 1)), 0, NOW, CONFIG).due
 
 
 def test_plan_dirty_ratio_and_max_lag():
