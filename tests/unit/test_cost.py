@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from streamhouse.cost import (
@@ -110,3 +112,92 @@ def test_bad_prices_are_refused(field: str, value: float, words: str) -> None:
 def test_bad_usage_is_refused(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         usage(**{field: value})
+
+
+# ------------------------------------------------------------ streamctl storage's rendering
+
+
+def storage_response() -> Any:
+    from streamhouse.proto import streamhouse_pb2 as pb
+
+    return pb.DescribeStorageResponse(
+        topics=[
+            pb.TopicStorage(
+                name="events",
+                partitions=3,
+                objects=12,
+                bytes_stored=3 * 1024**2,
+                bytes_live=2 * 1024**2,
+                records=1000,
+                oldest_offset=5,
+                oldest_timestamp_ms=0,
+                cleanup_policy="delete",
+            ),
+            pb.TopicStorage(
+                name="users",
+                partitions=1,
+                objects=2,
+                bytes_stored=5000,
+                bytes_live=4000,
+                records=10,
+                oldest_timestamp_ms=-1,
+                cleanup_policy="compact",
+                dirty_bytes=2048,
+            ),
+        ],
+        objects=13,
+        bytes_stored=3 * 1024**2 + 5000,
+        bytes_live=2 * 1024**2 + 4000,
+        dead_objects=4,
+        dead_bytes=10_000,
+        small_objects=10,
+        small_bytes=3000,
+        segments_created_last_hour=3600,
+        bytes_created_last_hour=GIB,
+        small_object_bytes=8 * 1024**2,
+        now_ms=86_400_000,
+        answered_by="agent-1",
+    )
+
+
+def test_storage_table_rows_and_totals() -> None:
+    from streamhouse.streamctl import human_bytes, storage_table, utc_time
+
+    assert [human_bytes(n) for n in (0, 1023, 1024, 1536, 3 * 1024**3)] == [
+        "0 B",
+        "1023 B",
+        "1.0 KiB",
+        "1.5 KiB",
+        "3.0 GiB",
+    ]
+    assert (utc_time(0), utc_time(-1)) == ("1970-01-01T00:00:00Z", "-")
+    text = storage_table(storage_response())
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[:4]}
+    assert rows["events"][1:5] == ["3", "12", "3.0", "MiB"]
+    assert rows["events"][-2:] == ["delete", "-"]  # no backlog for a delete topic
+    assert rows["users"][-3:] == ["compact", "2.0", "KiB"]
+    assert rows["TOTAL"][1:3] == ["4", "13"]
+    assert "dead objects awaiting deletion: 4 (9.8 KiB)" in text
+    assert "small objects (< 8.0 MiB): 10" in text
+    assert "answered by agent-1" in text
+
+
+def test_storage_json_and_cost_json() -> None:
+    import argparse
+
+    from streamhouse.streamctl import cost_to_dict, storage_to_dict, storage_usage
+
+    response = storage_response()
+    shown = storage_to_dict(response)
+    assert [t["name"] for t in shown["topics"]] == ["events", "users"]
+    assert shown["total"]["dirty_bytes"] == 2048
+    assert shown["total"]["dead_bytes"] == 10_000
+    args = argparse.Namespace(written_bytes_per_hour=None, gets_per_second=1.0)
+    used = storage_usage(response, args)
+    assert used.bytes_written_per_hour == GIB and used.objects_created_last_hour == 3600
+    cost = cost_to_dict(estimate(used))
+    assert cost["streamhouse_monthly_usd"] == round(estimate(used).streamhouse_monthly_usd, 4)
+    assert cost["prices"]["replication_factor"] == 3
+    # An explicit write rate wins over the objects created in the last hour.
+    args = argparse.Namespace(written_bytes_per_hour=5, gets_per_second=0.0)
+    assert storage_usage(response, args).bytes_written_per_hour == 5
