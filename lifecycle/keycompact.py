@@ -46,7 +46,7 @@ from lifecycle.keyplan import (
     put_block,
 )
 from lifecycle.rewrite import BlockData, BlockUnreadableError, RewriteContext, block_data
-from streamhouse.recordbatch import encode_block, walk_block
+from streamhouse.recordbatch import InvalidBatchError, encode_block, walk_block
 
 if TYPE_CHECKING:
     from metadata import StoredBlock, TopicInfo
@@ -156,7 +156,8 @@ async def _compact_partition(
         done = await _rewrite(
             ctx, topic, partition, rows, omap, config.delete_retention_ms, now_ms, report
         )
-    except BlockUnreadableError as exc:
+    except (BlockUnreadableError, InvalidBatchError) as exc:
+        # bad stored bytes: never copied, never half-compacted; readers get their error
         report.blocks_unreadable += 1
         log.error("key compaction of %s skipped: %s", where, exc)
         return

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 import msgspec
 from streamhouse._keycompact import OffsetMap, filter_records
 
+from streamhouse.errors import ErrorCode
 from streamhouse.recordbatch import (
     BATCH_HEADER_SIZE,
     CODEC_MASK,
@@ -46,6 +47,7 @@ from streamhouse.recordbatch import (
     DELETE_HORIZON_MASK,
     TIMESTAMP_TYPE_MASK,
     BlockBatch,
+    InvalidBatchError,
     encode_block,
     inflate,
     rebuild_batch,
@@ -193,9 +195,21 @@ def put_block(
             break
         count = batch.info.record_count
         records = batch_records(block, batch)
-        if omap.put_records(records, count, batch.first_offset, from_offset, until_offset) < count:
+        try:
+            put = omap.put_records(records, count, batch.first_offset, from_offset, until_offset)
+        except ValueError as exc:
+            raise _corrupt(batch, exc) from None
+        if put < count:
             return False
     return True
+
+
+def _corrupt(batch: BlockBatch, exc: ValueError) -> InvalidBatchError:
+    return InvalidBatchError(
+        ErrorCode.CORRUPT_MESSAGE,
+        f"stored batch at offsets {batch.first_offset}..{batch.last_offset} has malformed "
+        f"records ({exc}); the block is left as it is",
+    )
 
 
 class FilterStats(msgspec.Struct):
@@ -235,15 +249,20 @@ def filter_block(
             drop_tombstones, rebase_to = now_ms >= info.base_timestamp, info.base_timestamp
         else:
             drop_tombstones, rebase_to = False, now_ms + delete_retention_ms
-        records, count, tomb_removed, _tomb_kept, max_ts, rebased = filter_records(
-            batch_records(block, batch),
-            info.record_count,
-            batch.first_offset,
-            omap,
-            drop_tombstones,
-            info.base_timestamp,
-            rebase_to,
-        )
+        try:
+            records, count, tomb_removed, _tomb_kept, max_ts, rebased = filter_records(
+                batch_records(block, batch),
+                info.record_count,
+                batch.first_offset,
+                omap,
+                drop_tombstones,
+                info.base_timestamp,
+                rebase_to,
+            )
+        except InvalidBatchError:
+            raise
+        except ValueError as exc:
+            raise _corrupt(batch, exc) from None
         if count == info.record_count and not rebased:
             kept.append((raw, batch.first_offset))
             continue

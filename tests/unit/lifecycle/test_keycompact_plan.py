@@ -276,3 +276,18 @@ def test_offset_map_hashes_keys_apart_and_refuses_bad_records():
     # a forged compacted batch passes through unchanged when nothing is superseded
     body = struct.pack(">hiqqqhii", 0, 5, NOW, NOW, -1, -1, -1, 0)
     assert crc32c.crc32c(body)  # (header only: 0 records is never written)
+
+
+def test_malformed_stored_records_are_refused_not_compacted():
+    from streamhouse.recordbatch import InvalidBatchError
+
+    good = batch([(b"a", b"1"), (b"a", b"2")])
+    body = bytearray(good[21:])
+    body[40] = 0x7F  # the first record's length now runs past the batch
+    bad = good[:17] + struct.pack(">I", crc32c.crc32c(bytes(body))) + bytes(body)
+    with pytest.raises(InvalidBatchError, match="malformed records"):
+        put_block(OffsetMap(1 << 16), bad, 0, (), 0, 1 << 62)
+    omap = OffsetMap(1 << 16)
+    put_block(omap, good, 0, (), 0, 1 << 62)
+    with pytest.raises(InvalidBatchError, match="offsets 0..1 has malformed records"):
+        filter_block(omap, bad, 0, (), NOW, DAY, FilterStats())
