@@ -119,13 +119,14 @@ def test_idle_producer_state_expires_and_is_no_longer_deduplicated(target: str) 
         report = await expire_idle_state(meta, SETTINGS, after + PRODUCER_TTL + MINUTE_MS)
         assert report.producer_states_expired == 2
         # The same batch again is new data now (Kafka: no state, any sequence accepted).
+        rewritten = now_ms()
         again = await meta.commit_segment(
             "segments/3-a.seg", 100, [block(topic.topic_id, 0, batch)]
         )
         assert (again[0][0].base_offset, again[0][0].error) == (3, None)
         assert (await meta.get_partition(topic.topic_id, 0)).high_watermark == 6
-        # A second expiry at the same clock finds nothing more (the new state is recent).
-        report = await expire_idle_state(meta, SETTINGS, after + PRODUCER_TTL + MINUTE_MS)
+        # The new state is not idle until producer_id_expiration_ms after it was written.
+        report = await expire_idle_state(meta, SETTINGS, rewritten + PRODUCER_TTL - MINUTE_MS)
         assert report.producer_states_expired == 0
 
     run(target, test)
