@@ -11,6 +11,7 @@ The data lifecycle's calls (retention, dead segments) are described in :mod:`met
 
 from metadata.errors import (
     AgentUnknownError,
+    CatalogEntryExistsError,
     DuplicateSegmentError,
     InvalidConfigError,
     InvalidPartitionsError,
@@ -59,6 +60,7 @@ __all__ = [
     "BatchResult",
     "BlockLocation",
     "BlockRewrite",
+    "CatalogEntryExistsError",
     "CleanState",
     "CommitBlock",
     "DeadSegment",

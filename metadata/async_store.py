@@ -339,6 +339,29 @@ class AsyncMetadata:
         :meth:`MetadataStore.storage_report`)."""
         return await self._read(self.store.storage_report, now_ms, small_object_bytes)
 
+    # -- the streaming-SQL catalog ----------------------------------------------------------
+
+    async def put_catalog_entry(
+        self, kind: str, name: str, definition: bytes, now_ms: int, *, replace: bool = False
+    ) -> None:
+        """Store a catalog entry (see :meth:`MetadataStore.put_catalog_entry`)."""
+        await self._write(
+            functools.partial(self.store.put_catalog_entry, replace=replace),
+            kind,
+            name,
+            definition,
+            now_ms,
+        )
+
+    async def get_catalog_entry(self, kind: str, name: str) -> bytes | None:
+        return await self._read(self.store.get_catalog_entry, kind, name)
+
+    async def list_catalog_entries(self, kind: str) -> list[tuple[str, bytes]]:
+        return await self._read(self.store.list_catalog_entries, kind)
+
+    async def delete_catalog_entry(self, kind: str, name: str) -> bool:
+        return await self._write(self.store.delete_catalog_entry, kind, name)
+
     # -- consumer groups and producers ----------------------------------------------------
 
     async def commit_offsets(

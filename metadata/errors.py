@@ -42,6 +42,11 @@ class DuplicateSegmentError(MetadataError):
     """A segment with that object key has already been committed."""
 
 
+class CatalogEntryExistsError(MetadataError):
+    """A catalog entry of that kind and name exists already (put it with ``replace=True`` to
+    overwrite it, or delete it first)."""
+
+
 class AgentUnknownError(MetadataError):
     """A heartbeat (or another agent call) named an agent that is not registered: its row was
     forgotten (``forget_agent``) or never written. The agent registers again."""

@@ -90,6 +90,7 @@ from metadata.errors import (
 )
 from metadata.store import (
     _AGENT_COLUMNS,
+    _CATALOG_REPLACE,
     _INT64_MAX,
     _SQL_DEAD_SEGMENTS,
     _SQL_DROP_BLOCKS,
@@ -98,6 +99,7 @@ from metadata.store import (
     _SQL_KEEP_BY_TIME,
     _SQL_LIVE_SEGMENTS,
     _SQL_PARTITION_BLOCKS,
+    _SQL_PUT_CATALOG,
     _SQL_SET_CLEAN_OFFSET,
     _STORED_BLOCK_COLUMNS,
     DEBUG_LOOP_CALLS_ENV,
@@ -134,6 +136,9 @@ from metadata.store import (
     _validate_partitions,
     agent_row,
     assign_offsets,
+    catalog_exists,
+    check_catalog_entry,
+    check_catalog_key,
     check_clean_offset,
     check_kept_rows,
     check_lifecycle_time,
@@ -1341,6 +1346,61 @@ class PostgresMetadataStore:
 
         storage_report_.__name__ = "storage_report"
         return self._read(storage_report_)
+
+    # ------------------------------------------------------------------ streaming-SQL catalog
+
+    def put_catalog_entry(
+        self, kind: str, name: str, definition: bytes, now_ms: int, *, replace: bool = False
+    ) -> None:
+        """See :meth:`metadata.store.MetadataStore.put_catalog_entry`."""
+        blob = check_catalog_entry(kind, name, definition, now_ms)
+        action = _CATALOG_REPLACE if replace else "NOTHING"
+
+        def put_catalog_entry(cur: Any) -> None:
+            cur.execute(
+                _SQL_PUT_CATALOG.format(action=action) + " RETURNING 1",
+                (kind, name, blob, now_ms, now_ms),
+            )
+            if cur.fetchone() is None:
+                raise catalog_exists(kind, name)
+
+        self._write(put_catalog_entry)
+
+    def get_catalog_entry(self, kind: str, name: str) -> bytes | None:
+        """See :meth:`metadata.store.MetadataStore.get_catalog_entry`."""
+        check_catalog_key(kind, name)
+
+        def get_catalog_entry(cur: Any) -> Any:
+            cur.execute(
+                "SELECT definition FROM catalog WHERE kind = %s AND name = %s", (kind, name)
+            )
+            return cur.fetchone()
+
+        row = self._read(get_catalog_entry)
+        return _bytes(row[0]) if row is not None else None
+
+    def list_catalog_entries(self, kind: str) -> list[tuple[str, bytes]]:
+        """See :meth:`metadata.store.MetadataStore.list_catalog_entries`."""
+        check_catalog_key(kind, "-")
+
+        def list_catalog_entries(cur: Any) -> list[Any]:
+            cur.execute(
+                'SELECT name, definition FROM catalog WHERE kind = %s ORDER BY name COLLATE "C"',
+                (kind,),
+            )
+            return cur.fetchall()
+
+        return [(n, _bytes(d)) for n, d in self._read(list_catalog_entries)]
+
+    def delete_catalog_entry(self, kind: str, name: str) -> bool:
+        """See :meth:`metadata.store.MetadataStore.delete_catalog_entry`."""
+        check_catalog_key(kind, name)
+
+        def delete_catalog_entry(cur: Any) -> bool:
+            cur.execute("DELETE FROM catalog WHERE kind = %s AND name = %s", (kind, name))
+            return bool(cur.rowcount)
+
+        return self._write(delete_catalog_entry)
 
     # ------------------------------------------------------------------ consumer groups
 

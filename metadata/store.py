@@ -46,6 +46,20 @@ segment is listed by :meth:`MetadataStore.dead_segments`; after the grace period
 deletes its object and then the row (:meth:`MetadataStore.forget_segments`, which never
 forgets a live one). :meth:`MetadataStore.known_segments` tells the orphan scan which object
 keys have a row. Every one of these calls is idempotent.
+
+Rewrites (schema version 4): the lifecycle's compaction steps copy the live blocks of
+objects into new ones and switch the index with :meth:`MetadataStore.replace_blocks`, one
+transaction that either swaps every replaced row for the new object's rows or, when any of
+them changed meanwhile (retention, DeleteRecords, delete_topic, another rewrite), changes
+nothing but recording the new object already dead, so no offset is ever lost or indexed
+twice. Rows may then hold fewer records than their span (key compaction keeps offsets) and a
+partition's rows may leave gaps; readers find the first row ending after an offset, so a
+fetch from a removed offset starts at the next record kept. :meth:`MetadataStore.live_segments`,
+:meth:`MetadataStore.blocks_of_segments` and :meth:`MetadataStore.partition_blocks` say what
+to rewrite; ``clean_offsets`` holds key compaction's checkpoint per partition;
+:meth:`MetadataStore.storage_report` sums up the object store; the expiry calls drop idle
+producer state and long-idle groups' offsets; the ``catalog`` table keeps streaming SQL's
+named definitions.
 """
 
 from __future__ import annotations
@@ -68,6 +82,7 @@ import msgspec
 from metadata import migrations
 from metadata.errors import (
     AgentUnknownError,
+    CatalogEntryExistsError,
     DuplicateSegmentError,
     InvalidConfigError,
     InvalidPartitionsError,
@@ -1273,6 +1288,56 @@ def storage_report(
     )
 
 
+#: Longest catalog kind and name accepted (characters), and the largest definition (bytes).
+MAX_CATALOG_KIND_LENGTH: Final = 64
+MAX_CATALOG_NAME_LENGTH: Final = 255
+MAX_CATALOG_DEFINITION_BYTES: Final = 1024 * 1024
+_SQL_PUT_CATALOG: Final = (
+    "INSERT INTO catalog (kind, name, definition, created_ms, updated_ms) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (kind, name) DO {action}"
+)
+_CATALOG_REPLACE: Final = (
+    "UPDATE SET definition = excluded.definition, updated_ms = excluded.updated_ms"
+)
+
+
+def check_catalog_key(kind: object, name: object) -> None:
+    """Refuse (``ValueError``) a catalog ``kind`` that is not a non-empty string of at most
+    :data:`MAX_CATALOG_KIND_LENGTH` characters, or such a ``name`` of at most
+    :data:`MAX_CATALOG_NAME_LENGTH`."""
+    for what, value, limit in (
+        ("catalog kind", kind, MAX_CATALOG_KIND_LENGTH),
+        ("catalog name", name, MAX_CATALOG_NAME_LENGTH),
+    ):
+        if not isinstance(value, str):
+            raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+        if not 1 <= len(value) <= limit:
+            raise ValueError(f"{what} must be 1..{limit} characters long, got {len(value)}")
+
+
+def check_catalog_entry(kind: object, name: object, definition: object, now_ms: object) -> bytes:
+    """Refuse a bad catalog entry with ``ValueError`` (:func:`check_catalog_key`;
+    ``definition`` bytes-like of at most :data:`MAX_CATALOG_DEFINITION_BYTES`; ``now_ms`` a
+    millisecond time); return ``definition`` as bytes."""
+    check_catalog_key(kind, name)
+    if not isinstance(definition, (bytes, bytearray, memoryview)):
+        raise ValueError(f"catalog definition must be bytes, got {type(definition).__name__}")
+    blob = bytes(definition)
+    if len(blob) > MAX_CATALOG_DEFINITION_BYTES:
+        raise ValueError(
+            f"catalog definition of {kind}/{name} is {len(blob)} bytes; the limit is "
+            f"{MAX_CATALOG_DEFINITION_BYTES}"
+        )
+    check_lifecycle_time("now_ms", now_ms)
+    return blob
+
+
+def catalog_exists(kind: str, name: str) -> CatalogEntryExistsError:
+    return CatalogEntryExistsError(
+        f"{kind} {name!r} is already in the catalog: drop it first, or replace it"
+    )
+
+
 def check_clean_offset(clean_offset: object, now_ms: object) -> None:
     """Refuse (``ValueError``) a negative or non-integer ``clean_offset`` or a bad
     ``now_ms``."""
@@ -2174,6 +2239,54 @@ class MetadataStore:
                 return db.execute(_qmarks(sql), params).fetchall()
 
             return storage_report(q, now_ms, small_object_bytes)
+
+    # ------------------------------------------------------------------ streaming-SQL catalog
+
+    def put_catalog_entry(
+        self, kind: str, name: str, definition: bytes, now_ms: int, *, replace: bool = False
+    ) -> None:
+        """Store the catalog entry ``kind``/``name`` (``definition`` is opaque here; its format
+        belongs to the SQL layer), created or updated at ``now_ms``. An existing entry raises
+        :class:`CatalogEntryExistsError` unless ``replace`` (then its definition and
+        ``updated_ms`` change, ``created_ms`` stays). Raises ``ValueError`` for a bad argument
+        (:func:`check_catalog_entry`)."""
+        blob = check_catalog_entry(kind, name, definition, now_ms)
+        action = _CATALOG_REPLACE if replace else "NOTHING"
+        with self._write() as db:
+            db.execute(
+                _qmarks(_SQL_PUT_CATALOG.format(action=action)),
+                (kind, name, blob, now_ms, now_ms),
+            )
+            if db.changes() == 0:
+                raise catalog_exists(kind, name)
+
+    def get_catalog_entry(self, kind: str, name: str) -> bytes | None:
+        """The definition of catalog entry ``kind``/``name``, or None. Raises ``ValueError``
+        for a bad kind or name."""
+        check_catalog_key(kind, name)
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT definition FROM catalog WHERE kind = ? AND name = ?", (kind, name)
+            ).fetchall()
+        return bytes(rows[0][0]) if rows else None
+
+    def list_catalog_entries(self, kind: str) -> list[tuple[str, bytes]]:
+        """Every ``(name, definition)`` of the catalog's ``kind``, sorted by name (code
+        points). Raises ``ValueError`` for a bad kind."""
+        check_catalog_key(kind, "-")
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT name, definition FROM catalog WHERE kind = ? ORDER BY name", (kind,)
+            ).fetchall()
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    def delete_catalog_entry(self, kind: str, name: str) -> bool:
+        """Delete catalog entry ``kind``/``name``; False if there was none. Raises
+        ``ValueError`` for a bad kind or name."""
+        check_catalog_key(kind, name)
+        with self._write() as db:
+            db.execute("DELETE FROM catalog WHERE kind = ? AND name = ?", (kind, name))
+            return db.changes() > 0
 
     # ------------------------------------------------------------------ consumer groups
 
