@@ -34,6 +34,8 @@ from typing import Any
 
 import msgspec
 
+from metadata.errors import MetadataError
+
 __all__ = ["Catalog", "CatalogError", "Column", "Relation", "Watermark"]
 
 KINDS = ("stream", "table")
@@ -86,9 +88,14 @@ class Catalog:
             )
         data = _encode(relation)
         if self._in_metadata:
-            await self.meta.put_catalog_entry(
-                relation.kind, relation.name, data, relation.created_ms, replace=replace
-            )
+            try:
+                await self.meta.put_catalog_entry(
+                    relation.kind, relation.name, data, relation.created_ms, replace=replace
+                )
+            except MetadataError as exc:  # declared meanwhile, by another session
+                raise CatalogError(f"{relation.name!r} cannot be declared: {exc}") from None
+            except ValueError as exc:  # a name or definition over the store's limits
+                raise CatalogError(f"{relation.name!r} cannot be declared: {exc}") from None
             return
         with self._locked() as entries:
             entries.setdefault(relation.kind, {})[relation.name] = data.decode()
