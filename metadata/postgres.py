@@ -59,6 +59,13 @@ Concurrency and failures (rules):
 9. Calls block: processes make them from worker threads. With ``forbid_loop_calls``
    (``STREAMHOUSE_DEBUG_LOOP_CALLS=1``) a call on an event-loop thread raises
    :class:`metadata.store.LoopCallError`.
+10. Rewrites (``replace_blocks``) lock the partition rows of the replaced blocks in rule 1's
+   order before reading those rows, then mark segments as rule 8 says, so a rewrite never
+   deadlocks with commits, retention, DeleteRecords, ``delete_topic`` or another rewrite, and
+   whichever of them touches a partition second sees what the first did. The key-compaction
+   checkpoint (``set_clean_offset``) key-share locks its partition row, which
+   ``delete_topic`` locks for update before deleting the checkpoints; expiry of a group's
+   offsets locks the group's offset rows before checking their commit times.
 """
 
 from __future__ import annotations

@@ -108,10 +108,13 @@ As the SQLite file's version 4: ``clean_offsets`` (``PRIMARY KEY (topic_id, part
 ``clean_offset BIGINT`` >= 0, ``cleaned_ms BIGINT``; key compaction's checkpoint: offsets
 below it have been key-compacted; rows go with their topic) and ``catalog`` (``PRIMARY KEY
 (kind, name)``, ``definition BYTEA`` opaque to the store, ``created_ms``, ``updated_ms``; the
-streaming-SQL catalog). No index on ``producer_state.last_update_ms`` or
-``group_offsets.commit_ms`` for the expiry calls: either would turn every idempotent commit's
-producer-state update (a HOT update today, version 3) or every offset commit into an index
-write, to speed up a scan that runs once per lifecycle pass.
+streaming-SQL catalog). Rewritten block rows (``replace_blocks``) may hold fewer records
+than their span (``record_count <= end_offset - base_offset``: key compaction keeps
+offsets) and leave gaps between a partition's rows; no column changes for that. No index on
+``producer_state.last_update_ms`` or ``group_offsets.commit_ms`` for the expiry calls:
+either would turn every idempotent commit's producer-state update (a HOT update today,
+version 3) or every offset commit into an index write, to speed up a scan that runs once
+per lifecycle pass.
 
 Upgrading: the step creates two empty tables; nothing else is locked. Older code refuses the
 database afterwards, so upgrade every agent together.
