@@ -74,6 +74,19 @@ def _parse(values: pa.Array, schema: pa.Schema, multiline: bool) -> pa.Table | N
 
 def decode_json(values: pa.Array, schema: pa.Schema) -> JsonDecoded:
     """Decode the JSON object of each value of a binary array into ``schema``'s columns."""
+    # Arrow's JSON reader has no DATE conversion: read dates as timestamps, cast after.
+    dates = [i for i, f in enumerate(schema) if pa.types.is_date(f.type)]
+    if dates:
+        parse_schema = pa.schema(
+            f.with_type(pa.timestamp("s")) if i in dates else f for i, f in enumerate(schema)
+        )
+        decoded = decode_json(values, parse_schema)
+        table = decoded.table
+        for i in dates:
+            table = table.set_column(
+                i, schema.field(i), table.column(i).cast(schema.field(i).type, safe=False)
+            )
+        return JsonDecoded(table, decoded.rows, decoded.errors)
     n = len(values)
     usable = pc.and_kleene(pc.is_valid(values), pc.greater(pc.binary_length(values), 0))
     usable = pc.fill_null(usable, False)

@@ -261,3 +261,30 @@ def test_bounds_from_partition_offset_and_time_predicates() -> None:
     ) == {"t": ScanBounds(frozenset({0, 1}), 5, None, None)}
     # a scan inside a scalar subquery is read whole, never left out
     assert bounds("SELECT (SELECT max(offset) FROM t) AS m") == {"t": ScanBounds()}
+
+
+def test_json_values_of_every_declared_type() -> None:
+    schema = pa.schema(
+        [
+            ("d", pa.decimal128(10, 2)),
+            ("day", pa.date32()),
+            ("ok", pa.bool_()),
+            ("f", pa.float32()),
+            ("at", pa.timestamp("ms", tz="UTC")),
+            ("small", pa.int8()),
+        ]
+    )
+    values = [
+        b'{"d": 12.34, "day": "2024-01-02", "ok": true, "f": 1.5, '
+        b'"at": "2024-01-01T00:00:00+02:00", "small": 5}',
+        b'{"day": "not a date"}',
+        b'{"small": 300}',  # out of range for TINYINT
+    ]
+    decoded = decode_json(pa.array(values, pa.binary()), schema)
+    assert decoded.errors == 2
+    assert decoded.table.schema == schema
+    (row,) = decoded.table.to_pylist()
+    assert str(row["d"]) == "12.34"
+    assert row["day"].isoformat() == "2024-01-02"
+    assert (row["ok"], row["f"], row["small"]) == (True, 1.5, 5)
+    assert row["at"].isoformat() == "2023-12-31T22:00:00+00:00"
