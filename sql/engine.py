@@ -57,6 +57,8 @@ from sql.statements import (
 __all__ = ["QueryResult", "SqlEngine", "SqlError", "relation_schema"]
 
 TOPICS_SCHEMA = "topics"
+#: Values parsed per JSON decode call (several small blocks together).
+DECODE_GROUP_BYTES = 4 << 20
 RAW_BOUNDS = BoundColumns("partition", "offset", "timestamp")
 STREAM_BOUNDS = BoundColumns("_partition", "_offset", "_timestamp")
 _RECORD_COLUMNS = [
@@ -88,6 +90,23 @@ def relation_schema(relation: Relation) -> pa.Schema:
     if relation.kind == "table":
         fields.append(_KEY_COLUMN)
     return pa.schema(fields + _RECORD_COLUMNS)
+
+
+def _groups(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+    """Consecutive batches concatenated into batches of about ``DECODE_GROUP_BYTES`` of
+    values, so small blocks do not each pay a parse's fixed cost."""
+    out: list[pa.RecordBatch] = []
+    group: list[pa.RecordBatch] = []
+    size = 0
+    for batch in batches:
+        group.append(batch)
+        size += batch.column("value").nbytes
+        if size >= DECODE_GROUP_BYTES:
+            out.append(group[0] if len(group) == 1 else pa.concat_batches(group))
+            group, size = [], 0
+    if group:
+        out.append(group[0] if len(group) == 1 else pa.concat_batches(group))
+    return out
 
 
 def _quote(name: str) -> str:
@@ -326,11 +345,12 @@ class SqlEngine:
         if relation is None:
             return raw
         if relation.kind == "stream":
-            return [
-                b
-                for b in (self._decode(name, relation, source.schema, r, stats) for r in raw)
-                if b.num_rows
-            ]
+            out = []
+            for group in _groups(raw):
+                batch = self._decode(name, relation, source.schema, group, stats)
+                if batch.num_rows:
+                    out.append(batch)
+            return out
         return self._latest(name, relation, source.schema, raw, stats)
 
     def _decode(
