@@ -93,15 +93,7 @@ async def run_loop(settings: Settings, stop: asyncio.Event) -> None:
                 )
             else:
                 backoff.succeeded()
-                if any(
-                    (
-                        report.partitions_moved,
-                        report.segments_marked_dead,
-                        report.dead_objects_deleted,
-                        report.orphans_deleted,
-                        report.compaction and report.compaction.objects_replaced,
-                    )
-                ):
+                if did_something(report):
                     log.info("pass: %s", msgspec.json.encode(report).decode())
             try:
                 await asyncio.wait_for(stop.wait(), pause)
@@ -109,6 +101,22 @@ async def run_loop(settings: Settings, stop: asyncio.Event) -> None:
                 pass
     finally:
         await meta.close()
+
+
+def did_something(report: PassReport) -> bool:
+    """Whether a pass changed anything (such passes are logged)."""
+    key, merged, expiry = report.key_compaction, report.compaction, report.expiry
+    return any(
+        (
+            report.partitions_moved,
+            report.segments_marked_dead,
+            report.dead_objects_deleted,
+            report.orphans_deleted,
+            key is not None and (key.objects_written or key.switches_refused),
+            merged is not None and (merged.objects_written or merged.switches_refused),
+            expiry is not None and (expiry.producer_states_expired or expiry.group_offsets_expired),
+        )
+    )
 
 
 async def _unless_stopped(

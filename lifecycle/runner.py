@@ -45,6 +45,8 @@ from typing import Any
 import msgspec
 
 from lifecycle.compaction import CompactionReport, compact_objects
+from lifecycle.expiry import ExpiryReport, expire_idle_state
+from lifecycle.keycompact import KeyCompactionReport, compact_keys
 from lifecycle.plan import (
     SEGMENT_PREFIX,
     DeleteBudget,
@@ -84,7 +86,9 @@ class PassReport(msgspec.Struct, kw_only=True):
     #: whether this process ran the rewriting steps, and why (or why not)
     rewriter: bool = False
     rewriter_reason: str = ""
+    key_compaction: KeyCompactionReport | None = None
     compaction: CompactionReport | None = None
+    expiry: ExpiryReport | None = None
     duration_ms: int = 0
 
 
@@ -136,6 +140,7 @@ class LifecyclePass:
         report.segments_marked_dead = await self.meta.mark_unreferenced_segments(self._wall_ms())
         await self._delete_dead(now_ms - grace, report)
         await self._collect_orphans(now_ms, grace, report)
+        report.expiry = await expire_idle_state(self.meta, self.settings, now_ms)
         report.duration_ms = int((self._monotonic() - started) * 1000)
         return report
 
@@ -147,6 +152,7 @@ class LifecyclePass:
         report.rewriter, report.rewriter_reason = await self.rewrites.is_rewriter()
         if not report.rewriter:
             return
+        report.key_compaction = await compact_keys(self.rewrites, now_ms)
         report.compaction = await compact_objects(self.rewrites, now_ms, self._monotonic)
 
     async def _delete_dead(self, dead_before_ms: int, report: PassReport) -> None:
