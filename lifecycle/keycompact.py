@@ -130,7 +130,10 @@ async def _compact_partition(
         return
     start = max(clean_offset, rows[0].base_offset)
     dirty = [r for r in rows if r.end_offset > start and r.base_offset < plan.cleanable_end]
-    omap = OffsetMap(ctx.settings.lifecycle_key_map_bytes)
+    # As large as the dirty records could need (24-byte slots, at most 3/4 used, rounded down
+    # to a power of two), never more than lifecycle_key_map_bytes.
+    dirty_records = sum(r.record_count for r in dirty)
+    omap = OffsetMap(min(ctx.settings.lifecycle_key_map_bytes, 64 * dirty_records + 384))
     full = False
     try:
         for chunk in _chunks(dirty):

@@ -256,3 +256,35 @@ def test_a_partition_merged_into_one_block_keeps_only_its_last_record_uncleaned(
     # the newest offset is never cleaned: its key's older record survives this pass
     assert w.log("c") == latest_per_key(produced[:-1]) + produced[-1:]
     assert report.records_removed == 19
+
+
+def test_a_refused_switch_leaves_the_partition_for_the_next_pass(
+    tmp_path: pathlib.Path, target: str
+):
+    w = World(tmp_path, target)
+    info = w.meta.create_topic("c", 1, {"cleanup.policy": "compact"})
+    ts = 1_700_000_000_000
+    for r in range(3):
+        w.produce("c", updates(r), ts + r * 100)
+    w.produce("c", [[(b"zz", b"tail")]], ts + 1000)
+    produced = w.produced["c"]
+
+    class DeleteRecordsMeanwhile(RewriteContext):
+        """DeleteRecords lands between the PUT of the new object and the switch."""
+
+        async def put_object(self, blocks):  # type: ignore[no-untyped-def]
+            written = await super().put_object(blocks)
+            await self.meta.set_log_start_offset(info.topic_id, 0, 20)
+            return written
+
+    async def racing() -> KeyCompactionReport:
+        ctx = DeleteRecordsMeanwhile(w.settings, AsyncMetadata(w.meta), w.store)
+        return await compact_keys(ctx, ts + 10_000)
+
+    report = asyncio.run(racing())
+    assert report.switches_refused == 1 and report.partitions_compacted == 0
+    assert w.meta.get_clean_offsets(info.topic_id) == {}
+    assert w.log("c") == produced[20:]  # nothing compacted, DeleteRecords kept
+    report = w.compact(ts + 20_000)
+    assert report.partitions_compacted == 1 and report.switches_refused == 0
+    assert w.log("c") == latest_per_key(produced[20:-1]) + produced[-1:]
