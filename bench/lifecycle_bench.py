@@ -29,6 +29,14 @@ and an unthrottled rewrite budget (``--rewrite-rate``), at a clock past
 its CPU is the child's own rusage (os.wait4). A second pass past the grace period deletes
 the replaced objects; "after" is what the bucket then holds.
 
+``keys``: one key-compaction pass (``cleanup.policy=compact``) over ``--records`` 200-byte
+records spread over ``--keys`` keys (100 updates per key by default), produced at full speed
+(objects as the stack's flushes make them); small-object compaction is kept out of the pass
+(no object counts as small or partly live), so its time is key compaction's. MB/s of input
+is the stored bytes of the topic per second of the pass.
+
+    python3 bench/lifecycle_bench.py keys --records 1000000 --keys 10000
+
 ``deletes``: how fast one lifecycle pass reclaims a deleted topic, and how well it keeps to
 its budget. Commits N one-block segments of a topic into a fresh SQLite metadata store (or
 PostgreSQL with --metadata URL), PUTs their objects into a local folder (or S3 with
@@ -60,6 +68,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -159,9 +168,16 @@ def hour_batch(partition: int, flush: int, start_ts: int) -> bytes:
     return encode_batch([None] * len(values), list(values), [[] for _ in values], stamps)
 
 
-async def produce_flushes(address: str, topic: str, flushes: int, start_ts: int) -> None:
-    """Sends `flushes` Produce requests (v9, acks=all) pipelined on one connection, each one
-    batch per partition; checks every answer (no error, the base offset a flush must get)."""
+async def produce_flushes(
+    address: str,
+    topic: str,
+    flushes: int,
+    batch: Callable[[int, int], bytes],
+    records_per_batch: int = RECORDS_PER_BATCH,
+) -> None:
+    """Sends `flushes` Produce requests (v9, acks=all) pipelined on one connection, each
+    `batch(partition, flush)` for every partition; checks every answer (no error, the base
+    offset a flush must get)."""
     from streamhouse.kafka.framing import decode_response, encode_request
     from streamhouse.kafka.messages import ProduceRequest, RequestHeader
 
@@ -180,9 +196,7 @@ async def produce_flushes(address: str, topic: str, flushes: int, start_ts: int)
                     ProduceRequest.TopicProduceData(
                         name=topic,
                         partition_data=[
-                            ProduceRequest.PartitionProduceData(
-                                index=p, records=hour_batch(p, flush, start_ts)
-                            )
+                            ProduceRequest.PartitionProduceData(index=p, records=batch(p, flush))
                             for p in range(PARTITIONS)
                         ],
                     )
@@ -217,7 +231,7 @@ async def produce_flushes(address: str, topic: str, flushes: int, start_ts: int)
         await asyncio.gather(send(), receive())
     finally:
         writer.close()
-    expected = [f * RECORDS_PER_BATCH for f in range(flushes)]
+    expected = [f * records_per_batch for f in range(flushes)]
     for p, got in bases.items():
         if sorted(got) != expected:
             raise RuntimeError(f"partition {p}: base offsets are not 0, 10, 20, ...")
@@ -355,7 +369,14 @@ def bench_hour(args: argparse.Namespace, workdir: pathlib.Path) -> None:
             print(f"producing {flushes:,} flushes of {PARTITIONS} x {RECORDS_PER_BATCH} records")
             start_ts = time.time_ns() // 1_000_000 - args.minutes * 60_000
             started = time.monotonic()
-            asyncio.run(produce_flushes(stack.kafka_address, topic, flushes, start_ts))
+            asyncio.run(
+                produce_flushes(
+                    stack.kafka_address,
+                    topic,
+                    flushes,
+                    lambda p, flush: hour_batch(p, flush, start_ts),
+                )
+            )
             produce_s = time.monotonic() - started
             del created
             objects = bucket_segments(stack.env, stack.settings.object_store_url)
@@ -376,41 +397,151 @@ def bench_hour(args: argparse.Namespace, workdir: pathlib.Path) -> None:
                 "|---|---|---|---|---|---|---|---|",
                 before.row("before compaction"),
             ]
-            if not (REPO / "lifecycle" / "compaction.py").exists():
-                print("lifecycle/compaction.py has not landed: the 'after' half is not measured")
-            else:
-                compact_env = {
-                    **stack.env,
-                    "STREAMHOUSE_LIFECYCLE_COMPACTION_ENABLED": "true",
-                    "STREAMHOUSE_LIFECYCLE_REWRITE_BYTES_PER_SECOND": str(args.rewrite_rate),
-                }
+            compact_env = {
+                **stack.env,
+                "STREAMHOUSE_LIFECYCLE_COMPACTION_ENABLED": "true",
+                "STREAMHOUSE_LIFECYCLE_REWRITE_BYTES_PER_SECOND": str(args.rewrite_rate),
+            }
+            # Past the compaction age, short of the grace period: the passes compact and
+            # delete nothing (the replaced objects wait for the clean-up pass). A compaction
+            # step starts no new group after lifecycle.compaction.STEP_SECONDS: passes are
+            # run until one finds nothing left.
+            min_age = stack.settings.lifecycle_compaction_min_age_ms
+            passes: list[tuple[dict[str, Any], float, float, dict[str, int]]] = []
+            while True:
                 proxy.reset()
-                # Past the compaction age, short of the grace period: the pass compacts and
-                # deletes nothing (the replaced objects wait for the clean-up pass).
-                min_age = stack.settings.lifecycle_compaction_min_age_ms
                 clock = time.time_ns() // 1_000_000 + min_age + 60_000
                 report, wall, cpu = timed_pass(compact_env, clock)
-                pass_requests = proxy.reset()
-                grace = stack.settings.lifecycle_grace_ms
-                cleanup, _, _ = timed_pass(compact_env, clock + grace + HOUR_MS)
-                after = snapshot(stack, proxy, topic, topic_id, records_per_partition)
-                replaced = {k: s for k, s in before.objects.items() if k not in after.objects}
-                written = {k: s for k, s in after.objects.items() if k not in before.objects}
-                mb_in = sum(replaced.values()) / 1e6
-                lines += [
-                    after.row("after one compaction pass"),
-                    "",
-                    f"- compaction pass: {wall:.1f} s wall, {cpu:.1f} s CPU (the pass process: "
-                    f"{cpu / wall * 100:.0f}% of a core); {len(replaced):,} objects "
-                    f"({mb_in:,.1f} MB) replaced by {len(written):,} "
-                    f"({sum(written.values()) / 1e6:,.1f} MB): {mb_in / wall:,.1f} MB/s of input, "
-                    f"{mb_in / max(cpu, 1e-9):,.1f} MB per CPU second "
-                    f"(rewrite budget {args.rewrite_rate / 1e6:,.0f} MB/s)",
-                    f"- the pass's object-store requests: {pass_requests}",
-                    f"- the pass's report: `{json.dumps(report)}`",
-                    f"- the clean-up pass past the grace period: "
-                    f"{cleanup.get('dead_objects_deleted')} dead objects deleted",
-                ]
+                if report["compaction"]["objects_replaced"] == 0 or len(passes) == 10:
+                    break
+                passes.append((report, wall, cpu, proxy.reset()))
+            cleanup_env = {**compact_env, "STREAMHOUSE_LIFECYCLE_DELETES_PER_SECOND": "100000"}
+            grace = stack.settings.lifecycle_grace_ms
+            cleanup, _, _ = timed_pass(cleanup_env, clock + grace + HOUR_MS)
+            after = snapshot(stack, proxy, topic, topic_id, records_per_partition)
+            replaced = {k: s for k, s in before.objects.items() if k not in after.objects}
+            written = {k: s for k, s in after.objects.items() if k not in before.objects}
+            mb_in = sum(replaced.values()) / 1e6
+            wall = sum(p[1] for p in passes)
+            cpu = sum(p[2] for p in passes)
+            step_s = sum(p[0]["compaction"]["duration_ms"] for p in passes) / 1000
+            lines += [
+                after.row(f"after compaction ({len(passes)} pass(es))"),
+                "",
+                f"- compaction: {len(passes)} pass(es), {wall:.1f} s wall (the compaction steps "
+                f"{step_s:.1f} s), {cpu:.1f} s CPU of the pass processes "
+                f"({cpu / wall * 100:.0f}% of a core); {len(replaced):,} objects "
+                f"({mb_in:,.1f} MB) replaced by {len(written):,} "
+                f"({sum(written.values()) / 1e6:,.1f} MB): {mb_in / wall:,.1f} MB/s of input "
+                f"per pass wall second ({mb_in / step_s:,.1f} MB/s in the steps), "
+                f"{mb_in / max(cpu, 1e-9):,.1f} MB per CPU second "
+                f"(rewrite budget {args.rewrite_rate / 1e6:,.0f} MB/s)",
+            ]
+            for i, (report, pass_wall, pass_cpu, requests) in enumerate(passes):
+                lines.append(
+                    f"- pass {i + 1}: {pass_wall:.1f} s wall, {pass_cpu:.1f} s CPU, "
+                    f"object-store requests {requests}, compaction step "
+                    f"`{json.dumps(report['compaction'])}`"
+                )
+            lines.append(
+                f"- the clean-up pass past the grace period: "
+                f"{cleanup.get('dead_objects_deleted')} dead objects deleted"
+            )
+    finally:
+        proxy.stop()
+        seaweed.stop()
+    out = "\n".join(lines)
+    print("\n" + out)
+    if args.output:
+        pathlib.Path(args.output).write_text(out + "\n")
+
+
+# ------------------------------------------------------------------------------ keys
+
+
+def key_batch(partition: int, flush: int, per_batch: int, keys: int, start_ts: int) -> bytes:
+    """Batch `flush` of `partition` for the keys bench: `per_batch` updates of keys that
+    belong to this partition (key k lives in partition k % PARTITIONS), cycling through
+    them, so every key is updated over and over."""
+    from streamhouse.recordbatch import encode_batch
+
+    first = flush * per_batch
+    own = keys // PARTITIONS
+    key_list = [
+        f"key-{((first + j) % own) * PARTITIONS + partition:08d}".encode() for j in range(per_batch)
+    ]
+    stamp = start_ts + flush
+    values = [record_value(first + j, stamp) for j in range(per_batch)]
+    return encode_batch(key_list, list(values), [[] for _ in values], [stamp] * per_batch)
+
+
+def bench_keys(args: argparse.Namespace, workdir: pathlib.Path) -> None:
+    from streamhouse.client import Client
+    from streamhouse.testing import Stack
+    from tests.faults.lifecycle_tools import S3CountingProxy, bucket_segments
+    from tests.faults.nemesis.servers import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedServer
+
+    per_batch = 500
+    flushes = args.records // (per_batch * PARTITIONS)
+    records = flushes * per_batch * PARTITIONS
+    seaweed = SeaweedServer(workdir / "seaweed")
+    seaweed.start()
+    proxy = S3CountingProxy(seaweed.port).start()
+    env = {
+        "STREAMHOUSE_OBJECT_STORE": f"s3://{BUCKET}/keys-{uuid.uuid4().hex[:8]}",
+        "AWS_ENDPOINT_URL": proxy.endpoint,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_REGION": "us-east-1",
+        "STREAMHOUSE_LIFECYCLE_ENABLED": "false",
+        "STREAMHOUSE_LOG_LEVEL": "WARNING",
+    }
+    topic = "keyed"
+    lines: list[str] = []
+    try:
+        with Stack(workdir / "stack", env=env) as stack:
+            with Client(stack.grpc_address) as client:
+                client.create_topic(
+                    topic, PARTITIONS, {"cleanup.policy": "compact", "retention.ms": "-1"}
+                )
+            start_ts = time.time_ns() // 1_000_000 - HOUR_MS
+            started = time.monotonic()
+            asyncio.run(
+                produce_flushes(
+                    stack.kafka_address,
+                    topic,
+                    flushes,
+                    lambda p, flush: key_batch(p, flush, per_batch, args.keys, start_ts),
+                    per_batch,
+                )
+            )
+            produce_s = time.monotonic() - started
+            before = bucket_segments(stack.env, stack.settings.object_store_url)
+            pass_env = {
+                **stack.env,
+                "STREAMHOUSE_LIFECYCLE_COMPACTION_ENABLED": "true",
+                "STREAMHOUSE_LIFECYCLE_REWRITE_BYTES_PER_SECOND": str(args.rewrite_rate),
+                # Only key compaction: no object counts as small or partly live.
+                "STREAMHOUSE_LIFECYCLE_SMALL_OBJECT_BYTES": "1",
+                "STREAMHOUSE_LIFECYCLE_MIN_LIVE_PERCENT": "0",
+            }
+            proxy.reset()
+            clock = time.time_ns() // 1_000_000 + 120_000
+            report, wall, cpu = timed_pass(pass_env, clock)
+            requests = proxy.reset()
+            keyed = report["key_compaction"]
+            mb_in = sum(before.values()) / 1e6
+            lines += [
+                f"- {records:,} records of {RECORD_BYTES} B over {args.keys:,} keys "
+                f"({records // args.keys} updates per key) in {PARTITIONS} partitions, "
+                f"batches of {per_batch}; produced in {produce_s:.0f} s into {len(before):,} "
+                f"objects ({mb_in:,.1f} MB stored)",
+                f"- one key-compaction pass: {wall:.1f} s wall, {cpu:.1f} s CPU: "
+                f"{mb_in / wall:,.1f} MB/s of input (stored bytes), "
+                f"{mb_in / max(cpu, 1e-9):,.1f} MB per CPU second; "
+                f"{records / wall / 1e6:,.2f} M records/s",
+                f"- object-store requests {requests}; key-compaction step `{json.dumps(keyed)}`",
+            ]
     finally:
         proxy.stop()
         seaweed.stop()
@@ -435,6 +566,11 @@ def main(argv: list[str] | None = None) -> None:
         help="lifecycle_rewrite_bytes_per_second of the compaction pass (default: unthrottled)",
     )
     hour.add_argument("--output", default="", help="also write the results table to this file")
+    keys = commands.add_parser("keys", help="one key-compaction pass over many updates per key")
+    keys.add_argument("--records", type=int, default=1_000_000)
+    keys.add_argument("--keys", type=int, default=10_000)
+    keys.add_argument("--rewrite-rate", type=int, default=1 << 40)
+    keys.add_argument("--output", default="", help="also write the results to this file")
     deletes = commands.add_parser("deletes", help="one pass reclaiming a deleted topic")
     deletes.add_argument("--segments", type=int, default=1000)
     deletes.add_argument("--object-bytes", type=int, default=1024)
@@ -448,6 +584,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="lifecycle-bench-") as tmp:
         if args.command == "hour":
             bench_hour(args, pathlib.Path(tmp))
+        elif args.command == "keys":
+            bench_keys(args, pathlib.Path(tmp))
         else:
             asyncio.run(bench_deletes(args, pathlib.Path(tmp)))
 
