@@ -13,8 +13,9 @@ At clock ``now_ms`` (the pass's clock, so ``--now-ms`` moves it):
   state not saved since then whose snapshot (``ingest/kafka/groups.py``, ``GroupSnapshot``)
   has no member. ``expirable_offset_groups`` names the candidates, the snapshot is read and
   checked here, then ``expire_group_offsets`` deletes the offsets in one transaction only if
-  still no offset of the group was committed since the cutoff (a consumer committing
-  meanwhile keeps them). A stored state that does not decode keeps its offsets (logged).
+  still no offset of the group was committed and no state of it saved since the cutoff (a
+  consumer committing, or a member joining, meanwhile keeps them). A stored state that does
+  not decode keeps its offsets (logged).
 
 What Kafka does, and where this differs:
 
@@ -79,7 +80,7 @@ class ExpiryReport(msgspec.Struct, kw_only=True):
     group_offsets_expired: int = 0
     groups_kept_with_members: int = 0
     groups_kept_unreadable: int = 0
-    groups_kept_recent_commit: int = 0  # committed between the check and the delete
+    groups_changed_meanwhile: int = 0  # a commit or a saved state between check and delete
 
 
 def group_is_empty(blob: bytes, group_id: str) -> bool:
@@ -123,7 +124,7 @@ async def expire_idle_state(meta: AsyncMetadata, settings: Settings, now_ms: int
                 continue
         deleted = await meta.expire_group_offsets(group_id, commit_before)
         if deleted == 0:
-            report.groups_kept_recent_commit += 1
+            report.groups_changed_meanwhile += 1
             continue
         report.groups_expired += 1
         report.group_offsets_expired += deleted

@@ -163,7 +163,7 @@ def test_offsets_of_empty_groups_expire_and_others_stay(target: str) -> None:
             "group_offsets_expired": 4,
             "groups_kept_with_members": 1,
             "groups_kept_unreadable": 1,
-            "groups_kept_recent_commit": 0,
+            "groups_changed_meanwhile": 0,
         }
         assert await meta.list_group_offsets("standalone") == []
         assert await meta.list_group_offsets("empty") == []
