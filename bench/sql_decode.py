@@ -240,7 +240,7 @@ def query_bench(n: int, sizes: list[int]) -> None:
             settings = stack.settings
             store = objectstore.open_object_store(settings.object_store_url)
             meta = await AsyncMetadata.open(settings.metadata_target)
-            engine = SqlEngine(meta, store, Catalog(meta, settings.data_path))
+            engine = SqlEngine(meta, store, Catalog(meta))
             try:
                 for size in sizes:
                     cols = ", ".join(

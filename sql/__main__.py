@@ -20,11 +20,13 @@ import sys
 import msgspec
 
 from metadata.async_store import AsyncMetadata
+from metadata.errors import MetadataError
 from sql.catalog import Catalog
 from sql.engine import QueryResult, SqlEngine, SqlError
 from sql.output import FORMATS, write_result
 from streamhouse import objectstore
 from streamhouse.config import ConfigError, Settings, load_settings
+from streamhouse.objectstore import ObjectStoreConfigError
 
 
 async def run_statement(settings: Settings, text: str) -> QueryResult:
@@ -36,9 +38,7 @@ async def run_statement(settings: Settings, text: str) -> QueryResult:
         forbid_loop_calls=settings.debug_loop_calls,
     )
     try:
-        engine = SqlEngine(
-            meta, store, Catalog(meta, settings.data_path), max_inflated=settings.max_batch_bytes
-        )
+        engine = SqlEngine(meta, store, Catalog(meta), max_inflated=settings.max_batch_bytes)
         return await engine.execute(text)
     finally:
         await meta.close()
@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     except SqlError as exc:
         print(f"sql: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    except MetadataError as exc:
+        print(f"sql: the metadata store failed: {exc}; retry when it is back", file=sys.stderr)
+        raise SystemExit(1) from None
+    except ObjectStoreConfigError as exc:
+        print(f"sql: object store setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     if result.message is not None:
         print(result.message)
     if result.table is not None:
