@@ -1,14 +1,19 @@
-"""`python3 -m sql query "SQL" [--format table|jsonl|csv] [--stats]`: one statement, then exit.
+"""`python3 -m sql query "SQL" [--format table|jsonl|csv] [--stats]`: one statement, then exit;
+`python3 -m sql shell [--format ...]`: statements from standard input, one after another.
 
-The statement runs against the StreamHouse the environment names (the same ``STREAMHOUSE_*``
-settings as every process: metadata store, object store, data dir). Queries print their rows
-on stdout in the chosen format; CREATE/DROP print one line. With ``--stats`` a JSON line on
-stderr says what was read (partitions, block rows looked at, blocks and bytes read, batches
-and records decoded, records that did not match their stream's schema, by stream); records
-that did not match are always reported on stderr.
+Statements run against the StreamHouse the environment names (the same ``STREAMHOUSE_*``
+settings as every process: metadata store, object store). Queries print their rows on stdout
+in the chosen format; CREATE/DROP print one line. Records that did not match their stream's
+schema are reported on stderr. With ``--stats`` a JSON line on stderr says what was read
+(partitions, block rows looked at, blocks and bytes read, batches and records decoded,
+records that did not match, by stream).
 
-Exit status: 0 done, 1 the statement failed (the reason is on stderr), 2 a bad argument or
-setting.
+The shell reads statements ended by ``;`` (a statement may span lines; with a terminal, a
+prompt and line editing); a failing statement prints its error and the shell goes on. It
+ends at end of input, or on ``\\q``.
+
+Exit status of ``query``: 0 done, 1 the statement failed (the reason is on stderr), 2 a bad
+argument or setting. Of ``shell``: 0, or 1 if any statement failed when not on a terminal.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
@@ -29,54 +35,33 @@ from streamhouse.config import ConfigError, Settings, load_settings
 from streamhouse.objectstore import ObjectStoreConfigError
 
 
-async def run_statement(settings: Settings, text: str) -> QueryResult:
-    """Opens the stack's metadata and object store, runs ``text``, closes them."""
-    store = objectstore.open_object_store(settings.object_store_url, settings.store_timeout_ms)
-    meta = await AsyncMetadata.open(
-        settings.metadata_target,
-        busy_timeout_ms=settings.produce_timeout_ms,
-        forbid_loop_calls=settings.debug_loop_calls,
-    )
-    try:
-        engine = SqlEngine(meta, store, Catalog(meta), max_inflated=settings.max_batch_bytes)
-        return await engine.execute(text)
-    finally:
-        await meta.close()
+class _Session:
+    """The stack's metadata and object store, open for the statements of one command."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.meta: AsyncMetadata | None = None
+
+    async def __aenter__(self) -> SqlEngine:
+        s = self.settings
+        store = objectstore.open_object_store(s.object_store_url, s.store_timeout_ms)
+        self.meta = await AsyncMetadata.open(
+            s.metadata_target,
+            busy_timeout_ms=s.produce_timeout_ms,
+            forbid_loop_calls=s.debug_loop_calls,
+        )
+        return SqlEngine(self.meta, store, Catalog(self.meta), max_inflated=s.max_batch_bytes)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.meta is not None:
+            await self.meta.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python3 -m sql", description="StreamHouse SQL over topics (one statement)."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    query = sub.add_parser(
-        "query",
-        help="run one statement: SELECT ..., CREATE STREAM/TABLE, DROP, SHOW, DESCRIBE",
-    )
-    query.add_argument("sql", help="the statement")
-    query.add_argument("--format", choices=FORMATS, default="table", help="output (table)")
-    query.add_argument("--stats", action="store_true", help="what was read, as JSON on stderr")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"sql: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    try:
-        result = asyncio.run(run_statement(settings, args.sql))
-    except SqlError as exc:
-        print(f"sql: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except MetadataError as exc:
-        print(f"sql: the metadata store failed: {exc}; retry when it is back", file=sys.stderr)
-        raise SystemExit(1) from None
-    except ObjectStoreConfigError as exc:
-        print(f"sql: object store setting: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+def _report(result: QueryResult, fmt: str, stats: bool) -> None:
     if result.message is not None:
         print(result.message)
     if result.table is not None:
-        write_result(result.table, args.format, sys.stdout)
+        write_result(result.table, fmt, sys.stdout)
     sys.stdout.flush()
     for name, count in sorted(result.stats.invalid_records.items()):
         print(
@@ -84,8 +69,107 @@ def main(argv: list[str] | None = None) -> None:
             "declared schema and were left out",
             file=sys.stderr,
         )
-    if args.stats:
+    if stats:
         print(msgspec.json.encode(result.stats).decode(), file=sys.stderr)
+
+
+def _failure(exc: Exception) -> str:
+    if isinstance(exc, MetadataError):
+        return f"sql: the metadata store failed: {exc}; retry when it is back"
+    return f"sql: {exc}"
+
+
+async def _run_one(settings: Settings, text: str, fmt: str, stats: bool) -> None:
+    async with _Session(settings) as engine:
+        _report(await engine.execute(text), fmt, stats)
+
+
+def _read_statements(interactive: bool) -> AsyncIterator[str]:
+    """Statements from stdin, each ended by ``;`` (or the end of input)."""
+    if interactive:
+        try:
+            import readline  # noqa: F401  (line editing for input())
+        except ImportError:
+            pass
+
+    def read_line(prompt: str) -> str | None:
+        if interactive:
+            try:
+                return input(prompt) + "\n"
+            except EOFError:
+                return None
+        line = sys.stdin.readline()
+        return line or None
+
+    async def statements() -> AsyncIterator[str]:
+        pending: list[str] = []
+        while True:
+            line = await asyncio.to_thread(read_line, "sql> " if not pending else "...> ")
+            if line is None:
+                break
+            if not pending and line.strip() in ("\\q", "quit", "exit"):
+                return
+            pending.append(line)
+            text = "".join(pending).strip()
+            if text.endswith(";"):
+                pending = []
+                if text.strip(";").strip():
+                    yield text
+        rest = "".join(pending).strip()
+        if rest:
+            yield rest
+
+    return statements()
+
+
+async def _shell(settings: Settings, fmt: str, stats: bool, interactive: bool) -> int:
+    failed = 0
+    async with _Session(settings) as engine:
+        async for text in _read_statements(interactive):
+            try:
+                _report(await engine.execute(text), fmt, stats)
+            except (SqlError, MetadataError) as exc:
+                failed += 1
+                print(_failure(exc), file=sys.stderr)
+    return 1 if failed and not interactive else 0
+
+
+def _guarded(run: Callable[[], int | None]) -> int:
+    try:
+        return run() or 0
+    except (SqlError, MetadataError) as exc:
+        print(_failure(exc), file=sys.stderr)
+        return 1
+    except ObjectStoreConfigError as exc:
+        print(f"sql: object store setting: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m sql", description="StreamHouse SQL over topics."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    query = sub.add_parser(
+        "query", help="run one statement: SELECT ..., CREATE STREAM/TABLE, DROP, SHOW, DESCRIBE"
+    )
+    query.add_argument("sql", help="the statement")
+    shell = sub.add_parser("shell", help="run statements ended by ';' from standard input")
+    for p in (query, shell):
+        p.add_argument("--format", choices=FORMATS, default="table", help="output (table)")
+        p.add_argument("--stats", action="store_true", help="what was read, as JSON on stderr")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"sql: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.command == "query":
+        code = _guarded(lambda: asyncio.run(_run_one(settings, args.sql, args.format, args.stats)))
+    else:
+        interactive = sys.stdin.isatty()
+        code = _guarded(lambda: asyncio.run(_shell(settings, args.format, args.stats, interactive)))
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -440,3 +440,32 @@ def _ensure_raw(stack: Stack) -> None:
 def test_bad_format_argument_exits_2(stack: Stack) -> None:
     proc = run_sql(stack, "SELECT 1", "--format", "xml", ok=False)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_shell_runs_statements_from_stdin_and_goes_on_after_an_error(stack: Stack) -> None:
+    create_topic(stack, "shell_in", 1)
+    produce(stack, "shell_in", [(0, None, b'{"n": %d}' % i, BASE_TS + i, []) for i in range(3)])
+    script = (
+        "CREATE STREAM shell_s (n BIGINT) WITH (topic = 'shell_in');\n"
+        "SELEC 1;\n"
+        "SELECT sum(n) AS total,\n  count(*) AS rows\nFROM shell_s;\n"
+        "SELECT max(n) AS top FROM shell_s"  # the last statement needs no ';'
+    )
+    env = dict(os.environ)
+    env.update(stack.env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sql", "shell", "--format", "jsonl"],
+        input=script,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1  # one statement failed (not a terminal)
+    assert proc.stdout.splitlines() == [
+        "stream shell_s created over topic shell_in",
+        '{"total":3,"rows":3}',
+        '{"top":2}',
+    ]
+    assert proc.stderr.startswith("sql: ") and "SELEC" in proc.stderr
