@@ -179,7 +179,8 @@ def test_compaction_keeps_the_latest_value_per_key_and_tombstones_for_delete_ret
         # tombstones are still there (delete.retention.ms from the first clean); the keys
         # updated after their tombstone have their new value
         assert sum(1 for _, _, v in expected if v is None) == 10
-        assert report  # the pass reported
+        assert report["key_compaction"]["records_removed"] == len(produced) - 60, report
+        assert report["key_compaction"]["tombstones_removed"] == 0, report
 
         # more updates, and a pass before the tombstones' horizon: they stay
         more = produce(bootstrap, topic, [(b"key-001", b"later")])
@@ -191,7 +192,8 @@ def test_compaction_keeps_the_latest_value_per_key_and_tombstones_for_delete_ret
         # past the horizon (and dirty again): the tombstones go
         more2 = produce(bootstrap, topic, [(b"key-002", b"later")])
         marker3 = produce(bootstrap, topic, [(b"marker", b"newest-3")])
-        run_pass(stack, started + HOUR_MS + 60_000)
+        report = run_pass(stack, started + HOUR_MS + 60_000)
+        assert report["key_compaction"]["tombstones_removed"] == 10, report
         after = (
             latest_per_key(produced + marker + more + marker2 + more2, drop_tombstones=True)
             + marker3
@@ -220,6 +222,12 @@ def test_nothing_younger_than_min_compaction_lag_is_compacted(
         check_reads(stack, topic, produced + marker)
         run_pass(stack, started + HOUR_MS + 60_000)
         check_reads(stack, topic, latest_per_key(produced) + marker)
+        # compact,delete: retention (retention.ms, 7 days by default) applies as well, to the
+        # compacted blocks too
+        run_pass(stack, started + 8 * 24 * HOUR_MS)
+        with Client(stack.grpc_address) as client:
+            (state,) = client.get_topic(topic).partition_info
+        assert state.log_start_offset == state.high_watermark == marker[0][0] + 1
 
 
 def test_records_without_a_key_are_refused(tmp_path: pathlib.Path) -> None:
