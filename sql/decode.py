@@ -169,6 +169,11 @@ def _to_record_batch(partition: int, out: tuple) -> pa.RecordBatch:  # type: ign
         headers,
     ) = out
     hkeys = pa.Array.from_buffers(pa.utf8(), headers, [None, _buf(hkey_off), _buf(hkey_data)])
+    if headers:
+        try:  # the produce edge checks header keys; stored bytes are not trusted blindly
+            hkeys.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise BlockDecodeError(f"a header key is not valid UTF-8: {exc}") from None
     hvalues = pa.Array.from_buffers(
         pa.binary(),
         headers,

@@ -141,6 +141,9 @@ def test_damaged_records_raise_a_block_decode_error() -> None:
         decode_block_records(bytes(truncated), 0, 0)
     with pytest.raises(BlockDecodeError, match="batch headers do not parse"):
         decode_block_records(good[:40], 0, 0)
+    bad_key = encode_batch([None], [b"v"], [[("ab", b"x")]], [1]).replace(b"ab", b"\xff\xfe")
+    with pytest.raises(BlockDecodeError, match="header key is not valid UTF-8"):
+        decode_block_records(bad_key, 0, 0)
 
 
 # --------------------------------------------------------------------------- JSON
