@@ -245,3 +245,34 @@ def test_bad_requests_are_refused(stack: Stack, client: Client) -> None:
     done = streamctl(stack, "storage", "--cost", "--disk-fill", "0")
     assert done.returncode == 2 and "--disk-fill" in done.stderr, done.stderr
     assert len(done.stderr.splitlines()) == 1
+
+
+def objects_in_s3(agent: Stack) -> dict[str, int]:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+        os.environ[name] = agent.env[name]
+    return objects_in_store(agent)
+
+
+def test_every_agent_of_a_cluster_reports_the_same_storage(make_cluster: Any) -> None:
+    """Two agents on PostgreSQL and SeaweedFS: the report is the shared metadata's, whichever
+    agent answers, and matches the bucket."""
+    cluster = make_cluster(2, env=QUIET)
+    with Client(cluster[0].grpc_address) as first, Client(cluster[1].grpc_address) as second:
+        first.create_topic("shared", partitions=2)
+        produce(first, "shared", 0, 10, now_ms(), "x")
+        produce(second, "shared", 1, 12, now_ms(), "y")
+        produce(second, "shared", 0, 3, now_ms(), "z")
+        reports = [first.describe_storage(), second.describe_storage()]
+    bucket = objects_in_s3(cluster[0])
+    assert len(bucket) == 3, bucket
+    assert reports[0].answered_by != reports[1].answered_by  # each agent answered itself
+    for report in reports:
+        assert (report.objects, report.bytes_stored) == (3, sum(bucket.values()))
+        [shared] = report.topics
+        assert (shared.name, shared.partitions, shared.records, shared.objects) == (
+            "shared",
+            2,
+            25,
+            3,
+        )
+        assert shared.bytes_live == report.bytes_live
