@@ -19,7 +19,14 @@ from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from streamhouse.client import Client, StreamHouseError
 from streamhouse.testing import Stack
@@ -253,3 +260,46 @@ def test_records_without_a_key_are_refused(tmp_path: pathlib.Path) -> None:
             with pytest.raises(StreamHouseError, match="record 0 has no key: a compacted topic"):
                 client.produce("keyed", b"no key", partition=0)
             assert client.produce("keyed", b"with key", key=b"k", partition=0) == (0, 0)
+
+
+def test_compaction_configs_have_kafkas_defaults_and_are_altered_at_runtime(
+    tmp_path: pathlib.Path,
+) -> None:
+    with Stack(tmp_path / "data", env=QUIET) as stack:
+        bootstrap = stack.kafka_address
+        create_topic(bootstrap, "configs", {"cleanup.policy": "compact"})
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        topic = ConfigResource(ResourceType.TOPIC, "configs")
+
+        def described() -> dict[str, str]:
+            (future,) = admin.describe_configs([topic]).values()
+            return {name: entry.value for name, entry in future.result(DEADLINE_S).items()}
+
+        defaults = described()
+        assert defaults["delete.retention.ms"] == "86400000"
+        assert defaults["min.compaction.lag.ms"] == "0"
+        assert defaults["max.compaction.lag.ms"] == str(2**63 - 1)
+        assert defaults["min.cleanable.dirty.ratio"] == "0.5"
+
+        def alter(name: str, value: str) -> None:
+            entry = ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+            resource = ConfigResource(ResourceType.TOPIC, "configs", incremental_configs=[entry])
+            for future in admin.incremental_alter_configs([resource]).values():
+                future.result(DEADLINE_S)
+
+        for name, bad in (
+            ("min.cleanable.dirty.ratio", "1.5"),
+            ("delete.retention.ms", "-1"),
+            ("max.compaction.lag.ms", "0"),
+        ):
+            with pytest.raises(KafkaException, match=name):
+                alter(name, bad)
+        alter("min.cleanable.dirty.ratio", "0.1")
+        alter("delete.retention.ms", "60000")
+        now = described()
+        assert now["min.cleanable.dirty.ratio"] == "0.1" and now["delete.retention.ms"] == "60000"
+        with Client(stack.grpc_address) as client:
+            with pytest.raises(StreamHouseError, match="min.compaction.lag.ms"):
+                client.alter_topic_config("configs", {"min.compaction.lag.ms": "soon"})
+            altered = client.alter_topic_config("configs", {"min.compaction.lag.ms": "5000"})
+            assert altered.config["min.compaction.lag.ms"] == "5000"
