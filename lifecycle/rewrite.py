@@ -274,7 +274,9 @@ class RewriteContext:
                     ) from exc
 
         await gather_all(read(*request) for request in coalesce(blocks))
-        return [data for data in out if data is not None]
+        got = [data for data in out if data is not None]
+        assert len(got) == len(blocks), "coalesce() covers every block"
+        return got
 
     async def put_object(self, blocks: Sequence[BlockData]) -> NewObject:
         """Builds a segment object of `blocks` (in that order; compression as the segmenter
