@@ -7,7 +7,9 @@ then every record's framing, offset deltas and timestamps walked in C by
 never builds a Python object per record. Readers walk only the 61-byte headers
 (``scan_batches``) and stamp the base offset (``patch_base_offset``). Records are decoded
 only for gRPC consumers (``decode_records``, bounded decompression too) and built only for
-gRPC producers (``encode_batch``).
+gRPC producers (``encode_batch``). Key compaction (``lifecycle/keyplan.py``) rebuilds a batch
+around fewer records (``rebuild_batch``, recompressed with its codec by ``deflate``), and
+stored blocks are walked and written by the gap rule below (``walk_block``, ``encode_block``).
 
 Batch header (all integers big-endian, 61 bytes)
 ------------------------------------------------
