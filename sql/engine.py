@@ -344,14 +344,25 @@ class SqlEngine:
             raise SqlError(str(exc)) from None
         if relation is None:
             return raw
+        # parsing values is the CPU-heavy part: off the event loop
         if relation.kind == "stream":
-            out = []
-            for group in _groups(raw):
-                batch = self._decode(name, relation, source.schema, group, stats)
-                if batch.num_rows:
-                    out.append(batch)
-            return out
-        return self._latest(name, relation, source.schema, raw, stats)
+            return await asyncio.to_thread(self._stream, name, relation, source.schema, raw, stats)
+        return await asyncio.to_thread(self._latest, name, relation, source.schema, raw, stats)
+
+    def _stream(
+        self,
+        name: str,
+        relation: Relation,
+        schema: pa.Schema,
+        raw: list[pa.RecordBatch],
+        stats: ScanStats,
+    ) -> list[pa.RecordBatch]:
+        out = []
+        for group in _groups(raw):
+            batch = self._decode(name, relation, schema, group, stats)
+            if batch.num_rows:
+                out.append(batch)
+        return out
 
     def _decode(
         self,
