@@ -22,10 +22,13 @@ from streamhouse.recordbatch import (
     InvalidBatchError,
     decode_records,
     default_partition,
+    deflate,
     encode_batch,
     encode_block,
+    inflate,
     murmur2,
     patch_base_offset,
+    rebuild_batch,
     scan_batches,
     validate_batches,
     walk_block,
@@ -481,6 +484,54 @@ def test_validate_refuses_produced_batches_with_a_base_offset():
     expect_invalid(
         "INVALID_RECORD", validate_batches, good + bytes(bad), rules, SAMPLE[0][3], match="batch 1"
     )
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4], ids=["gzip", "snappy", "lz4", "zstd"])
+def test_deflate_inverts_inflate(codec):
+    data = os.urandom(1000) + b"x" * 100_000
+    assert inflate(codec, deflate(codec, data), len(data)) == data
+
+
+def test_deflate_snappy_keeps_the_framing_it_is_like():
+    data = b"records " * 20_000
+    raw = deflate(2, data)
+    assert raw[:8] != b"\x82SNAPPY\x00"
+    xerial_like = b"\x82SNAPPY\x00" + struct.pack(">ii", 1, 1)
+    framed = deflate(2, data, like=xerial_like)
+    assert framed[:16] == xerial_like
+    assert inflate(2, framed, len(data)) == data == inflate(2, raw, len(data))
+
+
+def test_rebuild_batch_keeps_the_header_and_recomputes_the_crc():
+    original = kafka_python_batch([(b"k%d" % i, b"v%d" % i, [], 1_000 + i) for i in range(3)], 3)
+    patch = bytearray(original)
+    patch_base_offset(patch, 0, 7)
+    one = decode_records(original)[2]
+    record = b"".join(
+        [
+            zigzag(
+                len(
+                    body := b"\x00"
+                    + zigzag(2)
+                    + zigzag(2)
+                    + zigzag(2)
+                    + b"k2"
+                    + zigzag(2)
+                    + b"v2"
+                    + zigzag(0)
+                )
+            ),
+            body,
+        ]
+    )
+    rebuilt = rebuild_batch(
+        bytes(patch), record, 1, max_timestamp=1_002, base_timestamp=1_000, attributes=3
+    )
+    (info,) = scan_batches(rebuilt, compacted=True)
+    assert (info.record_count, info.last_offset_delta, info.attributes) == (1, 2, 3)
+    assert struct.unpack_from(">q", rebuilt)[0] == 7
+    assert decode_records(rebuilt) == [one]
+    assert [(r.offset, r.key) for r in DefaultRecordBatch(bytearray(rebuilt))] == [(9, b"k2")]
 
 
 # ------------------------------------------------------------------------------------------
