@@ -469,3 +469,14 @@ def test_shell_runs_statements_from_stdin_and_goes_on_after_an_error(stack: Stac
         '{"top":2}',
     ]
     assert proc.stderr.startswith("sql: ") and "SELEC" in proc.stderr
+
+
+def test_topics_with_dashes_and_capitals_are_reached_by_quoting(stack: Stack) -> None:
+    create_topic(stack, "Web-Clicks", 1)
+    produce(stack, "Web-Clicks", [(0, None, b"x", BASE_TS + i, []) for i in range(4)])
+    assert jsonl(stack, 'SELECT count(*) AS n FROM "Web-Clicks"') == [{"n": 4}]
+    assert jsonl(stack, 'SELECT count(*) AS n FROM topics."Web-Clicks"') == [{"n": 4}]
+    unquoted = run_sql(stack, "SELECT count(*) FROM Web_Clicks", ok=False)
+    assert unquoted.returncode == 1
+    assert "no stream, table or topic called 'web_clicks'" in unquoted.stderr
+    assert "quote names" in unquoted.stderr
