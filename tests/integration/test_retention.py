@@ -54,7 +54,7 @@ from confluent_kafka.admin import (
 )
 
 from streamhouse import objectstore
-from streamhouse.client import Client, StreamHouseError
+from streamhouse.client import EARLIEST, Client, StreamHouseError
 from streamhouse.kafka.messages import FetchRequest
 from streamhouse.testing import Deliveries, Stack, kafka_call
 from streamhouse.topic_config import TOPIC_CONFIGS
@@ -314,6 +314,14 @@ def check_log_start(
     if start > 0:
         assert raw_fetch(bootstrap, topic, 0)[:2] == (OFFSET_OUT_OF_RANGE, start)
         assert raw_fetch(bootstrap, topic, start - 1)[:2] == (OFFSET_OUT_OF_RANGE, start)
+    # gRPC: earliest is the log start; below it is OUT_OF_RANGE.
+    with Client(stack.grpc_address) as client:
+        records, _, high, log_start_grpc = client.consume(topic, 0, EARLIEST)
+        assert (records[0].offset, log_start_grpc, high) == (start, start, kept[-1][0] + 1)
+        if start > 0:
+            with pytest.raises(StreamHouseError) as caught:
+                client.consume(topic, 0, start - 1)
+            assert caught.value.code == grpc.StatusCode.OUT_OF_RANGE, caught.value
     # A new group and one whose committed offset fell below the log start both begin there.
     assert group_read(bootstrap, topic, f"{tag}-new", len(kept)) == kept
     if start > 0:
