@@ -736,6 +736,13 @@ def cost_table(cost: CostEstimate) -> str:
         "basis:",
     ]
     lines += [f"  {line.item}: {line.basis}" for line in (*cost.streamhouse, *cost.kafka)]
+    puts = next((line.monthly_usd for line in cost.streamhouse if line.item == "S3 PUT"), 0.0)
+    if cost.streamhouse_monthly_usd > 0 and puts / cost.streamhouse_monthly_usd > 0.5:
+        lines.append(
+            f"  PUTs are {100 * puts / cost.streamhouse_monthly_usd:.0f}% of the bill: each "
+            "agent writes an object every flush_interval_ms while data arrives; a longer "
+            "interval (or fewer agents) means fewer, larger objects"
+        )
     if cost.usage.gets_per_second == 0:
         lines.append(
             "  GETs are not counted by StreamHouse: pass --gets-per-second from your request "

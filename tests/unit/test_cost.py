@@ -201,3 +201,18 @@ def test_storage_json_and_cost_json() -> None:
     # An explicit write rate wins over the objects created in the last hour.
     args = argparse.Namespace(written_bytes_per_hour=5, gets_per_second=0.0)
     assert storage_usage(response, args).bytes_written_per_hour == 5
+
+
+def test_cost_table_says_when_puts_dominate() -> None:
+    from streamhouse.streamctl import cost_table
+
+    # 72,000 objects an hour (a 50 ms flush) for 0.2 MB/s kept 7 days: PUTs are the bill.
+    busy = estimate(
+        usage(bytes_stored=120 * GIB, bytes_live=120 * GIB, objects_created_last_hour=72_000)
+    )
+    text = cost_table(busy)
+    assert "PUTs are 99% of the bill" in text
+    assert "a longer interval" in text
+    quiet = estimate(usage(objects_created_last_hour=10))
+    assert "of the bill" not in cost_table(quiet)
+    assert "% lower" in cost_table(quiet)
