@@ -259,12 +259,15 @@ class RewriteContext:
                     f"reading bytes {start}..{start + length} of {key} returned {len(data)} "
                     "bytes: the object is shorter than its block rows say"
                 )
+            await asyncio.to_thread(decode, key, start, data, members)
+
+        def decode(key: str, start: int, data: bytes, members: list[int]) -> None:
             view = memoryview(data)
             for i in members:
                 b = blocks[i]
                 at = b.byte_offset - start
                 try:
-                    out[i] = await asyncio.to_thread(decode_block, view[at : at + b.byte_length])
+                    out[i] = decode_block(view[at : at + b.byte_length])
                 except SegmentCorruptError as exc:
                     raise BlockUnreadableError(
                         f"block of topic id {b.topic_id} partition {b.partition} at bytes "
