@@ -13,10 +13,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from test_lifecycle_runner import open_refusing_store
 
 from lifecycle.compaction import compact_objects
 from lifecycle.rewrite import BlockData, RewriteContext, coalesce
-from lifecycle.runner import LifecyclePass, PassReport
+from lifecycle.runner import LifecyclePass, ObjectStoreFailure, PassReport
 from metadata import BatchRef, CommitBlock
 from metadata.async_store import AsyncMetadata
 from metadata.interface import MetadataBackend, open_store
@@ -397,3 +398,25 @@ def test_put_object_writes_a_readable_segment(tmp_path: pathlib.Path) -> None:
         asyncio.run(scenario())
     finally:
         w.close()
+
+
+def test_a_failing_object_store_stops_the_pass_and_switches_nothing(world: World) -> None:
+    before = fill(world, segments=5)
+    keys = set(world.live())
+    # A real S3 client pointed at a port nobody listens on: every request is refused.
+    refused = open_refusing_store()
+
+    async def scenario() -> None:
+        meta = await AsyncMetadata.open(world.target, forbid_loop_calls=True)
+        try:
+            with pytest.raises(ObjectStoreFailure, match="reading bytes .* failed"):
+                await LifecyclePass(world.settings, meta, refused).run(old_enough())
+        finally:
+            await meta.close()
+
+    asyncio.run(scenario())
+    assert set(world.live()) == keys
+    assert {k: world.log(*k) for k in before} == before
+    report = world.run(old_enough())
+    assert report.compaction is not None and report.compaction.objects_replaced == 5
+    assert {k: world.log(*k) for k in before} == before
