@@ -22,7 +22,10 @@ its own segment object). Then, measured after each step:
 
 Per step: objects and bytes in the bucket (listed), live objects and their bytes, bytes live
 (the block rows: what a reader can reach), dead objects awaiting deletion, and the bucket's
-bytes per live byte. The results go to bench/LIFECYCLE_RETENTION.md with the command.
+bytes per live byte. Beside it, the monthly cost at list prices (:mod:`streamhouse.cost`,
+what ``streamctl storage --cost`` computes) of five steady one-agent workloads, from 0.2 MB/s
+to 1 GB/s, next to replicated Kafka (:func:`cost_table`). The results go to
+bench/LIFECYCLE_RETENTION.md with the command.
 
     python3 bench/retention_bench.py                     # folder store, 48 h x 4 partitions
     python3 bench/retention_bench.py --s3 --hours 48     # SeaweedFS (needs `weed` on PATH)
@@ -187,6 +190,54 @@ def table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+# Workloads of one agent for the cost table: (what, bytes/s written, objects PUT an hour).
+# An agent seals a segment every flush_interval_ms while data arrives (72,000 an hour at the
+# default 50 ms), or sooner at max_segment_bytes (8 MiB): 1 GB/s seals ~429,000 an hour.
+COST_WORKLOADS = [
+    ("0.2 MB/s (1,000 records/s of 200 B), flush_interval_ms 50", 0.2e6, 72_000),
+    ("0.2 MB/s, flush_interval_ms 1000", 0.2e6, 3_600),
+    ("10 MB/s, flush_interval_ms 50", 10e6, 72_000),
+    ("100 MB/s, flush_interval_ms 50", 100e6, 72_000),
+    ("1 GB/s (segments seal at 8 MiB)", 1e9, int(1e9 * 3600 / (8 * 2**20))),
+]
+COST_RETENTION_DAYS = 7
+
+
+def cost_table() -> str:
+    """Monthly cost of each workload at list prices (streamhouse.cost), data kept 7 days and
+    after rewrites (bucket = live bytes); GETs not priced (tail reads come from the cache)."""
+    from streamhouse.cost import Usage, estimate
+
+    head = (
+        "| workload (one agent, 7 days kept) | PUTs / hour | S3 storage $ | S3 PUT $ "
+        "| StreamHouse $/month | Kafka disks $ | Kafka cross-AZ $ | Kafka $/month "
+        "| StreamHouse vs Kafka |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    rows = []
+    for what, rate, puts in COST_WORKLOADS:
+        live = int(rate * COST_RETENTION_DAYS * 86_400)
+        cost = estimate(
+            Usage(
+                bytes_stored=live,
+                dead_bytes=0,
+                bytes_live=live,
+                objects_created_last_hour=puts,
+                bytes_written_per_hour=int(rate * 3600),
+            )
+        )
+        sh = {line.item: line.monthly_usd for line in cost.streamhouse}
+        kafka = {line.item: line.monthly_usd for line in cost.kafka}
+        saving = cost.saving_percent or 0.0
+        verdict = f"{saving:.0f}% lower" if saving >= 0 else f"{-saving:.0f}% higher"
+        rows.append(
+            f"| {what} | {puts:,} | {sh['S3 storage']:,.0f} | {sh['S3 PUT']:,.0f} | "
+            f"{cost.streamhouse_monthly_usd:,.0f} | {kafka['block storage']:,.0f} | "
+            f"{kafka['cross-AZ replication']:,.0f} | {cost.kafka_monthly_usd:,.0f} | "
+            f"{verdict} |\n"
+        )
+    return head + "".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hours", type=int, default=48, help="simulated hours (default 48)")
@@ -243,7 +294,9 @@ def main() -> None:
     command = "python3 bench/retention_bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     store = "SeaweedFS S3 (weed mini)" if args.s3 else "local folder"
     text = table(rows)
+    costs = cost_table()
     print(text)
+    print(costs)
     for report in reports:
         print(json.dumps(report))
     if args.no_write:
@@ -266,7 +319,26 @@ def main() -> None:
         "(partly-live objects under lifecycle_min_live_percent live, and small objects, "
         "copied into new objects of live blocks only) and one more grace period bring the "
         "bucket back to about the live bytes (plus object headers, block headers and "
-        "indexes).\n\nPass reports (JSON, in step order):\n\n"
+        "indexes).\n\n"
+        "## What it costs a month, beside replicated Kafka\n\n"
+        "`streamctl storage --cost` prices a running deployment; the same computation "
+        "(streamhouse/cost.py: S3 Standard us-east-1 list prices; Kafka with 3 replicas on "
+        "EBS gp3 kept half full and cross-AZ replication of every byte written to 2 "
+        "followers; every price and assumption a constant with its source, and a flag) for "
+        "one agent writing steadily, data kept 7 days, after rewrites (bucket = live "
+        "bytes), GETs not priced (tail reads are served from the reader's cache):\n\n"
+        + costs
+        + "\nReading: the bill of object storage is storage plus one PUT per object. At a "
+        "low rate with the default 50 ms flush an agent PUTs 72,000 small objects an hour "
+        "whatever it writes, and those PUTs ($263 a month per agent) cost more than a small "
+        "Kafka cluster. At the default interval one agent breaks even with Kafka near 0.75 "
+        "MB/s (0.7 MB/s: 5% higher; 1 MB/s: 25% lower; 2 MB/s: 61% lower) and the promise "
+        "of a far lower bill holds from there up (89-96% lower from 10 MB/s), or at low "
+        "rates with a longer flush interval (79% lower at 0.2 MB/s with 1 s), where Kafka "
+        "pays three copies on provisioned disks and cross-AZ replication of "
+        "every byte while S3 stores one billed copy. Compaction's rewrites add one PUT per "
+        "target-size object (negligible) and cut the GETs of cold reads.\n\n"
+        "Pass reports (JSON, in step order):\n\n"
         + "".join(f"    {json.dumps(r)}\n" for r in reports)
     )
     print(f"wrote {RESULTS}")
