@@ -310,10 +310,12 @@ class SqlEngine:
             raise SqlError(_clean(exc)) from None
         bounds = scan_bounds(plan, {n: s.bounds for n, s in sources.items()})
         stats = ScanStats()
+        explain_only = type(plan.to_variant()).__name__ == "Explain"  # not EXPLAIN ANALYZE
         for name, wanted in bounds.items():
             source = sources.get(name)
-            if source is None:
-                continue  # not ours (information_schema...)
+            if source is None or explain_only:
+                continue  # not ours (information_schema...), or nothing is executed
+            stats.scans[name] = wanted
             batches = await self._load(name, source, wanted, stats)
             self._register(ctx, name, source.schema, batches, replace=True)
         try:

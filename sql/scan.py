@@ -76,7 +76,8 @@ class ScanBounds(msgspec.Struct, frozen=True):
 
 class ScanStats(msgspec.Struct):
     """What a query read: block rows looked at, blocks fetched and their bytes, batches and
-    records decoded, and records that did not match their stream's schema (by relation)."""
+    records decoded, records that did not match their stream's schema (by relation), and the
+    bounds each relation was read within."""
 
     partitions: int = 0
     blocks_listed: int = 0
@@ -85,6 +86,7 @@ class ScanStats(msgspec.Struct):
     batches_decoded: int = 0
     records_decoded: int = 0
     invalid_records: dict[str, int] = msgspec.field(default_factory=dict)
+    scans: dict[str, ScanBounds] = msgspec.field(default_factory=dict)  # bounds by relation
 
 
 async def _list_blocks(

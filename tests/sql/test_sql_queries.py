@@ -316,10 +316,23 @@ def test_time_offset_and_partition_bounds_read_only_matching_blocks(stack: Stack
     stats = stats_of(proc)
     assert stats["blocks_read"] == sum(1 for p, b in blocks if p == 0 and b.end_offset > 100)
 
+    assert stats["scans"] == {
+        "ticks": {"partitions": [0], "from_offset": 100, "to_offset": None, "min_timestamp": None}
+    }
+
     # no bound: every block
     proc = run_sql(stack, "SELECT count(*) AS n FROM ticks", "--format", "jsonl", "--stats")
     assert json.loads(proc.stdout) == {"n": rounds * 50}
     assert stats_of(proc)["blocks_read"] == len(blocks)
+
+    # EXPLAIN plans over the placeholders and reads nothing; EXPLAIN ANALYZE runs the query
+    proc = run_sql(stack, "EXPLAIN SELECT count(*) FROM ticks WHERE partition = 1", "--stats")
+    assert "TableScan: ticks" in proc.stdout
+    assert stats_of(proc)["blocks_read"] == 0
+    proc = run_sql(
+        stack, "EXPLAIN ANALYZE SELECT count(*) FROM ticks WHERE partition = 1", "--stats"
+    )
+    assert stats_of(proc)["blocks_read"] == sum(1 for p, _b in blocks if p == 1)
 
 
 # --------------------------------------------------------------------------- tables
