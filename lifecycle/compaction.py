@@ -8,7 +8,13 @@ Which objects (:mod:`lifecycle.plan`):
   or key compaction took some of their blocks), whatever their size or age.
 They are taken in commit (segment id) order and grouped into about
 ``lifecycle_target_object_bytes`` of live bytes; a group of two objects or more, or holding a
-partly-live one, is rewritten into ONE new object (a lone small object is left alone).
+partly-live one, is rewritten into ONE new object when that pays
+(:meth:`lifecycle.plan.RewriteGroup.selection`): at most ``lifecycle_small_object_bytes / 4``
+live bytes copied per object done away with, or the largest object weighing no more than the
+others together; otherwise the largest is left out and the rest tried again. So a lone small
+object is left alone, and an object already merged is not copied again for every small
+newcomer: those merge among themselves, and with it once they weigh as much (write
+amplification stays bounded, as in a size-tiered LSM tree).
 
 The new object's layout (:func:`merge_partition`): its blocks in (topic id, partition, base
 offset) order; the consecutive rows of one partition (no row of another object between them)
@@ -66,6 +72,10 @@ log = logging.getLogger("lifecycle")
 #: A merged block holds at most this many raw (decompressed) bytes, unless one row alone is
 #: larger (rows are never split).
 MERGED_BLOCK_BYTES = 2 * 1024 * 1024
+#: A merge pays when it copies at most lifecycle_small_object_bytes / MERGE_COPY_DIVISOR live
+#: bytes per object it does away with, or when its largest object weighs no more than the
+#: others together (plan.RewriteGroup.selection).
+MERGE_COPY_DIVISOR = 4
 #: Live segments fetched from metadata at a time.
 SEGMENT_PAGE = 1000
 #: A compaction step starts no new group after running this long (the pass must get on to its
@@ -203,9 +213,10 @@ async def compact_objects(
 
 
 async def _rewrite(ctx: RewriteContext, group: RewriteGroup, report: CompactionReport) -> None:
-    if not group.worth_it:
+    chosen = group.selection(ctx.settings.lifecycle_small_object_bytes // MERGE_COPY_DIVISOR)
+    if not chosen:
         return
-    segments: dict[int, SegmentUsage] = {s.segment_id: s for s in group.segments}
+    segments: dict[int, SegmentUsage] = {s.segment_id: s for s in chosen}
     rows = await ctx.meta.blocks_of_segments(list(segments))
     if not rows:
         return  # their rows went meanwhile; the segments are marked dead by this pass
@@ -237,7 +248,7 @@ async def _rewrite(ctx: RewriteContext, group: RewriteGroup, report: CompactionR
         log.error(
             "compaction: group of %d objects (%s...) left as it is: %s",
             len(segments),
-            group.segments[0].key,
+            chosen[0].key,
             exc,
         )
         return

@@ -174,11 +174,27 @@ class RewriteGroup(NamedTuple):
     def live_bytes(self) -> int:
         return sum(s.live_bytes for s in self.segments)
 
-    @property
-    def worth_it(self) -> bool:
-        """Two objects or more become one, or a partly-live object sheds its dead bytes; a
-        lone small object would only be copied."""
-        return len(self.segments) >= 2 or self.partly_live > 0
+    def selection(self, max_copy_per_object: int) -> list[SegmentUsage]:
+        """The objects of the group worth rewriting together (empty: none).
+
+        A group holding a partly-live object is rewritten whole (that object sheds its dead
+        bytes). Otherwise two objects or more become one when that pays: at most
+        `max_copy_per_object` live bytes copied per object done away with, or the largest
+        holding no more live bytes than all the others together (size-tiered, as an LSM
+        tree merges: each byte is copied about once per doubling of its object). When
+        neither holds, the largest object is left out and the rest tried again: an object
+        already merged is not copied again for every small newcomer, pass after pass (the
+        newcomers merge among themselves, and later with it once they weigh as much)."""
+        if self.partly_live > 0:
+            return list(self.segments)
+        chosen = sorted(self.segments, key=lambda s: s.live_bytes)
+        while len(chosen) >= 2:
+            live = sum(s.live_bytes for s in chosen)
+            largest = chosen[-1].live_bytes
+            if live <= (len(chosen) - 1) * max_copy_per_object or largest <= live - largest:
+                return sorted(chosen, key=lambda s: s.segment_id)
+            chosen.pop()
+        return []
 
 
 #: Most block rows one rewrite replaces (one metadata transaction; the store takes 100,000).

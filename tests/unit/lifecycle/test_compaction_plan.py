@@ -81,7 +81,7 @@ def test_groups_close_at_the_target_of_live_bytes() -> None:
     closed += grouper.finish()
     assert [[s.segment_id for s in g.segments] for g in closed] == [[1, 2, 3], [4, 5, 6], [7]]
     assert [g.live_bytes for g in closed] == [900, 900, 300]
-    assert [g.worth_it for g in closed] == [True, True, False]  # a lone small one stays
+    assert [len(g.selection(10**6)) for g in closed] == [3, 3, 0]  # a lone one stays
 
 
 def test_an_oversized_candidate_is_a_group_of_its_own_and_partly_live_alone_is_worth_it() -> None:
@@ -91,8 +91,37 @@ def test_an_oversized_candidate_is_a_group_of_its_own_and_partly_live_alone_is_w
     closed += grouper.add(usage(segment_id=3, live=100), partly_live=False)
     closed += grouper.finish()
     assert [[s.segment_id for s in g.segments] for g in closed] == [[1], [2], [3]]
-    assert [g.worth_it for g in closed] == [False, True, False]
+    assert [len(g.selection(10**6)) for g in closed] == [0, 1, 0]
     assert closed[1].partly_live == 1
+
+
+def test_a_merged_object_is_copied_again_only_once_newcomers_weigh_as_much() -> None:
+    merged = usage(segment_id=1, size=6_100_000, live=6_000_000, blocks=40)
+    per_object = 2_000_000  # copy at most this much per object done away with
+
+    def chosen(newcomers: list[SegmentUsage]) -> list[int]:
+        grouper = RewriteGrouper(target_bytes=64_000_000)
+        for s in [merged, *newcomers]:
+            assert grouper.add(s, partly_live=False) == []
+        (group,) = grouper.finish()
+        return [s.segment_id for s in group.selection(per_object)]
+
+    # Two tiny newcomers merge among themselves, not with the big one.
+    assert chosen([usage(segment_id=i, live=1_000) for i in (2, 3)]) == [2, 3]
+    # Four: 6 MB copied to do away with four objects is within 2 MB per object.
+    assert chosen([usage(segment_id=i, live=1_000) for i in range(2, 6)]) == [1, 2, 3, 4, 5]
+    # One newcomer as heavy as the merged object: they merge (size-tiered).
+    assert chosen([usage(segment_id=2, size=6_200_000, live=6_000_000)]) == [1, 2]
+    # One lighter newcomer: nothing pays.
+    assert chosen([usage(segment_id=2, size=3_200_000, live=3_000_000)]) == []
+
+
+def test_objects_just_under_the_small_size_merge() -> None:
+    grouper = RewriteGrouper(target_bytes=64_000_000)
+    for i in range(1, 9):
+        grouper.add(usage(segment_id=i, size=7_900_000, live=7_800_000, blocks=9), False)
+    (group,) = grouper.finish()
+    assert len(group.selection(2_000_000)) == 8
 
 
 def test_groups_close_at_the_row_limit() -> None:
