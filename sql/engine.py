@@ -38,7 +38,7 @@ from datafusion.context import SQLOptions
 
 from metadata.async_store import AsyncMetadata
 from metadata.store import TopicInfo
-from sql.catalog import Catalog, CatalogError, Relation
+from sql.catalog import KINDS, Catalog, CatalogError, Relation
 from sql.decode import RAW_SCHEMA
 from sql.formats import decode_json
 from sql.pushdown import BoundColumns, scan_bounds
@@ -113,10 +113,16 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _clean(exc: Exception) -> str:
+def _clean(exc: Exception, orphans: dict[str, Relation] | None = None) -> str:
     text = str(exc).strip()
     m = _NOT_FOUND.search(text)
     if m:
+        orphan = (orphans or {}).get(m[1])
+        if orphan is not None:
+            return (
+                f"{orphan.kind} {orphan.name!r} reads topic {orphan.topic!r}, which no longer "
+                f"exists: re-create the topic, or DROP {orphan.kind.upper()} {orphan.name}"
+            )
         return (
             f"no stream, table or topic called {m[1]!r}: see SHOW STREAMS, SHOW TABLES and "
             "the topic list (streamctl topic list); quote names with capitals or dashes "
@@ -265,19 +271,24 @@ class SqlEngine:
 
     # -- queries -------------------------------------------------------------------------
 
-    async def _sources(self) -> dict[str, _Source]:
-        """Every queryable name, by the name DataFusion's plan shows for it."""
+    async def _sources(self) -> tuple[dict[str, _Source], dict[str, Relation]]:
+        """Every queryable name, by the name DataFusion's plan shows for it; and the declared
+        relations whose topic is gone (not queryable)."""
         topics = {t.name: t for t in await self.meta.list_topics()}
         sources: dict[str, _Source] = {}
+        orphans: dict[str, Relation] = {}
         for name, topic in topics.items():
             sources[name] = _Source(topic, None)
             sources[f"{TOPICS_SCHEMA}.{name}"] = _Source(topic, None)
-        for kind in ("stream", "table"):
+        for kind in KINDS:
             for rel in await self.catalog.list(kind):
                 topic = topics.get(rel.topic)
-                if topic is not None:  # a relation whose topic was deleted: not queryable
+                if topic is None:
+                    orphans[rel.name] = rel
+                    sources.pop(rel.name, None)  # never the topic it shadows by name
+                else:
                     sources[rel.name] = _Source(topic, rel)
-        return sources
+        return sources, orphans
 
     @staticmethod
     def _register(
@@ -296,7 +307,7 @@ class SqlEngine:
         ctx.register_record_batches(ref, [batches or empty])
 
     async def _query(self, sql: str) -> QueryResult:
-        sources = await self._sources()
+        sources, orphans = await self._sources()
         options = (
             SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
         )
@@ -307,7 +318,7 @@ class SqlEngine:
         try:
             plan = ctx.sql_with_options(sql, options).optimized_logical_plan()
         except Exception as exc:
-            raise SqlError(_clean(exc)) from None
+            raise SqlError(_clean(exc, orphans)) from None
         bounds = scan_bounds(plan, {n: s.bounds for n, s in sources.items()})
         stats = ScanStats()
         explain_only = type(plan.to_variant()).__name__ == "Explain"  # not EXPLAIN ANALYZE

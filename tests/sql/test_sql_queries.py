@@ -493,3 +493,15 @@ def test_topics_with_dashes_and_capitals_are_reached_by_quoting(stack: Stack) ->
     assert unquoted.returncode == 1
     assert "no stream, table or topic called 'web_clicks'" in unquoted.stderr
     assert "quote names" in unquoted.stderr
+
+
+def test_a_stream_whose_topic_was_deleted_says_so(stack: Stack) -> None:
+    create_topic(stack, "short_lived", 1)
+    run_sql(stack, "CREATE STREAM short_s (a BIGINT) WITH (topic = 'short_lived')")
+    admin = AdminClient({"bootstrap.servers": stack.kafka_address})
+    for fut in admin.delete_topics(["short_lived"]).values():
+        fut.result(timeout=30)
+    proc = run_sql(stack, "SELECT * FROM short_s", ok=False)
+    assert proc.returncode == 1
+    assert "stream 'short_s' reads topic 'short_lived', which no longer exists" in proc.stderr
+    assert run_sql(stack, "DROP STREAM short_s").returncode == 0
