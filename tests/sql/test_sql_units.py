@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections import Counter
 
 import pyarrow as pa
 import pytest
@@ -291,3 +292,28 @@ def test_json_values_of_every_declared_type() -> None:
     assert row["day"].isoformat() == "2024-01-02"
     assert (row["ok"], row["f"], row["small"]) == (True, 1.5, 5)
     assert row["at"].isoformat() == "2023-12-31T22:00:00+00:00"
+
+
+def test_damaged_blocks_never_crash_the_c_walk() -> None:
+    """Random byte flips, truncations and extensions of valid blocks: every outcome is rows
+    or BlockDecodeError, and rows that come back are valid Arrow (bounds were kept)."""
+    rng = random.Random(9)
+    batches = [kafka_python_batch(sample(rng, n, 1_000), 0) for n in (3, 20)]
+    block = b"".join(batches)
+    outcomes = Counter()
+    for _ in range(3000):
+        data = bytearray(block)
+        for _ in range(rng.randrange(1, 4)):
+            data[rng.randrange(61, len(data))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            data = data[: rng.randrange(len(data))]
+        elif rng.random() < 0.1:
+            data += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 20)))
+        try:
+            batch, _n = decode_block_records(bytes(data), 0, 0)
+        except BlockDecodeError:
+            outcomes["refused"] += 1
+            continue
+        batch.validate(full=True)
+        outcomes["decoded"] += 1
+    assert outcomes["refused"] > 1000 and outcomes["decoded"] > 0
