@@ -65,7 +65,8 @@ Concurrency and failures (rules):
    whichever of them touches a partition second sees what the first did. The key-compaction
    checkpoint (``set_clean_offset``) key-share locks its partition row, which
    ``delete_topic`` locks for update before deleting the checkpoints; expiry of a group's
-   offsets locks the group's offset rows before checking their commit times.
+   offsets locks the group's offset rows (skipping, and then sparing the group, any row an
+   offset commit holds) before checking their commit times.
 """
 
 from __future__ import annotations
@@ -1310,27 +1311,37 @@ class PostgresMetadataStore:
 
     def expire_group_offsets(self, group_id: str, commit_before_ms: int) -> int:
         """See :meth:`metadata.store.MetadataStore.expire_group_offsets`. The group's offset
-        rows are locked first (by ``(topic_id, partition)``), so a commit to one of them is
-        either seen (the group keeps its offsets) or waits; an offset committed meanwhile to a
-        partition the group had none for is newer than the cut-off and stays."""
+        rows are locked first, skipping any row an offset commit holds: a group with a commit
+        in flight is not idle, so it keeps its offsets (and the call never waits for, or
+        deadlocks with, offset commits, which lock rows in request order). A commit after the
+        lock waits for it and then finds its row gone or rewrites it; an offset committed
+        meanwhile to a partition the group had none for is newer than the cut-off and
+        stays."""
         validate_group_id(group_id)
         check_lifecycle_time("commit_before_ms", commit_before_ms)
 
         def expire_group_offsets(cur: Any) -> int:
+            cur.execute("SELECT count(*) FROM group_offsets WHERE group_id = %s", (group_id,))
+            total = int(cur.fetchone()[0])
             cur.execute(
-                "SELECT commit_ms FROM group_offsets WHERE group_id = %s "
-                "ORDER BY topic_id, partition FOR UPDATE",
+                "SELECT topic_id, partition, commit_ms FROM group_offsets WHERE group_id = %s "
+                "ORDER BY topic_id, partition FOR UPDATE SKIP LOCKED",
                 (group_id,),
             )
-            commits = [int(r[0]) for r in cur.fetchall()]
-            if not commits or max(commits) >= commit_before_ms:
+            locked = cur.fetchall()
+            if not locked or len(locked) < total:
+                return 0
+            if max(int(r[2]) for r in locked) >= commit_before_ms:
                 return 0
             cur.execute(_SQL_GROUP_STATE_SINCE, (group_id, commit_before_ms))
             if cur.fetchone() is not None:
                 return 0
+            # Only the rows locked above: a row committed since (a partition the group had
+            # none for) may be held by a commit waiting for these locks; never wait for it.
             cur.execute(
-                "DELETE FROM group_offsets WHERE group_id = %s AND commit_ms < %s",
-                (group_id, commit_before_ms),
+                "DELETE FROM group_offsets AS o USING unnest(%s::bigint[], %s::int[]) "
+                "AS k (t, p) WHERE o.group_id = %s AND o.topic_id = k.t AND o.partition = k.p",
+                (_ints(r[0] for r in locked), _ints(r[1] for r in locked), group_id),
             )
             return int(cur.rowcount)
 
@@ -1414,14 +1425,19 @@ class PostgresMetadataStore:
     def commit_offsets(
         self, group: str, offsets: Sequence[tuple[int, int, int, str]]
     ) -> list[bool]:
-        """See :meth:`metadata.store.MetadataStore.commit_offsets`."""
+        """See :meth:`metadata.store.MetadataStore.commit_offsets`. The rows are written in
+        ``(topic_id, partition)`` order (a stable sort: a partition named twice keeps its
+        last value), so two commits of one group naming partitions in different orders lock
+        its rows in the same order and never deadlock."""
         now = _now_ms()
+        order = sorted(range(len(offsets)), key=lambda i: (offsets[i][0], offsets[i][1]))
 
         def commit_offsets(cur: Any) -> list[bool]:
-            stored: list[bool] = []
+            stored = [False] * len(offsets)
             # The topic row is share-locked (rule 1's note), so a concurrent delete_topic
             # either runs first (nothing stored) or after (it removes these rows too).
-            for topic_id, partition, offset, metadata in offsets:
+            for i in order:
+                topic_id, partition, offset, metadata = offsets[i]
                 cur.execute(
                     _SQL_UPSERT_OFFSET,
                     {
@@ -1433,7 +1449,7 @@ class PostgresMetadataStore:
                         "now": now,
                     },
                 )
-                stored.append(cur.rowcount > 0)
+                stored[i] = cur.rowcount > 0
             return stored
 
         return self._write(commit_offsets)
