@@ -1278,19 +1278,28 @@ class PostgresMetadataStore:
     # ------------------------------------------------------------------ expiry of idle state
 
     def expire_producer_state(self, idle_before_ms: int, limit: int = 10_000) -> int:
-        """See :meth:`metadata.store.MetadataStore.expire_producer_state`. A commit that
-        rewrites a row meanwhile keeps it: the delete re-checks ``last_update_ms`` on the row
-        it waited for."""
+        """See :meth:`metadata.store.MetadataStore.expire_producer_state`. The rows are
+        locked first, skipping any a commit holds (that producer is not idle) and re-checking
+        ``last_update_ms`` on a row a commit rewrote meanwhile, then only those are deleted:
+        expiry never waits for a commit, so it cannot deadlock with one (commits write many
+        producers' rows in one statement, in no particular order)."""
         check_lifecycle_time("idle_before_ms", idle_before_ms)
         _check_int("limit", limit, 1, MAX_RETENTION_BATCH)
 
         def expire_producer_state(cur: Any) -> int:
             cur.execute(
-                "DELETE FROM producer_state AS s USING (SELECT topic_id, partition, producer_id "
-                "FROM producer_state WHERE last_update_ms < %s LIMIT %s) AS k "
-                "WHERE s.topic_id = k.topic_id AND s.partition = k.partition "
-                "AND s.producer_id = k.producer_id AND s.last_update_ms < %s",
-                (idle_before_ms, limit, idle_before_ms),
+                "SELECT topic_id, partition, producer_id FROM producer_state "
+                "WHERE last_update_ms < %s LIMIT %s FOR UPDATE SKIP LOCKED",
+                (idle_before_ms, limit),
+            )
+            keys = cur.fetchall()
+            if not keys:
+                return 0
+            cur.execute(
+                "DELETE FROM producer_state AS s "
+                "USING unnest(%s::bigint[], %s::int[], %s::bigint[]) AS k (t, p, pid) "
+                "WHERE s.topic_id = k.t AND s.partition = k.p AND s.producer_id = k.pid",
+                (_ints(k[0] for k in keys), _ints(k[1] for k in keys), _ints(k[2] for k in keys)),
             )
             return int(cur.rowcount)
 

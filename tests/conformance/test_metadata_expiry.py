@@ -232,3 +232,66 @@ def test_expiry_racing_offset_commits_never_fails_or_loses_a_later_commit(
     assert all(left[p] <= last[p] for p in left)
     assert admin.expire_group_offsets("g", future) == len(left)
     assert admin.list_group_offsets("g") == []
+
+
+def test_producer_expiry_racing_commits_never_fails_or_deadlocks(
+    backend_opener: Opener,
+) -> None:
+    """Two threads commit batches of four idempotent producers over three partitions (the
+    producers in opposite orders) while a third expires producer state with a cut-off in
+    the future. No call fails or waits out deadlock detection; every batch gets offsets
+    (with no state left a producer may start any sequence), and the high watermarks count
+    every record."""
+    admin = backend_opener()
+    t = admin.create_topic("racing-producers", 3)
+    future = _now_ms() + 3_600_000
+    errors: list[BaseException] = []
+    took: list[float] = []
+    stop = threading.Event()
+    results: list[str | None] = []
+
+    def commit(w: int, pids: list[int]) -> None:
+        s = backend_opener()
+        try:
+            for i in range(60):
+                blocks = [
+                    CommitBlock(t.topic_id, p, 0, 10, 0, [BatchRef(1, pid, 0, i)])
+                    for p in range(3)
+                    for pid in pids
+                ]
+                started = time.monotonic()
+                out = s.commit_segment(f"segments/p{w}-{i:03d}", 10, blocks)
+                took.append(time.monotonic() - started)
+                results.extend(r[0].error for r in out)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def expire() -> None:
+        s = backend_opener()
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                s.expire_producer_state(future, 5)
+                took.append(time.monotonic() - started)
+        except BaseException as exc:
+            errors.append(exc)
+
+    committers = [
+        threading.Thread(target=commit, args=(0, [1, 2, 3, 4])),
+        threading.Thread(target=commit, args=(1, [14, 13, 12, 11])),
+    ]
+    expirer = threading.Thread(target=expire)
+    for th in [*committers, expirer]:
+        th.start()
+    for th in committers:
+        th.join(timeout=120)
+    stop.set()
+    expirer.join(timeout=120)
+    assert not any(th.is_alive() for th in [*committers, expirer])
+    assert errors == []
+    if isinstance(admin, PostgresMetadataStore):
+        assert sum(1 for d in took if d >= 0.95) <= 1, sorted(took)[-3:]
+    assert results == [None] * (2 * 60 * 3 * 4)
+    for p in range(3):
+        state = admin.get_partition(t.topic_id, p)
+        assert state is not None and state.high_watermark == 2 * 60 * 4
