@@ -6,7 +6,9 @@ settings as every process: metadata store, object store). Queries print their ro
 in the chosen format; CREATE/DROP print one line. Records that did not match their stream's
 schema are reported on stderr. With ``--stats`` a JSON line on stderr says what was read
 (partitions, block rows looked at, blocks and bytes read, batches and records decoded,
-records that did not match, by stream).
+records that did not match, by stream, and the bounds each relation was read within). A
+query that would read more than ``--max-read-mb`` of stored blocks is refused before it
+reads any (every block read is held in memory until the query ends).
 
 The shell reads statements ended by ``;`` (a statement may span lines; with a terminal, a
 prompt and line editing); a failing statement prints its error and the shell goes on. It
@@ -34,12 +36,17 @@ from streamhouse import objectstore
 from streamhouse.config import ConfigError, Settings, load_settings
 from streamhouse.objectstore import ObjectStoreConfigError
 
+#: Stored (compressed) block bytes one query may read by default: every block read is held
+#: in memory, decoded, until the query ends.
+DEFAULT_MAX_READ_MB = 2000.0
+
 
 class _Session:
     """The stack's metadata and object store, open for the statements of one command."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, max_read_mb: float) -> None:
         self.settings = settings
+        self.max_read_bytes = int(max_read_mb * 1e6) if max_read_mb > 0 else None
         self.meta: AsyncMetadata | None = None
 
     async def __aenter__(self) -> SqlEngine:
@@ -50,7 +57,13 @@ class _Session:
             busy_timeout_ms=s.produce_timeout_ms,
             forbid_loop_calls=s.debug_loop_calls,
         )
-        return SqlEngine(self.meta, store, Catalog(self.meta), max_inflated=s.max_batch_bytes)
+        return SqlEngine(
+            self.meta,
+            store,
+            Catalog(self.meta),
+            max_inflated=s.max_batch_bytes,
+            max_read_bytes=self.max_read_bytes,
+        )
 
     async def __aexit__(self, *exc: object) -> None:
         if self.meta is not None:
@@ -79,9 +92,9 @@ def _failure(exc: Exception) -> str:
     return f"sql: {exc}"
 
 
-async def _run_one(settings: Settings, text: str, fmt: str, stats: bool) -> None:
-    async with _Session(settings) as engine:
-        _report(await engine.execute(text), fmt, stats)
+async def _run_one(settings: Settings, args: argparse.Namespace) -> None:
+    async with _Session(settings, args.max_read_mb) as engine:
+        _report(await engine.execute(args.sql), args.format, args.stats)
 
 
 def _read_statements(interactive: bool) -> AsyncIterator[str]:
@@ -122,12 +135,12 @@ def _read_statements(interactive: bool) -> AsyncIterator[str]:
     return statements()
 
 
-async def _shell(settings: Settings, fmt: str, stats: bool, interactive: bool) -> int:
+async def _shell(settings: Settings, args: argparse.Namespace, interactive: bool) -> int:
     failed = 0
-    async with _Session(settings) as engine:
+    async with _Session(settings, args.max_read_mb) as engine:
         async for text in _read_statements(interactive):
             try:
-                _report(await engine.execute(text), fmt, stats)
+                _report(await engine.execute(text), args.format, args.stats)
             except (SqlError, MetadataError) as exc:
                 failed += 1
                 print(_failure(exc), file=sys.stderr)
@@ -158,6 +171,13 @@ def main(argv: list[str] | None = None) -> None:
     for p in (query, shell):
         p.add_argument("--format", choices=FORMATS, default="table", help="output (table)")
         p.add_argument("--stats", action="store_true", help="what was read, as JSON on stderr")
+        p.add_argument(
+            "--max-read-mb",
+            type=float,
+            default=DEFAULT_MAX_READ_MB,
+            help="refuse a query that would read more stored MB than this (0: no limit; "
+            f"default {DEFAULT_MAX_READ_MB:g})",
+        )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -165,10 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sql: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.command == "query":
-        code = _guarded(lambda: asyncio.run(_run_one(settings, args.sql, args.format, args.stats)))
+        code = _guarded(lambda: asyncio.run(_run_one(settings, args)))
     else:
         interactive = sys.stdin.isatty()
-        code = _guarded(lambda: asyncio.run(_shell(settings, args.format, args.stats, interactive)))
+        code = _guarded(lambda: asyncio.run(_shell(settings, args, interactive)))
     raise SystemExit(code)
 
 

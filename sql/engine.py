@@ -154,12 +154,14 @@ class SqlEngine:
         *,
         scan_concurrency: int = 8,
         max_inflated: int = 64 << 20,
+        max_read_bytes: int | None = None,
     ) -> None:
         self.meta = meta
         self.store = store
         self.catalog = catalog
         self.scan_concurrency = scan_concurrency
         self.max_inflated = max_inflated
+        self.max_read_bytes = max_read_bytes
 
     async def execute(self, text: str) -> QueryResult:
         """Runs one statement. Raises SqlError (bad statement, unknown names, unreadable
@@ -352,6 +354,7 @@ class SqlEngine:
                 stats,
                 concurrency=self.scan_concurrency,
                 max_inflated=self.max_inflated,
+                max_read_bytes=self.max_read_bytes,
             )
         except ScanError as exc:
             raise SqlError(str(exc)) from None

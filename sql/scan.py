@@ -125,10 +125,13 @@ async def scan_topic(
     *,
     concurrency: int = 8,
     max_inflated: int = 64 << 20,
+    max_read_bytes: int | None = None,
 ) -> list[pa.RecordBatch]:
     """The raw-column record batches of ``topic`` within ``bounds`` (a superset: rows are
     not filtered by the bounds, only blocks and batches), one per block read, in partition
-    and offset order. Raises ScanError when a block cannot be read or decoded."""
+    and offset order. Raises ScanError when a block cannot be read or decoded, or when the
+    blocks to read would take ``stats.bytes_read`` past ``max_read_bytes`` (checked before
+    any is read)."""
     states = {s.partition: s for s in await meta.list_partitions(topic.topic_id)}
     wanted: Sequence[int] = (
         sorted(p for p in bounds.partitions if p in states)
@@ -148,6 +151,14 @@ async def scan_topic(
         locs, listed = await _list_blocks(meta, topic.topic_id, partition, start, stop, bounds)
         stats.blocks_listed += listed
         plan.extend((partition, start, loc) for loc in locs)
+    planned = sum(loc.byte_length for _p, _s, loc in plan)
+    if max_read_bytes is not None and stats.bytes_read + planned > max_read_bytes:
+        raise ScanError(
+            f"the query would read {(stats.bytes_read + planned) / 1e6:.1f} MB of stored blocks "
+            f"(topic {topic.name!r}: {planned / 1e6:.1f} MB in {len(plan)} blocks), over the "
+            f"limit of {max_read_bytes / 1e6:.1f} MB: narrow it with WHERE bounds on the "
+            "partition, offset or timestamp columns, or raise the limit (--max-read-mb)"
+        )
     gate = asyncio.Semaphore(max(1, concurrency))
 
     async def read(partition: int, start: int, loc: BlockLocation) -> pa.RecordBatch:

@@ -325,6 +325,14 @@ def test_time_offset_and_partition_bounds_read_only_matching_blocks(stack: Stack
     assert json.loads(proc.stdout) == {"n": rounds * 50}
     assert stats_of(proc)["blocks_read"] == len(blocks)
 
+    # a read limit: the bounded query fits, the unbounded one is refused before reading
+    limit_mb = str((sum(b.byte_length for b in matching) + 1) / 1e6)
+    bounded = f"SELECT count(*) FROM ticks WHERE timestamp >= to_timestamp_millis({bound})"
+    assert run_sql(stack, bounded, "--max-read-mb", limit_mb).returncode == 0
+    proc = run_sql(stack, "SELECT count(*) FROM ticks", "--max-read-mb", limit_mb, ok=False)
+    assert proc.returncode == 1
+    assert "over the limit of" in proc.stderr and "narrow it with WHERE bounds" in proc.stderr
+
     # EXPLAIN plans over the placeholders and reads nothing; EXPLAIN ANALYZE runs the query
     proc = run_sql(stack, "EXPLAIN SELECT count(*) FROM ticks WHERE partition = 1", "--stats")
     assert "TableScan: ticks" in proc.stdout
