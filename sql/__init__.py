@@ -3,11 +3,13 @@
 What runs where
 ---------------
 Today the SQL layer is a library and a command, ``python3 -m sql query "..."
-[--format table|jsonl|csv] [--stats]`` (``sql/__main__.py``; ``streamctl sql`` is to call
-it). It runs in the caller's process, against the stack the ``STREAMHOUSE_*`` environment
-names, and talks to nothing but the metadata store (through ``AsyncMetadata``, off the
-event loop) and the object store (range GETs): it needs no agent process, and any number
-can run beside a cluster.
+[--format table|jsonl|csv] [--stats] [--max-read-mb N]`` and ``python3 -m sql shell``
+(statements from stdin) in ``sql/__main__.py``; ``streamctl sql`` is to call them. It runs
+in the caller's process, against the stack the ``STREAMHOUSE_*`` environment names, and
+talks to nothing but the metadata store (through ``AsyncMetadata``, off the event loop)
+and the object store (range GETs): it needs no agent process, and any number can run beside
+a cluster. A query holds what it reads in memory until it ends, so one that would read more
+than ``--max-read-mb`` of stored blocks is refused before reading; ``EXPLAIN`` reads nothing.
 
 ================  ===========================================================================
 module            does
