@@ -19,7 +19,8 @@ At clock ``now_ms`` (the pass's clock, so ``--now-ms`` moves it):
 
 What Kafka does, and where this differs:
 
-- ``producer.id.expiration.ms`` (default 86,400,000 = 1 day): each partition leader drops a
+- ``producer.id.expiration.ms`` (default 86,400,000 = 1 day; since Kafka 3.4, KIP-854; before,
+  ``transactional.id.expiration.ms``, 7 days, served for both): each partition leader drops a
   producer's state (last five batches' sequences, epoch) when the *timestamp of its last
   batch* (the batch's max timestamp, i.e. the client's clock unless LogAppendTime) is older
   than the setting, checked every ``producer.id.expiration.check.interval.ms`` (10 min);
