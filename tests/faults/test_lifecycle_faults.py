@@ -8,6 +8,9 @@
    acknowledged ones. Retention is only on a topic nobody reads in the loop, so no reader
    legitimately falls below a moved log start; that topic is checked exactly afterwards
    (OFFSET_OUT_OF_RANGE below its new log start, the acknowledged records from it).
+   The passes use the real clock and a 5 s grace period rather than a clock moved past the
+   grace period: a moved clock would delete objects that reads in flight may still fetch,
+   which is exactly what the grace period exists to prevent (test 2 moves the clock).
 2. The lifecycle process is SIGKILLed mid-rewrite (right after one of its PUTs went out)
    and mid-delete (right after one of its delete requests went out), round after round with
    new small objects and a newly deleted topic each round, through a slow S3 proxy; then one
