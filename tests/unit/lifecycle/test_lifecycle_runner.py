@@ -42,7 +42,12 @@ def target(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[s
 
 
 def settings_for(tmp_path: pathlib.Path, **extra: str) -> Settings:
-    env = {"STREAMHOUSE_DATA_DIR": str(tmp_path / "data")}
+    # The objects here are stand-ins, not segments: no rewrites (test_compaction_runner.py
+    # has those, with real segment objects).
+    env = {
+        "STREAMHOUSE_DATA_DIR": str(tmp_path / "data"),
+        "STREAMHOUSE_LIFECYCLE_COMPACTION_ENABLED": "false",
+    }
     env.update({f"STREAMHOUSE_{k.upper()}": v for k, v in extra.items()})
     return load_settings(env)
 
