@@ -12,8 +12,9 @@ kind       ``"stream"`` (every record is a row) or ``"table"`` (latest value per
 name       the SQL name (lower case unless it was quoted)
 topic      the topic the records are read from
 format     ``"json"``
-columns    ``[{"name": ..., "type": ...}]``: declared columns in order; ``type`` is the
-           SQL type as written, normalised (``BIGINT``, ``VARCHAR``, ``TIMESTAMP``, ...)
+columns    ``[{"name": ..., "type": ..., "not_null": true?}]``: declared columns in order;
+           ``type`` is the SQL type as written, normalised (``BIGINT``, ``VARCHAR``,
+           ``TIMESTAMP``, ...); ``not_null`` only when declared ``NOT NULL``
 watermark  ``{"column": ..., "delay_ms": ...}`` or null: ``WATERMARK FOR c AS c - INTERVAL``
 sql        the statement that declared it, as written
 created_ms wall-clock ms of the declaration
@@ -38,9 +39,10 @@ class CatalogError(Exception):
     """A catalog change that cannot be made (the message says why and what to do)."""
 
 
-class Column(msgspec.Struct, frozen=True):
+class Column(msgspec.Struct, frozen=True, omit_defaults=True):
     name: str
     type: str
+    not_null: bool = False  # a record whose value lacks it (or has null) does not match
 
 
 class Watermark(msgspec.Struct, frozen=True):

@@ -86,7 +86,7 @@ class QueryResult(msgspec.Struct):
 
 def relation_schema(relation: Relation) -> pa.Schema:
     """The columns a declared stream or table has in SQL."""
-    fields = [pa.field(c.name, arrow_type(c.type)) for c in relation.columns]
+    fields = [pa.field(c.name, arrow_type(c.type), not c.not_null) for c in relation.columns]
     if relation.kind == "table":
         fields.append(_KEY_COLUMN)
     return pa.schema(fields + _RECORD_COLUMNS)
@@ -266,7 +266,11 @@ class SqlEngine:
             notes = {"partition": f"of {topic.partitions}", "offset": "", "timestamp": "ms"}
         for field in schema:
             rows.append(
-                {"column": field.name, "type": str(field.type), "note": notes.get(field.name, "")}
+                {
+                    "column": field.name,
+                    "type": str(field.type) + ("" if field.nullable else " not null"),
+                    "note": notes.get(field.name, ""),
+                }
             )
         out = pa.schema([("column", pa.utf8()), ("type", pa.utf8()), ("note", pa.utf8())])
         return QueryResult(table=pa.Table.from_pylist(rows, schema=out))
@@ -390,11 +394,25 @@ class SqlEngine:
         key: bool = False,
     ) -> pa.RecordBatch:
         declared = pa.schema(schema.field(c.name) for c in relation.columns)
-        decoded = decode_json(raw.column("value"), declared)
-        if decoded.errors:
-            stats.invalid_records[name] = stats.invalid_records.get(name, 0) + decoded.errors
+        # parsed as nullable; a NOT NULL column left null makes the record not match
+        decoded = decode_json(
+            raw.column("value"), pa.schema(f.with_nullable(True) for f in declared)
+        )
+        table = decoded.table
         rows = pa.array(decoded.rows, pa.int64())
-        table = decoded.table.combine_chunks()
+        errors = decoded.errors
+        required = [c.name for c in relation.columns if c.not_null]
+        if required and table.num_rows:
+            complete = pc.is_valid(table.column(required[0]))
+            for column in required[1:]:
+                complete = pc.and_(complete, pc.is_valid(table.column(column)))
+            kept = table.num_rows
+            table = table.filter(complete)
+            rows = rows.filter(complete.combine_chunks())
+            errors += kept - table.num_rows
+        if errors:
+            stats.invalid_records[name] = stats.invalid_records.get(name, 0) + errors
+        table = table.cast(declared).combine_chunks()
         columns = [
             table.column(i).chunk(0) if table.column(i).num_chunks else pa.array([], f.type)
             for i, f in enumerate(declared)

@@ -11,9 +11,11 @@ Grammar (keywords case-insensitive; names lower-cased unless double-quoted)::
     DESCRIBE name
 
 TYPE is one of ``TYPES`` (with ``DECIMAL(p, s)``, ``VARCHAR(n)``); unit is MILLISECOND,
-SECOND, MINUTE or HOUR (or their plurals). The watermark column must be a TIMESTAMP column.
-Column names starting with ``_`` are reserved for the columns every stream carries
-(``_partition``, ``_offset``, ``_timestamp``; tables also ``_key``).
+SECOND, MINUTE or HOUR (or their plurals). A record whose value lacks a ``NOT NULL`` column
+(or has it null) does not match: it is counted, like a record that is not JSON. The
+watermark column must be a TIMESTAMP column. Column names starting with ``_`` are reserved
+for the columns every stream carries (``_partition``, ``_offset``, ``_timestamp``; tables
+also ``_key``).
 """
 
 from __future__ import annotations
@@ -324,9 +326,10 @@ def _create(tokens: _Tokens) -> CreateRelation:
             if any(c.name == column for c in columns):
                 raise StatementError(f"column {column!r} is declared twice")
             sql_type = _type(tokens)
-            if tokens.accept("NOT"):
+            not_null = tokens.accept("NOT")
+            if not_null:
                 tokens.expect("NULL")
-            columns.append(Column(column, sql_type))
+            columns.append(Column(column, sql_type, not_null))
         if tokens.accept_punct(")"):
             break
         tokens.expect_punct(",")

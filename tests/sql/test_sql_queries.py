@@ -398,9 +398,9 @@ def test_show_describe_and_drop(stack: Stack) -> None:
     assert [(d["column"], d["type"]) for d in described] == [
         ("kind", "string"),
         ("at", "timestamp[ms]"),
-        ("_partition", "int32"),
-        ("_offset", "int64"),
-        ("_timestamp", "timestamp[ms, tz=UTC]"),
+        ("_partition", "int32 not null"),
+        ("_offset", "int64 not null"),
+        ("_timestamp", "timestamp[ms, tz=UTC] not null"),
     ]
     assert described[1]["note"] == "watermark: at - 2000 ms"
     assert [d["column"] for d in jsonl(stack, "DESCRIBE events")] == [
@@ -513,3 +513,18 @@ def test_a_stream_whose_topic_was_deleted_says_so(stack: Stack) -> None:
     assert proc.returncode == 1
     assert "stream 'short_s' reads topic 'short_lived', which no longer exists" in proc.stderr
     assert run_sql(stack, "DROP STREAM short_s").returncode == 0
+
+
+def test_not_null_columns_make_records_without_them_not_match(stack: Stack) -> None:
+    create_topic(stack, "sparse", 1)
+    values = [b'{"a": 1, "b": 2}', b'{"b": 3}', b'{"a": null, "b": 4}', b'{"a": 5}']
+    produce(stack, "sparse", [(0, None, v, BASE_TS + i, []) for i, v in enumerate(values)])
+    run_sql(stack, "CREATE STREAM sparse_s (a BIGINT NOT NULL, b BIGINT) WITH (topic = 'sparse')")
+    proc = run_sql(stack, "SELECT a, b FROM sparse_s ORDER BY a", "--format", "jsonl", "--stats")
+    assert [json.loads(line) for line in proc.stdout.splitlines()] == [
+        {"a": 1, "b": 2},
+        {"a": 5, "b": None},
+    ]
+    assert stats_of(proc)["invalid_records"] == {"sparse_s": 2}
+    described = {d["column"]: d["type"] for d in jsonl(stack, "DESCRIBE sparse_s")}
+    assert (described["a"], described["b"]) == ("int64 not null", "int64")
