@@ -420,3 +420,31 @@ def test_a_failing_object_store_stops_the_pass_and_switches_nothing(world: World
     report = world.run(old_enough())
     assert report.compaction is not None and report.compaction.objects_replaced == 5
     assert {k: world.log(*k) for k in before} == before
+
+
+def test_two_rewriters_at_once_switch_once(world: World) -> None:
+    before = fill(world, segments=8)
+    keys = set(world.live())
+
+    async def scenario() -> list[object]:
+        metas = [await AsyncMetadata.open(world.target, forbid_loop_calls=True) for _ in "ab"]
+        try:
+            clock = old_enough()
+            contexts = [RewriteContext(world.settings, m, world.store) for m in metas]
+            return list(await asyncio.gather(*(compact_objects(c, clock) for c in contexts)))
+        finally:
+            for m in metas:
+                await m.close()
+
+    reports = asyncio.run(scenario())
+    assert sum(r.groups_rewritten for r in reports) == 1  # type: ignore[attr-defined]
+    # Both read the rows before either switched (almost always): the second is refused.
+    assert sum(r.switches_refused for r in reports) <= 1  # type: ignore[attr-defined]
+    live = world.live()
+    assert len(live) == 1 and live[0] not in keys
+    assert {k: world.log(*k) for k in before} == before
+    # Whatever the loser wrote is dead (or it wrote nothing): after the grace, only the
+    # winner's object is left.
+    world.run(later())
+    assert world.keys() == set(live)
+    assert {k: world.log(*k) for k in before} == before
