@@ -102,7 +102,7 @@ class CompactionReport(msgspec.Struct, kw_only=True):
     bytes_written: int = 0  # PUT to the object store (paced; refused switches included)
     duplicate_batches_dropped: int = 0
     switches_refused: int = 0  # a replaced row changed first: left for the next pass
-    groups_unreadable: int = 0  # a block failed its checksum: left as it is
+    groups_unreadable: int = 0  # a block failed its checksum (or a bug): left as it is
     stopped_early: bool = False  # STEP_SECONDS ran out; the next pass continues
     duration_ms: int = 0
 
@@ -261,7 +261,22 @@ async def _rewrite(ctx: RewriteContext, group: RewriteGroup, report: CompactionR
         replaced=tuple(rows),
         blocks=new.blocks,
     )
-    if not await ctx.switch(rewrite):
+    try:
+        switched = await ctx.switch(rewrite)
+    except ValueError as exc:
+        # replace_blocks found the new rows malformed (overlapping a row they do not
+        # replace): a bug, not a race. Nothing changed; the object is an orphan the orphan
+        # scan deletes after the grace period; the pass goes on.
+        report.groups_unreadable += 1
+        log.error(
+            "compaction: switching %d objects to %s was refused as malformed (nothing "
+            "changed; please report this): %s",
+            len(used),
+            new.key,
+            exc,
+        )
+        return
+    if not switched:
         report.switches_refused += 1
         log.info(
             "compaction: rows of %d objects changed during their rewrite; %s is dead and the "
