@@ -7,7 +7,8 @@ beginning through Kafka (raw Fetch v11 bytes and a confluent-kafka consumer) and
 exactly what it returned before, batch bytes, offsets and timestamps included. An object kept
 alive by a few blocks after DeleteRecords is rewritten and deleted after the grace period. An
 idempotent producer's retry of an already-committed batch is still deduplicated after the
-batches moved to a new object.
+batches moved to a new object. Of a two-agent cluster (PostgreSQL), only one agent's
+lifecycle rewrites.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from streamhouse import objectstore
 from streamhouse.client import Client, IdempotentProducer, Record
 from streamhouse.kafka.messages import FetchRequest
 from streamhouse.recordbatch import scan_batches
-from streamhouse.testing import Deliveries, Stack, kafka_call, read_kafka_log
+from streamhouse.testing import Cluster, Deliveries, Stack, kafka_call, read_kafka_log
 
 DEADLINE_S = 30.0
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -343,3 +344,28 @@ def test_an_idempotent_retry_after_compaction_is_still_deduplicated(
             assert grpc_log(stack.grpc_address, "idem", 0) == before
             # And the producer goes on where it was.
             assert producer.produce_batch("idem", 0, [Record(value=b"next")]).base_offset == 9
+
+
+def test_one_agent_of_a_cluster_rewrites(tmp_path: pathlib.Path, postgres_dsn: str) -> None:
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    with Cluster(tmp_path / "cluster", 2, postgres_dsn, f"file://{objects}", QUIET) as cluster:
+        cluster.wait_brokers(2)
+        bootstrap = cluster.kafka_bootstrap
+        create_topics(bootstrap, TOPICS)
+        produce_rounds(bootstrap, 6)
+        before = {t: read_kafka_log(bootstrap, t, n) for t, n in TOPICS.items()}
+        written = live_objects(cluster[0])
+        assert len(written) >= 5
+
+        clock = old_enough()
+        reports = [run_pass(agent, clock) for agent in cluster.agents]
+        assert sorted(r["rewriter"] for r in reports) == [False, True], reports
+        rewriter = next(r for r in reports if r["rewriter"])
+        other = next(r for r in reports if not r["rewriter"])
+        assert other["compaction"] is None and "rewrites" in other["rewriter_reason"], other
+        assert rewriter["compaction"]["objects_replaced"] == len(written), rewriter
+        assert len(live_objects(cluster[1])) == 1
+        for agent in cluster.agents:
+            got = {t: read_kafka_log(agent.kafka_address, t, n) for t, n in TOPICS.items()}
+            assert got == before
