@@ -86,8 +86,6 @@ STEP_SECONDS = 120.0
 class CompactionReport(msgspec.Struct, kw_only=True):
     """What the small-object compaction step did in one pass."""
 
-    ran: bool = False  # False: not the rewriter, or compaction disabled (see `skipped`)
-    skipped: str = ""  # why it did not run
     segments_scanned: int = 0  # live objects looked at
     small_objects: int = 0  # candidates by size and age
     partly_live_objects: int = 0  # candidates by live share
@@ -170,7 +168,7 @@ async def compact_objects(
     ObjectStoreFailure (the pass stops; nothing half-done is visible) or the metadata
     store's errors."""
     settings = ctx.settings
-    report = CompactionReport(ran=True)
+    report = CompactionReport()
     started = monotonic()
     read, written = ctx.bytes_read, ctx.bytes_written
 
