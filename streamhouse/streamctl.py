@@ -1080,6 +1080,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the objects created in the last hour)",
     )
     storage.set_defaults(func=_cmd_storage)
+
+    # sql: handled by main() before parsing (its arguments are sql.__main__'s); listed here
+    # for --help.
+    commands.add_parser(
+        "sql",
+        help='SQL over topics: streamctl sql "SELECT ..." [--format table|jsonl|csv], or '
+        "streamctl sql for a shell (reads the STREAMHOUSE_* environment's stores)",
+    )
     return parser
 
 
@@ -1091,6 +1099,9 @@ def _error(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs streamctl with ``argv`` (default ``sys.argv[1:]``) and returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sql"]:
+        return _sql(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -1125,6 +1136,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         client.close()
+
+
+def _sql(argv: list[str]) -> int:
+    """``streamctl sql "SELECT ..." [--format table|jsonl|csv] [--stats] [--max-read-mb N]``
+    runs one statement; ``streamctl sql`` with no statement (or ``streamctl sql shell``) reads
+    statements ended by ``;`` from standard input. SQL reads the log where the agent keeps
+    it: the metadata store and object store the ``STREAMHOUSE_*`` environment names (the same
+    settings as ``streamhouse up``), not through the gRPC server (see sql/__init__.py)."""
+    from sql.__main__ import main as sql_main  # DataFusion loads only for this command
+
+    if argv[:1] == ["shell"]:
+        sql_argv = argv
+    elif not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        sql_argv = ["shell", *argv]
+    else:
+        sql_argv = ["query", *argv]
+    try:
+        sql_main(sql_argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 0
+    return 0
 
 
 def _silence_stdout() -> None:

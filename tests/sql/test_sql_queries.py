@@ -528,3 +528,34 @@ def test_not_null_columns_make_records_without_them_not_match(stack: Stack) -> N
     assert stats_of(proc)["invalid_records"] == {"sparse_s": 2}
     described = {d["column"]: d["type"] for d in jsonl(stack, "DESCRIBE sparse_s")}
     assert (described["a"], described["b"]) == ("int64 not null", "int64")
+
+
+def test_streamctl_sql_runs_a_statement_and_a_shell(stack: Stack) -> None:
+    """`streamctl sql "..."` runs one statement; `streamctl sql` with none reads a shell's
+    statements from stdin; both against the stack the environment names."""
+    create_topic(stack, "ctl-sql", 1)
+    produce(stack, "ctl-sql", [(0, b"k", b"v%d" % i, BASE_TS + i, []) for i in range(3)])
+    env = dict(os.environ)
+    env.update(stack.env)
+    one = subprocess.run(
+        ["streamctl", "sql", 'SELECT "offset", value FROM "ctl-sql"', "--format", "csv"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.splitlines() == ["offset,value", "0,v0", "1,v1", "2,v2"]
+    shell = subprocess.run(
+        ["streamctl", "sql", "--format", "jsonl"],
+        input='SELECT count(*) AS n FROM "ctl-sql";\nSELECT nope FROM "ctl-sql";\n',
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert json.loads(shell.stdout.splitlines()[0]) == {"n": 3}
+    assert shell.returncode == 1  # the second statement failed, and said why
+    assert "nope" in shell.stderr
