@@ -11,11 +11,12 @@
    The passes use the real clock and a 5 s grace period rather than a clock moved past the
    grace period: a moved clock would delete objects that reads in flight may still fetch,
    which is exactly what the grace period exists to prevent (test 2 moves the clock).
-2. The lifecycle process is SIGKILLed mid-rewrite (right after one of its PUTs went out)
-   and mid-delete (right after one of its delete requests went out), round after round with
-   new small objects and a newly deleted topic each round, through a slow S3 proxy; then one
-   clean pass: every acknowledged record reads back cold at its offset, and the bucket holds
-   no object that metadata does not know.
+2. The lifecycle process is SIGKILLed mid-rewrite (right after its first PUT went out) and
+   mid-delete (right after its first delete request went out), round after round with new
+   small objects, new updates of a key-compacted topic and a newly deleted topic each round,
+   through a slow S3 proxy; then one clean pass: every acknowledged record reads back cold
+   at its offset (of the compacted topic: the newest of every key, and only acknowledged
+   records at their offsets), and the bucket holds no object that metadata does not know.
 
 The suite runs short variants (about a minute each). The long variant:
 
@@ -94,6 +95,7 @@ class Acked:
 
     def __init__(self) -> None:
         self.where: dict[bytes, tuple[str, int, int]] = {}
+        self.key_of: dict[bytes, bytes] = {}
         self._serial = 0
 
     def of(self, topic: str) -> dict[bytes, tuple[int, int]]:
@@ -105,24 +107,33 @@ class Acked:
         batches: Mapping[str, Mapping[int, int]],
         value_bytes: Mapping[str, int] | None = None,
         timestamp_ms: int | None = None,
+        keys: Mapping[str, int] | None = None,
     ) -> None:
         """One Kafka Produce request (v9, acks=all) carrying, for each topic and partition, one
-        batch of that many records (so they land in one segment); every answer must be OK."""
+        batch of that many records (so they land in one segment); every answer must be OK.
+        A topic in `keys` gets keys ``k0`` .. ``k<n-1>`` (record serial modulo n), recorded in
+        `self.key_of`; the others none."""
         stamp = now_ms() if timestamp_ms is None else timestamp_ms
         sent: dict[tuple[str, int], list[bytes]] = {}
         topic_data = []
         for topic, partitions in batches.items():
             size = (value_bytes or {}).get(topic, 40)
             data = []
+            key_count = (keys or {}).get(topic)
             for partition, count in partitions.items():
-                values = []
+                values: list[bytes] = []
+                record_keys: list[bytes | None] = []
                 for _ in range(count):
                     self._serial += 1
                     head = f"{topic}/{partition}/{self._serial}/".encode()
                     # Incompressible, so object sizes are what the test means them to be.
                     values.append(head + random.randbytes(max(0, size - len(head))))
+                    key = None if key_count is None else f"k{self._serial % key_count}".encode()
+                    record_keys.append(key)
+                    if key is not None:
+                        self.key_of[values[-1]] = key
                 sent[(topic, partition)] = values
-                batch = encode_batch([None] * count, list(values), [[]] * count, [stamp] * count)
+                batch = encode_batch(record_keys, list(values), [[]] * count, [stamp] * count)
                 data.append(ProduceRequest.PartitionProduceData(index=partition, records=batch))
             topic_data.append(ProduceRequest.TopicProduceData(name=topic, partition_data=data))
         request = ProduceRequest(acks=-1, timeout_ms=10_000, topic_data=topic_data)
@@ -172,6 +183,30 @@ def fetch_error(address: str, topic: str, offset: int) -> tuple[int, int]:
     )
     part = kafka_call(address, 1, 11, request).responses[0].partitions[0]
     return part.error_code, part.log_start_offset
+
+
+def read_compacted(bootstrap: str, topic: str, partitions: int) -> dict[int, list[Any]]:
+    """Every record of a key-compacted topic, by partition: (offset, key, value), from offset
+    0 to the high watermark (whose last offset is always kept: it is the newest of its key)."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "compacted", "enable.auto.commit": False}
+    )
+    out: dict[int, list[Any]] = {p: [] for p in range(partitions)}
+    try:
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1]
+            for p in range(partitions)
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        deadline = time.monotonic() + DEADLINE_S
+        while any(ends[p] and (not out[p] or out[p][-1][0] < ends[p] - 1) for p in ends):
+            assert time.monotonic() < deadline, f"{topic} not read to {ends} in {DEADLINE_S}s"
+            for message in consumer.consume(num_messages=1000, timeout=0.5):
+                assert message.error() is None, message.error()
+                out[message.partition()].append((message.offset(), message.key(), message.value()))
+    finally:
+        consumer.close()
+    return out
 
 
 class LoopReader(threading.Thread):
@@ -408,6 +443,7 @@ def test_kill_9_mid_rewrite_and_mid_delete_then_one_clean_pass(
         grace = stack.settings.lifecycle_grace_ms
         with Client(stack.grpc_address) as client:
             client.create_topic("kept", 3, {"retention.ms": "-1"})
+            client.create_topic("keyed", 2, {"cleanup.policy": "compact"})
         acked = Acked()
         rng = random.Random(os.environ.get("LIFECYCLE_FAULT_SEED", "8"))
         kills = {"rewrite": 0, "delete": 0}
@@ -417,7 +453,11 @@ def test_kill_9_mid_rewrite_and_mid_delete_then_one_clean_pass(
             with Client(stack.grpc_address) as client:
                 client.create_topic(doomed, 2, {"retention.ms": "-1"})
             for _ in range(8):
-                acked.produce(address, {"kept": {0: 4, 1: 4, 2: 4}, doomed: {0: 3, 1: 3}})
+                acked.produce(
+                    address,
+                    {"kept": {0: 4, 1: 4, 2: 4}, doomed: {0: 3, 1: 3}, "keyed": {0: 4, 1: 4}},
+                    keys={"keyed": 5},
+                )
             with Client(stack.grpc_address) as client:
                 client.delete_topic(doomed)
             # Past the grace period of everything dead so far: the pass rewrites, then
@@ -478,6 +518,27 @@ def test_kill_9_mid_rewrite_and_mid_delete_then_one_clean_pass(
         log = read_kafka_log(stack.kafka_address, "kept", 3)
         assert log_problems(log, kept) == []
         assert sum(len(records) for records in log.values()) == len(kept)
+
+        # The key-compacted topic: every record left is an acknowledged one at its offset, the
+        # newest record of every key is there, and compaction did remove older ones.
+        keyed = acked.of("keyed")
+        newest: dict[tuple[int, bytes], tuple[int, bytes]] = {}
+        for value, (p, offset) in keyed.items():
+            key = acked.key_of[value]
+            if offset > newest.get((p, key), (-1, b""))[0]:
+                newest[(p, key)] = (offset, value)
+        compacted = read_compacted(stack.kafka_address, "keyed", 2)
+        read = [(p, o, k, v) for p, records in compacted.items() for o, k, v in records]
+        wrong = [(p, o, v[:20]) for p, o, k, v in read if keyed.get(v) != (p, o)]
+        assert wrong == [], f"records not where acknowledged: {wrong[:5]}"
+        assert all(acked.key_of[v] == k for _, _, k, v in read), "a record with another key"
+        for p, records in compacted.items():
+            offsets = [o for o, _, _ in records]
+            assert offsets == sorted(set(offsets)), f"partition {p}: offsets out of order"
+        present = {(p, o) for p, o, _, _ in read}
+        lost = [pk for pk, (o, _) in newest.items() if (pk[0], o) not in present]
+        assert lost == [], f"the newest record of keys {lost[:5]} is gone"
+        assert len(newest) <= len(read) < len(keyed), (len(newest), len(read), len(keyed))
 
 
 def _when(predicate: Callable[[], bool], timeout: float) -> bool:
