@@ -18,6 +18,9 @@
    at its offset (of the compacted topic: the newest of every key, and only acknowledged
    records at their offsets), and the bucket holds no object that metadata does not know.
 
+3. The same readers through both agents of a cluster (PostgreSQL, S3) while each agent's
+   lifecycle runs passes in turn: exactly one of them rewrites.
+
 The suite runs short variants (about a minute each). The long variant:
 
     LIFECYCLE_FAULT_ROUNDS=30 python3 -m pytest -q tests/faults/test_lifecycle_faults.py
@@ -42,13 +45,20 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from metadata.interface import open_store
 from streamhouse.client import Client, StreamHouseError
 from streamhouse.kafka.messages import FetchRequest, ProduceRequest
 from streamhouse.recordbatch import encode_batch
-from streamhouse.testing import Stack, kafka_call, log_problems, read_kafka_log, wait_until
+from streamhouse.testing import (
+    Deliveries,
+    Stack,
+    kafka_call,
+    log_problems,
+    read_kafka_log,
+    wait_until,
+)
 from tests.faults.lifecycle_tools import S3CountingProxy, bucket_segments, unknown_objects
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -550,3 +560,81 @@ def _when(predicate: Callable[[], bool], timeout: float) -> bool:
             return True
         time.sleep(0.001)
     return False
+
+
+def test_readers_on_both_agents_while_the_cluster_rewriter_compacts_and_deletes(
+    make_cluster: Any,
+) -> None:
+    """Two agents on PostgreSQL and S3, a pass of each agent's lifecycle in turn: only one of
+    them rewrites, and readers through both agents see only acknowledged bytes at their
+    offsets while it compacts and the replaced objects are deleted."""
+    cluster = make_cluster(2, env=FAST)
+    with Client(cluster[0].grpc_address) as client:
+        client.create_topic("steady", 3, {"retention.ms": "-1"})
+    deliveries = Deliveries()
+    producer = Producer({"bootstrap.servers": cluster.kafka_bootstrap, "linger.ms": 2})
+
+    def produce_round(n: int) -> None:
+        for _ in range(n):  # a flush each: one small object per partition leader
+            for p in range(3):
+                for _ in range(5):
+                    value = f"steady/{p}/{uuid.uuid4().hex}".encode()
+                    producer.produce("steady", value=value, partition=p, on_delivery=deliveries)
+            assert producer.flush(DEADLINE_S) == 0
+        assert deliveries.failed == [], deliveries.failed[:5]
+
+    produce_round(20)
+    readers = [
+        KafkaLoopReader("kafka-reader", cluster.kafka_bootstrap, "steady", 3),
+        GrpcLoopReader("grpc-reader-0", cluster[0].grpc_address, "steady", 3),
+        GrpcLoopReader("grpc-reader-1", cluster[1].grpc_address, "steady", 3),
+    ]
+    for reader in readers:
+        reader.start()
+    reports: list[tuple[int, dict[str, Any]]] = []
+    try:
+        wait_until(
+            lambda: all(r.loops >= 1 or not r.is_alive() for r in readers), 60, "a first loop"
+        )
+        assert all(r.is_alive() for r in readers), [r.problems[:5] for r in readers]
+        loops_before = [r.loops for r in readers]
+        deadline = time.monotonic() + 90
+        turn = 0
+        while (
+            turn < 2 * ROUNDS
+            or sum(r["dead_objects_deleted"] for _, r in reports) == 0
+            or any(r.loops < n + 2 for r, n in zip(readers, loops_before, strict=True))
+        ):
+            assert time.monotonic() < deadline, f"no deletes or no read loops: {reports}"
+            agent = turn % 2
+            reports.append((agent, lifecycle_pass(cluster[agent].env)))
+            if turn < 2 * ROUNDS:
+                produce_round(3)
+            turn += 1
+    finally:
+        producer.flush(DEADLINE_S)
+        producer.close()
+        for reader in readers:
+            reader.stop.set()
+        for reader in readers:
+            reader.join(DEADLINE_S + 10)
+    assert not any(r.is_alive() for r in readers), "a reader did not finish its loop"
+
+    rewriters = {agent for agent, r in reports if r["rewriter"]}
+    print(
+        f"cluster: {len(reports)} passes, rewriters {rewriters}, loops "
+        f"{[r.loops for r in readers]}, replaced "
+        f"{sum(compaction(r, 'objects_replaced') for a, r in reports if a in rewriters)}, "
+        f"deleted {sum(r['dead_objects_deleted'] for _, r in reports)}"
+    )
+    assert len(rewriters) == 1, [(a, r["rewriter"], r["rewriter_reason"]) for a, r in reports]
+    assert all(r["compaction"] is None for agent, r in reports if agent not in rewriters)
+    assert sum(compaction(r, "objects_replaced") for a, r in reports if a in rewriters) > 0
+    assert sum(r["dead_objects_deleted"] for _, r in reports) > 0, reports
+    acked = deliveries.acked
+    for reader in readers:
+        assert reader.problems == [], reader.problems[:10]
+        wrong = [(pv, acked.get(v)) for pv, v in reader.seen.items() if acked.get(v) != pv]
+        assert wrong == [], f"{reader.name}: records not where acknowledged: {wrong[:5]}"
+    log = read_kafka_log(cluster.kafka_bootstrap, "steady", 3)
+    assert log_problems(log, acked) == []
