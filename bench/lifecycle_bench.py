@@ -2,8 +2,9 @@
 
 ``hour`` (issue 8's numbers): a topic written at 1,000 records/s for one simulated hour, as a
 low produce rate writes it: one small object per flush interval. Measures objects per GB
-and the GETs of a full cold read of one partition, before and after one compaction pass,
-and the pass's throughput (MB/s of input objects) and CPU seconds.
+and the GETs of a full cold read of one partition, before and after compaction (passes
+until one finds nothing left), and the passes' throughput (MB/s of input objects) and CPU
+seconds.
 
     python3 bench/lifecycle_bench.py hour                 # the full hour: 3.6 M records
     python3 bench/lifecycle_bench.py hour --minutes 2     # a quick look
@@ -16,17 +17,19 @@ timestamps 1 ms apart (the simulated clock); each Kafka Produce request carries 
 10 records for each of 5 partitions (50 records, what one flush holds); every batch then has
 the same length L, and ``max_segment_bytes`` is set to 4.5 L with a flush interval of 10 s,
 so a segment seals after exactly 5 batches whatever the interleaving: 72,000 objects of
-50 records for the hour. (At the real rate a partition's block could hold a few batches of
-1-2 records each; one batch of 10 per block is the same bytes within a few percent.) The
-produce runs as fast as the stack commits, pipelined on one connection.
+50 records for the hour. (At the real rate, with a 5 ms linger, a partition's block would
+hold 5-10 batches of 1-2 records each: 61 B of batch header per batch more, objects ~15-25%
+larger before compression; the object and GET counts are the same.) The produce runs as
+fast as the stack commits, pipelined on one connection.
 
 GETs are counted on the wire by an HTTP proxy between the stack and SeaweedFS
 (tests/faults/lifecycle_tools.py), after a restart of the stack (an empty reader cache),
-reading one partition from offset 0 to its end with a confluent-kafka consumer. The
-compaction pass is ``python3 -m lifecycle --once --now-ms <now + 2 min>`` with compaction on
-and an unthrottled rewrite budget (``--rewrite-rate``), at a clock past
+reading one partition from offset 0 to its end with a confluent-kafka consumer. A
+compaction pass is ``python3 -m lifecycle --once --now-ms <now + compaction age + 1 min>``
+with compaction on and an unthrottled rewrite budget (``--rewrite-rate``): past
 ``lifecycle_compaction_min_age_ms`` but short of the grace period (so it deletes nothing);
-its CPU is the child's own rusage (os.wait4). The passes talk to SeaweedFS directly (the
+passes run until one replaces nothing (a step stops after ``STEP_SECONDS``); their CPU is
+each child's own rusage (os.wait4). The passes talk to SeaweedFS directly (the
 counting proxy is Python and would slow them) unless ``--count-pass-requests``. A pass
 past the grace period then deletes the replaced objects; "after" is what the bucket then
 holds. The cold reads go through the proxy, so their seconds include its overhead; their GET
