@@ -225,6 +225,31 @@ class AsyncMetadata:
     async def update_topic_config(self, name: str, config: dict[str, str]) -> TopicInfo:
         return await self._write(self.store.update_topic_config, name, config)
 
+    async def alter_topic_config(
+        self,
+        name: str,
+        set: Mapping[str, str],
+        delete: Sequence[str],
+        validate_only: bool = False,
+        *,
+        append: Mapping[str, Sequence[str]] | None = None,
+        subtract: Mapping[str, Sequence[str]] | None = None,
+    ) -> TopicInfo:
+        """Changes some keys of the topic's config in one transaction (see
+        :meth:`metadata.store.MetadataStore.alter_topic_config`)."""
+        call = functools.partial(
+            self.store.alter_topic_config,
+            name,
+            set,
+            delete,
+            validate_only,
+            append=append,
+            subtract=subtract,
+        )
+        if validate_only:
+            return await self._read(call)
+        return await self._write(call)
+
     # -- partitions and the log index -----------------------------------------------------
 
     async def get_partition(self, topic_id: int, partition: int) -> PartitionState | None:

@@ -13,7 +13,7 @@ Calls block; event loops reach them through :class:`metadata.async_store.AsyncMe
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final, Literal, Protocol, runtime_checkable
 
 from metadata.store import (
@@ -67,6 +67,17 @@ class MetadataBackend(Protocol):
     def add_partitions(self, name: str, total: int) -> TopicInfo: ...
 
     def update_topic_config(self, name: str, config: dict[str, str]) -> TopicInfo: ...
+
+    def alter_topic_config(
+        self,
+        name: str,
+        set: Mapping[str, str],
+        delete: Sequence[str],
+        validate_only: bool = False,
+        *,
+        append: Mapping[str, Sequence[str]] | None = None,
+        subtract: Mapping[str, Sequence[str]] | None = None,
+    ) -> TopicInfo: ...
 
     def get_partition(self, topic_id: int, partition: int) -> PartitionState | None: ...
 

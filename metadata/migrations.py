@@ -126,6 +126,23 @@ Upgrading: the step only creates the two tables (quick on any size of file); old
 open the file afterwards (:class:`~metadata.errors.SchemaTooNewError`), so upgrade every
 process together.
 
+Schema (version 5)
+==================
+
+Version 4 plus ``segment_blocks.raw_length INTEGER NOT NULL``: the block's raw length (the
+``raw_length`` of its block header in the segment object, i.e. the bytes of its record
+batches as a consumer receives them). retention.bytes counts it, as Kafka counts a log's size
+in batch bytes; ``byte_length`` (the stored, maybe LZ4-compressed, block) stays what the
+object store holds. The uploader fills it from the block headers of the object it commits,
+``replace_blocks`` from the rewritten blocks it is given.
+
+Upgrading: the step adds the column and fills every existing row with its ``byte_length``
+(the raw length is not known without reading the objects; for incompressible data the two
+differ by the 20-byte block header), so retention.bytes counts those older blocks as before.
+It rewrites every ``segment_blocks`` row once, in one transaction: on a large file, expect it
+to take a while and to hold the write lock meanwhile. Older code cannot open the file
+afterwards (:class:`~metadata.errors.SchemaTooNewError`), so upgrade every process together.
+
 ``PRAGMA application_id`` is set to :data:`APPLICATION_ID` so that a foreign SQLite file is
 refused rather than migrated.
 """
@@ -283,12 +300,19 @@ CREATE TABLE catalog (
 ) STRICT, WITHOUT ROWID;
 """
 
+_SCHEMA_V5 = """
+ALTER TABLE segment_blocks ADD COLUMN raw_length INTEGER NOT NULL DEFAULT 0;
+
+UPDATE segment_blocks SET raw_length = byte_length;
+"""
+
 #: The ordered migration steps; ``MIGRATIONS[i].version == i + 1``.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _SCHEMA_V1),
     Migration(2, "agents registry and consumer-group state", _SCHEMA_V2),
     Migration(3, "dead segments for the data lifecycle", _SCHEMA_V3),
     Migration(4, "key-compaction checkpoints and the streaming-SQL catalog", _SCHEMA_V4),
+    Migration(5, "raw (batch) length of each block, for retention.bytes", _SCHEMA_V5),
 )
 
 

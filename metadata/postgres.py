@@ -67,6 +67,11 @@ Concurrency and failures (rules):
    ``delete_topic`` locks for update before deleting the checkpoints; expiry of a group's
    offsets locks the group's offset rows (skipping, and then sparing the group, any row an
    offset commit holds) before checking their commit times.
+11. ``alter_topic_config`` reads the topic row ``FOR NO KEY UPDATE`` before changing its
+   config, so two alterations of one topic run one after the other (the second changes what
+   the first stored: both stay). That lock does not conflict with the key-share locks of
+   offset commits; ``delete_topic``'s ``FOR UPDATE`` waits for it (or goes first, and the
+   alteration finds no topic).
 """
 
 from __future__ import annotations
@@ -153,6 +158,7 @@ from metadata.store import (
     check_rewrite,
     check_segment_ids,
     check_segment_keys,
+    merge_topic_config,
     new_block_rows,
     retention_candidates,
     retention_rules,
@@ -190,6 +196,7 @@ _SQL_AGENTS = f"SELECT {_AGENT_COLUMNS} FROM agents ORDER BY node_id"
 _TOPIC_COLUMNS = "topic_id, name, uuid, partitions, config, created_ms"
 _SQL_TOPIC_BY_NAME = f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE name = %s"
 _SQL_TOPIC_BY_NAME_LOCKED = _SQL_TOPIC_BY_NAME + " FOR UPDATE"
+_SQL_TOPIC_FOR_CONFIG = _SQL_TOPIC_BY_NAME + " FOR NO KEY UPDATE"
 _SQL_TOPIC_BY_ID = f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE topic_id = %s"
 _SQL_TOPIC_BY_UUID = f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE uuid = %s"
 _SQL_TOPICS = f'SELECT {_TOPIC_COLUMNS} FROM topics ORDER BY name COLLATE "C"'
@@ -234,7 +241,8 @@ _SQL_INSERT_SEGMENTS = (
 # than an INSERT ... SELECT FROM unnest(...) for a wide commit's 10,000 blocks.
 _SQL_COPY_BLOCKS = (
     "COPY segment_blocks (topic_id, partition, end_offset, base_offset, segment_id, "
-    "byte_offset, byte_length, record_count, max_timestamp, skipped_batches) FROM STDIN"
+    "byte_offset, byte_length, record_count, max_timestamp, skipped_batches, raw_length) "
+    "FROM STDIN"
 )
 _SQL_UPSERT_PRODUCER_STATES = (
     "INSERT INTO producer_state (topic_id, partition, producer_id, producer_epoch, batches, "
@@ -310,7 +318,7 @@ _SQL_TIME_ENDS = (
 )
 _SQL_BYTES_ENDS = (
     "SELECT k.t, k.p, (SELECT max(w.end_offset) FROM (SELECT end_offset, "
-    "sum(byte_length) OVER (ORDER BY end_offset) AS upto, sum(byte_length) OVER () AS total "
+    "sum(raw_length) OVER (ORDER BY end_offset) AS upto, sum(raw_length) OVER () AS total "
     "FROM segment_blocks AS b WHERE b.topic_id = k.t AND b.partition = k.p "
     "AND b.end_offset > k.lso) AS w WHERE w.total - w.upto >= k.max_bytes) "
     "FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[]) "
@@ -374,7 +382,7 @@ def _copy_blocks(cur: Any, rows: Sequence[tuple[object, ...]]) -> None:
     null = "\\N"
     data = "".join(
         f"{r[0]}\t{r[1]}\t{r[2]}\t{r[3]}\t{r[4]}\t{r[5]}\t{r[6]}\t{r[7]}\t{r[8]}\t"
-        f"{null if r[9] is None else r[9]}\n"
+        f"{null if r[9] is None else r[9]}\t{r[10]}\n"
         for r in rows
     )
     with cur.copy(_SQL_COPY_BLOCKS) as copy:
@@ -845,6 +853,46 @@ class PostgresMetadataStore:
             return msgspec.structs.replace(_topic_row(row), config=cfg)
 
         return self._write(update_topic_config)
+
+    def alter_topic_config(
+        self,
+        name: str,
+        set: Mapping[str, str],
+        delete: Sequence[str],
+        validate_only: bool = False,
+        *,
+        append: Mapping[str, Sequence[str]] | None = None,
+        subtract: Mapping[str, Sequence[str]] | None = None,
+    ) -> TopicInfo:
+        """See :meth:`metadata.store.MetadataStore.alter_topic_config` (rule 11)."""
+
+        def read(cur: Any) -> Any:
+            cur.execute(_SQL_TOPIC_BY_NAME, (name,))
+            return cur.fetchone()
+
+        if validate_only:
+            row = self._read(read)
+            if row is None:
+                raise UnknownTopicError(f"topic {name!r} does not exist")
+            topic = _topic_row(row)
+            config = merge_topic_config(topic.config, set, delete, append, subtract)
+            return msgspec.structs.replace(topic, config=config)
+
+        def alter_topic_config(cur: Any) -> TopicInfo:
+            cur.execute(_SQL_TOPIC_FOR_CONFIG, (name,))
+            row = cur.fetchone()
+            if row is None:
+                raise UnknownTopicError(f"topic {name!r} does not exist")
+            topic = _topic_row(row)
+            config = merge_topic_config(topic.config, set, delete, append, subtract)
+            if config != topic.config:
+                cur.execute(
+                    "UPDATE topics SET config = %s WHERE topic_id = %s",
+                    (_json_encode(config).decode(), topic.topic_id),
+                )
+            return msgspec.structs.replace(topic, config=config)
+
+        return self._write(alter_topic_config)
 
     # ------------------------------------------------------------------ partitions
 

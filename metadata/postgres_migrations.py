@@ -118,6 +118,19 @@ per lifecycle pass.
 
 Upgrading: the step creates two empty tables; nothing else is locked. Older code refuses the
 database afterwards, so upgrade every agent together.
+
+Schema (version 6)
+==================
+
+As the SQLite file's version 5: ``segment_blocks.raw_length BIGINT NOT NULL``, the block's
+raw length (its block header's ``raw_length``: the bytes of its record batches), which
+retention.bytes counts as Kafka counts a log's size; ``byte_length`` stays the stored block.
+
+Upgrading: the step adds the column (with a default: no table rewrite) and then fills every
+existing row with its ``byte_length`` (the raw length is unknown without reading the
+objects), one UPDATE of every ``segment_blocks`` row in one transaction: commits of those
+partitions wait for it, and the table's size doubles until vacuum reclaims the old row
+versions. Older code refuses the database afterwards, so upgrade every agent together.
 """
 
 from __future__ import annotations
@@ -282,6 +295,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "WHERE dead_since_ms IS NOT NULL;",
     ),
     Migration(5, "key-compaction checkpoints and the streaming-SQL catalog", _SCHEMA_V5),
+    Migration(
+        6,
+        "raw (batch) length of each block, for retention.bytes",
+        "ALTER TABLE segment_blocks ADD COLUMN raw_length BIGINT NOT NULL DEFAULT 0; "
+        "UPDATE segment_blocks SET raw_length = byte_length;",
+    ),
 )
 
 _SQL_CREATE_VERSION_TABLE = (

@@ -94,7 +94,7 @@ from metadata.errors import (
     UnknownTopicError,
 )
 from streamhouse.errors import ErrorCode
-from streamhouse.topic_config import TOPIC_CONFIGS
+from streamhouse.topic_config import TOPIC_CONFIGS, TopicConfigError, validate_topic_config
 
 MAX_TOPIC_NAME_LENGTH: Final = 249
 MAX_PARTITIONS: Final = 10_000
@@ -148,7 +148,13 @@ class BatchRef(msgspec.Struct, frozen=True):
 
 
 class CommitBlock(msgspec.Struct, frozen=True):
-    """One partition's consecutive batches inside a segment object, in log order."""
+    """One partition's consecutive batches inside a segment object, in log order.
+
+    ``byte_offset``/``byte_length`` locate the stored block (its header included) in the
+    object; ``raw_length`` is the block's raw length (its header's ``raw_length``: the bytes
+    of its record batches, what retention.bytes counts, as Kafka counts a log's size); 0 when
+    the caller does not know it, which stores ``byte_length`` in its place.
+    """
 
     topic_id: int
     partition: int
@@ -156,6 +162,7 @@ class CommitBlock(msgspec.Struct, frozen=True):
     byte_length: int
     max_timestamp: int
     batches: list[BatchRef]
+    raw_length: int = 0
 
 
 class BatchResult(msgspec.Struct, frozen=True):
@@ -283,7 +290,9 @@ class SegmentUsage(msgspec.Struct, frozen=True):
 
 class NewBlock(msgspec.Struct, frozen=True):
     """A block row of a rewritten object (its batches follow the gap rule of
-    :mod:`streamhouse.recordbatch`; no skipped batches)."""
+    :mod:`streamhouse.recordbatch`; no skipped batches). ``raw_length`` is the block's
+    decoded length (its batches' bytes, what retention.bytes counts); 0 stores
+    ``byte_length`` in its place."""
 
     topic_id: int
     partition: int
@@ -293,6 +302,7 @@ class NewBlock(msgspec.Struct, frozen=True):
     byte_length: int
     record_count: int
     max_timestamp: int
+    raw_length: int = 0
 
 
 class BlockRewrite(msgspec.Struct, frozen=True):
@@ -335,6 +345,8 @@ class TopicStorage(msgspec.Struct, frozen=True, kw_only=True):
     cleanup_policy: str
     #: compacted topics: bytes of the blocks at or after the clean offset; 0 otherwise
     dirty_bytes: int
+    #: sum of its blocks' raw_length: its record batches' bytes (what retention.bytes counts)
+    bytes_raw: int = 0
 
 
 class StorageReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -352,6 +364,8 @@ class StorageReport(msgspec.Struct, frozen=True, kw_only=True):
     small_bytes: int
     segments_created_last_hour: int
     bytes_created_last_hour: int
+    #: sum of every block's raw_length (the record batches' bytes, uncompressed)
+    bytes_raw: int = 0
 
 
 _RESULT_UNKNOWN: Final = BatchResult(-1, UNKNOWN_TOPIC_OR_PARTITION)
@@ -397,8 +411,8 @@ _SQL_SET_LSO = "UPDATE partitions SET log_start_offset = ? WHERE topic_id = ? AN
 _SQL_INSERT_SEGMENT = "INSERT INTO segments (key, size, created_ms) VALUES (?, ?, ?)"
 _SQL_INSERT_BLOCK = (
     "INSERT INTO segment_blocks (topic_id, partition, end_offset, base_offset, segment_id, "
-    "byte_offset, byte_length, record_count, max_timestamp, skipped_batches) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "byte_offset, byte_length, record_count, max_timestamp, skipped_batches, raw_length) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SQL_FIND_BLOCKS = (
     "SELECT s.key, b.byte_offset, b.byte_length, b.base_offset, b.end_offset, b.record_count, "
@@ -630,6 +644,63 @@ def _encode_config(config: Mapping[str, str] | None) -> tuple[dict[str, str], st
     return out, _json_encode(out).decode()
 
 
+def merge_topic_config(
+    current: Mapping[str, str],
+    set: Mapping[str, str],
+    delete: Sequence[str],
+    append: Mapping[str, Sequence[str]] | None = None,
+    subtract: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, str]:
+    """The topic config :meth:`MetadataStore.alter_topic_config` stores: ``current`` with the
+    keys of ``set`` set, those of ``delete`` removed (back to their defaults), the items of
+    ``append`` added to list configs (once each, after the current value or the default) and
+    those of ``subtract`` removed from them; every key of the result known and valid
+    (:func:`streamhouse.topic_config.validate_topic_config`).
+
+    Raises :class:`InvalidConfigError` when a key is given in more than one of the four, a
+    value is not a string, or the result is not a valid config.
+    """
+    edits: list[str] = [*set, *delete, *(append or {}), *(subtract or {})]
+    seen: dict[str, None] = {}
+    for key in edits:
+        if not isinstance(key, str):
+            raise InvalidConfigError(f"topic config keys must be strings, got {key!r}")
+        if key in seen:
+            raise InvalidConfigError(
+                f"topic config {key} is changed more than once in one alteration: give each "
+                "key once"
+            )
+        seen[key] = None
+    config = dict(current)
+    for key in delete:
+        config.pop(key, None)
+    for key, value in set.items():
+        if not isinstance(value, str):
+            raise InvalidConfigError(
+                f"topic config {key} must be given a string, got {type(value).__name__}"
+            )
+        config[key] = value
+    for edits_of, adding in ((append or {}, True), (subtract or {}, False)):
+        for key, items in edits_of.items():
+            default = TOPIC_CONFIGS[key][0] if key in TOPIC_CONFIGS else ""
+            values = [v for v in config.get(key, default).split(",") if v]
+            for item in items:
+                if not isinstance(item, str):
+                    raise InvalidConfigError(
+                        f"items of topic config {key} must be strings, got {item!r}"
+                    )
+            wanted = [v for v in items if v]
+            if adding:
+                values += [v for v in dict.fromkeys(wanted) if v not in values]
+            else:
+                values = [v for v in values if v not in wanted]
+            config[key] = ",".join(values)
+    try:
+        return validate_topic_config(config)
+    except TopicConfigError as exc:
+        raise InvalidConfigError(str(exc)) from None
+
+
 def _new_topic_uuid() -> bytes:
     """A random topic id, avoiding Kafka's reserved ids (zero, one) and ids whose base64 form
     starts with '-' (Kafka's ``Uuid.randomUuid`` rule, so ids never look like CLI flags)."""
@@ -701,7 +772,7 @@ def assign_offsets(
     state (None: no state yet) and is updated in place (changed entries get ``dirty``).
     Returns the per-batch results shaped like ``blocks`` and the ``segment_blocks`` rows to
     insert: (topic_id, partition, end_offset, base_offset, segment_id, byte_offset,
-    byte_length, record_count, max_timestamp, skipped_batches JSON or None).
+    byte_length, record_count, max_timestamp, skipped_batches JSON or None, raw_length).
     """
     results: list[list[BatchResult]] = []
     block_rows: list[tuple[object, ...]] = []
@@ -797,6 +868,7 @@ def assign_offsets(
                     hwm - base,
                     block.max_timestamp,
                     _json_encode(skipped).decode() if skipped else None,
+                    block.raw_length if block.raw_length > 0 else block.byte_length,
                 )
             )
     return results, block_rows
@@ -837,10 +909,11 @@ _SQL_LAST_END_BEFORE = (
 # Kafka's size rule over the blocks above the log start: the oldest block goes while the
 # partition's bytes minus its size stay >= retention.bytes. Block k (oldest first) goes iff
 # total - (bytes of blocks 1..k) >= retention.bytes; the new log start is the end of the
-# last such block.
+# last such block. A block's bytes are its raw_length (its record batches' bytes, as Kafka
+# counts a log segment's size), not its stored (maybe compressed) byte_length.
 _SQL_BYTES_END = (
     "SELECT max(end_offset) FROM (SELECT end_offset, "
-    "sum(byte_length) OVER (ORDER BY end_offset) AS upto, sum(byte_length) OVER () AS total "
+    "sum(raw_length) OVER (ORDER BY end_offset) AS upto, sum(raw_length) OVER () AS total "
     "FROM segment_blocks WHERE topic_id = %s AND partition = %s AND end_offset > %s) AS w "
     "WHERE total - upto >= %s"
 )
@@ -1096,6 +1169,11 @@ def check_rewrite(rewrite: object) -> dict[tuple[int, int], tuple[int, int]]:
             )
         if new.byte_offset < 0 or new.byte_length < 1:
             raise ValueError(f"{where} of rewrite {rewrite.key!r} has no bytes")
+        if new.raw_length < 0:
+            raise ValueError(
+                f"{where} of rewrite {rewrite.key!r} has raw_length {new.raw_length}; give its "
+                "decoded length (or 0 to count its stored bytes)"
+            )
         if new.byte_offset + new.byte_length > rewrite.size:
             raise ValueError(
                 f"{where} of rewrite {rewrite.key!r} ends at byte "
@@ -1158,6 +1236,7 @@ def new_block_rows(rewrite: BlockRewrite, segment_id: int) -> list[tuple[object,
             b.record_count,
             b.max_timestamp,
             None,
+            b.raw_length if b.raw_length > 0 else b.byte_length,
         )
         for b in rewrite.blocks
     ]
@@ -1215,13 +1294,14 @@ _SQL_SEGMENT_TOTALS: Final = (
 # topic), its live bytes, records and the bytes at or after its partitions' clean offsets.
 _SQL_TOPIC_USAGE: Final = (
     "WITH ts AS (SELECT b.topic_id, b.segment_id, sum(b.byte_length) AS live, "
+    "sum(b.raw_length) AS raw, "
     "sum(b.record_count) AS recs, sum(CASE WHEN b.end_offset > COALESCE(c.clean_offset, 0) "
     "THEN b.byte_length ELSE 0 END) AS dirty FROM segment_blocks AS b "
     "LEFT JOIN clean_offsets AS c ON c.topic_id = b.topic_id AND c.partition = b.partition "
     "GROUP BY b.topic_id, b.segment_id), "
     "seg AS (SELECT segment_id, sum(live) AS seg_live FROM ts GROUP BY segment_id) "
     "SELECT ts.topic_id, count(*), sum(ts.live), sum(ts.recs), sum(ts.dirty), "
-    "sum(CAST(s.size AS DOUBLE PRECISION) * ts.live / NULLIF(seg.seg_live, 0)) "
+    "sum(CAST(s.size AS DOUBLE PRECISION) * ts.live / NULLIF(seg.seg_live, 0)), sum(ts.raw) "
     "FROM ts JOIN seg ON seg.segment_id = ts.segment_id "
     "JOIN segments AS s ON s.segment_id = ts.segment_id GROUP BY ts.topic_id"
 )
@@ -1257,7 +1337,7 @@ def storage_report(
     for topic_id, name, partitions, config_json, oldest in q(_SQL_TOPIC_STARTS, ()):
         config = _config_decoder.decode(config_json)
         policy = config.get("cleanup.policy", _DEFAULT_CLEANUP_POLICY)
-        objects, live, records, dirty, share = usage.get(int(topic_id), (0, 0, 0, 0, 0.0))
+        objects, live, records, dirty, share, raw = usage.get(int(topic_id), (0, 0, 0, 0, 0.0, 0))
         topics.append(
             TopicStorage(
                 name=name,
@@ -1271,6 +1351,7 @@ def storage_report(
                 oldest_timestamp_ms=first_times.get(int(topic_id), -1),
                 cleanup_policy=policy,
                 dirty_bytes=int(dirty or 0) if "compact" in policy.split(",") else 0,
+                bytes_raw=int(raw or 0),
             )
         )
     topics.sort(key=lambda t: t.name)
@@ -1285,6 +1366,7 @@ def storage_report(
         small_bytes=small_bytes,
         segments_created_last_hour=recent,
         bytes_created_last_hour=recent_bytes,
+        bytes_raw=sum(int(u[5] or 0) for u in usage.values()),
     )
 
 
@@ -1746,6 +1828,45 @@ class MetadataStore:
             )
         return msgspec.structs.replace(topic, config=cfg)
 
+    def alter_topic_config(
+        self,
+        name: str,
+        set: Mapping[str, str],
+        delete: Sequence[str],
+        validate_only: bool = False,
+        *,
+        append: Mapping[str, Sequence[str]] | None = None,
+        subtract: Mapping[str, Sequence[str]] | None = None,
+    ) -> TopicInfo:
+        """Change some keys of the topic's config in one transaction (read, change, write:
+        two alterations at once of different keys both stay) and return the topic with its
+        new config, as :func:`merge_topic_config` makes it from the stored one. With
+        ``validate_only`` nothing is stored; the topic returned shows the config it would
+        have.
+
+        Raises :class:`UnknownTopicError` or :class:`InvalidConfigError` (nothing stored).
+        """
+        if validate_only:
+            with self._read() as db:
+                rows = db.execute(_SQL_TOPIC_BY_NAME, (name,)).fetchall()
+                if not rows:
+                    raise UnknownTopicError(f"topic {name!r} does not exist")
+                topic = _topic(rows[0])
+            config = merge_topic_config(topic.config, set, delete, append, subtract)
+            return msgspec.structs.replace(topic, config=config)
+        with self._write() as db:
+            rows = db.execute(_SQL_TOPIC_BY_NAME, (name,)).fetchall()
+            if not rows:
+                raise UnknownTopicError(f"topic {name!r} does not exist")
+            topic = _topic(rows[0])
+            config = merge_topic_config(topic.config, set, delete, append, subtract)
+            if config != topic.config:
+                db.execute(
+                    "UPDATE topics SET config = ? WHERE topic_id = ?",
+                    (_json_encode(config).decode(), topic.topic_id),
+                )
+        return msgspec.structs.replace(topic, config=config)
+
     # ------------------------------------------------------------------ partitions
 
     def get_partition(self, topic_id: int, partition: int) -> PartitionState | None:
@@ -1932,7 +2053,8 @@ class MetadataStore:
         that must stay (a block without timestamps, ``max_timestamp < 0``, counts as old as
         its segment's commit, as Kafka uses the segment file's time); with
         ``retention.bytes >= 0``, Kafka's rule: the oldest block goes
-        while the bytes of the partition's blocks (their ``byte_length``) minus its size stay
+        while the bytes of the partition's blocks (their ``raw_length``, the bytes of their record
+        batches as Kafka counts a log's size) minus its size stay
         at least ``retention.bytes``. The log start offset moves to the end of the last block
         dropped (never backwards, never past the high watermark). On every topic, block rows
         entirely below the log start (an earlier DeleteRecords, or rows from before this

@@ -31,6 +31,7 @@ from metadata import (
 from metadata import store as metadata_store
 from metadata.async_store import AsyncMetadata
 from metadata.postgres import PostgresMetadataStore
+from tests.conformance.old_schema import ADD_RAW_LENGTH, DROP_RAW_LENGTH, old_schema_sql
 
 Store = MetadataStore | PostgresMetadataStore
 Opener = Callable[..., Store]
@@ -622,11 +623,13 @@ def test_upgrade_from_the_schema_before_dead_segments_reclaims_what_it_left(
         def reopen() -> Store:
             return PostgresMetadataStore(dsn)
 
+    old_schema_sql(path if backend == "sqlite" else dsn, ADD_RAW_LENGTH)
     with old:
         t = old.create_topic("old", 1, {"retention.ms": "-1"})
         keys = _log(old, t.topic_id, [(2, 10, 0), (2, 10, 0), (2, 10, 0)])
         old.commit_segment("segments/empty", 5, [])
     raw(f"UPDATE partitions SET log_start_offset = 4 WHERE topic_id = {t.topic_id}")
+    raw(DROP_RAW_LENGTH)
     monkeypatch.undo()
     with reopen() as store:
         assert store.dead_segments(2**62) == []

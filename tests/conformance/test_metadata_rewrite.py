@@ -33,6 +33,7 @@ from metadata import (
 )
 from metadata.async_store import AsyncMetadata
 from metadata.postgres import PostgresMetadataStore
+from tests.conformance.old_schema import ADD_RAW_LENGTH, DROP_RAW_LENGTH, old_schema_sql
 
 Store = MetadataStore | PostgresMetadataStore
 Opener = Callable[..., Store]
@@ -589,10 +590,13 @@ def test_upgrade_from_the_schema_before_rewrites_keeps_everything(
         def opener() -> Store:
             return PostgresMetadataStore(dsn)
 
+    target = path if backend == "sqlite" else dsn
     with opener() as old:
+        old_schema_sql(target, ADD_RAW_LENGTH)
         t = old.create_topic("old", 1)
         _commit(old, "segments/o1", t.topic_id, [0])
         _commit(old, "segments/o2", t.topic_id, [0])
+    old_schema_sql(target, DROP_RAW_LENGTH)
     monkeypatch.undo()
     with opener() as store:
         assert _index(store, t.topic_id, 0) == [(0, 2, "segments/o1", 2), (2, 4, "segments/o2", 2)]

@@ -64,6 +64,7 @@ def test_storage_report_per_topic_and_in_total(store: Store) -> None:
             oldest_timestamp_ms=900,
             cleanup_policy="compact,delete",
             dirty_bytes=10,
+            bytes_raw=70,  # no raw lengths given: the stored bytes count
         ),
         TopicStorage(
             name="deleted",
@@ -77,6 +78,7 @@ def test_storage_report_per_topic_and_in_total(store: Store) -> None:
             oldest_timestamp_ms=300,
             cleanup_policy="delete",
             dirty_bytes=0,
+            bytes_raw=60,
         ),
         TopicStorage(
             name="empty",
@@ -103,6 +105,7 @@ def test_storage_report_per_topic_and_in_total(store: Store) -> None:
         small_bytes=5,
         segments_created_last_hour=4,
         bytes_created_last_hour=192,
+        bytes_raw=130,
     )
     # The threshold and the hour follow the arguments.
     assert store.storage_report(now, 81).small_objects == 2
