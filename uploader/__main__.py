@@ -33,6 +33,7 @@ import asyncio
 import logging
 import math
 import secrets
+import struct
 import time
 from collections import deque
 
@@ -63,6 +64,8 @@ from streamhouse.process import run_process, spawn
 
 log = logging.getLogger("uploader")
 
+# A block header's raw_length field (streamhouse.segment's block layout: u32 at byte 4).
+_RAW_LENGTH = struct.Struct("<I")
 # Largest AckFrame header written (several are written for more results).
 MAX_ACK_FRAME_BYTES = 1024 * 1024
 
@@ -92,15 +95,25 @@ async def put_with_retries(store: object, key: str, obj: bytes, settings: Settin
     return False
 
 
-def commit_blocks(sealed: SealedSegment) -> list[CommitBlock]:
-    """The metadata commit request for a sealed segment (batches grouped by block)."""
+def commit_blocks(sealed: SealedSegment, obj: bytes) -> list[CommitBlock]:
+    """The metadata commit request for a sealed segment (batches grouped by block); each
+    block's raw length (its batches' bytes, which retention.bytes counts) is read from its
+    block header in the object ``obj`` (streamhouse.segment: u32 ``raw_length`` at byte 4)."""
     refs: list[list[BatchRef]] = [[] for _ in sealed.blocks]
     for b in sealed.batches:
         refs[b.block].append(
             BatchRef(b.record_count, b.producer_id, b.producer_epoch, b.base_sequence)
         )
     return [
-        CommitBlock(b.topic_id, b.partition, b.byte_offset, b.byte_length, b.max_timestamp, refs[i])
+        CommitBlock(
+            b.topic_id,
+            b.partition,
+            b.byte_offset,
+            b.byte_length,
+            b.max_timestamp,
+            refs[i],
+            _RAW_LENGTH.unpack_from(obj, b.byte_offset + 4)[0],
+        )
         for i, b in enumerate(sealed.blocks)
     ]
 
@@ -332,7 +345,7 @@ class Uploader:
         group = await self._in_time(group)
         if not group:
             return
-        blocks = [commit_blocks(sealed) for sealed, _, _ in group]
+        blocks = [commit_blocks(sealed, obj) for sealed, obj, _ in group]
         self._bound_commit(self._time_left(group))
         try:
             per_segment = await self.meta.commit_segments(

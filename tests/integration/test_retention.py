@@ -539,12 +539,6 @@ def test_alter_topic_config_over_grpc_and_streamctl_refuses_bad_input(stack: Sta
     assert len(done.stderr.splitlines()) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retention.bytes counts the blocks' stored bytes (LZ4-compressed in the segment "
-    "object), Kafka the batches' bytes: with compressible, uncompressed batches StreamHouse "
-    "keeps more than Kafka. Needs the blocks' raw length in metadata (segment_blocks).",
-)
 def test_size_retention_counts_the_batches_bytes_even_when_they_compress(stack: Stack) -> None:
     topic = "size-compressible"
     bootstrap = stack.kafka_address
