@@ -117,35 +117,34 @@ class StreamHouseService:
         self, request: pb.AlterTopicConfigRequest, context: Any
     ) -> pb.AlterTopicConfigResponse:
         """Sets `set_entries` and removes `delete_entries` (back to their defaults) in the
-        topic's stored config, as IncrementalAlterConfigs SET and DELETE; the whole new config
-        is validated before anything is stored."""
+        topic's stored config, as IncrementalAlterConfigs SET and DELETE, in one metadata
+        transaction (alterations of other keys at the same moment all stay); the whole new
+        config is validated before anything is stored."""
         both = sorted(set(request.set_entries) & set(request.delete_entries))
         if both:
             raise _Abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"config {', '.join(both)} is both set and deleted: give each entry once",
             )
-        topic = await self._topic(request.name)
-        config = dict(topic.config)
-        for name in request.delete_entries:
-            config.pop(name, None)
-        config.update(request.set_entries)
         try:
-            config = validate_topic_config(config)
-        except TopicConfigError as exc:
+            topic = await self.meta.alter_topic_config(
+                request.name,
+                dict(request.set_entries),
+                list(dict.fromkeys(request.delete_entries)),
+                request.validate_only,
+            )
+        except UnknownTopicError:
+            raise _Abort(
+                grpc.StatusCode.NOT_FOUND, f"topic {request.name!r} does not exist"
+            ) from None
+        except InvalidTopicError as exc:  # InvalidConfigError: the new config is not valid
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         if not request.validate_only:
-            try:
-                topic = await self.meta.update_topic_config(topic.name, config)
-            except UnknownTopicError:
-                raise _Abort(
-                    grpc.StatusCode.NOT_FOUND, f"topic {request.name!r} does not exist"
-                ) from None
-            log.info("altered the config of topic %s: %s", topic.name, config)
+            log.info("altered the config of topic %s: %s", topic.name, topic.config)
         message = await self._topic_message(topic)
         if request.validate_only:
             message.config.clear()
-            message.config.update(effective_config(config))
+            message.config.update(effective_config(topic.config))
         return pb.AlterTopicConfigResponse(topic=message)
 
     async def DeleteTopic(

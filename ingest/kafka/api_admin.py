@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ingest.kafka import errors
 from metadata import (
+    InvalidConfigError,
     InvalidPartitionsError,
     InvalidTopicError,
     OffsetOutOfRangeError,
@@ -51,15 +52,25 @@ BROKER_RESOURCE = 4
 SOURCE_DYNAMIC_TOPIC = 1
 SOURCE_DEFAULT = 5
 SOURCE_STATIC_BROKER = 4
+# DescribeConfigs' ConfigType of each topic config, as Kafka declares it (the codes of
+# DescribeConfigsResponse's ConfigType: BOOLEAN=1, STRING=2, INT=3, SHORT=4, LONG=5,
+# DOUBLE=6, LIST=7, CLASS=8, PASSWORD=9); keys not listed are STRING.
 CONFIG_TYPES = {
     "retention.ms": 5,
     "retention.bytes": 5,
+    "delete.retention.ms": 5,
+    "min.compaction.lag.ms": 5,
+    "max.compaction.lag.ms": 5,
+    "min.cleanable.dirty.ratio": 6,
+    "message.timestamp.difference.max.ms": 5,
+    "message.timestamp.before.max.ms": 5,
+    "message.timestamp.after.max.ms": 5,
     "segment.ms": 5,
     "segment.bytes": 3,
     "max.message.bytes": 3,
     "min.insync.replicas": 3,
     "cleanup.policy": 7,
-}  # LONG=5, INT=3, STRING=2, LIST=7
+}
 
 
 async def create_topics(
@@ -332,53 +343,59 @@ async def alter_configs(
     return R(responses=out)
 
 
+async def _alter_incrementally(
+    broker: KafkaBroker, resource: Any, validate_only: bool
+) -> tuple[int, str | None]:
+    """One resource of IncrementalAlterConfigs: its operations as one metadata transaction
+    (``alter_topic_config``), so alterations of other keys at the same moment all stay."""
+    if resource.resource_type != TOPIC_RESOURCE:
+        return errors.INVALID_REQUEST, "only topic configs can be altered"
+    names = [c.name for c in resource.configs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        return (
+            errors.INVALID_REQUEST,
+            f"config {', '.join(repeated)} is given more than once: give each key once",
+        )
+    to_set: dict[str, str] = {}
+    to_delete: list[str] = []
+    append: dict[str, list[str]] = {}
+    subtract: dict[str, list[str]] = {}
+    for c in resource.configs:
+        if c.config_operation == 0:  # SET
+            if c.value is None:
+                return errors.INVALID_CONFIG, f"no value given for {c.name}"
+            to_set[c.name] = c.value
+        elif c.config_operation == 1:  # DELETE (back to the default)
+            to_delete.append(c.name)
+        elif c.config_operation in (2, 3):  # APPEND / SUBTRACT on list configs
+            items = [v for v in (c.value or "").split(",") if v]
+            (append if c.config_operation == 2 else subtract)[c.name] = items
+        else:
+            return errors.INVALID_REQUEST, f"unknown config operation {c.config_operation}"
+    try:
+        await broker.meta.alter_topic_config(
+            resource.resource_name,
+            to_set,
+            to_delete,
+            validate_only,
+            append=append,
+            subtract=subtract,
+        )
+    except UnknownTopicError:
+        return errors.UNKNOWN_TOPIC_OR_PARTITION, f"topic {resource.resource_name!r} does not exist"
+    except InvalidConfigError as exc:
+        return errors.INVALID_CONFIG, str(exc)
+    return 0, None
+
+
 async def incremental_alter_configs(
     broker: KafkaBroker, header: RequestHeader, request: IncrementalAlterConfigsRequest
 ) -> IncrementalAlterConfigsResponse:
     R = IncrementalAlterConfigsResponse
     out = []
     for resource in request.resources:
-        topic = (
-            await broker.topic(resource.resource_name)
-            if resource.resource_type == TOPIC_RESOURCE
-            else None
-        )
-        config = dict(topic.config) if topic is not None else {}
-        code, message = 0, None
-        for c in resource.configs:
-            if c.config_operation == 0:  # SET
-                if c.value is None:
-                    code, message = errors.INVALID_CONFIG, f"no value given for {c.name}"
-                    break
-                config[c.name] = c.value
-            elif c.config_operation == 1:  # DELETE (back to the default)
-                config.pop(c.name, None)
-            elif c.config_operation in (2, 3):  # APPEND / SUBTRACT on list configs
-                current = [
-                    v
-                    for v in config.get(c.name, TOPIC_CONFIGS.get(c.name, ("",))[0]).split(",")
-                    if v
-                ]
-                items = [v for v in (c.value or "").split(",") if v]
-                if c.config_operation == 2:
-                    current += [v for v in items if v not in current]
-                else:
-                    current = [v for v in current if v not in items]
-                config[c.name] = ",".join(current)
-            else:
-                code, message = (
-                    errors.INVALID_REQUEST,
-                    f"unknown config operation {c.config_operation}",
-                )
-                break
-        if code == 0:
-            code, message = await _apply_config(
-                broker,
-                resource.resource_type,
-                resource.resource_name,
-                config,
-                request.validate_only,
-            )
+        code, message = await _alter_incrementally(broker, resource, request.validate_only)
         out.append(_altered(R.AlterConfigsResourceResponse, resource, code, message))
     return R(responses=out)
 
