@@ -60,6 +60,18 @@ to rewrite; ``clean_offsets`` holds key compaction's checkpoint per partition;
 :meth:`MetadataStore.storage_report` sums up the object store; the expiry calls drop idle
 producer state and long-idle groups' offsets; the ``catalog`` table keeps streaming SQL's
 named definitions.
+
+Sizes (schema version 5): a block row keeps ``byte_length`` (the stored block in its object,
+maybe LZ4-compressed: what the object store holds and rewrites copy) and ``raw_length`` (its
+record batches' bytes, as a consumer receives them: what retention.bytes counts, as Kafka
+counts a log's size). Commits take it from the block headers (``CommitBlock.raw_length``),
+rewrites from the blocks they build (``NewBlock.raw_length``); 0 (not known) stores
+``byte_length`` in its place, as the upgrade does for older rows.
+
+Topic configs: :meth:`MetadataStore.alter_topic_config` changes some keys in one transaction
+(IncrementalAlterConfigs, ``streamctl topic alter-config``), so two alterations of different
+keys at the same moment both stay; :meth:`MetadataStore.update_topic_config` replaces the
+whole config (AlterConfigs).
 """
 
 from __future__ import annotations
