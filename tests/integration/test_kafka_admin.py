@@ -391,6 +391,10 @@ def test_describe_configs_lists_every_topic_config(
     assert described["retention.bytes"]["value"] == TOPIC_CONFIGS["retention.bytes"][0]
     assert described["retention.ms"]["config_type"] == "LONG"
     assert described["cleanup.policy"]["config_type"] == "LIST"
+    assert described["delete.retention.ms"]["config_type"] == "LONG"
+    assert described["min.compaction.lag.ms"]["config_type"] == "LONG"
+    assert described["max.compaction.lag.ms"]["config_type"] == "LONG"
+    assert described["min.cleanable.dirty.ratio"]["config_type"] == "DOUBLE"
     modified = kp_admin.describe_configs([KpConfigResource(ConfigResourceType.TOPIC, topic)])
     assert set(modified["topic"][topic]) == {"retention.ms", "max.message.bytes"}
 

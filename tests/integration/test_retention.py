@@ -11,13 +11,10 @@ one batch (Kafka drops whole segments; with one batch each that is whole batches
 - retention.bytes: from the oldest, a batch goes while the partition's size minus its size
   stays ``>= retention.bytes`` (Kafka's ``UnifiedLog.deleteRetentionSizeBreachedSegments``).
 
-Kafka counts a segment's size as its batches' bytes; StreamHouse counts its blocks' stored
-bytes (a 20-byte block header, and LZ4 when it saves 10 %). The values here are random, so
-nothing is compressed and the sizes differ by 20 bytes a batch; every threshold below is at
-a Kafka boundary or halfway between two, where 20 bytes a batch cannot change the answer.
-With compressible values the counts differ far more and StreamHouse keeps more than Kafka:
-the strict xfail test at the end records that divergence until metadata counts the blocks'
-raw bytes.
+Kafka counts a segment's size as its batches' bytes, and so does StreamHouse: each block
+row keeps its raw (batch) length beside its stored, possibly LZ4-compressed, length, and size
+retention sums the raw lengths. The test at the end checks that with compressible values,
+where the two lengths differ most.
 
 Then ListOffsets earliest and a group consumer with ``auto.offset.reset=earliest`` (with no
 committed offset, and with one committed below the new log start) start at the new log start,
