@@ -14,7 +14,7 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,39 +55,9 @@ from metadata.postgres import PostgresMetadataStore
 from metadata.store import LoopCallError
 from streamhouse.errors import ErrorCode
 from streamhouse.testing import free_port
+from tests.conformance.conftest import Opener, Store
 
 INT32_MAX = 2**31 - 1
-
-Store = MetadataStore | PostgresMetadataStore
-Opener = Callable[..., Store]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    """Opens stores on one backend's metadata (keyword arguments go to the store); every store
-    opened is closed at the end."""
-    opened: list[Store] = []
-    if request.param == "sqlite":
-        path = tmp_path / "meta.db"
-
-        def opener(**kwargs: object) -> Store:
-            opened.append(MetadataStore(path, **kwargs))  # type: ignore[arg-type]
-            return opened[-1]
-    else:
-        dsn: str = request.getfixturevalue("postgres_dsn")
-
-        def opener(**kwargs: object) -> Store:
-            opened.append(PostgresMetadataStore(dsn, **kwargs))  # type: ignore[arg-type]
-            return opened[-1]
-
-    yield opener
-    for s in opened:
-        s.close()
-
-
-@pytest.fixture
-def store(open_store: Opener) -> Store:
-    return open_store()
 
 
 def test_both_backends_implement_the_interface(store: Store) -> None:

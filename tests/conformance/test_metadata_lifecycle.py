@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import apsw
@@ -31,39 +30,10 @@ from metadata import (
 from metadata import store as metadata_store
 from metadata.async_store import AsyncMetadata
 from metadata.postgres import PostgresMetadataStore
+from tests.conformance.conftest import Opener, Store
 from tests.conformance.old_schema import ADD_RAW_LENGTH, DROP_RAW_LENGTH, old_schema_sql
 
-Store = MetadataStore | PostgresMetadataStore
-Opener = Callable[..., Store]
-
 DAY_MS = 86_400_000
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    """Opens stores on one backend's metadata; every store opened is closed at the end."""
-    opened: list[Store] = []
-    if request.param == "sqlite":
-        path = tmp_path / "meta.db"
-
-        def opener(**kwargs: object) -> Store:
-            opened.append(MetadataStore(path, **kwargs))  # type: ignore[arg-type]
-            return opened[-1]
-    else:
-        dsn: str = request.getfixturevalue("postgres_dsn")
-
-        def opener(**kwargs: object) -> Store:
-            opened.append(PostgresMetadataStore(dsn, **kwargs))  # type: ignore[arg-type]
-            return opened[-1]
-
-    yield opener
-    for s in opened:
-        s.close()
-
-
-@pytest.fixture
-def store(open_store: Opener) -> Store:
-    return open_store()
 
 
 def _block(topic_id: int, partition: int, records: int, size: int, ts: int) -> CommitBlock:
