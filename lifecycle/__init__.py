@@ -14,8 +14,8 @@ requests and ``lifecycle_deletes_per_second`` deleted objects per second (averag
 first request) from the object store that produce and consume use; listing is one request per
 1,000 objects per pass. The rewriting steps (:mod:`lifecycle.rewrite`) read and write at most
 ``lifecycle_rewrite_bytes_per_second`` bytes per second (reads and PUTs together, averaged
-from the first request), with at most ``lifecycle_upload_concurrency`` PUTs (and as many
-GETs) in flight, on one agent of a cluster; a compaction step starts no new group after two
+from the first request), with at most ``lifecycle_upload_concurrency`` PUTs (and four times as
+many GETs) in flight, on one agent of a cluster; a compaction step starts no new group after two
 minutes. Its metadata work runs in bounded transactions (retention in batches of partitions,
 one transaction per rewritten group of at most 20,000 block rows) on AsyncMetadata's threads
 of its own process.

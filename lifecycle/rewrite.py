@@ -27,8 +27,10 @@ it records the new object as a dead segment, so it too is deleted after the grac
 Budget (the promise to produce and consume, which share the object store): every byte a
 rewrite reads or writes is paced to ``lifecycle_rewrite_bytes_per_second`` (averaged from
 the first request of the process; a request waits for the bytes booked before it), at most
-``lifecycle_upload_concurrency`` PUTs and as many GETs are in flight at once, and each
-request is bounded by ``store_timeout_ms``. A failed request raises
+``lifecycle_upload_concurrency`` PUTs and ``GETS_PER_PUT`` (4) times as many GETs are in
+flight at once (merging small objects is one GET per object: at 10-30 ms per S3 GET, two at
+a time would be the bottleneck, while the bytes are small and the byte budget still paces
+them), and each request is bounded by ``store_timeout_ms``. A failed request raises
 :class:`ObjectStoreFailure`: the pass stops there and the process backs off, like the delete
 steps. Metadata work is a few reads per group of objects and one short transaction per
 switch, on AsyncMetadata's threads.
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COALESCE_GAP_BYTES",
+    "GETS_PER_PUT",
     "MAX_GET_BYTES",
     "BlockData",
     "BlockUnreadableError",
@@ -74,6 +77,8 @@ log = logging.getLogger("lifecycle")
 #: Blocks of one object read with one range GET when the bytes between them are at most this
 #: (reading a few unneeded bytes is cheaper than another request).
 COALESCE_GAP_BYTES = 256 * 1024
+#: GETs in flight per allowed PUT (lifecycle_upload_concurrency) of the rewriting steps.
+GETS_PER_PUT = 4
 #: One range GET reads at most this many bytes (unless a single block is larger).
 MAX_GET_BYTES = 16 * 1024 * 1024
 
@@ -213,7 +218,7 @@ class RewriteContext:
         self._wall_ms = wall_ms
         self._budget = ByteBudget(settings.lifecycle_rewrite_bytes_per_second)
         self._puts = asyncio.Semaphore(settings.lifecycle_upload_concurrency)
-        self._gets = asyncio.Semaphore(settings.lifecycle_upload_concurrency)
+        self._gets = asyncio.Semaphore(settings.lifecycle_upload_concurrency * GETS_PER_PUT)
         #: Bytes read and written so far by this context (for the pass reports).
         self.bytes_read = 0
         self.bytes_written = 0
@@ -237,8 +242,8 @@ class RewriteContext:
     async def get_blocks(self, blocks: Sequence[StoredBlock]) -> list[bytes]:
         """The record batches of each block, in the order given: adjacent blocks of an
         object are read with one range GET (:func:`coalesce`), at most
-        lifecycle_upload_concurrency GETs at once, each paced; every block's checksum is
-        verified. Raises ObjectStoreFailure (the pass stops) or BlockUnreadableError."""
+        lifecycle_upload_concurrency * GETS_PER_PUT GETs at once, each paced; every block's
+        checksum is verified. Raises ObjectStoreFailure (the pass stops) or BlockUnreadableError."""
         out: list[bytes | None] = [None] * len(blocks)
 
         async def read(key: str, start: int, length: int, members: list[int]) -> None:
