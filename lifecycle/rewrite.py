@@ -320,6 +320,7 @@ class RewriteContext:
                     byte_length=e.length,
                     record_count=b.record_count,
                     max_timestamp=b.max_timestamp,
+                    raw_length=len(b.data),  # batch bytes: what retention.bytes counts
                 )
                 for b, e in zip(blocks, entries, strict=True)
             ]

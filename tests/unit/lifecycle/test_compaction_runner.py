@@ -211,6 +211,9 @@ def test_small_objects_merge_into_one_with_every_batch_at_its_offset(world: Worl
     # One block per partition: the cold read of a partition's history is one GET.
     rows = world.meta.blocks_of_segments([s.segment_id for s in world.meta.live_segments()])
     assert len(rows) == 5
+    # The merged rows keep their batch bytes as raw length (what retention.bytes counts).
+    raw = world.meta.storage_report(now_ms(), 0).bytes_raw
+    assert raw == sum(8 + len(b) for log in after.values() for _, _, b in log)  # + baseOffset
     # The old objects are dead: kept through the grace period, then deleted.
     assert world.keys() == keys | set(live)
     report = world.run(later())
