@@ -29,7 +29,6 @@ from .generator import Generator
 from .model import ModelConfig
 
 TOPICS = ("person", "auction", "bid")
-PRODUCE_BATCH = 20_000
 
 
 class ProduceError(RuntimeError):
@@ -127,17 +126,14 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
             counts[kind] += len(records.values)
             if producer is None:
                 continue
-            messages = [
-                {"key": k, "value": v, "timestamp": t}
-                for k, v, t in zip(
-                    records.keys.to_pylist(),
-                    records.values.to_pylist(),
-                    records.timestamps.tolist(),
-                    strict=True,
-                )
-            ]
-            for i in range(0, len(messages), PRODUCE_BATCH):
-                _produce(producer, topics[kind], messages[i : i + PRODUCE_BATCH], delivered)
+            _produce(
+                producer,
+                topics[kind],
+                records.keys.to_pylist(),
+                records.values.to_pylist(),
+                records.timestamps.tolist(),
+                delivered,
+            )
             if failures:
                 raise ProduceError(f"the broker refused records of {topics[kind]}: {failures}")
     if producer is not None:
@@ -160,24 +156,25 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _produce(producer: Any, topic: str, messages: list[dict[str, Any]], delivered: Any) -> None:
-    """Queue every message, waiting for the broker while librdkafka's queue is full."""
-    while messages:
-        try:
-            producer.produce_batch(topic, messages, on_delivery=delivered)
-        except BufferError:
-            producer.poll(0.05)
-            continue
-        retry = [m for m in messages if "_error" in m]
-        for m in retry:
-            if "QUEUE_FULL" not in str(m["_error"]).upper():
-                raise ProduceError(f"cannot queue a record for {topic}: {m['_error']}")
-            del m["_error"]
-        if retry:
-            producer.poll(0.05)
-        else:
-            producer.poll(0)
-        messages = retry
+def _produce(
+    producer: Any,
+    topic: str,
+    keys: list[bytes],
+    values: list[bytes],
+    timestamps: list[int],
+    delivered: Any,
+) -> None:
+    """Queue every record (one ``produce`` call each: confluent-kafka's ``produce_batch``
+    takes no timestamps), waiting for the broker while librdkafka's queue is full."""
+    produce = producer.produce
+    for key, value, ts in zip(keys, values, timestamps, strict=True):
+        while True:
+            try:
+                produce(topic, value, key, timestamp=ts, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.poll(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
