@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .generator import Generator
+from .generator import Generator, Records
 from .model import ModelConfig
 
 TOPICS = ("person", "auction", "bid")
@@ -65,8 +67,17 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--rate", type=_positive, default=10_000_000, help="events per second of event time"
     )
+    gen.add_argument(
+        "--base-time-ms",
+        type=int,
+        default=ModelConfig.base_time_ms,
+        help="dateTime of the first event, ms since the epoch (default 2026-01-01T00:00:00Z)",
+    )
     gen.add_argument("--partitions", type=_positive, default=4, help="for topics it creates")
     gen.add_argument("--topic-prefix", default="", help="topics are <prefix>person etc.")
+    gen.add_argument(
+        "--compression", choices=("none", "lz4", "zstd", "snappy", "gzip"), default="none"
+    )
     gen.add_argument("--dry-run", action="store_true", help="generate only: the generator's rate")
     gen.add_argument("--json", action="store_true", help="print the report as one JSON object")
     return top
@@ -90,60 +101,54 @@ def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> Non
                 raise ProduceError(f"cannot create topic {topic!r}: {e}") from e
 
 
+def _records_ahead(generator: Generator, events: int) -> Iterator[dict[str, Records]]:
+    """The records of each chunk, made by a thread a couple of chunks ahead of the caller
+    (numpy and Arrow release the GIL, so making them overlaps with producing)."""
+    ahead: queue.Queue[dict[str, Records] | BaseException | None] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def make() -> None:
+        try:
+            for chunk in generator.chunks(events):
+                batches = {kind: chunk.records(kind) for kind in TOPICS}
+                while not stop.is_set():
+                    try:
+                        ahead.put(batches, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(None)
+        except BaseException as e:  # handed to the consumer, which raises it
+            ahead.put(e)
+
+    thread = threading.Thread(target=make, name="nexmark-generate", daemon=True)
+    thread.start()
+    try:
+        while (item := ahead.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def generate(args: argparse.Namespace) -> dict[str, Any]:
-    generator = Generator(args.seed, ModelConfig(rate=args.rate))
+    generator = Generator(args.seed, ModelConfig(rate=args.rate, base_time_ms=args.base_time_ms))
     topics = {kind: args.topic_prefix + kind for kind in TOPICS}
     counts = dict.fromkeys(TOPICS, 0)
-    producer = None
-    failures: list[str] = []
-    acked = [0]
-    if not args.dry_run:
-        from confluent_kafka import Producer
-
-        ensure_topics(args.bootstrap, list(topics.values()), args.partitions)
-        producer = Producer(
-            {
-                "bootstrap.servers": args.bootstrap,
-                "log_level": 0,
-                "linger.ms": 20,
-                "batch.size": 1 << 20,
-                "queue.buffering.max.messages": 1_000_000,
-                "queue.buffering.max.kbytes": 1 << 20,
-            }
-        )
-
-    def delivered(err: Any, _msg: Any) -> None:
-        if err is not None:
-            if len(failures) < 10:
-                failures.append(str(err))
-        else:
-            acked[0] += 1
-
+    spent = {"generate": 0.0, "queue": 0.0, "flush": 0.0}
     start = time.perf_counter()
-    for chunk in generator.chunks(args.events):
-        for kind in TOPICS:
-            records = chunk.records(kind)
-            counts[kind] += len(records.values)
-            if producer is None:
-                continue
-            _produce(
-                producer,
-                topics[kind],
-                records.keys.to_pylist(),
-                records.values.to_pylist(),
-                records.timestamps.tolist(),
-                delivered,
-            )
-            if failures:
-                raise ProduceError(f"the broker refused records of {topics[kind]}: {failures}")
-    if producer is not None:
-        left = producer.flush(120)
-        if left:
-            raise ProduceError(f"{left} records still unacknowledged after 120 s; broker slow?")
-        if failures:
-            raise ProduceError(f"the broker refused records: {failures}")
-        if acked[0] != args.events:
-            raise ProduceError(f"{acked[0]} of {args.events} events acknowledged")
+    if args.dry_run:
+        # The generator alone, on this thread: its own events/s.
+        for chunk in generator.chunks(args.events):
+            for kind in TOPICS:
+                counts[kind] += len(chunk.records(kind).values)
+        spent["generate"] = time.perf_counter() - start
+    else:
+        _produce_all(args, generator, topics, counts, spent)
     seconds = time.perf_counter() - start
     return {
         "events": args.events,
@@ -153,7 +158,70 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         "dry_run": args.dry_run,
         "seconds": round(seconds, 3),
         "events_per_s": round(args.events / seconds),
+        # Where the time went: waiting for the generator (all of it in a dry run), handing
+        # records to librdkafka (blocked while its queue is full, i.e. while the broker lags),
+        # waiting for the last acknowledgements.
+        **{f"{step}_s": round(value, 3) for step, value in spent.items()},
     }
+
+
+def _produce_all(
+    args: argparse.Namespace,
+    generator: Generator,
+    topics: dict[str, str],
+    counts: dict[str, int],
+    spent: dict[str, float],
+) -> None:
+    from confluent_kafka import Producer
+
+    ensure_topics(args.bootstrap, list(topics.values()), args.partitions)
+    failures: list[str] = []
+    failed = [0]
+
+    def delivered(err: Any, _msg: Any) -> None:
+        # Called for failed records only (delivery.report.only.error): no Python call per
+        # acknowledged record.
+        failed[0] += 1
+        if len(failures) < 5:
+            failures.append(str(err))
+
+    producer = Producer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "log_level": 0,
+            "linger.ms": 20,
+            "compression.type": args.compression,
+            "batch.size": 1 << 20,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1 << 20,
+            "delivery.report.only.error": True,
+            "on_delivery": delivered,
+        }
+    )
+    waited = time.perf_counter()
+    for batches in _records_ahead(generator, args.events):
+        queued = time.perf_counter()
+        spent["generate"] += queued - waited
+        for kind, records in batches.items():
+            counts[kind] += len(records.values)
+            _produce(
+                producer,
+                topics[kind],
+                records.keys.to_pylist(),
+                records.values.to_pylist(),
+                records.timestamps.tolist(),
+            )
+            if failures:
+                raise ProduceError(f"the broker refused records of {topics[kind]}: {failures}")
+        waited = time.perf_counter()
+        spent["queue"] += waited - queued
+    flushing = time.perf_counter()
+    left = producer.flush(120)
+    spent["flush"] = time.perf_counter() - flushing
+    if left:
+        raise ProduceError(f"{left} records still unacknowledged after 120 s; broker slow?")
+    if failed[0]:
+        raise ProduceError(f"the broker refused {failed[0]} records: {failures}")
 
 
 def _produce(
@@ -162,7 +230,6 @@ def _produce(
     keys: list[bytes],
     values: list[bytes],
     timestamps: list[int],
-    delivered: Any,
 ) -> None:
     """Queue every record (one ``produce`` call each: confluent-kafka's ``produce_batch``
     takes no timestamps), waiting for the broker while librdkafka's queue is full."""
@@ -170,7 +237,7 @@ def _produce(
     for key, value, ts in zip(keys, values, timestamps, strict=True):
         while True:
             try:
-                produce(topic, value, key, timestamp=ts, on_delivery=delivered)
+                produce(topic, value, key, timestamp=ts)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -178,7 +245,12 @@ def _produce(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args = top.parse_args(argv)
+    try:
+        ModelConfig(rate=args.rate, base_time_ms=args.base_time_ms)
+    except ValueError as e:
+        top.error(str(e))
     try:
         report = generate(args)
     except ProduceError as e:
@@ -191,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{mode} {report['events']} events ({report['person']} person, "
             f"{report['auction']} auction, {report['bid']} bid) in {report['seconds']} s: "
-            f"{report['events_per_s']} events/s"
+            f"{report['events_per_s']} events/s (waiting for the generator "
+            f"{report['generate_s']} s, "
+            f"queue {report['queue_s']} s, flush {report['flush_s']} s)"
         )
     return 0
