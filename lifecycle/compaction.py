@@ -19,12 +19,25 @@ amplification stays bounded, as in a size-tiered LSM tree).
 The new object's layout (:func:`merge_partition`): its blocks in (topic id, partition, base
 offset) order; the consecutive rows of one partition (no row of another object between them)
 become one block, holding their batches in offset order, except that a block closes before a
-row that would take its batches past ``MERGED_BLOCK_BYTES`` (2 MiB) of raw bytes: a reader
-fetches and caches whole blocks, so a cold read of a partition's history costs about one GET
-per 2 MiB and a block never costs the cache more than that (a row already larger stays one
-block of its own). Rows are never split, so each new block's ``max_timestamp`` is the max of
-the rows it merges (time retention and ListOffsets by time see the same values as before,
-block-grained: a merged block goes when its newest record expires). Skipped (duplicate)
+row that would take it past the limits of its topic (:func:`lifecycle.plan.block_limits`):
+- ``MERGED_BLOCK_BYTES`` (2 MiB) of batch bytes: a reader fetches and caches whole blocks,
+  so a cold read of a partition's history costs about one GET per 2 MiB and a block never
+  costs the cache more than that;
+- the topic's ``segment.bytes`` of batch bytes, and ``segment.ms`` of record time: from the
+  oldest record timestamp of its batches (a batch's ``base_timestamp``, or its
+  ``max_timestamp`` under LogAppendTime, which is every record's time then; negative
+  timestamps, "none", count for nothing) to the newest ``max_timestamp`` of its rows.
+  Rows are never split, so each new block's ``max_timestamp`` is the max of the rows it
+  merges, and time retention drops whole blocks: a record outlives ``retention.ms`` by at
+  most the span of its block, ``segment.ms``, as a Kafka record outlives it by at most its
+  segment's (Kafka rolls a segment after ``segment.ms`` of record time; its default, 7 days,
+  leaves the 2 MiB cap the only limit of a topic that does not set it). Likewise
+  ``retention.bytes`` keeps to within one block, at most ``segment.bytes``. The span is
+  measured from the oldest record rather than from the previous row's ``max_timestamp``:
+  it bounds exactly how much longer than its own timestamp says any record of the block is
+  kept, and it needs nothing outside the block.
+A row already beyond a limit alone stays one block of its own. ListOffsets by time sees
+block-grained values as before. Skipped (duplicate)
 batches are dropped; every other batch is copied byte for byte except its stored
 ``baseOffset`` field, rewritten by the gap rule (``streamhouse.recordbatch.encode_block``,
 outside the batch CRC), so every offset, timestamp and byte a consumer sees stays the same.
@@ -53,11 +66,24 @@ from itertools import groupby
 
 import msgspec
 
-from lifecycle.plan import RewriteGroup, RewriteGrouper, is_partly_live, is_small
+from lifecycle.plan import (
+    BlockLimits,
+    RewriteGroup,
+    RewriteGrouper,
+    block_limits,
+    is_partly_live,
+    is_small,
+)
 from lifecycle.rewrite import BlockData, BlockUnreadableError, RewriteContext, block_data
 from metadata.store import BlockRewrite, SegmentUsage, StoredBlock
 from streamhouse.errors import ErrorCode
-from streamhouse.recordbatch import BlockBatch, InvalidBatchError, encode_block, walk_block
+from streamhouse.recordbatch import (
+    TIMESTAMP_TYPE_MASK,
+    BlockBatch,
+    InvalidBatchError,
+    encode_block,
+    walk_block,
+)
 
 __all__ = [
     "MERGED_BLOCK_BYTES",
@@ -65,13 +91,17 @@ __all__ = [
     "CompactionReport",
     "compact_objects",
     "merge_partition",
+    "oldest_timestamp",
 ]
 
 log = logging.getLogger("lifecycle")
 
-#: A merged block holds at most this many raw (decompressed) bytes, unless one row alone is
-#: larger (rows are never split).
+#: A merged block holds at most this many batch bytes, unless one row alone is larger (rows
+#: are never split); less when its topic's segment.bytes is smaller.
 MERGED_BLOCK_BYTES = 2 * 1024 * 1024
+#: Merged blocks of a topic whose config was not found (it went meanwhile: the switch is
+#: refused anyway): the defaults.
+DEFAULT_LIMITS = block_limits({}, MERGED_BLOCK_BYTES)
 #: A merge pays when it copies at most lifecycle_small_object_bytes / MERGE_COPY_DIVISOR live
 #: bytes per object it does away with, or when its largest object weighs no more than the
 #: others together (plan.RewriteGroup.selection).
@@ -105,17 +135,35 @@ class CompactionReport(msgspec.Struct, kw_only=True):
     duration_ms: int = 0
 
 
+def oldest_timestamp(batches: Sequence[BlockBatch]) -> int:
+    """The oldest record timestamp of the batches (-1: none has one): a batch's
+    base_timestamp, or its max_timestamp under LogAppendTime (every record's time then)."""
+    oldest = -1
+    for b in batches:
+        info = b.info
+        ts = info.max_timestamp if info.attributes & TIMESTAMP_TYPE_MASK else info.base_timestamp
+        if ts >= 0 and (oldest < 0 or ts < oldest):
+            oldest = ts
+    return oldest
+
+
+def _earliest(a: int, b: int) -> int:
+    """The older of two timestamps, -1 meaning none."""
+    return b if a < 0 else a if b < 0 else min(a, b)
+
+
 def merge_partition(
     rows: Sequence[tuple[StoredBlock, bytes]],
     follows: Sequence[bool],
-    cap: int = MERGED_BLOCK_BYTES,
+    limits: BlockLimits = DEFAULT_LIMITS,
 ) -> tuple[list[BlockData], int]:
     """The new blocks of one partition's rows of a group, and how many duplicate batches were
     dropped.
 
     `rows`: the partition's block rows with their decoded bytes, by base offset; `follows[i]`
     says whether row i directly follows row i-1 in the partition (no other row between them;
-    ``follows[0]`` is ignored). Consecutive rows merge into one block up to `cap` raw bytes
+    ``follows[0]`` is ignored). Consecutive rows merge into one block while it keeps within
+    `limits`: batch bytes, and record time from its oldest record to its newest max_timestamp
     (see the module docstring). Raises InvalidBatchError when a row's bytes do not hold the
     offsets the row says."""
     out: list[BlockData] = []
@@ -124,7 +172,8 @@ def merge_partition(
     batches: list[BlockBatch] = []
     size = 0
     base = 0
-    newest = 0
+    newest = -1
+    oldest = -1
     first_row: StoredBlock | None = None
 
     def close() -> None:
@@ -145,17 +194,26 @@ def merge_partition(
             )
         dropped += len(row.skipped_batches)
         row_bytes = sum(b.info.length for b in walked)
-        if first_row is not None and (not follows[i] or size + row_bytes > cap):
+        row_oldest = oldest_timestamp(walked)
+        if first_row is not None and (
+            not follows[i]
+            or not limits.admits(
+                size + row_bytes,
+                _earliest(oldest, row_oldest),
+                max(newest, row.max_timestamp),
+            )
+        ):
             close()
             first_row = None
         if first_row is None:
             first_row, pieces, batches, size = row, [], [], 0
-            base, newest = row.base_offset, row.max_timestamp
+            base, newest, oldest = row.base_offset, row.max_timestamp, -1
         for b in walked:
             pieces.append((view[b.info.position : b.info.position + b.info.length], b.first_offset))
         batches.extend(walked)
         size += row_bytes
         newest = max(newest, row.max_timestamp)
+        oldest = _earliest(oldest, row_oldest)
     if first_row is not None:
         close()
     return out, dropped
@@ -219,6 +277,11 @@ async def _rewrite(ctx: RewriteContext, group: RewriteGroup, report: CompactionR
     if not rows:
         return  # their rows went meanwhile; the segments are marked dead by this pass
     follows = await _follows(ctx, rows)
+    topics = await ctx.meta.topics_by_id({r.topic_id for r in rows})
+    limits = {
+        topic_id: block_limits(topic.config, MERGED_BLOCK_BYTES)
+        for topic_id, topic in topics.items()
+    }
     try:
         datas = await ctx.get_blocks(rows)
     except BlockUnreadableError as exc:
@@ -233,7 +296,8 @@ async def _rewrite(ctx: RewriteContext, group: RewriteGroup, report: CompactionR
         for _, members in groupby(rows, key=lambda r: (r.topic_id, r.partition)):
             count = len(list(members))
             part = [(rows[i], datas[i]) for i in range(start, start + count)]
-            new, n = merge_partition(part, follows[start : start + count])
+            topic_limits = limits.get(part[0][0].topic_id, DEFAULT_LIMITS)
+            new, n = merge_partition(part, follows[start : start + count], topic_limits)
             blocks.extend(new)
             dropped += n
             start += count

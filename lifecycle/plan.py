@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from streamhouse.objectstore import ObjectInfo
 from streamhouse.segment import FOOTER_SIZE, HEADER_SIZE, INDEX_ENTRY_SIZE
+from streamhouse.topic_config import TOPIC_CONFIGS
 
 if TYPE_CHECKING:
     from metadata.store import SegmentUsage
@@ -19,12 +20,14 @@ if TYPE_CHECKING:
 __all__ = [
     "SEGMENT_PREFIX",
     "Backoff",
+    "BlockLimits",
     "ByteBudget",
     "MAX_GROUP_ROWS",
     "DeleteBudget",
     "RateBudget",
     "RewriteGroup",
     "RewriteGrouper",
+    "block_limits",
     "is_partly_live",
     "is_small",
     "object_overhead",
@@ -195,6 +198,38 @@ class RewriteGroup(NamedTuple):
                 return sorted(chosen, key=lambda s: s.segment_id)
             chosen.pop()
         return []
+
+
+class BlockLimits(NamedTuple):
+    """How much one merged block of a topic may hold (Kafka's segment granularity).
+
+    Time retention drops whole blocks (a block goes when its newest record expires) and size
+    retention counts whole blocks, so a block is to StreamHouse what a log segment is to
+    Kafka: a record may outlive ``retention.ms`` by the record time its block spans, and
+    ``retention.bytes`` is kept to within one block. Kafka bounds both by rolling a segment
+    after ``segment.ms`` of record time or ``segment.bytes``; a merged block is bounded by the
+    same two configs of its topic (and by the reader's block cap)."""
+
+    max_bytes: int  # batch bytes (the raw length retention.bytes counts)
+    max_span_ms: int  # newest max_timestamp minus oldest record timestamp
+
+    def admits(self, size: int, oldest_ms: int, newest_ms: int) -> bool:
+        """Whether a block of `size` batch bytes whose records' timestamps run from
+        `oldest_ms` to `newest_ms` (-1 for either: no timestamps) keeps within the limits."""
+        if size > self.max_bytes:
+            return False
+        return oldest_ms < 0 or newest_ms < 0 or newest_ms - oldest_ms <= self.max_span_ms
+
+
+def block_limits(config: dict[str, str], cap_bytes: int) -> BlockLimits:
+    """The limits of a merged block of a topic with this config (its values, or the defaults
+    of :data:`streamhouse.topic_config.TOPIC_CONFIGS`): at most ``segment.bytes`` and
+    `cap_bytes` of batch bytes, spanning at most ``segment.ms`` of record time."""
+
+    def value(key: str) -> int:
+        return int(config.get(key, TOPIC_CONFIGS[key][0]))
+
+    return BlockLimits(min(cap_bytes, value("segment.bytes")), value("segment.ms"))
 
 
 #: Most block rows one rewrite replaces (one metadata transaction; the store takes 100,000).

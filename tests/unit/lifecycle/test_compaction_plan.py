@@ -1,22 +1,31 @@
 """The I/O-free decisions of small-object compaction and partly-live rewrites: which objects
 are candidates, how they are grouped, and the layout of a merged partition (offsets, skipped
-batches, the block size cap, breaks where another object's row sits between)."""
+batches, the block size cap, the topic's segment.ms and segment.bytes, breaks where another
+object's row sits between)."""
 
 from __future__ import annotations
 
 import pytest
 
-from lifecycle.compaction import merge_partition
+from lifecycle.compaction import MERGED_BLOCK_BYTES, merge_partition, oldest_timestamp
 from lifecycle.plan import (
+    BlockLimits,
     RewriteGrouper,
+    block_limits,
     is_partly_live,
     is_small,
     object_overhead,
 )
 from metadata.store import SegmentUsage, StoredBlock
-from streamhouse.recordbatch import encode_batch, encode_block, walk_block
+from streamhouse.recordbatch import (
+    TIMESTAMP_TYPE_MASK,
+    encode_batch,
+    encode_block,
+    walk_block,
+)
 
 NOW = 1_800_000_000_000
+WEEK_MS = 604_800_000
 MIN_AGE = 60_000
 SMALL = 8 * 1024 * 1024
 
@@ -252,7 +261,7 @@ def test_merged_blocks_are_capped_at_row_boundaries_and_tile_the_rows() -> None:
         log.flush([batch(100 * i, records=20)])
     one_row = len(log.rows[0][1])
     cap = 3 * one_row + one_row // 2
-    blocks, _ = merge_partition(log.rows, [True] * 10, cap=cap)
+    blocks, _ = merge_partition(log.rows, [True] * 10, BlockLimits(cap, WEEK_MS))
     assert [b.batch_count for b in blocks] == [3, 3, 3, 1]
     assert all(len(b.data) <= cap for b in blocks)
     # The new rows tile the old span exactly: each starts where the previous ends.
@@ -271,7 +280,7 @@ def test_a_row_larger_than_the_cap_stays_one_block() -> None:
     log = Log()
     log.flush([batch(1, records=50)])
     log.flush([batch(2)])
-    blocks, _ = merge_partition(log.rows, [True, True], cap=10)
+    blocks, _ = merge_partition(log.rows, [True, True], BlockLimits(10, WEEK_MS))
     assert [b.batch_count for b in blocks] == [1, 1]
 
 
@@ -296,3 +305,104 @@ def test_a_row_whose_bytes_do_not_match_its_offsets_is_refused() -> None:
     bad = StoredBlock(7, 3, 0, 7, 1, "segments/1.seg", 8, len(data) + 20, 3, 3, ())
     with pytest.raises(ValueError, match="says offsets 0..7 but its batches end at 3"):
         merge_partition([(bad, data)], [True])
+
+
+# --------------------------------------------------------------------------- segment.ms/bytes
+
+
+def test_block_limits_come_from_the_topic_config_or_the_defaults() -> None:
+    assert block_limits({}, MERGED_BLOCK_BYTES) == BlockLimits(MERGED_BLOCK_BYTES, WEEK_MS)
+    config = {"segment.ms": "60000", "segment.bytes": "5000", "retention.ms": "1"}
+    assert block_limits(config, MERGED_BLOCK_BYTES) == BlockLimits(5000, 60_000)
+    # segment.bytes above the cap: the cap.
+    assert block_limits({"segment.bytes": str(1 << 30)}, 4096).max_bytes == 4096
+
+
+def test_block_limits_admit_by_bytes_and_record_time_span() -> None:
+    limits = BlockLimits(max_bytes=100, max_span_ms=1000)
+    assert limits.admits(100, 5000, 6000)  # both limits are inclusive
+    assert not limits.admits(101, 5000, 5000)
+    assert not limits.admits(50, 5000, 6001)
+    # Blocks without timestamps (-1) are limited by bytes only.
+    assert limits.admits(50, -1, 10**12)
+    assert limits.admits(50, 0, -1)
+
+
+def test_oldest_timestamp_takes_base_timestamps_or_log_append_time() -> None:
+    data = batch(5000) + batch(4000)
+    assert oldest_timestamp(walk_block(data, 0)) == 4000
+    # Under LogAppendTime every record's time is the batch's max_timestamp.
+    appended = walk_block(batch(3000), 0)[0]
+    info = appended.info.__class__(
+        **{
+            **{f: getattr(appended.info, f) for f in appended.info.__struct_fields__},
+            "attributes": TIMESTAMP_TYPE_MASK,
+            "max_timestamp": 9000,
+        }
+    )
+    assert oldest_timestamp([appended.__class__(info, appended.first_offset)]) == 9000
+    # No timestamps (-1): none.
+    none = walk_block(batch(3000), 0)[0]
+    none_info = none.info.__class__(
+        **{
+            **{f: getattr(none.info, f) for f in none.info.__struct_fields__},
+            "base_timestamp": -1,
+        }
+    )
+    assert oldest_timestamp([none.__class__(none_info, 0)]) == -1
+
+
+def test_a_merged_block_spans_at_most_segment_ms_of_record_time() -> None:
+    # One flush a second of 3 records 1 ms apart; segment.ms 10 s: a block holds the rows
+    # whose records lie within 10 s of its oldest record.
+    log = Log()
+    for i in range(30):
+        log.flush([batch(1_000_000 + 1000 * i)])
+    limits = BlockLimits(MERGED_BLOCK_BYTES, 10_000)
+    blocks, _ = merge_partition(log.rows, [True] * 30, limits)
+    spans = []
+    for b in blocks:
+        walked = walk_block(b.data, b.base_offset)
+        oldest = min(x.info.base_timestamp for x in walked)
+        spans.append(b.max_timestamp - oldest)
+    assert all(span <= 10_000 for span in spans), spans
+    # 10 rows fit (1,000,000 .. 1,009,002), the 11th would take it to 10,002 ms.
+    assert [b.batch_count for b in blocks] == [10, 10, 10]
+    # Each block's max timestamp is still that of its rows, and the new rows tile the old.
+    assert [b.max_timestamp for b in blocks] == [1_009_002, 1_019_002, 1_029_002]
+    assert [b.base_offset for b in blocks[1:]] == [b.end_offset for b in blocks[:-1]]
+    got = [t for b in blocks for t in offsets_and_bytes(b.data, b.base_offset)]
+    assert got == expected(log)
+    # The default (7 days) merges them all.
+    (one,) = merge_partition(log.rows, [True] * 30, block_limits({}, MERGED_BLOCK_BYTES))[0]
+    assert one.batch_count == 30
+
+
+def test_the_span_counts_an_older_record_of_a_later_row() -> None:
+    # Out-of-order CreateTime timestamps: the third row holds a record older than the
+    # first's; merging it would make the block span 11 s.
+    log = Log()
+    log.flush([batch(10_000)])
+    log.flush([batch(15_000)])
+    log.flush([batch(4_000), batch(14_000)])
+    blocks, _ = merge_partition(log.rows, [True] * 3, BlockLimits(MERGED_BLOCK_BYTES, 10_000))
+    assert [b.batch_count for b in blocks] == [2, 2]
+
+
+def test_a_merged_block_holds_at_most_segment_bytes() -> None:
+    log = Log()
+    for i in range(6):
+        log.flush([batch(1000 + 100 * i, records=5)])
+    one_row = len(log.rows[0][1])
+    limits = block_limits({"segment.bytes": str(2 * one_row)}, MERGED_BLOCK_BYTES)
+    blocks, _ = merge_partition(log.rows, [True] * 6, limits)
+    assert [b.batch_count for b in blocks] == [2, 2, 2]
+    assert all(len(b.data) <= 2 * one_row for b in blocks)
+
+
+def test_a_row_spanning_more_than_segment_ms_alone_stays_one_block() -> None:
+    log = Log()
+    log.flush([batch(0), batch(50_000)])
+    log.flush([batch(50_001)])
+    blocks, _ = merge_partition(log.rows, [True, True], BlockLimits(MERGED_BLOCK_BYTES, 10_000))
+    assert [b.batch_count for b in blocks] == [2, 1]
