@@ -216,24 +216,38 @@ class Generator:
         self.config = config or ModelConfig()
         shared = np.random.default_rng([seed, 2**32])
         self._extra_pool = shared.integers(ord("a"), ord("z") + 1, EXTRA_POOL_BYTES, dtype=np.uint8)
-        bases = [self._base_url(shared) for _ in range(len(HOT_CHANNELS) + CHANNELS)]
-        self._hot_urls = bases[: len(HOT_CHANNELS)]
-        with_id = shared.integers(0, 10, size=CHANNELS) > 0
-        urls = [
-            base + f"&channel_id={_reversed_int(i)}" if tagged else base
-            for i, (base, tagged) in enumerate(
-                zip(bases[len(HOT_CHANNELS) :], with_id.tolist(), strict=True)
-            )
-        ]
+        # Base URLs https://www.nexmark.com/<a>/<b>/<c>/item.htm?query=1 (a, b, c: 3-4 chars
+        # of a-z and _); 9 in 10 non-hot channels add &channel_id=<channel number, bits
+        # reversed>; the 4 hot channels share the first 4 URLs.
+        urls = len(HOT_CHANNELS) + CHANNELS
+        parts = _random_strings(shared, 3 * urls, 5, ord("_"), trim=False)
+        bases = pc.binary_join_element_wise(
+            "https://www.nexmark.com/",
+            parts.slice(0, urls),
+            "/",
+            parts.slice(urls, urls),
+            "/",
+            parts.slice(2 * urls, urls),
+            "/item.htm?query=1",
+            "",
+        )
+        tagged = np.concatenate(
+            [np.zeros(len(HOT_CHANNELS), bool), shared.integers(0, 10, size=CHANNELS) > 0]
+        )
+        numbers = np.concatenate(
+            [np.zeros(len(HOT_CHANNELS), np.int64), _reversed_bits(np.arange(CHANNELS))]
+        )
+        suffix = pc.if_else(
+            pa.array(tagged),
+            pc.binary_join_element_wise(
+                "&channel_id=", pc.cast(pa.array(numbers), pa.string()), ""
+            ),
+            "",
+        )
+        self._urls = pc.binary_join_element_wise(bases, suffix, "")
         self._channels = pa.array(
             list(HOT_CHANNELS) + [f"channel-{i}" for i in range(CHANNELS)], pa.string()
         )
-        self._urls = pa.array(self._hot_urls + urls, pa.string())
-
-    @staticmethod
-    def _base_url(rng: np.random.Generator) -> str:
-        parts = _random_strings(rng, 3, 5, ord("_"), trim=False).to_pylist()
-        return "https://www.nexmark.com/" + "/".join(parts) + "/item.htm?query=1"
 
     def chunks(self, events: int, first_event: int = 0) -> Iterator[Chunk]:
         """Events ``[first_event, first_event + events)``, one chunk (or part of one) at a
@@ -383,10 +397,15 @@ class Generator:
         )
 
 
-def _reversed_int(i: int) -> int:
-    """``abs(Integer.reverse(i))`` of Java: the 32 bits of i reversed, as a signed int."""
-    r = int(f"{i & 0xFFFFFFFF:032b}"[::-1], 2)
-    return abs(r - (1 << 32) if r & (1 << 31) else r)
+def _reversed_bits(values: np.ndarray) -> np.ndarray:
+    """``abs(Integer.reverse(i))`` of Java for each value: its 32 bits reversed, read as a
+    signed 32-bit int, made positive in 32 bits (so 1 -> -2147483648, as in Java)."""
+    bits = values.astype(np.uint32)
+    out = np.zeros_like(bits)
+    for _ in range(32):
+        out = (out << np.uint32(1)) | (bits & np.uint32(1))
+        bits >>= np.uint32(1)
+    return np.abs(out.view(np.int32)).astype(np.int64)
 
 
 def json_values(table: pa.Table) -> pa.Array:

@@ -162,6 +162,16 @@ def test_values_are_json_of_the_table_and_fields_are_in_range(run: dict[str, pa.
     hot = {"Google", "Facebook", "Baidu", "Apple"}
     hot_share = sum(c["counts"].as_py() for c in channels if c["values"].as_py() in hot)
     assert 0.47 < hot_share / bid.num_rows < 0.53
+    others = bid.filter(pc.invert(pc.is_in(bid.column("channel"), pa.array(sorted(hot)))))
+    assert pc.all(pc.starts_with(others.column("channel"), "channel-")).as_py()
+    tagged = pc.mean(pc.match_substring(others.column("url"), "&channel_id=")).as_py()
+    assert 0.85 < tagged < 0.95  # 9 in 10 non-hot channels carry their id
+    assert pc.all(
+        pc.match_substring_regex(
+            bid.column("url"),
+            r"^https://www\.nexmark\.com/[a-z_]+/[a-z_]+/[a-z_]+/item\.htm\?query=1",
+        )
+    ).as_py()
     person = run["person"]
     assert pc.all(pc.match_substring_regex(person.column("emailAddress"), r"@.*\.com$")).as_py()
     assert pc.all(
