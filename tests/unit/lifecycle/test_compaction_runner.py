@@ -225,6 +225,33 @@ def test_small_objects_merge_into_one_with_every_batch_at_its_offset(world: Worl
     assert report.compaction is not None and report.compaction.groups_rewritten == 0
 
 
+def test_merged_blocks_keep_to_the_topics_segment_ms_and_segment_bytes(world: World) -> None:
+    # "timed": one object every 4 s of record time, segment.ms 10 s: blocks of 3 objects.
+    # "sized": segment.bytes of two batches: blocks of 2. "plain": the defaults, one block.
+    world.meta.create_topic("timed", 1, {"segment.ms": "10000"})
+    sample = len(batch(0))
+    world.meta.create_topic("sized", 1, {"segment.bytes": str(2 * sample + 10)})
+    world.meta.create_topic("plain", 1)
+    for i in range(9):
+        world.commit(
+            {
+                (topic, 0): [(batch(10_000 + 4_000 * i), BatchRef(4))]
+                for topic in ("timed", "sized", "plain")
+            }
+        )
+    before = {t: world.log(t, 0) for t in ("timed", "sized", "plain")}
+    report = world.run(old_enough())
+    assert report.compaction is not None and report.compaction.objects_replaced == 9
+    rows = world.meta.blocks_of_segments([s.segment_id for s in world.meta.live_segments()])
+    ids = {t: world.meta.get_topic(t).topic_id for t in before}  # type: ignore[union-attr]
+    spans = {
+        t: [(r.end_offset - r.base_offset) // 4 for r in rows if r.topic_id == i]
+        for t, i in ids.items()
+    }
+    assert spans == {"timed": [3, 3, 3], "sized": [2, 2, 2, 2, 1], "plain": [9]}
+    assert {t: world.log(t, 0) for t in before} == before
+
+
 def test_a_partly_live_object_is_rewritten_with_its_live_blocks(
     tmp_path: pathlib.Path, target: str
 ) -> None:
