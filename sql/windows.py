@@ -185,6 +185,7 @@ class _PaneWindow:
     merged_rows: int = 0
     pending_rows: int = 0
     distinct: dict[int, list[pa.Table]] = field(default_factory=dict)
+    distinct_pending: bool = False
     emitted: bool = False
     dirty: bool = False
 
@@ -463,20 +464,23 @@ class WindowAggregate:
                     self._merge_window(win)
             else:
                 win.distinct[distinct].append(part)
+                win.distinct_pending = True
                 if len(win.distinct[distinct]) > 16:
                     self._merge_window(win)
 
     def _merge_window(self, win: _PaneWindow) -> None:
-        if len(win.parts) > 1:
+        # a part appended may hold several rows of one group (one per pane): merged even alone
+        if win.pending_rows:
             table = pa.concat_tables(win.parts)
             win.parts = [self._group(table, self._gkeys, self._merge_specs())]
         win.merged_rows = win.parts[0].num_rows if win.parts else 0
         win.pending_rows = 0
         for i, parts in win.distinct.items():
-            if len(parts) > 1:
+            if win.distinct_pending and parts:
                 by = [*self._gkeys, f"_a{i}"]
                 table = pa.concat_tables(parts)
                 win.distinct[i] = [table.group_by(by, use_threads=False).aggregate([]).select(by)]
+        win.distinct_pending = False
 
     # ------------------------------------------------------------------ sessions
     def _process_sessions(self, table: pa.Table) -> None:
