@@ -4,8 +4,8 @@ Events are generated in fixed chunks of ``CHUNK_EVENTS`` consecutive event ids; 
 draws from its own random stream, ``numpy.random.default_rng([seed, c])``, so a chunk's
 events depend only on (seed, chunk index, model config): the same seed and event count give
 the same events and the same bytes, the first N events of a longer run are the N events of a
-shorter one, and chunks could be made on several cores. The shared tables (the 1 MiB string
-the ``extra`` fields are cut from, the 10,000 non-hot channels and their URLs) are drawn once
+shorter one, and chunks could be made on several cores. The shared tables (the 8 MiB random
+string the ``extra`` fields are cut from, the 10,000 non-hot channels and their URLs) are drawn once
 from ``default_rng([seed, 2**32])``.
 
 A chunk is three Arrow tables (``PERSON_SCHEMA``, ``AUCTION_SCHEMA``, ``BID_SCHEMA``: the
@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 CHUNK_EVENTS = 50_000
-EXTRA_POOL_BYTES = 1 << 20
+EXTRA_POOL_BYTES = 8 << 20
 CHANNELS = 10_000
 HOT_CHANNELS = ("Google", "Facebook", "Baidu", "Apple")
 US_STATES = ("AZ", "CA", "ID", "OR", "WA", "WY")
@@ -160,20 +160,12 @@ class Chunk:
         )
 
 
-def _strings_from(pool: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
-    """A string array whose element i is ``pool[starts[i] : starts[i] + lengths[i]]`` (uint8
-    ASCII pool), gathered in one numpy pass."""
-    lengths = lengths.astype(np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+def _string_array(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """A string array of consecutive pieces of ``data`` (uint8 ASCII) of the given lengths,
+    over ``data``'s own memory (no copy)."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    index = np.arange(total, dtype=np.int64) + np.repeat(
-        starts.astype(np.int64) - offsets[:-1], lengths
-    )
-    data = pool[index]
-    return pa.LargeStringArray.from_buffers(
-        len(lengths), pa.py_buffer(offsets), pa.py_buffer(data.tobytes())
-    ).cast(pa.string())
+    return pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(data))
 
 
 def _random_strings(
@@ -185,7 +177,7 @@ def _random_strings(
     draws = rng.integers(0, 26 * 13, size=int(lengths.sum()), dtype=np.int16)
     chars = (ord("a") + draws // 13).astype(np.uint8)
     chars[draws % 13 == 0] = special
-    strings = _strings_from(chars, np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+    strings = _string_array(chars, lengths)
     return pc.utf8_trim(strings, characters=" ") if trim else strings
 
 
@@ -284,13 +276,21 @@ class Generator:
 
     def _extra(self, rng: np.random.Generator, current: np.ndarray, average: int) -> pa.Array:
         """Nexmark's ``nextExtra``: a string making the event ``average`` bytes on average
-        (+-20 %), cut from the shared pool at a random place."""
+        (+-20 %). The extras of a chunk's events are consecutive pieces of one run of the
+        shared random pool starting at a random place (Flink cuts each at its own random
+        place; the strings are as random either way, and this is one copy, not a gather)."""
         wanted = np.maximum(average - current, 0)
         delta = np.floor(wanted * 0.2 + 0.5).astype(np.int64)
         sizes = wanted - delta + (rng.random(len(current)) * 2 * delta).astype(np.int64)
         sizes[current > average] = 0
-        starts = (rng.random(len(current)) * (EXTRA_POOL_BYTES - sizes)).astype(np.int64)
-        return _strings_from(self._extra_pool, starts, sizes)
+        total = int(sizes.sum())
+        if total <= EXTRA_POOL_BYTES:
+            start = int(rng.integers(0, EXTRA_POOL_BYTES - total + 1))
+            data = self._extra_pool[start : start + total]
+        else:  # larger than the pool (huge --avg sizes): wrap around it
+            start = int(rng.integers(0, EXTRA_POOL_BYTES))
+            data = self._extra_pool[(start + np.arange(total)) % EXTRA_POOL_BYTES]
+        return _string_array(data, sizes)
 
     def _people(self, rng: np.random.Generator, ids: np.ndarray, times: np.ndarray) -> pa.Table:
         n = len(ids)
