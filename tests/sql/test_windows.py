@@ -392,3 +392,78 @@ def test_hop_counts_a_row_in_its_open_windows_only() -> None:
     out = op.advance_watermark(100).to_pylist()
     assert [(r["window_start"], r["n"]) for r in out] == [(0, 1), (10, 1)]
     np.testing.assert_array_equal(event_times_ms(pa.array([3, None]))[1], [True, False])
+
+
+@pytest.mark.parametrize("window", WINDOWS, ids=repr)
+def test_updates_mode_snapshots_and_upserts_end_at_the_final_results(window: Window) -> None:
+    batches = make_stream(seed=5, n=3000, keys=4, span_ms=20_000, jitter_ms=1500, batch=200)
+
+    def run(emit_updates: bool, snapshot_at: int | None) -> list[dict]:
+        op = WindowAggregate(
+            SCHEMA, window, "ts", ["k"], AGGS, allowed_lateness_ms=800, emit_updates=emit_updates
+        )
+        tracker = WatermarkTracker(50)
+        out: list[dict] = []
+        for i, rows in enumerate(batches):
+            if i == snapshot_at:
+                op = WindowAggregate.restore(op.snapshot())
+            batch = to_batch(rows)
+            op.process(batch)
+            t, valid = event_times_ms(batch.column("ts"))
+            wm = tracker.observe(t if valid is None else t[valid])
+            if wm is not None:
+                out += op.advance_watermark(wm).to_pylist()
+        return out + op.advance_watermark(10**12).to_pylist()
+
+    updates = run(True, None)
+    assert run(True, 4) == updates
+    assert run(True, 11) == updates
+    final = run(False, None)
+    assert len(updates) > len(final)  # some windows really were updated
+    if not isinstance(window, Session):
+        latest = {(r["k"], r["window_start"]): r for r in updates}
+        assert sorted(latest.values(), key=out_key) == sorted(final, key=out_key)
+
+
+@pytest.mark.parametrize("keys", [["k", "g"], []], ids=["two-keys", "no-keys"])
+def test_group_keys_match_a_datafusion_group_by(keys: list[str]) -> None:
+    rnd = random.Random(6)
+    schema = pa.schema(
+        [("k", pa.string()), ("g", pa.int32()), ("ts", pa.int64()), ("x", pa.int64())]
+    )
+    batches = []
+    for b in range(20):
+        rows = [
+            {
+                "k": rnd.choice(["a", "b", None]),
+                "g": rnd.choice([1, 2, None]),
+                "ts": b * 500 + i,
+                "x": rnd.choice([1, 2, 3, None]),
+            }
+            for i in range(500)
+        ]
+        batches.append(pa.RecordBatch.from_pylist(rows, schema=schema))
+    aggs = [
+        Aggregate("count", None, "n"),
+        Aggregate("sum", "x", "s"),
+        Aggregate("count_distinct", "x", "d"),
+    ]
+    op = WindowAggregate(schema, Hop(2000, 1000), "ts", keys, aggs)
+    got: list[dict] = []
+    for batch in batches:
+        op.process(batch)
+        got += op.advance_watermark(pa.compute.max(batch.column("ts")).as_py()).to_pylist()
+    got += op.advance_watermark(10**12).to_pylist()
+    ctx = SessionContext()
+    ctx.register_record_batches("t", [batches])
+    cols = "".join(f"{k}, " for k in keys)
+    order = "".join(f", {k} NULLS LAST" for k in keys)
+    sql = (
+        f"SELECT {cols}ws AS window_start, ws + 2000 AS window_end, count(*) AS n, sum(x) AS s,"
+        " count(DISTINCT x) AS d FROM (SELECT *, (ts / 1000) * 1000 AS ws FROM t UNION ALL"
+        " SELECT *, (ts / 1000) * 1000 - 1000 AS ws FROM t)"
+        f" GROUP BY {cols}ws ORDER BY window_start{order}"
+    )
+    want = pa.Table.from_batches(ctx.sql(sql).collect()).to_pylist()
+    assert got == want
+    assert len(got) > 10  # 11 windows over 10 s, times the key groups
