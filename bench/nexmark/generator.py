@@ -62,6 +62,7 @@ __all__ = [
     "Chunk",
     "Generator",
     "Records",
+    "create_stream_sql",
 ]
 
 CHUNK_EVENTS = 50_000
@@ -428,3 +429,21 @@ def json_values(table: pa.Table) -> pa.Array:
     pieces.append('"}' if sep == '",' else "}")
     joined = pc.binary_join_element_wise(*pieces, "")
     return pc.cast(joined, pa.binary())
+
+
+_SQL_TYPES = {pa.int64(): "BIGINT", pa.string(): "VARCHAR", TS: "TIMESTAMP"}
+
+
+def create_stream_sql(kind: str, name: str | None = None, topic: str | None = None) -> str:
+    """``CREATE STREAM`` of one of the three topics in StreamHouse SQL: the Nexmark columns
+    (camelCase names quoted, so they match the JSON fields), a watermark 4 s behind
+    ``dateTime`` (Flink's Nexmark DDL), JSON format."""
+    schemas = {"person": PERSON_SCHEMA, "auction": AUCTION_SCHEMA, "bid": BID_SCHEMA}
+    if kind not in schemas:
+        raise ValueError(f"no Nexmark stream {kind!r}: one of {sorted(schemas)}")
+    columns = ", ".join(f'"{f.name}" {_SQL_TYPES[f.type]}' for f in schemas[kind])
+    return (
+        f'CREATE STREAM "{name or kind}" ({columns}, '
+        'WATERMARK FOR "dateTime" AS "dateTime" - INTERVAL \'4\' SECOND) '
+        f"WITH (topic = '{topic or kind}', format = 'json')"
+    )

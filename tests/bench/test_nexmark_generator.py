@@ -34,6 +34,7 @@ from bench.nexmark.generator import (  # noqa: E402
     CHUNK_EVENTS,
     PERSON_SCHEMA,
     Generator,
+    create_stream_sql,
 )
 from bench.nexmark.model import ModelConfig  # noqa: E402
 
@@ -225,13 +226,9 @@ def test_generate_into_a_stack_and_query_it_back(stack: Stack) -> None:
     assert report["events"] == events and report["events_per_s"] > 0
     assert [report[t] for t in TOPICS] == [reference[t].num_rows for t in TOPICS]
 
-    created = run_sql(
-        stack,
-        "CREATE STREAM bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, "
-        'url VARCHAR, "dateTime" TIMESTAMP, extra VARCHAR) '
-        "WITH (topic = 'bid', format = 'json')",
-    )
-    assert created.strip() == "stream bid created over topic bid"
+    for kind in TOPICS:
+        created = run_sql(stack, create_stream_sql(kind))
+        assert created.strip() == f"stream {kind} created over topic {kind}"
     bid = reference["bid"]
     rows = sql(
         stack,
@@ -248,9 +245,30 @@ def test_generate_into_a_stack_and_query_it_back(stack: Stack) -> None:
     ]
     last = datetime.datetime.fromisoformat(str(rows[0]["last"]))
     assert last == pc.max(bid.column("dateTime")).as_py()
-    for t in ("person", "auction"):
-        counted = sql(stack, f'SELECT count(*) AS n FROM topics."{t}"')
-        assert counted == [{"n": reference[t].num_rows}]
+    person, auction = reference["person"], reference["auction"]
+    assert sql(stack, "SELECT count(*) AS n, min(id) AS low, max(id) AS high FROM person") == [
+        {"n": person.num_rows, "low": 1000, "high": 1000 + person.num_rows - 1}
+    ]
+    by_category = sql(
+        stack,
+        "SELECT category, count(*) AS n, sum(reserve) AS reserve, "
+        "count(DISTINCT seller) AS sellers FROM auction GROUP BY category ORDER BY category",
+    )
+    expected = (
+        auction.group_by("category")
+        .aggregate([("id", "count"), ("reserve", "sum"), ("seller", "count_distinct")])
+        .sort_by("category")
+    )
+    assert by_category == [
+        {"category": c, "n": n, "reserve": r, "sellers": s}
+        for c, n, r, s in zip(
+            expected.column("category").to_pylist(),
+            expected.column("id_count").to_pylist(),
+            expected.column("reserve_sum").to_pylist(),
+            expected.column("seller_count_distinct").to_pylist(),
+            strict=True,
+        )
+    ]
     # Keys: a bid's key is its auction, so one auction's bids share a partition.
     spread = sql(
         stack,
