@@ -28,8 +28,8 @@ Rules
    closes when ``W >= end + allowed_lateness``, and every closed session has
    ``end <= W - lateness``, so a record kept can never touch a closed session).
 4. ``emit_updates=False`` (default): each window is emitted once, when it closes, with its
-   final value. ``emit_updates=True``: a window is emitted first when ``W >= end`` and again
-   after each change (records late but within the lateness) at the next
+   final value. ``emit_updates=True``: a window is emitted first when ``W >= end``, and the
+   groups that changed since (records late but within the lateness) again at the next
    ``advance_watermark``; the later row replaces the earlier one for the same group and
    ``window_start`` (a session that grows may also change its start: it replaces every row of
    its group whose range it covers). State is kept until the window closes.
@@ -62,7 +62,8 @@ its schema metadata ``streamhouse.windows`` is JSON: ``{"version": 1, "window": 
 name]...], "allowed_lateness_ms", "emit_updates", "watermark" (null before the first),
 "stats": {...}, "next_sid"}``. Each row is a part, its ``ipc`` one Arrow IPC stream:
 ``schema`` (the input schema, no rows); tumble/hop: ``windows`` (``_w`` window start int64,
-``_emitted`` bool, ``_dirty`` bool), ``partials`` (``_w``, group keys, partial columns),
+``_emitted`` bool, ``_dirty`` bool), ``partials`` (``_w``, group keys, partial columns,
+``_chg`` bool: the group changed since the window was emitted),
 ``distinct<i>`` (``_w``, group keys, ``_a<i>``: distinct values of aggregate i); session:
 ``sessions`` (group keys, ``_sid``, ``_start``, ``_end``, ``_emitted``, ``_dirty``, partial
 columns) and ``sdistinct<i>`` (``_sid``, ``_a<i>``). Partial columns: ``_p<i>_n`` (count,
@@ -241,6 +242,10 @@ class WindowAggregate:
         extra = "_pane" if self._pane else "_sid"
         empty = empty.append_column(extra, pa.array([], pa.int64()))
         self._empty_partial = self._batch_partials(empty, [extra])
+        if self._pane:  # which groups changed since the window was emitted (updates mode)
+            self._empty_partial = self._empty_partial.append_column(
+                "_chg", pa.array([], pa.bool_())
+            )
         self._empty_distinct = {i: self._distinct_rows(empty, i, []) for i in self._distinct}
 
     # ------------------------------------------------------------------ configuration
@@ -458,7 +463,8 @@ class WindowAggregate:
             if self.emit_updates and win.emitted:
                 win.dirty = True
             if distinct is None:
-                win.parts.append(part)
+                changed = np.full(part.num_rows, win.emitted)
+                win.parts.append(part.append_column("_chg", pa.array(changed, pa.bool_())))
                 win.pending_rows += part.num_rows
                 if win.pending_rows > max(4096, 2 * win.merged_rows):
                     self._merge_window(win)
@@ -472,7 +478,8 @@ class WindowAggregate:
         # a part appended may hold several rows of one group (one per pane): merged even alone
         if win.pending_rows:
             table = pa.concat_tables(win.parts)
-            win.parts = [self._group(table, self._gkeys, self._merge_specs())]
+            specs = [*self._merge_specs(), ("_chg", "any", None, "_chg")]
+            win.parts = [self._group(table, self._gkeys, specs)]
         win.merged_rows = win.parts[0].num_rows if win.parts else 0
         win.pending_rows = 0
         for i, parts in win.distinct.items():
@@ -597,6 +604,11 @@ class WindowAggregate:
             },
             self._gkeys,
         )
+        if win.emitted:  # an update: only the groups that changed since
+            partial = partial.filter(partial.column("_chg"))
+            part = win.parts[0]
+            unchanged = pa.array(np.zeros(part.num_rows, bool))
+            win.parts[0] = part.set_column(part.schema.get_field_index("_chg"), "_chg", unchanged)
         n = partial.num_rows
         partial = partial.append_column("_start", pa.array(np.full(n, start), pa.int64()))
         partial = partial.append_column(
@@ -616,7 +628,7 @@ class WindowAggregate:
             c = self._group(d, by, [(f"_a{i}", "count", valid, f"_p{i}_d")])
             extra.append(c)
         specs = [
-            (c, "first" if c in self._gkeys else "max", None, c)
+            (c, "first" if c in self._gkeys else "any" if c == "_chg" else "max", None, c)
             for c in partial.column_names
             if c not in by
         ]

@@ -269,13 +269,17 @@ def test_updates_reemit_late_rows_within_lateness_and_drop_beyond() -> None:
     op = WindowAggregate(
         SCHEMA, Tumble(10), "ts", ["k"], AGGS[:3], allowed_lateness_ms=5, emit_updates=True
     )
-    op.process(to_batch([("a", 1, 1), ("a", 4, 2)]))
+    op.process(to_batch([("a", 1, 1), ("a", 4, 2), ("b", 2, 5)]))
     assert op.advance_watermark(9).num_rows == 0  # window [0, 10) not reached
     first = op.advance_watermark(10).to_pylist()
-    assert first == [{"k": "a", "window_start": 0, "window_end": 10, "n": 2, "nx": 2, "s": 3}]
+    assert first == [
+        {"k": "a", "window_start": 0, "window_end": 10, "n": 2, "nx": 2, "s": 3},
+        {"k": "b", "window_start": 0, "window_end": 10, "n": 1, "nx": 1, "s": 5},
+    ]
     assert op.advance_watermark(11).num_rows == 0  # nothing changed
     op.process(to_batch([("a", 7, 10)]))  # late, within lateness: updates the window
     update = op.advance_watermark(12).to_pylist()
+    # only the group that changed
     assert update == [{"k": "a", "window_start": 0, "window_end": 10, "n": 3, "nx": 3, "s": 13}]
     assert op.advance_watermark(15).num_rows == 0  # closes, nothing new to say
     op.process(to_batch([("a", 8, 100)]))  # beyond the lateness: dropped, counted
