@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import queue
 import sys
 import threading
@@ -27,7 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .generator import Generator, Records
+from .generator import CHUNK_EVENTS, Generator, Records
 from .model import ModelConfig
 
 TOPICS = ("person", "auction", "bid")
@@ -78,6 +79,12 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--compression", choices=("none", "lz4", "zstd", "snappy", "gzip"), default="none"
     )
+    gen.add_argument(
+        "--processes",
+        type=_positive,
+        default=1,
+        help="producer processes, each making and producing every N-th chunk",
+    )
     gen.add_argument("--dry-run", action="store_true", help="generate only: the generator's rate")
     gen.add_argument("--json", action="store_true", help="print the report as one JSON object")
     return top
@@ -101,7 +108,16 @@ def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> Non
                 raise ProduceError(f"cannot create topic {topic!r}: {e}") from e
 
 
-def _records_ahead(generator: Generator, events: int) -> Iterator[dict[str, Records]]:
+def _parts(events: int, share: int, shares: int) -> list[tuple[int, int]]:
+    """(chunk index, events of it) of the chunks that producer ``share`` of ``shares``
+    makes: every ``shares``-th chunk of the run."""
+    chunks = -(-events // CHUNK_EVENTS)
+    return [(i, min(CHUNK_EVENTS, events - i * CHUNK_EVENTS)) for i in range(share, chunks, shares)]
+
+
+def _records_ahead(
+    generator: Generator, parts: list[tuple[int, int]]
+) -> Iterator[dict[str, Records]]:
     """The records of each chunk, made by a thread a couple of chunks ahead of the caller
     (numpy and Arrow release the GIL, so making them overlaps with producing)."""
     ahead: queue.Queue[dict[str, Records] | BaseException | None] = queue.Queue(maxsize=2)
@@ -109,7 +125,8 @@ def _records_ahead(generator: Generator, events: int) -> Iterator[dict[str, Reco
 
     def make() -> None:
         try:
-            for chunk in generator.chunks(events):
+            for index, count in parts:
+                chunk = generator.chunk(index, count)
                 batches = {kind: chunk.records(kind) for kind in TOPICS}
                 while not stop.is_set():
                     try:
@@ -136,21 +153,41 @@ def _records_ahead(generator: Generator, events: int) -> Iterator[dict[str, Reco
 
 
 def generate(args: argparse.Namespace) -> dict[str, Any]:
-    generator = Generator(args.seed, ModelConfig(rate=args.rate, base_time_ms=args.base_time_ms))
     topics = {kind: args.topic_prefix + kind for kind in TOPICS}
     counts = dict.fromkeys(TOPICS, 0)
     spent = {"generate": 0.0, "queue": 0.0, "flush": 0.0}
     start, cpu_start = time.perf_counter(), time.process_time()
+    worker_cpu = 0.0
     if args.dry_run:
         # The generator alone, on this thread: its own events/s.
+        generator = Generator(
+            args.seed, ModelConfig(rate=args.rate, base_time_ms=args.base_time_ms)
+        )
         for chunk in generator.chunks(args.events):
             for kind in TOPICS:
                 counts[kind] += len(chunk.records(kind).values)
         spent["generate"] = time.perf_counter() - start
     else:
-        _produce_all(args, generator, topics, counts, spent)
+        ensure_topics(args.bootstrap, list(topics.values()), args.partitions)
+        if args.processes == 1:
+            results = [_produce_share(vars(args), 0)]
+        else:
+            spawn = multiprocessing.get_context("spawn")
+            with spawn.Pool(args.processes) as pool:
+                results = pool.starmap(
+                    _produce_share, [(vars(args), k) for k in range(args.processes)]
+                )
+        for result in results:
+            if result["error"]:
+                raise ProduceError(result["error"])
+            for kind in TOPICS:
+                counts[kind] += result["counts"][kind]
+            for step in spent:  # summed over the producers
+                spent[step] += result["spent"][step]
+            if args.processes > 1:
+                worker_cpu += result["cpu"]
     seconds = time.perf_counter() - start
-    cpu = time.process_time() - cpu_start
+    cpu = time.process_time() - cpu_start + worker_cpu
     return {
         "events": args.events,
         **counts,
@@ -159,27 +196,28 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         "dry_run": args.dry_run,
         "seconds": round(seconds, 3),
         "events_per_s": round(args.events / seconds),
-        # CPU seconds of this process (all its threads, librdkafka's included): on a shared
-        # machine, events per CPU second is the steadier figure.
+        # CPU seconds of this process and its producer processes (all their threads,
+        # librdkafka's included): on a shared machine, events per CPU second is the steadier
+        # figure.
         "cpu_s": round(cpu, 3),
         "events_per_cpu_s": round(args.events / max(cpu, 1e-9)),
-        # Where the time went: waiting for the generator (all of it in a dry run), handing
-        # records to librdkafka (blocked while its queue is full, i.e. while the broker lags),
-        # waiting for the last acknowledgements.
+        # Where the time went, summed over the producer processes: waiting for the
+        # generator (all of it in a dry run), handing records to librdkafka (blocked while its
+        # queue is full, i.e. while the broker lags), waiting for the last acknowledgements.
         **{f"{step}_s": round(value, 3) for step, value in spent.items()},
     }
 
 
-def _produce_all(
-    args: argparse.Namespace,
-    generator: Generator,
-    topics: dict[str, str],
-    counts: dict[str, int],
-    spent: dict[str, float],
-) -> None:
+def _produce_share(options: dict[str, Any], share: int) -> dict[str, Any]:
+    """Producer ``share`` of ``options["processes"]``: makes and produces its chunks, waits
+    for every acknowledgement. Runs in the caller's process or in a pool worker; returns
+    its counts and times, or the error that stopped it."""
     from confluent_kafka import Producer
 
-    ensure_topics(args.bootstrap, list(topics.values()), args.partitions)
+    args = argparse.Namespace(**options)
+    generator = Generator(args.seed, ModelConfig(rate=args.rate, base_time_ms=args.base_time_ms))
+    counts = dict.fromkeys(TOPICS, 0)
+    spent = {"generate": 0.0, "queue": 0.0, "flush": 0.0}
     failures: list[str] = []
     failed = [0]
 
@@ -189,6 +227,12 @@ def _produce_all(
         failed[0] += 1
         if len(failures) < 5:
             failures.append(str(err))
+
+    cpu_start = time.process_time()
+
+    def result(error: str = "") -> dict[str, Any]:
+        cpu = time.process_time() - cpu_start
+        return {"counts": counts, "spent": spent, "error": error, "cpu": cpu}
 
     producer = Producer(
         {
@@ -203,8 +247,9 @@ def _produce_all(
             "on_delivery": delivered,
         }
     )
+    topics = {kind: args.topic_prefix + kind for kind in TOPICS}
     waited = time.perf_counter()
-    for batches in _records_ahead(generator, args.events):
+    for batches in _records_ahead(generator, _parts(args.events, share, args.processes)):
         queued = time.perf_counter()
         spent["generate"] += queued - waited
         for kind, records in batches.items():
@@ -217,16 +262,17 @@ def _produce_all(
                 records.timestamps.tolist(),
             )
             if failures:
-                raise ProduceError(f"the broker refused records of {topics[kind]}: {failures}")
+                return result(f"the broker refused records of {topics[kind]}: {failures}")
         waited = time.perf_counter()
         spent["queue"] += waited - queued
     flushing = time.perf_counter()
     left = producer.flush(120)
     spent["flush"] = time.perf_counter() - flushing
     if left:
-        raise ProduceError(f"{left} records still unacknowledged after 120 s; broker slow?")
+        return result(f"{left} records still unacknowledged after 120 s; is the broker up?")
     if failed[0]:
-        raise ProduceError(f"the broker refused {failed[0]} records: {failures}")
+        return result(f"the broker refused {failed[0]} records: {failures}")
+    return result()
 
 
 def _produce(
@@ -269,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{mode} {report['events']} events ({report['person']} person, "
             f"{report['auction']} auction, {report['bid']} bid) in {report['seconds']} s: "
             f"{report['events_per_s']} events/s, {report['events_per_cpu_s']} per CPU second "
-            f"of this process (waiting for the generator "
+            f"(waiting for the generator "
             f"{report['generate_s']} s, "
             f"queue {report['queue_s']} s, flush {report['flush_s']} s)"
         )

@@ -276,3 +276,31 @@ def test_generate_into_a_stack_and_query_it_back(stack: Stack) -> None:
         'FROM topics."bid" GROUP BY key)',
     )
     assert spread == [{"most": 1}]
+
+
+def test_several_producer_processes_write_the_same_events(stack: Stack) -> None:
+    events, seed = 3 * CHUNK_EVENTS + 500, 4
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "nexmark.py"), "generate", "--events", str(events),
+         "--bootstrap", stack.kafka_address, "--seed", str(seed), "--processes", "2",
+         "--topic-prefix", "two_", "--partitions", "2", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    reference = tables(Generator(seed), events)
+    report = json.loads(proc.stdout)
+    assert [report[t] for t in TOPICS] == [reference[t].num_rows for t in TOPICS]
+    run_sql(stack, create_stream_sql("bid", name="two_bid", topic="two_bid"))
+    bid = reference["bid"]
+    assert sql(
+        stack,
+        "SELECT count(*) AS n, sum(price) AS total, sum(bidder) AS bidders, "
+        "min(\"dateTime\") = TIMESTAMP '2026-01-01 00:00:00' AS starts FROM two_bid",
+    ) == [
+        {
+            "n": bid.num_rows,
+            "total": pc.sum(bid.column("price")).as_py(),
+            "bidders": pc.sum(bid.column("bidder")).as_py(),
+            "starts": True,
+        }
+    ]
