@@ -795,10 +795,22 @@ class WindowAggregate:
             raise WindowError(
                 f"not a window operator snapshot ({e}); was it written by snapshot()?"
             ) from e
-        if meta.get("version") != SNAPSHOT_VERSION:
+        if not isinstance(meta, dict) or meta.get("version") != SNAPSHOT_VERSION:
+            found = meta.get("version") if isinstance(meta, dict) else None
             raise WindowError(
-                f"window snapshot version {meta.get('version')}, this code reads {SNAPSHOT_VERSION}"
+                f"window snapshot version {found}, this code reads {SNAPSHOT_VERSION}"
             )
+        try:
+            return cls._restore_parts(outer, meta)
+        except (pa.ArrowInvalid, KeyError, TypeError, ValueError) as e:
+            if isinstance(e, WindowError):
+                raise
+            raise WindowError(
+                f"window snapshot is damaged ({e!r}); restore an older checkpoint"
+            ) from e
+
+    @classmethod
+    def _restore_parts(cls, outer: pa.Table, meta: dict[str, Any]) -> WindowAggregate:
         parts = {
             name: pa.ipc.open_stream(blob).read_all()
             for name, blob in zip(

@@ -9,6 +9,7 @@ are also checked against a DataFusion GROUP BY over all rows.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from typing import Any
@@ -471,3 +472,62 @@ def test_group_keys_match_a_datafusion_group_by(keys: list[str]) -> None:
     want = pa.Table.from_batches(ctx.sql(sql).collect()).to_pylist()
     assert got == want
     assert len(got) > 10  # 11 windows over 10 s, times the key groups
+
+
+def test_a_damaged_or_foreign_snapshot_is_refused() -> None:
+    op = WindowAggregate(SCHEMA, Tumble(10), "ts", ["k"], AGGS)
+    op.process(to_batch([("a", 1, 1)]))
+    good = pa.ipc.open_stream(op.snapshot()).read_all()
+    meta = json.loads(good.schema.metadata[b"streamhouse.windows"])
+    meta["version"] = 99
+    with pytest.raises(WindowError, match="snapshot version 99, this code reads 1"):
+        WindowAggregate.restore(
+            ipc_bytes(good.replace_schema_metadata({b"streamhouse.windows": json.dumps(meta)}))
+        )
+    missing = good.filter(pa.compute.not_equal(good.column("part"), "partials"))
+    with pytest.raises(WindowError, match="snapshot is damaged"):
+        WindowAggregate.restore(ipc_bytes(missing))
+
+
+def ipc_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_a_chunked_table_with_an_int32_time_column() -> None:
+    schema = pa.schema([("k", pa.string()), ("ts", pa.int32()), ("x", pa.int64())])
+    part = pa.table({"k": ["a", "b"], "ts": [1, 12], "x": [1, 2]}, schema=schema)
+    table = pa.concat_tables(
+        [part, part.slice(0, 1), pa.table({"k": ["a"], "ts": [None], "x": [3]}, schema=schema)]
+    )
+    assert table.column("ts").num_chunks == 3
+    op = WindowAggregate(schema, Tumble(10), "ts", ["k"], AGGS[:3])
+    op.process(table)
+    assert op.stats.null_time_rows == 1
+    assert op.advance_watermark(100).to_pylist() == [
+        {"k": "a", "window_start": 0, "window_end": 10, "n": 2, "nx": 2, "s": 2},
+        {"k": "b", "window_start": 10, "window_end": 20, "n": 1, "nx": 1, "s": 2},
+    ]
+
+
+def test_sessions_far_apart_in_time_merge_per_group() -> None:
+    # ends spread over 2**60 ms with 40 groups: the packed running maximum would overflow
+    # int64, so sessions are merged group by group; the result must not change.
+    far = 2**60
+    rows: list[Row] = []
+    for g in range(40):
+        rows += [(f"k{g:02}", 0, 1), (f"k{g:02}", 5, 2), (f"k{g:02}", far + g, 3)]
+    op = WindowAggregate(SCHEMA, Session(10), "ts", ["k"], AGGS[:1])
+    ref = Reference(Session(10), 0)
+    for i in range(0, len(rows), 7):  # batches of 7 rows: sessions merge across batches
+        op.process(to_batch(rows[i : i + 7]))
+        ref.process(rows[i : i + 7])
+        # nothing closes yet (and no row is late): merges the pending sessions
+        assert op.advance_watermark(0).num_rows == 0
+        assert ref.advance(0) == []
+    got = op.advance_watermark(2**62).to_pylist()
+    want = [{k: r[k] for k in ("k", "window_start", "window_end", "n")} for r in ref.advance(2**62)]
+    assert got == want
+    assert len(got) == 80
