@@ -232,6 +232,7 @@ class WindowAggregate:
         else:
             self._size = self._slide = self._offset = 0
         self._pane = math.gcd(self._size, self._slide) if self._size else 0
+        self._gap = window.gap_ms if isinstance(window, Session) else 0
         # session
         self._sessions: pa.Table | None = None
         self._sdistinct: dict[int, pa.Table] = {}
@@ -491,7 +492,7 @@ class WindowAggregate:
 
     # ------------------------------------------------------------------ sessions
     def _process_sessions(self, table: pa.Table) -> None:
-        gap = self.window.gap_ms  # type: ignore[union-attr]
+        gap = self._gap
         order = pc.sort_indices(
             table,
             sort_keys=[(k, "ascending", "at_end") for k in self._gkeys] + [("_t", "ascending")],
