@@ -87,9 +87,11 @@ __all__ = [
     "Session",
     "Tumble",
     "WatermarkTracker",
+    "Window",
     "WindowAggregate",
     "WindowError",
     "WindowStats",
+    "event_times_ms",
 ]
 
 SNAPSHOT_VERSION = 1
