@@ -7,7 +7,8 @@ module          does
                 events 1 person, 3 auctions, 46 bids), id spaces, hot ids, timestamps
 ``generator``   ``Generator(seed, ModelConfig)``: deterministic chunks of events as Arrow
                 tables (the Nexmark schema's field names) and the topic records made of them
-                (key, JSON value, timestamp; the format is in its docstring)
+                (key, JSON value, timestamp; the format is in its docstring);
+                ``create_stream_sql(kind)``: the ``CREATE STREAM`` of each topic
 ``cli``         ``python3 bench/nexmark.py generate --events N``: the events into the
                 ``person`` / ``auction`` / ``bid`` topics of a running StreamHouse
 ==============  ============================================================================

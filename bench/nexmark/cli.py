@@ -1,19 +1,45 @@
 """``python3 bench/nexmark.py generate``: Nexmark events into a running StreamHouse.
 
     python3 bench/nexmark.py generate --events N [--bootstrap HOST:PORT] [--seed S]
-        [--rate EV_PER_S] [--partitions P] [--topic-prefix P] [--dry-run] [--json]
+        [--rate EV_PER_S] [--base-time-ms MS] [--partitions P] [--topic-prefix P]
+        [--compression none|lz4|zstd|snappy|gzip] [--processes N] [--dry-run] [--json]
 
 Generates ``N`` events (see ``bench/nexmark/generator.py``) and produces them with
 confluent-kafka, as fast as the broker acknowledges them, into the topics ``person``,
 ``auction`` and ``bid`` (with ``--topic-prefix``, ``<prefix>person`` and so on), creating
-the missing ones with ``--partitions`` partitions. ``--rate`` is the event-time rate (events
-per second of ``dateTime``, Flink's ``firstEventRate``; default 10 M/s as in Flink's
-benchmark), not a throttle. Reports the events produced (acknowledged by the broker) per
-second of wall time, from the first event generated to the last acknowledgement.
+the missing ones with ``--partitions`` partitions (existing ones are used as they are).
+``--rate`` is the event-time rate (events per second of ``dateTime``, Flink's
+``firstEventRate``; default 10 M/s as in Flink's benchmark), not a throttle. Declare the
+streams with ``bench.nexmark.generator.create_stream_sql``.
 
-``--dry-run`` generates the same events (up to their keys and JSON values) and produces
-nothing: the generator's own events/s. Exit status 1 with a message when the broker cannot
-be reached or refuses a record.
+Reports the events produced (every one acknowledged by the broker) per second of wall time,
+from the first event generated to the last acknowledgement, the events per CPU second of
+the generating processes, and where the time went (see ``generate``): ``broker_full``,
+the time spent blocked on a full librdkafka queue, tells whether the broker or this client
+was the limit.
+
+Records are made a chunk ahead on a thread (numpy and Arrow release the GIL), then handed
+to librdkafka one ``produce`` call each (``produce_batch`` takes no timestamps), with
+delivery reports for failures only. ``--processes N`` runs N producer processes, producer
+``k`` making and producing chunks ``k, k + N, ...``: more throughput where cores are free,
+but a partition then holds chunks of different producers interleaved, so its ``dateTime``
+can go back by up to ``N * CHUNK_EVENTS / rate`` seconds (5 ms per producer at 10 M/s,
+50 s per producer at 1000/s: keep one producer for event-time queries at low rates).
+
+``--dry-run`` generates the same events (up to their keys and JSON values, on one thread)
+and produces nothing: the generator's own events/s. Exit status 1 with a message when the
+broker cannot be reached or refuses a record; 2 for bad arguments.
+
+Measured on the shared 2-core VM while other work ran (load average 6-7, so wall-clock
+rates vary by 2x; per CPU second is steadier):
+
+- ``python3 bench/nexmark.py generate --events 5000000 --dry-run``: 700 k events/s wall,
+  1.76 M events per CPU second (1.07 M/s wall on a quieter machine).
+- ``generate --events 2000000`` into a local ``Stack`` (SQLite, folder store) on the same
+  machine: 145-160 k events/s (270-370 k/s when the load was ~2), 340 k events per CPU
+  second of the producer; waiting for the generator 0.06 s of 13.8 s and ``broker_full``
+  0 s: the producer's per-record ``produce`` calls and the broker share the two cores.
+  ``--processes 2`` did not help on 2 cores (165 k/s).
 """
 
 from __future__ import annotations
@@ -155,7 +181,7 @@ def _records_ahead(
 def generate(args: argparse.Namespace) -> dict[str, Any]:
     topics = {kind: args.topic_prefix + kind for kind in TOPICS}
     counts = dict.fromkeys(TOPICS, 0)
-    spent = {"generate": 0.0, "queue": 0.0, "flush": 0.0}
+    spent = {"generate": 0.0, "queue": 0.0, "broker_full": 0.0, "flush": 0.0}
     start, cpu_start = time.perf_counter(), time.process_time()
     worker_cpu = 0.0
     if args.dry_run:
@@ -202,8 +228,9 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s": round(cpu, 3),
         "events_per_cpu_s": round(args.events / max(cpu, 1e-9)),
         # Where the time went, summed over the producer processes: waiting for the
-        # generator (all of it in a dry run), handing records to librdkafka (blocked while its
-        # queue is full, i.e. while the broker lags), waiting for the last acknowledgements.
+        # generator (all of it in a dry run), handing records to librdkafka (of which
+        # broker_full: blocked while its queue was full, i.e. while the broker lagged),
+        # waiting for the last acknowledgements.
         **{f"{step}_s": round(value, 3) for step, value in spent.items()},
     }
 
@@ -217,7 +244,7 @@ def _produce_share(options: dict[str, Any], share: int) -> dict[str, Any]:
     args = argparse.Namespace(**options)
     generator = Generator(args.seed, ModelConfig(rate=args.rate, base_time_ms=args.base_time_ms))
     counts = dict.fromkeys(TOPICS, 0)
-    spent = {"generate": 0.0, "queue": 0.0, "flush": 0.0}
+    spent = {"generate": 0.0, "queue": 0.0, "broker_full": 0.0, "flush": 0.0}
     failures: list[str] = []
     failed = [0]
 
@@ -254,7 +281,7 @@ def _produce_share(options: dict[str, Any], share: int) -> dict[str, Any]:
         spent["generate"] += queued - waited
         for kind, records in batches.items():
             counts[kind] += len(records.values)
-            _produce(
+            spent["broker_full"] += _produce(
                 producer,
                 topics[kind],
                 records.keys.to_pylist(),
@@ -281,18 +308,23 @@ def _produce(
     keys: list[bytes],
     values: list[bytes],
     timestamps: list[int],
-) -> None:
+) -> float:
     """Queue every record (one ``produce`` call each: confluent-kafka's ``produce_batch``
-    takes no timestamps), waiting for the broker while librdkafka's queue is full."""
+    takes no timestamps), waiting for the broker while librdkafka's queue is full; returns
+    the seconds spent so waiting."""
     produce = producer.produce
+    blocked = 0.0
     for key, value, ts in zip(keys, values, timestamps, strict=True):
         while True:
             try:
                 produce(topic, value, key, timestamp=ts)
                 break
             except BufferError:
+                began = time.perf_counter()
                 producer.poll(0.05)
+                blocked += time.perf_counter() - began
     producer.poll(0)
+    return blocked
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{report['events_per_s']} events/s, {report['events_per_cpu_s']} per CPU second "
             f"(waiting for the generator "
             f"{report['generate_s']} s, "
-            f"queue {report['queue_s']} s, flush {report['flush_s']} s)"
+            f"queue {report['queue_s']} s of which broker full {report['broker_full_s']} s, "
+            f"flush {report['flush_s']} s)"
         )
     return 0
