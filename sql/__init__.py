@@ -30,6 +30,10 @@ module            does
 ``formats``       record values -> a declared schema's columns (JSON via Arrow's reader, a
                   block at a time; bad records counted, never fatal)
 ``output``        rows as an aligned table, JSON lines or CSV
+``windows``       event-time TUMBLE / HOP / SESSION aggregation on Arrow (COUNT, SUM, AVG,
+                  MIN, MAX, COUNT DISTINCT per key and window), watermark, allowed lateness,
+                  final or update emission, Arrow IPC snapshots; no I/O, driven a batch at a
+                  time (not wired to the SQL planner yet)
 ================  ===========================================================================
 
 How a query reads the log
@@ -54,9 +58,9 @@ What comes next
 - Continuous queries (``CREATE MATERIALIZED VIEW``, ``CREATE STREAM ... AS SELECT``): the
   same scan, tailing instead of bounded (woken by commits like the reader), feeding
   DataFusion plans batch by batch, with the streaming operators DataFusion lacks built on
-  Arrow: event-time TUMBLE / HOP / SESSION windows closed by the watermark the declaration
-  gives, allowed lateness, interval and window joins, stream-table joins against a declared
-  table's latest values.
+  Arrow: the window operators exist (``windows``: TUMBLE / HOP / SESSION closed by the
+  watermark the declaration gives, allowed lateness) and need planning from SQL; interval
+  and window joins and stream-table joins against a declared table's latest values do not.
 - Checkpoints: operator state as Arrow IPC objects in the object store, committed in one
   metadata transaction with the input offsets and the output topic's producer state, so a
   restarted query resumes exactly once.
