@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pytest
 
-from streamhouse.testing import Stack
+from streamhouse.testing import Stack, free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -304,3 +304,37 @@ def test_several_producer_processes_write_the_same_events(stack: Stack) -> None:
             "starts": True,
         }
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--events", "0"], "argument --events: must be >= 1: 0"),
+        (["--events", "ten"], "argument --events: not an integer: 'ten'"),
+        (["--events", "10", "--seed", "-1"], "seed must be 0 .. 2**63 - 1: -1"),
+        (["--events", "10", "--rate", "0"], "argument --rate: must be >= 1: 0"),
+        (["--events", "10", "--base-time-ms", "-5"], "base time must be >= 0 ms"),
+        (["--events", "10", "--compression", "brotli"], "invalid choice: 'brotli'"),
+    ],
+)
+def test_bad_arguments_are_refused_with_a_reason(args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "nexmark.py"), "generate", *args, "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_an_unreachable_broker_is_an_error_that_says_so() -> None:
+    port = free_port()  # nothing listens there
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "nexmark.py"), "generate", "--events", "10",
+         "--bootstrap", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"nexmark: cannot reach the broker at 127.0.0.1:{port}" in proc.stderr
+    assert proc.stdout == ""
