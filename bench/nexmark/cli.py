@@ -200,9 +200,12 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         else:
             spawn = multiprocessing.get_context("spawn")
             with spawn.Pool(args.processes) as pool:
-                results = pool.starmap(
-                    _produce_share, [(vars(args), k) for k in range(args.processes)]
-                )
+                try:
+                    results = pool.starmap(
+                        _produce_share, [(vars(args), k) for k in range(args.processes)]
+                    )
+                except Exception as e:  # raised in a worker: say which kind, then stop
+                    raise ProduceError(f"a producer process failed: {e!r}") from e
         for result in results:
             if result["error"]:
                 raise ProduceError(result["error"])
