@@ -8,7 +8,8 @@ exactly what it returned before, batch bytes, offsets and timestamps included. A
 alive by a few blocks after DeleteRecords is rewritten and deleted after the grace period. An
 idempotent producer's retry of an already-committed batch is still deduplicated after the
 batches moved to a new object. Of a two-agent cluster (PostgreSQL), only one agent's
-lifecycle rewrites.
+lifecycle rewrites. A topic with a small segment.ms keeps, after compaction and retention,
+no more than Kafka would keep of the same batches (its segments simulated in the test).
 """
 
 from __future__ import annotations
@@ -180,11 +181,11 @@ def raw_log(address: str, topic: str, partition: int) -> list[bytes]:
             offset = first + info.last_offset_delta + 1
 
 
-def grpc_log(address: str, topic: str, partition: int) -> list[tuple[Any, ...]]:
-    """Every record of a partition through gRPC Consume: offset, key, value, headers, time."""
+def grpc_log(address: str, topic: str, partition: int, offset: int = 0) -> list[tuple[Any, ...]]:
+    """Every record of a partition from `offset` through gRPC Consume: offset, key, value,
+    headers, time."""
     out: list[tuple[Any, ...]] = []
     with Client(address) as client:
-        offset = 0
         while True:
             records, offset, high, _ = client.consume(topic, partition, offset)
             out += [(r.offset, r.key, r.value, list(r.headers), r.timestamp_ms) for r in records]
@@ -369,3 +370,106 @@ def test_one_agent_of_a_cluster_rewrites(tmp_path: pathlib.Path, postgres_dsn: s
         for agent in cluster.agents:
             got = {t: read_kafka_log(agent.kafka_address, t, n) for t, n in TOPICS.items()}
             assert got == before
+
+
+# --------------------------------------------------------------------------- segment.ms
+
+SEGMENT_MS = 10_000
+RETENTION_MS = 3_600_000
+
+
+class KafkaLog:
+    """Kafka's segments of a partition, as its log rolls them (no jitter): a batch starts a
+    new segment when its max timestamp is more than segment.ms past the max timestamp of the
+    segment's first batch (rollingBasedTimestamp; segment.bytes is never reached here).
+    Retention deletes segments from the oldest while their largest timestamp is older than
+    now - retention.ms."""
+
+    def __init__(self, segment_ms: int) -> None:
+        self.segment_ms = segment_ms
+        self.segments: list[list[int]] = []  # [base offset, rolling base, largest timestamp]
+        self.end = 0
+
+    def append(self, timestamps: list[int]) -> None:
+        newest = max(timestamps)
+        if not self.segments or newest - self.segments[-1][1] > self.segment_ms:
+            self.segments.append([self.end, newest, newest])
+        else:
+            self.segments[-1][2] = max(self.segments[-1][2], newest)
+        self.end += len(timestamps)
+
+    def log_start(self, cutoff_ms: int) -> int:
+        """The log start offset after retention with cutoff now - retention.ms."""
+        return next((base for base, _, largest in self.segments if largest >= cutoff_ms), self.end)
+
+
+def test_a_small_segment_ms_bounds_what_compaction_and_retention_keep(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Bursts of 2-4 flushes 1.5 s apart, every 25 s of record time: Kafka rolls a segment
+    # at each burst (segment.ms 10 s). Compaction merges every object into one; without the
+    # segment.ms rule all rows would be one block, kept until its newest record expires.
+    base = now_ms() - 1_800_000
+    flushes: list[list[int]] = []
+    for burst in range(8):
+        for row in range(2 + burst % 3):
+            first = base + burst * 25_000 + row * 1_500
+            flushes.append([first + i for i in range(3 + row)])
+    kafka = KafkaLog(SEGMENT_MS)
+    for timestamps in flushes:
+        kafka.append(timestamps)
+    assert len(kafka.segments) == 8
+    stamps = [ts for timestamps in flushes for ts in timestamps]
+
+    with Stack(tmp_path / "data", env=QUIET) as stack:
+        admin = AdminClient({"bootstrap.servers": stack.kafka_address})
+        config = {"segment.ms": str(SEGMENT_MS), "retention.ms": str(RETENTION_MS)}
+        for future in admin.create_topics([NewTopic("seg", 1, config=config)]).values():
+            future.result(DEADLINE_S)
+        producer = Producer({"bootstrap.servers": stack.kafka_address, "linger.ms": 5})
+        deliveries = Deliveries()
+        try:
+            for n, timestamps in enumerate(flushes):
+                for i, ts in enumerate(timestamps):
+                    producer.produce(
+                        "seg",
+                        value=f"{n}/{i}".encode(),
+                        partition=0,
+                        timestamp=ts,
+                        on_delivery=deliveries,
+                    )
+                assert producer.flush(DEADLINE_S) == 0
+        finally:
+            producer.close()
+        assert deliveries.failed == [], deliveries.failed
+        assert len(stored(stack)) == len(flushes)
+
+        # Compaction (retention drops nothing at this clock: the records are 30 min old).
+        report = run_pass(stack, old_enough())
+        c = report["compaction"]
+        assert c["objects_replaced"] == len(flushes) and c["objects_written"] == 1, report
+        assert c["blocks_written"] == len(kafka.segments), report
+
+        meta = open_store(stack.settings.metadata_target)
+        try:
+            topic = meta.get_topic("seg")
+            assert topic is not None
+            for cutoff in (base + 3 * 25_000 + 1_000, base + 6 * 25_000 + 10):
+                report = run_pass(stack, cutoff + RETENTION_MS)
+                state = meta.get_partition(topic.topic_id, 0)
+                assert state is not None
+                expected_start = kafka.log_start(cutoff)
+                # No more than Kafka keeps ...
+                assert state.log_start_offset >= expected_start, (cutoff - base, report)
+                # ... and never a record within retention.ms.
+                young = min(o for o, ts in enumerate(stamps) if ts >= cutoff)
+                assert state.log_start_offset <= young, (cutoff - base, report)
+                # What is kept beyond retention.ms is at most segment.ms older than allowed.
+                kept = grpc_log(stack.grpc_address, "seg", 0, state.log_start_offset)
+                assert [(r[0], r[4]) for r in kept] == [
+                    (o, stamps[o]) for o in range(state.log_start_offset, len(stamps))
+                ]
+                assert min(r[4] for r in kept) >= cutoff - SEGMENT_MS
+                assert state.log_start_offset == expected_start  # the blocks are its segments
+        finally:
+            meta.close()
