@@ -64,8 +64,10 @@ What comes next
 - Checkpoints: operator state as Arrow IPC objects in the object store, committed in one
   metadata transaction with the input offsets and the output topic's producer state, so a
   restarted query resumes exactly once.
-- Nexmark: a deterministic generator, queries q0-q8 in StreamHouse SQL checked against
-  references, ``bench/nexmark.py`` per-core rates beside Flink's.
+- Nexmark: the deterministic generator has landed (``bench/nexmark/``, ``python3
+  bench/nexmark.py generate --events N``, ``create_stream_sql`` declares its three streams);
+  queries q0-q8 in StreamHouse SQL checked against references and per-core rates beside
+  Flink's come with continuous queries.
 - Faster JSON: DataFusion's own NDJSON reader parses 2-3x faster than Arrow's
   (``bench/sql_decode.py``) but reads only files; reading blocks through it needs an
   in-memory source.
