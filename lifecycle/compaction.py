@@ -45,9 +45,11 @@ The new rows tile the replaced ones: a block starts at the ``base_offset`` of it
 and ends at the end offset of its last. Idempotence state (producer ids, sequences) lives in
 metadata and is not touched.
 
-The new segment row's ``created_ms`` is the oldest of the replaced objects' (a rewrite does
-not make data younger: retention's fallback for blocks without timestamps is its segment's
-commit time).
+The new segment row's ``created_ms`` is the newest of the replaced objects' (retention's
+fallback for a block without timestamps is its segment's commit time: dating the merged object
+by its newest part keeps such a block at least as long as before, never shorter, as Kafka dates
+a segment by its newest time). A row without timestamps is never merged with another row, so
+it never takes another row's ``max_timestamp``.
 
 Each group is one RewriteContext rewrite (read, PUT, switch; see :mod:`lifecycle.rewrite` for
 why killing the process at any point loses nothing). A group whose switch is refused (a row
@@ -197,6 +199,11 @@ def merge_partition(
         row_oldest = oldest_timestamp(walked)
         if first_row is not None and (
             not follows[i]
+            # A row without timestamps is dated by its segment's commit time (retention's
+            # fallback): merged, it would take another row's max_timestamp and could expire
+            # early. It stays a block of its own.
+            or row.max_timestamp < 0
+            or newest < 0
             or not limits.admits(
                 size + row_bytes,
                 _earliest(oldest, row_oldest),
@@ -319,7 +326,7 @@ async def _rewrite(ctx: RewriteContext, group: RewriteGroup, report: CompactionR
     rewrite = BlockRewrite(
         key=new.key,
         size=new.size,
-        created_ms=min(segments[s].created_ms for s in used),
+        created_ms=max(segments[s].created_ms for s in used),
         replaced=tuple(rows),
         blocks=new.blocks,
     )

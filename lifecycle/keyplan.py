@@ -55,6 +55,9 @@ from streamhouse.recordbatch import (
 )
 from streamhouse.topic_config import TOPIC_CONFIGS
 
+#: Largest int64: a delete horizon never goes past it.
+INT64_MAX = (1 << 63) - 1
+
 __all__ = [
     "CompactionConfig",
     "FilterStats",
@@ -248,7 +251,8 @@ def filter_block(
         if has_horizon:
             drop_tombstones, rebase_to = now_ms >= info.base_timestamp, info.base_timestamp
         else:
-            drop_tombstones, rebase_to = False, now_ms + delete_retention_ms
+            # Capped: delete.retention.ms may be Kafka's Long.MAX ("keep tombstones forever").
+            drop_tombstones, rebase_to = False, min(now_ms + delete_retention_ms, INT64_MAX)
         try:
             records, count, tomb_removed, _tomb_kept, max_ts, rebased = filter_records(
                 batch_records(block, batch),

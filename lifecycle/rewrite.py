@@ -222,6 +222,21 @@ class RewriteContext:
         #: Bytes read and written so far by this context (for the pass reports).
         self.bytes_read = 0
         self.bytes_written = 0
+        #: When the PUT of each object not yet switched started (this context's monotonic
+        #: clock), for the switch deadline.
+        self._put_started: dict[str, float] = {}
+
+    @property
+    def switch_deadline_ms(self) -> int:
+        """Longest time from the start of a rewritten object's PUT to the start of its switch.
+        Until the switch commits, the object is unknown to metadata, and an orphan scan
+        (of any agent) deletes unknown objects older than the grace period; the switch itself
+        may wait up to ``produce_timeout_ms`` for the metadata store. Half of what is left of
+        the grace period after that wait leaves the other half for clock skew between the
+        object store and the agents. A later switch is not attempted: the object stays an
+        orphan and the orphan scan deletes it (nothing was switched, nothing is lost)."""
+        s = self.settings
+        return max(0, (s.lifecycle_grace_ms - s.produce_timeout_ms) // 2)
 
     @property
     def _timeout_s(self) -> float:
@@ -330,6 +345,7 @@ class RewriteContext:
         key = new_object_key()
         await self.pace(len(obj))
         async with self._puts:
+            started = self._monotonic()
             try:
                 await asyncio.wait_for(objectstore.put(self.store, key, obj), self._timeout_s)
             except Exception as exc:
@@ -340,6 +356,7 @@ class RewriteContext:
                     "period)"
                 ) from exc
         self.bytes_written += len(obj)
+        self._put_started[key] = started
         return NewObject(key=key, size=len(obj), blocks=tuple(rows))
 
     async def switch(self, rewrite: BlockRewrite, now_ms: int | None = None) -> bool:
@@ -349,8 +366,24 @@ class RewriteContext:
 
         The old objects (and a refused new one) are dated dead by the WALL clock, whatever
         `now_ms` (a pass's clock, accepted for symmetry) says: a clock moved into the past
-        would date their death too early and shorten the grace period of reads in flight."""
+        would date their death too early and shorten the grace period of reads in flight.
+        An object whose PUT started more than :attr:`switch_deadline_ms` ago is not switched
+        (False; it stays an orphan the orphan scan deletes)."""
         del now_ms
+        started = self._put_started.pop(rewrite.key, None)
+        if started is not None:
+            waited_ms = (self._monotonic() - started) * 1000
+            if waited_ms > self.switch_deadline_ms:
+                log.warning(
+                    "rewritten object %s not switched: %.0f ms since its PUT started, over the "
+                    "%d ms a switch may start after it (an orphan scan may delete it once it "
+                    "is older than the grace period); the orphan scan deletes it, the next pass "
+                    "rewrites again",
+                    rewrite.key,
+                    waited_ms,
+                    self.switch_deadline_ms,
+                )
+                return False
         return bool(await self.meta.replace_blocks(rewrite, self._wall_ms()))
 
     async def is_rewriter(self) -> tuple[bool, str]:

@@ -15,8 +15,9 @@
  *      - its offset is at most the map's latest offset (records past it are newer than
  *        anything the map knows) and it has no key, or the map holds a later offset for its
  *        key, or
- *      - it is a tombstone (null value) and ``drop_tombstones`` (the batch's delete horizon,
- *        KIP-534, has passed).
+ *      - it is a tombstone (null value), ``drop_tombstones`` (the batch's delete horizon,
+ *        KIP-534, has passed) and its offset is at most the map's latest offset (past it, the
+ *        map does not know the older records of its key that the tombstone still hides).
  *    Kept records are copied byte for byte, except that when a kept tombstone makes the batch
  *    carry a delete horizon for the first time, every kept record's timestamp delta is
  *    rewritten relative to the new base timestamp (``rebase_to``: the horizon, as Kafka
@@ -345,7 +346,9 @@ static PyObject *filter_records(PyObject *self, PyObject *args) {
             }
         }
         if (k && r.null_value) {
-            if (drop_tombstones) {
+            /* A tombstone goes only inside the range the map covers: past m->latest the map
+               does not know the key's older records, which the tombstone still hides. */
+            if (drop_tombstones && offset <= m->latest) {
                 k = 0;
                 removed_tombstones++;
             } else {

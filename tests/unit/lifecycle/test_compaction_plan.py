@@ -5,6 +5,7 @@ object's row sits between)."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from lifecycle.compaction import MERGED_BLOCK_BYTES, merge_partition, oldest_timestamp
@@ -406,3 +407,22 @@ def test_a_row_spanning_more_than_segment_ms_alone_stays_one_block() -> None:
     log.flush([batch(50_001)])
     blocks, _ = merge_partition(log.rows, [True, True], BlockLimits(MERGED_BLOCK_BYTES, 10_000))
     assert [b.batch_count for b in blocks] == [2, 1]
+
+
+def test_rows_without_timestamps_stay_blocks_of_their_own() -> None:
+    """A row without timestamps (max_timestamp -1: retention dates it by its segment's commit
+    time) never merges with another row, so it never takes another row's max_timestamp."""
+    log = Log()
+    for i in range(5):
+        log.flush([batch(1000 + 10 * i)])
+    rows = [
+        (msgspec.structs.replace(row, max_timestamp=-1) if i in (1, 2) else row, data)
+        for i, (row, data) in enumerate(log.rows)
+    ]
+    blocks, _ = merge_partition(rows, [True] * 5)
+    assert [(b.base_offset, b.end_offset) for b in blocks] == [
+        (row.base_offset, row.end_offset) for row, _ in rows[:3]
+    ] + [(rows[3][0].base_offset, rows[4][0].end_offset)]
+    assert [b.max_timestamp for b in blocks][1:3] == [-1, -1]
+    got = [t for b in blocks for t in offsets_and_bytes(b.data, b.base_offset)]
+    assert got == expected(log)

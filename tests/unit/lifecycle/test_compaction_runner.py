@@ -478,3 +478,38 @@ def test_two_rewriters_at_once_switch_once(world: World) -> None:
     world.run(later())
     assert world.keys() == set(live)
     assert {k: world.log(*k) for k in before} == before
+
+
+def test_a_switch_too_long_after_its_put_is_not_attempted(tmp_path: pathlib.Path) -> None:
+    """A rewritten object unknown to metadata for most of the grace period may be deleted by
+    an orphan scan: its switch is not attempted, the rows stay as they were and the object is
+    left to the orphan scan."""
+    target = str(tmp_path / "metadata.sqlite")
+    w = World(tmp_path, target)
+    try:
+        w.meta.create_topic("t", 1)
+        w.commit({("t", 0): [(batch(5), BatchRef(4))]})
+        (old,) = w.meta.blocks_of_segments([s.segment_id for s in w.meta.live_segments()])
+        log_before = w.log("t", 0)
+        now = [1000.0]
+
+        async def scenario() -> bool:
+            meta = await AsyncMetadata.open(target, forbid_loop_calls=True)
+            try:
+                ctx = RewriteContext(w.settings, meta, w.store, monotonic=lambda: now[0])
+                data = (await ctx.get_blocks([old]))[0]
+                new = await ctx.put_object(
+                    [BlockData(old.topic_id, 0, 0, old.end_offset, data, 1, 4, 5, 8)]
+                )
+                now[0] += (ctx.switch_deadline_ms + 1) / 1000
+                rewrite = BlockRewrite(new.key, new.size, 0, (old,), new.blocks)
+                return await ctx.switch(rewrite)
+            finally:
+                await meta.close()
+
+        assert asyncio.run(scenario()) is False
+        assert [s.key for s in w.meta.live_segments()] == [old.segment_key]
+        assert w.meta.known_segments(list(w.keys())) == {old.segment_key}  # the new is an orphan
+        assert w.log("t", 0) == log_before
+    finally:
+        w.close()

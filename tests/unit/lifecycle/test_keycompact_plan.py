@@ -291,3 +291,29 @@ def test_malformed_stored_records_are_refused_not_compacted():
     put_block(omap, good, 0, (), 0, 1 << 62)
     with pytest.raises(InvalidBatchError, match="offsets 0..1 has malformed records"):
         filter_block(omap, bad, 0, (), NOW, DAY, FilterStats())
+
+
+def test_a_tombstone_past_the_maps_range_is_kept_even_after_its_horizon():
+    """A pass whose key map ends inside a batch must not drop a tombstone beyond the map's
+    latest offset: the map does not know the key's older records the tombstone hides."""
+    data = block_of([batch([(b"x", b"1"), (b"a", b"1")]), batch([(b"b", b"1"), (b"a", None)])])
+    (first, _), _, _ = compact(data, 0, now=NOW)  # a@1 removed; the tombstone gets a horizon
+    assert [(r[0], r[2], r[3]) for r in read_block(first, 0)] == [
+        (0, b"x", b"1"),
+        (2, b"b", b"1"),
+        (3, b"a", None),
+    ]
+    omap = OffsetMap(1 << 20)
+    assert put_block(omap, first, 0, (), 0, 3)  # the map covers offsets 0..2 only
+    assert omap.latest_offset == 2
+    stats = FilterStats()
+    assert filter_block(omap, first, 0, (), NOW + 2 * DAY, DAY, stats) is None
+    assert stats.tombstones_removed == 0
+
+
+def test_delete_retention_forever_caps_the_horizon():
+    """delete.retention.ms = Long.MAX (keep tombstones forever) is a horizon at int64 max."""
+    data = block_of([batch([(b"a", b"1")]), batch([(b"a", None)])])
+    (first, walked), stats, _ = compact(data, 0, retention=(1 << 63) - 1)
+    assert walked[-1].info.base_timestamp == (1 << 63) - 1
+    assert [(r[0], r[3]) for r in read_block(first, 0)] == [(1, None)]
