@@ -128,6 +128,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # committed offsets after offsets.retention.minutes without a commit.
     producer_id_expiration_ms: int = 86_400_000
     offsets_retention_minutes: int = 10_080
+    # Streaming SQL (sql/): the sql process's gRPC listener (ad-hoc queries as Arrow IPC,
+    # continuous-query management); whether it runs continuous queries at all; how often a
+    # continuous query commits its output together with its checkpoint (results become
+    # visible then: the exactly-once latency); most input bytes a query decodes per step;
+    # how long a failed query runner waits before its restart (doubling up to 30 s).
+    sql_listen: str = "127.0.0.1:50053"
+    sql_enabled: bool = True
+    sql_checkpoint_interval_ms: int = 1_000
+    sql_max_step_bytes: int = 16 * 1024 * 1024
+    sql_restart_backoff_ms: int = 500
     log_level: str = "INFO"
     # Debugging: every metadata call made on an event loop raises (the test stacks turn it on).
     debug_loop_calls: bool = False
@@ -290,11 +300,14 @@ def _validate(s: Settings) -> None:
         "lifecycle_key_map_bytes",
         "producer_id_expiration_ms",
         "offsets_retention_minutes",
+        "sql_checkpoint_interval_ms",
+        "sql_max_step_bytes",
+        "sql_restart_backoff_ms",
     ]
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"STREAMHOUSE_{name.upper()} must be positive")
-    listens = ["grpc_listen", "kafka_listen"]
+    listens = ["grpc_listen", "kafka_listen", "sql_listen"]
     listens += [name for name in ("kafka_advertised", "grpc_advertised") if getattr(s, name)]
     for listen in listens:
         host, _, port = getattr(s, listen).rpartition(":")
