@@ -10,6 +10,25 @@ Grammar (keywords case-insensitive; names lower-cased unless double-quoted)::
     SHOW STREAMS                          SHOW TABLES
     DESCRIBE name
 
+Continuous queries (run by the sql service, one runner process each)::
+
+    CREATE MATERIALIZED VIEW [IF NOT EXISTS] name
+        [WITH ( allowed_lateness = INTERVAL '5' SECOND | 5000 | '5 seconds',
+                dead_letter_topic = 'topic' )]
+        AS SELECT ...
+    CREATE STREAM [IF NOT EXISTS] name
+        [WITH ( topic = 'topic', format = 'json', partitions = N,
+                allowed_lateness = ..., dead_letter_topic = '...' )]
+        AS SELECT ...
+    DROP MATERIALIZED VIEW [IF EXISTS] name    DROP QUERY [IF EXISTS] name
+    SHOW QUERIES                               SHOW MATERIALIZED VIEWS
+
+A view keeps the query's current rows (queryable by name); a stream appends the query's
+results to ``topic`` (default: the stream's name; created with ``partitions`` partitions,
+default 1, when missing) and declares the stream over it. ``allowed_lateness`` is how long
+after the watermark a window still takes late rows (a bare number is milliseconds).
+``DROP QUERY`` drops either kind; dropping a stream query keeps its topic.
+
 TYPE is one of ``TYPES`` (with ``DECIMAL(p, s)``, ``VARCHAR(n)``); unit is MILLISECOND,
 SECOND, MINUTE or HOUR (or their plurals). A record whose value lacks a ``NOT NULL`` column
 (or has it null) does not match: it is counted, like a record that is not JSON. The
@@ -29,10 +48,13 @@ from sql.catalog import Column, Watermark
 from sql.formats import FORMATS
 
 __all__ = [
+    "CreateQuery",
     "CreateRelation",
     "Describe",
+    "DropQuery",
     "DropRelation",
     "Query",
+    "ShowQueries",
     "ShowRelations",
     "Statement",
     "StatementError",
@@ -77,7 +99,45 @@ class Query:
     sql: str
 
 
-Statement = CreateRelation | DropRelation | ShowRelations | Describe | Query
+@dataclass(frozen=True)
+class CreateQuery:
+    """``kind``: ``"view"`` or ``"stream"``; ``select`` the query's SELECT as written;
+    ``options``: ``topic``, ``format``, ``partitions`` (streams), ``allowed_lateness_ms``,
+    ``dead_letter_topic`` (all as strings)."""
+
+    kind: str
+    name: str
+    select: str
+    options: dict[str, str]
+    if_not_exists: bool
+
+
+@dataclass(frozen=True)
+class DropQuery:
+    """``kind``: ``"view"`` (DROP MATERIALIZED VIEW) or ``None`` (DROP QUERY: either)."""
+
+    kind: str | None
+    name: str
+    if_exists: bool
+
+
+@dataclass(frozen=True)
+class ShowQueries:
+    """``kind``: ``"view"`` (SHOW MATERIALIZED VIEWS) or ``None`` (SHOW QUERIES: all)."""
+
+    kind: str | None
+
+
+Statement = (
+    CreateRelation
+    | DropRelation
+    | ShowRelations
+    | Describe
+    | Query
+    | CreateQuery
+    | DropQuery
+    | ShowQueries
+)
 
 _SIMPLE_TYPES: dict[str, pa.DataType] = {
     "BOOLEAN": pa.bool_(),
@@ -99,6 +159,11 @@ _SIMPLE_TYPES: dict[str, pa.DataType] = {
 TYPES = (*_SIMPLE_TYPES, "DECIMAL(p, s)")
 RESERVED_COLUMNS = ("_partition", "_offset", "_timestamp", "_key")
 OPTIONS = ("topic", "format")
+VIEW_OPTIONS = ("allowed_lateness", "dead_letter_topic")
+STREAM_QUERY_OPTIONS = ("topic", "format", "partitions", *VIEW_OPTIONS)
+#: Partitions of an output topic CREATE STREAM ... AS creates when the WITH gives none.
+DEFAULT_OUTPUT_PARTITIONS = 1
+MAX_OUTPUT_PARTITIONS = 1000
 _UNITS_MS = {"MILLISECOND": 1, "SECOND": 1000, "MINUTE": 60_000, "HOUR": 3_600_000}
 
 _TOKEN = re.compile(
@@ -213,8 +278,34 @@ def parse_statement(text: str) -> Statement:
         raise StatementError("empty statement: give a SELECT or a CREATE/DROP/SHOW/DESCRIBE")
     first = re.match(r"\s*(\w+)(?:\s+(\w+))?", text)
     head = (first[1].upper(), (first[2] or "").upper()) if first else ("", "")
+    if head[0] == "CREATE" and head[1] in ("STREAM", "MATERIALIZED"):
+        split = _split_as(text)
+        if split is not None:
+            return _create_query(text, *split)
+        if head[1] == "MATERIALIZED":
+            raise StatementError(
+                "CREATE MATERIALIZED VIEW name [WITH (...)] AS SELECT ...: the AS SELECT is missing"
+            )
     if head[0] == "CREATE" and head[1] in ("STREAM", "TABLE"):
         return _create(_Tokens(text))
+    if head[0] == "DROP" and head[1] in ("MATERIALIZED", "QUERY"):
+        tokens = _Tokens(text)
+        tokens.i = 2
+        if head[1] == "MATERIALIZED":
+            tokens.expect("VIEW")
+        if_exists = tokens.accept("IF")
+        if if_exists:
+            tokens.expect("EXISTS")
+        name = tokens.name("the view's name" if head[1] == "MATERIALIZED" else "the query's name")
+        tokens.end()
+        return DropQuery("view" if head[1] == "MATERIALIZED" else None, name, if_exists)
+    if head[0] == "SHOW" and head[1] in ("QUERIES", "MATERIALIZED"):
+        tokens = _Tokens(text)
+        tokens.i = 2
+        if head[1] == "MATERIALIZED":
+            tokens.expect("VIEWS")
+        tokens.end()
+        return ShowQueries("view" if head[1] == "MATERIALIZED" else None)
     if head[0] == "DROP" and head[1] in ("STREAM", "TABLE"):
         tokens = _Tokens(text)
         tokens.i = 2
@@ -238,7 +329,8 @@ def parse_statement(text: str) -> Statement:
         return Describe(name)
     if head[0] == "CREATE":
         raise StatementError(
-            f"CREATE {head[1]} is not supported: declare data with CREATE STREAM or CREATE TABLE"
+            f"CREATE {head[1]} is not supported: declare data with CREATE STREAM or CREATE "
+            "TABLE, run a query with CREATE MATERIALIZED VIEW or CREATE STREAM ... AS SELECT"
         )
     return Query(text)
 
@@ -364,3 +456,122 @@ def _create(tokens: _Tokens) -> CreateRelation:
         raise StatementError(f"format {fmt!r} is not supported: use one of {', '.join(FORMATS)}")
     options["format"] = fmt
     return CreateRelation(kind, name, columns, watermark, options, if_not_exists)
+
+
+_LEX = re.compile(r"""\s*("(?:[^"]|"")*"|'(?:[^']|'')*'|[A-Za-z_][A-Za-z0-9_$]*|\S)""")
+
+
+def _split_as(text: str) -> tuple[str, str] | None:
+    """``CREATE ... name [WITH (...)] AS <query>`` -> (the part before AS, the query), or
+    None when no AS stands outside parentheses (a declaration, whose WATERMARK ... AS is
+    inside its column list)."""
+    depth = 0
+    pos = 0
+    while True:
+        m = _LEX.match(text, pos)
+        if m is None:
+            return None
+        token = m[1]
+        pos = m.end()
+        if token == "(":
+            depth += 1
+        elif token == ")":
+            depth -= 1
+        elif depth == 0 and token.upper() == "AS":
+            return text[: m.start(1)], text[pos:].strip().rstrip(";").strip()
+
+
+def _interval_ms(text: str, what: str) -> int:
+    """``5000``, ``'5 seconds'``, ``'250 ms'``, ``'2m'`` -> milliseconds."""
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    unit = (m[2] if m else "").upper()
+    aliases = {"": "MILLISECOND", "MS": "MILLISECOND", "S": "SECOND", "SEC": "SECOND",
+               "M": "MINUTE", "MIN": "MINUTE", "H": "HOUR"}  # fmt: skip
+    unit = aliases.get(unit, unit.rstrip("S") if unit.endswith("S") else unit)
+    if m is None or unit not in _UNITS_MS:
+        raise StatementError(
+            f"{what} = {text!r}: give milliseconds (5000), INTERVAL '5' SECOND or '5 seconds'"
+        )
+    return int(m[1]) * _UNITS_MS[unit]
+
+
+def _query_option(tokens: _Tokens, key: str) -> str:
+    """One option value: a quoted string, a number, or (allowed_lateness) an INTERVAL."""
+    if tokens.accept("INTERVAL"):
+        amount = tokens.string("the interval amount, like '5'")
+        unit = tokens.peek_word()
+        if unit is None:
+            raise StatementError(f"expected an interval unit {tokens.where()}")
+        tokens.i += 1
+        return f"{amount} {unit}"
+    if tokens.i < len(tokens.items) and tokens.items[tokens.i][0] == "number":
+        return str(tokens.number(f"the value of {key}"))
+    return tokens.string(f"the value of {key}")
+
+
+def _create_query(text: str, prefix: str, select: str) -> CreateQuery:
+    tokens = _Tokens(prefix)
+    tokens.i = 1
+    kind = "stream"
+    if tokens.accept("MATERIALIZED"):
+        tokens.expect("VIEW")
+        kind = "view"
+    else:
+        tokens.expect("STREAM")
+    if_not_exists = tokens.accept("IF")
+    if if_not_exists:
+        tokens.expect("NOT")
+        tokens.expect("EXISTS")
+    name = tokens.name(f"the {kind}'s name")
+    if name.startswith("_"):
+        raise StatementError(f"{kind} {name!r}: names starting with '_' are reserved")
+    allowed = VIEW_OPTIONS if kind == "view" else STREAM_QUERY_OPTIONS
+    raw: dict[str, str] = {}
+    if tokens.accept("WITH"):
+        tokens.expect_punct("(")
+        while True:
+            key = tokens.name("an option name").lower()
+            if key not in allowed:
+                what = "materialized view" if kind == "view" else "stream query"
+                raise StatementError(
+                    f"unknown option {key!r} of a {what}: the options are {', '.join(allowed)}"
+                )
+            if key in raw:
+                raise StatementError(f"option {key!r} is given twice")
+            tokens.expect_punct("=")
+            raw[key] = _query_option(tokens, key)
+            if tokens.accept_punct(")"):
+                break
+            tokens.expect_punct(",")
+    tokens.end()
+    if not select:
+        raise StatementError(f"{kind} {name!r}: the query after AS is missing")
+    if not re.match(r"(?is)\s*(SELECT|WITH)\b", select):
+        raise StatementError(
+            f"{kind} {name!r}: AS must be followed by a SELECT, not {select[:20]!r}"
+        )
+    options: dict[str, str] = {}
+    if "allowed_lateness" in raw:
+        options["allowed_lateness_ms"] = str(
+            _interval_ms(raw["allowed_lateness"], "allowed_lateness")
+        )
+    if raw.get("dead_letter_topic") is not None:
+        if not raw["dead_letter_topic"]:
+            raise StatementError("dead_letter_topic must name a topic")
+        options["dead_letter_topic"] = raw["dead_letter_topic"]
+    if kind == "stream":
+        options["topic"] = raw.get("topic") or name
+        fmt = raw.get("format", "json").lower()
+        if fmt not in FORMATS:
+            raise StatementError(
+                f"format {fmt!r} is not supported: use one of {', '.join(FORMATS)}"
+            )
+        options["format"] = fmt
+        partitions_text = raw.get("partitions", str(DEFAULT_OUTPUT_PARTITIONS))
+        if not partitions_text.isdigit() or not 1 <= int(partitions_text) <= MAX_OUTPUT_PARTITIONS:
+            raise StatementError(
+                f"partitions = {partitions_text!r}: give a whole number from 1 to "
+                f"{MAX_OUTPUT_PARTITIONS}"
+            )
+        options["partitions"] = partitions_text
+    return CreateQuery(kind, name, select, options, if_not_exists)
