@@ -2,8 +2,10 @@
 
 An entry is ``(kind, name) -> definition bytes`` in the metadata store's generic catalog
 (``put/get/list/delete_catalog_entry``, both backends), so every machine pointed at the same
-metadata sees the same declarations. ``kind`` is ``'stream'`` or ``'table'`` (later
-``'view'``, ``'query'``). The definition is a ``Relation`` encoded as msgspec JSON:
+metadata sees the same declarations. ``kind`` is ``'stream'`` or ``'table'`` for a
+declared relation, ``'query'`` for a continuous query (``sql.continuous.definition``:
+``QueryDefinition`` as msgspec JSON; a materialized view is a query of kind ``view``). A
+relation's definition is a ``Relation`` encoded as msgspec JSON:
 
 =========  ==============================================================================
 field      meaning
@@ -20,7 +22,9 @@ sql        the statement that declared it, as written
 created_ms wall-clock ms of the declaration
 =========  ==============================================================================
 
-Streams and tables share one namespace: a name is declared at most once over both kinds.
+Streams, tables and materialized views share one namespace: a name is declared at most once
+over them (``CREATE STREAM out AS SELECT`` is a query named ``out`` plus the stream ``out``
+it declares over its output topic).
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ import msgspec
 
 from metadata.async_store import AsyncMetadata
 from metadata.errors import MetadataError
+from sql.continuous.definition import (
+    QUERY_CATALOG_KIND,
+    QueryDefinition,
+    decode_definition,
+    encode_definition,
+)
 
 __all__ = ["KINDS", "Catalog", "CatalogError", "Column", "Relation", "Watermark"]
 
@@ -115,5 +125,42 @@ class Catalog:
     async def delete(self, kind: str, name: str) -> bool:
         try:
             return await self.meta.delete_catalog_entry(kind, name)
+        except ValueError:
+            return False
+
+    # -- continuous queries (kind "query") ------------------------------------------------
+
+    async def put_query(self, definition: QueryDefinition) -> None:
+        """Stores a query's definition; CatalogError if one of that name exists."""
+        if await self.get_query(definition.name) is not None:
+            raise CatalogError(
+                f"query {definition.name!r} already exists: DROP QUERY {definition.name} "
+                "first, or pick another name"
+            )
+        try:
+            await self.meta.put_catalog_entry(
+                QUERY_CATALOG_KIND,
+                definition.name,
+                encode_definition(definition),
+                definition.created_ms,
+            )
+        except (MetadataError, ValueError) as exc:
+            raise CatalogError(f"query {definition.name!r} not stored: {exc}") from None
+
+    async def get_query(self, name: str) -> QueryDefinition | None:
+        try:
+            data = await self.meta.get_catalog_entry(QUERY_CATALOG_KIND, name)
+        except ValueError:
+            return None
+        return None if data is None else decode_definition(data)
+
+    async def list_queries(self) -> list[QueryDefinition]:
+        """Every continuous query, by name."""
+        entries = await self.meta.list_catalog_entries(QUERY_CATALOG_KIND)
+        return sorted((decode_definition(data) for _n, data in entries), key=lambda d: d.name)
+
+    async def delete_query(self, name: str) -> bool:
+        try:
+            return await self.meta.delete_catalog_entry(QUERY_CATALOG_KIND, name)
         except ValueError:
             return False

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -36,25 +37,39 @@ import pyarrow.compute as pc
 from datafusion import SessionContext
 from datafusion.context import SQLOptions
 
+from metadata import InvalidTopicError, TopicExistsError
 from metadata.async_store import AsyncMetadata
 from metadata.store import TopicInfo
-from sql.catalog import KINDS, Catalog, CatalogError, Relation
+from sql.catalog import KINDS, Catalog, CatalogError, Column, Relation, Watermark
+from sql.continuous.definition import CheckpointState, QueryDefinition, decode_checkpoint
 from sql.decode import RAW_SCHEMA
 from sql.formats import decode_json
 from sql.pushdown import BoundColumns, scan_bounds
 from sql.scan import ScanBounds, ScanError, ScanStats, scan_topic
 from sql.statements import (
+    CreateQuery,
     CreateRelation,
     Describe,
+    DropQuery,
     DropRelation,
     Query,
+    ShowQueries,
     ShowRelations,
     StatementError,
     arrow_type,
     parse_statement,
 )
 
-__all__ = ["QueryResult", "SqlEngine", "SqlError", "relation_schema"]
+__all__ = [
+    "QueryDescription",
+    "QueryResult",
+    "RunnerStatus",
+    "SourceLag",
+    "SqlEngine",
+    "SqlError",
+    "relation_schema",
+    "sql_type_of",
+]
 
 TOPICS_SCHEMA = "topics"
 #: Values parsed per JSON decode call (several small blocks together).
@@ -82,6 +97,96 @@ class QueryResult(msgspec.Struct):
     table: Any = None  # pa.Table
     message: str | None = None
     stats: ScanStats = msgspec.field(default_factory=ScanStats)
+
+
+class SourceLag(msgspec.Struct, frozen=True):
+    """How far a query is behind on one partition of one of its sources: ``lag`` =
+    ``high_watermark`` - ``position`` (the next offset the query reads)."""
+
+    source: str
+    topic: str
+    partition: int
+    high_watermark: int
+    position: int
+    lag: int
+
+
+class RunnerStatus(msgspec.Struct):
+    """The runner process of a query as the sql service sees it. ``state``: ``running``,
+    ``backoff`` (exited, restarted after ``backoff_ms``), ``stopped``, ``elsewhere`` (another
+    agent's sql service runs it), ``disabled`` (sql_enabled is false) or ``unknown`` (no
+    service was asked)."""
+
+    state: str = "unknown"
+    pid: int = 0
+    restarts: int = 0
+    last_exit_code: int | None = None
+    last_error: str | None = None
+    started_ms: int = 0
+    backoff_ms: int = 0
+
+
+class QueryDescription(msgspec.Struct):
+    """What ``streamctl query describe`` shows: the definition, the last checkpoint's
+    counters, the input lag per source partition and the runner's state."""
+
+    name: str
+    kind: str
+    sql: str
+    output_topic: str | None
+    options: dict[str, str]
+    created_ms: int
+    generation: int = 0
+    step: int = 0
+    checkpoint_ms: int = 0
+    watermark_ms: int | None = None
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_in_per_s: float = 0.0
+    rows_out_per_s: float = 0.0
+    decode_errors: int = 0
+    late_rows_dropped: int = 0
+    dead_lettered: int = 0
+    last_error: str | None = None
+    lag: int = 0
+    sources: list[SourceLag] = []
+    runner: RunnerStatus = msgspec.field(default_factory=RunnerStatus)
+
+
+def sql_type_of(field: pa.Field) -> str:
+    """The SQL type (as ``CREATE STREAM`` writes it) of an output column; SqlError for a type
+    a declared stream cannot have."""
+    t = field.type
+    simple = {
+        pa.bool_(): "BOOLEAN",
+        pa.int8(): "TINYINT",
+        pa.int16(): "SMALLINT",
+        pa.int32(): "INT",
+        pa.int64(): "BIGINT",
+        pa.uint8(): "SMALLINT",
+        pa.uint16(): "INT",
+        pa.uint32(): "BIGINT",
+        pa.float16(): "REAL",
+        pa.float32(): "REAL",
+        pa.float64(): "DOUBLE",
+        pa.utf8(): "VARCHAR",
+        pa.large_utf8(): "VARCHAR",
+        pa.date32(): "DATE",
+    }
+    if t in simple:
+        return simple[t]
+    if pa.types.is_string_view(t):
+        return "VARCHAR"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP" if t.tz is None else "TIMESTAMPTZ"
+    if pa.types.is_decimal(t) and t.precision <= 38:
+        return f"DECIMAL({t.precision},{t.scale})"
+    if t == pa.uint64():
+        return "DECIMAL(20,0)"
+    raise SqlError(
+        f"output column {field.name!r} has type {t}, which a declared stream cannot hold: "
+        "CAST it to BIGINT, DOUBLE, VARCHAR, TIMESTAMP, ..."
+    )
 
 
 def relation_schema(relation: Relation) -> pa.Schema:
@@ -155,6 +260,7 @@ class SqlEngine:
         scan_concurrency: int = 8,
         max_inflated: int = 64 << 20,
         max_read_bytes: int | None = None,
+        on_query_change: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.meta = meta
         self.store = store
@@ -162,6 +268,9 @@ class SqlEngine:
         self.scan_concurrency = scan_concurrency
         self.max_inflated = max_inflated
         self.max_read_bytes = max_read_bytes
+        # Called with a query's name after it was created and after its definition was
+        # deleted (before its checkpoint is): the sql service starts / stops its runner.
+        self.on_query_change = on_query_change
 
     async def execute(self, text: str) -> QueryResult:
         """Runs one statement. Raises SqlError (bad statement, unknown names, unreadable
@@ -178,12 +287,21 @@ class SqlEngine:
             return await self._show(statement.kind)
         if isinstance(statement, Describe):
             return await self._describe(statement.name)
+        if isinstance(statement, CreateQuery):
+            return await self._create_query(statement)
+        if isinstance(statement, DropQuery):
+            return await self.drop_query(statement.name, statement.if_exists, statement.kind)
+        if isinstance(statement, ShowQueries):
+            return await self._show_queries(statement.kind)
         assert isinstance(statement, Query)
         return await self._query(statement.sql)
 
     # -- catalog statements --------------------------------------------------------------
 
     async def _create(self, stmt: CreateRelation, text: str) -> QueryResult:
+        query = await self.catalog.get_query(stmt.name)
+        if query is not None:
+            raise SqlError(_query_exists(query))
         existing = await self.catalog.find(stmt.name)
         if existing is not None:
             if stmt.if_not_exists and existing.kind == stmt.kind:
@@ -216,6 +334,10 @@ class SqlEngine:
         return QueryResult(message=f"{stmt.kind} {stmt.name} created over topic {topic_name}")
 
     async def _drop(self, stmt: DropRelation) -> QueryResult:
+        if stmt.kind == "stream":
+            query = await self.catalog.get_query(stmt.name)
+            if query is not None and query.kind == "stream":
+                return await self.drop_query(stmt.name, stmt.if_exists, "stream")
         if await self.catalog.delete(stmt.kind, stmt.name):
             return QueryResult(message=f"{stmt.kind} {stmt.name} dropped")
         if stmt.if_exists:
@@ -275,6 +397,257 @@ class SqlEngine:
         out = pa.schema([("column", pa.utf8()), ("type", pa.utf8()), ("note", pa.utf8())])
         return QueryResult(table=pa.Table.from_pylist(rows, schema=out))
 
+    # -- continuous queries ----------------------------------------------------------------
+
+    async def _relations(self) -> tuple[dict[str, Relation], set[str]]:
+        relations = {r.name: r for kind in KINDS for r in await self.catalog.list(kind)}
+        topics = {t.name for t in await self.meta.list_topics()}
+        return relations, topics
+
+    async def plan(self, definition: QueryDefinition) -> Any:
+        """Plans a stored query again (its output schema, its sources); SqlError when it no
+        longer plans (a relation it reads was dropped, ...)."""
+        relations, topics = await self._relations()
+        lateness = int(definition.options.get("allowed_lateness_ms", "0"))
+        emit = "updates" if definition.kind == "view" else "final"
+        return await asyncio.to_thread(_plan, definition.sql, relations, topics, emit, lateness)
+
+    async def _create_query(self, stmt: CreateQuery) -> QueryResult:
+        what = "materialized view" if stmt.kind == "view" else "stream"
+        query = await self.catalog.get_query(stmt.name)
+        if query is not None:
+            if stmt.if_not_exists and query.kind == stmt.kind:
+                return QueryResult(message=f"{what} {stmt.name} already exists")
+            raise SqlError(_query_exists(query))
+        existing = await self.catalog.find(stmt.name)
+        if existing is not None:
+            raise SqlError(
+                f"{existing.kind} {stmt.name!r} already exists (over topic "
+                f"{existing.topic!r}): pick another name for the {what}"
+            )
+        definition = QueryDefinition(
+            name=stmt.name,
+            kind=stmt.kind,
+            sql=stmt.select,
+            output_topic=stmt.options.get("topic"),
+            output_format=stmt.options.get("format", "json"),
+            options={
+                k: v
+                for k, v in stmt.options.items()
+                if k in ("allowed_lateness_ms", "dead_letter_topic")
+            },
+            created_ms=time.time_ns() // 1_000_000,
+        )
+        plan = await self.plan(definition)
+        notes: list[str] = []
+        source_topics = {src.topic for src in plan.sources.values()}
+        dead_letter = definition.options.get("dead_letter_topic")
+        if dead_letter is not None:
+            if dead_letter in source_topics or dead_letter == definition.output_topic:
+                raise SqlError(
+                    f"dead_letter_topic {dead_letter!r} is read or written by the query: "
+                    "name a topic of its own"
+                )
+            if await self._ensure_topic(dead_letter, 1):
+                notes.append(f"dead-letter topic {dead_letter} created")
+        declared: Relation | None = None
+        if stmt.kind == "stream":
+            topic = stmt.options["topic"]
+            if topic in source_topics:
+                raise SqlError(
+                    f"topic {topic!r} is an input of the query: a stream query cannot write "
+                    "what it reads; name another topic (WITH (topic = '...'))"
+                )
+            columns = [Column(f.name, sql_type_of(f)) for f in plan.output_schema]
+            for c in columns:
+                if c.name.startswith("_"):
+                    raise SqlError(
+                        f"output column {c.name!r}: names starting with '_' are reserved; "
+                        f"rename it (AS {c.name.lstrip('_') or 'x'})"
+                    )
+            time_column = plan.output_time_column
+            watermark = None
+            if time_column is not None and any(
+                c.name == time_column and c.type.startswith("TIMESTAMP") for c in columns
+            ):
+                watermark = Watermark(time_column, 0)
+            if await self._ensure_topic(topic, int(stmt.options["partitions"])):
+                notes.append(f"topic {topic} created")
+            declared = Relation(
+                kind="stream",
+                name=stmt.name,
+                topic=topic,
+                format=definition.output_format,
+                columns=columns,
+                watermark=watermark,
+                sql=f"CREATE STREAM {stmt.name} AS {stmt.select}",
+                created_ms=definition.created_ms,
+            )
+            try:
+                await self.catalog.put(declared)
+            except CatalogError as exc:
+                raise SqlError(str(exc)) from None
+        try:
+            await self.catalog.put_query(definition)
+        except CatalogError as exc:
+            if declared is not None:
+                await self.catalog.delete("stream", declared.name)
+            raise SqlError(str(exc)) from None
+        if self.on_query_change is not None:
+            await self.on_query_change(stmt.name)
+        target = "" if stmt.kind == "view" else f" writing topic {definition.output_topic}"
+        extra = f" ({'; '.join(notes)})" if notes else ""
+        return QueryResult(message=f"{what} {stmt.name} created{target}{extra}")
+
+    async def _ensure_topic(self, name: str, partitions: int) -> bool:
+        """Creates topic ``name`` if missing; True when it was created."""
+        if await self.meta.get_topic(name) is not None:
+            return False
+        try:
+            await self.meta.create_topic(name, partitions, None)
+        except TopicExistsError:
+            return False
+        except InvalidTopicError as exc:
+            raise SqlError(f"topic {name!r} cannot be created: {exc}") from None
+        return True
+
+    async def drop_query(
+        self, name: str, if_exists: bool = False, kind: str | None = None
+    ) -> QueryResult:
+        """Drops a continuous query: its definition (the runner stops), its checkpoint and
+        its state objects; a stream query's stream declaration too (its topic stays)."""
+        query = await self.catalog.get_query(name)
+        if query is None:
+            if if_exists:
+                return QueryResult(message=f"no query {name}: nothing dropped")
+            listing = "SHOW MATERIALIZED VIEWS" if kind == "view" else "SHOW QUERIES"
+            raise SqlError(f"no {_kind_name(kind)} called {name!r} ({listing} lists them)")
+        if kind is not None and query.kind != kind:
+            raise SqlError(
+                f"{name!r} is a {_kind_name(query.kind)}, not a {_kind_name(kind)}: "
+                f"DROP QUERY {name} drops it"
+            )
+        await self.catalog.delete_query(name)
+        if self.on_query_change is not None:
+            await self.on_query_change(name)
+        delete_checkpoint = getattr(self.meta, "delete_query_checkpoint", None)
+        if delete_checkpoint is not None:
+            await delete_checkpoint(name)
+        await self._delete_objects(name)
+        kept = ""
+        if query.kind == "stream":
+            declared = await self.catalog.get("stream", name)
+            if declared is not None and declared.topic == query.output_topic:
+                await self.catalog.delete("stream", name)
+            kept = f" (topic {query.output_topic} kept)"
+        return QueryResult(message=f"{_kind_name(query.kind)} {name} dropped{kept}")
+
+    async def _delete_objects(self, name: str) -> None:
+        """The query's state and view objects (``sql/state/<name>/``, ``sql/views/<name>/``):
+        best effort (the next drop or the lifecycle's orphan sweep finds what is left)."""
+        from streamhouse import objectstore
+
+        for prefix in (f"sql/state/{name}/", f"sql/views/{name}/"):
+            try:
+                async for page in objectstore.list_objects(self.store, prefix):
+                    await objectstore.delete_many(self.store, [o.key for o in page])
+            except Exception:  # noqa: BLE001  (an unreachable store must not fail the drop)
+                continue
+
+    async def _show_queries(self, kind: str | None) -> QueryResult:
+        rows = []
+        for q in await self.catalog.list_queries():
+            if kind is not None and q.kind != kind:
+                continue
+            rows.append(
+                {
+                    "name": q.name,
+                    "kind": _kind_name(q.kind),
+                    "output": q.output_topic or "(view)",
+                    "sql": q.sql,
+                    "options": ", ".join(f"{k}={v}" for k, v in sorted(q.options.items())),
+                }
+            )
+        schema = pa.schema([(f, pa.utf8()) for f in ("name", "kind", "output", "sql", "options")])
+        return QueryResult(table=pa.Table.from_pylist(rows, schema=schema))
+
+    async def describe_query(self, name: str) -> QueryDescription:
+        """A query's definition, last checkpoint and input lag (no runner state: the sql
+        service adds it). SqlError when no query has that name."""
+        query = await self.catalog.get_query(name)
+        if query is None:
+            raise SqlError(f"no query called {name!r} (streamctl query list shows them)")
+        get_checkpoint = getattr(self.meta, "get_query_checkpoint", None)
+        row = None if get_checkpoint is None else await get_checkpoint(name)
+        state = CheckpointState() if row is None else decode_checkpoint(row.payload)
+        out = QueryDescription(
+            name=query.name,
+            kind=query.kind,
+            sql=query.sql,
+            output_topic=query.output_topic,
+            options=dict(query.options),
+            created_ms=query.created_ms,
+            generation=0 if row is None else row.generation,
+            step=state.step,
+            checkpoint_ms=state.updated_ms,
+            watermark_ms=state.watermark_ms,
+            rows_in=state.rows_in,
+            rows_out=state.rows_out,
+            rows_in_per_s=state.rows_in_per_s,
+            rows_out_per_s=state.rows_out_per_s,
+            decode_errors=state.decode_errors,
+            late_rows_dropped=state.late_rows_dropped,
+            dead_lettered=state.dead_lettered,
+            last_error=state.last_error,
+        )
+        try:
+            plan = await self.plan(query)
+            topics_of = {n: src.topic for n, src in plan.sources.items()}
+        except SqlError as exc:
+            out.last_error = out.last_error or f"the query no longer plans: {exc}"
+            relations, _ = await self._relations()
+            topics_of = {}
+            for source in state.positions:
+                rel = relations.get(source)
+                topics_of[source] = rel.topic if rel is not None else _topic_of(source)
+        for source, topic_name in sorted(topics_of.items()):
+            topic = await self.meta.get_topic(topic_name)
+            if topic is None:
+                continue
+            positions = state.positions.get(source, {})
+            for part in await self.meta.list_partitions(topic.topic_id):
+                position = positions.get(part.partition, part.log_start_offset)
+                lag = max(0, part.high_watermark - position)
+                out.sources.append(
+                    SourceLag(
+                        source, topic_name, part.partition, part.high_watermark, position, lag
+                    )
+                )
+                out.lag += lag
+        return out
+
+    async def _views(self, sql: str) -> dict[str, pa.Table]:
+        """The current rows of every materialized view the query text names."""
+        views: dict[str, pa.Table] = {}
+        for q in await self.catalog.list_queries():
+            if q.kind != "view" or not re.search(
+                rf"(?<![\w$]){re.escape(q.name)}(?![\w$])", sql, re.I
+            ):
+                continue
+            table = await self._load_view(q.name)
+            if table is None:
+                plan = await self.plan(q)
+                table = plan.output_schema.empty_table()
+            views[q.name] = table
+        return views
+
+    async def _load_view(self, name: str) -> pa.Table | None:
+        try:
+            from sql.continuous.checkpoint import load_view_rows
+        except ImportError:
+            return None  # no runner in this build: no rows were ever committed
+        return await load_view_rows(self.meta, self.store, name)
+
     # -- queries -------------------------------------------------------------------------
 
     async def _sources(self) -> tuple[dict[str, _Source], dict[str, Relation]]:
@@ -317,10 +690,15 @@ class SqlEngine:
         options = (
             SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
         )
+        views = await self._views(sql)
+        for name in views:
+            sources.pop(name, None)  # a view shadows a topic of its name
         ctx = SessionContext()
         ctx.sql(f"CREATE SCHEMA {TOPICS_SCHEMA}")
         for name, source in sources.items():
             self._register(ctx, name, source.schema, [])
+        for name, table in views.items():
+            self._register(ctx, name, table.schema, table.to_batches())
         try:
             plan = ctx.sql_with_options(sql, options).optimized_logical_plan()
         except Exception as exc:
@@ -454,3 +832,42 @@ class SqlEngine:
             if out.num_rows:
                 batches.append(out)
         return batches
+
+
+def _plan(
+    sql: str, relations: dict[str, Relation], topics: set[str], emit: str, lateness: int
+) -> Any:
+    """``sql.continuous.plan.plan_continuous`` (loaded on first use), errors as SqlError."""
+    try:
+        from sql.continuous.pipeline import PlanError
+        from sql.continuous.plan import plan_continuous
+    except ImportError as exc:
+        raise SqlError(
+            f"continuous queries cannot be planned by this installation ({exc}): update StreamHouse"
+        ) from None
+    try:
+        return plan_continuous(sql, relations, topics, emit=emit, allowed_lateness_ms=lateness)
+    except PlanError as exc:
+        raise SqlError(str(exc)) from None
+    except Exception as exc:  # a bug of the planner: still the statement's error
+        raise SqlError(f"the query could not be planned: {type(exc).__name__}: {exc}") from None
+
+
+def _kind_name(kind: str | None) -> str:
+    return {"view": "materialized view", "stream": "stream query"}.get(kind or "", "query")
+
+
+def _query_exists(query: QueryDefinition) -> str:
+    drop = "DROP MATERIALIZED VIEW" if query.kind == "view" else "DROP QUERY"
+    return (
+        f"{_kind_name(query.kind)} {query.name!r} already exists: {drop} {query.name} first, "
+        "or pick another name"
+    )
+
+
+def _topic_of(source: str) -> str:
+    """``topics."name"`` / ``topics.name`` / ``name`` -> the topic's name."""
+    name = source[len(TOPICS_SCHEMA) + 1 :] if source.startswith(TOPICS_SCHEMA + ".") else source
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = name[1:-1].replace('""', '"')
+    return name
