@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 
 from streamhouse.topic_config import (
+    NOT_ACTED_ON,
+    TOPIC_CONFIG_TYPES,
     TOPIC_CONFIGS,
     TopicConfigError,
+    documentation,
     effective_config,
     validate_topic_config,
 )
@@ -28,6 +31,27 @@ DEFAULTS = {
     "segment.bytes": "1073741824",
     "min.insync.replicas": "1",
     "compression.type": "producer",
+    "compression.gzip.level": "-1",
+    "compression.lz4.level": "9",
+    "compression.zstd.level": "3",
+    "file.delete.delay.ms": "60000",
+    "flush.messages": "9223372036854775807",
+    "flush.ms": "9223372036854775807",
+    "follower.replication.throttled.replicas": "",
+    "leader.replication.throttled.replicas": "",
+    "index.interval.bytes": "4096",
+    "segment.index.bytes": "10485760",
+    "segment.jitter.ms": "0",
+    "preallocate": "false",
+    "unclean.leader.election.enable": "false",
+    "message.downconversion.enable": "true",
+    "message.format.version": "3.0-IV1",
+    "remote.storage.enable": "false",
+    "remote.log.copy.disable": "false",
+    "remote.log.delete.on.disable": "false",
+    "local.retention.ms": "-2",
+    "local.retention.bytes": "-2",
+    "streamhouse.replica.assignment": "",
 }
 
 
@@ -67,7 +91,22 @@ def test_validate_returns_a_copy() -> None:
         ("cleanup.policy", "compact"),
         ("cleanup.policy", "compact,delete"),
         ("cleanup.policy", "delete,compact"),
+        ("cleanup.policy", ""),  # Kafka 4.x: neither deleted nor compacted
+        ("max.message.bytes", "0"),
         ("max.message.bytes", "1"),
+        ("file.delete.delay.ms", "0"),
+        ("file.delete.delay.ms", "120000"),
+        ("flush.messages", "1"),
+        ("preallocate", "true"),
+        ("unclean.leader.election.enable", "false"),
+        ("compression.gzip.level", "-1"),
+        ("compression.gzip.level", "9"),
+        ("compression.zstd.level", "-5"),
+        ("follower.replication.throttled.replicas", "*"),
+        ("leader.replication.throttled.replicas", "0:1,1:2"),
+        ("local.retention.ms", "-2"),
+        ("message.format.version", "2.8-IV1"),
+        ("streamhouse.replica.assignment", "0:1|2,1:2|0"),
         ("message.timestamp.type", "CreateTime"),
         ("message.timestamp.type", "LogAppendTime"),
         ("segment.ms", "1"),
@@ -94,10 +133,20 @@ def test_valid_values(key: str, value: str) -> None:
         ("retention.ms", "", "an integer >= -1"),
         ("retention.ms", "1.5", "an integer >= -1"),
         ("retention.bytes", "-5", "an integer >= -1"),
-        ("cleanup.policy", "Delete", "delete, compact or compact,delete"),
-        ("cleanup.policy", "compact, delete", "delete, compact or compact,delete"),
-        ("cleanup.policy", "", "delete, compact or compact,delete"),
-        ("max.message.bytes", "0", "a positive integer"),
+        ("cleanup.policy", "Delete", "delete, compact, compact,delete or empty"),
+        ("cleanup.policy", "delete,", "delete, compact, compact,delete or empty"),
+        ("cleanup.policy", "delete,purge", "delete, compact, compact,delete or empty"),
+        ("max.message.bytes", "-1", "an integer >= 0 (int32)"),
+        ("max.message.bytes", "2147483648", "an integer >= 0 (int32)"),
+        ("file.delete.delay.ms", "-1", "an integer >= 0"),
+        ("flush.messages", "0", "a positive integer"),
+        ("preallocate", "yes", "true or false"),
+        ("compression.gzip.level", "0", "-1 (default) or an integer 1..9"),
+        ("compression.lz4.level", "18", "an integer 1..17"),
+        ("follower.replication.throttled.replicas", "0-1", "empty, * or partition:broker"),
+        ("local.retention.bytes", "-3", "an integer >= -2"),
+        ("streamhouse.replica.assignment", "1:0", "partition:broker|broker,..."),
+        ("streamhouse.replica.assignment", "0:0,0:1", "partition:broker|broker,..."),
         ("message.timestamp.type", "createtime", "CreateTime or LogAppendTime"),
         ("segment.ms", "0", "a positive integer"),
         ("segment.bytes", "13", "an integer >= 14"),
@@ -159,3 +208,58 @@ def test_effective_config_of_empty_is_defaults() -> None:
 def test_effective_config_drops_unknown_keys() -> None:
     """Keys that are not topic configs are not reported."""
     assert effective_config({"foo": "bar"}) == DEFAULTS
+
+
+def test_lists_are_stored_without_blanks() -> None:
+    """`compact, delete` is what Kafka accepts; it is stored as `compact,delete` so every
+    reader that splits on commas sees both policies."""
+    assert validate_topic_config({"cleanup.policy": " compact, delete "}) == {
+        "cleanup.policy": "compact,delete"
+    }
+    assert validate_topic_config({"cleanup.policy": ""}) == {"cleanup.policy": ""}
+
+
+def test_booleans_are_case_insensitive_as_in_kafka() -> None:
+    assert validate_topic_config({"preallocate": "TRUE"}) == {"preallocate": "TRUE"}
+
+
+def test_non_string_values_are_refused() -> None:
+    with pytest.raises(TopicConfigError, match="retention.ms=1000 is invalid"):
+        validate_topic_config({"retention.ms": 1000})  # type: ignore[dict-item]
+
+
+def test_every_key_has_a_kafka_type_and_documentation() -> None:
+    """Each key is typed as Kafka types it, and its documentation says whether StreamHouse
+    acts on it."""
+    assert set(TOPIC_CONFIG_TYPES) == set(TOPIC_CONFIGS)
+    assert set(TOPIC_CONFIG_TYPES.values()) <= {
+        "LONG",
+        "INT",
+        "BOOLEAN",
+        "DOUBLE",
+        "LIST",
+        "STRING",
+    }
+    assert set(NOT_ACTED_ON) < set(TOPIC_CONFIGS)
+    for key in TOPIC_CONFIGS:
+        text = documentation(key)
+        assert text.startswith(f"Valid values: {TOPIC_CONFIGS[key][2]}.")
+        assert ("not acted on" in text) == (key in NOT_ACTED_ON), key
+    # What the lifecycle and produce path enforce is never marked as ignored.
+    acted = {"retention.ms", "retention.bytes", "cleanup.policy", "segment.ms", "segment.bytes"}
+    assert not acted & set(NOT_ACTED_ON)
+    assert "file.delete.delay.ms" in NOT_ACTED_ON
+
+
+def test_typed_values_parse_as_their_type() -> None:
+    """Every default parses as its declared type (a reference independent of the validators)."""
+    for key, (default, _, _) in TOPIC_CONFIGS.items():
+        kind = TOPIC_CONFIG_TYPES[key]
+        if kind == "LONG":
+            assert -(2**63) <= int(default) < 2**63, key
+        elif kind == "INT":
+            assert -(2**31) <= int(default) < 2**31, key
+        elif kind == "BOOLEAN":
+            assert default in ("true", "false"), key
+        elif kind == "DOUBLE":
+            float(default)
