@@ -1,8 +1,14 @@
-"""`python3 -m sql query "SQL" [--format table|jsonl|csv] [--stats]`: one statement, then exit;
-`python3 -m sql shell [--format ...]`: statements from standard input, one after another.
+"""`python3 -m sql query "SQL" [--format table|jsonl|csv] [--stats] [--via local|service|auto]`:
+one statement, then exit; `python3 -m sql shell [--format ...]`: statements from standard input,
+one after another; `python3 -m sql serve`: the sql service (sql/service.py), as supervisord
+runs it (program ``sql``).
 
 Statements run against the StreamHouse the environment names (the same ``STREAMHOUSE_*``
-settings as every process: metadata store, object store). Queries print their rows on stdout
+settings as every process: metadata store, object store). With ``--via local`` (the default
+of ``python3 -m sql``) they run in this process; ``--via service`` sends them to the sql
+service at ``--service ADDR`` (default: sql_listen) and reads the rows back as Arrow IPC;
+``--via auto`` (what ``streamctl sql`` uses) takes the service when it answers its health
+check within a second, else runs locally. Queries print their rows on stdout
 in the chosen format; CREATE/DROP print one line. Records that did not match their stream's
 schema are reported on stderr. With ``--stats`` a JSON line on stderr says what was read
 (partitions, block rows looked at, blocks and bytes read, batches and records decoded,
@@ -16,6 +22,7 @@ ends at end of input, or on ``\\q``.
 
 Exit status of ``query``: 0 done, 1 the statement failed (the reason is on stderr), 2 a bad
 argument or setting. Of ``shell``: 0, or 1 if any statement failed when not on a terminal.
+``serve`` runs until SIGTERM (0), or exits 1 when it fails (supervisord restarts it).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from metadata.errors import MetadataError
 from sql.catalog import Catalog
 from sql.engine import QueryResult, SqlEngine, SqlError
 from sql.output import FORMATS, write_result
+from sql.service_client import SqlClient, SqlServiceError
 from streamhouse import objectstore
 from streamhouse.config import ConfigError, Settings, load_settings
 from streamhouse.objectstore import ObjectStoreConfigError
@@ -71,19 +79,64 @@ class _Session:
 
 
 def _report(result: QueryResult, fmt: str, stats: bool) -> None:
-    if result.message is not None:
-        print(result.message)
-    if result.table is not None:
-        write_result(result.table, fmt, sys.stdout)
+    _print(
+        result.table,
+        result.message,
+        msgspec.to_builtins(result.stats),
+        fmt,
+        stats,
+    )
+
+
+def _print(
+    table: object, message: str | None, stats: dict[str, object], fmt: str, show_stats: bool
+) -> None:
+    if message:
+        print(message)
+    if table is not None:
+        write_result(table, fmt, sys.stdout)  # type: ignore[arg-type]
     sys.stdout.flush()
-    for name, count in sorted(result.stats.invalid_records.items()):
+    invalid = stats.get("invalid_records") or {}
+    assert isinstance(invalid, dict)
+    for name, count in sorted(invalid.items()):
         print(
             f"sql: {count} record{'s' if count != 1 else ''} of {name} did not match its "
             "declared schema and were left out",
             file=sys.stderr,
         )
-    if stats:
-        print(msgspec.json.encode(result.stats).decode(), file=sys.stderr)
+    if show_stats:
+        print(msgspec.json.encode(stats).decode(), file=sys.stderr)
+
+
+class _Remote:
+    """Statements through the sql service; the same interface as an engine's ``execute``."""
+
+    def __init__(self, client: SqlClient, max_read_mb: float) -> None:
+        self.client = client
+        self.max_read_bytes = int(max_read_mb * 1e6) if max_read_mb > 0 else 0
+
+    async def run(self, text: str, fmt: str, stats: bool) -> None:
+        try:
+            result = await asyncio.to_thread(self.client.execute, text, self.max_read_bytes)
+        except SqlServiceError as exc:
+            raise SqlError(exc.message) from None
+        _print(result.table, result.message, result.stats, fmt, stats)
+
+
+def _remote(settings: Settings, args: argparse.Namespace) -> _Remote | None:
+    """The service to send statements to (per --via), or None to run them here."""
+    if args.via == "local":
+        return None
+    client = SqlClient(args.service or settings.sql_listen)
+    if client.reachable(1.0 if args.via == "auto" else 10.0):
+        return _Remote(client, args.max_read_mb)
+    client.close()
+    if args.via == "service":
+        raise SqlError(
+            f"the sql service at {client.address} does not answer: is the stack up "
+            "(streamhouse up, program sql)? or use --via local"
+        )
+    return None
 
 
 def _failure(exc: Exception) -> str:
@@ -93,6 +146,10 @@ def _failure(exc: Exception) -> str:
 
 
 async def _run_one(settings: Settings, args: argparse.Namespace) -> None:
+    remote = _remote(settings, args)
+    if remote is not None:
+        await remote.run(args.sql, args.format, args.stats)
+        return
     async with _Session(settings, args.max_read_mb) as engine:
         _report(await engine.execute(args.sql), args.format, args.stats)
 
@@ -137,6 +194,15 @@ def _read_statements(interactive: bool) -> AsyncIterator[str]:
 
 async def _shell(settings: Settings, args: argparse.Namespace, interactive: bool) -> int:
     failed = 0
+    remote = _remote(settings, args)
+    if remote is not None:
+        async for text in _read_statements(interactive):
+            try:
+                await remote.run(text, args.format, args.stats)
+            except SqlError as exc:
+                failed += 1
+                print(_failure(exc), file=sys.stderr)
+        return 1 if failed and not interactive else 0
     async with _Session(settings, args.max_read_mb) as engine:
         async for text in _read_statements(interactive):
             try:
@@ -168,7 +234,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     query.add_argument("sql", help="the statement")
     shell = sub.add_parser("shell", help="run statements ended by ';' from standard input")
+    sub.add_parser("serve", help="run the sql service (gRPC on sql_listen, query runners)")
     for p in (query, shell):
+        p.add_argument(
+            "--via",
+            choices=("local", "service", "auto"),
+            default="local",
+            help="run here (local), through the sql service, or the service when it answers "
+            "(auto); default local",
+        )
+        p.add_argument(
+            "--service", metavar="ADDR", default=None, help="the sql service (sql_listen)"
+        )
         p.add_argument("--format", choices=FORMATS, default="table", help="output (table)")
         p.add_argument("--stats", action="store_true", help="what was read, as JSON on stderr")
         p.add_argument(
@@ -179,6 +256,12 @@ def main(argv: list[str] | None = None) -> None:
             f"default {DEFAULT_MAX_READ_MB:g})",
         )
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        from sql.service import run_sql
+        from streamhouse.process import run_process
+
+        run_process("sql", run_sql)
+        raise SystemExit(0)
     try:
         settings = load_settings()
     except ConfigError as exc:

@@ -4,9 +4,9 @@ It runs supervisord with the repo's supervisord.conf, with STREAMHOUSE_DATA_DIR 
 and every other STREAMHOUSE_* variable passed through. Ctrl-C or SIGTERM stops every process.
 
 The flags of `up` and `config` (`--data-dir`, `--metadata`, `--object-store`, `--kafka-listen`,
-`--kafka-advertised`, `--grpc-listen`, `--grpc-advertised`, `--agent-id`, `--zone`) set the
-setting of the same name (`--zone` is `agent_zone`), overriding STREAMHOUSE_* variables and the
-TOML file, so one agent of a cluster starts as::
+`--kafka-advertised`, `--grpc-listen`, `--grpc-advertised`, `--sql-listen`, `--agent-id`,
+`--zone`) set the setting of the same name (`--zone` is `agent_zone`), overriding STREAMHOUSE_*
+variables and the TOML file, so one agent of a cluster starts as::
 
     streamhouse up --metadata postgresql://sh@db:5432/streamhouse --object-store s3://bucket \
         --kafka-listen 127.0.0.1:9192 --grpc-listen 127.0.0.1:50151 --data-dir /var/lib/sh-a2
@@ -73,7 +73,7 @@ def up(settings: Settings, env: dict[str, str] | None = None) -> int:
     host, port = settings.kafka_advertised_address
     print(
         f"streamhouse: agent {settings.agent_name} up on gRPC {settings.grpc_listen}, Kafka "
-        f"{settings.kafka_listen} (advertised {host}:{port}), metadata "
+        f"{settings.kafka_listen} (advertised {host}:{port}), SQL {settings.sql_listen}, metadata "
         f"{'PostgreSQL' if settings.metadata else 'SQLite'}, data in {settings.data_path} "
         f"(logs in {settings.log_dir}); Ctrl-C stops",
         file=sys.stderr,
@@ -92,6 +92,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--kafka-advertised": ("kafka_advertised", "HOST:PORT Kafka clients are told to use"),
     "--grpc-listen": ("grpc_listen", "HOST:PORT the gRPC server binds"),
     "--grpc-advertised": ("grpc_advertised", "HOST:PORT shown for this agent's gRPC"),
+    "--sql-listen": ("sql_listen", "HOST:PORT the sql service (statements, queries) binds"),
     "--agent-id": ("agent_id", "this agent's stable id (default: Kafka advertised host:port)"),
     "--zone": ("agent_zone", "this agent's zone (clients announce theirs in client.id)"),
 }

@@ -60,7 +60,7 @@ TEST_SETTINGS = {
     "STREAMHOUSE_LIFECYCLE_ENABLED": "false",
 }
 
-PROGRAMS = ("ingest", "segmenter", "uploader", "reader", "lifecycle")
+PROGRAMS = ("ingest", "segmenter", "uploader", "reader", "lifecycle", "sql")
 # Pause between polls of supervisorctl while waiting for a process state (bounded waits).
 POLL_S = 0.05
 
@@ -114,7 +114,8 @@ def _alive(pid: int) -> bool:
 
 
 class Stack:
-    """One StreamHouse stack (supervisord + four processes) on `data_dir`."""
+    """One StreamHouse stack (supervisord + its PROGRAMS) on `data_dir`; each stack gets
+    free gRPC, Kafka and sql ports."""
 
     def __init__(
         self, data_dir: os.PathLike[str] | str, env: Mapping[str, str] | None = None
@@ -122,6 +123,7 @@ class Stack:
         self.data_dir = pathlib.Path(data_dir).resolve()
         self.grpc_port = free_port()
         self.kafka_port = free_port()
+        self.sql_port = free_port()
         base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMHOUSE_")}
         base.update(TEST_SETTINGS)
         base.update(
@@ -129,6 +131,7 @@ class Stack:
                 "STREAMHOUSE_DATA_DIR": str(self.data_dir),
                 "STREAMHOUSE_GRPC_LISTEN": f"127.0.0.1:{self.grpc_port}",
                 "STREAMHOUSE_KAFKA_LISTEN": f"127.0.0.1:{self.kafka_port}",
+                "STREAMHOUSE_SQL_LISTEN": f"127.0.0.1:{self.sql_port}",
             }
         )
         base.update(env or {})
@@ -143,6 +146,11 @@ class Stack:
     @property
     def kafka_address(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def sql_address(self) -> str:
+        """The sql service's gRPC address (statements, continuous queries)."""
+        return f"127.0.0.1:{self.sql_port}"
 
     @property
     def running(self) -> bool:
@@ -192,6 +200,28 @@ class Stack:
                     pass
                 if time.monotonic() > deadline:
                     raise StackError(f"stack not ready after {timeout}s; see {self.data_dir}/logs")
+                time.sleep(POLL_S)
+
+    def wait_sql_ready(self, timeout: float = 60) -> None:
+        """Blocks until the sql service answers its health check with SERVING."""
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.sql_address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                try:
+                    reply = stub.Check(
+                        health_pb2.HealthCheckRequest(),
+                        timeout=max(0.1, min(2, deadline - time.monotonic())),
+                        wait_for_ready=True,
+                    )
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"sql service not ready after {timeout}s; see {self.data_dir}/logs/sql.log"
+                    )
                 time.sleep(POLL_S)
 
     def supervisorctl(self, *args: str) -> str:
