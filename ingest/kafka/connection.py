@@ -4,6 +4,9 @@ Rules:
 - Requests are decoded as they arrive and handled concurrently (a client pipelines produces),
   but responses leave in request order, as Kafka promises.
 - A produce with acks=0 gets no response; its place in the order is simply skipped.
+- A connection lost with requests pending cancels their handlers and the sender; an answer
+  that arrives anyway (a handler that finished despite the cancellation) is dropped, and the
+  sender stops without error.
 - An ApiVersions request of a version this broker does not know gets an ApiVersions v0
   response with UNSUPPORTED_VERSION and the supported ranges (so the client can retry lower).
 - Bytes that break the protocol (a bad size prefix, a corrupt request, an API key nobody
@@ -350,7 +353,8 @@ class KafkaConnection(asyncio.Protocol):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            header, future, size = self._pending[0]
+            entry = self._pending[0]
+            header, future, size = entry
             try:
                 response = await future
             except Exception:
@@ -383,6 +387,11 @@ class KafkaConnection(asyncio.Protocol):
                     return
                 self._transport.write(data)
                 del data
+            if not self._pending or self._pending[0] is not entry:
+                # The connection was lost while this answer was awaited (connection_lost
+                # emptied the queue and gave its bytes back); a handler that finished despite
+                # its cancellation must not make the sender pop an empty queue.
+                return
             # The request leaves the in-flight count only once its answer is written, so a
             # client that does not read holds its own slots, not the broker's memory.
             self._pending.popleft()
