@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 
@@ -222,6 +223,35 @@ def _guarded(run: Callable[[], int | None]) -> int:
     except ObjectStoreConfigError as exc:
         print(f"sql: object store setting: {exc}", file=sys.stderr)
         return 2
+
+
+def local_query_command(action: str, name: str | None = None, if_exists: bool = False) -> Any:
+    """``streamctl query list|describe|drop`` in this process (the sql service does not
+    answer): a list of ``QueryStatus`` (runner state ``unknown``), or drop's message. Raises
+    SqlError."""
+    from sql.service import description_to_proto
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise SqlError(f"configuration error: {exc}") from None
+
+    async def run() -> Any:
+        async with _Session(settings, 0) as engine:
+            if action == "drop":
+                assert name is not None
+                return (await engine.drop_query(name, if_exists)).message
+            if action == "describe":
+                assert name is not None
+                names = [name]
+            else:
+                names = [q.name for q in await engine.catalog.list_queries()]
+            return [description_to_proto(await engine.describe_query(n)) for n in names]
+
+    try:
+        return asyncio.run(run())
+    except MetadataError as exc:
+        raise SqlError(_failure(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,10 @@ Examples::
     streamctl cluster            # the agents of the cluster and their health (--json)
     streamctl topic alter-config events --set retention.bytes=1073741824 --delete retention.ms
     streamctl storage --cost     # bytes per topic and in total; the monthly bill vs. Kafka
+    streamctl sql "CREATE MATERIALIZED VIEW v AS SELECT ..."   # through the sql service
+    streamctl query list         # continuous queries: runner state, lag, rows/s (--json)
+    streamctl query describe v   # one query: checkpoint, watermark, lag per partition, errors
+    streamctl query drop v
 
 Exit status: 0 on success, 1 when the server (or reading input) fails, 2 for usage errors;
 every failure prints exactly one line on stderr, ``streamctl: error: ...``.
@@ -533,6 +537,156 @@ def _cmd_cluster(client: Client, args: argparse.Namespace, out: _Printer) -> int
     return 0
 
 
+# -- continuous queries (the sql service; in-process when it does not answer) ---------------
+
+
+def _query_source(args: argparse.Namespace) -> Any:
+    """A connected SqlClient, or None when the service does not answer (then the command
+    runs in this process against the STREAMHOUSE_* environment's stores)."""
+    from sql.service_client import SqlClient
+
+    client = SqlClient(args.sql_server, timeout=60.0)
+    if client.reachable(1.0):
+        return client
+    client.close()
+    return None
+
+
+def _local_queries(action: str, name: str | None = None, if_exists: bool = False) -> Any:
+    from sql.__main__ import local_query_command  # DataFusion loads only here
+    from sql.engine import SqlError
+
+    try:
+        return local_query_command(action, name, if_exists)
+    except SqlError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _query_error(exc: Exception) -> CommandError:
+    return CommandError(str(exc))
+
+
+def _ms_text(ms: int | None) -> str:
+    return "-" if ms is None or ms <= 0 else utc_time(ms)
+
+
+def queries_table(queries: Sequence[Any]) -> str:
+    rows = [("NAME", "KIND", "RUNNER", "RESTARTS", "LAG", "IN/S", "OUT/S", "WATERMARK (UTC)",
+             "OUTPUT")]  # fmt: skip
+    for q in queries:
+        rows.append(
+            (
+                q.name,
+                q.kind,
+                q.runner.state,
+                str(q.runner.restarts),
+                str(q.lag),
+                f"{q.rows_in_per_s:.1f}",
+                f"{q.rows_out_per_s:.1f}",
+                _ms_text(q.watermark_ms if q.HasField("watermark_ms") else None),
+                q.output_topic or "(view)",
+            )
+        )
+    if len(rows) == 1:
+        return "no continuous queries (CREATE MATERIALIZED VIEW / CREATE STREAM ... AS SELECT)"
+    return _table(rows, right=frozenset({3, 4, 5, 6}))
+
+
+def query_text(q: Any) -> str:
+    r = q.runner
+    runner = r.state
+    if r.pid:
+        runner += f" (pid {r.pid})"
+    runner += f", {r.restarts} restart{'s' if r.restarts != 1 else ''}"
+    if r.HasField("last_exit_code"):
+        runner += f", last exit status {r.last_exit_code}"
+    if r.state == "backoff":
+        runner += f", next start in {r.backoff_ms} ms"
+    lines = [
+        f"query {q.name} ({'materialized view' if q.kind == 'view' else 'stream query'}"
+        + (f" writing topic {q.output_topic}" if q.output_topic else "")
+        + ")",
+        f"  sql:        {q.sql}",
+        f"  options:    {', '.join(f'{k}={v}' for k, v in sorted(q.options.items())) or '-'}",
+        f"  runner:     {runner}",
+        f"  checkpoint: step {q.step} at {_ms_text(q.checkpoint_ms)}, generation {q.generation}",
+        "  watermark:  " + _ms_text(q.watermark_ms if q.HasField("watermark_ms") else None),
+        f"  rows:       in {q.rows_in} ({q.rows_in_per_s:.1f}/s), out {q.rows_out} "
+        f"({q.rows_out_per_s:.1f}/s)",
+        f"  errors:     {q.decode_errors} undecodable, {q.late_rows_dropped} late rows dropped, "
+        f"{q.dead_lettered} dead-lettered",
+        f"  last error: {q.last_error or r.last_error or '-'}",
+        f"  input lag:  {q.lag} records",
+    ]
+    if q.sources:
+        rows = [("SOURCE", "TOPIC", "PARTITION", "POSITION", "HIGH WATERMARK", "LAG")]
+        rows += [
+            (s.source, s.topic, str(s.partition), str(s.position), str(s.high_watermark),
+             str(s.lag))
+            for s in q.sources
+        ]  # fmt: skip
+        lines += ["    " + line for line in _table(rows, frozenset({2, 3, 4, 5})).splitlines()]
+    return "\n".join(lines)
+
+
+def _cmd_query_list(client: Client, args: argparse.Namespace, out: _Printer) -> int:
+    from sql.service_client import SqlServiceError, status_to_dict
+
+    service = _query_source(args)
+    try:
+        queries = _local_queries("list") if service is None else service.list_queries()
+    except SqlServiceError as exc:
+        raise _query_error(exc) from None
+    finally:
+        if service is not None:
+            service.close()
+    if out.json or args.json:
+        for q in queries:
+            out.line(json.dumps(status_to_dict(q), ensure_ascii=False))
+        return 0
+    out.line(queries_table(queries))
+    return 0
+
+
+def _cmd_query_describe(client: Client, args: argparse.Namespace, out: _Printer) -> int:
+    from sql.service_client import SqlServiceError, status_to_dict
+
+    service = _query_source(args)
+    try:
+        if service is None:
+            query = _local_queries("describe", args.name)[0]
+        else:
+            query = service.describe(args.name)
+    except SqlServiceError as exc:
+        raise _query_error(exc) from None
+    finally:
+        if service is not None:
+            service.close()
+    if out.json or args.json:
+        out.line(json.dumps(status_to_dict(query), ensure_ascii=False))
+    else:
+        out.line(query_text(query))
+    return 0
+
+
+def _cmd_query_drop(client: Client, args: argparse.Namespace, out: _Printer) -> int:
+    from sql.service_client import SqlServiceError
+
+    service = _query_source(args)
+    try:
+        if service is None:
+            message = _local_queries("drop", args.name, args.if_exists)
+        else:
+            message = service.drop(args.name, args.if_exists)
+    except SqlServiceError as exc:
+        raise _query_error(exc) from None
+    finally:
+        if service is not None:
+            service.close()
+    out.obj({"dropped": args.name, "message": message}, message)
+    return 0
+
+
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
@@ -1009,6 +1163,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cluster.set_defaults(func=_cmd_cluster)
 
+    # query ...
+    sql_server = _ArgumentParser(add_help=False)
+    sql_server.add_argument(
+        "--sql-server",
+        metavar="ADDR",
+        default=None,
+        help="the sql service host:port (default: $STREAMHOUSE_SQL_LISTEN, else "
+        "127.0.0.1:50053); when it does not answer, the command runs in this process",
+    )
+    query = commands.add_parser(
+        "query", help="list, describe and drop continuous queries (views, stream queries)"
+    )
+    query_commands = query.add_subparsers(dest="query_command", metavar="ACTION", required=True)
+    q_list = query_commands.add_parser(
+        "list",
+        parents=[common, sql_server],
+        help="every continuous query: runner state, restarts, input lag, rows/s, watermark",
+    )
+    q_list.add_argument("--json", action="store_true", help="one JSON object per query")
+    q_list.set_defaults(func=_cmd_query_list)
+    q_describe = query_commands.add_parser(
+        "describe",
+        parents=[common, sql_server],
+        help="one query: definition, checkpoint, watermark, rows in/out per second, errors, "
+        "input lag per source partition, runner",
+    )
+    q_describe.add_argument("name", metavar="NAME")
+    q_describe.add_argument("--json", action="store_true", help="one JSON object")
+    q_describe.set_defaults(func=_cmd_query_describe)
+    q_drop = query_commands.add_parser(
+        "drop",
+        parents=[common, sql_server],
+        help="drop a query: its runner stops, its checkpoint goes (a stream's topic stays)",
+    )
+    q_drop.add_argument("name", metavar="NAME")
+    q_drop.add_argument("--if-exists", action="store_true", help="no error when there is none")
+    q_drop.set_defaults(func=_cmd_query_drop)
+
     # storage
     storage = commands.add_parser(
         "storage",
@@ -1086,7 +1278,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "sql",
         help='SQL over topics: streamctl sql "SELECT ..." [--format table|jsonl|csv], or '
-        "streamctl sql for a shell (reads the STREAMHOUSE_* environment's stores)",
+        "streamctl sql for a shell (through the sql service when it answers, else in this "
+        "process over the STREAMHOUSE_* environment's stores)",
     )
     return parser
 
@@ -1139,11 +1332,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sql(argv: list[str]) -> int:
-    """``streamctl sql "SELECT ..." [--format table|jsonl|csv] [--stats] [--max-read-mb N]``
-    runs one statement; ``streamctl sql`` with no statement (or ``streamctl sql shell``) reads
-    statements ended by ``;`` from standard input. SQL reads the log where the agent keeps
-    it: the metadata store and object store the ``STREAMHOUSE_*`` environment names (the same
-    settings as ``streamhouse up``), not through the gRPC server (see sql/__init__.py)."""
+    """``streamctl sql "SELECT ..." [--format table|jsonl|csv] [--stats] [--max-read-mb N]
+    [--via auto|service|local] [--service ADDR]`` runs one statement; ``streamctl sql`` with no
+    statement (or ``streamctl sql shell``) reads statements ended by ``;`` from standard
+    input. Statements go to the sql service (``sql_listen``, rows back as Arrow IPC) when it
+    answers; otherwise (or with ``--via local``) they run in this process, reading the log
+    where the agent keeps it: the metadata store and object store the ``STREAMHOUSE_*``
+    environment names (the same settings as ``streamhouse up``)."""
     from sql.__main__ import main as sql_main  # DataFusion loads only for this command
 
     if argv[:1] == ["shell"]:
@@ -1152,6 +1347,12 @@ def _sql(argv: list[str]) -> int:
         sql_argv = ["shell", *argv]
     else:
         sql_argv = ["query", *argv]
+    if (
+        "-h" not in argv
+        and "--help" not in argv
+        and not any(a == "--via" or a.startswith("--via=") for a in argv)
+    ):
+        sql_argv.append("--via=auto")
     try:
         sql_main(sql_argv)
     except SystemExit as exit_:
