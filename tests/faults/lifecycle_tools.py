@@ -185,12 +185,27 @@ async def _copy_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 # ------------------------------------------------------------------ bucket and metadata
 
 
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+
+
 def open_objects(env: Mapping[str, str], object_store_url: str) -> object:
-    """The object store of a stack, opened in this process (S3 settings from its env)."""
-    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
-        if name in env:
-            os.environ[name] = env[name]
-    return objectstore.open_object_store(object_store_url)
+    """The object store of a stack, opened in this process with the S3 settings of its env.
+
+    The store reads ``AWS_*`` from the environment when it is opened, so they are set for
+    that moment only and restored after: nothing leaks into later tests (or the stacks they
+    start, which inherit this process's environment)."""
+    saved = {name: os.environ.get(name) for name in S3_ENV}
+    try:
+        for name in S3_ENV:
+            if name in env:
+                os.environ[name] = env[name]
+        return objectstore.open_object_store(object_store_url)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def bucket_segments(env: Mapping[str, str], object_store_url: str) -> dict[str, int]:

@@ -35,6 +35,7 @@ from streamhouse.client import Client, IdempotentProducer, Record
 from streamhouse.kafka.messages import FetchRequest
 from streamhouse.recordbatch import scan_batches
 from streamhouse.testing import Cluster, Deliveries, Stack, kafka_call, read_kafka_log
+from tests.faults import lifecycle_tools
 
 DEADLINE_S = 30.0
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -70,10 +71,7 @@ def store_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
 
 
 def open_objects(stack: Stack) -> object:
-    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
-        if name in stack.env:
-            os.environ[name] = stack.env[name]
-    return objectstore.open_object_store(stack.settings.object_store_url)
+    return lifecycle_tools.open_objects(stack.env, stack.settings.object_store_url)
 
 
 def stored(stack: Stack) -> dict[str, int]:

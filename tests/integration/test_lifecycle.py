@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -41,6 +40,7 @@ from streamhouse.testing import (
     read_kafka_log,
     wait_until,
 )
+from tests.faults import lifecycle_tools
 
 DEADLINE_S = 30.0
 # `python3 -m lifecycle` runs from the repository, as supervisord runs it (supervisord.conf).
@@ -82,10 +82,7 @@ def store_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
 
 def open_objects(stack: Stack) -> object:
     """The stack's object store, opened in the test process (S3 keys from the stack's env)."""
-    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
-        if name in stack.env:
-            os.environ[name] = stack.env[name]
-    return objectstore.open_object_store(stack.settings.object_store_url)
+    return lifecycle_tools.open_objects(stack.env, stack.settings.object_store_url)
 
 
 def segment_keys(stack: Stack) -> set[str]:

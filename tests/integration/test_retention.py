@@ -55,6 +55,7 @@ from streamhouse.client import EARLIEST, Client, StreamHouseError
 from streamhouse.kafka.messages import FetchRequest
 from streamhouse.testing import Deliveries, Stack, kafka_call
 from streamhouse.topic_config import TOPIC_CONFIGS
+from tests.faults import lifecycle_tools
 
 DEADLINE_S = 30.0
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -409,9 +410,7 @@ def test_size_retention_changed_at_runtime(stack: Stack, way: str) -> None:
 
 def list_everything(stack: Stack) -> dict[str, int]:
     """Every object under the stack's bucket prefix (not only segments/), key -> size."""
-    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
-        os.environ[name] = stack.env[name]
-    store = objectstore.open_object_store(stack.settings.object_store_url)
+    store = lifecycle_tools.open_objects(stack.env, stack.settings.object_store_url)
 
     async def listing() -> dict[str, int]:
         return {

@@ -21,6 +21,7 @@ from streamhouse import objectstore
 from streamhouse.client import Client, Record, StreamHouseError
 from streamhouse.cost import Prices, Usage, estimate
 from streamhouse.testing import Stack
+from tests.faults import lifecycle_tools
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 GRACE_MS = 600_000  # the default lifecycle_grace_ms
@@ -48,7 +49,7 @@ def client(stack: Stack) -> Iterator[Client]:
 
 
 def objects_in_store(stack: Stack) -> dict[str, int]:
-    store = objectstore.open_object_store(stack.settings.object_store_url)
+    store = lifecycle_tools.open_objects(stack.env, stack.settings.object_store_url)
 
     async def listing() -> dict[str, int]:
         return {
@@ -248,8 +249,6 @@ def test_bad_requests_are_refused(stack: Stack, client: Client) -> None:
 
 
 def objects_in_s3(agent: Stack) -> dict[str, int]:
-    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
-        os.environ[name] = agent.env[name]
     return objects_in_store(agent)
 
 
