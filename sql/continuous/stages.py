@@ -1,0 +1,462 @@
+"""The stages ``sql.continuous.plan`` builds that are not joins: stateless, window aggregate,
+updating aggregate. Each implements ``sql.continuous.pipeline.Stage`` and is sans-I/O.
+
+- ``StatelessStage``: one SQL text (filters, projections, CASE, scalar functions) run by
+  DataFusion on each batch, the batch registered under ``_in``. Passes the input watermark
+  through when its output keeps the input's event-time column.
+- ``WindowStage``: a DataFusion pre-projection (``__k<i>`` group keys, ``__a<j>`` aggregate
+  arguments, ``__t`` event time; the WHERE applied), ``sql.windows.WindowAggregate``, and a
+  DataFusion post-projection over the emitted rows registered as ``_w`` (``__k<i>``,
+  ``window_start``, ``window_end``, ``__g<j>``) giving the select list (HAVING as its WHERE).
+- ``UpdatingAggregateStage``: the same pre- and post-projection around keyed partial
+  aggregates without a window; after each batch it emits the new rows of the groups the
+  batch changed (upserts keyed by the group keys).
+
+State formats (``snapshot``)
+----------------------------
+- ``StatelessStage``: UTF-8 JSON ``{"watermark": int | null}``.
+- ``WindowStage``: ``WindowAggregate.snapshot()`` (format in ``sql.windows``).
+- ``UpdatingAggregateStage``: one Arrow IPC stream of a table ``part: utf8, ipc: binary``
+  (schema metadata ``streamhouse.updating`` = JSON ``{"version": 1}``); parts: ``groups``
+  (one row per group: ``__k<i>`` keys, partial columns ``__p<j>_n`` count int64, ``__p<j>_s``
+  sum, ``__p<j>_m`` min or max) and ``distinct<j>`` (``__k<i>``, ``__a<j>``: the distinct
+  values of COUNT(DISTINCT) aggregate j per group), each one Arrow IPC stream.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from datafusion import SessionContext
+
+from sql.continuous.pipeline import PlanError, PlannedInput
+from sql.windows import Aggregate, Hop, Session, Tumble, Window, WindowAggregate, WindowError
+
+__all__ = [
+    "DataFusionQuery",
+    "StageError",
+    "StatelessStage",
+    "UpdatingAggregateStage",
+    "WindowStage",
+]
+
+_UPDATING_META = b"streamhouse.updating"
+_UPDATING_VERSION = 1
+_NOKEY = "__nokey"
+
+
+class StageError(RuntimeError):
+    """A batch a stage cannot process (an expression failing on the data, a changed input
+    schema); the message names the stage and its SQL."""
+
+
+class DataFusionQuery:
+    """One SQL text run on each batch, registered under ``table`` in a SessionContext the
+    query keeps. ``output_schema`` comes from running it on an empty batch at construction
+    (PlanError if DataFusion refuses the SQL); every result is cast to it."""
+
+    def __init__(self, sql: str, table: str, schema: pa.Schema, what: str) -> None:
+        self.sql = sql
+        self.table = table
+        self.input_schema = schema
+        self.what = what
+        self._ctx = SessionContext()
+        self._registered = False
+        try:
+            result = self._execute(schema.empty_table())
+        except Exception as exc:  # DataFusion raises plain Exception subclasses
+            raise PlanError(f"{what}: DataFusion refuses {sql!r}: {_clean(exc)}") from None
+        self.output_schema = result.schema
+
+    def _execute(self, data: pa.Table | pa.RecordBatch) -> pa.Table:
+        if self._registered:
+            self._ctx.deregister_table(self.table)
+        batches = data.to_batches() if isinstance(data, pa.Table) else [data]
+        if not batches:
+            batches = [pa.RecordBatch.from_pylist([], schema=data.schema)]
+        self._ctx.register_record_batches(self.table, [batches])
+        self._registered = True
+        return self._ctx.sql(self.sql).to_arrow_table()
+
+    def run(self, data: pa.Table | pa.RecordBatch) -> pa.Table:
+        try:
+            table = self._execute(data)
+        except Exception as exc:
+            raise StageError(
+                f"{self.what}: {self.sql!r} failed on a batch: {_clean(exc)}"
+            ) from None
+        if table.schema != self.output_schema:
+            try:
+                table = table.cast(self.output_schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+                raise StageError(
+                    f"{self.what}: a batch gave columns {table.schema}, the plan has "
+                    f"{self.output_schema} ({exc}); did the input's declaration change?"
+                ) from None
+        return table
+
+
+def _clean(exc: Exception) -> str:
+    text = str(exc).strip()
+    for prefix in ("DataFusion error: ", "Error during planning: ", "Schema error: "):
+        text = text.removeprefix(prefix)
+    return text
+
+
+def _batches(table: pa.Table) -> list[pa.RecordBatch]:
+    if table.num_rows == 0:
+        return []
+    return table.combine_chunks().to_batches()
+
+
+class StatelessStage:
+    """A filter / projection over one input, run by DataFusion on each batch."""
+
+    def __init__(
+        self,
+        stage_id: str,
+        source: PlannedInput,
+        sql: str,
+        output_time_column: str | None,
+        key_columns: tuple[str, ...] = (),
+    ) -> None:
+        self.stage_id = stage_id
+        self.inputs = (source.input_name,)
+        self.query = DataFusionQuery(sql, "_in", source.schema, f"stage {stage_id}")
+        self.output_schema = self.query.output_schema
+        self.output_time_column = output_time_column
+        self.key_columns = key_columns
+        self._watermark: int | None = None
+
+    def process(self, input_name: str, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        if batch.num_rows == 0:
+            return []
+        return _batches(self.query.run(batch))
+
+    def advance_watermark(self, input_name: str, watermark_ms: int) -> list[pa.RecordBatch]:
+        if self._watermark is None or watermark_ms > self._watermark:
+            self._watermark = watermark_ms
+        return []
+
+    def output_watermark(self) -> int | None:
+        return self._watermark if self.output_time_column is not None else None
+
+    def snapshot(self) -> bytes:
+        return json.dumps({"watermark": self._watermark}).encode()
+
+    def restore(self, data: bytes) -> None:
+        try:
+            state = json.loads(data)
+            wm = state["watermark"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PlanError(f"stage {self.stage_id}: damaged state ({exc!r})") from None
+        self._watermark = None if wm is None else int(wm)
+
+
+class WindowStage:
+    """GROUP BY with TUMBLE / HOP / SESSION: pre-projection, ``WindowAggregate``,
+    post-projection (module docstring)."""
+
+    def __init__(
+        self,
+        stage_id: str,
+        source: PlannedInput,
+        pre_sql: str,
+        window: Window,
+        keys: list[str],
+        aggregates: list[Aggregate],
+        post_sql: str,
+        *,
+        allowed_lateness_ms: int,
+        emit_updates: bool,
+        output_time_column: str | None,
+        output_time_bound: str | None,  # "start" | "end": which window bound that column is
+        key_columns: tuple[str, ...] = (),
+    ) -> None:
+        self.stage_id = stage_id
+        self.inputs = (source.input_name,)
+        self.pre = DataFusionQuery(pre_sql, "_in", source.schema, f"stage {stage_id}")
+        try:
+            self.op = WindowAggregate(
+                self.pre.output_schema,
+                window,
+                "__t",
+                keys,
+                aggregates,
+                allowed_lateness_ms=allowed_lateness_ms,
+                emit_updates=emit_updates,
+            )
+        except WindowError as exc:
+            raise PlanError(f"stage {stage_id}: {exc}") from None
+        self.post = DataFusionQuery(post_sql, "_w", self.op.output_schema(), f"stage {stage_id}")
+        self.output_schema = self.post.output_schema
+        self.output_time_column = output_time_column
+        self._bound = output_time_bound
+        self.key_columns = key_columns
+
+    @property
+    def late_rows_dropped(self) -> int:
+        return self.op.stats.late_rows_dropped
+
+    def process(self, input_name: str, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        if batch.num_rows == 0:
+            return []
+        pre = self.pre.run(batch)
+        try:
+            self.op.process(pre)
+        except WindowError as exc:
+            raise StageError(f"stage {self.stage_id}: {exc}") from None
+        return []
+
+    def advance_watermark(self, input_name: str, watermark_ms: int) -> list[pa.RecordBatch]:
+        emitted = self.op.advance_watermark(watermark_ms)
+        if emitted.num_rows == 0:
+            return []
+        return _batches(self.post.run(emitted))
+
+    def output_watermark(self) -> int | None:
+        wm = self.op.watermark
+        if wm is None or self._bound is None:
+            return None
+        wm -= self.op.allowed_lateness_ms
+        if self._bound == "start":
+            window = self.op.window
+            if isinstance(window, Tumble | Hop):
+                wm -= window.size_ms
+            elif isinstance(window, Session):
+                return None
+        return wm
+
+    def snapshot(self) -> bytes:
+        return self.op.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        try:
+            op = WindowAggregate.restore(data)
+        except WindowError as exc:
+            raise PlanError(f"stage {self.stage_id}: {exc}") from None
+        if op.output_schema() != self.op.output_schema():
+            raise PlanError(
+                f"stage {self.stage_id}: the snapshot is of another window aggregation "
+                f"({op.output_schema()}); was the query changed?"
+            )
+        self.op = op
+
+
+class UpdatingAggregateStage:
+    """GROUP BY without a window: per-group partial aggregates (Arrow tables merged with
+    pyarrow's hash aggregation); each batch emits the new rows of the groups it changed."""
+
+    def __init__(
+        self,
+        stage_id: str,
+        source: PlannedInput,
+        pre_sql: str,
+        keys: list[str],
+        aggregates: list[Aggregate],
+        post_sql: str,
+        key_columns: tuple[str, ...],
+    ) -> None:
+        self.stage_id = stage_id
+        self.inputs = (source.input_name,)
+        self.pre = DataFusionQuery(pre_sql, "_in", source.schema, f"stage {stage_id}")
+        schema = self.pre.output_schema
+        for a in aggregates:
+            if a.column is not None and a.func in ("sum", "avg"):
+                t = schema.field(a.column).type
+                if not (
+                    pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+                ):
+                    raise PlanError(f"stage {stage_id}: {a.func.upper()} needs a number, not {t}")
+        self.keys = list(keys)
+        self._gkeys = self.keys or [_NOKEY]
+        self.aggregates = list(aggregates)
+        self._distinct = [i for i, a in enumerate(aggregates) if a.func == "count_distinct"]
+        empty = self._input(schema.empty_table())
+        self._groups = self._partials(empty)
+        self._distinct_rows: dict[int, pa.Table] = {
+            i: self._distinct_of(empty, i) for i in self._distinct
+        }
+        self.post = DataFusionQuery(
+            post_sql, "_w", self._final(self._with_counts(self._groups)).schema, f"stage {stage_id}"
+        )
+        self.output_schema = self.post.output_schema
+        self.output_time_column: str | None = None
+        self.key_columns = key_columns
+
+    # -- partial aggregates ------------------------------------------------------------
+    def _input(self, table: pa.Table) -> pa.Table:
+        cols: dict[str, Any] = {}
+        if self.keys:
+            for k in self.keys:
+                cols[k] = table.column(k)
+        else:
+            cols[_NOKEY] = pa.nulls(table.num_rows, pa.int8())
+        for i, a in enumerate(self.aggregates):
+            if a.column is None:
+                cols[f"__a{i}"] = pa.nulls(table.num_rows, pa.int8())
+            else:
+                col = table.column(a.column)
+                cols[f"__a{i}"] = pc.cast(col, pa.float64()) if a.func == "avg" else col
+        return pa.table(cols)
+
+    def _specs(self) -> list[tuple[str, str, Any, str, str, Any]]:
+        """(input column, batch function, options, partial name, merge function, options)."""
+        valid = pc.CountOptions("only_valid")
+        one = pc.ScalarAggregateOptions(min_count=1)
+        specs: list[tuple[str, str, Any, str, str, Any]] = []
+        for i, a in enumerate(self.aggregates):
+            c = f"__a{i}"
+            if a.func == "count":
+                mode = pc.CountOptions("all") if a.column is None else valid
+                specs.append((c, "count", mode, f"__p{i}_n", "sum", None))
+            elif a.func == "sum":
+                specs.append((c, "sum", one, f"__p{i}_s", "sum", one))
+            elif a.func == "avg":
+                specs.append((c, "sum", one, f"__p{i}_s", "sum", one))
+                specs.append((c, "count", valid, f"__p{i}_n", "sum", None))
+            elif a.func in ("min", "max"):
+                specs.append((c, a.func, one, f"__p{i}_m", a.func, one))
+        return specs
+
+    @staticmethod
+    def _group(table: pa.Table, by: list[str], specs: list[tuple[str, str, Any, str]]) -> pa.Table:
+        aggs = [(c, f, o) if o is not None else (c, f) for c, f, o, _ in specs]
+        res = table.group_by(by, use_threads=False).aggregate(aggs)
+        cols = {k: res.column(k) for k in by}
+        for c, f, _, name in specs:
+            cols[name] = res.column(f"{c}_{f}")
+        return pa.table(cols)
+
+    def _partials(self, table: pa.Table) -> pa.Table:
+        specs = [(c, f, o, n) for c, f, o, n, _, _ in self._specs()]
+        return self._group(table, self._gkeys, specs)
+
+    def _distinct_of(self, table: pa.Table, i: int) -> pa.Table:
+        by = [*self._gkeys, f"__a{i}"]
+        return table.select(by).group_by(by, use_threads=False).aggregate([]).select(by)
+
+    def _with_counts(self, groups: pa.Table) -> pa.Table:
+        """``groups`` plus ``__p<i>_d`` (distinct count) for its groups (null keys join as in
+        GROUP BY: a union, then one aggregation)."""
+        if not self._distinct:
+            return groups
+        valid = pc.CountOptions("only_valid")
+        extra = []
+        for i in self._distinct:
+            d = self._distinct_rows[i]
+            extra.append(self._group(d, self._gkeys, [(f"__a{i}", "count", valid, f"__p{i}_d")]))
+        marker = pa.array([True] * groups.num_rows, pa.bool_())
+        table = pa.concat_tables(
+            [groups.append_column("__in", marker), *extra], promote_options="default"
+        )
+        specs: list[tuple[str, str, Any, str]] = [
+            (c, "max", None, c) for c in groups.column_names if c not in self._gkeys
+        ]
+        specs += [(f"__p{i}_d", "max", None, f"__p{i}_d") for i in self._distinct]
+        specs.append(("__in", "any", None, "__in"))
+        merged = self._group(table, self._gkeys, specs)
+        merged = merged.filter(pc.fill_null(merged.column("__in"), False))
+        return merged.drop_columns(["__in"])
+
+    def _final(self, partial: pa.Table) -> pa.Table:
+        cols: dict[str, Any] = {k: partial.column(k) for k in self.keys}
+        for i, a in enumerate(self.aggregates):
+            if a.func == "count":
+                cols[f"__g{i}"] = partial.column(f"__p{i}_n")
+            elif a.func == "count_distinct":
+                cols[f"__g{i}"] = pc.cast(pc.fill_null(partial.column(f"__p{i}_d"), 0), pa.int64())
+            elif a.func == "sum":
+                cols[f"__g{i}"] = partial.column(f"__p{i}_s")
+            elif a.func == "avg":
+                n = partial.column(f"__p{i}_n")
+                nz = pc.if_else(pc.equal(n, 0), None, n)
+                cols[f"__g{i}"] = pc.divide(partial.column(f"__p{i}_s"), pc.cast(nz, pa.float64()))
+            else:
+                cols[f"__g{i}"] = partial.column(f"__p{i}_m")
+        return pa.table(cols)
+
+    # -- Stage -----------------------------------------------------------------------
+    def process(self, input_name: str, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        if batch.num_rows == 0:
+            return []
+        table = self._input(self.pre.run(batch))
+        if table.num_rows == 0:
+            return []
+        part = self._partials(table)
+        old, new = self._groups, part
+        chg = "__chg"
+        both = pa.concat_tables(
+            [
+                old.append_column(chg, pa.array([False] * old.num_rows, pa.bool_())),
+                new.append_column(chg, pa.array([True] * new.num_rows, pa.bool_())),
+            ],
+            promote_options="permissive",
+        )
+        specs = [(n, mf, mo, n) for _, _, _, n, mf, mo in self._specs()]
+        specs.append((chg, "any", None, chg))
+        merged = self._group(both, self._gkeys, specs)
+        changed = merged.filter(merged.column(chg))
+        self._groups = merged.drop_columns([chg]).combine_chunks()
+        for i in self._distinct:
+            rows = pa.concat_tables([self._distinct_rows[i], self._distinct_of(table, i)])
+            by = rows.column_names
+            self._distinct_rows[i] = (
+                rows.group_by(by, use_threads=False).aggregate([]).select(by).combine_chunks()
+            )
+        emitted = self._final(self._with_counts(changed.drop_columns([chg])))
+        return _batches(self.post.run(emitted))
+
+    def advance_watermark(self, input_name: str, watermark_ms: int) -> list[pa.RecordBatch]:
+        return []
+
+    def output_watermark(self) -> int | None:
+        return None
+
+    def snapshot(self) -> bytes:
+        parts = {"groups": _ipc(self._groups)}
+        for i, d in self._distinct_rows.items():
+            parts[f"distinct{i}"] = _ipc(d)
+        outer = pa.table(
+            {
+                "part": pa.array(list(parts), pa.utf8()),
+                "ipc": pa.array(list(parts.values()), pa.binary()),
+            }
+        ).replace_schema_metadata(
+            {_UPDATING_META: json.dumps({"version": _UPDATING_VERSION}).encode()}
+        )
+        return _ipc(outer)
+
+    def restore(self, data: bytes) -> None:
+        try:
+            outer = pa.ipc.open_stream(data).read_all()
+            meta = json.loads((outer.schema.metadata or {})[_UPDATING_META])
+            if meta.get("version") != _UPDATING_VERSION:
+                raise ValueError(f"version {meta.get('version')}, this code reads 1")
+            parts = {
+                name: pa.ipc.open_stream(blob).read_all()
+                for name, blob in zip(
+                    outer.column("part").to_pylist(), outer.column("ipc").to_pylist(), strict=True
+                )
+            }
+            groups = parts["groups"]
+            if groups.schema != self._groups.schema:
+                raise ValueError(f"groups have columns {groups.schema}, the plan has others")
+            distinct = {i: parts[f"distinct{i}"] for i in self._distinct}
+        except (pa.ArrowInvalid, KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise PlanError(
+                f"stage {self.stage_id}: not a snapshot of this aggregate ({exc}); was the "
+                "query changed?"
+            ) from None
+        self._groups = groups
+        self._distinct_rows = distinct
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
