@@ -6,7 +6,9 @@ for the API and :mod:`metadata.migrations` for the schema. A cluster shares one 
 database instead (:mod:`metadata.postgres`); :func:`open_store` opens either, by what it is
 given, behind the interface :class:`MetadataBackend`. On PostgreSQL every segment commit is
 also announced to listening agents (:mod:`metadata.commit_notice` has the payload format).
-The data lifecycle's calls (retention, dead segments) are described in :mod:`metadata.store`.
+The data lifecycle's calls (retention, dead segments) are described in :mod:`metadata.store`,
+as are continuous queries' checkpoints (``claim_query``, ``commit_query_step``: a query's
+output segment and its checkpoint in one transaction, fenced by a generation).
 """
 
 from metadata.errors import (
@@ -19,6 +21,7 @@ from metadata.errors import (
     MetadataError,
     MetadataUnavailableError,
     OffsetOutOfRangeError,
+    QueryFencedError,
     SchemaTooNewError,
     TopicExistsError,
     UnknownTopicError,
@@ -41,6 +44,7 @@ from metadata.store import (
     MetadataStore,
     NewBlock,
     PartitionState,
+    QueryCheckpoint,
     RetentionMove,
     SegmentUsage,
     StorageReport,
@@ -77,6 +81,8 @@ __all__ = [
     "NewBlock",
     "OffsetOutOfRangeError",
     "PartitionState",
+    "QueryCheckpoint",
+    "QueryFencedError",
     "RetentionMove",
     "SchemaTooNewError",
     "SegmentUsage",

@@ -48,6 +48,7 @@ from metadata.store import (
     DeadSegment,
     GroupOffset,
     PartitionState,
+    QueryCheckpoint,
     RetentionMove,
     SegmentUsage,
     StorageReport,
@@ -387,20 +388,69 @@ class AsyncMetadata:
     async def delete_catalog_entry(self, kind: str, name: str) -> bool:
         return await self._write(self.store.delete_catalog_entry, kind, name)
 
+    # -- continuous queries' checkpoints ---------------------------------------------------
+
+    async def claim_query(self, name: str, now_ms: int) -> QueryCheckpoint:
+        """See :meth:`MetadataStore.claim_query`."""
+        return await self._write(self.store.claim_query, name, now_ms)
+
+    async def commit_query_step(
+        self,
+        name: str,
+        generation: int,
+        step: int,
+        payload: bytes,
+        segment: tuple[str, int, list[CommitBlock]] | None,
+        now_ms: int,
+    ) -> list[list[BatchResult]]:
+        """See :meth:`MetadataStore.commit_query_step` (raises QueryFencedError when this
+        runner lost the query)."""
+        return await self._write(
+            self.store.commit_query_step, name, generation, step, payload, segment, now_ms
+        )
+
+    async def get_query_checkpoint(self, name: str) -> QueryCheckpoint | None:
+        return await self._read(self.store.get_query_checkpoint, name)
+
+    async def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        return await self._read(self.store.list_query_checkpoints)
+
+    async def delete_query_checkpoint(self, name: str) -> bool:
+        return await self._write(self.store.delete_query_checkpoint, name)
+
     # -- consumer groups and producers ----------------------------------------------------
 
     async def commit_offsets(
-        self, group: str, offsets: Sequence[tuple[int, int, int, str]]
+        self,
+        group: str,
+        offsets: Sequence[tuple[int, int, int, str] | tuple[int, int, int, str, int]],
     ) -> list[bool]:
+        """Entries ``(topic_id, partition, offset, metadata[, leader_epoch])``; see
+        :meth:`MetadataStore.commit_offsets`."""
         return await self._write(self.store.commit_offsets, group, offsets)
 
     async def commit_offset(
-        self, group: str, topic_id: int, partition: int, offset: int, metadata: str
+        self,
+        group: str,
+        topic_id: int,
+        partition: int,
+        offset: int,
+        metadata: str,
+        leader_epoch: int = -1,
     ) -> None:
-        await self._write(self.store.commit_offset, group, topic_id, partition, offset, metadata)
+        await self._write(
+            self.store.commit_offset, group, topic_id, partition, offset, metadata, leader_epoch
+        )
 
     async def get_offset(self, group: str, topic_id: int, partition: int) -> tuple[int, str] | None:
         return await self._read(self.store.get_offset, group, topic_id, partition)
+
+    async def get_offset_epoch(
+        self, group: str, topic_id: int, partition: int
+    ) -> tuple[int, str, int] | None:
+        """``(offset, metadata, leader_epoch)`` or None; see
+        :meth:`MetadataStore.get_offset_epoch`."""
+        return await self._read(self.store.get_offset_epoch, group, topic_id, partition)
 
     async def list_group_offsets(self, group: str) -> list[GroupOffset]:
         return await self._read(self.store.list_group_offsets, group)

@@ -52,6 +52,13 @@ class AgentUnknownError(MetadataError):
     forgotten (``forget_agent``) or never written. The agent registers again."""
 
 
+class QueryFencedError(MetadataError):
+    """A continuous query's step commit was refused: another runner claimed the query since
+    (its generation is newer), the step is not the one after the stored one, or the query's
+    checkpoint was deleted (the query was dropped). Nothing was changed; the runner that got
+    it must stop (its successor owns the query)."""
+
+
 class SchemaTooNewError(MetadataError):
     """The metadata file was written by newer code than this; refuse to touch it."""
 

@@ -28,6 +28,7 @@ from metadata.store import (
     GroupOffset,
     MetadataStore,
     PartitionState,
+    QueryCheckpoint,
     RetentionMove,
     SegmentUsage,
     StorageReport,
@@ -153,15 +154,45 @@ class MetadataBackend(Protocol):
 
     def delete_catalog_entry(self, kind: str, name: str) -> bool: ...
 
+    def claim_query(self, name: str, now_ms: int) -> QueryCheckpoint: ...
+
+    def commit_query_step(
+        self,
+        name: str,
+        generation: int,
+        step: int,
+        payload: bytes,
+        segment: tuple[str, int, list[CommitBlock]] | None,
+        now_ms: int,
+    ) -> list[list[BatchResult]]: ...
+
+    def get_query_checkpoint(self, name: str) -> QueryCheckpoint | None: ...
+
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]: ...
+
+    def delete_query_checkpoint(self, name: str) -> bool: ...
+
     def commit_offsets(
-        self, group: str, offsets: Sequence[tuple[int, int, int, str]]
+        self,
+        group: str,
+        offsets: Sequence[tuple[int, int, int, str] | tuple[int, int, int, str, int]],
     ) -> list[bool]: ...
 
     def commit_offset(
-        self, group: str, topic_id: int, partition: int, offset: int, metadata: str
+        self,
+        group: str,
+        topic_id: int,
+        partition: int,
+        offset: int,
+        metadata: str,
+        leader_epoch: int = -1,
     ) -> None: ...
 
     def get_offset(self, group: str, topic_id: int, partition: int) -> tuple[int, str] | None: ...
+
+    def get_offset_epoch(
+        self, group: str, topic_id: int, partition: int
+    ) -> tuple[int, str, int] | None: ...
 
     def list_group_offsets(self, group: str) -> list[GroupOffset]: ...
 

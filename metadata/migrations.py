@@ -143,6 +143,30 @@ It rewrites every ``segment_blocks`` row once, in one transaction: on a large fi
 to take a while and to hold the write lock meanwhile. Older code cannot open the file
 afterwards (:class:`~metadata.errors.SchemaTooNewError`), so upgrade every process together.
 
+Schema (version 6)
+==================
+
+Version 5 plus continuous queries' checkpoints and the leader epoch of committed offsets:
+
+``query_checkpoints`` -- one row per continuous query (streaming SQL) that a runner ever
+    claimed and that was not dropped. ``name TEXT PRIMARY KEY`` (the query's catalog name),
+    ``generation INTEGER`` (>= 1, the fencing token: every ``claim_query`` adds 1, and a step
+    commit must carry the current one), ``step INTEGER`` (>= 0, committed steps; each commit
+    must be the next one), ``payload BLOB`` (opaque here: the SQL layer's checkpoint state,
+    ``sql.continuous.definition.CheckpointState`` as msgpack; empty before the first commit),
+    ``updated_ms INTEGER`` (the last claim or step). A step commit changes the row and
+    commits the step's output segment (``segments``, ``segment_blocks``, high watermarks) in
+    one transaction, so the log and the checkpoint never disagree. A rowid table (not
+    ``WITHOUT ROWID``): payloads may be larger than a page's share.
+
+``group_offsets.leader_epoch INTEGER NOT NULL DEFAULT -1`` -- the leader epoch a consumer
+    committed with its offset (Kafka's ``committed_leader_epoch``; -1: not given).
+
+Upgrading: the step creates one empty table and adds a column with a constant default (a
+metadata-only change in SQLite: no row is rewritten; older rows read -1). Older code cannot
+open the file afterwards (:class:`~metadata.errors.SchemaTooNewError`), so upgrade every
+process together.
+
 ``PRAGMA application_id`` is set to :data:`APPLICATION_ID` so that a foreign SQLite file is
 refused rather than migrated.
 """
@@ -306,6 +330,18 @@ ALTER TABLE segment_blocks ADD COLUMN raw_length INTEGER NOT NULL DEFAULT 0;
 UPDATE segment_blocks SET raw_length = byte_length;
 """
 
+_SCHEMA_V6 = """
+CREATE TABLE query_checkpoints (
+    name        TEXT    PRIMARY KEY,
+    generation  INTEGER NOT NULL CHECK (generation >= 1),
+    step        INTEGER NOT NULL CHECK (step >= 0),
+    payload     BLOB    NOT NULL,
+    updated_ms  INTEGER NOT NULL
+) STRICT;
+
+ALTER TABLE group_offsets ADD COLUMN leader_epoch INTEGER NOT NULL DEFAULT -1;
+"""
+
 #: The ordered migration steps; ``MIGRATIONS[i].version == i + 1``.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _SCHEMA_V1),
@@ -313,6 +349,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "dead segments for the data lifecycle", _SCHEMA_V3),
     Migration(4, "key-compaction checkpoints and the streaming-SQL catalog", _SCHEMA_V4),
     Migration(5, "raw (batch) length of each block, for retention.bytes", _SCHEMA_V5),
+    Migration(6, "continuous queries' checkpoints and offsets' leader epochs", _SCHEMA_V6),
 )
 
 

@@ -105,15 +105,20 @@ from metadata.store import (
     _AGENT_COLUMNS,
     _CATALOG_REPLACE,
     _INT64_MAX,
+    _SQL_CLAIM_QUERY,
     _SQL_DEAD_SEGMENTS,
     _SQL_DROP_BLOCKS,
     _SQL_EXPIRABLE_GROUPS,
+    _SQL_GET_QUERY,
     _SQL_GROUP_STATE_SINCE,
     _SQL_KEEP_BY_TIME,
+    _SQL_LIST_QUERIES,
     _SQL_LIVE_SEGMENTS,
     _SQL_PARTITION_BLOCKS,
     _SQL_PUT_CATALOG,
+    _SQL_QUERY_STATE,
     _SQL_SET_CLEAN_OFFSET,
+    _SQL_SET_QUERY_STEP,
     _STORED_BLOCK_COLUMNS,
     DEBUG_LOOP_CALLS_ENV,
     MAX_RETENTION_BATCH,
@@ -128,6 +133,7 @@ from metadata.store import (
     DeletedTopic,
     GroupOffset,
     PartitionState,
+    QueryCheckpoint,
     RetentionMove,
     RetentionRule,
     SegmentUsage,
@@ -155,11 +161,17 @@ from metadata.store import (
     check_clean_offset,
     check_kept_rows,
     check_lifecycle_time,
+    check_query_name,
+    check_query_segment,
+    check_query_step,
     check_rewrite,
     check_segment_ids,
     check_segment_keys,
     merge_topic_config,
     new_block_rows,
+    offset_rows,
+    query_checkpoint,
+    query_fenced,
     retention_candidates,
     retention_rules,
     retention_work,
@@ -270,19 +282,20 @@ _SQL_FIND_MAX_TIMESTAMP_BLOCK = (
     "ORDER BY b.max_timestamp DESC, b.end_offset LIMIT 1"
 )
 _SQL_UPSERT_OFFSET = (
-    'INSERT INTO group_offsets (group_id, topic_id, partition, "offset", metadata, commit_ms) '
-    "SELECT %(g)s, %(t)s, %(p)s, %(o)s, %(m)s, %(now)s WHERE EXISTS "
+    'INSERT INTO group_offsets (group_id, topic_id, partition, "offset", metadata, commit_ms, '
+    "leader_epoch) SELECT %(g)s, %(t)s, %(p)s, %(o)s, %(m)s, %(now)s, %(e)s WHERE EXISTS "
     "(SELECT 1 FROM topics AS t JOIN partitions AS p ON p.topic_id = t.topic_id "
     "WHERE t.topic_id = %(t)s AND p.partition = %(p)s FOR KEY SHARE OF t) "
     "ON CONFLICT (group_id, topic_id, partition) DO UPDATE SET "
-    '"offset" = excluded."offset", metadata = excluded.metadata, commit_ms = excluded.commit_ms'
+    '"offset" = excluded."offset", metadata = excluded.metadata, commit_ms = excluded.commit_ms, '
+    "leader_epoch = excluded.leader_epoch"
 )
 _SQL_GET_OFFSET = (
-    'SELECT "offset", metadata FROM group_offsets '
+    'SELECT "offset", metadata, leader_epoch FROM group_offsets '
     "WHERE group_id = %s AND topic_id = %s AND partition = %s"
 )
 _SQL_GROUP_OFFSETS = (
-    'SELECT topic_id, partition, "offset", metadata, commit_ms FROM group_offsets '
+    'SELECT topic_id, partition, "offset", metadata, commit_ms, leader_epoch FROM group_offsets '
     "WHERE group_id = %s ORDER BY topic_id, partition"
 )
 _SQL_ALLOCATE_PRODUCER_ID = (
@@ -965,89 +978,173 @@ class PostgresMetadataStore:
         for key, _, _ in segments:
             commit_notification(key, [])  # refuses an unannounceable key before any work
         now = _now_ms()
-        tps = sorted(set((b.topic_id, b.partition) for _, _, bs in segments for b in bs))
 
         def commit_segments(cur: Any) -> list[list[list[BatchResult]]]:
-            cur.execute(
-                _SQL_INSERT_SEGMENTS,
-                (now, [k for k, _, _ in segments], [z for _, z, _ in segments]),
-            )
-            ids = {key: int(segment_id) for segment_id, key in cur.fetchall()}
-            for key, _, _ in segments:
-                if key not in ids:
-                    raise DuplicateSegmentError(f"segment {key!r} is already committed")
-            hwms: dict[tuple[int, int], int] = {}
-            if len(tps) >= _WIDE_COMMIT:
-                # Wait for the first row alone, then lock the rest in a new statement: its
-                # snapshot sees the commit waited for, so PostgreSQL need not re-check (EPQ)
-                # every row that commit updated, one by one. (Measured: 10 agents committing
-                # the same 10,000 partitions ~1.6-2.8 -> 3.4-4.5 commits/s on a loaded box.)
-                cur.execute(_SQL_LOCK_FIRST, tps[0])
-            if tps:
-                cur.execute(_SQL_LOCK_HWMS, (_ints(t for t, _ in tps), _ints(p for _, p in tps)))
-                for topic_id, partition, hwm in cur.fetchall():
-                    hwms[(topic_id, partition)] = hwm
-            start_hwms = dict(hwms)
-            producers = _producer_keys(segments, hwms)
-            if producers:
-                keys = list(producers)
-                cur.execute(
-                    _SQL_PRODUCER_STATES,
-                    (
-                        _ints(k[0] for k in keys),
-                        _ints(k[1] for k in keys),
-                        _ints(k[2] for k in keys),
-                    ),
-                )
-                for topic_id, partition, pid, epoch, batches in cur.fetchall():
-                    producers[(topic_id, partition, pid)] = _Producer(
-                        epoch, _batches_decoder.decode(batches)
-                    )
-
-            results = []
-            all_rows: list[tuple[object, ...]] = []
-            notices = []
-            for key, _, blocks in segments:
-                seg_results, block_rows = assign_offsets(blocks, hwms, producers, ids[key])
-                results.append(seg_results)
-                all_rows.extend(block_rows)
-                entries = [(r[0], r[1], r[5], r[6], hwms[(r[0], r[1])]) for r in block_rows]
-                notices.append(commit_notification(key, entries))  # type: ignore[arg-type]
-
-            if all_rows:
-                _copy_blocks(cur, all_rows)
-            changed = [(tp, hwm) for tp, hwm in hwms.items() if hwm != start_hwms[tp]]
-            if changed:
-                cur.execute(
-                    _SQL_SET_HWMS,
-                    (
-                        _ints(tp[0] for tp, _ in changed),
-                        _ints(tp[1] for tp, _ in changed),
-                        _ints(hwm for _, hwm in changed),
-                    ),
-                )
-            dirty = [(pkey, st) for pkey, st in producers.items() if st is not None and st.dirty]
-            if dirty:
-                cur.execute(
-                    _SQL_UPSERT_PRODUCER_STATES,
-                    (
-                        _ints(k[0] for k, _ in dirty),
-                        _ints(k[1] for k, _ in dirty),
-                        _ints(k[2] for k, _ in dirty),
-                        _ints(st.epoch for _, st in dirty),
-                        _json_texts(_json_encode(st.batches).decode() for _, st in dirty),
-                        _ints(now for _ in dirty),
-                    ),
-                )
-            # Rule 6: announced from inside the transaction, after the blocks are written.
-            cur.execute(
-                "SELECT pg_notify(%s, n) FROM unnest(%s::text[]) WITH ORDINALITY AS u (n, i) "
-                "ORDER BY i",
-                (COMMIT_CHANNEL, notices),
-            )
-            return results
+            return self._commit_segments_in(cur, segments, now)
 
         return self._write(commit_segments)
+
+    @staticmethod
+    def _commit_segments_in(
+        cur: Any, segments: Sequence[tuple[str, int, list[CommitBlock]]], now: int
+    ) -> list[list[list[BatchResult]]]:
+        """The body of :meth:`commit_segments` inside the caller's transaction (also
+        :meth:`commit_query_step`'s): locks, offsets, rows and the notices."""
+        tps = sorted(set((b.topic_id, b.partition) for _, _, bs in segments for b in bs))
+        cur.execute(
+            _SQL_INSERT_SEGMENTS,
+            (now, [k for k, _, _ in segments], [z for _, z, _ in segments]),
+        )
+        ids = {key: int(segment_id) for segment_id, key in cur.fetchall()}
+        for key, _, _ in segments:
+            if key not in ids:
+                raise DuplicateSegmentError(f"segment {key!r} is already committed")
+        hwms: dict[tuple[int, int], int] = {}
+        if len(tps) >= _WIDE_COMMIT:
+            # Wait for the first row alone, then lock the rest in a new statement: its
+            # snapshot sees the commit waited for, so PostgreSQL need not re-check (EPQ)
+            # every row that commit updated, one by one. (Measured: 10 agents committing
+            # the same 10,000 partitions ~1.6-2.8 -> 3.4-4.5 commits/s on a loaded box.)
+            cur.execute(_SQL_LOCK_FIRST, tps[0])
+        if tps:
+            cur.execute(_SQL_LOCK_HWMS, (_ints(t for t, _ in tps), _ints(p for _, p in tps)))
+            for topic_id, partition, hwm in cur.fetchall():
+                hwms[(topic_id, partition)] = hwm
+        start_hwms = dict(hwms)
+        producers = _producer_keys(segments, hwms)
+        if producers:
+            keys = list(producers)
+            cur.execute(
+                _SQL_PRODUCER_STATES,
+                (
+                    _ints(k[0] for k in keys),
+                    _ints(k[1] for k in keys),
+                    _ints(k[2] for k in keys),
+                ),
+            )
+            for topic_id, partition, pid, epoch, batches in cur.fetchall():
+                producers[(topic_id, partition, pid)] = _Producer(
+                    epoch, _batches_decoder.decode(batches)
+                )
+
+        results = []
+        all_rows: list[tuple[object, ...]] = []
+        notices = []
+        for key, _, blocks in segments:
+            seg_results, block_rows = assign_offsets(blocks, hwms, producers, ids[key])
+            results.append(seg_results)
+            all_rows.extend(block_rows)
+            entries = [(r[0], r[1], r[5], r[6], hwms[(r[0], r[1])]) for r in block_rows]
+            notices.append(commit_notification(key, entries))  # type: ignore[arg-type]
+
+        if all_rows:
+            _copy_blocks(cur, all_rows)
+        changed = [(tp, hwm) for tp, hwm in hwms.items() if hwm != start_hwms[tp]]
+        if changed:
+            cur.execute(
+                _SQL_SET_HWMS,
+                (
+                    _ints(tp[0] for tp, _ in changed),
+                    _ints(tp[1] for tp, _ in changed),
+                    _ints(hwm for _, hwm in changed),
+                ),
+            )
+        dirty = [(pkey, st) for pkey, st in producers.items() if st is not None and st.dirty]
+        if dirty:
+            cur.execute(
+                _SQL_UPSERT_PRODUCER_STATES,
+                (
+                    _ints(k[0] for k, _ in dirty),
+                    _ints(k[1] for k, _ in dirty),
+                    _ints(k[2] for k, _ in dirty),
+                    _ints(st.epoch for _, st in dirty),
+                    _json_texts(_json_encode(st.batches).decode() for _, st in dirty),
+                    _ints(now for _ in dirty),
+                ),
+            )
+        # Rule 6: announced from inside the transaction, after the blocks are written.
+        cur.execute(
+            "SELECT pg_notify(%s, n) FROM unnest(%s::text[]) WITH ORDINALITY AS u (n, i) "
+            "ORDER BY i",
+            (COMMIT_CHANNEL, notices),
+        )
+        return results
+
+    # ------------------------------------------------------------------ continuous queries
+
+    def claim_query(self, name: str, now_ms: int) -> QueryCheckpoint:
+        """See :meth:`metadata.store.MetadataStore.claim_query` (one upsert: concurrent
+        claims each get their own generation)."""
+        check_query_name(name)
+        check_lifecycle_time("now_ms", now_ms)
+
+        def claim_query(cur: Any) -> Any:
+            cur.execute(_SQL_CLAIM_QUERY, (name, b"", now_ms))
+            return cur.fetchone()
+
+        return query_checkpoint(self._write(claim_query))
+
+    def commit_query_step(
+        self,
+        name: str,
+        generation: int,
+        step: int,
+        payload: bytes,
+        segment: tuple[str, int, list[CommitBlock]] | None,
+        now_ms: int,
+    ) -> list[list[BatchResult]]:
+        """See :meth:`metadata.store.MetadataStore.commit_query_step`. The query's row is
+        locked first (``FOR UPDATE``: a concurrent commit of the same query waits, then reads
+        the row as the first left it and is fenced), then the segment is committed as
+        :meth:`commit_segment` does (rule 1's locks, rule 6's notice, sent only if the whole
+        step commits)."""
+        blob = check_query_step(name, generation, step, payload, segment, now_ms)
+        if segment is not None:
+            commit_notification(segment[0], [])  # refuses an unannounceable key first
+
+        def commit_query_step(cur: Any) -> list[list[BatchResult]]:
+            cur.execute(_SQL_QUERY_STATE + " FOR UPDATE", (name,))
+            fenced = query_fenced(name, cur.fetchone(), generation, step)
+            if fenced is not None:
+                raise fenced
+            results: list[list[BatchResult]] = []
+            if segment is not None:
+                results = self._commit_segments_in(cur, [segment], _now_ms())[0]
+                check_query_segment(name, segment, results)
+            cur.execute(_SQL_SET_QUERY_STEP, (step, blob, now_ms, name))
+            return results
+
+        return self._write(commit_query_step)
+
+    def get_query_checkpoint(self, name: str) -> QueryCheckpoint | None:
+        """See :meth:`metadata.store.MetadataStore.get_query_checkpoint`."""
+        check_query_name(name)
+
+        def get_query_checkpoint(cur: Any) -> Any:
+            cur.execute(_SQL_GET_QUERY, (name,))
+            return cur.fetchone()
+
+        row = self._read(get_query_checkpoint)
+        return query_checkpoint(row) if row is not None else None
+
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        """See :meth:`metadata.store.MetadataStore.list_query_checkpoints`."""
+
+        def list_query_checkpoints(cur: Any) -> list[Any]:
+            cur.execute(_SQL_LIST_QUERIES + ' ORDER BY name COLLATE "C"')
+            return cur.fetchall()
+
+        return [query_checkpoint(r) for r in self._read(list_query_checkpoints)]
+
+    def delete_query_checkpoint(self, name: str) -> bool:
+        """See :meth:`metadata.store.MetadataStore.delete_query_checkpoint`."""
+        check_query_name(name)
+
+        def delete_query_checkpoint(cur: Any) -> bool:
+            cur.execute("DELETE FROM query_checkpoints WHERE name = %s", (name,))
+            return bool(cur.rowcount)
+
+        return self._write(delete_query_checkpoint)
 
     def find_blocks(
         self, topic_id: int, partition: int, offset: int, limit: int = 8
@@ -1480,21 +1577,24 @@ class PostgresMetadataStore:
     # ------------------------------------------------------------------ consumer groups
 
     def commit_offsets(
-        self, group: str, offsets: Sequence[tuple[int, int, int, str]]
+        self,
+        group: str,
+        offsets: Sequence[tuple[int, int, int, str] | tuple[int, int, int, str, int]],
     ) -> list[bool]:
         """See :meth:`metadata.store.MetadataStore.commit_offsets`. The rows are written in
         ``(topic_id, partition)`` order (a stable sort: a partition named twice keeps its
         last value), so two commits of one group naming partitions in different orders lock
         its rows in the same order and never deadlock."""
+        rows = offset_rows(offsets)
         now = _now_ms()
-        order = sorted(range(len(offsets)), key=lambda i: (offsets[i][0], offsets[i][1]))
+        order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][1]))
 
         def commit_offsets(cur: Any) -> list[bool]:
-            stored = [False] * len(offsets)
+            stored = [False] * len(rows)
             # The topic row is share-locked (rule 1's note), so a concurrent delete_topic
             # either runs first (nothing stored) or after (it removes these rows too).
             for i in order:
-                topic_id, partition, offset, metadata = offsets[i]
+                topic_id, partition, offset, metadata, epoch = rows[i]
                 cur.execute(
                     _SQL_UPSERT_OFFSET,
                     {
@@ -1504,6 +1604,7 @@ class PostgresMetadataStore:
                         "o": offset,
                         "m": metadata,
                         "now": now,
+                        "e": epoch,
                     },
                 )
                 stored[i] = cur.rowcount > 0
@@ -1512,21 +1613,35 @@ class PostgresMetadataStore:
         return self._write(commit_offsets)
 
     def commit_offset(
-        self, group: str, topic_id: int, partition: int, offset: int, metadata: str
+        self,
+        group: str,
+        topic_id: int,
+        partition: int,
+        offset: int,
+        metadata: str,
+        leader_epoch: int = -1,
     ) -> None:
         """See :meth:`metadata.store.MetadataStore.commit_offset`."""
-        if not self.commit_offsets(group, [(topic_id, partition, offset, metadata)])[0]:
+        entry = (topic_id, partition, offset, metadata, leader_epoch)
+        if not self.commit_offsets(group, [entry])[0]:
             raise UnknownTopicError(f"partition {topic_id}/{partition} does not exist")
 
     def get_offset(self, group: str, topic_id: int, partition: int) -> tuple[int, str] | None:
         """See :meth:`metadata.store.MetadataStore.get_offset`."""
+        found = self.get_offset_epoch(group, topic_id, partition)
+        return (found[0], found[1]) if found is not None else None
 
-        def get_offset(cur: Any) -> Any:
+    def get_offset_epoch(
+        self, group: str, topic_id: int, partition: int
+    ) -> tuple[int, str, int] | None:
+        """See :meth:`metadata.store.MetadataStore.get_offset_epoch`."""
+
+        def get_offset_epoch(cur: Any) -> Any:
             cur.execute(_SQL_GET_OFFSET, (group, topic_id, partition))
             return cur.fetchone()
 
-        row = self._read(get_offset)
-        return (row[0], row[1]) if row is not None else None
+        row = self._read(get_offset_epoch)
+        return (row[0], row[1], row[2]) if row is not None else None
 
     def list_group_offsets(self, group: str) -> list[GroupOffset]:
         """See :meth:`metadata.store.MetadataStore.list_group_offsets`."""

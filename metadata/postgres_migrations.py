@@ -131,6 +131,25 @@ existing row with its ``byte_length`` (the raw length is unknown without reading
 objects), one UPDATE of every ``segment_blocks`` row in one transaction: commits of those
 partitions wait for it, and the table's size doubles until vacuum reclaims the old row
 versions. Older code refuses the database afterwards, so upgrade every agent together.
+
+Schema (version 7)
+==================
+
+As the SQLite file's version 6: ``query_checkpoints`` (``name TEXT PRIMARY KEY``, the
+continuous query's catalog name; ``generation BIGINT`` >= 1, the fencing token every
+``claim_query`` bumps and every step commit must carry; ``step BIGINT`` >= 0, committed
+steps; ``payload BYTEA``, opaque: the SQL layer's checkpoint state; ``updated_ms BIGINT``)
+and ``group_offsets.leader_epoch INTEGER NOT NULL DEFAULT -1`` (the leader epoch committed
+with the offset; -1: not given). A step commit locks its query's row (``SELECT ... FOR
+UPDATE``) before anything else and then commits the step's output segment exactly as a
+segment commit does (partition rows locked in rule 1's order of :mod:`metadata.postgres`),
+so of two runners committing the same step one wins and the other is fenced, and nothing
+locks a query row after partition rows (no deadlock).
+
+Upgrading: the step creates one empty table and adds a column with a constant default (no
+table rewrite since PostgreSQL 11: older rows read -1); it holds an ACCESS EXCLUSIVE lock on
+``group_offsets`` for that moment (offset commits wait). Older code refuses the database
+afterwards, so upgrade every agent together.
 """
 
 from __future__ import annotations
@@ -277,6 +296,18 @@ CREATE TABLE catalog (
 );
 """
 
+_SCHEMA_V7 = """
+CREATE TABLE query_checkpoints (
+    name        TEXT    PRIMARY KEY,
+    generation  BIGINT  NOT NULL CHECK (generation >= 1),
+    step        BIGINT  NOT NULL CHECK (step >= 0),
+    payload     BYTEA   NOT NULL,
+    updated_ms  BIGINT  NOT NULL
+);
+
+ALTER TABLE group_offsets ADD COLUMN leader_epoch INTEGER NOT NULL DEFAULT -1;
+"""
+
 #: The ordered migration steps; ``MIGRATIONS[i].version == i + 1``.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _SCHEMA_V1),
@@ -301,6 +332,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE segment_blocks ADD COLUMN raw_length BIGINT NOT NULL DEFAULT 0; "
         "UPDATE segment_blocks SET raw_length = byte_length;",
     ),
+    Migration(7, "continuous queries' checkpoints and offsets' leader epochs", _SCHEMA_V7),
 )
 
 _SQL_CREATE_VERSION_TABLE = (

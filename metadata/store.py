@@ -102,6 +102,7 @@ from metadata.errors import (
     MetadataError,
     MetadataUnavailableError,
     OffsetOutOfRangeError,
+    QueryFencedError,
     TopicExistsError,
     UnknownTopicError,
 )
@@ -208,13 +209,32 @@ class BlockLocation(msgspec.Struct, frozen=True):
 
 
 class GroupOffset(msgspec.Struct, frozen=True):
-    """A committed consumer-group offset."""
+    """A committed consumer-group offset. ``leader_epoch`` is the leader epoch the consumer
+    committed with it (Kafka's OffsetCommit ``committed_leader_epoch``), -1 when unknown."""
 
     topic_id: int
     partition: int
     offset: int
     metadata: str
     commit_ms: int
+    leader_epoch: int = -1
+
+
+class QueryCheckpoint(msgspec.Struct, frozen=True):
+    """A continuous query's checkpoint row (:meth:`MetadataStore.claim_query`,
+    :meth:`MetadataStore.commit_query_step`).
+
+    ``generation`` is the fencing token: every claim bumps it, and a step commit must carry
+    the current one. ``step`` counts the committed steps (0 before the first commit);
+    ``payload`` is opaque here (the SQL layer's ``CheckpointState`` msgpack; ``b""`` before
+    the first commit); ``updated_ms`` is when the row last changed (a claim or a step).
+    """
+
+    name: str
+    generation: int
+    step: int
+    payload: bytes
+    updated_ms: int
 
 
 class DeletedTopic(msgspec.Struct, frozen=True):
@@ -459,18 +479,19 @@ _SQL_UPSERT_PRODUCER_STATE = (
     "last_update_ms = excluded.last_update_ms"
 )
 _SQL_UPSERT_OFFSET = (
-    'INSERT INTO group_offsets (group_id, topic_id, partition, "offset", metadata, commit_ms) '
-    "SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS "
+    'INSERT INTO group_offsets (group_id, topic_id, partition, "offset", metadata, commit_ms, '
+    "leader_epoch) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS "
     "(SELECT 1 FROM partitions WHERE topic_id = ?2 AND partition = ?3) "
     "ON CONFLICT (group_id, topic_id, partition) DO UPDATE SET "
-    '"offset" = excluded."offset", metadata = excluded.metadata, commit_ms = excluded.commit_ms'
+    '"offset" = excluded."offset", metadata = excluded.metadata, commit_ms = excluded.commit_ms, '
+    "leader_epoch = excluded.leader_epoch"
 )
 _SQL_GET_OFFSET = (
-    'SELECT "offset", metadata FROM group_offsets '
+    'SELECT "offset", metadata, leader_epoch FROM group_offsets '
     "WHERE group_id = ? AND topic_id = ? AND partition = ?"
 )
 _SQL_GROUP_OFFSETS = (
-    'SELECT topic_id, partition, "offset", metadata, commit_ms FROM group_offsets '
+    'SELECT topic_id, partition, "offset", metadata, commit_ms, leader_epoch FROM group_offsets '
     "WHERE group_id = ? ORDER BY topic_id, partition"
 )
 _SQL_ALLOCATE_PRODUCER_ID = (
@@ -1432,6 +1453,166 @@ def catalog_exists(kind: str, name: str) -> CatalogEntryExistsError:
     )
 
 
+#: Largest checkpoint payload of a continuous query (bytes): positions and counters; the
+#: operators' state lives in the object store, not here.
+MAX_QUERY_PAYLOAD_BYTES: Final = 16 * 1024 * 1024
+_QUERY_COLUMNS: Final = "name, generation, step, payload, updated_ms"
+# A claim: create the row at generation 1, or bump the generation keeping step and payload.
+_SQL_CLAIM_QUERY: Final = (
+    "INSERT INTO query_checkpoints (name, generation, step, payload, updated_ms) "
+    "VALUES (%s, 1, 0, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+    "generation = query_checkpoints.generation + 1, updated_ms = excluded.updated_ms "
+    f"RETURNING {_QUERY_COLUMNS}"
+)
+_SQL_QUERY_STATE: Final = "SELECT generation, step FROM query_checkpoints WHERE name = %s"
+_SQL_SET_QUERY_STEP: Final = (
+    "UPDATE query_checkpoints SET step = %s, payload = %s, updated_ms = %s WHERE name = %s"
+)
+_SQL_GET_QUERY: Final = f"SELECT {_QUERY_COLUMNS} FROM query_checkpoints WHERE name = %s"
+_SQL_LIST_QUERIES: Final = f"SELECT {_QUERY_COLUMNS} FROM query_checkpoints"
+
+
+def check_query_name(name: object) -> str:
+    """``name`` if it is a query name (1..:data:`MAX_CATALOG_NAME_LENGTH` characters, as the
+    catalog's), else ``ValueError``."""
+    if not isinstance(name, str):
+        raise ValueError(f"query name must be a string, got {type(name).__name__}")
+    if not 1 <= len(name) <= MAX_CATALOG_NAME_LENGTH:
+        raise ValueError(
+            f"query name must be 1..{MAX_CATALOG_NAME_LENGTH} characters long, got {len(name)}"
+        )
+    return name
+
+
+def check_query_step(
+    name: object,
+    generation: object,
+    step: object,
+    payload: object,
+    segment: object,
+    now_ms: object,
+) -> bytes:
+    """Refuse a bad :meth:`MetadataStore.commit_query_step` call with ``ValueError`` before
+    any work: the name, ``generation >= 1``, ``step >= 1``, ``payload`` bytes-like of at most
+    :data:`MAX_QUERY_PAYLOAD_BYTES`, ``segment`` None or ``(key, size, [CommitBlock])`` whose
+    batches are all non-idempotent (``producer_id < 0``: a query's output carries no
+    producer state), ``now_ms`` a millisecond time. Returns ``payload`` as bytes."""
+    check_query_name(name)
+    _check_int("generation", generation, 1, _INT64_MAX)
+    _check_int("step", step, 1, _INT64_MAX)
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise ValueError(f"query checkpoint payload must be bytes, got {type(payload).__name__}")
+    blob = bytes(payload)
+    if len(blob) > MAX_QUERY_PAYLOAD_BYTES:
+        raise ValueError(
+            f"checkpoint payload of query {name} is {len(blob)} bytes; the limit is "
+            f"{MAX_QUERY_PAYLOAD_BYTES}: keep operator state in the object store"
+        )
+    check_lifecycle_time("now_ms", now_ms)
+    if segment is None:
+        return blob
+    if not isinstance(segment, tuple) or len(segment) != 3:
+        raise ValueError("a query step's segment must be None or a (key, size, blocks) tuple")
+    key, size, blocks = segment
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"segment key must be a non-empty string, got {key!r}")
+    _check_int("segment size", size, 0, _INT64_MAX)
+    if not isinstance(blocks, list) or not all(isinstance(b, CommitBlock) for b in blocks):
+        raise ValueError("a query step's segment blocks must be a list of CommitBlock")
+    for block in blocks:
+        for batch in block.batches:
+            if batch.producer_id >= 0:
+                raise ValueError(
+                    f"batch of producer {batch.producer_id} in the output of query {name} "
+                    f"(segment {key!r}, partition {block.topic_id}/{block.partition}): a "
+                    "query's output batches are non-idempotent, write them with producer_id -1"
+                )
+    return blob
+
+
+def query_fenced(
+    name: str, row: Sequence[Any] | None, generation: int, step: int
+) -> QueryFencedError | None:
+    """The refusal of a step commit given the query's stored ``(generation, step)`` row (None:
+    no row), or None when the commit may go ahead."""
+    if row is None:
+        return QueryFencedError(
+            f"query {name} has no checkpoint (it was dropped or never claimed); this runner "
+            "must stop"
+        )
+    stored_generation, stored_step = int(row[0]), int(row[1])
+    if stored_generation != generation:
+        return QueryFencedError(
+            f"query {name} was claimed by a newer runner (generation {stored_generation}); "
+            "this runner must stop"
+        )
+    if stored_step != step - 1:
+        return QueryFencedError(
+            f"query {name} is at step {stored_step}, so step {step} cannot follow it "
+            f"(generation {generation}); another commit of this generation went first: this "
+            "runner must stop"
+        )
+    return None
+
+
+def check_query_segment(
+    name: str, segment: tuple[str, int, list[CommitBlock]], results: list[list[BatchResult]]
+) -> None:
+    """Raise :class:`UnknownTopicError` (rolling the step back) if any batch of a query
+    step's segment got no offsets: its partition does not exist."""
+    key, _, blocks = segment
+    missing = sorted(
+        {
+            (block.topic_id, block.partition)
+            for block, block_results in zip(blocks, results, strict=True)
+            if any(r.error is not None for r in block_results)
+        }
+    )
+    if missing:
+        named = ", ".join(f"{t}/{p}" for t, p in missing)
+        raise UnknownTopicError(
+            f"query {name}: output partition(s) {named} of segment {key!r} do not "
+            "exist (topic deleted, or fewer partitions); nothing was committed: recreate the "
+            "output topic or drop the query"
+        )
+
+
+def query_checkpoint(row: Sequence[Any]) -> QueryCheckpoint:
+    """A :class:`QueryCheckpoint` from a row of ``_QUERY_COLUMNS``."""
+    return QueryCheckpoint(
+        name=str(row[0]),
+        generation=int(row[1]),
+        step=int(row[2]),
+        payload=bytes(row[3]),
+        updated_ms=int(row[4]),
+    )
+
+
+#: Kafka's leader epochs are int32; -1 means none was given.
+_MAX_LEADER_EPOCH: Final = 2**31 - 1
+
+
+def offset_rows(
+    offsets: Sequence[tuple[int, int, int, str] | tuple[int, int, int, str, int]],
+) -> list[tuple[int, int, int, str, int]]:
+    """``offsets`` as ``(topic_id, partition, offset, metadata, leader_epoch)``: an entry of
+    four fields gets leader epoch -1. ``ValueError`` for an entry of another length or a
+    leader epoch outside -1..2**31-1."""
+    rows: list[tuple[int, int, int, str, int]] = []
+    for item in offsets:
+        if len(item) == 4:
+            rows.append((*item, -1))
+        elif len(item) == 5:
+            _check_int("leader_epoch", item[4], -1, _MAX_LEADER_EPOCH)
+            rows.append((item[0], item[1], item[2], item[3], item[4]))
+        else:
+            raise ValueError(
+                "an offset commit is (topic_id, partition, offset, metadata[, leader_epoch]), "
+                f"got {len(item)} fields"
+            )
+    return rows
+
+
 def check_clean_offset(clean_offset: object, now_ms: object) -> None:
     """Refuse (``ValueError``) a negative or non-integer ``clean_offset`` or a bad
     ``now_ms``."""
@@ -1971,53 +2152,130 @@ class MetadataStore:
         ``record_count < 1``.
         """
         _check_segment_keys(segments)
-        now = _now_ms()
         with self._write() as db:
-            segment_ids = []
-            for key, size, _ in segments:
-                try:
-                    db.execute(_SQL_INSERT_SEGMENT, (key, size, now))
-                except apsw.ConstraintError as exc:
-                    raise DuplicateSegmentError(f"segment {key!r} is already committed") from exc
-                segment_ids.append(db.last_insert_rowid())
+            return self._commit_segments_in(db, segments, _now_ms())
 
-            # Fetch every partition's HWM and every producer's state in one query each.
-            hwms: dict[tuple[int, int], int] = {}
-            tps = list(
-                dict.fromkeys((b.topic_id, b.partition) for _, _, bs in segments for b in bs)
-            )
-            if tps:
-                for topic_id, partition, hwm in db.execute(
-                    _SQL_HWMS, (_json_encode(tps).decode(),)
-                ):
-                    hwms[(topic_id, partition)] = hwm
-            start_hwms = dict(hwms)
-            producers = _producer_keys(segments, hwms)
-            if producers:
-                for topic_id, partition, pid, epoch, batches in db.execute(
-                    _SQL_PRODUCER_STATES, (_json_encode(list(producers)).decode(),)
-                ):
-                    producers[(topic_id, partition, pid)] = _Producer(
-                        epoch, _batches_decoder.decode(batches)
-                    )
+    @staticmethod
+    def _commit_segments_in(
+        db: apsw.Connection, segments: Sequence[tuple[str, int, list[CommitBlock]]], now: int
+    ) -> list[list[list[BatchResult]]]:
+        """The body of :meth:`commit_segments`, inside the caller's write transaction (also
+        :meth:`commit_query_step`'s)."""
+        segment_ids = []
+        for key, size, _ in segments:
+            try:
+                db.execute(_SQL_INSERT_SEGMENT, (key, size, now))
+            except apsw.ConstraintError as exc:
+                raise DuplicateSegmentError(f"segment {key!r} is already committed") from exc
+            segment_ids.append(db.last_insert_rowid())
 
-            results = []
-            for (_, _, blocks), segment_id in zip(segments, segment_ids, strict=True):
-                seg_results, block_rows = assign_offsets(blocks, hwms, producers, segment_id)
-                results.append(seg_results)
-                if block_rows:
-                    db.executemany(_SQL_INSERT_BLOCK, block_rows)
-            hwm_rows = [(hwm, tp[0], tp[1]) for tp, hwm in hwms.items() if hwm != start_hwms[tp]]
-            if hwm_rows:
-                db.executemany(_SQL_SET_HWM, hwm_rows)
-            producer_rows = [
-                (*pkey, st.epoch, _json_encode(st.batches).decode(), now)
-                for pkey, st in producers.items()
-                if st is not None and st.dirty
-            ]
-            if producer_rows:
-                db.executemany(_SQL_UPSERT_PRODUCER_STATE, producer_rows)
+        # Fetch every partition's HWM and every producer's state in one query each.
+        hwms: dict[tuple[int, int], int] = {}
+        tps = list(dict.fromkeys((b.topic_id, b.partition) for _, _, bs in segments for b in bs))
+        if tps:
+            for topic_id, partition, hwm in db.execute(_SQL_HWMS, (_json_encode(tps).decode(),)):
+                hwms[(topic_id, partition)] = hwm
+        start_hwms = dict(hwms)
+        producers = _producer_keys(segments, hwms)
+        if producers:
+            for topic_id, partition, pid, epoch, batches in db.execute(
+                _SQL_PRODUCER_STATES, (_json_encode(list(producers)).decode(),)
+            ):
+                producers[(topic_id, partition, pid)] = _Producer(
+                    epoch, _batches_decoder.decode(batches)
+                )
+
+        results = []
+        for (_, _, blocks), segment_id in zip(segments, segment_ids, strict=True):
+            seg_results, block_rows = assign_offsets(blocks, hwms, producers, segment_id)
+            results.append(seg_results)
+            if block_rows:
+                db.executemany(_SQL_INSERT_BLOCK, block_rows)
+        hwm_rows = [(hwm, tp[0], tp[1]) for tp, hwm in hwms.items() if hwm != start_hwms[tp]]
+        if hwm_rows:
+            db.executemany(_SQL_SET_HWM, hwm_rows)
+        producer_rows = [
+            (*pkey, st.epoch, _json_encode(st.batches).decode(), now)
+            for pkey, st in producers.items()
+            if st is not None and st.dirty
+        ]
+        if producer_rows:
+            db.executemany(_SQL_UPSERT_PRODUCER_STATE, producer_rows)
         return results
+
+    # ------------------------------------------------------------------ continuous queries
+
+    def claim_query(self, name: str, now_ms: int) -> QueryCheckpoint:
+        """Claim continuous query ``name`` for a new runner: create its checkpoint row
+        (generation 1, step 0, payload ``b""``) if there is none, else bump its generation
+        (step and payload stay), at ``now_ms``. Returns the row. From then on a step commit
+        of any older generation raises :class:`QueryFencedError`. Raises ``ValueError`` for
+        a bad name or time."""
+        check_query_name(name)
+        check_lifecycle_time("now_ms", now_ms)
+        with self._write() as db:
+            row = db.execute(_qmarks(_SQL_CLAIM_QUERY), (name, b"", now_ms)).fetchall()[0]
+        return query_checkpoint(row)
+
+    def commit_query_step(
+        self,
+        name: str,
+        generation: int,
+        step: int,
+        payload: bytes,
+        segment: tuple[str, int, list[CommitBlock]] | None,
+        now_ms: int,
+    ) -> list[list[BatchResult]]:
+        """Commit step ``step`` of continuous query ``name``: its output ``segment`` (or
+        None) and its checkpoint ``payload``, in ONE transaction.
+
+        The stored row must be at ``generation`` and at step ``step - 1``; otherwise (a newer
+        claim, a step committed twice or skipped, no row: the query was dropped) the call
+        raises :class:`QueryFencedError` and changes nothing. Then ``segment`` ``(key, size,
+        blocks)`` is committed exactly as :meth:`commit_segment` commits it (offsets from the
+        high watermarks, segment and block rows; on PostgreSQL the same commit notice), and
+        the row takes ``step``, ``payload`` and ``updated_ms = now_ms``. If any of its blocks
+        names a partition that does not exist, :class:`UnknownTopicError` is raised and
+        nothing changes (neither the log nor the checkpoint); a key committed before raises
+        :class:`DuplicateSegmentError`, likewise. Returns :meth:`commit_segment`'s results
+        (``[]`` without a segment). Raises ``ValueError`` for bad arguments
+        (:func:`check_query_step`; output batches must have ``producer_id -1``).
+        """
+        blob = check_query_step(name, generation, step, payload, segment, now_ms)
+        with self._write() as db:
+            rows = db.execute(_qmarks(_SQL_QUERY_STATE), (name,)).fetchall()
+            fenced = query_fenced(name, rows[0] if rows else None, generation, step)
+            if fenced is not None:
+                raise fenced
+            results: list[list[BatchResult]] = []
+            if segment is not None:
+                results = self._commit_segments_in(db, [segment], _now_ms())[0]
+                check_query_segment(name, segment, results)
+            db.execute(_qmarks(_SQL_SET_QUERY_STEP), (step, blob, now_ms, name))
+        return results
+
+    def get_query_checkpoint(self, name: str) -> QueryCheckpoint | None:
+        """Continuous query ``name``'s checkpoint row, or None. ``ValueError`` for a bad
+        name."""
+        check_query_name(name)
+        with self._read() as db:
+            rows = db.execute(_qmarks(_SQL_GET_QUERY), (name,)).fetchall()
+        return query_checkpoint(rows[0]) if rows else None
+
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        """Every continuous query's checkpoint row, sorted by name (code points)."""
+        with self._read() as db:
+            rows = db.execute(_SQL_LIST_QUERIES + " ORDER BY name").fetchall()
+        return [query_checkpoint(r) for r in rows]
+
+    def delete_query_checkpoint(self, name: str) -> bool:
+        """Delete continuous query ``name``'s checkpoint row (its runner's next step commit
+        then raises :class:`QueryFencedError`); False if there was none. ``ValueError`` for
+        a bad name."""
+        check_query_name(name)
+        with self._write() as db:
+            db.execute("DELETE FROM query_checkpoints WHERE name = ?", (name,))
+            return db.changes() > 0
 
     def find_blocks(
         self, topic_id: int, partition: int, offset: int, limit: int = 8
@@ -2425,34 +2683,57 @@ class MetadataStore:
     # ------------------------------------------------------------------ consumer groups
 
     def commit_offsets(
-        self, group: str, offsets: Sequence[tuple[int, int, int, str]]
+        self,
+        group: str,
+        offsets: Sequence[tuple[int, int, int, str] | tuple[int, int, int, str, int]],
     ) -> list[bool]:
-        """Store ``(topic_id, partition, offset, metadata)`` commits for ``group`` in one
-        transaction, replacing earlier ones. Returns, per entry, False if the partition does
-        not exist (nothing stored for it) and True otherwise.
+        """Store ``(topic_id, partition, offset, metadata[, leader_epoch])`` commits for
+        ``group`` in one transaction, replacing earlier ones (a missing leader epoch stores
+        -1: unknown). Returns, per entry, False if the partition does not exist (nothing
+        stored for it) and True otherwise. ``ValueError`` for a malformed entry
+        (:func:`offset_rows`).
         """
+        rows = offset_rows(offsets)
         now = _now_ms()
         stored: list[bool] = []
         with self._write() as db:
-            for topic_id, partition, offset, metadata in offsets:
-                db.execute(_SQL_UPSERT_OFFSET, (group, topic_id, partition, offset, metadata, now))
+            for topic_id, partition, offset, metadata, epoch in rows:
+                db.execute(
+                    _SQL_UPSERT_OFFSET, (group, topic_id, partition, offset, metadata, now, epoch)
+                )
                 stored.append(db.changes() > 0)
         return stored
 
     def commit_offset(
-        self, group: str, topic_id: int, partition: int, offset: int, metadata: str
+        self,
+        group: str,
+        topic_id: int,
+        partition: int,
+        offset: int,
+        metadata: str,
+        leader_epoch: int = -1,
     ) -> None:
-        """Store ``group``'s committed ``offset`` and ``metadata`` for the partition, replacing
-        any earlier commit. Raises :class:`UnknownTopicError` if the partition does not exist.
+        """Store ``group``'s committed ``offset``, ``metadata`` and ``leader_epoch`` (-1:
+        unknown) for the partition, replacing any earlier commit. Raises
+        :class:`UnknownTopicError` if the partition does not exist.
         """
-        if not self.commit_offsets(group, [(topic_id, partition, offset, metadata)])[0]:
+        entry = (topic_id, partition, offset, metadata, leader_epoch)
+        if not self.commit_offsets(group, [entry])[0]:
             raise UnknownTopicError(f"partition {topic_id}/{partition} does not exist")
 
     def get_offset(self, group: str, topic_id: int, partition: int) -> tuple[int, str] | None:
         """Return ``(offset, metadata)`` last committed by ``group`` for the partition, or None."""
+        found = self.get_offset_epoch(group, topic_id, partition)
+        return (found[0], found[1]) if found is not None else None
+
+    def get_offset_epoch(
+        self, group: str, topic_id: int, partition: int
+    ) -> tuple[int, str, int] | None:
+        """Return ``(offset, metadata, leader_epoch)`` last committed by ``group`` for the
+        partition (leader epoch -1 when the commit gave none), or None."""
         with self._read() as db:
             rows = db.execute(_SQL_GET_OFFSET, (group, topic_id, partition)).fetchall()
-        return (rows[0][0], rows[0][1]) if rows else None
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
     def list_group_offsets(self, group: str) -> list[GroupOffset]:
         """Return all of ``group``'s committed offsets, ordered by (topic_id, partition)."""
