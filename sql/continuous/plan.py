@@ -83,7 +83,12 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from sql.catalog import Relation
 from sql.continuous.pipeline import PlanError, PlannedInput, PlanStats, Source, Stage
-from sql.continuous.stages import StatelessStage, UpdatingAggregateStage, WindowStage
+from sql.continuous.stages import (
+    WINDOW_META_KEY,
+    StatelessStage,
+    UpdatingAggregateStage,
+    WindowStage,
+)
 from sql.decode import RAW_SCHEMA
 from sql.engine import relation_schema
 from sql.windows import Aggregate, Hop, Session, Tumble, WatermarkTracker, Window, event_times_ms
@@ -483,7 +488,10 @@ class _Planner:
         assert where is not None
         sql = f'SELECT * FROM "_in" WHERE {_sql(where)}'
         stage_id = self._stage_id()
-        stage = StatelessStage(stage_id, side, sql, side.time_column, side.key_columns)
+        passthrough = {n: n for n in side.schema.names}
+        stage = StatelessStage(
+            stage_id, side, sql, side.time_column, side.key_columns, passthrough=passthrough
+        )
         planned = self._add(stage_id, stage)
         return PlannedInput(
             planned.input_name,
@@ -591,8 +599,11 @@ class _Planner:
             )
         time_out = None
         rendered = []
+        passthrough: dict[str, str] = {}
         for name, node in items:
             r = self._resolve(node, scope)
+            if isinstance(r, exp.Column):
+                passthrough[name] = r.name
             if (
                 time_out is None
                 and source.time_column is not None
@@ -606,7 +617,8 @@ class _Planner:
         if cond is not None:
             sql += f" WHERE {_sql(cond)}"
         stage_id = self._stage_id()
-        return self._add(stage_id, StatelessStage(stage_id, source, sql, time_out))
+        stage = StatelessStage(stage_id, source, sql, time_out, passthrough=passthrough)
+        return self._add(stage_id, stage)
 
     def _aggregate(
         self,
@@ -876,6 +888,22 @@ class _Planner:
                     "start or end (TUMBLE_START(...) etc.)"
                 )
             key_columns = tuple(key_out + wins)
+        # field metadata: the window bounds marked for joins; keys and (1 ms window) the
+        # time column keep the marks they had in the input
+        marks: dict[str, dict[bytes, bytes]] = {}
+        for name, r in out_items:
+            if not isinstance(r, exp.Column) or name in marks:
+                continue
+            src: str | None = None
+            if r.name in ("window_start", "window_end") and bounds:
+                marks[name] = {WINDOW_META_KEY: r.name.removeprefix("window_").encode()}
+            elif r.name == "window_start":
+                src = time_col
+            elif r.name.startswith("__k"):
+                k = keys[int(r.name[3:])]
+                src = k.name if isinstance(k, exp.Column) else None
+            if src is not None and source.schema.field(src).metadata:
+                marks[name] = dict(source.schema.field(src).metadata)
         stage = WindowStage(
             stage_id,
             source,
@@ -889,6 +917,7 @@ class _Planner:
             output_time_column=time_out,
             output_time_bound=time_bound,
             key_columns=key_columns,
+            field_metadata=marks,
         )
         return self._add(stage_id, stage)
 

@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 _UPDATING_META = b"streamhouse.updating"
+#: Field metadata marking a window stage's output columns that are its window bounds
+#: (value ``start`` / ``end``); ``sql.continuous.join_condition`` reads it.
+WINDOW_META_KEY = b"streamhouse.window"
 _UPDATING_VERSION = 1
 _NOKEY = "__nokey"
 
@@ -58,7 +61,14 @@ class DataFusionQuery:
     query keeps. ``output_schema`` comes from running it on an empty batch at construction
     (PlanError if DataFusion refuses the SQL); every result is cast to it."""
 
-    def __init__(self, sql: str, table: str, schema: pa.Schema, what: str) -> None:
+    def __init__(
+        self,
+        sql: str,
+        table: str,
+        schema: pa.Schema,
+        what: str,
+        field_metadata: dict[str, dict[bytes, bytes]] | None = None,
+    ) -> None:
         self.sql = sql
         self.table = table
         self.input_schema = schema
@@ -69,7 +79,12 @@ class DataFusionQuery:
             result = self._execute(schema.empty_table())
         except Exception as exc:  # DataFusion raises plain Exception subclasses
             raise PlanError(f"{what}: DataFusion refuses {sql!r}: {_clean(exc)}") from None
-        self.output_schema = result.schema
+        out = result.schema
+        for name, meta in (field_metadata or {}).items():
+            i = out.get_field_index(name)
+            if i >= 0:
+                out = out.set(i, out.field(i).with_metadata(meta))
+        self.output_schema = out
 
     def _execute(self, data: pa.Table | pa.RecordBatch) -> pa.Table:
         if self._registered:
@@ -88,7 +103,9 @@ class DataFusionQuery:
             raise StageError(
                 f"{self.what}: {self.sql!r} failed on a batch: {_clean(exc)}"
             ) from None
-        if table.schema != self.output_schema:
+        if table.schema.equals(self.output_schema, check_metadata=True):
+            return table
+        if [f.type for f in table.schema] != self.output_schema.types:
             try:
                 table = table.cast(self.output_schema)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
@@ -96,7 +113,7 @@ class DataFusionQuery:
                     f"{self.what}: a batch gave columns {table.schema}, the plan has "
                     f"{self.output_schema} ({exc}); did the input's declaration change?"
                 ) from None
-        return table
+        return pa.Table.from_arrays(table.columns, schema=self.output_schema)
 
 
 def _clean(exc: Exception) -> str:
@@ -122,10 +139,18 @@ class StatelessStage:
         sql: str,
         output_time_column: str | None,
         key_columns: tuple[str, ...] = (),
+        passthrough: dict[str, str] | None = None,
     ) -> None:
+        """``passthrough``: output column -> the input column it is (its field metadata,
+        such as ``streamhouse.window``, is kept)."""
         self.stage_id = stage_id
         self.inputs = (source.input_name,)
-        self.query = DataFusionQuery(sql, "_in", source.schema, f"stage {stage_id}")
+        meta = {
+            out: dict(source.schema.field(src).metadata)
+            for out, src in (passthrough or {}).items()
+            if src in source.schema.names and source.schema.field(src).metadata
+        }
+        self.query = DataFusionQuery(sql, "_in", source.schema, f"stage {stage_id}", meta)
         self.output_schema = self.query.output_schema
         self.output_time_column = output_time_column
         self.key_columns = key_columns
@@ -175,7 +200,10 @@ class WindowStage:
         output_time_column: str | None,
         output_time_bound: str | None,  # "start" | "end": which window bound that column is
         key_columns: tuple[str, ...] = (),
+        field_metadata: dict[str, dict[bytes, bytes]] | None = None,
     ) -> None:
+        """``field_metadata``: metadata of output fields, such as ``streamhouse.window``
+        (``start`` / ``end``) marking the window's bounds for joins."""
         self.stage_id = stage_id
         self.inputs = (source.input_name,)
         self.pre = DataFusionQuery(pre_sql, "_in", source.schema, f"stage {stage_id}")
@@ -191,7 +219,9 @@ class WindowStage:
             )
         except WindowError as exc:
             raise PlanError(f"stage {stage_id}: {exc}") from None
-        self.post = DataFusionQuery(post_sql, "_w", self.op.output_schema(), f"stage {stage_id}")
+        self.post = DataFusionQuery(
+            post_sql, "_w", self.op.output_schema(), f"stage {stage_id}", field_metadata
+        )
         self.output_schema = self.post.output_schema
         self.output_time_column = output_time_column
         self._bound = output_time_bound
