@@ -154,10 +154,13 @@ Version 5 plus continuous queries' checkpoints and the leader epoch of committed
     commit must carry the current one), ``step INTEGER`` (>= 0, committed steps; each commit
     must be the next one), ``payload BLOB`` (opaque here: the SQL layer's checkpoint state,
     ``sql.continuous.definition.CheckpointState`` as msgpack; empty before the first commit),
-    ``updated_ms INTEGER`` (the last claim or step). A step commit changes the row and
-    commits the step's output segment (``segments``, ``segment_blocks``, high watermarks) in
-    one transaction, so the log and the checkpoint never disagree. A rowid table (not
-    ``WITHOUT ROWID``): payloads may be larger than a page's share.
+    ``updated_ms INTEGER`` (the last claim, step or drop), ``dropped_ms INTEGER`` (NULL while
+    the query exists; set by ``delete_query_checkpoint``, which keeps the row as a tombstone
+    with step 0 and an empty payload, so that a query created again under the name is
+    claimed at a newer generation than any runner of the dropped one holds). A step commit
+    changes the row and commits the step's output segment (``segments``, ``segment_blocks``,
+    high watermarks) in one transaction, so the log and the checkpoint never disagree. A
+    rowid table (not ``WITHOUT ROWID``): payloads may be larger than a page's share.
 
 ``group_offsets.leader_epoch INTEGER NOT NULL DEFAULT -1`` -- the leader epoch a consumer
     committed with its offset (Kafka's ``committed_leader_epoch``; -1: not given).
@@ -336,7 +339,8 @@ CREATE TABLE query_checkpoints (
     generation  INTEGER NOT NULL CHECK (generation >= 1),
     step        INTEGER NOT NULL CHECK (step >= 0),
     payload     BLOB    NOT NULL,
-    updated_ms  INTEGER NOT NULL
+    updated_ms  INTEGER NOT NULL,
+    dropped_ms  INTEGER
 ) STRICT;
 
 ALTER TABLE group_offsets ADD COLUMN leader_epoch INTEGER NOT NULL DEFAULT -1;

@@ -108,6 +108,7 @@ from metadata.store import (
     _SQL_CLAIM_QUERY,
     _SQL_DEAD_SEGMENTS,
     _SQL_DROP_BLOCKS,
+    _SQL_DROP_QUERY,
     _SQL_EXPIRABLE_GROUPS,
     _SQL_GET_QUERY,
     _SQL_GROUP_STATE_SINCE,
@@ -1139,9 +1140,10 @@ class PostgresMetadataStore:
     def delete_query_checkpoint(self, name: str) -> bool:
         """See :meth:`metadata.store.MetadataStore.delete_query_checkpoint`."""
         check_query_name(name)
+        now = _now_ms()
 
         def delete_query_checkpoint(cur: Any) -> bool:
-            cur.execute("DELETE FROM query_checkpoints WHERE name = %s", (name,))
+            cur.execute(_SQL_DROP_QUERY, (now, b"", now, name))
             return bool(cur.rowcount)
 
         return self._write(delete_query_checkpoint)

@@ -138,9 +138,11 @@ Schema (version 7)
 As the SQLite file's version 6: ``query_checkpoints`` (``name TEXT PRIMARY KEY``, the
 continuous query's catalog name; ``generation BIGINT`` >= 1, the fencing token every
 ``claim_query`` bumps and every step commit must carry; ``step BIGINT`` >= 0, committed
-steps; ``payload BYTEA``, opaque: the SQL layer's checkpoint state; ``updated_ms BIGINT``)
-and ``group_offsets.leader_epoch INTEGER NOT NULL DEFAULT -1`` (the leader epoch committed
-with the offset; -1: not given). A step commit locks its query's row (``SELECT ... FOR
+steps; ``payload BYTEA``, opaque: the SQL layer's checkpoint state; ``updated_ms BIGINT``;
+``dropped_ms BIGINT``, NULL while the query exists, else the row is a dropped query's
+tombstone that keeps its generation so that the name's generations never repeat) and
+``group_offsets.leader_epoch INTEGER NOT NULL DEFAULT -1`` (the leader epoch committed with
+the offset; -1: not given). A step commit locks its query's row (``SELECT ... FOR
 UPDATE``) before anything else and then commits the step's output segment exactly as a
 segment commit does (partition rows locked in rule 1's order of :mod:`metadata.postgres`),
 so of two runners committing the same step one wins and the other is fenced, and nothing
@@ -302,7 +304,8 @@ CREATE TABLE query_checkpoints (
     generation  BIGINT  NOT NULL CHECK (generation >= 1),
     step        BIGINT  NOT NULL CHECK (step >= 0),
     payload     BYTEA   NOT NULL,
-    updated_ms  BIGINT  NOT NULL
+    updated_ms  BIGINT  NOT NULL,
+    dropped_ms  BIGINT
 );
 
 ALTER TABLE group_offsets ADD COLUMN leader_epoch INTEGER NOT NULL DEFAULT -1;

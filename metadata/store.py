@@ -1457,19 +1457,37 @@ def catalog_exists(kind: str, name: str) -> CatalogEntryExistsError:
 #: operators' state lives in the object store, not here.
 MAX_QUERY_PAYLOAD_BYTES: Final = 16 * 1024 * 1024
 _QUERY_COLUMNS: Final = "name, generation, step, payload, updated_ms"
-# A claim: create the row at generation 1, or bump the generation keeping step and payload.
+# A claim: create the row at generation 1, or bump the generation keeping step and payload;
+# a dropped query's row (dropped_ms set) starts over at step 0 with an empty payload, but its
+# generation still grows, so a runner of the dropped query stays fenced.
 _SQL_CLAIM_QUERY: Final = (
     "INSERT INTO query_checkpoints (name, generation, step, payload, updated_ms) "
     "VALUES (%s, 1, 0, %s, %s) ON CONFLICT (name) DO UPDATE SET "
-    "generation = query_checkpoints.generation + 1, updated_ms = excluded.updated_ms "
+    "generation = query_checkpoints.generation + 1, updated_ms = excluded.updated_ms, "
+    "step = CASE WHEN query_checkpoints.dropped_ms IS NULL THEN query_checkpoints.step "
+    "ELSE 0 END, "
+    "payload = CASE WHEN query_checkpoints.dropped_ms IS NULL THEN query_checkpoints.payload "
+    "ELSE excluded.payload END, "
+    "dropped_ms = NULL "
     f"RETURNING {_QUERY_COLUMNS}"
 )
-_SQL_QUERY_STATE: Final = "SELECT generation, step FROM query_checkpoints WHERE name = %s"
+_SQL_QUERY_STATE: Final = (
+    "SELECT generation, step, dropped_ms FROM query_checkpoints WHERE name = %s"
+)
 _SQL_SET_QUERY_STEP: Final = (
     "UPDATE query_checkpoints SET step = %s, payload = %s, updated_ms = %s WHERE name = %s"
 )
-_SQL_GET_QUERY: Final = f"SELECT {_QUERY_COLUMNS} FROM query_checkpoints WHERE name = %s"
-_SQL_LIST_QUERIES: Final = f"SELECT {_QUERY_COLUMNS} FROM query_checkpoints"
+_SQL_GET_QUERY: Final = (
+    f"SELECT {_QUERY_COLUMNS} FROM query_checkpoints WHERE name = %s AND dropped_ms IS NULL"
+)
+_SQL_LIST_QUERIES: Final = (
+    f"SELECT {_QUERY_COLUMNS} FROM query_checkpoints WHERE dropped_ms IS NULL"
+)
+# A drop keeps the row (its generation) as a tombstone, without the payload.
+_SQL_DROP_QUERY: Final = (
+    "UPDATE query_checkpoints SET dropped_ms = %s, step = 0, payload = %s, updated_ms = %s "
+    "WHERE name = %s AND dropped_ms IS NULL"
+)
 
 
 def check_query_name(name: object) -> str:
@@ -1533,9 +1551,9 @@ def check_query_step(
 def query_fenced(
     name: str, row: Sequence[Any] | None, generation: int, step: int
 ) -> QueryFencedError | None:
-    """The refusal of a step commit given the query's stored ``(generation, step)`` row (None:
-    no row), or None when the commit may go ahead."""
-    if row is None:
+    """The refusal of a step commit given the query's stored ``(generation, step,
+    dropped_ms)`` row (None: no row), or None when the commit may go ahead."""
+    if row is None or row[2] is not None:
         return QueryFencedError(
             f"query {name} has no checkpoint (it was dropped or never claimed); this runner "
             "must stop"
@@ -2209,8 +2227,10 @@ class MetadataStore:
         """Claim continuous query ``name`` for a new runner: create its checkpoint row
         (generation 1, step 0, payload ``b""``) if there is none, else bump its generation
         (step and payload stay), at ``now_ms``. Returns the row. From then on a step commit
-        of any older generation raises :class:`QueryFencedError`. Raises ``ValueError`` for
-        a bad name or time."""
+        of any older generation raises :class:`QueryFencedError`. A name whose query was
+        dropped (:meth:`delete_query_checkpoint`) starts again at step 0 with an empty
+        payload but at the generation after the dropped one's: generations of a name never
+        repeat. Raises ``ValueError`` for a bad name or time."""
         check_query_name(name)
         check_lifecycle_time("now_ms", now_ms)
         with self._write() as db:
@@ -2269,12 +2289,18 @@ class MetadataStore:
         return [query_checkpoint(r) for r in rows]
 
     def delete_query_checkpoint(self, name: str) -> bool:
-        """Delete continuous query ``name``'s checkpoint row (its runner's next step commit
-        then raises :class:`QueryFencedError`); False if there was none. ``ValueError`` for
-        a bad name."""
+        """Delete continuous query ``name``'s checkpoint (its runner's next step commit then
+        raises :class:`QueryFencedError`); False if there was none. ``ValueError`` for a bad
+        name.
+
+        The row stays behind as a tombstone holding only the generation (not listed, not
+        returned, payload emptied): a query created again under the name is claimed at the
+        next generation, so a runner of the dropped query that is still alive can never
+        commit into the new one's checkpoint."""
         check_query_name(name)
+        now = _now_ms()
         with self._write() as db:
-            db.execute("DELETE FROM query_checkpoints WHERE name = ?", (name,))
+            db.execute(_qmarks(_SQL_DROP_QUERY), (now, b"", now, name))
             return db.changes() > 0
 
     def find_blocks(

@@ -138,14 +138,31 @@ def test_old_generation_or_wrong_step_is_fenced_and_changes_nothing(store: Store
     assert store.get_query_checkpoint("q") == QueryCheckpoint("q", new, 2, b"two", 5)
 
 
-def test_a_dropped_query_fences_its_runner(store: Store) -> None:
-    store.claim_query("q", 1)
-    store.delete_query_checkpoint("q")
+def test_a_dropped_query_fences_its_runner_even_after_the_name_is_reused(store: Store) -> None:
+    """A runner of a dropped query is fenced; a query created again under the name starts
+    at step 0 with an empty payload but at a newer generation, so that runner (which never
+    committed: it would have been at step 0 too) cannot commit into the new query's row."""
+    tid = store.create_topic("out", 1).topic_id
+    stale = store.claim_query("q", 1).generation
+    store.claim_query("keep", 1)
+    assert store.delete_query_checkpoint("q") is True
+    assert store.delete_query_checkpoint("q") is False
+    assert store.delete_query_checkpoint("never") is False
+    assert store.get_query_checkpoint("q") is None
+    assert [c.name for c in store.list_query_checkpoints()] == ["keep"]
     with pytest.raises(QueryFencedError, match="query q has no checkpoint"):
-        store.commit_query_step("q", 1, 1, b"x", None, 2)
+        store.commit_query_step("q", stale, 1, b"x", ("k0", 1, [block(tid, 0, [1])]), 2)
     with pytest.raises(QueryFencedError, match="never claimed"):
         store.commit_query_step("never", 1, 1, b"x", None, 2)
-    assert store.list_query_checkpoints() == []
+    fresh = store.claim_query("q", 5)
+    assert fresh == QueryCheckpoint("q", stale + 1, 0, b"", 5)
+    with pytest.raises(QueryFencedError, match=f"newer runner \\(generation {stale + 1}\\)"):
+        store.commit_query_step("q", stale, 1, b"x", ("k1", 1, [block(tid, 0, [1])]), 6)
+    assert hwms(store, tid) == [0]
+    store.commit_query_step("q", fresh.generation, 1, b"new", None, 7)
+    # A drop after steps also forgets the payload and step.
+    store.delete_query_checkpoint("q")
+    assert store.claim_query("q", 8) == QueryCheckpoint("q", stale + 2, 0, b"", 8)
 
 
 # --------------------------------------------------------------------------- the segment
