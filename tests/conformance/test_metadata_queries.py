@@ -30,6 +30,7 @@ from metadata.async_store import AsyncMetadata
 from metadata.commit_notice import COMMIT_CHANNEL, parse_commit_notification
 from metadata.postgres import PostgresMetadataStore
 from tests.conformance.conftest import Opener, Store
+from tests.conformance.test_metadata_backends import _fail_commits
 
 
 def block(topic_id: int, partition: int, counts: list[int], byte_offset: int = 0) -> CommitBlock:
@@ -473,3 +474,31 @@ def test_async_metadata_wraps_the_query_calls(open_store: Opener) -> None:
             await meta.close()
 
     asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- lost connections
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_postgres_a_step_whose_commit_was_lost_happens_exactly_once(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch, committed: bool
+) -> None:
+    """The connection drops at COMMIT: either after the server committed (the store asks it
+    and returns the result, rather than retrying into QueryFencedError) or before (the store
+    retries the whole step). Either way the step, its segment and its notice happen once."""
+    with PostgresMetadataStore(postgres_dsn) as s:
+        tid = s.create_topic("out", 1).topic_id
+        gen = s.claim_query("q", 0).generation
+        listener = psycopg.connect(postgres_dsn, autocommit=True)
+        try:
+            listener.execute(f"LISTEN {COMMIT_CHANNEL}")
+            hits = _fail_commits(monkeypatch, 1, committed=committed)
+            res = s.commit_query_step("q", gen, 1, b"one", ("k1", 1, [block(tid, 0, [3])]), 1)
+            monkeypatch.undo()
+            assert hits == [1]
+            assert res == [[BatchResult(0)]]
+            assert s.get_query_checkpoint("q") == QueryCheckpoint("q", gen, 1, b"one", 1)
+            assert hwms(s, tid) == [3]
+            assert [p.split("|")[1] for p in _drain(listener)] == ["k1"]
+        finally:
+            listener.close()
