@@ -113,7 +113,34 @@ def parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--dry-run", action="store_true", help="generate only: the generator's rate")
     gen.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    plan = commands.add_parser(
+        "plan", help="the queries' operators alone: events per CPU second (plan_bench.py)"
+    )
+    plan.add_argument("--events", type=_positive, default=1_000_000)
+    plan.add_argument(
+        "--rate", type=_positive, default=10_000, help="events per second of event time"
+    )
+    plan.add_argument("--batch-rows", type=_positive, default=8192, help="rows per batch fed")
+    plan.add_argument("--queries", default="q0,q1,q2,q3,q4,q5,q7,q8")
+    plan.add_argument("--seed", type=_seed, default=0)
+    plan.add_argument("--json", action="store_true", help="print the report as JSON")
     return top
+
+
+def _plan_command(args: argparse.Namespace) -> int:
+    from .plan_bench import format_report, run_plan_bench
+    from .queries import QUERIES
+
+    names = [q.strip() for q in args.queries.split(",") if q.strip()]
+    unknown = [q for q in names if q not in QUERIES]
+    if unknown:
+        print(
+            f"nexmark: no query {', '.join(unknown)}: one of {', '.join(QUERIES)}", file=sys.stderr
+        )
+        return 2
+    report = run_plan_bench(args.events, args.rate, args.batch_rows, names, args.seed)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
 
 
 def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
@@ -333,6 +360,8 @@ def _produce(
 def main(argv: Sequence[str] | None = None) -> int:
     top = parser()
     args = top.parse_args(argv)
+    if args.command == "plan":
+        return _plan_command(args)
     try:
         ModelConfig(rate=args.rate, base_time_ms=args.base_time_ms)
     except ValueError as e:
