@@ -16,7 +16,8 @@ The algorithm (``algorithm``), chosen from the inputs and the condition
 
 ``lookup`` - the right input is a table (``right.is_table``): stream-table join.
     State: the table's latest row per key (``right.key_columns``; rows are upserts, a row
-    whose declared columns are all null deletes its key: how a tombstone arrives). Each
+    whose declared columns other than the key are all null deletes its key: how a
+    tombstone arrives). Each
     stream batch is joined at arrival against the table as it is then (processing order, as
     Flink's lookup join), so a table row that arrives later does not join earlier stream
     rows. LEFT: unmatched stream rows are emitted at once with nulls. The condition needs
@@ -273,6 +274,11 @@ class _JoinBase:
 
     def output_watermark(self) -> int | None:
         return self._watermarks[0]
+
+    @property
+    def late_rows_dropped(self) -> int:
+        """Rows dropped as late (what ``Plan.stats`` sums over its stages)."""
+        return self.stats.late_rows_dropped
 
     def buffered_rows(self) -> tuple[int, int]:
         """Rows held per side (left, right): the state's size."""
