@@ -306,8 +306,7 @@ class QueryRunner:
             if time.monotonic() < due:
                 await wait_for_data(list(self.tails.values()), due)
         else:
-            if await self._definition() is None:
-                raise _Dropped
+            await self._check_owner()
             await wait_for_data(list(self.tails.values()), time.monotonic() + self.interval_s)
         if self.dirty and time.monotonic() - self.last_commit >= self.interval_s:
             await self.commit()
@@ -472,6 +471,18 @@ class QueryRunner:
         log.debug("query %s: checkpoint %d committed (%d rows out)", self.name, step, rows_out)
         if step % SWEEP_EVERY == 0:
             await sweep(self.store, self.name, step, self._live_keys())
+
+    async def _check_owner(self) -> None:
+        """An idle runner's check (once per interval) that the query is still defined
+        (else _Dropped) and still its own (else QueryFencedError)."""
+        if await self._definition() is None:
+            raise _Dropped
+        row = await self.meta.get_query_checkpoint(self.name)
+        if row is None or row.generation != self.generation:
+            raise QueryFencedError(
+                f"query {self.name} was claimed by a newer runner (generation "
+                f"{'none' if row is None else row.generation}); this runner must stop"
+            )
 
     async def _committed(self, step: int) -> bool:
         """After a failed commit: True when the store shows it happened anyway; raises
