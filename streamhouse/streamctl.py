@@ -1293,8 +1293,13 @@ def _error(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Runs streamctl with ``argv`` (default ``sys.argv[1:]``) and returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["sql"]:
-        return _sql(argv[1:])
+    # `streamctl [--server A] [--output F] sql ...`: the sql command takes its own arguments
+    # (the main gRPC server is not used by it)
+    i = 0
+    while i < len(argv) and argv[i] in ("--server", "--output"):
+        i += 2
+    if argv[i : i + 1] == ["sql"]:
+        return _sql(argv[i + 1 :])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
