@@ -78,6 +78,7 @@ from typing import Any
 import pyarrow as pa
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
@@ -94,6 +95,15 @@ from sql.engine import relation_schema
 from sql.windows import Aggregate, Hop, Session, Tumble, WatermarkTracker, Window, event_times_ms
 
 __all__ = ["Plan", "plan_continuous"]
+
+
+class _Dialect(Postgres):
+    """PostgreSQL as sqlglot reads it, except that ``SESSION`` is not a keyword (so
+    ``SESSION(t, gap)`` parses as a function call)."""
+
+    class Tokenizer(Postgres.Tokenizer):
+        KEYWORDS = {k: v for k, v in Postgres.Tokenizer.KEYWORDS.items() if k != "SESSION"}
+
 
 DIALECT = "postgres"
 SNAPSHOT_VERSION = 1
@@ -137,7 +147,7 @@ def plan_continuous(
     if not isinstance(allowed_lateness_ms, int) or allowed_lateness_ms < 0:
         raise PlanError(f"allowed lateness must be >= 0 ms, got {allowed_lateness_ms!r}")
     try:
-        trees = sqlglot.parse(select_sql, dialect=DIALECT)
+        trees = sqlglot.parse(select_sql, dialect=_Dialect)
     except ParseError as exc:
         raise PlanError(f"the query does not parse: {exc}") from None
     trees = [t for t in trees if t is not None]

@@ -1,0 +1,688 @@
+"""plan_continuous (sql/continuous/plan.py) against references computed independently.
+
+Inputs are Nexmark bids from the generator (rate 1000 events/s of event time, so a chunk of
+50,000 events spans 50 s and windows of seconds close as the watermark moves) or, where
+records must arrive late, a small hand-made stream. Every plan is fed the input in several
+batches; references are plain Python or pyarrow over the whole input, with the watermark
+rules of the plan's docstring (a source's watermark is its largest event time minus the
+declared delay, moved after each batch; a window is emitted once the watermark passes its
+end plus the allowed lateness) applied in Python where lateness matters. Results compare as
+multisets of rows, since a plan emits in its own order.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from sql.catalog import Column, Relation, Watermark
+from sql.continuous.pipeline import PlanError
+from sql.continuous.plan import plan_continuous
+from sql.statements import parse_statement
+
+REPO = Path(__file__).resolve().parents[3]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.nexmark.generator import Generator, create_stream_sql  # noqa: E402
+from bench.nexmark.model import ModelConfig  # noqa: E402
+
+DELAY_MS = 4_000  # create_stream_sql's watermark delay
+BATCH = 6_000
+
+
+def nexmark_relation(kind: str) -> Relation:
+    st = parse_statement(create_stream_sql(kind))
+    return Relation(
+        kind="stream",
+        name=st.name,
+        topic=kind,
+        format="json",
+        columns=st.columns,
+        watermark=st.watermark,
+    )
+
+
+RELATIONS = {k: nexmark_relation(k) for k in ("bid", "person", "auction")}
+EV = Relation(
+    kind="stream",
+    name="ev",
+    topic="ev",
+    format="json",
+    columns=[Column("k", "VARCHAR"), Column("x", "BIGINT"), Column("t", "TIMESTAMP")],
+    watermark=Watermark("t", 1_000),
+)
+PRICES = Relation(
+    kind="table",
+    name="prices",
+    topic="prices",
+    format="json",
+    columns=[Column("item", "VARCHAR"), Column("p", "BIGINT")],
+)
+ALL = {**RELATIONS, "ev": EV, "prices": PRICES}
+
+
+def with_record_columns(table: pa.Table) -> pa.RecordBatch:
+    """A declared stream's batch: its columns, then _partition, _offset, _timestamp."""
+    n = table.num_rows
+    ts = table.column("dateTime" if "dateTime" in table.column_names else "t")
+    table = table.append_column("_partition", pa.array(np.zeros(n, np.int32)))
+    table = table.append_column("_offset", pa.array(np.arange(n, dtype=np.int64)))
+    table = table.append_column(
+        "_timestamp", pc.cast(pc.cast(ts, pa.int64()), pa.timestamp("ms", tz="UTC"))
+    )
+    return table.combine_chunks().to_batches()[0]
+
+
+@pytest.fixture(scope="module")
+def nexmark() -> dict[str, pa.Table]:
+    gen = Generator(7, ModelConfig(rate=1_000))
+    chunks = list(gen.chunks(100_000))
+    return {k: pa.concat_tables([getattr(c, k) for c in chunks]) for k in RELATIONS}
+
+
+@pytest.fixture(scope="module")
+def bids(nexmark: dict[str, pa.Table]) -> pa.RecordBatch:
+    return with_record_columns(nexmark["bid"])
+
+
+def run(plan: Any, source: str, batch: pa.RecordBatch, size: int = BATCH) -> pa.Table:
+    out: list[pa.RecordBatch] = []
+    for i in range(0, batch.num_rows, size):
+        out += plan.process(source, batch.slice(i, size))
+    for b in out:
+        assert b.schema.equals(plan.output_schema), (b.schema, plan.output_schema)
+    return pa.Table.from_batches(out, schema=plan.output_schema)
+
+
+def rows(table: pa.Table, columns: list[str] | None = None) -> list[tuple]:
+    """Rows as tuples (timestamps as int ms, floats rounded), sorted."""
+    cols = []
+    for name in columns or table.column_names:
+        col = table.column(name)
+        if pa.types.is_timestamp(col.type):
+            col = pc.cast(col, pa.int64())
+        values = col.to_pylist()
+        if pa.types.is_floating(col.type):
+            values = [None if v is None else round(v, 6) for v in values]
+        cols.append(values)
+    return sorted(zip(*cols, strict=True), key=repr)
+
+
+def ms(table: pa.Table, column: str = "dateTime") -> np.ndarray:
+    return pc.cast(table.column(column), pa.int64()).to_numpy()
+
+
+def agg_values(prices: list[int], bidders: list[int]) -> tuple:
+    return (
+        len(prices),
+        sum(prices),
+        round(sum(prices) / len(prices), 6),
+        min(prices),
+        max(prices),
+        len(set(bidders)),
+    )
+
+
+AGG_SQL = (
+    "COUNT(*) AS n, SUM(price) AS s, AVG(price) AS a, MIN(price) AS lo, MAX(price) AS hi, "
+    "COUNT(DISTINCT bidder) AS d"
+)
+
+
+# -- stateless ----------------------------------------------------------------------------
+
+
+def test_stateless_filter_projection_case_and_functions(bids: pa.RecordBatch) -> None:
+    plan = plan_continuous(
+        "SELECT B.auction, price * 2 + 1 AS p2, "
+        "CASE WHEN price > 10000000 THEN 'high' WHEN price > 1000000 THEN 'mid' ELSE 'low' END "
+        'AS band, upper(channel) AS ch, char_length(url) AS ulen, "dateTime" '
+        "FROM bid AS B WHERE auction % 5 = 0 AND bidder > 1010",
+        RELATIONS,
+        set(),
+    )
+    assert plan.key_columns == ()
+    assert plan.output_time_column == "dateTime"
+    assert list(plan.sources) == ["bid"]
+    got = run(plan, "bid", bids)
+    expected = []
+    for auction, bidder, price, channel, url, when in zip(
+        *(bids.column(c).to_pylist() for c in ("auction", "bidder", "price", "channel", "url")),
+        ms(pa.Table.from_batches([bids])).tolist(),
+        strict=True,
+    ):
+        if auction % 5 == 0 and bidder > 1010:
+            band = "high" if price > 10_000_000 else "mid" if price > 1_000_000 else "low"
+            expected.append((auction, price * 2 + 1, band, channel.upper(), len(url), when))
+    assert len(expected) > 100
+    assert rows(got) == sorted(expected, key=repr)
+    assert plan.stats().rows_in == bids.num_rows
+    assert plan.stats().rows_out == len(expected)
+    # the watermark of the source: max event time - 4 s
+    assert plan.watermark_ms() == int(ms(pa.Table.from_batches([bids])).max()) - DELAY_MS
+
+
+def test_select_star_and_raw_topic(bids: pa.RecordBatch) -> None:
+    plan = plan_continuous("SELECT * FROM bid WHERE price < 1000", RELATIONS, set())
+    assert plan.output_schema.names == bids.schema.names
+    got = run(plan, "bid", bids)
+    mask = pc.less(bids.column("price"), 1000)
+    assert got.num_rows == pc.sum(mask).as_py() > 0
+    raw = plan_continuous(
+        'SELECT "partition", length(value) AS n FROM topics."bid-raw"', {}, {"bid-raw"}
+    )
+    assert list(raw.sources) == ["topics.bid-raw"]
+    assert raw.sources["topics.bid-raw"].topic == "bid-raw"
+    assert raw.sources["topics.bid-raw"].relation is None
+
+
+# -- windows ------------------------------------------------------------------------------
+
+
+def window_reference(table: pa.Table, starts_of: Any, size: int, watermark: int) -> list[tuple]:
+    """Per (auction % 10, window start): the aggregates of AGG_SQL, for the windows whose
+    end the watermark has passed (no record is late: the generator's times never go back)."""
+    groups: dict[tuple[int, int], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    for auction, bidder, price, when in zip(
+        table.column("auction").to_pylist(),
+        table.column("bidder").to_pylist(),
+        table.column("price").to_pylist(),
+        ms(table).tolist(),
+        strict=True,
+    ):
+        for start in starts_of(when):
+            g = groups[(auction % 10, start)]
+            g[0].append(price)
+            g[1].append(bidder)
+    return sorted(
+        (
+            (k, start, start + size, *agg_values(p, b))
+            for (k, start), (p, b) in groups.items()
+            if start + size <= watermark
+        ),
+        key=repr,
+    )
+
+
+def test_tumble_every_aggregate(nexmark: dict[str, pa.Table], bids: pa.RecordBatch) -> None:
+    plan = plan_continuous(
+        f"SELECT auction % 10 AS k, TUMBLE_START(\"dateTime\", INTERVAL '5' SECOND) AS ws, "
+        f"TUMBLE_END(\"dateTime\", INTERVAL '5' SECOND) AS we, {AGG_SQL} FROM bid "
+        "GROUP BY auction % 10, TUMBLE(\"dateTime\", INTERVAL '5' SECOND)",
+        RELATIONS,
+        set(),
+    )
+    assert plan.output_time_column == "we" and plan.key_columns == ()
+    got = run(plan, "bid", bids)
+    table = nexmark["bid"]
+    wm = int(ms(table).max()) - DELAY_MS
+    expected = window_reference(table, lambda t: [t - t % 5000], 5000, wm)
+    assert len(expected) > 100
+    assert rows(got) == expected
+    assert plan.stats().late_rows_dropped == 0
+
+
+def test_tumble_count_equals_bounded_datafusion_group_by(bids: pa.RecordBatch) -> None:
+    """With no late record a tumbling count is a bounded GROUP BY floor(t / size)."""
+    from datafusion import SessionContext
+
+    plan = plan_continuous(
+        "SELECT channel, COUNT(*) AS n, TUMBLE_START(\"dateTime\", INTERVAL '3' SECOND) AS ws "
+        "FROM bid WHERE channel LIKE 'channel-1%' "
+        "GROUP BY channel, TUMBLE(\"dateTime\", INTERVAL '3' SECOND)",
+        RELATIONS,
+        set(),
+    )
+    got = run(plan, "bid", bids, 4_000)
+    ctx = SessionContext()
+    ctx.register_record_batches("b", [[bids]])
+    wm = int(ms(pa.Table.from_batches([bids])).max()) - DELAY_MS
+    ref = ctx.sql(
+        'SELECT channel, COUNT(*) AS n, floor(CAST("dateTime" AS BIGINT) / 3000) * 3000 AS ws '
+        'FROM (SELECT channel, arrow_cast("dateTime", \'Int64\') AS "dateTime" FROM b '
+        "WHERE channel LIKE 'channel-1%') GROUP BY 1, 3"
+    ).to_arrow_table()
+    expected = sorted(
+        ((c, n, int(ws)) for c, n, ws in rows(ref, ["channel", "n", "ws"]) if ws + 3000 <= wm),
+        key=repr,
+    )
+    assert len(expected) > 100
+    assert rows(got, ["channel", "n", "ws"]) == expected
+
+
+def test_hop_every_aggregate(nexmark: dict[str, pa.Table], bids: pa.RecordBatch) -> None:
+    hop = "\"dateTime\", INTERVAL '2' SECOND, INTERVAL '6' SECOND"
+    plan = plan_continuous(
+        f"SELECT auction % 10 AS k, HOP_START({hop}) AS ws, HOP_END({hop}) AS we, {AGG_SQL} "
+        f"FROM bid GROUP BY 1, HOP({hop})",
+        RELATIONS,
+        set(),
+    )
+    got = run(plan, "bid", bids)
+    table = nexmark["bid"]
+    wm = int(ms(table).max()) - DELAY_MS
+
+    def starts(t: int) -> list[int]:
+        last = t - t % 2000
+        return [s for s in range(last - 4000, last + 1, 2000) if s <= t < s + 6000]
+
+    expected = window_reference(table, starts, 6000, wm)
+    assert rows(got) == expected
+
+
+def test_session_every_aggregate(nexmark: dict[str, pa.Table]) -> None:
+    """Sessions of each bidder's bids (gap 3 s), on the Nexmark persons' bids only."""
+    table = nexmark["bid"]
+    table = table.filter(pc.less(table.column("bidder"), 1040))
+    batch = with_record_columns(table)
+    plan = plan_continuous(
+        "SELECT bidder, SESSION_START(\"dateTime\", INTERVAL '3' SECOND) AS ss, "
+        "SESSION_END(\"dateTime\", INTERVAL '3' SECOND) AS se, COUNT(*) AS n, SUM(price) AS s, "
+        "AVG(price) AS a, MIN(price) AS lo, MAX(price) AS hi, COUNT(DISTINCT auction) AS d "
+        "FROM bid GROUP BY bidder, SESSION(\"dateTime\", INTERVAL '3' SECOND)",
+        RELATIONS,
+        set(),
+    )
+    assert plan.output_time_column == "se"
+    got = run(plan, "bid", batch, 500)
+    wm = int(ms(table).max()) - DELAY_MS
+    per: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    for bidder, auction, price, when in zip(
+        table.column("bidder").to_pylist(),
+        table.column("auction").to_pylist(),
+        table.column("price").to_pylist(),
+        ms(table).tolist(),
+        strict=True,
+    ):
+        per[bidder].append((when, price, auction))
+    expected = []
+    for bidder, events in per.items():
+        events.sort()
+        sessions: list[list[tuple[int, int, int]]] = []
+        for e in events:
+            if sessions and e[0] - sessions[-1][-1][0] < 3000:
+                sessions[-1].append(e)
+            else:
+                sessions.append([e])
+        for s in sessions:
+            end = s[-1][0] + 3000
+            if end <= wm:
+                prices = [p for _, p, _ in s]
+                expected.append((bidder, s[0][0], end, *agg_values(prices, [a for _, _, a in s])))
+    assert len(expected) > 50
+    assert rows(got) == sorted(expected, key=repr)
+
+
+# -- lateness -----------------------------------------------------------------------------
+
+
+def late_stream(seed: int, n: int = 6_000) -> list[pa.RecordBatch]:
+    """Batches of (k, x, t) whose times mostly rise, a tenth of them up to 4 s late."""
+    rnd = random.Random(seed)
+    batches = []
+    k, x, t = [], [], []
+    for i in range(n):
+        when = 1_000_000 + i * 7
+        if rnd.random() < 0.1:
+            when -= rnd.randrange(0, 4_000)
+        k.append(rnd.choice("abc"))
+        x.append(rnd.randrange(0, 50))
+        t.append(when)
+        if len(k) == 300:
+            table = pa.table(
+                {"k": k, "x": pa.array(x, pa.int64()), "t": pa.array(t, pa.timestamp("ms"))}
+            )
+            batches.append(with_record_columns(table))
+            k, x, t = [], [], []
+    return batches
+
+
+def tumble_reference(
+    batches: list[pa.RecordBatch], size: int, lateness: int, delay: int = 1_000
+) -> tuple[dict[tuple[str, int], list[int]], int, int]:
+    """Python, one record at a time: a record whose window the watermark before its batch
+    has closed (end + lateness <= watermark) is dropped; the watermark moves after each
+    batch. Returns the kept values per (k, window start), the final watermark, the drops."""
+    wm: int | None = None
+    kept: dict[tuple[str, int], list[int]] = defaultdict(list)
+    dropped = 0
+    for b in batches:
+        times = ms(pa.Table.from_batches([b]), "t").tolist()
+        for k, x, t in zip(
+            b.column("k").to_pylist(), b.column("x").to_pylist(), times, strict=True
+        ):
+            start = t - t % size
+            if wm is not None and start + size + lateness <= wm:
+                dropped += 1
+                continue
+            kept[(k, start)].append(x)
+        top = max(times) - delay
+        wm = top if wm is None else max(wm, top)
+    assert wm is not None
+    return kept, wm, dropped
+
+
+TUMBLE_EV = (
+    "SELECT k, TUMBLE_START(t, INTERVAL '1' SECOND) AS ws, COUNT(*) AS n, SUM(x) AS s, "
+    "MIN(x) AS lo, MAX(x) AS hi, COUNT(DISTINCT x) AS d FROM ev "
+    "GROUP BY k, TUMBLE(t, INTERVAL '1' SECOND)"
+)
+
+
+def ev_values(xs: list[int]) -> tuple:
+    return (len(xs), sum(xs), min(xs), max(xs), len(set(xs)))
+
+
+@pytest.mark.parametrize("lateness", [0, 2_000])
+def test_late_records_final(lateness: int) -> None:
+    batches = late_stream(lateness)
+    plan = plan_continuous(TUMBLE_EV, ALL, set(), allowed_lateness_ms=lateness)
+    out: list[pa.RecordBatch] = []
+    for b in batches:
+        out += plan.process("ev", b)
+    got = pa.Table.from_batches(out, schema=plan.output_schema)
+    kept, wm, dropped = tumble_reference(batches, 1_000, lateness)
+    expected = sorted(
+        ((k, s, *ev_values(xs)) for (k, s), xs in kept.items() if s + 1_000 + lateness <= wm),
+        key=repr,
+    )
+    assert dropped > 0
+    assert rows(got) == expected
+    assert plan.stats().late_rows_dropped == dropped
+    assert len(got) == len({(k, s) for k, s, *_ in rows(got)})  # each window once
+
+
+def test_late_records_updates_converge_to_the_kept_rows() -> None:
+    """emit='updates': upserts keyed by (k, ws); the latest row per key is the aggregate of
+    every record kept, for each window the watermark has passed."""
+    lateness = 2_000
+    batches = late_stream(3)
+    plan = plan_continuous(TUMBLE_EV, ALL, set(), emit="updates", allowed_lateness_ms=lateness)
+    assert plan.key_columns == ("k", "ws")
+    view: dict[tuple, tuple] = {}
+    updates = 0
+    for b in batches:
+        for r in rows(pa.Table.from_batches(plan.process("ev", b), schema=plan.output_schema)):
+            updates += (r[0], r[1]) in view
+            view[(r[0], r[1])] = r
+    kept, wm, dropped = tumble_reference(batches, 1_000, lateness)
+    expected = sorted(
+        ((k, s, *ev_values(xs)) for (k, s), xs in kept.items() if s + 1_000 <= wm), key=repr
+    )
+    assert sorted(view.values(), key=repr) == expected
+    assert updates > 0  # late records within the lateness changed emitted windows
+    assert plan.stats().late_rows_dropped == dropped
+
+
+# -- updating aggregate -------------------------------------------------------------------
+
+
+def test_updating_aggregate(bids: pa.RecordBatch) -> None:
+    plan = plan_continuous(
+        f"SELECT auction, {AGG_SQL} FROM bid WHERE price > 100000 GROUP BY auction",
+        RELATIONS,
+        set(),
+    )
+    assert plan.key_columns == ("auction",)
+    view: dict[int, tuple] = {}
+    seen: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    for i in range(0, bids.num_rows, BATCH):
+        part = bids.slice(i, BATCH)
+        got = rows(pa.Table.from_batches(plan.process("bid", part), schema=plan.output_schema))
+        changed = set()
+        for auction, bidder, price in zip(
+            *(part.column(c).to_pylist() for c in ("auction", "bidder", "price")), strict=True
+        ):
+            if price > 100000:
+                seen[auction][0].append(price)
+                seen[auction][1].append(bidder)
+                changed.add(auction)
+        # each batch emits exactly the groups it changed, with their totals so far
+        assert got == sorted(((a, *agg_values(*seen[a])) for a in changed), key=repr)
+        for r in got:
+            view[r[0]] = r
+    assert len(view) > 1000
+    assert sorted(view.values(), key=repr) == sorted(
+        ((a, *agg_values(p, b)) for a, (p, b) in seen.items()), key=repr
+    )
+
+
+def test_updating_aggregate_null_keys_and_values() -> None:
+    table = pa.table(
+        {
+            "k": pa.array(["a", None, "a", None, "b"]),
+            "x": pa.array([1, 2, None, 4, None], pa.int64()),
+            "t": pa.array([1, 2, 3, 4, 5], pa.timestamp("ms")),
+        }
+    )
+    plan = plan_continuous(
+        "SELECT k, COUNT(*) AS n, COUNT(x) AS nx, SUM(x) AS s, COUNT(DISTINCT x) AS d "
+        "FROM ev GROUP BY k",
+        ALL,
+        set(),
+    )
+    view = {}
+    batch = with_record_columns(table)
+    for i in range(5):
+        for r in rows(pa.Table.from_batches(plan.process("ev", batch.slice(i, 1)))):
+            view[r[0]] = r
+    assert sorted(view.values(), key=repr) == sorted(
+        [("a", 2, 1, 1, 1), (None, 2, 2, 6, 2), ("b", 1, 0, None, 0)], key=repr
+    )
+
+
+# -- nested -------------------------------------------------------------------------------
+
+HOP = "\"dateTime\", INTERVAL '2' SECOND, INTERVAL '10' SECOND"
+MAX_PER_WINDOW = (
+    "SELECT MAX(num) AS maxn, starttime, endtime FROM ("
+    f" SELECT auction, COUNT(*) AS num, HOP_START({HOP}) AS starttime, HOP_END({HOP}) AS endtime"
+    f" FROM bid GROUP BY auction, HOP({HOP})) AS c GROUP BY starttime, endtime"
+)
+
+
+def test_aggregate_over_window_aggregate(
+    nexmark: dict[str, pa.Table], bids: pa.RecordBatch
+) -> None:
+    """Nexmark q5's "max count per window": a GROUP BY on the windowed sub-query's window
+    end is itself final once the watermark passes that end."""
+    plan = plan_continuous(MAX_PER_WINDOW, RELATIONS, set())
+    assert plan.output_time_column == "endtime"
+    assert plan.output_schema.field("endtime").metadata == {b"streamhouse.window": b"end"}
+    assert plan.output_schema.field("starttime").metadata == {b"streamhouse.window": b"start"}
+    got = run(plan, "bid", bids)
+    table = nexmark["bid"]
+    wm = int(ms(table).max()) - DELAY_MS
+    counts: dict[tuple[int, int], int] = defaultdict(int)
+    for auction, when in zip(table.column("auction").to_pylist(), ms(table).tolist(), strict=True):
+        last = when - when % 2000
+        for s in range(last - 8000, last + 1, 2000):
+            counts[(auction, s)] += 1
+    best: dict[int, int] = defaultdict(int)
+    for (_, s), n in counts.items():
+        best[s] = max(best[s], n)
+    expected = sorted(((n, s, s + 10_000) for s, n in best.items() if s + 10_000 <= wm), key=repr)
+    assert len(expected) > 20
+    assert rows(got) == expected
+
+
+def test_window_over_stateless_subquery_and_cte(
+    nexmark: dict[str, pa.Table], bids: pa.RecordBatch
+) -> None:
+    inner = 'SELECT auction, price / 100 AS cents, "dateTime" FROM bid WHERE bidder % 3 = 0'
+    for sql in (
+        "SELECT SUM(cents) AS s, TUMBLE_END(\"dateTime\", INTERVAL '4' SECOND) AS we "
+        f"FROM ({inner}) q GROUP BY TUMBLE(q.\"dateTime\", INTERVAL '4' SECOND)",
+        f"WITH q AS ({inner}) SELECT SUM(cents) AS s, window_end AS we FROM q "
+        "GROUP BY TUMBLE(\"dateTime\", INTERVAL '4' SECOND)",
+    ):
+        plan = plan_continuous(sql, RELATIONS, set())
+        got = run(plan, "bid", bids)
+        table = nexmark["bid"]
+        wm = int(ms(table).max()) - DELAY_MS
+        sums: dict[int, int] = defaultdict(int)
+        for bidder, price, when in zip(
+            table.column("bidder").to_pylist(),
+            table.column("price").to_pylist(),
+            ms(table).tolist(),
+            strict=True,
+        ):
+            if bidder % 3 == 0:
+                sums[when - when % 4000 + 4000] += price // 100
+        expected = sorted(((s, end) for end, s in sums.items() if end <= wm), key=repr)
+        assert rows(got) == expected
+
+
+# -- snapshot / restore -------------------------------------------------------------------
+
+SNAPSHOT_QUERIES = {
+    "stateless": "SELECT auction, price FROM bid WHERE price % 7 = 1",
+    "tumble": "SELECT auction % 10 AS k, TUMBLE_END(\"dateTime\", INTERVAL '5' SECOND) AS we, "
+    f"{AGG_SQL} FROM bid GROUP BY auction % 10, TUMBLE(\"dateTime\", INTERVAL '5' SECOND)",
+    "session": "SELECT bidder, SESSION_END(\"dateTime\", INTERVAL '1' SECOND) AS se, "
+    "COUNT(DISTINCT auction) AS d FROM bid WHERE bidder < 1100 "
+    "GROUP BY bidder, SESSION(\"dateTime\", INTERVAL '1' SECOND)",
+    "updating": f"SELECT channel, {AGG_SQL} FROM bid GROUP BY channel",
+    "nested": MAX_PER_WINDOW,
+}
+
+
+@pytest.mark.parametrize("name", sorted(SNAPSHOT_QUERIES))
+def test_restore_at_cut_points_gives_the_same_results(name: str, bids: pa.RecordBatch) -> None:
+    sql = SNAPSHOT_QUERIES[name]
+    parts = [bids.slice(i, 7_000) for i in range(0, bids.num_rows, 7_000)]
+    whole = plan_continuous(sql, RELATIONS, set())
+    expected = [
+        rows(pa.Table.from_batches(whole.process("bid", p), schema=whole.output_schema))
+        for p in parts
+    ]
+    assert any(expected)
+    for cut in (1, len(parts) // 2, len(parts) - 1):
+        first = plan_continuous(sql, RELATIONS, set())
+        for p in parts[:cut]:
+            first.process("bid", p)
+        blob = first.snapshot()
+        first.process("bid", parts[cut])  # the old plan moves on; the snapshot must not
+        second = plan_continuous(sql, RELATIONS, set())
+        second.restore(blob)
+        got = [
+            rows(pa.Table.from_batches(second.process("bid", p), schema=second.output_schema))
+            for p in parts[cut:]
+        ]
+        assert got == expected[cut:], f"cut {cut}"
+        assert second.stats().rows_in == whole.stats().rows_in
+        assert second.watermark_ms() == whole.watermark_ms()
+
+
+def test_restore_refuses_another_query(bids: pa.RecordBatch) -> None:
+    a = plan_continuous(SNAPSHOT_QUERIES["tumble"], RELATIONS, set())
+    a.process("bid", bids.slice(0, 1000))
+    b = plan_continuous(SNAPSHOT_QUERIES["nested"], RELATIONS, set())
+    with pytest.raises(PlanError, match="another query"):
+        b.restore(a.snapshot())
+    c = plan_continuous(SNAPSHOT_QUERIES["updating"], RELATIONS, set())
+    with pytest.raises(PlanError):
+        c.restore(a.snapshot())
+    with pytest.raises(PlanError, match="not a continuous query snapshot"):
+        a.restore(b"garbage")
+
+
+# -- errors -------------------------------------------------------------------------------
+
+ERRORS = [
+    ("SELECT * FROM bids", "no stream, table or topic called 'bids': declared are auction, bid"),
+    ("SELECT nope FROM bid", "unknown column 'nope'.*auction, bidder, price"),
+    ("SELECT x.price FROM bid b", "unknown relation 'x'"),
+    ("SELECT price FROM bid ORDER BY price", "ORDER BY needs a window"),
+    ("SELECT price FROM bid LIMIT 3", "LIMIT"),
+    ("SELECT auction, price, COUNT(*) FROM bid GROUP BY auction", "'price'.*GROUP BY"),
+    (
+        "SELECT COUNT(*) FROM bid GROUP BY TUMBLE(price, INTERVAL '1' SECOND)",
+        "price.? has no watermark; the event-time column of bid is dateTime",
+    ),
+    (
+        "SELECT COUNT(*) FROM topics.t GROUP BY TUMBLE(\"timestamp\", INTERVAL '1' SECOND)",
+        "has no event time",
+    ),
+    ("SELECT auction, stddev(price) FROM bid GROUP BY auction", "(?i)stddev.*not supported"),
+    ("SELECT COUNT(*) FROM bid", "no key"),
+    ("SELECT auction, COUNT(*) FROM bid GROUP BY auction HAVING COUNT(*) > 2", "HAVING"),
+    (
+        "SELECT MAX(n) FROM (SELECT auction, COUNT(*) AS n FROM bid GROUP BY auction) q "
+        "GROUP BY TUMBLE(x, INTERVAL '1' SECOND)",
+        "outermost",
+    ),
+    ("SELECT * FROM prices", "table"),
+    ("SELECT FROM WHERE", "does not parse"),
+    ("SELECT 1; SELECT 2", "one SELECT"),
+    ("SELECT price FROM bid UNION SELECT price FROM bid", "UNION"),
+    ("SELECT row_number() OVER () FROM bid", "OVER"),
+    ("SELECT price FROM bid WHERE price IN (SELECT 1)", "sub-queries"),
+    (
+        "SELECT COUNT(*) AS n FROM bid GROUP BY TUMBLE(\"dateTime\", INTERVAL '1' FORTNIGHT)",
+        "unit",
+    ),
+    ("SELECT auction AS a, price AS a FROM bid", "appears twice"),
+    ("SELECT auction, COUNT(*) FROM bid GROUP BY auction, bidder", "selected"),
+    (
+        "SELECT TUMBLE_START(\"dateTime\", INTERVAL '2' SECOND), COUNT(*) FROM bid "
+        "GROUP BY TUMBLE(\"dateTime\", INTERVAL '1' SECOND)",
+        "repeat the arguments",
+    ),
+    (
+        "SELECT HOP_START(\"dateTime\", INTERVAL '1' SECOND), COUNT(*) FROM bid "
+        "GROUP BY TUMBLE(\"dateTime\", INTERVAL '1' SECOND)",
+        "needs GROUP BY HOP",
+    ),
+    (
+        "SELECT COUNT(*) FROM bid GROUP BY HOP(\"dateTime\", INTERVAL '5' SECOND, "
+        "INTERVAL '1' SECOND)",
+        "exceeds its size",
+    ),
+    ("SELECT b.price FROM bid b RIGHT JOIN bid c ON b.auction = c.auction", "RIGHT JOIN"),
+    ("SELECT price + 'x' FROM bid", "DataFusion refuses"),
+]
+
+
+@pytest.mark.parametrize(("sql", "message"), ERRORS)
+def test_errors_say_what_to_change(sql: str, message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        plan_continuous(sql, ALL, {"t"})
+
+
+def test_bad_options() -> None:
+    with pytest.raises(PlanError, match="emit"):
+        plan_continuous("SELECT price FROM bid", RELATIONS, set(), emit="sometimes")
+    with pytest.raises(PlanError, match="lateness"):
+        plan_continuous("SELECT price FROM bid", RELATIONS, set(), allowed_lateness_ms=-1)
+    with pytest.raises(PlanError, match="window start or end"):
+        plan_continuous(
+            "SELECT COUNT(*) AS n FROM bid GROUP BY TUMBLE(\"dateTime\", INTERVAL '1' SECOND)",
+            RELATIONS,
+            set(),
+            emit="updates",
+        )
+    plan = plan_continuous("SELECT price FROM bid", RELATIONS, set())
+    with pytest.raises(PlanError, match="reads bid, not 'person'"):
+        plan.process("person", pa.RecordBatch.from_pylist([]))
+
+
+def test_interval_forms() -> None:
+    for text in ("INTERVAL '1500' MILLISECOND", "INTERVAL '1.5 seconds'", "INTERVAL '1.5' SECOND"):
+        plan = plan_continuous(
+            f'SELECT COUNT(*) AS n, TUMBLE_END("dateTime", {text}) AS e FROM bid '
+            f'GROUP BY TUMBLE("dateTime", {text})',
+            RELATIONS,
+            set(),
+        )
+        stage = list(plan.stages.values())[-1]
+        assert stage.op.window.size_ms == 1500, text
