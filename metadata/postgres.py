@@ -72,6 +72,12 @@ Concurrency and failures (rules):
    the first stored: both stay). That lock does not conflict with the key-share locks of
    offset commits; ``delete_topic``'s ``FOR UPDATE`` waits for it (or goes first, and the
    alteration finds no topic).
+12. ``commit_query_step`` locks its query's ``query_checkpoints`` row (``FOR UPDATE``) before
+   anything else, then commits the segment under rule 1's locks and sends rule 6's notice.
+   A second commit of the same query waits for the row, then (READ COMMITTED re-reads the
+   locked row) sees the first one's step or a newer claim's generation and is fenced; a claim
+   (one upsert of the row) and a drop wait for it likewise. Nothing locks a query row after
+   partition rows, so these never deadlock with segment commits or ``delete_topic``.
 """
 
 from __future__ import annotations

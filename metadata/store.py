@@ -68,6 +68,19 @@ counts a log's size). Commits take it from the block headers (``CommitBlock.raw_
 rewrites from the blocks they build (``NewBlock.raw_length``); 0 (not known) stores
 ``byte_length`` in its place, as the upgrade does for older rows.
 
+Continuous queries (schema version 6): a runner of streaming SQL query ``name`` first claims
+it (:meth:`MetadataStore.claim_query`, which bumps the row's ``generation``), then commits each
+step with :meth:`MetadataStore.commit_query_step`: ONE transaction that checks the row is still
+at its generation and at the previous step (else :class:`QueryFencedError`, nothing changed),
+commits the step's output segment exactly as :meth:`MetadataStore.commit_segment` does (its
+internals, shared), refuses the whole step if a block's partition does not exist, and stores
+the new step and payload (the SQL layer's checkpoint, opaque here). So the output log and the
+checkpoint that says how far the inputs were read never disagree, and of two runners of one
+query only the newest can commit. A dropped query's row stays as a tombstone of its
+generation (:meth:`MetadataStore.delete_query_checkpoint`). Group offsets keep the committed
+leader epoch (``GroupOffset.leader_epoch``, :meth:`MetadataStore.get_offset_epoch`; -1 when
+not given), a column added in the same version.
+
 Topic configs: :meth:`MetadataStore.alter_topic_config` changes some keys in one transaction
 (IncrementalAlterConfigs, ``streamctl topic alter-config``), so two alterations of different
 keys at the same moment both stay; :meth:`MetadataStore.update_topic_config` replaces the
