@@ -1,25 +1,42 @@
-"""Streaming SQL over topics (issue 9), first increment: declared streams and ad-hoc queries.
+"""Streaming SQL over topics (issue 9): declared streams, ad-hoc queries, continuous queries.
 
 What runs where
 ---------------
-Today the SQL layer is a library and a command, ``python3 -m sql query "..."
-[--format table|jsonl|csv] [--stats] [--max-read-mb N]`` and ``python3 -m sql shell``
-(statements from stdin) in ``sql/__main__.py``; ``streamctl sql`` is to call them. It runs
-in the caller's process, against the stack the ``STREAMHOUSE_*`` environment names, and
-talks to nothing but the metadata store (through ``AsyncMetadata``, off the event loop)
-and the object store (range GETs): it needs no agent process, and any number can run beside
-a cluster. A query holds what it reads in memory until it ends, so one that would read more
-than ``--max-read-mb`` of stored blocks is refused before reading; ``EXPLAIN`` reads nothing.
+Ad-hoc statements run wherever an engine (``SqlEngine``) runs: in the ``sql`` program of every
+agent (``python3 -m sql serve``, under supervisord; ``service``), which answers statements over
+gRPC on ``sql_listen`` with Arrow IPC and is what ``streamctl sql`` uses when it answers; or in
+the caller's process (``python3 -m sql query "..." [--format table|jsonl|csv] [--stats]
+[--max-read-mb N] [--via local|service|auto]``, ``python3 -m sql shell``, in
+``sql/__main__.py``), against the stack the ``STREAMHOUSE_*`` environment names. An engine
+talks to nothing but the metadata store (through ``AsyncMetadata``, off the event loop) and
+the object store (range GETs). A query holds what it reads in memory until it ends, so one
+that would read more than ``--max-read-mb`` of stored blocks is refused before reading;
+``EXPLAIN`` reads nothing.
+
+Continuous queries (``CREATE MATERIALIZED VIEW``, ``CREATE STREAM ... AS SELECT``) are
+planned once when created (``continuous.plan``), stored in the catalog (kind ``query``), and
+run by one runner process each (``python3 -m sql.continuous run NAME``) that the ``sql``
+program of one agent starts, restarts with backoff and stops when the query is dropped
+(``service.RunnerSupervisor``). ``streamctl query list|describe|drop`` show their runner,
+checkpoint, watermark, rates and input lag per source partition.
 
 ================  ===========================================================================
 module            does
 ================  ===========================================================================
 ``statements``    parses what StreamHouse handles itself (CREATE/DROP STREAM and TABLE, SHOW,
-                  DESCRIBE); anything else is a query for DataFusion
-``catalog``       declared streams and tables (``Relation``, msgspec JSON) in the metadata
-                  store's generic catalog (``put/get/list/delete_catalog_entry``)
+                  DESCRIBE, CREATE MATERIALIZED VIEW, CREATE STREAM ... AS, DROP QUERY, SHOW
+                  QUERIES); anything else is a query for DataFusion
+``catalog``       declared streams and tables (``Relation``, msgspec JSON) and continuous
+                  queries (``QueryDefinition``) in the metadata store's generic catalog
+                  (``put/get/list/delete_catalog_entry``)
 ``engine``        runs a statement; a query in two passes over one DataFusion context (plan
-                  on empty placeholders, read within the bounds the plan implies, run)
+                  on empty placeholders, read within the bounds the plan implies, run); a
+                  materialized view is read from its last checkpoint's rows; creates, drops
+                  and describes continuous queries
+``service``       the ``sql`` program: gRPC service (``streamhouse/proto/sql.proto``: Execute
+                  as Arrow IPC, ListQueries, DescribeQuery, DropQuery, health) and the
+                  supervisor of the query runners; ``service_client``: its client (no
+                  DataFusion; ``streamctl`` uses it)
 ``pushdown``      partition / offset / time bounds of each scanned relation, read off
                   DataFusion's optimised logical plan
 ``scan``          which blocks those bounds need (metadata block rows: max timestamps and
@@ -33,7 +50,11 @@ module            does
 ``windows``       event-time TUMBLE / HOP / SESSION aggregation on Arrow (COUNT, SUM, AVG,
                   MIN, MAX, COUNT DISTINCT per key and window), watermark, allowed lateness,
                   final or update emission, Arrow IPC snapshots; no I/O, driven a batch at a
-                  time (not wired to the SQL planner yet)
+                  time
+``continuous``    continuous queries: contracts (``pipeline``), catalog entry and checkpoint
+                  (``definition``), planner (``plan``, ``stages``, ``joins``), the runner
+                  (``runner``, ``source``, ``sink``, ``checkpoint``; ``python3 -m
+                  sql.continuous run NAME``)
 ================  ===========================================================================
 
 How a query reads the log
@@ -53,22 +74,11 @@ applies the full predicates again, so bounds only ever save work.
 
 What comes next
 ---------------
-- The ``sql`` process under supervisord (``streamhouse up``): a gRPC service for ad-hoc
-  queries streaming Arrow IPC, and the home of continuous queries.
-- Continuous queries (``CREATE MATERIALIZED VIEW``, ``CREATE STREAM ... AS SELECT``): the
-  same scan, tailing instead of bounded (woken by commits like the reader), feeding
-  DataFusion plans batch by batch, with the streaming operators DataFusion lacks built on
-  Arrow: the window operators exist (``windows``: TUMBLE / HOP / SESSION closed by the
-  watermark the declaration gives, allowed lateness) and need planning from SQL; interval
-  and window joins and stream-table joins against a declared table's latest values do not.
-- Checkpoints: operator state as Arrow IPC objects in the object store, committed in one
-  metadata transaction with the input offsets and the output topic's producer state, so a
-  restarted query resumes exactly once.
-- Nexmark: the deterministic generator has landed (``bench/nexmark/``, ``python3
-  bench/nexmark.py generate --events N``, ``create_stream_sql`` declares its three streams);
-  queries q0-q8 in StreamHouse SQL checked against references and per-core rates beside
-  Flink's come with continuous queries.
+- Nexmark queries q0-q8 in StreamHouse SQL checked against references and per-core rates
+  beside Flink's (the generator is ``bench/nexmark/``; ``create_stream_sql`` declares its
+  three streams).
 - Faster JSON: DataFusion's own NDJSON reader parses 2-3x faster than Arrow's
   (``bench/sql_decode.py``) but reads only files; reading blocks through it needs an
   in-memory source.
+- Views as inputs of other continuous queries (today only ad-hoc queries read a view).
 """

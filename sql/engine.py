@@ -11,6 +11,16 @@ A query runs in two passes over one DataFusion ``SessionContext``:
    or a JSON stream's declared columns, or a table's latest value per key), replaces its
    placeholder, and the same SQL runs again, this time for real.
 
+Continuous-query statements: ``CREATE MATERIALIZED VIEW`` / ``CREATE STREAM ... AS`` plan the
+SELECT once (``sql.continuous.plan.plan_continuous``; a view with ``emit="updates"``, a stream
+with ``emit="final"``) so a query that cannot run is refused here, then (stream) create the
+output topic if missing and declare the stream over it with the plan's output columns (a
+watermark on its output time column), and store the ``QueryDefinition``; ``on_query_change``
+tells the sql service to start the runner. DROP removes the definition (the runner stops),
+the checkpoint and the query's state/view objects; a stream query's declaration goes, its
+topic stays. A materialized view named in a query is registered as a table of its rows as of
+its last checkpoint (``sql.continuous.checkpoint.load_view_rows``).
+
 Only queries reach DataFusion, with DDL, DML and ``SET`` refused (``SQLOptions``): nothing a
 query does writes anywhere. Relation schemas:
 
@@ -67,6 +77,7 @@ __all__ = [
     "SourceLag",
     "SqlEngine",
     "SqlError",
+    "UnknownQueryError",
     "relation_schema",
     "sql_type_of",
 ]
@@ -88,6 +99,10 @@ _ERROR_PREFIX = re.compile(r"^(?:DataFusion error: )?(?:Error during planning: )
 
 class SqlError(Exception):
     """A statement that cannot run; the message says why and what to do."""
+
+
+class UnknownQueryError(SqlError):
+    """No continuous query has the name given (DROP, describe)."""
 
 
 class QueryResult(msgspec.Struct):
@@ -521,7 +536,7 @@ class SqlEngine:
             if if_exists:
                 return QueryResult(message=f"no query {name}: nothing dropped")
             listing = "SHOW MATERIALIZED VIEWS" if kind == "view" else "SHOW QUERIES"
-            raise SqlError(f"no {_kind_name(kind)} called {name!r} ({listing} lists them)")
+            raise UnknownQueryError(f"no {_kind_name(kind)} called {name!r} ({listing} lists them)")
         if kind is not None and query.kind != kind:
             raise SqlError(
                 f"{name!r} is a {_kind_name(query.kind)}, not a {_kind_name(kind)}: "
@@ -576,7 +591,7 @@ class SqlEngine:
         service adds it). SqlError when no query has that name."""
         query = await self.catalog.get_query(name)
         if query is None:
-            raise SqlError(f"no query called {name!r} (streamctl query list shows them)")
+            raise UnknownQueryError(f"no query called {name!r} (streamctl query list shows them)")
         get_checkpoint = getattr(self.meta, "get_query_checkpoint", None)
         row = None if get_checkpoint is None else await get_checkpoint(name)
         state = CheckpointState() if row is None else decode_checkpoint(row.payload)
