@@ -85,6 +85,7 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 from sql.catalog import Relation
 from sql.continuous.pipeline import PlanError, PlannedInput, PlanStats, Source, Stage
 from sql.continuous.stages import (
+    SIGN,
     WINDOW_META_KEY,
     StatelessStage,
     UpdatingAggregateStage,
@@ -326,7 +327,7 @@ class _Planner:
             alias=stage_id,
             schema=stage.output_schema,
             time_column=stage.output_time_column,
-            is_table=bool(stage.key_columns),
+            is_table=bool(stage.key_columns) and SIGN not in stage.output_schema.names,
             key_columns=tuple(stage.key_columns),
         )
 
@@ -605,7 +606,8 @@ class _Planner:
         if source.key_columns:
             raise PlanError(
                 f"{source.alias} gives updates (rows replacing earlier rows by key), which a "
-                "SELECT over it cannot filter or project correctly yet"
+                "SELECT over it can only aggregate (COUNT, SUM, AVG with GROUP BY): "
+                "filter and project inside it instead"
             )
         time_out = None
         rendered = []
@@ -640,7 +642,8 @@ class _Planner:
         emit: str,
         outer: bool,
     ) -> PlannedInput:
-        if source.key_columns:
+        changelog_in = SIGN in source.schema.names
+        if source.key_columns and not changelog_in:
             raise PlanError(
                 f"{source.alias} gives updates (rows replacing earlier rows by key); "
                 "aggregating them needs retractions, which are not supported"
@@ -822,6 +825,13 @@ class _Planner:
         if window is not None:
             assert time_col is not None
             pre_cols.append(f'{_sql(_col(time_col))} AS "__t"')
+        if changelog_in:
+            if window is not None:
+                raise PlanError(
+                    f"{source.alias} is an aggregate without a window (it gives updates): a "
+                    "window over it is not supported; window the inner query instead"
+                )
+            pre_cols.append(f"{_sql(_col(SIGN))} AS {_sql(_col(SIGN))}")
         if not pre_cols:
             pre_cols.append('1 AS "__one"')
         pre_sql = f'SELECT {", ".join(pre_cols)} FROM "_in"'
@@ -837,6 +847,21 @@ class _Planner:
         order = select.args.get("order")
         key_names = [f"__k{i}" for i in range(len(keys))]
         stage_id = self._stage_id()
+        if window is None and not outer:
+            # feeding another aggregate: a changelog (old rows taken back, new rows added)
+            if order is not None:
+                raise PlanError("ORDER BY in a sub-query is not supported")
+            stage = UpdatingAggregateStage(
+                stage_id,
+                source,
+                pre_sql,
+                key_names,
+                aggregates,
+                post_sql,
+                (SIGN,),
+                changelog=True,
+            )
+            return self._add(stage_id, stage)
         if window is None:
             if having is not None:
                 raise PlanError(
@@ -847,11 +872,6 @@ class _Planner:
             if order is not None:
                 raise PlanError(
                     "ORDER BY needs a window aggregation (a stream has no end to sort up to)"
-                )
-            if not outer:
-                raise PlanError(
-                    "an aggregate without a window (GROUP BY without TUMBLE, HOP or SESSION) "
-                    "gives updates, so it can only be the outermost SELECT: add a window"
                 )
             if not keys:
                 raise PlanError(

@@ -10,7 +10,12 @@ updating aggregate. Each implements ``sql.continuous.pipeline.Stage`` and is san
   ``window_start``, ``window_end``, ``__g<j>``) giving the select list (HAVING as its WHERE).
 - ``UpdatingAggregateStage``: the same pre- and post-projection around keyed partial
   aggregates without a window; after each batch it emits the new rows of the groups the
-  batch changed (upserts keyed by the group keys).
+  batch changed (upserts keyed by the group keys). Feeding another aggregate it emits a
+  changelog instead: per changed group its previous row with ``__sign`` = -1 (if it had
+  one) and its new row with ``__sign`` = +1; an aggregate over a changelog sums signs
+  (COUNT), signed values (SUM) or both (AVG), so rows taken back leave the totals (MIN,
+  MAX and COUNT DISTINCT cannot take rows back and are refused). A group whose rows are
+  all taken back stays, with COUNT 0 (upserts cannot delete).
 
 State formats (``snapshot``)
 ----------------------------
@@ -49,6 +54,9 @@ _UPDATING_META = b"streamhouse.updating"
 WINDOW_META_KEY = b"streamhouse.window"
 _UPDATING_VERSION = 1
 _NOKEY = "__nokey"
+#: The column of a changelog (an updating aggregate feeding another aggregate): -1 takes a
+#: row back, +1 adds one.
+SIGN = "__sign"
 
 
 class StageError(RuntimeError):
@@ -289,11 +297,27 @@ class UpdatingAggregateStage:
         aggregates: list[Aggregate],
         post_sql: str,
         key_columns: tuple[str, ...],
+        *,
+        changelog: bool = False,
     ) -> None:
+        """``changelog``: emit each change as the group's old row with ``__sign`` -1 (when
+        the group existed) and its new row with ``__sign`` +1, for an aggregate downstream
+        (see the module docstring); else the new rows (upserts by ``key_columns``). When
+        the pre-projection has a ``__sign`` column the input is such a changelog: rows
+        with -1 are taken back (COUNT, SUM and AVG only)."""
         self.stage_id = stage_id
         self.inputs = (source.input_name,)
         self.pre = DataFusionQuery(pre_sql, "_in", source.schema, f"stage {stage_id}")
         schema = self.pre.output_schema
+        self.signed = SIGN in schema.names
+        self.changelog = changelog
+        if self.signed:
+            for a in aggregates:
+                if a.func not in ("count", "sum", "avg"):
+                    raise PlanError(
+                        f"stage {stage_id}: {a.func.upper().replace('_', ' ')} over an "
+                        "updating result cannot take rows back; use COUNT, SUM or AVG"
+                    )
         for a in aggregates:
             if a.column is not None and a.func in ("sum", "avg"):
                 t = schema.field(a.column).type
@@ -314,6 +338,8 @@ class UpdatingAggregateStage:
             post_sql, "_w", self._final(self._with_counts(self._groups)).schema, f"stage {stage_id}"
         )
         self.output_schema = self.post.output_schema
+        if changelog:
+            self.output_schema = self.output_schema.append(pa.field(SIGN, pa.int64(), False))
         self.output_time_column: str | None = None
         self.key_columns = key_columns
 
@@ -325,12 +351,23 @@ class UpdatingAggregateStage:
                 cols[k] = table.column(k)
         else:
             cols[_NOKEY] = pa.nulls(table.num_rows, pa.int8())
+        sign = table.column(SIGN) if self.signed else None
         for i, a in enumerate(self.aggregates):
             if a.column is None:
-                cols[f"__a{i}"] = pa.nulls(table.num_rows, pa.int8())
-            else:
-                col = table.column(a.column)
-                cols[f"__a{i}"] = pc.cast(col, pa.float64()) if a.func == "avg" else col
+                cols[f"__a{i}"] = sign if sign is not None else pa.nulls(table.num_rows, pa.int8())
+                continue
+            col = table.column(a.column)
+            if a.func == "avg":
+                col = pc.cast(col, pa.float64())
+            if sign is None:
+                cols[f"__a{i}"] = col
+                continue
+            # a changelog: rows with sign -1 take their values back
+            if a.func in ("sum", "avg"):
+                cols[f"__a{i}"] = pc.multiply(col, pc.cast(sign, col.type))
+            if a.func in ("count", "avg"):
+                zero = pa.scalar(0, sign.type)
+                cols[f"__v{i}"] = pc.if_else(pc.is_valid(col), sign, zero)
         return pa.table(cols)
 
     def _specs(self) -> list[tuple[str, str, Any, str, str, Any]]:
@@ -340,6 +377,13 @@ class UpdatingAggregateStage:
         specs: list[tuple[str, str, Any, str, str, Any]] = []
         for i, a in enumerate(self.aggregates):
             c = f"__a{i}"
+            if self.signed:  # counts are sums of signs (module docstring)
+                if a.func in ("sum", "avg"):
+                    specs.append((c, "sum", one, f"__p{i}_s", "sum", one))
+                if a.func in ("count", "avg"):
+                    c = c if a.column is None else f"__v{i}"
+                    specs.append((c, "sum", None, f"__p{i}_n", "sum", None))
+                continue
             if a.func == "count":
                 mode = pc.CountOptions("all") if a.column is None else valid
                 specs.append((c, "count", mode, f"__p{i}_n", "sum", None))
@@ -418,27 +462,53 @@ class UpdatingAggregateStage:
             return []
         part = self._partials(table)
         old, new = self._groups, part
-        chg = "__chg"
-        both = pa.concat_tables(
-            [
-                old.append_column(chg, pa.array([False] * old.num_rows, pa.bool_())),
-                new.append_column(chg, pa.array([True] * new.num_rows, pa.bool_())),
-            ],
-            promote_options="permissive",
-        )
+        chg, had = "__chg", "__had"
+        partial_names = [n for _, _, _, n, _, _ in self._specs()]
+        old_t = old.append_column(chg, pa.array([False] * old.num_rows, pa.bool_()))
+        new_t = new.append_column(chg, pa.array([True] * new.num_rows, pa.bool_()))
         specs = [(n, mf, mo, n) for _, _, _, n, mf, mo in self._specs()]
         specs.append((chg, "any", None, chg))
+        if self.changelog:  # keep the old partials of the groups that change, to retract
+            old_t = old_t.append_column(had, pa.array([True] * old.num_rows, pa.bool_()))
+            new_t = new_t.append_column(had, pa.array([False] * new.num_rows, pa.bool_()))
+            for n in partial_names:
+                old_t = old_t.append_column(f"__o{n}", old.column(n))
+                new_t = new_t.append_column(
+                    f"__o{n}", pa.nulls(new.num_rows, old.schema.field(n).type)
+                )
+            specs.append((had, "any", None, had))
+            one = pc.ScalarAggregateOptions(min_count=1)
+            specs += [(f"__o{n}", mf, one, f"__o{n}") for _, _, _, n, mf, _ in self._specs()]
+        both = pa.concat_tables([old_t, new_t], promote_options="permissive")
         merged = self._group(both, self._gkeys, specs)
         changed = merged.filter(merged.column(chg))
-        self._groups = merged.drop_columns([chg]).combine_chunks()
+        extra = [chg] + ([had] + [f"__o{n}" for n in partial_names] if self.changelog else [])
+        self._groups = merged.drop_columns(extra).combine_chunks()
+        retract: pa.Table | None = None
+        if self.changelog:
+            before = changed.filter(changed.column(had))
+            before = before.select(self._gkeys + [f"__o{n}" for n in partial_names])
+            before = before.rename_columns(self._gkeys + partial_names)
+            if self._distinct:
+                before = self._with_counts(before)  # the distinct rows before this batch
+            retract = self._final(before)
         for i in self._distinct:
             rows = pa.concat_tables([self._distinct_rows[i], self._distinct_of(table, i)])
             by = rows.column_names
             self._distinct_rows[i] = (
                 rows.group_by(by, use_threads=False).aggregate([]).select(by).combine_chunks()
             )
-        emitted = self._final(self._with_counts(changed.drop_columns([chg])))
-        return _batches(self.post.run(emitted))
+        emitted = self._final(self._with_counts(changed.drop_columns(extra)))
+        if retract is None:
+            return _batches(self.post.run(emitted))
+        out = []
+        for rows, sign in ((retract, -1), (emitted, 1)):
+            if rows.num_rows == 0:
+                continue
+            result = self.post.run(rows)
+            signs = pa.array([sign] * result.num_rows, pa.int64())
+            out.append(pa.Table.from_arrays([*result.columns, signs], schema=self.output_schema))
+        return _batches(pa.concat_tables(out)) if out else []
 
     def advance_watermark(self, input_name: str, watermark_ms: int) -> list[pa.RecordBatch]:
         return []
