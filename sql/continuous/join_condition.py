@@ -246,12 +246,16 @@ def analyse_condition(
 
 def residual_sql(
     condition: exp.Expression, resolver_inputs: tuple[PlannedInput, PlannedInput]
-) -> str:
+) -> tuple[str, list[str]]:
     """The condition as SQL over the joined columns ``<alias>__<column>`` (postgres dialect,
-    which DataFusion reads)."""
+    which DataFusion reads), and those columns in order of first use."""
     resolver = _Resolver(*resolver_inputs)
     tree = exp.Paren(this=condition.copy())  # a parent, so even a bare column is replaced
+    used: list[str] = []
     for column in list(tree.find_all(exp.Column)):
         side, name = resolver.side(column)
-        column.replace(exp.column(f"{resolver_inputs[side].alias}__{name}", quoted=True))
-    return tree.sql(dialect="postgres")
+        joined = f"{resolver_inputs[side].alias}__{name}"
+        if joined not in used:
+            used.append(joined)
+        column.replace(exp.column(joined, quoted=True))
+    return tree.sql(dialect="postgres"), used

@@ -265,9 +265,12 @@ class _JoinBase:
         self._constant_key = not info.equi
         if self._constant_key:
             self._keys = (["__lk"], ["__rk"])
-        self._residual = (
-            residual_sql(exp.and_(*info.residual), (left, right)) if info.residual else None
-        )
+        self._residual: str | None = None
+        self._residual_columns: list[str] = []
+        if info.residual:
+            self._residual, self._residual_columns = residual_sql(
+                exp.and_(*info.residual), (left, right)
+            )
         self._ctx: datafusion.SessionContext | None = None
 
     # -- the Stage surface shared by all ----------------------------------------------------
@@ -330,23 +333,55 @@ class _JoinBase:
         return table.append_column("__lid", pa.array(ids))
 
     def _match(self, left: pa.Table, right: pa.Table) -> pa.Table | None:
-        """Pairs of left and right rows satisfying the condition (both sides' columns)."""
+        """Pairs of left and right rows satisfying the condition (both sides' columns).
+
+        The hash join runs on the keys and row numbers alone (wide payloads such as long
+        strings are never hashed or copied by it); the residual condition sees only the
+        columns it names; then each side's rows are taken once."""
         if not left.num_rows or not right.num_rows:
             return None
+        narrow = [
+            pa.table(
+                [table.column(k).combine_chunks() for k in keys]
+                + [pa.array(np.arange(table.num_rows))],
+                names=[*keys, row],
+            )
+            for table, keys, row in ((left, self._keys[0], "__li"), (right, self._keys[1], "__ri"))
+        ]
         # Acero builds its hash table on the second table: give it the smaller one.
-        if left.num_rows >= right.num_rows:
-            joined = left.join(
-                right, self._keys[0], self._keys[1], join_type="inner", coalesce_keys=False
-            )
-        else:
-            joined = right.join(
-                left, self._keys[1], self._keys[0], join_type="inner", coalesce_keys=False
-            )
-        if self._residual is None or not joined.num_rows:
-            return joined if joined.num_rows else None
+        first, second = narrow if left.num_rows >= right.num_rows else narrow[::-1]
+        keys = self._keys if first is narrow[0] else self._keys[::-1]
+        # one thread: the runner has a process per query, and Acero's pool costs more than
+        # it gives on batch-sized joins
+        pairs = first.join(
+            second, keys[0], keys[1], join_type="inner", coalesce_keys=False, use_threads=False
+        )
+        if not pairs.num_rows:
+            return None
+        li, ri = pairs.column("__li"), pairs.column("__ri")
+        if self._residual is not None:
+            keep = self._residual_rows(left, right, li, ri)
+            if keep is None:
+                return None
+            li, ri = li.take(keep), ri.take(keep)
+        arrays = [c.take(li) for c in left.columns] + [c.take(ri) for c in right.columns]
+        return pa.Table.from_arrays(arrays, names=left.schema.names + right.schema.names)
+
+    def _residual_rows(
+        self, left: pa.Table, right: pa.Table, li: pa.ChunkedArray, ri: pa.ChunkedArray
+    ) -> pa.Array | None:
+        """Positions among the candidate pairs (li, ri) where the condition is true."""
         if self._ctx is None:
             self._ctx = datafusion.SessionContext()
-        candidates = joined.append_column("__row", pa.array(np.arange(joined.num_rows)))
+        columns = [
+            (left if name in left.schema.names else right)
+            .column(name)
+            .take(li if name in left.schema.names else ri)
+            for name in self._residual_columns
+        ]
+        candidates = pa.table(
+            [*columns, pa.array(np.arange(len(li)))], names=[*self._residual_columns, "__row"]
+        )
         self._ctx.register_record_batches("candidates", [candidates.to_batches()])
         try:
             result = self._ctx.sql(
@@ -362,8 +397,8 @@ class _JoinBase:
         rows = [b.column(0) for b in result if b.num_rows]
         if not rows:
             return None
-        keep = pc.sort_indices(pa.chunked_array(rows))
-        return joined.take(pc.take(pa.chunked_array(rows), keep))
+        found = pa.chunked_array(rows).combine_chunks()
+        return found.take(pc.sort_indices(found))
 
     def _emit(self, tables: list[pa.Table]) -> list[pa.RecordBatch]:
         tables = [t for t in tables if t is not None and t.num_rows]
