@@ -43,8 +43,11 @@ How each SELECT runs
   1 ms tumbling window on that column: each time value is a window, final once the
   watermark passes it.
 - Any other GROUP BY: an updating aggregate: after each batch the new rows of the groups it
-  changed, upserts keyed by the GROUP BY keys (which must all be selected). Only as the
-  outermost SELECT (or the table side of a join), since nothing downstream takes back rows.
+  changed, upserts keyed by the GROUP BY keys (which must all be selected; no HAVING, since
+  a group that stops matching could not be deleted). In a sub-query it feeds its consumer
+  a changelog instead (each changed group's old row taken back, its new row added: column
+  ``__sign``), which only an aggregate without a window may read, with COUNT, SUM and AVG
+  (Nexmark q4: the average of each auction's maximum bid per category).
 - JOIN: each side planned on its own (a sub-query is planned recursively), conjuncts of ON
   and WHERE split: those on one stream side are applied below the join (a LEFT JOIN's ON
   conjunct on its left side stays in the condition), those on both sides (with columns
