@@ -413,6 +413,59 @@ def test_postgres_two_commits_queued_on_the_query_row_one_wins(postgres_dsn: str
         assert a.known_segments(["a/1", "b/1"]) == {f"{won[0]}/1"}
 
 
+@pytest.mark.parametrize("first", ["commit", "claim"])
+def test_postgres_a_claim_racing_a_step_commit_leaves_them_consistent(
+    postgres_dsn: str, first: str
+) -> None:
+    """A new runner's claim and the old runner's step commit queue on the query row (held
+    by a third connection), ``first`` queued first: whichever goes second sees the first.
+    The step commits before the claim (its segment is in the log and the claimed row
+    carries it) or is fenced by it (nothing of it anywhere)."""
+    with (
+        PostgresMetadataStore(postgres_dsn, busy_timeout_ms=30_000) as a,
+        PostgresMetadataStore(postgres_dsn, busy_timeout_ms=30_000) as b,
+    ):
+        tid = a.create_topic("out", 1).topic_id
+        gen = a.claim_query("q", 0).generation
+        outcome: dict[str, object] = {}
+        with psycopg.connect(postgres_dsn) as holder:
+            holder.execute("SELECT 1 FROM query_checkpoints WHERE name = 'q' FOR UPDATE")
+            pid = holder.info.backend_pid
+
+            def commit() -> None:
+                seg = ("q/1", 1, [block(tid, 0, [2])])
+                try:
+                    outcome["commit"] = a.commit_query_step("q", gen, 1, b"s1", seg, 1)
+                except QueryFencedError as exc:
+                    outcome["commit"] = exc
+
+            def claim() -> None:
+                outcome["claim"] = b.claim_query("q", 2)
+
+            calls = {"commit": commit, "claim": claim}
+            order = [first, *(set(calls) - {first})]
+            threads = [threading.Thread(target=calls[c]) for c in order]
+            deadline = time.monotonic() + 20
+            for queued, th in enumerate(threads, start=1):
+                th.start()
+                while _waiting_on_locks(postgres_dsn, pid) < queued:  # lock queue is FIFO
+                    assert time.monotonic() < deadline, "the calls never queued on the row"
+                    time.sleep(0.01)
+            holder.commit()
+        for th in threads:
+            th.join()
+        claimed = outcome["claim"]
+        assert isinstance(claimed, QueryCheckpoint) and claimed.generation == gen + 1
+        committed = isinstance(outcome["commit"], list)
+        assert committed == (first == "commit")
+        if not committed:
+            assert "newer runner" in str(outcome["commit"])
+        assert (claimed.step, claimed.payload) == ((1, b"s1") if committed else (0, b""))
+        assert hwms(a, tid) == ([2] if committed else [0])
+        assert a.known_segments(["q/1"]) == ({"q/1"} if committed else set())
+        assert a.get_query_checkpoint("q") == claimed
+
+
 # --------------------------------------------------------------------------- notices
 
 
