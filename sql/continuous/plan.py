@@ -477,7 +477,10 @@ class _Planner:
         inputs = list(scope.sides)
         for i in (0, 1):
             if below[i]:
-                inputs[i] = self._filter(inputs[i], below[i], scope, i)
+                inputs[i] = self._filter(inputs[i], below[i])
+        if inputs[0].input_name == inputs[1].input_name:
+            # a self-join: the join stage must tell its inputs apart by name
+            inputs[1] = self._filter(inputs[1], [])
         cond = _and([_qualified(c, scope) for c in condition])
         try:
             from sql.continuous import joins as join_module
@@ -488,10 +491,9 @@ class _Planner:
         planned = self._add(stage_id, stage)
         return planned, _Scope(inputs, scope.qualifiers), above
 
-    def _filter(
-        self, side: PlannedInput, conds: list[exp.Expression], scope: _Scope, i: int
-    ) -> PlannedInput:
-        """A stateless filter below a join side (columns unqualified)."""
+    def _filter(self, side: PlannedInput, conds: list[exp.Expression]) -> PlannedInput:
+        """A stateless filter below a join side (columns unqualified; no conditions: a
+        stage passing the side through under a name of its own)."""
 
         def local(node: exp.Expression) -> exp.Expression:
             if isinstance(node, exp.Column):
@@ -499,8 +501,7 @@ class _Planner:
             return node
 
         where = _and([c.transform(local) for c in conds])
-        assert where is not None
-        sql = f'SELECT * FROM "_in" WHERE {_sql(where)}'
+        sql = 'SELECT * FROM "_in"' + ("" if where is None else f" WHERE {_sql(where)}")
         stage_id = self._stage_id()
         passthrough = {n: n for n in side.schema.names}
         stage = StatelessStage(

@@ -739,3 +739,91 @@ def test_aggregate_over_updating_aggregate(nexmark: dict[str, pa.Table]) -> None
     assert rows(pa.Table.from_batches(again.process("bid", extra))) == rows(
         pa.Table.from_batches(plan.process("bid", extra))
     )
+
+
+# -- joins (the planner's part: conjuncts split, columns renamed, sides told apart) --------
+
+
+def test_self_join_and_conjuncts_below_the_join(nexmark: dict[str, pa.Table]) -> None:
+    table = nexmark["bid"].slice(0, 3_000)
+    plan = plan_continuous(
+        "SELECT a.auction, a.price, c.price AS p2 FROM bid a JOIN bid c "
+        'ON a.auction = c.auction AND c."dateTime" BETWEEN a."dateTime" AND '
+        "a.\"dateTime\" + INTERVAL '1' SECOND WHERE a.bidder <> c.bidder AND a.price > 1000",
+        RELATIONS,
+        set(),
+    )
+    kinds = [type(s).__name__ for s in plan.stages.values()]
+    # a.price > 1000 runs below the join on a's side (a filter stage), the rest of the WHERE
+    # in the join's condition, the select list above the join
+    assert kinds == ["StatelessStage", "SymmetricJoin", "StatelessStage"]
+    plain = plan_continuous(
+        'SELECT a.price FROM bid a JOIN bid c ON a.auction = c.auction AND c."dateTime" '
+        'BETWEEN a."dateTime" AND a."dateTime" + INTERVAL \'1\' SECOND',
+        RELATIONS,
+        set(),
+    )
+    # without filters a self-join's second input gets a stage of its own: the join stage
+    # tells its inputs apart by name
+    join = list(plain.stages.values())[1]
+    assert join.inputs == ("bid", "s0")
+    got = run(plan, "bid", with_record_columns(table), 500)
+    events = list(
+        zip(
+            *(table.column(c).to_pylist() for c in ("auction", "bidder", "price")),
+            ms(table),
+            strict=True,
+        )
+    )
+    by_auction: dict[int, list[tuple]] = defaultdict(list)
+    for e in events:
+        by_auction[e[0]].append(e)
+    expected = [
+        (x[0], x[2], y[2])
+        for group in by_auction.values()
+        for x in group
+        for y in group
+        if x[3] <= y[3] <= x[3] + 1000 and x[1] != y[1] and x[2] > 1000
+    ]
+    assert len(expected) > 1000
+    assert rows(got) == sorted(expected, key=repr)
+
+
+def test_left_join_on_condition_of_the_left_side_stays_in_the_join(
+    nexmark: dict[str, pa.Table],
+) -> None:
+    """In a LEFT JOIN, ``ON b.price > X`` must not drop bids (they come out unmatched), so
+    the planner hands it to the join instead of filtering below it."""
+    bids = nexmark["bid"].slice(0, 5_000)
+    threshold = int(np.median(bids.column("price").to_numpy()))
+    plan = plan_continuous(
+        "SELECT b.auction, b.price, p.p FROM bid b LEFT JOIN prices p "
+        f"ON b.channel = p.item AND b.price > {threshold}",
+        ALL,
+        set(),
+    )
+    prices = {"Google": 1, "Apple": 2, "Baidu": 3}
+    table = pa.table(
+        {
+            "item": list(prices),
+            "p": pa.array(list(prices.values()), pa.int64()),
+            "_key": pa.array([k.encode() for k in prices], pa.binary()),
+        }
+    )
+    n = table.num_rows
+    table = table.append_column("_partition", pa.array(np.zeros(n, np.int32)))
+    table = table.append_column("_offset", pa.array(np.arange(n, dtype=np.int64)))
+    table = table.append_column(
+        "_timestamp", pa.array(np.zeros(n, np.int64), pa.timestamp("ms", "UTC"))
+    )
+    assert plan.process("prices", table.to_batches()[0]) == []
+    got = run(plan, "bid", with_record_columns(bids), 1_000)
+    expected = [
+        (a, price, prices.get(ch) if price > threshold else None)
+        for a, price, ch in zip(
+            *(bids.column(c).to_pylist() for c in ("auction", "price", "channel")), strict=True
+        )
+    ]
+    assert got.num_rows == bids.num_rows
+    assert rows(got) == sorted(expected, key=repr)
+    assert any(r[2] is not None for r in expected) and any(r[2] is None for r in expected)
