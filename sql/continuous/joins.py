@@ -4,11 +4,12 @@ Sans-I/O like every stage (``sql.continuous.pipeline.Stage``): fed Arrow batches
 inputs (``process``) and their watermarks (``advance_watermark``, called after the batches
 that raised them), it returns the joined rows; ``snapshot()`` / ``restore()`` carry its whole
 state. Output columns are every column of the left input then of the right, named
-``<alias>__<column>`` (right columns nullable for a LEFT join); results are append-only
-(``key_columns`` empty). ``output_time_column`` is the left input's time column renamed
-(``A__dateTime``): the left side is the one the query is "about" (a LEFT join keeps all of
-its rows), and its time is defined for every output row, the right one not for an unmatched
-row. ``stats`` (``JoinStats``) counts rows in, out, late and with a null time;
+``<alias>__<column>`` (right columns nullable for a LEFT join; string_view / binary_view
+columns become string / binary, which Arrow's take, filter and hash join handle); results
+are append-only (``key_columns`` empty). ``output_time_column`` is the left input's time
+column renamed (``A__dateTime``): the left side is the one the query is "about" (a LEFT
+join keeps all of its rows), and its time is defined for every output row, the right one
+not for an unmatched row. ``stats`` (``JoinStats``) counts rows in, out, late and with a null time;
 ``buffered_rows()`` gives the state's size.
 
 The algorithm (``algorithm``), chosen from the inputs and the condition
@@ -165,9 +166,11 @@ def plan_join(
 
 
 def _output_schema(left: PlannedInput, right: PlannedInput, kind: str) -> pa.Schema:
-    fields = [f.with_name(f"{left.alias}__{f.name}") for f in left.schema]
+    fields = [f.with_name(f"{left.alias}__{f.name}").with_type(_plain(f.type)) for f in left.schema]
     fields += [
-        f.with_name(f"{right.alias}__{f.name}").with_nullable(f.nullable or kind == "left")
+        f.with_name(f"{right.alias}__{f.name}")
+        .with_type(_plain(f.type))
+        .with_nullable(f.nullable or kind == "left")
         for f in right.schema
     ]
     names = [f.name for f in fields]
@@ -190,9 +193,22 @@ def _common_type(a: pa.DataType, b: pa.DataType, what: str) -> pa.DataType:
     strings = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
     if any(t(a) for t in strings) and any(t(b) for t in strings):
         return pa.large_string()
+    binaries = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view)
+    if any(t(a) for t in binaries) and any(t(b) for t in binaries):
+        return pa.large_binary()
     if pa.types.is_timestamp(a) and pa.types.is_timestamp(b):
         return pa.timestamp("us", a.tz)
     raise PlanError(f"the join compares {what} of types {a} and {b}; CAST one side to the other's")
+
+
+def _plain(typ: pa.DataType) -> pa.DataType:
+    """The type a join keeps a column as: view types (which DataFusion stages may produce)
+    as their plain kind, since Arrow's take, filter and hash join do not take them."""
+    if pa.types.is_string_view(typ):
+        return pa.string()
+    if pa.types.is_binary_view(typ):
+        return pa.binary()
+    return typ
 
 
 def _ipc(table: pa.Table) -> bytes:
@@ -253,6 +269,7 @@ class _JoinBase:
         for i, (lc, rc) in enumerate(info.equi):
             lt, rt = left.schema.field(lc).type, right.schema.field(rc).type
             ln, rn = f"{left.alias}__{lc}", f"{right.alias}__{rc}"
+            lt, rt = _plain(lt), _plain(rt)
             if lt == rt:
                 self._keys[0].append(ln)
                 self._keys[1].append(rn)
@@ -318,7 +335,8 @@ class _JoinBase:
                     f"join stage {self.stage_id}: batch of {inp.input_name} has {got} for "
                     f"{f.name} (planned {f.type}); feed batches of the planned schema"
                 )
-            columns.append(table.column(idx))
+            column = table.column(idx)
+            columns.append(column if _plain(f.type) == f.type else column.cast(_plain(f.type)))
         names = [f"{inp.alias}__{n}" for n in inp.schema.names]
         out = pa.Table.from_arrays(columns, names=names)
         for source, hidden, typ in self._casts[side]:
@@ -540,9 +558,8 @@ class LookupJoin(_JoinBase):
             )
         super().__init__(left, right, info, kind, stage_id)
         self._table_keys = [f"{right.alias}__{k}" for k in keys]
-        self._declared = [
-            f"{right.alias}__{n}" for n in right.schema.names if not n.startswith("_")
-        ]
+        declared = [n for n in right.schema.names if not n.startswith("_") and n not in keys]
+        self._declared = [f"{right.alias}__{n}" for n in declared]
         self._table: pa.Table | None = None
         self._pending: list[pa.Table] = []
 

@@ -675,3 +675,35 @@ def test_refused_batches() -> None:
     wrong = pa.record_batch({"id": pa.array([1], pa.int32())})
     with pytest.raises(JoinError, match="planned int64"):
         stage.process("person", wrong)
+
+
+def test_view_typed_keys_are_joined_after_a_cast() -> None:
+    """Acero cannot hash string_view keys (DataFusion stages may produce them)."""
+    schema = pa.schema([("k", pa.string_view()), ("v", pa.int64())])
+    left = PlannedInput("l", "L", schema, None)
+    right = PlannedInput("r", "R", pa.schema([("k", pa.string()), ("w", pa.int64())]), None)
+    stage = plan_join(left, right, cond("L.k = R.k"), "inner", "j")
+    stage.process(
+        "r", pa.record_batch({"k": ["a", "b", None], "w": [1, 2, 3]}, schema=right.schema)
+    )
+    out = stage.process(
+        "l", pa.record_batch({"k": ["b", "c", None], "v": [7, 8, 9]}, schema=schema)
+    )
+    assert [tuple(r.values()) for b in out for r in b.to_pylist()] == [("b", 7, "b", 2)]
+
+
+def test_lookup_on_a_declared_key_column_with_tombstones() -> None:
+    """A table keyed by a declared column: a row with only the key set deletes it."""
+    schema = pa.schema([("id", pa.int64()), ("name", pa.string())])
+    table = PlannedInput("t", "T", schema, None, is_table=True, key_columns=("id",))
+    left = PlannedInput("s", "S", pa.schema([("x", pa.int64()), ("t", TS)]), "t")
+    stage = plan_join(left, table, cond("S.x = T.id"), "left", "j")
+    stage.process("t", pa.record_batch({"id": [1, 2, 3], "name": ["a", "b", "c"]}, schema=schema))
+    stage.process("t", pa.record_batch({"id": [2, 3], "name": ["B", None]}, schema=schema))
+    rows = pa.record_batch({"x": [1, 2, 3], "t": pa.array([0, 1, 2], TS)})
+    out = stage.process("s", rows)
+    got = sorted(tuple(r.values())[::2] + (r["T__name"],) for b in out for r in b.to_pylist())
+    assert got == [(1, 1, "a"), (2, 2, "B"), (3, None, None)]
+    assert stage.buffered_rows() == (0, 2)
+    stage.advance_watermark("s", 5)
+    assert stage.output_watermark() == 5
