@@ -1,16 +1,37 @@
 """Kafka admin APIs: topics, partitions, configs and DeleteRecords, against the metadata store.
 
-Topic configs are the keys of `streamhouse.topic_config` (retention, cleanup policy, ...);
-DescribeConfigs lists every one with its value, whether it is the default and its source
-(DYNAMIC_TOPIC_CONFIG when set on the topic, DEFAULT_CONFIG otherwise). Broker resources
-describe the node's few settings read-only.
+Topic configs are the keys of `streamhouse.topic_config` (every topic config Kafka defines);
+DescribeConfigs lists every one with its value, Kafka type, whether it is the default, its
+source (DYNAMIC_TOPIC_CONFIG when set on the topic, DEFAULT_CONFIG otherwise) and, as its
+documentation, the valid values and, for the keys StreamHouse only stores, why it does not act
+on them.
+
+Broker resources (name "" or this agent's node id; another agent's id is refused with the
+node to ask, as Kafka refuses a broker id not its own): the agent's settings under their Kafka
+names (`broker_configs`), all read-only and truthful: STATIC_BROKER_CONFIG for those an agent
+setting (STREAMHOUSE_*, read at start) gives, DEFAULT_CONFIG for what StreamHouse fixes (one
+replica, the topic defaults). (Incremental)AlterConfigs of a broker resource is refused with
+INVALID_CONFIG naming the setting to change and restart with; an alteration that changes
+nothing (no entries) succeeds, as in Kafka.
+
+Group resources (Kafka 3.8+, resource type 32): the group configs Kafka defines for its
+consumer (KIP-848) and share-group protocols, at their defaults, read-only: StreamHouse serves
+classic groups, whose session and rebalance timeouts come from JoinGroup, so altering them is
+refused with the reason.
+
+CreateTopics with a manual replica assignment (num_partitions and replication_factor -1, as
+Kafka requires) creates one partition per assigned partition and records the assignment as the
+topic config `streamhouse.replica.assignment` (`partition:broker|broker,...`), which
+DescribeConfigs describes; the broker ids must be registered agents. Object storage does the
+replication, so the assignment places nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 from ingest.kafka import errors
 from metadata import (
@@ -40,37 +61,205 @@ from streamhouse.kafka.messages import (
     IncrementalAlterConfigsResponse,
     RequestHeader,
 )
-from streamhouse.topic_config import TOPIC_CONFIGS, TopicConfigError, validate_topic_config
+from streamhouse.topic_config import (
+    REPLICA_ASSIGNMENT,
+    TOPIC_CONFIG_TYPES,
+    TOPIC_CONFIGS,
+    TopicConfigError,
+    documentation,
+    validate_topic_config,
+)
 
 if TYPE_CHECKING:
     from ingest.kafka.broker import KafkaBroker
 
 log = logging.getLogger("ingest.kafka.admin")
 
+# Kafka error codes the shared table (streamhouse/errors.py) does not list.
+INVALID_REPLICA_ASSIGNMENT = 39
 TOPIC_RESOURCE = 2
 BROKER_RESOURCE = 4
+GROUP_RESOURCE = 32
 SOURCE_DYNAMIC_TOPIC = 1
-SOURCE_DEFAULT = 5
 SOURCE_STATIC_BROKER = 4
-# DescribeConfigs' ConfigType of each topic config, as Kafka declares it (the codes of
-# DescribeConfigsResponse's ConfigType: BOOLEAN=1, STRING=2, INT=3, SHORT=4, LONG=5,
-# DOUBLE=6, LIST=7, CLASS=8, PASSWORD=9); keys not listed are STRING.
-CONFIG_TYPES = {
-    "retention.ms": 5,
-    "retention.bytes": 5,
-    "delete.retention.ms": 5,
-    "min.compaction.lag.ms": 5,
-    "max.compaction.lag.ms": 5,
-    "min.cleanable.dirty.ratio": 6,
-    "message.timestamp.difference.max.ms": 5,
-    "message.timestamp.before.max.ms": 5,
-    "message.timestamp.after.max.ms": 5,
-    "segment.ms": 5,
-    "segment.bytes": 3,
-    "max.message.bytes": 3,
-    "min.insync.replicas": 3,
-    "cleanup.policy": 7,
+SOURCE_DEFAULT = 5
+# DescribeConfigsResponse's ConfigType codes by name.
+CONFIG_TYPE_CODES = {
+    "BOOLEAN": 1,
+    "STRING": 2,
+    "INT": 3,
+    "SHORT": 4,
+    "LONG": 5,
+    "DOUBLE": 6,
+    "LIST": 7,
+    "CLASS": 8,
+    "PASSWORD": 9,
 }
+#: DescribeConfigs' ConfigType of each topic config, as Kafka declares it.
+CONFIG_TYPES = {key: CONFIG_TYPE_CODES[kind] for key, kind in TOPIC_CONFIG_TYPES.items()}
+
+#: Kafka's group configs (GroupConfig, Kafka 3.8+) and their defaults and types.
+GROUP_CONFIGS: dict[str, tuple[str, str]] = {
+    "consumer.session.timeout.ms": ("45000", "INT"),
+    "consumer.heartbeat.interval.ms": ("5000", "INT"),
+    "share.session.timeout.ms": ("45000", "INT"),
+    "share.heartbeat.interval.ms": ("5000", "INT"),
+    "share.record.lock.duration.ms": ("30000", "INT"),
+    "share.auto.offset.reset": ("latest", "STRING"),
+}
+_GROUP_CONFIG_DOC = (
+    "Applies to Kafka's consumer (KIP-848) and share group protocols, which StreamHouse does not "
+    "serve; its classic groups take session and rebalance timeouts from JoinGroup."
+)
+
+
+class BrokerConfig(NamedTuple):
+    value: str
+    kind: str  # a CONFIG_TYPE_CODES name
+    setting: str | None  # the agent setting (environment variable) that gives it, if any
+    documentation: str
+
+
+def broker_configs(broker: KafkaBroker) -> dict[str, BrokerConfig]:
+    """The agent's settings under their Kafka broker config names, every one read-only."""
+    s = broker.settings
+    node = broker.cluster.self_agent.node_id
+    host, port = s.kafka_advertised_address
+    fixed = "fixed in StreamHouse"
+
+    def env(name: str) -> str:
+        return f"STREAMHOUSE_{name.upper()}"
+
+    def topic_default(key: str) -> BrokerConfig:
+        return BrokerConfig(
+            TOPIC_CONFIGS[key][0],
+            TOPIC_CONFIG_TYPES[key],
+            None,
+            f"The default of the topic config {key} ({fixed}; set it per topic).",
+        )
+
+    return {
+        "node.id": BrokerConfig(str(node), "INT", None, "This agent's node id."),
+        "broker.id": BrokerConfig(str(node), "INT", None, "This agent's node id."),
+        "broker.rack": BrokerConfig(
+            s.agent_zone, "STRING", env("agent_zone"), "The agent's zone, given as rack."
+        ),
+        "listeners": BrokerConfig(
+            f"PLAINTEXT://{s.kafka_listen}", "STRING", env("kafka_listen"), "The Kafka listener."
+        ),
+        "advertised.listeners": BrokerConfig(
+            f"PLAINTEXT://{host}:{port}",
+            "STRING",
+            env("kafka_advertised"),
+            "The address clients are told.",
+        ),
+        "log.dirs": BrokerConfig(
+            log_dir(broker), "STRING", env("object_store"), "The object store holding the log."
+        ),
+        "auto.create.topics.enable": BrokerConfig(
+            str(s.kafka_auto_create_topics).lower(),
+            "BOOLEAN",
+            env("kafka_auto_create_topics"),
+            "Whether Produce and Metadata (allow_auto_topic_creation) create unknown topics.",
+        ),
+        "num.partitions": BrokerConfig(
+            str(s.default_partitions),
+            "INT",
+            env("default_partitions"),
+            "Partitions of a topic created without a count.",
+        ),
+        "default.replication.factor": BrokerConfig(
+            "1", "SHORT", None, f"One replica: object storage replicates ({fixed})."
+        ),
+        "offsets.topic.replication.factor": BrokerConfig(
+            "1", "SHORT", None, f"Group offsets are kept in the metadata store ({fixed})."
+        ),
+        "delete.topic.enable": BrokerConfig("true", "BOOLEAN", None, f"Always on ({fixed})."),
+        "message.max.bytes": BrokerConfig(
+            str(s.max_batch_bytes), "INT", env("max_batch_bytes"), "The largest record batch."
+        ),
+        "socket.request.max.bytes": BrokerConfig(
+            str(s.kafka_max_request_bytes),
+            "INT",
+            env("kafka_max_request_bytes"),
+            "The largest request frame.",
+        ),
+        "queued.max.request.bytes": BrokerConfig(
+            str(s.kafka_max_queued_request_bytes),
+            "LONG",
+            env("kafka_max_queued_request_bytes"),
+            "Request bytes admitted over all connections.",
+        ),
+        "max.connections": BrokerConfig(
+            str(s.kafka_max_connections),
+            "INT",
+            env("kafka_max_connections"),
+            "Kafka connections served at once.",
+        ),
+        "connections.max.idle.ms": BrokerConfig(
+            str(s.kafka_idle_timeout_ms),
+            "LONG",
+            env("kafka_idle_timeout_ms"),
+            "Idle connections are closed after this long.",
+        ),
+        "group.initial.rebalance.delay.ms": BrokerConfig(
+            str(s.group_initial_rebalance_delay_ms),
+            "INT",
+            env("group_initial_rebalance_delay_ms"),
+            "Delay of a new group's first rebalance.",
+        ),
+        "group.min.session.timeout.ms": BrokerConfig(
+            str(s.group_min_session_timeout_ms),
+            "INT",
+            env("group_min_session_timeout_ms"),
+            "The smallest session timeout a member may ask for.",
+        ),
+        "group.max.session.timeout.ms": BrokerConfig(
+            str(s.group_max_session_timeout_ms),
+            "INT",
+            env("group_max_session_timeout_ms"),
+            "The largest session timeout a member may ask for.",
+        ),
+        "offsets.retention.minutes": BrokerConfig(
+            str(s.offsets_retention_minutes),
+            "INT",
+            env("offsets_retention_minutes"),
+            "How long an empty group's committed offsets are kept.",
+        ),
+        "transactional.id.expiration.ms": BrokerConfig(
+            str(s.producer_id_expiration_ms),
+            "INT",
+            env("producer_id_expiration_ms"),
+            "Idle producer state is forgotten after this long.",
+        ),
+        "producer.id.expiration.ms": BrokerConfig(
+            str(s.producer_id_expiration_ms),
+            "INT",
+            env("producer_id_expiration_ms"),
+            "Idle producer state is forgotten after this long.",
+        ),
+        "log.retention.ms": topic_default("retention.ms"),
+        "log.retention.bytes": topic_default("retention.bytes"),
+        "log.cleanup.policy": topic_default("cleanup.policy"),
+        "log.segment.bytes": topic_default("segment.bytes"),
+        "log.roll.ms": topic_default("segment.ms"),
+        "log.cleaner.delete.retention.ms": topic_default("delete.retention.ms"),
+        "log.cleaner.min.cleanable.ratio": topic_default("min.cleanable.dirty.ratio"),
+        "log.cleaner.min.compaction.lag.ms": topic_default("min.compaction.lag.ms"),
+        "log.cleaner.max.compaction.lag.ms": topic_default("max.compaction.lag.ms"),
+        "log.message.timestamp.type": topic_default("message.timestamp.type"),
+        "min.insync.replicas": topic_default("min.insync.replicas"),
+        "compression.type": topic_default("compression.type"),
+    }
+
+
+def log_dir(broker: KafkaBroker) -> str:
+    """This agent's one log dir: the object store URL (without any credentials or query)."""
+    url = urlsplit(broker.settings.object_store_url)
+    netloc = url.hostname or ""
+    if url.port is not None:
+        netloc += f":{url.port}"
+    return urlunsplit((url.scheme, netloc, url.path, "", ""))
 
 
 async def create_topics(
@@ -97,12 +286,35 @@ async def create_topics(
                 result.error_message = "replication factor must be -1 or positive"
                 results.append(result)
                 continue
+            given = {c.name: c.value for c in wanted.configs if c.value is not None}
             if wanted.assignments:
+                if wanted.num_partitions != -1 or wanted.replication_factor != -1:
+                    result.error_code = errors.INVALID_REQUEST
+                    result.error_message = (
+                        "a replica assignment was given together with num_partitions or "
+                        "replication_factor: give -1 for both, as Kafka requires"
+                    )
+                    results.append(_failed(result))
+                    continue
+                recorded, refusal = _assignment(broker, wanted.assignments)
+                if refusal is not None:
+                    result.error_code = INVALID_REPLICA_ASSIGNMENT
+                    result.error_message = refusal
+                    results.append(_failed(result))
+                    continue
+                if REPLICA_ASSIGNMENT in given:
+                    result.error_code = errors.INVALID_CONFIG
+                    result.error_message = (
+                        f"{REPLICA_ASSIGNMENT} is recorded from the request's assignment: "
+                        "do not set it as well"
+                    )
+                    results.append(_failed(result))
+                    continue
+                given[REPLICA_ASSIGNMENT] = recorded
                 partitions = len(wanted.assignments)
                 result.num_partitions = partitions
-            config = validate_topic_config(
-                {c.name: c.value for c in wanted.configs if c.value is not None}
-            )
+                result.replication_factor = len(wanted.assignments[0].broker_ids)
+            config = validate_topic_config(given)
             if request.validate_only:
                 # What create_topic would refuse, without creating anything.
                 validate_topic_name(wanted.name)
@@ -139,12 +351,47 @@ async def create_topics(
         except TopicConfigError as exc:
             result.error_code = errors.INVALID_CONFIG
             result.error_message = str(exc)
-        if result.error_code:
-            # As Kafka: a failed topic reports no partition count, factor or configs.
-            result.num_partitions = result.replication_factor = -1
-            result.configs = []
-        results.append(result)
+        results.append(_failed(result) if result.error_code else result)
     return R(topics=results)
+
+
+def _failed(result: Any) -> Any:
+    """As Kafka: a failed topic reports no partition count, factor or configs."""
+    result.num_partitions = result.replication_factor = -1
+    result.configs = []
+    return result
+
+
+def _assignment(broker: KafkaBroker, assignments: Any) -> tuple[str, str | None]:
+    """The `streamhouse.replica.assignment` value of a CreateTopics assignment, or why it is
+    refused (Kafka's rules: partitions 0..n-1 each once, the same positive number of distinct
+    registered brokers for each)."""
+    indexes = sorted(a.partition_index for a in assignments)
+    if indexes != list(range(len(assignments))):
+        return "", (
+            f"the assignment names partitions {indexes}: give each of "
+            f"0..{len(assignments) - 1} once"
+        )
+    known = {a.node_id for a in broker.cluster.agents()}
+    factor = len(assignments[0].broker_ids)
+    parts = []
+    for a in sorted(assignments, key=lambda a: a.partition_index):
+        ids = list(a.broker_ids)
+        if not ids or len(set(ids)) != len(ids):
+            return "", f"partition {a.partition_index} needs distinct broker ids, got {ids}"
+        if len(ids) != factor:
+            return "", (
+                f"partition {a.partition_index} has {len(ids)} replicas, partition 0 has "
+                f"{factor}: every partition needs the same replication factor"
+            )
+        unknown = sorted(set(ids) - known)
+        if unknown:
+            return "", (
+                f"partition {a.partition_index} names broker {unknown[0]}, which is not a "
+                f"registered agent (brokers: {sorted(known)})"
+            )
+        parts.append(f"{a.partition_index}:" + "|".join(str(i) for i in ids))
+    return ",".join(parts), None
 
 
 async def delete_topics(
@@ -234,40 +481,77 @@ async def _describe_topic(
                 is_default=not is_set,
                 config_source=SOURCE_DYNAMIC_TOPIC if is_set else SOURCE_DEFAULT,
                 is_sensitive=False,
-                config_type=CONFIG_TYPES.get(key, 2),
-                documentation=spec[2],
+                config_type=CONFIG_TYPES[key],
+                documentation=documentation(key),
             )
         )
     return result
+
+
+def _broker_refusal(broker: KafkaBroker, name: str) -> str | None:
+    """Why this agent does not answer for broker resource `name` (None when it does)."""
+    node = broker.cluster.self_agent.node_id
+    if name in ("", str(node)):
+        return None
+    return (
+        f"broker resource {name!r} is not this agent (node {node}); send it to that broker, "
+        f'or name {node} or "" (the cluster default)'
+    )
 
 
 def _describe_broker(
     broker: KafkaBroker, name: str, keys: list[str] | None
 ) -> DescribeConfigsResponse.DescribeConfigsResult:
     R = DescribeConfigsResponse
-    s = broker.settings
-    values = {
-        "auto.create.topics.enable": str(s.kafka_auto_create_topics).lower(),
-        "num.partitions": str(s.default_partitions),
-        "message.max.bytes": str(s.max_batch_bytes),
-        "group.initial.rebalance.delay.ms": str(s.group_initial_rebalance_delay_ms),
-        "group.min.session.timeout.ms": str(s.group_min_session_timeout_ms),
-        "group.max.session.timeout.ms": str(s.group_max_session_timeout_ms),
-        "socket.request.max.bytes": str(s.kafka_max_request_bytes),
-    }
     result = R.DescribeConfigsResult(
         error_code=0, resource_type=BROKER_RESOURCE, resource_name=name
     )
-    for key, value in values.items():
+    refusal = _broker_refusal(broker, name)
+    if refusal is not None:
+        result.error_code = errors.INVALID_REQUEST
+        result.error_message = refusal
+        return result
+    for key, config in broker_configs(broker).items():
         if keys is None or key in keys:
             result.configs.append(
                 R.DescribeConfigsResourceResult(
                     name=key,
-                    value=value,
+                    value=config.value,
                     read_only=True,
-                    is_default=False,
-                    config_source=SOURCE_STATIC_BROKER,
+                    is_default=config.setting is None,
+                    config_source=SOURCE_DEFAULT
+                    if config.setting is None
+                    else SOURCE_STATIC_BROKER,
                     is_sensitive=False,
+                    config_type=CONFIG_TYPE_CODES[config.kind],
+                    documentation=config.documentation
+                    + (f" Set by {config.setting} (read at start)." if config.setting else ""),
+                )
+            )
+    return result
+
+
+def _describe_group(
+    name: str, keys: list[str] | None
+) -> DescribeConfigsResponse.DescribeConfigsResult:
+    R = DescribeConfigsResponse
+    result = R.DescribeConfigsResult(error_code=0, resource_type=GROUP_RESOURCE, resource_name=name)
+    if not name:
+        result.error_code = errors.INVALID_GROUP_ID
+        result.error_message = "a group resource needs a group id"
+        return result
+    for key, (default, kind) in GROUP_CONFIGS.items():
+        if keys is None or key in keys:
+            result.configs.append(
+                R.DescribeConfigsResourceResult(
+                    name=key,
+                    value=default,
+                    read_only=True,
+                    is_default=True,
+                    config_source=SOURCE_DEFAULT,
+                    is_sensitive=False,
+                    config_type=CONFIG_TYPE_CODES[kind],
+                    documentation=_GROUP_CONFIG_DOC,
                 )
             )
     return result
@@ -286,16 +570,65 @@ async def describe_configs(
             results.append(await _describe_topic(broker, resource.resource_name, keys))
         elif resource.resource_type == BROKER_RESOURCE:
             results.append(_describe_broker(broker, resource.resource_name, keys))
+        elif resource.resource_type == GROUP_RESOURCE:
+            results.append(_describe_group(resource.resource_name, keys))
         else:
             results.append(
                 R.DescribeConfigsResult(
                     error_code=errors.INVALID_REQUEST,
-                    error_message=f"resource type {resource.resource_type} is not supported",
+                    error_message=(
+                        f"resource type {resource.resource_type} has no configs here: use "
+                        "topic (2), broker (4) or group (32)"
+                    ),
                     resource_type=resource.resource_type,
                     resource_name=resource.resource_name,
                 )
             )
     return R(results=results)
+
+
+def _refuse_non_topic(broker: KafkaBroker, resource: Any, keys: list[str]) -> tuple[int, str]:
+    """The answer to altering a broker or group resource (nothing there can change)."""
+    if resource.resource_type == BROKER_RESOURCE:
+        refusal = _broker_refusal(broker, resource.resource_name)
+        if refusal is not None:
+            return errors.INVALID_REQUEST, refusal
+        if not keys:
+            return 0, ""
+        known = broker_configs(broker)
+        unknown = [k for k in keys if k not in known]
+        if unknown:
+            return errors.INVALID_CONFIG, (
+                f"unknown broker config {', '.join(unknown)}; DescribeConfigs of the broker "
+                "lists the known ones"
+            )
+        parts = []
+        for key in keys:
+            setting = known[key].setting
+            parts.append(
+                f"{key} (set {setting} and restart the agent)"
+                if setting
+                else f"{key} (fixed in StreamHouse)"
+            )
+        return errors.INVALID_CONFIG, (
+            "broker configs cannot change while the agent runs: " + "; ".join(parts)
+        )
+    if resource.resource_type == GROUP_RESOURCE:
+        if not keys:
+            return 0, ""
+        unknown = [k for k in keys if k not in GROUP_CONFIGS]
+        if unknown:
+            return errors.INVALID_CONFIG, (
+                f"unknown group config {', '.join(unknown)}; known: {', '.join(GROUP_CONFIGS)}"
+            )
+        return errors.INVALID_CONFIG, (
+            f"group configs cannot be altered: {_GROUP_CONFIG_DOC} Set session.timeout.ms on "
+            "the consumer instead"
+        )
+    return errors.INVALID_REQUEST, (
+        f"resource type {resource.resource_type} has no configs here: use topic (2), broker "
+        "(4) or group (32)"
+    )
 
 
 async def _apply_config(
@@ -305,8 +638,6 @@ async def _apply_config(
     new_config: dict[str, str],
     validate_only: bool,
 ) -> tuple[int, str | None]:
-    if resource_type != TOPIC_RESOURCE:
-        return errors.INVALID_REQUEST, "only topic configs can be altered"
     if await broker.topic(name) is None:
         return errors.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist"
     try:
@@ -334,6 +665,10 @@ async def alter_configs(
     R = AlterConfigsResponse
     out = []
     for resource in request.resources:
+        if resource.resource_type != TOPIC_RESOURCE:
+            code, text = _refuse_non_topic(broker, resource, [c.name for c in resource.configs])
+            out.append(_altered(R.AlterConfigsResourceResponse, resource, code, text or None))
+            continue
         # AlterConfigs replaces the whole config of the resource.
         new = {c.name: c.value for c in resource.configs if c.value is not None}
         code, message = await _apply_config(
@@ -349,7 +684,8 @@ async def _alter_incrementally(
     """One resource of IncrementalAlterConfigs: its operations as one metadata transaction
     (``alter_topic_config``), so alterations of other keys at the same moment all stay."""
     if resource.resource_type != TOPIC_RESOURCE:
-        return errors.INVALID_REQUEST, "only topic configs can be altered"
+        code, text = _refuse_non_topic(broker, resource, [c.name for c in resource.configs])
+        return code, text or None
     names = [c.name for c in resource.configs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

@@ -17,6 +17,12 @@ integration test moves partitions either way). The Java client accepts any leade
 epoch is absent. With -1 every metadata refresh may move a partition. The log itself keeps
 one epoch, 0 (ListOffsets and OffsetForLeaderEpoch answer `LEADER_EPOCH` with the high
 watermark as its end offset), so a consumer's offset validation after a move succeeds.
+
+Authorized operations (Metadata v8+, DescribeCluster, DescribeTopicPartitions, DescribeGroups
+v3+), when asked for: there are no ACLs yet, so every caller may do everything a resource type
+supports, and the answer is the bit set of all of those operations (`TOPIC_OPERATIONS`,
+`CLUSTER_OPERATIONS`, `GROUP_OPERATIONS`, bit i = Kafka's AclOperation code i). When not asked
+for, Kafka's "not requested" value INT32_MIN.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from streamhouse.kafka.messages import (
     ApiVersionsResponse,
     DescribeClusterRequest,
     DescribeClusterResponse,
+    DescribeTopicPartitionsRequest,
+    DescribeTopicPartitionsResponse,
     FindCoordinatorRequest,
     FindCoordinatorResponse,
     InitProducerIdRequest,
@@ -51,6 +59,32 @@ M = MetadataResponse
 #: Leader epoch of every partition in Metadata responses: unknown (see the module docstring).
 METADATA_LEADER_EPOCH = -1
 
+# Kafka's AclOperation codes.
+_READ, _WRITE, _CREATE, _DELETE, _ALTER, _DESCRIBE = 3, 4, 5, 6, 7, 8
+_CLUSTER_ACTION, _DESCRIBE_CONFIGS, _ALTER_CONFIGS, _IDEMPOTENT_WRITE = 9, 10, 11, 12
+
+
+def _bits(*operations: int) -> int:
+    return sum(1 << op for op in operations)
+
+
+#: Every operation Kafka defines on a topic, cluster or group (no ACLs: all are allowed).
+TOPIC_OPERATIONS = _bits(
+    _READ, _WRITE, _CREATE, _DELETE, _ALTER, _DESCRIBE, _DESCRIBE_CONFIGS, _ALTER_CONFIGS
+)
+CLUSTER_OPERATIONS = _bits(
+    _CREATE,
+    _ALTER,
+    _DESCRIBE,
+    _CLUSTER_ACTION,
+    _DESCRIBE_CONFIGS,
+    _ALTER_CONFIGS,
+    _IDEMPOTENT_WRITE,
+)
+GROUP_OPERATIONS = _bits(_READ, _DELETE, _DESCRIBE)
+#: Kafka's value when authorized operations were not asked for.
+NOT_REQUESTED = -(2**31)
+
 
 async def api_versions(
     broker: KafkaBroker, header: RequestHeader, request: ApiVersionsRequest
@@ -59,7 +93,12 @@ async def api_versions(
 
 
 def _topic_entry(
-    cluster: ClusterView, zone: str, topic: TopicInfo | None, name: str, error: int
+    cluster: ClusterView,
+    zone: str,
+    topic: TopicInfo | None,
+    name: str,
+    error: int,
+    operations: int = NOT_REQUESTED,
 ) -> M.MetadataResponseTopic:
     if topic is None:
         return M.MetadataResponseTopic(
@@ -71,6 +110,7 @@ def _topic_entry(
         name=topic.name,
         topic_id=uuid.UUID(bytes=topic.uuid),
         is_internal=False,
+        topic_authorized_operations=operations,
         partitions=[
             M.MetadataResponsePartition(
                 error_code=0,
@@ -97,9 +137,14 @@ async def metadata(
     cluster = broker.cluster
     zone = client_zone(header.client_id)
     entries: list[M.MetadataResponseTopic] = []
+    ops = (
+        TOPIC_OPERATIONS
+        if version >= 8 and request.include_topic_authorized_operations
+        else NOT_REQUESTED
+    )
     if request.topics is None or (version == 0 and not request.topics):
         for topic in await broker.meta.list_topics():
-            entries.append(_topic_entry(cluster, zone, topic, topic.name, 0))
+            entries.append(_topic_entry(cluster, zone, topic, topic.name, 0, ops))
     else:
         allow = request.allow_auto_topic_creation if version >= 4 else True
         # Every named topic in one metadata call (off the loop); only missing ones are created.
@@ -122,7 +167,7 @@ async def metadata(
                 topic, error = known.topic, 0
             else:
                 topic, error = await broker.topic_or_create(name or "", allow)
-            entries.append(_topic_entry(cluster, zone, topic, name or "", error))
+            entries.append(_topic_entry(cluster, zone, topic, name or "", error, ops))
     return MetadataResponse(
         brokers=[
             M.MetadataResponseBroker(
@@ -133,6 +178,9 @@ async def metadata(
         cluster_id=CLUSTER_ID,
         controller_id=cluster.controller_id,
         topics=entries,
+        cluster_authorized_operations=CLUSTER_OPERATIONS
+        if 8 <= version <= 10 and request.include_cluster_authorized_operations
+        else NOT_REQUESTED,
     )
 
 
@@ -151,7 +199,73 @@ async def describe_cluster(
             )
             for a in cluster.live()
         ],
+        cluster_authorized_operations=CLUSTER_OPERATIONS
+        if request.include_cluster_authorized_operations
+        else NOT_REQUESTED,
     )
+
+
+async def describe_topic_partitions(
+    broker: KafkaBroker, header: RequestHeader, request: DescribeTopicPartitionsRequest
+) -> DescribeTopicPartitionsResponse:
+    """Topics by name with their partitions, in name order, at most
+    `response_partition_limit` partitions per answer (the rest from `next_cursor`), as Kafka
+    3.9's paginated DescribeTopics; authorized operations always answered."""
+    D = DescribeTopicPartitionsResponse
+    cluster = broker.cluster
+    zone = client_zone(header.client_id)
+    limit = max(request.response_partition_limit, 1)
+    names = sorted({t.name for t in request.topics})
+    cursor = request.cursor
+    if cursor is not None:
+        names = [n for n in names if n >= cursor.topic_name]
+    found = await broker.meta.topic_states([TopicLookup(n) for n in names])
+    topics: list[D.DescribeTopicPartitionsResponseTopic] = []
+    next_cursor = None
+    budget = limit
+    for name, known in zip(names, found, strict=True):
+        if known is None:
+            topics.append(
+                D.DescribeTopicPartitionsResponseTopic(
+                    error_code=errors.UNKNOWN_TOPIC_OR_PARTITION, name=name, partitions=[]
+                )
+            )
+            continue
+        topic = known.topic
+        first = cursor.partition_index if cursor is not None and name == cursor.topic_name else 0
+        if budget == 0:
+            next_cursor = D.Cursor(topic_name=name, partition_index=first)
+            break
+        leaders = cluster.leaders(topic.topic_id, topic.partitions, zone)
+        last = min(topic.partitions, first + budget)
+        topics.append(
+            D.DescribeTopicPartitionsResponseTopic(
+                error_code=0,
+                name=topic.name,
+                topic_id=uuid.UUID(bytes=topic.uuid),
+                is_internal=False,
+                topic_authorized_operations=TOPIC_OPERATIONS,
+                partitions=[
+                    D.DescribeTopicPartitionsResponsePartition(
+                        error_code=0,
+                        partition_index=p,
+                        leader_id=leaders[p].node_id,
+                        leader_epoch=METADATA_LEADER_EPOCH,
+                        replica_nodes=[leaders[p].node_id],
+                        isr_nodes=[leaders[p].node_id],
+                        eligible_leader_replicas=[],
+                        last_known_elr=[],
+                        offline_replicas=[],
+                    )
+                    for p in range(first, last)
+                ],
+            )
+        )
+        budget -= last - first
+        if last < topic.partitions:
+            next_cursor = D.Cursor(topic_name=name, partition_index=last)
+            break
+    return D(topics=topics, next_cursor=next_cursor)
 
 
 async def find_coordinator(

@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ingest.kafka import errors
+from ingest.kafka.api_cluster import GROUP_OPERATIONS, NOT_REQUESTED
 from ingest.kafka.groups import GroupCoordinator, JoinResult, SnapshotError, SyncResult
 from metadata import MetadataUnavailableError
 from metadata.async_store import AsyncMetadata, TopicLookup
@@ -78,6 +79,8 @@ SAVE_RETRY_S = 1.0
 SAVE_ATTEMPTS = 30
 """Attempts per snapshot before giving up on it (a successor then loads an older one)."""
 _CHECKED_MAX = 100_000
+CLASSIC = "classic"
+"""The type of every group (ListGroups v5): the classic JoinGroup/SyncGroup protocol."""
 _LOAD_CONCURRENCY = 16
 
 
@@ -555,6 +558,11 @@ async def describe_groups(
 ) -> DescribeGroupsResponse:
     R = DescribeGroupsResponse
     described = []
+    operations = (
+        GROUP_OPERATIONS
+        if header.request_api_version >= 3 and request.include_authorized_operations
+        else NOT_REQUESTED
+    )
     for group_id in request.groups:
         error = await _gate(broker, group_id)
         if error != errors.NONE:
@@ -566,6 +574,7 @@ async def describe_groups(
                     protocol_type="",
                     protocol_data="",
                     members=[],
+                    authorized_operations=operations,
                 )
             )
             continue
@@ -578,6 +587,7 @@ async def describe_groups(
                 error_code=d.error,
                 group_id=group_id,
                 group_state=state,
+                authorized_operations=operations,
                 protocol_type=d.protocol_type,
                 protocol_data=d.protocol,
                 members=[
@@ -602,6 +612,11 @@ async def list_groups(
     R = ListGroupsResponse
     groups_shell = shell(broker)
     states = list(request.states_filter) if request.states_filter else None
+    # Every group here is a classic group (JoinGroup/SyncGroup); v5's type filter (Kafka
+    # compares case-insensitively) either keeps them all or none. An unknown type lists none.
+    types = {t.lower() for t in request.types_filter} if request.types_filter else None
+    if types is not None and CLASSIC not in types:
+        return R(error_code=0, groups=[])
     # Kafka's per-broker answer: the groups this agent coordinates. Those with stored state
     # are loaded first (this agent is their coordinator now), so they show their real state.
     stored = await broker.meta.list_group_states()
@@ -613,7 +628,12 @@ async def list_groups(
         if groups_shell.coordinates(g.group_id)
     }
     groups = [
-        R.ListedGroup(group_id=g.group_id, protocol_type=g.protocol_type, group_state=g.state)
+        R.ListedGroup(
+            group_id=g.group_id,
+            protocol_type=g.protocol_type,
+            group_state=g.state,
+            group_type=CLASSIC,
+        )
         for g in listed.values()
     ]
     if states is None or any(s.lower() == "empty" for s in states):
@@ -623,7 +643,9 @@ async def list_groups(
         for group_id in mine:
             if group_id in offset_groups and not broker.coordinator.known(group_id):
                 groups.append(
-                    R.ListedGroup(group_id=group_id, protocol_type="", group_state="Empty")
+                    R.ListedGroup(
+                        group_id=group_id, protocol_type="", group_state="Empty", group_type=CLASSIC
+                    )
                 )
     return R(error_code=0, groups=groups)
 

@@ -7,7 +7,7 @@ agent); with the SQLite default that is this one agent, node id 0. Every agent s
 produce and fetch for every partition (no NOT_LEADER errors): leadership only spreads load.
 Metadata reports leader epochs as unknown (-1) so clients follow leader moves; the log keeps
 one epoch, `LEADER_EPOCH` (api_cluster.py says why). Handlers live one module per
-area (`api_cluster`, `api_produce`, `api_fetch`, `api_groups`, `api_admin`); each is
+area (`api_cluster`, `api_produce`, `api_fetch`, `api_groups`, `api_admin`, `api_storage`); each is
 `async def handle(broker, header, request) -> response` and works for every version the
 generated codec decodes (the codec fills version-specific fields).
 
@@ -70,7 +70,7 @@ ADVERTISED: dict[int, tuple[str, int, int]] = {
     13: ("LeaveGroup", 0, 5),
     14: ("SyncGroup", 0, 5),
     15: ("DescribeGroups", 0, 5),
-    16: ("ListGroups", 0, 4),
+    16: ("ListGroups", 0, 5),
     18: ("ApiVersions", 0, 4),
     19: ("CreateTopics", 2, 7),
     20: ("DeleteTopics", 1, 6),
@@ -79,11 +79,17 @@ ADVERTISED: dict[int, tuple[str, int, int]] = {
     23: ("OffsetForLeaderEpoch", 0, 4),
     32: ("DescribeConfigs", 1, 4),
     33: ("AlterConfigs", 0, 2),
+    34: ("AlterReplicaLogDirs", 0, 2),
+    35: ("DescribeLogDirs", 0, 4),
     37: ("CreatePartitions", 0, 3),
     42: ("DeleteGroups", 0, 2),
+    43: ("ElectLeaders", 0, 2),
     44: ("IncrementalAlterConfigs", 0, 1),
+    45: ("AlterPartitionReassignments", 0, 0),
+    46: ("ListPartitionReassignments", 0, 0),
     47: ("OffsetDelete", 0, 0),
     60: ("DescribeCluster", 0, 1),
+    75: ("DescribeTopicPartitions", 0, 0),
 }
 
 Handler = Callable[["KafkaBroker", RequestHeader, Any], Awaitable[Any]]
@@ -304,7 +310,14 @@ def _refuse_fetch(request: FetchRequest) -> FetchResponse:
 
 
 def _handlers() -> dict[int, Handler]:
-    from ingest.kafka import api_admin, api_cluster, api_fetch, api_groups, api_produce
+    from ingest.kafka import (
+        api_admin,
+        api_cluster,
+        api_fetch,
+        api_groups,
+        api_produce,
+        api_storage,
+    )
 
     return {
         0: api_produce.produce,
@@ -328,9 +341,15 @@ def _handlers() -> dict[int, Handler]:
         23: api_fetch.offset_for_leader_epoch,
         32: api_admin.describe_configs,
         33: api_admin.alter_configs,
+        34: api_storage.alter_replica_log_dirs,
+        35: api_storage.describe_log_dirs,
         37: api_admin.create_partitions,
         42: api_groups.delete_groups,
+        43: api_storage.elect_leaders,
         44: api_admin.incremental_alter_configs,
+        45: api_storage.alter_partition_reassignments,
+        46: api_storage.list_partition_reassignments,
         47: api_groups.offset_delete,
         60: api_cluster.describe_cluster,
+        75: api_cluster.describe_topic_partitions,
     }

@@ -1,0 +1,602 @@
+"""Issue 11's admin calls against a real StreamHouse, through the Kafka clients' own admin APIs
+(confluent-kafka AdminClient, kafka-python KafkaAdminClient, aiokafka):
+
+- every topic config Kafka defines (file.delete.delay.ms, an empty cleanup.policy, ...) is
+  accepted, typed and described with its source and whether StreamHouse acts on it;
+- broker configs are described truthfully and refused (read-only) with the setting to change;
+  group configs are described and refused;
+- DescribeLogDirs, AlterReplicaLogDirs, ListPartitionReassignments,
+  AlterPartitionReassignments and ElectLeaders answer as one agent on object storage;
+- CreateTopics with a manual replica assignment is accepted and its assignment described;
+- a consumer's Metadata request that allows auto-creation creates the topic;
+- kafka-python infers a modern broker version from ApiVersions;
+- ListGroups v5 filters by type and state; authorized operations are answered.
+
+One stack serves the module; every test uses its own topics and groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import kafka.errors as kerr
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import NewTopic as AioNewTopic
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupState,
+    ConsumerGroupType,
+    ElectionType,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import (
+    AclOperation,
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ConfigSource,
+    NewTopic,
+    ResourceType,
+)
+from kafka import KafkaConsumer
+from kafka import TopicPartition as KpTopicPartition
+from kafka.admin import ConfigResource as KpConfigResource
+from kafka.admin import ConfigResourceType, KafkaAdminClient
+
+from streamhouse.client import Client
+from streamhouse.testing import Stack
+from streamhouse.topic_config import NOT_ACTED_ON, TOPIC_CONFIG_TYPES, TOPIC_CONFIGS
+
+DEADLINE_S = 20.0
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data = tmp_path_factory.mktemp("kafka-admin-cluster") / "data"
+    with Stack(data, env={"STREAMHOUSE_GROUP_INITIAL_REBALANCE_DELAY_MS": "0"}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def bootstrap(stack: Stack) -> str:
+    return f"127.0.0.1:{stack.kafka_port}"
+
+
+@pytest.fixture(scope="module")
+def grpc(stack: Stack) -> Iterator[Client]:
+    with Client(stack.grpc_address) as client:
+        yield client
+
+
+@pytest.fixture
+def admin(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap})
+
+
+@pytest.fixture(scope="module")
+def kp_admin(bootstrap: str) -> Iterator[KafkaAdminClient]:
+    client = KafkaAdminClient(bootstrap_servers=bootstrap)
+    yield client
+    client.close()
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def result(futures: dict[Any, Future[Any]]) -> Any:
+    (future,) = futures.values()
+    return future.result(DEADLINE_S)
+
+
+def failure(future: Future[Any]) -> KafkaError:
+    with pytest.raises(KafkaException) as failed:
+        future.result(DEADLINE_S)
+    error = failed.value.args[0]
+    assert isinstance(error, KafkaError)
+    return error
+
+
+def poll_until(check: Callable[[], T | None], what: str, timeout: float = DEADLINE_S) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)  # between polls of observable state
+
+
+def produce(bootstrap: str, topic: str, partition: int, values: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    failed: list[KafkaError] = []
+    try:
+        for value in values:
+            producer.produce(
+                topic,
+                value=value,
+                partition=partition,
+                on_delivery=lambda err, _msg: failed.append(err) if err else None,
+            )
+        assert producer.flush(DEADLINE_S) == 0
+    finally:
+        producer.close()
+    assert not failed
+
+
+def stored_bytes(stack: Stack, topic: str) -> dict[int, int]:
+    """Per partition, the byte_length of its block rows, read from the SQLite file itself
+    (read-only): the reference for DescribeLogDirs' partition sizes."""
+    uri = f"file:{stack.data_dir / 'metadata.sqlite'}?mode=ro"
+    with sqlite3.connect(uri, uri=True) as db:
+        rows = db.execute(
+            "SELECT b.partition, SUM(b.byte_length) FROM segment_blocks b "
+            "JOIN topics t ON t.topic_id = b.topic_id WHERE t.name = ? GROUP BY b.partition",
+            (topic,),
+        ).fetchall()
+    return {int(p): int(n) for p, n in rows}
+
+
+def ck_topic_configs(admin: AdminClient, topic: str) -> dict[str, ConfigEntry]:
+    return result(admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]))
+
+
+# -- topic configs ----------------------------------------------------------------------------
+
+
+def test_every_kafka_topic_config_is_accepted_typed_and_described(
+    admin: AdminClient, kp_admin: KafkaAdminClient
+) -> None:
+    topic = "all-configs"
+    configs = {
+        "file.delete.delay.ms": "120000",
+        "cleanup.policy": "",
+        "preallocate": "true",
+        "flush.messages": "10",
+        "segment.index.bytes": "4096",
+        "leader.replication.throttled.replicas": "*",
+        "compression.zstd.level": "7",
+        "min.insync.replicas": "2",
+    }
+    result(admin.create_topics([NewTopic(topic, 1, config=configs)]))
+    entries = ck_topic_configs(admin, topic)
+    assert set(entries) == set(TOPIC_CONFIGS)
+    for key, value in configs.items():
+        assert entries[key].value == value, key
+        assert entries[key].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value, key
+        assert not entries[key].is_default
+    assert entries["retention.ms"].source == ConfigSource.DEFAULT_CONFIG.value
+
+    # kafka-python shows the Kafka type and the documentation, which says what is ignored.
+    described = kp_admin.describe_configs(
+        [KpConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all"
+    )["topic"][topic]
+    for key in TOPIC_CONFIGS:
+        assert described[key]["config_type"] == TOPIC_CONFIG_TYPES[key], key
+        doc = described[key]["documentation"]
+        assert ("not acted on" in doc) == (key in NOT_ACTED_ON), (key, doc)
+    assert "file.delete.delay.ms" in NOT_ACTED_ON
+    assert "not acted on" in described["file.delete.delay.ms"]["documentation"]
+    assert "not acted on" not in described["retention.ms"]["documentation"]
+    assert described["preallocate"]["config_type"] == "BOOLEAN"
+
+    # Values are checked against their Kafka type; nothing is stored on a refusal.
+    for key, bad in [
+        ("file.delete.delay.ms", "soon"),
+        ("preallocate", "maybe"),
+        ("compression.gzip.level", "12"),
+        ("cleanup.policy", "delete,"),
+        ("no.such.config", "1"),
+    ]:
+        resource = ConfigResource(
+            ResourceType.TOPIC,
+            topic,
+            incremental_configs=[
+                ConfigEntry(key, bad, incremental_operation=AlterConfigOpType.SET)
+            ],
+        )
+        error = failure(result_future(admin.incremental_alter_configs([resource])))
+        assert error.code() == KafkaError.INVALID_CONFIG, key
+        assert key in error.str(), error.str()
+    assert ck_topic_configs(admin, topic)["file.delete.delay.ms"].value == "120000"
+
+
+def result_future(futures: dict[Any, Future[Any]]) -> Future[Any]:
+    (future,) = futures.values()
+    return future
+
+
+def test_empty_cleanup_policy_by_subtracting_both(admin: AdminClient) -> None:
+    """APPEND/SUBTRACT on the LIST config may leave it empty: neither delete nor compact."""
+    topic = "policy-emptied"
+    result(admin.create_topics([NewTopic(topic, 1, config={"cleanup.policy": "compact,delete"})]))
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry(
+                "cleanup.policy", "compact,delete", incremental_operation=AlterConfigOpType.SUBTRACT
+            )
+        ],
+    )
+    assert result(admin.incremental_alter_configs([resource])) is None
+    entry = ck_topic_configs(admin, topic)["cleanup.policy"]
+    assert (entry.value, entry.source) == ("", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+
+
+# -- broker and group configs -----------------------------------------------------------------
+
+
+def test_broker_configs_are_truthful_and_read_only(
+    admin: AdminClient, kp_admin: KafkaAdminClient, stack: Stack
+) -> None:
+    entries = result(admin.describe_configs([ConfigResource(ResourceType.BROKER, "0")]))
+    settings = stack.settings
+    expected = {
+        "node.id": "0",
+        "auto.create.topics.enable": str(settings.kafka_auto_create_topics).lower(),
+        "num.partitions": str(settings.default_partitions),
+        "message.max.bytes": str(settings.max_batch_bytes),
+        "listeners": f"PLAINTEXT://127.0.0.1:{stack.kafka_port}",
+        "log.retention.ms": TOPIC_CONFIGS["retention.ms"][0],
+        "default.replication.factor": "1",
+    }
+    for key, value in expected.items():
+        assert entries[key].value == value, key
+    assert all(e.is_read_only for e in entries.values())
+    assert entries["num.partitions"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+    assert entries["default.replication.factor"].source == ConfigSource.DEFAULT_CONFIG.value
+    # A change is refused with the setting to change; an unknown key as unknown.
+    for key, hint in [
+        ("num.partitions", "STREAMHOUSE_DEFAULT_PARTITIONS"),
+        ("log.retention.ms", "fixed in StreamHouse"),
+        ("no.such.broker.config", "unknown broker config"),
+    ]:
+        resource = ConfigResource(
+            ResourceType.BROKER,
+            "0",
+            incremental_configs=[
+                ConfigEntry(key, "5", incremental_operation=AlterConfigOpType.SET)
+            ],
+        )
+        error = failure(result_future(admin.incremental_alter_configs([resource])))
+        assert error.code() == KafkaError.INVALID_CONFIG, key
+        assert hint in error.str(), error.str()
+    after = result(admin.describe_configs([ConfigResource(ResourceType.BROKER, "0")]))
+    assert after["num.partitions"].value == expected["num.partitions"]
+
+    # kafka-python: describe; it refuses to alter a config the broker marks read-only itself.
+    kp = kp_admin.describe_configs(
+        [KpConfigResource(ConfigResourceType.BROKER, "0")], config_filter="all"
+    )["broker"]["0"]
+    assert kp["num.partitions"]["value"] == expected["num.partitions"]
+    assert kp["num.partitions"]["read_only"] is True
+    with pytest.raises(ValueError, match="num.partitions"):
+        kp_admin.alter_configs(
+            [KpConfigResource(ConfigResourceType.BROKER, "0", configs={"num.partitions": "4"})]
+        )
+
+
+def test_group_configs_described_and_refused(
+    kp_admin: KafkaAdminClient, admin: AdminClient
+) -> None:
+    group = "configured-group"
+    described = kp_admin.describe_configs(
+        [KpConfigResource(ConfigResourceType.GROUP, group)], config_filter="all"
+    )["group"][group]
+    assert described["consumer.session.timeout.ms"]["value"] == "45000"
+    assert described["consumer.session.timeout.ms"]["read_only"] is True
+    assert "classic" in described["consumer.session.timeout.ms"]["documentation"]
+    resource = ConfigResource(
+        ResourceType.GROUP,
+        group,
+        incremental_configs=[
+            ConfigEntry(
+                "consumer.session.timeout.ms", "60000", incremental_operation=AlterConfigOpType.SET
+            )
+        ],
+    )
+    error = failure(result_future(admin.incremental_alter_configs([resource])))
+    assert error.code() == KafkaError.INVALID_CONFIG
+    assert "classic groups" in error.str()
+
+
+# -- log dirs, reassignments, elections -------------------------------------------------------
+
+
+def test_describe_log_dirs_one_dir_with_partition_sizes(
+    kp_admin: KafkaAdminClient, bootstrap: str, stack: Stack, grpc: Client
+) -> None:
+    topic = "log-dirs"
+    grpc.create_topic(topic, 3, {})
+    produce(bootstrap, topic, 0, [b"x" * 500 for _ in range(40)])
+    produce(bootstrap, topic, 2, [b"y" * 100 for _ in range(5)])
+    reference = stored_bytes(stack, topic)
+    assert set(reference) == {0, 2}
+    (broker,) = kp_admin.describe_log_dirs({topic: [0, 1, 2]})
+    assert broker["broker"] == 0
+    (log_dir,) = broker["log_dirs"]
+    assert log_dir["error_code"] == 0
+    assert log_dir["log_dir"] == stack.settings.object_store_url
+    assert (log_dir["total_bytes"], log_dir["usable_bytes"]) == (-1, -1)
+    assert _sizes(log_dir, topic) == {0: reference[0], 1: 0, 2: reference[2]}
+    (everything,) = kp_admin.describe_log_dirs()
+    (whole,) = everything["log_dirs"]
+    assert _sizes(whole, topic) == {0: reference[0], 1: 0, 2: reference[2]}
+
+
+def _sizes(log_dir: dict[str, Any], topic: str) -> dict[int, int]:
+    """{partition: size} of `topic` in one log dir of a describe_log_dirs answer."""
+    sizes: dict[int, int] = {}
+    for t in log_dir["topics"]:
+        if t["name"] == topic:
+            for p in t["partitions"]:
+                assert p["offset_lag"] == 0
+                sizes[p["partition_index"]] = p["partition_size"]
+    return sizes
+
+
+def test_alter_replica_log_dirs(kp_admin: KafkaAdminClient, grpc: Client, stack: Stack) -> None:
+    topic = "replica-dirs"
+    grpc.create_topic(topic, 1, {})
+    path = stack.settings.object_store_url
+    moved = kp_admin.alter_replica_log_dirs({(topic, 0, 0): path})
+    assert list(moved.values()) == [kerr.NoError]
+    elsewhere = kp_admin.alter_replica_log_dirs({(topic, 0, 0): "/somewhere/else"})
+    assert list(elsewhere.values()) == [kerr.LogDirNotFoundError]
+    unknown = kp_admin.alter_replica_log_dirs({("no-such-topic", 0, 0): path})
+    assert list(unknown.values()) == [kerr.UnknownTopicOrPartitionError]
+
+
+def test_partition_reassignments(kp_admin: KafkaAdminClient, grpc: Client) -> None:
+    topic = "reassigned"
+    grpc.create_topic(topic, 2, {})
+    assert kp_admin.list_partition_reassignments() == {}
+    assert kp_admin.list_partition_reassignments({topic: [0, 1]}) == {}
+    answer = kp_admin.alter_partition_reassignments(
+        {
+            KpTopicPartition(topic, 0): [0],
+            KpTopicPartition(topic, 1): [0, 5],
+            KpTopicPartition(topic, 9): [0],
+        }
+    )
+    assert answer[KpTopicPartition(topic, 0)] is None
+    assert answer[KpTopicPartition(topic, 1)] is kerr.InvalidReplicationAssignmentError
+    assert answer[KpTopicPartition(topic, 9)] is kerr.UnknownTopicOrPartitionError
+    cancel = kp_admin.alter_partition_reassignments({KpTopicPartition(topic, 0): None})
+    assert cancel[KpTopicPartition(topic, 0)] is kerr.NoReassignmentInProgressError
+    assert kp_admin.list_partition_reassignments() == {}
+
+
+def test_elect_leaders(admin: AdminClient, kp_admin: KafkaAdminClient, grpc: Client) -> None:
+    topic = "elected"
+    grpc.create_topic(topic, 2, {})
+    # confluent: the preferred leader already leads -> ELECTION_NOT_NEEDED per partition.
+    done = admin.elect_leaders(
+        ElectionType.PREFERRED, [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    ).result(DEADLINE_S)
+    assert {tp.partition: err.code() for tp, err in done.items() if err is not None} == {
+        0: KafkaError.ELECTION_NOT_NEEDED,
+        1: KafkaError.ELECTION_NOT_NEEDED,
+    }
+    unclean = admin.elect_leaders(ElectionType.UNCLEAN, [TopicPartition(topic, 0)]).result(
+        DEADLINE_S
+    )
+    assert [err.code() for err in unclean.values()] == [KafkaError.ELECTION_NOT_NEEDED]
+    missing = admin.elect_leaders(ElectionType.PREFERRED, [TopicPartition("no-such", 0)]).result(
+        DEADLINE_S
+    )
+    assert [err.code() for err in missing.values()] == [KafkaError.UNKNOWN_TOPIC_OR_PART]
+    # kafka-python ignores ELECTION_NOT_NEEDED; for None it names every partition it knows.
+    kp_admin.elect_leaders(0, {topic: [0, 1]})
+    everything = kp_admin.elect_leaders(0, None)
+    codes = {
+        (r.topic, p.partition_id): p.error_code
+        for r in everything.replica_election_results
+        for p in r.partition_result
+    }
+    assert codes[(topic, 0)] == codes[(topic, 1)] == KafkaError.ELECTION_NOT_NEEDED
+    assert set(codes.values()) == {KafkaError.ELECTION_NOT_NEEDED}
+
+
+# -- topics -----------------------------------------------------------------------------------
+
+
+def test_create_topic_with_replica_assignment(
+    admin: AdminClient, kp_admin: KafkaAdminClient, grpc: Client
+) -> None:
+    topic = "assigned"
+    result(admin.create_topics([NewTopic(topic, 3, replica_assignment=[[0], [0], [0]])]))
+    assert grpc.get_topic(topic).partitions == 3
+    entry = ck_topic_configs(admin, topic)["streamhouse.replica.assignment"]
+    assert entry.value == "0:0,1:0,2:0"
+    assert entry.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    refused = admin.create_topics([NewTopic("assigned-bad", 2, replica_assignment=[[0], [4]])])
+    assert failure(result_future(refused)).code() == KafkaError.INVALID_REPLICA_ASSIGNMENT
+    twice = admin.create_topics([NewTopic("assigned-twice", 1, replica_assignment=[[0, 0]])])
+    assert failure(result_future(twice)).code() == KafkaError.INVALID_REPLICA_ASSIGNMENT
+    # aiokafka with an assignment dict.
+
+    async def aio() -> None:
+        client = AIOKafkaAdminClient(bootstrap_servers=kp_bootstrap(kp_admin))
+        await client.start()
+        try:
+            await client.create_topics(
+                [AioNewTopic("assigned-aio", -1, -1, replica_assignments={0: [0], 1: [0]})]
+            )
+        finally:
+            await client.close()
+
+    asyncio.run(aio())
+    assert grpc.get_topic("assigned-aio").partitions == 2
+    assert grpc.get_topic("assigned-aio").config["streamhouse.replica.assignment"] == "0:0,1:0"
+
+
+def kp_bootstrap(kp_admin: KafkaAdminClient) -> str:
+    servers = kp_admin.config["bootstrap_servers"]
+    return servers if isinstance(servers, str) else servers[0]
+
+
+def test_consumer_metadata_auto_creates_topics(bootstrap: str, grpc: Client) -> None:
+    """A consumer's Metadata with allow_auto_topic_creation creates the topic (auto-creation
+    is on by default: STREAMHOUSE_KAFKA_AUTO_CREATE_TOPICS)."""
+    topic = "auto-by-consumer"
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, allow_auto_create_topics=True, group_id=None
+    )
+    try:
+        consumer.subscribe([topic])
+        poll_until(
+            lambda: (
+                True
+                if (consumer.poll(timeout_ms=200) is not None and _exists(grpc, topic))
+                else None
+            ),
+            f"topic {topic} auto-created by kafka-python",
+        )
+    finally:
+        consumer.close()
+    assert grpc.get_topic(topic).partitions == 1
+    # (librdkafka 2.16's consumer sends allow_auto_topic_creation=false in its Metadata even
+    # with allow.auto.create.topics=true, so it is not a client that can show this.)
+
+
+def _exists(grpc: Client, topic: str) -> bool:
+    return any(t.name == topic for t in grpc.list_topics())
+
+
+def test_kafka_python_infers_a_modern_broker(kp_admin: KafkaAdminClient, bootstrap: str) -> None:
+    """kafka-python picks its broker version from the advertised API set: a 3.x release."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        inferred = consumer.config["api_version"]
+        assert inferred is not None and tuple(inferred) >= (3, 8), inferred
+    finally:
+        consumer.close()
+
+
+# -- groups and authorized operations ---------------------------------------------------------
+
+
+def test_list_groups_by_type_and_state(
+    admin: AdminClient, kp_admin: KafkaAdminClient, bootstrap: str, grpc: Client
+) -> None:
+    topic, group = "typed-groups", "typed-group"
+    grpc.create_topic(topic, 1, {})
+    produce(bootstrap, topic, 0, [b"a"])
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    try:
+
+        def got_one() -> bool | None:
+            msg = consumer.poll(0.5)
+            return True if msg is not None and not msg.error() else None
+
+        poll_until(got_one, "a record through the group")
+
+        def listed(**kwargs: Any) -> set[str]:
+            answer = admin.list_consumer_groups(request_timeout=DEADLINE_S, **kwargs)
+            return {g.group_id for g in answer.result(DEADLINE_S).valid}
+
+        assert group in listed(types={ConsumerGroupType.CLASSIC})
+        assert group not in listed(types={ConsumerGroupType.CONSUMER})
+        assert group in listed(states={ConsumerGroupState.STABLE})
+        assert group not in listed(states={ConsumerGroupState.EMPTY})
+        typed = admin.list_consumer_groups(request_timeout=DEADLINE_S).result(DEADLINE_S)
+        (mine,) = [g for g in typed.valid if g.group_id == group]
+        assert mine.type == ConsumerGroupType.CLASSIC
+
+        kp = kp_admin.list_groups(types_filter=["classic"])
+        assert group in {g["group_id"] if isinstance(g, dict) else g[0] for g in kp}
+        assert kp_admin.list_groups(types_filter=["share"]) == []
+    finally:
+        consumer.close()
+
+
+def test_authorized_operations_without_acls_are_everything(
+    admin: AdminClient, grpc: Client, bootstrap: str
+) -> None:
+    topic, group = "authorized", "authorized-group"
+    grpc.create_topic(topic, 2, {})
+    described = result(
+        admin.describe_topics(TopicCollection([topic]), include_authorized_operations=True)
+    )
+    assert set(described.authorized_operations) == {
+        AclOperation.READ,
+        AclOperation.WRITE,
+        AclOperation.CREATE,
+        AclOperation.DELETE,
+        AclOperation.ALTER,
+        AclOperation.DESCRIBE,
+        AclOperation.DESCRIBE_CONFIGS,
+        AclOperation.ALTER_CONFIGS,
+    }
+    assert len(described.partitions) == 2
+    cluster = admin.describe_cluster(include_authorized_operations=True).result(DEADLINE_S)
+    assert set(cluster.authorized_operations) == {
+        AclOperation.CREATE,
+        AclOperation.ALTER,
+        AclOperation.DESCRIBE,
+        AclOperation.CLUSTER_ACTION,
+        AclOperation.DESCRIBE_CONFIGS,
+        AclOperation.ALTER_CONFIGS,
+        AclOperation.IDEMPOTENT_WRITE,
+    }
+    plain = admin.describe_cluster().result(DEADLINE_S)
+    assert not plain.authorized_operations
+    produce(bootstrap, topic, 0, [b"g"])
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    try:
+        poll_until(
+            lambda: True if (m := consumer.poll(0.5)) is not None and not m.error() else None,
+            "a record through the group",
+        )
+        groups = admin.describe_consumer_groups([group], include_authorized_operations=True)
+        g = result(groups)
+        assert set(g.authorized_operations) == {
+            AclOperation.READ,
+            AclOperation.DELETE,
+            AclOperation.DESCRIBE,
+        }
+    finally:
+        consumer.close()
+
+
+def test_describe_topic_partitions_paginates(kp_admin: KafkaAdminClient, grpc: Client) -> None:
+    grpc.create_topic("paged-a", 3, {})
+    grpc.create_topic("paged-b", 2, {})
+    seen: list[tuple[str, int]] = []
+    cursor = None
+    pages = 0
+    while True:
+        answer = kp_admin.describe_topic_partitions(
+            ["paged-b", "paged-a"], response_partition_limit=2, cursor=cursor
+        )
+        pages += 1
+        for t in answer["topics"]:
+            assert t["error_code"] == 0
+            assert t["topic_authorized_operations"] > 0
+            seen += [(t["name"], p["partition_index"]) for p in t["partitions"]]
+        cursor = answer.get("next_cursor")
+        if not cursor:
+            break
+        assert pages < 10
+    assert seen == [("paged-a", 0), ("paged-a", 1), ("paged-a", 2), ("paged-b", 0), ("paged-b", 1)]
+    assert pages == 3
