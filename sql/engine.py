@@ -38,14 +38,15 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datafusion import SessionContext
-from datafusion.context import SQLOptions
+
+if TYPE_CHECKING:
+    from datafusion import SessionContext
 
 from metadata import InvalidTopicError, TopicExistsError
 from metadata.async_store import AsyncMetadata
@@ -701,6 +702,10 @@ class SqlEngine:
         ctx.register_record_batches(ref, [batches or empty])
 
     async def _query(self, sql: str) -> QueryResult:
+        # DataFusion loads on the first query (the sql service starts without it)
+        from datafusion import SessionContext
+        from datafusion.context import SQLOptions
+
         sources, orphans = await self._sources()
         options = (
             SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)

@@ -160,8 +160,12 @@ class RunnerSupervisor:
         while True:
             try:
                 await self.reconcile()
-            except MetadataError as exc:
-                log.warning("cannot list the queries (%s); trying again", exc)
+            except Exception as exc:  # noqa: BLE001  (a store outage must not end the service)
+                log.warning(
+                    "cannot compare the queries with their runners (%s: %s); trying again",
+                    type(exc).__name__,
+                    exc,
+                )
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)

@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from metadata.interface import open_store
 from sql.service_client import SqlClient, SqlServiceError
-from streamhouse.testing import Stack, read_kafka_log
+from streamhouse.testing import Stack, free_port, read_kafka_log
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BASE_TS = 1_700_000_000_000
@@ -400,3 +400,53 @@ def test_a_killed_sql_service_is_restarted_and_its_queries_go_on(
         "the view follows after the restart",
     )
     assert client.drop("counts").startswith("materialized view counts dropped")
+
+
+def test_streamctl_sql_shell_through_the_service(
+    stack: Stack, declared: list[dict[str, Any]]
+) -> None:
+    env = dict(os.environ)
+    env.update(stack.env)
+    shell = subprocess.run(
+        [sys.executable, "-m", "streamhouse.streamctl", "sql", "--format", "jsonl", "--via",
+         "service"],
+        input="SELECT count(*) AS n FROM pay WHERE amount = 3;\nSELECT nope FROM pay;\n",
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    produced = sum(1 for e in declared if e["amount"] == 3)
+    assert [json.loads(line) for line in shell.stdout.splitlines()] == [{"n": produced}]
+    assert shell.returncode == 1
+    assert "nope" in shell.stderr
+
+
+def test_without_the_service_statements_and_query_commands_run_in_process(
+    stack: Stack, declared: list[dict[str, Any]]
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    out = streamctl(
+        stack, "sql", "SELECT count(*) AS n FROM pay", "--format", "jsonl", "--service", dead
+    )
+    assert json.loads(out.stdout) == {"n": len(declared)}
+    proc = streamctl(stack, "sql", "SELECT 1", "--via", "service", "--service", dead, ok=False)
+    assert proc.returncode == 1 and "does not answer" in proc.stderr
+    client = SqlClient(stack.sql_address)
+    try:
+        client.execute(
+            "CREATE MATERIALIZED VIEW local_check AS "
+            "SELECT user, count(*) AS n FROM pay GROUP BY user"
+        )
+        runner = wait_for(lambda: client.describe("local_check").runner.pid, 30, "runner up")
+        listed = streamctl(stack, "query", "list", "--json", "--sql-server", dead).stdout
+        rows = [json.loads(line) for line in listed.splitlines()]
+        assert [(r["name"], r["runner"]["state"]) for r in rows] == [("local_check", "unknown")]
+        out = streamctl(stack, "query", "drop", "local_check", "--sql-server", dead)
+        assert "materialized view local_check dropped" in out.stdout
+        # the service sees the definition gone and stops the runner
+        wait_for(lambda: client.list_queries() == [], 30, "the query is gone")
+        wait_for(lambda: not _alive(runner), 30, "its runner stopped")
+    finally:
+        client.close()
