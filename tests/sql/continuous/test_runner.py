@@ -35,6 +35,8 @@ PLAN = str(pathlib.Path(__file__).with_name("test_runner_plan.py")) + ":make_pla
 FILTER_SQL = (
     "SELECT id, item, price, _partition AS src_partition, _seq FROM orders WHERE price >= 50"
 )
+#: The stack's sql service would start runners of its own for the queries defined here.
+NO_SERVICE_RUNNERS = {"STREAMHOUSE_SQL_ENABLED": "false"}
 ORDERS_DDL = (
     "CREATE STREAM orders (id BIGINT NOT NULL, item VARCHAR, price DOUBLE) "
     "WITH (topic = 'orders', format = 'json')"
@@ -159,6 +161,21 @@ def normal(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def state_objects(stack: Stack, name: str) -> list[str]:
+    """Keys of the query's state and view objects in the stack's object store."""
+    from streamhouse import objectstore
+
+    async def listing() -> list[str]:
+        store = objectstore.open_object_store(stack.settings.object_store_url)
+        keys: list[str] = []
+        for prefix in (f"sql/state/{name}/", f"sql/views/{name}/"):
+            async for page in objectstore.list_objects(store, prefix):
+                keys += [o.key for o in page]
+        return keys
+
+    return asyncio.run(listing())
+
+
 def high_watermarks(stack: Stack, topic: str, partitions: int) -> int:
     consumer = Consumer({"bootstrap.servers": stack.kafka_address, "group.id": "hw"})
     try:
@@ -173,14 +190,17 @@ def high_watermarks(stack: Stack, topic: str, partitions: int) -> int:
 class RunnerProcess:
     """``python3 -m sql.continuous run NAME`` with the stack's environment."""
 
-    def __init__(self, stack: Stack, name: str, log_path: pathlib.Path, *extra: str) -> None:
+    def __init__(
+        self, stack: Stack, name: str, log_path: pathlib.Path, plan: str | None = PLAN
+    ) -> None:
         env = dict(os.environ)
         env.update(stack.env)
         env.update({"STREAMHOUSE_SQL_CHECKPOINT_INTERVAL_MS": "200"})
         self.log_path = log_path
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sql.continuous", "run", name, "--plan", PLAN, *extra],
+                [sys.executable, "-m", "sql.continuous", "run", name]
+                + (["--plan", plan] if plan else []),
                 env=env,
                 cwd=REPO,
                 stdout=log,
@@ -212,7 +232,7 @@ def wait_output(stack: Stack, topic: str, partitions: int, count: int, runner: R
 
 @pytest.fixture
 def stack(tmp_path: pathlib.Path) -> Iterator[Stack]:
-    with Stack(tmp_path / "data") as running:
+    with Stack(tmp_path / "data", env=NO_SERVICE_RUNNERS) as running:
         yield running
 
 
