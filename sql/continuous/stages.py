@@ -67,7 +67,8 @@ class StageError(RuntimeError):
 class DataFusionQuery:
     """One SQL text run on each batch, registered under ``table`` in a SessionContext the
     query keeps. ``output_schema`` comes from running it on an empty batch at construction
-    (PlanError if DataFusion refuses the SQL); every result is cast to it."""
+    (PlanError if DataFusion refuses the SQL; view types made plain strings and binaries);
+    every result is cast to it."""
 
     def __init__(
         self,
@@ -87,7 +88,7 @@ class DataFusionQuery:
             result = self._execute(schema.empty_table())
         except Exception as exc:  # DataFusion raises plain Exception subclasses
             raise PlanError(f"{what}: DataFusion refuses {sql!r}: {_clean(exc)}") from None
-        out = result.schema
+        out = pa.schema([f.with_type(_plain(f.type)) for f in result.schema])
         for name, meta in (field_metadata or {}).items():
             i = out.get_field_index(name)
             if i >= 0:
@@ -122,6 +123,16 @@ class DataFusionQuery:
                     f"{self.output_schema} ({exc}); did the input's declaration change?"
                 ) from None
         return pa.Table.from_arrays(table.columns, schema=self.output_schema)
+
+
+def _plain(typ: pa.DataType) -> pa.DataType:
+    """View types (which DataFusion gives for some expressions, e.g. a CAST to VARCHAR) as
+    the plain types every consumer reads."""
+    if pa.types.is_string_view(typ):
+        return pa.string()
+    if pa.types.is_binary_view(typ):
+        return pa.binary()
+    return typ
 
 
 def _clean(exc: Exception) -> str:

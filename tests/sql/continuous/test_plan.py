@@ -34,6 +34,7 @@ if str(REPO) not in sys.path:
 
 from bench.nexmark.generator import Generator, create_stream_sql  # noqa: E402
 from bench.nexmark.model import ModelConfig  # noqa: E402
+from bench.nexmark.queries import QUERIES  # noqa: E402
 
 DELAY_MS = 4_000  # create_stream_sql's watermark delay
 BATCH = 6_000
@@ -544,6 +545,13 @@ def test_window_over_stateless_subquery_and_cte(
 
 # -- snapshot / restore -------------------------------------------------------------------
 
+OVER_UPDATING = (
+    "SELECT k, COUNT(*) AS auctions, SUM(top) AS total, AVG(top) AS mean FROM ("
+    " SELECT auction % 7 AS k, auction, MAX(price) AS top FROM bid"
+    " WHERE bidder % 2 = 0 GROUP BY auction % 7, auction"
+    ") q GROUP BY k"
+)
+
 SNAPSHOT_QUERIES = {
     "stateless": "SELECT auction, price FROM bid WHERE price % 7 = 1",
     "tumble": "SELECT auction % 10 AS k, TUMBLE_END(\"dateTime\", INTERVAL '5' SECOND) AS we, "
@@ -553,6 +561,8 @@ SNAPSHOT_QUERIES = {
     "GROUP BY bidder, SESSION(\"dateTime\", INTERVAL '1' SECOND)",
     "updating": f"SELECT channel, {AGG_SQL} FROM bid GROUP BY channel",
     "nested": MAX_PER_WINDOW,
+    "window join (q5)": QUERIES["q5"].sql,
+    "over updating": OVER_UPDATING,
 }
 
 
@@ -693,13 +703,6 @@ def test_interval_forms() -> None:
 
 
 # -- an aggregate over an updating aggregate (retractions) ---------------------------------
-
-OVER_UPDATING = (
-    "SELECT k, COUNT(*) AS auctions, SUM(top) AS total, AVG(top) AS mean FROM ("
-    " SELECT auction % 7 AS k, auction, MAX(price) AS top FROM bid"
-    " WHERE bidder % 2 = 0 GROUP BY auction % 7, auction"
-    ") q GROUP BY k"
-)
 
 
 def over_updating_reference(table: pa.Table) -> list[tuple]:

@@ -43,6 +43,11 @@ def test_datafusion_query_refuses_bad_sql_and_reports_failing_batches() -> None:
     assert q.run(batch(["12"], [1], [0])).column("n").to_pylist() == [12]
     with pytest.raises(StageError, match="stage s0.*failed on a batch"):
         q.run(batch(["twelve"], [1], [0]))
+    # DataFusion types CAST(... AS VARCHAR) as a string view; stages give plain strings
+    text = DataFusionQuery('SELECT CAST("x" AS VARCHAR) AS s FROM "_in"', "_in", SCHEMA, "s0")
+    assert text.output_schema.field("s").type == pa.string()
+    got = text.run(batch(["a"], [42], [0]))
+    assert got.schema.field("s").type == pa.string() and got.column("s").to_pylist() == ["42"]
 
 
 def test_stateless_stage_keeps_field_metadata_and_passes_the_watermark() -> None:
