@@ -1,6 +1,7 @@
 """Kafka consumer-group APIs: membership through the in-memory coordinator
-(`ingest.kafka.groups`), committed offsets (with their metadata strings) in the metadata
-store, so they survive restarts.
+(`ingest.kafka.groups`), committed offsets (with their metadata strings and the leader epoch
+committed with them, OffsetCommit v6+ / OffsetFetch v5+) in the metadata store, so they
+survive restarts.
 
 One coordinator per group (`GroupShell`, the I/O around `GroupCoordinator`):
 
@@ -416,6 +417,8 @@ async def offset_commit(
                         p.partition_index,
                         p.committed_offset,
                         p.committed_metadata or "",
+                        # v6+; as Kafka, a negative epoch means none (-1).
+                        max(p.committed_leader_epoch, -1),
                     )
                 )
                 slots.append(len(partitions) - 1)
@@ -439,20 +442,30 @@ async def offset_commit(
     return response
 
 
+_Row = tuple[int, int, int, str, int]  # (partition, offset, leader epoch, metadata, error)
+
+
 async def _fetch_group_offsets(
     broker: KafkaBroker, group_id: str, topics: list[tuple[str, list[int]]] | None
-) -> list[tuple[str, list[tuple[int, int, str, int]]]]:
-    """[(topic, [(partition, offset, metadata, error)])] for the asked partitions, or for every
-    committed partition when `topics` is None. Two metadata calls, off the loop."""
+) -> list[tuple[str, list[_Row]]]:
+    """[(topic, [(partition, offset, leader epoch, metadata, error)])] for the asked
+    partitions, or for every committed partition when `topics` is None. Two metadata calls,
+    off the loop. The leader epoch is the one committed with the offset (-1: none)."""
     if topics is None:
-        by_topic: dict[str, list[tuple[int, int, str, int]]] = {}
+        by_topic: dict[str, list[_Row]] = {}
         all_committed = await broker.meta.list_group_offsets(group_id)
         names = await broker.meta.topics_by_id(c.topic_id for c in all_committed)
         for committed in all_committed:
             topic = names.get(committed.topic_id)
             if topic is not None:
                 by_topic.setdefault(topic.name, []).append(
-                    (committed.partition, committed.offset, committed.metadata, 0)
+                    (
+                        committed.partition,
+                        committed.offset,
+                        committed.leader_epoch,
+                        committed.metadata,
+                        0,
+                    )
                 )
         return list(by_topic.items())
     found = await broker.meta.topic_states([TopicLookup(name) for name, _ in topics])
@@ -463,10 +476,14 @@ async def _fetch_group_offsets(
         rows = []
         for partition in partitions:
             if topic is None or not 0 <= partition < topic.partitions:
-                rows.append((partition, -1, "", errors.UNKNOWN_TOPIC_OR_PARTITION))
+                rows.append((partition, -1, -1, "", errors.UNKNOWN_TOPIC_OR_PARTITION))
                 continue
             c = commits.get((topic.topic_id, partition))
-            rows.append((partition, c.offset, c.metadata, 0) if c else (partition, -1, "", 0))
+            rows.append(
+                (partition, c.offset, c.leader_epoch, c.metadata, 0)
+                if c
+                else (partition, -1, -1, "", 0)
+            )
         out.append((name, rows))
     return out
 
@@ -542,11 +559,11 @@ async def _offset_topics(
                 partition_type(
                     partition_index=p,
                     committed_offset=offset,
-                    committed_leader_epoch=-1,
+                    committed_leader_epoch=epoch,
                     metadata=metadata,
                     error_code=code,
                 )
-                for p, offset, metadata, code in rows
+                for p, offset, epoch, metadata, code in rows
             ],
         )
         for name, rows in await _fetch_group_offsets(broker, group_id, asked)

@@ -18,7 +18,9 @@ One stack serves the module; every test uses its own topics and groups.
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
+import struct
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -31,6 +33,7 @@ from aiokafka.admin import NewTopic as AioNewTopic
 from confluent_kafka import (
     Consumer,
     ConsumerGroupState,
+    ConsumerGroupTopicPartitions,
     ConsumerGroupType,
     ElectionType,
     KafkaError,
@@ -53,8 +56,11 @@ from kafka import KafkaConsumer
 from kafka import TopicPartition as KpTopicPartition
 from kafka.admin import ConfigResource as KpConfigResource
 from kafka.admin import ConfigResourceType, KafkaAdminClient
+from kafka.structs import OffsetAndMetadata
 
 from streamhouse.client import Client
+from streamhouse.kafka.framing import decode_response, encode_request
+from streamhouse.kafka.messages import OffsetCommitRequest, OffsetFetchRequest, RequestHeader
 from streamhouse.testing import Stack
 from streamhouse.topic_config import NOT_ACTED_ON, TOPIC_CONFIG_TYPES, TOPIC_CONFIGS
 
@@ -600,3 +606,102 @@ def test_describe_topic_partitions_paginates(kp_admin: KafkaAdminClient, grpc: C
         assert pages < 10
     assert seen == [("paged-a", 0), ("paged-a", 1), ("paged-a", 2), ("paged-b", 0), ("paged-b", 1)]
     assert pages == 3
+
+
+# -- committed leader epochs ------------------------------------------------------------------
+
+
+def _exchange(bootstrap: str, api_key: int, version: int, request: Any) -> Any:
+    """One request over a plain socket with the generated codec; the decoded response."""
+    host, port = bootstrap.rsplit(":", 1)
+    header = RequestHeader(
+        request_api_key=api_key, request_api_version=version, correlation_id=7, client_id="t"
+    )
+    with socket.create_connection((host, int(port)), timeout=DEADLINE_S) as sock:
+        sock.sendall(encode_request(header, request))
+        size = struct.unpack(">i", _read(sock, 4))[0]
+        _, response = decode_response(_read(sock, size), api_key, version)
+    return response
+
+
+def _read(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, "the broker closed the connection"
+        data += chunk
+    return data
+
+
+def test_committed_leader_epoch_is_kept(
+    admin: AdminClient, kp_admin: KafkaAdminClient, bootstrap: str, grpc: Client
+) -> None:
+    topic = "epochs"
+    grpc.create_topic(topic, 2, {})
+    produce(bootstrap, topic, 0, [b"e"] * 5)
+
+    # The wire versions the issue names: OffsetCommit v9 with epoch 1 -> OffsetFetch v8.
+    C, F = OffsetCommitRequest, OffsetFetchRequest
+    committed = _exchange(
+        bootstrap,
+        8,
+        9,
+        C(
+            group_id="epoch-raw",
+            generation_id_or_member_epoch=-1,
+            member_id="",
+            topics=[
+                C.OffsetCommitRequestTopic(
+                    name=topic,
+                    partitions=[
+                        C.OffsetCommitRequestPartition(
+                            partition_index=0, committed_offset=3, committed_leader_epoch=1
+                        ),
+                        C.OffsetCommitRequestPartition(
+                            partition_index=1, committed_offset=0, committed_leader_epoch=-1
+                        ),
+                    ],
+                )
+            ],
+        ),
+    )
+    assert [p.error_code for t in committed.topics for p in t.partitions] == [0, 0]
+    fetched = _exchange(
+        bootstrap,
+        9,
+        8,
+        F(
+            groups=[
+                F.OffsetFetchRequestGroup(
+                    group_id="epoch-raw",
+                    topics=[F.OffsetFetchRequestTopics(name=topic, partition_indexes=[0, 1])],
+                )
+            ]
+        ),
+    )
+    (group,) = fetched.groups
+    assert group.error_code == 0
+    got = {
+        p.partition_index: (p.committed_offset, p.committed_leader_epoch)
+        for t in group.topics
+        for p in t.partitions
+    }
+    assert got == {0: (3, 1), 1: (0, -1)}
+
+    # confluent-kafka's admin alter / list group offsets.
+    group_id = "epoch-confluent"
+    request = ConsumerGroupTopicPartitions(
+        group_id, [TopicPartition(topic, 0, 4, leader_epoch=2), TopicPartition(topic, 1, 1)]
+    )
+    result(admin.alter_consumer_group_offsets([request]))
+    listed = result(admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group_id)]))
+    epochs = {tp.partition: (tp.offset, tp.leader_epoch) for tp in listed.topic_partitions}
+    assert epochs[0] == (4, 2)
+    assert epochs[1][0] == 1 and epochs[1][1] in (None, -1)
+
+    # kafka-python's alter / list group offsets.
+    kp_admin.alter_group_offsets(
+        "epoch-kp", {KpTopicPartition(topic, 0): OffsetAndMetadata(2, "m", 5)}
+    )
+    kp = kp_admin.list_group_offsets({"epoch-kp": None})["epoch-kp"]
+    assert kp[KpTopicPartition(topic, 0)] == OffsetAndMetadata(2, "m", 5)
