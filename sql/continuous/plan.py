@@ -54,13 +54,20 @@ How each SELECT runs
   qualified by the sides' aliases) are the condition ``sql.continuous.joins.plan_join``
   gets, the rest run above it, where columns are the join stage's ``<alias>__<column>``.
 
-Inner SELECTs always emit final (append-only) results; ``emit`` applies to the outermost.
+Output columns are named by their alias, else the column's name, else the function's
+(``count``, ``sum``, ...), else ``_col<i>``; a name may appear once. Inner SELECTs always
+emit final (append-only) results; ``emit`` applies to the outermost.
 ORDER BY is allowed only above a window aggregation (it orders each emission); LIMIT,
 DISTINCT, UNION, window functions (OVER) and sub-queries in expressions are refused, as is an
 aggregate without GROUP BY (its updates would have no key). The watermark of a source is
 the largest event time seen on its declared watermark column minus the declared delay,
 advanced after each batch has been processed (a row is late if the batches before it moved
 the watermark past its window).
+
+Known limits: with ``emit="updates"`` a window row that a later update makes fail the
+HAVING keeps its last matching row, and a SESSION that grows earlier gets a new start, so
+its earlier row (another key) stays; upserts cannot delete. A group of an aggregate over a
+changelog whose rows are all taken back stays with COUNT 0.
 
 Snapshot format
 ---------------
@@ -1122,8 +1129,22 @@ class Plan:
         return min(known) if known and len(known) == len(values) else None
 
     def stats(self) -> PlanStats:
-        late = sum(int(getattr(s, "late_rows_dropped", 0)) for s in self._stages.values())
-        return PlanStats(rows_in=self._rows_in, rows_out=self._rows_out, late_rows_dropped=late)
+        """Rows in (source rows) and out (result rows), late rows dropped by every stage;
+        ``extra``: ``null_time_rows`` (rows a window dropped for a null event time) and
+        ``join_buffered_rows`` (rows the join stages hold)."""
+        stages = list(self._stages.values())
+        late = sum(int(getattr(s, "late_rows_dropped", 0)) for s in stages)
+        extra = {
+            "null_time_rows": sum(
+                s.op.stats.null_time_rows for s in stages if isinstance(s, WindowStage)
+            ),
+            "join_buffered_rows": sum(
+                sum(s.buffered_rows()) for s in stages if hasattr(s, "buffered_rows")
+            ),
+        }
+        return PlanStats(
+            rows_in=self._rows_in, rows_out=self._rows_out, late_rows_dropped=late, extra=extra
+        )
 
     def snapshot(self) -> bytes:
         meta = {
