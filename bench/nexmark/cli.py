@@ -124,6 +124,19 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--queries", default="q0,q1,q2,q3,q4,q5,q7,q8")
     plan.add_argument("--seed", type=_seed, default=0)
     plan.add_argument("--json", action="store_true", help="print the report as JSON")
+    run = commands.add_parser(
+        "run", help="the queries end to end on a stack of their own (run_bench.py)"
+    )
+    run.add_argument("--events", type=_positive, default=1_000_000)
+    run.add_argument(
+        "--rate", type=_positive, default=10_000, help="events per second of event time"
+    )
+    run.add_argument("--queries", default="q0,q1,q2,q3,q4,q5,q7,q8")
+    run.add_argument("--partitions", type=_positive, default=1)
+    run.add_argument("--seed", type=_seed, default=0)
+    run.add_argument("--check", action="store_true", help="compare outputs with references")
+    run.add_argument("--keep", default=None, help="the stack's folder (default: a temp dir)")
+    run.add_argument("--json", action="store_true", help="print the report as JSON")
     return top
 
 
@@ -203,6 +216,33 @@ def _records_ahead(
     finally:
         stop.set()
         thread.join()
+
+
+def generate_into(
+    bootstrap: str, events: int, rate: int, partitions: int, seed: int, prefix: str = ""
+) -> dict[str, Any]:
+    """Produces ``events`` Nexmark events into person/auction/bid at ``bootstrap`` (one
+    producer, so each partition's event time only grows); returns the generate report plus
+    ``tables``: the generated tables, made again from the same seed (for references)."""
+    import pyarrow as pa
+
+    args = parser().parse_args(
+        [
+            "generate",
+            "--events", str(events),
+            "--bootstrap", bootstrap,
+            "--rate", str(rate),
+            "--partitions", str(partitions),
+            "--seed", str(seed),
+            "--topic-prefix", prefix,
+        ]
+    )  # fmt: skip
+    report = generate(args)
+    chunks = list(Generator(seed, ModelConfig(rate=rate)).chunks(events))
+    report["tables"] = {
+        kind: pa.concat_tables([getattr(c, kind) for c in chunks]) for kind in TOPICS
+    }
+    return report
 
 
 def generate(args: argparse.Namespace) -> dict[str, Any]:
@@ -362,6 +402,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = top.parse_args(argv)
     if args.command == "plan":
         return _plan_command(args)
+    if args.command == "run":
+        from .run_bench import main_run
+
+        return main_run(args)
     try:
         ModelConfig(rate=args.rate, base_time_ms=args.base_time_ms)
     except ValueError as e:
