@@ -70,7 +70,7 @@ restored into the same join), "watermarks": [left, right] (null before the first
 table sequence), "stats": {...}}``. Each row is one buffer as an Arrow IPC stream: ``left``,
 ``right`` (the prefixed columns plus hidden ones: ``__lid`` int64 left row id (LEFT joins),
 ``__lb`` / ``__rb`` int64 prune bound in ms (bounded sides), ``__lwe`` / ``__rwe`` int64
-window end in ms (window), ``__rseq`` int64 arrival sequence (lookup), ``__lk<i>`` /
+window end in ms (window), ``__lk<i>`` /
 ``__rk<i>`` cast join keys, ``__lk`` / ``__rk`` constant keys), ``matched`` (``__lid`` of
 buffered left rows that have matched: LEFT interval joins) and ``table`` (lookup: the
 table's current rows).
@@ -350,12 +350,16 @@ class _JoinBase:
         self._next_id += table.num_rows
         return table.append_column("__lid", pa.array(ids))
 
-    def _match(self, left: pa.Table, right: pa.Table) -> pa.Table | None:
+    def _match(
+        self, left: pa.Table, right: pa.Table, right_rows: pa.Table | None = None
+    ) -> pa.Table | None:
         """Pairs of left and right rows satisfying the condition (both sides' columns).
 
         The hash join runs on the keys and row numbers alone (wide payloads such as long
         strings are never hashed or copied by it); the residual condition sees only the
-        columns it names; then each side's rows are taken once."""
+        columns it names; then each side's rows are taken once. With ``right_rows``,
+        ``right`` is an index: its keys and ``__pos``, the row of ``right_rows`` it stands
+        for."""
         if not left.num_rows or not right.num_rows:
             return None
         narrow = [
@@ -377,6 +381,8 @@ class _JoinBase:
         if not pairs.num_rows:
             return None
         li, ri = pairs.column("__li"), pairs.column("__ri")
+        if right_rows is not None:
+            ri, right = pc.take(right.column("__pos"), ri), right_rows
         if self._residual is not None:
             keep = self._residual_rows(left, right, li, ri)
             if keep is None:
@@ -560,12 +566,17 @@ class LookupJoin(_JoinBase):
         self._table_keys = [f"{right.alias}__{k}" for k in keys]
         declared = [n for n in right.schema.names if not n.startswith("_") and n not in keys]
         self._declared = [f"{right.alias}__{n}" for n in declared]
-        self._table: pa.Table | None = None
+        # State: ``_rows`` every table row received since the last rebuild (wide, append
+        # only); ``_index`` the current ones: their key and join-key columns and ``__pos``
+        # (row in ``_rows``). An upsert rewrites only the narrow index.
+        self._index_columns = list(dict.fromkeys(self._table_keys + self._keys[1]))
+        self._rows: pa.Table | None = None
+        self._index: pa.Table | None = None
         self._pending: list[pa.Table] = []
 
     def buffered_rows(self) -> tuple[int, int]:
         self._compact()
-        return 0, self._table.num_rows if self._table is not None else 0
+        return 0, self._index.num_rows if self._index is not None else 0
 
     def process(self, input_name: str, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         out: list[pa.RecordBatch] = []
@@ -573,16 +584,17 @@ class LookupJoin(_JoinBase):
             rows = self._prefixed(side, batch)
             self.stats.rows_in += rows.num_rows
             if side == 1:
-                seq = np.arange(self._next_id, self._next_id + rows.num_rows, dtype=np.int64)
-                self._next_id += rows.num_rows
-                self._pending.append(rows.append_column("__rseq", pa.array(seq)))
+                if rows.num_rows:
+                    self._pending.append(rows)
                 if len(self._pending) > _COMPACT_CHUNKS:
                     self._compact()
                 continue
             if self.kind == "left":
                 rows = self._with_ids(rows)
             self._compact()
-            matched = self._match(rows, self._table) if self._table is not None else None
+            matched = None
+            if self._index is not None and self._rows is not None:
+                matched = self._match(rows, self._index, self._rows)
             out += self._emit([matched, self._unmatched(rows, matched)])
         return out
 
@@ -593,28 +605,50 @@ class LookupJoin(_JoinBase):
         return []
 
     def _compact(self) -> None:
-        """Fold pending upserts into the table: the latest row per key, deleted keys gone."""
-        if not self._pending:
-            return
-        log = _concat(([self._table] if self._table is not None else []) + self._pending)
+        """Fold pending upserts into the index: the latest row per key, deleted keys gone.
+        Rows no longer current stay in ``_rows`` until they are most of it (then it is
+        rebuilt from the current rows)."""
+        new = _concat(self._pending)
         self._pending = []
-        if log is None:
+        if new is None:
             return
-        latest = log.group_by(self._table_keys, use_threads=False).aggregate([("__rseq", "max")])
-        log = log.filter(pc.is_in(log.column("__rseq"), value_set=latest.column("__rseq_max")))
+        start = self._rows.num_rows if self._rows is not None else 0
+        self._rows = new if self._rows is None else pa.concat_tables([self._rows, new])
+        dead = pa.array(np.zeros(new.num_rows, bool))
         if self._declared:
-            alive = functools.reduce(pc.or_, [pc.is_valid(log.column(n)) for n in self._declared])
-            log = log.filter(alive)
-        self._table = log.combine_chunks()
+            alive = functools.reduce(pc.or_, [pc.is_valid(new.column(n)) for n in self._declared])
+            dead = pc.invert(alive)
+        added = pa.table(
+            [new.column(n) for n in self._index_columns]
+            + [pa.array(np.arange(start, start + new.num_rows)), dead],
+            names=[*self._index_columns, "__pos", "__dead"],
+        )
+        index = added if self._index is None else pa.concat_tables([self._index, added])
+        latest = index.group_by(self._table_keys, use_threads=False).aggregate([("__pos", "max")])
+        index = index.filter(pc.is_in(index.column("__pos"), value_set=latest.column("__pos_max")))
+        index = index.filter(pc.invert(index.column("__dead"))).combine_chunks()
+        if self._rows.num_rows > 2 * index.num_rows + 4096 or self._rows.column(0).num_chunks > 64:
+            self._rows = self._rows.take(index.column("__pos")).combine_chunks()
+            positions = pa.array(np.arange(index.num_rows))
+            index = index.set_column(index.schema.get_field_index("__pos"), "__pos", positions)
+        self._index = index
+
+    def _current_rows(self) -> pa.Table | None:
+        self._compact()
+        if self._index is None or self._rows is None:
+            return None
+        return self._rows.take(self._index.column("__pos"))
 
     def _state_parts(self) -> tuple[dict[str, pa.Table], dict[str, Any]]:
-        self._compact()
-        parts = {"table": self._table} if self._table is not None else {}
-        return parts, {}
+        table = self._current_rows()
+        return ({"table": table} if table is not None else {}), {}
 
     def _load_parts(self, parts: dict[str, pa.Table], meta: dict[str, Any]) -> None:
-        self._table = parts.get("table")
-        self._pending = []
+        self._rows, self._index, self._pending = None, None, []
+        table = parts.get("table")
+        if table is not None:
+            self._pending = [table.combine_chunks()]
+            self._compact()
 
 
 # -- interval / regular: symmetric hash join -------------------------------------------------
