@@ -1,0 +1,206 @@
+"""The runner with plans from SQL (``sql.continuous.plan.plan_continuous``) on a real stack:
+an updating aggregate into a keyed output topic, a windowed materialized view, both across a
+kill -9 and restart; and one query on PostgreSQL metadata and SeaweedFS S3.
+
+References are computed here from the input topic as read back with confluent-kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import pathlib
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from sql.continuous.definition import QueryDefinition, decode_checkpoint
+from streamhouse.recordbatch import default_partition
+from streamhouse.testing import Stack, read_kafka_log, wait_until
+
+_spec = importlib.util.spec_from_file_location(
+    "_runner_tests", pathlib.Path(__file__).with_name("test_runner.py")
+)
+assert _spec is not None and _spec.loader is not None
+rt: Any = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rt)
+
+BASE_MS = 1_700_000_000_000
+PAY_DDL = (
+    "CREATE STREAM pay (item VARCHAR NOT NULL, amount BIGINT, ts TIMESTAMP, "
+    "WATERMARK FOR ts AS ts - INTERVAL '1' HOUR) WITH (topic = 'pay')"
+)
+
+
+def pay_value(i: int) -> bytes:
+    ts = datetime.fromtimestamp((BASE_MS + i * 37) / 1000, tz=UTC)
+    return json.dumps(
+        {"item": f"i{i % 11}", "amount": i % 50, "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]}
+    ).encode()
+
+
+def produce_pay(stack: Stack, ids: range, partitions: int) -> None:
+    p = Producer({"bootstrap.servers": stack.kafka_address, "linger.ms": 5})
+    failed: list[str] = []
+    for i in ids:
+        p.produce(
+            "pay",
+            value=pay_value(i),
+            partition=i % partitions,
+            on_delivery=lambda err, _m: failed.append(str(err)) if err else None,
+        )
+        p.poll(0)
+    assert p.flush(60) == 0
+    assert failed == []
+
+
+def pay_rows(stack: Stack, partitions: int) -> list[dict[str, Any]]:
+    log = read_kafka_log(stack.kafka_address, "pay", partitions)
+    return [json.loads(v) for records in log.values() for _o, v in records]
+
+
+def rows_in(stack: Stack, name: str) -> int:
+    row = rt.checkpoint(stack, name)
+    return 0 if row is None else decode_checkpoint(row.payload).rows_in
+
+
+@pytest.fixture
+def stack(tmp_path: pathlib.Path) -> Iterator[Stack]:
+    with Stack(tmp_path / "data", env=rt.NO_SERVICE_RUNNERS) as running:
+        yield running
+
+
+def run_totals(stack: Stack, tmp_path: pathlib.Path) -> None:
+    """GROUP BY item into keyed topic ``totals``, killed and restarted half-way."""
+    rt.create_topic(stack, "pay", 2)
+    rt.create_topic(stack, "totals", 3)
+    rt.run_sql(stack, PAY_DDL)
+    produce_pay(stack, range(0, 2000), 2)
+    rt.define_query(
+        stack,
+        QueryDefinition(
+            name="totals",
+            kind="stream",
+            sql="SELECT item, COUNT(*) AS n, SUM(amount) AS total FROM pay GROUP BY item",
+            output_topic="totals",
+        ),
+    )
+    runner = rt.RunnerProcess(stack, "totals", tmp_path / "totals.log", None)
+    try:
+        wait_until(lambda: rows_in(stack, "totals") == 2000, 120, "the first 2000 processed")
+        runner.kill()
+        produce_pay(stack, range(2000, 3000), 2)
+        runner = rt.RunnerProcess(stack, "totals", tmp_path / "totals.log", None)
+        wait_until(lambda: rows_in(stack, "totals") == 3000, 120, "all 3000 processed")
+    finally:
+        runner.kill()
+    expected: dict[str, dict[str, Any]] = {}
+    for row in pay_rows(stack, 2):
+        got = expected.setdefault(row["item"], {"item": row["item"], "n": 0, "total": 0})
+        got["n"] += 1
+        got["total"] += row["amount"]
+    consumer_log = _keyed_log(stack, "totals", 3)
+    latest: dict[str, dict[str, Any]] = {}
+    for partition, records in consumer_log.items():
+        for _offset, key, value in sorted(records):
+            assert json.loads(key) == {"item": json.loads(value)["item"]}
+            assert default_partition(key, 3) == partition  # Kafka's partitioner
+            latest[json.loads(key)["item"]] = json.loads(value)
+    assert latest == expected
+
+
+def _keyed_log(
+    stack: Stack, topic: str, partitions: int
+) -> dict[int, list[tuple[int, bytes, bytes]]]:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    total = rt.high_watermarks(stack, topic, partitions)
+    consumer = Consumer(
+        {"bootstrap.servers": stack.kafka_address, "group.id": "keys", "enable.auto.commit": False}
+    )
+    out: dict[int, list[tuple[int, bytes, bytes]]] = defaultdict(list)
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        left = total
+        while left > 0:
+            for m in consumer.consume(num_messages=min(1000, left), timeout=5):
+                assert m.error() is None, m.error()
+                out[m.partition()].append((m.offset(), m.key(), m.value()))
+                left -= 1
+    finally:
+        consumer.close()
+    return out
+
+
+def test_updating_aggregate_into_a_keyed_topic_survives_a_restart(
+    stack: Stack, tmp_path: pathlib.Path
+) -> None:
+    run_totals(stack, tmp_path)
+
+
+def test_windowed_view_rows_equal_the_reference(stack: Stack, tmp_path: pathlib.Path) -> None:
+    # one partition, in time order, watermark = the latest time: no row is late, and the
+    # windows that end by the latest time are the view's rows
+    rt.create_topic(stack, "pay", 1)
+    rt.run_sql(stack, PAY_DDL.replace(" - INTERVAL '1' HOUR", ""))
+    produce_pay(stack, range(0, 3000), 1)
+    rt.define_query(
+        stack,
+        QueryDefinition(
+            name="per_window",
+            kind="view",
+            sql=(
+                "SELECT item, TUMBLE_START(ts, INTERVAL '10' SECOND) AS ws, COUNT(*) AS n, "
+                "SUM(amount) AS total FROM pay GROUP BY item, TUMBLE(ts, INTERVAL '10' SECOND)"
+            ),
+        ),
+    )
+    runner = rt.RunnerProcess(stack, "per_window", tmp_path / "view.log", None)
+    try:
+        wait_until(lambda: rows_in(stack, "per_window") == 3000, 120, "all 3000 processed")
+    finally:
+        runner.kill()
+    expected: dict[tuple[str, int], tuple[int, int]] = {}
+    rows = pay_rows(stack, 1)
+    times = [
+        int(
+            datetime.strptime(r["ts"], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+            * 1000
+        )
+        for r in rows
+    ]
+    for row, ms in zip(rows, times, strict=True):
+        start = ms - ms % 10_000
+        if start + 10_000 > max(times):
+            continue  # still open
+        n, total = expected.get((row["item"], start), (0, 0))
+        expected[(row["item"], start)] = (n + 1, total + row["amount"])
+    table = asyncio.run(rt._view(stack, "per_window"))
+    assert table is not None
+    got = {
+        (r["item"], int(r["ws"].replace(tzinfo=UTC).timestamp() * 1000)): (
+            r["n"],
+            r["total"],
+        )
+        for r in table.to_pylist()
+    }
+    assert table.num_rows == len(got)  # one row per key
+    assert got == expected
+    assert decode_checkpoint(rt.checkpoint(stack, "per_window").payload).late_rows_dropped == 0
+
+
+def test_on_postgresql_and_seaweedfs(
+    tmp_path: pathlib.Path, postgres_dsn: str, seaweed: Any
+) -> None:
+    env = seaweed.env()
+    env["STREAMHOUSE_OBJECT_STORE"] = f"s3://{seaweed.bucket}/sqlq-{uuid.uuid4().hex[:12]}"
+    env["STREAMHOUSE_METADATA"] = postgres_dsn
+    env.update(rt.NO_SERVICE_RUNNERS)
+    with Stack(tmp_path / "data", env=env) as stack:
+        run_totals(stack, tmp_path)
