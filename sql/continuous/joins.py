@@ -844,21 +844,37 @@ class WindowJoin(_JoinBase):
         self._end = window_end
         self._buffers: tuple[list[pa.Table], list[pa.Table]] = ([], [])
         self._closed: int | None = None
+        # cached over the buffers: earliest window end per side, earliest left time
+        self._min_end: list[int | None] = [None, None]
+        self._min_left_time: int | None = None
 
     def buffered_rows(self) -> tuple[int, int]:
         return tuple(sum(t.num_rows for t in buffers) for buffers in self._buffers)  # type: ignore[return-value]
 
     def output_watermark(self) -> int | None:
         wm = self._watermarks[0]
-        left = self.sides[0]
-        if wm is None or left.time_column is None:
+        if wm is None or self.sides[0].time_column is None:
             return None
-        buffered = _concat(self._buffers[0])
-        if buffered is None:
-            return wm
-        times, valid = _ms_column(buffered, f"{left.alias}__{left.time_column}")
+        return wm if self._min_left_time is None else min(wm, self._min_left_time)
+
+    def _left_min_time(self, rows: pa.Table) -> int | None:
+        left = self.sides[0]
+        if left.time_column is None or not rows.num_rows:
+            return None
+        times, valid = _ms_column(rows, f"{left.alias}__{left.time_column}")
         times = times if valid is None else times[valid]
-        return min(wm, int(times.min())) if len(times) else wm
+        return int(times.min()) if len(times) else None
+
+    def _recount(self) -> None:
+        """Recompute the cached minima from the buffers."""
+        for side in (0, 1):
+            ends = [
+                int(pc.min(t.column(f"__{_SIDE[side]}we")).as_py()) for t in self._buffers[side]
+            ]
+            self._min_end[side] = min(ends) if ends else None
+        times = [self._left_min_time(t) for t in self._buffers[0]]
+        known = [t for t in times if t is not None]
+        self._min_left_time = min(known) if known else None
 
     def process(self, input_name: str, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         for side in self._sides_of(input_name):
@@ -881,6 +897,14 @@ class WindowJoin(_JoinBase):
             self._buffers[side].append(rows)
             if len(self._buffers[side]) > _COMPACT_CHUNKS:
                 self._buffers[side][:] = [pa.concat_tables(self._buffers[side]).combine_chunks()]
+            first_end = int(ends.min())
+            current = self._min_end[side]
+            self._min_end[side] = first_end if current is None else min(current, first_end)
+            if side == 0:
+                first = self._left_min_time(rows)
+                if first is not None:
+                    current = self._min_left_time
+                    self._min_left_time = first if current is None else min(current, first)
         return []
 
     def advance_watermark(self, input_name: str, watermark_ms: int) -> list[pa.RecordBatch]:
@@ -892,6 +916,8 @@ class WindowJoin(_JoinBase):
         if self._closed is not None and closing <= self._closed:
             return []
         self._closed = closing
+        if all(end is None or end > closing for end in self._min_end):
+            return []  # no buffered row's window closes
         ready: list[pa.Table | None] = []
         for side in (0, 1):
             table = _concat(self._buffers[side])
@@ -902,6 +928,7 @@ class WindowJoin(_JoinBase):
             ready.append(table.filter(done))
             rest = table.filter(pc.invert(done))
             self._buffers[side][:] = [rest] if rest.num_rows else []
+        self._recount()
         left, right = ready
         if left is None or not left.num_rows:
             return []
@@ -921,3 +948,4 @@ class WindowJoin(_JoinBase):
         self._buffers = tuple(
             [parts[name].combine_chunks()] if name in parts else [] for name in ("left", "right")
         )  # type: ignore[assignment]
+        self._recount()

@@ -707,3 +707,41 @@ def test_lookup_on_a_declared_key_column_with_tombstones() -> None:
     assert stage.buffered_rows() == (0, 2)
     stage.advance_watermark("s", 5)
     assert stage.output_watermark() == 5
+
+
+def test_lookup_table_with_many_updates_keeps_only_current_rows() -> None:
+    """20,000 upserts and deletes of 50 keys: results follow the latest rows, and the rows
+    kept stay near the current ones (stale ones are dropped when they are most of them)."""
+    rng = np.random.default_rng(29)
+    tschema = pa.schema([("id", pa.int64()), ("v", pa.int64()), ("_key", pa.binary())])
+    table = PlannedInput("t", "T", tschema, None, is_table=True, key_columns=("_key",))
+    sschema = pa.schema([("x", pa.int64()), ("t", TS)])
+    stage = plan_join(
+        PlannedInput("s", "S", sschema, "t"), table, cond("S.x = T.id AND T.v > S.x"), "left", "j"
+    )
+    current: dict[bytes, tuple[int, int]] = {}
+    got, want = [], []
+    for step in range(200):
+        ids = rng.integers(0, 50, 100)
+        values = rng.integers(0, 100, 100)
+        dead = rng.random(100) < 0.1
+        keys = [str(i).encode() for i in ids]
+        ids_col = pa.array(np.where(dead, 0, ids), mask=dead)
+        vals_col = pa.array(values, mask=dead)
+        batch = pa.record_batch([ids_col, vals_col, pa.array(keys)], schema=tschema)
+        stage.process("t", batch)
+        for key, i, v, d in zip(keys, ids, values, dead, strict=True):
+            if d:
+                current.pop(key, None)
+            else:
+                current[key] = (int(i), int(v))
+        xs = rng.integers(0, 60, 20)
+        probe = pa.record_batch([pa.array(xs), pa.array(np.full(20, step), TS)], schema=sschema)
+        got += [tuple(r.values()) for b in stage.process("s", probe) for r in b.to_pylist()]
+        for x in xs:
+            hits = [(i, v, k) for k, (i, v) in current.items() if i == x and v > x]
+            ts = probe.column("t")[0].as_py()
+            want += [(int(x), ts, *h) for h in hits] or [(int(x), ts, None, None, None)]
+        assert stage.buffered_rows() == (0, len(current))
+        assert stage._rows is not None and stage._rows.num_rows <= 2 * len(current) + 4096 + 100
+    assert Counter(got) == Counter(want)
