@@ -14,6 +14,11 @@ replica, the topic defaults). (Incremental)AlterConfigs of a broker resource is 
 INVALID_CONFIG naming the setting to change and restart with; an alteration that changes
 nothing (no entries) succeeds, as in Kafka.
 
+Broker loggers (resource type 8, this agent's node id): the ingest process's Python loggers
+with their effective levels in log4j's names (WARNING is WARN, CRITICAL FATAL; TRACE sets
+DEBUG); IncrementalAlterConfigs SETs a level or DELETEs it (back to the parent's; not the root
+logger's) until the process restarts, as Kafka's logger changes are not persisted either.
+
 Group resources (Kafka 3.8+, resource type 32): the group configs Kafka defines for its
 consumer (KIP-848) and share-group protocols, at their defaults, read-only: StreamHouse serves
 classic groups, whose session and rebalance timeouts come from JoinGroup, so altering them is
@@ -79,7 +84,9 @@ log = logging.getLogger("ingest.kafka.admin")
 INVALID_REPLICA_ASSIGNMENT = 39
 TOPIC_RESOURCE = 2
 BROKER_RESOURCE = 4
+BROKER_LOGGER_RESOURCE = 8
 GROUP_RESOURCE = 32
+SOURCE_DYNAMIC_BROKER_LOGGER = 6
 SOURCE_DYNAMIC_TOPIC = 1
 SOURCE_STATIC_BROKER = 4
 SOURCE_DEFAULT = 5
@@ -572,19 +579,127 @@ async def describe_configs(
             results.append(_describe_broker(broker, resource.resource_name, keys))
         elif resource.resource_type == GROUP_RESOURCE:
             results.append(_describe_group(resource.resource_name, keys))
+        elif resource.resource_type == BROKER_LOGGER_RESOURCE:
+            results.append(_describe_loggers(broker, resource.resource_name, keys))
         else:
             results.append(
                 R.DescribeConfigsResult(
                     error_code=errors.INVALID_REQUEST,
                     error_message=(
                         f"resource type {resource.resource_type} has no configs here: use "
-                        "topic (2), broker (4) or group (32)"
+                        "topic (2), broker (4), broker logger (8) or group (32)"
                     ),
                     resource_type=resource.resource_type,
                     resource_name=resource.resource_name,
                 )
             )
     return R(results=results)
+
+
+# Kafka's (log4j) level names and Python's: TRACE has no Python level and is DEBUG here.
+_TO_PYTHON = {
+    "TRACE": logging.DEBUG,
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARN": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "FATAL": logging.CRITICAL,
+    "OFF": logging.CRITICAL + 10,
+}
+_FROM_PYTHON = {
+    logging.DEBUG: "DEBUG",
+    logging.INFO: "INFO",
+    logging.WARNING: "WARN",
+    logging.ERROR: "ERROR",
+    logging.CRITICAL: "FATAL",
+    logging.CRITICAL + 10: "OFF",
+}
+ROOT_LOGGER = "root"
+
+
+def _loggers() -> dict[str, logging.Logger]:
+    """This process's loggers by name (the root logger as `root`, as log4j names it)."""
+    found = {
+        name: logger
+        for name, logger in logging.root.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    return {ROOT_LOGGER: logging.root, **dict(sorted(found.items()))}
+
+
+def _level_name(logger: logging.Logger) -> str:
+    level = logger.getEffectiveLevel()
+    return _FROM_PYTHON.get(level) or logging.getLevelName(level)
+
+
+def _describe_loggers(
+    broker: KafkaBroker, name: str, keys: list[str] | None
+) -> DescribeConfigsResponse.DescribeConfigsResult:
+    """Broker loggers (Kafka's kafka-configs --entity-type broker-loggers): the ingest
+    process's loggers and their effective levels; changes last until the process restarts
+    (as in Kafka, where they are not persisted either)."""
+    R = DescribeConfigsResponse
+    result = R.DescribeConfigsResult(
+        error_code=0, resource_type=BROKER_LOGGER_RESOURCE, resource_name=name
+    )
+    node = str(broker.cluster.self_agent.node_id)
+    if name != node:
+        result.error_code = errors.INVALID_REQUEST
+        result.error_message = f"broker loggers are described per broker: name node {node}"
+        return result
+    for logger_name, logger in _loggers().items():
+        if keys is None or logger_name in keys:
+            result.configs.append(
+                R.DescribeConfigsResourceResult(
+                    name=logger_name,
+                    value=_level_name(logger),
+                    read_only=False,
+                    is_default=False,
+                    config_source=SOURCE_DYNAMIC_BROKER_LOGGER,
+                    is_sensitive=False,
+                    config_type=CONFIG_TYPE_CODES["STRING"],
+                    documentation=(
+                        "The level of this logger of the agent's ingest process (until it "
+                        "restarts); STREAMHOUSE_LOG_LEVEL sets the root level at start."
+                    ),
+                )
+            )
+    return result
+
+
+def _alter_loggers(
+    broker: KafkaBroker, resource: Any, validate_only: bool
+) -> tuple[int, str | None]:
+    """SET a logger's level or DELETE it (back to its parent's); all or nothing."""
+    node = str(broker.cluster.self_agent.node_id)
+    if resource.resource_name != node:
+        return errors.INVALID_REQUEST, f"broker loggers are altered per broker: name node {node}"
+    known = _loggers()
+    changes: list[tuple[logging.Logger, int]] = []
+    for c in resource.configs:
+        logger = known.get(c.name)
+        if logger is None:
+            return errors.INVALID_CONFIG, f"logger {c.name!r} does not exist in this agent"
+        if c.config_operation == 0:  # SET
+            level = _TO_PYTHON.get((c.value or "").upper())
+            if level is None:
+                return errors.INVALID_CONFIG, (
+                    f"{c.value!r} is not a log level: use one of {', '.join(_TO_PYTHON)}"
+                )
+            changes.append((logger, level))
+        elif c.config_operation == 1:  # DELETE
+            if c.name == ROOT_LOGGER:
+                return errors.INVALID_CONFIG, "the root logger's level cannot be removed: set it"
+            changes.append((logger, logging.NOTSET))
+        else:
+            return errors.INVALID_REQUEST, (
+                f"operation {c.config_operation} does not apply to a logger level: SET or DELETE"
+            )
+    if not validate_only:
+        for logger, level in changes:
+            logger.setLevel(level)
+            log.info("logger %s set to %s over Kafka", logger.name, logging.getLevelName(level))
+    return 0, None
 
 
 def _refuse_non_topic(broker: KafkaBroker, resource: Any, keys: list[str]) -> tuple[int, str]:
@@ -613,6 +728,11 @@ def _refuse_non_topic(broker: KafkaBroker, resource: Any, keys: list[str]) -> tu
         return errors.INVALID_CONFIG, (
             "broker configs cannot change while the agent runs: " + "; ".join(parts)
         )
+    if resource.resource_type == BROKER_LOGGER_RESOURCE:
+        return errors.INVALID_REQUEST, (
+            "AlterConfigs does not change broker loggers (neither does Kafka): use "
+            "IncrementalAlterConfigs"
+        )
     if resource.resource_type == GROUP_RESOURCE:
         if not keys:
             return 0, ""
@@ -627,7 +747,7 @@ def _refuse_non_topic(broker: KafkaBroker, resource: Any, keys: list[str]) -> tu
         )
     return errors.INVALID_REQUEST, (
         f"resource type {resource.resource_type} has no configs here: use topic (2), broker "
-        "(4) or group (32)"
+        "(4), broker logger (8; IncrementalAlterConfigs only) or group (32)"
     )
 
 
@@ -683,6 +803,8 @@ async def _alter_incrementally(
 ) -> tuple[int, str | None]:
     """One resource of IncrementalAlterConfigs: its operations as one metadata transaction
     (``alter_topic_config``), so alterations of other keys at the same moment all stay."""
+    if resource.resource_type == BROKER_LOGGER_RESOURCE:
+        return _alter_loggers(broker, resource, validate_only)
     if resource.resource_type != TOPIC_RESOURCE:
         code, text = _refuse_non_topic(broker, resource, [c.name for c in resource.configs])
         return code, text or None

@@ -705,3 +705,21 @@ def test_committed_leader_epoch_is_kept(
     )
     kp = kp_admin.list_group_offsets({"epoch-kp": None})["epoch-kp"]
     assert kp[KpTopicPartition(topic, 0)] == OffsetAndMetadata(2, "m", 5)
+
+
+def test_broker_logger_levels(kp_admin: KafkaAdminClient, stack: Stack) -> None:
+    """kafka-configs' broker-loggers: the ingest process's loggers, changed until it restarts."""
+    resource = KpConfigResource(ConfigResourceType.BROKER_LOGGER, "0")
+    levels = kp_admin.describe_configs([resource], config_filter="all")["broker_logger"]["0"]
+    assert levels["root"]["value"] == stack.settings.log_level.upper().replace("WARNING", "WARN")
+    assert "ingest.kafka.admin" in levels
+    kp_admin.alter_configs(
+        [
+            KpConfigResource(
+                ConfigResourceType.BROKER_LOGGER, "0", configs={"ingest.kafka.admin": "DEBUG"}
+            )
+        ]
+    )
+    after = kp_admin.describe_configs([resource], config_filter="all")["broker_logger"]["0"]
+    assert after["ingest.kafka.admin"]["value"] == "DEBUG"
+    assert after["root"]["value"] == levels["root"]["value"]

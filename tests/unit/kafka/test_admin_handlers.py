@@ -7,6 +7,7 @@ cursors, ElectLeaders of everything), and the encoded answers of the versions ad
 from __future__ import annotations
 
 import asyncio
+import logging
 import pathlib
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -164,7 +165,15 @@ def test_broker_resources_of_this_agent_and_the_cluster_default(tmp_path: pathli
     assert default.error_code == 0 and len(default.configs) > 20
     assert other.error_code == INVALID_REQUEST and "node 1" in other.error_message
     assert group.error_code == 0 and {c.name for c in group.configs} == set(api_admin.GROUP_CONFIGS)
-    assert logger.error_code == INVALID_REQUEST
+    assert logger.error_code == 0
+    levels = {c.name: c.value for c in logger.configs}
+    assert (
+        levels["root"]
+        == {10: "DEBUG", 20: "INFO", 30: "WARN", 40: "ERROR", 50: "FATAL"}[
+            logging.root.getEffectiveLevel()
+        ]
+    )
+    assert "ingest.kafka.admin" in levels
     empty, unknown = altered.responses
     assert empty.error_code == 0  # nothing to change: Kafka accepts it too
     assert unknown.error_code == INVALID_CONFIG and "x.y" in unknown.error_message
@@ -316,3 +325,58 @@ def test_elect_leaders_of_everything_elects_nothing(tmp_path: pathlib.Path) -> N
 
     answer = run(tmp_path, [view_of(0)], body)
     assert (answer.error_code, answer.replica_election_results) == (0, [])
+
+
+def test_broker_logger_levels_change_until_restart(tmp_path: pathlib.Path) -> None:
+    Inc = IncrementalAlterConfigsRequest
+    target = logging.getLogger("ingest.kafka.admin")
+    before = target.level
+
+    def alter(*configs: tuple[str, int, str | None], validate_only: bool = False) -> Any:
+        return Inc(
+            validate_only=validate_only,
+            resources=[
+                Inc.AlterConfigsResource(
+                    resource_type=8,
+                    resource_name="0",
+                    configs=[
+                        Inc.AlterableConfig(name=n, config_operation=op, value=v)
+                        for n, op, v in configs
+                    ],
+                )
+            ],
+        )
+
+    async def body(brokers: list[KafkaBroker]) -> list[Any]:
+        (b,) = brokers
+        out = []
+        for request in (
+            alter(("ingest.kafka.admin", 0, "ERROR"), validate_only=True),
+            alter(("ingest.kafka.admin", 0, "TRACE")),
+            alter(("ingest.kafka.admin", 0, "LOUD")),
+            alter(("no.such.logger", 0, "INFO")),
+            alter(("root", 1, None)),
+        ):
+            (answer,) = (
+                await api_admin.incremental_alter_configs(b, header(44, 1), request)
+            ).responses
+            out.append((answer.error_code, answer.error_message, target.level))
+        (answer,) = (
+            await api_admin.incremental_alter_configs(
+                b, header(44, 1), alter(("ingest.kafka.admin", 1, None))
+            )
+        ).responses
+        out.append((answer.error_code, answer.error_message, target.level))
+        return out
+
+    try:
+        target.setLevel(logging.WARNING)
+        validated, traced, loud, unknown, root, deleted = run(tmp_path, [view_of(0, 1)], body)
+    finally:
+        target.setLevel(before)
+    assert validated == (0, None, logging.WARNING)  # validate_only changes nothing
+    assert traced == (0, None, logging.DEBUG)
+    assert loud[0] == INVALID_CONFIG and "LOUD" in loud[1] and loud[2] == logging.DEBUG
+    assert unknown[0] == INVALID_CONFIG and "no.such.logger" in unknown[1]
+    assert root[0] == INVALID_CONFIG
+    assert deleted == (0, None, logging.NOTSET)
