@@ -68,10 +68,11 @@ growing for ``regular``, and the table's size for ``lookup`` (whose upserts rewr
 narrow index of keys and row positions; stale wide rows are dropped when they are most of
 those kept). Output rows carry every column of both sides: the planner's projection above
 the join decides what survives, so wide inputs (Nexmark's ``extra``) make output the larger
-cost. Measured (2 cores shared, ``/tmp/qj_bench.py``-style driver, 1,000-row batches,
-Nexmark at 10,000 events/s of event time): bids to auctions interval LEFT join 360,000
-input rows/s (980,000 rows, 908,000 out, peak state 40,000 rows); auction x person lookup
-250,000-750,000 rows/s for tables of 100,000-20,000 rows; regular 160,000-250,000.
+cost. Measured on this repo's 2 shared cores, the stage alone fed Nexmark streams in
+1,000-row batches at 10,000 events/s of event time, watermarks 4 s behind: bids to
+auctions, interval LEFT join, 360,000 input rows/s (980,000 rows, 908,000 out, peak state
+40,000 rows); auction x person lookup 250,000-750,000 rows/s for tables of 100,000-20,000
+rows; regular 160,000-250,000.
 
 Snapshot format (Arrow IPC)
 ---------------------------
