@@ -354,6 +354,14 @@ class SqlEngine:
             query = await self.catalog.get_query(stmt.name)
             if query is not None and query.kind == "stream":
                 return await self.drop_query(stmt.name, stmt.if_exists, "stream")
+        if await self.catalog.get(stmt.kind, stmt.name) is not None:
+            readers = await self._readers_of(stmt.name)
+            if readers:
+                raise SqlError(
+                    f"{stmt.kind} {stmt.name} is read by continuous "
+                    f"quer{'ies' if len(readers) > 1 else 'y'} {', '.join(readers)}: drop "
+                    f"{'them' if len(readers) > 1 else 'it'} first (DROP QUERY name)"
+                )
         if await self.catalog.delete(stmt.kind, stmt.name):
             return QueryResult(message=f"{stmt.kind} {stmt.name} dropped")
         if stmt.if_exists:
@@ -361,6 +369,20 @@ class SqlEngine:
         raise SqlError(
             f"no {stmt.kind} called {stmt.name!r} (SHOW {stmt.kind.upper()}S lists them)"
         )
+
+    async def _readers_of(self, name: str) -> list[str]:
+        """The continuous queries whose plan reads relation ``name``."""
+        readers = []
+        for query in await self.catalog.list_queries():
+            if query.name == name:
+                continue
+            try:
+                plan = await self.plan(query)
+            except SqlError:
+                continue  # does not plan any more: it reads nothing
+            if name in plan.sources:
+                readers.append(query.name)
+        return readers
 
     async def _show(self, kind: str) -> QueryResult:
         rows = []

@@ -204,6 +204,16 @@ def test_execute_many_rows_arrive_in_several_ipc_chunks(
             "nope",
         ),
         ("CREATE MATERIALIZED VIEW v2 WITH (speed = 1) AS SELECT 1", "INVALID_ARGUMENT", "speed"),
+        (
+            "CREATE MATERIALIZED VIEW pay AS SELECT user, count(*) AS n FROM pay GROUP BY user",
+            "INVALID_ARGUMENT",
+            "stream 'pay' already exists",
+        ),
+        (
+            "CREATE STREAM loop WITH (topic = 'pay') AS SELECT user FROM pay",
+            "INVALID_ARGUMENT",
+            "cannot write what it reads",
+        ),
     ],
 )
 def test_errors_are_statuses_with_the_reason(
@@ -399,6 +409,9 @@ def test_a_killed_sql_service_is_restarted_and_its_queries_go_on(
         90,
         "the view follows after the restart",
     )
+    with pytest.raises(SqlServiceError) as err:
+        client.execute("DROP STREAM pay")
+    assert "read by continuous query counts" in err.value.message
     assert client.drop("counts").startswith("materialized view counts dropped")
 
 
