@@ -27,7 +27,9 @@ refused with the reason.
 CreateTopics with a manual replica assignment (num_partitions and replication_factor -1, as
 Kafka requires) creates one partition per assigned partition and records the assignment as the
 topic config `streamhouse.replica.assignment` (`partition:broker|broker,...`), which
-DescribeConfigs describes; the broker ids must be registered agents. Object storage does the
+DescribeConfigs describes (read-only: set, altered or replaced away only by CreateTopics and
+CreatePartitions, which extends it with the new partitions' brokers, the first partition's when
+none are given); the broker ids must be registered agents. Object storage does the
 replication, so the assignment places nothing.
 """
 
@@ -82,6 +84,10 @@ log = logging.getLogger("ingest.kafka.admin")
 
 # Kafka error codes the shared table (streamhouse/errors.py) does not list.
 INVALID_REPLICA_ASSIGNMENT = 39
+_ASSIGNMENT_READ_ONLY = (
+    f"{REPLICA_ASSIGNMENT} records the replica assignment CreateTopics and CreatePartitions "
+    "were given; it cannot be set or altered as a config (give the assignment in those requests)"
+)
 TOPIC_RESOURCE = 2
 BROKER_RESOURCE = 4
 BROKER_LOGGER_RESOURCE = 8
@@ -294,6 +300,11 @@ async def create_topics(
                 results.append(result)
                 continue
             given = {c.name: c.value for c in wanted.configs if c.value is not None}
+            if REPLICA_ASSIGNMENT in given:
+                result.error_code = errors.INVALID_CONFIG
+                result.error_message = _ASSIGNMENT_READ_ONLY
+                results.append(_failed(result))
+                continue
             if wanted.assignments:
                 if wanted.num_partitions != -1 or wanted.replication_factor != -1:
                     result.error_code = errors.INVALID_REQUEST
@@ -307,14 +318,6 @@ async def create_topics(
                 if refusal is not None:
                     result.error_code = INVALID_REPLICA_ASSIGNMENT
                     result.error_message = refusal
-                    results.append(_failed(result))
-                    continue
-                if REPLICA_ASSIGNMENT in given:
-                    result.error_code = errors.INVALID_CONFIG
-                    result.error_message = (
-                        f"{REPLICA_ASSIGNMENT} is recorded from the request's assignment: "
-                        "do not set it as well"
-                    )
                     results.append(_failed(result))
                     continue
                 given[REPLICA_ASSIGNMENT] = recorded
@@ -340,7 +343,7 @@ async def create_topics(
                 R.CreatableTopicConfigs(
                     name=key,
                     value=config.get(key, spec[0]),
-                    read_only=False,
+                    read_only=key == REPLICA_ASSIGNMENT,
                     config_source=SOURCE_DYNAMIC_TOPIC if key in config else SOURCE_DEFAULT,
                     is_sensitive=False,
                 )
@@ -456,14 +459,67 @@ async def create_partitions(
             result.error_message = (
                 f"partition count must be between 1 and {MAX_PARTITIONS}, got {wanted.count}"
             )
-        elif not request.validate_only:
-            try:
-                await broker.meta.add_partitions(wanted.name, wanted.count)
-            except InvalidTopicError as exc:
-                result.error_code = errors.INVALID_PARTITIONS
-                result.error_message = str(exc)
+        else:
+            recorded = topic.config.get(REPLICA_ASSIGNMENT, "")
+            extended, refusal = _extended_assignment(
+                broker, recorded, topic.partitions, wanted.count, wanted.assignments
+            )
+            if refusal is not None:
+                result.error_code = INVALID_REPLICA_ASSIGNMENT
+                result.error_message = refusal
+            elif not request.validate_only:
+                try:
+                    await broker.meta.add_partitions(wanted.name, wanted.count)
+                    if extended != recorded:
+                        await broker.meta.alter_topic_config(
+                            wanted.name, {REPLICA_ASSIGNMENT: extended}, [], False
+                        )
+                except InvalidTopicError as exc:
+                    result.error_code = errors.INVALID_PARTITIONS
+                    result.error_message = str(exc)
         results.append(result)
     return R(results=results)
+
+
+def _extended_assignment(
+    broker: KafkaBroker, recorded: str, current: int, count: int, assignments: Any
+) -> tuple[str, str | None]:
+    """The recorded replica assignment after CreatePartitions from `current` to `count`
+    partitions with the request's `assignments` (None or one per new partition), or why they
+    are refused. A topic created without an assignment records none for the new partitions
+    either; one created with an assignment gets the given brokers, or, when none are given,
+    the first partition's."""
+    if assignments is None and not recorded:
+        return recorded, None
+    if assignments is not None and len(assignments) != count - current:
+        return recorded, (
+            f"{len(assignments)} assignments given for {count - current} new partitions: give "
+            "one per new partition"
+        )
+    known = {a.node_id for a in broker.cluster.agents()}
+    existing = recorded.split(",") if recorded else []
+    factor = len(existing[0].split(":")[1].split("|")) if existing else None
+    added = []
+    for i in range(count - current):
+        if assignments is None:
+            ids = [int(b) for b in existing[0].split(":")[1].split("|")]
+        else:
+            ids = list(assignments[i].broker_ids)
+        if not ids or len(set(ids)) != len(ids):
+            return recorded, f"new partition {current + i} needs distinct broker ids, got {ids}"
+        if factor is not None and len(ids) != factor:
+            return recorded, (
+                f"new partition {current + i} has {len(ids)} replicas, the topic has {factor}"
+            )
+        if unknown := sorted(set(ids) - known):
+            return recorded, (
+                f"new partition {current + i} names broker {unknown[0]}, which is not a "
+                f"registered agent (brokers: {sorted(known)})"
+            )
+        added.append(f"{current + i}:" + "|".join(str(b) for b in ids))
+    if not existing:
+        return recorded, None  # brokers checked; nothing was recorded for this topic
+    return ",".join(existing + added), None
 
 
 async def _describe_topic(
@@ -484,7 +540,7 @@ async def _describe_topic(
             R.DescribeConfigsResourceResult(
                 name=key,
                 value=topic.config.get(key, spec[0]),
-                read_only=False,
+                read_only=key == REPLICA_ASSIGNMENT,
                 is_default=not is_set,
                 config_source=SOURCE_DYNAMIC_TOPIC if is_set else SOURCE_DEFAULT,
                 is_sensitive=False,
@@ -758,8 +814,14 @@ async def _apply_config(
     new_config: dict[str, str],
     validate_only: bool,
 ) -> tuple[int, str | None]:
-    if await broker.topic(name) is None:
+    topic = await broker.topic(name)
+    if topic is None:
         return errors.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist"
+    recorded = topic.config.get(REPLICA_ASSIGNMENT)
+    if new_config.get(REPLICA_ASSIGNMENT, recorded) != recorded:
+        return errors.INVALID_CONFIG, _ASSIGNMENT_READ_ONLY
+    if recorded is not None:
+        new_config = {**new_config, REPLICA_ASSIGNMENT: recorded}  # kept by a replacement
     try:
         config = validate_topic_config(new_config)
     except TopicConfigError as exc:
@@ -809,6 +871,8 @@ async def _alter_incrementally(
         code, text = _refuse_non_topic(broker, resource, [c.name for c in resource.configs])
         return code, text or None
     names = [c.name for c in resource.configs]
+    if REPLICA_ASSIGNMENT in names:
+        return errors.INVALID_CONFIG, _ASSIGNMENT_READ_ONLY
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         return (

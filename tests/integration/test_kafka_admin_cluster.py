@@ -49,6 +49,7 @@ from confluent_kafka.admin import (
     ConfigEntry,
     ConfigResource,
     ConfigSource,
+    NewPartitions,
     NewTopic,
     ResourceType,
 )
@@ -429,6 +430,32 @@ def test_create_topic_with_replica_assignment(
     entry = ck_topic_configs(admin, topic)["streamhouse.replica.assignment"]
     assert entry.value == "0:0,1:0,2:0"
     assert entry.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    # CreatePartitions extends the recorded assignment; unknown brokers are refused.
+    result(admin.create_partitions([NewPartitions(topic, 5, replica_assignment=[[0], [0]])]))
+    assert grpc.get_topic(topic).partitions == 5
+    assert ck_topic_configs(admin, topic)["streamhouse.replica.assignment"].value == (
+        "0:0,1:0,2:0,3:0,4:0"
+    )
+    bad_growth = admin.create_partitions([NewPartitions(topic, 6, replica_assignment=[[3]])])
+    assert failure(result_future(bad_growth)).code() == KafkaError.INVALID_REPLICA_ASSIGNMENT
+    # It is read-only: only those requests set it.
+    altered = admin.incremental_alter_configs(
+        [
+            ConfigResource(
+                ResourceType.TOPIC,
+                topic,
+                incremental_configs=[
+                    ConfigEntry(
+                        "streamhouse.replica.assignment",
+                        None,
+                        incremental_operation=AlterConfigOpType.DELETE,
+                    )
+                ],
+            )
+        ]
+    )
+    assert failure(result_future(altered)).code() == KafkaError.INVALID_CONFIG
+    assert entry.is_read_only
     refused = admin.create_topics([NewTopic("assigned-bad", 2, replica_assignment=[[0], [4]])])
     assert failure(result_future(refused)).code() == KafkaError.INVALID_REPLICA_ASSIGNMENT
     twice = admin.create_topics([NewTopic("assigned-twice", 1, replica_assignment=[[0, 0]])])

@@ -24,6 +24,7 @@ from streamhouse.config import load_settings
 from streamhouse.kafka.framing import encode_response
 from streamhouse.kafka.messages import (
     AlterConfigsRequest,
+    CreatePartitionsRequest,
     CreateTopicsRequest,
     DescribeClusterRequest,
     DescribeConfigsRequest,
@@ -380,3 +381,136 @@ def test_broker_logger_levels_change_until_restart(tmp_path: pathlib.Path) -> No
     assert unknown[0] == INVALID_CONFIG and "no.such.logger" in unknown[1]
     assert root[0] == INVALID_CONFIG
     assert deleted == (0, None, logging.NOTSET)
+
+
+def test_create_partitions_extends_a_recorded_assignment(tmp_path: pathlib.Path) -> None:
+    C = CreateTopicsRequest
+    P = CreatePartitionsRequest
+
+    def grow(name: str, count: int, assignments: list[list[int]] | None) -> Any:
+        return P(
+            topics=[
+                P.CreatePartitionsTopic(
+                    name=name,
+                    count=count,
+                    assignments=None
+                    if assignments is None
+                    else [P.CreatePartitionsAssignment(broker_ids=ids) for ids in assignments],
+                )
+            ]
+        )
+
+    async def body(brokers: list[KafkaBroker]) -> Any:
+        (b,) = brokers
+        await api_admin.create_topics(
+            b,
+            header(19, 7),
+            C(
+                topics=[
+                    C.CreatableTopic(
+                        name="assigned",
+                        num_partitions=-1,
+                        replication_factor=-1,
+                        assignments=[
+                            C.CreatableReplicaAssignment(partition_index=0, broker_ids=[1, 2])
+                        ],
+                    )
+                ]
+            ),
+        )
+        codes = []
+        for request in (
+            grow("assigned", 3, [[2, 0], [0, 1]]),  # given
+            grow("assigned", 4, None),  # none given: the first partition's
+            grow("assigned", 6, [[0, 1]]),  # one short
+            grow("assigned", 5, [[0, 9]]),  # no broker 9
+            grow("assigned", 5, [[0]]),  # factor 1 of 2
+            grow("events", 31, [[0]]),  # no recorded assignment: brokers still checked
+            grow("events", 32, [[5]]),
+        ):
+            (answer,) = (await api_admin.create_partitions(b, header(37, 3), request)).results
+            codes.append(answer.error_code)
+        return (
+            codes,
+            await b.meta.get_topic("assigned"),
+            await b.meta.get_topic("events"),
+        )
+
+    codes, assigned, events = run(tmp_path, [view_of(0)], body)
+    assert codes == [0, 0, INVALID_REPLICA_ASSIGNMENT, INVALID_REPLICA_ASSIGNMENT] + [
+        INVALID_REPLICA_ASSIGNMENT,
+        0,
+        INVALID_REPLICA_ASSIGNMENT,
+    ]
+    assert assigned.partitions == 4
+    assert assigned.config["streamhouse.replica.assignment"] == "0:1|2,1:2|0,2:0|1,3:1|2"
+    assert events.partitions == 31
+    assert "streamhouse.replica.assignment" not in events.config
+
+
+def test_the_recorded_assignment_is_read_only(tmp_path: pathlib.Path) -> None:
+    C = CreateTopicsRequest
+    A = AlterConfigsRequest
+    Inc = IncrementalAlterConfigsRequest
+    key = "streamhouse.replica.assignment"
+
+    async def body(brokers: list[KafkaBroker]) -> Any:
+        (b,) = brokers
+        given = await api_admin.create_topics(
+            b,
+            header(19, 7),
+            C(
+                topics=[
+                    C.CreatableTopic(
+                        name="by-config",
+                        num_partitions=1,
+                        replication_factor=-1,
+                        configs=[C.CreatableTopicConfig(name=key, value="0:0")],
+                    ),
+                    C.CreatableTopic(
+                        name="assigned",
+                        num_partitions=-1,
+                        replication_factor=-1,
+                        assignments=[
+                            C.CreatableReplicaAssignment(partition_index=0, broker_ids=[0])
+                        ],
+                    ),
+                ]
+            ),
+        )
+
+        def alter(configs: dict[str, str]) -> Any:
+            return A(
+                resources=[
+                    A.AlterConfigsResource(
+                        resource_type=2,
+                        resource_name="assigned",
+                        configs=[A.AlterableConfig(name=k, value=v) for k, v in configs.items()],
+                    )
+                ]
+            )
+
+        replaced = await api_admin.alter_configs(b, header(33, 2), alter({"retention.ms": "5"}))
+        changed = await api_admin.alter_configs(b, header(33, 2), alter({key: "0:1"}))
+        incremental = await api_admin.incremental_alter_configs(
+            b,
+            header(44, 1),
+            Inc(
+                resources=[
+                    Inc.AlterConfigsResource(
+                        resource_type=2,
+                        resource_name="assigned",
+                        configs=[Inc.AlterableConfig(name=key, config_operation=1, value=None)],
+                    )
+                ]
+            ),
+        )
+        return given, replaced, changed, incremental, await b.meta.get_topic("assigned")
+
+    given, replaced, changed, incremental, topic = run(tmp_path, [view_of(0)], body)
+    assert [t.error_code for t in given.topics] == [INVALID_CONFIG, 0]
+    assert replaced.responses[0].error_code == 0
+    assert changed.responses[0].error_code == INVALID_CONFIG
+    assert incremental.responses[0].error_code == INVALID_CONFIG
+    # AlterConfigs replaced the dynamic configs but kept the recorded assignment.
+    assert topic.config == {"retention.ms": "5", key: "0:0"}
