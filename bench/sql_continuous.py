@@ -13,6 +13,8 @@ each plan with ``plan.process("bid", batch)``. Generation is not timed. Queries:
   (``SELECT auction, 0.908 * price AS euro, CASE ... END AS band, upper(channel) ...
   WHERE auction % 7 <> 0``).
 - ``tumble``: per auction and 10 s tumbling window COUNT(*), MAX(price), SUM(price).
+- ``updating``: per auction (no window) COUNT(*) and MAX(price), upserts after each batch
+  (its state grows with the auctions: the whole state is re-aggregated with each batch).
 - ``q0`` .. ``q7``: those of bench/nexmark/queries.py that read only bids (q0, q1, q2, q5,
   q7).
 
@@ -53,6 +55,7 @@ SQL = {
         "TUMBLE_START(\"dateTime\", INTERVAL '10' SECOND) AS ws FROM bid "
         "GROUP BY auction, TUMBLE(\"dateTime\", INTERVAL '10' SECOND)"
     ),
+    "updating": "SELECT auction, COUNT(*) AS n, MAX(price) AS top FROM bid GROUP BY auction",
 }
 for _name, _query in QUERIES.items():
     if _query.streams == ("bid",):

@@ -23,13 +23,16 @@ State formats (``snapshot``)
 - ``WindowStage``: ``WindowAggregate.snapshot()`` (format in ``sql.windows``).
 - ``UpdatingAggregateStage``: one Arrow IPC stream of a table ``part: utf8, ipc: binary``
   (schema metadata ``streamhouse.updating`` = JSON ``{"version": 1}``); parts: ``groups``
-  (one row per group: ``__k<i>`` keys, partial columns ``__p<j>_n`` count int64, ``__p<j>_s``
-  sum, ``__p<j>_m`` min or max) and ``distinct<j>`` (``__k<i>``, ``__a<j>``: the distinct
-  values of COUNT(DISTINCT) aggregate j per group), each one Arrow IPC stream.
+  (one row per group: keys as ``__k<i>`` (nulls filled with 0 / "" / epoch) and
+  ``__k<i>_null`` (bool), or ``__nokey`` (int8 0) without keys; partial columns ``__p<j>_n``
+  count int64, ``__p<j>_s`` sum, ``__p<j>_m`` min or max) and ``distinct<j>`` (the key
+  columns, ``__a<j>``: the distinct values of COUNT(DISTINCT) aggregate j per group), each
+  one Arrow IPC stream; taken after merging pending partials.
 """
 
 from __future__ import annotations
 
+import decimal
 import json
 from typing import Any
 
@@ -54,6 +57,9 @@ _UPDATING_META = b"streamhouse.updating"
 WINDOW_META_KEY = b"streamhouse.window"
 _UPDATING_VERSION = 1
 _NOKEY = "__nokey"
+#: ``pending`` partials of an updating aggregate are merged into its ``base`` when they
+#: outgrow it and this many rows.
+_COMPACT_MIN_ROWS = 65_536
 #: The column of a changelog (an updating aggregate feeding another aggregate): -1 takes a
 #: row back, +1 adds one.
 SIGN = "__sign"
@@ -296,8 +302,18 @@ class WindowStage:
 
 
 class UpdatingAggregateStage:
-    """GROUP BY without a window: per-group partial aggregates (Arrow tables merged with
-    pyarrow's hash aggregation); each batch emits the new rows of the groups it changed."""
+    """GROUP BY without a window: per-group partial aggregates; each batch emits the new
+    rows of the groups it changed.
+
+    State (Arrow tables, pyarrow hash aggregation and hash joins, nothing per row in
+    Python): ``base``, one merged row of partials per group, and ``pending``, the partials
+    of the batches since the last merge. A batch's groups are found in both with a semi
+    join (its keys are the hash table, the state is probed: no rehash of the state), merged
+    with the batch's partials, emitted, and the batch's partials appended to ``pending``;
+    ``pending`` is merged into ``base`` when it outgrows it (so a row is merged O(1) times
+    amortised). COUNT(DISTINCT) keeps the distinct (group, value) rows the same way. Group
+    keys are held as the value with nulls filled (``__k<i>``) and a null flag
+    (``__k<i>_null``), so a null key joins like any other (one group, as in GROUP BY)."""
 
     def __init__(
         self,
@@ -337,17 +353,27 @@ class UpdatingAggregateStage:
                 ):
                     raise PlanError(f"stage {stage_id}: {a.func.upper()} needs a number, not {t}")
         self.keys = list(keys)
-        self._gkeys = self.keys or [_NOKEY]
+        self._fill: dict[str, pa.Scalar] = {}
+        for k in self.keys:
+            zero = _zero(schema.field(k).type)
+            if zero is None:
+                raise PlanError(
+                    f"stage {stage_id}: GROUP BY a value of type {schema.field(k).type} is "
+                    "not supported without a window; group by a number, string or time"
+                )
+            self._fill[k] = zero
+        self._gkeys = [c for k in self.keys for c in (k, f"{k}_null")] or [_NOKEY]
         self.aggregates = list(aggregates)
         self._distinct = [i for i, a in enumerate(aggregates) if a.func == "count_distinct"]
         empty = self._input(schema.empty_table())
-        self._groups = self._partials(empty)
-        self._distinct_rows: dict[int, pa.Table] = {
-            i: self._distinct_of(empty, i) for i in self._distinct
-        }
-        self.post = DataFusionQuery(
-            post_sql, "_w", self._final(self._with_counts(self._groups)).schema, f"stage {stage_id}"
-        )
+        self._empty = self._partials(empty)
+        self._base = self._empty
+        self._pending = self._empty
+        self._empty_distinct = {i: self._distinct_of(empty, i) for i in self._distinct}
+        self._dbase = dict(self._empty_distinct)
+        self._dpending = dict(self._empty_distinct)
+        final = self._final(self._with_counts(self._empty, self._empty_distinct))
+        self.post = DataFusionQuery(post_sql, "_w", final.schema, f"stage {stage_id}")
         self.output_schema = self.post.output_schema
         if changelog:
             self.output_schema = self.output_schema.append(pa.field(SIGN, pa.int64(), False))
@@ -357,11 +383,12 @@ class UpdatingAggregateStage:
     # -- partial aggregates ------------------------------------------------------------
     def _input(self, table: pa.Table) -> pa.Table:
         cols: dict[str, Any] = {}
-        if self.keys:
-            for k in self.keys:
-                cols[k] = table.column(k)
-        else:
-            cols[_NOKEY] = pa.nulls(table.num_rows, pa.int8())
+        for k in self.keys:
+            col = table.column(k)
+            cols[k] = pc.fill_null(col, self._fill[k])
+            cols[f"{k}_null"] = pc.is_null(col)
+        if not self.keys:
+            cols[_NOKEY] = pa.array([0] * table.num_rows, pa.int8())
         sign = table.column(SIGN) if self.signed else None
         for i, a in enumerate(self.aggregates):
             if a.column is None:
@@ -420,19 +447,31 @@ class UpdatingAggregateStage:
         specs = [(c, f, o, n) for c, f, o, n, _, _ in self._specs()]
         return self._group(table, self._gkeys, specs)
 
-    def _distinct_of(self, table: pa.Table, i: int) -> pa.Table:
-        by = [*self._gkeys, f"__a{i}"]
-        return table.select(by).group_by(by, use_threads=False).aggregate([]).select(by)
+    def _merged(self, partials: pa.Table) -> pa.Table:
+        specs = [(n, mf, mo, n) for _, _, _, n, mf, mo in self._specs()]
+        return self._group(partials, self._gkeys, specs)
 
-    def _with_counts(self, groups: pa.Table) -> pa.Table:
-        """``groups`` plus ``__p<i>_d`` (distinct count) for its groups (null keys join as in
-        GROUP BY: a union, then one aggregation)."""
+    def _distinct_of(self, table: pa.Table, i: int) -> pa.Table:
+        return _unique(table.select([*self._gkeys, f"__a{i}"]))
+
+    def _touched(self, table: pa.Table, keys: pa.Table) -> pa.Table:
+        """The rows of ``table`` whose group is in ``keys`` (a semi join: ``keys`` is hashed,
+        ``table`` probed)."""
+        if table.num_rows == 0:
+            return table
+        return table.join(keys, self._gkeys, join_type="left semi", use_threads=False).select(
+            table.column_names
+        )
+
+    def _with_counts(self, groups: pa.Table, distinct: dict[int, pa.Table]) -> pa.Table:
+        """``groups`` plus ``__p<i>_d``: the count of the distinct rows ``distinct[i]``
+        (unique, non-null values) of each of its groups."""
         if not self._distinct:
             return groups
         valid = pc.CountOptions("only_valid")
         extra = []
         for i in self._distinct:
-            d = self._distinct_rows[i]
+            d = distinct[i]
             extra.append(self._group(d, self._gkeys, [(f"__a{i}", "count", valid, f"__p{i}_d")]))
         marker = pa.array([True] * groups.num_rows, pa.bool_())
         table = pa.concat_tables(
@@ -448,7 +487,10 @@ class UpdatingAggregateStage:
         return merged.drop_columns(["__in"])
 
     def _final(self, partial: pa.Table) -> pa.Table:
-        cols: dict[str, Any] = {k: partial.column(k) for k in self.keys}
+        cols: dict[str, Any] = {}
+        for k in self.keys:
+            value = partial.column(k)
+            cols[k] = pc.if_else(partial.column(f"{k}_null"), pa.scalar(None, value.type), value)
         for i, a in enumerate(self.aggregates):
             if a.func == "count":
                 cols[f"__g{i}"] = partial.column(f"__p{i}_n")
@@ -464,6 +506,18 @@ class UpdatingAggregateStage:
                 cols[f"__g{i}"] = partial.column(f"__p{i}_m")
         return pa.table(cols)
 
+    def _compact(self) -> None:
+        """Merges ``pending`` into ``base`` (and the distinct rows likewise)."""
+        if self._pending.num_rows:
+            both = pa.concat_tables([self._base, self._pending])
+            self._base = self._merged(both).combine_chunks()
+            self._pending = self._empty
+        for i in self._distinct:
+            if self._dpending[i].num_rows:
+                both = pa.concat_tables([self._dbase[i], self._dpending[i]])
+                self._dbase[i] = _unique(both).combine_chunks()
+                self._dpending[i] = self._empty_distinct[i]
+
     # -- Stage -----------------------------------------------------------------------
     def process(self, input_name: str, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         if batch.num_rows == 0:
@@ -471,8 +525,11 @@ class UpdatingAggregateStage:
         table = self._input(self.pre.run(batch))
         if table.num_rows == 0:
             return []
-        part = self._partials(table)
-        old, new = self._groups, part
+        new = self._partials(table)
+        keys = new.select(self._gkeys)
+        old = pa.concat_tables(
+            [self._touched(self._base, keys), self._touched(self._pending, keys)]
+        )
         chg, had = "__chg", "__had"
         partial_names = [n for _, _, _, n, _, _ in self._specs()]
         old_t = old.append_column(chg, pa.array([False] * old.num_rows, pa.bool_()))
@@ -491,25 +548,32 @@ class UpdatingAggregateStage:
             one = pc.ScalarAggregateOptions(min_count=1)
             specs += [(f"__o{n}", mf, one, f"__o{n}") for _, _, _, n, mf, _ in self._specs()]
         both = pa.concat_tables([old_t, new_t], promote_options="permissive")
-        merged = self._group(both, self._gkeys, specs)
-        changed = merged.filter(merged.column(chg))
+        changed = self._group(both, self._gkeys, specs)
         extra = [chg] + ([had] + [f"__o{n}" for n in partial_names] if self.changelog else [])
-        self._groups = merged.drop_columns(extra).combine_chunks()
+        # the distinct rows of the batch's groups, before and after it
+        d_before: dict[int, pa.Table] = {}
+        d_after: dict[int, pa.Table] = {}
+        for i in self._distinct:
+            before = pa.concat_tables(
+                [self._touched(self._dbase[i], keys), self._touched(self._dpending[i], keys)]
+            )
+            d_before[i] = _unique(before)
+            d_batch = self._distinct_of(table, i)
+            d_after[i] = _unique(pa.concat_tables([d_before[i], d_batch]))
+            self._dpending[i] = pa.concat_tables([self._dpending[i], d_batch])
         retract: pa.Table | None = None
         if self.changelog:
-            before = changed.filter(changed.column(had))
-            before = before.select(self._gkeys + [f"__o{n}" for n in partial_names])
-            before = before.rename_columns(self._gkeys + partial_names)
-            if self._distinct:
-                before = self._with_counts(before)  # the distinct rows before this batch
-            retract = self._final(before)
-        for i in self._distinct:
-            rows = pa.concat_tables([self._distinct_rows[i], self._distinct_of(table, i)])
-            by = rows.column_names
-            self._distinct_rows[i] = (
-                rows.group_by(by, use_threads=False).aggregate([]).select(by).combine_chunks()
-            )
-        emitted = self._final(self._with_counts(changed.drop_columns(extra)))
+            prior = changed.filter(changed.column(had))
+            prior = prior.select(self._gkeys + [f"__o{n}" for n in partial_names])
+            prior = prior.rename_columns(self._gkeys + partial_names)
+            retract = self._final(self._with_counts(prior, d_before))
+        emitted = self._final(self._with_counts(changed.drop_columns(extra), d_after))
+        self._pending = pa.concat_tables([self._pending, new])
+        if self._pending.num_rows > max(self._base.num_rows, _COMPACT_MIN_ROWS) or any(
+            self._dpending[i].num_rows > max(self._dbase[i].num_rows, _COMPACT_MIN_ROWS)
+            for i in self._distinct
+        ):
+            self._compact()
         if retract is None:
             return _batches(self.post.run(emitted))
         out = []
@@ -528,8 +592,9 @@ class UpdatingAggregateStage:
         return None
 
     def snapshot(self) -> bytes:
-        parts = {"groups": _ipc(self._groups)}
-        for i, d in self._distinct_rows.items():
+        self._compact()
+        parts = {"groups": _ipc(self._base)}
+        for i, d in self._dbase.items():
             parts[f"distinct{i}"] = _ipc(d)
         outer = pa.table(
             {
@@ -554,16 +619,44 @@ class UpdatingAggregateStage:
                 )
             }
             groups = parts["groups"]
-            if groups.schema != self._groups.schema:
+            if groups.schema != self._empty.schema:
                 raise ValueError(f"groups have columns {groups.schema}, the plan has others")
             distinct = {i: parts[f"distinct{i}"] for i in self._distinct}
+            for i, d in distinct.items():
+                if d.schema != self._empty_distinct[i].schema:
+                    raise ValueError(f"distinct rows have columns {d.schema}")
         except (pa.ArrowInvalid, KeyError, ValueError, TypeError, AttributeError) as exc:
             raise PlanError(
                 f"stage {self.stage_id}: not a snapshot of this aggregate ({exc}); was the "
                 "query changed?"
             ) from None
-        self._groups = groups
-        self._distinct_rows = distinct
+        self._base, self._pending = groups, self._empty
+        self._dbase = distinct
+        self._dpending = dict(self._empty_distinct)
+
+
+def _unique(table: pa.Table) -> pa.Table:
+    by = table.column_names
+    return table.group_by(by, use_threads=False).aggregate([]).select(by)
+
+
+def _zero(typ: pa.DataType) -> pa.Scalar | None:
+    """A value of ``typ`` to hold a null group key's place (None: no such value here)."""
+    if pa.types.is_boolean(typ):
+        return pa.scalar(False, typ)
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        return pa.scalar(0, pa.int64()).cast(typ)
+    if pa.types.is_decimal(typ):
+        return pa.scalar(decimal.Decimal(0), typ)
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return pa.scalar("", typ)
+    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
+        return pa.scalar(b"", typ)
+    if pa.types.is_timestamp(typ) or pa.types.is_duration(typ) or pa.types.is_time64(typ):
+        return pa.scalar(0, pa.int64()).cast(typ)
+    if pa.types.is_date32(typ) or pa.types.is_time32(typ):
+        return pa.scalar(0, pa.int32()).cast(typ)
+    return None
 
 
 def _ipc(table: pa.Table) -> bytes:

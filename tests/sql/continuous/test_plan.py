@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pytest
 
 from sql.catalog import Column, Relation, Watermark
+from sql.continuous import stages
 from sql.continuous.pipeline import PlanError
 from sql.continuous.plan import plan_continuous
 from sql.statements import parse_statement
@@ -427,7 +428,13 @@ def test_late_records_updates_converge_to_the_kept_rows() -> None:
 # -- updating aggregate -------------------------------------------------------------------
 
 
-def test_updating_aggregate(bids: pa.RecordBatch) -> None:
+@pytest.mark.parametrize("compact_rows", [1, 65_536])
+def test_updating_aggregate(
+    bids: pa.RecordBatch, compact_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch emits its groups' totals; with state merged after every batch or held
+    as pending partials (merged when they outgrow the state)."""
+    monkeypatch.setattr(stages, "_COMPACT_MIN_ROWS", compact_rows)
     plan = plan_continuous(
         f"SELECT auction, {AGG_SQL} FROM bid WHERE price > 100000 GROUP BY auction",
         RELATIONS,
@@ -457,7 +464,11 @@ def test_updating_aggregate(bids: pa.RecordBatch) -> None:
     )
 
 
-def test_updating_aggregate_null_keys_and_values() -> None:
+@pytest.mark.parametrize("compact_rows", [1, 65_536])
+def test_updating_aggregate_null_keys_and_values(
+    compact_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stages, "_COMPACT_MIN_ROWS", compact_rows)
     table = pa.table(
         {
             "k": pa.array(["a", None, "a", None, "b"]),
@@ -567,7 +578,10 @@ SNAPSHOT_QUERIES = {
 
 
 @pytest.mark.parametrize("name", sorted(SNAPSHOT_QUERIES))
-def test_restore_at_cut_points_gives_the_same_results(name: str, bids: pa.RecordBatch) -> None:
+def test_restore_at_cut_points_gives_the_same_results(
+    name: str, bids: pa.RecordBatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stages, "_COMPACT_MIN_ROWS", 10_000)
     sql = SNAPSHOT_QUERIES[name]
     parts = [bids.slice(i, 7_000) for i in range(0, bids.num_rows, 7_000)]
     whole = plan_continuous(sql, RELATIONS, set())
