@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from lifecycle.keyplan import is_compacted
+from metadata.store import retention_rules
 from streamhouse.topic_config import (
     NOT_ACTED_ON,
     TOPIC_CONFIG_TYPES,
     TOPIC_CONFIGS,
     TopicConfigError,
+    batch_rules,
     documentation,
     effective_config,
     validate_topic_config,
@@ -263,3 +268,24 @@ def test_typed_values_parse_as_their_type() -> None:
             assert default in ("true", "false"), key
         elif kind == "DOUBLE":
             float(default)
+
+
+@pytest.mark.parametrize(
+    ("policy", "deletes", "compacts"),
+    [
+        ("", False, False),
+        ("delete", True, False),
+        ("compact", False, True),
+        (" compact , delete", True, True),
+    ],
+)
+def test_what_the_lifecycle_does_with_each_policy(
+    policy: str, deletes: bool, compacts: bool
+) -> None:
+    """An empty cleanup.policy keeps everything: neither retention nor compaction applies (the
+    rules the lifecycle reads, fed the stored value)."""
+    stored = validate_topic_config({"cleanup.policy": policy, "retention.ms": "0"})
+    rules = retention_rules([(1, json.dumps(stored))], now_ms=10_000)
+    assert (rules[1].cutoff_ms is not None) is deletes
+    assert is_compacted(stored) is compacts
+    assert batch_rules(stored, 1 << 20).key_required is compacts
