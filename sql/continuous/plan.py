@@ -120,6 +120,7 @@ DIALECT = "postgres"
 SNAPSHOT_VERSION = 1
 _META_KEY = b"streamhouse.plan"
 _TOPICS = "topics"
+_RESOLVED = "\x00stage"  # the qualifier of a column that already names a stage column
 _UNIT_MS = {
     "MILLISECOND": 1,
     "SECOND": 1000,
@@ -560,6 +561,14 @@ class _Planner:
             node.find(exp.AggFunc) for node in select.expressions
         )
         if not aggregating:
+            for node in [*select.expressions, *where]:
+                for call in node.find_all(exp.Anonymous):
+                    name = call.name.upper()
+                    if name in _BOUNDS or name in _WINDOW_ARGS:
+                        family = _BOUNDS[name][0] if name in _BOUNDS else name
+                        raise PlanError(
+                            f"{name}(...) needs GROUP BY {family}(t, ...) and an aggregate"
+                        )
             if having is not None:
                 raise PlanError("HAVING needs GROUP BY")
             if select.args.get("order"):
@@ -578,7 +587,7 @@ class _Planner:
             ):
                 qualifier = item.table if isinstance(item, exp.Column) else None
                 for out, col in scope.star(qualifier or None):
-                    items.append((out, _col(col)))
+                    items.append((out, exp.column(col, table=_RESOLVED, quoted=True)))
                 continue
             _no_subqueries(item)
             name = _out_name(item, i)
@@ -594,6 +603,8 @@ class _Planner:
     def _resolve(node: exp.Expression, scope: _Scope, extra: set[str] = frozenset()) -> Any:
         def fn(n: exp.Expression) -> exp.Expression:
             if isinstance(n, exp.Column) and not isinstance(n.this, exp.Star):
+                if n.table == _RESOLVED:  # a column ``*`` stands for: a stage column already
+                    return _col(n.name)
                 if (
                     not n.table
                     and n.name in extra
@@ -748,6 +759,11 @@ class _Planner:
 
         def rewrite(node: exp.Expression) -> exp.Expression:
             def fn(n: exp.Expression) -> exp.Expression:
+                if isinstance(n, exp.Filter):
+                    raise PlanError(
+                        f"{_sql(n)}: aggregate FILTER is not supported; put a CASE inside "
+                        "the aggregate (SUM(CASE WHEN ... THEN x END))"
+                    )
                 if isinstance(n, exp.AggFunc):
                     func = _AGGREGATES.get(type(n))
                     if func is None:
@@ -827,6 +843,7 @@ class _Planner:
         # pre-projection
         pre_cols = [f"{_sql(k)} AS {_sql(_col(f'__k{i}'))}" for i, k in enumerate(keys)]
         aggregates: list[Aggregate] = []
+        labels = {f"__a{j}": _shown(arg, scope) for j, (_, arg) in enumerate(agg_list) if arg}
         for j, (func, arg) in enumerate(agg_list):
             if arg is None:
                 aggregates.append(Aggregate(func, None, f"__g{j}"))
@@ -871,6 +888,7 @@ class _Planner:
                 post_sql,
                 (SIGN,),
                 changelog=True,
+                labels=labels,
             )
             return self._add(stage_id, stage)
         if window is None:
@@ -889,9 +907,16 @@ class _Planner:
                     "an aggregate without GROUP BY over a stream gives updates with no key: "
                     "add GROUP BY keys or a window (TUMBLE, HOP, SESSION)"
                 )
-            key_out = self._key_outputs(out_items, key_names, "GROUP BY key")
+            key_out = self._key_outputs(out_items, key_names, [_shown(k, scope) for k in keys])
             stage: Stage = UpdatingAggregateStage(
-                stage_id, source, pre_sql, key_names, aggregates, post_sql, tuple(key_out)
+                stage_id,
+                source,
+                pre_sql,
+                key_names,
+                aggregates,
+                post_sql,
+                tuple(key_out),
+                labels=labels,
             )
             return self._add(stage_id, stage)
         if order is not None:
@@ -917,7 +942,7 @@ class _Planner:
         updates = emit == "updates" and outer
         key_columns: tuple[str, ...] = ()
         if updates:
-            key_out = self._key_outputs(out_items, key_names, "GROUP BY key")
+            key_out = self._key_outputs(out_items, key_names, [_shown(k, scope) for k in keys])
             wins = [
                 n
                 for n, r in out_items
@@ -959,6 +984,7 @@ class _Planner:
             output_time_bound=time_bound,
             key_columns=key_columns,
             field_metadata=marks,
+            labels=labels,
         )
         return self._add(stage_id, stage)
 
@@ -989,18 +1015,32 @@ class _Planner:
 
     @staticmethod
     def _key_outputs(
-        out_items: list[tuple[str, exp.Expression]], key_names: list[str], what: str
+        out_items: list[tuple[str, exp.Expression]], key_names: list[str], shown: list[str]
     ) -> list[str]:
+        """The output names of the group keys (each must be selected as it is)."""
         out = []
-        for k in key_names:
+        for k, text in zip(key_names, shown, strict=True):
             found = [n for n, r in out_items if isinstance(r, exp.Column) and r.name == k]
             if not found:
                 raise PlanError(
-                    f"every {what} must be selected as it is (it keys the updates); "
-                    f"{len(out)} of {len(key_names)} are"
+                    f"GROUP BY {text}: select it as it is (the updates are keyed by the group "
+                    "keys), or leave it out of GROUP BY"
                 )
             out.append(found[0])
         return out
+
+
+def _shown(node: exp.Expression, scope: _Scope) -> str:
+    """An expression over stage columns as the user wrote it (``alias.column`` for a join's
+    ``alias__column``)."""
+
+    def fn(n: exp.Expression) -> exp.Expression:
+        if isinstance(n, exp.Column) and scope.join and "__" in n.name:
+            alias, column = n.name.split("__", 1)
+            return exp.column(column, table=alias, quoted=True)
+        return n
+
+    return node.transform(fn).sql(dialect=DIALECT)
 
 
 def _renamed(planned: PlannedInput, alias: str) -> PlannedInput:

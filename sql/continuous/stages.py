@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import decimal
 import json
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -131,6 +132,13 @@ class DataFusionQuery:
         return pa.Table.from_arrays(table.columns, schema=self.output_schema)
 
 
+def _labelled(text: str, labels: dict[str, str] | None) -> str:
+    """``text`` with the stage's internal column names (``__a0``...) as the SQL they hold."""
+    if not labels:
+        return text
+    return re.sub(r"__[akg]\d+", lambda m: labels.get(m[0], m[0]), text)
+
+
 def _plain(typ: pa.DataType) -> pa.DataType:
     """View types (which DataFusion gives for some expressions, e.g. a CAST to VARCHAR) as
     the plain types every consumer reads."""
@@ -226,9 +234,11 @@ class WindowStage:
         output_time_bound: str | None,  # "start" | "end": which window bound that column is
         key_columns: tuple[str, ...] = (),
         field_metadata: dict[str, dict[bytes, bytes]] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
         """``field_metadata``: metadata of output fields, such as ``streamhouse.window``
-        (``start`` / ``end``) marking the window's bounds for joins."""
+        (``start`` / ``end``) marking the window's bounds for joins. ``labels``: the SQL of
+        the pre-projection's columns, for messages."""
         self.stage_id = stage_id
         self.inputs = (source.input_name,)
         self.pre = DataFusionQuery(pre_sql, "_in", source.schema, f"stage {stage_id}")
@@ -243,7 +253,7 @@ class WindowStage:
                 emit_updates=emit_updates,
             )
         except WindowError as exc:
-            raise PlanError(f"stage {stage_id}: {exc}") from None
+            raise PlanError(f"stage {stage_id}: {_labelled(str(exc), labels)}") from None
         self.post = DataFusionQuery(
             post_sql, "_w", self.op.output_schema(), f"stage {stage_id}", field_metadata
         )
@@ -326,8 +336,10 @@ class UpdatingAggregateStage:
         key_columns: tuple[str, ...],
         *,
         changelog: bool = False,
+        labels: dict[str, str] | None = None,
     ) -> None:
-        """``changelog``: emit each change as the group's old row with ``__sign`` -1 (when
+        """``labels``: the SQL of the pre-projection's columns, for messages.
+        ``changelog``: emit each change as the group's old row with ``__sign`` -1 (when
         the group existed) and its new row with ``__sign`` +1, for an aggregate downstream
         (see the module docstring); else the new rows (upserts by ``key_columns``). When
         the pre-projection has a ``__sign`` column the input is such a changelog: rows
@@ -351,7 +363,10 @@ class UpdatingAggregateStage:
                 if not (
                     pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
                 ):
-                    raise PlanError(f"stage {stage_id}: {a.func.upper()} needs a number, not {t}")
+                    arg = _labelled(a.column, labels)
+                    raise PlanError(
+                        f"stage {stage_id}: {a.func.upper()}({arg}) needs a number, not {t}"
+                    )
         self.keys = list(keys)
         self._fill: dict[str, pa.Scalar] = {}
         for k in self.keys:

@@ -660,7 +660,19 @@ ERRORS = [
         "unit",
     ),
     ("SELECT auction AS a, price AS a FROM bid", "appears twice"),
-    ("SELECT auction, COUNT(*) FROM bid GROUP BY auction, bidder", "selected"),
+    ("SELECT auction, COUNT(*) FROM bid GROUP BY auction, bidder", 'GROUP BY "bidder": select it'),
+    (
+        "SELECT auction, COUNT(*) FILTER (WHERE price > 1) FROM bid GROUP BY auction",
+        "FILTER is not supported",
+    ),
+    (
+        "SELECT TUMBLE_START(\"dateTime\", INTERVAL '1' SECOND) FROM bid",
+        "needs GROUP BY TUMBLE",
+    ),
+    (
+        "SELECT SUM(channel) FROM bid GROUP BY TUMBLE(\"dateTime\", INTERVAL '1' SECOND)",
+        'SUM."channel". needs a number, not string',
+    ),
     (
         "SELECT TUMBLE_START(\"dateTime\", INTERVAL '2' SECOND), COUNT(*) FROM bid "
         "GROUP BY TUMBLE(\"dateTime\", INTERVAL '1' SECOND)",
@@ -909,3 +921,24 @@ def test_stats_count_null_times_and_join_state(nexmark: dict[str, pa.Table]) -> 
     # a regular join keeps every row of the filtered auctions (category 10)
     kept = pc.sum(pc.equal(auctions.column("category"), 10)).as_py()
     assert kept > 0 and join.stats().extra["join_buffered_rows"] == kept
+
+
+def test_select_star_over_a_join_names_columns_once(nexmark: dict[str, pa.Table]) -> None:
+    plan = plan_continuous(
+        "SELECT * FROM auction a JOIN person p ON a.seller = p.id", RELATIONS, set()
+    )
+    names = plan.output_schema.names
+    # unique columns keep their names, shared ones are <alias>__<column>
+    assert "a__id" in names and "p__id" in names
+    assert "seller" in names and "emailAddress" in names and "a__dateTime" in names
+    people = nexmark["person"].slice(0, 300)
+    auctions = nexmark["auction"].slice(0, 900)
+    plan.process("person", with_record_columns(people))
+    got = pa.Table.from_batches(
+        plan.process("auction", with_record_columns(auctions)), schema=plan.output_schema
+    )
+    ids = set(people.column("id").to_pylist())
+    expected = [s for s in auctions.column("seller").to_pylist() if s in ids]
+    assert len(expected) > 0
+    assert sorted(got.column("seller").to_pylist()) == sorted(expected)
+    assert got.column("seller").to_pylist() == got.column("p__id").to_pylist()
