@@ -27,6 +27,7 @@ from sql.catalog import Column, Relation, Watermark
 from sql.continuous import stages
 from sql.continuous.pipeline import PlanError
 from sql.continuous.plan import plan_continuous
+from sql.decode import RAW_SCHEMA
 from sql.statements import parse_statement
 
 REPO = Path(__file__).resolve().parents[3]
@@ -185,6 +186,19 @@ def test_select_star_and_raw_topic(bids: pa.RecordBatch) -> None:
     assert list(raw.sources) == ["topics.bid-raw"]
     assert raw.sources["topics.bid-raw"].topic == "bid-raw"
     assert raw.sources["topics.bid-raw"].relation is None
+    values = [b"{}", b"hello", None]
+    records = pa.Table.from_pylist(
+        [
+            {"partition": 2, "offset": i, "timestamp": i, "key": None, "value": v, "headers": []}
+            for i, v in enumerate(values)
+        ],
+        schema=RAW_SCHEMA,
+    )
+    got = raw.process("topics.bid-raw", records.to_batches()[0])
+    assert rows(pa.Table.from_batches(got)) == sorted(
+        [(2, None if v is None else len(v)) for v in values], key=repr
+    )
+    assert raw.watermark_ms() is None  # a raw topic declares no event time
 
 
 # -- windows ------------------------------------------------------------------------------
