@@ -322,6 +322,39 @@ def test_a_second_runner_fences_the_first(stack: Stack, tmp_path: pathlib.Path) 
             second.kill()
 
 
+def test_partitions_added_to_the_source_are_read(stack: Stack, tmp_path: pathlib.Path) -> None:
+    from confluent_kafka.admin import NewPartitions
+
+    create_topic(stack, "orders", 2)
+    create_topic(stack, "out", 1)
+    run_sql(stack, ORDERS_DDL)
+    produce_orders(stack, range(0, 600), 2)
+    define_query(
+        stack,
+        QueryDefinition(
+            name="q",
+            kind="stream",
+            sql=FILTER_SQL,
+            output_topic="out",
+            options={"source": "orders"},
+        ),
+    )
+    runner = RunnerProcess(stack, "q", tmp_path / "runner.log")
+    try:
+        expected = reference_rows(stack, 2)
+        wait_output(stack, "out", 1, sum(expected.values()), runner)
+        admin = AdminClient({"bootstrap.servers": stack.kafka_address})
+        for fut in admin.create_partitions([NewPartitions("orders", 3)]).values():
+            fut.result(timeout=30)
+        produce_orders(stack, range(600, 1500), 3)  # a third of them to the new partition
+        expected = reference_rows(stack, 3)
+        assert any(json.loads(row)["src_partition"] == 2 for row in expected)
+        wait_output(stack, "out", 1, sum(expected.values()), runner)
+        assert output_rows(stack, "out", 1) == expected
+    finally:
+        runner.kill()
+
+
 class _NoRow:
     step = 0
 
