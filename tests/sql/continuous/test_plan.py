@@ -956,3 +956,76 @@ def test_select_star_over_a_join_names_columns_once(nexmark: dict[str, pa.Table]
     assert len(expected) > 0
     assert sorted(got.column("seller").to_pylist()) == sorted(expected)
     assert got.column("seller").to_pylist() == got.column("p__id").to_pylist()
+
+
+@pytest.mark.parametrize("lateness", [0, 1_500])
+def test_late_records_hop_and_session(lateness: int) -> None:
+    """HOP: a record counts in those of its windows still open (dropped and counted when
+    none is); SESSION: a record older than the watermark minus the lateness is dropped."""
+    batches = late_stream(10 + lateness)
+    hop = plan_continuous(
+        "SELECT k, HOP_START(t, INTERVAL '500' MILLISECOND, INTERVAL '2' SECOND) AS ws, "
+        "COUNT(*) AS n, SUM(x) AS s FROM ev "
+        "GROUP BY k, HOP(t, INTERVAL '500' MILLISECOND, INTERVAL '2' SECOND)",
+        ALL,
+        set(),
+        allowed_lateness_ms=lateness,
+    )
+    session = plan_continuous(
+        "SELECT k, SESSION_START(t, INTERVAL '40' MILLISECOND) AS ss, "
+        "SESSION_END(t, INTERVAL '40' MILLISECOND) AS se, COUNT(*) AS n, SUM(x) AS s FROM ev "
+        "GROUP BY k, SESSION(t, INTERVAL '40' MILLISECOND)",
+        ALL,
+        set(),
+        allowed_lateness_ms=lateness,
+    )
+    got_hop: list[pa.RecordBatch] = []
+    got_session: list[pa.RecordBatch] = []
+    for b in batches:
+        got_hop += hop.process("ev", b)
+        got_session += session.process("ev", b)
+    # the references, a record at a time, the watermark moved after each batch
+    wm: int | None = None
+    windows: dict[tuple[str, int], list[int]] = defaultdict(list)
+    kept: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    hop_dropped = session_dropped = 0
+    for b in batches:
+        times = ms(pa.Table.from_batches([b]), "t").tolist()
+        for k, x, t in zip(
+            b.column("k").to_pylist(), b.column("x").to_pylist(), times, strict=True
+        ):
+            last = t - t % 500
+            starts = [s for s in range(last - 1500, last + 1, 500)]
+            open_ = [s for s in starts if wm is None or s + 2000 + lateness > wm]
+            hop_dropped += not open_
+            for s in open_:
+                windows[(k, s)].append(x)
+            if wm is not None and t < wm - lateness:
+                session_dropped += 1
+            else:
+                kept[k].append((t, x))
+        top = max(times) - 1_000
+        wm = top if wm is None else max(wm, top)
+    assert wm is not None
+    expected_hop = sorted(
+        ((k, s, len(xs), sum(xs)) for (k, s), xs in windows.items() if s + 2000 + lateness <= wm),
+        key=repr,
+    )
+    assert rows(pa.Table.from_batches(got_hop, schema=hop.output_schema)) == expected_hop
+    assert hop.stats().late_rows_dropped == hop_dropped
+    expected_session = []
+    for k, events in kept.items():
+        events.sort()
+        runs: list[list[tuple[int, int]]] = []
+        for e in events:
+            if runs and e[0] - runs[-1][-1][0] < 40:
+                runs[-1].append(e)
+            else:
+                runs.append([e])
+        for r in runs:
+            end = r[-1][0] + 40
+            if end + lateness <= wm:
+                expected_session.append((k, r[0][0], end, len(r), sum(x for _, x in r)))
+    got = rows(pa.Table.from_batches(got_session, schema=session.output_schema))
+    assert got == sorted(expected_session, key=repr)
+    assert session.stats().late_rows_dropped == session_dropped > 0
