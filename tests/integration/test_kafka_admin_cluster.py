@@ -725,6 +725,29 @@ def test_committed_leader_epoch_is_kept(
     epochs = {tp.partition: (tp.offset, tp.leader_epoch) for tp in listed.topic_partitions}
     assert epochs[0] == (4, 2)
     assert epochs[1][0] == 1 and epochs[1][1] in (None, -1)
+    # A consumer of the group resumes there: its offset validation with the committed epoch
+    # (OffsetForLeaderEpoch) finds no truncation.
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    try:
+
+        def first_of_partition_0() -> int | None:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                return None
+            assert not msg.error(), msg.error()
+            return msg.offset() if msg.partition() == 0 else None
+
+        assert poll_until(first_of_partition_0, "the group's consumer resuming") == 4
+    finally:
+        consumer.close()
 
     # kafka-python's alter / list group offsets.
     kp_admin.alter_group_offsets(
