@@ -358,7 +358,9 @@ class _Planner:
             raise PlanError(f"unsupported FROM item {_sql(node)}")
         name, db = node.name, node.db
         if not db and name in ctes:
-            planned = self.plan_select(ctes[name], emit="final", outer=False, ctes=ctes)
+            # inside its own body a WITH name is not itself (no recursion)
+            inner = {k: v for k, v in ctes.items() if k != name}
+            planned = self.plan_select(ctes[name], emit="final", outer=False, ctes=inner)
             return _renamed(planned, alias or name)
         relation: Relation | None = None
         if db == _TOPICS:

@@ -669,6 +669,7 @@ ERRORS = [
     ("SELECT price FROM bid UNION SELECT price FROM bid", "UNION"),
     ("SELECT row_number() OVER () FROM bid", "OVER"),
     ("SELECT price FROM bid WHERE price IN (SELECT 1)", "sub-queries"),
+    ("WITH x AS (SELECT * FROM x) SELECT * FROM x", "no stream, table or topic called 'x'"),
     (
         "SELECT COUNT(*) AS n FROM bid GROUP BY TUMBLE(\"dateTime\", INTERVAL '1' FORTNIGHT)",
         "unit",
