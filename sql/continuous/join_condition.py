@@ -19,9 +19,12 @@ only ever decide how candidates are found and how long rows are kept.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlglot.expressions as exp
 
 from sql.continuous.pipeline import PlanError, PlannedInput
@@ -30,6 +33,7 @@ __all__ = [
     "Bound",
     "ConditionInfo",
     "analyse_condition",
+    "compile_residual",
     "conjuncts",
     "interval_ms",
     "residual_sql",
@@ -259,3 +263,83 @@ def residual_sql(
             used.append(joined)
         column.replace(exp.column(joined, quoted=True))
     return tree.sql(dialect="postgres"), used
+
+
+Evaluator = Callable[[Mapping[str, pa.Array]], Any]
+
+_BINARY: dict[type[exp.Expression], Callable[..., Any]] = {
+    exp.EQ: pc.equal,
+    exp.NEQ: pc.not_equal,
+    exp.GT: pc.greater,
+    exp.GTE: pc.greater_equal,
+    exp.LT: pc.less,
+    exp.LTE: pc.less_equal,
+    exp.Add: pc.add_checked,
+    exp.Sub: pc.subtract_checked,
+    exp.And: pc.and_kleene,
+    exp.Or: pc.or_kleene,
+}
+
+
+def compile_residual(
+    condition: exp.Expression, inputs: tuple[PlannedInput, PlannedInput]
+) -> Evaluator | None:
+    """The condition as Arrow compute calls over the joined columns' arrays (a boolean
+    array, nulls as SQL's unknown), for the forms whose meaning Arrow and SQL share:
+    columns, number / string / boolean literals, ``INTERVAL`` (as a millisecond duration),
+    ``+ -``, comparisons, ``BETWEEN``, ``AND OR NOT``, ``IS [NOT] NULL``. None for anything
+    else (then DataFusion evaluates the SQL). Types Arrow cannot combine raise when called,
+    and the caller falls back to DataFusion too."""
+    resolver = _Resolver(*inputs)
+
+    def build(node: exp.Expression) -> Evaluator | None:
+        node = _strip(node)
+        if isinstance(node, exp.Column):
+            side, name = resolver.side(node)
+            joined = f"{inputs[side].alias}__{name}"
+            return lambda cols: cols[joined]
+        value: Any = None
+        if isinstance(node, exp.Boolean):
+            value = pa.scalar(bool(node.this))
+        elif isinstance(node, exp.Literal):
+            if node.is_string:
+                value = pa.scalar(node.this, pa.string())
+            else:
+                try:
+                    value = pa.scalar(int(node.this))
+                except ValueError:
+                    value = pa.scalar(float(node.this))
+        elif isinstance(node, exp.Interval):
+            ms = interval_ms(node)
+            if ms is not None:
+                value = pa.scalar(ms, pa.duration("ms"))
+        if value is not None:
+            return lambda cols: value
+        if isinstance(node, exp.Neg):
+            inner = build(node.this)
+            return None if inner is None else (lambda cols: pc.negate_checked(inner(cols)))
+        if isinstance(node, exp.Not):
+            inner = build(node.this)
+            return None if inner is None else (lambda cols: pc.invert(inner(cols)))
+        if isinstance(node, exp.Is) and isinstance(node.expression, exp.Null):
+            inner = build(node.this)
+            test = pc.is_valid if node.args.get("negate") else pc.is_null
+            return None if inner is None else (lambda cols: test(inner(cols)))
+        if node.args.get("negate"):  # NOT BETWEEN and the like: leave them to DataFusion
+            return None
+        if isinstance(node, exp.Between):
+            x, lo, hi = build(node.this), build(node.args["low"]), build(node.args["high"])
+            if x is None or lo is None or hi is None:
+                return None
+            return lambda cols: pc.and_kleene(
+                pc.greater_equal(x(cols), lo(cols)), pc.less_equal(x(cols), hi(cols))
+            )
+        func = _BINARY.get(type(node))
+        if func is not None:
+            a, b = build(node.this), build(node.expression)
+            if a is None or b is None:
+                return None
+            return lambda cols: func(a(cols), b(cols))
+        return None
+
+    return build(condition)

@@ -57,10 +57,12 @@ time still buffered)``: every later output row is a buffered left row or a later
 Matching: every join is a pyarrow (Acero, one thread) hash join of a batch against the
 other side's buffer on the equi pairs alone (the key columns and row numbers: keys of
 different types are cast to a common one; no equi pair: a constant key, so a cross
-product), then, when the condition has more than equalities of equal-typed columns, the
-whole condition is evaluated by DataFusion on the candidate pairs (postgres-dialect SQL over
-the ``<alias>__<column>`` names it uses), and the matching rows of both sides are taken. No
-loop runs per row.
+product), then, when the condition has more than equalities of equal-typed columns, the whole
+condition is evaluated on the candidate pairs: by Arrow compute calls when it is made of
+comparisons, ``+ -``, intervals, ``BETWEEN``, ``AND OR NOT`` and ``IS NULL`` over columns and
+literals (``join_condition.compile_residual``), else (or once Arrow cannot combine the
+types) by DataFusion (postgres-dialect SQL over the ``<alias>__<column>`` names it uses);
+then the matching rows of both sides are taken. No loop runs per row.
 
 Costs: a batch costs a hash join against the other side's whole buffer (the smaller of the
 two is hashed), so O(buffer) per batch: bounded by time for ``interval`` and ``window``,
@@ -106,7 +108,9 @@ import sqlglot.expressions as exp
 from sql.continuous.join_condition import (
     Bound,
     ConditionInfo,
+    Evaluator,
     analyse_condition,
+    compile_residual,
     residual_sql,
     window_columns,
 )
@@ -297,10 +301,11 @@ class _JoinBase:
             self._keys = (["__lk"], ["__rk"])
         self._residual: str | None = None
         self._residual_columns: list[str] = []
+        self._evaluator: Evaluator | None = None
         if info.residual:
-            self._residual, self._residual_columns = residual_sql(
-                exp.and_(*info.residual), (left, right)
-            )
+            residual = exp.and_(*info.residual)
+            self._residual, self._residual_columns = residual_sql(residual, (left, right))
+            self._evaluator = compile_residual(residual, (left, right))
         self._ctx: datafusion.SessionContext | None = None
 
     # -- the Stage surface shared by all ----------------------------------------------------
@@ -407,15 +412,26 @@ class _JoinBase:
     def _residual_rows(
         self, left: pa.Table, right: pa.Table, li: pa.ChunkedArray, ri: pa.ChunkedArray
     ) -> pa.Array | None:
-        """Positions among the candidate pairs (li, ri) where the condition is true."""
-        if self._ctx is None:
-            self._ctx = datafusion.SessionContext()
+        """Positions among the candidate pairs (li, ri) where the condition is true: by
+        Arrow compute calls when the condition compiles to them, else by DataFusion."""
         columns = [
             (left if name in left.schema.names else right)
             .column(name)
             .take(li if name in left.schema.names else ri)
             for name in self._residual_columns
         ]
+        if self._evaluator is not None:
+            try:
+                mask = self._evaluator(dict(zip(self._residual_columns, columns, strict=True)))
+            except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+                self._evaluator = None  # types Arrow does not combine: DataFusion from now on
+            else:
+                if isinstance(mask, pa.Scalar):
+                    mask = pa.array(np.full(len(li), mask.as_py() is True))
+                found = pc.indices_nonzero(pc.fill_null(mask, False)).cast(pa.int64())
+                return found if len(found) else None
+        if self._ctx is None:
+            self._ctx = datafusion.SessionContext()
         candidates = pa.table(
             [*columns, pa.array(np.arange(len(li)))], names=[*self._residual_columns, "__row"]
         )

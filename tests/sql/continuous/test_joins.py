@@ -745,3 +745,48 @@ def test_lookup_table_with_many_updates_keeps_only_current_rows() -> None:
         assert stage.buffered_rows() == (0, len(current))
         assert stage._rows is not None and stage._rows.num_rows <= 2 * len(current) + 4096 + 100
     assert Counter(got) == Counter(want)
+
+
+@pytest.mark.parametrize(
+    ("text", "compiled"),
+    [
+        (
+            "L.k = R.k AND R.t BETWEEN L.t - INTERVAL '1' SECOND AND L.t + INTERVAL '2 seconds'",
+            True,
+        ),
+        ("L.k = R.k AND (L.x > R.x OR R.s = 'b') AND NOT L.x IS NULL", True),
+        ("L.k = R.k AND L.x + R.x <> 7 AND R.s IS NOT NULL AND -L.x < 0", True),
+        ("L.k = R.k AND R.x NOT BETWEEN 2 AND L.x AND (R.s < L.s OR L.x IS NULL)", True),
+        ("L.k = R.k AND R.t > '1970-01-01 00:00:05'", True),  # Arrow refuses: DataFusion
+        ("L.k = R.k AND L.x * 2 > R.x", False),
+        ("L.k = R.k AND LOWER(R.s) = 'a'", False),
+    ],
+)
+def test_residual_by_arrow_compute_equals_datafusion(text: str, compiled: bool) -> None:
+    rng = np.random.default_rng(41)
+    n = 400
+    schema = pa.schema([("k", pa.int64()), ("x", pa.int64()), ("s", pa.string()), ("t", TS)])
+
+    def batch() -> pa.RecordBatch:
+        x = rng.integers(0, 10, n)
+        return pa.record_batch(
+            [
+                pa.array(rng.integers(0, 5, n)),
+                pa.array(x, mask=x == 0),
+                pa.array(rng.choice(["a", "b", "c"], n), mask=rng.random(n) < 0.1),
+                pa.array(rng.integers(0, 10_000, n), pa.int64()).cast(TS),
+            ],
+            schema=schema,
+        )
+
+    left, right = PlannedInput("l", "L", schema, None), PlannedInput("r", "R", schema, None)
+    results = []
+    for use_compute in (True, False):
+        stage = plan_join(left, right, cond(text), "inner", "j")
+        assert (stage._evaluator is not None) == compiled
+        if not use_compute:
+            stage._evaluator = None
+        rng = np.random.default_rng(41)
+        out = stage.process("r", batch()) + stage.process("l", batch())
+        results.append(Counter(tuple(r.values()) for b in out for r in b.to_pylist()))
+    assert results[0] == results[1] and sum(results[0].values()) > 10
