@@ -463,3 +463,57 @@ def test_without_the_service_statements_and_query_commands_run_in_process(
         wait_for(lambda: not _alive(runner), 30, "its runner stopped")
     finally:
         client.close()
+
+
+def test_stopping_the_sql_program_stops_its_runners(
+    stack: Stack, client: SqlClient, declared: list[dict[str, Any]]
+) -> None:
+    client.execute(
+        "CREATE MATERIALIZED VIEW stopper AS SELECT user, count(*) AS n FROM pay GROUP BY user"
+    )
+    runner = wait_for(lambda: client.describe("stopper").runner.pid, 30, "runner up")
+    service = stack.pid("sql")
+    assert runner in _children(service)
+    stack.supervisorctl("stop", "sql")  # SIGTERM, as supervisord stops it
+    assert not _alive(service)
+    wait_for(lambda: not _alive(runner), 5, "the runner stopped with the service")
+    stack.supervisorctl("start", "sql")
+    stack.wait_sql_ready()
+    wait_for(lambda: client.describe("stopper").runner.state == "running", 30, "runner again")
+    assert client.drop("stopper").startswith("materialized view stopper dropped")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(b")") + 2 :].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_with_sql_disabled_the_service_answers_statements_but_runs_no_query(
+    tmp_path: pathlib.Path,
+) -> None:
+    with Stack(tmp_path / "data", env={"STREAMHOUSE_SQL_ENABLED": "false"}) as off:
+        off.wait_sql_ready()
+        create_topic(off, "few", 2)
+        produce_events(off, "few", events(0, 10))
+        with SqlClient(off.sql_address) as c:
+            assert c.execute("SELECT count(*) AS n FROM few").table.to_pylist() == [{"n": 10}]
+            c.execute("CREATE STREAM few (user VARCHAR, amount BIGINT) WITH (topic = 'few')")
+            c.execute(
+                "CREATE MATERIALIZED VIEW idle AS SELECT user, count(*) AS n FROM few GROUP BY user"
+            )
+            assert c.describe("idle").runner.state == "disabled"
+            # nothing was started: the sql program has no children, now or a moment later
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                assert _children(off.pid("sql")) == []
+                time.sleep(0.1)
+            assert "dropped" in c.drop("idle")
