@@ -11,7 +11,7 @@ each with its own data dir (rings, logs), ports and supervisord:
 
     with Cluster(tmp_path, 3, postgres_dsn, "s3://bucket/prefix", env=s3_env) as cluster:
         producer = Producer({"bootstrap.servers": cluster.kafka_bootstrap})
-        cluster.kill_agent(1)      # SIGKILL of supervisord and its four programs at once
+        cluster.kill_agent(1)      # SIGKILL of supervisord and its programs at once
         cluster.start_agent(1)     # same data dir and ports, so the same agent id
 """
 
@@ -578,7 +578,7 @@ class Cluster:
         self.agents[i].stop()
 
     def kill_agent(self, i: int) -> list[int]:
-        """SIGKILL of agent i's supervisord and all four of its processes at once."""
+        """SIGKILL of agent i's supervisord and all of its processes at once (query runners too)."""
         return self.agents[i].kill_all()
 
     def stop(self) -> None:
