@@ -194,6 +194,7 @@ class QueryRunner:
         self.errors = 0
         self.last_error: str | None = None
         self.dirty = False
+        self.late_seen = 0  # the plan's late-row count (since it was made) at the last commit
         self.last_commit = time.monotonic()
         self.last_progress = time.monotonic()
         self.progress_rows = (0, 0)
@@ -410,7 +411,7 @@ class QueryRunner:
             rows_in=old.rows_in + self.rows_in,
             rows_out=old.rows_out + rows_out,
             decode_errors=old.decode_errors + self.errors,
-            late_rows_dropped=stats.late_rows_dropped,
+            late_rows_dropped=old.late_rows_dropped + stats.late_rows_dropped - self.late_seen,
             dead_lettered=old.dead_lettered + dead,
             rows_in_per_s=self.rows_in / elapsed,
             rows_out_per_s=rows_out / elapsed,
@@ -462,6 +463,7 @@ class QueryRunner:
             break
         await delete_objects(self.store, sorted(self._live_keys() - _keys(state)))
         self.state = state
+        self.late_seen = stats.late_rows_dropped
         self.results = []
         self.rejected = []
         self.rows_in = 0
