@@ -72,9 +72,9 @@ those kept). Output rows carry every column of both sides: the planner's project
 the join decides what survives, so wide inputs (Nexmark's ``extra``) make output the larger
 cost. Measured on this repo's 2 shared cores, the stage alone fed Nexmark streams in
 1,000-row batches at 10,000 events/s of event time, watermarks 4 s behind: bids to
-auctions, interval LEFT join, 360,000 input rows/s (980,000 rows, 908,000 out, peak state
-40,000 rows); auction x person lookup 250,000-750,000 rows/s for tables of 100,000-20,000
-rows; regular 160,000-250,000.
+auctions, interval LEFT join, 590,000 input rows/s (980,000 rows, 908,000 out, peak state
+40,000 rows); auction x person lookup 300,000-850,000 rows/s for tables of 100,000-20,000
+rows; regular 150,000-240,000 (state of 400,000-80,000 rows).
 
 Snapshot format (Arrow IPC)
 ---------------------------
