@@ -32,7 +32,10 @@ The algorithm (``algorithm``), chosen from the inputs and the condition
     window end`` (an upstream window aggregate has emitted every window whose end is at or
     below its watermark); then the window's rows of both sides are joined (hash join on the
     equi pairs, window bounds included), emitted (LEFT: with the unmatched left rows) and
-    dropped. A row of an already emitted window is late: dropped and counted.
+    dropped. A row of an already emitted window is late: dropped and counted. Nothing is
+    emitted before both inputs have a watermark. (An input whose time column is its window
+    start has a watermark a window size behind, as the planner gives it: windows then close
+    that much later, never too early.)
 
 ``interval`` - otherwise, both inputs streams: symmetric hash join, each new batch of one
     side joined with the other side's buffer, then buffered. A conjunct bounding one side's
@@ -759,6 +762,9 @@ class SymmetricJoin(_JoinBase):
             out.append(matched)
             if self.kind == "left" and matched is not None:
                 self._matched.append(matched.column("__lid").combine_chunks())
+                if len(self._matched) > _COMPACT_CHUNKS:
+                    merged = pa.chunked_array(self._matched, pa.int64()).combine_chunks()
+                    self._matched = [pc.unique(merged)]
         if rows.num_rows:
             self._add(side, rows, times)
         return self._emit(out)
