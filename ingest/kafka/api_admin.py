@@ -2,9 +2,12 @@
 
 Topic configs are the keys of `streamhouse.topic_config` (every topic config Kafka defines);
 DescribeConfigs lists every one with its value, Kafka type, whether it is the default, its
-source (DYNAMIC_TOPIC_CONFIG when set on the topic, DEFAULT_CONFIG otherwise) and, as its
-documentation, the valid values and, for the keys StreamHouse only stores, why it does not act
-on them.
+source (DYNAMIC_TOPIC_CONFIG when set on the topic; else STATIC_BROKER_CONFIG when the broker
+config it defaults to is an agent setting, which is max.message.bytes from
+STREAMHOUSE_MAX_BATCH_BYTES, the limit produce applies to a topic that sets none; else
+DEFAULT_CONFIG), its synonyms when asked (Kafka's order: the topic's value, the broker config,
+`BROKER_SYNONYMS`) and, as its documentation, the valid values and, for the keys StreamHouse
+only stores, why it does not act on them.
 
 Broker resources (name "" or this agent's node id; another agent's id is refused with the
 node to ask, as Kafka refuses a broker id not its own): the agent's settings under their Kafka
@@ -251,19 +254,30 @@ def broker_configs(broker: KafkaBroker) -> dict[str, BrokerConfig]:
             env("producer_id_expiration_ms"),
             "Idle producer state is forgotten after this long.",
         ),
-        "log.retention.ms": topic_default("retention.ms"),
-        "log.retention.bytes": topic_default("retention.bytes"),
-        "log.cleanup.policy": topic_default("cleanup.policy"),
-        "log.segment.bytes": topic_default("segment.bytes"),
-        "log.roll.ms": topic_default("segment.ms"),
-        "log.cleaner.delete.retention.ms": topic_default("delete.retention.ms"),
-        "log.cleaner.min.cleanable.ratio": topic_default("min.cleanable.dirty.ratio"),
-        "log.cleaner.min.compaction.lag.ms": topic_default("min.compaction.lag.ms"),
-        "log.cleaner.max.compaction.lag.ms": topic_default("max.compaction.lag.ms"),
-        "log.message.timestamp.type": topic_default("message.timestamp.type"),
-        "min.insync.replicas": topic_default("min.insync.replicas"),
-        "compression.type": topic_default("compression.type"),
+        **{
+            broker_key: topic_default(topic_key)
+            for topic_key, broker_key in BROKER_SYNONYMS.items()
+            if topic_key != "max.message.bytes"  # message.max.bytes is a setting (above)
+        },
     }
+
+
+#: Topic config -> the broker config that is its default (Kafka's synonyms).
+BROKER_SYNONYMS = {
+    "retention.ms": "log.retention.ms",
+    "retention.bytes": "log.retention.bytes",
+    "cleanup.policy": "log.cleanup.policy",
+    "segment.bytes": "log.segment.bytes",
+    "segment.ms": "log.roll.ms",
+    "delete.retention.ms": "log.cleaner.delete.retention.ms",
+    "min.cleanable.dirty.ratio": "log.cleaner.min.cleanable.ratio",
+    "min.compaction.lag.ms": "log.cleaner.min.compaction.lag.ms",
+    "max.compaction.lag.ms": "log.cleaner.max.compaction.lag.ms",
+    "message.timestamp.type": "log.message.timestamp.type",
+    "max.message.bytes": "message.max.bytes",
+    "min.insync.replicas": "min.insync.replicas",
+    "compression.type": "compression.type",
+}
 
 
 def log_dir(broker: KafkaBroker) -> str:
@@ -339,16 +353,19 @@ async def create_topics(
                 topic = await broker.meta.create_topic(wanted.name, partitions, config)
                 result.topic_id = uuid.UUID(bytes=topic.uuid)
                 log.info("created topic %s (%d partitions) over Kafka", topic.name, partitions)
-            result.configs = [
-                R.CreatableTopicConfigs(
-                    name=key,
-                    value=config.get(key, spec[0]),
-                    read_only=key == REPLICA_ASSIGNMENT,
-                    config_source=SOURCE_DYNAMIC_TOPIC if key in config else SOURCE_DEFAULT,
-                    is_sensitive=False,
+            defaults = broker_configs(broker)
+            result.configs = []
+            for key in TOPIC_CONFIGS:
+                value, source = topic_value(defaults, config, key)
+                result.configs.append(
+                    R.CreatableTopicConfigs(
+                        name=key,
+                        value=value,
+                        read_only=key == REPLICA_ASSIGNMENT,
+                        config_source=source,
+                        is_sensitive=False,
+                    )
                 )
-                for key, spec in TOPIC_CONFIGS.items()
-            ]
         except TopicExistsError:
             result.error_code = errors.TOPIC_ALREADY_EXISTS
             result.error_message = f"topic {wanted.name!r} already exists"
@@ -522,32 +539,66 @@ def _extended_assignment(
     return ",".join(existing + added), None
 
 
+def topic_value(
+    broker_defaults: dict[str, BrokerConfig], config: dict[str, str], key: str
+) -> tuple[str, int]:
+    """A topic config's value and source: the topic's own; unset, the broker config it
+    defaults to when an agent setting gives that (max.message.bytes:
+    STREAMHOUSE_MAX_BATCH_BYTES, what produce applies), else the built-in default."""
+    if key in config:
+        return config[key], SOURCE_DYNAMIC_TOPIC
+    fallback = broker_defaults.get(BROKER_SYNONYMS.get(key, ""))
+    if fallback is not None and fallback.setting:
+        return fallback.value, SOURCE_STATIC_BROKER
+    return TOPIC_CONFIGS[key][0], SOURCE_DEFAULT
+
+
 async def _describe_topic(
-    broker: KafkaBroker, name: str, keys: list[str] | None
+    broker: KafkaBroker, name: str, keys: list[str] | None, synonyms: bool = False
 ) -> DescribeConfigsResponse.DescribeConfigsResult:
     R = DescribeConfigsResponse
+    broker_defaults = broker_configs(broker)
     topic = await broker.topic(name)
     result = R.DescribeConfigsResult(error_code=0, resource_type=TOPIC_RESOURCE, resource_name=name)
     if topic is None:
         result.error_code = errors.UNKNOWN_TOPIC_OR_PARTITION
         result.error_message = f"topic {name!r} does not exist"
         return result
-    for key, spec in TOPIC_CONFIGS.items():
+    for key in TOPIC_CONFIGS:
         if keys is not None and key not in keys:
             continue
         is_set = key in topic.config
-        result.configs.append(
-            R.DescribeConfigsResourceResult(
-                name=key,
-                value=topic.config.get(key, spec[0]),
-                read_only=key == REPLICA_ASSIGNMENT,
-                is_default=not is_set,
-                config_source=SOURCE_DYNAMIC_TOPIC if is_set else SOURCE_DEFAULT,
-                is_sensitive=False,
-                config_type=CONFIG_TYPES[key],
-                documentation=documentation(key),
-            )
+        value, source = topic_value(broker_defaults, topic.config, key)
+        entry = R.DescribeConfigsResourceResult(
+            name=key,
+            value=value,
+            read_only=key == REPLICA_ASSIGNMENT,
+            is_default=source == SOURCE_DEFAULT,
+            config_source=source,
+            is_sensitive=False,
+            config_type=CONFIG_TYPES[key],
+            documentation=documentation(key),
         )
+        if synonyms:
+            # Kafka's order: the topic's own value, then the broker config it defaults to
+            # (where StreamHouse has one), then the built-in default.
+            if is_set:
+                entry.synonyms.append(
+                    R.DescribeConfigsSynonym(
+                        name=key, value=topic.config[key], source=SOURCE_DYNAMIC_TOPIC
+                    )
+                )
+            broker_key = BROKER_SYNONYMS.get(key)
+            if broker_key is not None:
+                default = broker_defaults[broker_key]
+                entry.synonyms.append(
+                    R.DescribeConfigsSynonym(
+                        name=broker_key,
+                        value=default.value,
+                        source=SOURCE_STATIC_BROKER if default.setting else SOURCE_DEFAULT,
+                    )
+                )
+        result.configs.append(entry)
     return result
 
 
@@ -630,7 +681,11 @@ async def describe_configs(
             list(resource.configuration_keys) if resource.configuration_keys is not None else None
         )
         if resource.resource_type == TOPIC_RESOURCE:
-            results.append(await _describe_topic(broker, resource.resource_name, keys))
+            results.append(
+                await _describe_topic(
+                    broker, resource.resource_name, keys, request.include_synonyms
+                )
+            )
         elif resource.resource_type == BROKER_RESOURCE:
             results.append(_describe_broker(broker, resource.resource_name, keys))
         elif resource.resource_type == GROUP_RESOURCE:

@@ -164,7 +164,7 @@ def ck_topic_configs(admin: AdminClient, topic: str) -> dict[str, ConfigEntry]:
 
 
 def test_every_kafka_topic_config_is_accepted_typed_and_described(
-    admin: AdminClient, kp_admin: KafkaAdminClient
+    admin: AdminClient, kp_admin: KafkaAdminClient, stack: Stack
 ) -> None:
     topic = "all-configs"
     configs = {
@@ -185,11 +185,26 @@ def test_every_kafka_topic_config_is_accepted_typed_and_described(
         assert entries[key].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value, key
         assert not entries[key].is_default
     assert entries["retention.ms"].source == ConfigSource.DEFAULT_CONFIG.value
+    # Unset, max.message.bytes is what produce applies: the broker's message.max.bytes, an
+    # agent setting (STREAMHOUSE_MAX_BATCH_BYTES).
+    assert entries["max.message.bytes"].value == str(stack.settings.max_batch_bytes)
+    assert entries["max.message.bytes"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+    assert set(entries["retention.ms"].synonyms) == {"log.retention.ms"}
+    with_value = entries["file.delete.delay.ms"].synonyms
+    assert [(s.name, s.value) for s in with_value.values()] == [("file.delete.delay.ms", "120000")]
 
     # kafka-python shows the Kafka type and the documentation, which says what is ignored.
     described = kp_admin.describe_configs(
-        [KpConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all"
+        [KpConfigResource(ConfigResourceType.TOPIC, topic)],
+        config_filter="all",
+        include_synonyms=True,
     )["topic"][topic]
+    assert described["segment.ms"]["synonyms"] == [
+        {"name": "log.roll.ms", "value": TOPIC_CONFIGS["segment.ms"][0], "source": "DEFAULT_CONFIG"}
+    ]
+    assert [s["name"] for s in described["file.delete.delay.ms"]["synonyms"]] == [
+        "file.delete.delay.ms"
+    ]
     for key in TOPIC_CONFIGS:
         assert described[key]["config_type"] == TOPIC_CONFIG_TYPES[key], key
         doc = described[key]["documentation"]
