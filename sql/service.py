@@ -11,7 +11,9 @@ standard health service and reflection):
   Errors are gRPC statuses with the user's message: INVALID_ARGUMENT (bad statement, unknown
   column or relation, a query that cannot run continuously), NOT_FOUND (no such query),
   UNAVAILABLE (metadata store down: retry). At most ``MAX_CONCURRENT_QUERIES`` statements run
-  at once (a query holds what it reads in memory); the others wait their turn.
+  at once (a query holds what it reads in memory); the others wait their turn. A statement
+  reads at most the request's ``max_read_bytes`` of stored blocks (0:
+  ``DEFAULT_MAX_READ_BYTES``) and is refused before reading when it would read more.
 - ``ListQueries`` / ``DescribeQuery(name)``: each query's definition, last checkpoint
   (step, watermark, rows in/out in total and per second, decode errors, late rows, last
   error), input lag per source partition (high watermark - the checkpoint's position) and
@@ -86,6 +88,9 @@ STABLE_RUN_S = 30.0
 STOP_GRACE_S = 10.0
 IPC_CHUNK_BYTES = 1 << 20
 MAX_CONCURRENT_QUERIES = 4
+#: Stored block bytes one statement may read unless the request says otherwise (as
+#: ``python3 -m sql query --max-read-mb``'s default).
+DEFAULT_MAX_READ_BYTES = 2_000_000_000
 #: gRPC message limit of the sql service (a chunk is ~IPC_CHUNK_BYTES; one huge row more).
 MESSAGE_LIMIT = 64 << 20
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
@@ -601,7 +606,9 @@ async def run_sql(settings: Settings, stop: asyncio.Event) -> None:
                 backoff_ms=settings.sql_restart_backoff_ms,
                 owned=owned,
             )
-        service = SqlService(settings, meta, store, supervisor)
+        service = SqlService(
+            settings, meta, store, supervisor, max_read_bytes=DEFAULT_MAX_READ_BYTES
+        )
         server = await start_sql_server(settings, service)
         if supervisor is not None:
             spawn(supervisor.run(), "query runner supervisor")

@@ -225,6 +225,17 @@ def test_errors_are_statuses_with_the_reason(
     assert words in err.value.message
 
 
+def test_a_statement_over_its_read_limit_is_refused_before_reading(
+    client: SqlClient, declared: list[dict[str, Any]]
+) -> None:
+    with pytest.raises(SqlServiceError) as err:
+        client.execute("SELECT count(*) FROM pay", max_read_bytes=100)
+    assert err.value.code == "INVALID_ARGUMENT"
+    assert "over the limit of 0.0 MB" in err.value.message
+    table = client.execute("SELECT count(*) AS n FROM pay", max_read_bytes=100_000_000).table
+    assert table is not None and table.to_pylist() == [{"n": len(declared)}]
+
+
 def test_drop_and_describe_of_an_unknown_query_through_streamctl(
     stack: Stack, declared: list[dict[str, Any]]
 ) -> None:
