@@ -95,6 +95,8 @@ DEFAULT_MAX_READ_BYTES = 2_000_000_000
 MESSAGE_LIMIT = 64 << 20
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 _STDERR_LINES = 20
+#: A runner's stderr line is cut at this length (in the log and as the last error).
+MAX_LINE_BYTES = 8192
 
 
 # --------------------------------------------------------------------------- runners
@@ -227,15 +229,33 @@ class RunnerSupervisor:
 
     async def _watch(self, child: _Child, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
-        async for raw in proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if line:
-                child.lines.append(line)
-                print(f"query {child.name}: {line}", file=sys.stderr, flush=True)
+        pending = b""
+        while True:
+            try:
+                data = await proc.stderr.read(1 << 16)
+            except Exception as exc:  # noqa: BLE001  (the pipe broke: only the copy stops)
+                log.warning("query %s: cannot read the runner's stderr: %s", child.name, exc)
+                data = b""
+            if not data:
+                break
+            *lines, pending = (pending + data).split(b"\n")
+            if len(pending) > MAX_LINE_BYTES:  # a line without end: cut it
+                lines.append(pending)
+                pending = b""
+            for raw in lines:
+                self._line(child, raw)
+        if pending:
+            self._line(child, pending)
         code = await proc.wait()
         if child.proc is proc:
             self._exited(child, code, child.lines[-1] if child.lines else None)
             self._wake.set()
+
+    def _line(self, child: _Child, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip()[:MAX_LINE_BYTES]
+        if line:
+            child.lines.append(line)
+            print(f"query {child.name}: {line}", file=sys.stderr, flush=True)
 
     def _exited(self, child: _Child, code: int | None, error: str | None) -> None:
         ran = time.monotonic() - child.started if child.started else 0.0

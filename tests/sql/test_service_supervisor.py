@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from sql.service import MAX_BACKOFF_MS, RunnerSupervisor, rendezvous_owner
+from sql.service import MAX_BACKOFF_MS, MAX_LINE_BYTES, RunnerSupervisor, rendezvous_owner
 
 # A runner that records its start, then either sleeps until SIGTERM or fails at once.
 FAKE_RUNNER = """
@@ -181,3 +181,36 @@ def test_rendezvous_owner_spreads_queries_and_moves_only_the_lost_agents() -> No
 @pytest.mark.parametrize("bad", [0, -5])
 def test_backoff_is_at_least_a_millisecond(tmp_path: pathlib.Path, bad: int) -> None:
     assert _supervisor(tmp_path, [], backoff_ms=bad).backoff_ms == 1
+
+
+def test_huge_stderr_lines_are_cut_and_the_last_one_is_the_error(tmp_path: pathlib.Path) -> None:
+    script = tmp_path / "loud.py"
+    script.write_text(
+        "import sys\n"
+        "sys.stderr.write('x' * 200_000)\n"
+        "sys.stderr.write('\\nfirst line\\n')\n"
+        "sys.stderr.write('the last words')\n"  # no newline at the end
+        "sys.exit(1)\n"
+    )
+
+    async def names() -> list[str]:
+        return ["loud"]
+
+    sup = RunnerSupervisor(
+        names,
+        command=lambda n: [sys.executable, str(script)],
+        interval_s=0.05,
+        backoff_ms=60_000,
+    )
+
+    async def test() -> None:
+        await sup.reconcile()
+        await _until(lambda: sup.status("loud").state == "backoff", 20, "exited")
+        assert sup.status("loud").last_error == "the last words"
+        assert sup.status("loud").last_exit_code == 1
+        lines = list(sup.children["loud"].lines)
+        assert lines[0] == "x" * MAX_LINE_BYTES
+        assert lines[-2:] == ["first line", "the last words"]
+        await sup.stop_all()
+
+    _run(test)
