@@ -30,6 +30,8 @@ import kafka.errors as kerr
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin import NewTopic as AioNewTopic
+from aiokafka.admin.config_resource import ConfigResource as AioConfigResource
+from aiokafka.admin.config_resource import ConfigResourceType as AioConfigResourceType
 from confluent_kafka import (
     Consumer,
     ConsumerGroupState,
@@ -788,3 +790,46 @@ def test_broker_logger_levels(kp_admin: KafkaAdminClient, stack: Stack) -> None:
     after = kp_admin.describe_configs([resource], config_filter="all")["broker_logger"]["0"]
     assert after["ingest.kafka.admin"]["value"] == "DEBUG"
     assert after["root"]["value"] == levels["root"]["value"]
+
+
+def test_aiokafka_admin_configs_and_groups(bootstrap: str, grpc: Client) -> None:
+    """aiokafka's admin client: Kafka-only topic configs, broker configs, alterations."""
+    topic = "aio-configs"
+
+    async def scenario() -> tuple[dict[str, str], dict[str, tuple[str, bool]], Any]:
+        client = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await client.start()
+        try:
+            await client.create_topics(
+                [AioNewTopic(topic, 1, 1, topic_configs={"file.delete.delay.ms": "1000"})]
+            )
+            await client.alter_configs(
+                [AioConfigResource(AioConfigResourceType.TOPIC, topic, {"flush.ms": "500"})]
+            )
+            (topic_answer,) = await client.describe_configs(
+                [AioConfigResource(AioConfigResourceType.TOPIC, topic)]
+            )
+            (broker_answer,) = await client.describe_configs(
+                [AioConfigResource(AioConfigResourceType.BROKER, "0")]
+            )
+            refused = await client.alter_configs(
+                [AioConfigResource(AioConfigResourceType.BROKER, "0", {"num.partitions": "3"})]
+            )
+        finally:
+            await client.close()
+        (t,) = topic_answer.resources
+        (b,) = broker_answer.resources
+        return (
+            {e[0]: e[1] for e in t[4]},
+            {e[0]: (e[1], e[2]) for e in b[4]},
+            refused,
+        )
+
+    topic_configs, broker_configs, refused = asyncio.run(scenario())
+    # AlterConfigs replaced the topic's configs: only flush.ms is set now.
+    assert topic_configs["flush.ms"] == "500"
+    assert topic_configs["file.delete.delay.ms"] == TOPIC_CONFIGS["file.delete.delay.ms"][0]
+    assert grpc.get_topic(topic).config["flush.ms"] == "500"
+    assert broker_configs["node.id"] == ("0", True)
+    (resource,) = [r for response in refused for r in response.resources]
+    assert resource[0] == KafkaError.INVALID_CONFIG and "num.partitions" in resource[1]
