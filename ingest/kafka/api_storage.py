@@ -10,7 +10,9 @@ choice over the live agents (ingest/cluster.py), which is already the preferred 
   of its live blocks, summed from the metadata block rows) and offset lag 0 (there is no
   replica behind). Each agent answers for its own partitions, so a client that sums over the
   brokers counts each partition once. Total and usable bytes are unknown (-1): object storage
-  has no volume size.
+  has no volume size. The sizes come from every block row of those partitions, a page at a
+  time; an agent computes one DescribeLogDirs at a time (others wait), so repeating it cannot
+  multiply the metadata load.
 - AlterReplicaLogDirs: moving a replica to the dir it is in succeeds with nothing to do; any
   other path is LOG_DIR_NOT_FOUND (there is one dir); an unknown partition
   UNKNOWN_TOPIC_OR_PARTITION.
@@ -26,6 +28,8 @@ choice over the live agents (ingest/cluster.py), which is already the preferred 
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from typing import TYPE_CHECKING
 
 from ingest.kafka import errors
@@ -74,8 +78,23 @@ async def _partition_bytes(broker: KafkaBroker, topic_id: int, partition: int) -
         offset = blocks[-1].end_offset
 
 
+_SIZING: weakref.WeakKeyDictionary[KafkaBroker, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
 async def describe_log_dirs(
     broker: KafkaBroker, header: RequestHeader, request: DescribeLogDirsRequest
+) -> DescribeLogDirsResponse:
+    # Sizing reads every block row of the partitions asked for (a page at a time): one such
+    # request at a time per agent, so clients repeating it cannot multiply the metadata load.
+    lock = _SIZING.get(broker)
+    if lock is None:
+        lock = _SIZING[broker] = asyncio.Lock()
+    async with lock:
+        return await _describe_log_dirs(broker, request)
+
+
+async def _describe_log_dirs(
+    broker: KafkaBroker, request: DescribeLogDirsRequest
 ) -> DescribeLogDirsResponse:
     D = DescribeLogDirsResponse
     me = broker.cluster.self_agent.agent_id
