@@ -55,6 +55,8 @@ log = logging.getLogger("sql.continuous")
 
 STATE_PREFIX = "sql/state/"
 VIEW_PREFIX = "sql/views/"
+#: Checkpoints a view read follows when the object it read was replaced meanwhile.
+VIEW_READ_ATTEMPTS = 5
 _STEP = re.compile(r"/(\d{12})-[0-9a-f]{16}\.arrow$")
 
 
@@ -96,14 +98,25 @@ async def load_state(store: Any, key: str) -> bytes:
 
 async def load_view_rows(meta: AsyncMetadata, store: Any, name: str) -> pa.Table | None:
     """The rows of materialized view ``name`` as of its last checkpoint; None when it has
-    not committed one (or is not a view)."""
-    checkpoint = await meta.get_query_checkpoint(name)
-    if checkpoint is None:
-        return None
-    state = decode_checkpoint(checkpoint.payload)
-    if state.view_key is None:
-        return None
-    return read_view(await objectstore.get(store, state.view_key))
+    not committed one (or is not a view). An object deleted under the reader (a newer
+    checkpoint replaced it) is followed to the newer one."""
+    tried: set[str] = set()
+    for _attempt in range(VIEW_READ_ATTEMPTS):
+        checkpoint = await meta.get_query_checkpoint(name)
+        if checkpoint is None:
+            return None
+        key = decode_checkpoint(checkpoint.payload).view_key
+        if key is None:
+            return None
+        try:
+            return read_view(await objectstore.get(store, key))
+        except Exception:
+            # the runner deletes a view object once a newer checkpoint names another one:
+            # read the checkpoint again (a key that fails twice is a real failure)
+            if key in tried or len(tried) + 1 == VIEW_READ_ATTEMPTS:
+                raise
+            tried.add(key)
+    return None  # not reached: the last attempt returns or raises
 
 
 async def delete_objects(store: Any, keys: list[str]) -> None:

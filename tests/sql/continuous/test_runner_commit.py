@@ -24,7 +24,14 @@ from metadata.async_store import AsyncMetadata
 from metadata.errors import MetadataUnavailableError, QueryFencedError
 from sql.catalog import Catalog, Column, Relation
 from sql.continuous import runner as runner_module
-from sql.continuous.definition import QueryDefinition, decode_checkpoint, encode_definition
+from sql.continuous.checkpoint import delete_objects, load_view_rows, put_view
+from sql.continuous.definition import (
+    CheckpointState,
+    QueryDefinition,
+    decode_checkpoint,
+    encode_checkpoint,
+    encode_definition,
+)
 from sql.continuous.runner import QueryRunner
 from sql.continuous.sink import build_segment, encode_records, new_segment_key
 from sql.decode import decode_block_records
@@ -223,3 +230,37 @@ async def _fenced(env: Env) -> None:
     async for page in objectstore.list_objects(env.store, "sql/state/q/"):
         keys += [o.key for o in page]
     assert keys == [second.state.state_key]  # the fenced runner's PUT was deleted
+
+
+def test_a_view_read_follows_a_checkpoint_that_replaced_its_object(tmp_path: pathlib.Path) -> None:
+    async def body(env: Env) -> None:
+        claim = await env.meta.claim_query("v", 1)
+        tables = [pa.table({"k": ["a"], "n": [i]}) for i in (1, 2)]
+        keys = []
+        stale = None
+        for step, table in enumerate(tables, start=1):
+            keys.append(await put_view(env.store, "v", step, table))
+            payload = encode_checkpoint(CheckpointState(step=step, view_key=keys[-1]))
+            await env.meta.commit_query_step("v", claim.generation, step, payload, None, step)
+            if step == 1:
+                stale = await env.meta.get_query_checkpoint("v")
+        await delete_objects(env.store, [keys[0]])
+
+        class StaleFirst:
+            """Answers the checkpoint read before the second commit once (the reader's
+            view of the race), then the real one."""
+
+            def __init__(self) -> None:
+                self.reads = 0
+
+            async def get_query_checkpoint(self, name: str) -> Any:
+                self.reads += 1
+                return stale if self.reads == 1 else await env.meta.get_query_checkpoint(name)
+
+        reader = StaleFirst()
+        rows = await load_view_rows(reader, env.store, "v")  # type: ignore[arg-type]
+        assert rows is not None and rows.equals(tables[1])
+        assert reader.reads == 2
+        assert await load_view_rows(env.meta, env.store, "nothing") is None
+
+    scenario(tmp_path, body)
