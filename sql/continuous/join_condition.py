@@ -233,7 +233,7 @@ def analyse_condition(
             pairs = [(node.expression, node.this)]
         elif isinstance(node, exp.EQ):
             pairs = [(node.this, node.expression), (node.expression, node.this)]
-        elif isinstance(node, exp.Between):
+        elif isinstance(node, exp.Between) and not node.args.get("symmetric"):
             pairs = [(node.args["low"], node.this), (node.this, node.args["high"])]
         for p, q in pairs:
             lp, lq = resolver.linear(p), resolver.linear(q)
@@ -325,8 +325,8 @@ def compile_residual(
             inner = build(node.this)
             test = pc.is_valid if node.args.get("negate") else pc.is_null
             return None if inner is None else (lambda cols: test(inner(cols)))
-        if node.args.get("negate"):  # NOT BETWEEN and the like: leave them to DataFusion
-            return None
+        if node.args.get("negate") or node.args.get("symmetric"):
+            return None  # NOT ..., BETWEEN SYMMETRIC and the like: left to DataFusion
         if isinstance(node, exp.Between):
             x, lo, hi = build(node.this), build(node.args["low"]), build(node.args["high"])
             if x is None or lo is None or hi is None:

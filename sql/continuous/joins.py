@@ -310,6 +310,26 @@ class _JoinBase:
             self._residual, self._residual_columns = residual_sql(residual, (left, right))
             self._evaluator = compile_residual(residual, (left, right))
         self._ctx: datafusion.SessionContext | None = None
+        if self._residual is not None:
+            self._check_residual()
+
+    def _check_residual(self) -> None:
+        """Plan the residual condition in DataFusion over no rows, so SQL it cannot run is
+        refused now rather than at the first match."""
+        fields = [self.output_schema.field(name) for name in self._residual_columns]
+        empty = pa.RecordBatch.from_pylist([], schema=pa.schema([*fields, ("__row", pa.int64())]))
+        try:
+            self._ctx = datafusion.SessionContext()
+            self._ctx.register_record_batches("candidates", [[empty]])
+            self._ctx.sql(f'SELECT "__row" FROM candidates WHERE {self._residual}').collect()
+        except Exception as exc:
+            raise PlanError(
+                f"the join condition {self._residual} cannot be evaluated ({exc}); rewrite it "
+                "with comparisons, arithmetic and functions DataFusion knows"
+            ) from None
+        finally:
+            if self._ctx is not None and self._ctx.table_exist("candidates"):
+                self._ctx.deregister_table("candidates")
 
     # -- the Stage surface shared by all ----------------------------------------------------
 

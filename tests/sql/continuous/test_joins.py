@@ -650,6 +650,13 @@ def test_refused_joins_say_what_to_change() -> None:
         (AUCTION, PERSON, "A.seller = P.name", "inner", "CAST one side"),
         (
             AUCTION,
+            PERSON,
+            "A.seller = P.id AND A.id BETWEEN SYMMETRIC P.id AND 3",
+            "inner",
+            "cannot be evaluated",
+        ),
+        (
+            AUCTION,
             stream("bid", "A", BID_SCHEMA, "dateTime"),
             "A.id = A.auction",
             "inner",
