@@ -22,9 +22,9 @@ escapes, ``binary_join_element_wise``): no Python object per row.
 Partitioning
 ------------
 Keyed records go to ``murmur2(key) % partitions`` (Kafka's default partitioner, so a key's
-updates stay in order on one partition). Unkeyed records are spread evenly: a step's rows are
-cut into one contiguous slice per partition (a step with fewer rows than partitions goes to
-one partition, rotating step by step).
+updates stay in order on one partition), hashed for all keys at once in numpy. Unkeyed
+records are spread evenly: a step's rows are cut into one contiguous slice per partition (a
+step with fewer rows than partitions goes to one partition, rotating step by step).
 
 Record batches (``encode_records``)
 -----------------------------------
@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from metadata import BatchRef, CommitBlock
-from streamhouse.recordbatch import default_partition, encode_batch
+from streamhouse.recordbatch import encode_batch
 from streamhouse.segment import SegmentWriter
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "build_segment",
     "encode_records",
     "json_values",
+    "key_partitions",
     "output_records",
     "partition_records",
 ]
@@ -287,9 +288,7 @@ def partition_records(
     """(partition, keys, values, timestamps) per partition that gets records (docstring)."""
     n = len(records)
     if records.keys is not None:
-        targets = np.fromiter(
-            (default_partition(k, partitions) for k in _as_bytes(records.keys)), np.int32, n
-        )
+        targets = key_partitions(records.keys, partitions)
         out = []
         for p in np.unique(targets):
             take = pa.array(np.flatnonzero(targets == p))
@@ -318,8 +317,52 @@ def partition_records(
     ]
 
 
-def _as_bytes(keys: pa.Array) -> list[bytes]:
-    return keys.cast(pa.binary()).to_pylist()
+_M = np.uint32(0x5BD1E995)
+
+
+def key_partitions(keys: pa.Array, partitions: int) -> np.ndarray:
+    """Kafka's default partitioner (``murmur2(key) & 0x7fffffff) % partitions``, as
+    ``streamhouse.recordbatch.default_partition``) for every non-null key at once: keys of
+    one length are hashed together as the rows of a byte matrix (uint32 arithmetic wraps
+    like Java's int)."""
+    keys = _as_binary(keys)
+    n = len(keys)
+    lengths = _lengths(keys).clip(0)
+    offsets = np.frombuffer(keys.buffers()[1], np.int32, n + 1, keys.offset * 4).astype(np.int64)
+    data_buffer = keys.buffers()[2]
+    data = (
+        np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
+    )
+    out = np.empty(n, dtype=np.int32)
+    with np.errstate(over="ignore"):
+        for length in np.unique(lengths):
+            rows = np.flatnonzero(lengths == length)
+            size = int(length)
+            matrix = data[offsets[rows][:, None] + np.arange(size)[None, :]]
+            h = np.full(len(rows), (0x9747B28C ^ size) & 0xFFFFFFFF, dtype=np.uint32)
+            words = size // 4
+            if words:
+                blocks = np.ascontiguousarray(matrix[:, : words * 4]).view("<u4")
+                for j in range(words):
+                    k = blocks[:, j] * _M
+                    k ^= k >> np.uint32(24)
+                    k *= _M
+                    h *= _M
+                    h ^= k
+            tail = words * 4
+            rest = size & 3
+            if rest:
+                if rest == 3:
+                    h ^= matrix[:, tail + 2].astype(np.uint32) << np.uint32(16)
+                if rest >= 2:
+                    h ^= matrix[:, tail + 1].astype(np.uint32) << np.uint32(8)
+                h ^= matrix[:, tail].astype(np.uint32)
+                h *= _M
+            h ^= h >> np.uint32(13)
+            h *= _M
+            h ^= h >> np.uint32(15)
+            out[rows] = (h & np.uint32(0x7FFFFFFF)) % np.uint32(partitions)
+    return out
 
 
 class DeadLetters(msgspec.Struct):

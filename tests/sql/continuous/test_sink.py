@@ -11,6 +11,7 @@ import datetime
 import decimal
 import json
 import math
+import random
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +22,7 @@ from sql.continuous.sink import (
     build_segment,
     encode_records,
     json_values,
+    key_partitions,
     output_records,
     partition_records,
 )
@@ -128,6 +130,22 @@ def test_keyed_results_go_where_kafka_puts_their_key_and_unkeyed_spread_evenly()
     assert [len(v) for _p, _k, v, _t in spread] == [50, 50, 50, 50]
     few = partition_records(output_records(results.slice(0, 2).to_batches(), [], None, 1), 4, 6)
     assert [p for p, *_rest in few] == [2]  # fewer rows than partitions: one, rotating
+
+
+def test_key_partitions_equal_kafkas_default_partitioner() -> None:
+    rng = random.Random(1)
+    keys = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40))) for _ in range(3000)]
+    array = pa.array(keys, pa.binary())
+    for partitions in (1, 3, 7, 1000):
+        assert key_partitions(array, partitions).tolist() == [
+            default_partition(k, partitions) for k in keys
+        ]
+    window = array.slice(100, 50)  # an array that starts inside its buffers
+    assert key_partitions(window, 5).tolist() == [default_partition(k, 5) for k in keys[100:150]]
+    text = pa.array(["é", "ab", "abcd"])  # utf8 keys hash as their bytes
+    assert key_partitions(text, 9).tolist() == [
+        default_partition(k.encode(), 9) for k in ["é", "ab", "abcd"]
+    ]
 
 
 def test_record_timestamps_come_from_the_output_time_column() -> None:
