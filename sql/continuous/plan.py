@@ -798,7 +798,7 @@ class _Planner:
                             f"{n.name.upper()} needs GROUP BY {fam}(...), not "
                             f"{_sql(window_call) if window_call is not None else 'no window'}"
                         )
-                    if list(n.expressions) != window_args:
+                    if not _same_window_args(list(n.expressions), window_args):
                         raise PlanError(
                             f"{_sql(n)} must repeat the arguments of the GROUP BY's "
                             f"{_sql(window_call)}"
@@ -1030,6 +1030,19 @@ class _Planner:
                 )
             out.append(found[0])
         return out
+
+
+def _same_window_args(a: list[exp.Expression], b: list[exp.Expression]) -> bool:
+    """The same time column and the same intervals (however written)."""
+    if len(a) != len(b) or not a or a[0] != b[0]:
+        return False
+    for x, y in zip(a[1:], b[1:], strict=True):
+        try:
+            if _interval_ms(x, "") != _interval_ms(y, ""):
+                return False
+        except PlanError:
+            return False
+    return True
 
 
 def _shown(node: exp.Expression, scope: _Scope) -> str:
