@@ -11,8 +11,9 @@ Nexmark text needs something StreamHouse SQL spells differently, the query says 
   result row says which window it is for.
 - q7 joins back on ``TUMBLE_END`` with a half-open range (Flink: ``TUMBLE_ROWTIME`` and
   ``BETWEEN``), the same windows.
-- q4 (average closing price per category) is an aggregate over an updating aggregate
-  (it needs retractions); it is listed with its reference but marked ``updating``.
+- q4 (average closing price per category) averages an updating aggregate (each auction's
+  running maximum, taken back and replaced as bids arrive): its results are upserts keyed
+  by category (``updating``), and the reference is the latest row per category.
 
 References
 ----------
