@@ -47,8 +47,10 @@ __all__ = [
     "put_state",
     "put_view",
     "read_view",
+    "state_key",
     "sweep",
     "view_bytes",
+    "view_key",
 ]
 
 log = logging.getLogger("sql.continuous")
@@ -62,6 +64,16 @@ _STEP = re.compile(r"/(\d{12})-[0-9a-f]{16}\.arrow$")
 
 def _key(prefix: str, name: str, step: int) -> str:
     return f"{prefix}{name}/{step:012d}-{secrets.token_hex(8)}.arrow"
+
+
+def state_key(name: str, step: int) -> str:
+    """A new key for query ``name``'s plan snapshot of checkpoint ``step``."""
+    return _key(STATE_PREFIX, name, step)
+
+
+def view_key(name: str, step: int) -> str:
+    """A new key for view ``name``'s rows of checkpoint ``step``."""
+    return _key(VIEW_PREFIX, name, step)
 
 
 def view_bytes(table: pa.Table) -> bytes:

@@ -43,16 +43,17 @@ import numpy as np
 import pyarrow as pa
 
 from metadata.async_store import AsyncMetadata
-from metadata.errors import MetadataError, QueryFencedError
+from metadata.errors import MetadataError, QueryFencedError, UnknownTopicError
 from metadata.store import TopicInfo
 from sql.catalog import KINDS, Catalog, Relation
 from sql.continuous.checkpoint import (
     delete_objects,
     load_state,
-    put_state,
-    put_view,
     read_view,
+    state_key,
     sweep,
+    view_bytes,
+    view_key,
 )
 from sql.continuous.definition import (
     QUERY_CATALOG_KIND,
@@ -255,6 +256,7 @@ class QueryRunner:
                 topic,
                 self.state.positions.get(source_name, {}),
                 max_inflated=self.settings.max_batch_bytes,
+                timeout_s=self.settings.store_timeout_ms / 1000,
             )
         swept = await sweep(self.store, self.name, self.state.step, self._live_keys())
         log.info(
@@ -399,8 +401,10 @@ class QueryRunner:
         now_ms = _now_ms()
         segment, rows_out, dead = await asyncio.to_thread(self._segment, now_ms, step)
         snapshot = await asyncio.to_thread(plan.snapshot)
+        view_data = None
         if self.view is not None:
             await asyncio.to_thread(self.view.apply, self.results)
+            view_data = await asyncio.to_thread(view_bytes, self.view.table)
         elapsed = max(1e-3, time.monotonic() - self.last_commit)
         stats = plan.stats()
         old = self.state
@@ -422,18 +426,20 @@ class QueryRunner:
             written: list[str] = []
             seg_arg = None
             try:
-                puts = []
+                state.state_key = state_key(self.name, step)
+                objects = [(state.state_key, snapshot)]
+                if view_data is not None:
+                    state.view_key = view_key(self.name, step)
+                    objects.append((state.view_key, view_data))
                 if segment is not None:
                     key = new_segment_key()
                     seg_arg = (key, len(segment.data), segment.blocks)
-                    puts.append(objectstore.put(self.store, key, segment.data))
-                    written.append(key)
-                state.state_key = await put_state(self.store, self.name, step, snapshot)
-                written.append(state.state_key)
-                if self.view is not None:
-                    state.view_key = await put_view(self.store, self.name, step, self.view.table)
-                    written.append(state.view_key)
-                await asyncio.gather(*puts)
+                    objects.append((key, segment.data))
+                written = [k for k, _data in objects]
+                await asyncio.wait_for(
+                    asyncio.gather(*(objectstore.put(self.store, k, d) for k, d in objects)),
+                    self.settings.store_timeout_ms / 1000,
+                )
                 await self.meta.commit_query_step(
                     self.name, self.generation, step, encode_checkpoint(state), seg_arg, now_ms
                 )
@@ -444,8 +450,7 @@ class QueryRunner:
                 if await self._committed(step):
                     break
                 await delete_objects(self.store, written)
-                unknown_topic = type(exc).__name__ == "UnknownTopicError"
-                if attempt == COMMIT_ATTEMPTS or unknown_topic:
+                if attempt == COMMIT_ATTEMPTS or isinstance(exc, UnknownTopicError):
                     raise RunnerError(
                         f"query {self.name}: checkpoint {step} could not be committed ({exc}); "
                         "the runner stops and restarts from its last checkpoint"

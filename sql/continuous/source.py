@@ -11,9 +11,10 @@ Reading a step (``read``)
 2. per partition with something new, ``find_blocks`` from its position gives the blocks, as
    many as fit the step's byte budget (split evenly over the partitions that have something;
    at least one block each, so a block larger than the budget is still read);
-3. each block is one range GET of its bytes, ``concurrency`` at a time, checksum-verified
-   and decoded into the raw columns (``sql.decode``); records below the position (the block
-   began before it) are dropped. The partition's position becomes the block's end offset.
+3. each block is one range GET of its bytes (``READ_ATTEMPTS`` tries, each bounded by the
+   store timeout), ``concurrency`` at a time, checksum-verified and decoded into the raw
+   columns (``sql.decode``); records below the position (the block began before it) are
+   dropped. The partition's position becomes the block's end offset.
 
 Decoding (``decode``, CPU only: call it off the event loop)
 -----------------------------------------------------------
@@ -59,6 +60,8 @@ __all__ = ["SourceError", "SourceRead", "SourceTail", "decode_relation"]
 DECODE_GROUP_BYTES = 4 << 20
 #: Block rows asked of metadata per partition and call.
 BLOCK_PAGE = 64
+#: GETs of one block before the step fails (0.2 s, 0.4 s between them).
+READ_ATTEMPTS = 3
 POLL_FIRST_S = 0.05
 POLL_MAX_S = 0.5
 
@@ -175,6 +178,7 @@ class SourceTail:
         *,
         concurrency: int = 8,
         max_inflated: int = 64 << 20,
+        timeout_s: float = 30.0,
     ) -> None:
         self.meta = meta
         self.store = store
@@ -183,6 +187,7 @@ class SourceTail:
         self.positions = dict(positions)
         self.concurrency = max(1, concurrency)
         self.max_inflated = max_inflated
+        self.timeout_s = timeout_s
         self.schema = RAW_SCHEMA if source.relation is None else relation_schema(source.relation)
         self.states: dict[int, PartitionState] = {}
 
@@ -242,16 +247,23 @@ class SourceTail:
     ) -> pa.RecordBatch:
         name = self.topic.name
         async with gate:
-            try:
-                data = await objectstore.get_range(
-                    self.store, loc.segment_key, loc.byte_offset, loc.byte_length
-                )
-            except Exception as exc:
-                raise SourceError(
-                    f"topic {name!r} partition {partition}: block {loc.segment_key}@"
-                    f"{loc.byte_offset} could not be read ({exc}); the runner restarts from its "
-                    "last checkpoint"
-                ) from exc
+            for attempt in range(1, READ_ATTEMPTS + 1):
+                try:
+                    data = await asyncio.wait_for(
+                        objectstore.get_range(
+                            self.store, loc.segment_key, loc.byte_offset, loc.byte_length
+                        ),
+                        self.timeout_s,
+                    )
+                    break
+                except Exception as exc:  # obstore raises many kinds; all are retried alike
+                    if attempt == READ_ATTEMPTS:
+                        raise SourceError(
+                            f"topic {name!r} partition {partition}: block {loc.segment_key}@"
+                            f"{loc.byte_offset} could not be read in {READ_ATTEMPTS} attempts "
+                            f"({exc}); the runner restarts from its last checkpoint"
+                        ) from exc
+                    await asyncio.sleep(0.1 * 2**attempt)
         try:
             batch, _decoded = decode_block_records(
                 decode_block(data),
