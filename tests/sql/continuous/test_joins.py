@@ -914,3 +914,34 @@ def test_window_join_random_small_inputs(seed: int) -> None:
     want = nested_loop(kept["l"], kept["r"], "k", "k", same_window, kind, schema.names)
     assert Counter(got) == Counter(want)
     assert second.buffered_rows() == (0, 0)
+
+
+def test_lookup_on_a_two_column_key() -> None:
+    schema = pa.schema([("a", pa.int64()), ("b", pa.string()), ("v", pa.int64())])
+    table = PlannedInput("t", "T", schema, None, is_table=True, key_columns=("a", "b"))
+    left = PlannedInput("s", "S", pa.schema([("a", pa.int64()), ("b", pa.string())]), None)
+    stage = plan_join(left, table, cond("S.a = T.a AND S.b = T.b"), "left", "j")
+    rng = random.Random(43)
+    current: dict[tuple, int] = {}
+    got, want = [], []
+    for step in range(60):
+        rows = [(rng.randint(0, 3), rng.choice("xy"), step * 10 + i) for i in range(5)]
+        dead = [rng.random() < 0.2 for _ in rows]
+        vals = [None if d else v for (_, _, v), d in zip(rows, dead, strict=True)]
+        stage.process(
+            "t",
+            pa.record_batch([[r[0] for r in rows], [r[1] for r in rows], vals], schema=schema),
+        )
+        for (a, b, v), d in zip(rows, dead, strict=True):
+            if d:
+                current.pop((a, b), None)
+            else:
+                current[(a, b)] = v
+        probe = [(rng.randint(0, 4), rng.choice("xy")) for _ in range(4)]
+        batch = pa.record_batch([[p[0] for p in probe], [p[1] for p in probe]], schema=left.schema)
+        got += [tuple(r.values()) for b in stage.process("s", batch) for r in b.to_pylist()]
+        for a, b in probe:
+            v = current.get((a, b))
+            want.append((a, b, a, b, v) if v is not None else (a, b, None, None, None))
+        assert stage.buffered_rows() == (0, len(current))
+    assert Counter(got) == Counter(want)
