@@ -71,14 +71,15 @@ Costs: a batch costs a hash join against the other side's whole buffer (the smal
 two is hashed), so O(buffer) per batch: bounded by time for ``interval`` and ``window``,
 growing for ``regular``, and the table's size for ``lookup`` (whose upserts rewrite only a
 narrow index of keys and row positions, by a hash lookup of the new keys when the table has
-one key column; stale wide rows are dropped when they are most of those kept): with a
-1,000,000-row table, 9 ms per 1,000-row stream batch, 41 ms when 20 upserts came before
-it. Output rows carry every column of both sides: the planner's projection above the join
+one key column; stale wide rows are dropped when they are most of those kept; with one
+integer equi key the index is kept sorted by it and a stream batch binary-searches it):
+with a 1,000,000-row table, 3 ms per 1,000-row stream batch, 50 ms when 20 upserts came
+before it. Output rows carry every column of both sides: the planner's projection above the join
 decides what survives, so wide inputs (Nexmark's ``extra``) make output the larger
 cost. Measured on this repo's 2 shared cores, the stage alone fed Nexmark streams in
 1,000-row batches at 10,000 events/s of event time, watermarks 4 s behind: bids to
 auctions, interval LEFT join, 590,000 input rows/s (980,000 rows, 908,000 out, peak state
-40,000 rows); auction x person lookup 300,000-850,000 rows/s for tables of 100,000-20,000
+40,000 rows); auction x person lookup 370,000-850,000 rows/s for tables of 100,000-20,000
 rows; regular 150,000-240,000 (state of 400,000-80,000 rows).
 
 Snapshot format (Arrow IPC)
@@ -413,6 +414,22 @@ class _JoinBase:
         for."""
         if not left.num_rows or not right.num_rows:
             return None
+        found = self._pairs(left, right)
+        if found is None:
+            return None
+        li, ri = found
+        if right_rows is not None:
+            ri, right = pc.take(right.column("__pos"), ri), right_rows
+        if self._residual is not None:
+            keep = self._residual_rows(left, right, li, ri)
+            if keep is None:
+                return None
+            li, ri = li.take(keep), ri.take(keep)
+        arrays = [c.take(li) for c in left.columns] + [c.take(ri) for c in right.columns]
+        return pa.Table.from_arrays(arrays, names=left.schema.names + right.schema.names)
+
+    def _pairs(self, left: pa.Table, right: pa.Table) -> tuple[Any, Any] | None:
+        """Row numbers (left, right) of the rows whose equi keys are equal."""
         narrow = [
             pa.table(
                 [table.column(k).combine_chunks() for k in keys]
@@ -431,16 +448,7 @@ class _JoinBase:
         )
         if not pairs.num_rows:
             return None
-        li, ri = pairs.column("__li"), pairs.column("__ri")
-        if right_rows is not None:
-            ri, right = pc.take(right.column("__pos"), ri), right_rows
-        if self._residual is not None:
-            keep = self._residual_rows(left, right, li, ri)
-            if keep is None:
-                return None
-            li, ri = li.take(keep), ri.take(keep)
-        arrays = [c.take(li) for c in left.columns] + [c.take(ri) for c in right.columns]
-        return pa.Table.from_arrays(arrays, names=left.schema.names + right.schema.names)
+        return pairs.column("__li"), pairs.column("__ri")
 
     def _residual_rows(
         self, left: pa.Table, right: pa.Table, li: pa.ChunkedArray, ri: pa.ChunkedArray
@@ -635,10 +643,66 @@ class LookupJoin(_JoinBase):
         self._rows: pa.Table | None = None
         self._index: pa.Table | None = None
         self._pending: list[pa.Table] = []
+        # One integer equi key: the index is kept sorted by it (``_sorted``: its values,
+        # nulls as the largest int64 and ``_sorted_valid`` false), and a stream batch finds
+        # its matches by binary search instead of probing every table row.
+        key_type = self._key_type(right, info)
+        self._by_search = len(self._keys[1]) == 1 and pa.types.is_integer(key_type)
+        self._sorted: np.ndarray | None = None
+        self._sorted_valid: np.ndarray | None = None
+
+    def _key_type(self, right: PlannedInput, info: ConditionInfo) -> pa.DataType:
+        if len(info.equi) != 1:
+            return pa.null()
+        if self._casts[1]:
+            return self._casts[1][0][2]
+        return _plain(right.schema.field(info.equi[0][1]).type)
 
     def buffered_rows(self) -> tuple[int, int]:
         self._compact()
         return 0, self._index.num_rows if self._index is not None else 0
+
+    def _pairs(self, left: pa.Table, right: pa.Table) -> tuple[Any, Any] | None:
+        if self._sorted is None or right is not self._index:
+            return super()._pairs(left, right)
+        assert self._sorted_valid is not None
+        column = left.column(self._keys[0][0])
+        keys = pc.fill_null(column.cast(pa.int64()), 0).to_numpy()
+        # searching in key order walks the index forwards (far fewer cache misses)
+        order = np.argsort(keys)
+        lo, hi = np.empty(len(keys), np.int64), np.empty(len(keys), np.int64)
+        lo[order] = np.searchsorted(self._sorted, keys[order], "left")
+        hi[order] = np.searchsorted(self._sorted, keys[order], "right")
+        counts = hi - lo
+        if column.null_count:
+            counts[~pc.is_valid(column).to_numpy(zero_copy_only=False)] = 0
+        total = int(counts.sum())
+        if not total:
+            return None
+        li = np.repeat(np.arange(len(keys)), counts)
+        ri = np.repeat(lo, counts) + (
+            np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+        )
+        if not self._sorted_valid.all():  # a null table key matches nothing
+            hit = self._sorted_valid[ri]
+            li, ri = li[hit], ri[hit]
+            if not len(li):
+                return None
+        return pa.array(li), pa.array(ri)
+
+    def _sort_index(self, index: pa.Table) -> pa.Table:
+        """The index ordered by the join key (the rows kept in order before: a stable sort
+        of one sorted run and a short one is close to a merge)."""
+        column = index.column(self._keys[1][0])
+        keys = pc.fill_null(column.cast(pa.int64()), np.iinfo(np.int64).max).to_numpy()
+        order = np.argsort(keys, kind="stable")
+        if not np.array_equal(order, np.arange(len(order))):
+            index = index.take(pa.array(order)).combine_chunks()
+        self._sorted = keys[order]
+        self._sorted_valid = pc.is_valid(index.column(self._keys[1][0])).to_numpy(
+            zero_copy_only=False
+        )
+        return index
 
     def process(self, input_name: str, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         out: list[pa.RecordBatch] = []
@@ -700,7 +764,7 @@ class LookupJoin(_JoinBase):
             self._rows = self._rows.take(index.column("__pos")).combine_chunks()
             positions = pa.array(np.arange(index.num_rows))
             index = index.set_column(index.schema.get_field_index("__pos"), "__pos", positions)
-        self._index = index
+        self._index = self._sort_index(index) if self._by_search else index
 
     def _current_rows(self) -> pa.Table | None:
         self._compact()
@@ -714,6 +778,7 @@ class LookupJoin(_JoinBase):
 
     def _load_parts(self, parts: dict[str, pa.Table], meta: dict[str, Any]) -> None:
         self._rows, self._index, self._pending = None, None, []
+        self._sorted = self._sorted_valid = None
         table = parts.get("table")
         if table is not None:
             self._pending = [table.combine_chunks()]
