@@ -194,6 +194,13 @@ class SourceTail:
     async def refresh(self) -> dict[int, PartitionState]:
         """The partitions' states now (one metadata read); new partitions get a position."""
         self.states = {s.partition: s for s in await self.meta.list_partitions(self.topic.topic_id)}
+        if not self.states:
+            current = await self.meta.get_topic(self.topic.name)
+            if current is None or current.topic_id != self.topic.topic_id:
+                raise SourceError(
+                    f"topic {self.topic.name!r} (source {self.source.name!r}) was deleted: "
+                    "drop the query, or re-create the topic and the query"
+                )
         for p, state in self.states.items():
             pos = self.positions.get(p)
             if pos is None or pos < state.log_start_offset:

@@ -34,6 +34,7 @@ from sql.continuous.definition import (
 )
 from sql.continuous.runner import QueryRunner
 from sql.continuous.sink import build_segment, encode_records, new_segment_key
+from sql.continuous.source import SourceError
 from sql.decode import decode_block_records
 from streamhouse import objectstore
 from streamhouse.config import load_settings
@@ -262,5 +263,16 @@ def test_a_view_read_follows_a_checkpoint_that_replaced_its_object(tmp_path: pat
         assert rows is not None and rows.equals(tables[1])
         assert reader.reads == 2
         assert await load_view_rows(env.meta, env.store, "nothing") is None
+
+    scenario(tmp_path, body)
+
+
+def test_a_deleted_source_topic_stops_the_runner_with_the_reason(tmp_path: pathlib.Path) -> None:
+    async def body(env: Env) -> None:
+        r = QueryRunner(env.settings, env.meta, env.store, "q", plans.make_plan)
+        await run_to_end(r)
+        await env.meta.delete_topic("orders")
+        with pytest.raises(SourceError, match="'orders' .* was deleted"):
+            await r.step()
 
     scenario(tmp_path, body)
