@@ -726,29 +726,37 @@ def test_lookup_table_with_many_updates_keeps_only_current_rows() -> None:
     stage = plan_join(
         PlannedInput("s", "S", sschema, "t"), table, cond("S.x = T.id AND T.v > S.x"), "left", "j"
     )
-    current: dict[bytes, tuple[int, int]] = {}
+    assert stage._by_search  # one integer key: matches are found by binary search
+    current: dict[bytes, tuple[int | None, int]] = {}
     got, want = [], []
     for step in range(200):
         ids = rng.integers(0, 50, 100)
         values = rng.integers(0, 100, 100)
         dead = rng.random(100) < 0.1
+        no_id = rng.random(100) < 0.05  # a current row with a null join key matches nothing
         keys = [str(i).encode() for i in ids]
-        ids_col = pa.array(np.where(dead, 0, ids), mask=dead)
+        ids_col = pa.array(np.where(dead, 0, ids), mask=dead | no_id)
         vals_col = pa.array(values, mask=dead)
         batch = pa.record_batch([ids_col, vals_col, pa.array(keys)], schema=tschema)
         stage.process("t", batch)
-        for key, i, v, d in zip(keys, ids, values, dead, strict=True):
+        for key, i, v, d, n in zip(keys, ids, values, dead, no_id, strict=True):
             if d:
                 current.pop(key, None)
             else:
-                current[key] = (int(i), int(v))
+                current[key] = (None if n else int(i), int(v))
         xs = rng.integers(0, 60, 20)
-        probe = pa.record_batch([pa.array(xs), pa.array(np.full(20, step), TS)], schema=sschema)
+        x_null = rng.random(20) < 0.1
+        probe = pa.record_batch(
+            [pa.array(xs, mask=x_null), pa.array(np.full(20, step), TS)], schema=sschema
+        )
         got += [tuple(r.values()) for b in stage.process("s", probe) for r in b.to_pylist()]
-        for x in xs:
-            hits = [(i, v, k) for k, (i, v) in current.items() if i == x and v > x]
+        for x, xn in zip(xs, x_null, strict=True):
+            x_value = None if xn else int(x)
+            hits = [(i, v, k) for k, (i, v) in current.items() if i == x_value and v > x]
+            if x_value is None:
+                hits = []
             ts = probe.column("t")[0].as_py()
-            want += [(int(x), ts, *h) for h in hits] or [(int(x), ts, None, None, None)]
+            want += [(x_value, ts, *h) for h in hits] or [(x_value, ts, None, None, None)]
         assert stage.buffered_rows() == (0, len(current))
         assert stage._rows is not None and stage._rows.num_rows <= 2 * len(current) + 4096 + 100
     assert Counter(got) == Counter(want)
@@ -945,3 +953,20 @@ def test_lookup_on_a_two_column_key() -> None:
             want.append((a, b, a, b, v) if v is not None else (a, b, None, None, None))
         assert stage.buffered_rows() == (0, len(current))
     assert Counter(got) == Counter(want)
+
+
+def test_lookup_null_table_key_never_matches_the_largest_key() -> None:
+    """The sorted index stores null join keys as the largest int64: they still match nothing."""
+    big = 2**63 - 1
+    schema = pa.schema([("id", pa.int64()), ("v", pa.int64()), ("_key", pa.binary())])
+    table = PlannedInput("t", "T", schema, None, is_table=True, key_columns=("_key",))
+    left = PlannedInput("s", "S", pa.schema([("x", pa.int64())]), None)
+    stage = plan_join(left, table, cond("S.x = T.id"), "left", "j")
+    rows = [[None, big, 3], [1, 2, 3], [b"a", b"b", b"c"]]
+    stage.process("t", pa.record_batch(rows, schema=schema))
+    assert stage.buffered_rows() == (0, 3)
+    out = stage.process("s", pa.record_batch([[big, 3, None, 4]], schema=left.schema))
+    got = sorted((tuple(r.values()) for b in out for r in b.to_pylist()), key=str)
+    unmatched = (None, None, None)
+    want = [(big, big, 2, b"b"), (3, 3, 3, b"c"), (None, *unmatched), (4, *unmatched)]
+    assert got == sorted(want, key=str)
