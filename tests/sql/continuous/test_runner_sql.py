@@ -116,22 +116,24 @@ def run_totals(stack: Stack, tmp_path: pathlib.Path) -> None:
 
 
 def _keyed_log(
-    stack: Stack, topic: str, partitions: int
-) -> dict[int, list[tuple[int, bytes, bytes]]]:
+    stack: Stack, topic: str, partitions: int, timestamps: bool = False
+) -> dict[int, list[Any]]:
+    """(offset, key, value[, timestamp]) of every record, by partition."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     total = rt.high_watermarks(stack, topic, partitions)
     consumer = Consumer(
         {"bootstrap.servers": stack.kafka_address, "group.id": "keys", "enable.auto.commit": False}
     )
-    out: dict[int, list[tuple[int, bytes, bytes]]] = defaultdict(list)
+    out: dict[int, list[Any]] = defaultdict(list)
     try:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         left = total
         while left > 0:
             for m in consumer.consume(num_messages=min(1000, left), timeout=5):
                 assert m.error() is None, m.error()
-                out[m.partition()].append((m.offset(), m.key(), m.value()))
+                record = (m.offset(), m.key(), m.value())
+                out[m.partition()].append(record + (m.timestamp()[1],) if timestamps else record)
                 left -= 1
     finally:
         consumer.close()
@@ -144,28 +146,14 @@ def test_updating_aggregate_into_a_keyed_topic_survives_a_restart(
     run_totals(stack, tmp_path)
 
 
-def test_windowed_view_rows_equal_the_reference(stack: Stack, tmp_path: pathlib.Path) -> None:
-    # one partition, in time order, watermark = the latest time: no row is late, and the
-    # windows that end by the latest time are the view's rows
-    rt.create_topic(stack, "pay", 1)
-    rt.run_sql(stack, PAY_DDL.replace(" - INTERVAL '1' HOUR", ""))
-    produce_pay(stack, range(0, 3000), 1)
-    rt.define_query(
-        stack,
-        QueryDefinition(
-            name="per_window",
-            kind="view",
-            sql=(
-                "SELECT item, TUMBLE_START(ts, INTERVAL '10' SECOND) AS ws, COUNT(*) AS n, "
-                "SUM(amount) AS total FROM pay GROUP BY item, TUMBLE(ts, INTERVAL '10' SECOND)"
-            ),
-        ),
-    )
-    runner = rt.RunnerProcess(stack, "per_window", tmp_path / "view.log", None)
-    try:
-        wait_until(lambda: rows_in(stack, "per_window") == 3000, 120, "all 3000 processed")
-    finally:
-        runner.kill()
+WINDOW_SQL = (
+    "SELECT item, TUMBLE_START(ts, INTERVAL '10' SECOND) AS ws, COUNT(*) AS n, "
+    "SUM(amount) AS total FROM pay GROUP BY item, TUMBLE(ts, INTERVAL '10' SECOND)"
+)
+
+
+def window_reference(stack: Stack) -> dict[tuple[str, int], tuple[int, int]]:
+    """(item, window start ms) -> (count, sum) of every window that ended by the latest time."""
     expected: dict[tuple[str, int], tuple[int, int]] = {}
     rows = pay_rows(stack, 1)
     times = [
@@ -181,18 +169,57 @@ def test_windowed_view_rows_equal_the_reference(stack: Stack, tmp_path: pathlib.
             continue  # still open
         n, total = expected.get((row["item"], start), (0, 0))
         expected[(row["item"], start)] = (n + 1, total + row["amount"])
+    return expected
+
+
+def test_windows_as_a_view_and_as_a_stream_equal_the_reference(
+    stack: Stack, tmp_path: pathlib.Path
+) -> None:
+    # one partition, in time order, watermark = the latest time: no row is late, and the
+    # windows that end by the latest time are the results
+    rt.create_topic(stack, "pay", 1)
+    rt.create_topic(stack, "wout", 2)
+    rt.run_sql(stack, PAY_DDL.replace(" - INTERVAL '1' HOUR", ""))
+    produce_pay(stack, range(0, 3000), 1)
+    rt.define_query(stack, QueryDefinition(name="per_window", kind="view", sql=WINDOW_SQL))
+    rt.define_query(
+        stack,
+        QueryDefinition(name="windows", kind="stream", sql=WINDOW_SQL, output_topic="wout"),
+    )
+    runners = [
+        rt.RunnerProcess(stack, name, tmp_path / f"{name}.log", None)
+        for name in ("per_window", "windows")
+    ]
+    try:
+        for name in ("per_window", "windows"):
+            wait_until(lambda name=name: rows_in(stack, name) == 3000, 120, f"{name} done")
+    finally:
+        for r in runners:
+            r.kill()
+    expected = window_reference(stack)
     table = asyncio.run(rt._view(stack, "per_window"))
     assert table is not None
     got = {
-        (r["item"], int(r["ws"].replace(tzinfo=UTC).timestamp() * 1000)): (
-            r["n"],
-            r["total"],
-        )
+        (r["item"], int(r["ws"].replace(tzinfo=UTC).timestamp() * 1000)): (r["n"], r["total"])
         for r in table.to_pylist()
     }
     assert table.num_rows == len(got)  # one row per key
     assert got == expected
     assert decode_checkpoint(rt.checkpoint(stack, "per_window").payload).late_rows_dropped == 0
+    # the stream: each window once (final), timestamped with its start, no key
+    records = [r for rs in _keyed_log(stack, "wout", 2, timestamps=True).values() for r in rs]
+    streamed: dict[tuple[str, int], tuple[int, int]] = {}
+    for _offset, key, value, timestamp in records:
+        row = json.loads(value)
+        ws = int(
+            datetime.strptime(row["ws"], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+            * 1000
+        )
+        assert key is None
+        assert timestamp == ws
+        assert (row["item"], ws) not in streamed
+        streamed[(row["item"], ws)] = (row["n"], row["total"])
+    assert streamed == expected
 
 
 def test_on_postgresql_and_seaweedfs(
