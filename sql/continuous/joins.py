@@ -52,7 +52,10 @@ The algorithm (``algorithm``), chosen from the inputs and the condition
 ``regular`` - the same symmetric join with no bound on either side: **both buffers are kept
     for ever** (memory grows with the inputs, as in Flink's regular joins without a state
     TTL) and nothing is late. Only INNER: a LEFT join of two streams needs a bound to know
-    when a left row has no match.
+    when a left row has no match. Since any kept left row may still match, the output
+    watermark stays at the earliest left row's time: windows over a regular join's output
+    never close (bound the join in time to window its output; Flink drops the time
+    attribute of such joins altogether).
 
 Output watermark of ``interval``/``regular``/``window``: ``min(left watermark, earliest left
 time still buffered)``: every later output row is a buffered left row or a later left row.
