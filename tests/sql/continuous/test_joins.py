@@ -188,6 +188,9 @@ def test_regular_join_keeps_state_and_matches_nested_loop() -> None:
     assert all(b[0] >= a[0] and b[1] >= a[1] for a, b in zip(sizes, sizes[1:], strict=False))
     assert sizes[-1] == (data["auction"].num_rows, data["person"].num_rows)
     assert stage.stats.late_rows_dropped == 0
+    # any kept auction may still match: the output watermark stays at the earliest one
+    earliest = pc.min(data["auction"].column("dateTime").cast(pa.int64())).as_py()
+    assert stage.output_watermark() == earliest
 
 
 def test_regular_join_residual_condition_and_cast_keys() -> None:
