@@ -307,10 +307,10 @@ class QueryRunner:
         elif self.dirty:
             due = self.last_commit + self.interval_s
             if time.monotonic() < due:
-                await wait_for_data(list(self.tails.values()), due)
+                await wait_for_data(list(self.tails.values()), due, stop)
         else:
             await self._check_owner()
-            await wait_for_data(list(self.tails.values()), time.monotonic() + self.interval_s)
+            await wait_for_data(list(self.tails.values()), time.monotonic() + self.interval_s, stop)
         if self.dirty and time.monotonic() - self.last_commit >= self.interval_s:
             await self.commit()
         self._progress()

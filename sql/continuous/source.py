@@ -315,9 +315,11 @@ class SourceTail:
         )
 
 
-async def wait_for_data(tails: list[SourceTail], deadline: float) -> bool:
+async def wait_for_data(
+    tails: list[SourceTail], deadline: float, stop: asyncio.Event | None = None
+) -> bool:
     """Polls the sources' high watermarks (50 ms doubling to 500 ms) until one has something
-    new (True) or ``deadline`` (``time.monotonic()``) passes (False)."""
+    new (True), or ``deadline`` (``time.monotonic()``) passes or ``stop`` is set (False)."""
     delay = POLL_FIRST_S
     while True:
         for tail in tails:
@@ -325,7 +327,7 @@ async def wait_for_data(tails: list[SourceTail], deadline: float) -> bool:
             if tail.has_new():
                 return True
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or (stop is not None and stop.is_set()):
             return False
         await asyncio.sleep(min(delay, left))
         delay = min(delay * 2, POLL_MAX_S)

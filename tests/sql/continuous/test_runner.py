@@ -316,6 +316,10 @@ def test_a_second_runner_fences_the_first(stack: Stack, tmp_path: pathlib.Path) 
         expected = reference_rows(stack, 2)
         wait_output(stack, "out", 1, sum(expected.values()), second)
         assert output_rows(stack, "out", 1) == expected
+        # SIGTERM (the sql service stopping it): out between steps, status 0
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.wait(10) == 0, second.log()
+        assert "stopped by signal" in second.log()
     finally:
         first.kill()
         if second is not None:
