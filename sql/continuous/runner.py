@@ -25,7 +25,10 @@ Rules (what makes the output exactly-once)
 
 A materialized view keeps its current rows in memory: for an upsert plan (``key_columns``)
 the latest row per key; for an append-only plan every row, capped at ``VIEW_APPEND_CAP``
-(the oldest rows are dropped, and the log says so once).
+(the oldest rows are dropped, and the log says so once). The step's results are merged in
+at each checkpoint (one Arrow group-by over the view and the new rows) and the whole view is
+written as one object: the cost of a checkpoint grows with the view, which suits views of up
+to a few million rows (aggregates, windows), not copies of a stream.
 
 Logs: one line per event (claimed, restored, checkpoint failures, progress every
 ``PROGRESS_S``, fenced, dropped, exit).
