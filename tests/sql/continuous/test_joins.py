@@ -850,6 +850,16 @@ def test_interval_join_random_small_inputs(seed: int) -> None:
     second = make()
     second.restore(first.snapshot())
     got += run(second, steps[cut:])
+    # the output watermark is honest: no row emitted after it has an earlier left time
+    stage, promised = make(), None
+    for kind_, name, value in steps:
+        if kind_ == "batch":
+            out = stage.process(name, value)
+        else:
+            out = stage.advance_watermark(name, value)
+        times = [t for b in out for t in b.column("L__t").to_pylist()]
+        assert promised is None or all(t >= promised for t in times)
+        promised = stage.output_watermark()
 
     def match(a: dict, b: dict) -> bool:
         ok = a["t"] + lo <= b["t"] <= a["t"] + hi
