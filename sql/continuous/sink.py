@@ -181,24 +181,34 @@ def _lengths(values: pa.Array) -> np.ndarray:
     return lengths.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
+def _piece(values: np.ndarray) -> tuple[pa.Array | pa.Scalar, np.ndarray | int]:
+    """The varints of ``values`` and their byte lengths; one scalar when all are equal (the
+    usual timestamp deltas of a commit-time batch, null keys)."""
+    if len(values) and (values == values[0]).all():
+        one = _varints(values[:1])
+        return one[0], len(one[0].as_py())
+    array = _varints(values)
+    return array, _lengths(array)
+
+
 def _records(keys: pa.Array, values: pa.Array, timestamps: np.ndarray) -> tuple[pa.Array, int]:
     """Each record's bytes (length prefix included) for one batch; and the base timestamp."""
     n = len(values)
     base_ts = int(timestamps[0])
     key_len = _lengths(keys)
     value_len = _lengths(values)
-    td = _varints(timestamps - base_ts)
+    td, td_len = _piece(timestamps - base_ts)
     od = _varints(np.arange(n, dtype=np.int64))
-    kl = _varints(key_len)
+    kl, kl_len = _piece(key_len)
     vl = _varints(value_len)
     empty = pa.scalar(b"", pa.binary())
-    key_bytes = pc.fill_null(keys.cast(pa.binary()), empty)
-    value_bytes = pc.fill_null(values.cast(pa.binary()), empty)
+    key_bytes = empty if keys.null_count == n else pc.fill_null(keys, empty)
+    value_bytes = pc.fill_null(values, empty)
     body_len = (
         2  # attributes, header count (0)
-        + _lengths(td)
+        + td_len
         + _lengths(od)
-        + _lengths(kl)
+        + kl_len
         + np.maximum(key_len, 0)
         + _lengths(vl)
         + np.maximum(value_len, 0)
