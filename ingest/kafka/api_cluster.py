@@ -208,14 +208,17 @@ async def describe_cluster(
 async def describe_topic_partitions(
     broker: KafkaBroker, header: RequestHeader, request: DescribeTopicPartitionsRequest
 ) -> DescribeTopicPartitionsResponse:
-    """Topics by name with their partitions, in name order, at most
-    `response_partition_limit` partitions per answer (the rest from `next_cursor`), as Kafka
-    3.9's paginated DescribeTopics; authorized operations always answered."""
+    """Topics by name (every topic when none is named) with their partitions, in name order,
+    at most `response_partition_limit` partitions per answer (the rest from `next_cursor`), as
+    Kafka 3.9's paginated DescribeTopics; authorized operations always answered."""
     D = DescribeTopicPartitionsResponse
     cluster = broker.cluster
     zone = client_zone(header.client_id)
     limit = max(request.response_partition_limit, 1)
-    names = sorted({t.name for t in request.topics})
+    if request.topics:
+        names = sorted({t.name for t in request.topics})
+    else:  # none named: every topic, as Kafka answers
+        names = sorted(t.name for t in await broker.meta.list_topics())
     cursor = request.cursor
     if cursor is not None:
         names = [n for n in names if n >= cursor.topic_name]

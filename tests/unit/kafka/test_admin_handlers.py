@@ -276,9 +276,17 @@ def test_describe_topic_partitions_cursor_and_unknown_topics(tmp_path: pathlib.P
                 ),
             )
             for cursor in (None, D.Cursor(topic_name="events", partition_index=25))
+        ] + [
+            await api_cluster.describe_topic_partitions(
+                b, header(75, 0), D(topics=[], response_partition_limit=100)
+            )
         ]
 
-    first, second = run(tmp_path, [view_of(0, 1)], body)
+    first, second, everything = run(tmp_path, [view_of(0, 1)], body)
+    assert [(t.name, len(t.partitions)) for t in everything.topics] == [
+        ("after", 2),
+        ("events", 30),
+    ]
     # Names in order: after (2), events (30), missing: the first page stops inside events.
     assert [(t.name, len(t.partitions)) for t in first.topics] == [("after", 2), ("events", 23)]
     assert (first.next_cursor.topic_name, first.next_cursor.partition_index) == ("events", 23)
