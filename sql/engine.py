@@ -565,6 +565,14 @@ class SqlEngine:
                 f"{name!r} is a {_kind_name(query.kind)}, not a {_kind_name(kind)}: "
                 f"DROP QUERY {name} drops it"
             )
+        if query.kind == "stream":
+            readers = await self._readers_of(name)
+            if readers:
+                raise SqlError(
+                    f"stream {name} (the output of stream query {name}) is read by continuous "
+                    f"quer{'ies' if len(readers) > 1 else 'y'} {', '.join(readers)}: drop "
+                    f"{'them' if len(readers) > 1 else 'it'} first"
+                )
         await self.catalog.delete_query(name)
         if self.on_query_change is not None:
             await self.on_query_change(name)

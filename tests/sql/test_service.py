@@ -528,3 +528,43 @@ def test_with_sql_disabled_the_service_answers_statements_but_runs_no_query(
                 assert _children(off.pid("sql")) == []
                 time.sleep(0.1)
             assert "dropped" in c.drop("idle")
+
+
+def test_a_stream_query_output_is_a_stream_other_queries_read(
+    stack: Stack, client: SqlClient, declared: list[dict[str, Any]]
+) -> None:
+    """CREATE STREAM ... AS with a window declares its output with a watermark on the window
+    end; a view over that stream sums the closed windows."""
+    client.execute(
+        "CREATE STREAM per_window WITH (topic = 'per_window') AS SELECT user, "
+        "TUMBLE_END(ts, INTERVAL '10' SECOND) AS wend, count(*) AS n FROM pay "
+        "GROUP BY user, TUMBLE(ts, INTERVAL '10' SECOND)"
+    )
+    described = client.execute("DESCRIBE per_window").table
+    assert described is not None
+    notes = {r["column"]: (r["type"], r["note"]) for r in described.to_pylist()}
+    assert notes["wend"][0].startswith("timestamp") and "watermark: wend" in notes["wend"][1]
+    assert notes["n"][0].startswith("int64")
+    client.execute(
+        "CREATE MATERIALIZED VIEW window_sums AS SELECT user, sum(n) AS n FROM per_window "
+        "GROUP BY user"
+    )
+    # reference: windows of 10 s closed by pay's watermark (latest ts - 1 s)
+    watermark = max(e["ms"] for e in declared) - 1000
+    assert (watermark - BASE_TS) % 10_000 != 0  # no window ends exactly at the watermark
+    closed = Counter(
+        e["user"]
+        for e in declared
+        if BASE_TS + ((e["ms"] - BASE_TS) // 10_000 + 1) * 10_000 <= watermark
+    )
+    expected = [{"user": u, "n": closed[u]} for u in sorted(closed)]
+    wait_for(
+        lambda: _view_rows(client, "SELECT user, n FROM window_sums ORDER BY user") == expected,
+        90,
+        "the view over the stream query's output sums the closed windows",
+    )
+    with pytest.raises(SqlServiceError) as err:
+        client.drop("per_window")  # window_sums reads it
+    assert "is read by continuous query window_sums" in err.value.message
+    assert "dropped" in client.drop("window_sums")
+    assert "dropped" in client.drop("per_window")
