@@ -1,6 +1,7 @@
 """kill -9 continuous-query runners (and the stack's ingest and uploader) while input is being
 produced: the output topics end up holding every expected result exactly once.
 
+On SQLite metadata and a local folder store, and on PostgreSQL metadata and SeaweedFS S3.
 Two queries run over the same input, each in its own runner process killed again and again
 at random points (before its claim, between checkpoints, right after one):
 
@@ -19,9 +20,11 @@ import json
 import pathlib
 import random
 import threading
+import uuid
 from collections import Counter
 from typing import Any
 
+import pytest
 from confluent_kafka import Producer
 
 from sql.continuous.definition import QueryDefinition, decode_checkpoint
@@ -90,11 +93,18 @@ def step_of(stack: Stack, name: str) -> int:
     return 0 if row is None else row.step
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_runners_killed_repeatedly_output_every_result_exactly_once(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     rng = random.Random(9)
-    with Stack(tmp_path / "data", env=rt.NO_SERVICE_RUNNERS) as stack:
+    env = dict(rt.NO_SERVICE_RUNNERS)
+    if backend == "postgresql":  # PostgreSQL metadata, SeaweedFS S3 objects
+        seaweed = request.getfixturevalue("seaweed")
+        env.update(seaweed.env())
+        env["STREAMHOUSE_OBJECT_STORE"] = f"s3://{seaweed.bucket}/sqlf-{uuid.uuid4().hex[:12]}"
+        env["STREAMHOUSE_METADATA"] = request.getfixturevalue("postgres_dsn")
+    with Stack(tmp_path / "data", env=env) as stack:
         rt.create_topic(stack, "orders", PARTITIONS)
         rt.create_topic(stack, "out_seq", 2)
         rt.create_topic(stack, "out_sql", 2)

@@ -166,7 +166,11 @@ def state_objects(stack: Stack, name: str) -> list[str]:
     from streamhouse import objectstore
 
     async def listing() -> list[str]:
-        store = objectstore.open_object_store(stack.settings.object_store_url)
+        with pytest.MonkeyPatch.context() as patch:  # the stack's S3 endpoint and keys
+            for key, value in stack.env.items():
+                if key.startswith("AWS_"):
+                    patch.setenv(key, value)
+            store = objectstore.open_object_store(stack.settings.object_store_url)
         keys: list[str] = []
         for prefix in (f"sql/state/{name}/", f"sql/views/{name}/"):
             async for page in objectstore.list_objects(store, prefix):
