@@ -549,6 +549,10 @@ def _query_source(args: argparse.Namespace) -> Any:
     if client.reachable(1.0):
         return client
     client.close()
+    sys.stderr.write(
+        f"{PROG}: the sql service at {client.address} does not answer; reading the catalog "
+        "here (runner state unknown)\n"
+    )
     return None
 
 
