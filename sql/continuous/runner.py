@@ -68,6 +68,7 @@ from sql.continuous.definition import (
 )
 from sql.continuous.pipeline import ContinuousPlan
 from sql.continuous.sink import (
+    DeadLetters,
     build_segment,
     dead_letter_batches,
     encode_records,
@@ -381,8 +382,6 @@ class QueryRunner:
             rows_out = sum(b.num_rows for b in self.results)
         dead = 0
         if self.dead_letter is not None and self.rejected:
-            from sql.continuous.sink import DeadLetters
-
             letters = [DeadLetters(topic, raw) for topic, raw in self.rejected]
             dead = sum(r.num_rows for _t, r in self.rejected)
             parts.append(

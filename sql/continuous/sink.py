@@ -44,6 +44,7 @@ in the same object, with headers naming where they came from.
 
 from __future__ import annotations
 
+import secrets
 import struct
 import time
 from collections.abc import Sequence
@@ -61,6 +62,8 @@ from streamhouse.segment import SegmentWriter
 __all__ = [
     "BATCH_BYTES",
     "DeadLetters",
+    "dead_letter_batches",
+    "new_segment_key",
     "OutputRecords",
     "SegmentOut",
     "build_segment",
@@ -461,6 +464,4 @@ def build_segment(parts: Sequence[tuple[int, int, list[bytes]]]) -> SegmentOut |
 
 def new_segment_key() -> str:
     """Object key of an output segment (as the uploader names segments)."""
-    import secrets
-
     return f"segments/{time.time_ns():020d}-{secrets.token_hex(8)}.seg"
