@@ -9,7 +9,7 @@ Rules (what makes the output exactly-once)
    processed again, and what it produced was never written (rule 4).
 3. A step reads at most ``sql_max_step_bytes`` of stored blocks over all sources
    (``sql.continuous.source``), decodes them, and hands the batches to ``plan.process``;
-   results are held in memory.
+   results are held in memory. The next step is read while one is processed.
 4. Every ``sql_checkpoint_interval_ms`` (when anything was read since the last commit) the
    results become one output segment object (``sql.continuous.sink``: JSON values, keys for
    upserts; with the step's dead letters), the plan's snapshot a state object and, for a
@@ -76,7 +76,7 @@ from sql.continuous.sink import (
     output_records,
     partition_records,
 )
-from sql.continuous.source import SourceTail, wait_for_data
+from sql.continuous.source import SourceRead, SourceTail, wait_for_data
 from streamhouse import objectstore
 from streamhouse.config import Settings
 
@@ -203,6 +203,7 @@ class QueryRunner:
         self.last_commit = time.monotonic()
         self.last_progress = time.monotonic()
         self.progress_rows = (0, 0)
+        self.prefetch: asyncio.Future[list[SourceRead]] | None = None
 
     # -- start ----------------------------------------------------------------------------
 
@@ -294,19 +295,29 @@ class QueryRunner:
         except _Dropped:
             log.info("query %s was dropped: the runner stops", self.name)
             return EXIT_OK
+        finally:
+            if self.prefetch is not None:
+                self.prefetch.cancel()
         return EXIT_OK
+
+    async def _read(self) -> list[SourceRead]:
+        budget = max(1, self.settings.sql_max_step_bytes // max(1, len(self.tails)))
+        return list(await asyncio.gather(*(t.read(budget) for t in self.tails.values())))
 
     async def step(self, stop: asyncio.Event | None = None) -> None:
         """Reads one step of every source and processes it; commits when due; waits for
         data when there is none."""
         assert self.plan is not None
-        budget = max(1, self.settings.sql_max_step_bytes // max(1, len(self.tails)))
         names = list(self.tails)
-        reads = await asyncio.gather(*(self.tails[n].read(budget) for n in names))
+        pending, self.prefetch = self.prefetch, None
+        reads = await (pending if pending is not None else self._read())
         if any(not r.empty for r in reads):
-            await asyncio.to_thread(self._process, names, reads)
             for n, r in zip(names, reads, strict=True):
                 self.tails[n].advance(r.positions)
+            # the next step is read while this one is processed (positions moved already;
+            # a checkpoint stores the tails' positions: those of what was processed)
+            self.prefetch = asyncio.ensure_future(self._read())
+            await asyncio.to_thread(self._process, names, reads)
             self.dirty = True
         elif self.dirty:
             due = self.last_commit + self.interval_s
