@@ -555,8 +555,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.streamhouse:
         from .run_bench import run_end_to_end
 
-        for row in run_end_to_end(args.events, args.rate, args.queries, seed=args.seed):
-            streamhouse[row["query"]] = row
+        # The stack's folder (its topics hold every query's N events) is removed afterwards.
+        with tempfile.TemporaryDirectory(prefix="nexmark-run-") as stack_root:
+            for row in run_end_to_end(
+                args.events, args.rate, args.queries, seed=args.seed, keep=stack_root
+            ):
+                streamhouse[row["query"]] = row
     report = _report_rows(args.events, flink, streamhouse, check)
     if args.json:
         print(json.dumps({"flink_version": flink.get("flink_version"), "queries": report}))
