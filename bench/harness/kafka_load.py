@@ -2,7 +2,8 @@
 
 - `producer_main`: the lean confluent-kafka loop (``produce(topic, value)`` in a tight loop,
   ``poll(0)`` every 1,000 records, no per-message callback, linger.ms 5, batch.size 1 MiB,
-  acks as asked, null keys spread by librdkafka's sticky partitioner), for a duration or a record
+  acks as asked, null keys spread by librdkafka's sticky partitioner; values cycled from 16 MiB
+  of distinct random values, which do not compress), for a duration or a record
   count, optionally paced to a rate. Its shared counter holds the records acknowledged so far
   (queued minus still in librdkafka's queue), which the harness samples for throughput over time.
   Each record's Kafka timestamp is its CreateTime (set by librdkafka at ``produce()``), which the
@@ -10,7 +11,9 @@
 - `consumer_main`: one consumer assigned a list of partitions from given offsets
   (``queued.min.messages`` raised and ``fetch.queue.backoff.ms=0``: with librdkafka's defaults a
   response of ~100,000 small records makes the client pause each partition for a second),
-  reading until it has reached the end offsets the harness publishes in a shared array.
+  reading until it has reached the end offsets the harness publishes in a shared array and
+  then received nothing for DRAIN_S (a broker's ListOffsets may lag its log: Tansu 0.6 answers
+  an end offset below the records it acknowledged); its time ends at the last record.
   One record in ``sample_every`` (by offset) gives an end-to-end latency sample: receive time
   minus the record's CreateTime (milliseconds; both clocks are this machine's).
 - `probe_main`: a separate producer (acks as asked, linger.ms 0) sending ``rate`` records/s and
@@ -28,6 +31,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 
 MiB = 1024 * 1024
 CHUNK = 1000  # records queued between two poll(0) calls
+DRAIN_S = 1.0  # past the end offsets, a consumer stops after this long without a record
+POOL_BYTES = 16 * MiB  # distinct random record values a producer cycles through
 
 
 def producer_config(bootstrap: str, acks: str, compression: str) -> dict[str, Any]:
@@ -43,6 +48,15 @@ def producer_config(bootstrap: str, acks: str, compression: str) -> dict[str, An
         "enable.idempotence": False,
         "delivery.report.only.error": True,
     }
+
+
+def value_pool(size: int) -> list[bytes]:
+    """Distinct random values covering POOL_BYTES: a compressor finds no repeats within its
+    window, as in real data that does not compress (one value repeated would shrink every
+    block to almost nothing and flatter a broker that compresses its log)."""
+    count = max(POOL_BYTES // size, 4 * CHUNK)
+    pool = os.urandom(count * size)
+    return [pool[i * size : (i + 1) * size] for i in range(count)]
 
 
 def producer_main(
@@ -65,13 +79,13 @@ def producer_main(
         if err is not None:
             failures.append(str(err))
 
-    value = os.urandom(size)
+    values = value_pool(size)
     producer = Producer({**producer_config(bootstrap, acks, compression), "on_delivery": on_error})
     producer.list_topics(topic, timeout=30)  # metadata before the clock starts
     conn.send("ready")
     conn.recv()  # all producers start together
     produce, poll = producer.produce, producer.poll
-    count = chunk = full_waits = 0
+    count = chunk = full_waits = pos = 0
     cpu0 = time.process_time()
     started = time.perf_counter()
     t_first = time.time()
@@ -81,13 +95,14 @@ def producer_main(
         want = min(CHUNK, limit - count)
         try:
             while chunk < want:
-                produce(topic, value)
+                produce(topic, values[pos + chunk])
                 chunk += 1
         except BufferError:
             full_waits += 1
             poll(0.005)  # librdkafka's queue is full: the broker is the limit
             continue
         count += chunk
+        pos = (pos + chunk) % (len(values) - CHUNK)
         chunk = 0
         poll(0)
         counter.value = count - len(producer)
@@ -156,12 +171,17 @@ def consumer_main(
     cpu0 = time.process_time()
     t_first = 0.0
     deadline = time.monotonic() + timeout_s
+    drained_at = 0.0  # when every partition reached its end offset
     while time.monotonic() < deadline:
-        if all(ends[p] >= 0 and position[p] >= ends[p] for p in partitions):
-            break
+        if not drained_at and all(ends[p] >= 0 and position[p] >= ends[p] for p in partitions):
+            drained_at = time.monotonic()
         batch = consumer.consume(num_messages=10_000, timeout=0.2)
         if not batch:
+            if drained_at and time.monotonic() - drained_at >= DRAIN_S:
+                break
             continue
+        if drained_at:
+            drained_at = time.monotonic()
         now = time.time()
         if not t_first:
             t_first = now

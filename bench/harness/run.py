@@ -71,6 +71,14 @@ def _wait(conn: Any, what: str, timeout: float) -> Any:
     return conn.recv()
 
 
+def _answer(conn: Any, answered: set[Any], what: str) -> Any:
+    answered.add(conn)
+    try:
+        return conn.recv()
+    except EOFError:
+        raise RuntimeError(f"{what} exited without its result (see its traceback above)") from None
+
+
 def high_watermarks(bootstrap: str, topic: str, partitions: int) -> list[int]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "harness-watermarks"})
     try:
@@ -217,6 +225,8 @@ def _phase(
         timeline: list[list[float]] = []
         prod_results: list[dict[str, Any]] = []
         cons_results: list[dict[str, Any]] = []
+        probe: dict[str, Any] = {"samples": [], "errors": [], "error_count": 0}
+        answered: set[Any] = set()  # a pipe whose process answered (and exited) reads EOF
         next_log = t0 + cfg.progress
         while len(prod_results) < len(prod_conns) or len(cons_results) < len(cons_conns):
             time.sleep(SAMPLE_S)  # the sampling period of throughput over time
@@ -225,14 +235,17 @@ def _phase(
             consumed = sum(c.value for c in cons_counters)
             timeline.append([now - t0, produced, consumed])
             for conn in prod_conns:
-                if conn.poll():
-                    prod_results.append(conn.recv())
+                if conn not in answered and conn.poll():
+                    prod_results.append(_answer(conn, answered, "a producer"))
+                    if len(prod_results) == len(prod_conns) and probe_conn is not None:
+                        probe_conn.send("stop")  # the probe covers the producing only
+                        probe = _wait(probe_conn, "the latency probe", 120)
                     if len(prod_results) == len(prod_conns) and tail:
                         for p, h in enumerate(high_watermarks(server.bootstrap, topic, parts)):
                             ends[p] = h
             for conn in cons_conns:
-                if conn.poll():
-                    cons_results.append(conn.recv())
+                if conn not in answered and conn.poll():
+                    cons_results.append(_answer(conn, answered, "a consumer"))
             if now >= next_log:
                 rate_p = rate_c = 0.0
                 if len(timeline) >= 2:
@@ -246,15 +259,13 @@ def _phase(
                 next_log = now + cfg.progress
             if now - t0 > cfg.timeout + 330:
                 raise RuntimeError(f"{name} on {label} ran past {cfg.timeout + 330:.0f} s")
-        probe: dict[str, Any] = {"samples": [], "errors": [], "error_count": 0}
-        if probe_conn is not None:
-            probe_conn.send("stop")
-            probe = _wait(probe_conn, "the latency probe", 120)
         cpu1 = cpu_seconds(pids)
-        counts = store.proxy.reset() if store.proxy is not None else {}
         traffic = store.proxy.traffic() if store.proxy is not None else {}
+        counts = store.proxy.reset() if store.proxy is not None else {}
     finally:
         for proc in procs:
+            if proc.pid is None:
+                continue  # never started (an earlier one failed)
             proc.join(10)
             if proc.is_alive():
                 proc.kill()
@@ -388,8 +399,8 @@ def run_grpc(server: Server, store: ObjectStore, cfg: Config, label: str) -> dic
         raise RuntimeError(f"grpc_bench.py failed ({done.returncode}): {' '.join(cmd)}")
     cpu1 = cpu_seconds(pids)
     raw = json.loads(done.stdout)
-    counts = store.proxy.reset() if store.proxy is not None else {}
     traffic = store.proxy.traffic() if store.proxy is not None else {}
+    counts = store.proxy.reset() if store.proxy is not None else {}
     phase: dict[str, Any] = {"name": f"grpc {mode}", "timeline": [], "grpc_bench": raw}
     p = raw["produce"]
     phase["produce"] = {k: p[k] for k in ("records", "seconds", "records_per_s", "mb_per_s")}

@@ -62,6 +62,17 @@ class ObjectStore:
         self.workdir = workdir
         self.seaweed: Any = None
         self.proxy: S3CountingProxy | None = None
+        self._owns_seaweed = True
+
+    @classmethod
+    def on_seaweed(cls, seaweed: Any, workdir: Path) -> ObjectStore:
+        """A ``seaweed`` store on a SeaweedFS someone else started (tests' fixture): only the
+        counting proxy is started and stopped here."""
+        store = cls("seaweed", workdir)
+        store.seaweed = seaweed
+        store._owns_seaweed = False
+        store.proxy = S3CountingProxy(seaweed.port).start()
+        return store
 
     def start(self) -> ObjectStore:
         if self.kind == "seaweed":
@@ -78,7 +89,7 @@ class ObjectStore:
     def stop(self) -> None:
         if self.proxy is not None:
             self.proxy.stop()
-        if self.seaweed is not None:
+        if self.seaweed is not None and self._owns_seaweed:
             self.seaweed.stop()
 
     def s3_env(self) -> dict[str, str]:
