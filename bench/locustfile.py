@@ -7,6 +7,8 @@ gRPC users only:
         --host 127.0.0.1:50051
 
 (Without a user class name Locust runs every class in this file, the KafkaUser below included.)
+The gRPC users need only the bench extra's locust (``pip install -e '.[bench]'``): confluent-kafka
+is imported when a KafkaUser starts, so this file loads without it.
 
 Extra options (after the command): --sh-topic NAME (default locust-bench), --sh-partitions 3,
 --sh-batch-size 1000, --sh-record-size 100, --sh-consume-max-records 10000, and
@@ -47,18 +49,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gevent
 import grpc
 import grpc.experimental.gevent as grpc_gevent
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    Producer,
-    TopicPartition,
-)
 from locust import User, constant, events, task
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError
 
 # grpc's sync API blocks in C; this makes it cooperate with gevent's loop. Call once, after gevent's
 # monkey-patching (locust did it when it was imported, before loading this file) and before any
@@ -207,6 +206,14 @@ class KafkaUser(User):
     wait_time = constant(0)
 
     def on_start(self) -> None:
+        # Imported here, not at the top: the gRPC users run without a Kafka client installed.
+        try:
+            from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+        except ImportError as exc:
+            raise RuntimeError(
+                "KafkaUser needs confluent-kafka: pip install -e '.[bench]' (or pip install "
+                "confluent-kafka), or run the gRPC users only (StreamHouseGrpcUser)"
+            ) from exc
         opts = self.environment.parsed_options
         self.topic = opts.sh_topic
         bootstrap = opts.sh_kafka_address
