@@ -110,7 +110,11 @@ def producer_main(
             ahead = started + count / rate - time.perf_counter()
             if ahead > 0:
                 poll(ahead)
-    remaining = producer.flush(300)
+    flush_deadline = time.monotonic() + 300
+    while len(producer) and time.monotonic() < flush_deadline:
+        producer.flush(0.1)  # the acknowledgements of what is queued, the counter kept current
+        counter.value = count - len(producer)
+    remaining = len(producer)
     t_last = time.time()
     failed_reports = len(failures)
     counter.value = count - remaining - failed_reports
@@ -169,7 +173,7 @@ def consumer_main(
     conn.send("ready")
     conn.recv()
     cpu0 = time.process_time()
-    t_first = 0.0
+    t_first = t_last = 0.0  # wall times of the first and last batch received
     deadline = time.monotonic() + timeout_s
     drained_at = 0.0  # when every partition reached its end offset
     while time.monotonic() < deadline:
@@ -183,6 +187,7 @@ def consumer_main(
         if drained_at:
             drained_at = time.monotonic()
         now = time.time()
+        t_last = now
         if not t_first:
             t_first = now
         for message in batch:
@@ -195,7 +200,6 @@ def consumer_main(
                 e2e.append((now, now * 1000 - message.timestamp()[1]))
         count += len(batch)
         counter.value = count
-    t_last = time.time()
     consumer.close()
     conn.send(
         {
