@@ -139,6 +139,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sql_max_step_bytes: int = 16 * 1024 * 1024
     sql_restart_backoff_ms: int = 500
     log_level: str = "INFO"
+    # Operations: the stack's one Prometheus scrape address (every process's metrics, served
+    # by ingest); log lines as text or JSON lines (one object per event).
+    metrics_listen: str = "127.0.0.1:9464"
+    metrics_enabled: bool = True
+    log_format: str = "text"
     # Debugging: every metadata call made on an event loop raises (the test stacks turn it on).
     debug_loop_calls: bool = False
 
@@ -307,7 +312,7 @@ def _validate(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"STREAMHOUSE_{name.upper()} must be positive")
-    listens = ["grpc_listen", "kafka_listen", "sql_listen"]
+    listens = ["grpc_listen", "kafka_listen", "sql_listen", "metrics_listen"]
     listens += [name for name in ("kafka_advertised", "grpc_advertised") if getattr(s, name)]
     for listen in listens:
         host, _, port = getattr(s, listen).rpartition(":")
@@ -378,6 +383,8 @@ def _validate(s: Settings) -> None:
         )
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("STREAMHOUSE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+    if s.log_format not in ("text", "json"):
+        raise ConfigError(f"STREAMHOUSE_LOG_FORMAT={s.log_format!r}: use text or json")
     if s.metadata and not s.metadata.startswith(("postgresql://", "postgres://")):
         raise ConfigError(
             f"STREAMHOUSE_METADATA={s.metadata!r}: use postgresql://user@host:port/dbname "
