@@ -72,13 +72,22 @@ back); inside a block, batches outside the bounds are not decoded. So "the last 
 reads the last minute's blocks. The query then runs on the decoded batches; DataFusion
 applies the full predicates again, so bounds only ever save work.
 
+Nexmark
+-------
+q0-q8 are written in StreamHouse SQL in ``bench/nexmark/queries.py`` with references computed
+independently; ``tests/bench/test_nexmark_queries.py`` and
+``tests/sql/continuous/test_plan_nexmark.py`` check the plans against them, and ``python3
+bench/nexmark.py run --check`` checks them end to end (topics -> runner -> output topic).
+``python3 bench/nexmark.py run`` reports events per runner CPU second beside Flink's per-core
+figures (results in ``bench/NEXMARK_RESULTS.md``); ``python3 bench/nexmark.py plan`` the
+plans alone.
+
 What comes next
 ---------------
-- Nexmark queries q0-q8 in StreamHouse SQL checked against references and per-core rates
-  beside Flink's (the generator is ``bench/nexmark/``; ``create_stream_sql`` declares its
-  three streams).
 - Faster JSON: DataFusion's own NDJSON reader parses 2-3x faster than Arrow's
   (``bench/sql_decode.py``) but reads only files; reading blocks through it needs an
   in-memory source.
 - Views as inputs of other continuous queries (today only ad-hoc queries read a view).
+- Upserts cannot yet delete a row (a HAVING that stops matching keeps its last row); more than
+  one JOIN per SELECT needs nested sub-queries; regular (unbounded) joins keep all state.
 """
