@@ -59,10 +59,19 @@ Output columns are named by their alias, else the column's name, else the functi
 emit final (append-only) results; ``emit`` applies to the outermost.
 ORDER BY is allowed only above a window aggregation (it orders each emission); LIMIT,
 DISTINCT, UNION, window functions (OVER) and sub-queries in expressions are refused, as is an
-aggregate without GROUP BY (its updates would have no key). The watermark of a source is
-the largest event time seen on its declared watermark column minus the declared delay,
-advanced after each batch has been processed (a row is late if the batches before it moved
-the watermark past its window).
+aggregate without GROUP BY (its updates would have no key).
+
+Watermarks: per partition of a source (the batches' ``_partition``; ``partition`` for a raw
+topic) the plan keeps the largest event time seen on the declared watermark column; the
+source's watermark is the lowest, over its partitions that are not idle, of that maximum
+minus the declared delay (when every partition is idle: the largest), and it never goes
+back. It is advanced after each batch has been processed (a row is late if the batches
+before it moved the watermark past its window), so a runner reading one partition ahead of
+another does not make the other's rows late. The runner tells the plan the partitions a
+source has (``set_partitions``: one without rows yet holds the watermark) and which are idle
+(``mark_idle``: caught up with nothing new for a while; they stop holding it back, which
+may close windows: ``mark_idle`` returns those results). Without these calls the plan
+knows only the partitions it has seen rows of, none idle.
 
 Known limits: with ``emit="updates"`` a window row that a later update makes fail the
 HAVING keeps its last matching row, and a SESSION that grows earlier gets a new start, so
@@ -74,17 +83,23 @@ Snapshot format
 ``snapshot()`` is one Arrow IPC stream of a table ``stage: utf8, state: binary`` (one row per
 stage in plan order, ``state`` = that stage's ``snapshot()``; formats in
 ``sql.continuous.stages`` and the join module) whose schema metadata
-``streamhouse.plan`` is JSON: ``{"version": 1, "stages": [ids], "sources": {name:
-max event ms or null}, "stage_watermarks": {id: ms or null}, "rows_in": n, "rows_out": n}``.
-``restore`` needs a plan compiled from the same SQL (the stage ids must match).
+``streamhouse.plan`` is JSON: ``{"version": 2, "stages": [ids], "sources": {name:
+{"watermark": ms or null, "partitions": {"<partition>": largest event ms}}},
+"stage_watermarks": {id: ms or null}, "rows_in": n, "rows_out": n}``. Version 1 (still
+restored) had ``"sources": {name: largest event ms over all partitions, or null}``: its
+watermark is kept and the per-partition maxima start empty. Which partitions are known or
+idle is not stored (the runner says it again). ``restore`` needs a plan compiled from the
+same SQL (the stage ids must match).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import sqlglot
 from sqlglot import exp
@@ -117,7 +132,7 @@ class _Dialect(Postgres):
 
 
 DIALECT = "postgres"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 _META_KEY = b"streamhouse.plan"
 _TOPICS = "topics"
 _RESOLVED = "\x00stage"  # the qualifier of a column that already names a stage column
@@ -1092,6 +1107,69 @@ def _qualified(cond: exp.Expression, scope: _Scope) -> exp.Expression:
 # the plan
 
 
+class _SourceWatermark:
+    """One source's watermark from per-partition event-time maxima (module docstring)."""
+
+    def __init__(self, column: str, delay_ms: int) -> None:
+        self.column = column
+        self.delay_ms = delay_ms
+        self.maxima: dict[int, int] = {}  # partition -> largest event ms seen
+        self.known: set[int] = set()  # partitions the runner says the source has
+        self.idle: set[int] = set()
+        self.value: int | None = None  # the watermark so far (it never goes back)
+
+    def observe(self, batch: pa.RecordBatch) -> None:
+        t, valid = event_times_ms(batch.column(self.column))
+        names = batch.schema.names
+        part_col = "_partition" if "_partition" in names else "partition"
+        if part_col in names:
+            parts = batch.column(part_col).to_numpy(zero_copy_only=False).astype(np.int64)
+        else:
+            parts = np.full(len(t), -1, dtype=np.int64)
+        if valid is not None:
+            t, parts = t[valid], parts[valid]
+        if not len(t):
+            return
+        order = np.argsort(parts, kind="stable")
+        parts, t = parts[order], t[order]
+        starts = np.flatnonzero(np.r_[True, parts[1:] != parts[:-1]])
+        maxima = np.maximum.reduceat(t, starts).tolist()
+        for p, m in zip(parts[starts].tolist(), maxima, strict=True):
+            if p not in self.maxima or m > self.maxima[p]:
+                self.maxima[p] = m
+
+    def advance(self) -> int | None:
+        """The watermark now: the lowest (largest event time - delay) over the partitions
+        that are not idle (a known partition with no rows yet: none); all idle: the
+        largest. Never lower than before."""
+        active = (self.known | self.maxima.keys()) - self.idle
+        if active:
+            if any(p not in self.maxima for p in active):
+                return self.value
+            candidate = min(self.maxima[p] for p in active) - self.delay_ms
+        elif self.maxima:
+            candidate = max(self.maxima.values()) - self.delay_ms
+        else:
+            return self.value
+        if self.value is None or candidate > self.value:
+            self.value = candidate
+        return self.value
+
+    def state(self) -> dict[str, Any]:
+        return {"watermark": self.value, "partitions": {str(p): m for p, m in self.maxima.items()}}
+
+    def restore(self, state: Any, version: int) -> None:
+        self.known, self.idle = set(), set()
+        if version == 1:  # {name: largest event ms over all partitions, or null}
+            self.maxima = {}
+            self.value = None if state is None else int(state) - self.delay_ms
+            return
+        state = state or {}
+        wm = state.get("watermark")
+        self.value = None if wm is None else int(wm)
+        self.maxima = {int(p): int(m) for p, m in (state.get("partitions") or {}).items()}
+
+
 class Plan:
     """A compiled continuous query (``sql.continuous.pipeline.ContinuousPlan``)."""
 
@@ -1106,7 +1184,10 @@ class Plan:
         self.sql = sql
         self.sources = sources
         self._stages = stages
-        self._trackers = trackers
+        self._watermarks = {
+            name: _SourceWatermark(column, tracker.delay_ms)
+            for name, (column, tracker) in trackers.items()
+        }
         self._final = final
         top = stages[final]
         self.output_schema: pa.Schema = top.output_schema
@@ -1126,22 +1207,49 @@ class Plan:
         return dict(self._stages)
 
     def process(self, source: str, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
-        if source not in self.sources:
-            raise PlanError(f"this query reads {', '.join(sorted(self.sources))}, not {source!r}")
+        self._check_source(source)
         self._results = []
         if batch.num_rows:
             self._rows_in += batch.num_rows
             self._deliver(source, [batch])
-            tracked = self._trackers.get(source)
+            tracked = self._watermarks.get(source)
             if tracked is not None:
-                column, tracker = tracked
-                before = tracker.value
-                t, valid = event_times_ms(batch.column(column))
-                if valid is not None:
-                    t = t[valid]
-                wm = tracker.observe(t)
-                if wm is not None and wm != before:
-                    self._advance(source, wm)
+                tracked.observe(batch)
+                self._move(source, tracked)
+        return self._take_results()
+
+    def set_partitions(self, source: str, partitions: Iterable[int]) -> None:
+        """Tells the plan the partitions ``source`` has now: one never seen (and not idle)
+        holds the source's watermark back until it delivers rows or is marked idle. Without
+        this call the plan knows the partitions it has seen rows of."""
+        self._check_source(source)
+        tracked = self._watermarks.get(source)
+        if tracked is not None:
+            tracked.known.update(int(p) for p in partitions)
+
+    def mark_idle(self, source: str, partitions: Iterable[int]) -> list[pa.RecordBatch]:
+        """Sets which partitions of ``source`` are idle (caught up, nothing new for a while;
+        replaces the previous set): they no longer hold the source's watermark back. Returns
+        the results this releases (windows the watermark now passes)."""
+        self._check_source(source)
+        self._results = []
+        tracked = self._watermarks.get(source)
+        if tracked is not None:
+            tracked.idle = {int(p) for p in partitions}
+            self._move(source, tracked)
+        return self._take_results()
+
+    def _check_source(self, source: str) -> None:
+        if source not in self.sources:
+            raise PlanError(f"this query reads {', '.join(sorted(self.sources))}, not {source!r}")
+
+    def _move(self, source: str, tracked: _SourceWatermark) -> None:
+        before = tracked.value
+        wm = tracked.advance()
+        if wm is not None and wm != before:
+            self._advance(source, wm)
+
+    def _take_results(self) -> list[pa.RecordBatch]:
         out = [self._conform(b) for b in self._results if b.num_rows]
         self._results = []
         self._rows_out += sum(b.num_rows for b in out)
@@ -1179,7 +1287,7 @@ class Plan:
 
     def watermark_ms(self) -> int | None:
         """The lowest watermark over the sources that have one (None before any)."""
-        values = [t.value for _, t in self._trackers.values()]
+        values = [t.value for t in self._watermarks.values()]
         known = [v for v in values if v is not None]
         return min(known) if known and len(known) == len(values) else None
 
@@ -1205,7 +1313,7 @@ class Plan:
         meta = {
             "version": SNAPSHOT_VERSION,
             "stages": list(self._stages),
-            "sources": {n: t.max_event_ms for n, (_, t) in self._trackers.items()},
+            "sources": {n: t.state() for n, t in self._watermarks.items()},
             "stage_watermarks": self._stage_wm,
             "rows_in": self._rows_in,
             "rows_out": self._rows_out,
@@ -1229,9 +1337,11 @@ class Plan:
             raise PlanError(
                 f"not a continuous query snapshot ({exc}); was it written by snapshot()?"
             ) from None
-        if not isinstance(meta, dict) or meta.get("version") != SNAPSHOT_VERSION:
-            found = meta.get("version") if isinstance(meta, dict) else None
-            raise PlanError(f"plan snapshot version {found}, this code reads {SNAPSHOT_VERSION}")
+        version = meta.get("version") if isinstance(meta, dict) else None
+        if version not in (1, SNAPSHOT_VERSION):
+            raise PlanError(
+                f"plan snapshot version {version}, this code reads 1 and {SNAPSHOT_VERSION}"
+            )
         ids = table.column("stage").to_pylist()
         if ids != list(self._stages) or meta.get("stages") != ids:
             raise PlanError(
@@ -1240,8 +1350,8 @@ class Plan:
             )
         for sid, blob in zip(ids, table.column("state").to_pylist(), strict=True):
             self._stages[sid].restore(blob)
-        for name, (_, tracker) in self._trackers.items():
-            tracker.max_event_ms = meta["sources"].get(name)
+        for name, tracked in self._watermarks.items():
+            tracked.restore(meta["sources"].get(name), version)
         self._stage_wm = {sid: meta["stage_watermarks"].get(sid) for sid in self._stages}
         self._rows_in = int(meta.get("rows_in", 0))
         self._rows_out = int(meta.get("rows_out", 0))
