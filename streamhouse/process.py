@@ -3,6 +3,15 @@
 Each process logs to stderr; supervisord writes that to `<data_dir>/logs/<program>.log` and
 rotates it.
 
+Log lines (`configure_logging`, every process): one line per event. At INFO and above an
+exception is folded into that line as its cause (`describe_failure`: type, message, where, and
+the cause chain); the stack dump is added only when the level is DEBUG. Formats (setting
+`log_format`):
+- `text`: `<ISO time> <process> <LEVEL> <logger>: <message>[: <error>]`
+- `json`: one JSON object per line with the keys `ts` (ISO 8601 UTC, milliseconds), `level`,
+  `process`, `logger`, `msg` and `error` (null when the record carries no exception; at DEBUG a
+  `stack` key holds the traceback).
+
 Rules (a process is never left up but deaf):
 - Every background task of a process (ring reader loops, the ack taker, the watchdog...) is
   started with `spawn`. A spawned task that raises, or that returns although it was spawned
@@ -16,6 +25,8 @@ Rules (a process is never left up but deaf):
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import logging
 import os
 import signal
@@ -28,7 +39,13 @@ import uvloop
 
 from streamhouse.config import ConfigError, Settings, load_settings
 
-__all__ = ["TaskSupervisor", "describe_failure", "run_process", "spawn"]
+__all__ = [
+    "TaskSupervisor",
+    "configure_logging",
+    "describe_failure",
+    "run_process",
+    "spawn",
+]
 
 T = TypeVar("T")
 
@@ -53,6 +70,72 @@ def describe_failure(exc: BaseException) -> str:
         parts.append(text)
         current = current.__cause__ or current.__context__
     return " <- caused by ".join(parts).replace("\n", " ")
+
+
+def _iso(created: float) -> str:
+    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class OneLineFormatter(logging.Formatter):
+    """`text` lines: the record's message and its exception's cause on one line; the stack
+    dump only when `stacks` (log level DEBUG)."""
+
+    def __init__(self, process: str, *, stacks: bool) -> None:
+        super().__init__()
+        self.process = process
+        self.stacks = stacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage().replace("\n", " ")
+        line = f"{_iso(record.created)} {self.process} {record.levelname} {record.name}: {msg}"
+        if record.exc_info and record.exc_info[1] is not None:
+            line += f": {describe_failure(record.exc_info[1])}"
+            if self.stacks:
+                line += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        return line
+
+
+class JsonLineFormatter(logging.Formatter):
+    """`json` lines: one object per record (see the module docstring for the keys)."""
+
+    def __init__(self, process: str, *, stacks: bool) -> None:
+        super().__init__()
+        self.process = process
+        self.stacks = stacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        exc = record.exc_info[1] if record.exc_info else None
+        entry: dict[str, object] = {
+            "ts": _iso(record.created),
+            "level": record.levelname,
+            "process": self.process,
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "error": describe_failure(exc) if exc is not None else None,
+        }
+        if exc is not None and self.stacks and record.exc_info:
+            entry["stack"] = "".join(traceback.format_exception(*record.exc_info))
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(process: str, level: str, log_format: str = "text") -> None:
+    """Every process's logging: one line per event on stderr (module docstring), replacing
+    any handler configured before."""
+    numeric = logging.getLevelName(level.upper())
+    stacks = numeric == logging.DEBUG or (isinstance(numeric, int) and numeric < logging.INFO)
+    formatter: logging.Formatter = (
+        JsonLineFormatter(process, stacks=stacks)
+        if log_format == "json"
+        else OneLineFormatter(process, stacks=stacks)
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
 
 
 class TaskSupervisor:
@@ -126,11 +209,7 @@ def run_process(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[N
     except ConfigError as exc:
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(name, settings.log_level, settings.log_format)
     plog = logging.getLogger(name)
 
     async def runner() -> None:
