@@ -23,6 +23,13 @@ Rules (what makes the output exactly-once)
    exit ``EXIT_FENCED``. The catalog entry gone: exit 0. A commit whose outcome is unknown
    (the metadata store failed during it) is settled by reading the checkpoint back.
 
+Watermarks per partition: before a step's batches the plan is told the partitions of each
+source (``set_partitions``), and after each step which of them are idle (``mark_idle``):
+caught up to the high watermark last seen, with nothing new, for ``PARTITION_IDLE_S``. An
+idle partition no longer holds its source's watermark back, so windows close once every
+partition is read (results of ``mark_idle`` are committed like any others). A plan without
+these methods is not told.
+
 A materialized view keeps its current rows in memory: for an upsert plan (``key_columns``)
 the latest row per key; for an append-only plan every row, capped at ``VIEW_APPEND_CAP``
 (the oldest rows are dropped, and the log says so once). The step's results are merged in
@@ -99,6 +106,9 @@ EXIT_FENCED = 3
 VIEW_APPEND_CAP = 1_000_000
 #: Commits between sweeps of uncommitted checkpoint objects.
 SWEEP_EVERY = 300
+#: Seconds a partition stays caught up (position at its high watermark, nothing new) before
+#: the plan is told it is idle (it then no longer holds its source's watermark back).
+PARTITION_IDLE_S = 1.0
 #: Seconds between progress lines in the log.
 PROGRESS_S = 30.0
 #: Attempts at a commit whose store calls fail before the runner gives up (exit 1).
@@ -204,6 +214,9 @@ class QueryRunner:
         self.last_progress = time.monotonic()
         self.progress_rows = (0, 0)
         self.prefetch: asyncio.Future[list[SourceRead]] | None = None
+        # per source: partition -> time.monotonic() since it is caught up; the idle set told
+        self.caught_up: dict[str, dict[int, float]] = {}
+        self.idle_told: dict[str, frozenset[int]] = {}
 
     # -- start ----------------------------------------------------------------------------
 
@@ -326,17 +339,47 @@ class QueryRunner:
         else:
             await self._check_owner()
             await wait_for_data(list(self.tails.values()), time.monotonic() + self.interval_s, stop)
+        await self._mark_idle()
         if self.dirty and time.monotonic() - self.last_commit >= self.interval_s:
             await self.commit()
         self._progress()
 
+    async def _mark_idle(self) -> None:
+        """Tells the plan which partitions are idle: caught up (position at the high
+        watermark last seen) for ``PARTITION_IDLE_S``. A plan without ``mark_idle`` (another
+        ContinuousPlan) is not told."""
+        plan = self.plan
+        mark = getattr(plan, "mark_idle", None)
+        if mark is None:
+            return
+        now = time.monotonic()
+        for name, tail in self.tails.items():
+            since = self.caught_up.setdefault(name, {})
+            for p, st in tail.states.items():
+                if tail.positions.get(p, 0) >= st.high_watermark:
+                    since.setdefault(p, now)
+                else:
+                    since.pop(p, None)
+            idle = frozenset(p for p, t in since.items() if now - t >= PARTITION_IDLE_S)
+            if idle == self.idle_told.get(name, frozenset()):
+                continue
+            before = plan.watermark_ms()
+            out = await asyncio.to_thread(mark, name, sorted(idle))
+            self.idle_told[name] = idle
+            self.results.extend(r for r in out if r.num_rows)
+            if out or plan.watermark_ms() != before:
+                self.dirty = True
+
     def _process(self, names: list[str], reads: list[Any]) -> None:
         """Decode and process one step (CPU; runs on a worker thread)."""
         assert self.plan is not None
+        known = getattr(self.plan, "set_partitions", None)
         for n, read in zip(names, reads, strict=True):
+            tail = self.tails[n]
+            if known is not None:
+                known(n, list(tail.states))
             if read.empty:
                 continue
-            tail = self.tails[n]
             decoded = tail.decode(read.raw)
             if decoded.errors:
                 self.errors += decoded.errors

@@ -231,3 +231,76 @@ def test_on_postgresql_and_seaweedfs(
     env.update(rt.NO_SERVICE_RUNNERS)
     with Stack(tmp_path / "data", env=env) as stack:
         run_totals(stack, tmp_path)
+
+
+PADDED_DDL = (
+    "CREATE STREAM pay (item VARCHAR NOT NULL, amount BIGINT, ts TIMESTAMP, pad VARCHAR, "
+    "WATERMARK FOR ts AS ts) WITH (topic = 'pay')"
+)
+
+
+def test_partitions_read_at_different_paces_lose_no_rows(tmp_path: pathlib.Path) -> None:
+    """4 partitions, records spread by key; the keys of partition 0 carry 2 KB of padding,
+    so a step's byte budget covers far less event time of partition 0 than of the others
+    (the runner reads the others ahead). With a watermark of the largest time over all
+    partitions, partition 0's later rows would be late; per partition, none is, and the
+    view equals the reference over every record."""
+    env = dict(rt.NO_SERVICE_RUNNERS)
+    env["STREAMHOUSE_SQL_MAX_STEP_BYTES"] = str(80 * 1024)
+    with Stack(tmp_path / "data", env=env) as stack:
+        rt.create_topic(stack, "pay", 4)
+        rt.run_sql(stack, PADDED_DDL)
+        items = [f"i{k}" for k in range(11)]
+        heavy = {it for it in items if default_partition(json.dumps(it).encode(), 4) == 0}
+        assert heavy and len(heavy) < len(items)
+        p = Producer({"bootstrap.servers": stack.kafka_address, "linger.ms": 5})
+        failed: list[str] = []
+        sent: list[dict[str, Any]] = []
+        for rnd in range(30):  # one flush per round: a block per partition per round
+            for i in range(rnd * 100, rnd * 100 + 100):
+                row = json.loads(pay_value(i))
+                row["pad"] = uuid.uuid4().hex * (64 if row["item"] in heavy else 1)
+                p.produce(
+                    "pay",
+                    key=json.dumps(row["item"]).encode(),
+                    value=json.dumps(row).encode(),
+                    on_delivery=lambda err, _m: failed.append(str(err)) if err else None,
+                )
+                sent.append(row)
+            assert p.flush(60) == 0
+        assert failed == []
+        times = {
+            i: int(
+                datetime.strptime(r["ts"], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+                * 1000
+            )
+            for i, r in enumerate(sent)
+        }
+        top = max(times.values())
+        expected: dict[tuple[str, int], tuple[int, int]] = {}
+        for i, row in enumerate(sent):
+            start = times[i] - times[i] % 10_000
+            if start + 10_000 <= top:  # all partitions idle at the end: watermark = top
+                n, total = expected.get((row["item"], start), (0, 0))
+                expected[(row["item"], start)] = (n + 1, total + row["amount"])
+        rt.define_query(stack, QueryDefinition(name="paced", kind="view", sql=WINDOW_SQL))
+        runner = rt.RunnerProcess(stack, "paced", tmp_path / "paced.log", None)
+
+        def done() -> bool:
+            row = rt.checkpoint(stack, "paced")
+            return row is not None and decode_checkpoint(row.payload).watermark_ms == top
+
+        try:
+            wait_until(done, 120, "every partition read and idle (watermark at the last time)")
+        finally:
+            runner.kill()
+        state = decode_checkpoint(rt.checkpoint(stack, "paced").payload)
+        assert state.rows_in == 3000
+        assert state.late_rows_dropped == 0
+        table = asyncio.run(rt._view(stack, "paced"))
+        assert table is not None
+        got = {
+            (r["item"], int(r["ws"].replace(tzinfo=UTC).timestamp() * 1000)): (r["n"], r["total"])
+            for r in table.to_pylist()
+        }
+        assert got == expected
