@@ -17,10 +17,23 @@ counts them and, if configured, sends them to a dead-letter topic).
 
 Time
 ----
-Event time is milliseconds. A source's watermark is the largest event time seen on its
-declared watermark column minus the declared delay (``sql.windows.WatermarkTracker``); the
-plan tracks it itself from the batches it is given. A stage's output watermark is what its
-consumers may rely on (no later row of the stage has an event time below it).
+Event time is milliseconds. A source's watermark is, over its partitions (the batches'
+``_partition``) that are not idle, the lowest of (the largest event time seen in that
+partition on the declared watermark column minus the declared delay); when all are idle,
+the largest; it never goes back. The plan tracks it itself from the batches it is given, so
+a runner reading one partition ahead of another does not make the other's rows late. Two
+optional plan methods (a plan without them keeps to the partitions it has seen, none idle;
+callers check with ``getattr``):
+
+- ``set_partitions(source, partitions)``: the partitions the source has now; one without
+  rows yet (and not idle) holds the watermark back;
+- ``mark_idle(source, partitions) -> list[pa.RecordBatch]``: the partitions that are idle
+  now (the runner's rule: caught up to the high watermark, nothing new for a while),
+  replacing the previous set; they stop holding the watermark back. Returns the results
+  this releases (windows the watermark now passes), like ``process``.
+
+A stage's output watermark is what its consumers may rely on (no later row of the stage
+has an event time below it).
 
 Results
 -------
