@@ -26,10 +26,14 @@ children: a query without a runner gets ``python3 -m sql.continuous run NAME``; 
 query is gone (or now belongs to another agent) gets SIGTERM (SIGKILL after
 ``STOP_GRACE_S``); a runner that exited is started again after ``sql_restart_backoff_ms``,
 doubled by every exit in a row up to ``MAX_BACKOFF_MS`` (a run of ``STABLE_RUN_S`` resets
-it). A runner's stderr lines are copied to this process's log prefixed ``query NAME:``; the
-last one is the runner's last error. SIGTERM stops every runner before the service exits;
-runners are started with a parent-death signal (``setpriv --pdeathsig TERM``) so a killed
-service leaves none behind (and a runner the new service starts fences any survivor).
+it). A runner that exits fenced (``EXIT_FENCED``: another runner claimed the query) waits at
+least ``FENCED_BACKOFF_MS`` and its run time never resets the count (two runners of one
+query would otherwise take it from each other every half second); its status is
+``backoff`` with a last error that says it was fenced. A runner's stderr lines are copied
+to this process's log prefixed ``query NAME:``; the last one is the runner's last error.
+SIGTERM stops every runner before the service exits; runners are started with a
+parent-death signal (``setpriv --pdeathsig TERM``) so a killed service leaves none behind
+(and a runner the new service starts fences any survivor).
 
 In a cluster every agent runs an ``sql`` program: a query runs on one of them only, the
 live agent (metadata agent registry) that rendezvous hashing of the query name picks; when
@@ -63,6 +67,7 @@ from grpc_reflection.v1alpha import reflection
 from metadata.async_store import AsyncMetadata
 from metadata.errors import MetadataError
 from sql.catalog import Catalog
+from sql.continuous.runner import EXIT_FENCED
 from sql.engine import QueryDescription, RunnerStatus, SqlEngine, SqlError, UnknownQueryError
 from streamhouse import objectstore
 from streamhouse.config import Settings
@@ -85,6 +90,8 @@ SERVICE = "streamhouse.sql.v1.Sql"
 RECONCILE_S = 1.0
 MAX_BACKOFF_MS = 30_000
 STABLE_RUN_S = 30.0
+#: The least wait before a fenced runner (exit ``EXIT_FENCED``) is started again.
+FENCED_BACKOFF_MS = 5_000
 STOP_GRACE_S = 10.0
 IPC_CHUNK_BYTES = 1 << 20
 MAX_CONCURRENT_QUERIES = 4
@@ -141,11 +148,13 @@ class RunnerSupervisor:
         backoff_ms: int = 500,
         interval_s: float = RECONCILE_S,
         owned: Callable[[list[str]], Awaitable[set[str]]] | None = None,
+        fenced_backoff_ms: int = FENCED_BACKOFF_MS,
     ) -> None:
         self.list_queries = list_queries
         self.command = command
         self.env = env
         self.backoff_ms = max(1, backoff_ms)
+        self.fenced_backoff_ms = max(1, fenced_backoff_ms)
         self.interval_s = interval_s
         self.owned = owned
         self.children: dict[str, _Child] = {}
@@ -259,8 +268,16 @@ class RunnerSupervisor:
 
     def _exited(self, child: _Child, code: int | None, error: str | None) -> None:
         ran = time.monotonic() - child.started if child.started else 0.0
-        child.failures = 1 if ran >= STABLE_RUN_S else child.failures + 1
+        fenced = code == EXIT_FENCED
+        child.failures = 1 if ran >= STABLE_RUN_S and not fenced else child.failures + 1
         backoff = min(MAX_BACKOFF_MS, self.backoff_ms * 2 ** (child.failures - 1))
+        if fenced:
+            backoff = max(self.fenced_backoff_ms, backoff)
+            error = (
+                f"fenced (exit {code}): another runner claimed the query; this one starts "
+                f"again in {backoff} ms and then claims it back"
+                + (f" (runner said: {error})" if error else "")
+            )
         child.proc = None
         child.next_start = time.monotonic() + backoff / 1000
         child.status = RunnerStatus(

@@ -22,9 +22,12 @@ FAKE_RUNNER = """
 import os, pathlib, sys, time
 name, state = sys.argv[1], pathlib.Path(sys.argv[2])
 with open(state / f"{name}.starts", "a") as fh:
-    fh.write(f"{os.getpid()}\\n")
+    fh.write(f"{os.getpid()} {time.monotonic()}\\n")
 if (state / f"{name}.fail").exists():
     print(f"runner {name}: the plan does not restore", file=sys.stderr, flush=True)
+    sys.exit(1)
+if (state / f"{name}.fenced").exists():
+    print(f"query {name} was claimed by a newer runner", file=sys.stderr, flush=True)
     sys.exit(3)
 while True:
     time.sleep(0.05)
@@ -48,13 +51,24 @@ async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.02)
 
 
-def _starts(state: pathlib.Path, name: str) -> list[int]:
+def _start_times(state: pathlib.Path, name: str) -> list[tuple[int, float]]:
+    """(pid, time.monotonic()) of every start of the fake runner ``name``."""
     path = state / f"{name}.starts"
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
+    if not path.exists():
+        return []
+    lines = [line.split() for line in path.read_text().splitlines()]
+    return [(int(pid), float(t)) for pid, t in lines]
+
+
+def _starts(state: pathlib.Path, name: str) -> list[int]:
+    return [pid for pid, _t in _start_times(state, name)]
 
 
 def _supervisor(
-    tmp_path: pathlib.Path, queries: list[str], backoff_ms: int = 100
+    tmp_path: pathlib.Path,
+    queries: list[str],
+    backoff_ms: int = 100,
+    fenced_backoff_ms: int = 5_000,
 ) -> RunnerSupervisor:
     script = tmp_path / "fake_runner.py"
     script.write_text(FAKE_RUNNER)
@@ -66,7 +80,12 @@ def _supervisor(
         return [sys.executable, str(script), name, str(tmp_path)]
 
     return RunnerSupervisor(
-        names, command=command, backoff_ms=backoff_ms, interval_s=0.05, env=dict(os.environ)
+        names,
+        command=command,
+        backoff_ms=backoff_ms,
+        interval_s=0.05,
+        env=dict(os.environ),
+        fenced_backoff_ms=fenced_backoff_ms,
     )
 
 
@@ -110,7 +129,7 @@ def test_a_failing_runner_is_restarted_with_doubling_backoff(tmp_path: pathlib.P
         try:
             await _until(lambda: len(_starts(tmp_path, "q")) >= 4, 30, "four starts")
             status = sup.status("q")
-            assert status.last_exit_code == 3
+            assert status.last_exit_code == 1
             assert status.last_error == "runner q: the plan does not restore"
             assert status.restarts >= 3
             # backoff doubles: 100, 200, 400, ... ms (capped at MAX_BACKOFF_MS)
@@ -128,6 +147,37 @@ def test_a_failing_runner_is_restarted_with_doubling_backoff(tmp_path: pathlib.P
             task.cancel()
             await sup.stop_all()
         assert not _alive(pid)
+
+    _run(test)
+
+
+def test_a_fenced_runner_waits_the_fenced_backoff_and_says_so(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "q.fenced").touch()
+    sup = _supervisor(tmp_path, ["q"], backoff_ms=50, fenced_backoff_ms=1_500)
+
+    async def test() -> None:
+        task = asyncio.create_task(sup.run())
+        try:
+            await _until(lambda: len(_starts(tmp_path, "q")) >= 1, 20, "first start")
+            await _until(lambda: sup.status("q").last_exit_code == 3, 20, "fenced exit")
+            status = sup.status("q")
+            assert status.state == "backoff"
+            assert status.backoff_ms == 1_500  # not the 50 ms of a first failure
+            assert status.last_error is not None
+            assert status.last_error.startswith("fenced (exit 3): another runner claimed")
+            assert "query q was claimed by a newer runner" in status.last_error
+            await _until(lambda: len(_starts(tmp_path, "q")) >= 3, 30, "three starts")
+            times = [t for _pid, t in _start_times(tmp_path, "q")]
+            # each restart came at least the fenced backoff after the previous start, and
+            # the backoff doubles from there (1.5 s, then 50 ms * 2 = 100 ms < 1.5 s: 1.5 s)
+            assert times[1] - times[0] >= 1.5
+            assert times[2] - times[1] >= 1.5
+            # no longer fenced: it runs on
+            (tmp_path / "q.fenced").unlink()
+            await _until(lambda: sup.status("q").state == "running", 30, "running again")
+        finally:
+            task.cancel()
+            await sup.stop_all()
 
     _run(test)
 
