@@ -42,6 +42,14 @@ Results
 they are upserts: a row replaces any earlier row with the same values of ``key_columns``
 (a materialized view keeps the latest row per key; an output topic gets the key columns as
 the record key, so a compacted topic converges to the view).
+
+Deletes: a batch of an upsert result may carry one more column after ``output_schema``'s,
+``__delete`` (``DELETE_COLUMN``, boolean; null counts as false). A row with it true deletes
+its key: a view drops the key's row, an output topic gets a tombstone (the key, a null
+value). Only the key columns of such a row matter. ``output_schema`` never lists
+``__delete`` (a declared output stream does not have it); an append-only result must not
+carry it. (The runner and sink implement this; which plans emit deletes is said in
+``sql.continuous.plan``.)
 """
 
 from __future__ import annotations
@@ -53,7 +61,18 @@ import pyarrow as pa
 
 from sql.catalog import Relation
 
-__all__ = ["ContinuousPlan", "PlanError", "PlanStats", "PlannedInput", "Source", "Stage"]
+__all__ = [
+    "DELETE_COLUMN",
+    "ContinuousPlan",
+    "PlanError",
+    "PlanStats",
+    "PlannedInput",
+    "Source",
+    "Stage",
+]
+
+#: The boolean column of an upsert result row that deletes its key (module docstring).
+DELETE_COLUMN = "__delete"
 
 
 class PlanError(ValueError):

@@ -108,7 +108,7 @@ from sqlglot.errors import ParseError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from sql.catalog import Relation
-from sql.continuous.pipeline import PlanError, PlannedInput, PlanStats, Source, Stage
+from sql.continuous.pipeline import DELETE_COLUMN, PlanError, PlannedInput, PlanStats, Source, Stage
 from sql.continuous.stages import (
     SIGN,
     WINDOW_META_KEY,
@@ -1258,6 +1258,10 @@ class Plan:
     def _conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         if batch.schema == self.output_schema:
             return batch
+        if DELETE_COLUMN in batch.schema.names and self.key_columns:  # pipeline: deletes
+            flag = batch.column(DELETE_COLUMN)
+            rest = batch.drop_columns([DELETE_COLUMN]).cast(self.output_schema)
+            return rest.append_column(DELETE_COLUMN, flag)
         return batch.cast(self.output_schema)
 
     def _emit(self, stage_id: str, batches: list[pa.RecordBatch]) -> None:

@@ -31,7 +31,9 @@ partition is read (results of ``mark_idle`` are committed like any others). A pl
 these methods is not told.
 
 A materialized view keeps its current rows in memory: for an upsert plan (``key_columns``)
-the latest row per key; for an append-only plan every row, capped at ``VIEW_APPEND_CAP``
+the latest row per key (none when that row is a delete, ``__delete`` true: see
+``sql.continuous.pipeline``; an output topic gets a tombstone for it,
+``sql.continuous.sink``); for an append-only plan every row, capped at ``VIEW_APPEND_CAP``
 (the oldest rows are dropped, and the log says so once). The step's results are merged in
 at each checkpoint (one Arrow group-by over the view and the new rows) and the whole view is
 written as one object: the cost of a checkpoint grows with the view, which suits views of up
@@ -51,6 +53,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from metadata.async_store import AsyncMetadata
 from metadata.errors import MetadataError, QueryFencedError, UnknownTopicError
@@ -73,7 +76,7 @@ from sql.continuous.definition import (
     decode_definition,
     encode_checkpoint,
 )
-from sql.continuous.pipeline import ContinuousPlan
+from sql.continuous.pipeline import DELETE_COLUMN, ContinuousPlan
 from sql.continuous.sink import (
     DeadLetters,
     build_segment,
@@ -153,8 +156,16 @@ class ViewRows:
         batches = [b for b in batches if b.num_rows]
         if not batches:
             return
-        new = pa.Table.from_batches(batches, schema=self.schema)
-        table = pa.concat_tables([self.table, new]) if self.table.num_rows else new
+        if self.key_columns and any(DELETE_COLUMN in b.schema.names for b in batches):
+            # deletes (sql.continuous.pipeline): the latest row of a key may delete it
+            parts = [self.table] + [pa.Table.from_batches([b]) for b in batches]
+            table = pa.concat_tables(parts, promote_options="permissive")
+            deletes = pc.fill_null(table.column(DELETE_COLUMN), False)
+            table = table.drop_columns([DELETE_COLUMN]).cast(self.schema)
+        else:
+            new = pa.Table.from_batches(batches, schema=self.schema)
+            table = pa.concat_tables([self.table, new]) if self.table.num_rows else new
+            deletes = None
         if self.key_columns:
             index = pa.array(np.arange(table.num_rows, dtype=np.int64))
             latest = (
@@ -164,7 +175,10 @@ class ViewRows:
                 .aggregate([("__row", "max")])
                 .column("__row_max")
             )
-            table = table.take(pa.array(np.sort(latest.to_numpy())))
+            rows = pa.array(np.sort(latest.to_numpy()))
+            if deletes is not None:
+                rows = rows.filter(pc.invert(deletes.take(rows)))
+            table = table.take(rows)
         elif table.num_rows > VIEW_APPEND_CAP:
             if not self.capped:
                 log.warning(

@@ -13,6 +13,9 @@ One Kafka record per row:
   Other types (lists, structs, binary) are encoded by msgspec one value at a time.
 - key: null for append-only results; for upserts (``key_columns``) the JSON object of the key
   columns, so a compacted output topic keeps the latest row per key.
+- a keyed result row whose ``__delete`` column (``DELETE_COLUMN``, see
+  ``sql.continuous.pipeline``) is true becomes a tombstone: the key, a null value (a
+  compacted topic then forgets the key). ``__delete`` itself is never written.
 - timestamp: the row's ``output_time_column`` (ms) when the plan names one, else the commit
   time.
 
@@ -56,6 +59,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from metadata import BatchRef, CommitBlock
+from sql.continuous.pipeline import DELETE_COLUMN
 from streamhouse.recordbatch import encode_batch
 from streamhouse.segment import SegmentWriter
 
@@ -282,8 +286,21 @@ def output_records(
     batches = [b for b in batches if b.num_rows]
     if not batches:
         return None
-    table = pa.Table.from_batches(batches).combine_chunks()
+    table = pa.concat_tables(
+        [pa.Table.from_batches([b]) for b in batches], promote_options="permissive"
+    ).combine_chunks()
+    deletes = None
+    if DELETE_COLUMN in table.column_names:
+        if not key_columns:
+            raise ValueError(
+                f"a result with {DELETE_COLUMN} must have key columns (an append-only result "
+                "cannot delete): the plan is wrong"
+            )
+        deletes = pc.fill_null(table.column(DELETE_COLUMN).combine_chunks(), False)
+        table = table.drop_columns([DELETE_COLUMN])
     values = json_values(table)
+    if deletes is not None and pc.any(deletes).as_py():
+        values = pc.if_else(deletes, pa.scalar(None, values.type), values)
     keys = json_values(table, key_columns) if key_columns else None
     if time_column is not None:
         ts = pc.fill_null(

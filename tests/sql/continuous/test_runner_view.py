@@ -60,3 +60,48 @@ def test_view_rows_round_trip_through_their_object() -> None:
     again = read_view(view_bytes(view.table))
     assert again.equals(view.table)
     assert read_view(view_bytes(SCHEMA.empty_table())).num_rows == 0
+
+
+def test_deletes_drop_keys_like_a_dict() -> None:
+    """Batches with ``__delete`` (some without the column) against a dict reference."""
+    rng = random.Random(5)
+    view = ViewRows(SCHEMA, ("k", "w"))
+    reference: dict[tuple[str | None, int], int] = {}
+    deleted = 0
+    for _step in range(30):
+        batches = []
+        for _b in range(rng.randint(0, 3)):
+            rows = [
+                (rng.choice(["a", "b", "c", None]), rng.randint(0, 3), rng.randint(0, 10**6))
+                for _ in range(rng.randint(0, 40))
+            ]
+            if rng.random() < 0.3:  # a batch without deletes has no __delete column
+                for k, w, n in rows:
+                    reference[(k, w)] = n
+                batches.append(batch(rows))
+                continue
+            flags = [rng.random() < 0.4 for _ in rows]
+            for (k, w, n), gone in zip(rows, flags, strict=True):
+                if gone:
+                    deleted += reference.pop((k, w), None) is not None
+                else:
+                    reference[(k, w)] = n
+            # a delete row's value columns may be null
+            values = [None if gone else n for (_k, _w, n), gone in zip(rows, flags, strict=True)]
+            batches.append(
+                pa.RecordBatch.from_arrays(
+                    [
+                        pa.array([r[0] for r in rows], pa.utf8()),
+                        pa.array([r[1] for r in rows], pa.int64()),
+                        pa.array(values, pa.int64()),
+                        pa.array(flags, pa.bool_()),
+                    ],
+                    names=[*SCHEMA.names, "__delete"],
+                )
+            )
+        view.apply(batches)
+        assert view.table.schema.equals(SCHEMA)
+        got = {(r["k"], r["w"]): r["n"] for r in view.table.to_pylist()}
+        assert view.table.num_rows == len(got)
+        assert got == reference
+    assert deleted > 0

@@ -173,3 +173,40 @@ def test_one_segment_holds_a_block_per_topic_partition_with_its_commit_blocks() 
     assert [r.record_count for r in first.batches] == [3, 1]
     assert first.max_timestamp == 8
     assert build_segment([(1, 0, [])]) is None
+
+
+def test_a_delete_row_becomes_a_tombstone_and_the_flag_is_not_written() -> None:
+    plain = pa.RecordBatch.from_pydict({"k": ["a", "b"], "n": pa.array([1, 2], pa.int64())})
+    flagged = pa.RecordBatch.from_pydict(
+        {
+            "k": ["a", "c", "b"],
+            "n": pa.array([None, 5, None], pa.int64()),
+            "__delete": pa.array([True, False, None], pa.bool_()),
+        }
+    )
+    records = output_records([plain, flagged], ["k"], None, 1_000)
+    assert records is not None
+    assert records.keys is not None
+    keys = [json.loads(k) for k in records.keys.to_pylist()]
+    assert keys == [{"k": "a"}, {"k": "b"}, {"k": "a"}, {"k": "c"}, {"k": "b"}]
+    values = [None if v is None else json.loads(v) for v in records.values.to_pylist()]
+    assert values == [
+        {"k": "a", "n": 1},
+        {"k": "b", "n": 2},
+        None,  # the tombstone of a
+        {"k": "c", "n": 5},
+        {"k": "b", "n": None},  # a null flag is not a delete
+    ]
+    # the tombstone reaches Kafka's record format as a null value under its key
+    for _p, ks, vs, ts in partition_records(records, 3, 0):
+        decoded, _n = decode_block_records(b"".join(encode_records(ks, vs, ts)), 0, 0)
+        assert decoded.column("value").to_pylist() == [
+            None if v is None else v.encode() for v in vs.to_pylist()
+        ]
+        assert decoded.column("key").to_pylist() == [k.encode() for k in ks.to_pylist()]
+
+
+def test_an_append_only_result_with_deletes_is_refused() -> None:
+    flagged = pa.RecordBatch.from_pydict({"k": ["a"], "__delete": pa.array([True])})
+    with pytest.raises(ValueError, match="must have key columns"):
+        output_records([flagged], [], None, 0)
