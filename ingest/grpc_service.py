@@ -192,7 +192,8 @@ class StreamHouseService:
                 "request (STREAMHOUSE_MAX_PARTITIONS_PER_REQUEST): split the batch",
             )
         try:
-            outcome = await self.pipeline.produce(slots)
+            self.pipeline.name_topic(topic.topic_id, topic.name)
+            outcome = await self.pipeline.produce(slots, protocol="grpc")
         except StreamHouseError as exc:
             raise _abort_for(exc, f"produce to topic {topic_name!r}") from None
         results = []
@@ -311,7 +312,8 @@ class StreamHouseService:
 
     async def _consume_once(self, topic: TopicInfo, fetch: FetchRequest) -> tuple[bytes, int]:
         try:
-            response, payload = await self.pipeline.fetch(fetch)
+            self.pipeline.name_topic(topic.topic_id, topic.name)
+            response, payload = await self.pipeline.fetch(fetch, protocol="grpc")
         except StreamHouseError as exc:
             raise _abort_for(exc, f"consume from topic {topic.name!r}") from None
         part = response.parts[0]

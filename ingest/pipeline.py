@@ -44,7 +44,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from streamhouse import rings
+from streamhouse import metrics, rings
 from streamhouse.config import Settings
 from streamhouse.errors import ErrorCode, StreamHouseError, from_ring
 from streamhouse.frames import (
@@ -141,6 +141,50 @@ class Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self._decode_ack = decoder_for(AckFrame).decode
         self._decode_response = decoder_for(FetchResponse).decode
+        # Topic id -> name for metric labels; callers that resolved a topic fill it
+        # (`name_topic`); an id not named yet is labelled "id:<n>".
+        self.topic_names: dict[int, str] = {}
+
+    def name_topic(self, topic_id: int, name: str) -> None:
+        """Records a topic's name for the per-topic metrics (one dict store)."""
+        self.topic_names[topic_id] = name
+
+    def _topic_label(self, topic_id: int) -> str:
+        name = self.topic_names.get(topic_id)
+        return name if name is not None else f"id:{topic_id}"
+
+    def _count_produced(
+        self, slots: list[ProduceSlot], results: list[list[BatchOutcome]], protocol: str
+    ) -> None:
+        """Per request: acknowledged records and bytes per topic (batch counts, not records),
+        and refused batches by error code."""
+        records: dict[int, int] = {}
+        sizes: dict[int, int] = {}
+        for slot, outcomes in zip(slots, results, strict=False):
+            for meta, length, outcome in zip(
+                slot.batches, slot.batch_lengths, outcomes, strict=False
+            ):
+                if outcome is not None and outcome.error is None:
+                    records[slot.topic_id] = records.get(slot.topic_id, 0) + meta.record_count
+                    sizes[slot.topic_id] = sizes.get(slot.topic_id, 0) + length
+                elif outcome is not None and outcome.error is not None:
+                    metrics.child(metrics.ERRORS, protocol, outcome.error.code.name).inc()
+        for topic_id, count in records.items():
+            label = self._topic_label(topic_id)
+            metrics.child(metrics.PRODUCE_RECORDS, label).inc(count)
+            metrics.child(metrics.PRODUCE_BYTES, label).inc(sizes[topic_id])
+
+    def _count_fetched(self, response: FetchResponse) -> None:
+        records: dict[int, int] = {}
+        sizes: dict[int, int] = {}
+        for part in response.parts:
+            if part.record_count:
+                records[part.topic_id] = records.get(part.topic_id, 0) + part.record_count
+                sizes[part.topic_id] = sizes.get(part.topic_id, 0) + part.length
+        for topic_id, count in records.items():
+            label = self._topic_label(topic_id)
+            metrics.child(metrics.FETCH_RECORDS, label).inc(count)
+            metrics.child(metrics.FETCH_BYTES, label).inc(sizes[topic_id])
 
     def _peer_epochs(self) -> tuple[int, int, int, int]:
         return (
@@ -207,14 +251,31 @@ class Pipeline:
         return budget
 
     async def produce(
-        self, slots: list[ProduceSlot], timeout_ms: int | None = None
+        self, slots: list[ProduceSlot], timeout_ms: int | None = None, protocol: str = "kafka"
     ) -> list[list[BatchOutcome]]:
-        """Sends the slots and waits for their definite outcome: per slot, per batch, its base
+        """Sends the slots (counted in the produce metrics, latency from here to the
+        outcome) and waits for their definite outcome: per slot, per batch, its base
         offset or its error. Slots that could not fit are refused without being sent (see the
         module rules); a slot the saturated produce ring did not take in time fails with
         NOT_ENOUGH_REPLICAS (not written). Raises PipelineUnavailable (REQUEST_TIMED_OUT)
         only when the outcome is unknown at the end of the budget (see "Produce deadlines";
         ``timeout_ms`` is the Kafka request's own timeout, if any)."""
+        started = time.perf_counter()
+        result = "ok"
+        try:
+            results = await self._produce(slots, timeout_ms)
+        except StreamHouseError as exc:
+            result = exc.code.name
+            raise
+        finally:
+            metrics.child(metrics.PRODUCE_REQUESTS, protocol, result).inc()
+            metrics.child(metrics.PRODUCE_LATENCY, protocol).observe(time.perf_counter() - started)
+        self._count_produced(slots, results, protocol)
+        return results
+
+    async def _produce(
+        self, slots: list[ProduceSlot], timeout_ms: int | None
+    ) -> list[list[BatchOutcome]]:
         limit = self.settings.max_partitions_per_request
         if len(slots) > limit:
             error = StreamHouseError(
@@ -344,12 +405,28 @@ class Pipeline:
 
     # -- fetch -----------------------------------------------------------------------------
 
-    async def fetch(self, request: FetchRequest) -> tuple[FetchResponse, bytes]:
-        """Sends a fetch to the reader (its request_id is replaced) and waits for the answer.
+    async def fetch(
+        self, request: FetchRequest, protocol: str = "kafka"
+    ) -> tuple[FetchResponse, bytes]:
+        """Sends a fetch to the reader (its request_id is replaced) and waits for the answer
+        (counted in the fetch metrics).
 
         Raises StreamHouseError when the fetch is refused (too many partitions, or the
         reader refused it) and PipelineUnavailable when the reader is saturated or slow.
         """
+        result = "ok"
+        try:
+            response, payload = await self._fetch(request)
+        except StreamHouseError as exc:
+            result = exc.code.name
+            metrics.child(metrics.ERRORS, protocol, result).inc()
+            raise
+        finally:
+            metrics.child(metrics.FETCH_REQUESTS, protocol, result).inc()
+        self._count_fetched(response)
+        return response, payload
+
+    async def _fetch(self, request: FetchRequest) -> tuple[FetchResponse, bytes]:
         limit = self.settings.max_partitions_per_request
         if len(request.parts) > limit:
             raise StreamHouseError(

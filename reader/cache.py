@@ -4,12 +4,17 @@ Entries are keyed by (segment key, byte offset of the block). A block arrives ei
 (straight from the uploader's committed segment: decoded on first use) or decoded (after a
 range GET). Decoded bytes replace the encoded entry, so each block is decoded at most once
 while it stays cached.
+
+Metrics (per block, never per record): `streamhouse_reader_cache_hits_total`,
+`streamhouse_reader_cache_misses_total` and the `streamhouse_reader_cache_bytes` gauge, all
+labelled cache="blocks".
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+from streamhouse import metrics
 from streamhouse.segment import decode_block
 
 BlockKey = tuple[str, int]
@@ -22,6 +27,9 @@ class BlockCache:
         self._entries: OrderedDict[BlockKey, tuple[bool, bytes]] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self._hit_counter = metrics.child(metrics.CACHE_HITS, "blocks")
+        self._miss_counter = metrics.child(metrics.CACHE_MISSES, "blocks")
+        self._bytes_gauge = metrics.child(metrics.CACHE_BYTES, "blocks")
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -40,8 +48,10 @@ class BlockCache:
         entry = self._entries.get(key)
         if entry is None:
             self.misses += 1
+            self._miss_counter.inc()
             return None
         self.hits += 1
+        self._hit_counter.inc()
         self._entries.move_to_end(key)
         decoded, data = entry
         if not decoded:
@@ -60,3 +70,4 @@ class BlockCache:
         while self.size_bytes > self.capacity_bytes:
             _, (_, evicted) = self._entries.popitem(last=False)
             self.size_bytes -= len(evicted)
+        self._bytes_gauge.set(self.size_bytes)

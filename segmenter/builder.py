@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from streamhouse import metrics
 from streamhouse.errors import ErrorCode
 from streamhouse.frames import (
     ALL_BATCHES,
@@ -167,6 +168,7 @@ class SegmentBuilder:
             for e in entries
         ]
         sealed = SealedSegment(self.epoch, self._sequence, blocks, batches)
+        metrics.child(metrics.SEGMENT_SIZE, "segmenter").observe(len(obj))
         self._sequence += 1
         self._partitions = {}
         self.buffered_bytes = 0

@@ -65,12 +65,15 @@ import errno
 import os
 import pathlib
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any, NamedTuple
 
 import obstore
 from obstore.store import MemoryStore, S3Store
+
+from streamhouse import metrics
 
 __all__ = [
     "LocalFolderStore",
@@ -329,35 +332,70 @@ def open_object_store(url: str, timeout_ms: int = 30_000) -> Any:
     )
 
 
+class _Measured:
+    """Counts one object-store request in the metrics (`streamhouse.metrics`): requests and
+    errors by kind and process role, latency by kind, bytes put or got."""
+
+    __slots__ = ("kind", "started", "nbytes")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.nbytes = 0
+
+    def __enter__(self) -> _Measured:
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        role = metrics.role()
+        metrics.child(metrics.OBJECT_REQUESTS, self.kind, role).inc()
+        metrics.child(metrics.OBJECT_LATENCY, self.kind).observe(time.perf_counter() - self.started)
+        if exc_type is not None and not issubclass(exc_type, asyncio.CancelledError):
+            metrics.child(metrics.OBJECT_ERRORS, self.kind, role).inc()
+        elif self.nbytes:
+            metrics.child(metrics.OBJECT_BYTES, self.kind).inc(self.nbytes)
+
+
 async def put(store: Any, key: str, data: bytes | bytearray | memoryview) -> None:
     """Stores `data` under `key`, replacing any object there; durable when it returns."""
-    if isinstance(store, LocalFolderStore):
-        await asyncio.to_thread(store.put_blocking, key, data)
-        return
-    await obstore.put_async(store, key, data)
+    with _Measured("put") as measured:
+        measured.nbytes = len(data) if not isinstance(data, memoryview) else data.nbytes
+        if isinstance(store, LocalFolderStore):
+            await asyncio.to_thread(store.put_blocking, key, data)
+            return
+        await obstore.put_async(store, key, data)
 
 
 async def get_range(store: Any, key: str, start: int, length: int) -> bytes:
     """Exactly `length` bytes of `key` from byte `start`."""
-    if isinstance(store, LocalFolderStore):
-        return await asyncio.to_thread(store.get_range_blocking, key, start, length)
-    return bytes(await obstore.get_range_async(store, key, start=start, length=length))
+    with _Measured("get") as measured:
+        if isinstance(store, LocalFolderStore):
+            data = await asyncio.to_thread(store.get_range_blocking, key, start, length)
+        else:
+            data = bytes(await obstore.get_range_async(store, key, start=start, length=length))
+        measured.nbytes = len(data)
+        return data
 
 
 async def get(store: Any, key: str) -> bytes:
     """The whole object `key`."""
-    if isinstance(store, LocalFolderStore):
-        return await asyncio.to_thread(store.get_blocking, key)
-    result = await obstore.get_async(store, key)
-    return bytes(await result.bytes_async())
+    with _Measured("get") as measured:
+        if isinstance(store, LocalFolderStore):
+            data = await asyncio.to_thread(store.get_blocking, key)
+        else:
+            result = await obstore.get_async(store, key)
+            data = bytes(await result.bytes_async())
+        measured.nbytes = len(data)
+        return data
 
 
 async def delete(store: Any, key: str) -> None:
     """Removes `key`; removing a missing object is not an error on the local folder."""
-    if isinstance(store, LocalFolderStore):
-        await asyncio.to_thread(store.delete_blocking, key)
-        return
-    await obstore.delete_async(store, key)
+    with _Measured("delete"):
+        if isinstance(store, LocalFolderStore):
+            await asyncio.to_thread(store.delete_blocking, key)
+            return
+        await obstore.delete_async(store, key)
 
 
 async def delete_many(store: Any, keys: Sequence[str]) -> None:
@@ -366,10 +404,11 @@ async def delete_many(store: Any, keys: Sequence[str]) -> None:
     some of the keys may be gone then, and deleting them again later is harmless."""
     if not keys:
         return
-    if isinstance(store, LocalFolderStore):
-        await asyncio.to_thread(store.delete_many_blocking, list(keys))
-        return
-    await obstore.delete_async(store, list(keys))
+    with _Measured("delete"):
+        if isinstance(store, LocalFolderStore):
+            await asyncio.to_thread(store.delete_many_blocking, list(keys))
+            return
+        await obstore.delete_async(store, list(keys))
 
 
 async def list_objects(
@@ -377,12 +416,18 @@ async def list_objects(
 ) -> AsyncIterator[list[ObjectInfo]]:
     """Pages of the objects whose key starts with `prefix` (see the module docstring)."""
     if isinstance(store, LocalFolderStore):
-        found = await asyncio.to_thread(store.list_blocking, prefix)
+        with _Measured("list"):
+            found = await asyncio.to_thread(store.list_blocking, prefix)
         for i in range(0, len(found), page_size):
             yield found[i : i + page_size]
         return
     stream = obstore.list(store, prefix, chunk_size=page_size)
-    async for chunk in stream:
+    while True:
+        with _Measured("list"):  # one page, one LIST request
+            try:
+                chunk = await anext(stream)
+            except StopAsyncIteration:
+                return
         yield [
             ObjectInfo(meta["path"], meta["size"], int(meta["last_modified"].timestamp() * 1000))
             for meta in chunk

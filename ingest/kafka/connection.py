@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.kafka.limits import PRODUCE, produce_entries
+from streamhouse import metrics
 from streamhouse.kafka.framing import (
     CorruptRequest,
     FrameReceiver,
@@ -159,9 +160,13 @@ class KafkaConnection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self._transport.set_write_buffer_limits(high=self._limits.send_buffer_bytes)
         self._sender = asyncio.ensure_future(self._send_in_order())
+        metrics.child(metrics.CONNECTIONS, "kafka").inc()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        metrics.child(metrics.CONNECTIONS, "kafka").dec()
+        if self._pending:
+            metrics.child(metrics.IN_FLIGHT, "kafka").dec(len(self._pending))
         if self._sender is not None:
             self._sender.cancel()
         for _, future, _ in self._pending:
@@ -330,6 +335,8 @@ class KafkaConnection(asyncio.Protocol):
             return
         future = asyncio.ensure_future(handler(header, request))
         size = len(frame)
+        metrics.child(metrics.REQUESTS, "kafka", _api_name(request)).inc()
+        metrics.child(metrics.IN_FLIGHT, "kafka").inc()
         self._pending.append((header, future, size))
         self._in_flight_bytes += size
         self._pool.take(size)
@@ -339,6 +346,7 @@ class KafkaConnection(asyncio.Protocol):
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.set_result(response)
         self._pending.append((header, future, 0))
+        metrics.child(metrics.IN_FLIGHT, "kafka").inc()
         self._wake.set()
 
     def _unsupported_api_versions(self) -> ApiVersionsResponse:
@@ -395,6 +403,7 @@ class KafkaConnection(asyncio.Protocol):
             # The request leaves the in-flight count only once its answer is written, so a
             # client that does not read holds its own slots, not the broker's memory.
             self._pending.popleft()
+            metrics.child(metrics.IN_FLIGHT, "kafka").dec()
             self._in_flight_bytes -= size
             self._pool.give_back(size)
             self._last_activity = loop.time()
@@ -404,6 +413,8 @@ class KafkaConnection(asyncio.Protocol):
     def close(self, why: str, level: int = logging.WARNING, abort: bool = False) -> None:
         if self._closing:
             return
+        if level >= logging.WARNING:
+            metrics.child(metrics.ERRORS, "kafka", "CONNECTION_CLOSED").inc()
         self._closing = True
         log.log(level, "%s: closing Kafka connection: %s", self.peer, why)
         if self._transport is not None:
@@ -411,3 +422,15 @@ class KafkaConnection(asyncio.Protocol):
                 self._transport.abort()
             else:
                 self._transport.close()
+
+
+_API_NAMES: dict[type, str] = {}
+
+
+def _api_name(request: object) -> str:
+    """The metric label of a request: its message class without "Request" (e.g. Produce)."""
+    kind = type(request)
+    name = _API_NAMES.get(kind)
+    if name is None:
+        name = _API_NAMES[kind] = kind.__name__.removesuffix("Request")
+    return name
