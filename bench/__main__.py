@@ -43,6 +43,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--retention-days", type=float, default=7.0, help="storage in the bill")
     ap.add_argument("--env", action="append", default=[], help="STREAMHOUSE_X=Y (repeatable)")
     ap.add_argument("--out", default="", help="results folder (default /tmp/streamhouse-bench/…)")
+    ap.add_argument(
+        "--profile", type=float, default=0, help="py-spy each StreamHouse process N s per phase"
+    )
     ap.add_argument("--timeout", type=float, default=600.0, help="consumer give-up seconds")
     args = ap.parse_args(argv)
     for name in ("record_size", "partitions", "producers", "duration", "sample_every"):
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         sample_every=args.sample_every,
         progress=args.progress,
         timeout=args.timeout,
+        profile=args.profile,
     )
     env = dict(item.split("=", 1) for item in args.env)
     if args.flush_interval_ms:
@@ -84,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out or f"/tmp/streamhouse-bench/{stamp}-{args.scenario}")
     out.mkdir(parents=True, exist_ok=True)
+    cfg.profile_dir = str(out / "profiles")
     rounds = args.rounds or (2 if args.peer else 1)
     order = ["streamhouse", args.peer] * rounds if args.peer else ["streamhouse"] * rounds
     runs: list[dict[str, Any]] = []

@@ -21,6 +21,7 @@ from bench.harness.servers import ROOT, ObjectStore, Server, cpu_seconds
 SCENARIOS = ("produce", "consume", "tail", "e2e")
 GB = 1_000_000_000  # GB in the figures per GB: 10^9 bytes of record values
 SAMPLE_S = 0.5  # throughput sampling period
+PROFILE_RATE = 50  # py-spy samples per second
 GRPC_BENCH_PROGRAMS = ("ingest", "segmenter", "uploader", "reader")  # its --pids names
 
 
@@ -42,6 +43,8 @@ class Config:
     progress: float = 2.0
     timeout: float = 600.0
     grpc_args: list[str] = field(default_factory=list)
+    profile: float = 0.0  # seconds of py-spy on each StreamHouse process, 1 s into a phase
+    profile_dir: str = ""
 
 
 def percentiles(values: list[float]) -> dict[str, float | int | None]:
@@ -222,6 +225,7 @@ def _phase(
         t0 = time.time()
         for conn in [*prod_conns, *cons_conns]:
             conn.send("go")
+        spies = _start_profiles(server, cfg, f"{label}-{name}".replace("#", "-").replace("+", "-"))
         timeline: list[list[float]] = []
         prod_results: list[dict[str, Any]] = []
         cons_results: list[dict[str, Any]] = []
@@ -269,9 +273,54 @@ def _phase(
             proc.join(10)
             if proc.is_alive():
                 proc.kill()
-    return _figures(
+    figures = _figures(
         name, cfg, t0, timeline, prod_results, cons_results, probe, cpu1, cpu0, counts, traffic
     )
+    if spies:
+        figures["profile"] = _finish_profiles(spies, cfg)
+    return figures
+
+
+def _start_profiles(server: Server, cfg: Config, tag: str) -> list[tuple[str, Path, Any]]:
+    """py-spy record (raw collapsed stacks, not pausing the target) on each StreamHouse
+    process for cfg.profile seconds, starting 1 s into the phase."""
+    if cfg.profile <= 0 or server.name != "streamhouse":
+        return []
+    out = Path(cfg.profile_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for name, pid in server.pids().items():
+        if name not in GRPC_BENCH_PROGRAMS:
+            continue
+        path = out / f"{tag}-{name}.txt"
+        cmd = ["py-spy", "record", "--nonblocking", "-r", str(PROFILE_RATE), "-d"]
+        cmd += [str(int(cfg.profile)), "-f", "raw", "-o", str(path), "--pid", str(pid)]
+        spies.append(
+            (
+                name,
+                path,
+                subprocess.Popen(
+                    ["sh", "-c", 'sleep 1; exec "$@"', "-", *cmd],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ),
+            )
+        )
+    return spies
+
+
+def _finish_profiles(spies: list[tuple[str, Path, Any]], cfg: Config) -> dict[str, Any]:
+    from bench.grpc_bench import summarize_profile
+
+    out = {}
+    for name, path, proc in spies:
+        proc.wait(cfg.profile + 60)
+        prof = summarize_profile(path, cfg.profile, PROFILE_RATE, top=8)
+        out[name] = {"file": str(path), "pct_wall": prof["pct_wall"], "top": prof["functions"]}
+        log(f"  py-spy {name}: {prof['pct_wall']:.0f}% of a core busy; top own time:")
+        for row in prof["functions"][:6]:
+            log(f"    {row['pct_wall']:5.1f}%  {row['where']}")
+    return out
 
 
 def _figures(
