@@ -249,8 +249,7 @@ def setup_process_metrics(settings: Settings, role: str) -> None:
     directory = metrics_dir(settings)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    if not getattr(values.ValueClass, "_multiprocess", False):
-        values.ValueClass = values.MultiProcessValue()
+    values.ValueClass = values.MultiProcessValue()  # files opened on first use, in `directory`
     with _children_lock:
         _children.clear()
         for metric in ALL:

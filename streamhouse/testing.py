@@ -124,7 +124,12 @@ class Stack:
         self.grpc_port = free_port()
         self.kafka_port = free_port()
         self.sql_port = free_port()
-        base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMHOUSE_")}
+        self.metrics_port = free_port()
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("STREAMHOUSE_") and k != "PROMETHEUS_MULTIPROC_DIR"
+        }
         base.update(TEST_SETTINGS)
         base.update(
             {
@@ -132,6 +137,7 @@ class Stack:
                 "STREAMHOUSE_GRPC_LISTEN": f"127.0.0.1:{self.grpc_port}",
                 "STREAMHOUSE_KAFKA_LISTEN": f"127.0.0.1:{self.kafka_port}",
                 "STREAMHOUSE_SQL_LISTEN": f"127.0.0.1:{self.sql_port}",
+                "STREAMHOUSE_METRICS_LISTEN": f"127.0.0.1:{self.metrics_port}",
             }
         )
         base.update(env or {})
@@ -151,6 +157,11 @@ class Stack:
     def sql_address(self) -> str:
         """The sql service's gRPC address (statements, continuous queries)."""
         return f"127.0.0.1:{self.sql_port}"
+
+    @property
+    def metrics_address(self) -> str:
+        """The stack's one Prometheus scrape address (served by ingest at /metrics)."""
+        return f"127.0.0.1:{self.metrics_port}"
 
     @property
     def running(self) -> bool:
