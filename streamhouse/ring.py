@@ -105,6 +105,7 @@ from typing import Self
 
 import xxhash
 
+from streamhouse import metrics
 from streamhouse.doorbell import Doorbell, check_private
 
 __all__ = [
@@ -158,6 +159,9 @@ _ATTACH_TIMEOUT_S = 2.0
 _ATTACH_RETRY_S = 0.001
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+_SAMPLE_S = 1.0  # occupancy gauge: at most one sample a second per writer
 
 
 class RingError(Exception):
@@ -446,6 +450,11 @@ class RingWriter(_RingEnd):
         self.epoch: int = words[_W_WRITER_EPOCH] + 1
         words[_W_WRITER_EPOCH] = self.epoch
         self._queued = 0  # write() calls waiting for space in this process
+        # Occupancy gauge (streamhouse_ring_used_bytes{ring}), sampled by the writer at most
+        # every SAMPLE_S seconds on a write: one clock read per write, no timer.
+        self._used_gauge = metrics.child(metrics.RING_USED, name)
+        metrics.child(metrics.RING_CAPACITY, name).set(self._cap)
+        self._next_sample = 0.0
 
     def try_write(self, header: bytes, payload: bytes | bytearray | memoryview = b"") -> bool:
         """Publish one frame and ring the reader; return False (nothing written) if full.
@@ -496,6 +505,10 @@ class RingWriter(_RingEnd):
         # Publish only after every byte of the record is in place (rule 3).
         self._words[_W_HEAD] = head
         self._data_bell.ring()
+        now = time.monotonic()
+        if now >= self._next_sample:
+            self._next_sample = now + _SAMPLE_S
+            self._used_gauge.set(head - self._words[_W_TAIL])
         return True
 
     async def write(
