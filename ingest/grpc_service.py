@@ -610,6 +610,7 @@ async def start_grpc_server(
     slow_client_timeout_ms is dropped; pings are answered at most every 10 s without data
     (a ping flood ends the connection); a stream's HTTP/2 window stays at 1 MiB.
     """
+    pipeline.use_metadata(meta)  # names the topics of the per-topic metrics
     limit = settings.grpc_message_limit
     server = grpc.aio.server(
         options=[

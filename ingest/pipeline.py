@@ -44,6 +44,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from metadata.async_store import AsyncMetadata
 from streamhouse import metrics, rings
 from streamhouse.config import Settings
 from streamhouse.errors import ErrorCode, StreamHouseError, from_ring
@@ -141,17 +142,62 @@ class Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self._decode_ack = decoder_for(AckFrame).decode
         self._decode_response = decoder_for(FetchResponse).decode
-        # Topic id -> name for metric labels; callers that resolved a topic fill it
-        # (`name_topic`); an id not named yet is labelled "id:<n>".
+        # Topic id -> name for metric labels. Callers that resolved a topic fill it
+        # (`name_topic`); counts of an id not named yet wait in `_unnamed` until the namer
+        # task (started by `use_metadata`) looked the ids up off the loop.
         self.topic_names: dict[int, str] = {}
+        self._unnamed: dict[int, list[int]] = {}  # id -> [produced rec, bytes, fetched rec, bytes]
+        self._name_wanted = asyncio.Event()
+        self._meta: AsyncMetadata | None = None
 
     def name_topic(self, topic_id: int, name: str) -> None:
         """Records a topic's name for the per-topic metrics (one dict store)."""
         self.topic_names[topic_id] = name
 
-    def _topic_label(self, topic_id: int) -> str:
+    def use_metadata(self, meta: AsyncMetadata) -> None:
+        """Names topics of the per-topic metrics from metadata (a task, off the loop)."""
+        if self._meta is None:
+            self._meta = meta
+            self._tasks.append(spawn(self._name_topics(), "metrics topic namer"))
+
+    def _count_topic(self, topic_id: int, at: int, records: int, size: int) -> None:
         name = self.topic_names.get(topic_id)
-        return name if name is not None else f"id:{topic_id}"
+        if name is None:
+            pending = self._unnamed.setdefault(topic_id, [0, 0, 0, 0])
+            pending[at] += records
+            pending[at + 1] += size
+            self._name_wanted.set()
+            return
+        if at == 0:
+            metrics.child(metrics.PRODUCE_RECORDS, name).inc(records)
+            metrics.child(metrics.PRODUCE_BYTES, name).inc(size)
+        else:
+            metrics.child(metrics.FETCH_RECORDS, name).inc(records)
+            metrics.child(metrics.FETCH_BYTES, name).inc(size)
+
+    async def _name_topics(self) -> None:
+        assert self._meta is not None
+        while True:
+            await self._name_wanted.wait()
+            self._name_wanted.clear()
+            ids = [i for i in self._unnamed if i not in self.topic_names]
+            try:
+                found = await self._meta.topics_by_id(ids) if ids else {}
+            except Exception as exc:  # metadata down: keep the counts, try again later
+                log.warning("metrics: cannot name topics %s (%s); retrying in 5 s", ids, exc)
+                self._name_wanted.set()
+                await asyncio.sleep(5)
+                continue
+            for topic_id in ids:
+                info = found.get(topic_id)
+                # A topic deleted meanwhile keeps its id as the label.
+                self.topic_names[topic_id] = info.name if info is not None else f"id:{topic_id}"
+            pending, self._unnamed = self._unnamed, {}
+            for topic_id, (p_rec, p_bytes, f_rec, f_bytes) in pending.items():
+                if p_rec or p_bytes:
+                    self._count_topic(topic_id, 0, p_rec, p_bytes)
+                if f_rec or f_bytes:
+                    self._count_topic(topic_id, 2, f_rec, f_bytes)
 
     def _count_produced(
         self, slots: list[ProduceSlot], results: list[list[BatchOutcome]], protocol: str
@@ -170,9 +216,7 @@ class Pipeline:
                 elif outcome is not None and outcome.error is not None:
                     metrics.child(metrics.ERRORS, protocol, outcome.error.code.name).inc()
         for topic_id, count in records.items():
-            label = self._topic_label(topic_id)
-            metrics.child(metrics.PRODUCE_RECORDS, label).inc(count)
-            metrics.child(metrics.PRODUCE_BYTES, label).inc(sizes[topic_id])
+            self._count_topic(topic_id, 0, count, sizes[topic_id])
 
     def _count_fetched(self, response: FetchResponse) -> None:
         records: dict[int, int] = {}
@@ -182,9 +226,7 @@ class Pipeline:
                 records[part.topic_id] = records.get(part.topic_id, 0) + part.record_count
                 sizes[part.topic_id] = sizes.get(part.topic_id, 0) + part.length
         for topic_id, count in records.items():
-            label = self._topic_label(topic_id)
-            metrics.child(metrics.FETCH_RECORDS, label).inc(count)
-            metrics.child(metrics.FETCH_BYTES, label).inc(sizes[topic_id])
+            self._count_topic(topic_id, 2, count, sizes[topic_id])
 
     def _peer_epochs(self) -> tuple[int, int, int, int]:
         return (
@@ -195,7 +237,7 @@ class Pipeline:
         )
 
     def start(self) -> None:
-        self._tasks = [
+        self._tasks += [
             spawn(self._take_acks(), "ack-ring intake"),
             spawn(self._take_responses(), "fetch-response intake"),
             spawn(self._watch_peers(), "peer watchdog"),

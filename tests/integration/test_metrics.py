@@ -98,7 +98,16 @@ def test_counters_move_by_the_records_produced_and_consumed(stack: Stack) -> Non
     count = 500
     produce(stack, "metrics-a", count)
     assert consume(stack, "metrics-a", count) == count
-    after = scrape(stack)
+    # Ingest names a new topic's series off its loop: poll until the topic's label appears.
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        after = scrape(stack)
+        named = total(after, "streamhouse_fetch_records_total", topic="metrics-a")
+        if named == count or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert total(after, "streamhouse_produce_records_total", topic="metrics-a") == count
+    assert total(after, "streamhouse_fetch_records_total", topic="metrics-a") == count
 
     def moved(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)
@@ -132,6 +141,11 @@ def test_a_restarted_process_keeps_counting(stack: Stack) -> None:
     assert total(after, "streamhouse_process_starts_total") == (
         total(before, "streamhouse_process_starts_total") + 1
     )
+    deadline = time.monotonic() + DEADLINE_S
+    while total(after, "streamhouse_produce_records_total", topic="metrics-b") != 50:
+        assert time.monotonic() < deadline, "metrics-b's 50 records were never counted"
+        time.sleep(0.05)
+        after = scrape(stack)
     assert total(after, "streamhouse_produce_records_total") == (
         total(before, "streamhouse_produce_records_total") + 50
     )
