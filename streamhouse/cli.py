@@ -1,4 +1,6 @@
-"""`streamhouse` command: `streamhouse up` runs the whole stack (one agent) in the foreground.
+"""`streamhouse` command: `streamhouse up` runs the whole stack (one agent) in the foreground;
+`streamhouse status [--json]` shows it (streamhouse/status.py); `streamhouse clean` removes the
+shared-memory rings a killed stack left (the next start does too).
 
 It runs supervisord with the repo's supervisord.conf, with STREAMHOUSE_DATA_DIR made absolute
 and every other STREAMHOUSE_* variable passed through. Ctrl-C or SIGTERM stops every process.
@@ -57,6 +59,53 @@ def prepare_data_dir(settings: Settings) -> None:
                 f"(supervisord pid {pid}); stop it or use another STREAMHOUSE_DATA_DIR"
             )
     rings.unlink_all(settings)
+
+
+class _PreparedDataDir:
+    """The `streamhouse` XML-RPC namespace of supervisord: the data dir it prepared."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+
+    def getDataDir(self) -> str:  # noqa: N802 (XML-RPC method names are camelCase)
+        return self.data_dir
+
+
+def prepare_rpcinterface(supervisord: object, **config: str) -> _PreparedDataDir:
+    """supervisord's [rpcinterface:streamhouse] factory: called once supervisord holds its
+    socket (so no other supervisord runs on this data dir) and before any program starts.
+    Makes run/ and logs/ private and removes the rings a killed stack left, so a direct
+    `supervisord -c supervisord.conf` start reclaims them as `streamhouse up` does."""
+    settings = load_settings()
+    for path in (settings.data_path, settings.run_dir, settings.log_dir):
+        rings.make_private_dir(path)
+    rings.unlink_all(settings)
+    return _PreparedDataDir(str(settings.data_path))
+
+
+def clean(settings: Settings) -> int:
+    """`streamhouse clean`: removes the rings of the stack on this data dir, refused while its
+    supervisord runs."""
+    pid_file = settings.run_dir / "supervisord.pid"
+    if pid_file.exists():
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
+        else:
+            print(
+                f"streamhouse: error: the stack on {settings.data_path} is running (supervisord "
+                f"pid {pid}); stop it first",
+                file=sys.stderr,
+            )
+            return 1
+    from streamhouse.status import existing_rings
+
+    removed = existing_rings(settings)
+    rings.unlink_all(settings)
+    print(f"streamhouse: removed {len(removed)} ring(s) of {settings.data_path}", file=sys.stderr)
+    return 0
 
 
 def up(settings: Settings, env: dict[str, str] | None = None) -> int:
@@ -121,6 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser("up", help="start every process in the foreground under supervisord")
     )
     _add_setting_flags(sub.add_parser("config", help="print the effective settings as JSON"))
+    status_parser = sub.add_parser(
+        "status", help="programs, rings, object store and metadata health of the stack"
+    )
+    _add_setting_flags(status_parser)
+    status_parser.add_argument("--json", action="store_true", help="one JSON object")
+    _add_setting_flags(
+        sub.add_parser("clean", help="remove the shared-memory rings a killed stack left")
+    )
     args = parser.parse_args(argv)
     overrides = {field: getattr(args, field) for field, _ in FLAGS.values()}
     for flag, (field, _) in FLAGS.items():
@@ -138,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(msgspec.json.encode(settings).decode())
         return 0
+    if args.command == "status":
+        from streamhouse import status
+
+        return status.main(settings, args.json)
+    if args.command == "clean":
+        return clean(settings)
     return up(settings, env)
 
 

@@ -1,0 +1,201 @@
+"""`streamhouse status [--json]`: what a stack on a data dir is doing, read from the outside.
+
+- programs: supervisord's XML-RPC `supervisor.getAllProcessInfo` over its unix socket
+  (`<data_dir>/run/supervisor.sock`): state, pid and uptime in seconds; restarts are counted in
+  the program's log (supervisord keeps no count): its `starting` lines minus one.
+- rings: each ring's header in /dev/shm (see streamhouse/ring.py for the layout): capacity
+  (u64 at offset 16), head (u64 at 128) and tail (u64 at 256); used = head - tail.
+- object store: PUT then DELETE of a small probe object `_probe/status` (reachable, writable).
+- metadata: opens the metadata store (migrating it as every process does) and counts topics.
+
+JSON output (`--json`), one object::
+
+    {"data_dir": str, "supervisord": "running" | "not running",
+     "programs": {name: {"state": str, "pid": int, "uptime_s": int, "restarts": int}},
+     "rings": {name: {"capacity": int, "used": int, "occupancy": float} | null},
+     "object_store": {"url": str, "ok": bool, "error": str | null},
+     "metadata": {"target": str, "ok": bool, "error": str | null}}
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import pathlib
+import socket
+import struct
+import sys
+import xmlrpc.client
+from typing import Any
+
+from streamhouse import rings
+from streamhouse.config import Settings
+from streamhouse.ring import _shm_name
+
+_SHM_DIR = "/dev/shm"
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)
+        self.sock = sock
+
+
+class _UnixTransport(xmlrpc.client.Transport):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__()
+        self.path = path
+        self.timeout = timeout
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        return _UnixConnection(self.path, self.timeout)
+
+
+def supervisor_socket(settings: Settings) -> pathlib.Path:
+    return settings.run_dir / "supervisor.sock"
+
+
+def supervisor_proxy(settings: Settings, timeout: float = 5.0) -> xmlrpc.client.ServerProxy:
+    """supervisord's XML-RPC interface over the stack's unix socket."""
+    transport = _UnixTransport(str(supervisor_socket(settings)), timeout)
+    return xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=transport)
+
+
+def ring_shm_path(settings: Settings, name: str) -> str:
+    return os.path.join(_SHM_DIR, _shm_name(name, os.path.realpath(settings.run_dir)))
+
+
+def ring_state(settings: Settings, name: str) -> dict[str, Any] | None:
+    """A ring's capacity and bytes in flight from its header; None when it does not exist."""
+    try:
+        with open(ring_shm_path(settings, name), "rb") as f:
+            header = f.read(384)
+    except FileNotFoundError:
+        return None
+    if len(header) < 384 or header[:6] != b"SHRING":
+        return None
+    (capacity,) = struct.unpack_from("<Q", header, 16)
+    (head,) = struct.unpack_from("<Q", header, 128)
+    (tail,) = struct.unpack_from("<Q", header, 256)
+    used = max(head - tail, 0)
+    return {"capacity": capacity, "used": used, "occupancy": used / capacity if capacity else 0}
+
+
+def existing_rings(settings: Settings) -> list[str]:
+    return [n for n in rings.ALL if os.path.exists(ring_shm_path(settings, n))]
+
+
+def _restarts(settings: Settings, program: str) -> int:
+    """Starts of `program` logged in its log file (run_process logs `starting` once per
+    start) minus one."""
+    path = settings.log_dir / f"{program}.log"
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return 0
+    starts = sum(
+        1
+        for line in text.splitlines()
+        if f" {program} INFO {program}: starting" in line
+        or (f'"process": "{program}"' in line and '"msg": "starting' in line)
+    )
+    return max(starts - 1, 0)
+
+
+def programs(settings: Settings) -> dict[str, dict[str, Any]] | None:
+    """Every supervisord program's state; None when supervisord does not answer."""
+    try:
+        infos = supervisor_proxy(settings).supervisor.getAllProcessInfo()
+    except (OSError, xmlrpc.client.Error):
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for info in infos:
+        running = info["statename"] == "RUNNING"
+        out[info["name"]] = {
+            "state": info["statename"],
+            "pid": info["pid"],
+            "uptime_s": max(info["now"] - info["start"], 0) if running else 0,
+            "restarts": _restarts(settings, info["name"]),
+        }
+    return out
+
+
+def _check_object_store(settings: Settings) -> dict[str, Any]:
+    from streamhouse import objectstore
+
+    url = settings.object_store_url
+    try:
+        store = objectstore.open_object_store(url, settings.store_timeout_ms)
+        import asyncio
+
+        async def probe() -> None:
+            key = "_probe/status"
+            await objectstore.put(store, key, b"probe")
+            await objectstore.delete(store, key)
+
+        asyncio.run(asyncio.wait_for(probe(), settings.store_timeout_ms / 1000))
+    except Exception as exc:  # reported, not raised: status shows what is wrong
+        return {"url": str(url), "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {"url": str(url), "ok": True, "error": None}
+
+
+def _check_metadata(settings: Settings) -> dict[str, Any]:
+    from metadata.interface import open_store
+
+    target = settings.metadata_target
+    shown = str(target).split("@")[-1]  # no password in the output
+    try:
+        open_store(target).close()
+    except Exception as exc:  # reported, not raised
+        return {"target": shown, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {"target": shown, "ok": True, "error": None}
+
+
+def collect(settings: Settings) -> dict[str, Any]:
+    progs = programs(settings)
+    return {
+        "data_dir": str(settings.data_path),
+        "supervisord": "running" if progs is not None else "not running",
+        "programs": progs or {},
+        "rings": {name: ring_state(settings, name) for name in rings.ALL},
+        "object_store": _check_object_store(settings),
+        "metadata": _check_metadata(settings),
+    }
+
+
+def render(status: dict[str, Any]) -> str:
+    lines = [f"stack {status['data_dir']}: supervisord {status['supervisord']}"]
+    for name, p in sorted(status["programs"].items()):
+        lines.append(
+            f"  {name:<10} {p['state']:<9} pid {p['pid']:<7} up {p['uptime_s']}s "
+            f"restarts {p['restarts']}"
+        )
+    for name, r in status["rings"].items():
+        if r is not None:
+            lines.append(
+                f"  ring {name:<15} {r['used']}/{r['capacity']} bytes ({r['occupancy']:.1%})"
+            )
+    for key in ("object_store", "metadata"):
+        c = status[key]
+        where = c.get("url") or c.get("target")
+        lines.append(f"  {key.replace('_', ' ')} {where}: {'ok' if c['ok'] else c['error']}")
+    return "\n".join(lines)
+
+
+def main(settings: Settings, as_json: bool) -> int:
+    status = collect(settings)
+    print(json.dumps(status, indent=2) if as_json else render(status), file=sys.stdout)
+    healthy = (
+        status["supervisord"] == "running"
+        and all(p["state"] == "RUNNING" for p in status["programs"].values())
+        and status["object_store"]["ok"]
+        and status["metadata"]["ok"]
+    )
+    return 0 if healthy else 1

@@ -1,0 +1,102 @@
+"""supervisord started directly (as the README says) on a new data dir, `streamhouse status
+--json` on it, and `streamhouse clean` reclaiming the rings of a killed stack."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+from streamhouse.status import existing_rings, ring_shm_path
+from streamhouse.testing import PROGRAMS, SUPERVISORD_CONF, Stack, _alive, _descendants
+
+
+def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamhouse.cli", *args],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_direct_supervisord_status_and_clean(tmp_path: pathlib.Path) -> None:
+    data = tmp_path / "data"
+    # As the README says: supervisord needs the folders of its log, pid file and socket.
+    (data / "run").mkdir(parents=True)
+    (data / "logs").mkdir()
+    stack = Stack(data)
+    # A ring of another stack (another data dir) must survive this stack's clean.
+    other = Stack(tmp_path / "other")
+    other_ring = ring_shm_path(other.settings, "produce")
+    pathlib.Path(other_ring).write_bytes(b"\0" * 512)
+    # A ring a killed stack left on this data dir (here: junk) is reclaimed by the next start.
+    pathlib.Path(ring_shm_path(stack.settings, "produce")).write_bytes(b"\1" * 512)
+    try:
+        stack.proc = subprocess.Popen(
+            ["supervisord", "-c", str(SUPERVISORD_CONF)],
+            env=stack.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=tmp_path,
+        )
+        stack.wait_ready(90)
+        assert (data / "run").stat().st_mode & 0o777 == 0o700
+        assert (data / "logs" / "ingest.log").stat().st_size > 0
+
+        out = cli(stack, "status", "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        status = json.loads(out.stdout)
+        assert status["supervisord"] == "running"
+        assert set(status["programs"]) == set(PROGRAMS)
+        for name, program in status["programs"].items():
+            assert program["state"] == "RUNNING", (name, program)
+            assert program["pid"] > 0 and program["restarts"] == 0
+        assert status["object_store"]["ok"] and status["metadata"]["ok"]
+        produce = status["rings"]["produce"]
+        assert produce["capacity"] == int(stack.env["STREAMHOUSE_PRODUCE_RING_BYTES"])
+        assert 0 <= produce["used"] <= produce["capacity"]
+
+        killed_pid = stack.kill("segmenter")
+        stack.wait_restarted("segmenter", killed_pid)
+        stack.wait_ready(60)
+        status = json.loads(cli(stack, "status", "--json").stdout)
+        assert status["programs"]["segmenter"]["pid"] != killed_pid
+        assert status["programs"]["segmenter"]["restarts"] == 1
+
+        refused = cli(stack, "clean")
+        assert refused.returncode == 1 and "running" in refused.stderr
+
+        # Killed outside `streamhouse up` and Stack (which would unlink the rings itself).
+        assert stack.proc is not None
+        victims = [stack.proc.pid, *_descendants(stack.proc.pid)]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stack.proc.wait(30)
+        stack.proc = None
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in victims):
+            assert time.monotonic() < deadline, f"{victims} still alive after SIGKILL"
+            time.sleep(0.05)
+        left = existing_rings(stack.settings)
+        assert left, "a killed stack leaves its rings"
+        cleaned = cli(stack, "clean")
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert f"removed {len(left)} ring(s)" in cleaned.stderr
+        assert existing_rings(stack.settings) == []
+        assert os.path.exists(other_ring)
+
+        down = cli(stack, "status", "--json")
+        assert down.returncode == 1
+        assert json.loads(down.stdout)["supervisord"] == "not running"
+    finally:
+        stack.stop()
+        pathlib.Path(other_ring).unlink(missing_ok=True)
