@@ -15,12 +15,18 @@ from ingest.kafka.broker import KafkaBroker
 from ingest.pipeline import Pipeline
 from metadata.async_store import AsyncMetadata
 from streamhouse.config import Settings
-from streamhouse.process import run_process, spawn
+from streamhouse.process import check_ports_free, run_process, spawn, wait_for_object_store
 
 log = logging.getLogger("ingest")
 
 
 async def run_ingest(settings: Settings, stop: asyncio.Event) -> None:
+    # Startup checks: the listen ports are free (else one line naming the setting, exit 1);
+    # the object store takes a probe object (until it does, one line naming the setting and
+    # no listener: nothing accepts produces it cannot store; retried with backoff).
+    check_ports_free(settings, ("grpc_listen", "kafka_listen"))
+    if not await wait_for_object_store(settings, "ingest", stop):
+        return
     meta = await AsyncMetadata.open(
         settings.metadata_target, forbid_loop_calls=settings.debug_loop_calls
     )

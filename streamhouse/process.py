@@ -41,6 +41,8 @@ from streamhouse.config import ConfigError, Settings, load_settings
 
 __all__ = [
     "TaskSupervisor",
+    "check_ports_free",
+    "wait_for_object_store",
     "configure_logging",
     "describe_failure",
     "run_process",
@@ -136,6 +138,99 @@ def configure_logging(process: str, level: str, log_format: str = "text") -> Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+def check_ports_free(settings: Settings, fields: tuple[str, ...]) -> None:
+    """Startup check: each listen setting in `fields` ("grpc_listen", ...) can be bound; else
+    raises SystemExit naming the setting to fix (one log line, exit 1: supervisord retries)."""
+    import socket
+
+    for field in fields:
+        value = str(getattr(settings, field))
+        host, _, port = value.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, int(port)))
+            except OSError as exc:
+                log.error(
+                    "%s %s cannot be bound (%s): another program holds it; stop it or set "
+                    "STREAMHOUSE_%s",
+                    field,
+                    value,
+                    exc.strerror or exc,
+                    field.upper(),
+                )
+                raise SystemExit(1) from None
+
+
+async def probe_object_store(settings: Settings, role: str) -> None:
+    """PUT + GET + DELETE of a small probe object under `_probe/`; raises what the store
+    raised."""
+    from streamhouse import objectstore
+
+    store = objectstore.open_object_store(settings.object_store_url, settings.store_timeout_ms)
+    key = f"_probe/{role}-{os.getpid()}"
+    body = f"streamhouse startup probe of {role}".encode()
+
+    async def probe() -> None:
+        await objectstore.put(store, key, body)
+        got = await objectstore.get(store, key)
+        if bytes(got) != body:
+            raise RuntimeError("the probe object read back differs from what was written")
+        await objectstore.delete(store, key)
+
+    await asyncio.wait_for(probe(), settings.store_timeout_ms / 1000)
+
+
+def _failure_kinds(exc: BaseException) -> str:
+    """The exception types of `exc`'s cause chain, e.g. "GenericError<-OSError"."""
+    kinds = []
+    current: BaseException | None = exc
+    while current is not None and len(kinds) < 8:
+        kinds.append(type(current).__name__)
+        current = current.__cause__ or current.__context__
+    return "<-".join(kinds)
+
+
+async def wait_for_object_store(
+    settings: Settings, role: str, stop: asyncio.Event, max_backoff_s: float = 30.0
+) -> bool:
+    """Startup check: retries `probe_object_store` with backoff (0.5 s doubling to
+    `max_backoff_s`) until it passes (True) or `stop` is set (False). The first failure, and
+    each change of its cause, is one ERROR line naming the setting to fix; repeats are DEBUG."""
+    delay = 0.5
+    last = ""
+    while not stop.is_set():
+        try:
+            await probe_object_store(settings, role)
+        except Exception as exc:  # any failure of the store is reported, then retried
+            cause = describe_failure(exc).split(" (at ")[0]
+            # The same failure again (its text differs in timings and request ids) is DEBUG.
+            kind = _failure_kinds(exc)
+            if kind != last:
+                log.error(
+                    "object store %s is not usable: %s; set STREAMHOUSE_OBJECT_STORE to a "
+                    "reachable, writable store (retrying every %.0f s at most)",
+                    settings.object_store_url,
+                    cause,
+                    max_backoff_s,
+                )
+                last = kind
+            else:
+                log.debug("object store still not usable: %s", cause)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, max_backoff_s)
+            continue
+        if last:
+            log.info("object store %s is usable again", settings.object_store_url)
+        return True
+    return False
 
 
 class TaskSupervisor:
