@@ -15,6 +15,7 @@ from ingest.kafka.broker import KafkaBroker
 from ingest.pipeline import Pipeline
 from metadata.async_store import AsyncMetadata
 from streamhouse.config import Settings
+from streamhouse.metrics import start_metrics_endpoint
 from streamhouse.process import check_ports_free, run_process, spawn, wait_for_object_store
 
 log = logging.getLogger("ingest")
@@ -24,7 +25,10 @@ async def run_ingest(settings: Settings, stop: asyncio.Event) -> None:
     # Startup checks: the listen ports are free (else one line naming the setting, exit 1);
     # the object store takes a probe object (until it does, one line naming the setting and
     # no listener: nothing accepts produces it cannot store; retried with backoff).
-    check_ports_free(settings, ("grpc_listen", "kafka_listen"))
+    ports = ("grpc_listen", "kafka_listen")
+    check_ports_free(settings, (*ports, "metrics_listen") if settings.metrics_enabled else ports)
+    # The stack's one Prometheus scrape address (every process's metric files).
+    start_metrics_endpoint(settings)
     if not await wait_for_object_store(settings, "ingest", stop):
         return
     meta = await AsyncMetadata.open(

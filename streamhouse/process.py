@@ -305,6 +305,9 @@ def run_process(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[N
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(name, settings.log_level, settings.log_format)
+    from streamhouse.metrics import setup_process_metrics
+
+    setup_process_metrics(settings, name)  # before any metric is touched
     plog = logging.getLogger(name)
 
     async def runner() -> None:
