@@ -1277,6 +1277,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     storage.set_defaults(func=_cmd_storage)
 
+    # status: handled by main() before parsing (streamhouse status); listed for --help.
+    commands.add_parser(
+        "status",
+        help="streamctl status [--json]: programs, rings, object store and metadata of the "
+        "stack on the STREAMHOUSE_* environment's data dir (as streamhouse status)",
+    )
+
     # sql: handled by main() before parsing (its arguments are sql.__main__'s); listed here
     # for --help.
     commands.add_parser(
@@ -1304,6 +1311,8 @@ def main(argv: list[str] | None = None) -> int:
         i += 2
     if argv[i : i + 1] == ["sql"]:
         return _sql(argv[i + 1 :])
+    if argv[i : i + 1] == ["status"]:
+        return _status(argv[i + 1 :])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -1367,6 +1376,14 @@ def _sql(argv: list[str]) -> int:
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 0
     return 0
+
+
+def _status(argv: list[str]) -> int:
+    """``streamctl status [--json]``: ``streamhouse status`` of the stack the ``STREAMHOUSE_*``
+    environment names (its data dir's supervisord, rings, object store and metadata)."""
+    from streamhouse.cli import main as streamhouse_main
+
+    return streamhouse_main(["status", *argv])
 
 
 def _silence_stdout() -> None:

@@ -64,6 +64,16 @@ def test_direct_supervisord_status_and_clean(tmp_path: pathlib.Path) -> None:
         assert produce["capacity"] == int(stack.env["STREAMHOUSE_PRODUCE_RING_BYTES"])
         assert 0 <= produce["used"] <= produce["capacity"]
 
+        via_streamctl = subprocess.run(
+            [sys.executable, "-m", "streamhouse.streamctl", "status", "--json"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert via_streamctl.returncode == 0, via_streamctl.stderr
+        assert set(json.loads(via_streamctl.stdout)["programs"]) == set(PROGRAMS)
+
         killed_pid = stack.kill("segmenter")
         stack.wait_restarted("segmenter", killed_pid)
         stack.wait_ready(60)
