@@ -124,6 +124,9 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--queries", default="q0,q1,q2,q3,q4,q5,q7,q8")
     plan.add_argument("--seed", type=_seed, default=0)
     plan.add_argument("--json", action="store_true", help="print the report as JSON")
+    commands.add_parser(
+        "pyflink", help="the queries on PyFlink beside StreamHouse (pyflink_bench.py --help)"
+    )
     run = commands.add_parser(
         "run", help="the queries end to end on a stack of their own (run_bench.py)"
     )
@@ -398,6 +401,11 @@ def _produce(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["pyflink"]:
+        from .pyflink_bench import main as pyflink_main
+
+        return pyflink_main(argv[1:])
     top = parser()
     args = top.parse_args(argv)
     if args.command == "plan":

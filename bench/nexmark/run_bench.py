@@ -80,7 +80,10 @@ def run_end_to_end(
     from sql.service_client import SqlClient
     from streamhouse.testing import Stack
 
-    root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="nexmark-run-"))
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="nexmark-run-") as scratch:
+            return run_end_to_end(events, rate, queries, partitions, check, scratch, seed)
+    root = Path(keep)
     report: list[dict[str, Any]] = []
     env = {"STREAMHOUSE_SQL_CHECKPOINT_INTERVAL_MS": "1000"}
     with Stack(root / "data", env=env) as stack:
