@@ -39,6 +39,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
+import xxhash
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
@@ -232,8 +233,13 @@ def child(metric: MetricWrapperBase, *labels: str) -> Any:
 
 
 def metrics_dir(settings: Settings) -> pathlib.Path:
-    """Where every process of the stack writes its metric files."""
-    return settings.run_dir / "metrics"
+    """Where every process of the stack writes its metric files: a folder in /dev/shm named
+    by a hash of the stack's run dir (like its rings). Not on the data dir's filesystem:
+    prometheus-client writes through mmap, and a page written on a full filesystem is a
+    SIGBUS that would kill the process (a full data dir must only fail produces, retriably)."""
+    run_dir = os.path.realpath(str(settings.run_dir))
+    digest = xxhash.xxh64(f"{run_dir}\0metrics".encode()).hexdigest()
+    return pathlib.Path("/dev/shm") / f"streamhouse-metrics-{digest}"
 
 
 def setup_process_metrics(settings: Settings, role: str) -> None:

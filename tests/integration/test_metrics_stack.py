@@ -6,7 +6,6 @@ counters keep their totals and go on counting.
 
 from __future__ import annotations
 
-import pathlib
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamhouse import metrics
 from streamhouse.testing import Stack
 
 DEADLINE_S = 30.0
@@ -149,5 +149,5 @@ def test_a_restarted_process_keeps_counting(stack: Stack) -> None:
     assert total(after, "streamhouse_produce_records_total") == (
         total(before, "streamhouse_produce_records_total") + 50
     )
-    metrics_dir = pathlib.Path(stack.settings.run_dir) / "metrics"
+    metrics_dir = metrics.metrics_dir(stack.settings)
     assert any(metrics_dir.glob(f"counter_{old}.db"))

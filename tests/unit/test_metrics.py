@@ -110,7 +110,7 @@ def test_processes_are_summed_and_dead_gauges_forgotten(tmp_path: pathlib.Path) 
     # Both children exited: their live gauges are gone from the scrape.
     assert ("streamhouse_connections", (("listener", "kafka"),)) not in samples
     assert ("streamhouse_process_up", (("role", "uploader"),)) not in samples
-    assert not list((tmp_path / "run" / "metrics").glob("gauge_live*"))
+    assert not list(metrics.metrics_dir(settings).glob("gauge_live*"))
 
 
 def test_live_gauges_of_a_running_process_are_served(tmp_path: pathlib.Path) -> None:
@@ -155,7 +155,7 @@ def test_disabled_is_a_no_op(tmp_path: pathlib.Path) -> None:
     metrics.start_metrics_endpoint(settings)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
-    assert not (tmp_path / "run" / "metrics").exists()
+    assert not metrics.metrics_dir(settings).exists()
 
 
 def test_busy_port_names_the_setting(tmp_path: pathlib.Path) -> None:
