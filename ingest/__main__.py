@@ -23,14 +23,16 @@ log = logging.getLogger("ingest")
 
 async def run_ingest(settings: Settings, stop: asyncio.Event) -> None:
     # Startup checks: the listen ports are free (else one line naming the setting, exit 1);
-    # the object store takes a probe object (until it does, one line naming the setting and
-    # no listener: nothing accepts produces it cannot store; retried with backoff).
+    # the object store takes a probe object (until it does, one line naming the setting;
+    # retried with backoff in the background).
     ports = ("grpc_listen", "kafka_listen")
     check_ports_free(settings, (*ports, "metrics_listen") if settings.metrics_enabled else ports)
     # The stack's one Prometheus scrape address (every process's metric files).
     start_metrics_endpoint(settings)
-    if not await wait_for_object_store(settings, "ingest", stop):
-        return
+    # The probe runs beside the listeners: while the store is unusable produces are answered
+    # UNAVAILABLE with the reason (the uploader's own retries), and the probe's one line says
+    # which setting to fix.
+    spawn(wait_for_object_store(settings, "ingest", stop), "object store probe", forever=False)
     meta = await AsyncMetadata.open(
         settings.metadata_target, forbid_loop_calls=settings.debug_loop_calls
     )

@@ -50,10 +50,6 @@ def test_bucket_name_s3_rejects(tmp_path: pathlib.Path, request: pytest.FixtureR
         lines = wait_for_line(log, "object store s3://Bad_Bucket is not usable")
         assert "set STREAMHOUSE_OBJECT_STORE" in lines[0]
         assert "\n" not in lines[0] and "Traceback" not in log.read_text()
-        assert health_unusable(stack.grpc_address)
-        # Still refusing while it retries: the Kafka port takes no connection.
-        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", stack.kafka_port), 1):
-            pass
         assert len(wait_for_line(log, "object store s3://Bad_Bucket is not usable")) == 1
     finally:
         stack.stop()
