@@ -92,6 +92,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .cli import _positive, _seed
+
 __all__ = [
     "STREAMS",
     "check_rows",
@@ -112,26 +114,6 @@ NO_WATERMARK_MS = 2**62  # the watermark after a bounded source's end: every win
 
 
 # ------------------------------------------------------------------ arguments
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"seed must be 0 .. 2**63 - 1: {value}")
-    return value
 
 
 def _queries(text: str) -> list[str]:
