@@ -92,6 +92,20 @@ ADVERTISED: dict[int, tuple[str, int, int]] = {
     75: ("DescribeTopicPartitions", 0, 0),
 }
 
+
+def _area_apis() -> dict[int, tuple[str, int, int, Any]]:
+    """The APIs of the areas that register themselves (api_txn, api_security, api_acls): each
+    module's ``APIS`` maps an API key to (name, lowest, highest version, handler)."""
+    from ingest.kafka import api_acls, api_security, api_txn
+
+    merged: dict[int, tuple[str, int, int, Any]] = {}
+    for module in (api_txn, api_security, api_acls):
+        merged.update(module.APIS)
+    return merged
+
+
+ADVERTISED.update({key: (name, lo, hi) for key, (name, lo, hi, _) in _area_apis().items()})
+
 Handler = Callable[["KafkaBroker", RequestHeader, Any], Awaitable[Any]]
 
 
@@ -352,4 +366,4 @@ def _handlers() -> dict[int, Handler]:
         47: api_groups.offset_delete,
         60: api_cluster.describe_cluster,
         75: api_cluster.describe_topic_partitions,
-    }
+    } | {key: handler for key, (_, _, _, handler) in _area_apis().items()}

@@ -1,0 +1,11 @@
+"""Authentication: SASL handshake and authentication, SCRAM credential administration.
+
+``APIS`` maps an API key to (name, lowest and highest advertised version, handler); the broker
+merges it into what it advertises and dispatches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+APIS: dict[int, tuple[str, int, int, Any]] = {}
