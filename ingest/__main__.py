@@ -13,10 +13,11 @@ from ingest.cluster import Membership
 from ingest.grpc_service import start_grpc_server
 from ingest.kafka.broker import KafkaBroker
 from ingest.pipeline import Pipeline
+from ingest.serving import ServingMonitor
 from metadata.async_store import AsyncMetadata
 from streamhouse.config import Settings
 from streamhouse.metrics import start_metrics_endpoint
-from streamhouse.process import check_ports_free, run_process, spawn, wait_for_object_store
+from streamhouse.process import check_ports_free, run_process, spawn
 
 log = logging.getLogger("ingest")
 
@@ -29,10 +30,11 @@ async def run_ingest(settings: Settings, stop: asyncio.Event) -> None:
     check_ports_free(settings, (*ports, "metrics_listen") if settings.metrics_enabled else ports)
     # The stack's one Prometheus scrape address (every process's metric files).
     start_metrics_endpoint(settings)
-    # The probe runs beside the listeners: while the store is unusable produces are answered
-    # UNAVAILABLE with the reason (the uploader's own retries), and the probe's one line says
-    # which setting to fix.
-    spawn(wait_for_object_store(settings, "ingest", stop), "object store probe", forever=False)
+    # The probe runs beside the listeners (ingest/serving.py): while the store is unusable the
+    # health check says NOT_SERVING, produces are answered UNAVAILABLE with the reason (the
+    # uploader's own retries), and the probe's one line says which setting to fix.
+    serving = ServingMonitor(settings)
+    spawn(serving.run(stop), "object store probe", forever=False)
     meta = await AsyncMetadata.open(
         settings.metadata_target, forbid_loop_calls=settings.debug_loop_calls
     )
@@ -45,7 +47,7 @@ async def run_ingest(settings: Settings, stop: asyncio.Event) -> None:
     try:
         pipeline = Pipeline(settings)
         pipeline.start()
-        server = await start_grpc_server(settings, meta, pipeline, cluster)
+        server = await start_grpc_server(settings, meta, pipeline, cluster, serving)
         kafka = KafkaBroker(settings, meta, pipeline, cluster)
         await kafka.start()
         log.info(

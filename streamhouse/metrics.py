@@ -97,6 +97,13 @@ PROCESS_UP = _gauge(
     "streamhouse_process_up", "1 while a process of this role is running.", ["role"], "livemax"
 )
 
+SERVING = _gauge(
+    "streamhouse_serving",
+    "1 while the process's health check says SERVING (ingest: the object store is usable).",
+    ["role"],
+    "livemax",
+)
+
 # --- produce (ingest) ---------------------------------------------------------------------
 PRODUCE_REQUESTS = _counter(
     "streamhouse_produce_requests_total",
@@ -113,6 +120,15 @@ PRODUCE_LATENCY = _histogram(
     "streamhouse_produce_latency_seconds",
     "Produce latency from admission in ingest to its ack, per request.",
     ["protocol"],
+    LATENCY_BUCKETS,
+)
+
+PRODUCE_STAGE = _histogram(
+    "streamhouse_produce_stage_seconds",
+    "Parts of produce latency: ring_wait (admission in ingest to the segmenter taking the "
+    "frame, per frame), seal (frame taken to its segment sealed, per frame), put (a segment's "
+    "upload with its retries, per segment), commit (its metadata commit, per segment).",
+    ["stage"],
     LATENCY_BUCKETS,
 )
 

@@ -7,6 +7,8 @@
   (u64 at offset 16), head (u64 at 128) and tail (u64 at 256); used = head - tail.
 - object store: PUT then DELETE of a small probe object `_probe/status` (reachable, writable).
 - metadata: opens the metadata store (migrating it as every process does) and counts topics.
+- serving: ingest's gRPC health check (`grpc_listen`, service "") and, when it is not SERVING,
+  the reason ingest wrote to `<data_dir>/run/serving.json` (ingest/serving.py).
 
 JSON output (`--json`), one object::
 
@@ -14,7 +16,9 @@ JSON output (`--json`), one object::
      "programs": {name: {"state": str, "pid": int, "uptime_s": int, "restarts": int}},
      "rings": {name: {"capacity": int, "used": int, "occupancy": float} | null},
      "object_store": {"url": str, "ok": bool, "error": str | null},
-     "metadata": {"target": str, "ok": bool, "error": str | null}}
+     "metadata": {"target": str, "ok": bool, "error": str | null},
+     "serving": {"status": "SERVING" | "NOT_SERVING" | "UNKNOWN" | "UNREACHABLE",
+                 "reason": str | null}}
 """
 
 from __future__ import annotations
@@ -158,6 +162,33 @@ def _check_metadata(settings: Settings) -> dict[str, Any]:
     return {"target": shown, "ok": True, "error": None}
 
 
+def _check_serving(settings: Settings) -> dict[str, Any]:
+    """Ingest's health check, and the reason it gave for not serving."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    host, _, port = settings.grpc_listen.rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    try:
+        from streamhouse.tls import local_grpc_channel  # TLS per the settings
+
+        with local_grpc_channel(settings, f"{host}:{port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=3
+            )
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    except grpc.RpcError as exc:
+        return {"status": "UNREACHABLE", "reason": f"ingest's health check: {exc.code().name}"}
+    reason = None
+    if status != "SERVING":
+        from ingest.serving import read_state_file
+
+        state = read_state_file(settings)
+        reason = str(state["reason"]) if state and state.get("reason") else None
+    return {"status": status, "reason": reason}
+
+
 def collect(settings: Settings) -> dict[str, Any]:
     progs = programs(settings)
     return {
@@ -167,6 +198,9 @@ def collect(settings: Settings) -> dict[str, Any]:
         "rings": {name: ring_state(settings, name) for name in rings.ALL},
         "object_store": _check_object_store(settings),
         "metadata": _check_metadata(settings),
+        "serving": _check_serving(settings)
+        if progs is not None
+        else {"status": "UNREACHABLE", "reason": "supervisord is not running"},
     }
 
 
@@ -186,6 +220,9 @@ def render(status: dict[str, Any]) -> str:
         c = status[key]
         where = c.get("url") or c.get("target")
         lines.append(f"  {key.replace('_', ' ')} {where}: {'ok' if c['ok'] else c['error']}")
+    serving = status["serving"]
+    reason = f": {serving['reason']}" if serving["reason"] else ""
+    lines.append(f"  health {serving['status']}{reason}")
     return "\n".join(lines)
 
 
@@ -197,5 +234,6 @@ def main(settings: Settings, as_json: bool) -> int:
         and all(p["state"] == "RUNNING" for p in status["programs"].values())
         and status["object_store"]["ok"]
         and status["metadata"]["ok"]
+        and status["serving"]["status"] == "SERVING"
     )
     return 0 if healthy else 1
