@@ -19,8 +19,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ingest.cluster import ClusterView
+from ingest.grpc_auth import AuthenticationFailed, GrpcAuthenticator
 from ingest.pipeline import Pipeline
 from ingest.produce import Partitioner, ProduceRejected, plan_produce
+from ingest.serving import ServingMonitor
 from metadata import (
     AgentInfo,
     InvalidTopicError,
@@ -32,9 +34,16 @@ from metadata.async_store import AsyncMetadata
 from streamhouse.config import Settings
 from streamhouse.errors import StreamHouseError, from_ring
 from streamhouse.frames import FORMAT_RECORDS, FetchPart, FetchRequest
+from streamhouse.principal import current_principal
 from streamhouse.proto import streamhouse_pb2 as pb
 from streamhouse.record_wire import consume_response_tail
-from streamhouse.topic_config import TopicConfigError, effective_config, validate_topic_config
+from streamhouse.tls import grpc_server_credentials
+from streamhouse.topic_config import (
+    REPLICA_ASSIGNMENT,
+    TopicConfigError,
+    effective_config,
+    validate_topic_config,
+)
 
 log = logging.getLogger("ingest.grpc")
 
@@ -42,6 +51,10 @@ SERVICE = "streamhouse.v1.StreamHouse"
 DEFAULT_MAX_RECORDS = 10_000
 DEFAULT_MAX_BYTES = 1024 * 1024
 SUBSCRIBE_WAIT_MS = 1_000
+_ASSIGNMENT_READ_ONLY = (
+    f"{REPLICA_ASSIGNMENT} records the replica assignment a Kafka CreateTopics or "
+    "CreatePartitions request was given; it cannot be set or removed as a config"
+)
 
 
 class StreamHouseService:
@@ -57,6 +70,7 @@ class StreamHouseService:
         self.pipeline = pipeline
         self.cluster = cluster
         self.partitioner = Partitioner()
+        self.authenticator = GrpcAuthenticator(settings, meta)  # ingest/grpc_auth.py
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -65,6 +79,15 @@ class StreamHouseService:
         if topic is None:
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"topic {name!r} does not exist")
         return topic
+
+    def _effective_config(self, config: dict[str, str]) -> dict[str, str]:
+        """Every topic config key with its value: the topic's own, or what this agent applies
+        (max.message.bytes not set on the topic is the max_batch_bytes setting, as Kafka's
+        DescribeConfigs reports it from message.max.bytes)."""
+        effective = effective_config(config)
+        if "max.message.bytes" not in config:
+            effective["max.message.bytes"] = str(self.settings.max_batch_bytes)
+        return effective
 
     async def _topic_message(self, topic: TopicInfo) -> pb.Topic:
         parts = [
@@ -78,7 +101,7 @@ class StreamHouseService:
         return pb.Topic(
             name=topic.name,
             partitions=topic.partitions,
-            config=effective_config(topic.config),
+            config=self._effective_config(topic.config),
             topic_id=topic.uuid.hex(),
             partition_info=parts,
         )
@@ -89,6 +112,8 @@ class StreamHouseService:
         self, request: pb.CreateTopicRequest, context: Any
     ) -> pb.CreateTopicResponse:
         partitions = request.partitions or self.settings.default_partitions
+        if REPLICA_ASSIGNMENT in request.config:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, _ASSIGNMENT_READ_ONLY)
         try:
             config = validate_topic_config(dict(request.config))
             # Metadata writes wait for SQLite's lock and an fsync: not on the event loop.
@@ -120,6 +145,11 @@ class StreamHouseService:
         topic's stored config, as IncrementalAlterConfigs SET and DELETE, in one metadata
         transaction (alterations of other keys at the same moment all stay); the whole new
         config is validated before anything is stored."""
+        if (
+            REPLICA_ASSIGNMENT in request.set_entries
+            or REPLICA_ASSIGNMENT in request.delete_entries
+        ):
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, _ASSIGNMENT_READ_ONLY)
         both = sorted(set(request.set_entries) & set(request.delete_entries))
         if both:
             raise _Abort(
@@ -144,7 +174,7 @@ class StreamHouseService:
         message = await self._topic_message(topic)
         if request.validate_only:
             message.config.clear()
-            message.config.update(effective_config(topic.config))
+            message.config.update(self._effective_config(topic.config))
         return pb.AlterTopicConfigResponse(topic=message)
 
     async def DeleteTopic(
@@ -518,9 +548,22 @@ def _retrieve_outcome(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def _wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+async def _authenticate(auth: GrpcAuthenticator | None, context: Any) -> None:
+    """Sets the call's principal (ingest/grpc_auth.py); UNAUTHENTICATED when there is none."""
+    if auth is None:
+        return
+    try:
+        current_principal.set(await auth.principal(context))
+    except AuthenticationFailed as exc:
+        raise _Abort(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
+
+
+def _wrap_unary(
+    fn: Callable[..., Awaitable[Any]], auth: GrpcAuthenticator | None = None
+) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            await _authenticate(auth, context)
             _refuse_malformed(request)
             return await fn(request, context)
         except _Abort as exc:
@@ -534,9 +577,12 @@ def _wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[An
     return handler
 
 
-def _wrap_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    fn: Callable[..., AsyncIterator[Any]], auth: GrpcAuthenticator | None = None
+) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
+            await _authenticate(auth, context)
             _refuse_malformed(request)
             async for item in fn(request, context):
                 yield item
@@ -556,6 +602,7 @@ def _identity(data: bytes) -> bytes:
 
 
 def method_handlers(service: StreamHouseService) -> grpc.GenericRpcHandler:
+    auth = service.authenticator
     unary = {
         "CreateTopic": (pb.CreateTopicRequest, pb.CreateTopicResponse),
         "GetTopic": (pb.GetTopicRequest, pb.GetTopicResponse),
@@ -572,24 +619,24 @@ def method_handlers(service: StreamHouseService) -> grpc.GenericRpcHandler:
     }
     handlers: dict[str, grpc.RpcMethodHandler] = {
         name: grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(getattr(service, name)),
+            _wrap_unary(getattr(service, name), auth),
             request_deserializer=_parser(req),
             response_serializer=resp.SerializeToString,
         )
         for name, (req, resp) in unary.items()
     }
     handlers["Consume"] = grpc.unary_unary_rpc_method_handler(
-        _wrap_unary(service.Consume),
+        _wrap_unary(service.Consume, auth),
         request_deserializer=_parser(pb.ConsumeRequest),
         response_serializer=_identity,
     )
     handlers["Subscribe"] = grpc.unary_stream_rpc_method_handler(
-        _wrap_stream(service.Subscribe),
+        _wrap_stream(service.Subscribe, auth),
         request_deserializer=_parser(pb.SubscribeRequest),
         response_serializer=_identity,
     )
     handlers["ProduceStream"] = grpc.stream_stream_rpc_method_handler(
-        _wrap_stream(service.ProduceStream),
+        _wrap_stream(service.ProduceStream, auth),
         request_deserializer=_parser(pb.ProduceBatchRequest),
         response_serializer=pb.ProduceBatchResponse.SerializeToString,
     )
@@ -597,7 +644,11 @@ def method_handlers(service: StreamHouseService) -> grpc.GenericRpcHandler:
 
 
 async def start_grpc_server(
-    settings: Settings, meta: AsyncMetadata, pipeline: Pipeline, cluster: ClusterView
+    settings: Settings,
+    meta: AsyncMetadata,
+    pipeline: Pipeline,
+    cluster: ClusterView,
+    serving: ServingMonitor | None = None,
 ) -> grpc.aio.Server:
     """Starts the gRPC server on settings.grpc_listen with health and reflection on.
 
@@ -608,7 +659,9 @@ async def start_grpc_server(
     connection with no RPC for grpc_idle_timeout_ms is closed with GOAWAY (clients reconnect
     on their next call); a connection that does not finish its HTTP/2 handshake within
     slow_client_timeout_ms is dropped; pings are answered at most every 10 s without data
-    (a ping flood ends the connection); a stream's HTTP/2 window stays at 1 MiB.
+    (a ping flood ends the connection); a stream's HTTP/2 window stays at 1 MiB. With
+    `serving`, the health status is the monitor's (NOT_SERVING while the object store is
+    unusable); without it, SERVING.
     """
     pipeline.use_metadata(meta)  # names the topics of the per-topic metrics
     limit = settings.grpc_message_limit
@@ -640,10 +693,18 @@ async def start_grpc_server(
     reflection.enable_server_reflection(
         (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(settings.grpc_listen)
+    # TLS (and mTLS) per the settings; the health service is served without a token.
+    credentials = grpc_server_credentials(settings)
+    if credentials is None:
+        bound = server.add_insecure_port(settings.grpc_listen)
+    else:
+        bound = server.add_secure_port(settings.grpc_listen, credentials)
     if bound == 0:
         raise OSError(f"cannot listen on {settings.grpc_listen} (STREAMHOUSE_GRPC_LISTEN): in use?")
     await server.start()
+    if serving is not None:  # health follows the object store (ingest/serving.py)
+        await serving.attach(health_servicer, SERVICE)
+        return server
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
     return server

@@ -29,6 +29,20 @@ def test_admin_errors(stack: Stack) -> None:
         assert code == "INVALID_ARGUMENT" and "retention.ms" in msg
         code, msg = status_of(lambda: c.create_topic("unknowncfg", 1, {"no.such.key": "1"}))
         assert code == "INVALID_ARGUMENT" and "no.such.key" in msg
+        assignment = {"streamhouse.replica.assignment": "0:0"}
+        code, msg = status_of(lambda: c.create_topic("assigned", 1, assignment))
+        assert code == "INVALID_ARGUMENT" and "replica assignment" in msg
+        code, msg = status_of(lambda: c.alter_topic_config("exists", assignment))
+        assert code == "INVALID_ARGUMENT" and "replica assignment" in msg
+        code, msg = status_of(
+            lambda: c.alter_topic_config("exists", delete_entries=list(assignment))
+        )
+        assert code == "INVALID_ARGUMENT" and "replica assignment" in msg
+        # Not set on the topic, max.message.bytes is what this agent applies (max_batch_bytes).
+        applied = str(stack.settings.max_batch_bytes)
+        assert c.get_topic("exists").config["max.message.bytes"] == applied
+        limited = c.create_topic("limited", 1, {"max.message.bytes": "1000"})
+        assert limited.config["max.message.bytes"] == "1000"
         for call in (
             lambda: c.get_topic("missing"),
             lambda: c.delete_topic("missing"),
