@@ -76,6 +76,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     group_initial_rebalance_delay_ms: int = 3000
     group_min_session_timeout_ms: int = 6000
     group_max_session_timeout_ms: int = 1_800_000
+    # Transactions: the largest transaction.timeout.ms a producer may ask for (Kafka's
+    # transaction.max.timeout.ms), and how often the coordinator completes interrupted
+    # transactions and aborts timed-out ones.
+    transaction_max_timeout_ms: int = 900_000
+    transaction_check_interval_ms: int = 1000
     # Largest Kafka request frame accepted (Kafka's socket.request.max.bytes).
     kafka_max_request_bytes: int = 100 * MiB
     # Listener limits: beyond each one a client gets an error or back-pressure (README).
@@ -144,8 +149,38 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_listen: str = "127.0.0.1:9464"
     metrics_enabled: bool = True
     log_format: str = "text"
+    # How often ingest samples consumer group lag (and, every 12th time, what the object
+    # store holds) from metadata for the metrics endpoint (ingest/sampler.py).
+    metrics_sample_interval_ms: int = 5_000
+    # The web console (console/): where it serves (HTTP, 127.0.0.1 only by default) and how
+    # often it samples offsets, produced bytes and group lag for its rates and charts.
+    console_listen: str = "127.0.0.1:8080"
+    console_sample_ms: int = 5_000
     # Debugging: every metadata call made on an event loop raises (the test stacks turn it on).
     debug_loop_calls: bool = False
+    # Authentication and TLS (README "Security"; streamhouse/tls.py, ingest/kafka/sasl.py,
+    # ingest/grpc_auth.py). The Kafka listener's protocol: PLAINTEXT | SSL | SASL_PLAINTEXT |
+    # SASL_SSL; the SASL mechanisms it offers (comma list of PLAIN, SCRAM-SHA-256,
+    # SCRAM-SHA-512; PLAIN checks the password against the stored SCRAM credentials); the PEM
+    # certificate chain and key of both listeners' TLS; the CA bundle client certificates are
+    # verified against; whether the Kafka SSL listener asks for client certificates (none |
+    # requested | required); TLS on the gRPC listener; gRPC authentication (none | token |
+    # mtls, mtls implies grpc_tls and requires a client certificate signed by tls_ca_file).
+    kafka_security_protocol: str = "PLAINTEXT"
+    sasl_mechanisms: str = "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    kafka_ssl_client_auth: str = "none"
+    grpc_tls: bool = False
+    grpc_auth: str = "none"
+    # Authorisation (README "Security"; streamhouse/acl.py, ingest/authorizer.py): "acl"
+    # checks every Kafka and gRPC request against the ACLs stored in metadata ("none": every
+    # caller may do everything, as before); the principals that may do everything (Kafka's
+    # super.users: "User:admin;User:ops"); whether what no ACL mentions is allowed to all.
+    authorizer: str = "none"
+    super_users: str = ""
+    allow_everyone_if_no_acl_found: bool = False
 
     @property
     def data_path(self) -> pathlib.Path:
@@ -271,8 +306,11 @@ def _validate(s: Settings) -> None:
         "upload_attempts",
         "store_timeout_ms",
         "produce_timeout_ms",
+        "metrics_sample_interval_ms",
         "group_min_session_timeout_ms",
         "group_max_session_timeout_ms",
+        "transaction_max_timeout_ms",
+        "transaction_check_interval_ms",
         "kafka_max_request_bytes",
         "kafka_max_connections",
         "kafka_max_non_produce_request_bytes",
@@ -308,11 +346,12 @@ def _validate(s: Settings) -> None:
         "sql_checkpoint_interval_ms",
         "sql_max_step_bytes",
         "sql_restart_backoff_ms",
+        "console_sample_ms",
     ]
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"STREAMHOUSE_{name.upper()} must be positive")
-    listens = ["grpc_listen", "kafka_listen", "sql_listen", "metrics_listen"]
+    listens = ["grpc_listen", "kafka_listen", "sql_listen", "metrics_listen", "console_listen"]
     listens += [name for name in ("kafka_advertised", "grpc_advertised") if getattr(s, name)]
     for listen in listens:
         host, _, port = getattr(s, listen).rpartition(":")
@@ -390,8 +429,72 @@ def _validate(s: Settings) -> None:
             f"STREAMHOUSE_METADATA={s.metadata!r}: use postgresql://user@host:port/dbname "
             "(or leave it empty for the SQLite file in the data dir)"
         )
+    _validate_security(s)
+    _validate_authorizer(s)
     scheme = s.object_store_url.split("://", 1)[0]
     if scheme not in ("file", "s3", "memory"):
         raise ConfigError(
             f"STREAMHOUSE_OBJECT_STORE={s.object_store!r}: use file:///path, s3://bucket or memory://"
+        )
+
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _validate_security(s: Settings) -> None:
+    """The authentication and TLS settings (files are read, and checked, when listening)."""
+    if s.kafka_security_protocol not in KAFKA_SECURITY_PROTOCOLS:
+        raise ConfigError(
+            f"STREAMHOUSE_KAFKA_SECURITY_PROTOCOL={s.kafka_security_protocol!r}: use one of "
+            + ", ".join(KAFKA_SECURITY_PROTOCOLS)
+        )
+    mechanisms = [m.strip() for m in s.sasl_mechanisms.split(",") if m.strip()]
+    unknown = [m for m in mechanisms if m not in SASL_MECHANISMS]
+    if unknown or (not mechanisms and s.kafka_security_protocol.startswith("SASL")):
+        raise ConfigError(
+            f"STREAMHOUSE_SASL_MECHANISMS={s.sasl_mechanisms!r}: give a comma list of "
+            + ", ".join(SASL_MECHANISMS)
+        )
+    if s.kafka_ssl_client_auth not in ("none", "requested", "required"):
+        raise ConfigError(
+            f"STREAMHOUSE_KAFKA_SSL_CLIENT_AUTH={s.kafka_ssl_client_auth!r}: use none, "
+            "requested or required"
+        )
+    if s.grpc_auth not in ("none", "token", "mtls"):
+        raise ConfigError(f"STREAMHOUSE_GRPC_AUTH={s.grpc_auth!r}: use none, token or mtls")
+    needs_tls = []
+    if s.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        needs_tls.append(f"KAFKA_SECURITY_PROTOCOL={s.kafka_security_protocol}")
+    if s.grpc_tls or s.grpc_auth == "mtls":
+        needs_tls.append("GRPC_TLS" if s.grpc_tls else "GRPC_AUTH=mtls")
+    if needs_tls and not (s.tls_cert_file and s.tls_key_file):
+        raise ConfigError(
+            f"STREAMHOUSE_{needs_tls[0]} needs STREAMHOUSE_TLS_CERT_FILE and "
+            "STREAMHOUSE_TLS_KEY_FILE (PEM certificate chain and private key)"
+        )
+    wants_ca = s.grpc_auth == "mtls" or (
+        s.kafka_ssl_client_auth != "none" and s.kafka_security_protocol in ("SSL", "SASL_SSL")
+    )
+    if wants_ca and not s.tls_ca_file:
+        raise ConfigError(
+            "client certificates (STREAMHOUSE_GRPC_AUTH=mtls or KAFKA_SSL_CLIENT_AUTH) are "
+            "verified against STREAMHOUSE_TLS_CA_FILE: set it to the CA bundle (PEM)"
+        )
+
+
+def _validate_authorizer(s: Settings) -> None:
+    """The authorisation settings: a known authorizer, well-formed super users."""
+    from streamhouse.acl import parse_super_users
+
+    if s.authorizer not in ("none", "acl"):
+        raise ConfigError(f"STREAMHOUSE_AUTHORIZER={s.authorizer!r}: use none or acl")
+    try:
+        parse_super_users(s.super_users)
+    except ValueError as exc:
+        raise ConfigError(f"STREAMHOUSE_SUPER_USERS={s.super_users!r}: {exc}") from None
+    if s.authorizer == "none" and (s.super_users or s.allow_everyone_if_no_acl_found):
+        raise ConfigError(
+            "STREAMHOUSE_SUPER_USERS and STREAMHOUSE_ALLOW_EVERYONE_IF_NO_ACL_FOUND take effect "
+            "only with STREAMHOUSE_AUTHORIZER=acl: set it (or unset them)"
         )

@@ -60,7 +60,7 @@ TEST_SETTINGS = {
     "STREAMHOUSE_LIFECYCLE_ENABLED": "false",
 }
 
-PROGRAMS = ("ingest", "segmenter", "uploader", "reader", "lifecycle", "sql")
+PROGRAMS = ("ingest", "segmenter", "uploader", "reader", "lifecycle", "sql", "console")
 # Pause between polls of supervisorctl while waiting for a process state (bounded waits).
 POLL_S = 0.05
 
@@ -118,13 +118,21 @@ class Stack:
     free gRPC, Kafka and sql ports."""
 
     def __init__(
-        self, data_dir: os.PathLike[str] | str, env: Mapping[str, str] | None = None
+        self,
+        data_dir: os.PathLike[str] | str,
+        env: Mapping[str, str] | None = None,
+        grpc_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """``grpc_credentials``: TLS credentials for the health checks of a stack whose gRPC
+        listener uses TLS (``STREAMHOUSE_GRPC_TLS``/``GRPC_AUTH=mtls``; with mtls they must
+        carry a client certificate)."""
         self.data_dir = pathlib.Path(data_dir).resolve()
+        self.grpc_credentials = grpc_credentials
         self.grpc_port = free_port()
         self.kafka_port = free_port()
         self.sql_port = free_port()
         self.metrics_port = free_port()
+        self.console_port = free_port()
         base = {
             k: v
             for k, v in os.environ.items()
@@ -138,6 +146,7 @@ class Stack:
                 "STREAMHOUSE_KAFKA_LISTEN": f"127.0.0.1:{self.kafka_port}",
                 "STREAMHOUSE_SQL_LISTEN": f"127.0.0.1:{self.sql_port}",
                 "STREAMHOUSE_METRICS_LISTEN": f"127.0.0.1:{self.metrics_port}",
+                "STREAMHOUSE_CONSOLE_LISTEN": f"127.0.0.1:{self.console_port}",
             }
         )
         base.update(env or {})
@@ -162,6 +171,11 @@ class Stack:
     def metrics_address(self) -> str:
         """The stack's one Prometheus scrape address (served by ingest at /metrics)."""
         return f"127.0.0.1:{self.metrics_port}"
+
+    @property
+    def console_address(self) -> str:
+        """The web console's address (http://<this>/topics)."""
+        return f"127.0.0.1:{self.console_port}"
 
     @property
     def running(self) -> bool:
@@ -191,7 +205,11 @@ class Stack:
     def wait_ready(self, timeout: float = 60) -> None:
         """Blocks until every program runs and the gRPC health check says SERVING."""
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.grpc_address) as channel:
+        if self.grpc_credentials is not None:
+            channel = grpc.secure_channel(self.grpc_address, self.grpc_credentials)
+        else:
+            channel = grpc.insecure_channel(self.grpc_address)
+        with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.proc is not None and self.proc.poll() is not None:
