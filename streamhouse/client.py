@@ -167,6 +167,67 @@ def _batch_request(
     return request
 
 
+TOKEN_ENV = "STREAMHOUSE_TOKEN"
+"""Environment variable holding the default gRPC token (``grpc_auth=token`` servers)."""
+
+
+class _TokenInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer <token>`` to every call (plaintext or TLS channels)."""
+
+    def __init__(self, token: str) -> None:
+        self._pair = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._pair]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise StreamHouseError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"cannot read the {what} {path!r}: {exc}"
+        ) from None
+
+
+def channel_credentials(
+    tls_ca_file: str | None = None,
+    tls_cert_file: str | None = None,
+    tls_key_file: str | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials: the CA bundle the server is verified against (None: the
+    system's roots) and, for mTLS, the client's certificate chain and key (PEM files)."""
+    if bool(tls_cert_file) != bool(tls_key_file):
+        raise StreamHouseError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "a client certificate needs both the certificate and the key file",
+        )
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_file(tls_ca_file, "CA file") if tls_ca_file else None,
+        private_key=_read_file(tls_key_file, "key file") if tls_key_file else None,
+        certificate_chain=_read_file(tls_cert_file, "certificate file") if tls_cert_file else None,
+    )
+
+
 class Client:
     """A synchronous StreamHouse client over one gRPC channel.
 
@@ -174,20 +235,47 @@ class Client:
         address: ``host:port`` of the server. ``None`` (the default) reads ``STREAMHOUSE_ADDR``
             and falls back to ``127.0.0.1:50051``.
         timeout: deadline in seconds for each unary call (long-poll waits are added on top).
+        tls: use TLS (implied by any ``tls_*`` argument).
+        tls_ca_file: PEM bundle the server's certificate is verified against (default: the
+            system's roots).
+        tls_cert_file, tls_key_file: the client certificate and key (servers with
+            ``grpc_auth=mtls``).
+        token: sent as ``authorization: Bearer <token>`` on every call (servers with
+            ``grpc_auth=token``); ``None`` reads ``STREAMHOUSE_TOKEN``.
+        tls_server_name: the name the server certificate must carry when it differs from the
+            address's host.
     """
 
-    def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        timeout: float = 30.0,
+        *,
+        tls: bool = False,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        token: str | None = None,
+        tls_server_name: str | None = None,
+    ) -> None:
         if address is None:
             address = os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-            ],
-        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ]
+        if tls or tls_ca_file or tls_cert_file or tls_key_file:
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            credentials = channel_credentials(tls_ca_file, tls_cert_file, tls_key_file)
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        token = os.environ.get(TOKEN_ENV) if token is None else token
+        if token:
+            self._channel = grpc.intercept_channel(self._channel, _TokenInterceptor(token))
         self._stub = streamhouse_pb2_grpc.StreamHouseStub(self._channel)
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -1277,6 +1277,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     storage.set_defaults(func=_cmd_storage)
 
+    # user, token: handled by main() before parsing (streamhouse/authctl.py).
+    commands.add_parser(
+        "user",
+        help="streamctl user add|list|delete: SCRAM users of the Kafka listener, in the "
+        "metadata store (--metadata, else the STREAMHOUSE_* environment's)",
+    )
+    commands.add_parser(
+        "token",
+        help="streamctl token create|list|delete: gRPC tokens (grpc_auth=token), stored hashed",
+    )
+
     # status: handled by main() before parsing (streamhouse status); listed for --help.
     commands.add_parser(
         "status",
@@ -1313,6 +1324,10 @@ def main(argv: list[str] | None = None) -> int:
         return _sql(argv[i + 1 :])
     if argv[i : i + 1] == ["status"]:
         return _status(argv[i + 1 :])
+    if argv[i : i + 1] in (["user"], ["token"]):
+        from streamhouse.authctl import main as authctl_main  # SCRAM users, gRPC tokens
+
+        return authctl_main(argv[i], argv[i + 1 :])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -44,6 +44,15 @@ bound):
 - Timeouts are checked by the broker's sweeper calling `check_timeouts(now)` (loop time), not
   by one timer per connection.
 
+Security (`sasl.ListenerSecurity`, from the settings): on a TLS listener the transport is
+already encrypted when a connection is made, and a verified client certificate gives the
+connection its principal (streamhouse/tls.py). On a SASL listener nothing but ApiVersions,
+SaslHandshake and SaslAuthenticate is served until the connection has authenticated (anything
+else closes it, as Kafka does), and a failed authentication closes the connection once its
+answer is written (ingest/kafka/sasl.py). Each request's handler runs as a task in a context
+holding the connection's principal (`streamhouse.principal.current_principal`, ANONYMOUS until
+authenticated) and SASL session (`sasl.current_sasl`).
+
 Memory per connection is therefore at most max_in_flight_bytes + max_frame_bytes (requests
 admitted plus one being received) + send_buffer_bytes + the answers of the admitted requests
 (each bounded by its API: a fetch answer by max_fetch_bytes).
@@ -52,6 +61,7 @@ admitted plus one being received) + send_buffer_bytes + the answers of the admit
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -59,6 +69,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.kafka.limits import PRODUCE, produce_entries
+from ingest.kafka.sasl import ALLOWED_BEFORE_AUTH, ListenerSecurity, current_sasl
 from streamhouse import metrics
 from streamhouse.kafka.framing import (
     CorruptRequest,
@@ -69,6 +80,8 @@ from streamhouse.kafka.framing import (
     encode_response,
 )
 from streamhouse.kafka.messages import ApiVersionsResponse, RequestHeader
+from streamhouse.principal import ANONYMOUS, current_principal
+from streamhouse.tls import principal_of_peercert
 
 log = logging.getLogger("ingest.kafka")
 
@@ -129,8 +142,12 @@ class KafkaConnection(asyncio.Protocol):
         limits: ConnectionLimits,
         on_close: Callable[[KafkaConnection], None],
         pool: RequestBytesPool,
+        security: ListenerSecurity | None = None,
     ) -> None:
         self._pool = pool
+        self._sasl = security.new_session() if security is not None else None
+        self._tls = security is not None and security.tls
+        self._principal = ANONYMOUS  # until SASL or a client certificate says otherwise
         self._dispatch = dispatch
         self._api_versions = api_versions
         self._limits = limits
@@ -159,6 +176,10 @@ class KafkaConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self._transport.set_write_buffer_limits(high=self._limits.send_buffer_bytes)
+        if self._tls:
+            principal = principal_of_peercert(transport.get_extra_info("peercert"))
+            if principal is not None:
+                self._principal = principal
         self._sender = asyncio.ensure_future(self._send_in_order())
         metrics.child(metrics.CONNECTIONS, "kafka").inc()
 
@@ -316,6 +337,17 @@ class KafkaConnection(asyncio.Protocol):
         except CorruptRequest as exc:
             self.close(f"corrupt request: {exc}")
             return
+        sasl = self._sasl
+        if (
+            sasl is not None
+            and not sasl.authenticated
+            and header.request_api_key not in ALLOWED_BEFORE_AUTH
+        ):
+            self.close(
+                f"API key {header.request_api_key} before SASL authentication completed (the "
+                "listener requires SASL: STREAMHOUSE_KAFKA_SECURITY_PROTOCOL)"
+            )
+            return
         handler = self._dispatch(header.request_api_key, header.request_api_version)
         if handler is None:
             if header.request_api_key == API_VERSIONS:
@@ -333,7 +365,9 @@ class KafkaConnection(asyncio.Protocol):
                 f"API key {header.request_api_key} v{header.request_api_version} is not served"
             )
             return
-        future = asyncio.ensure_future(handler(header, request))
+        context = contextvars.copy_context()
+        context.run(self._enter_context)
+        future = asyncio.get_running_loop().create_task(handler(header, request), context=context)
         size = len(frame)
         metrics.child(metrics.REQUESTS, "kafka", _api_name(request)).inc()
         metrics.child(metrics.IN_FLIGHT, "kafka").inc()
@@ -341,6 +375,14 @@ class KafkaConnection(asyncio.Protocol):
         self._in_flight_bytes += size
         self._pool.take(size)
         self._wake.set()
+
+    def _enter_context(self) -> None:
+        """Sets what a request's handler task sees (run inside its fresh context)."""
+        sasl = self._sasl
+        if sasl is not None and sasl.principal is not None:
+            self._principal = sasl.principal
+        current_principal.set(self._principal)
+        current_sasl.set(sasl)
 
     def _queue_ready(self, header: RequestHeader, response: Any) -> None:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -395,6 +437,9 @@ class KafkaConnection(asyncio.Protocol):
                     return
                 self._transport.write(data)
                 del data
+                if self._sasl is not None and self._sasl.failed:
+                    self.close("SASL authentication failed", level=logging.INFO)
+                    return
             if not self._pending or self._pending[0] is not entry:
                 # The connection was lost while this answer was awaited (connection_lost
                 # emptied the queue and gave its bytes back); a handler that finished despite

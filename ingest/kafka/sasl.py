@@ -1,0 +1,194 @@
+"""SASL on the Kafka listener: one `SaslSession` per connection, PLAIN and SCRAM-SHA-256/512.
+
+The exchange, as Kafka clients run it (SaslHandshake v1, then SaslAuthenticate v0-2):
+
+1. ApiVersions (allowed before authentication), SaslHandshake naming a mechanism; an
+   unknown or disabled one gets UNSUPPORTED_SASL_MECHANISM with the enabled list.
+2. SaslAuthenticate rounds carrying the mechanism's tokens: PLAIN is one round
+   (``authzid NUL user NUL password``, UTF-8; authzid empty or the user), SCRAM two
+   (streamhouse/scram.py has the messages).
+3. Success sets the connection's principal to ``User:<name>``; every later request of the
+   connection runs with it in `streamhouse.principal.current_principal`.
+
+Until step 3 completes only ApiVersions, SaslHandshake and SaslAuthenticate are served; any
+other request closes the connection (as Kafka does). A failed authentication is answered
+SASL_AUTHENTICATION_FAILED with a message that does not tell a wrong password from an
+unknown user, and the connection is closed after the answer. Re-authentication (KIP-368) is
+not offered: `session_lifetime_ms` is 0. SaslHandshake v0 (raw tokens without Kafka framing)
+is not served; clients from Kafka 1.0 on use v1.
+
+Credentials: SCRAM checks against the stored credential of the mechanism (metadata catalog,
+kind ``scram_credential``, read at each authentication, so a new or deleted user counts from
+the next login). PLAIN checks the password against the user's stored SCRAM credential
+(SCRAM-SHA-512 if there is one, else SCRAM-SHA-256): one user store for every mechanism, no
+password file; the PBKDF2 of that check runs on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+
+from streamhouse.scram import (
+    ScramCredential,
+    ScramError,
+    ScramServer,
+    check_password,
+    parse_client_first,
+)
+
+log = logging.getLogger("ingest.kafka")
+
+UNSUPPORTED_SASL_MECHANISM = 33
+ILLEGAL_SASL_STATE = 34
+SASL_AUTHENTICATION_FAILED = 58
+
+#: API keys served before a SASL connection is authenticated.
+ALLOWED_BEFORE_AUTH = frozenset({17, 18, 36})  # SaslHandshake, ApiVersions, SaslAuthenticate
+
+#: (mechanism, user) -> the stored credential, or None.
+CredentialLookup = Callable[[str, str], Awaitable[ScramCredential | None]]
+
+#: The SASL session of the connection whose request is being handled (None: no SASL).
+current_sasl: ContextVar[SaslSession | None] = ContextVar("streamhouse_sasl", default=None)
+
+
+class SaslFailure(Exception):
+    """Authentication failed or the exchange is out of order: answered, then the connection
+    closes."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SaslSession:
+    """The SASL state of one connection (see the module docstring for the sequence)."""
+
+    def __init__(self, mechanisms: tuple[str, ...], lookup: CredentialLookup) -> None:
+        self.mechanisms = mechanisms
+        self._lookup = lookup
+        self.mechanism: str | None = None
+        self.principal: str | None = None  # set once authenticated
+        self.failed = False  # the connection closes after the answer in flight
+        self._scram: ScramServer | None = None
+        self._round = 0
+
+    @property
+    def authenticated(self) -> bool:
+        return self.principal is not None
+
+    def handshake(self, mechanism: str) -> int:
+        """The SaslHandshake error code (0 when ``mechanism`` is chosen)."""
+        if self.mechanism is not None or self.authenticated:
+            self.failed = True
+            return ILLEGAL_SASL_STATE
+        if mechanism not in self.mechanisms:
+            self.failed = True
+            return UNSUPPORTED_SASL_MECHANISM
+        self.mechanism = mechanism
+        return 0
+
+    async def authenticate(self, token: bytes) -> bytes:
+        """One SaslAuthenticate round: the server's token, or SaslFailure."""
+        try:
+            return await self._step(token)
+        except SaslFailure:
+            self.failed = True
+            raise
+
+    async def _step(self, token: bytes) -> bytes:
+        mechanism = self.mechanism
+        if mechanism is None or self.authenticated:
+            raise SaslFailure(
+                ILLEGAL_SASL_STATE,
+                "SaslAuthenticate is only valid after a SaslHandshake and before "
+                "authentication completed",
+            )
+        self._round += 1
+        if mechanism == "PLAIN":
+            return await self._plain(token)
+        return await self._scram_step(mechanism, token)
+
+    def _refuse(self, mechanism: str, user: str, why: str) -> SaslFailure:
+        log.info("SASL %s authentication of %r failed: %s", mechanism, user, why)
+        return SaslFailure(
+            SASL_AUTHENTICATION_FAILED,
+            f"Authentication failed: invalid credentials with SASL mechanism {mechanism}",
+        )
+
+    async def _plain(self, token: bytes) -> bytes:
+        parts = token.split(b"\0")
+        if len(parts) != 3:
+            raise SaslFailure(
+                SASL_AUTHENTICATION_FAILED,
+                "Authentication failed: a PLAIN token is authzid NUL user NUL password",
+            )
+        try:
+            authzid, user, password = (p.decode() for p in parts)
+        except UnicodeDecodeError:
+            raise SaslFailure(
+                SASL_AUTHENTICATION_FAILED, "Authentication failed: PLAIN token is not UTF-8"
+            ) from None
+        if not user:
+            raise SaslFailure(SASL_AUTHENTICATION_FAILED, "Authentication failed: empty user name")
+        if authzid and authzid != user:
+            raise SaslFailure(
+                SASL_AUTHENTICATION_FAILED,
+                "Authentication failed: the authorization id must be empty or the user name",
+            )
+        for scram in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
+            credential = await self._lookup(scram, user)
+            if credential is not None:
+                ok = await asyncio.to_thread(check_password, scram, credential, password)
+                if not ok:
+                    raise self._refuse("PLAIN", user, "wrong password")
+                self.principal = f"User:{user}"
+                return b""
+        raise self._refuse("PLAIN", user, "no such user")
+
+    async def _scram_step(self, mechanism: str, token: bytes) -> bytes:
+        if self._scram is None:
+            try:
+                first = parse_client_first(token)
+            except ScramError as exc:
+                raise SaslFailure(
+                    SASL_AUTHENTICATION_FAILED, f"Authentication failed: {exc}"
+                ) from None
+            if first.extensions.get("tokenauth", "").lower() == "true":
+                raise SaslFailure(
+                    SASL_AUTHENTICATION_FAILED,
+                    "Authentication failed: delegation tokens are not supported",
+                )
+            credential = await self._lookup(mechanism, first.user)
+            if credential is None:
+                raise self._refuse(mechanism, first.user, "no such user")
+            self._scram = ScramServer(mechanism)
+            self._user = first.user
+            return self._scram.first(first, credential)
+        try:
+            final = self._scram.final(token)
+        except ScramError as exc:
+            raise self._refuse(mechanism, self._user, str(exc)) from None
+        self.principal = f"User:{self._user}"
+        return final
+
+
+class ListenerSecurity:
+    """What a Kafka listener requires of its connections (from the settings)."""
+
+    def __init__(
+        self, protocol: str, mechanisms: tuple[str, ...], lookup: CredentialLookup
+    ) -> None:
+        self.protocol = protocol
+        self.sasl = protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+        self.tls = protocol in ("SSL", "SASL_SSL")
+        self.mechanisms = mechanisms
+        self._lookup = lookup
+
+    def new_session(self) -> SaslSession | None:
+        """A connection's SASL session, or None when the listener does not use SASL."""
+        return SaslSession(self.mechanisms, self._lookup) if self.sasl else None
