@@ -5,8 +5,8 @@ Brokers are the live agents of `broker.cluster` (ingest/cluster.py), each with i
 Kafka advertised address and zone as rack; the controller is the lowest live node id. A
 partition's leader is the rendezvous choice over the live agents (over those of the client's
 zone when its client.id carries `streamhouse_az=<zone>` and any of them is alive), its replicas
-and ISR just that leader. FindCoordinator answers the group's coordinator agent (zones play no
-part). With one agent all of these are that agent.
+and ISR just that leader. FindCoordinator answers the coordinator agent of a group or a
+transactional id (zones play no part). With one agent all of these are that agent.
 
 Leader epochs in Metadata are -1 ("unknown"), not a constant 0. Older librdkafka 2.x releases
 (`rd_kafka_toppar_leader_update`, e.g. the copy vendored in mongodb/mongo) take a new leader
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from ingest.cluster import ClusterView, client_zone
 from ingest.kafka import errors
+from ingest.kafka.api_txn import init_transactional
 from ingest.kafka.broker import CLUSTER_ID
 from metadata import AgentInfo, TopicInfo
 from metadata.async_store import TopicLookup
@@ -274,42 +275,41 @@ async def describe_topic_partitions(
 async def find_coordinator(
     broker: KafkaBroker, header: RequestHeader, request: FindCoordinatorRequest
 ) -> FindCoordinatorResponse:
-    # key_type 0 is a group, 1 a transactional id (transactions are not supported).
+    # key_type 0 is a group, 1 a transactional id: both by the same rendezvous over the live
+    # agents (ingest/cluster.py).
     if header.request_api_version >= 4:
         return FindCoordinatorResponse(
             coordinators=[
                 _coordinator(broker, key, request.key_type) for key in request.coordinator_keys
             ]
         )
-    if request.key_type != 0:
-        return FindCoordinatorResponse(
-            error_code=errors.COORDINATOR_NOT_AVAILABLE,
-            error_message="transactions are not supported",
-            node_id=-1,
-            host="",
-            port=-1,
-        )
-    coordinator = broker.cluster.coordinator_for(request.key)
+    found = _coordinator(broker, request.key, request.key_type)
     return FindCoordinatorResponse(
-        error_code=0,
-        error_message=None,
-        node_id=coordinator.node_id,
-        host=coordinator.kafka_host,
-        port=coordinator.kafka_port,
+        error_code=found.error_code,
+        error_message=found.error_message,
+        node_id=found.node_id,
+        host=found.host,
+        port=found.port,
     )
+
+
+#: FindCoordinator key types served: a consumer group, a transactional id.
+_GROUP_KEY, _TXN_KEY = 0, 1
 
 
 def _coordinator(
     broker: KafkaBroker, key: str, key_type: int
 ) -> FindCoordinatorResponse.Coordinator:
-    if key_type != 0:
+    if key_type not in (_GROUP_KEY, _TXN_KEY) or (key_type == _TXN_KEY and not key):
+        what = "an empty transactional id" if key_type == _TXN_KEY else f"key type {key_type}"
         return FindCoordinatorResponse.Coordinator(
             key=key,
             node_id=-1,
             host="",
             port=-1,
-            error_code=errors.COORDINATOR_NOT_AVAILABLE,
-            error_message="transactions are not supported",
+            error_code=errors.INVALID_REQUEST,
+            error_message=f"{what} has no coordinator: key types 0 (group) and 1 "
+            "(transactional id) are served",
         )
     coordinator = broker.cluster.coordinator_for(key)
     return FindCoordinatorResponse.Coordinator(
@@ -325,10 +325,17 @@ async def init_producer_id(
     broker: KafkaBroker, header: RequestHeader, request: InitProducerIdRequest
 ) -> InitProducerIdResponse:
     if request.transactional_id:
+        # Transactional: the transaction coordinator (api_txn.py) allocates or bumps.
+        error, producer_id, epoch = await init_transactional(
+            broker,
+            request.transactional_id,
+            request.transaction_timeout_ms,
+            request.producer_id,
+            request.producer_epoch,
+            header.request_api_version,
+        )
         return InitProducerIdResponse(
-            error_code=errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-            producer_id=-1,
-            producer_epoch=-1,
+            error_code=error, producer_id=producer_id, producer_epoch=epoch
         )
     # A metadata write waits for SQLite's lock and an fsync: not on the event loop.
     producer_id, epoch = await broker.meta.allocate_producer_id()

@@ -1,11 +1,251 @@
 """Transactions (exactly-once): the Kafka APIs of the transaction coordinator.
 
 ``APIS`` maps an API key to (name, lowest and highest advertised version, handler); the broker
-merges it into what it advertises and dispatches.
+merges it into what it advertises and dispatches. InitProducerId (22) with a transactional id
+is answered by api_cluster.init_producer_id through ``init_transactional``; FindCoordinator
+key type 1 names the agent coordinating a transactional id (the same rendezvous as groups).
+
+Served:
+- AddPartitionsToTxn (24) v0-3: partitions join the transaction. A partition of an unknown
+  topic (or beyond its count) gets UNKNOWN_TOPIC_OR_PARTITION and then none is added: the
+  others get OPERATION_NOT_ATTEMPTED, as in Kafka. v4+ (brokers batching for each other,
+  KIP-890) is not advertised.
+- AddOffsetsToTxn (25) v0-3: the group's offsets will be committed with the transaction.
+- EndTxn (26) v0-3: commit or abort; answered once the outcome is durable (the markers are
+  normally written before the answer; after a failure the sweeper writes them, and requests of
+  that transactional id get CONCURRENT_TRANSACTIONS until then).
+- TxnOffsetCommit (28) v0-3: offsets pending in the transaction, applied to the group's
+  committed offsets on commit, dropped on abort. Sent to the group's coordinator; a member id or
+  generation given (v3+) is checked against the group as OffsetCommit checks them.
+v4 of AddOffsetsToTxn, EndTxn and TxnOffsetCommit (KIP-890's TRANSACTION_ABORTABLE) is not
+advertised. Every request is answered by the agent coordinating the transactional id, others
+answer NOT_COORDINATOR. Errors: txn_coordinator.py's rules.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+import weakref
+from typing import TYPE_CHECKING, Any
 
-APIS: dict[int, tuple[str, int, int, Any]] = {}
+from ingest.kafka import errors
+from ingest.kafka import txn_coordinator as tc
+from ingest.kafka.txn_coordinator import PendingOffset
+from ingest.kafka.txn_shell import TxnShell, pipeline_markers
+from streamhouse.kafka.messages import (
+    AddOffsetsToTxnRequest,
+    AddOffsetsToTxnResponse,
+    AddPartitionsToTxnRequest,
+    AddPartitionsToTxnResponse,
+    EndTxnRequest,
+    EndTxnResponse,
+    RequestHeader,
+    TxnOffsetCommitRequest,
+    TxnOffsetCommitResponse,
+)
+from streamhouse.process import spawn
+
+if TYPE_CHECKING:
+    from ingest.kafka.broker import KafkaBroker
+
+log = logging.getLogger("ingest.kafka.txn")
+
+_SHELLS: weakref.WeakKeyDictionary[KafkaBroker, TxnShell] = weakref.WeakKeyDictionary()
+
+
+def shell(broker: KafkaBroker) -> TxnShell:
+    """The broker's transaction coordinator, made on first use."""
+    found = _SHELLS.get(broker)
+    if found is None:
+        found = _SHELLS[broker] = TxnShell(
+            broker.meta,
+            pipeline_markers(broker.pipeline),
+            max_timeout_ms=broker.settings.transaction_max_timeout_ms,
+            owns=broker.cluster.is_coordinator,
+        )
+    return found
+
+
+_SWEEPERS: weakref.WeakKeyDictionary[KafkaBroker, asyncio.Task[None]] = weakref.WeakKeyDictionary()
+
+
+def start(broker: KafkaBroker) -> None:
+    """Starts the sweeper: recovery of interrupted transactions now, timeouts from then on."""
+    interval = broker.settings.transaction_check_interval_ms / 1000
+    _SWEEPERS[broker] = spawn(shell(broker).run(interval), "transaction coordinator sweeper")
+
+
+def stop(broker: KafkaBroker) -> None:
+    task = _SWEEPERS.pop(broker, None)
+    if task is not None:
+        task.cancel()
+
+
+def _gate(broker: KafkaBroker, transactional_id: str) -> int:
+    """NONE when this agent coordinates the transactional id."""
+    if not transactional_id:
+        return errors.INVALID_REQUEST
+    if not broker.cluster.is_coordinator(transactional_id):
+        return errors.NOT_COORDINATOR
+    return errors.NONE
+
+
+async def init_transactional(
+    broker: KafkaBroker,
+    transactional_id: str,
+    timeout_ms: int,
+    producer_id: int,
+    producer_epoch: int,
+    version: int,
+) -> tuple[int, int, int]:
+    """(error, producer id, epoch) of InitProducerId with a transactional id."""
+    error = _gate(broker, transactional_id)
+    if error != errors.NONE:
+        return error, -1, -1
+    error, pid, epoch = await shell(broker).init_producer_id(
+        transactional_id, timeout_ms, producer_id, producer_epoch
+    )
+    if error == tc.PRODUCER_FENCED:
+        error = tc.fenced(22, version)
+    return error, pid, epoch
+
+
+def _fencing(error: int, api_key: int, version: int) -> int:
+    return tc.fenced(api_key, version) if error == tc.PRODUCER_FENCED else error
+
+
+async def add_partitions_to_txn(
+    broker: KafkaBroker, header: RequestHeader, request: AddPartitionsToTxnRequest
+) -> AddPartitionsToTxnResponse:
+    R = AddPartitionsToTxnResponse
+    tid = request.v3_and_below_transactional_id
+    error = _gate(broker, tid)
+    wanted: list[tuple[str, int, int | None]] = []  # (topic, partition, topic id if it exists)
+    for t in request.v3_and_below_topics:
+        topic = await broker.topic(t.name)
+        for p in t.partitions:
+            exists = topic is not None and 0 <= p < topic.partitions
+            wanted.append((t.name, p, topic.topic_id if topic is not None and exists else None))
+    codes: list[int]
+    if error != errors.NONE:
+        codes = [error] * len(wanted)
+    elif any(topic_id is None for _, _, topic_id in wanted):
+        codes = [
+            errors.UNKNOWN_TOPIC_OR_PARTITION
+            if topic_id is None
+            else errors.OPERATION_NOT_ATTEMPTED
+            for _, _, topic_id in wanted
+        ]
+    else:
+        pairs = [(topic_id, p) for _, p, topic_id in wanted if topic_id is not None]
+        error = await shell(broker).add_partitions(
+            tid, request.v3_and_below_producer_id, request.v3_and_below_producer_epoch, pairs
+        )
+        codes = [_fencing(error, 24, header.request_api_version)] * len(wanted)
+    by_topic: dict[str, list[R.AddPartitionsToTxnPartitionResult]] = {}
+    for (name, p, _), code in zip(wanted, codes, strict=True):
+        by_topic.setdefault(name, []).append(
+            R.AddPartitionsToTxnPartitionResult(partition_index=p, partition_error_code=code)
+        )
+    return R(
+        results_by_topic_v3_and_below=[
+            R.AddPartitionsToTxnTopicResult(name=name, results_by_partition=results)
+            for name, results in by_topic.items()
+        ]
+    )
+
+
+async def add_offsets_to_txn(
+    broker: KafkaBroker, header: RequestHeader, request: AddOffsetsToTxnRequest
+) -> AddOffsetsToTxnResponse:
+    error = _gate(broker, request.transactional_id)
+    if error == errors.NONE and not request.group_id:
+        error = errors.INVALID_GROUP_ID
+    if error == errors.NONE:
+        error = await shell(broker).add_offsets(
+            request.transactional_id, request.producer_id, request.producer_epoch, request.group_id
+        )
+    return AddOffsetsToTxnResponse(error_code=_fencing(error, 25, header.request_api_version))
+
+
+async def end_txn(
+    broker: KafkaBroker, header: RequestHeader, request: EndTxnRequest
+) -> EndTxnResponse:
+    error = _gate(broker, request.transactional_id)
+    if error == errors.NONE:
+        error = await shell(broker).end_txn(
+            request.transactional_id, request.producer_id, request.producer_epoch, request.committed
+        )
+    return EndTxnResponse(error_code=_fencing(error, 26, header.request_api_version))
+
+
+async def txn_offset_commit(
+    broker: KafkaBroker, header: RequestHeader, request: TxnOffsetCommitRequest
+) -> TxnOffsetCommitResponse:
+    from ingest.kafka.api_groups import shell as group_shell
+
+    R = TxnOffsetCommitResponse
+    version = header.request_api_version
+    error = _gate(broker, request.transactional_id)
+    if error == errors.NONE:
+        error = (
+            await group_shell(broker).ensure(request.group_id)
+            if request.group_id
+            else errors.INVALID_GROUP_ID
+        )
+    if error == errors.NONE and (request.member_id or request.generation_id >= 0):
+        error = broker.coordinator.validate_offset_commit(
+            request.group_id, request.generation_id, request.member_id, request.group_instance_id
+        )
+    rows: list[tuple[str, int, int]] = []  # (topic, partition, code)
+    pending: list[PendingOffset] = []
+    for t in request.topics:
+        topic = await broker.topic(t.name)
+        for p in t.partitions:
+            code = error
+            if code == errors.NONE and (
+                topic is None or not 0 <= p.partition_index < topic.partitions
+            ):
+                code = errors.UNKNOWN_TOPIC_OR_PARTITION
+            if code == errors.NONE and topic is not None:
+                pending.append(
+                    PendingOffset(
+                        group=request.group_id,
+                        topic_id=topic.topic_id,
+                        partition=p.partition_index,
+                        offset=p.committed_offset,
+                        leader_epoch=max(p.committed_leader_epoch, -1),
+                        metadata=p.committed_metadata or "",
+                    )
+                )
+            rows.append((t.name, p.partition_index, code))
+    if pending:
+        stored = await shell(broker).txn_offset_commit(
+            request.transactional_id,
+            request.producer_id,
+            request.producer_epoch,
+            request.group_id,
+            pending,
+        )
+        stored = _fencing(stored, 28, version)
+        rows = [(n, p, stored if code == errors.NONE else code) for n, p, code in rows]
+    by_topic: dict[str, list[R.TxnOffsetCommitResponsePartition]] = {}
+    for name, p, code in rows:
+        by_topic.setdefault(name, []).append(
+            R.TxnOffsetCommitResponsePartition(partition_index=p, error_code=code)
+        )
+    return R(
+        topics=[
+            R.TxnOffsetCommitResponseTopic(name=name, partitions=parts)
+            for name, parts in by_topic.items()
+        ]
+    )
+
+
+APIS: dict[int, tuple[str, int, int, Any]] = {
+    24: ("AddPartitionsToTxn", 0, 3, add_partitions_to_txn),
+    25: ("AddOffsetsToTxn", 0, 3, add_offsets_to_txn),
+    26: ("EndTxn", 0, 3, end_txn),
+    28: ("TxnOffsetCommit", 0, 3, txn_offset_commit),
+}

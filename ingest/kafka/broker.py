@@ -232,6 +232,10 @@ class KafkaBroker:
             ) from None
         # Supervised: if the sweeper dies, ingest exits and is restarted (streamhouse.process).
         self._sweeper = spawn(self._sweep(), "Kafka connection sweeper")
+        # The transaction coordinator's sweeper (api_txn.py): recovery now, then timeouts.
+        from ingest.kafka import api_txn
+
+        api_txn.start(self)
 
     def _new_connection(self) -> asyncio.Protocol:
         limit = self.settings.kafka_max_connections
@@ -276,6 +280,9 @@ class KafkaBroker:
         for connection in list(self.connections):
             connection.close("the broker is stopping")
         self.coordinator.close()
+        from ingest.kafka import api_txn
+
+        api_txn.stop(self)
 
 
 PRODUCE = 0

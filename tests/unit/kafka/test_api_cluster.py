@@ -27,7 +27,7 @@ from streamhouse.kafka.messages import (
 
 T = TypeVar("T")
 
-COORDINATOR_NOT_AVAILABLE = 15
+INVALID_REQUEST = 42
 
 
 def agent(node_id: int, zone: str = "", alive: bool = True) -> AgentInfo:
@@ -197,7 +197,7 @@ def test_find_coordinator_answers_the_groups_coordinator(
     assert {a.node_id for a in answers} == {0, 1, 2}  # zones play no part
 
 
-def test_find_coordinator_v4_batches_and_refuses_transactions(tmp_path: pathlib.Path) -> None:
+def test_find_coordinator_v4_batches_and_answers_transactions(tmp_path: pathlib.Path) -> None:
     view = three_agents()
 
     async def body(broker: KafkaBroker) -> Any:
@@ -205,21 +205,29 @@ def test_find_coordinator_v4_batches_and_refuses_transactions(tmp_path: pathlib.
             broker, header(10, 4), FindCoordinatorRequest(key_type=0, coordinator_keys=["x", "y"])
         )
         txn = await api_cluster.find_coordinator(
-            broker, header(10, 4), FindCoordinatorRequest(key_type=1, coordinator_keys=["t"])
+            broker, header(10, 4), FindCoordinatorRequest(key_type=1, coordinator_keys=["t", ""])
         )
         txn_v3 = await api_cluster.find_coordinator(
             broker, header(10, 3), FindCoordinatorRequest(key="t", key_type=1)
         )
-        return groups, txn, txn_v3
+        share = await api_cluster.find_coordinator(
+            broker, header(10, 3), FindCoordinatorRequest(key="s", key_type=2)
+        )
+        return groups, txn, txn_v3, share
 
-    groups, txn, txn_v3 = run_with_broker(tmp_path, view, body)
+    groups, txn, txn_v3, share = run_with_broker(tmp_path, view, body)
     assert [(c.key, c.node_id, c.error_code) for c in groups.coordinators] == [
         ("x", view.coordinator_for("x").node_id, 0),
         ("y", view.coordinator_for("y").node_id, 0),
     ]
-    (t,) = txn.coordinators
-    assert (t.key, t.node_id, t.error_code) == ("t", -1, COORDINATOR_NOT_AVAILABLE)
-    assert (txn_v3.error_code, txn_v3.node_id) == (COORDINATOR_NOT_AVAILABLE, -1)
+    # A transactional id has the coordinator of the same rendezvous; an empty one has none.
+    t, empty = txn.coordinators
+    assert (t.key, t.node_id, t.error_code) == ("t", view.coordinator_for("t").node_id, 0)
+    assert (empty.node_id, empty.error_code) == (-1, INVALID_REQUEST)
+    assert (txn_v3.error_code, txn_v3.node_id) == (0, view.coordinator_for("t").node_id)
+    # Share groups (key type 2) are not served: refused with the reason.
+    assert (share.error_code, share.node_id) == (INVALID_REQUEST, -1)
+    assert "key type 2" in share.error_message
 
 
 def test_the_log_keeps_leader_epoch_0() -> None:

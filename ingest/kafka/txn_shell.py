@@ -1,0 +1,397 @@
+"""The transaction coordinator's I/O shell: durable state in the metadata catalog, markers
+through the pipeline, pending offsets into the group's committed offsets, and the sweeper that
+recovers and times out transactions.
+
+Every request of a transactional id runs under that id's lock (one at a time on this agent):
+load the record from metadata, ask the state machine (``txn_coordinator.py``), store what it
+returns, and when the stored record is PrepareCommit/PrepareAbort complete it: write a control
+batch to every partition of the transaction (``ingest.txn_markers.write_txn_markers``), apply a
+commit's pending offsets (``commit_offsets``), then store the Complete state. Nothing is cached
+between requests, so a coordinator that moves to another agent reads the same state.
+
+A Prepare state is the decision: it is durable before any marker is written, so a crash (kill
+-9 of ingest, a failing marker write) leaves a transaction that the sweeper finishes the same
+way, never half. The sweeper runs at start (recovery) and every ``transaction_check_interval_ms``
+over the transactional ids this agent coordinates: it completes Prepare states and aborts, at a
+bumped epoch, Ongoing transactions older than their timeout.
+
+Catalog format (kind ``kafka-txn``): the name is the transactional id when it is 1..255
+characters and does not start with ``#``; else ``#sha256:`` and the hex SHA-256 of its UTF-8
+bytes (the full id is inside the definition, checked on load). The definition is a msgpack map
+(msgspec) of ``TxnRecord``'s fields, names as keys:
+``transactional_id`` str, ``producer_id`` int, ``producer_epoch`` int, ``state`` str (Kafka's
+state name: Empty, Ongoing, PrepareCommit, PrepareAbort, CompleteCommit, CompleteAbort),
+``timeout_ms`` int, ``start_ms`` int (-1: no transaction open), ``updated_ms`` int,
+``previous_epoch`` int (-1: none), ``partitions`` array of [topic id, partition], ``groups``
+array of group ids, ``offsets`` array of maps {``group``, ``topic_id``, ``partition``,
+``offset``, ``leader_epoch``, ``metadata``}. Fields left at their default are omitted; a
+reader takes missing fields as their default and ignores unknown ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ingest.kafka import txn_coordinator as tc
+from ingest.kafka.txn_coordinator import PendingOffset, TxnRecord, TxnState
+from metadata.errors import MetadataUnavailableError
+from streamhouse.errors import ErrorCode
+
+if TYPE_CHECKING:
+    from ingest.pipeline import Pipeline
+    from metadata.async_store import AsyncMetadata
+
+log = logging.getLogger("ingest.kafka.txn")
+
+CATALOG_KIND = "kafka-txn"
+_MAX_PLAIN_NAME = 255
+
+#: Writes one marker per (topic id, partition): (partitions, producer id, epoch, commit) ->
+#: per partition None (durable) or the error.
+MarkerWriter = Callable[
+    [Sequence[tuple[int, int]], int, int, bool], Awaitable[list[ErrorCode | None]]
+]
+
+#: Marker errors that mean there is nothing left to mark (the partition is gone).
+_GONE = (ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, ErrorCode.UNKNOWN_TOPIC_ID)
+
+COORDINATOR_NOT_AVAILABLE = ErrorCode.COORDINATOR_NOT_AVAILABLE.kafka_code
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(TxnRecord)
+
+
+def catalog_name(transactional_id: str) -> str:
+    """The catalog name of a transactional id (see the module docstring)."""
+    if 1 <= len(transactional_id) <= _MAX_PLAIN_NAME and not transactional_id.startswith("#"):
+        return transactional_id
+    digest = hashlib.sha256(transactional_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"#sha256:{digest}"
+
+
+def encode(record: TxnRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode(blob: bytes) -> TxnRecord:
+    """A stored record; ``msgspec.DecodeError``/``ValidationError`` when it is not one."""
+    return _decoder.decode(blob)
+
+
+def pipeline_markers(pipeline: Pipeline) -> MarkerWriter:
+    """The marker writer of a running pipeline (TXN-LOG's ``write_txn_markers``)."""
+
+    async def write(
+        partitions: Sequence[tuple[int, int]], producer_id: int, epoch: int, commit: bool
+    ) -> list[ErrorCode | None]:
+        from ingest.txn_markers import write_txn_markers
+
+        return await write_txn_markers(pipeline, partitions, producer_id, epoch, commit)
+
+    return write
+
+
+class TxnShell:
+    """The transaction coordinator of one agent (see the module docstring).
+
+    ``owns(transactional_id)`` says whether this agent coordinates an id (the sweeper only
+    touches those); ``clock`` gives wall-clock seconds (timeouts survive restarts)."""
+
+    def __init__(
+        self,
+        meta: AsyncMetadata,
+        write_markers: MarkerWriter,
+        *,
+        max_timeout_ms: int,
+        owns: Callable[[str], bool] = lambda _tid: True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.meta = meta
+        self.write_markers = write_markers
+        self.max_timeout_ms = max_timeout_ms
+        self.owns = owns
+        self.clock = clock
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, transactional_id: str) -> AsyncIterator[None]:
+        entry = self._locks.get(transactional_id)
+        if entry is None:
+            entry = self._locks[transactional_id] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[transactional_id]
+
+    async def load(self, transactional_id: str) -> TxnRecord | None:
+        """The stored record of a transactional id, None if there is none (or an unreadable
+        one, which is logged and then overwritten by the next request)."""
+        blob = await self.meta.get_catalog_entry(CATALOG_KIND, catalog_name(transactional_id))
+        if blob is None:
+            return None
+        try:
+            record = decode(blob)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error(
+                "transactional id %r: stored state is unreadable (%s); starting it afresh",
+                transactional_id,
+                exc,
+            )
+            return None
+        if record.transactional_id != transactional_id:
+            log.error(
+                "transactional id %r: its catalog entry holds %r (hash collision); "
+                "starting it afresh",
+                transactional_id,
+                record.transactional_id,
+            )
+            return None
+        return record
+
+    async def _settled(self, transactional_id: str) -> TxnRecord | None:
+        """The stored record, after completing a Prepare state left by a failure (it stays
+        Prepare, and requests get CONCURRENT_TRANSACTIONS, while that still fails)."""
+        record = await self.load(transactional_id)
+        if record is not None and record.state in tc.PREPARING and await self._complete(record):
+            record = await self.load(transactional_id)
+        return record
+
+    async def store(self, record: TxnRecord) -> None:
+        await self.meta.put_catalog_entry(
+            CATALOG_KIND,
+            catalog_name(record.transactional_id),
+            encode(record),
+            max(record.updated_ms, 0),
+            replace=True,
+        )
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def init_producer_id(
+        self,
+        transactional_id: str,
+        timeout_ms: int,
+        expected_producer_id: int = -1,
+        expected_epoch: int = -1,
+    ) -> tuple[int, int, int]:
+        """(error, producer id, epoch) for InitProducerId with a transactional id. An open
+        transaction of the previous producer is aborted first (it is fenced)."""
+        try:
+            async with self._locked(transactional_id):
+                for _ in range(3):
+                    record = await self._settled(transactional_id)
+                    step = tc.init_producer_id(
+                        record,
+                        timeout_ms=timeout_ms,
+                        max_timeout_ms=self.max_timeout_ms,
+                        now_ms=self.now_ms(),
+                        expected_producer_id=expected_producer_id,
+                        expected_epoch=expected_epoch,
+                    )
+                    if step.error != tc.NONE:
+                        return step.error, -1, -1
+                    if step.needs_producer_id:
+                        producer_id, _ = await self.meta.allocate_producer_id()
+                        fresh = tc.init_with_producer_id(
+                            transactional_id,
+                            producer_id,
+                            timeout_ms=timeout_ms,
+                            now_ms=self.now_ms(),
+                        )
+                        await self.store(fresh)
+                        return tc.NONE, fresh.producer_id, fresh.producer_epoch
+                    assert step.record is not None
+                    await self.store(step.record)
+                    if step.record.state is TxnState.PREPARE_ABORT:
+                        log.info(
+                            "transactional id %r: a new producer fences epoch %d; aborting its "
+                            "open transaction",
+                            transactional_id,
+                            step.record.producer_epoch - 1,
+                        )
+                        if not await self._complete(step.record):
+                            return tc.CONCURRENT_TRANSACTIONS, -1, -1
+                        expected_producer_id = expected_epoch = -1
+                        continue
+                    return tc.NONE, step.record.producer_id, step.record.producer_epoch
+                return tc.CONCURRENT_TRANSACTIONS, -1, -1
+        except MetadataUnavailableError as exc:
+            log.warning("transactional id %r: InitProducerId failed: %s", transactional_id, exc)
+            return COORDINATOR_NOT_AVAILABLE, -1, -1
+
+    async def _apply(
+        self, transactional_id: str, change: Callable[[TxnRecord | None, int], tc.Step]
+    ) -> int:
+        try:
+            async with self._locked(transactional_id):
+                step = change(await self._settled(transactional_id), self.now_ms())
+                if step.error == tc.NONE and step.record is not None:
+                    await self.store(step.record)
+                    if step.record.state in tc.PREPARING:
+                        await self._complete(step.record)
+                return step.error
+        except MetadataUnavailableError as exc:
+            log.warning("transactional id %r: request failed: %s", transactional_id, exc)
+            return COORDINATOR_NOT_AVAILABLE
+
+    async def add_partitions(
+        self, transactional_id: str, producer_id: int, epoch: int, partitions: list[tuple[int, int]]
+    ) -> int:
+        return await self._apply(
+            transactional_id,
+            lambda record, now: tc.add_partitions(record, producer_id, epoch, partitions, now),
+        )
+
+    async def add_offsets(
+        self, transactional_id: str, producer_id: int, epoch: int, group: str
+    ) -> int:
+        return await self._apply(
+            transactional_id,
+            lambda record, now: tc.add_offsets(record, producer_id, epoch, group, now),
+        )
+
+    async def txn_offset_commit(
+        self,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        group: str,
+        offsets: list[PendingOffset],
+    ) -> int:
+        return await self._apply(
+            transactional_id,
+            lambda record, now: tc.txn_offset_commit(
+                record, producer_id, epoch, group, offsets, now
+            ),
+        )
+
+    async def end_txn(
+        self, transactional_id: str, producer_id: int, epoch: int, commit: bool
+    ) -> int:
+        """NONE once the outcome is durable (PrepareCommit/PrepareAbort stored); the markers
+        are written before the answer when they can be, else by the sweeper."""
+        return await self._apply(
+            transactional_id,
+            lambda record, now: tc.end_txn(record, producer_id, epoch, commit, now),
+        )
+
+    async def pending_groups(self) -> set[str]:
+        """Groups with transactional offsets waiting for an outcome (OffsetFetch's
+        require_stable answers UNSTABLE_OFFSET_COMMIT for them)."""
+        groups: set[str] = set()
+        for _name, blob in await self.meta.list_catalog_entries(CATALOG_KIND):
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                record = decode(blob)
+                if record.offsets and record.state not in (
+                    TxnState.COMPLETE_ABORT,
+                    TxnState.COMPLETE_COMMIT,
+                ):
+                    groups.update(o.group for o in record.offsets)
+        return groups
+
+    # -- completion and the sweeper -----------------------------------------------------------
+
+    async def _complete(self, record: TxnRecord) -> bool:
+        """Markers (and a commit's offsets) of a Prepare state, then its Complete state; False
+        (logged, left for the sweeper) when a marker or the offsets could not be written."""
+        what = "commit" if record.commit else "abort"
+        tid = record.transactional_id
+        if record.partitions:
+            try:
+                results = await self.write_markers(
+                    list(record.partitions),
+                    record.producer_id,
+                    record.producer_epoch,
+                    record.commit,
+                )
+            except Exception as exc:  # a marker write that raises must not lose the decision
+                log.warning("transactional id %r: %s markers failed: %r; retrying", tid, what, exc)
+                return False
+            failed = [
+                (p, e)
+                for p, e in zip(record.partitions, results, strict=True)
+                if e is not None and e not in _GONE
+            ]
+            if failed:
+                log.warning(
+                    "transactional id %r: %s markers not written to %d partitions (first %s: "
+                    "%s); retrying",
+                    tid,
+                    what,
+                    len(failed),
+                    failed[0][0],
+                    failed[0][1].name,
+                )
+                return False
+        by_group: dict[str, list[tuple[int, int, int, str, int]]] = {}
+        for o in record.offsets if record.commit else ():
+            by_group.setdefault(o.group, []).append(
+                (o.topic_id, o.partition, o.offset, o.metadata, o.leader_epoch)
+            )
+        try:
+            for group, entries in by_group.items():
+                await self.meta.commit_offsets(group, entries)
+            await self.store(tc.complete(record, self.now_ms()))
+        except MetadataUnavailableError as exc:
+            log.warning(
+                "transactional id %r: completing the %s failed: %s; retrying", tid, what, exc
+            )
+            return False
+        return True
+
+    async def sweep(self) -> int:
+        """Completes the Prepare states and aborts the timed-out transactions of the ids this
+        agent coordinates; returns how many transactions it finished."""
+        finished = 0
+        now = self.now_ms()
+        for _name, blob in await self.meta.list_catalog_entries(CATALOG_KIND):
+            try:
+                seen = decode(blob)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # logged when its id is next used
+            due = seen.state in tc.PREPARING or tc.expire(seen, now) is not None
+            if not due or not self.owns(seen.transactional_id):
+                continue
+            async with self._locked(seen.transactional_id):
+                record = await self.load(seen.transactional_id)
+                if record is None:
+                    continue
+                aborting = tc.expire(record, self.now_ms())
+                if aborting is not None:
+                    log.info(
+                        "transactional id %r: transaction open for over %d ms; aborting it and "
+                        "fencing producer epoch %d",
+                        record.transactional_id,
+                        record.timeout_ms,
+                        record.producer_epoch,
+                    )
+                    await self.store(aborting)
+                    record = aborting
+                if record.state in tc.PREPARING and await self._complete(record):
+                    finished += 1
+        return finished
+
+    async def run(self, interval_s: float) -> None:
+        """Sweeps now (recovery at start) and every ``interval_s`` seconds, forever."""
+        while True:
+            try:
+                await self.sweep()
+            except MetadataUnavailableError as exc:
+                log.warning("transaction sweep skipped: %s", exc)
+            await asyncio.sleep(interval_s)
