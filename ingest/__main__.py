@@ -13,6 +13,7 @@ from ingest.cluster import Membership
 from ingest.grpc_service import start_grpc_server
 from ingest.kafka.broker import KafkaBroker
 from ingest.pipeline import Pipeline
+from ingest.sampler import SampleCollector, Sampler
 from ingest.serving import ServingMonitor
 from metadata.async_store import AsyncMetadata
 from streamhouse.config import Settings
@@ -28,8 +29,10 @@ async def run_ingest(settings: Settings, stop: asyncio.Event) -> None:
     # retried with backoff in the background).
     ports = ("grpc_listen", "kafka_listen")
     check_ports_free(settings, (*ports, "metrics_listen") if settings.metrics_enabled else ports)
-    # The stack's one Prometheus scrape address (every process's metric files).
-    start_metrics_endpoint(settings)
+    # The stack's one Prometheus scrape address (every process's metric files, and the lag
+    # and storage gauges ingest samples from metadata: ingest/sampler.py).
+    sampled = SampleCollector()
+    start_metrics_endpoint(settings, [sampled])
     # The probe runs beside the listeners (ingest/serving.py): while the store is unusable the
     # health check says NOT_SERVING, produces are answered UNAVAILABLE with the reason (the
     # uploader's own retries), and the probe's one line says which setting to fix.
@@ -41,6 +44,8 @@ async def run_ingest(settings: Settings, stop: asyncio.Event) -> None:
     membership = Membership(settings, meta)
     cluster = await membership.join()
     heartbeat = spawn(membership.run(), "agent heartbeat")
+    if settings.metrics_enabled:
+        spawn(Sampler(settings, meta, sampled).run(stop), "metrics sampler", forever=False)
     pipeline: Pipeline | None = None
     server: grpc.aio.Server | None = None
     kafka: KafkaBroker | None = None

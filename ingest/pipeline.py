@@ -326,6 +326,7 @@ class Pipeline:
                 "(max_partitions_per_request); split it",
             )
             return [[BatchOutcome(-1, error)] * len(s.batch_lengths) for s in slots]
+        admitted_ns = time.monotonic_ns()  # the ring-wait metric's start (frames.py)
         budget = self.budget(timeout_ms)
         answer_by = time.monotonic() + budget
         commit_by = answer_by - commit_grace(budget)
@@ -341,6 +342,7 @@ class Pipeline:
                 slot.partition,
                 slot.batches,
                 slot.batch_lengths,
+                admitted_ns,
             )
             header = header_encoder.encode(frame)
             refused = self.refuse_slot(slot, header)

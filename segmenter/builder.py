@@ -16,6 +16,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import msgspec
@@ -36,7 +37,12 @@ from streamhouse.frames import (
     salvage_ids,
     sealed_cost,
 )
-from streamhouse.recordbatch import InvalidBatchError, scan_batches
+from streamhouse.recordbatch import (
+    CONTROL_MASK,
+    TRANSACTIONAL_MASK,
+    InvalidBatchError,
+    scan_batches,
+)
 from streamhouse.segment import SegmentWriter
 
 log = logging.getLogger("segmenter")
@@ -46,8 +52,9 @@ _decode_produce = decoder_for(ProduceFrame).decode
 @dataclass
 class _PartitionBuffer:
     batches: list[memoryview] = field(default_factory=list)
-    # (request_id, slot, ordinal, record_count, producer_id, producer_epoch, base_sequence)
-    refs: list[tuple[int, int, int, int, int, int, int]] = field(default_factory=list)
+    # (request_id, slot, ordinal, record_count, producer_id, producer_epoch, base_sequence,
+    #  attributes, control_type)
+    refs: list[tuple[int, int, int, int, int, int, int, int, int]] = field(default_factory=list)
     record_count: int = 0
     min_timestamp: int = 2**63 - 1
     max_timestamp: int = -(2**63)
@@ -72,6 +79,13 @@ def check_frame(frame: ProduceFrame, payload: bytes | memoryview) -> None:
                 f"produce frame batch {i}: listed as {length} bytes / {meta.record_count} "
                 f"records, the payload has {info.length} bytes / {info.record_count} records"
             )
+        txn_bits = info.attributes & (TRANSACTIONAL_MASK | CONTROL_MASK)
+        if meta.attributes != txn_bits or (meta.control_type >= 0) != bool(txn_bits & CONTROL_MASK):
+            raise FrameError(
+                f"produce frame batch {i}: listed with attributes {meta.attributes} and "
+                f"control type {meta.control_type}, the payload's batch has attributes "
+                f"{info.attributes}"
+            )
 
 
 class SegmentBuilder:
@@ -88,6 +102,7 @@ class SegmentBuilder:
         self.buffered_bytes = 0
         self.oldest_ns: int | None = None
         self._cost = SEALED_PER_SEGMENT  # worst-case size of the sealed frame so far
+        self._taken_ns: list[int] = []  # when each buffered frame was taken (monotonic ns)
 
     def fits_alone(self, frame: ProduceFrame, payload_length: int) -> bool:
         """Whether the frame fits a sealed frame even in an empty segment."""
@@ -122,6 +137,8 @@ class SegmentBuilder:
                     meta.producer_id,
                     meta.producer_epoch,
                     meta.base_sequence,
+                    meta.attributes,
+                    meta.control_type,
                 )
             )
             buf.record_count += meta.record_count
@@ -131,6 +148,7 @@ class SegmentBuilder:
                 buf.max_timestamp = meta.max_timestamp
         self.buffered_bytes += len(payload)
         self._cost += sealed_cost(len(frame.batches), len(payload))
+        self._taken_ns.append(now_ns)  # the seal-stage metric's start, per frame
         if self.oldest_ns is None:
             self.oldest_ns = now_ns
 
@@ -158,9 +176,20 @@ class SegmentBuilder:
                 buf.min_timestamp,
                 buf.max_timestamp,
             )
-            for request_id, slot, ordinal, count, pid, epoch, seq in buf.refs:
+            for request_id, slot, ordinal, count, pid, epoch, seq, attrs, control in buf.refs:
                 batches.append(
-                    SealedBatch(request_id, slot, ordinal, block_index, count, pid, epoch, seq)
+                    SealedBatch(
+                        request_id,
+                        slot,
+                        ordinal,
+                        block_index,
+                        count,
+                        pid,
+                        epoch,
+                        seq,
+                        attrs,
+                        control,
+                    )
                 )
         obj, entries = writer.finish()
         blocks = [
@@ -169,6 +198,11 @@ class SegmentBuilder:
         ]
         sealed = SealedSegment(self.epoch, self._sequence, blocks, batches)
         metrics.child(metrics.SEGMENT_SIZE, "segmenter").observe(len(obj))
+        sealed_ns = time.monotonic_ns()
+        seal_stage = metrics.child(metrics.PRODUCE_STAGE, "seal")
+        for taken_ns in self._taken_ns:
+            seal_stage.observe((sealed_ns - taken_ns) / 1e9)
+        self._taken_ns = []
         self._sequence += 1
         self._partitions = {}
         self.buffered_bytes = 0
@@ -203,6 +237,9 @@ class SegmentBuilder:
             )
             out.append((refused, b""))
             return out
+        if frame.admitted_ns > 0:
+            wait_s = max(now_ns - frame.admitted_ns, 0) / 1e9
+            metrics.child(metrics.PRODUCE_STAGE, "ring_wait").observe(wait_s)
         if not self.fits_alone(frame, len(payload)):
             why = (
                 f"the {len(payload)} bytes / {len(frame.batches)} batches for one partition do "

@@ -19,24 +19,32 @@ Headers as msgpack arrays (every struct is array-like; `RingError` is `[kafka_co
 code 0 = success, see `streamhouse.errors`). A produce `request_id` also carries the produce's
 commit deadline (bits 63..24, ms of the monotonic clock; :func:`make_request_id`)::
 
-    ProduceFrame      [request_id, slot, topic_id, partition, [BatchMeta...], [length...]]
+    ProduceFrame      [request_id, slot, topic_id, partition, [BatchMeta...], [length...],
+                       admitted_ns]
     BatchMeta         [record_count, producer_id, producer_epoch, base_sequence,
-                       min_timestamp, max_timestamp]
+                       min_timestamp, max_timestamp, attributes, control_type]
     SealedSegment     [segmenter_epoch, sequence, [SealedBlock...], [SealedBatch...], RingError]
     SealedBlock       [topic_id, partition, byte_offset, byte_length, max_timestamp]
     SealedBatch       [request_id, slot, ordinal, block, record_count, producer_id,
-                       producer_epoch, base_sequence]
+                       producer_epoch, base_sequence, attributes, control_type]
     AckFrame          [[AckResult...]]
     AckResult         [request_id, slot, ordinal, base_offset, RingError]
     CommittedSegment  [key, [CommittedBlock...]]
     CommittedBlock    [topic_id, partition, byte_offset, byte_length, base_offset, end_offset,
                        [skipped ordinal...]]
     FetchRequest      [request_id, max_wait_ms, min_bytes, max_bytes, format, [FetchPart...],
-                       max_records]
+                       max_records, isolation_level]
     FetchPart         [topic_id, partition, offset, max_bytes]
     FetchResponse     [request_id, [FetchPartResult...], RingError]
     FetchPartResult   [topic_id, partition, RingError, high_watermark, log_start_offset,
-                       length, next_offset, record_count]
+                       length, next_offset, record_count, last_stable_offset,
+                       [[producer_id, first_offset]...]]
+
+`attributes` are the batch header's transactional (0x10) and control (0x20) bits (the other
+bits stay in the bytes; 0 for a plain batch); `control_type` is a control batch's marker type
+(0 abort, 1 commit; -1 for data). `isolation_level` 1 (read_committed) stops a fetch at the
+last stable offset and lists the aborted transactions ([producer_id, first_offset]) that
+overlap the returned range; 0 reads up to the high watermark (the list stays empty).
 
 Rules every stage keeps (no stage trusts its ring):
 
@@ -129,6 +137,8 @@ class BatchMeta(msgspec.Struct, array_like=True, frozen=True):
     base_sequence: int
     min_timestamp: int
     max_timestamp: int
+    attributes: int = 0  # TRANSACTIONAL_MASK | CONTROL_MASK bits of the batch header
+    control_type: int = -1  # control batches: 0 abort, 1 commit marker; -1 data
 
 
 class ProduceFrame(msgspec.Struct, array_like=True, frozen=True):
@@ -137,6 +147,9 @@ class ProduceFrame(msgspec.Struct, array_like=True, frozen=True):
     `request_id` and `slot` route the acknowledgement back: a request that writes several
     partitions sends one frame per partition, slots 0..n-1. `batches[i]` describes the
     `batch_lengths[i]` bytes that follow the previous batches in the payload.
+    `admitted_ns` is when ingest admitted the request (`time.monotonic_ns()`, CLOCK_MONOTONIC,
+    shared by every process on the host; 0 = unknown): the segmenter measures the ring wait
+    from it (metrics only; nothing is decided by it).
     """
 
     request_id: int
@@ -145,6 +158,7 @@ class ProduceFrame(msgspec.Struct, array_like=True, frozen=True):
     partition: int
     batches: list[BatchMeta]
     batch_lengths: list[int]
+    admitted_ns: int = 0
 
 
 class SealedBlock(msgspec.Struct, array_like=True, frozen=True):
@@ -168,6 +182,8 @@ class SealedBatch(msgspec.Struct, array_like=True, frozen=True):
     producer_id: int
     producer_epoch: int
     base_sequence: int
+    attributes: int = 0  # as BatchMeta.attributes
+    control_type: int = -1  # as BatchMeta.control_type
 
 
 class SealedSegment(msgspec.Struct, array_like=True, frozen=True):
@@ -238,6 +254,7 @@ class FetchRequest(msgspec.Struct, array_like=True, frozen=True):
     format: int
     parts: list[FetchPart]
     max_records: int = 0  # FORMAT_RECORDS only: 0 means no limit
+    isolation_level: int = 0  # 1: read_committed (up to the last stable offset)
 
 
 class FetchPartResult(msgspec.Struct, array_like=True, frozen=True):
@@ -251,6 +268,9 @@ class FetchPartResult(msgspec.Struct, array_like=True, frozen=True):
     length: int
     next_offset: int
     record_count: int
+    last_stable_offset: int = -1
+    #: read_committed: (producer_id, first_offset) of aborted transactions in the range
+    aborted: list[tuple[int, int]] = msgspec.field(default_factory=list)
 
 
 class FetchResponse(msgspec.Struct, array_like=True, frozen=True):
@@ -280,11 +300,11 @@ def ring_error(code: int, message: str) -> RingError:
 # -- worst-case sizes (rule 1) ----------------------------------------------------------------
 
 # Bytes a sealed frame spends beyond the batches themselves, at worst (msgpack ints take at
-# most 9 bytes): per batch one SealedBatch (8 ints); per block one SealedBlock (5 ints) plus
+# most 9 bytes): per batch one SealedBatch (10 ints); per block one SealedBlock (5 ints) plus
 # the segment's block header (20) and index entry (48); per segment the object's header and
 # footer (8 + 28) and the SealedSegment envelope with its RingError. LZ4 blocks are stored
 # only when smaller than the raw batches, so raw bytes bound stored bytes.
-SEALED_PER_BATCH = 1 + 8 * 9
+SEALED_PER_BATCH = 1 + 10 * 9
 SEALED_PER_BLOCK = (1 + 5 * 9) + 20 + 48
 SEALED_PER_SEGMENT = 8 + 28 + 64
 
@@ -384,6 +404,8 @@ def check_fetch_request(request: FetchRequest, max_parts: int) -> None:
         raise FrameError("fetch request has a negative max_wait_ms, min_bytes or max_bytes")
     if request.max_records < 0:
         raise FrameError(f"fetch request has max_records {request.max_records}")
+    if request.isolation_level not in (0, 1):
+        raise FrameError(f"fetch request has unknown isolation level {request.isolation_level}")
     for part in request.parts:
         if part.max_bytes < 0 or part.offset < 0:
             raise FrameError(

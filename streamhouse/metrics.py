@@ -34,7 +34,7 @@ import pathlib
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -44,6 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, valu
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 from streamhouse.config import Settings
 
@@ -328,8 +329,9 @@ def registry_for(settings: Settings) -> CollectorRegistry:
     return registry
 
 
-def start_metrics_endpoint(settings: Settings) -> None:
-    """Serve `/metrics` for the whole stack on `metrics_listen`, from a daemon thread.
+def start_metrics_endpoint(settings: Settings, collectors: Sequence[Collector] = ()) -> None:
+    """Serve `/metrics` for the whole stack on `metrics_listen`, from a daemon thread; with
+    `collectors` (objects with a `collect()`, called from the scrape thread) served too.
 
     No-op when metrics are disabled or already served by this process. A port in use is a
     `RuntimeError` naming the setting to change."""
@@ -338,6 +340,8 @@ def start_metrics_endpoint(settings: Settings) -> None:
         return
     host, _, port = settings.metrics_listen.rpartition(":")
     registry = registry_for(settings)
+    for collector in collectors:
+        registry.register(collector)
     try:
         server, thread = prometheus_client.start_http_server(
             int(port), addr=host, registry=registry
@@ -359,9 +363,21 @@ def stop_metrics_endpoint() -> None:
     _server, _server_thread = None, None
 
 
+#: Gauges ingest samples from metadata and serves from memory at each scrape
+#: (ingest/sampler.py `SampleCollector`), not through the multiprocess files.
+SAMPLED_GAUGES = (
+    "streamhouse_consumer_group_lag",
+    "streamhouse_consumer_group_lag_sum",
+    "streamhouse_stored_objects",
+    "streamhouse_stored_bytes",
+)
+
+
 def metric_names() -> list[str]:
-    """Every metric's exposed name (counters with their `_total`), for tests and the README."""
-    return [m._name + "_total" if m._type == "counter" else m._name for m in ALL]
+    """Every metric's exposed name (counters with their `_total`), the sampled gauges
+    included, for tests and the README."""
+    names = [m._name + "_total" if m._type == "counter" else m._name for m in ALL]
+    return names + list(SAMPLED_GAUGES)
 
 
 def valid_name(name: str, kind: str) -> bool:

@@ -43,7 +43,7 @@ from metadata import BatchRef, CommitBlock, MetadataError, MetadataUnavailableEr
 from metadata.async_store import AsyncMetadata
 from metadata.interface import open_store
 from metadata.store import BatchResult
-from streamhouse import objectstore, rings
+from streamhouse import metrics, objectstore, rings
 from streamhouse.config import Settings
 from streamhouse.errors import RING_OK, ErrorCode, RingError, StreamHouseError
 from streamhouse.frames import (
@@ -102,7 +102,14 @@ def commit_blocks(sealed: SealedSegment, obj: bytes) -> list[CommitBlock]:
     refs: list[list[BatchRef]] = [[] for _ in sealed.blocks]
     for b in sealed.batches:
         refs[b.block].append(
-            BatchRef(b.record_count, b.producer_id, b.producer_epoch, b.base_sequence)
+            BatchRef(
+                b.record_count,
+                b.producer_id,
+                b.producer_epoch,
+                b.base_sequence,
+                b.attributes,
+                b.control_type,
+            )
         )
     return [
         CommitBlock(
@@ -194,7 +201,11 @@ class Uploader:
 
     async def upload(self, key: str, obj: bytes) -> bool:
         async with self.slots:
-            return await put_with_retries(self.store, key, obj, self.settings)
+            started = time.perf_counter()
+            stored = await put_with_retries(self.store, key, obj, self.settings)
+            if stored:  # the put stage of produce latency: the upload with its retries
+                metrics.child(metrics.PRODUCE_STAGE, "put").observe(time.perf_counter() - started)
+            return stored
 
     async def receive(self, stop: asyncio.Event) -> None:
         """Starts an upload for every sealed segment, queued in seal order."""
@@ -347,6 +358,7 @@ class Uploader:
             return
         blocks = [commit_blocks(sealed, obj) for sealed, obj, _ in group]
         self._bound_commit(self._time_left(group))
+        started = time.perf_counter()
         try:
             per_segment = await self.meta.commit_segments(
                 [(key, len(obj), b) for (_, obj, key), b in zip(group, blocks, strict=True)]
@@ -370,6 +382,16 @@ class Uploader:
             else:
                 await self._refused(group[0][0], group[0][2], exc)
             return
+        # The commit stage of produce latency (each segment of the transaction observes it),
+        # and the segments now stored and committed.
+        commit_s = time.perf_counter() - started
+        commit_stage = metrics.child(metrics.PRODUCE_STAGE, "commit")
+        uploaded = metrics.child(metrics.SEGMENTS_UPLOADED, "uploader")
+        uploaded_bytes = metrics.child(metrics.SEGMENT_BYTES_UPLOADED, "uploader")
+        for _, obj, _ in group:
+            commit_stage.observe(commit_s)
+            uploaded.inc()
+            uploaded_bytes.inc(len(obj))
         for (sealed, obj, key), segment_blocks, per_block in zip(
             group, blocks, per_segment, strict=True
         ):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
@@ -23,7 +23,8 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with Stack(tmp_path_factory.mktemp("metrics") / "data") as running:
+    env = {"STREAMHOUSE_METRICS_SAMPLE_INTERVAL_MS": "300"}
+    with Stack(tmp_path_factory.mktemp("metrics") / "data", env) as running:
         yield running
 
 
@@ -126,6 +127,68 @@ def test_counters_move_by_the_records_produced_and_consumed(stack: Stack) -> Non
     assert total(after, "streamhouse_ring_capacity_bytes") > 0
     for (name, _), _value in after.items():
         assert name.startswith("streamhouse_"), name
+
+
+def scrape_until(stack: Stack, done: Callable[[Samples], bool], what: str) -> Samples:
+    """Scrapes until `done` holds (sampled gauges move every sample interval)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        samples = scrape(stack)
+        if done(samples):
+            return samples
+        assert time.monotonic() < deadline, f"{what}: not seen in {DEADLINE_S}s"
+        time.sleep(0.1)
+
+
+def commit(stack: Stack, group: str, topic: str, offset: int) -> None:
+    consumer = Consumer({"bootstrap.servers": stack.kafka_address, "group.id": group})
+    try:
+        consumer.commit(offsets=[TopicPartition(topic, 0, offset)], asynchronous=False)
+    finally:
+        consumer.close()
+
+
+def test_consumer_group_lag_per_partition(stack: Stack) -> None:
+    produce(stack, "metrics-lag", 100)
+    commit(stack, "lag-group", "metrics-lag", 30)
+    series = (
+        "streamhouse_consumer_group_lag",
+        (("group", "lag-group"), ("partition", "0"), ("topic", "metrics-lag")),
+    )
+    group_sum = ("streamhouse_consumer_group_lag_sum", (("group", "lag-group"),))
+    after = scrape_until(stack, lambda s: s.get(series) == 70, "lag 100 - 30")
+    assert after[group_sum] == 70
+    commit(stack, "lag-group", "metrics-lag", 90)
+    after = scrape_until(stack, lambda s: s.get(series) == 10, "lag 100 - 90")
+    assert after[group_sum] == 10
+    produce(stack, "metrics-lag", 5)
+    scrape_until(stack, lambda s: s.get(series) == 15, "lag grows with produces")
+
+
+def test_produce_stages_and_uploads_are_measured(stack: Stack) -> None:
+    before = scrape(stack)
+    produce(stack, "metrics-stages", 20)
+
+    def moved(samples: Samples, name: str, **labels: str) -> float:
+        return total(samples, name, **labels) - total(before, name, **labels)
+
+    after = scrape(stack)
+    for stage in ("ring_wait", "seal", "put", "commit"):
+        assert moved(after, "streamhouse_produce_stage_seconds_count", stage=stage) >= 1, stage
+        assert moved(after, "streamhouse_produce_stage_seconds_sum", stage=stage) > 0, stage
+    assert moved(after, "streamhouse_segments_uploaded_total", role="uploader") >= 1
+    assert moved(after, "streamhouse_segment_uploaded_bytes_total", role="uploader") > 0
+    # The ring wait is no longer than the whole produce (admission to ack).
+    wait = moved(after, "streamhouse_produce_stage_seconds_sum", stage="ring_wait")
+    assert wait <= moved(after, "streamhouse_produce_latency_seconds_sum") + 1e-6
+    # What the store holds, sampled from metadata: live objects and their bytes.
+    live = scrape_until(
+        stack,
+        lambda s: total(s, "streamhouse_stored_objects", state="live") > 0,
+        "stored objects",
+    )
+    assert total(live, "streamhouse_stored_bytes", state="live") > 0
+    assert total(live, "streamhouse_serving", role="ingest") == 1
 
 
 def test_a_restarted_process_keeps_counting(stack: Stack) -> None:
