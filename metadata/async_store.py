@@ -55,6 +55,7 @@ from metadata.store import (
     StoredBlock,
     TopicInfo,
 )
+from metadata.transactions import AbortedTxn
 
 T = TypeVar("T")
 
@@ -269,6 +270,11 @@ class AsyncMetadata:
         when ``offset`` is below its high watermark, up to ``limit`` blocks from ``offset``;
         all in one call."""
         return await self._read(_read_plans, self.store, list(parts), limit)
+
+    async def aborted_transactions(
+        self, topic_id: int, partition: int, start: int, end: int
+    ) -> list[AbortedTxn]:
+        return await self._read(self.store.aborted_transactions, topic_id, partition, start, end)
 
     async def find_blocks(
         self, topic_id: int, partition: int, offset: int, limit: int = 8

@@ -35,6 +35,7 @@ from metadata.store import (
     StoredBlock,
     TopicInfo,
 )
+from metadata.transactions import AbortedTxn
 
 
 @runtime_checkable
@@ -95,6 +96,10 @@ class MetadataBackend(Protocol):
     def commit_segments(
         self, segments: Sequence[tuple[str, int, list[CommitBlock]]]
     ) -> list[list[list[BatchResult]]]: ...
+
+    def aborted_transactions(
+        self, topic_id: int, partition: int, start: int, end: int
+    ) -> list[AbortedTxn]: ...
 
     def find_blocks(
         self, topic_id: int, partition: int, offset: int, limit: int = 8

@@ -170,6 +170,28 @@ metadata-only change in SQLite: no row is rewritten; older rows read -1). Older 
 open the file afterwards (:class:`~metadata.errors.SchemaTooNewError`), so upgrade every
 process together.
 
+Schema (version 7)
+==================
+
+Version 6 plus the transactions of the log (``metadata.transactions`` has the rules):
+
+``open_txns`` -- one row per producer with an open transaction on a partition.
+    ``PRIMARY KEY (topic_id, partition, producer_id)``, ``first_offset INTEGER`` (the first
+    offset of the transaction's first batch on the partition). Inserted by the commit of a
+    transactional batch when none is open, deleted by the commit of that producer's control
+    batch (COMMIT or ABORT marker). The partition's last stable offset is the smallest
+    ``first_offset`` of its rows, else its high watermark.
+
+``aborted_txns`` -- one row per aborted transaction on a partition, for read_committed
+    fetches. ``PRIMARY KEY (topic_id, partition, last_offset)`` (the ABORT marker's offset,
+    unique in the partition), ``producer_id INTEGER``, ``first_offset INTEGER``. Rows wholly
+    below the log start offset are deleted when it moves (retention, DeleteRecords); a
+    topic's rows go with it.
+
+Upgrading: the step only creates the two empty tables (quick on any size of file). Older code
+cannot open the file afterwards (:class:`~metadata.errors.SchemaTooNewError`), so upgrade
+every process together.
+
 ``PRAGMA application_id`` is set to :data:`APPLICATION_ID` so that a foreign SQLite file is
 refused rather than migrated.
 """
@@ -346,6 +368,25 @@ CREATE TABLE query_checkpoints (
 ALTER TABLE group_offsets ADD COLUMN leader_epoch INTEGER NOT NULL DEFAULT -1;
 """
 
+_SCHEMA_V7 = """
+CREATE TABLE open_txns (
+    topic_id      INTEGER NOT NULL,
+    partition     INTEGER NOT NULL,
+    producer_id   INTEGER NOT NULL,
+    first_offset  INTEGER NOT NULL CHECK (first_offset >= 0),
+    PRIMARY KEY (topic_id, partition, producer_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE aborted_txns (
+    topic_id      INTEGER NOT NULL,
+    partition     INTEGER NOT NULL,
+    last_offset   INTEGER NOT NULL,
+    producer_id   INTEGER NOT NULL,
+    first_offset  INTEGER NOT NULL CHECK (first_offset >= 0),
+    PRIMARY KEY (topic_id, partition, last_offset)
+) STRICT, WITHOUT ROWID;
+"""
+
 #: The ordered migration steps; ``MIGRATIONS[i].version == i + 1``.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _SCHEMA_V1),
@@ -354,6 +395,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "key-compaction checkpoints and the streaming-SQL catalog", _SCHEMA_V4),
     Migration(5, "raw (batch) length of each block, for retention.bytes", _SCHEMA_V5),
     Migration(6, "continuous queries' checkpoints and offsets' leader epochs", _SCHEMA_V6),
+    Migration(7, "open and aborted transactions of the log", _SCHEMA_V7),
 )
 
 

@@ -128,8 +128,11 @@ from metadata.store import (
     _SQL_SET_QUERY_STEP,
     _STORED_BLOCK_COLUMNS,
     DEBUG_LOOP_CALLS_ENV,
+    MAX_ABORTED_LISTED,
     MAX_RETENTION_BATCH,
     MAX_REWRITE_ROWS,
+    SQL_ABORTED_TXNS,
+    SQL_DROP_ABORTED_BELOW,
     AgentInfo,
     BatchResult,
     BlockLocation,
@@ -186,6 +189,7 @@ from metadata.store import (
     smallest_free_node_id,
     storage_report,
     stored_block,
+    txn_keys,
     unchanged,
     validate_agent,
     validate_group_id,
@@ -193,6 +197,7 @@ from metadata.store import (
     validate_lease,
     validate_topic_name,
 )
+from metadata.transactions import AbortedTxn, TxnLog
 from streamhouse.errors import ErrorCode
 
 T = TypeVar("T")
@@ -222,13 +227,34 @@ _SQL_TOPICS = f'SELECT {_TOPIC_COLUMNS} FROM topics ORDER BY name COLLATE "C"'
 _SQL_INSERT_PARTITIONS = (
     "INSERT INTO partitions (topic_id, partition) SELECT %s, generate_series(%s::int, %s::int)"
 )
-_SQL_PARTITION = (
-    "SELECT topic_id, partition, log_start_offset, high_watermark FROM partitions "
-    "WHERE topic_id = %s AND partition = %s"
+# The last stable offset comes from the statement that reads the high watermark.
+_PARTITION_COLUMNS = (
+    "SELECT p.topic_id, p.partition, p.log_start_offset, p.high_watermark, "
+    "coalesce((SELECT min(o.first_offset) FROM open_txns AS o WHERE o.topic_id = p.topic_id "
+    "AND o.partition = p.partition), p.high_watermark) FROM partitions AS p "
 )
-_SQL_PARTITIONS = (
-    "SELECT topic_id, partition, log_start_offset, high_watermark FROM partitions "
-    "WHERE topic_id = %s ORDER BY partition"
+_SQL_PARTITION = _PARTITION_COLUMNS + "WHERE p.topic_id = %s AND p.partition = %s"
+_SQL_PARTITIONS = _PARTITION_COLUMNS + "WHERE p.topic_id = %s ORDER BY p.partition"
+_SQL_OPEN_TXNS = (
+    "SELECT o.topic_id, o.partition, o.producer_id, o.first_offset FROM open_txns AS o "
+    "JOIN unnest(%s::bigint[], %s::int[], %s::bigint[]) AS k (topic_id, partition, producer_id) "
+    "ON o.topic_id = k.topic_id AND o.partition = k.partition AND o.producer_id = k.producer_id"
+)
+_SQL_CLOSE_TXNS = (
+    "DELETE FROM open_txns AS o USING unnest(%s::bigint[], %s::int[], %s::bigint[]) "
+    "AS k (topic_id, partition, producer_id) WHERE o.topic_id = k.topic_id "
+    "AND o.partition = k.partition AND o.producer_id = k.producer_id"
+)
+_SQL_OPEN_TXNS_UPSERT = (
+    "INSERT INTO open_txns (topic_id, partition, producer_id, first_offset) "
+    "SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[]) "
+    "ON CONFLICT (topic_id, partition, producer_id) DO UPDATE SET "
+    "first_offset = excluded.first_offset"
+)
+_SQL_INSERT_ABORTED = (
+    "INSERT INTO aborted_txns (topic_id, partition, last_offset, producer_id, first_offset) "
+    "SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[], %s::bigint[]) "
+    "ON CONFLICT DO NOTHING"
 )
 # Rule 1: the partition rows of a commit, locked in (topic_id, partition) order.
 _SQL_LOCK_HWMS = (
@@ -357,6 +383,10 @@ _SQL_MOVE_LOG_STARTS = (
     "FROM unnest(%s::bigint[], %s::int[], %s::bigint[]) AS k (t, p, lso) "
     "WHERE p.topic_id = k.t AND p.partition = k.p"
 )
+_SQL_DROP_ABORTED_MANY = (
+    "DELETE FROM aborted_txns AS a USING unnest(%s::bigint[], %s::int[], %s::bigint[]) "
+    "AS k (t, p, lso) WHERE a.topic_id = k.t AND a.partition = k.p AND a.last_offset < k.lso"
+)
 _SQL_NO_BLOCK = "NOT EXISTS (SELECT 1 FROM segment_blocks AS b WHERE b.segment_id = s.segment_id)"
 _SQL_LOCK_SEGMENTS = (
     "SELECT segment_id FROM segments WHERE segment_id = ANY(%s::bigint[]) "
@@ -381,6 +411,22 @@ _SQL_FORGET_SEGMENTS = (
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def _write_txns(cur: Any, txns: TxnLog) -> None:
+    """The open- and aborted-transaction rows a commit changed (metadata.transactions)."""
+    closed = txns.closed()
+    if closed:
+        cur.execute(
+            _SQL_CLOSE_TXNS,
+            (_ints(k[0] for k in closed), _ints(k[1] for k in closed), _ints(k[2] for k in closed)),
+        )
+    opened = txns.opened()
+    if opened:
+        cur.execute(_SQL_OPEN_TXNS_UPSERT, tuple(_ints(r[i] for r in opened) for i in range(4)))
+    if txns.aborted:
+        rows = txns.aborted
+        cur.execute(_SQL_INSERT_ABORTED, tuple(_ints(r[i] for r in rows) for i in range(5)))
 
 
 def _ints(values: Iterable[int]) -> str:
@@ -465,6 +511,14 @@ def _retain_partitions(
     if moved:
         cur.execute(
             _SQL_MOVE_LOG_STARTS,
+            (
+                _ints(t for t, _ in moved),
+                _ints(p for _, p in moved),
+                _ints(new[tp] for tp in moved),
+            ),
+        )
+        cur.execute(
+            _SQL_DROP_ABORTED_MANY,
             (
                 _ints(t for t, _ in moved),
                 _ints(p for _, p in moved),
@@ -808,6 +862,8 @@ class PostgresMetadataStore:
             emptied = [r[0] for r in cur.fetchall()]
             _mark_dead(cur, emptied, now)  # rule 8: after the partition rows
             cur.execute("DELETE FROM producer_state WHERE topic_id = %s", tid)
+            cur.execute("DELETE FROM open_txns WHERE topic_id = %s", tid)
+            cur.execute("DELETE FROM aborted_txns WHERE topic_id = %s", tid)
             cur.execute("DELETE FROM clean_offsets WHERE topic_id = %s", tid)
             cur.execute("DELETE FROM group_offsets WHERE topic_id = %s", tid)
             cur.execute("DELETE FROM partitions WHERE topic_id = %s", tid)
@@ -959,6 +1015,7 @@ class PostgresMetadataStore:
             )
             cur.execute(_SQL_DROP_BLOCKS, (topic_id, partition, offset))
             _mark_dead(cur, [r[0] for r in cur.fetchall()], now)  # rule 8
+            cur.execute(SQL_DROP_ABORTED_BELOW, (topic_id, partition, offset))
             return msgspec.structs.replace(state, log_start_offset=offset)
 
         return self._write(set_log_start_offset)
@@ -1033,12 +1090,24 @@ class PostgresMetadataStore:
                 producers[(topic_id, partition, pid)] = _Producer(
                     epoch, _batches_decoder.decode(batches)
                 )
+        txns: TxnLog | None = None
+        keys = txn_keys(segments, hwms)
+        if keys:  # read under the partition locks taken above (rule 1)
+            cur.execute(
+                _SQL_OPEN_TXNS,
+                (
+                    _ints(k[0] for k in keys),
+                    _ints(k[1] for k in keys),
+                    _ints(k[2] for k in keys),
+                ),
+            )
+            txns = TxnLog({(t, p, pid): first for t, p, pid, first in cur.fetchall()})
 
         results = []
         all_rows: list[tuple[object, ...]] = []
         notices = []
         for key, _, blocks in segments:
-            seg_results, block_rows = assign_offsets(blocks, hwms, producers, ids[key])
+            seg_results, block_rows = assign_offsets(blocks, hwms, producers, ids[key], txns)
             results.append(seg_results)
             all_rows.extend(block_rows)
             entries = [(r[0], r[1], r[5], r[6], hwms[(r[0], r[1])]) for r in block_rows]
@@ -1069,6 +1138,8 @@ class PostgresMetadataStore:
                     _ints(now for _ in dirty),
                 ),
             )
+        if txns is not None:
+            _write_txns(cur, txns)
         # Rule 6: announced from inside the transaction, after the blocks are written.
         cur.execute(
             "SELECT pg_notify(%s, n) FROM unnest(%s::text[]) WITH ORDINALITY AS u (n, i) "
@@ -1153,6 +1224,17 @@ class PostgresMetadataStore:
             return bool(cur.rowcount)
 
         return self._write(delete_query_checkpoint)
+
+    def aborted_transactions(
+        self, topic_id: int, partition: int, start: int, end: int
+    ) -> list[AbortedTxn]:
+        """See :meth:`metadata.store.MetadataStore.aborted_transactions`."""
+
+        def aborted_transactions(cur: Any) -> list[Any]:
+            cur.execute(SQL_ABORTED_TXNS, (topic_id, partition, start, end, MAX_ABORTED_LISTED))
+            return cur.fetchall()
+
+        return [AbortedTxn(*r) for r in self._read(aborted_transactions)]
 
     def find_blocks(
         self, topic_id: int, partition: int, offset: int, limit: int = 8

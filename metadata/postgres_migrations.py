@@ -152,6 +152,22 @@ Upgrading: the step creates one empty table and adds a column with a constant de
 table rewrite since PostgreSQL 11: older rows read -1); it holds an ACCESS EXCLUSIVE lock on
 ``group_offsets`` for that moment (offset commits wait). Older code refuses the database
 afterwards, so upgrade every agent together.
+
+Schema (version 8)
+==================
+
+As the SQLite file's version 7 (``metadata.transactions`` has the rules): ``open_txns``
+(``PRIMARY KEY (topic_id BIGINT, partition INTEGER, producer_id BIGINT)``, ``first_offset
+BIGINT``: the first offset of the producer's open transaction on the partition) and
+``aborted_txns`` (``PRIMARY KEY (topic_id BIGINT, partition INTEGER, last_offset BIGINT)``,
+the ABORT marker's offset; ``producer_id BIGINT``, ``first_offset BIGINT``). A segment
+commit reads and changes a partition's rows only while it holds the partition's row lock
+(rule 1 of :mod:`metadata.postgres`), so commits of one partition see each other's
+transactions in order; readers take the last stable offset in the statement that reads the
+high watermark.
+
+Upgrading: the step only creates two empty tables. Older code refuses the database
+afterwards, so upgrade every agent together.
 """
 
 from __future__ import annotations
@@ -311,6 +327,25 @@ CREATE TABLE query_checkpoints (
 ALTER TABLE group_offsets ADD COLUMN leader_epoch INTEGER NOT NULL DEFAULT -1;
 """
 
+_SCHEMA_V8 = """
+CREATE TABLE open_txns (
+    topic_id      BIGINT  NOT NULL,
+    partition     INTEGER NOT NULL,
+    producer_id   BIGINT  NOT NULL,
+    first_offset  BIGINT  NOT NULL CHECK (first_offset >= 0),
+    PRIMARY KEY (topic_id, partition, producer_id)
+);
+
+CREATE TABLE aborted_txns (
+    topic_id      BIGINT  NOT NULL,
+    partition     INTEGER NOT NULL,
+    last_offset   BIGINT  NOT NULL,
+    producer_id   BIGINT  NOT NULL,
+    first_offset  BIGINT  NOT NULL CHECK (first_offset >= 0),
+    PRIMARY KEY (topic_id, partition, last_offset)
+);
+"""
+
 #: The ordered migration steps; ``MIGRATIONS[i].version == i + 1``.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _SCHEMA_V1),
@@ -336,6 +371,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "UPDATE segment_blocks SET raw_length = byte_length;",
     ),
     Migration(7, "continuous queries' checkpoints and offsets' leader epochs", _SCHEMA_V7),
+    Migration(8, "open and aborted transactions of the log", _SCHEMA_V8),
 )
 
 _SQL_CREATE_VERSION_TABLE = (

@@ -119,6 +119,7 @@ from metadata.errors import (
     TopicExistsError,
     UnknownTopicError,
 )
+from metadata.transactions import AbortedTxn, TxnLog
 from streamhouse.errors import ErrorCode
 from streamhouse.topic_config import TOPIC_CONFIGS, TopicConfigError, validate_topic_config
 
@@ -126,6 +127,12 @@ MAX_TOPIC_NAME_LENGTH: Final = 249
 MAX_PARTITIONS: Final = 10_000
 #: How many recent batches per producer and partition are kept for duplicate detection (Kafka).
 PRODUCER_BATCH_WINDOW: Final = 5
+#: BatchRef.attributes bit of a transactional batch; BatchRef.control_type of a COMMIT marker
+#: (streamhouse.recordbatch's TRANSACTIONAL_MASK and CONTROL_COMMIT).
+TRANSACTIONAL_BIT: Final = 0x10
+CONTROL_COMMIT: Final = 1
+#: Most aborted transactions one read_committed fetch of a partition lists.
+MAX_ABORTED_LISTED: Final = 10_000
 
 UNKNOWN_TOPIC_OR_PARTITION: Final = "UNKNOWN_TOPIC_OR_PARTITION"
 OUT_OF_ORDER_SEQUENCE_NUMBER: Final = "OUT_OF_ORDER_SEQUENCE_NUMBER"
@@ -153,24 +160,35 @@ class TopicInfo(msgspec.Struct, frozen=True):
 
 
 class PartitionState(msgspec.Struct, frozen=True):
-    """A partition's readable range: offsets ``log_start_offset`` .. ``high_watermark - 1``."""
+    """A partition's readable range: offsets ``log_start_offset`` .. ``high_watermark - 1``.
+
+    ``last_stable_offset`` is the first offset of its oldest open transaction, or the high
+    watermark when none is open (read_committed consumers read below it)."""
 
     topic_id: int
     partition: int
     log_start_offset: int
     high_watermark: int
+    last_stable_offset: int
 
 
 class BatchRef(msgspec.Struct, frozen=True):
     """What :meth:`MetadataStore.commit_segment` needs to know about one RecordBatch.
 
-    ``producer_id < 0`` means a non-idempotent batch (no sequence checks).
+    ``producer_id < 0`` means a non-idempotent batch (no sequence checks). A transactional
+    batch (``attributes & 0x10``) opens its producer's transaction on the partition if none
+    is open; a control batch (``control_type >= 0``, base sequence -1, no sequence checks)
+    ends it (see "Transactions" in the module docstring).
     """
 
     record_count: int
     producer_id: int = -1
     producer_epoch: int = -1
     base_sequence: int = -1
+    #: the batch header's transactional (0x10) and control (0x20) bits
+    attributes: int = 0
+    #: a control batch's marker: 0 ABORT, 1 COMMIT (-1: a data batch)
+    control_type: int = -1
 
 
 class CommitBlock(msgspec.Struct, frozen=True):
@@ -437,13 +455,38 @@ _SQL_INSERT_PARTITION = (
     "INSERT INTO partitions (topic_id, partition, log_start_offset, high_watermark) "
     "VALUES (?, ?, 0, 0)"
 )
-_SQL_PARTITION = (
-    "SELECT topic_id, partition, log_start_offset, high_watermark FROM partitions "
-    "WHERE topic_id = ? AND partition = ?"
+# The last stable offset is read in the same statement as the high watermark (one snapshot).
+_PARTITION_COLUMNS = (
+    "SELECT p.topic_id, p.partition, p.log_start_offset, p.high_watermark, "
+    "coalesce((SELECT min(o.first_offset) FROM open_txns AS o WHERE o.topic_id = p.topic_id "
+    "AND o.partition = p.partition), p.high_watermark) FROM partitions AS p "
 )
-_SQL_PARTITIONS = (
-    "SELECT topic_id, partition, log_start_offset, high_watermark FROM partitions "
-    "WHERE topic_id = ? ORDER BY partition"
+_SQL_PARTITION = _PARTITION_COLUMNS + "WHERE p.topic_id = ? AND p.partition = ?"
+_SQL_PARTITIONS = _PARTITION_COLUMNS + "WHERE p.topic_id = ? ORDER BY p.partition"
+_SQL_OPEN_TXNS = (
+    "SELECT o.topic_id, o.partition, o.producer_id, o.first_offset "
+    "FROM json_each(?) AS j JOIN open_txns AS o ON o.topic_id = j.value ->> 0 "
+    "AND o.partition = j.value ->> 1 AND o.producer_id = j.value ->> 2"
+)
+_SQL_CLOSE_TXN = "DELETE FROM open_txns WHERE topic_id = ? AND partition = ? AND producer_id = ?"
+_SQL_OPEN_TXN = (
+    "INSERT INTO open_txns (topic_id, partition, producer_id, first_offset) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (topic_id, partition, producer_id) DO UPDATE SET "
+    "first_offset = excluded.first_offset"
+)
+_SQL_INSERT_ABORTED = (
+    "INSERT INTO aborted_txns (topic_id, partition, last_offset, producer_id, first_offset) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+# Aborted transactions overlapping offsets [%s, %s) (both backends; %s placeholders).
+SQL_ABORTED_TXNS = (
+    "SELECT producer_id, first_offset, last_offset FROM aborted_txns "
+    "WHERE topic_id = %s AND partition = %s AND last_offset >= %s AND first_offset < %s "
+    "ORDER BY first_offset, producer_id LIMIT %s"
+)
+# Aborted transactions wholly below a partition's log start are never listed again.
+SQL_DROP_ABORTED_BELOW = (
+    "DELETE FROM aborted_txns WHERE topic_id = %s AND partition = %s AND last_offset < %s"
 )
 # Set-based lookups for commit_segment: one statement (cached) for all keys, passed as a JSON
 # array of [topic_id, partition(, producer_id)] and joined against the primary key.
@@ -793,6 +836,22 @@ def _producer_keys(
     return producers
 
 
+def txn_keys(
+    segments: Sequence[tuple[str, int, list[CommitBlock]]], hwms: Mapping[tuple[int, int], int]
+) -> list[tuple[int, int, int]]:
+    """Every (topic_id, partition, producer_id) of a transactional or control batch on an
+    existing partition of ``segments``: the open transactions a commit must read."""
+    keys: dict[tuple[int, int, int], None] = {}
+    for _, _, blocks in segments:
+        for block in blocks:
+            tp = (block.topic_id, block.partition)
+            if tp in hwms:
+                for b in block.batches:
+                    if b.producer_id >= 0 and (b.attributes or b.control_type >= 0):
+                        keys[(*tp, b.producer_id)] = None
+    return list(keys)
+
+
 class _Producer:
     """In-memory producer state for one (topic, partition, producer id) during a commit."""
 
@@ -810,12 +869,15 @@ def assign_offsets(
     hwms: dict[tuple[int, int], int],
     producers: dict[tuple[int, int, int], _Producer | None],
     segment_id: int,
+    txns: TxnLog | None = None,
 ) -> tuple[list[list[BatchResult]], list[tuple[object, ...]]]:
     """The offset assignment of :meth:`MetadataStore.commit_segment`, shared by both backends.
 
     ``hwms`` maps each existing (topic_id, partition) of ``blocks`` to its high watermark and is
     advanced in place; ``producers`` maps each (topic_id, partition, producer_id) met to its
-    state (None: no state yet) and is updated in place (changed entries get ``dirty``).
+    state (None: no state yet) and is updated in place (changed entries get ``dirty``);
+    ``txns`` holds the open transactions of the keys :func:`txn_keys` names and is updated in
+    place (``metadata.transactions``; None when no batch is transactional or control).
     Returns the per-batch results shaped like ``blocks`` and the ``segment_blocks`` rows to
     insert: (topic_id, partition, end_offset, base_offset, segment_id, byte_offset,
     byte_length, record_count, max_timestamp, skipped_batches JSON or None, raw_length).
@@ -847,6 +909,24 @@ def assign_offsets(
                 continue
 
             epoch = batch.producer_epoch
+            if batch.control_type >= 0:
+                # A transaction marker: no sequence; fenced only by an older epoch; a newer
+                # epoch (the coordinator bumped it) resets the producer's sequence window.
+                pkey = (topic_id, partition, pid)
+                state = producers[pkey]
+                if epoch < 0 or (state is not None and epoch < state.epoch):
+                    block_results.append(_RESULT_BAD_EPOCH)
+                    skipped.append(ordinal)
+                    continue
+                if state is not None and epoch > state.epoch:
+                    state.epoch = epoch
+                    state.batches = []
+                    state.dirty = True
+                if txns is not None:
+                    txns.marker(pkey, hwm, batch.control_type == CONTROL_COMMIT)
+                block_results.append(BatchResult(hwm))
+                hwm += count
+                continue
             first = batch.base_sequence
             if epoch < 0:
                 block_results.append(_RESULT_BAD_EPOCH)
@@ -896,6 +976,8 @@ def assign_offsets(
             if len(state.batches) > PRODUCER_BATCH_WINDOW:
                 del state.batches[0]
             state.dirty = True
+            if txns is not None and batch.attributes & TRANSACTIONAL_BIT:
+                txns.data(pkey, hwm)
             block_results.append(BatchResult(hwm))
             hwm += count
 
@@ -1075,6 +1157,7 @@ def retain_partition(
     dropped = q(_SQL_DROP_BLOCKS, (topic_id, partition, max(new_start, log_start)))
     if new_start > log_start:
         q(_SQL_MOVE_LOG_START, (new_start, topic_id, partition))
+        q(SQL_DROP_ABORTED_BELOW, (topic_id, partition, new_start))
     if not dropped and new_start <= log_start:
         return None, set()
     move = RetentionMove(
@@ -1989,6 +2072,8 @@ class MetadataStore:
             if emptied:
                 db.execute(_SQL_MARK_DEAD, (now, _json_encode(emptied).decode()))
             db.execute("DELETE FROM producer_state WHERE topic_id = ?", tid)
+            db.execute("DELETE FROM open_txns WHERE topic_id = ?", tid)
+            db.execute("DELETE FROM aborted_txns WHERE topic_id = ?", tid)
             db.execute("DELETE FROM clean_offsets WHERE topic_id = ?", tid)
             db.execute("DELETE FROM group_offsets WHERE topic_id = ?", tid)
             db.execute("DELETE FROM partitions WHERE topic_id = ?", tid)
@@ -2129,6 +2214,7 @@ class MetadataStore:
             if offset <= state.log_start_offset:
                 return state
             db.execute(_SQL_SET_LSO, (offset, topic_id, partition))
+            db.execute(_qmarks(SQL_DROP_ABORTED_BELOW), (topic_id, partition, offset))
             dropped = db.execute(
                 _qmarks(_SQL_DROP_BLOCKS), (topic_id, partition, offset)
             ).fetchall()
@@ -2215,13 +2301,27 @@ class MetadataStore:
                 producers[(topic_id, partition, pid)] = _Producer(
                     epoch, _batches_decoder.decode(batches)
                 )
+        txns: TxnLog | None = None
+        keys = txn_keys(segments, hwms)
+        if keys:
+            rows = db.execute(_SQL_OPEN_TXNS, (_json_encode(keys).decode(),))
+            txns = TxnLog({(t, p, pid): first for t, p, pid, first in rows})
 
         results = []
         for (_, _, blocks), segment_id in zip(segments, segment_ids, strict=True):
-            seg_results, block_rows = assign_offsets(blocks, hwms, producers, segment_id)
+            seg_results, block_rows = assign_offsets(blocks, hwms, producers, segment_id, txns)
             results.append(seg_results)
             if block_rows:
                 db.executemany(_SQL_INSERT_BLOCK, block_rows)
+        if txns is not None:
+            closed = txns.closed()
+            if closed:
+                db.executemany(_SQL_CLOSE_TXN, closed)
+            opened = txns.opened()
+            if opened:
+                db.executemany(_SQL_OPEN_TXN, opened)
+            if txns.aborted:
+                db.executemany(_SQL_INSERT_ABORTED, txns.aborted)
         hwm_rows = [(hwm, tp[0], tp[1]) for tp, hwm in hwms.items() if hwm != start_hwms[tp]]
         if hwm_rows:
             db.executemany(_SQL_SET_HWM, hwm_rows)
@@ -2315,6 +2415,19 @@ class MetadataStore:
         with self._write() as db:
             db.execute(_qmarks(_SQL_DROP_QUERY), (now, b"", now, name))
             return db.changes() > 0
+
+    def aborted_transactions(
+        self, topic_id: int, partition: int, start: int, end: int
+    ) -> list[AbortedTxn]:
+        """The aborted transactions of the partition that overlap offsets ``start`` ..
+        ``end - 1`` (last offset >= start, first offset < end), by first offset: what a
+        read_committed Fetch lists for data returned from that range (at most
+        MAX_ABORTED_LISTED)."""
+        with self._read() as db:
+            rows = db.execute(
+                _qmarks(SQL_ABORTED_TXNS), (topic_id, partition, start, end, MAX_ABORTED_LISTED)
+            ).fetchall()
+        return [AbortedTxn(*r) for r in rows]
 
     def find_blocks(
         self, topic_id: int, partition: int, offset: int, limit: int = 8

@@ -13,6 +13,12 @@ Rules:
   commit wakes is bounded. No fetch waits longer than `max_wait_ms` (the reader's cap),
   whatever it asked for, so a fetch slot is never held for long.
 - Cold reads fetch just the needed block by a range GET; the next blocks are prefetched.
+- Transactions: every part answers its last stable offset (LSO). A read_committed fetch
+  (``isolation_level`` 1) returns only batches below the LSO (a batch never straddles it: an
+  open transaction starts at a batch's first offset) and the aborted transactions that
+  overlap the returned offsets (one metadata read, only when data is returned); commits,
+  markers included, wake it as any commit does. Kafka-format reads return control batches
+  as stored (clients skip them); the records format (gRPC) never renders them.
 - Commits wake long-polls from two sources. This agent's uploader hands each committed
   segment over the committed ring (`on_committed`: its blocks go straight into the cache).
   With a PostgreSQL metadata store, `metadata.commit_feed.CommitFeed` also delivers every
@@ -63,6 +69,7 @@ from streamhouse.frames import (
 )
 from streamhouse.record_wire import render_records
 from streamhouse.recordbatch import (
+    CONTROL_MASK,
     MAX_INFLATED_BYTES,
     decode_records,
     patch_base_offset,
@@ -240,10 +247,13 @@ class ReadEngine:
         max_records: int,
         allow_oversize: bool = True,
         plan: ReadPlan | None = None,
+        isolation_level: int = 0,
     ) -> tuple[FetchPartResult, bytes]:
         """Reads one partition from `part.offset`, up to max_bytes; with allow_oversize the
         first batch is returned even when it alone is larger. `plan` is the partition's
-        metadata for `part.offset` when the caller looked it up already."""
+        metadata for `part.offset` when the caller looked it up already. With
+        `isolation_level` 1 (read_committed) it stops at the last stable offset and lists
+        the aborted transactions of the returned range."""
         if plan is None:
             (plan,) = await self.meta.read_plans(
                 [(part.topic_id, part.partition, part.offset)], BLOCKS_PER_LOOKUP
@@ -256,6 +266,8 @@ class ReadEngine:
             )
             return _result(part, error, -1, -1), b""
         hwm, lso = state.high_watermark, state.log_start_offset
+        stable = min(state.last_stable_offset, hwm)
+        bound = stable if isolation_level == 1 else hwm
         if part.offset < lso or part.offset > hwm:
             error = ring_error(
                 ErrorCode.OFFSET_OUT_OF_RANGE.kafka_code,
@@ -268,7 +280,7 @@ class ReadEngine:
         next_offset = part.offset
         limit = max_records if max_records > 0 else 1 << 62
         cold = False
-        done = part.offset >= hwm
+        done = part.offset >= bound
         locs: list[BlockLocation] | None = plan.blocks
         while not done:
             if locs is None:
@@ -303,6 +315,12 @@ class ReadEngine:
                     batch_base = stored.first_offset
                     last = batch_base + info.last_offset_delta
                     if last < next_offset:
+                        continue
+                    if batch_base >= bound:
+                        done = True
+                        break
+                    if fmt != FORMAT_KAFKA and info.attributes & CONTROL_MASK:
+                        next_offset = last + 1  # a transaction marker: not a record
                         continue
                     bounded = bool(chunks) or not allow_oversize
                     if bounded and size + info.length > max_bytes:
@@ -339,13 +357,28 @@ class ReadEngine:
                 if done:
                     break
                 next_offset = max(next_offset, loc.end_offset)
-            if next_offset >= hwm:
+            if next_offset >= bound:
                 break
             locs = None  # read past the blocks looked up: look up the next ones
         if cold:
             self._prefetch_after(part.topic_id, part.partition, next_offset)
+        aborted: list[tuple[int, int]] = []
+        if isolation_level == 1 and chunks:
+            found = await self.meta.aborted_transactions(
+                part.topic_id, part.partition, part.offset, next_offset
+            )
+            aborted = [(a.producer_id, a.first_offset) for a in found]
         result = FetchPartResult(
-            part.topic_id, part.partition, RING_OK, hwm, lso, size, next_offset, count
+            part.topic_id,
+            part.partition,
+            RING_OK,
+            hwm,
+            lso,
+            size,
+            next_offset,
+            count,
+            stable,
+            aborted,
         )
         return result, b"".join(chunks)
 
@@ -376,6 +409,7 @@ class ReadEngine:
                         request.max_records,
                         allow_oversize=budget == request.max_bytes,
                         plan=plan,
+                        isolation_level=request.isolation_level,
                     )
                     budget -= len(data)
                     results.append(res)
@@ -471,6 +505,7 @@ def fit_response(
                     0,
                     wanted.offset,
                     0,
+                    part.last_stable_offset,
                 )
             )
     header = header_encoder.encode(FetchResponse(response.request_id, kept))

@@ -97,11 +97,13 @@ __all__ = [
     "BatchRules",
     "BlockBatch",
     "InvalidBatchError",
+    "control_type",
     "decode_records",
     "deflate",
     "default_partition",
     "encode_batch",
     "encode_block",
+    "encode_control_batch",
     "inflate",
     "murmur2",
     "patch_base_offset",
@@ -258,12 +260,14 @@ def encode_batch(
     producer_id: int = -1,
     producer_epoch: int = -1,
     base_sequence: int = -1,
+    attributes: int = 0,
 ) -> bytes:
     """Build one uncompressed RecordBatch v2 holding the given records in order.
 
     Record ``i`` gets offset delta ``i``, key ``keys[i]``, value ``values[i]``, headers
     ``headers[i]`` (order and duplicates kept) and timestamp ``timestamps[i]`` (ms,
-    CreateTime). The batch has base offset 0, partition leader epoch -1, attributes 0,
+    CreateTime). The batch has base offset 0, partition leader epoch -1, ``attributes``
+    (0: uncompressed CreateTime; only the transactional and control bits make sense here),
     base timestamp ``timestamps[0]``, max timestamp ``max(timestamps)`` and a valid CRC-32C.
     Raises ``ValueError`` for no records or lists of different lengths.
     """
@@ -293,7 +297,14 @@ def encode_batch(
         odbs = [slow(i) for i in range(n)]
     parts = [
         _CRC_HEADER.pack(
-            0, n - 1, base_ts, max(timestamps), producer_id, producer_epoch, base_sequence, n
+            attributes,
+            n - 1,
+            base_ts,
+            max(timestamps),
+            producer_id,
+            producer_epoch,
+            base_sequence,
+            n,
         )
     ]
     for od, key, value, hdrs, ts in zip(range(n), keys, values, headers, timestamps, strict=True):
@@ -326,6 +337,68 @@ def encode_batch(
         )  # 9 = leader epoch + magic + crc, the rest of what batch_length counts
         + data
     )
+
+
+# ---------------------------------------------------------------------------------------
+# control batches (transaction markers)
+#
+# A control batch has attributes bit 5 (control) and bit 4 (transactional) set, the
+# transaction's producer id and epoch, base sequence -1 and exactly one uncompressed record:
+#
+#   key    int16 version (0), int16 type (0 ABORT, 1 COMMIT)
+#   value  int16 version (0), int32 coordinator epoch
+#
+# (Kafka's EndTransactionMarker). Only the log writes them (ingest/txn_markers.py); produce
+# refuses them from clients. Consumers skip them; read_committed consumers use them to end
+# the aborted transactions listed in a Fetch response.
+
+CONTROL_ABORT, CONTROL_COMMIT = 0, 1
+_CONTROL_KEY = struct.Struct(">hh")
+_CONTROL_VALUE = struct.Struct(">hi")
+
+
+def encode_control_batch(
+    commit: bool, producer_id: int, producer_epoch: int, coordinator_epoch: int, timestamp_ms: int
+) -> bytes:
+    """One control batch ending a transaction with a COMMIT or ABORT marker (layout above).
+
+    Raises ``ValueError`` for a producer id or epoch a transaction cannot have."""
+    if producer_id < 0 or not 0 <= producer_epoch <= 0x7FFF:
+        raise ValueError(
+            f"a transaction marker needs a producer id >= 0 and an epoch 0..32767, not "
+            f"{producer_id}/{producer_epoch}"
+        )
+    marker = CONTROL_COMMIT if commit else CONTROL_ABORT
+    return encode_batch(
+        [_CONTROL_KEY.pack(0, marker)],
+        [_CONTROL_VALUE.pack(0, coordinator_epoch)],
+        [[]],
+        [timestamp_ms],
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=-1,
+        attributes=TRANSACTIONAL_MASK | CONTROL_MASK,
+    )
+
+
+def control_type(batch: bytes | bytearray | memoryview) -> int:
+    """The marker type (CONTROL_ABORT or CONTROL_COMMIT) of one whole control batch.
+
+    Raises ``InvalidBatchError`` unless it is a control batch of one record whose key is a
+    version 0 marker of a known type."""
+    records = decode_records(batch)
+    if len(records) != 1 or records[0][2] is None or len(records[0][2]) != _CONTROL_KEY.size:
+        raise InvalidBatchError(
+            ErrorCode.CORRUPT_MESSAGE, "a control batch must hold one record with a 4-byte key"
+        )
+    version, kind = _CONTROL_KEY.unpack(records[0][2])
+    if version != 0 or kind not in (CONTROL_ABORT, CONTROL_COMMIT):
+        raise InvalidBatchError(
+            ErrorCode.CORRUPT_MESSAGE,
+            f"control record key version {version} type {kind}: only version 0 ABORT (0) or "
+            "COMMIT (1) markers are known",
+        )
+    return kind
 
 
 # ---------------------------------------------------------------------------------------
@@ -577,14 +650,15 @@ def validate_batches(
 
     In order: the whole set against ``max_records_bytes`` (``RECORD_LIST_TOO_LARGE``); each
     batch's header, length and CRC (``scan_batches``); its size against ``max_message_bytes``
-    (``MESSAGE_TOO_LARGE``); its attributes (no control or transactional batches, no
-    LogAppendTime set by a client: ``INVALID_RECORD`` / ``INVALID_TIMESTAMP``) and producer
-    fields (no producer id is -1; a producer id needs a non-negative epoch and sequence); then every
-    record, in C (``streamhouse/_batchcheck.c``), after decompressing to at most
-    ``max_inflated_bytes``: framing, lengths, offset deltas 0..n-1, the record count, and for
-    CreateTime topics each timestamp within [now - before, now + after]
-    (``INVALID_TIMESTAMP``) and the header's maxTimestamp equal to the largest one. Raises
-    ``InvalidBatchError`` for the first failure; a record-level one carries
+    (``MESSAGE_TOO_LARGE``); its attributes (no control batches, no transactional batch
+    without a producer id, no LogAppendTime set by a client: ``INVALID_RECORD`` /
+    ``INVALID_TIMESTAMP``) and producer fields (no producer id is -1; a producer id needs a
+    non-negative epoch and sequence); then every record, in C (``streamhouse/_batchcheck.c``),
+    after decompressing to at most ``max_inflated_bytes``: framing, lengths, offset deltas
+    0..n-1, the record count, and for CreateTime topics each timestamp within
+    [now - before, now + after] (``INVALID_TIMESTAMP``) and the header's maxTimestamp equal
+    to the largest one. Raises ``InvalidBatchError`` for the first failure; a record-level
+    one carries
     ``record_errors``.
     """
     size = len(buf)
@@ -626,11 +700,11 @@ def validate_batches(
                 ErrorCode.INVALID_RECORD,
                 f"{where}: clients are not allowed to write control batches",
             )
-        if attributes & TRANSACTIONAL_MASK:
+        if attributes & TRANSACTIONAL_MASK and info.producer_id < 0:
             raise InvalidBatchError(
                 ErrorCode.INVALID_RECORD,
-                f"{where}: transactional batches are not supported; produce without a "
-                "transactional.id",
+                f"{where}: a transactional batch needs a producer id (InitProducerId with "
+                "the transactional.id first)",
             )
         if attributes & TIMESTAMP_TYPE_MASK:
             raise InvalidBatchError(

@@ -3,8 +3,15 @@
 Fetch relays every partition of a request to the reader in one FetchRequest (Kafka format:
 stored batches with `baseOffset` patched); the reader honours max_wait_ms, min_bytes,
 max_bytes and partition_max_bytes. Fetch sessions are not kept: every response is a full
-one with session id 0, which Kafka clients accept. Only committed data exists, so the last
-stable offset is the high watermark.
+one with session id 0, which Kafka clients accept.
+
+Transactions: every partition answers its last stable offset (LSO: the first offset of its
+oldest open transaction, else the high watermark; ``metadata/transactions.py``). A fetch
+with isolation_level 1 (read_committed) returns only batches below the LSO and lists the
+aborted transactions (producer id, first offset) overlapping the returned range, so the
+client drops their records up to each ABORT marker; control batches are returned as stored
+(clients skip them). isolation_level 0 reads up to the high watermark and lists none.
+ListOffsets LATEST answers the LSO for isolation_level 1, the high watermark otherwise.
 """
 
 from __future__ import annotations
@@ -37,9 +44,12 @@ F = FetchResponse
 LATEST = -1
 EARLIEST = -2
 MAX_TIMESTAMP = -3
+READ_COMMITTED = 1  # isolation_level of Fetch and ListOffsets
 
 
 async def fetch(broker: KafkaBroker, header: RequestHeader, request: FetchRequest) -> FetchResponse:
+    # Kafka knows 0 (read_uncommitted) and 1 (read_committed); anything else reads as 0.
+    read_committed = request.isolation_level == READ_COMMITTED
     parts: list[FetchPart] = []
     # per requested partition: (topic name, topic id uuid, partition, index into parts or error)
     layout: list[tuple[int, list[tuple[int, int]]]] = []
@@ -76,6 +86,7 @@ async def fetch(broker: KafkaBroker, header: RequestHeader, request: FetchReques
             max_bytes=max_bytes,
             format=FORMAT_KAFKA,
             parts=parts,
+            isolation_level=READ_COMMITTED if read_committed else 0,
         )
         try:
             answer, data = await broker.pipeline.fetch(reader_request)
@@ -133,8 +144,16 @@ async def fetch(broker: KafkaBroker, header: RequestHeader, request: FetchReques
                     partition_index=partition,
                     error_code=code,
                     high_watermark=r.high_watermark,
-                    last_stable_offset=r.high_watermark,
+                    last_stable_offset=r.last_stable_offset
+                    if r.last_stable_offset >= 0
+                    else r.high_watermark,
                     log_start_offset=r.log_start_offset,
+                    aborted_transactions=[
+                        F.AbortedTransaction(producer_id=pid, first_offset=first)
+                        for pid, first in r.aborted
+                    ]
+                    if read_committed
+                    else None,
                     records=payload[start : start + r.length],
                 )
             )
@@ -263,7 +282,11 @@ async def list_offsets(
                 continue
             ts, offset = -1, -1
             if p.timestamp == LATEST:
-                offset = state.high_watermark
+                offset = (
+                    state.last_stable_offset
+                    if request.isolation_level == READ_COMMITTED
+                    else state.high_watermark
+                )
             elif p.timestamp == EARLIEST:
                 offset = state.log_start_offset
             else:

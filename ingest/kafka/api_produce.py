@@ -19,6 +19,12 @@ INVALID_PRODUCER_EPOCH. The pipeline answers within the request's budget (the re
 data it certainly did not write is answered NOT_ENOUGH_REPLICAS or KAFKA_STORAGE_ERROR
 (retriable, and "not persisted" to librdkafka, so an idempotent producer retries without
 bumping its epoch), and REQUEST_TIMED_OUT only when the outcome is genuinely unknown.
+
+Transactional batches (attributes bit 4, with the producer id of a transactional producer)
+are accepted and checked like idempotent ones; their slot's BatchMeta carries the bit, and
+the metadata commit opens the producer's transaction on the partition
+(``metadata/transactions.py``). Control batches (transaction markers) are refused
+(INVALID_RECORD): only the log writes them (``ingest/txn_markers.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from streamhouse.frames import BatchMeta
 from streamhouse.kafka.messages import ProduceRequest, ProduceResponse, RequestHeader
 from streamhouse.recordbatch import (
     TIMESTAMP_TYPE_MASK,
+    TRANSACTIONAL_MASK,
     BatchInfo,
     BatchRules,
     InvalidBatchError,
@@ -100,6 +107,7 @@ def _admit(
                 info.base_sequence,
                 info.base_timestamp if append_time is None else append_time,
                 info.max_timestamp if append_time is None else append_time,
+                info.attributes & TRANSACTIONAL_MASK,
             )
         )
         lengths.append(info.length)
@@ -114,10 +122,6 @@ async def produce(
     """Answers one Produce request (see the module docstring)."""
     if request.acks not in (-1, 0, 1):
         return all_failed(request, errors.INVALID_REQUIRED_ACKS, f"acks={request.acks} is invalid")
-    if request.transactional_id:
-        return all_failed(
-            request, errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "transactions are not supported"
-        )
     slots: list[ProduceSlot] = []
     # (topic name, partition) -> (slot index or -1, error, message)
     outcome: dict[tuple[str, int], tuple[int, int, str | None]] = {}

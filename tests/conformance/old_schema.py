@@ -25,3 +25,13 @@ def old_schema_sql(target: Path | str, sql: str) -> None:
 
 ADD_RAW_LENGTH = "ALTER TABLE segment_blocks ADD COLUMN raw_length INTEGER NOT NULL DEFAULT 0"
 DROP_RAW_LENGTH = "ALTER TABLE segment_blocks DROP COLUMN raw_length"
+
+
+# Today's partition reads take the last stable offset from ``open_txns`` (SQLite schema 7,
+# PostgreSQL 8): tests of older schemas add the table to read, and drop it before the upgrade.
+ADD_OPEN_TXNS = (
+    "CREATE TABLE open_txns (topic_id BIGINT NOT NULL, partition INTEGER NOT NULL, "
+    "producer_id BIGINT NOT NULL, first_offset BIGINT NOT NULL, "
+    "PRIMARY KEY (topic_id, partition, producer_id))"
+)
+DROP_OPEN_TXNS = "DROP TABLE open_txns"

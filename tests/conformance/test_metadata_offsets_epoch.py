@@ -24,7 +24,7 @@ from metadata import (
 from metadata.async_store import AsyncMetadata
 from metadata.postgres import PostgresMetadataStore
 from tests.conformance.conftest import Opener, Store
-from tests.conformance.old_schema import old_schema_sql
+from tests.conformance.old_schema import ADD_OPEN_TXNS, DROP_OPEN_TXNS, old_schema_sql
 
 
 def test_a_committed_leader_epoch_comes_back(store: Store) -> None:
@@ -131,7 +131,9 @@ def test_upgrade_to_query_checkpoints_keeps_offsets_and_the_log(
             f"commit_ms) VALUES ('g', {tid}, 0, 5, 'meta', 123), ('g', {tid}, 1, 4, '', 124)",
         )
         before_blocks = [old.find_blocks(tid, p, 0) for p in range(2)]
+        old_schema_sql(target, ADD_OPEN_TXNS)
         before_parts = old.list_partitions(tid)
+        old_schema_sql(target, DROP_OPEN_TXNS)
     monkeypatch.undo()
     with opener() as store:
         assert first == [[BatchResult(0), BatchResult(3)], [BatchResult(0)]]

@@ -222,7 +222,7 @@ def test_kafka_fetch_patches_base_offsets(h: Harness) -> None:
     a, b, c = seed(h)
     resp, payload = fetch(h, request(h, 0))
     (part,) = resp.parts
-    assert part == FetchPartResult(h.topic_id, 0, RING_OK, 9, 0, len(payload), 9, 9)
+    assert part == FetchPartResult(h.topic_id, 0, RING_OK, 9, 0, len(payload), 9, 9, 9)
     assert kafka_batches(payload) == [(0, vals("a", 3)), (3, vals("b", 2)), (5, vals("c", 4))]
     assert len(payload) == len(a) + len(b) + len(c)
     # Only baseOffset differs from what the producer sent.
@@ -303,13 +303,13 @@ def test_fetch_at_high_watermark_is_empty(h: Harness) -> None:
     seed(h)
     resp, payload = fetch(h, request(h, 9))
     assert payload == b""
-    assert resp.parts[0] == FetchPartResult(h.topic_id, 0, RING_OK, 9, 0, 0, 9, 0)
+    assert resp.parts[0] == FetchPartResult(h.topic_id, 0, RING_OK, 9, 0, 0, 9, 0, 9)
 
 
 def test_fetch_of_an_empty_partition(h: Harness) -> None:
     resp, payload = fetch(h, request(h, 0, partition=2))
     assert payload == b""
-    assert resp.parts[0] == FetchPartResult(h.topic_id, 2, RING_OK, 0, 0, 0, 0, 0)
+    assert resp.parts[0] == FetchPartResult(h.topic_id, 2, RING_OK, 0, 0, 0, 0, 0, 0)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -652,7 +652,7 @@ def test_long_poll_returns_empty_after_max_wait(h: Harness) -> None:
         )
         elapsed = loop.time() - started
         assert payload == b""
-        assert resp.parts[0] == FetchPartResult(h.topic_id, 0, RING_OK, 2, 0, 0, 2, 0)
+        assert resp.parts[0] == FetchPartResult(h.topic_id, 0, RING_OK, 2, 0, 0, 2, 0, 2)
         assert elapsed >= 0.09
         assert h.engine._waiters == {}
 
