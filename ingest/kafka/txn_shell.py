@@ -60,8 +60,13 @@ MarkerWriter = Callable[
     [Sequence[tuple[int, int]], int, int, bool], Awaitable[list[ErrorCode | None]]
 ]
 
-#: Marker errors that mean there is nothing left to mark (the partition is gone).
-_GONE = (ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, ErrorCode.UNKNOWN_TOPIC_ID)
+#: Marker errors that mean there is nothing left to mark there: the partition is gone, or a
+#: newer epoch of the producer already wrote to it (writing again cannot succeed).
+_GONE = (
+    ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+    ErrorCode.UNKNOWN_TOPIC_ID,
+    ErrorCode.INVALID_PRODUCER_EPOCH,
+)
 
 COORDINATOR_NOT_AVAILABLE = ErrorCode.COORDINATOR_NOT_AVAILABLE.kafka_code
 
@@ -328,6 +333,17 @@ class TxnShell:
                 for p, e in zip(record.partitions, results, strict=True)
                 if e is not None and e not in _GONE
             ]
+            for p, e in zip(record.partitions, results, strict=True):
+                if e is ErrorCode.INVALID_PRODUCER_EPOCH:
+                    log.error(
+                        "transactional id %r: the %s marker of epoch %d for partition %s was "
+                        "refused: a newer epoch of producer %d wrote there first",
+                        tid,
+                        what,
+                        record.producer_epoch,
+                        p,
+                        record.producer_id,
+                    )
             if failed:
                 log.warning(
                     "transactional id %r: %s markers not written to %d partitions (first %s: "
