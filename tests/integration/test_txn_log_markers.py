@@ -1,0 +1,247 @@
+"""Transactions in the log, end to end on a real stack, without the coordinator: transactional
+batches produced over the Kafka protocol, markers written with ``ingest.txn_markers`` through
+the real pipeline (segmenter -> uploader -> metadata commit), read back by confluent-kafka
+consumers. read_committed consumers see only committed transactions and stop at an open one;
+read_uncommitted consumers see every data record; nobody sees a marker as a record.
+
+The markers need the produce ring's writing end, which ingest holds: the test stops ingest
+(supervisorctl), writes the markers from its own ``Pipeline`` on the stack's rings, and starts
+ingest again, as the coordinator inside ingest would have written them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from ingest.pipeline import Pipeline
+from ingest.txn_markers import write_txn_markers
+from metadata import MetadataStore
+from streamhouse.errors import ErrorCode
+from streamhouse.kafka.messages import ListOffsetsRequest, ProduceRequest
+from streamhouse.recordbatch import TRANSACTIONAL_MASK, encode_batch
+from streamhouse.testing import Stack, kafka_call, wait_until
+
+DEADLINE_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with Stack(tmp_path_factory.mktemp("txn-log") / "data") as s:
+        yield s
+
+
+def create_topic(stack: Stack, name: str, partitions: int = 1) -> int:
+    admin = AdminClient({"bootstrap.servers": stack.kafka_address})
+    for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+        future.result(DEADLINE_S)
+    with MetadataStore(stack.settings.metadata_path) as meta:
+        topic = meta.get_topic(name)
+    assert topic is not None
+    return topic.topic_id
+
+
+def produce_txn(
+    stack: Stack, topic: str, partition: int, values: Sequence[bytes], pid: int, seq: int
+) -> int:
+    """Produces one transactional batch of ``values`` as producer ``pid`` (epoch 0) over the
+    Kafka protocol; returns its base offset."""
+    now = int(time.time() * 1000)
+    batch = encode_batch(
+        [None] * len(values),
+        list(values),
+        [[] for _ in values],
+        [now] * len(values),
+        producer_id=pid,
+        producer_epoch=0,
+        base_sequence=seq,
+        attributes=TRANSACTIONAL_MASK,
+    )
+    P = ProduceRequest
+    request = P(
+        transactional_id=f"txn-{pid}",
+        acks=-1,
+        timeout_ms=10_000,
+        topic_data=[
+            P.TopicProduceData(
+                name=topic, partition_data=[P.PartitionProduceData(index=partition, records=batch)]
+            )
+        ],
+    )
+    body = kafka_call(stack.kafka_address, 0, 7, request)
+    (answer,) = body.responses[0].partition_responses
+    assert answer.error_code == 0, answer.error_message
+    return int(answer.base_offset)
+
+
+def produce_plain(stack: Stack, topic: str, partition: int, values: Sequence[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": stack.kafka_address, "linger.ms": 0})
+    failures: list[str] = []
+    for value in values:
+        producer.produce(
+            topic,
+            value,
+            partition=partition,
+            on_delivery=lambda err, _m: failures.append(str(err)) if err else None,
+        )
+    assert producer.flush(DEADLINE_S) == 0
+    assert failures == []
+
+
+def write_markers(
+    stack: Stack, partitions: Sequence[tuple[int, int]], pid: int, commit: bool, epoch: int = 0
+) -> list[ErrorCode | None]:
+    """Writes markers through the stack's pipeline while its ingest is stopped (module doc)."""
+    stack.supervisorctl("stop", "ingest")
+    wait_until(lambda: stack.pid("ingest") == 0, DEADLINE_S, "ingest stopped")
+
+    async def write() -> list[ErrorCode | None]:
+        pipeline = Pipeline(stack.settings)
+        pipeline.start()
+        try:
+            return await write_txn_markers(pipeline, partitions, pid, epoch, commit, 0, 10_000)
+        finally:
+            await pipeline.close()
+
+    try:
+        return asyncio.run(write())
+    finally:
+        stack.supervisorctl("start", "ingest")
+        stack.wait_ready(DEADLINE_S)
+
+
+def offsets(stack: Stack, topic: str, partition: int, isolation: int) -> int:
+    """ListOffsets LATEST at ``isolation`` (0 read_uncommitted: the high watermark, 1
+    read_committed: the last stable offset)."""
+    L = ListOffsetsRequest
+    request = L(
+        replica_id=-1,
+        isolation_level=isolation,
+        topics=[
+            L.ListOffsetsTopic(
+                name=topic,
+                partitions=[L.ListOffsetsPartition(partition_index=partition, timestamp=-1)],
+            )
+        ],
+    )
+    body = kafka_call(stack.kafka_address, 2, 5, request)
+    (answer,) = body.topics[0].partitions
+    assert answer.error_code == 0
+    return int(answer.offset)
+
+
+def consume(
+    stack: Stack, topic: str, partition: int, isolation: str, until_offset: int
+) -> tuple[list[bytes], int]:
+    """Every record value a confluent-kafka consumer at ``isolation`` gets from the start of
+    the partition until its position reaches ``until_offset``; and that position."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.kafka_address,
+            "group.id": f"txn-log-{isolation}",
+            "enable.auto.commit": False,
+            "isolation.level": isolation,
+            "enable.partition.eof": False,
+        }
+    )
+    tp = TopicPartition(topic, partition, OFFSET_BEGINNING)
+    consumer.assign([tp])
+    values: list[bytes] = []
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while True:
+            position = consumer.position([TopicPartition(topic, partition)])[0].offset
+            if position >= until_offset:
+                return values, position
+            assert time.monotonic() < deadline, f"stuck at {position} < {until_offset}: {values}"
+            for message in consumer.consume(num_messages=100, timeout=0.5):
+                assert message.error() is None, message.error()
+                values.append(message.value())
+    finally:
+        consumer.close()
+
+
+def test_a_marker_takes_one_offset_that_consumers_skip(stack: Stack) -> None:
+    tid = create_topic(stack, "txn-marker")
+    produce_plain(stack, "txn-marker", 0, [b"a", b"b"])
+    assert offsets(stack, "txn-marker", 0, 0) == 2
+    # no open transaction: the marker is stored, changes nothing else
+    assert write_markers(stack, [(tid, 0)], pid=4242, commit=True) == [None]
+    assert offsets(stack, "txn-marker", 0, 0) == 3
+    assert offsets(stack, "txn-marker", 0, 1) == 3
+    produce_plain(stack, "txn-marker", 0, [b"c"])
+    for isolation in ("read_uncommitted", "read_committed"):
+        values, position = consume(stack, "txn-marker", 0, isolation, 4)
+        assert values == [b"a", b"b", b"c"]
+        assert position == 4
+
+
+def test_read_committed_sees_committed_transactions_only_and_stops_at_an_open_one(
+    stack: Stack,
+) -> None:
+    tid = create_topic(stack, "txn-log", 2)
+    produce_plain(stack, "txn-log", 0, [b"p0"])
+    # producer 1001 aborts, producer 1002 commits; their transactions interleave
+    assert produce_txn(stack, "txn-log", 0, [b"a0", b"a1"], pid=1001, seq=0) == 1
+    assert produce_txn(stack, "txn-log", 0, [b"c0"], pid=1002, seq=0) == 3
+    produce_plain(stack, "txn-log", 0, [b"p1"])  # offset 4
+    assert produce_txn(stack, "txn-log", 0, [b"a2"], pid=1001, seq=2) == 5
+    assert produce_txn(stack, "txn-log", 1, [b"x0"], pid=1002, seq=0) == 0
+    assert offsets(stack, "txn-log", 0, 0) == 6
+    assert offsets(stack, "txn-log", 0, 1) == 1  # held by producer 1001's first batch
+
+    # read_committed stops at the open transaction; read_uncommitted sees all
+    values, position = consume(stack, "txn-log", 0, "read_committed", 1)
+    assert (values, position) == ([b"p0"], 1)
+    values, _ = consume(stack, "txn-log", 0, "read_uncommitted", 6)
+    assert values == [b"p0", b"a0", b"a1", b"c0", b"p1", b"a2"]
+
+    assert write_markers(stack, [(tid, 0)], pid=1001, commit=False) == [None]  # offset 6
+    assert offsets(stack, "txn-log", 0, 1) == 3  # now held by producer 1002
+    assert write_markers(stack, [(tid, 0), (tid, 1)], pid=1002, commit=True) == [None, None]
+    assert offsets(stack, "txn-log", 0, 0) == 8
+    assert offsets(stack, "txn-log", 0, 1) == 8
+    assert offsets(stack, "txn-log", 1, 1) == 2
+
+    produce_plain(stack, "txn-log", 0, [b"p2"])  # offset 8
+    values, position = consume(stack, "txn-log", 0, "read_committed", 9)
+    assert (values, position) == ([b"p0", b"c0", b"p1", b"p2"], 9)
+    values, _ = consume(stack, "txn-log", 0, "read_uncommitted", 9)
+    assert values == [b"p0", b"a0", b"a1", b"c0", b"p1", b"a2", b"p2"]
+    values, _ = consume(stack, "txn-log", 1, "read_committed", 2)
+    assert values == [b"x0"]
+
+
+def test_clients_may_not_write_control_batches(stack: Stack) -> None:
+    create_topic(stack, "txn-control")
+    now = int(time.time() * 1000)
+    batch = encode_batch(
+        [b"\x00\x00\x00\x01"],
+        [b"\x00\x00\x00\x00\x00\x00"],
+        [[]],
+        [now],
+        producer_id=5,
+        producer_epoch=0,
+        base_sequence=-1,
+        attributes=0x30,
+    )
+    P = ProduceRequest
+    request = P(
+        transactional_id="t",
+        acks=-1,
+        timeout_ms=10_000,
+        topic_data=[
+            P.TopicProduceData(
+                name="txn-control", partition_data=[P.PartitionProduceData(index=0, records=batch)]
+            )
+        ],
+    )
+    (answer,) = kafka_call(stack.kafka_address, 0, 8, request).responses[0].partition_responses
+    assert answer.error_code == ErrorCode.INVALID_RECORD.kafka_code
+    assert "control" in (answer.error_message or "")
+    assert offsets(stack, "txn-control", 0, 0) == 0
