@@ -1,5 +1,6 @@
-"""supervisord started directly (as the README says) on a new data dir, `streamhouse status
---json` on it, and `streamhouse clean` reclaiming the rings of a killed stack."""
+"""supervisord started directly (as the README says) on a data dir that does not exist yet
+(it starts, serves Kafka and keeps run/ and logs/ private), `streamhouse status --json` on
+it, and `streamhouse clean` reclaiming the rings of a killed stack."""
 
 from __future__ import annotations
 
@@ -12,8 +13,17 @@ import subprocess
 import sys
 import time
 
+from confluent_kafka import Producer
+
 from streamhouse.status import existing_rings, ring_shm_path
-from streamhouse.testing import PROGRAMS, SUPERVISORD_CONF, Stack, _alive, _descendants
+from streamhouse.testing import (
+    PROGRAMS,
+    SUPERVISORD_CONF,
+    Stack,
+    _alive,
+    _descendants,
+    kafka_metadata,
+)
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -27,10 +37,9 @@ def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_direct_supervisord_status_and_clean(tmp_path: pathlib.Path) -> None:
-    data = tmp_path / "data"
-    # As the README says: supervisord needs the folders of its log, pid file and socket.
-    (data / "run").mkdir(parents=True)
-    (data / "logs").mkdir()
+    # As the README says, on a data dir that does not exist yet (nor does its parent).
+    data = tmp_path / "fresh" / "data"
+    assert not data.parent.exists()
     stack = Stack(data)
     # A ring of another stack (another data dir) must survive this stack's clean.
     other = Stack(tmp_path / "other")
@@ -48,8 +57,20 @@ def test_direct_supervisord_status_and_clean(tmp_path: pathlib.Path) -> None:
             cwd=tmp_path,
         )
         stack.wait_ready(90)
-        assert (data / "run").stat().st_mode & 0o777 == 0o700
+        for private in (data, data / "run", data / "logs"):
+            assert private.stat().st_mode & 0o777 == 0o700, private
         assert (data / "logs" / "ingest.log").stat().st_size > 0
+        # supervisord's own pid file and log are in the data dir, not at their stand-ins.
+        assert stack.proc is not None
+        assert (data / "run" / "supervisord.pid").read_text().strip() == str(stack.proc.pid)
+        assert "supervisord started with pid" in (data / "logs" / "supervisord.log").read_text()
+        assert not (SUPERVISORD_CONF.parent / ".supervisord-unused.pid").exists()
+        # The Kafka port takes a record.
+        producer = Producer({"bootstrap.servers": stack.kafka_address})
+        delivered: list[object] = []
+        producer.produce("fresh", b"one", on_delivery=lambda err, _m: delivered.append(err))
+        assert producer.flush(60) == 0 and delivered == [None], delivered
+        assert kafka_metadata(stack.kafka_address, "fresh").leaders == {0: 0}
 
         out = cli(stack, "status", "--json")
         assert out.returncode == 0, out.stdout + out.stderr
@@ -60,6 +81,7 @@ def test_direct_supervisord_status_and_clean(tmp_path: pathlib.Path) -> None:
             assert program["state"] == "RUNNING", (name, program)
             assert program["pid"] > 0 and program["restarts"] == 0
         assert status["object_store"]["ok"] and status["metadata"]["ok"]
+        assert status["serving"] == {"status": "SERVING", "reason": None}
         produce = status["rings"]["produce"]
         assert produce["capacity"] == int(stack.env["STREAMHOUSE_PRODUCE_RING_BYTES"])
         assert 0 <= produce["used"] <= produce["capacity"]

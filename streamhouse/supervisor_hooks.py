@@ -1,0 +1,74 @@
+"""What supervisord runs of ours while it starts a stack (supervisord.conf), so that a bare
+`STREAMHOUSE_DATA_DIR=$PWD/data supervisord -c supervisord.conf` works on a data dir that
+does not exist yet.
+
+supervisord refuses to start when the folder of a file its configuration names does not
+exist, and it checks that while it reads the file, in this order: the [supervisord] section
+(its own log and pid file), then it imports the [rpcinterface:*] factories, then it reads the
+[program:*] sections (their logs in `logs/`) and the [unix_http_server] socket (in `run/`).
+So:
+
+1. Importing this module (supervisord does, for [rpcinterface:streamhouse], while it reads
+   the file) makes the data dir, `run/` and `logs/` private (0700; `rings.make_private_dir`:
+   created, tightened if open to others, refused if another user owns them). The programs'
+   logs and the socket then pass the check. Outside supervisord (no `supervisor.options`
+   module loaded) the import does nothing.
+2. supervisord's own log and pid file are checked before that import, so [supervisord] names
+   stand-ins in folders that always exist and are never written (`logfile=/dev/null` with
+   rotation off; the pid file under `%(here)s`), and `prepare_rpcinterface` (called once
+   supervisord holds its socket, before it writes its pid file or starts a program) points
+   them at `run/supervisord.pid` and `logs/supervisord.log` (rotated at 10 MB, 3 backups).
+   It also does what `streamhouse.cli.prepare_rpcinterface` does: removes the rings a killed
+   stack left.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from streamhouse import rings
+from streamhouse.cli import prepare_rpcinterface as _prepare_data_dir
+from streamhouse.config import ConfigError, Settings, load_settings
+
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+_FORMAT = "%(asctime)s %(levelname)s %(message)s\n"  # supervisord's own line format
+
+
+def make_dirs(settings: Settings) -> None:
+    """The data dir, run/ and logs/, private to this user."""
+    for path in (settings.data_path, settings.run_dir, settings.log_dir):
+        rings.make_private_dir(path)
+
+
+def _at_import() -> None:
+    if "supervisor.options" not in sys.modules:
+        return  # imported by a test or a tool, not by supervisord reading its configuration
+    try:
+        settings = load_settings()
+    except ConfigError:
+        return  # every program reports the bad setting in its own log line
+    make_dirs(settings)
+
+
+def prepare_rpcinterface(supervisord: object, **config: str) -> object:
+    """supervisord's [rpcinterface:streamhouse] factory (see the module docstring, 2.)."""
+    from supervisor import loggers
+
+    prepared = _prepare_data_dir(supervisord, **config)
+    settings = load_settings()
+    options = supervisord.options  # type: ignore[attr-defined]
+    options.pidfile = str(settings.run_dir / "supervisord.pid")
+    loggers.handle_file(
+        options.logger,
+        str(settings.log_dir / "supervisord.log"),
+        _FORMAT,
+        rotating=True,
+        maxbytes=LOG_MAX_BYTES,
+        backups=LOG_BACKUPS,
+    )
+    options.logger.info(f"streamhouse: supervisord's log and pid file are in {settings.data_path}")
+    return prepared
+
+
+_at_import()
