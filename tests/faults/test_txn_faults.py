@@ -1,0 +1,188 @@
+"""kill -9 during transactions: a confluent-kafka transactional producer commits small
+transactions back to back (each ``PER_TXN`` records over two partitions, so kills land both on
+produces in flight and on EndTxn's markers) while ingest, or the uploader, is SIGKILLed twice.
+Afterwards every transaction is either wholly visible to a read_committed consumer or wholly
+absent, never half, and every transaction whose commit was acknowledged is visible.
+
+The producer handles errors as librdkafka documents: an abortable error aborts, a fatal one
+(or a failed abort) makes a new producer with the same transactional.id, whose InitProducerId
+fences the old one and aborts its open transaction. Each attempt writes a fresh tag, so a
+transaction retried after an error is a new one. At the end a fresh producer commits a
+sentinel transaction on both partitions: a read_committed consumer that has read it has
+passed every earlier transaction.
+"""
+
+from __future__ import annotations
+
+import collections
+import pathlib
+import threading
+import time
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamhouse.testing import Stack
+
+PARTITIONS = 2
+PER_TXN = 20
+DEADLINE_S = 120.0
+
+
+def make_producer(bootstrap: str, tid: str, stop: threading.Event | None = None) -> Producer:
+    """A transactional producer, initialised (retried while ingest is down)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "transactional.id": tid,
+                "transaction.timeout.ms": 10_000,
+                "message.timeout.ms": 10_000,
+                "retry.backoff.ms": 50,
+            }
+        )
+        try:
+            producer.init_transactions(30)
+            return producer
+        except KafkaException as exc:
+            if time.monotonic() > deadline or (stop is not None and stop.is_set()):
+                raise AssertionError(f"init_transactions kept failing: {exc}") from exc
+
+
+class TxnLoop(threading.Thread):
+    """Commits transactions tagged 1, 2, … until stopped; records which were acknowledged."""
+
+    def __init__(self, bootstrap: str, topic: str, tid: str) -> None:
+        super().__init__(name="txn-loop", daemon=True)
+        self.bootstrap, self.topic, self.tid = bootstrap, topic, tid
+        self.stop = threading.Event()
+        self.cond = threading.Condition()
+        self.acked: list[int] = []
+        self.spans: list[tuple[float, float]] = []  # (begin, end) of every attempt
+        self.errors: list[str] = []
+        self.tag = 0
+        self.failure: BaseException | None = None
+
+    def wait_acked(self, count: int, timeout: float = DEADLINE_S) -> None:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: len(self.acked) >= count or self.failure, timeout)
+        assert self.failure is None, self.failure
+        assert ok, f"only {len(self.acked)} of {count} transactions acknowledged; {self.errors}"
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # reported to the test through wait_acked
+            with self.cond:
+                self.failure = exc
+                self.cond.notify_all()
+
+    def _loop(self) -> None:
+        producer = make_producer(self.bootstrap, self.tid, self.stop)
+        while not self.stop.is_set():
+            self.tag += 1
+            tag = self.tag
+            began = time.monotonic()
+            try:
+                producer.begin_transaction()
+                for j in range(PER_TXN):
+                    producer.produce(self.topic, f"{tag}:{j}".encode(), partition=j % PARTITIONS)
+                producer.commit_transaction(30)
+            except KafkaException as exc:
+                self.spans.append((began, time.monotonic()))
+                error = exc.args[0]
+                self.errors.append(f"tag {tag}: {error}")
+                recovered = False
+                if error.txn_requires_abort() and not error.fatal():
+                    try:
+                        producer.abort_transaction(30)
+                        recovered = True
+                    except KafkaException as again:
+                        self.errors.append(f"tag {tag} abort: {again.args[0]}")
+                if not recovered:
+                    # Fatal, retriable with an unknown outcome, or a failed abort: a new
+                    # instance fences this one and aborts whatever it left open.
+                    producer = make_producer(self.bootstrap, self.tid, self.stop)
+                continue
+            self.spans.append((began, time.monotonic()))
+            with self.cond:
+                self.acked.append(tag)
+                self.cond.notify_all()
+
+
+def read_committed(bootstrap: str, topic: str, until: set[bytes]) -> list[bytes]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"check-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    seen: list[bytes] = []
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while not until <= set(seen):
+            assert time.monotonic() < deadline, f"missing {sorted(until - set(seen))[:10]}"
+            for message in consumer.consume(num_messages=1000, timeout=0.5):
+                assert message.error() is None, message.error()
+                seen.append(message.value())
+    finally:
+        consumer.close()
+    return seen
+
+
+def run_kills(tmp_path: pathlib.Path, program: str) -> None:
+    with Stack(
+        tmp_path / "data", env={"STREAMHOUSE_TRANSACTION_CHECK_INTERVAL_MS": "200"}
+    ) as stack:
+        bootstrap = stack.kafka_address
+        topic = f"txn-faults-{program}"
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
+        tid = f"faults-{program}"
+        loop = TxnLoop(bootstrap, topic, tid)
+        loop.start()
+        kills: list[float] = []
+        try:
+            loop.wait_acked(5)
+            for _ in range(2):
+                kills.append(time.monotonic())
+                old = stack.kill(program)
+                stack.wait_restarted(program, old)
+                # Progress after the restart: more commits acknowledged.
+                loop.wait_acked(len(loop.acked) + 5)
+        finally:
+            loop.stop.set()
+            loop.join(DEADLINE_S)
+        assert not loop.is_alive(), "the transaction loop did not stop"
+        assert loop.failure is None, loop.failure
+
+        sentinel = make_producer(bootstrap, tid)
+        sentinel.begin_transaction()
+        last = [f"sentinel:{j}".encode() for j in range(PER_TXN)]
+        for j, value in enumerate(last):
+            sentinel.produce(topic, value, partition=j % PARTITIONS)
+        sentinel.commit_transaction(30)
+        acked = {f"{tag}:{j}".encode() for tag in loop.acked for j in range(PER_TXN)}
+        seen = read_committed(bootstrap, topic, acked | set(last))
+
+    by_tag: collections.Counter[str] = collections.Counter(v.split(b":")[0].decode() for v in seen)
+    assert len(seen) == len(set(seen)), "no record twice"
+    partial = {tag: n for tag, n in by_tag.items() if n != PER_TXN}
+    assert not partial, f"transactions seen in part: {partial}"
+    assert {str(t) for t in loop.acked} <= set(by_tag), "every acknowledged commit visible"
+    # Each kill landed inside a transaction (between its begin and its commit's answer).
+    for killed in kills:
+        assert any(b <= killed <= e for b, e in loop.spans), f"kill at {killed} between txns"
+
+
+def test_kill_ingest_during_transactions(tmp_path: pathlib.Path) -> None:
+    run_kills(tmp_path, "ingest")
+
+
+def test_kill_uploader_during_transactions(tmp_path: pathlib.Path) -> None:
+    run_kills(tmp_path, "uploader")
