@@ -10,6 +10,9 @@ fences the old one and aborts its open transaction. Each attempt writes a fresh 
 transaction retried after an error is a new one. At the end a fresh producer commits a
 sentinel transaction on both partitions: a read_committed consumer that has read it has
 passed every earlier transaction.
+
+A third test decides a commit (PrepareCommit stored) while its markers cannot be written, kills
+ingest there, and checks that the restarted coordinator completes it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamhouse.testing import Stack
+from streamhouse.testing import Stack, wait_until
 
 PARTITIONS = 2
 PER_TXN = 20
@@ -186,3 +189,61 @@ def test_kill_ingest_during_transactions(tmp_path: pathlib.Path) -> None:
 
 def test_kill_uploader_during_transactions(tmp_path: pathlib.Path) -> None:
     run_kills(tmp_path, "uploader")
+
+
+def txn_state(stack: Stack, tid: str) -> str | None:
+    """The coordinator's stored state of a transactional id, read from metadata."""
+    from ingest.kafka.txn_shell import CATALOG_KIND, catalog_name, decode
+    from metadata.store import MetadataStore
+
+    store = MetadataStore(stack.settings.metadata_target)
+    try:
+        blob = store.get_catalog_entry(CATALOG_KIND, catalog_name(tid))
+    finally:
+        store.close()
+    return decode(blob).state.value if blob is not None else None
+
+
+def test_commit_decided_before_its_markers_survives_kill_of_ingest(
+    tmp_path: pathlib.Path,
+) -> None:
+    """EndTxn(commit) stores PrepareCommit, then its markers cannot commit (the uploader is
+    stopped); ingest is SIGKILLed there. The restarted ingest's recovery writes the markers:
+    the whole transaction becomes visible, and the producer's commit succeeds."""
+    env = {"STREAMHOUSE_TRANSACTION_CHECK_INTERVAL_MS": "200"}
+    with Stack(tmp_path / "data", env=env) as stack:
+        bootstrap = stack.kafka_address
+        topic = "txn-recovery"
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
+        tid = "recovery"
+        producer = make_producer(bootstrap, tid)
+        producer.begin_transaction()
+        records = [f"decided:{j}".encode() for j in range(PER_TXN)]
+        for j, value in enumerate(records):
+            producer.produce(topic, value, partition=j % PARTITIONS)
+        assert producer.flush(30) == 0  # the data is durable; only the markers are left
+        stack.supervisorctl("stop", "uploader")
+        outcome: list[BaseException | None] = []
+        committer = threading.Thread(
+            target=lambda: outcome.append(_commit(producer)), name="committer", daemon=True
+        )
+        committer.start()
+        wait_until(lambda: txn_state(stack, tid) == "PrepareCommit", 30, "the commit to be decided")
+        old = stack.kill("ingest")
+        stack.wait_restarted("ingest", old)
+        assert txn_state(stack, tid) == "PrepareCommit"  # no marker could be written yet
+        stack.supervisorctl("start", "uploader")
+        wait_until(lambda: txn_state(stack, tid) == "CompleteCommit", 60, "recovery")
+        committer.join(DEADLINE_S)
+        assert outcome == [None], outcome
+        seen = read_committed(bootstrap, topic, set(records))
+    assert sorted(seen) == sorted(records)
+
+
+def _commit(producer: Producer) -> BaseException | None:
+    try:
+        producer.commit_transaction(DEADLINE_S)
+    except KafkaException as exc:
+        return exc
+    return None
