@@ -6,7 +6,9 @@
 - rings: each ring's header in /dev/shm (see streamhouse/ring.py for the layout): capacity
   (u64 at offset 16), head (u64 at 128) and tail (u64 at 256); used = head - tail.
 - object store: PUT then DELETE of a small probe object `_probe/status` (reachable, writable).
-- metadata: opens the metadata store (migrating it as every process does) and counts topics.
+- metadata: opens the metadata store (migrating it as every process does) and lists the
+  `SLOWEST_GROUPS` (5) consumer groups with the largest lag (high watermark - committed
+  offset, summed over the group's partitions).
 - serving: ingest's gRPC health check (`grpc_listen`, service "") and, when it is not SERVING,
   the reason ingest wrote to `<data_dir>/run/serving.json` (ingest/serving.py).
 
@@ -16,7 +18,8 @@ JSON output (`--json`), one object::
      "programs": {name: {"state": str, "pid": int, "uptime_s": int, "restarts": int}},
      "rings": {name: {"capacity": int, "used": int, "occupancy": float} | null},
      "object_store": {"url": str, "ok": bool, "error": str | null},
-     "metadata": {"target": str, "ok": bool, "error": str | null},
+     "metadata": {"target": str, "ok": bool, "error": str | null,
+                  "slowest_groups": [{"group": str, "lag": int}...]},
      "serving": {"status": "SERVING" | "NOT_SERVING" | "UNKNOWN" | "UNREACHABLE",
                  "reason": str | null}}
 """
@@ -150,16 +153,45 @@ def _check_object_store(settings: Settings) -> dict[str, Any]:
     return {"url": str(url), "ok": True, "error": None}
 
 
+#: How many consumer groups `slowest_groups` lists.
+SLOWEST_GROUPS = 5
+
+
+def _slowest_groups(store: Any) -> list[dict[str, Any]]:
+    """The groups with the largest total lag (high watermark - committed offset, summed over
+    their partitions), largest first; at most the first `MAX_GROUPS` groups by name are read
+    (ingest/sampler.py does the same for the metrics)."""
+    from ingest.sampler import MAX_GROUPS, group_lags
+
+    groups = sorted(store.list_offset_groups())[:MAX_GROUPS]
+    commits = {group: store.list_group_offsets(group) for group in groups}
+    topics = {t.topic_id: t for t in store.list_topics()}
+    wanted = {c.topic_id for offsets in commits.values() for c in offsets} & set(topics)
+    high_watermarks = {
+        (p.topic_id, p.partition): p.high_watermark
+        for topic_id in wanted
+        for p in store.list_partitions(topic_id)
+    }
+    _, sums = group_lags(commits, topics, high_watermarks, max_series=0)
+    ranked = sorted(sums.items(), key=lambda item: (-item[1], item[0]))[:SLOWEST_GROUPS]
+    return [{"group": group, "lag": lag} for group, lag in ranked]
+
+
 def _check_metadata(settings: Settings) -> dict[str, Any]:
     from metadata.interface import open_store
 
     target = settings.metadata_target
     shown = str(target).split("@")[-1]  # no password in the output
     try:
-        open_store(target).close()
+        store = open_store(target)
+        try:
+            slowest = _slowest_groups(store)
+        finally:
+            store.close()
     except Exception as exc:  # reported, not raised
-        return {"target": shown, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    return {"target": shown, "ok": True, "error": None}
+        error = f"{type(exc).__name__}: {exc}"
+        return {"target": shown, "ok": False, "error": error, "slowest_groups": []}
+    return {"target": shown, "ok": True, "error": None, "slowest_groups": slowest}
 
 
 def _check_serving(settings: Settings) -> dict[str, Any]:
@@ -220,6 +252,8 @@ def render(status: dict[str, Any]) -> str:
         c = status[key]
         where = c.get("url") or c.get("target")
         lines.append(f"  {key.replace('_', ' ')} {where}: {'ok' if c['ok'] else c['error']}")
+    for slow in status["metadata"]["slowest_groups"]:
+        lines.append(f"  group {slow['group']}: lag {slow['lag']}")
     serving = status["serving"]
     reason = f": {serving['reason']}" if serving["reason"] else ""
     lines.append(f"  health {serving['status']}{reason}")

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamhouse.status import existing_rings, ring_shm_path
 from streamhouse.testing import (
@@ -71,6 +71,10 @@ def test_direct_supervisord_status_and_clean(tmp_path: pathlib.Path) -> None:
         producer.produce("fresh", b"one", on_delivery=lambda err, _m: delivered.append(err))
         assert producer.flush(60) == 0 and delivered == [None], delivered
         assert kafka_metadata(stack.kafka_address, "fresh").leaders == {0: 0}
+        # A group that committed offset 0 of that one record lags by 1 (status lists it).
+        consumer = Consumer({"bootstrap.servers": stack.kafka_address, "group.id": "behind"})
+        consumer.commit(offsets=[TopicPartition("fresh", 0, 0)], asynchronous=False)
+        consumer.close()
 
         out = cli(stack, "status", "--json")
         assert out.returncode == 0, out.stdout + out.stderr
@@ -82,6 +86,8 @@ def test_direct_supervisord_status_and_clean(tmp_path: pathlib.Path) -> None:
             assert program["pid"] > 0 and program["restarts"] == 0
         assert status["object_store"]["ok"] and status["metadata"]["ok"]
         assert status["serving"] == {"status": "SERVING", "reason": None}
+        assert status["metadata"]["slowest_groups"] == [{"group": "behind", "lag": 1}]
+        assert "group behind: lag 1" in cli(stack, "status").stdout
         produce = status["rings"]["produce"]
         assert produce["capacity"] == int(stack.env["STREAMHOUSE_PRODUCE_RING_BYTES"])
         assert 0 <= produce["used"] <= produce["capacity"]
