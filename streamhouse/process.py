@@ -42,7 +42,6 @@ from streamhouse.config import ConfigError, Settings, load_settings
 __all__ = [
     "TaskSupervisor",
     "check_ports_free",
-    "wait_for_object_store",
     "configure_logging",
     "describe_failure",
     "run_process",
@@ -183,54 +182,6 @@ async def probe_object_store(settings: Settings, role: str) -> None:
         await objectstore.delete(store, key)
 
     await asyncio.wait_for(probe(), settings.store_timeout_ms / 1000)
-
-
-def _failure_kinds(exc: BaseException) -> str:
-    """The exception types of `exc`'s cause chain, e.g. "GenericError<-OSError"."""
-    kinds = []
-    current: BaseException | None = exc
-    while current is not None and len(kinds) < 8:
-        kinds.append(type(current).__name__)
-        current = current.__cause__ or current.__context__
-    return "<-".join(kinds)
-
-
-async def wait_for_object_store(
-    settings: Settings, role: str, stop: asyncio.Event, max_backoff_s: float = 30.0
-) -> bool:
-    """Startup check: retries `probe_object_store` with backoff (0.5 s doubling to
-    `max_backoff_s`) until it passes (True) or `stop` is set (False). The first failure, and
-    each change of its cause, is one ERROR line naming the setting to fix; repeats are DEBUG."""
-    delay = 0.5
-    last = ""
-    while not stop.is_set():
-        try:
-            await probe_object_store(settings, role)
-        except Exception as exc:  # any failure of the store is reported, then retried
-            cause = describe_failure(exc).split(" (at ")[0]
-            # The same failure again (its text differs in timings and request ids) is DEBUG.
-            kind = _failure_kinds(exc)
-            if kind != last:
-                log.error(
-                    "object store %s is not usable: %s; set STREAMHOUSE_OBJECT_STORE to a "
-                    "reachable, writable store (retrying every %.0f s at most)",
-                    settings.object_store_url,
-                    cause,
-                    max_backoff_s,
-                )
-                last = kind
-            else:
-                log.debug("object store still not usable: %s", cause)
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                pass
-            delay = min(delay * 2, max_backoff_s)
-            continue
-        if last:
-            log.info("object store %s is usable again", settings.object_store_url)
-        return True
-    return False
 
 
 class TaskSupervisor:
