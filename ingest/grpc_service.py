@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ingest.cluster import ClusterView
+from ingest.grpc_acl import guarded
 from ingest.grpc_auth import AuthenticationFailed, GrpcAuthenticator
 from ingest.pipeline import Pipeline
 from ingest.produce import Partitioner, ProduceRejected, plan_produce
@@ -617,26 +618,31 @@ def method_handlers(service: StreamHouseService) -> grpc.GenericRpcHandler:
         "DescribeStorage": (pb.DescribeStorageRequest, pb.DescribeStorageResponse),
         "AlterTopicConfig": (pb.AlterTopicConfigRequest, pb.AlterTopicConfigResponse),
     }
+
+    def method(name: str) -> Any:
+        """The service method, refusing what the caller's ACLs do not allow (grpc_acl.py)."""
+        return guarded(name, getattr(service, name), service.settings, service.meta)
+
     handlers: dict[str, grpc.RpcMethodHandler] = {
         name: grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(getattr(service, name), auth),
+            _wrap_unary(method(name), auth),
             request_deserializer=_parser(req),
             response_serializer=resp.SerializeToString,
         )
         for name, (req, resp) in unary.items()
     }
     handlers["Consume"] = grpc.unary_unary_rpc_method_handler(
-        _wrap_unary(service.Consume, auth),
+        _wrap_unary(method("Consume"), auth),
         request_deserializer=_parser(pb.ConsumeRequest),
         response_serializer=_identity,
     )
     handlers["Subscribe"] = grpc.unary_stream_rpc_method_handler(
-        _wrap_stream(service.Subscribe, auth),
+        _wrap_stream(method("Subscribe"), auth),
         request_deserializer=_parser(pb.SubscribeRequest),
         response_serializer=_identity,
     )
     handlers["ProduceStream"] = grpc.stream_stream_rpc_method_handler(
-        _wrap_stream(service.ProduceStream, auth),
+        _wrap_stream(method("ProduceStream"), auth),
         request_deserializer=_parser(pb.ProduceBatchRequest),
         response_serializer=pb.ProduceBatchResponse.SerializeToString,
     )

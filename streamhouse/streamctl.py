@@ -1288,6 +1288,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="streamctl token create|list|delete: gRPC tokens (grpc_auth=token), stored hashed",
     )
 
+    # acl: handled by main() before parsing (streamhouse/aclctl.py).
+    commands.add_parser(
+        "acl",
+        help="streamctl acl add|list|delete: Kafka ACLs (kafka-acls.sh options), in the "
+        "metadata store (--metadata, else the STREAMHOUSE_* environment's)",
+    )
+
     # status: handled by main() before parsing (streamhouse status); listed for --help.
     commands.add_parser(
         "status",
@@ -1324,6 +1331,10 @@ def main(argv: list[str] | None = None) -> int:
         return _sql(argv[i + 1 :])
     if argv[i : i + 1] == ["status"]:
         return _status(argv[i + 1 :])
+    if argv[i : i + 1] == ["acl"]:
+        from streamhouse.aclctl import main as aclctl_main  # Kafka ACLs in the metadata store
+
+        return aclctl_main(argv[i + 1 :])
     if argv[i : i + 1] in (["user"], ["token"]):
         from streamhouse.authctl import main as authctl_main  # SCRAM users, gRPC tokens
 

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ingest.cluster import ClusterView
+from ingest.kafka import authorize
 from ingest.kafka.connection import (
     NO_RESPONSE,
     ConnectionLimits,
@@ -37,6 +38,7 @@ from ingest.kafka.connection import (
     RequestBytesPool,
 )
 from ingest.kafka.groups import GroupCoordinator
+from ingest.kafka.sasl import ListenerSecurity
 from ingest.pipeline import Pipeline
 from metadata import InvalidTopicError, TopicExistsError, TopicInfo
 from metadata.async_store import AsyncMetadata
@@ -50,6 +52,7 @@ from streamhouse.kafka.messages import (
     RequestHeader,
 )
 from streamhouse.process import spawn
+from streamhouse.tls import kafka_server_context
 
 log = logging.getLogger("ingest.kafka")
 
@@ -141,6 +144,8 @@ class KafkaBroker:
             slow_client_timeout=settings.slow_client_timeout_ms / 1000,
         )
         self._pool = RequestBytesPool(settings.kafka_max_queued_request_bytes)
+        # Authentication (ingest/kafka/sasl.py) and TLS (streamhouse/tls.py) of the listener.
+        self._security = _listener_security(settings, meta)
         self._sweeper: asyncio.Task[None] | None = None
         self._refused = 0  # connections refused in the current burst
 
@@ -183,20 +188,27 @@ class KafkaBroker:
     # -- listener ------------------------------------------------------------------------
 
     def _dispatch(
-        self, api_key: int, api_version: int
+        self, api_key: int, api_version: int, connection: KafkaConnection | None = None
     ) -> Callable[[RequestHeader, Any], Awaitable[Any]] | None:
         """The handler of a request, None for an API or version this broker does not advertise
         (the codec decodes more versions than the handlers serve, e.g. Fetch v13+ by topic id;
-        Kafka closes the connection for those)."""
+        Kafka closes the connection for those). With ``authorizer = acl`` the handler sees
+        only what the caller may touch (ingest/kafka/authorize.py)."""
         handler = self._handlers.get(api_key)
         advertised = ADVERTISED.get(api_key)
         if handler is None or advertised is None:
             return None
         if not advertised[1] <= api_version <= advertised[2]:
             return None
+        call: Callable[[RequestHeader, Any], Awaitable[Any]]
         if api_key in (PRODUCE, FETCH):
-            return lambda header, request: self._bounded(handler, header, request)
-        return lambda header, request: handler(self, header, request)
+            call = lambda header, request: self._bounded(handler, header, request)  # noqa: E731
+        else:
+            call = lambda header, request: handler(self, header, request)  # noqa: E731
+        if self.settings.authorizer == "none":
+            return call
+        host = _peer_host(connection)
+        return lambda header, request: authorize.guarded(self, host, header, request, call)
 
     async def _bounded(self, handler: Handler, header: RequestHeader, request: Any) -> Any:
         """Runs a Produce or Fetch handler unless the request names too many partitions."""
@@ -225,6 +237,7 @@ class KafkaBroker:
                 host,
                 int(port),
                 reuse_address=True,
+                ssl=kafka_server_context(self.settings),
             )
         except OSError as exc:
             raise OSError(
@@ -252,11 +265,12 @@ class KafkaBroker:
             log.warning("refused %d Kafka connections while at the limit", self._refused)
             self._refused = 0
         connection = KafkaConnection(
-            self._dispatch,
+            lambda key, version: self._dispatch(key, version, connection),
             self.api_versions,
             self._limits,
             self.connections.discard,
             self._pool,
+            self._security,
         )
         self.connections.add(connection)
         return connection
@@ -287,6 +301,24 @@ class KafkaBroker:
 
 PRODUCE = 0
 FETCH = 1
+
+
+def _peer_host(connection: KafkaConnection | None) -> str:
+    """The IP address of a connection's client ("" when unknown), for host-specific ACLs."""
+    peer = connection.peer if connection is not None else "?"
+    host = peer.rpartition(":")[0] if peer != "?" else ""
+    return host.removeprefix("::ffff:")  # an IPv4 client of a dual-stack listener
+
+
+def _listener_security(settings: Settings, meta: AsyncMetadata) -> ListenerSecurity:
+    from ingest.kafka.api_security import lookup_credential
+
+    mechanisms = tuple(m.strip() for m in settings.sasl_mechanisms.split(",") if m.strip())
+
+    async def lookup(mechanism: str, user: str) -> Any:
+        return await lookup_credential(meta, mechanism, user)
+
+    return ListenerSecurity(settings.kafka_security_protocol, mechanisms, lookup)
 
 
 class _Refused(asyncio.Protocol):
