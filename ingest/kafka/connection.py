@@ -51,7 +51,9 @@ SaslHandshake and SaslAuthenticate is served until the connection has authentica
 else closes it, as Kafka does), and a failed authentication closes the connection once its
 answer is written (ingest/kafka/sasl.py). Each request's handler runs as a task in a context
 holding the connection's principal (`streamhouse.principal.current_principal`, ANONYMOUS until
-authenticated) and SASL session (`sasl.current_sasl`).
+authenticated) and SASL session (`sasl.current_sasl`). After a failed authentication's answer
+the connection stops reading and closes 100 ms later (Kafka's
+`connection.failed.authentication.delay.ms`), so the client reads the error first.
 
 Memory per connection is therefore at most max_in_flight_bytes + max_frame_bytes (requests
 admitted plus one being received) + send_buffer_bytes + the answers of the admitted requests
@@ -86,6 +88,8 @@ from streamhouse.tls import principal_of_peercert
 log = logging.getLogger("ingest.kafka")
 
 API_VERSIONS = 18
+# Seconds between the answer to a failed SASL authentication and the close (Kafka: 100 ms).
+AUTH_FAILURE_CLOSE_DELAY_S = 0.1
 NO_RESPONSE = object()  # a handler's answer when the client expects none (acks=0)
 
 Handler = Callable[[RequestHeader, Any], Awaitable[Any]]
@@ -231,7 +235,7 @@ class KafkaConnection(asyncio.Protocol):
 
     def _take_frames(self) -> None:
         """Admits received frames while the limits allow, then pauses or resumes reading."""
-        if self._closing:
+        if self._closing or (self._sasl is not None and self._sasl.failed):
             return
         took = False
         try:
@@ -438,7 +442,16 @@ class KafkaConnection(asyncio.Protocol):
                 self._transport.write(data)
                 del data
                 if self._sasl is not None and self._sasl.failed:
-                    self.close("SASL authentication failed", level=logging.INFO)
+                    # As Kafka (connection.failed.authentication.delay.ms): the answer is read
+                    # before the close, and nothing more is taken from this client.
+                    self._transport.pause_reading()
+                    self._reading_paused = True
+                    loop.call_later(
+                        AUTH_FAILURE_CLOSE_DELAY_S,
+                        self.close,
+                        "SASL authentication failed",
+                        logging.INFO,
+                    )
                     return
             if not self._pending or self._pending[0] is not entry:
                 # The connection was lost while this answer was awaited (connection_lost
