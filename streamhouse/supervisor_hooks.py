@@ -44,11 +44,20 @@ def make_dirs(settings: Settings) -> None:
 def _at_import() -> None:
     if "supervisor.options" not in sys.modules:
         return  # imported by a test or a tool, not by supervisord reading its configuration
+    # supervisord reports a ValueError raised while it reads its file as one "Error: ..." line
+    # and exits 2 (anything else would be a traceback).
     try:
         settings = load_settings()
-    except ConfigError:
-        return  # every program reports the bad setting in its own log line
-    make_dirs(settings)
+    except ConfigError as exc:
+        raise ValueError(f"streamhouse: configuration error: {exc}") from None
+    try:
+        make_dirs(settings)
+    except OSError as exc:
+        raise ValueError(
+            f"streamhouse: cannot make the data dir {settings.data_path} with its run/ and "
+            f"logs/ private to this user: {exc}; set STREAMHOUSE_DATA_DIR to a folder this "
+            "user owns or can create"
+        ) from None
 
 
 def prepare_rpcinterface(supervisord: object, **config: str) -> object:

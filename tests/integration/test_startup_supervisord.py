@@ -138,3 +138,22 @@ def test_direct_supervisord_status_and_clean(tmp_path: pathlib.Path) -> None:
     finally:
         stack.stop()
         pathlib.Path(other_ring).unlink(missing_ok=True)
+
+
+def test_bare_supervisord_on_a_data_dir_it_cannot_make(tmp_path: pathlib.Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    stack = Stack(blocker / "data")
+    done = subprocess.run(
+        ["supervisord", "-c", str(SUPERVISORD_CONF)],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert f"cannot make the data dir {blocker / 'data'}" in output, output
+    assert "set STREAMHOUSE_DATA_DIR" in output and "Traceback" not in output, output
+    assert not (SUPERVISORD_CONF.parent / ".supervisord-unused.pid").exists()
