@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from streamhouse.testing import Stack
+from streamhouse.testing import Stack, wait_until
 
 
 def wait_for_line(path: pathlib.Path, needle: str, timeout: float = 60) -> list[str]:
@@ -27,16 +27,16 @@ def wait_for_line(path: pathlib.Path, needle: str, timeout: float = 60) -> list[
     raise AssertionError(f"no line with {needle!r} in {path}:\n{text[-3000:]}")
 
 
-def health_unusable(address: str) -> bool:
-    """True when the gRPC health check does not say SERVING (refused or NOT_SERVING)."""
+def health_status(address: str) -> str:
+    """The gRPC health check's answer (SERVING, NOT_SERVING), or UNREACHABLE."""
     with grpc.insecure_channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=2
             )
         except grpc.RpcError:
-            return True
-        return reply.status != health_pb2.HealthCheckResponse.SERVING
+            return "UNREACHABLE"
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
 def test_bucket_name_s3_rejects(tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> None:
@@ -50,6 +50,9 @@ def test_bucket_name_s3_rejects(tmp_path: pathlib.Path, request: pytest.FixtureR
         lines = wait_for_line(log, "object store s3://Bad_Bucket is not usable")
         assert "set STREAMHOUSE_OBJECT_STORE" in lines[0]
         assert "\n" not in lines[0] and "Traceback" not in log.read_text()
+        assert "Debug source" not in lines[0]  # obstore's dump is cut from the line
+        # The listeners are up, and the health check says the stack cannot store anything.
+        wait_until(lambda: health_status(stack.grpc_address) == "NOT_SERVING", 60, "NOT_SERVING")
         assert len(wait_for_line(log, "object store s3://Bad_Bucket is not usable")) == 1
     finally:
         stack.stop()
