@@ -129,8 +129,11 @@ def error_page(title: str, active: str, error: str) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], table_id: str = "") -> str:
-    """A table whose cells are already HTML; numeric-looking headers are not special."""
+    """A table whose cells are already HTML (no header row when every header is empty)."""
     ident = f' id="{_e(table_id)}"' if table_id else ""
+    if not any(headers):  # a key-value table: no header row
+        body = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
+        return f"<table{ident}><tbody>{body}</tbody></table>"
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -225,7 +228,7 @@ def topic_page(
         ("topic id", topic.topic_id),
         ("partitions", topic.partitions),
         ("records/s (1 min)", _rate(rate[0])),
-        ("bytes/s (1 min)", _rate(rate[1])),
+        ("bytes/s (1 min)", _rate(rate[1] and rate[1] / 1024, " KiB/s")),
     ]
     if storage is not None:
         summary += [
