@@ -122,7 +122,8 @@ def up(settings: Settings, env: dict[str, str] | None = None) -> int:
     host, port = settings.kafka_advertised_address
     print(
         f"streamhouse: agent {settings.agent_name} up on gRPC {settings.grpc_listen}, Kafka "
-        f"{settings.kafka_listen} (advertised {host}:{port}), SQL {settings.sql_listen}, metadata "
+        f"{settings.kafka_listen} (advertised {host}:{port}), SQL {settings.sql_listen}, web "
+        f"console http://{settings.console_listen}/, metadata "
         f"{'PostgreSQL' if settings.metadata else 'SQLite'}, data in {settings.data_path} "
         f"(logs in {settings.log_dir}); Ctrl-C stops",
         file=sys.stderr,
