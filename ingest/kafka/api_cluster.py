@@ -19,10 +19,11 @@ one epoch, 0 (ListOffsets and OffsetForLeaderEpoch answer `LEADER_EPOCH` with th
 watermark as its end offset), so a consumer's offset validation after a move succeeds.
 
 Authorized operations (Metadata v8+, DescribeCluster, DescribeTopicPartitions, DescribeGroups
-v3+), when asked for: there are no ACLs yet, so every caller may do everything a resource type
-supports, and the answer is the bit set of all of those operations (`TOPIC_OPERATIONS`,
-`CLUSTER_OPERATIONS`, `GROUP_OPERATIONS`, bit i = Kafka's AclOperation code i). When not asked
-for, Kafka's "not requested" value INT32_MIN.
+v3+), when asked for: these handlers answer the bit set of every operation a resource type
+supports (`TOPIC_OPERATIONS`, `CLUSTER_OPERATIONS`, `GROUP_OPERATIONS`, bit i = Kafka's
+AclOperation code i), which is the truth with no authorizer (everyone may do everything); with
+`authorizer = acl`, ingest/kafka/authorize.py rewrites them to what the caller may do. When not
+asked for, Kafka's "not requested" value INT32_MIN.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _bits(*operations: int) -> int:
     return sum(1 << op for op in operations)
 
 
-#: Every operation Kafka defines on a topic, cluster or group (no ACLs: all are allowed).
+#: Every operation Kafka defines on a topic, cluster or group (no authorizer: all allowed).
 TOPIC_OPERATIONS = _bits(
     _READ, _WRITE, _CREATE, _DELETE, _ALTER, _DESCRIBE, _DESCRIBE_CONFIGS, _ALTER_CONFIGS
 )
