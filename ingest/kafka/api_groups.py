@@ -508,6 +508,7 @@ async def offset_fetch(
                         g.topics,
                         R.OffsetFetchResponseTopics,
                         R.OffsetFetchResponsePartitions,
+                        request.require_stable,
                     ),
                 )
             )
@@ -542,17 +543,24 @@ async def offset_fetch(
             request.topics,
             R.OffsetFetchResponseTopic,
             R.OffsetFetchResponsePartition,
+            request.require_stable,
         ),
     )
 
 
 async def _offset_topics(
-    broker: KafkaBroker, group_id: str, topics: Any, topic_type: Any, partition_type: Any
+    broker: KafkaBroker,
+    group_id: str,
+    topics: Any,
+    topic_type: Any,
+    partition_type: Any,
+    require_stable: bool = False,
 ) -> list[Any]:
     """OffsetFetch topic entries of one group (v8+ and older versions name the same fields
-    differently-typed structs, hence the types as arguments)."""
+    differently-typed structs, hence the types as arguments). With ``require_stable`` (v7+),
+    partitions with transactional offsets pending answer UNSTABLE_OFFSET_COMMIT (api_txn)."""
     asked = None if topics is None else [(t.name, t.partition_indexes) for t in topics]
-    return [
+    entries = [
         topic_type(
             name=name,
             partitions=[
@@ -568,6 +576,11 @@ async def _offset_topics(
         )
         for name, rows in await _fetch_group_offsets(broker, group_id, asked)
     ]
+    if require_stable:
+        from ingest.kafka.api_txn import hold_unstable_offsets
+
+        await hold_unstable_offsets(broker, group_id, entries)
+    return entries
 
 
 async def describe_groups(

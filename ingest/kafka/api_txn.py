@@ -243,6 +243,25 @@ async def txn_offset_commit(
     )
 
 
+async def hold_unstable_offsets(broker: KafkaBroker, group_id: str, topics: list[Any]) -> None:
+    """OffsetFetch with require_stable: the partitions of ``topics`` (OffsetFetch response
+    topic entries, changed in place) with an offset of ``group_id`` pending in an open
+    transaction answer UNSTABLE_OFFSET_COMMIT (retriable: clients ask again after the
+    transaction ends) and no offset, as in Kafka."""
+    pending = await shell(broker).pending_offsets(group_id)
+    if not pending:
+        return
+    names = await broker.meta.topics_by_id(topic_id for topic_id, _ in pending)
+    held = {(names[t].name, p) for t, p in pending if t in names}
+    for topic in topics:
+        for partition in topic.partitions:
+            if (topic.name, partition.partition_index) in held:
+                partition.committed_offset = -1
+                partition.committed_leader_epoch = -1
+                partition.metadata = ""
+                partition.error_code = errors.UNSTABLE_OFFSET_COMMIT
+
+
 APIS: dict[int, tuple[str, int, int, Any]] = {
     24: ("AddPartitionsToTxn", 0, 3, add_partitions_to_txn),
     25: ("AddOffsetsToTxn", 0, 3, add_offsets_to_txn),

@@ -87,6 +87,8 @@ class TxnState(enum.Enum):
 
 
 PREPARING = (TxnState.PREPARE_COMMIT, TxnState.PREPARE_ABORT)
+#: States whose pending offsets are not decided yet, or decided but not yet applied.
+PENDING_OFFSETS_STATES = (TxnState.ONGOING, *PREPARING)
 _COMPLETE = (TxnState.COMPLETE_COMMIT, TxnState.COMPLETE_ABORT)
 _IDLE = (TxnState.EMPTY, *_COMPLETE)
 
@@ -107,7 +109,8 @@ class TxnRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     ``partitions`` are (topic id, partition) pairs, sorted; ``start_ms`` is when the open
     transaction began (-1 when none is open); ``previous_epoch`` the epoch before the last bump
-    by InitProducerId (-1: none), which a retried InitProducerId may still name (rule 6).
+    by an InitProducerId that named its producer (-1: none), which a retry of that
+    InitProducerId may still name (rule 6).
     """
 
     transactional_id: str
@@ -185,7 +188,8 @@ def init_producer_id(
         record=_replace(
             record,
             producer_epoch=record.producer_epoch + 1,
-            previous_epoch=record.producer_epoch,
+            # Only a producer naming its epoch may retry this bump (a new one has none).
+            previous_epoch=record.producer_epoch if expected_producer_id != -1 else -1,
             state=TxnState.EMPTY,
             timeout_ms=timeout_ms,
             updated_ms=now_ms,

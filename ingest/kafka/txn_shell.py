@@ -296,19 +296,20 @@ class TxnShell:
             lambda record, now: tc.end_txn(record, producer_id, epoch, commit, now),
         )
 
-    async def pending_groups(self) -> set[str]:
-        """Groups with transactional offsets waiting for an outcome (OffsetFetch's
-        require_stable answers UNSTABLE_OFFSET_COMMIT for them)."""
-        groups: set[str] = set()
+    async def pending_offsets(self, group: str) -> set[tuple[int, int]]:
+        """(topic id, partition) of ``group``'s transactional offsets waiting for an outcome
+        (OffsetFetch's require_stable answers UNSTABLE_OFFSET_COMMIT for them)."""
+        pending: set[tuple[int, int]] = set()
         for _name, blob in await self.meta.list_catalog_entries(CATALOG_KIND):
-            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            try:
                 record = decode(blob)
-                if record.offsets and record.state not in (
-                    TxnState.COMPLETE_ABORT,
-                    TxnState.COMPLETE_COMMIT,
-                ):
-                    groups.update(o.group for o in record.offsets)
-        return groups
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if record.state in tc.PENDING_OFFSETS_STATES:
+                pending.update(
+                    (o.topic_id, o.partition) for o in record.offsets if o.group == group
+                )
+        return pending
 
     # -- completion and the sweeper -----------------------------------------------------------
 

@@ -35,7 +35,27 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KpTopicPartition
 
-from streamhouse.testing import Stack
+from streamhouse.kafka.messages import (
+    AddOffsetsToTxnRequest,
+    AddPartitionsToTxnRequest,
+    EndTxnRequest,
+    FindCoordinatorRequest,
+    InitProducerIdRequest,
+    OffsetFetchRequest,
+    TxnOffsetCommitRequest,
+)
+from streamhouse.testing import Stack, kafka_call
+
+# Kafka error codes the protocol tests expect.
+UNKNOWN_TOPIC_OR_PARTITION = 3
+INVALID_REQUEST = 42
+INVALID_PRODUCER_EPOCH = 47
+INVALID_TXN_STATE = 48
+INVALID_PRODUCER_ID_MAPPING = 49
+INVALID_TRANSACTION_TIMEOUT = 50
+OPERATION_NOT_ATTEMPTED = 55
+UNSTABLE_OFFSET_COMMIT = 88
+PRODUCER_FENCED = 90
 
 DEADLINE_S = 30.0
 
@@ -229,16 +249,54 @@ def test_consume_transform_produce_abort_keeps_the_old_offsets(bootstrap: str) -
         producer.begin_transaction()
         producer.produce(sink, b"dropped", partition=0)
         producer.send_offsets_to_transaction([TopicPartition(source, 0, 5)], metadata, DEADLINE_S)
+        # Pending: OffsetFetch asking for stable offsets (v7, v8) is told to retry; one that
+        # does not ask sees the group's committed offset (none yet).
+        assert stable_offset(bootstrap, group, source, 7) == (-1, UNSTABLE_OFFSET_COMMIT)
+        assert stable_offset(bootstrap, group, source, 8) == (-1, UNSTABLE_OFFSET_COMMIT)
+        assert stable_offset(bootstrap, group, source, 8, require=False) == (-1, 0)
         producer.abort_transaction(DEADLINE_S)
+        assert stable_offset(bootstrap, group, source, 8) == (-1, 0)
         assert committed_offsets(bootstrap, group, source, 1) == [-1001]
         producer.begin_transaction()
         producer.produce(sink, b"kept", partition=0)
         producer.send_offsets_to_transaction([TopicPartition(source, 0, 7)], metadata, DEADLINE_S)
         producer.commit_transaction(DEADLINE_S)
         assert committed_offsets(bootstrap, group, source, 1) == [7]
+        assert stable_offset(bootstrap, group, source, 7) == (7, 0)
     finally:
         consumer.close()
     assert read_values(bootstrap, sink, 1, {b"kept"}) == [b"kept"]
+
+
+def stable_offset(
+    bootstrap: str, group: str, topic: str, version: int, require: bool = True
+) -> tuple[int, int]:
+    """(offset, error) of partition 0 from a raw OffsetFetch with require_stable."""
+    if version >= 8:
+        request = OffsetFetchRequest(
+            groups=[
+                OffsetFetchRequest.OffsetFetchRequestGroup(
+                    group_id=group,
+                    topics=[
+                        OffsetFetchRequest.OffsetFetchRequestTopics(
+                            name=topic, partition_indexes=[0]
+                        )
+                    ],
+                )
+            ],
+            require_stable=require,
+        )
+        (answer,) = kafka_call(bootstrap, 9, version, request).groups
+        assert answer.error_code == 0, answer
+    else:
+        request = OffsetFetchRequest(
+            group_id=group,
+            topics=[OffsetFetchRequest.OffsetFetchRequestTopic(name=topic, partition_indexes=[0])],
+            require_stable=require,
+        )
+        answer = kafka_call(bootstrap, 9, version, request)
+    ((partition,),) = [t.partitions for t in answer.topics]
+    return partition.committed_offset, partition.error_code
 
 
 def fenced(exc: KafkaException) -> bool:
@@ -379,3 +437,128 @@ def test_aiokafka_commit_and_abort(bootstrap: str) -> None:
     topic = new_topic(bootstrap, "aio-txn", partitions=1)
     seen = asyncio.run(_aiokafka_commit_and_abort(bootstrap, topic))
     assert seen == values("aio-committed", 5)
+
+
+# -- the protocol's edges, raw ------------------------------------------------------------------
+
+
+def init_raw(
+    bootstrap: str, tid: str, timeout_ms: int = 60_000, version: int = 4
+) -> tuple[int, int, int]:
+    answer = kafka_call(
+        bootstrap,
+        22,
+        version,
+        InitProducerIdRequest(transactional_id=tid, transaction_timeout_ms=timeout_ms),
+    )
+    return answer.error_code, answer.producer_id, answer.producer_epoch
+
+
+def end_raw(bootstrap: str, tid: str, pid: int, epoch: int, commit: bool, version: int = 3) -> int:
+    request = EndTxnRequest(
+        transactional_id=tid, producer_id=pid, producer_epoch=epoch, committed=commit
+    )
+    return kafka_call(bootstrap, 26, version, request).error_code
+
+
+def add_raw(
+    bootstrap: str, tid: str, pid: int, epoch: int, topics: dict[str, list[int]]
+) -> dict[tuple[str, int], int]:
+    request = AddPartitionsToTxnRequest(
+        v3_and_below_transactional_id=tid,
+        v3_and_below_producer_id=pid,
+        v3_and_below_producer_epoch=epoch,
+        v3_and_below_topics=[
+            AddPartitionsToTxnRequest.AddPartitionsToTxnTopic(name=n, partitions=ps)
+            for n, ps in topics.items()
+        ],
+    )
+    answer = kafka_call(bootstrap, 24, 3, request)
+    return {
+        (t.name, r.partition_index): r.partition_error_code
+        for t in answer.results_by_topic_v3_and_below
+        for r in t.results_by_partition
+    }
+
+
+def test_find_coordinator_names_the_transaction_coordinator(stack: Stack) -> None:
+    v3 = kafka_call(stack.kafka_address, 10, 3, FindCoordinatorRequest(key="t1", key_type=1))
+    assert (v3.error_code, v3.port) == (0, stack.kafka_port)
+    v4 = kafka_call(
+        stack.kafka_address, 10, 4, FindCoordinatorRequest(key_type=1, coordinator_keys=["a", ""])
+    )
+    assert [(c.error_code, c.port) for c in v4.coordinators] == [
+        (0, stack.kafka_port),
+        (INVALID_REQUEST, -1),
+    ]
+
+
+def test_init_refuses_a_timeout_beyond_the_maximum(bootstrap: str) -> None:
+    assert init_raw(bootstrap, "too-long", 900_001)[0] == INVALID_TRANSACTION_TIMEOUT
+    assert init_raw(bootstrap, "too-short", 0)[0] == INVALID_TRANSACTION_TIMEOUT
+    error, pid, epoch = init_raw(bootstrap, "in-range", 900_000)
+    assert error == 0 and pid >= 0 and epoch == 0
+    assert init_raw(bootstrap, "in-range")[1:] == (pid, 1)  # same producer id, epoch bumped
+
+
+def test_requests_out_of_order_or_from_strangers_are_refused(bootstrap: str) -> None:
+    topic = new_topic(bootstrap, "txn-raw", partitions=2)
+    tid = f"raw-{topic}"
+    # Never initialised: the coordinator does not know the producer.
+    assert end_raw(bootstrap, tid, 1234, 0, True) == INVALID_PRODUCER_ID_MAPPING
+    error, pid, epoch = init_raw(bootstrap, tid)
+    assert error == 0
+    # Nothing open: EndTxn is out of order.
+    assert end_raw(bootstrap, tid, pid, epoch, True) == INVALID_TXN_STATE
+    assert end_raw(bootstrap, tid, pid + 1, epoch, True) == INVALID_PRODUCER_ID_MAPPING
+    # An unknown partition: nothing is added, the rest is not attempted.
+    assert add_raw(bootstrap, tid, pid, epoch, {topic: [0, 5], "no-such-topic": [0]}) == {
+        (topic, 0): OPERATION_NOT_ATTEMPTED,
+        (topic, 5): UNKNOWN_TOPIC_OR_PARTITION,
+        ("no-such-topic", 0): UNKNOWN_TOPIC_OR_PARTITION,
+    }
+    assert add_raw(bootstrap, tid, pid, epoch, {topic: [0, 1]}) == {(topic, 0): 0, (topic, 1): 0}
+    # Offsets of a group the transaction did not add: out of order.
+    offsets = TxnOffsetCommitRequest(
+        transactional_id=tid,
+        group_id="raw-group",
+        producer_id=pid,
+        producer_epoch=epoch,
+        topics=[
+            TxnOffsetCommitRequest.TxnOffsetCommitRequestTopic(
+                name=topic,
+                partitions=[
+                    TxnOffsetCommitRequest.TxnOffsetCommitRequestPartition(
+                        partition_index=0, committed_offset=3
+                    )
+                ],
+            )
+        ],
+    )
+    (t,) = kafka_call(bootstrap, 28, 3, offsets).topics
+    assert [p.error_code for p in t.partitions] == [INVALID_TXN_STATE]
+    add_offsets = AddOffsetsToTxnRequest(
+        transactional_id=tid, producer_id=pid, producer_epoch=epoch, group_id="raw-group"
+    )
+    assert kafka_call(bootstrap, 25, 3, add_offsets).error_code == 0
+    (t,) = kafka_call(bootstrap, 28, 3, offsets).topics
+    assert [p.error_code for p in t.partitions] == [0]
+    # Commit then a contradicting abort; a repeated commit is a retry.
+    assert end_raw(bootstrap, tid, pid, epoch, True) == 0
+    assert end_raw(bootstrap, tid, pid, epoch, False) == INVALID_TXN_STATE
+    assert end_raw(bootstrap, tid, pid, epoch, True) == 0
+    assert stable_offset(bootstrap, "raw-group", topic, 8) == (3, 0)
+
+
+def test_old_epochs_get_the_fencing_error_of_their_version(bootstrap: str) -> None:
+    tid = f"fence-{uuid.uuid4().hex[:6]}"
+    _, pid, old = init_raw(bootstrap, tid)
+    _, pid2, new = init_raw(bootstrap, tid)
+    assert (pid2, new) == (pid, old + 1)
+    assert end_raw(bootstrap, tid, pid, old, True, version=1) == INVALID_PRODUCER_EPOCH
+    assert end_raw(bootstrap, tid, pid, old, True, version=2) == PRODUCER_FENCED
+    request = InitProducerIdRequest(
+        transactional_id=tid, transaction_timeout_ms=60_000, producer_id=pid, producer_epoch=old
+    )
+    assert kafka_call(bootstrap, 22, 3, request).error_code == INVALID_PRODUCER_EPOCH
+    assert kafka_call(bootstrap, 22, 4, request).error_code == PRODUCER_FENCED

@@ -82,13 +82,14 @@ async def _test_commit_writes_markers_then_applies_offsets(meta: AsyncMetadata) 
     offset = PendingOffset(group="g", topic_id=topic.topic_id, partition=0, offset=42)
     assert await shell.txn_offset_commit("tx", pid, epoch, "g", [offset]) == tc.NONE
     assert await meta.get_offset("g", topic.topic_id, 0) is None  # pending, not visible
-    assert await shell.pending_groups() == {"g"}
+    assert await shell.pending_offsets("g") == {(topic.topic_id, 0)}
+    assert await shell.pending_offsets("other") == set()
     assert await shell.end_txn("tx", pid, epoch, True) == tc.NONE
     assert markers.written == [(tuple(parts), pid, epoch, True)]
     assert await meta.get_offset("g", topic.topic_id, 0) == (42, "")
     record = await shell.load("tx")
     assert record is not None and record.state is TxnState.COMPLETE_COMMIT
-    assert await shell.pending_groups() == set()
+    assert await shell.pending_offsets("g") == set()
 
 
 def test_abort_drops_offsets(on_meta: Callable[[Body], None]) -> None:

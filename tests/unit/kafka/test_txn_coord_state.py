@@ -47,7 +47,8 @@ def test_init_of_an_idle_id_bumps_the_epoch_and_takes_the_new_timeout(state: Txn
     record = tc._replace(fresh(3), state=state)
     step = tc.init_producer_id(record, timeout_ms=5000, max_timeout_ms=MAX, now_ms=9)
     assert step.error == tc.NONE and step.record is not None
-    assert step.record.producer_epoch == 4 and step.record.previous_epoch == 3
+    # A new producer (naming none) cannot be confused with a retry of this bump.
+    assert step.record.producer_epoch == 4 and step.record.previous_epoch == -1
     assert step.record.state is TxnState.EMPTY and step.record.timeout_ms == 5000
 
 
@@ -99,6 +100,18 @@ def test_init_naming_the_current_producer_bumps_and_a_retry_gets_the_same_epoch(
         expected_epoch=5,
     )
     assert retry.record is not None and retry.record.producer_epoch == 6
+    # A new producer bumps again; the old epoch 5 is then fenced.
+    fresh_init = tc.init_producer_id(retry.record, timeout_ms=5000, max_timeout_ms=MAX, now_ms=11)
+    assert fresh_init.record is not None and fresh_init.record.producer_epoch == 7
+    late = tc.init_producer_id(
+        fresh_init.record,
+        timeout_ms=5000,
+        max_timeout_ms=MAX,
+        now_ms=12,
+        expected_producer_id=7,
+        expected_epoch=5,
+    )
+    assert late.error == tc.PRODUCER_FENCED
 
 
 @pytest.mark.parametrize(("pid", "epoch"), [(7, 4), (8, 5), (7, 9)])
