@@ -46,6 +46,7 @@ from lifecycle.keyplan import (
     put_block,
 )
 from lifecycle.rewrite import BlockData, BlockUnreadableError, RewriteContext, block_data
+from metadata.transactions import AbortedTxn
 from streamhouse.recordbatch import InvalidBatchError, encode_block, walk_block
 
 if TYPE_CHECKING:
@@ -123,12 +124,19 @@ async def _compact_partition(
     report.partitions_checked += 1
     if not rows:
         return
-    plan = plan_partition(rows, clean_offset, now_ms, config)
+    state = await ctx.meta.get_partition(topic.topic_id, partition)
+    if state is None:
+        return
+    plan = plan_partition(rows, clean_offset, now_ms, config, state.last_stable_offset)
     where = f"topic {topic.name!r} partition {partition}"
     if not plan.due:
         log.debug("key compaction of %s not due: %s", where, plan.reason)
         return
     start = max(clean_offset, rows[0].base_offset)
+    # aborted transactions anywhere in what may be filtered (from the log start)
+    aborted = await ctx.meta.aborted_transactions(
+        topic.topic_id, partition, rows[0].base_offset, plan.cleanable_end
+    )
     dirty = [r for r in rows if r.end_offset > start and r.base_offset < plan.cleanable_end]
     # As large as the dirty records could need (24-byte slots, at most 3/4 used, rounded down
     # to a power of two), never more than lifecycle_key_map_bytes.
@@ -139,7 +147,13 @@ async def _compact_partition(
         for chunk in _chunks(dirty):
             for row, data in zip(chunk, await ctx.get_blocks(chunk), strict=True):
                 if not put_block(
-                    omap, data, row.base_offset, row.skipped_batches, start, plan.cleanable_end
+                    omap,
+                    data,
+                    row.base_offset,
+                    row.skipped_batches,
+                    start,
+                    plan.cleanable_end,
+                    aborted,
                 ):
                     full = True
                     break
@@ -157,7 +171,7 @@ async def _compact_partition(
                 end,
             )
         done = await _rewrite(
-            ctx, topic, partition, rows, omap, config.delete_retention_ms, now_ms, report
+            ctx, topic, partition, rows, omap, config.delete_retention_ms, now_ms, report, aborted
         )
     except (BlockUnreadableError, InvalidBatchError) as exc:
         # bad stored bytes: never copied, never half-compacted; readers get their error
@@ -193,9 +207,10 @@ async def _rewrite(
     delete_retention_ms: int,
     now_ms: int,
     report: KeyCompactionReport,
+    aborted: Sequence[AbortedTxn] = (),
 ) -> bool:
-    """Filters the blocks up to the map's last offset and switches the changed ones; False
-    when a switch was refused."""
+    """Filters the blocks up to the map's last offset (dropping aborted transactions' records)
+    and switches the changed ones; False when a switch was refused."""
     latest = omap.latest_offset
     targets = [r for r in rows if r.base_offset <= latest]
     stats = FilterStats()
@@ -241,6 +256,7 @@ async def _rewrite(
                 now_ms,
                 delete_retention_ms,
                 stats,
+                aborted,
             )
             if result is None:
                 continue

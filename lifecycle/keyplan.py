@@ -30,6 +30,12 @@ blocks (one block row = one partition's batches in one segment object):
   and its CRC. A batch that loses every record is dropped, a block that loses every batch too.
   Offsets never move: the gap rule of ``streamhouse.recordbatch`` (``encode_block``) keeps them.
 - The new clean offset is the end of what the map covered.
+- Transactions (as Kafka's cleaner): the cleanable range never reaches the partition's last
+  stable offset (an open transaction may still abort); control batches (transaction
+  markers) are neither keyed nor filtered, they stay as they are; the records of aborted
+  transactions (``metadata.transactions``: a transactional batch of the aborted producer
+  inside an aborted range) are never put in the map and are removed when filtered, so an
+  aborted record never hides a committed one of the same key.
 """
 
 from __future__ import annotations
@@ -39,13 +45,16 @@ from collections.abc import Sequence
 import msgspec
 from streamhouse._keycompact import OffsetMap, filter_records
 
+from metadata.transactions import AbortedTxn
 from streamhouse.errors import ErrorCode
 from streamhouse.recordbatch import (
     BATCH_HEADER_SIZE,
     CODEC_MASK,
     CODEC_NONE,
+    CONTROL_MASK,
     DELETE_HORIZON_MASK,
     TIMESTAMP_TYPE_MASK,
+    TRANSACTIONAL_MASK,
     BlockBatch,
     InvalidBatchError,
     encode_block,
@@ -124,10 +133,14 @@ class PartitionPlan(msgspec.Struct, frozen=True):
 
 
 def plan_partition(
-    blocks: Sequence[BlockRow], clean_offset: int, now_ms: int, config: CompactionConfig
+    blocks: Sequence[BlockRow],
+    clean_offset: int,
+    now_ms: int,
+    config: CompactionConfig,
+    stable_end: int | None = None,
 ) -> PartitionPlan:
     """The cleanable range of a partition whose block rows (by base offset) are `blocks`
-    and whether it is due (module docstring)."""
+    and whether it is due (module docstring); `stable_end` is its last stable offset."""
     end = blocks[0].base_offset if blocks else clean_offset
     cleanable_bytes = dirty_bytes = 0
     first_dirty_ts: int | None = None
@@ -138,6 +151,8 @@ def plan_partition(
         end = block.end_offset
     if blocks:
         end = min(end, blocks[-1].end_offset - 1)  # never the newest offset
+    if stable_end is not None:
+        end = min(end, stable_end)  # never an open transaction
     for block in blocks:
         if block.base_offset >= end:
             break
@@ -180,6 +195,17 @@ def batch_records(block: bytes | memoryview, batch: BlockBatch) -> bytes | memor
     return inflate(codec, raw.tobytes(), MAX_INFLATED)
 
 
+def is_aborted(batch: BlockBatch, aborted: Sequence[AbortedTxn]) -> bool:
+    """Whether the batch holds records of an aborted transaction."""
+    info = batch.info
+    if not info.attributes & TRANSACTIONAL_MASK or info.attributes & CONTROL_MASK:
+        return False
+    return any(
+        a.producer_id == info.producer_id and a.first_offset <= batch.first_offset <= a.last_offset
+        for a in aborted
+    )
+
+
 def put_block(
     omap: OffsetMap,
     block: bytes | memoryview,
@@ -187,15 +213,18 @@ def put_block(
     skipped: tuple[int, ...],
     from_offset: int,
     until_offset: int,
+    aborted: Sequence[AbortedTxn] = (),
 ) -> bool:
     """Puts the keys of the block's batches that hold offsets in [from_offset,
-    until_offset) into the map; False when the map filled (the map's latest_offset is then
-    where the pass stops)."""
+    until_offset) into the map (not markers, not aborted records); False when the map
+    filled (the map's latest_offset is then where the pass stops)."""
     for batch in walk_block(block, base_offset, skipped):
         if batch.last_offset < from_offset:
             continue
         if batch.first_offset >= until_offset:
             break
+        if batch.info.attributes & CONTROL_MASK or is_aborted(batch, aborted):
+            continue
         count = batch.info.record_count
         records = batch_records(block, batch)
         try:
@@ -232,6 +261,7 @@ def filter_block(
     now_ms: int,
     delete_retention_ms: int,
     stats: FilterStats,
+    aborted: Sequence[AbortedTxn] = (),
 ) -> tuple[bytes, list[BlockBatch]] | None:
     """The block's batches filtered by the map (module docstring): ``(block bytes by the gap
     rule from base_offset, their walk)``; ``None`` when nothing changed (the block stays
@@ -243,8 +273,13 @@ def filter_block(
     for batch in walk_block(block, base_offset, skipped):
         info = batch.info
         raw = mv[info.position : info.position + info.length]
-        if batch.first_offset > latest:
+        if batch.first_offset > latest or info.attributes & CONTROL_MASK:
             kept.append((raw, batch.first_offset))
+            continue
+        if is_aborted(batch, aborted):
+            changed = True
+            stats.records_removed += info.record_count
+            stats.batches_removed += 1
             continue
         attributes = info.attributes
         has_horizon = bool(attributes & DELETE_HORIZON_MASK)

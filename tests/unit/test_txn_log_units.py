@@ -1,7 +1,8 @@
 """Transactions in the log, unit by unit: control batches (build and parse), produce validation
 of transactional and control batches, the segmenter's check that a frame's attributes match
 its batches, the open-transaction bookkeeping of a commit, and read_committed reads of the
-read engine (over a real SQLite metadata store and an in-memory object store)."""
+read engine (over a real SQLite metadata store and an in-memory object store), and key
+compaction around transactions."""
 
 from __future__ import annotations
 
@@ -16,8 +17,17 @@ from typing import Any
 import pytest
 
 from ingest.txn_markers import marker_slot
+from lifecycle.keyplan import (
+    BlockRow,
+    CompactionConfig,
+    FilterStats,
+    OffsetMap,
+    filter_block,
+    plan_partition,
+    put_block,
+)
 from metadata import BatchRef, CommitBlock, MetadataStore
-from metadata.transactions import TxnLog
+from metadata.transactions import AbortedTxn, TxnLog
 from reader.cache import BlockCache
 from reader.engine import ReadEngine
 from segmenter.builder import SegmentBuilder, check_frame
@@ -50,6 +60,7 @@ from streamhouse.recordbatch import (
 from streamhouse.segment import SegmentWriter
 
 NOW = 1_700_000_000_000
+DAY = 86_400_000
 RULES = BatchRules(1 << 20, 1 << 22, 1 << 22)
 _keys = itertools.count()
 
@@ -281,3 +292,56 @@ def test_the_records_format_never_renders_a_marker(h: Harness) -> None:
     records = pb.ConsumeResponse.FromString(payload).records
     assert [(r.offset, r.value) for r in records] == [(0, b"t0"), (2, b"p0")]
     assert part.next_offset == 3
+
+
+# -- key compaction (lifecycle/keyplan.py) -----------------------------------------------------
+
+
+def keyed(key: bytes, value: bytes, pid: int = -1, seq: int = -1) -> bytes:
+    txn = pid >= 0
+    return encode_batch(
+        [key],
+        [value],
+        [[]],
+        [NOW],
+        producer_id=pid,
+        producer_epoch=0 if txn else -1,
+        base_sequence=seq,
+        attributes=TRANSACTIONAL_MASK if txn else 0,
+    )
+
+
+def test_key_compaction_keeps_markers_and_drops_aborted_records() -> None:
+    # offsets: 0 k=v1, 1 k=aborted (producer 5), 2 ABORT marker, 3 COMMIT marker of 6
+    # (no open txn), 4 j=x; a marker's key must never supersede a record's
+    marker_key = struct.pack(">hh", 0, CONTROL_ABORT)
+    block = b"".join(
+        [
+            keyed(b"k", b"v1"),
+            keyed(b"k", b"aborted", pid=5, seq=0),
+            encode_control_batch(False, 5, 0, 0, NOW),
+            encode_control_batch(True, 6, 0, 0, NOW),
+            keyed(marker_key, b"user record with a marker-like key"),
+        ]
+    )
+    aborted = [AbortedTxn(5, 1, 2)]
+    omap = OffsetMap(1 << 16)
+    assert put_block(omap, block, 0, (), 0, 5, aborted)
+    stats = FilterStats()
+    result = filter_block(omap, block, 0, (), NOW, 0, stats, aborted)
+    assert result is not None
+    data, walked = result
+    kept = [(b.first_offset, b.info.attributes & 0x30) for b in walked]
+    assert kept == [(0, 0), (2, 0x30), (3, 0x30), (4, 0)]
+    assert (stats.records_removed, stats.batches_removed) == (1, 1)
+    values = [
+        decode_records(data[b.info.position : b.info.position + b.info.length]) for b in walked
+    ]
+    assert values[0][0][3] == b"v1"  # the committed record survives the aborted one
+
+
+def test_key_compaction_never_cleans_past_the_last_stable_offset() -> None:
+    rows = [BlockRow(0, 10, 100, NOW - DAY), BlockRow(10, 20, 100, NOW - DAY)]
+    config = CompactionConfig(DAY, 0, 7 * DAY, 0.5)
+    assert plan_partition(rows, 0, NOW, config).cleanable_end == 19
+    assert plan_partition(rows, 0, NOW, config, stable_end=7).cleanable_end == 7
