@@ -78,9 +78,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     group_max_session_timeout_ms: int = 1_800_000
     # Transactions: the largest transaction.timeout.ms a producer may ask for (Kafka's
     # transaction.max.timeout.ms), and how often the coordinator completes interrupted
-    # transactions and aborts timed-out ones.
+    # transactions and aborts timed-out ones; an idle transactional id unused this long is
+    # forgotten (Kafka's transactional.id.expiration.ms).
     transaction_max_timeout_ms: int = 900_000
     transaction_check_interval_ms: int = 1000
+    transactional_id_expiration_ms: int = 604_800_000
     # Largest Kafka request frame accepted (Kafka's socket.request.max.bytes).
     kafka_max_request_bytes: int = 100 * MiB
     # Listener limits: beyond each one a client gets an error or back-pressure (README).
@@ -311,6 +313,7 @@ def _validate(s: Settings) -> None:
         "group_max_session_timeout_ms",
         "transaction_max_timeout_ms",
         "transaction_check_interval_ms",
+        "transactional_id_expiration_ms",
         "kafka_max_request_bytes",
         "kafka_max_connections",
         "kafka_max_non_produce_request_bytes",

@@ -62,6 +62,7 @@ def shell(broker: KafkaBroker) -> TxnShell:
             broker.meta,
             pipeline_markers(broker.pipeline),
             max_timeout_ms=broker.settings.transaction_max_timeout_ms,
+            expiration_ms=broker.settings.transactional_id_expiration_ms,
             owns=broker.cluster.is_coordinator,
         )
     return found

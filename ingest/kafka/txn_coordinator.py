@@ -52,6 +52,8 @@ Rules
 7. TxnOffsetCommit needs an Ongoing transaction that added the group (AddOffsetsToTxn), else
    INVALID_TXN_STATE; its offsets stay pending in the record, applied by complete() of a commit
    and dropped by an abort. A later commit of the same group and partition replaces the earlier.
+8. A transactional id idle (Empty or Complete) and unused for longer than Kafka's
+   transactional.id.expiration.ms is forgotten; an open or completing one never is.
 """
 
 from __future__ import annotations
@@ -322,6 +324,12 @@ def expire(record: TxnRecord, now_ms: int) -> TxnRecord | None:
     if record.state is not TxnState.ONGOING or now_ms - record.start_ms <= record.timeout_ms:
         return None
     return _abort(record, now_ms, bump=True)
+
+
+def forgotten(record: TxnRecord, now_ms: int, expiration_ms: int) -> bool:
+    """Whether an idle transactional id unused for longer than ``expiration_ms`` is forgotten
+    (rule 8): its record is deleted; a later InitProducerId starts it with a new producer id."""
+    return record.state in _IDLE and now_ms - record.updated_ms > expiration_ms
 
 
 def complete(record: TxnRecord, now_ms: int) -> TxnRecord:

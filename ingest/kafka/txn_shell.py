@@ -12,8 +12,9 @@ between requests, so a coordinator that moves to another agent reads the same st
 A Prepare state is the decision: it is durable before any marker is written, so a crash (kill
 -9 of ingest, a failing marker write) leaves a transaction that the sweeper finishes the same
 way, never half. The sweeper runs at start (recovery) and every ``transaction_check_interval_ms``
-over the transactional ids this agent coordinates: it completes Prepare states and aborts, at a
-bumped epoch, Ongoing transactions older than their timeout.
+over the transactional ids this agent coordinates: it completes Prepare states, aborts, at a
+bumped epoch, Ongoing transactions older than their timeout, and deletes the records of idle
+ids unused for ``transactional_id_expiration_ms``.
 
 Catalog format (kind ``kafka-txn``): the name is the transactional id when it is 1..255
 characters and does not start with ``#``; else ``#sha256:`` and the hex SHA-256 of its UTF-8
@@ -116,12 +117,14 @@ class TxnShell:
         write_markers: MarkerWriter,
         *,
         max_timeout_ms: int,
+        expiration_ms: int = 7 * 24 * 3600 * 1000,
         owns: Callable[[str], bool] = lambda _tid: True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.meta = meta
         self.write_markers = write_markers
         self.max_timeout_ms = max_timeout_ms
+        self.expiration_ms = expiration_ms
         self.owns = owns
         self.clock = clock
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
@@ -383,11 +386,22 @@ class TxnShell:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue  # logged when its id is next used
             due = seen.state in tc.PREPARING or tc.expire(seen, now) is not None
-            if not due or not self.owns(seen.transactional_id):
+            stale = tc.forgotten(seen, now, self.expiration_ms)
+            if not (due or stale) or not self.owns(seen.transactional_id):
                 continue
             async with self._locked(seen.transactional_id):
                 record = await self.load(seen.transactional_id)
                 if record is None:
+                    continue
+                if tc.forgotten(record, self.now_ms(), self.expiration_ms):
+                    log.info(
+                        "transactional id %r: unused for over %d ms; forgetting it",
+                        record.transactional_id,
+                        self.expiration_ms,
+                    )
+                    await self.meta.delete_catalog_entry(
+                        CATALOG_KIND, catalog_name(record.transactional_id)
+                    )
                     continue
                 aborting = tc.expire(record, self.now_ms())
                 if aborting is not None:

@@ -286,3 +286,24 @@ async def _test_unreadable_state_starts_afresh(meta: AsyncMetadata) -> None:
     shell = make_shell(meta, Markers(), Clock())
     assert await shell.load("tx") is None
     assert (await shell.init_producer_id("tx", 10_000))[0] == tc.NONE
+
+
+def test_idle_ids_are_forgotten_after_the_expiration(on_meta: Callable[[Body], None]) -> None:
+    on_meta(_test_idle_ids_are_forgotten_after_the_expiration)
+
+
+async def _test_idle_ids_are_forgotten_after_the_expiration(meta: AsyncMetadata) -> None:
+    markers, clock = Markers(), Clock()
+    shell = TxnShell(meta, markers, max_timeout_ms=600_000, expiration_ms=60_000, clock=clock)
+    _, idle_pid, _ = await shell.init_producer_id("idle", 10_000)
+    _, pid, epoch = await shell.init_producer_id("open", 500_000)
+    await shell.add_partitions("open", pid, epoch, [(1, 0)])
+    clock.now += 59.0
+    await shell.sweep()
+    assert await shell.load("idle") is not None
+    clock.now += 2.0
+    await shell.sweep()
+    assert await shell.load("idle") is None  # forgotten
+    assert await shell.load("open") is not None  # an open transaction never is
+    error, new_pid, epoch = await shell.init_producer_id("idle", 10_000)
+    assert error == tc.NONE and new_pid != idle_pid and epoch == 0

@@ -264,3 +264,13 @@ def test_complete_refuses_a_state_that_is_not_prepared() -> None:
 )
 def test_fencing_error_by_version(api: int, version: int, error: int) -> None:
     assert tc.fenced(api, version) == error
+
+
+def test_only_idle_ids_are_forgotten() -> None:
+    idle = fresh()  # updated at 1000
+    assert not tc.forgotten(idle, 61_000, 60_000)
+    assert tc.forgotten(idle, 61_001, 60_000)
+    assert not tc.forgotten(ongoing(), 10**12, 60_000)
+    prepared = tc._replace(ongoing(), state=TxnState.PREPARE_COMMIT)
+    assert not tc.forgotten(prepared, 10**12, 60_000)
+    assert tc.forgotten(tc.complete(prepared, 5000), 65_001, 60_000)
