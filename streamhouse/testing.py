@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import random
 import signal
 import socket
 import struct
@@ -65,8 +66,38 @@ PROGRAMS = ("ingest", "segmenter", "uploader", "reader", "lifecycle", "sql", "co
 POLL_S = 0.05
 
 
+_handed_out: set[int] = set()
+_port_choice = random.SystemRandom()  # not the global generator tests may seed
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for clients' local ports (Linux; Linux's default elsewhere)."""
+    try:
+        low, high = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A 127.0.0.1 TCP port nothing listens on, below the ephemeral range: a port the kernel
+    hands to outgoing connections could be taken by any client socket (a test's own) between
+    this call and the server's bind, and the server would fail to start. Never the same port
+    twice in one process."""
+    low, _ = _ephemeral_range()
+    first = 20_000 if low > 21_000 else 1_024
+    for _ in range(1_000):
+        port = _port_choice.randrange(first, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as sock:  # below the range is crowded: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
