@@ -1,0 +1,152 @@
+"""Helpers of the transactions-in-the-log integration tests (test_txn_log_*.py): topics,
+hand-built transactional produces, markers written through a stack's pipeline, ListOffsets by
+isolation level and confluent-kafka reads at an isolation level."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from ingest.pipeline import Pipeline
+from ingest.txn_markers import write_txn_markers
+from metadata import MetadataStore
+from streamhouse.errors import ErrorCode
+from streamhouse.kafka.messages import ListOffsetsRequest, ProduceRequest
+from streamhouse.recordbatch import TRANSACTIONAL_MASK, encode_batch
+from streamhouse.testing import Stack, kafka_call, wait_until
+
+DEADLINE_S = 30.0
+
+
+def create_topic(stack: Stack, name: str, partitions: int = 1) -> int:
+    admin = AdminClient({"bootstrap.servers": stack.kafka_address})
+    for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+        future.result(DEADLINE_S)
+    with MetadataStore(stack.settings.metadata_path) as meta:
+        topic = meta.get_topic(name)
+    assert topic is not None
+    return topic.topic_id
+
+
+def produce_txn(
+    stack: Stack, topic: str, partition: int, values: Sequence[bytes], pid: int, seq: int
+) -> int:
+    """Produces one transactional batch of ``values`` as producer ``pid`` (epoch 0) over the
+    Kafka protocol; returns its base offset."""
+    now = int(time.time() * 1000)
+    batch = encode_batch(
+        [None] * len(values),
+        list(values),
+        [[] for _ in values],
+        [now] * len(values),
+        producer_id=pid,
+        producer_epoch=0,
+        base_sequence=seq,
+        attributes=TRANSACTIONAL_MASK,
+    )
+    P = ProduceRequest
+    request = P(
+        transactional_id=f"txn-{pid}",
+        acks=-1,
+        timeout_ms=10_000,
+        topic_data=[
+            P.TopicProduceData(
+                name=topic, partition_data=[P.PartitionProduceData(index=partition, records=batch)]
+            )
+        ],
+    )
+    body = kafka_call(stack.kafka_address, 0, 7, request)
+    (answer,) = body.responses[0].partition_responses
+    assert answer.error_code == 0, answer.error_message
+    return int(answer.base_offset)
+
+
+def produce_plain(stack: Stack, topic: str, partition: int, values: Sequence[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": stack.kafka_address, "linger.ms": 0})
+    failures: list[str] = []
+    for value in values:
+        producer.produce(
+            topic,
+            value,
+            partition=partition,
+            on_delivery=lambda err, _m: failures.append(str(err)) if err else None,
+        )
+    assert producer.flush(DEADLINE_S) == 0
+    assert failures == []
+
+
+def write_markers(
+    stack: Stack, partitions: Sequence[tuple[int, int]], pid: int, commit: bool, epoch: int = 0
+) -> list[ErrorCode | None]:
+    """Writes markers through the stack's pipeline while its ingest is stopped (module doc)."""
+    stack.supervisorctl("stop", "ingest")
+    wait_until(lambda: stack.pid("ingest") == 0, DEADLINE_S, "ingest stopped")
+
+    async def write() -> list[ErrorCode | None]:
+        pipeline = Pipeline(stack.settings)
+        pipeline.start()
+        try:
+            return await write_txn_markers(pipeline, partitions, pid, epoch, commit, 0, 10_000)
+        finally:
+            await pipeline.close()
+
+    try:
+        return asyncio.run(write())
+    finally:
+        stack.supervisorctl("start", "ingest")
+        stack.wait_ready(DEADLINE_S)
+
+
+def offsets(stack: Stack, topic: str, partition: int, isolation: int) -> int:
+    """ListOffsets LATEST at ``isolation`` (0 read_uncommitted: the high watermark, 1
+    read_committed: the last stable offset)."""
+    L = ListOffsetsRequest
+    request = L(
+        replica_id=-1,
+        isolation_level=isolation,
+        topics=[
+            L.ListOffsetsTopic(
+                name=topic,
+                partitions=[L.ListOffsetsPartition(partition_index=partition, timestamp=-1)],
+            )
+        ],
+    )
+    body = kafka_call(stack.kafka_address, 2, 5, request)
+    (answer,) = body.topics[0].partitions
+    assert answer.error_code == 0
+    return int(answer.offset)
+
+
+def consume(
+    stack: Stack, topic: str, partition: int, isolation: str, until_offset: int
+) -> tuple[list[bytes], int]:
+    """Every record value a confluent-kafka consumer at ``isolation`` gets from the start of
+    the partition until its position reaches ``until_offset``; and that position."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.kafka_address,
+            "group.id": f"txn-log-{isolation}",
+            "enable.auto.commit": False,
+            "isolation.level": isolation,
+            "enable.partition.eof": False,
+        }
+    )
+    tp = TopicPartition(topic, partition, OFFSET_BEGINNING)
+    consumer.assign([tp])
+    values: list[bytes] = []
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while True:
+            position = consumer.position([TopicPartition(topic, partition)])[0].offset
+            if position >= until_offset:
+                return values, position
+            assert time.monotonic() < deadline, f"stuck at {position} < {until_offset}: {values}"
+            for message in consumer.consume(num_messages=100, timeout=0.5):
+                assert message.error() is None, message.error()
+                values.append(message.value())
+    finally:
+        consumer.close()
