@@ -35,7 +35,7 @@ from kafka.admin import ACLPermissionType as KpPermission
 from kafka.admin import ACLResourcePatternType as KpPatternType
 from kafka.admin import ResourceType as KpResourceType
 
-from streamhouse.client import Client, StreamHouseError
+from streamhouse.client import Client, Record, StreamHouseError
 from streamhouse.kafka import messages
 from streamhouse.testing import Stack, kafka_call, wait_until
 
@@ -432,3 +432,96 @@ def test_grpc_is_enforced_with_the_same_acls(stack: Stack, cluster_admin: AdminC
         wait_until(produce_refused, REFRESH_WAIT_S, "gRPC produce without WRITE is refused")
         records, *_ = client.consume(name, 0, offset=-2)
         assert records  # READ still allows consuming
+
+
+def test_host_specific_acls_apply_to_the_client_address(
+    stack: Stack, cluster_admin: AdminClient
+) -> None:
+    admin = cluster_admin
+    name = new_topic(admin, "acl-host")
+    elsewhere = AclBinding(
+        ResourceType.TOPIC,
+        name,
+        ResourcePatternType.LITERAL,
+        ANON,
+        "10.9.9.9",
+        AclOperation.WRITE,
+        AclPermissionType.DENY,
+    )
+    create(admin, elsewhere)
+    assert produce_error(stack, name) is None  # the deny is for another host
+    here = AclBinding(
+        ResourceType.TOPIC,
+        name,
+        ResourcePatternType.LITERAL,
+        ANON,
+        "127.0.0.1",
+        AclOperation.WRITE,
+        AclPermissionType.DENY,
+    )
+    create(admin, here)
+    wait_until(
+        lambda: (
+            (e := produce_error(stack, name)) is not None
+            and e.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+        ),
+        REFRESH_WAIT_S,
+        "a deny for the client's own address applies",
+    )
+
+
+def test_transactions_need_write_on_the_transactional_id(
+    stack: Stack, cluster_admin: AdminClient
+) -> None:
+    admin = cluster_admin
+    name = new_topic(admin, "acl-txn")
+    tid = f"acl-tid-{uuid.uuid4().hex[:8]}"
+
+    def producer() -> Producer:
+        return Producer(
+            {
+                "bootstrap.servers": stack.kafka_address,
+                "transactional.id": tid,
+                "message.timeout.ms": 10_000,
+            }
+        )
+
+    with pytest.raises(KafkaException) as refused:
+        producer().init_transactions(10)
+    assert refused.value.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    create(
+        admin,
+        topic_acl(tid, AclOperation.WRITE, resource=ResourceType.TRANSACTIONAL_ID),
+    )
+
+    def commits() -> bool:
+        p = producer()
+        try:
+            p.init_transactions(10)
+        except KafkaException:
+            return False
+        p.begin_transaction()
+        p.produce(name, b"in a transaction")
+        p.commit_transaction(10)
+        return True
+
+    wait_until(commits, REFRESH_WAIT_S, "WRITE on the transactional id allows transactions")
+
+
+def test_grpc_streams_are_enforced(stack: Stack, cluster_admin: AdminClient) -> None:
+    admin = cluster_admin
+    name = new_topic(admin, "acl-grpc-stream")
+    denied = f"acl-grpc-stream-denied-{uuid.uuid4().hex[:8]}"
+    with Client(stack.grpc_address) as client:
+        acks = list(client.produce_stream(name, [[Record(value=b"a")], [Record(value=b"b")]]))
+        assert len(acks) == 2
+        with pytest.raises(StreamHouseError) as refused:
+            list(client.produce_stream(denied, [[Record(value=b"a")]]))
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert denied in str(refused.value)
+        stream = client.subscribe(name, 0, offset=-2)
+        assert next(stream).value == b"a"
+        stream.close()
+        with pytest.raises(StreamHouseError) as refused:
+            next(client.subscribe(denied, 0, offset=-2))
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
