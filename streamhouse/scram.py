@@ -268,7 +268,9 @@ class ScramServer:
         binding = _b64decode(attrs.get("c", ""), "channel binding")
         if binding != first.gs2_header.encode():
             raise ScramError("channel binding does not match the client-first GS2 header")
-        if attrs.get("r") != first.nonce + self._server_nonce:
+        # As Kafka: the nonce must end with the server-first nonce (librdkafka before 1.x puts
+        # its own nonce in front once more; the server's part still makes the proof fresh).
+        if not attrs.get("r", "").endswith(first.nonce + self._server_nonce):
             raise ScramError("nonce mismatch")
         proof = _b64decode(proof_part, "client proof")
         auth_message = f"{first.bare},{self._server_first},{without_proof}".encode()

@@ -3,7 +3,7 @@
 ``APIS`` maps an API key to (name, lowest and highest advertised version, handler); the broker
 merges it into what it advertises and dispatches.
 
-- SaslHandshake (17) v1 and SaslAuthenticate (36) v0-2 drive the connection's
+- SaslHandshake (17) v0-1 and SaslAuthenticate (36) v0-2 drive the connection's
   `sasl.SaslSession` (ingest/kafka/sasl.py: the sequence and what is allowed before it ends).
   On a listener without SASL both answer ILLEGAL_SASL_STATE.
 - DescribeUserScramCredentials (50) v0 and AlterUserScramCredentials (51) v0 read and write the
@@ -67,7 +67,7 @@ async def sasl_handshake(broker: Any, header: RequestHeader, request: SaslHandsh
     session = current_sasl.get()
     if session is None:
         return SaslHandshakeResponse(error_code=ILLEGAL_SASL_STATE, mechanisms=[])
-    code = session.handshake(request.mechanism)
+    code = session.handshake(request.mechanism, header.request_api_version)
     return SaslHandshakeResponse(error_code=code, mechanisms=list(session.mechanisms))
 
 
@@ -140,7 +140,8 @@ async def describe_user_scram_credentials(
                 R.DescribeUserScramCredentialsResult(
                     user=user,
                     error_code=RESOURCE_NOT_FOUND,
-                    error_message=f"Attempt to describe a user credential that does not exist: {user}",
+                    error_message="Attempt to describe a user credential that does not exist: "
+                    + user,
                 )
             )
         else:
@@ -241,7 +242,7 @@ async def alter_user_scram_credentials(
 
 
 APIS: dict[int, tuple[str, int, int, Any]] = {
-    17: ("SaslHandshake", 1, 1, sasl_handshake),
+    17: ("SaslHandshake", 0, 1, sasl_handshake),
     36: ("SaslAuthenticate", 0, 2, sasl_authenticate),
     50: ("DescribeUserScramCredentials", 0, 0, describe_user_scram_credentials),
     51: ("AlterUserScramCredentials", 0, 0, alter_user_scram_credentials),

@@ -71,7 +71,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.kafka.limits import PRODUCE, produce_entries
-from ingest.kafka.sasl import ALLOWED_BEFORE_AUTH, ListenerSecurity, current_sasl
+from ingest.kafka.sasl import (
+    ALLOWED_BEFORE_AUTH,
+    ListenerSecurity,
+    RawToken,
+    SaslSession,
+    current_sasl,
+)
 from streamhouse import metrics
 from streamhouse.kafka.framing import (
     CorruptRequest,
@@ -88,6 +94,8 @@ from streamhouse.tls import principal_of_peercert
 log = logging.getLogger("ingest.kafka")
 
 API_VERSIONS = 18
+SASL_AUTHENTICATE = 36
+MAX_RAW_TOKEN_BYTES = 64 * 1024  # a SASL token after SaslHandshake v0
 # Seconds between the answer to a failed SASL authentication and the close (Kafka: 100 ms).
 AUTH_FAILURE_CLOSE_DELAY_S = 0.1
 NO_RESPONSE = object()  # a handler's answer when the client expects none (acks=0)
@@ -319,6 +327,10 @@ class KafkaConnection(asyncio.Protocol):
         return None
 
     def _admit(self, frame: Any) -> None:
+        sasl = self._sasl
+        if sasl is not None and sasl.raw_tokens and not sasl.authenticated:
+            self._admit_raw_token(sasl, frame)
+            return
         refusal = self._refusal_before_decoding(frame)
         if refusal is not None:
             self.close(refusal)
@@ -341,7 +353,6 @@ class KafkaConnection(asyncio.Protocol):
         except CorruptRequest as exc:
             self.close(f"corrupt request: {exc}")
             return
-        sasl = self._sasl
         if (
             sasl is not None
             and not sasl.authenticated
@@ -369,11 +380,22 @@ class KafkaConnection(asyncio.Protocol):
                 f"API key {header.request_api_key} v{header.request_api_version} is not served"
             )
             return
+        metrics.child(metrics.REQUESTS, "kafka", _api_name(request)).inc()
+        self._start(header, handler(header, request), len(frame))
+
+    def _admit_raw_token(self, sasl: SaslSession, frame: Any) -> None:
+        """A SASL token without Kafka framing (after SaslHandshake v0)."""
+        if len(frame) > MAX_RAW_TOKEN_BYTES:
+            self.close(f"a raw SASL token of {len(frame)} bytes (at most {MAX_RAW_TOKEN_BYTES})")
+            return
+        header = RequestHeader(request_api_key=SASL_AUTHENTICATE, correlation_id=-1)
+        self._start(header, sasl.raw_step(bytes(frame)), len(frame))
+
+    def _start(self, header: RequestHeader, coro: Any, size: int) -> None:
+        """Runs a request's handler as a task in the connection's context, in the queue."""
         context = contextvars.copy_context()
         context.run(self._enter_context)
-        future = asyncio.get_running_loop().create_task(handler(header, request), context=context)
-        size = len(frame)
-        metrics.child(metrics.REQUESTS, "kafka", _api_name(request)).inc()
+        future = asyncio.get_running_loop().create_task(coro, context=context)
         metrics.child(metrics.IN_FLIGHT, "kafka").inc()
         self._pending.append((header, future, size))
         self._in_flight_bytes += size
@@ -420,7 +442,16 @@ class KafkaConnection(asyncio.Protocol):
                 )
                 self.close("internal error")
                 return
-            if response is not NO_RESPONSE:
+            if isinstance(response, RawToken):
+                if response.token is not None:
+                    await self._can_write.wait()
+                    if self._transport is None or self._transport.is_closing():
+                        return
+                    self._transport.write(response.frame())
+                if self._sasl is not None and self._sasl.failed:
+                    self.close("SASL authentication (handshake v0) failed", level=logging.INFO)
+                    return
+            elif response is not NO_RESPONSE:
                 # (ApiVersions answers with the v0 response header at every version: the
                 # codec knows.)
                 version = header.request_api_version

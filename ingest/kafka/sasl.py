@@ -14,8 +14,10 @@ Until step 3 completes only ApiVersions, SaslHandshake and SaslAuthenticate are 
 other request closes the connection (as Kafka does). A failed authentication is answered
 SASL_AUTHENTICATION_FAILED with a message that does not tell a wrong password from an
 unknown user, and the connection is closed after the answer. Re-authentication (KIP-368) is
-not offered: `session_lifetime_ms` is 0. SaslHandshake v0 (raw tokens without Kafka framing)
-is not served; clients from Kafka 1.0 on use v1.
+not offered: `session_lifetime_ms` is 0. After a SaslHandshake v0 (clients before Kafka 1.0)
+the tokens travel raw, without Kafka framing: each one a 4-byte big-endian length and its bytes,
+in both directions (`RawToken`); a failed v0 authentication just closes the connection, as
+Kafka does.
 
 Credentials: SCRAM checks against the stored credential of the mechanism (metadata catalog,
 kind ``scram_credential``, read at each authentication, so a new or deleted user counts from
@@ -55,6 +57,20 @@ CredentialLookup = Callable[[str, str], Awaitable[ScramCredential | None]]
 current_sasl: ContextVar[SaslSession | None] = ContextVar("streamhouse_sasl", default=None)
 
 
+class RawToken:
+    """The answer to a raw SASL token (handshake v0): written as a 4-byte length and the
+    bytes; ``None`` writes nothing (the authentication failed)."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: bytes | None) -> None:
+        self.token = token
+
+    def frame(self) -> bytes:
+        token = self.token or b""
+        return len(token).to_bytes(4, "big") + token
+
+
 class SaslFailure(Exception):
     """Authentication failed or the exchange is out of order: answered, then the connection
     closes."""
@@ -76,12 +92,13 @@ class SaslSession:
         self.failed = False  # the connection closes after the answer in flight
         self._scram: ScramServer | None = None
         self._round = 0
+        self.raw_tokens = False  # SaslHandshake v0: tokens without Kafka framing follow
 
     @property
     def authenticated(self) -> bool:
         return self.principal is not None
 
-    def handshake(self, mechanism: str) -> int:
+    def handshake(self, mechanism: str, version: int = 1) -> int:
         """The SaslHandshake error code (0 when ``mechanism`` is chosen)."""
         if self.mechanism is not None or self.authenticated:
             self.failed = True
@@ -90,7 +107,17 @@ class SaslSession:
             self.failed = True
             return UNSUPPORTED_SASL_MECHANISM
         self.mechanism = mechanism
+        self.raw_tokens = version == 0
         return 0
+
+    async def raw_step(self, token: bytes) -> RawToken:
+        """One raw (SaslHandshake v0) round: the server's token, or an empty answer after
+        which the connection closes (``failed`` is set)."""
+        try:
+            return RawToken(await self.authenticate(token))
+        except SaslFailure as exc:
+            log.info("SASL authentication (handshake v0) failed: %s", exc.message)
+            return RawToken(None)
 
     async def authenticate(self, token: bytes) -> bytes:
         """One SaslAuthenticate round: the server's token, or SaslFailure."""
