@@ -33,7 +33,7 @@ from console.sources import SourceError, StackSources
 from console.svg import Series, line_chart
 from streamhouse import cost
 from streamhouse.config import Settings
-from streamhouse.process import check_ports_free, spawn
+from streamhouse.process import check_ports_free, describe_failure, spawn
 
 __all__ = ["MAX_RECORDS", "build_app", "main"]
 
@@ -140,10 +140,10 @@ class Console:
             message = f"topic {name!r} has partitions 0 to {topic.partitions - 1}, not {partition}"
             return _html(pages.error_page(title, "topics", message), 404)
         fmt = request.query.get("format", "text")
+        start = info[partition].log_start_offset
         try:
             if fmt not in FORMATS:
                 raise BadRequest(f"format={fmt!r}: give one of {', '.join(FORMATS)}")
-            start = info[partition].log_start_offset
             offset = _int_param(request, "offset", start, 0, 2**63 - 1)
             limit = _int_param(request, "limit", DEFAULT_RECORDS, 1, MAX_RECORDS)
         except BadRequest as exc:
@@ -220,6 +220,21 @@ class Console:
         return _html(page, status)
 
 
+@web.middleware
+async def _one_line_failures(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A page that fails unexpectedly is one log line and a 500 page naming the failure (no
+    stack dump at INFO, as every process logs)."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        cause = describe_failure(exc)
+        log.error("page %s failed: %s", request.path, cause)
+        message = f"this page failed: {cause}; see console.log and report it"
+        return _html(pages.error_page("Error", "", message), 500)
+
+
 def build_app(sources: StackSources, history: History) -> web.Application:
     console = Console(sources, history)
 
@@ -229,7 +244,7 @@ def build_app(sources: StackSources, history: History) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    app = web.Application()
+    app = web.Application(middlewares=[_one_line_failures])
     app.router.add_get("/", root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/topics", console.topics)

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
+import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from console.groups import GroupView
@@ -72,9 +73,12 @@ class StackSources:
         try:
             return await asyncio.to_thread(call, *args)
         except StreamHouseError as exc:
+            hint = ""
+            if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                hint = "; is ingest up (streamhouse status)?"
             raise SourceError(
                 f"{what} from the gRPC API at {self.grpc_address} failed: {exc.message} "
-                f"({exc.code.name}); is ingest up (streamhouse status)?"
+                f"({exc.code.name}){hint}"
             ) from exc
 
     # -- gRPC -------------------------------------------------------------------------------

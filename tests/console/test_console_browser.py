@@ -259,6 +259,13 @@ def test_topics_and_record_browser(
     # bad input is refused with a message, not a stack trace
     browser.get(url(stack, "/topics/orders/partitions/0/records?offset=-4"))
     assert "offset=-4 is out of range" in browser.find_element(By.ID, "error").text
+    browser.get(url(stack, "/topics/orders/partitions/0/records?offset=1000"))
+    assert (
+        "offset 1000 is outside the log: valid offsets are 0..20"
+        in browser.find_element(By.ID, "error").text
+    )
+    browser.get(url(stack, "/topics/orders/partitions/0/records?format=yaml"))
+    assert "format='yaml': give one of text, json, hex" in browser.find_element(By.ID, "error").text
     browser.get(url(stack, "/topics/orders/partitions/7/records"))
     assert "has partitions 0 to 1, not 7" in browser.find_element(By.ID, "error").text
 
