@@ -387,15 +387,15 @@ async def _describe_topic_partitions(
             )
             for t in denied
         ]
-        if not allowed:
-            return D(topics=refused, next_cursor=None)
-        request = replace(request, topics=allowed)
-        response = await call(header, request)
-    else:
-        response = await call(header, request)
-        response.topics = [
-            t for t in response.topics if t.error_code != 0 or caller.topic(Op.DESCRIBE, t.name)
+    else:  # every topic: those the caller may describe, named before paging (no cursor leaks)
+        allowed = [
+            m.DescribeTopicPartitionsRequest.TopicRequest(name=t.name)
+            for t in await caller.broker.meta.list_topics()
+            if caller.topic(Op.DESCRIBE, t.name)
         ]
+    if not allowed:
+        return D(topics=refused, next_cursor=None)
+    response = await call(header, replace(request, topics=allowed))
     for t in response.topics:
         if t.error_code == 0:
             t.topic_authorized_operations = caller.operations(ResourceType.TOPIC, t.name)
@@ -719,11 +719,13 @@ async def _create_topics(caller: Caller, header: m.RequestHeader, request: Any, 
         )
         for t in denied
     ]
-    if not denied:
-        return await call(header, request)
     if not allowed:
         return R(topics=refused)
-    response = await call(header, replace(request, topics=allowed))
+    response = await call(header, replace(request, topics=allowed) if denied else request)
+    for result in response.topics:  # configs are shown only with DESCRIBE_CONFIGS (Kafka's rule)
+        if result.error_code == 0 and not caller.topic(Op.DESCRIBE_CONFIGS, result.name):
+            result.topic_config_error_code = errors.TOPIC_AUTHORIZATION_FAILED
+            result.configs = None
     response.topics.extend(refused)
     return response
 

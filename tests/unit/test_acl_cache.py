@@ -149,3 +149,77 @@ def test_grpc_rules() -> None:
 
     service = pb.DESCRIPTOR.services_by_name["StreamHouse"]
     assert {m.name for m in service.methods} == set(_NEEDS)
+
+
+class Context:
+    def peer(self) -> str:
+        return "ipv4:10.0.0.1:4242"
+
+
+def test_grpc_methods_need_their_operations() -> None:
+    from ingest.grpc_acl import _Call
+    from streamhouse.acl import CLUSTER_NAME, Authorizer
+    from streamhouse.errors import ErrorCode, StreamHouseError
+    from streamhouse.principal import current_principal
+    from streamhouse.proto import streamhouse_pb2 as pb
+
+    T, Op = ResourceType, AclOperation
+
+    def binding(rtype: ResourceType, name: str, op: AclOperation) -> AclBinding:
+        return AclBinding(rtype, name, PatternType.LITERAL, "User:alice", "*", op, Permission.ALLOW)
+
+    cases = [
+        ("CreateTopic", pb.CreateTopicRequest(name="t"), [binding(T.TOPIC, "t", Op.CREATE)]),
+        (
+            "CreateTopic",
+            pb.CreateTopicRequest(name="t"),
+            [binding(T.CLUSTER, CLUSTER_NAME, Op.CREATE)],
+        ),
+        ("GetTopic", pb.GetTopicRequest(name="t"), [binding(T.TOPIC, "t", Op.READ)]),
+        ("DeleteTopic", pb.DeleteTopicRequest(name="t"), [binding(T.TOPIC, "t", Op.DELETE)]),
+        (
+            "AlterTopicConfig",
+            pb.AlterTopicConfigRequest(name="t"),
+            [binding(T.TOPIC, "t", Op.ALTER_CONFIGS)],
+        ),
+        ("Produce", pb.ProduceRequest(topic="t"), [binding(T.TOPIC, "t", Op.WRITE)]),
+        ("Consume", pb.ConsumeRequest(topic="t"), [binding(T.TOPIC, "t", Op.READ)]),
+        (
+            "CommitOffset",
+            pb.CommitOffsetRequest(group="g", topic="t"),
+            [binding(T.GROUP, "g", Op.READ), binding(T.TOPIC, "t", Op.READ)],
+        ),
+        (
+            "GetOffset",
+            pb.GetOffsetRequest(group="g", topic="t"),
+            [binding(T.GROUP, "g", Op.READ), binding(T.TOPIC, "t", Op.WRITE)],
+        ),
+        ("InitProducer", pb.InitProducerRequest(), [binding(T.TOPIC, "any", Op.WRITE)]),
+        (
+            "InitProducer",
+            pb.InitProducerRequest(),
+            [binding(T.CLUSTER, CLUSTER_NAME, Op.IDEMPOTENT_WRITE)],
+        ),
+        (
+            "DescribeStorage",
+            pb.DescribeStorageRequest(),
+            [binding(T.CLUSTER, CLUSTER_NAME, Op.DESCRIBE)],
+        ),
+    ]
+    token = current_principal.set("User:alice")
+    try:
+        for method, request, needed in cases:
+            _Call(Authorizer(needed), Context()).require(method, request)  # allowed: no raise
+            for missing in needed:
+                rest = [b for b in needed if b != missing]
+                with pytest.raises(StreamHouseError) as refused:
+                    _Call(Authorizer(rest), Context()).require(method, request)
+                assert refused.value.code.grpc_status.name == "PERMISSION_DENIED"
+                assert refused.value.code in (
+                    ErrorCode.TOPIC_AUTHORIZATION_FAILED,
+                    ErrorCode.GROUP_AUTHORIZATION_FAILED,
+                    ErrorCode.CLUSTER_AUTHORIZATION_FAILED,
+                )
+                assert "User:alice (from 10.0.0.1)" in refused.value.message
+    finally:
+        current_principal.reset(token)

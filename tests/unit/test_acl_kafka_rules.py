@@ -517,3 +517,57 @@ def test_offset_fetch_v8_refuses_per_group_and_per_topic() -> None:
         ("t", TOPIC_DENIED)
     ]
     encodes_everywhere(9, response)
+
+
+def test_describe_topic_partitions_pages_over_describable_topics_only() -> None:
+    D = m.DescribeTopicPartitionsResponse
+    broker = FakeBroker([allow(ResourceType.TOPIC, "b", Op.WRITE)], topics=["a", "b", "c"])
+
+    def answer(req: Any) -> Any:
+        return D(
+            topics=[
+                D.DescribeTopicPartitionsResponseTopic(name=t.name, partitions=[])
+                for t in req.topics
+            ]
+        )
+
+    request = m.DescribeTopicPartitionsRequest(topics=[])
+    response, seen = run(broker, 75, 0, request, answer)
+    assert [t.name for t in seen[0].topics] == ["b"]
+    assert [(t.name, t.topic_authorized_operations) for t in response.topics] == [
+        ("b", (1 << Op.WRITE) | (1 << Op.DESCRIBE))
+    ]
+    nobody = FakeBroker([], topics=["a"])
+    response, seen = run(nobody, 75, 0, request, answer)
+    assert not seen and response.topics == []
+
+
+def test_created_topics_show_configs_only_with_describe_configs() -> None:
+    C = m.CreateTopicsResponse
+    acls = [allow(ResourceType.TOPIC, n, Op.CREATE) for n in ("plain", "full")]
+    acls.append(allow(ResourceType.TOPIC, "full", Op.ALTER_CONFIGS))
+    request = m.CreateTopicsRequest(
+        topics=[
+            m.CreateTopicsRequest.CreatableTopic(name=n, assignments=[], configs=[])
+            for n in ("plain", "full")
+        ]
+    )
+
+    def answer(req: Any) -> Any:
+        return C(
+            topics=[
+                C.CreatableTopicResult(
+                    name=t.name,
+                    num_partitions=1,
+                    replication_factor=1,
+                    configs=[C.CreatableTopicConfigs(name="cleanup.policy", value="delete")],
+                )
+                for t in req.topics
+            ]
+        )
+
+    response, _ = run(FakeBroker(acls), 19, 7, request, answer)
+    shown = {t.name: (t.topic_config_error_code, t.configs) for t in response.topics}
+    assert shown["plain"] == (TOPIC_DENIED, None)
+    assert shown["full"][0] == 0 and shown["full"][1]
+    encodes_everywhere(19, response)
