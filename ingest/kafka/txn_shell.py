@@ -176,7 +176,11 @@ class TxnShell:
         """The stored record, after completing a Prepare state left by a failure (it stays
         Prepare, and requests get CONCURRENT_TRANSACTIONS, while that still fails)."""
         record = await self.load(transactional_id)
-        if record is not None and record.state in tc.PREPARING and await self._complete(record):
+        if (
+            record is not None
+            and record.state in tc.PREPARING
+            and await self._complete(record, resumed=True)
+        ):
             record = await self.load(transactional_id)
         return record
 
@@ -316,9 +320,11 @@ class TxnShell:
 
     # -- completion and the sweeper -----------------------------------------------------------
 
-    async def _complete(self, record: TxnRecord) -> bool:
+    async def _complete(self, record: TxnRecord, *, resumed: bool = False) -> bool:
         """Markers (and a commit's offsets) of a Prepare state, then its Complete state; False
-        (logged, left for the sweeper) when a marker or the offsets could not be written."""
+        (logged, left for the sweeper) when a marker or the offsets could not be written.
+        ``resumed``: the Prepare state was found stored (a crash or a failure interrupted it),
+        which is logged once it completes."""
         what = "commit" if record.commit else "abort"
         tid = record.transactional_id
         if record.partitions:
@@ -368,6 +374,16 @@ class TxnShell:
             for group, entries in by_group.items():
                 await self.meta.commit_offsets(group, entries)
             await self.store(tc.complete(record, self.now_ms()))
+            if resumed:
+                log.info(
+                    "transactional id %r: completed its interrupted %s (producer %d epoch %d, "
+                    "%d partitions)",
+                    tid,
+                    what,
+                    record.producer_id,
+                    record.producer_epoch,
+                    len(record.partitions),
+                )
         except MetadataUnavailableError as exc:
             log.warning(
                 "transactional id %r: completing the %s failed: %s; retrying", tid, what, exc
@@ -413,8 +429,9 @@ class TxnShell:
                         record.producer_epoch,
                     )
                     await self.store(aborting)
-                    record = aborting
-                if record.state in tc.PREPARING and await self._complete(record):
+                if record.state in tc.PREPARING and await self._complete(record, resumed=True):
+                    finished += 1
+                elif aborting is not None and await self._complete(aborting):
                     finished += 1
         return finished
 

@@ -239,6 +239,8 @@ def test_commit_decided_before_its_markers_survives_kill_of_ingest(
         assert outcome == [None], outcome
         seen = read_committed(bootstrap, topic, set(records))
     assert sorted(seen) == sorted(records)
+    ingest_log = (tmp_path / "data" / "logs" / "ingest.log").read_text()
+    assert "transactional id 'recovery': completed its interrupted commit" in ingest_log
 
 
 def _commit(producer: Producer) -> BaseException | None:
