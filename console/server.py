@@ -42,6 +42,7 @@ log = logging.getLogger("console")
 MAX_RECORDS = 500
 DEFAULT_RECORDS = 20
 HISTORY_S = 3600.0
+CHART_SERIES = 8  # lines per chart: the busiest topics, the most lagging groups
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -79,16 +80,30 @@ class Console:
     def _rates(self, topic: str) -> tuple[float | None, float | None]:
         return self.history.rate(f"records:{topic}"), self.history.rate(f"bytes:{topic}")
 
-    def _throughput_charts(self, topics: list[str]) -> list[str]:
+    def _busiest(self, kind: str, subjects: list[str], measure: str) -> list[str]:
+        """At most CHART_SERIES of `subjects`, those with the highest rate (or latest value)
+        first: a chart stays readable, and its page small, however many topics there are."""
+
+        def weight(subject: str) -> float:
+            name = f"{kind}:{subject}"
+            value = self.history.rate(name) if measure == "rate" else self.history.latest(name)
+            return value or 0.0
+
+        return sorted(sorted(subjects), key=weight, reverse=True)[:CHART_SERIES]
+
+    def _throughput_charts(self, names: list[str]) -> list[str]:
+        topics = self._busiest("records", names, "rate")
+        some = f" (the {len(topics)} busiest of {len(names)})" if len(topics) < len(names) else ""
         records = [Series(t, self.history.rate_points(f"records:{t}")) for t in topics]
-        charts = [line_chart(records, title="records/s per topic", unit="rec/s")]
+        charts = [line_chart(records, title="records/s per topic" + some, unit="rec/s")]
         produced = [
             Series(t, [(at, v / 1024) for at, v in self.history.rate_points(f"bytes:{t}")])
             for t in topics
             if self.history.latest(f"bytes:{t}") is not None
         ]
         if produced:
-            charts.append(line_chart(produced, title="KiB/s produced per topic", unit="KiB/s"))
+            title = "KiB/s produced per topic" + some
+            charts.append(line_chart(produced, title=title, unit="KiB/s"))
         return charts
 
     # -- pages ------------------------------------------------------------------------------
@@ -166,7 +181,7 @@ class Console:
         return _html(page)
 
     async def groups(self, request: web.Request) -> web.Response:
-        names = self.history.names("lag")
+        names = self._busiest("lag", self.history.names("lag"), "latest")
         charts = [
             line_chart(
                 [Series(g, self.history.points(f"lag:{g}")) for g in names],

@@ -21,6 +21,7 @@ class FakeSources:
 
     def __init__(self) -> None:
         self.down = False
+        self.explode = False
         self.executed: list[str] = []
         self.topic_obj = pb.Topic(
             name="orders",
@@ -43,7 +44,9 @@ class FakeSources:
         return self.topic_obj
 
     async def storage(self) -> pb.DescribeStorageResponse:
-        raise RuntimeError("storage exploded")
+        if self.explode:
+            raise RuntimeError("storage exploded")
+        raise SourceError("DescribeStorage failed: metadata unavailable")
 
     async def records(self, topic: str, partition: int, offset: int, limit: int) -> Any:
         self._check()
@@ -62,10 +65,11 @@ class FakeSources:
         raise SourceError("no such table")
 
 
-def run(check: Any) -> None:
+def run(check: Any, history: History | None = None) -> None:
     async def main() -> None:
         sources = FakeSources()
-        client = TestClient(TestServer(build_app(sources, History()), host="127.0.0.1"))  # type: ignore[arg-type]
+        app = build_app(sources, history or History())  # type: ignore[arg-type]
+        client = TestClient(TestServer(app, host="127.0.0.1"))  # type: ignore[arg-type]
         await client.start_server()
         try:
             await check(client, sources)
@@ -107,7 +111,10 @@ def test_failing_sources_and_failing_pages() -> None:
         home = await client.get("/", allow_redirects=False)
         assert home.status == 302 and home.headers["Location"] == "/topics"
         assert await (await client.get("/healthz")).text() == "ok"
+        storage = await client.get("/storage")
+        assert storage.status == 503 and "metadata unavailable" in await storage.text()
         # storage failing in an unexpected way: a 500 page naming it, the console keeps serving
+        sources.explode = True
         broken = await client.get("/storage")
         assert broken.status == 500
         assert "RuntimeError: storage exploded" in await broken.text()
@@ -131,3 +138,23 @@ def test_query_form_passes_on_reads_only() -> None:
         assert sources.executed == ["SELECT * FROM nope"]
 
     run(check)
+
+
+def test_charts_show_the_busiest_topics() -> None:
+    history = History()
+    for step in range(3):  # topic tN grows N records per second
+        history.add(1000.0 + step, {f"records:t{n}": float(n * step) for n in range(10)})
+
+    async def check(client: TestClient, sources: FakeSources) -> None:
+        sources.topic_obj = pb.Topic(name="t0", partitions=1)
+        sources.topics = lambda: _topics([f"t{n}" for n in range(10)])  # type: ignore[method-assign]
+        page = await (await client.get("/topics")).text()
+        assert "records/s per topic (the 8 busiest of 10)" in page
+        assert "t9 (now 9)" in page and "t2 (now 2)" in page
+        assert "t1 (now" not in page and "t0 (now" not in page
+
+    run(check, history)
+
+
+async def _topics(names: list[str]) -> list[pb.Topic]:
+    return [pb.Topic(name=n, partitions=1) for n in names]
