@@ -943,6 +943,23 @@ def _cmd_storage(client: Client, args: argparse.Namespace, out: _Printer) -> int
 Command = Callable[[Client, argparse.Namespace, _Printer], int]
 
 
+# Options of the gRPC connection's TLS and token (README "Security"), global or per command.
+_TLS_OPTIONS = ("--tls-ca", "--tls-cert", "--tls-key", "--token")
+
+
+def _add_tls_options(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    helps = {
+        "--tls-ca": "use TLS; verify the server against this PEM CA bundle",
+        "--tls-cert": "client certificate (PEM) for servers with grpc_auth=mtls; needs --tls-key",
+        "--tls-key": "the client certificate's private key (PEM)",
+        "--token": "token for servers with grpc_auth=token (default: $STREAMHOUSE_TOKEN)",
+    }
+    for option, text in helps.items():
+        metavar = "TOKEN" if option == "--token" else "FILE"
+        parser.add_argument(option, metavar=metavar, default=None, help=text)
+        common.add_argument(option, metavar=metavar, default=argparse.SUPPRESS, help=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Builds the streamctl argument parser (errors raise :class:`UsageError`)."""
     # --server/--output are accepted before or after the command; the copies on subcommands
@@ -978,6 +995,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="output format: text (default) or json (one object per line)",
     )
+    _add_tls_options(parser, common)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     # topic ...
@@ -1325,7 +1343,7 @@ def main(argv: list[str] | None = None) -> int:
     # `streamctl [--server A] [--output F] sql ...`: the sql command takes its own arguments
     # (the main gRPC server is not used by it)
     i = 0
-    while i < len(argv) and argv[i] in ("--server", "--output"):
+    while i < len(argv) and argv[i] in ("--server", "--output", *_TLS_OPTIONS):
         i += 2
     if argv[i : i + 1] == ["sql"]:
         return _sql(argv[i + 1 :])
@@ -1350,7 +1368,13 @@ def main(argv: list[str] | None = None) -> int:
 
     out = _Printer(args.output, sys.stdout)
     command: Command = args.func
-    client = Client(args.server, timeout=30.0)
+    security = {
+        "tls_ca_file": args.tls_ca,
+        "tls_cert_file": args.tls_cert,
+        "tls_key_file": args.tls_key,
+        "token": args.token,
+    }
+    client = Client(args.server, timeout=30.0, **{k: v for k, v in security.items() if v})
     try:
         return command(client, args, out)
     except UsageError as error:

@@ -177,6 +177,11 @@ def test_grpc_needs_a_token(stack: Stack) -> None:
                 client.list_topics()
             assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
             assert "token" in err.value.message
+    # streamctl passes the token from --token (or STREAMHOUSE_TOKEN).
+    listed = streamctl(stack, "--server", stack.grpc_address, "--token", token, "topic", "list")
+    assert listed.returncode == 0 and "grpc-token-topic" in listed.stdout, listed.stderr
+    without = streamctl(stack, "--server", stack.grpc_address, "topic", "list")
+    assert without.returncode == 1 and "UNAUTHENTICATED" in without.stderr
     # The health service answers without a token (supervisord, status checks).
     with grpc.insecure_channel(stack.grpc_address) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(

@@ -174,3 +174,20 @@ def test_status_sees_the_health_check_through_mtls(stack: Stack) -> None:
     )
     assert '"SERVING"' in status.stdout, status.stdout + status.stderr
     json.loads(status.stdout)
+
+
+def test_streamctl_over_mtls(stack: Stack, material: Material) -> None:
+    base = [sys.executable, "-m", "streamhouse.streamctl", "--server", stack.grpc_address]
+    tls = ["--tls-ca", str(material.ca.cert)]
+    cert = ["--tls-cert", str(material.alice.cert), "--tls-key", str(material.alice.key)]
+    ok = subprocess.run(
+        [*base, *tls, *cert, "topic", "create", "streamctl-mtls", "--partitions", "1"],
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    no_cert = subprocess.run(
+        [*base, *tls, "topic", "list"], text=True, capture_output=True, timeout=60
+    )
+    assert no_cert.returncode == 1 and "UNAVAILABLE" in no_cert.stderr
