@@ -12,7 +12,9 @@ sentinel transaction on both partitions: a read_committed consumer that has read
 passed every earlier transaction.
 
 A third test decides a commit (PrepareCommit stored) while its markers cannot be written, kills
-ingest there, and checks that the restarted coordinator completes it.
+ingest there, and checks that the restarted coordinator completes it. A fourth kills the whole
+agent coordinating an open transaction in a two-agent cluster (PostgreSQL metadata): the other
+agent takes the transaction over from metadata and commits it.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import pathlib
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamhouse.testing import Stack, wait_until
+from streamhouse.kafka.messages import FindCoordinatorRequest
+from streamhouse.testing import Cluster, Stack, kafka_call, wait_until
 
 PARTITIONS = 2
 PER_TXN = 20
@@ -249,3 +253,53 @@ def _commit(producer: Producer) -> BaseException | None:
     except KafkaException as exc:
         return exc
     return None
+
+
+def coordinated_by(address: str, agent_port: int) -> str:
+    """A transactional id whose coordinator, as the agent at ``address`` sees it, listens on
+    ``agent_port``."""
+    for n in range(1000):
+        tid = f"failover-{n}"
+        answer = kafka_call(address, 10, 3, FindCoordinatorRequest(key=tid, key_type=1))
+        if answer.error_code == 0 and answer.port == agent_port:
+            return tid
+    raise AssertionError(f"no transactional id is coordinated by the agent on port {agent_port}")
+
+
+def test_open_transaction_commits_after_its_coordinator_agent_died(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """Two agents on PostgreSQL: a transaction's coordinator agent is killed whole (kill -9 of
+    supervisord and every process) with the transaction open; the producer's commit goes to
+    the surviving agent, which reads the state from metadata and commits it as a whole."""
+    cluster = make_cluster(2, env={"STREAMHOUSE_TRANSACTION_CHECK_INTERVAL_MS": "200"})
+    survivor = cluster[1].kafka_address
+    topic = "txn-failover"
+    admin = AdminClient({"bootstrap.servers": survivor})
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
+    tid = coordinated_by(survivor, cluster[0].kafka_port)
+    producer = Producer(
+        {
+            "bootstrap.servers": cluster.kafka_bootstrap,
+            "transactional.id": tid,
+            "topic.metadata.refresh.interval.ms": 1000,
+            "reconnect.backoff.max.ms": 1000,
+            "socket.connection.setup.timeout.ms": 3000,
+        }
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    records = [f"survives:{j}".encode() for j in range(PER_TXN)]
+    for j, value in enumerate(records):
+        producer.produce(topic, value, partition=j % PARTITIONS)
+    assert producer.flush(30) == 0
+    cluster.kill_agent(0)
+    producer.commit_transaction(DEADLINE_S)
+    # The next transaction runs on the survivor from the start.
+    producer.begin_transaction()
+    more = [f"after:{j}".encode() for j in range(PER_TXN)]
+    for j, value in enumerate(more):
+        producer.produce(topic, value, partition=j % PARTITIONS)
+    producer.commit_transaction(DEADLINE_S)
+    seen = read_committed(survivor, topic, set(records + more))
+    assert sorted(seen) == sorted(records + more)
