@@ -90,6 +90,7 @@ class ErrorCode(enum.Enum):
     PRODUCER_FENCED = (90, False, _S.FAILED_PRECONDITION)
     RESOURCE_NOT_FOUND = (91, False, _S.NOT_FOUND)
     UNKNOWN_TOPIC_ID = (100, True, _S.NOT_FOUND)
+    TRANSACTIONAL_ID_NOT_FOUND = (105, False, _S.NOT_FOUND)
 
     def __init__(self, kafka_code: int, retriable: bool, grpc_status: grpc.StatusCode) -> None:
         self.kafka_code = kafka_code
