@@ -15,6 +15,7 @@ from ingest.kafka.broker import KafkaBroker
 from ingest.pipeline import Pipeline
 from ingest.sampler import SampleCollector, Sampler
 from ingest.serving import ServingMonitor
+from ingest.throughput import ThroughputRecorder
 from metadata.async_store import AsyncMetadata
 from streamhouse.config import Settings
 from streamhouse.metrics import start_metrics_endpoint
@@ -46,6 +47,8 @@ async def run_ingest(settings: Settings, stop: asyncio.Event) -> None:
     heartbeat = spawn(membership.run(), "agent heartbeat")
     if settings.metrics_enabled:
         spawn(Sampler(settings, meta, sampled).run(stop), "metrics sampler", forever=False)
+    # Produce and fetch rates of the last minute for `streamhouse status` (ingest/throughput.py).
+    spawn(ThroughputRecorder(settings).run(stop), "throughput window", forever=False)
     pipeline: Pipeline | None = None
     server: grpc.aio.Server | None = None
     kafka: KafkaBroker | None = None

@@ -11,6 +11,9 @@
   offset, summed over the group's partitions).
 - serving: ingest's gRPC health check (`grpc_listen`, service "") and, when it is not SERVING,
   the reason ingest wrote to `<data_dir>/run/serving.json` (ingest/serving.py).
+- throughput: produce and fetch records/s and bytes/s over the last minute, per topic and in
+  total, as ingest wrote them to `<data_dir>/run/throughput.json` (ingest/throughput.py
+  documents the file); null when ingest is not writing it (not running, or stale).
 
 JSON output (`--json`), one object::
 
@@ -21,7 +24,11 @@ JSON output (`--json`), one object::
      "metadata": {"target": str, "ok": bool, "error": str | null,
                   "slowest_groups": [{"group": str, "lag": int}...]},
      "serving": {"status": "SERVING" | "NOT_SERVING" | "UNKNOWN" | "UNREACHABLE",
-                 "reason": str | null}}
+                 "reason": str | null},
+     "throughput": {"window_s": float, "total": RATES, "topics": {topic: RATES}} | null}
+
+    RATES = {"produce_records_per_s": float, "produce_bytes_per_s": float,
+             "fetch_records_per_s": float, "fetch_bytes_per_s": float}
 """
 
 from __future__ import annotations
@@ -221,6 +228,16 @@ def _check_serving(settings: Settings) -> dict[str, Any]:
     return {"status": status, "reason": reason}
 
 
+def _throughput(settings: Settings) -> dict[str, Any] | None:
+    """The last minute's rates ingest wrote (ingest/throughput.py), None if not current."""
+    from ingest.throughput import read_state_file
+
+    state = read_state_file(settings)
+    if state is None:
+        return None
+    return {key: state.get(key) for key in ("window_s", "total", "topics")}
+
+
 def collect(settings: Settings) -> dict[str, Any]:
     progs = programs(settings)
     return {
@@ -233,7 +250,16 @@ def collect(settings: Settings) -> dict[str, Any]:
         "serving": _check_serving(settings)
         if progs is not None
         else {"status": "UNREACHABLE", "reason": "supervisord is not running"},
+        "throughput": _throughput(settings) if progs is not None else None,
     }
+
+
+def _rates_line(label: str, rates: dict[str, float]) -> str:
+    return (
+        f"  {label}: produce {rates['produce_records_per_s']:.1f} rec/s "
+        f"{rates['produce_bytes_per_s']:.0f} B/s, fetch {rates['fetch_records_per_s']:.1f} rec/s "
+        f"{rates['fetch_bytes_per_s']:.0f} B/s"
+    )
 
 
 def render(status: dict[str, Any]) -> str:
@@ -257,6 +283,15 @@ def render(status: dict[str, Any]) -> str:
     serving = status["serving"]
     reason = f": {serving['reason']}" if serving["reason"] else ""
     lines.append(f"  health {serving['status']}{reason}")
+    throughput = status.get("throughput")
+    if throughput is None:
+        lines.append("  throughput: unknown (ingest is not writing run/throughput.json)")
+    else:
+        lines.append(
+            _rates_line(f"throughput (last {throughput['window_s']:.0f} s)", throughput["total"])
+        )
+        for topic, rates in sorted(throughput["topics"].items()):
+            lines.append(_rates_line(f"  topic {topic}", rates))
     return "\n".join(lines)
 
 
