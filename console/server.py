@@ -250,7 +250,42 @@ async def _one_line_failures(request: web.Request, handler: Handler) -> web.Stre
         return _html(pages.error_page("Error", "", message), 500)
 
 
-def build_app(sources: StackSources, history: History) -> web.Application:
+_LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def allowed_hosts(listen: str) -> frozenset[str] | None:
+    """Host names a request may name in its Host header for a console bound to `listen`; None
+    (any) when it is bound to every interface. Refusing other names keeps a web page from
+    reading the console through DNS rebinding (its name resolving to 127.0.0.1)."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host in ("0.0.0.0", "::", ""):
+        return None
+    return _LOOPBACK_NAMES | {host.lower()}
+
+
+def _host_guard(allowed: frozenset[str] | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        named = (request.host or "").lower()
+        if named.startswith("["):
+            named = named[1:].partition("]")[0]
+        else:
+            named = named.rpartition(":")[0] if named.count(":") == 1 else named
+        if allowed is not None and named not in allowed:
+            return web.Response(
+                status=403,
+                text=f"the console answers requests for {', '.join(sorted(allowed))} only, not "
+                f"{named!r}; open it by one of those names (or bind STREAMHOUSE_CONSOLE_LISTEN "
+                "to 0.0.0.0 to allow any)",
+            )
+        return await handler(request)
+
+    return guard
+
+
+def build_app(
+    sources: StackSources, history: History, listen: str = "127.0.0.1:8080"
+) -> web.Application:
     console = Console(sources, history)
 
     async def root(request: web.Request) -> web.StreamResponse:
@@ -259,7 +294,7 @@ def build_app(sources: StackSources, history: History) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    app = web.Application(middlewares=[_one_line_failures])
+    app = web.Application(middlewares=[_host_guard(allowed_hosts(listen)), _one_line_failures])
     app.router.add_get("/", root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/topics", console.topics)
@@ -277,7 +312,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     check_ports_free(settings, ("console_listen",))
     sources = StackSources(settings)
     history = History(HISTORY_S)
-    runner = web.AppRunner(build_app(sources, history), access_log=None)
+    app = build_app(sources, history, settings.console_listen)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = settings.console_listen.rpartition(":")
     site = web.TCPSite(runner, host.strip("[]"), int(port))

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from console.history import History
-from console.server import build_app
+from console.server import allowed_hosts, build_app
 from console.sources import SourceError
 from streamhouse.client import Record
 from streamhouse.proto import streamhouse_pb2 as pb
@@ -158,3 +158,25 @@ def test_charts_show_the_busiest_topics() -> None:
 
 async def _topics(names: list[str]) -> list[pb.Topic]:
     return [pb.Topic(name=n, partitions=1) for n in names]
+
+
+def test_other_host_names_are_refused() -> None:
+    """A page elsewhere cannot read the console by DNS rebinding: Host must name it."""
+
+    async def check(client: TestClient, sources: FakeSources) -> None:
+        port = client.port
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+            ok = await client.get("/healthz", headers={"Host": host})
+            assert ok.status == 200, host
+        for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}"):
+            refused = await client.get("/topics", headers={"Host": host})
+            assert refused.status == 403, host
+            assert "answers requests for 127.0.0.1, ::1, localhost only" in await refused.text()
+
+    run(check)
+
+
+def test_allowed_hosts() -> None:
+    assert allowed_hosts("0.0.0.0:8080") is None
+    assert allowed_hosts("[::]:8080") is None
+    assert allowed_hosts("10.1.2.3:8080") == {"127.0.0.1", "localhost", "::1", "10.1.2.3"}
