@@ -35,6 +35,7 @@ from metadata.async_store import AsyncMetadata
 from streamhouse.config import Settings
 from streamhouse.errors import StreamHouseError, from_ring
 from streamhouse.frames import FORMAT_RECORDS, FetchPart, FetchRequest
+from streamhouse.grpc_options import server_options
 from streamhouse.principal import current_principal
 from streamhouse.proto import streamhouse_pb2 as pb
 from streamhouse.record_wire import consume_response_tail
@@ -670,25 +671,8 @@ async def start_grpc_server(
     unusable); without it, SERVING.
     """
     pipeline.use_metadata(meta)  # names the topics of the per-topic metrics
-    limit = settings.grpc_message_limit
     server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_allowed_incoming_connections", settings.grpc_max_connections),
-            ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
-            ("grpc.max_connection_idle_ms", settings.grpc_idle_timeout_ms),
-            ("grpc.server_handshake_timeout_ms", settings.slow_client_timeout_ms),
-            ("grpc.keepalive_time_ms", 60_000),
-            ("grpc.keepalive_timeout_ms", 20_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ("grpc.http2.max_ping_strikes", 2),
-            # Fixed 1 MiB stream windows (no BDP growth): what gRPC core buffers for a stream
-            # whose requests wait is bounded (BDP probing grew it to tens of MiB under load).
-            ("grpc.http2.bdp_probe", 0),
-            ("grpc.http2.lookahead_bytes", 1024 * 1024),
-        ],
+        options=server_options(settings, send_limit=settings.grpc_message_limit),
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
     )
     server.add_generic_rpc_handlers(

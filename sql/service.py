@@ -71,6 +71,7 @@ from sql.continuous.runner import EXIT_FENCED
 from sql.engine import QueryDescription, RunnerStatus, SqlEngine, SqlError, UnknownQueryError
 from streamhouse import objectstore
 from streamhouse.config import Settings
+from streamhouse.grpc_options import server_options
 from streamhouse.process import spawn
 from streamhouse.proto import sql_pb2 as pb
 
@@ -581,19 +582,7 @@ async def start_sql_server(settings: Settings, service: SqlService) -> grpc.aio.
     the main gRPC server's (connections, concurrent RPCs, idle and handshake timeouts), and
     messages up to ``MESSAGE_LIMIT``."""
     server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", settings.grpc_message_limit),
-            ("grpc.max_send_message_length", MESSAGE_LIMIT),
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_allowed_incoming_connections", settings.grpc_max_connections),
-            ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
-            ("grpc.max_connection_idle_ms", settings.grpc_idle_timeout_ms),
-            ("grpc.server_handshake_timeout_ms", settings.slow_client_timeout_ms),
-            ("grpc.keepalive_time_ms", 60_000),
-            ("grpc.keepalive_timeout_ms", 20_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ("grpc.http2.max_ping_strikes", 2),
-        ],
+        options=server_options(settings, send_limit=MESSAGE_LIMIT),
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
     )
     server.add_generic_rpc_handlers((method_handlers(service),))
