@@ -17,6 +17,10 @@ Served:
 - TxnOffsetCommit (28) v0-3: offsets pending in the transaction, applied to the group's
   committed offsets on commit, dropped on abort. Sent to the group's coordinator; a member id or
   generation given (v3+) is checked against the group as OffsetCommit checks them.
+- DescribeTransactions (65) v0: state, producer, timeout, start and partitions of each id
+  (TRANSACTIONAL_ID_NOT_FOUND for an unknown one, NOT_COORDINATOR for another agent's).
+- ListTransactions (66) v0-1: the ids this agent coordinates, filtered by state, producer id
+  and (v1) how long the transaction has been open; unknown state names are echoed back.
 v4 of AddOffsetsToTxn, EndTxn and TxnOffsetCommit (KIP-890's TRANSACTION_ABORTABLE) is not
 advertised. Every request is answered by the agent coordinating the transactional id, others
 answer NOT_COORDINATOR. Errors: txn_coordinator.py's rules.
@@ -31,15 +35,19 @@ from typing import TYPE_CHECKING, Any
 
 from ingest.kafka import errors
 from ingest.kafka import txn_coordinator as tc
-from ingest.kafka.txn_coordinator import PendingOffset
+from ingest.kafka.txn_coordinator import PendingOffset, TxnState
 from ingest.kafka.txn_shell import TxnShell, pipeline_markers
 from streamhouse.kafka.messages import (
     AddOffsetsToTxnRequest,
     AddOffsetsToTxnResponse,
     AddPartitionsToTxnRequest,
     AddPartitionsToTxnResponse,
+    DescribeTransactionsRequest,
+    DescribeTransactionsResponse,
     EndTxnRequest,
     EndTxnResponse,
+    ListTransactionsRequest,
+    ListTransactionsResponse,
     RequestHeader,
     TxnOffsetCommitRequest,
     TxnOffsetCommitResponse,
@@ -263,9 +271,77 @@ async def hold_unstable_offsets(broker: KafkaBroker, group_id: str, topics: list
                 partition.error_code = errors.UNSTABLE_OFFSET_COMMIT
 
 
+async def describe_transactions(
+    broker: KafkaBroker, header: RequestHeader, request: DescribeTransactionsRequest
+) -> DescribeTransactionsResponse:
+    R = DescribeTransactionsResponse
+    states: list[R.TransactionState] = []
+    for tid in request.transactional_ids:
+        error = _gate(broker, tid)
+        record = await shell(broker).load(tid) if error == errors.NONE else None
+        if error == errors.NONE and record is None:
+            error = errors.TRANSACTIONAL_ID_NOT_FOUND
+        if record is None:
+            states.append(R.TransactionState(error_code=error, transactional_id=tid))
+            continue
+        names = await broker.meta.topics_by_id({t for t, _ in record.partitions})
+        by_topic: dict[str, list[int]] = {}
+        for topic_id, partition in record.partitions:
+            if topic_id in names:
+                by_topic.setdefault(names[topic_id].name, []).append(partition)
+        states.append(
+            R.TransactionState(
+                error_code=errors.NONE,
+                transactional_id=tid,
+                transaction_state=record.state.value,
+                transaction_timeout_ms=record.timeout_ms,
+                transaction_start_time_ms=record.start_ms,
+                producer_id=record.producer_id,
+                producer_epoch=record.producer_epoch,
+                topics=[R.TopicData(topic=n, partitions=ps) for n, ps in by_topic.items()],
+            )
+        )
+    return R(transaction_states=states)
+
+
+async def list_transactions(
+    broker: KafkaBroker, header: RequestHeader, request: ListTransactionsRequest
+) -> ListTransactionsResponse:
+    """The transactional ids this agent coordinates (each agent lists its share, as each Kafka
+    broker lists its share of __transaction_state), filtered by state, producer id and (v1)
+    how long the transaction has been open."""
+    R = ListTransactionsResponse
+    known = {s.value for s in TxnState}
+    unknown = [f for f in request.state_filters if f not in known]
+    wanted = set(request.state_filters) & known
+    producers = set(request.producer_id_filters)
+    now = shell(broker).now_ms()
+    listed: list[R.TransactionState] = []
+    if not (request.state_filters and not wanted):
+        for record in await shell(broker).coordinated():
+            if wanted and record.state.value not in wanted:
+                continue
+            if producers and record.producer_id not in producers:
+                continue
+            if request.duration_filter >= 0 and (
+                record.start_ms < 0 or now - record.start_ms < request.duration_filter
+            ):
+                continue
+            listed.append(
+                R.TransactionState(
+                    transactional_id=record.transactional_id,
+                    producer_id=record.producer_id,
+                    transaction_state=record.state.value,
+                )
+            )
+    return R(error_code=errors.NONE, unknown_state_filters=unknown, transaction_states=listed)
+
+
 APIS: dict[int, tuple[str, int, int, Any]] = {
     24: ("AddPartitionsToTxn", 0, 3, add_partitions_to_txn),
     25: ("AddOffsetsToTxn", 0, 3, add_offsets_to_txn),
     26: ("EndTxn", 0, 3, end_txn),
     28: ("TxnOffsetCommit", 0, 3, txn_offset_commit),
+    65: ("DescribeTransactions", 0, 0, describe_transactions),
+    66: ("ListTransactions", 0, 1, list_transactions),
 }

@@ -303,6 +303,19 @@ class TxnShell:
             lambda record, now: tc.end_txn(record, producer_id, epoch, commit, now),
         )
 
+    async def coordinated(self) -> list[TxnRecord]:
+        """The records of every transactional id this agent coordinates, by id (ListTransactions;
+        unreadable entries are left out)."""
+        records: list[TxnRecord] = []
+        for _name, blob in await self.meta.list_catalog_entries(CATALOG_KIND):
+            try:
+                record = decode(blob)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if self.owns(record.transactional_id):
+                records.append(record)
+        return sorted(records, key=lambda r: r.transactional_id)
+
     async def pending_offsets(self, group: str) -> set[tuple[int, int]]:
         """(topic id, partition) of ``group``'s transactional offsets waiting for an outcome
         (OffsetFetch's require_stable answers UNSTABLE_OFFSET_COMMIT for them)."""

@@ -4,7 +4,9 @@ read_committed consumers) and abort (invisible to them, visible to read_uncommit
 abort then retry; send_offsets_to_transaction in a consume-transform-produce loop (the group's
 offsets appear only with the commit); a second producer with the same transactional.id fences
 the first (whose open transaction is aborted); an abandoned transaction is aborted at its
-timeout.
+timeout; kafka-python's admin client lists and describes transactions. Raw requests check the
+coordinator's refusals (out of order, unknown producer, fencing errors by version, timeouts out
+of range) and OffsetFetch's require_stable.
 
 "Invisible" is checked without waiting for nothing to happen: every aborted record is written
 to a partition before a committed one, so a consumer that has read the committed record has
@@ -21,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import kafka.errors as kafka_errors
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confluent_kafka import (
@@ -34,6 +37,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KpTopicPartition
+from kafka.admin import KafkaAdminClient, TransactionState
 
 from streamhouse.kafka.messages import (
     AddOffsetsToTxnRequest,
@@ -562,3 +566,36 @@ def test_old_epochs_get_the_fencing_error_of_their_version(bootstrap: str) -> No
     )
     assert kafka_call(bootstrap, 22, 3, request).error_code == INVALID_PRODUCER_EPOCH
     assert kafka_call(bootstrap, 22, 4, request).error_code == PRODUCER_FENCED
+
+
+def test_kafka_python_admin_lists_and_describes_transactions(bootstrap: str) -> None:
+    topic = new_topic(bootstrap, "txn-admin")
+    tid = f"admin-{topic}"
+    producer = txn_producer(bootstrap, tid)
+    producer.begin_transaction()
+    produce_all(producer, topic, values("open", 4))
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        described = admin.describe_transactions([tid])[tid]
+        assert described.state is TransactionState.ONGOING
+        assert described.topic_partitions == {
+            KpTopicPartition(topic, 0),
+            KpTopicPartition(topic, 1),
+        }
+        assert described.transaction_start_time_ms > 0
+        ongoing = admin.list_transactions(state_filters=["Ongoing"])
+        listed = {t.transactional_id: t for ts in ongoing.values() for t in ts}
+        assert listed[tid].producer_id == described.producer_id
+        producer.commit_transaction(DEADLINE_S)
+        after = admin.describe_transactions([tid])[tid]
+        assert after.state is TransactionState.COMPLETE_COMMIT and not after.topic_partitions
+        assert (after.producer_id, after.producer_epoch) == (
+            described.producer_id,
+            described.producer_epoch,
+        )
+        still = admin.list_transactions(state_filters=["Ongoing"])
+        assert tid not in {t.transactional_id for ts in still.values() for t in ts}
+        with pytest.raises(kafka_errors.TransactionalIdNotFoundError):
+            admin.describe_transactions([f"never-{topic}"])
+    finally:
+        admin.close()

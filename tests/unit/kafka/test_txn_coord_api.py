@@ -20,8 +20,10 @@ from streamhouse.errors import ErrorCode
 from streamhouse.kafka.messages import (
     AddOffsetsToTxnRequest,
     AddPartitionsToTxnRequest,
+    DescribeTransactionsRequest,
     EndTxnRequest,
     InitProducerIdRequest,
+    ListTransactionsRequest,
     RequestHeader,
     TxnOffsetCommitRequest,
 )
@@ -84,13 +86,13 @@ def run(tmp_path: pathlib.Path, body: Callable[[KafkaBroker, Markers], Awaitable
     return asyncio.run(scenario())
 
 
-def ids(view_self: int, coordinated: bool) -> str:
+def ids(view_self: int, coordinated: bool, prefix: str = "tx") -> str:
     """A transactional id that agent `view_self` does (or does not) coordinate."""
     view = ClusterView(agent(view_self))
     view.update([agent(0), agent(1), agent(2)])
     for n in range(1000):
-        if view.is_coordinator(f"tx-{n}") == coordinated:
-            return f"tx-{n}"
+        if view.is_coordinator(f"{prefix}-{n}") == coordinated:
+            return f"{prefix}-{n}"
     raise AssertionError("no such id")
 
 
@@ -201,3 +203,57 @@ def test_an_empty_transactional_id_is_invalid(tmp_path: pathlib.Path) -> None:
         return end.error_code
 
     assert run(tmp_path, body) == INVALID_REQUEST
+
+
+def test_list_and_describe_cover_only_this_agents_ids(tmp_path: pathlib.Path) -> None:
+    local, foreign = ids(1, True), ids(1, False)
+
+    async def body(broker: KafkaBroker, written: Markers) -> Any:
+        shell = api_txn.shell(broker)
+        _, pid, epoch = await shell.init_producer_id(local, 60_000)
+        await shell.init_producer_id(foreign, 60_000)  # stored, but another agent's
+        events = await broker.meta.get_topic("events")
+        assert events is not None
+        await shell.add_partitions(local, pid, epoch, [(events.topic_id, 3)])
+
+        async def listing(**filters: Any) -> tuple[list[str], list[str]]:
+            answer = await api_txn.list_transactions(
+                broker, header(66, 1), ListTransactionsRequest(**filters)
+            )
+            return [t.transactional_id for t in answer.transaction_states], list(
+                answer.unknown_state_filters
+            )
+
+        described = await api_txn.describe_transactions(
+            broker,
+            header(65, 0),
+            DescribeTransactionsRequest(
+                transactional_ids=[local, foreign, ids(1, True, "unknown")]
+            ),
+        )
+        return (
+            await listing(),
+            await listing(state_filters=["Ongoing", "Bogus"]),
+            await listing(state_filters=["Empty"]),
+            await listing(state_filters=["Bogus"]),
+            await listing(producer_id_filters=[pid + 1000]),
+            await listing(duration_filter=3_600_000),
+            await listing(duration_filter=0),
+            [(s.error_code, s.transaction_state, s.topics) for s in described.transaction_states],
+            pid,
+        )
+
+    (every, ongoing, empty, bogus, stranger, old, any_open, described, pid) = run(tmp_path, body)
+    local = ids(1, True)
+    assert every == ([local], [])
+    assert ongoing == ([local], ["Bogus"])
+    assert empty == ([], [])
+    assert bogus == ([], ["Bogus"])  # only unknown states asked for: nothing matches
+    assert stranger == ([], [])
+    assert old == ([], [])  # not open for an hour
+    assert any_open == ([local], [])
+    ((code, state, topics), (foreign_code, *_), (missing_code, *_)) = described
+    assert (code, state) == (0, "Ongoing")
+    assert [(t.topic, t.partitions) for t in topics] == [("events", [3])]
+    assert foreign_code == NOT_COORDINATOR
+    assert missing_code == ErrorCode.TRANSACTIONAL_ID_NOT_FOUND.kafka_code
