@@ -15,15 +15,16 @@ Served:
   normally written before the answer; after a failure the sweeper writes them, and requests of
   that transactional id get CONCURRENT_TRANSACTIONS until then).
 - TxnOffsetCommit (28) v0-3: offsets pending in the transaction, applied to the group's
-  committed offsets on commit, dropped on abort. Sent to the group's coordinator; a member id or
-  generation given (v3+) is checked against the group as OffsetCommit checks them.
+  committed offsets on commit, dropped on abort. Sent to the group's coordinator (which need
+  not be the transaction's: the state is in metadata); a member id or generation given (v3+)
+  is checked against the group as OffsetCommit checks them.
 - DescribeTransactions (65) v0: state, producer, timeout, start and partitions of each id
   (TRANSACTIONAL_ID_NOT_FOUND for an unknown one, NOT_COORDINATOR for another agent's).
 - ListTransactions (66) v0-1: the ids this agent coordinates, filtered by state, producer id
   and (v1) how long the transaction has been open; unknown state names are echoed back.
 v4 of AddOffsetsToTxn, EndTxn and TxnOffsetCommit (KIP-890's TRANSACTION_ABORTABLE) is not
-advertised. Every request is answered by the agent coordinating the transactional id, others
-answer NOT_COORDINATOR. Errors: txn_coordinator.py's rules.
+advertised. Every request but TxnOffsetCommit is answered by the agent coordinating the
+transactional id, others answer NOT_COORDINATOR. Errors: txn_coordinator.py's rules.
 """
 
 from __future__ import annotations
@@ -196,7 +197,9 @@ async def txn_offset_commit(
 
     R = TxnOffsetCommitResponse
     version = header.request_api_version
-    error = _gate(broker, request.transactional_id)
+    # Sent to the group's coordinator, which need not coordinate the transactional id: the
+    # transaction's state is read from metadata wherever it is coordinated.
+    error = errors.INVALID_REQUEST if not request.transactional_id else errors.NONE
     if error == errors.NONE:
         error = (
             await group_shell(broker).ensure(request.group_id)

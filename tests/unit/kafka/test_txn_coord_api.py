@@ -128,7 +128,7 @@ def test_ids_of_other_agents_are_not_coordinated_here(tmp_path: pathlib.Path) ->
             header(28, 3),
             TxnOffsetCommitRequest(
                 transactional_id=foreign,
-                group_id="g",
+                group_id=ids(1, False, "group"),
                 topics=[
                     TxnOffsetCommitRequest.TxnOffsetCommitRequestTopic(
                         name="events",
@@ -257,3 +257,39 @@ def test_list_and_describe_cover_only_this_agents_ids(tmp_path: pathlib.Path) ->
     assert [(t.topic, t.partitions) for t in topics] == [("events", [3])]
     assert foreign_code == NOT_COORDINATOR
     assert missing_code == ErrorCode.TRANSACTIONAL_ID_NOT_FOUND.kafka_code
+
+
+def test_offsets_go_to_the_group_coordinator_not_the_transactions(tmp_path: pathlib.Path) -> None:
+    """TxnOffsetCommit is sent to the group's coordinator: it is served here for a group this
+    agent coordinates even when another agent coordinates the transactional id."""
+    foreign, group = ids(1, False), ids(1, True, "group")
+
+    async def body(broker: KafkaBroker, written: Markers) -> Any:
+        shell = api_txn.shell(broker)  # the other agent's coordinator, as far as metadata goes
+        _, pid, epoch = await shell.init_producer_id(foreign, 60_000)
+        await shell.add_offsets(foreign, pid, epoch, group)
+        answer = await api_txn.txn_offset_commit(
+            broker,
+            header(28, 3),
+            TxnOffsetCommitRequest(
+                transactional_id=foreign,
+                group_id=group,
+                producer_id=pid,
+                producer_epoch=epoch,
+                topics=[
+                    TxnOffsetCommitRequest.TxnOffsetCommitRequestTopic(
+                        name="events",
+                        partitions=[
+                            TxnOffsetCommitRequest.TxnOffsetCommitRequestPartition(
+                                partition_index=1, committed_offset=9
+                            )
+                        ],
+                    )
+                ],
+            ),
+        )
+        record = await shell.load(foreign)
+        assert record is not None
+        return answer.topics[0].partitions[0].error_code, [o.offset for o in record.offsets]
+
+    assert run(tmp_path, body) == (0, [9])
