@@ -455,4 +455,8 @@ class TxnShell:
                 await self.sweep()
             except MetadataUnavailableError as exc:
                 log.warning("transaction sweep skipped: %s", exc)
+            except Exception:
+                # One bad record or a bug must not stop recovery and timeouts for every other
+                # transaction (nor restart ingest over and over): logged, tried again.
+                log.exception("transaction sweep failed; trying again in %.1f s", interval_s)
             await asyncio.sleep(interval_s)
