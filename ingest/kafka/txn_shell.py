@@ -17,8 +17,9 @@ bumped epoch, Ongoing transactions older than their timeout, and deletes the rec
 ids unused for ``transactional_id_expiration_ms``.
 
 Catalog format (kind ``kafka-txn``): the name is the transactional id when it is 1..255
-characters and does not start with ``#``; else ``#sha256:`` and the hex SHA-256 of its UTF-8
-bytes (the full id is inside the definition, checked on load). The definition is a msgpack map
+printable characters (no control characters: PostgreSQL text takes no NUL) and does not start
+with ``#``; else ``#sha256:`` and the hex SHA-256 of its UTF-8 bytes (the full id is inside
+the definition, checked on load). The definition is a msgpack map
 (msgspec) of ``TxnRecord``'s fields, names as keys:
 ``transactional_id`` str, ``producer_id`` int, ``producer_epoch`` int, ``state`` str (Kafka's
 state name: Empty, Ongoing, PrepareCommit, PrepareAbort, CompleteCommit, CompleteAbort),
@@ -77,7 +78,11 @@ _decoder = msgspec.msgpack.Decoder(TxnRecord)
 
 def catalog_name(transactional_id: str) -> str:
     """The catalog name of a transactional id (see the module docstring)."""
-    if 1 <= len(transactional_id) <= _MAX_PLAIN_NAME and not transactional_id.startswith("#"):
+    if (
+        1 <= len(transactional_id) <= _MAX_PLAIN_NAME
+        and not transactional_id.startswith("#")
+        and transactional_id.isprintable()
+    ):
         return transactional_id
     digest = hashlib.sha256(transactional_id.encode("utf-8", "surrogatepass")).hexdigest()
     return f"#sha256:{digest}"

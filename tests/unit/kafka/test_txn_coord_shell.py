@@ -265,7 +265,7 @@ def test_long_and_hash_like_ids_are_stored_under_a_digest(on_meta: Callable[[Bod
 
 async def _test_long_and_hash_like_ids_are_stored_under_a_digest(meta: AsyncMetadata) -> None:
     shell = make_shell(meta, Markers(), Clock())
-    for tid in ("x" * 1000, "#sha256:abc", "é" * 300):
+    for tid in ("x" * 1000, "#sha256:abc", "é" * 300, "nul\x00inside", "tab\there"):
         name = catalog_name(tid)
         assert name.startswith("#sha256:") and len(name) == 8 + 64
         error, pid, _ = await shell.init_producer_id(tid, 10_000)
