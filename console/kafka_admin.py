@@ -9,8 +9,10 @@ tools read them, so a cluster of agents is seen whole:
 3. DescribeGroups v4 and OffsetFetch v7 (all topics) to that agent: state, members, and the
    group's committed offsets.
 
-Only read requests are sent; nothing is joined, committed or changed. Every failure is raised as
-`KafkaAdminError` naming the agent and what to check.
+Only read requests are sent; nothing is joined, committed or changed. A failure is a
+`KafkaAdminError` naming the agent and what to check: raised when the local agent does not
+answer Metadata, and returned beside the groups of the others when one agent of a cluster
+does not answer (its groups are missing until it does, or until it leaves the cluster).
 """
 
 from __future__ import annotations
@@ -155,19 +157,23 @@ async def _groups_of(
 
 async def list_group_views(
     bootstrap: str, high_watermarks: dict[tuple[str, int], int], timeout_s: float = 5.0
-) -> list[GroupView]:
+) -> tuple[list[GroupView], list[str]]:
     """Every consumer group of the cluster `bootstrap` (host:port of a Kafka listener) belongs
-    to, with lag against `high_watermarks` ((topic, partition) -> high watermark), by id."""
+    to, with lag against `high_watermarks` ((topic, partition) -> high watermark), by id; and
+    what went wrong with agents that did not answer."""
     local = _Connection(bootstrap, timeout_s)
     try:
         brokers = await _brokers(local)
     finally:
         await local.close()
     views: list[GroupView] = []
+    problems: list[str] = []
     for address in brokers:
         conn = _Connection(address, timeout_s)
         try:
             views.extend(await _groups_of(conn, high_watermarks))
+        except KafkaAdminError as exc:
+            problems.append(f"the groups coordinated by {address} are missing: {exc}")
         finally:
             await conn.close()
-    return sorted(views, key=lambda v: v.group_id)
+    return sorted(views, key=lambda v: v.group_id), problems

@@ -66,11 +66,14 @@ class Sampler:
                 values[f"bytes:{topic}"] = value
         if topics is not None:
             try:
-                groups = await self.sources.groups(high_watermarks)
+                groups, problems = await self.sources.groups(high_watermarks)
             except SourceError as exc:
                 self._failed("groups", exc)
             else:
-                self._ok("groups")
+                if problems:
+                    self._failed("groups", SourceError("; ".join(problems)))
+                else:
+                    self._ok("groups")
                 for g in groups:
                     values[f"lag:{g.group_id}"] = g.total_lag
         self.history.add(now, values)

@@ -194,10 +194,10 @@ class Console:
             high_watermarks = {
                 (t.name, p.partition): p.high_watermark for t in topics for p in t.partition_info
             }
-            groups = await self.sources.groups(high_watermarks)
+            groups, problems = await self.sources.groups(high_watermarks)
         except SourceError as exc:
             return _html(pages.groups_page([], charts, str(exc)), 503)
-        return _html(pages.groups_page(groups, charts, None))
+        return _html(pages.groups_page(groups, charts, "; ".join(problems) or None))
 
     async def storage(self, request: web.Request) -> web.Response:
         try:

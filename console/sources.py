@@ -105,7 +105,10 @@ class StackSources:
 
     # -- Kafka ------------------------------------------------------------------------------
 
-    async def groups(self, high_watermarks: dict[tuple[str, int], int]) -> list[GroupView]:
+    async def groups(
+        self, high_watermarks: dict[tuple[str, int], int]
+    ) -> tuple[list[GroupView], list[str]]:
+        """Every group (console/kafka_admin.py) and the agents that did not answer."""
         try:
             return await list_group_views(self.kafka_address, high_watermarks, self.timeout_s)
         except KafkaAdminError as exc:

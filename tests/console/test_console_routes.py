@@ -53,9 +53,9 @@ class FakeSources:
         found = [Record(value=f"v{o}".encode(), offset=o) for o in range(offset, 9)][:limit]
         return found, offset + len(found), 9, 2
 
-    async def groups(self, high_watermarks: dict[tuple[str, int], int]) -> list[Any]:
+    async def groups(self, high_watermarks: dict[tuple[str, int], int]) -> Any:
         self._check()
-        return []
+        return [], ["the groups coordinated by 127.0.0.1:2 are missing: refused"]
 
     async def queries(self) -> list[Any]:
         return []
@@ -118,6 +118,9 @@ def test_failing_sources_and_failing_pages() -> None:
         broken = await client.get("/storage")
         assert broken.status == 500
         assert "RuntimeError: storage exploded" in await broken.text()
+        partial = await client.get("/groups")
+        assert partial.status == 200
+        assert "the groups coordinated by 127.0.0.1:2 are missing" in await partial.text()
         sources.down = True
         for path in ("/topics", "/groups"):
             response = await client.get(path)
