@@ -11,7 +11,8 @@ with isolation_level 1 (read_committed) returns only batches below the LSO and l
 aborted transactions (producer id, first offset) overlapping the returned range, so the
 client drops their records up to each ABORT marker; control batches are returned as stored
 (clients skip them). isolation_level 0 reads up to the high watermark and lists none.
-ListOffsets LATEST answers the LSO for isolation_level 1, the high watermark otherwise.
+ListOffsets LATEST answers the LSO for isolation_level 1, the high watermark otherwise; a
+timestamp lookup at isolation_level 1 answers no offset (-1) at or past the LSO.
 """
 
 from __future__ import annotations
@@ -301,6 +302,8 @@ async def list_offsets(
                     )
                 except StreamHouseError:  # the reader could not answer: no offset found
                     offset, ts = -1, -1
+                if request.isolation_level == READ_COMMITTED and offset >= state.last_stable_offset:
+                    offset, ts = -1, -1  # not visible to read_committed yet (as Kafka)
             partitions.append(
                 L.ListOffsetsPartitionResponse(
                     partition_index=p.partition_index,

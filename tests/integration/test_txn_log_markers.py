@@ -64,6 +64,10 @@ def test_read_committed_sees_committed_transactions_only_and_stops_at_an_open_on
     assert produce_txn(stack, "txn-log", 1, [b"x0"], pid=1002, seq=0) == 0
     assert offsets(stack, "txn-log", 0, 0) == 6
     assert offsets(stack, "txn-log", 0, 1) == 1  # held by producer 1001's first batch
+    # by timestamp: the first record at or after it, if read_committed may see it
+    assert offsets(stack, "txn-log", 0, 0, timestamp=0) == 0
+    assert offsets(stack, "txn-log", 1, 0, timestamp=0) == 0
+    assert offsets(stack, "txn-log", 1, 1, timestamp=0) == -1  # only an open transaction
 
     # read_committed stops at the open transaction; read_uncommitted sees all
     values, position = consume(stack, "txn-log", 0, "read_committed", 1)

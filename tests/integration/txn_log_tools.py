@@ -101,9 +101,10 @@ def write_markers(
         stack.wait_ready(DEADLINE_S)
 
 
-def offsets(stack: Stack, topic: str, partition: int, isolation: int) -> int:
-    """ListOffsets LATEST at ``isolation`` (0 read_uncommitted: the high watermark, 1
-    read_committed: the last stable offset)."""
+def offsets(stack: Stack, topic: str, partition: int, isolation: int, timestamp: int = -1) -> int:
+    """ListOffsets at ``isolation``: LATEST (-1, the default) is the high watermark at 0
+    (read_uncommitted) and the last stable offset at 1 (read_committed); a timestamp gives
+    the first offset at or after it (-1: none visible)."""
     L = ListOffsetsRequest
     request = L(
         replica_id=-1,
@@ -111,7 +112,7 @@ def offsets(stack: Stack, topic: str, partition: int, isolation: int) -> int:
         topics=[
             L.ListOffsetsTopic(
                 name=topic,
-                partitions=[L.ListOffsetsPartition(partition_index=partition, timestamp=-1)],
+                partitions=[L.ListOffsetsPartition(partition_index=partition, timestamp=timestamp)],
             )
         ],
     )
