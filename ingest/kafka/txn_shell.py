@@ -71,6 +71,7 @@ _GONE = (
 )
 
 COORDINATOR_NOT_AVAILABLE = ErrorCode.COORDINATOR_NOT_AVAILABLE.kafka_code
+INVALID_REQUEST = ErrorCode.INVALID_REQUEST.kafka_code
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(TxnRecord)
@@ -259,7 +260,16 @@ class TxnShell:
             async with self._locked(transactional_id):
                 step = change(await self._settled(transactional_id), self.now_ms())
                 if step.error == tc.NONE and step.record is not None:
-                    await self.store(step.record)
+                    try:
+                        await self.store(step.record)
+                    except ValueError as exc:  # the catalog's size limit (store.py)
+                        log.warning(
+                            "transactional id %r: refusing a request whose state would not fit "
+                            "(%s); commit or abort the transaction and split the work",
+                            transactional_id,
+                            exc,
+                        )
+                        return INVALID_REQUEST
                     if step.record.state in tc.PREPARING:
                         await self._complete(step.record)
                 return step.error

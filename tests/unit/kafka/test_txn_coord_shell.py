@@ -307,3 +307,20 @@ async def _test_idle_ids_are_forgotten_after_the_expiration(meta: AsyncMetadata)
     assert await shell.load("open") is not None  # an open transaction never is
     error, new_pid, epoch = await shell.init_producer_id("idle", 10_000)
     assert error == tc.NONE and new_pid != idle_pid and epoch == 0
+
+
+def test_a_transaction_too_large_to_store_is_refused(on_meta: Callable[[Body], None]) -> None:
+    on_meta(_test_a_transaction_too_large_to_store_is_refused)
+
+
+async def _test_a_transaction_too_large_to_store_is_refused(meta: AsyncMetadata) -> None:
+    shell = make_shell(meta, Markers(), Clock())
+    _, pid, epoch = await shell.init_producer_id("tx", 10_000)
+    assert await shell.add_partitions("tx", pid, epoch, [(1, 0)]) == tc.NONE
+    huge = [(2**40 + t, 2**30) for t in range(200_000)]  # over the catalog's 1 MiB
+    assert (
+        await shell.add_partitions("tx", pid, epoch, huge) == ErrorCode.INVALID_REQUEST.kafka_code
+    )
+    record = await shell.load("tx")
+    assert record is not None and record.partitions == ((1, 0),)  # unchanged
+    assert await shell.end_txn("tx", pid, epoch, False) == tc.NONE
