@@ -9,7 +9,9 @@ with Kafka's error for them. No handler knows about ACLs.
 The table follows Kafka's broker (KafkaApis), per API key:
 
 ====================================  ====================================================
-Produce                               WRITE transactional id (if any), WRITE topic
+Produce                               WRITE transactional id (if any), WRITE topic;
+                                      auto-creation needs CREATE cluster or CREATE topic
+                                      (else UNKNOWN_TOPIC_OR_PARTITION)
 Fetch                                 READ topic (CLUSTER_ACTION cluster for a replica)
 ListOffsets, OffsetForLeaderEpoch     DESCRIBE topic
 Metadata                              DESCRIBE topic (unlisted when listing all; named:
@@ -57,6 +59,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from msgspec.structs import replace
@@ -117,6 +120,10 @@ class Caller:
         )
 
 
+#: The caller of the request being handled in this context (None without ACLs).
+_current_caller: ContextVar[Caller | None] = ContextVar("acl_caller", default=None)
+
+
 async def guarded(
     broker: KafkaBroker, host: str, header: m.RequestHeader, request: Any, call: Call
 ) -> Any:
@@ -126,8 +133,16 @@ async def guarded(
         return await call(header, request)
     snapshot = await acl_cache(broker.settings, broker.meta).snapshot()
     caller = Caller(broker, snapshot, current_principal.get(), host)
+    _current_caller.set(caller)  # the request's own context (a task per request)
     rule = _RULES.get(key, _cluster_action)
     return await rule(caller, header, request, call)
+
+
+def may_auto_create(name: str) -> bool:
+    """May the current request create topic ``name`` by naming it (Produce, Metadata)? Kafka's
+    rule: CREATE on the cluster or on the topic. Always true without ACLs."""
+    caller = _current_caller.get()
+    return caller is None or _may_create(caller, name)
 
 
 Rule = Callable[[Caller, m.RequestHeader, Any, Call], Awaitable[Any]]

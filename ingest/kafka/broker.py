@@ -160,12 +160,15 @@ class KafkaBroker:
         """The topic, created with the default partition count when auto-creation is on.
 
         Returns (topic, error code) with UNKNOWN_TOPIC_OR_PARTITION or INVALID_TOPIC_EXCEPTION
-        when there is no topic.
+        when there is no topic; UNKNOWN_TOPIC_OR_PARTITION too when ACLs do not let the caller
+        create it.
         """
         topic = await self.topic(name)
         if topic is not None:
             return topic, 0
         if not (allow_create and self.settings.kafka_auto_create_topics):
+            return None, 3
+        if not authorize.may_auto_create(name):  # with ACLs: CREATE on the cluster or topic
             return None, 3
         try:
             topic = await self.meta.create_topic(name, self.settings.default_partitions, {})

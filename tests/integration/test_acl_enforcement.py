@@ -525,3 +525,40 @@ def test_grpc_streams_are_enforced(stack: Stack, cluster_admin: AdminClient) -> 
         with pytest.raises(StreamHouseError) as refused:
             next(client.subscribe(denied, 0, offset=-2))
         assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_produce_creates_a_missing_topic_only_with_create(
+    stack: Stack, cluster_admin: AdminClient
+) -> None:
+    admin = cluster_admin
+    prefix = f"acl-autowrite-{uuid.uuid4().hex[:6]}-"
+    name = f"{prefix}t"
+    write = topic_acl(prefix, AclOperation.WRITE, pattern=ResourcePatternType.PREFIXED)
+    create(admin, write)
+    P = messages.ProduceRequest
+
+    def produce_code() -> int:
+        request = P(
+            acks=-1,
+            timeout_ms=10_000,
+            topic_data=[
+                P.TopicProduceData(
+                    name=name, partition_data=[P.PartitionProduceData(index=0, records=b"")]
+                )
+            ],
+        )
+        response = kafka_call(stack.kafka_address, 0, 9, request)
+        return int(response.responses[0].partition_responses[0].error_code)
+
+    def topic_code() -> int:
+        request = messages.MetadataRequest(
+            topics=[messages.MetadataRequest.MetadataRequestTopic(name=name)],
+            allow_auto_topic_creation=False,
+        )
+        return int(kafka_call(stack.kafka_address, 3, 9, request).topics[0].error_code)
+
+    wait_until(lambda: produce_code() == 3, REFRESH_WAIT_S, "WRITE alone does not create")
+    assert topic_code() == KafkaError.UNKNOWN_TOPIC_OR_PART  # refused, not created
+    create(admin, topic_acl(prefix, AclOperation.CREATE, pattern=ResourcePatternType.PREFIXED))
+    wait_until(lambda: produce_code() != 3, REFRESH_WAIT_S, "CREATE lets a produce create it")
+    assert topic_code() == 0

@@ -571,3 +571,22 @@ def test_created_topics_show_configs_only_with_describe_configs() -> None:
     assert shown["plain"] == (TOPIC_DENIED, None)
     assert shown["full"][0] == 0 and shown["full"][1]
     encodes_everywhere(19, response)
+
+
+def test_auto_creation_by_produce_needs_create() -> None:
+    verdicts: list[bool] = []
+
+    def answer(req: Any) -> Any:
+        verdicts.append(authorize.may_auto_create("t"))
+        return m.ProduceResponse(responses=[])
+
+    run(FakeBroker([allow(ResourceType.TOPIC, "t", Op.WRITE)]), 0, 9, SAMPLES[0], answer)
+    acls = [allow(ResourceType.TOPIC, "t", Op.WRITE), allow(ResourceType.TOPIC, "t", Op.CREATE)]
+    run(FakeBroker(acls), 0, 9, SAMPLES[0], answer)
+    cluster = [
+        allow(ResourceType.TOPIC, "t", Op.WRITE),
+        allow(ResourceType.CLUSTER, CLUSTER_NAME, Op.CREATE),
+    ]
+    run(FakeBroker(cluster), 0, 9, SAMPLES[0], answer)
+    assert verdicts == [False, True, True]
+    assert authorize.may_auto_create("t")  # outside a guarded request: no ACLs
