@@ -23,7 +23,8 @@ object is made per record.
 
 Batches wholly outside the wanted offsets, or whose max timestamp is below the wanted time,
 are not decoded at all (``BatchFilter``); rows are not filtered here (the SQL engine applies
-the predicates again, so a batch straddling a bound is simply decoded whole).
+the predicates again, so a batch straddling a bound is simply decoded whole). Control
+batches (transaction markers, ``streamhouse/recordbatch.py``) are not records: never decoded.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from streamhouse.recordbatch import (
     BATCH_HEADER_SIZE,
     CODEC_MASK,
     CODEC_NONE,
+    CONTROL_MASK,
     MAX_INFLATED_BYTES,
     TIMESTAMP_TYPE_MASK,
     InvalidBatchError,
@@ -101,6 +103,8 @@ def decode_block_records(
     parts: list[tuple[object, int, int, int, int, int, bool, int]] = []
     for stored in batches:
         info = stored.info
+        if info.attributes & CONTROL_MASK:
+            continue  # a transaction marker
         if wanted is not None:
             last = stored.first_offset + info.last_offset_delta
             if last < wanted.from_offset:

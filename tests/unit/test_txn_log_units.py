@@ -345,3 +345,13 @@ def test_key_compaction_never_cleans_past_the_last_stable_offset() -> None:
     config = CompactionConfig(DAY, 0, 7 * DAY, 0.5)
     assert plan_partition(rows, 0, NOW, config).cleanable_end == 19
     assert plan_partition(rows, 0, NOW, config, stable_end=7).cleanable_end == 7
+
+
+def test_sql_never_decodes_a_marker_as_a_record() -> None:
+    from sql.decode import decode_block_records
+
+    block = b"".join([keyed(b"k", b"v", pid=5, seq=0), encode_control_batch(True, 5, 0, 0, NOW)])
+    rows, decoded = decode_block_records(block, 0, 10)
+    assert decoded == 1
+    assert rows.column("offset").to_pylist() == [10]
+    assert rows.column("value").to_pylist() == [b"v"]
