@@ -81,6 +81,13 @@ generation (:meth:`MetadataStore.delete_query_checkpoint`). Group offsets keep t
 leader epoch (``GroupOffset.leader_epoch``, :meth:`MetadataStore.get_offset_epoch`; -1 when
 not given), a column added in the same version.
 
+Transactions (schema version 7; rules in :mod:`metadata.transactions`): the segment commit
+also applies transactional batches (open the producer's transaction on the partition at their
+first offset: ``open_txns``) and control batches (end it; an ABORT adds an ``aborted_txns``
+row), in its one transaction. :attr:`PartitionState.last_stable_offset` is read with the high
+watermark; :meth:`MetadataStore.aborted_transactions` lists what a read_committed fetch
+needs. Retention, DeleteRecords and topic deletion drop the rows they make useless.
+
 Topic configs: :meth:`MetadataStore.alter_topic_config` changes some keys in one transaction
 (IncrementalAlterConfigs, ``streamctl topic alter-config``), so two alterations of different
 keys at the same moment both stay; :meth:`MetadataStore.update_topic_config` replaces the
