@@ -13,7 +13,7 @@ ListTopics         only the topics the caller may DESCRIBE are listed
 AlterTopicConfig   ALTER_CONFIGS topic
 DeleteTopic        DELETE topic
 Produce, ...Batch  WRITE topic (ProduceStream: every request; the first refused ends it)
-Consume, Subscribe READ topic
+Consume, Subscribe READ topic (Subscribe: before every streamed message)
 CommitOffset       READ group and READ topic
 GetOffset          DESCRIBE group and DESCRIBE topic
 InitProducer       IDEMPOTENT_WRITE cluster, or WRITE on some topic
@@ -152,6 +152,9 @@ def _guarded_subscribe(
     async def checked(request: Any, context: Any) -> AsyncIterator[Any]:
         _Call(await cache.snapshot(), context).require("Subscribe", request)
         async for item in fn(request, context):
+            # Checked again per message, as Kafka checks every Fetch: a revoked READ ends the
+            # stream within the ACL refresh.
+            _Call(await cache.snapshot(), context).require("Subscribe", request)
             yield item
 
     checked.__name__ = fn.__name__

@@ -562,3 +562,22 @@ def test_produce_creates_a_missing_topic_only_with_create(
     create(admin, topic_acl(prefix, AclOperation.CREATE, pattern=ResourcePatternType.PREFIXED))
     wait_until(lambda: produce_code() != 3, REFRESH_WAIT_S, "CREATE lets a produce create it")
     assert topic_code() == 0
+
+
+def test_a_revoked_read_ends_a_grpc_subscription(stack: Stack, cluster_admin: AdminClient) -> None:
+    admin = cluster_admin
+    name = new_topic(admin, "acl-grpc-revoke")
+    create(admin, topic_acl(name, AclOperation.WRITE), topic_acl(name, AclOperation.READ))
+    delete(admin, topic_acl(name, AclOperation.ALL))
+    with Client(stack.grpc_address) as client:
+        client.produce(name, b"before")
+        stream = client.subscribe(name, 0, offset=-2)
+        try:
+            assert next(stream).value == b"before"
+            delete(admin, topic_acl(name, AclOperation.READ))
+            client.produce(name, b"after")  # WRITE is still allowed
+            with pytest.raises(StreamHouseError) as refused:
+                next(stream)
+            assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+        finally:
+            stream.close()
