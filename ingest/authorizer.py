@@ -54,25 +54,31 @@ class AclCache:
         self._refresh_s = refresh_s
         self._clock = clock
         self._snapshot: Authorizer | None = None
-        self._loaded_at = 0.0
+        self._loaded_at = float("-inf")
+        # Bumped by every local change: a reload that began before it may not count as fresh.
+        self._generation = 0
         self._loading: asyncio.Future[Authorizer] | None = None
+        self._loading_generation = -1
 
     async def snapshot(self) -> Authorizer:
-        """The ACLs as of at most ``refresh_s`` ago."""
+        """The ACLs as of at most ``refresh_s`` ago, and as of after every local change."""
         current = self._snapshot
         if current is not None and self._clock() - self._loaded_at < self._refresh_s:
             return current
-        if self._loading is None:  # one reload at a time; concurrent callers share it
-            self._loading = asyncio.ensure_future(self._reload())
-            self._loading.add_done_callback(self._loaded)
+        # One reload at a time, shared by concurrent callers; not one begun before a change.
+        if self._loading is None or self._loading_generation != self._generation:
+            self._loading_generation = self._generation
+            self._loading = loading = asyncio.ensure_future(self._reload(self._generation))
+            loading.add_done_callback(self._loaded)
         return await asyncio.shield(self._loading)
 
     def _loaded(self, future: asyncio.Future[Authorizer]) -> None:
-        self._loading = None
+        if self._loading is future:
+            self._loading = None
         if not future.cancelled():
             future.exception()  # retrieved here; the awaiting callers see it too
 
-    async def _reload(self) -> Authorizer:
+    async def _reload(self, generation: int) -> Authorizer:
         started = self._clock()
         try:
             bindings = await self.list_bindings()
@@ -80,13 +86,19 @@ class AclCache:
             if self._snapshot is None:
                 raise
             log.warning("cannot refresh the ACLs from metadata (keeping the last ones): %s", exc)
+            if generation == self._generation:
+                self._loaded_at = started  # tried again after refresh_s, not on every request
             return self._snapshot
         snapshot = Authorizer(bindings, self._super_users, self._allow_if_none)
-        self._snapshot, self._loaded_at = snapshot, started
+        if generation == self._generation:
+            self._snapshot, self._loaded_at = snapshot, started
+        elif self._snapshot is None:
+            self._snapshot = snapshot  # stale already: the next call reloads
         return snapshot
 
     def invalidate(self) -> None:
-        """The next decision reloads the ACLs."""
+        """The next decision reloads the ACLs (from a read that begins after this call)."""
+        self._generation += 1
         self._loaded_at = float("-inf")
 
     async def list_bindings(self, selection: AclFilter | None = None) -> list[AclBinding]:

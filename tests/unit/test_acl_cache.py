@@ -223,3 +223,55 @@ def test_grpc_methods_need_their_operations() -> None:
                 assert "User:alice (from 10.0.0.1)" in refused.value.message
     finally:
         current_principal.reset(token)
+
+
+class GatedMeta(Meta):
+    """Its reads wait at a gate, so a change can land while a reload is in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def list_catalog_entries(self, kind: str) -> list[tuple[str, bytes]]:
+        entries = list(self.entries.items())  # read when the reload begins
+        self.reads += 1
+        await self.gate.wait()
+        return entries
+
+
+def test_a_reload_begun_before_a_local_change_does_not_hide_it() -> None:
+    meta, clock = GatedMeta(), Clock()
+    cache = AclCache(Settings(authorizer="acl"), meta, clock=clock)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        await cache.snapshot()
+        clock.now += 5  # stale: the next call reloads
+        meta.gate.clear()
+        old_reload = asyncio.ensure_future(cache.snapshot())
+        while meta.reads < 2:  # until that reload has read the store
+            await asyncio.sleep(0)
+        await cache.add(READ_ORDERS)  # lands while that reload waits
+        meta.gate.set()
+        assert not may_read(await old_reload)  # it began before the change
+        assert may_read(await cache.snapshot())  # but does not count as fresh
+
+    asyncio.run(main())
+
+
+def test_a_failing_store_is_asked_once_per_refresh() -> None:
+    meta, clock = Meta(), Clock()
+    cache = AclCache(Settings(authorizer="acl"), meta, clock=clock)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        await cache.snapshot()
+        meta.fail = True
+        clock.now += 5
+        for _ in range(3):
+            await cache.snapshot()
+        assert meta.reads == 2
+        clock.now += 5
+        await cache.snapshot()
+        assert meta.reads == 3
+
+    asyncio.run(main())
