@@ -91,8 +91,8 @@ class _Call:
         raise StreamHouseError(
             _REFUSAL[resource_type],
             f"{self.principal} (from {self.host or 'an unknown host'}) may not "
-            f"{operation.name} {resource_type.name} {name!r}: no ACL allows it (streamctl acl "
-            "add, as a super user or with --metadata)",
+            f"{operation.name} {resource_type.name} {name!r}: the ACLs do not allow it (streamctl "
+            "acl list shows them; an administrator adds one with streamctl acl add or CreateAcls)",
         )
 
     def require(self, method: str, request: Any) -> None:

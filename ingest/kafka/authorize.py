@@ -115,8 +115,8 @@ class Caller:
         """The message of a refusal: who, what, on which resource, and what to do."""
         return (
             f"{self.principal} (from {self.host or 'an unknown host'}) may not "
-            f"{operation.name} {resource_type.name} {name!r}: no ACL allows it (streamctl acl "
-            "add, or CreateAcls as a super user)"
+            f"{operation.name} {resource_type.name} {name!r}: the ACLs do not allow it (streamctl "
+            "acl list shows them; an administrator adds one with streamctl acl add or CreateAcls)"
         )
 
 
