@@ -13,7 +13,8 @@ The exchange, as Kafka clients run it (SaslHandshake v1, then SaslAuthenticate v
 Until step 3 completes only ApiVersions, SaslHandshake and SaslAuthenticate are served; any
 other request closes the connection (as Kafka does). A failed authentication is answered
 SASL_AUTHENTICATION_FAILED with a message that does not tell a wrong password from an
-unknown user, and the connection is closed after the answer. Re-authentication (KIP-368) is
+unknown user (SCRAM challenges an unknown user with a decoy salt and fails it at the proof,
+as a wrong password), and the connection is closed after the answer. Re-authentication (KIP-368) is
 not offered: `session_lifetime_ms` is 0. After a SaslHandshake v0 (clients before Kafka 1.0)
 the tokens travel raw, without Kafka framing: each one a 4-byte big-endian length and its bytes,
 in both directions (`RawToken`); a failed v0 authentication just closes the connection, as
@@ -29,11 +30,14 @@ password file; the PBKDF2 of that check runs on a worker thread.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 
 from streamhouse.scram import (
+    DEFAULT_ITERATIONS,
     ScramCredential,
     ScramError,
     ScramServer,
@@ -192,7 +196,9 @@ class SaslSession:
                 )
             credential = await self._lookup(mechanism, first.user)
             if credential is None:
-                raise self._refuse(mechanism, first.user, "no such user")
+                # An unknown user gets a plausible challenge and fails at the proof, like a
+                # wrong password: the exchange does not tell which users exist.
+                credential = _decoy_credential(mechanism, first.user)
             self._scram = ScramServer(mechanism)
             self._user = first.user
             return self._scram.first(first, credential)
@@ -202,6 +208,20 @@ class SaslSession:
             raise self._refuse(mechanism, self._user, str(exc)) from None
         self.principal = f"User:{self._user}"
         return final
+
+
+_DECOY_SECRET = secrets.token_bytes(32)
+
+
+def _decoy_credential(mechanism: str, user: str) -> ScramCredential:
+    """A credential nobody can prove: a salt stable per user (for this process), random keys."""
+    salt = hmac.new(_DECOY_SECRET, f"{mechanism}/{user}".encode(), "sha256").digest()[:24]
+    return ScramCredential(
+        salt=salt,
+        iterations=DEFAULT_ITERATIONS,
+        stored_key=secrets.token_bytes(64),
+        server_key=secrets.token_bytes(64),
+    )
 
 
 class ListenerSecurity:

@@ -59,6 +59,7 @@ def test_plain_refusals_fail_the_session(token: bytes) -> None:
         ("SCRAM-SHA-256", "alice", "wrong", False),
         ("SCRAM-SHA-512", "bob", "bob-pw", True),
         ("SCRAM-SHA-512", "alice", "alice-pw", False),  # no SHA-512 credential for alice
+        ("SCRAM-SHA-256", "nobody", "x", False),  # unknown: fails at the proof too
     ],
 )
 def test_scram_exchange(mech: str, user: str, password: str, ok: bool) -> None:
@@ -68,6 +69,7 @@ def test_scram_exchange(mech: str, user: str, password: str, ok: bool) -> None:
         client = ScramClient(mech, user, password)
         try:
             server_first = await session.authenticate(client.first())
+            assert server_first.startswith(b"r=")  # a challenge, whoever the user is
             client.verify(await session.authenticate(client.final(server_first)))
         except SaslFailure as exc:
             assert not ok
