@@ -96,6 +96,7 @@ class Material:
     ca: Pem
     server: Pem
     alice: Pem  # client certificate, CN=alice, signed by the CA
+    bob: Pem  # client certificate, CN=bob, signed by the CA
     rogue: Pem  # client certificate, CN=alice, signed by another CA
 
 
@@ -107,5 +108,6 @@ def make_material(directory: pathlib.Path) -> Material:
         ca=ca[0],
         server=issue(directory, "server", "localhost", ca, server=True),
         alice=issue(directory, "alice", "alice", ca),
+        bob=issue(directory, "bob", "bob", ca),
         rogue=issue(directory, "rogue", "alice", other),
     )

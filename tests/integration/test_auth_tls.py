@@ -5,7 +5,8 @@ confluent-kafka, kafka-python and aiokafka log in over TLS with PLAIN, SCRAM-SHA
 SCRAM-SHA-512 (verifying the server against the test CA) and are refused with a wrong
 password; a plaintext client gets nowhere; kcat produces and consumes over SASL_SSL; a gRPC
 client with a certificate of the CA is served, one without a certificate, with one of another
-CA, or without TLS is not; `streamhouse status` still sees the health check. One stack.
+CA, or without TLS is not, and the certificate's CN is the caller's principal (ACLs on, alice
+the only super user); `streamhouse status` still sees the health check. One stack.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, material: Material) -> Itera
         "STREAMHOUSE_TLS_KEY_FILE": str(material.server.key),
         "STREAMHOUSE_TLS_CA_FILE": str(material.ca.cert),
         "STREAMHOUSE_GRPC_AUTH": "mtls",
+        # ACLs on, alice a super user, nobody else allowed anything: what a principal may do
+        # shows which principal the listener made of the password or certificate.
+        "STREAMHOUSE_AUTHORIZER": "acl",
+        "STREAMHOUSE_SUPER_USERS": "User:alice",
     }
     health = channel_credentials(
         str(material.ca.cert), str(material.alice.cert), str(material.alice.key)
@@ -147,6 +152,17 @@ def test_grpc_needs_a_client_certificate_of_the_ca(stack: Stack, material: Mater
     ) as client:
         client.create_topic("mtls-topic")
         assert "mtls-topic" in {t.name for t in client.list_topics()}
+    # bob's certificate is valid, so bob is authenticated, as User:bob (not a super user).
+    with Client(
+        stack.grpc_address,
+        tls_ca_file=ca,
+        tls_cert_file=str(material.bob.cert),
+        tls_key_file=str(material.bob.key),
+    ) as client:
+        with pytest.raises(StreamHouseError) as denied:
+            client.create_topic("mtls-bob-topic")
+        assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert "User:bob" in denied.value.message
     refused_clients = [
         Client(stack.grpc_address, timeout=5, tls_ca_file=ca),  # no client certificate
         Client(
