@@ -324,3 +324,19 @@ async def _test_a_transaction_too_large_to_store_is_refused(meta: AsyncMetadata)
     record = await shell.load("tx")
     assert record is not None and record.partitions == ((1, 0),)  # unchanged
     assert await shell.end_txn("tx", pid, epoch, False) == tc.NONE
+
+
+def test_an_exhausted_epoch_moves_to_a_new_producer_id(on_meta: Callable[[Body], None]) -> None:
+    on_meta(_test_an_exhausted_epoch_moves_to_a_new_producer_id)
+
+
+async def _test_an_exhausted_epoch_moves_to_a_new_producer_id(meta: AsyncMetadata) -> None:
+    shell = make_shell(meta, Markers(), Clock())
+    _, pid, _ = await shell.init_producer_id("tx", 10_000)
+    record = await shell.load("tx")
+    assert record is not None
+    await shell.store(tc._replace(record, producer_epoch=tc.MAX_EPOCH - 1))
+    error, new_pid, epoch = await shell.init_producer_id("tx", 10_000)
+    assert error == tc.NONE and new_pid != pid and epoch == 0
+    # The old producer id is fenced: its requests name an unknown mapping.
+    assert await shell.end_txn("tx", pid, tc.MAX_EPOCH - 1, True) == tc.INVALID_PRODUCER_ID_MAPPING
