@@ -135,7 +135,7 @@ def _user_delete(args: argparse.Namespace) -> int:
 
 
 def _token_create(args: argparse.Namespace) -> int:
-    from ingest.grpc_auth import CATALOG_KIND, new_token, token_hash, token_record
+    from streamhouse.grpc_auth import CATALOG_KIND, new_token, token_hash, token_record
 
     if not args.user:
         raise AuthCtlError("the user name must not be empty")
@@ -158,7 +158,7 @@ def _token_create(args: argparse.Namespace) -> int:
 
 
 def _token_list(args: argparse.Namespace) -> int:
-    from ingest.grpc_auth import CATALOG_KIND, parse_token_record
+    from streamhouse.grpc_auth import CATALOG_KIND, parse_token_record
 
     store = _store(args.metadata)
     try:
@@ -178,7 +178,7 @@ def _token_list(args: argparse.Namespace) -> int:
 
 
 def _token_delete(args: argparse.Namespace) -> int:
-    from ingest.grpc_auth import CATALOG_KIND
+    from streamhouse.grpc_auth import CATALOG_KIND
 
     if len(args.id) < 6:
         raise AuthCtlError("give at least 6 characters of the token id (`streamctl token list`)")
