@@ -5,9 +5,11 @@ streamhouse/acl.py), so the first ACLs can be made before anyone is allowed anyt
 ``--metadata`` names the SQLite file or the PostgreSQL URL; without it, the store of the stack
 the ``STREAMHOUSE_*`` environment describes (as ``streamhouse up``). Whoever can write that
 store is an administrator; nothing here asks the authorizer. Every agent applies a change
-within its ACL refresh (1 s, README "Security"). Kafka admin clients manage the same ACLs over
-the Kafka listener (CreateAcls/DescribeAcls/DeleteAcls, as a principal allowed ALTER/DESCRIBE
-on the cluster or a super user).
+within its ACL refresh (1 s, README "Security"). With ``--bootstrap-server HOST:PORT`` it goes
+through a broker's CreateAcls/DescribeAcls/DeleteAcls instead (as Kafka admin clients do),
+logged in as ``--user`` with ``--security-protocol``/``--sasl-mechanism`` (password from
+``--password-stdin`` or a prompt; ``--ca-file`` for TLS): then the broker checks that user's
+rights (ALTER on the cluster to add and delete, DESCRIBE to list, or a super user).
 
     streamctl acl add (--allow-principal P | --deny-principal P)... [--allow-host H]...
         [--deny-host H]... --operation OP... RESOURCE... [--resource-pattern-type literal|prefixed]
@@ -15,15 +17,18 @@ on the cluster or a super user).
     streamctl acl delete RESOURCE... [--allow-principal P | --deny-principal P]...
         [--operation OP]... [--resource-pattern-type literal|prefixed|any|match]
 
+Every action also takes --metadata TARGET or --bootstrap-server HOST:PORT
+[--security-protocol P] [--sasl-mechanism M] [--user U] [--password-stdin] [--ca-file PEM].
 RESOURCE is --topic NAME, --group NAME, --transactional-id NAME or --cluster (each may
 repeat). OP is Kafka's operation name (Read, Write, Create, Delete, Alter, Describe,
 ClusterAction, DescribeConfigs, AlterConfigs, IdempotentWrite, All). Exit status: 0 success,
-1 bad input or store error, 2 usage error.
+1 bad input, store or broker error (a refusal names Kafka's error), 2 usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -44,6 +49,8 @@ from streamhouse.acl import (
     decode_binding,
     encode_binding,
 )
+from streamhouse.kafka import messages as m
+from streamhouse.kafka_connection import BlockingKafkaConnection, KafkaConnectionError
 
 PROG = "streamctl acl"
 
@@ -151,6 +158,152 @@ def _print(bindings: list[AclBinding], as_json: bool, verb: str = "") -> None:
             )
 
 
+class _MetadataAcls:
+    """The bindings in the metadata store itself (``--metadata``, or the environment's)."""
+
+    def __init__(self, target: str | None) -> None:
+        self._store = _store(target)
+
+    def close(self) -> None:
+        self._store.close()
+
+    def add(self, bindings: list[AclBinding]) -> None:
+        now = int(time.time() * 1000)
+        for b in bindings:
+            name, definition = encode_binding(b)
+            self._store.put_catalog_entry(CATALOG_KIND, name, definition, now, replace=True)
+
+    def select(self, filters: list[AclFilter]) -> list[AclBinding]:
+        return [b for b in _bindings(self._store) if any(f.matches(b) for f in filters)]
+
+    def remove(self, filters: list[AclFilter]) -> list[AclBinding]:
+        chosen = self.select(filters)
+        for b in chosen:
+            self._store.delete_catalog_entry(CATALOG_KIND, encode_binding(b)[0])
+        return chosen
+
+
+class _KafkaAcls:
+    """The bindings through a broker's CreateAcls/DescribeAcls/DeleteAcls (v1), as the
+    authenticated user (``--bootstrap-server``): the broker checks the user's rights."""
+
+    VERSION = 1
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        protocol = args.security_protocol
+        password = ""
+        if protocol.startswith("SASL"):
+            if not args.user:
+                raise AclCtlError(f"--security-protocol {protocol} needs --user NAME")
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\r\n")
+            else:
+                password = getpass.getpass(f"password for {args.user}: ")
+        try:
+            self._connection = BlockingKafkaConnection(
+                args.bootstrap_server,
+                protocol,
+                args.sasl_mechanism,
+                args.user or "",
+                password,
+                args.ca_file,
+            )
+        except KafkaConnectionError as exc:
+            raise AclCtlError(str(exc)) from None
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def add(self, bindings: list[AclBinding]) -> None:
+        C = m.CreateAclsRequest
+        response = self._connection.call(
+            30,
+            self.VERSION,
+            C(
+                creations=[
+                    C.AclCreation(
+                        resource_type=b.resource_type,
+                        resource_name=b.name,
+                        resource_pattern_type=b.pattern_type,
+                        principal=b.principal,
+                        host=b.host,
+                        operation=b.operation,
+                        permission_type=b.permission,
+                    )
+                    for b in bindings
+                ]
+            ),
+        )
+        failed = [r for r in response.results if r.error_code]
+        if failed:
+            raise AclCtlError(_refusal(failed[0].error_code, failed[0].error_message))
+
+    def select(self, filters: list[AclFilter]) -> list[AclBinding]:
+        found: dict[AclBinding, None] = {}
+        for f in filters:
+            response = self._connection.call(29, self.VERSION, m.DescribeAclsRequest(**_wire(f)))
+            if response.error_code:
+                raise AclCtlError(_refusal(response.error_code, response.error_message))
+            for r in response.resources:
+                for a in r.acls:
+                    found[_binding(r.resource_type, r.resource_name, r.pattern_type, a)] = None
+        return list(found)
+
+    def remove(self, filters: list[AclFilter]) -> list[AclBinding]:
+        D = m.DeleteAclsRequest
+        response = self._connection.call(
+            31, self.VERSION, D(filters=[D.DeleteAclsFilter(**_wire(f)) for f in filters])
+        )
+        removed: dict[AclBinding, None] = {}
+        for result in response.filter_results:
+            if result.error_code:
+                raise AclCtlError(_refusal(result.error_code, result.error_message))
+            for a in result.matching_acls:
+                removed[_binding(a.resource_type, a.resource_name, a.pattern_type, a)] = None
+        return list(removed)
+
+
+def _wire(f: AclFilter) -> dict[str, Any]:
+    """The DescribeAcls / DeleteAcls filter fields of ``f``."""
+    return {
+        "resource_type_filter": f.resource_type,
+        "resource_name_filter": f.name,
+        "pattern_type_filter": f.pattern_type,
+        "principal_filter": f.principal,
+        "host_filter": f.host,
+        "operation": f.operation,
+        "permission_type": f.permission,
+    }
+
+
+def _binding(resource_type: int, name: str, pattern_type: int, entry: Any) -> AclBinding:
+    return AclBinding(
+        ResourceType(resource_type),
+        name,
+        PatternType(pattern_type),
+        entry.principal,
+        entry.host,
+        AclOperation(entry.operation),
+        Permission(entry.permission_type),
+    )
+
+
+def _refusal(code: int, message: str | None) -> str:
+    from streamhouse.errors import ErrorCode
+
+    return f"the broker refused: {ErrorCode.from_kafka_code(code).name}: {message or ''}".rstrip(
+        ": "
+    )
+
+
+def _acls(args: argparse.Namespace) -> _MetadataAcls | _KafkaAcls:
+    if args.bootstrap_server:
+        if args.metadata:
+            raise AclCtlError("give --metadata or --bootstrap-server, not both")
+        return _KafkaAcls(args)
+    return _MetadataAcls(args.metadata)
+
+
 def _add(args: argparse.Namespace) -> int:
     resources = _resources(args)
     entries = _entries(args)
@@ -171,14 +324,11 @@ def _add(args: argparse.Namespace) -> int:
         problem = binding_error(b)
         if problem is not None:
             raise AclCtlError(problem)
-    store = _store(args.metadata)
+    acls = _acls(args)
     try:
-        now = int(time.time() * 1000)
-        for b in bindings:
-            name, definition = encode_binding(b)
-            store.put_catalog_entry(CATALOG_KIND, name, definition, now, replace=True)
+        acls.add(bindings)
     finally:
-        store.close()
+        acls.close()
     _print(bindings, args.json, "added: ")
     return 0
 
@@ -207,11 +357,11 @@ def _filters(args: argparse.Namespace, default_pattern: str) -> list[AclFilter]:
 
 def _list(args: argparse.Namespace) -> int:
     filters = _filters(args, "any")
-    store = _store(args.metadata)
+    acls = _acls(args)
     try:
-        chosen = [b for b in _bindings(store) if any(f.matches(b) for f in filters)]
+        chosen = acls.select(filters)
     finally:
-        store.close()
+        acls.close()
     _print(chosen, args.json)
     return 0
 
@@ -220,13 +370,11 @@ def _delete(args: argparse.Namespace) -> int:
     if not _resources(args):
         raise AclCtlError("name a resource: --topic, --group, --transactional-id or --cluster")
     filters = _filters(args, "literal")
-    store = _store(args.metadata)
+    acls = _acls(args)
     try:
-        chosen = [b for b in _bindings(store) if any(f.matches(b) for f in filters)]
-        for b in chosen:
-            store.delete_catalog_entry(CATALOG_KIND, encode_binding(b)[0])
+        chosen = acls.remove(filters)
     finally:
-        store.close()
+        acls.close()
     if not chosen and not args.json:
         print("no ACL matched; nothing deleted")
     _print(chosen, args.json, "deleted: ")
@@ -244,6 +392,28 @@ def build_parser() -> argparse.ArgumentParser:
             help="the SQLite file or postgresql:// URL (default: the STREAMHOUSE_* "
             "environment's metadata store)",
         )
+        sub.add_argument(
+            "--bootstrap-server",
+            metavar="HOST:PORT",
+            help="through this broker's ACL APIs instead, as --user (its rights apply)",
+        )
+        sub.add_argument(
+            "--security-protocol",
+            default="PLAINTEXT",
+            choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+            help="of the broker's listener (default PLAINTEXT)",
+        )
+        sub.add_argument(
+            "--sasl-mechanism",
+            default="SCRAM-SHA-256",
+            choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+            help="default SCRAM-SHA-256",
+        )
+        sub.add_argument("--user", metavar="NAME", help="the SASL user")
+        sub.add_argument(
+            "--password-stdin", action="store_true", help="read the password from stdin"
+        )
+        sub.add_argument("--ca-file", metavar="PEM", help="CA bundle for SSL/SASL_SSL")
         sub.add_argument("--topic", action="append", metavar="NAME", help="a topic (repeatable)")
         sub.add_argument("--group", action="append", metavar="NAME", help="a consumer group")
         sub.add_argument(
@@ -291,7 +461,7 @@ def main(argv: list[str]) -> int:
         return exit_.code if isinstance(exit_.code, int) else 0
     try:
         return int(args.run(args))
-    except AclCtlError as error:
+    except (AclCtlError, KafkaConnectionError) as error:
         sys.stderr.write(f"streamctl: error: {error}\n")
         return 1
     except (OSError, ValueError) as error:

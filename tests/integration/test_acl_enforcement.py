@@ -396,6 +396,12 @@ def test_admin_clients_manage_acls(stack: Stack, cluster_admin: AdminClient) -> 
     )
     assert listed.returncode == 0, listed.stderr
     assert f"ALLOW {ANON} WRITE on TOPIC {prefix}-kp (LITERAL)" in listed.stdout
+    # ... and so does it through the broker (PLAINTEXT: as ANONYMOUS, allowed DESCRIBE).
+    wire = streamctl_acl(
+        stack, "list", "--bootstrap-server", stack.kafka_address, "--topic", f"{prefix}-kp"
+    )
+    assert wire.returncode == 0, wire.stderr
+    assert wire.stdout == listed.stdout
 
 
 def test_grpc_is_enforced_with_the_same_acls(stack: Stack, cluster_admin: AdminClient) -> None:

@@ -181,3 +181,45 @@ def test_grpc_principal_is_the_token_user(stack: Stack) -> None:
         assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
         assert "User:alice" in str(refused.value) and "READ" in str(refused.value)
         assert "acl-sasl-grpc" not in {t.name for t in client.list_topics()}
+
+
+def test_streamctl_acl_through_the_broker_as_a_user(stack: Stack) -> None:
+    login = ["--bootstrap-server", stack.kafka_address, "--security-protocol", PROTOCOL]
+    as_admin = [*login, "--user", "admin", "--password-stdin", "--sasl-mechanism", MECHANISM]
+    added = streamctl(
+        stack,
+        "acl",
+        "add",
+        *as_admin,
+        "--allow-principal",
+        "User:bob",
+        "--operation",
+        "Read",
+        "--group",
+        "acl-sasl-cli",
+        stdin="admin-pw\n",
+    )
+    assert added.returncode == 0, added.stderr
+    listed = streamctl(
+        stack, "acl", "list", *as_admin, "--group", "acl-sasl-cli", "--json", stdin="admin-pw\n"
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert '"principal": "User:bob"' in listed.stdout and '"operation": "READ"' in listed.stdout
+    # bob may not manage ACLs: the broker refuses, and streamctl says why.
+    as_bob = [*login, "--user", "bob", "--password-stdin", "--sasl-mechanism", "PLAIN"]
+    refused = streamctl(stack, "acl", "list", *as_bob, "--group", "acl-sasl-cli", stdin="bob-pw\n")
+    assert refused.returncode == 1 and "CLUSTER_AUTHORIZATION_FAILED" in refused.stderr
+    wrong = streamctl(stack, "acl", "list", *as_bob, stdin="nope\n")
+    assert wrong.returncode == 1 and "SASL authentication" in wrong.stderr
+    deleted = streamctl(
+        stack,
+        "acl",
+        "delete",
+        *as_admin,
+        "--group",
+        "acl-sasl-cli",
+        "--allow-principal",
+        "User:bob",
+        stdin="admin-pw\n",
+    )
+    assert deleted.returncode == 0 and "deleted: ALLOW User:bob READ" in deleted.stdout

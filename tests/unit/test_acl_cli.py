@@ -163,3 +163,14 @@ def test_authorizer_settings() -> None:
     ):
         with pytest.raises(ConfigError, match=message):
             load_settings(env)
+
+
+def test_bootstrap_server_input_errors(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    closed = "127.0.0.1:9"  # refused before any connection is tried
+    for args, message in (
+        (["--bootstrap-server", "nohostport"], "HOST:PORT"),
+        (["--bootstrap-server", closed, "--metadata", store], "not both"),
+        (["--bootstrap-server", closed, "--security-protocol", "SASL_PLAINTEXT"], "--user"),
+    ):
+        code, _, err = acl(capsys, "list", *args)
+        assert code == 1 and message in err, (args, err)
