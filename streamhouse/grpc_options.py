@@ -8,7 +8,15 @@ What each option does (grpc core channel arguments):
   reply fails the call.
 - `grpc.so_reuseport` = 0: a second server on a port in use fails to bind instead of sharing it.
 - `grpc.max_allowed_incoming_connections` = `grpc_max_connections`: connections the server
-  holds at once; one accepted over it is closed at once.
+  holds at once; one accepted over it is closed at once (its client gets UNAVAILABLE). grpc
+  core counts a connection from its accept (connections still in the kernel's listen backlog
+  are not counted yet) until its transport closes, whoever the client is: the stack's own
+  console holds one of ingest's. A connection leaves the count when the server sees it closed
+  or ends it itself: idle (`grpc.max_connection_idle_ms`), a keepalive ping unanswered, its
+  HTTP/2 SETTINGS not read within the handshake timeout, or the server's SETTINGS not
+  acknowledged within `grpc.http2.settings_timeout` (default: max(2 x keepalive timeout,
+  1 min)). So a raw socket that only sent the HTTP/2 preface holds its place for a minute at
+  most; tests hold connections with real channels (tests/integration/test_listener_limits.py).
 - `grpc.max_concurrent_streams` = `grpc_max_concurrent_streams`: streams per HTTP/2
   connection (more wait in the client).
 - `grpc.max_connection_idle_ms` = `grpc_idle_timeout_ms`: a connection without a call that
