@@ -16,9 +16,10 @@ Rules:
 - Transactions: every part answers its last stable offset (LSO). A read_committed fetch
   (``isolation_level`` 1) returns only batches below the LSO (a batch never straddles it: an
   open transaction starts at a batch's first offset) and the aborted transactions that
-  overlap the returned offsets (one metadata read, only when data is returned); commits,
-  markers included, wake it as any commit does. Kafka-format reads return control batches
-  as stored (clients skip them); the records format (gRPC) never renders them.
+  overlap the returned offsets (one metadata read, only when a returned batch is
+  transactional: clients drop no other batch by the list); commits, markers included, wake
+  it as any commit does. Kafka-format reads return control batches as stored (clients skip
+  them); the records format (gRPC) never renders them.
 - Commits wake long-polls from two sources. This agent's uploader hands each committed
   segment over the committed ring (`on_committed`: its blocks go straight into the cache).
   With a PostgreSQL metadata store, `metadata.commit_feed.CommitFeed` also delivers every
@@ -71,6 +72,7 @@ from streamhouse.record_wire import render_records
 from streamhouse.recordbatch import (
     CONTROL_MASK,
     MAX_INFLATED_BYTES,
+    TRANSACTIONAL_MASK,
     decode_records,
     patch_base_offset,
     walk_block,
@@ -280,6 +282,7 @@ class ReadEngine:
         next_offset = part.offset
         limit = max_records if max_records > 0 else 1 << 62
         cold = False
+        transactional = 0  # a returned batch is transactional (markers included)
         done = part.offset >= bound
         locs: list[BlockLocation] | None = plan.blocks
         while not done:
@@ -328,6 +331,7 @@ class ReadEngine:
                         break
                     batch = view[info.position : info.position + info.length]
                     if fmt == FORMAT_KAFKA:
+                        transactional |= info.attributes & TRANSACTIONAL_MASK
                         chunk = bytearray(batch)
                         patch_base_offset(chunk, 0, batch_base)
                         chunks.append(bytes(chunk))
@@ -363,7 +367,7 @@ class ReadEngine:
         if cold:
             self._prefetch_after(part.topic_id, part.partition, next_offset)
         aborted: list[tuple[int, int]] = []
-        if isolation_level == 1 and chunks:
+        if isolation_level == 1 and transactional:
             found = await self.meta.aborted_transactions(
                 part.topic_id, part.partition, part.offset, next_offset
             )
