@@ -26,7 +26,6 @@ The health and reflection services are not checked.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ from metadata.async_store import AsyncMetadata
 from streamhouse.acl import CLUSTER_NAME, AclOperation, Authorizer, ResourceType
 from streamhouse.config import Settings
 from streamhouse.errors import ErrorCode, StreamHouseError
+from streamhouse.grpc_auth import peer_host
 from streamhouse.principal import current_principal
 
 Op = AclOperation
@@ -65,15 +65,6 @@ _NEEDS: dict[str, list[tuple[AclOperation, ResourceType, str | None]]] = {
     "ListTopics": [],  # filtered answer
     "InitProducer": [],  # _check_idempotent
 }
-
-_PEER = re.compile(r"^ipv[46]:\[?(?P<host>[^\]]*?)\]?:\d+$")
-
-
-def peer_host(peer: str | None) -> str:
-    """The IP address in a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``),
-    "" when there is none (e.g. a Unix socket)."""
-    match = _PEER.match(peer or "")
-    return match.group("host") if match else ""
 
 
 class _Call:

@@ -128,7 +128,16 @@ def _remote(settings: Settings, args: argparse.Namespace) -> _Remote | None:
     """The service to send statements to (per --via), or None to run them here."""
     if args.via == "local":
         return None
-    client = SqlClient(args.service or settings.sql_listen)
+    try:
+        client = SqlClient(
+            args.service or settings.sql_listen,
+            tls_ca_file=args.tls_ca,
+            tls_cert_file=args.tls_cert,
+            tls_key_file=args.tls_key,
+            token=args.token,
+        )
+    except SqlServiceError as exc:
+        raise SqlError(exc.message) from None
     if client.reachable(1.0 if args.via == "auto" else 10.0):
         return _Remote(client, args.max_read_mb)
     client.close()
@@ -275,6 +284,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         p.add_argument(
             "--service", metavar="ADDR", default=None, help="the sql service (sql_listen)"
+        )
+        # The secured service's options (README "Security"), as streamctl's.
+        p.add_argument("--tls-ca", metavar="FILE", help="TLS: verify the service against this CA")
+        p.add_argument("--tls-cert", metavar="FILE", help="client certificate (grpc_auth=mtls)")
+        p.add_argument("--tls-key", metavar="FILE", help="the client certificate's key (PEM)")
+        p.add_argument(
+            "--token", metavar="TOKEN", help="token (grpc_auth=token; default $STREAMHOUSE_TOKEN)"
         )
         p.add_argument("--format", choices=FORMATS, default="table", help="output (table)")
         p.add_argument("--stats", action="store_true", help="what was read, as JSON on stderr")

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 from metadata import InvalidTopicError, TopicExistsError
 from metadata.async_store import AsyncMetadata
 from metadata.store import TopicInfo
+from sql import acl
+from sql.acl import Need, statement_needs
 from sql.catalog import KINDS, Catalog, CatalogError, Column, Relation, Watermark
 from sql.continuous.definition import CheckpointState, QueryDefinition, decode_checkpoint
 from sql.decode import RAW_SCHEMA
@@ -277,6 +279,7 @@ class SqlEngine:
         max_inflated: int = 64 << 20,
         max_read_bytes: int | None = None,
         on_query_change: Callable[[str], Awaitable[None]] | None = None,
+        authorize: Callable[[list[Need]], None] | None = None,
     ) -> None:
         self.meta = meta
         self.store = store
@@ -287,6 +290,9 @@ class SqlEngine:
         # Called with a query's name after it was created and after its definition was
         # deleted (before its checkpoint is): the sql service starts / stops its runner.
         self.on_query_change = on_query_change
+        # The caller's ACL check (sql/acl.py): given what a statement needs, it returns or
+        # raises AccessDenied. None (the in-process path, the runners): nothing is checked.
+        self.authorize = authorize
 
     async def execute(self, text: str) -> QueryResult:
         """Runs one statement. Raises SqlError (bad statement, unknown names, unreadable
@@ -295,6 +301,8 @@ class SqlEngine:
             statement = parse_statement(text)
         except StatementError as exc:
             raise SqlError(str(exc)) from None
+        if self.authorize is not None:
+            self.authorize(statement_needs(statement))
         if isinstance(statement, CreateRelation):
             return await self._create(statement, text)
         if isinstance(statement, DropRelation):
@@ -480,6 +488,14 @@ class SqlEngine:
         notes: list[str] = []
         source_topics = {src.topic for src in plan.sources.values()}
         dead_letter = definition.options.get("dead_letter_topic")
+        if self.authorize is not None:
+            needs = acl.reads(source_topics)
+            for target in (definition.output_topic if stmt.kind == "stream" else None, dead_letter):
+                if target is not None:
+                    needs.append(acl.writes(target))
+                    if await self.meta.get_topic(target) is None:
+                        needs.append(acl.create_topic(target))
+            self.authorize(needs)
         if dead_letter is not None:
             if dead_letter in source_topics or dead_letter == definition.output_topic:
                 raise SqlError(
@@ -754,6 +770,8 @@ class SqlEngine:
         except Exception as exc:
             raise SqlError(_clean(exc, orphans)) from None
         bounds = scan_bounds(plan, {n: s.bounds for n, s in sources.items()})
+        if self.authorize is not None:
+            self.authorize(acl.reads(await self._topics_read(bounds, sources, views)))
         stats = ScanStats()
         explain_only = type(plan.to_variant()).__name__ == "Explain"  # not EXPLAIN ANALYZE
         for name, wanted in bounds.items():
@@ -770,6 +788,22 @@ class SqlEngine:
         except Exception as exc:
             raise SqlError(_clean(exc)) from None
         return QueryResult(table=table, stats=stats)
+
+    async def _topics_read(
+        self, scanned: Iterable[str], sources: dict[str, _Source], views: dict[str, pa.Table]
+    ) -> set[str]:
+        """The topics behind the tables a plan scans: a source's topic; for a materialized
+        view, every topic its query reads (what the view's rows come from)."""
+        topics: set[str] = set()
+        for name in scanned:
+            if name in sources:
+                topics.add(sources[name].topic.name)
+            elif name in views:
+                query = await self.catalog.get_query(name)
+                if query is not None:
+                    plan = await self.plan(query)
+                    topics.update(src.topic for src in plan.sources.values())
+        return topics
 
     async def _load(
         self, name: str, source: _Source, bounds: ScanBounds, stats: ScanStats

@@ -20,6 +20,15 @@ standard health service and reflection):
   its runner's state (running, backoff, restarts, last exit code and error line).
 - ``DropQuery(name)``: as ``DROP QUERY name``.
 
+Security (README "Security"): the listener takes the same TLS settings as ingest's gRPC
+listener (``grpc_tls``, ``grpc_auth=mtls``; streamhouse/tls.py) and the same authentication
+(``grpc_auth``: a bearer token or a client certificate names the caller; streamhouse/
+grpc_auth.py): a call without it fails with UNAUTHENTICATED. With ``authorizer=acl`` every
+statement and method is checked against the Kafka ACLs as sql/acl.py tables (READ on the
+topics a query reads, ALTER on the cluster to change the catalog, DESCRIBE on the cluster to
+list it); a refusal is PERMISSION_DENIED naming principal, operation and resource. The health
+service and reflection are not checked.
+
 Runners (``RunnerSupervisor``, only with ``sql_enabled``): every ``RECONCILE_S`` (and at once
 after a CREATE or DROP through this service) the catalog's queries are compared with the
 children: a query without a runner gets ``python3 -m sql.continuous run NAME``; a runner whose
@@ -66,14 +75,20 @@ from grpc_reflection.v1alpha import reflection
 
 from metadata.async_store import AsyncMetadata
 from metadata.errors import MetadataError
+from sql.acl import AccessDenied, Need, SqlAccess, cluster
 from sql.catalog import Catalog
 from sql.continuous.runner import EXIT_FENCED
 from sql.engine import QueryDescription, RunnerStatus, SqlEngine, SqlError, UnknownQueryError
 from streamhouse import objectstore
+from streamhouse.acl import AclOperation
+from streamhouse.acl_cache import AclCache, acl_cache
 from streamhouse.config import Settings
+from streamhouse.grpc_auth import AuthenticationFailed, GrpcAuthenticator, peer_host
 from streamhouse.grpc_options import server_options
+from streamhouse.principal import current_principal
 from streamhouse.process import spawn
 from streamhouse.proto import sql_pb2 as pb
+from streamhouse.tls import grpc_server_credentials
 
 __all__ = [
     "RunnerSupervisor",
@@ -425,6 +440,8 @@ class _Abort(Exception):
 def _status_of(exc: Exception) -> _Abort:
     if isinstance(exc, _Abort):
         return exc
+    if isinstance(exc, AccessDenied):
+        return _Abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
     if isinstance(exc, UnknownQueryError):
         return _Abort(grpc.StatusCode.NOT_FOUND, str(exc))
     if isinstance(exc, SqlError):
@@ -457,8 +474,26 @@ class SqlService:
         self.supervisor = supervisor
         self.max_read_bytes = max_read_bytes
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_QUERIES)
+        self.authenticator = GrpcAuthenticator(settings, meta)  # streamhouse/grpc_auth.py
+        self.acls: AclCache | None = (
+            acl_cache(settings, meta) if settings.authorizer == "acl" else None
+        )
 
-    def engine(self, max_read_bytes: int | None = None) -> SqlEngine:
+    async def access(self, context: Any) -> SqlAccess | None:
+        """Who is calling and what they may do (None: no authorizer, everything is allowed).
+        Raises _Abort(UNAUTHENTICATED) when the call carries no valid token or certificate."""
+        try:
+            principal = await self.authenticator.principal(context)
+        except AuthenticationFailed as exc:
+            raise _Abort(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
+        current_principal.set(principal)
+        if self.acls is None:
+            return None
+        return SqlAccess(await self.acls.snapshot(), principal, peer_host(context.peer()))
+
+    def engine(
+        self, max_read_bytes: int | None = None, access: SqlAccess | None = None
+    ) -> SqlEngine:
         return SqlEngine(
             self.meta,
             self.store,
@@ -466,6 +501,7 @@ class SqlService:
             max_inflated=self.settings.max_batch_bytes,
             max_read_bytes=max_read_bytes or self.max_read_bytes,
             on_query_change=None if self.supervisor is None else self.supervisor.sync,
+            authorize=None if access is None else access.check,
         )
 
     def runner_status(self, name: str) -> RunnerStatus:
@@ -473,13 +509,16 @@ class SqlService:
             return RunnerStatus(state="disabled")
         return self.supervisor.status(name)
 
-    async def Execute(self, request: pb.ExecuteRequest) -> AsyncIterator[pb.ExecuteResponse]:
+    async def Execute(
+        self, request: pb.ExecuteRequest, access: SqlAccess | None
+    ) -> AsyncIterator[pb.ExecuteResponse]:
         if not request.statement.strip():
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "the statement is empty")
         if request.max_read_bytes < 0:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "max_read_bytes must be >= 0")
         async with self.slots:
-            result = await self.engine(request.max_read_bytes or None).execute(request.statement)
+            engine = self.engine(request.max_read_bytes or None, access)
+            result = await engine.execute(request.statement)
         stats = msgspec.json.encode(result.stats).decode()
         if result.table is None:
             yield pb.ExecuteResponse(message=result.message or "", stats=stats)
@@ -494,7 +533,10 @@ class SqlService:
         description.runner = self.runner_status(name)
         return description_to_proto(description)
 
-    async def ListQueries(self, request: pb.ListQueriesRequest) -> pb.ListQueriesResponse:
+    async def ListQueries(
+        self, request: pb.ListQueriesRequest, access: SqlAccess | None
+    ) -> pb.ListQueriesResponse:
+        _require(access, cluster(AclOperation.DESCRIBE))
         out = []
         for definition in await self.catalog.list_queries():
             try:
@@ -503,16 +545,27 @@ class SqlService:
                 continue  # dropped meanwhile
         return pb.ListQueriesResponse(queries=out)
 
-    async def DescribeQuery(self, request: pb.DescribeQueryRequest) -> pb.QueryStatus:
+    async def DescribeQuery(
+        self, request: pb.DescribeQueryRequest, access: SqlAccess | None
+    ) -> pb.QueryStatus:
+        _require(access, cluster(AclOperation.DESCRIBE))
         if not request.name:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "name the query to describe")
         return await self._describe(request.name)
 
-    async def DropQuery(self, request: pb.DropQueryRequest) -> pb.DropQueryResponse:
+    async def DropQuery(
+        self, request: pb.DropQueryRequest, access: SqlAccess | None
+    ) -> pb.DropQueryResponse:
+        _require(access, cluster(AclOperation.ALTER))
         if not request.name:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "name the query to drop")
         result = await self.engine().drop_query(request.name, request.if_exists)
         return pb.DropQueryResponse(message=result.message or "")
+
+
+def _require(access: SqlAccess | None, need: Need) -> None:
+    if access is not None:
+        access.check([need])
 
 
 def _parser(kind: Any) -> Callable[[bytes], Any]:
@@ -528,12 +581,15 @@ def _parser(kind: Any) -> Callable[[bytes], Any]:
     return parse
 
 
-def _unary(fn: Callable[[Any], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _unary(
+    service: SqlService, fn: Callable[[Any, SqlAccess | None], Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            access = await service.access(context)
             if isinstance(request, _Abort):
                 raise request
-            return await fn(request)
+            return await fn(request, access)
         except Exception as exc:
             status = _status_of(exc)
             await context.abort(status.code, status.message)
@@ -541,12 +597,15 @@ def _unary(fn: Callable[[Any], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]
     return handler
 
 
-def _stream(fn: Callable[[Any], AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _stream(
+    service: SqlService, fn: Callable[[Any, SqlAccess | None], AsyncIterator[Any]]
+) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
+            access = await service.access(context)
             if isinstance(request, _Abort):
                 raise request
-            async for item in fn(request):
+            async for item in fn(request, access):
                 yield item
         except Exception as exc:
             status = _status_of(exc)
@@ -563,14 +622,14 @@ def method_handlers(service: SqlService) -> grpc.GenericRpcHandler:
     }
     handlers: dict[str, grpc.RpcMethodHandler] = {
         name: grpc.unary_unary_rpc_method_handler(
-            _unary(getattr(service, name)),
+            _unary(service, getattr(service, name)),
             request_deserializer=_parser(req),
             response_serializer=resp.SerializeToString,
         )
         for name, (req, resp) in unary.items()
     }
     handlers["Execute"] = grpc.unary_stream_rpc_method_handler(
-        _stream(service.Execute),
+        _stream(service, service.Execute),
         request_deserializer=_parser(pb.ExecuteRequest),
         response_serializer=pb.ExecuteResponse.SerializeToString,
     )
@@ -591,7 +650,12 @@ async def start_sql_server(settings: Settings, service: SqlService) -> grpc.aio.
     reflection.enable_server_reflection(
         (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(settings.sql_listen)
+    # TLS (and mTLS) as ingest's gRPC listener; the health service is served without a token.
+    credentials = grpc_server_credentials(settings)
+    if credentials is None:
+        bound = server.add_insecure_port(settings.sql_listen)
+    else:
+        bound = server.add_secure_port(settings.sql_listen, credentials)
     if bound == 0:
         raise OSError(f"cannot listen on sql_listen {settings.sql_listen} (in use?)")
     await server.start()

@@ -7,6 +7,12 @@ gRPC, results as Arrow. Loads no DataFusion (``streamctl`` imports it).
 
 Errors of the service (bad statement, unknown query, ...) raise ``SqlServiceError`` with the
 service's message and the gRPC status code's name in ``code``.
+
+A secured service (README "Security") takes the same options as the gRPC client
+(streamhouse/client.py): ``tls_ca_file`` (TLS, the server verified against this CA bundle),
+``tls_cert_file``/``tls_key_file`` (a client certificate, ``grpc_auth=mtls``) and ``token``
+(``grpc_auth=token``; None reads ``STREAMHOUSE_TOKEN``), sent as ``authorization: Bearer``
+metadata on every call.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import grpc
 import pyarrow as pa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from streamhouse.client import TOKEN_ENV, StreamHouseError, channel_credentials
 from streamhouse.proto import sql_pb2 as pb
 
 __all__ = [
@@ -74,16 +81,36 @@ def _error(exc: grpc.RpcError, address: str) -> SqlServiceError:
 
 
 class SqlClient:
-    def __init__(self, address: str | None = None, timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        timeout: float = 300.0,
+        *,
+        tls: bool = False,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        token: str | None = None,
+        tls_server_name: str | None = None,
+    ) -> None:
         self.address = address or default_address()
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            self.address,
-            options=[
-                ("grpc.max_receive_message_length", MESSAGE_LIMIT),
-                ("grpc.max_send_message_length", MESSAGE_LIMIT),
-            ],
-        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+            ("grpc.max_send_message_length", MESSAGE_LIMIT),
+        ]
+        if tls or tls_ca_file or tls_cert_file or tls_key_file:
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            try:
+                credentials = channel_credentials(tls_ca_file, tls_cert_file, tls_key_file)
+            except StreamHouseError as exc:
+                raise SqlServiceError(exc.code.name, exc.message) from None
+            self.channel = grpc.secure_channel(self.address, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(self.address, options=options)
+        token = os.environ.get(TOKEN_ENV) if token is None else token
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._execute = self.channel.unary_stream(
             f"/{SERVICE}/Execute",
             request_serializer=pb.ExecuteRequest.SerializeToString,
@@ -120,7 +147,7 @@ class SqlClient:
         chunks: list[bytes] = []
         result = ExecuteResult()
         try:
-            for response in self._execute(request, timeout=self.timeout):
+            for response in self._execute(request, timeout=self.timeout, metadata=self._metadata):
                 if response.ipc:
                     chunks.append(response.ipc)
                 if response.message:
@@ -135,20 +162,27 @@ class SqlClient:
 
     def list_queries(self) -> list[pb.QueryStatus]:
         try:
-            return list(self._list(pb.ListQueriesRequest(), timeout=self.timeout).queries)
+            reply = self._list(
+                pb.ListQueriesRequest(), timeout=self.timeout, metadata=self._metadata
+            )
+            return list(reply.queries)
         except grpc.RpcError as exc:
             raise _error(exc, self.address) from None
 
     def describe(self, name: str) -> pb.QueryStatus:
         try:
-            return self._describe(pb.DescribeQueryRequest(name=name), timeout=self.timeout)
+            return self._describe(
+                pb.DescribeQueryRequest(name=name), timeout=self.timeout, metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise _error(exc, self.address) from None
 
     def drop(self, name: str, if_exists: bool = False) -> str:
         try:
             reply = self._drop(
-                pb.DropQueryRequest(name=name, if_exists=if_exists), timeout=self.timeout
+                pb.DropQueryRequest(name=name, if_exists=if_exists),
+                timeout=self.timeout,
+                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
             raise _error(exc, self.address) from None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import secrets
 from typing import Any, Final
 
@@ -36,6 +37,7 @@ CATALOG_KIND: Final = "grpc_token"
 TOKEN_PREFIX: Final = "sht_"
 TOKEN_CACHE_TTL_S: Final = 2.0
 _MISS_RELOAD_S: Final = 0.1
+_PEER = re.compile(r"^ipv[46]:\[?(?P<host>[^\]]*?)\]?:\d+$")
 
 
 class AuthenticationFailed(Exception):
@@ -132,3 +134,10 @@ def _bearer(metadata: Any) -> str | None:
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
     return None
+
+
+def peer_host(peer: str | None) -> str:
+    """The IP address in a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``),
+    "" when there is none (e.g. a Unix socket): the host ACLs match."""
+    match = _PEER.match(peer or "")
+    return match.group("host") if match else ""

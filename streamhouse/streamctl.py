@@ -543,9 +543,19 @@ def _cmd_cluster(client: Client, args: argparse.Namespace, out: _Printer) -> int
 def _query_source(args: argparse.Namespace) -> Any:
     """A connected SqlClient, or None when the service does not answer (then the command
     runs in this process against the STREAMHOUSE_* environment's stores)."""
-    from sql.service_client import SqlClient
+    from sql.service_client import SqlClient, SqlServiceError
 
-    client = SqlClient(args.sql_server, timeout=60.0)
+    try:
+        client = SqlClient(
+            args.sql_server,
+            timeout=60.0,
+            tls_ca_file=args.tls_ca,
+            tls_cert_file=args.tls_cert,
+            tls_key_file=args.tls_key,
+            token=args.token,
+        )
+    except SqlServiceError as exc:
+        raise CommandError(exc.message) from None
     if client.reachable(1.0):
         return client
     client.close()
@@ -1346,7 +1356,9 @@ def main(argv: list[str] | None = None) -> int:
     while i < len(argv) and argv[i] in ("--server", "--output", *_TLS_OPTIONS):
         i += 2
     if argv[i : i + 1] == ["sql"]:
-        return _sql(argv[i + 1 :])
+        # the TLS/token options given before `sql` apply to the sql service too
+        security = [a for j in range(0, i, 2) if argv[j] in _TLS_OPTIONS for a in argv[j : j + 2]]
+        return _sql(argv[i + 1 :] + security)
     if argv[i : i + 1] == ["status"]:
         return _status(argv[i + 1 :])
     if argv[i : i + 1] == ["acl"]:

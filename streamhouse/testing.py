@@ -29,7 +29,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from concurrent.futures import Future
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -214,9 +215,29 @@ class Stack:
         return self.proc is not None
 
     def start(self, timeout: float = 60) -> Stack:
+        """Launches the stack and waits until it is ready. When it does not become ready (or the
+        wait is interrupted), everything it started is stopped before the error is raised:
+        supervisord, and any of its programs still alive after that."""
         self.launch()
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self._stop_after_failed_start()
+            raise
         return self
+
+    def _stop_after_failed_start(self) -> None:
+        if self.proc is None:
+            return
+        started = _descendants(self.proc.pid)
+        try:
+            self.stop(timeout=30)
+        finally:
+            # A program supervisord could not stop (or lost track of) is killed.
+            for pid in started:
+                if _alive(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
     def launch(self) -> None:
         """Starts supervisord without waiting for the programs (see `wait_ready`)."""
@@ -263,9 +284,14 @@ class Stack:
                 time.sleep(POLL_S)
 
     def wait_sql_ready(self, timeout: float = 60) -> None:
-        """Blocks until the sql service answers its health check with SERVING."""
+        """Blocks until the sql service answers its health check with SERVING (over TLS with
+        ``grpc_credentials``: the sql listener has the gRPC listener's TLS)."""
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.sql_address) as channel:
+        if self.grpc_credentials is not None:
+            channel = grpc.secure_channel(self.sql_address, self.grpc_credentials)
+        else:
+            channel = grpc.insecure_channel(self.sql_address)
+        with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 try:
@@ -674,3 +700,94 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# ------------------------------------ Kafka admin and producer helpers (need confluent-kafka)
+
+T = TypeVar("T")
+#: How long the helpers below wait for a broker's answer or a condition, by default.
+KAFKA_WAIT_S = 20.0
+
+
+def poll_until(check: Callable[[], T | None], what: str, timeout: float = KAFKA_WAIT_S) -> T:
+    """Calls `check` every POLL_S until it returns something other than None, and returns that;
+    an AssertionError naming `what` after `timeout` seconds (tests assert what they wait for)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(POLL_S)
+
+
+def only_future(futures: Mapping[Any, Future[Any]]) -> Future[Any]:
+    """The one future of a confluent-kafka admin call made about one resource."""
+    if len(futures) != 1:
+        raise StackError(f"expected the future of one resource, got {len(futures)}: {futures}")
+    (future,) = futures.values()
+    return future
+
+
+def admin_result(futures: Mapping[Any, Future[Any]], timeout: float = KAFKA_WAIT_S) -> Any:
+    """The result of the one future of a confluent-kafka admin call."""
+    return only_future(futures).result(timeout)
+
+
+def admin_error(future: Future[Any], timeout: float = KAFKA_WAIT_S) -> Any:
+    """The `confluent_kafka.KafkaError` a confluent-kafka admin future failed with; an
+    AssertionError when it succeeded."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    try:
+        value = future.result(timeout)
+    except KafkaException as exc:
+        error = exc.args[0]
+        if not isinstance(error, KafkaError):
+            raise AssertionError(f"the call failed without a KafkaError: {exc!r}") from exc
+        return error
+    raise AssertionError(f"the call was expected to fail but returned {value!r}")
+
+
+def produce_values(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    values: Sequence[bytes],
+    timestamps: Sequence[int] | None = None,
+    timeout: float = KAFKA_WAIT_S,
+) -> None:
+    """Produces `values` (with `timestamps`, ms, when given) to one partition with a
+    confluent-kafka producer; returns once every one is acknowledged, an AssertionError naming
+    the failures otherwise."""
+    from confluent_kafka import Producer
+
+    if timestamps is not None and len(timestamps) != len(values):
+        raise StackError(f"{len(values)} values but {len(timestamps)} timestamps")
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    failed: list[Any] = []
+    try:
+        for i, value in enumerate(values):
+            producer.produce(
+                topic,
+                value=value,
+                partition=partition,
+                timestamp=timestamps[i] if timestamps is not None else 0,
+                on_delivery=lambda err, _msg: failed.append(err) if err else None,
+            )
+        left = producer.flush(timeout)
+    finally:
+        producer.close()
+    assert left == 0, f"{left} records to {topic}[{partition}] not acknowledged in {timeout}s"
+    assert not failed, f"produce to {topic}[{partition}] failed: {failed}"
+
+
+def topic_configs(admin: Any, topic: str, timeout: float = KAFKA_WAIT_S) -> dict[str, Any]:
+    """A topic's config entries (name -> `confluent_kafka.admin.ConfigEntry`), described by a
+    confluent-kafka AdminClient."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    return admin_result(
+        admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]), timeout
+    )
