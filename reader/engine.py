@@ -51,6 +51,7 @@ import msgspec
 from metadata import BlockLocation, MetadataStore
 from metadata.async_store import AsyncMetadata, ReadPlan
 from metadata.commit_feed import CommitNotice
+from metadata.store import MAX_ABORTED_LISTED
 from reader.cache import BlockCache, BlockKey
 from streamhouse import objectstore
 from streamhouse.errors import RING_OK, ErrorCode, RingError
@@ -283,6 +284,7 @@ class ReadEngine:
         limit = max_records if max_records > 0 else 1 << 62
         cold = False
         transactional = 0  # a returned batch is transactional (markers included)
+        starts: list[tuple[int, int]] = []  # FORMAT_KAFKA: each chunk's first offset, records
         done = part.offset >= bound
         locs: list[BlockLocation] | None = plan.blocks
         while not done:
@@ -335,6 +337,7 @@ class ReadEngine:
                         chunk = bytearray(batch)
                         patch_base_offset(chunk, 0, batch_base)
                         chunks.append(bytes(chunk))
+                        starts.append((batch_base, info.record_count))
                         size += info.length
                         count += info.record_count
                         next_offset = last + 1
@@ -371,6 +374,15 @@ class ReadEngine:
             found = await self.meta.aborted_transactions(
                 part.topic_id, part.partition, part.offset, next_offset
             )
+            if len(found) >= MAX_ABORTED_LISTED and len(chunks) > 1:
+                # The list may be cut short: return only the batches it fully covers.
+                cut = max(found[-1].first_offset, starts[1][0])
+                keep = sum(1 for base, _ in starts if base < cut)
+                found = [a for a in found if a.first_offset < cut]
+                chunks, starts = chunks[:keep], starts[:keep]
+                size = sum(len(c) for c in chunks)
+                count = sum(n for _, n in starts)
+                next_offset = cut
             aborted = [(a.producer_id, a.first_offset) for a in found]
         result = FetchPartResult(
             part.topic_id,

@@ -355,3 +355,22 @@ def test_sql_never_decodes_a_marker_as_a_record() -> None:
     assert decoded == 1
     assert rows.column("offset").to_pylist() == [10]
     assert rows.column("value").to_pylist() == [b"v"]
+
+
+def test_a_cut_short_aborted_list_cuts_the_data_it_cannot_cover(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h.commit(data([b"a0"], pid=5, seq=0), data([b"a1"], pid=5, seq=1), marker(5, commit=False))
+    h.commit(data([b"b0"], pid=6, seq=0), marker(6, commit=False), data([b"p0"]))
+    part, _ = h.fetch(0, 1)
+    assert (part.next_offset, part.aborted) == (6, [(5, 0), (6, 3)])
+    from metadata import store as store_module
+    from reader import engine as engine_module
+
+    monkeypatch.setattr(store_module, "MAX_ABORTED_LISTED", 1)
+    monkeypatch.setattr(engine_module, "MAX_ABORTED_LISTED", 1)
+    part, payload = h.fetch(0, 1)
+    assert (part.next_offset, part.aborted, part.record_count) == (1, [(5, 0)], 1)
+    assert [b for b, *_ in offsets_and_values(payload)] == [0]
+    part, payload = h.fetch(3, 1)  # a full list may be cut short: one batch at a time
+    assert (part.next_offset, part.aborted) == (4, [(6, 3)])
