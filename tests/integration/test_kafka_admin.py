@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any
 
 import kafka.errors as kerr
 import pytest
@@ -26,7 +25,6 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicCollection,
     TopicPartition,
 )
@@ -47,12 +45,19 @@ from kafka.admin import ConfigResourceType, KafkaAdminClient
 from kafka.admin._configs import AlterConfigOp
 
 from streamhouse.client import Client, StreamHouseError
-from streamhouse.testing import Stack
+from streamhouse.testing import (
+    Stack,
+    admin_error,
+    admin_result,
+    only_future,
+    poll_until,
+    produce_values,
+    topic_configs,
+)
 from streamhouse.topic_config import TOPIC_CONFIGS
 
 DEADLINE_S = 20.0
 TS0 = 1_700_000_000_000
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -89,48 +94,15 @@ def kp_admin(bootstrap: str) -> Iterator[KafkaAdminClient]:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def result(futures: dict[Any, Future[Any]]) -> Any:
-    """The result of the only future of a confluent admin call."""
-    (future,) = futures.values()
-    return future.result(DEADLINE_S)
-
-
 def error_code(futures: dict[Any, Future[Any]]) -> int:
     """The Kafka error code the only future of a confluent admin call failed with."""
-    with pytest.raises(KafkaException) as failed:
-        result(futures)
-    error = failed.value.args[0]
-    assert isinstance(error, KafkaError)
-    return error.code()
-
-
-def poll_until(check: Callable[[], T | None], what: str, timeout: float = DEADLINE_S) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found is not None:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)  # between polls of observable state
+    return int(admin_error(only_future(futures)).code())
 
 
 def produce(bootstrap: str, topic: str, count: int, partition: int = 0, tag: str = "") -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    failed: list[KafkaError] = []
-    try:
-        for i in range(count):
-            producer.produce(
-                topic,
-                value=f"{tag}{i}".encode(),
-                partition=partition,
-                timestamp=TS0 + 1000 * i,
-                on_delivery=lambda err, _msg: failed.append(err) if err else None,
-            )
-        assert producer.flush(DEADLINE_S) == 0
-    finally:
-        producer.close()
-    assert not failed
+    """`count` records `<tag><i>` to one partition, timestamped TS0 + i seconds."""
+    values = [f"{tag}{i}".encode() for i in range(count)]
+    produce_values(bootstrap, topic, partition, values, [TS0 + 1000 * i for i in range(count)])
 
 
 def consume_from(
@@ -183,10 +155,6 @@ def topic_exists(grpc: Client, name: str) -> bool:
         return False
 
 
-def ck_configs(admin: AdminClient, topic: str) -> dict[str, ConfigEntry]:
-    return result(admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]))
-
-
 def set_configs(entries: dict[str, ConfigEntry]) -> dict[str, str]:
     return {
         name: e.value
@@ -202,13 +170,15 @@ def test_create_topics_confluent(admin: AdminClient, grpc: Client) -> None:
     configs = {"retention.ms": "3600000", "cleanup.policy": "compact"}
     # validate_only checks everything and creates nothing.
     assert (
-        result(admin.create_topics([NewTopic("ck-new", 3, 1, config=configs)], validate_only=True))
+        admin_result(
+            admin.create_topics([NewTopic("ck-new", 3, 1, config=configs)], validate_only=True)
+        )
         is None
     )
     assert not topic_exists(grpc, "ck-new")
-    assert result(admin.create_topics([NewTopic("ck-new", 3, 1, config=configs)])) is None
+    assert admin_result(admin.create_topics([NewTopic("ck-new", 3, 1, config=configs)])) is None
     assert partition_count(admin, "ck-new") == 3
-    assert set_configs(ck_configs(admin, "ck-new")) == configs
+    assert set_configs(topic_configs(admin, "ck-new")) == configs
 
     assert error_code(admin.create_topics([NewTopic("ck-new", 1, 1)])) == (
         KafkaError.TOPIC_ALREADY_EXISTS
@@ -238,7 +208,7 @@ def test_create_topics_confluent(admin: AdminClient, grpc: Client) -> None:
         assert error_code(too_many) == KafkaError.INVALID_PARTITIONS
     assert not topic_exists(grpc, "ck-huge")
     # The broker's default partition count and replication factor.
-    assert result(admin.create_topics([NewTopic("ck-defaults")])) is None
+    assert admin_result(admin.create_topics([NewTopic("ck-defaults")])) is None
     assert partition_count(admin, "ck-defaults") == 1
 
 
@@ -268,7 +238,7 @@ def test_create_topics_kafka_python(
     with pytest.raises(kerr.InvalidConfigurationError):
         kp_admin.create_topics({"kp-bad-cfg": {"configs": {"cleanup.policy": "sometimes"}}})
     assert "kp-new" in kp_admin.list_topics()
-    description = result(
+    description = admin_result(
         admin.describe_topics(TopicCollection(["kp-new"]), request_timeout=DEADLINE_S)
     )
     assert description.name == "kp-new"
@@ -286,10 +256,10 @@ def test_delete_topic_and_recreate_has_no_old_data(
     admin: AdminClient, kp_admin: KafkaAdminClient, bootstrap: str, grpc: Client
 ) -> None:
     topic = "recreated"
-    assert result(admin.create_topics([NewTopic(topic, 2, 1)])) is None
+    assert admin_result(admin.create_topics([NewTopic(topic, 2, 1)])) is None
     produce(bootstrap, topic, 5, tag="old-")
 
-    assert result(admin.delete_topics([topic])) is None
+    assert admin_result(admin.delete_topics([topic])) is None
     assert not topic_exists(grpc, topic)
     assert topic not in kp_admin.list_topics()
     assert error_code(admin.delete_topics([topic])) == KafkaError.UNKNOWN_TOPIC_OR_PART
@@ -325,9 +295,11 @@ def test_create_partitions(
 ) -> None:
     topic = "grows"
     grpc.create_topic(topic, 2)
-    assert result(admin.create_partitions([NewPartitions(topic, 4)], validate_only=True)) is None
+    assert (
+        admin_result(admin.create_partitions([NewPartitions(topic, 4)], validate_only=True)) is None
+    )
     assert partition_count(admin, topic) == 2
-    assert result(admin.create_partitions([NewPartitions(topic, 4)])) is None
+    assert admin_result(admin.create_partitions([NewPartitions(topic, 4)])) is None
     assert partition_count(admin, topic) == 4
     produce(bootstrap, topic, 3, partition=3)
     assert [m.offset() for m in consume_from(bootstrap, topic, 3, 3)] == [0, 1, 2]
@@ -359,7 +331,7 @@ def test_describe_configs_lists_every_topic_config(
 ) -> None:
     topic = "described"
     grpc.create_topic(topic, 1, {"retention.ms": "1000", "max.message.bytes": "5000"})
-    entries = ck_configs(admin, topic)
+    entries = topic_configs(admin, topic)
     assert set(entries) == set(TOPIC_CONFIGS)
     for name, (default, _, _) in TOPIC_CONFIGS.items():
         entry = entries[name]
@@ -375,7 +347,7 @@ def test_describe_configs_lists_every_topic_config(
     assert entries["retention.ms"].value == "1000"
     assert entries["max.message.bytes"].value == "5000"
 
-    only = result(
+    only = admin_result(
         admin.describe_configs(
             [ConfigResource(ResourceType.TOPIC, topic, set_config={"cleanup.policy": ""})]
         )
@@ -404,7 +376,7 @@ def test_describe_configs_lists_every_topic_config(
         error_code(admin.describe_configs([ConfigResource(ResourceType.TOPIC, "no-such-topic")]))
         == KafkaError.UNKNOWN_TOPIC_OR_PART
     )
-    broker = result(admin.describe_configs([ConfigResource(ResourceType.BROKER, "0")]))
+    broker = admin_result(admin.describe_configs([ConfigResource(ResourceType.BROKER, "0")]))
     assert broker["num.partitions"].value == "1"
     assert broker["auto.create.topics.enable"].value == "true"
 
@@ -416,11 +388,11 @@ def test_alter_configs_replaces_the_whole_config(admin: AdminClient, grpc: Clien
     resource = ConfigResource(
         ResourceType.TOPIC, topic, set_config={"cleanup.policy": "compact", "segment.ms": "60000"}
     )
-    assert result(admin.alter_configs([resource], validate_only=True)) is None
-    assert set_configs(ck_configs(admin, topic)) == {"retention.ms": "1000"}
-    assert result(admin.alter_configs([resource])) is None
+    assert admin_result(admin.alter_configs([resource], validate_only=True)) is None
+    assert set_configs(topic_configs(admin, topic)) == {"retention.ms": "1000"}
+    assert admin_result(admin.alter_configs([resource])) is None
     # AlterConfigs is not incremental: retention.ms went back to its default.
-    entries = ck_configs(admin, topic)
+    entries = topic_configs(admin, topic)
     assert set_configs(entries) == {"cleanup.policy": "compact", "segment.ms": "60000"}
     assert entries["retention.ms"].value == TOPIC_CONFIGS["retention.ms"][0]
     bad = ConfigResource(ResourceType.TOPIC, topic, set_config={"segment.ms": "-5"})
@@ -429,7 +401,7 @@ def test_alter_configs_replaces_the_whole_config(admin: AdminClient, grpc: Clien
     assert error_code(admin.alter_configs([unknown])) == KafkaError.INVALID_CONFIG
     missing = ConfigResource(ResourceType.TOPIC, "no-such-topic", set_config={"segment.ms": "1"})
     assert error_code(admin.alter_configs([missing])) == KafkaError.UNKNOWN_TOPIC_OR_PART
-    assert set_configs(ck_configs(admin, topic)) == {
+    assert set_configs(topic_configs(admin, topic)) == {
         "cleanup.policy": "compact",
         "segment.ms": "60000",
     }
@@ -447,7 +419,7 @@ def test_incremental_alter_configs(
 
     set_op, delete_op = AlterConfigOpType.SET, AlterConfigOpType.DELETE
     assert (
-        result(
+        admin_result(
             incremental(
                 ConfigEntry("retention.bytes", "4096", incremental_operation=set_op),
                 validate_only=True,
@@ -455,9 +427,12 @@ def test_incremental_alter_configs(
         )
         is None
     )
-    assert set_configs(ck_configs(admin, topic)) == {"retention.ms": "1000", "segment.ms": "2000"}
+    assert set_configs(topic_configs(admin, topic)) == {
+        "retention.ms": "1000",
+        "segment.ms": "2000",
+    }
     assert (
-        result(
+        admin_result(
             incremental(
                 ConfigEntry("retention.bytes", "4096", incremental_operation=set_op),
                 ConfigEntry("retention.ms", None, incremental_operation=delete_op),
@@ -465,7 +440,7 @@ def test_incremental_alter_configs(
         )
         is None
     )
-    entries = ck_configs(admin, topic)
+    entries = topic_configs(admin, topic)
     assert set_configs(entries) == {"retention.bytes": "4096", "segment.ms": "2000"}
     assert entries["retention.ms"].value == TOPIC_CONFIGS["retention.ms"][0]
     assert entries["retention.ms"].source == ConfigSource.DEFAULT_CONFIG.value
@@ -491,7 +466,7 @@ def test_incremental_alter_configs(
         ]
     )
     assert answer == {"topic": {topic: "OK"}}
-    assert set_configs(ck_configs(admin, topic)) == {
+    assert set_configs(topic_configs(admin, topic)) == {
         "retention.bytes": "4096",
         "cleanup.policy": "compact",
     }
@@ -501,14 +476,14 @@ def test_incremental_alter_configs(
         incremental=False,
     )
     assert answer == {"topic": {topic: "OK"}}
-    assert set_configs(ck_configs(admin, topic)) == {
+    assert set_configs(topic_configs(admin, topic)) == {
         "retention.bytes": "4096",
         "cleanup.policy": "compact",
         "segment.ms": "7000",
     }
     # (An empty dict resets every key that is set.)
     kp_admin.reset_configs([KpConfigResource(ConfigResourceType.TOPIC, topic, configs={})])
-    assert set_configs(ck_configs(admin, topic)) == {}
+    assert set_configs(topic_configs(admin, topic)) == {}
 
 
 # -- cluster and topic listing ----------------------------------------------------------------
@@ -609,7 +584,7 @@ def listed_groups(admin: AdminClient, **kwargs: Any) -> dict[str, ConsumerGroupS
 
 
 def describe_group(admin: AdminClient, group: str) -> Any:
-    return result(admin.describe_consumer_groups([group], request_timeout=DEADLINE_S))
+    return admin_result(admin.describe_consumer_groups([group], request_timeout=DEADLINE_S))
 
 
 def empty_group(described: Any) -> Any:
@@ -660,7 +635,7 @@ def test_list_describe_delete_groups_confluent(
     )
     assert described.members == []
     assert listed_groups(admin)["admin-g1"] == ConsumerGroupState.EMPTY
-    committed = result(
+    committed = admin_result(
         admin.list_consumer_group_offsets(
             [
                 ConsumerGroupTopicPartitions(
@@ -673,7 +648,7 @@ def test_list_describe_delete_groups_confluent(
         (0, 4),
         (1, 4),
     ]
-    assert result(admin.delete_consumer_groups(["admin-g1"])) is None
+    assert admin_result(admin.delete_consumer_groups(["admin-g1"])) is None
     assert "admin-g1" not in listed_groups(admin)
     assert error_code(admin.delete_consumer_groups(["admin-g1"])) == KafkaError.GROUP_ID_NOT_FOUND
 
@@ -756,11 +731,11 @@ def test_delete_records(
     grpc.create_topic(topic, 2)
     produce(bootstrap, topic, 10)  # one batch: timestamps TS0, TS0 + 1000, ...
     tp = TopicPartition(topic, 0, 4)
-    deleted = result(admin.delete_records([tp], request_timeout=DEADLINE_S))
+    deleted = admin_result(admin.delete_records([tp], request_timeout=DEADLINE_S))
     assert deleted.low_watermark == 4
 
     def listed(spec: OffsetSpec) -> tuple[int, int]:
-        answer = result(admin.list_offsets({TopicPartition(topic, 0): spec}))
+        answer = admin_result(admin.list_offsets({TopicPartition(topic, 0): spec}))
         return answer.offset, answer.timestamp
 
     assert listed(OffsetSpec.earliest())[0] == 4
@@ -792,7 +767,7 @@ def test_delete_records(
         with pytest.raises(kerr.UnknownTopicOrPartitionError):
             kp_admin.delete_records({unknown: 1}, partition_leader_id=0)
     # -1 deletes everything up to the high watermark.
-    assert result(admin.delete_records([TopicPartition(topic, 0, -1)])).low_watermark == 10
+    assert admin_result(admin.delete_records([TopicPartition(topic, 0, -1)])).low_watermark == 10
     assert listed(OffsetSpec.earliest())[0] == 10
     assert listed(OffsetSpec.max_timestamp())[0] == -1
     assert listed(OffsetSpec.for_timestamp(0))[0] == -1

@@ -21,10 +21,8 @@ import asyncio
 import socket
 import sqlite3
 import struct
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import kafka.errors as kerr
 import pytest
@@ -39,8 +37,6 @@ from confluent_kafka import (
     ConsumerGroupType,
     ElectionType,
     KafkaError,
-    KafkaException,
-    Producer,
     TopicCollection,
     TopicPartition,
 )
@@ -62,7 +58,7 @@ from kafka.admin import ConfigResourceType, KafkaAdminClient
 from kafka.structs import OffsetAndMetadata
 
 from streamhouse.client import Client
-from streamhouse.kafka.framing import decode_response, encode_request
+from streamhouse.kafka.framing import encode_request
 from streamhouse.kafka.messages import (
     DescribeConfigsRequest,
     DescribeLogDirsRequest,
@@ -70,11 +66,19 @@ from streamhouse.kafka.messages import (
     OffsetFetchRequest,
     RequestHeader,
 )
-from streamhouse.testing import Stack
+from streamhouse.testing import (
+    Stack,
+    admin_error,
+    admin_result,
+    kafka_call,
+    only_future,
+    poll_until,
+    produce_values,
+    topic_configs,
+)
 from streamhouse.topic_config import NOT_ACTED_ON, TOPIC_CONFIG_TYPES, TOPIC_CONFIGS
 
 DEADLINE_S = 20.0
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -110,47 +114,6 @@ def kp_admin(bootstrap: str) -> Iterator[KafkaAdminClient]:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def result(futures: dict[Any, Future[Any]]) -> Any:
-    (future,) = futures.values()
-    return future.result(DEADLINE_S)
-
-
-def failure(future: Future[Any]) -> KafkaError:
-    with pytest.raises(KafkaException) as failed:
-        future.result(DEADLINE_S)
-    error = failed.value.args[0]
-    assert isinstance(error, KafkaError)
-    return error
-
-
-def poll_until(check: Callable[[], T | None], what: str, timeout: float = DEADLINE_S) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found is not None:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)  # between polls of observable state
-
-
-def produce(bootstrap: str, topic: str, partition: int, values: list[bytes]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    failed: list[KafkaError] = []
-    try:
-        for value in values:
-            producer.produce(
-                topic,
-                value=value,
-                partition=partition,
-                on_delivery=lambda err, _msg: failed.append(err) if err else None,
-            )
-        assert producer.flush(DEADLINE_S) == 0
-    finally:
-        producer.close()
-    assert not failed
-
-
 def stored_bytes(stack: Stack, topic: str) -> dict[int, int]:
     """Per partition, the byte_length of its block rows, read from the SQLite file itself
     (read-only): the reference for DescribeLogDirs' partition sizes."""
@@ -162,10 +125,6 @@ def stored_bytes(stack: Stack, topic: str) -> dict[int, int]:
             (topic,),
         ).fetchall()
     return {int(p): int(n) for p, n in rows}
-
-
-def ck_topic_configs(admin: AdminClient, topic: str) -> dict[str, ConfigEntry]:
-    return result(admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]))
 
 
 # -- topic configs ----------------------------------------------------------------------------
@@ -185,8 +144,8 @@ def test_every_kafka_topic_config_is_accepted_typed_and_described(
         "compression.zstd.level": "7",
         "min.insync.replicas": "2",
     }
-    result(admin.create_topics([NewTopic(topic, 1, config=configs)]))
-    entries = ck_topic_configs(admin, topic)
+    admin_result(admin.create_topics([NewTopic(topic, 1, config=configs)]))
+    entries = topic_configs(admin, topic)
     assert set(entries) == set(TOPIC_CONFIGS)
     for key, value in configs.items():
         assert entries[key].value == value, key
@@ -237,21 +196,18 @@ def test_every_kafka_topic_config_is_accepted_typed_and_described(
                 ConfigEntry(key, bad, incremental_operation=AlterConfigOpType.SET)
             ],
         )
-        error = failure(result_future(admin.incremental_alter_configs([resource])))
+        error = admin_error(only_future(admin.incremental_alter_configs([resource])))
         assert error.code() == KafkaError.INVALID_CONFIG, key
         assert key in error.str(), error.str()
-    assert ck_topic_configs(admin, topic)["file.delete.delay.ms"].value == "120000"
-
-
-def result_future(futures: dict[Any, Future[Any]]) -> Future[Any]:
-    (future,) = futures.values()
-    return future
+    assert topic_configs(admin, topic)["file.delete.delay.ms"].value == "120000"
 
 
 def test_empty_cleanup_policy_by_subtracting_both(admin: AdminClient) -> None:
     """APPEND/SUBTRACT on the LIST config may leave it empty: neither delete nor compact."""
     topic = "policy-emptied"
-    result(admin.create_topics([NewTopic(topic, 1, config={"cleanup.policy": "compact,delete"})]))
+    admin_result(
+        admin.create_topics([NewTopic(topic, 1, config={"cleanup.policy": "compact,delete"})])
+    )
     resource = ConfigResource(
         ResourceType.TOPIC,
         topic,
@@ -261,8 +217,8 @@ def test_empty_cleanup_policy_by_subtracting_both(admin: AdminClient) -> None:
             )
         ],
     )
-    assert result(admin.incremental_alter_configs([resource])) is None
-    entry = ck_topic_configs(admin, topic)["cleanup.policy"]
+    assert admin_result(admin.incremental_alter_configs([resource])) is None
+    entry = topic_configs(admin, topic)["cleanup.policy"]
     assert (entry.value, entry.source) == ("", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
 
 
@@ -272,7 +228,7 @@ def test_empty_cleanup_policy_by_subtracting_both(admin: AdminClient) -> None:
 def test_broker_configs_are_truthful_and_read_only(
     admin: AdminClient, kp_admin: KafkaAdminClient, stack: Stack
 ) -> None:
-    entries = result(admin.describe_configs([ConfigResource(ResourceType.BROKER, "0")]))
+    entries = admin_result(admin.describe_configs([ConfigResource(ResourceType.BROKER, "0")]))
     settings = stack.settings
     expected = {
         "node.id": "0",
@@ -301,10 +257,10 @@ def test_broker_configs_are_truthful_and_read_only(
                 ConfigEntry(key, "5", incremental_operation=AlterConfigOpType.SET)
             ],
         )
-        error = failure(result_future(admin.incremental_alter_configs([resource])))
+        error = admin_error(only_future(admin.incremental_alter_configs([resource])))
         assert error.code() == KafkaError.INVALID_CONFIG, key
         assert hint in error.str(), error.str()
-    after = result(admin.describe_configs([ConfigResource(ResourceType.BROKER, "0")]))
+    after = admin_result(admin.describe_configs([ConfigResource(ResourceType.BROKER, "0")]))
     assert after["num.partitions"].value == expected["num.partitions"]
 
     # kafka-python: describe; it refuses to alter a config the broker marks read-only itself.
@@ -338,7 +294,7 @@ def test_group_configs_described_and_refused(
             )
         ],
     )
-    error = failure(result_future(admin.incremental_alter_configs([resource])))
+    error = admin_error(only_future(admin.incremental_alter_configs([resource])))
     assert error.code() == KafkaError.INVALID_CONFIG
     assert "classic groups" in error.str()
 
@@ -351,8 +307,8 @@ def test_describe_log_dirs_one_dir_with_partition_sizes(
 ) -> None:
     topic = "log-dirs"
     grpc.create_topic(topic, 3, {})
-    produce(bootstrap, topic, 0, [b"x" * 500 for _ in range(40)])
-    produce(bootstrap, topic, 2, [b"y" * 100 for _ in range(5)])
+    produce_values(bootstrap, topic, 0, [b"x" * 500 for _ in range(40)])
+    produce_values(bootstrap, topic, 2, [b"y" * 100 for _ in range(5)])
     reference = stored_bytes(stack, topic)
     assert set(reference) == {0, 2}
     (broker,) = kp_admin.describe_log_dirs({topic: [0, 1, 2]})
@@ -448,19 +404,19 @@ def test_create_topic_with_replica_assignment(
     admin: AdminClient, kp_admin: KafkaAdminClient, grpc: Client
 ) -> None:
     topic = "assigned"
-    result(admin.create_topics([NewTopic(topic, 3, replica_assignment=[[0], [0], [0]])]))
+    admin_result(admin.create_topics([NewTopic(topic, 3, replica_assignment=[[0], [0], [0]])]))
     assert grpc.get_topic(topic).partitions == 3
-    entry = ck_topic_configs(admin, topic)["streamhouse.replica.assignment"]
+    entry = topic_configs(admin, topic)["streamhouse.replica.assignment"]
     assert entry.value == "0:0,1:0,2:0"
     assert entry.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
     # CreatePartitions extends the recorded assignment; unknown brokers are refused.
-    result(admin.create_partitions([NewPartitions(topic, 5, replica_assignment=[[0], [0]])]))
+    admin_result(admin.create_partitions([NewPartitions(topic, 5, replica_assignment=[[0], [0]])]))
     assert grpc.get_topic(topic).partitions == 5
-    assert ck_topic_configs(admin, topic)["streamhouse.replica.assignment"].value == (
+    assert topic_configs(admin, topic)["streamhouse.replica.assignment"].value == (
         "0:0,1:0,2:0,3:0,4:0"
     )
     bad_growth = admin.create_partitions([NewPartitions(topic, 6, replica_assignment=[[3]])])
-    assert failure(result_future(bad_growth)).code() == KafkaError.INVALID_REPLICA_ASSIGNMENT
+    assert admin_error(only_future(bad_growth)).code() == KafkaError.INVALID_REPLICA_ASSIGNMENT
     # It is read-only: only those requests set it.
     altered = admin.incremental_alter_configs(
         [
@@ -477,12 +433,12 @@ def test_create_topic_with_replica_assignment(
             )
         ]
     )
-    assert failure(result_future(altered)).code() == KafkaError.INVALID_CONFIG
+    assert admin_error(only_future(altered)).code() == KafkaError.INVALID_CONFIG
     assert entry.is_read_only
     refused = admin.create_topics([NewTopic("assigned-bad", 2, replica_assignment=[[0], [4]])])
-    assert failure(result_future(refused)).code() == KafkaError.INVALID_REPLICA_ASSIGNMENT
+    assert admin_error(only_future(refused)).code() == KafkaError.INVALID_REPLICA_ASSIGNMENT
     twice = admin.create_topics([NewTopic("assigned-twice", 1, replica_assignment=[[0, 0]])])
-    assert failure(result_future(twice)).code() == KafkaError.INVALID_REPLICA_ASSIGNMENT
+    assert admin_error(only_future(twice)).code() == KafkaError.INVALID_REPLICA_ASSIGNMENT
     # aiokafka with an assignment dict.
 
     async def aio() -> None:
@@ -551,7 +507,7 @@ def test_list_groups_by_type_and_state(
 ) -> None:
     topic, group = "typed-groups", "typed-group"
     grpc.create_topic(topic, 1, {})
-    produce(bootstrap, topic, 0, [b"a"])
+    produce_values(bootstrap, topic, 0, [b"a"])
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest"}
     )
@@ -588,7 +544,7 @@ def test_authorized_operations_without_acls_are_everything(
 ) -> None:
     topic, group = "authorized", "authorized-group"
     grpc.create_topic(topic, 2, {})
-    described = result(
+    described = admin_result(
         admin.describe_topics(TopicCollection([topic]), include_authorized_operations=True)
     )
     assert set(described.authorized_operations) == {
@@ -614,7 +570,7 @@ def test_authorized_operations_without_acls_are_everything(
     }
     plain = admin.describe_cluster().result(DEADLINE_S)
     assert not plain.authorized_operations
-    produce(bootstrap, topic, 0, [b"g"])
+    produce_values(bootstrap, topic, 0, [b"g"])
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest"}
     )
@@ -625,7 +581,7 @@ def test_authorized_operations_without_acls_are_everything(
             "a record through the group",
         )
         groups = admin.describe_consumer_groups([group], include_authorized_operations=True)
-        g = result(groups)
+        g = admin_result(groups)
         assert set(g.authorized_operations) == {
             AclOperation.READ,
             AclOperation.DELETE,
@@ -661,38 +617,16 @@ def test_describe_topic_partitions_paginates(kp_admin: KafkaAdminClient, grpc: C
 # -- committed leader epochs ------------------------------------------------------------------
 
 
-def _exchange(bootstrap: str, api_key: int, version: int, request: Any) -> Any:
-    """One request over a plain socket with the generated codec; the decoded response."""
-    host, port = bootstrap.rsplit(":", 1)
-    header = RequestHeader(
-        request_api_key=api_key, request_api_version=version, correlation_id=7, client_id="t"
-    )
-    with socket.create_connection((host, int(port)), timeout=DEADLINE_S) as sock:
-        sock.sendall(encode_request(header, request))
-        size = struct.unpack(">i", _read(sock, 4))[0]
-        _, response = decode_response(_read(sock, size), api_key, version)
-    return response
-
-
-def _read(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, "the broker closed the connection"
-        data += chunk
-    return data
-
-
 def test_committed_leader_epoch_is_kept(
     admin: AdminClient, kp_admin: KafkaAdminClient, bootstrap: str, grpc: Client
 ) -> None:
     topic = "epochs"
     grpc.create_topic(topic, 2, {})
-    produce(bootstrap, topic, 0, [b"e"] * 5)
+    produce_values(bootstrap, topic, 0, [b"e"] * 5)
 
     # The wire versions the issue names: OffsetCommit v9 with epoch 1 -> OffsetFetch v8.
     C, F = OffsetCommitRequest, OffsetFetchRequest
-    committed = _exchange(
+    committed = kafka_call(
         bootstrap,
         8,
         9,
@@ -716,7 +650,7 @@ def test_committed_leader_epoch_is_kept(
         ),
     )
     assert [p.error_code for t in committed.topics for p in t.partitions] == [0, 0]
-    fetched = _exchange(
+    fetched = kafka_call(
         bootstrap,
         9,
         8,
@@ -743,8 +677,10 @@ def test_committed_leader_epoch_is_kept(
     request = ConsumerGroupTopicPartitions(
         group_id, [TopicPartition(topic, 0, 4, leader_epoch=2), TopicPartition(topic, 1, 1)]
     )
-    result(admin.alter_consumer_group_offsets([request]))
-    listed = result(admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group_id)]))
+    admin_result(admin.alter_consumer_group_offsets([request]))
+    listed = admin_result(
+        admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group_id)])
+    )
     epochs = {tp.partition: (tp.offset, tp.leader_epoch) for tp in listed.topic_partitions}
     assert epochs[0] == (4, 2)
     assert epochs[1][0] == 1 and epochs[1][1] in (None, -1)
@@ -884,11 +820,11 @@ def test_clients_dropping_with_answers_pending_leave_no_error(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
     # Still serving: a full round trip on a new connection.
-    answer = _exchange(bootstrap, 32, 4, DescribeConfigsRequest(resources=[]))
+    answer = kafka_call(bootstrap, 32, 4, DescribeConfigsRequest(resources=[]))
     assert answer.results == []
 
     # After a further request has gone through the same loop, the log is still clean.
-    _exchange(bootstrap, 35, 4, DescribeLogDirsRequest(topics=None))
+    kafka_call(bootstrap, 35, 4, DescribeLogDirsRequest(topics=None))
     text = log_path.read_bytes()[start:].decode(errors="replace")
     bad = [w for w in ("Traceback", "IndexError", "never retrieved") if w in text]
     assert not bad, text[-4000:]

@@ -17,7 +17,7 @@ import pathlib
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import kafka.errors as kafka_errors
@@ -41,7 +41,7 @@ from kafka.protocol.consumer.offsets import OffsetSpec as KpOffsetSpec
 
 from streamhouse.client import Client, Record
 from streamhouse.recordbatch import default_partition
-from streamhouse.testing import Stack
+from streamhouse.testing import Stack, poll_until
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 TS0 = 1_700_000_000_000
@@ -99,18 +99,6 @@ def sample_records(tag: str, null_header_values: bool = False) -> list[Rec]:
             (f"k{i % 7}".encode(), (f"{tag} payload {i % 5} " * 20).encode(), [], TS0 + 100 + i)
         )
     return records
-
-
-def poll_until(check: Callable[[], T | None], what: str, timeout: float = DEADLINE_S) -> T:
-    """Polls `check` until it returns something other than None (bounded by `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)  # between polls of observable state
 
 
 def grpc_read(grpc: Client, topic: str, partition: int, start: int = 0) -> list[Record]:
