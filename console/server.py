@@ -14,11 +14,22 @@ Routes (all GET except the query form's POST; every page is whole HTML from cons
 Bad parameters are answered 400 with a page saying what to give; a source that fails (ingest or
 the sql service down) 503 with its message. The console listens on `console_listen`
 (127.0.0.1:8080 by default) and writes nothing anywhere.
+
+Access: bound to loopback, whoever can open a connection on this machine sees the pages. Bound
+elsewhere, set `console_http_password` (and `console_http_user`, default ``admin``): every
+page but /healthz then asks for HTTP Basic credentials (401 with ``WWW-Authenticate`` without
+them; compared in constant time). Basic sends the password in every request: put TLS in front
+(a reverse proxy) when the console is reached over a network. The console logs a warning when
+bound beyond loopback without a password. What the console itself may read from the stack is
+its own principal's business (console/sources.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -283,9 +294,40 @@ def _host_guard(allowed: frozenset[str] | None) -> Callable[..., Awaitable[web.S
     return guard
 
 
+def _basic_auth(user: str, password: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    expected = f"{user}:{password}".encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/healthz":
+            return await handler(request)
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        given = b""
+        if scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(encoded.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                given = b""
+        if not hmac.compare_digest(given, expected):
+            return web.Response(
+                status=401,
+                text="the console asks for its user name and password (HTTP Basic; "
+                "STREAMHOUSE_CONSOLE_HTTP_USER / _PASSWORD of the stack)",
+                headers={"WWW-Authenticate": 'Basic realm="StreamHouse console", charset="UTF-8"'},
+            )
+        return await handler(request)
+
+    return guard
+
+
 def build_app(
-    sources: StackSources, history: History, listen: str = "127.0.0.1:8080"
+    sources: StackSources,
+    history: History,
+    listen: str = "127.0.0.1:8080",
+    http_credentials: tuple[str, str] | None = None,
 ) -> web.Application:
+    """The console's routes; with `http_credentials` (user, password) every page but /healthz
+    needs them as HTTP Basic credentials."""
     console = Console(sources, history)
 
     async def root(request: web.Request) -> web.StreamResponse:
@@ -294,7 +336,10 @@ def build_app(
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    app = web.Application(middlewares=[_host_guard(allowed_hosts(listen)), _one_line_failures])
+    middlewares = [_host_guard(allowed_hosts(listen))]
+    if http_credentials is not None:
+        middlewares.append(_basic_auth(*http_credentials))
+    app = web.Application(middlewares=[*middlewares, _one_line_failures])
     app.router.add_get("/", root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/topics", console.topics)
@@ -312,7 +357,16 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     check_ports_free(settings, ("console_listen",))
     sources = StackSources(settings)
     history = History(HISTORY_S)
-    app = build_app(sources, history, settings.console_listen)
+    credentials = None
+    if settings.console_http_password:
+        credentials = (settings.console_http_user, settings.console_http_password)
+    elif settings.console_listen.rpartition(":")[0].strip("[]").lower() not in _LOOPBACK_NAMES:
+        log.warning(
+            "the console listens on %s with no password: anyone who reaches it sees every "
+            "page; set STREAMHOUSE_CONSOLE_HTTP_PASSWORD (README 'Security')",
+            settings.console_listen,
+        )
+    app = build_app(sources, history, settings.console_listen, credentials)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = settings.console_listen.rpartition(":")

@@ -11,11 +11,21 @@
 
 Every call here only reads. A failure is raised as `SourceError` whose message names the service,
 its address and what to check.
+
+On a secured stack the console is a client like any other, with its own credentials (README
+"Security"; the console_* settings): `console_token` on every gRPC and sql call
+(grpc_auth=token), `console_tls_cert_file`/`_key_file` as its client certificate
+(grpc_auth=mtls), `console_sasl_*` on the Kafka listener; TLS listeners are verified against
+`console_tls_ca_file` (else the stack's `tls_ca_file`, else its own `tls_cert_file`, a
+self-signed one). Its principal needs DESCRIBE (topics, groups, the cluster) and READ (the
+record browser, ad-hoc SELECTs) — or it is a super user. A call refused for want of
+credentials or ACLs is a `SourceError` saying which setting or ACL to give.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
@@ -24,9 +34,9 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from console.groups import GroupView
-from console.kafka_admin import KafkaAdminError, list_group_views
+from console.kafka_admin import KafkaAdminError, KafkaSecurity, list_group_views
 from streamhouse.client import Client, Record, StreamHouseError
-from streamhouse.config import Settings
+from streamhouse.config import ConfigError, Settings
 from streamhouse.proto import streamhouse_pb2 as pb
 
 if TYPE_CHECKING:
@@ -51,6 +61,64 @@ def local_address(listen: str) -> str:
     return f"{host}:{port}"
 
 
+def _hint(code: str) -> str:
+    """What to do about a refused call (by gRPC status name)."""
+    if code == "UNAUTHENTICATED":
+        return (
+            "; give the console credentials: STREAMHOUSE_CONSOLE_TOKEN (streamctl token create "
+            "console) or STREAMHOUSE_CONSOLE_TLS_CERT_FILE/_KEY_FILE (grpc_auth=mtls)"
+        )
+    if code == "PERMISSION_DENIED":
+        return (
+            "; allow the console's principal DESCRIBE and READ (streamctl acl add) or make it a "
+            "super user (STREAMHOUSE_SUPER_USERS)"
+        )
+    return ""
+
+
+def _console_ca(settings: Settings) -> str:
+    return settings.console_tls_ca_file or settings.tls_ca_file or settings.tls_cert_file
+
+
+def grpc_security(settings: Settings) -> dict[str, Any]:
+    """The console's TLS and token options for the gRPC API and the sql service (the same
+    listener settings apply to both)."""
+    options: dict[str, Any] = {"token": settings.console_token}
+    if settings.grpc_tls or settings.grpc_auth == "mtls":
+        options["tls"] = True
+        options["tls_ca_file"] = _console_ca(settings) or None
+        if settings.console_tls_cert_file:
+            options["tls_cert_file"] = settings.console_tls_cert_file
+            options["tls_key_file"] = settings.console_tls_key_file
+    return options
+
+
+def kafka_security(settings: Settings) -> KafkaSecurity:
+    """The console's login on the Kafka listener (TLS context per the listener's protocol)."""
+    protocol = settings.kafka_security_protocol
+    tls = None
+    if protocol in ("SSL", "SASL_SSL"):
+        tls = ssl.create_default_context()
+        ca = _console_ca(settings)
+        try:
+            if ca:
+                tls.load_verify_locations(cafile=ca)
+            if settings.console_tls_cert_file:
+                tls.load_cert_chain(settings.console_tls_cert_file, settings.console_tls_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"the console cannot load its TLS files (CA {ca!r}, certificate "
+                f"{settings.console_tls_cert_file!r}): {exc}; check STREAMHOUSE_CONSOLE_TLS_*"
+            ) from None
+    return KafkaSecurity(
+        protocol=protocol,
+        mechanism=settings.console_sasl_mechanism,
+        username=settings.console_sasl_username,
+        password=settings.console_sasl_password,
+        tls=tls,
+    )
+
+
 class StackSources:
     """The stack's read APIs, as the console uses them (one per console process)."""
 
@@ -61,7 +129,9 @@ class StackSources:
         self.kafka_address = local_address(settings.kafka_listen)
         self.sql_address = local_address(settings.sql_listen)
         self.metrics_address = local_address(settings.metrics_listen)
-        self._client = Client(self.grpc_address, timeout=timeout_s)
+        self._grpc_security = grpc_security(settings)
+        self._client = Client(self.grpc_address, timeout=timeout_s, **self._grpc_security)
+        self._kafka_security = kafka_security(settings)
         self._sql: SqlClient | None = None
 
     def close(self) -> None:
@@ -73,7 +143,7 @@ class StackSources:
         try:
             return await asyncio.to_thread(call, *args)
         except StreamHouseError as exc:
-            hint = ""
+            hint = _hint(exc.code.name)
             if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 hint = "; is ingest up (streamhouse status)?"
             raise SourceError(
@@ -110,7 +180,9 @@ class StackSources:
     ) -> tuple[list[GroupView], list[str]]:
         """Every group (console/kafka_admin.py) and the agents that did not answer."""
         try:
-            return await list_group_views(self.kafka_address, high_watermarks, self.timeout_s)
+            return await list_group_views(
+                self.kafka_address, high_watermarks, self.timeout_s, self._kafka_security
+            )
         except KafkaAdminError as exc:
             raise SourceError(str(exc)) from exc
 
@@ -120,7 +192,9 @@ class StackSources:
         if self._sql is None:
             from sql.service_client import SqlClient
 
-            self._sql = SqlClient(self.sql_address, timeout=self.timeout_s * 3)
+            self._sql = SqlClient(
+                self.sql_address, timeout=self.timeout_s * 3, **self._grpc_security
+            )
         return self._sql
 
     async def _sql_call(self, what: str, call: Any, *args: Any) -> Any:
@@ -129,7 +203,9 @@ class StackSources:
         try:
             return await asyncio.to_thread(call, *args)
         except SqlServiceError as exc:
-            raise SourceError(f"{what} (sql service at {self.sql_address}): {exc.message}") from exc
+            raise SourceError(
+                f"{what} (sql service at {self.sql_address}): {exc.message}{_hint(exc.code)}"
+            ) from exc
 
     async def queries(self) -> list[sql_pb2.QueryStatus]:
         client = self._sql_client()

@@ -158,6 +158,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # often it samples offsets, produced bytes and group lag for its rates and charts.
     console_listen: str = "127.0.0.1:8080"
     console_sample_ms: int = 5_000
+    # The console's own credentials on a secured stack (README "Security"; console/sources.py):
+    # its gRPC token (for the gRPC API and the sql service, grpc_auth=token), the CA it
+    # verifies TLS listeners against (empty: tls_ca_file, else tls_cert_file), its client
+    # certificate and key (grpc_auth=mtls), and its SASL login on the Kafka listener. Its
+    # pages ask for HTTP Basic credentials when console_http_password is set.
+    console_token: str = ""
+    console_tls_ca_file: str = ""
+    console_tls_cert_file: str = ""
+    console_tls_key_file: str = ""
+    console_sasl_mechanism: str = "SCRAM-SHA-256"
+    console_sasl_username: str = ""
+    console_sasl_password: str = ""
+    console_http_user: str = "admin"
+    console_http_password: str = ""
     # Debugging: every metadata call made on an event loop raises (the test stacks turn it on).
     debug_loop_calls: bool = False
     # Authentication and TLS (README "Security"; streamhouse/tls.py, ingest/kafka/sasl.py,
@@ -463,6 +477,21 @@ def _validate_security(s: Settings) -> None:
         raise ConfigError(
             f"STREAMHOUSE_KAFKA_SSL_CLIENT_AUTH={s.kafka_ssl_client_auth!r}: use none, "
             "requested or required"
+        )
+    if s.console_sasl_mechanism not in SASL_MECHANISMS:
+        raise ConfigError(
+            f"STREAMHOUSE_CONSOLE_SASL_MECHANISM={s.console_sasl_mechanism!r}: use one of "
+            + ", ".join(SASL_MECHANISMS)
+        )
+    if bool(s.console_tls_cert_file) != bool(s.console_tls_key_file):
+        raise ConfigError(
+            "STREAMHOUSE_CONSOLE_TLS_CERT_FILE and STREAMHOUSE_CONSOLE_TLS_KEY_FILE go together "
+            "(the console's client certificate and its key): set both or neither"
+        )
+    if s.console_http_password and not s.console_http_user:
+        raise ConfigError(
+            "STREAMHOUSE_CONSOLE_HTTP_PASSWORD needs STREAMHOUSE_CONSOLE_HTTP_USER (the user "
+            "name the browser sends)"
         )
     if s.grpc_auth not in ("none", "token", "mtls"):
         raise ConfigError(f"STREAMHOUSE_GRPC_AUTH={s.grpc_auth!r}: use none, token or mtls")
