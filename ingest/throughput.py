@@ -105,7 +105,7 @@ class ThroughputWindow:
         total = tuple(sum(r[i] for r in per_topic.values()) for i in range(4))
         busiest = sorted(per_topic.items(), key=lambda item: (-(item[1][1] + item[1][3]), item[0]))
         return {
-            "window_s": elapsed,
+            "window_s": round(elapsed, 3),
             "total": _as_rates(total),  # type: ignore[arg-type]
             "topics": {topic: _as_rates(r) for topic, r in busiest[: self.max_topics]},
         }
