@@ -181,6 +181,32 @@ def test_sql_acls_name_principal_operation_and_resource(
         with pytest.raises(SqlServiceError) as err:
             client.drop("orders_count")
         assert err.value.code == "PERMISSION_DENIED" and "User:bob" in err.value.message
+    # A view is read through the topics its query reads.
+    with sql(stack, material, make_token(stack, "carol")) as client:
+        with pytest.raises(SqlServiceError) as err:
+            client.execute("SELECT * FROM orders_count")
+        assert err.value.code == "PERMISSION_DENIED"
+        assert "User:carol" in err.value.message and f"READ TOPIC '{TOPIC}'" in err.value.message
+    # With ALTER on the cluster bob may manage queries, but a stream query also needs WRITE
+    # (and, for a missing topic, CREATE) on what it writes.
+    added = streamctl(
+        stack,
+        *("acl", "add", "--metadata", str(stack.settings.metadata_path)),
+        *("--allow-principal", "User:bob", "--operation", "Alter", "--cluster"),
+    )
+    assert added.returncode == 0, added.stderr
+    stream = f"CREATE STREAM bob_out WITH (topic = 'bob-out') AS SELECT value FROM {TOPIC}"
+    with sql(stack, material, bob) as client:
+
+        def refused_write() -> bool:
+            try:
+                client.execute(stream)
+            except SqlServiceError as exc:
+                assert exc.code == "PERMISSION_DENIED", exc
+                return "WRITE TOPIC 'bob-out'" in exc.message
+            raise AssertionError("bob created a stream writing a topic he may not write")
+
+        wait_until(refused_write, REFRESH_WAIT_S, "bob's ALTER applies; WRITE is still missing")
 
 
 def test_streamctl_sql_and_query_with_tls_and_token(
