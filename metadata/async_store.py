@@ -385,6 +385,18 @@ class AsyncMetadata:
             now_ms,
         )
 
+    async def swap_catalog_entry(
+        self, kind: str, name: str, definition: bytes, now_ms: int, *, expect: bytes | None
+    ) -> bool:
+        """Compare-and-set a catalog entry (see :meth:`MetadataStore.swap_catalog_entry`)."""
+        return await self._write(
+            functools.partial(self.store.swap_catalog_entry, expect=expect),
+            kind,
+            name,
+            definition,
+            now_ms,
+        )
+
     async def get_catalog_entry(self, kind: str, name: str) -> bytes | None:
         return await self._read(self.store.get_catalog_entry, kind, name)
 

@@ -121,11 +121,13 @@ from metadata.store import (
     _SQL_KEEP_BY_TIME,
     _SQL_LIST_QUERIES,
     _SQL_LIVE_SEGMENTS,
+    _SQL_NO_OPEN_TXN,
     _SQL_PARTITION_BLOCKS,
     _SQL_PUT_CATALOG,
     _SQL_QUERY_STATE,
     _SQL_SET_CLEAN_OFFSET,
     _SQL_SET_QUERY_STEP,
+    _SQL_SWAP_CATALOG,
     _STORED_BLOCK_COLUMNS,
     DEBUG_LOOP_CALLS_ENV,
     MAX_ABORTED_LISTED,
@@ -152,6 +154,7 @@ from metadata.store import (
     TopicInfo,
     _batches_decoder,
     _block_location,
+    _check_expected_definition,
     _check_int,
     _check_off_loop,
     _check_segment_keys,
@@ -1517,14 +1520,17 @@ class PostgresMetadataStore:
         locked first, skipping any a commit holds (that producer is not idle) and re-checking
         ``last_update_ms`` on a row a commit rewrote meanwhile, then only those are deleted:
         expiry never waits for a commit, so it cannot deadlock with one (commits write many
-        producers' rows in one statement, in no particular order)."""
+        producers' rows in one statement, in no particular order). A producer with an open
+        transaction in any partition keeps its rows (a commit opening one meanwhile holds the
+        row it writes there, which is skipped)."""
         check_lifecycle_time("idle_before_ms", idle_before_ms)
         _check_int("limit", limit, 1, MAX_RETENTION_BATCH)
 
         def expire_producer_state(cur: Any) -> int:
             cur.execute(
-                "SELECT topic_id, partition, producer_id FROM producer_state "
-                "WHERE last_update_ms < %s LIMIT %s FOR UPDATE SKIP LOCKED",
+                "SELECT topic_id, partition, producer_id FROM producer_state AS s "
+                f"WHERE last_update_ms < %s AND {_SQL_NO_OPEN_TXN} "
+                "LIMIT %s FOR UPDATE SKIP LOCKED",
                 (idle_before_ms, limit),
             )
             keys = cur.fetchall()
@@ -1627,6 +1633,26 @@ class PostgresMetadataStore:
                 raise catalog_exists(kind, name)
 
         self._write(put_catalog_entry)
+
+    def swap_catalog_entry(
+        self, kind: str, name: str, definition: bytes, now_ms: int, *, expect: bytes | None
+    ) -> bool:
+        """See :meth:`metadata.store.MetadataStore.swap_catalog_entry` (the UPDATE locks the
+        row, so of two concurrent swaps from one definition exactly one matches it)."""
+        blob = check_catalog_entry(kind, name, definition, now_ms)
+        old = _check_expected_definition(expect)
+
+        def swap_catalog_entry(cur: Any) -> bool:
+            if old is None:
+                cur.execute(
+                    _SQL_PUT_CATALOG.format(action="NOTHING") + " RETURNING 1",
+                    (kind, name, blob, now_ms, now_ms),
+                )
+            else:
+                cur.execute(_SQL_SWAP_CATALOG + " RETURNING 1", (blob, now_ms, kind, name, old))
+            return cur.fetchone() is not None
+
+        return bool(self._write(swap_catalog_entry))
 
     def get_catalog_entry(self, kind: str, name: str) -> bytes | None:
         """See :meth:`metadata.store.MetadataStore.get_catalog_entry`."""

@@ -1506,6 +1506,13 @@ def storage_report(
     )
 
 
+#: The condition of ``expire_producer_state``: the producer of ``producer_state AS s`` has no
+#: open transaction in any partition.
+_SQL_NO_OPEN_TXN: Final = (
+    "NOT EXISTS (SELECT 1 FROM open_txns AS o WHERE o.producer_id = s.producer_id)"
+)
+
+
 #: Longest catalog kind and name accepted (characters), and the largest definition (bytes).
 MAX_CATALOG_KIND_LENGTH: Final = 64
 MAX_CATALOG_NAME_LENGTH: Final = 255
@@ -1517,6 +1524,23 @@ _SQL_PUT_CATALOG: Final = (
 _CATALOG_REPLACE: Final = (
     "UPDATE SET definition = excluded.definition, updated_ms = excluded.updated_ms"
 )
+
+
+_SQL_SWAP_CATALOG: Final = (
+    "UPDATE catalog SET definition = %s, updated_ms = %s "
+    "WHERE kind = %s AND name = %s AND definition = %s"
+)
+
+
+def _check_expected_definition(expect: object) -> bytes | None:
+    """``expect`` of a compare-and-set as bytes (None stays None), else ``ValueError``."""
+    if expect is None:
+        return None
+    if not isinstance(expect, (bytes, bytearray, memoryview)):
+        raise ValueError(
+            f"the expected catalog definition must be bytes or None, got {type(expect).__name__}"
+        )
+    return bytes(expect)
 
 
 def check_catalog_key(kind: object, name: object) -> None:
@@ -2717,14 +2741,17 @@ class MetadataStore:
         clock at the producer's last commit); return how many went. A producer whose state
         went is no longer deduplicated on a retry of an old batch and may start any sequence
         (as Kafka treats a producer it holds no state for). Call again while it returns
-        ``limit``. Raises ``ValueError`` for a bad argument."""
+        ``limit``. A producer with an open transaction in any partition (``open_txns``) keeps
+        all its rows, however long idle: its epoch fences zombies and its markers are still to
+        come (its coordinator aborts it on timeout, and only then may it expire). Raises
+        ``ValueError`` for a bad argument."""
         check_lifecycle_time("idle_before_ms", idle_before_ms)
         _check_int("limit", limit, 1, MAX_RETENTION_BATCH)
         with self._write() as db:
             db.execute(
                 "DELETE FROM producer_state WHERE (topic_id, partition, producer_id) IN "
-                "(SELECT topic_id, partition, producer_id FROM producer_state "
-                "WHERE last_update_ms < ? LIMIT ?)",
+                "(SELECT topic_id, partition, producer_id FROM producer_state AS s "
+                f"WHERE last_update_ms < ? AND {_SQL_NO_OPEN_TXN} LIMIT ?)",
                 (idle_before_ms, limit),
             )
             return db.changes()
@@ -2810,6 +2837,28 @@ class MetadataStore:
             )
             if db.changes() == 0:
                 raise catalog_exists(kind, name)
+
+    def swap_catalog_entry(
+        self, kind: str, name: str, definition: bytes, now_ms: int, *, expect: bytes | None
+    ) -> bool:
+        """Compare-and-set of catalog entry ``kind``/``name``: store ``definition`` (updated at
+        ``now_ms``) only if the entry's current definition is byte for byte ``expect`` (None:
+        only if there is no entry, which creates it); True if it was stored, False (nothing
+        changed) if another writer changed or created the entry since ``expect`` was read.
+        The definition itself is the version compared, so no column is needed; writers whose
+        definitions carry their own update time (``kafka-txn`` does) never see an old
+        definition come back. Raises ``ValueError`` for a bad argument."""
+        blob = check_catalog_entry(kind, name, definition, now_ms)
+        old = _check_expected_definition(expect)
+        with self._write() as db:
+            if old is None:
+                db.execute(
+                    _qmarks(_SQL_PUT_CATALOG.format(action="NOTHING")),
+                    (kind, name, blob, now_ms, now_ms),
+                )
+            else:
+                db.execute(_qmarks(_SQL_SWAP_CATALOG), (blob, now_ms, kind, name, old))
+            return db.changes() > 0
 
     def get_catalog_entry(self, kind: str, name: str) -> bytes | None:
         """The definition of catalog entry ``kind``/``name``, or None. Raises ``ValueError``

@@ -9,6 +9,15 @@ batch to every partition of the transaction (``ingest.txn_markers.write_txn_mark
 commit's pending offsets (``commit_offsets``), then store the Complete state. Nothing is cached
 between requests, so a coordinator that moves to another agent reads the same state.
 
+Every write of a record is a compare-and-set (``swap_catalog_entry``) against the exact
+definition this request read: while the set of live agents changes, two agents may both think
+they coordinate an id for up to a heartbeat interval, and then exactly one of their writes
+lands. The loser changes nothing and answers the client CONCURRENT_TRANSACTIONS (the client
+retries; its next request reads the winner's state) or NOT_COORDINATOR when this agent no
+longer coordinates the id (the client looks the coordinator up again; TxnOffsetCommit, which
+goes to the group's coordinator, always gets NOT_COORDINATOR). A Complete state that loses
+leaves the completion to whoever changed the record; markers written twice are harmless.
+
 A Prepare state is the decision: it is durable before any marker is written, so a crash (kill
 -9 of ingest, a failing marker write) leaves a transaction that the sweeper finishes the same
 way, never half. The sweeper runs at start (recovery) and every ``transaction_check_interval_ms``
@@ -71,6 +80,7 @@ _GONE = (
 )
 
 COORDINATOR_NOT_AVAILABLE = ErrorCode.COORDINATOR_NOT_AVAILABLE.kafka_code
+NOT_COORDINATOR = ErrorCode.NOT_COORDINATOR.kafka_code
 INVALID_REQUEST = ErrorCode.INVALID_REQUEST.kafka_code
 
 _encoder = msgspec.msgpack.Encoder()
@@ -109,6 +119,10 @@ def pipeline_markers(pipeline: Pipeline) -> MarkerWriter:
         return await write_txn_markers(pipeline, partitions, producer_id, epoch, commit)
 
     return write
+
+
+class LostRace(Exception):
+    """Another coordinator changed a transactional id's record after this request read it."""
 
 
 class TxnShell:
@@ -156,9 +170,17 @@ class TxnShell:
     async def load(self, transactional_id: str) -> TxnRecord | None:
         """The stored record of a transactional id, None if there is none (or an unreadable
         one, which is logged and then overwritten by the next request)."""
+        return (await self._read(transactional_id))[0]
+
+    async def _read(self, transactional_id: str) -> tuple[TxnRecord | None, bytes | None]:
+        """The stored record (as :meth:`load`) and the stored definition it came from (None:
+        no entry), which a write of this request expects to find unchanged."""
         blob = await self.meta.get_catalog_entry(CATALOG_KIND, catalog_name(transactional_id))
         if blob is None:
-            return None
+            return None, None
+        return self._decoded(transactional_id, blob), blob
+
+    def _decoded(self, transactional_id: str, blob: bytes) -> TxnRecord | None:
         try:
             record = decode(blob)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -178,19 +200,21 @@ class TxnShell:
             return None
         return record
 
-    async def _settled(self, transactional_id: str) -> TxnRecord | None:
-        """The stored record, after completing a Prepare state left by a failure (it stays
-        Prepare, and requests get CONCURRENT_TRANSACTIONS, while that still fails)."""
-        record = await self.load(transactional_id)
+    async def _settled(self, transactional_id: str) -> tuple[TxnRecord | None, bytes | None]:
+        """The stored record and definition (:meth:`_read`), after completing a Prepare state
+        left by a failure (it stays Prepare, and requests get CONCURRENT_TRANSACTIONS, while
+        that still fails)."""
+        record, blob = await self._read(transactional_id)
         if (
             record is not None
             and record.state in tc.PREPARING
-            and await self._complete(record, resumed=True)
+            and await self._complete(record, blob, resumed=True)
         ):
-            record = await self.load(transactional_id)
-        return record
+            record, blob = await self._read(transactional_id)
+        return record, blob
 
     async def store(self, record: TxnRecord) -> None:
+        """Store a record unconditionally (tools and tests; requests use :meth:`_swap`)."""
         await self.meta.put_catalog_entry(
             CATALOG_KIND,
             catalog_name(record.transactional_id),
@@ -198,6 +222,34 @@ class TxnShell:
             max(record.updated_ms, 0),
             replace=True,
         )
+
+    async def _swap(self, record: TxnRecord, expect: bytes | None) -> bytes:
+        """Store ``record`` if the stored definition is still ``expect`` (None: no entry);
+        return the new definition (what the next write expects), else raise
+        :class:`LostRace`."""
+        blob = encode(record)
+        if not await self.meta.swap_catalog_entry(
+            CATALOG_KIND,
+            catalog_name(record.transactional_id),
+            blob,
+            max(record.updated_ms, 0),
+            expect=expect,
+        ):
+            raise LostRace(record.transactional_id)
+        return blob
+
+    def _lost(self, transactional_id: str, what: str, *, to_group: bool = False) -> int:
+        """The answer to a request that lost a race with another coordinator (logged)."""
+        owned = not to_group and self.owns(transactional_id)
+        log.warning(
+            "transactional id %r: another coordinator changed its state during %s; %s",
+            transactional_id,
+            what,
+            "answering CONCURRENT_TRANSACTIONS (the client retries)"
+            if owned
+            else "answering NOT_COORDINATOR (the client finds the coordinator again)",
+        )
+        return tc.CONCURRENT_TRANSACTIONS if owned else NOT_COORDINATOR
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -213,7 +265,7 @@ class TxnShell:
         try:
             async with self._locked(transactional_id):
                 for _ in range(3):
-                    record = await self._settled(transactional_id)
+                    record, blob = await self._settled(transactional_id)
                     step = tc.init_producer_id(
                         record,
                         timeout_ms=timeout_ms,
@@ -232,10 +284,10 @@ class TxnShell:
                             timeout_ms=timeout_ms,
                             now_ms=self.now_ms(),
                         )
-                        await self.store(fresh)
+                        await self._swap(fresh, blob)
                         return tc.NONE, fresh.producer_id, fresh.producer_epoch
                     assert step.record is not None
-                    await self.store(step.record)
+                    blob = await self._swap(step.record, blob)
                     if step.record.state is TxnState.PREPARE_ABORT:
                         log.info(
                             "transactional id %r: a new producer fences epoch %d; aborting its "
@@ -243,25 +295,33 @@ class TxnShell:
                             transactional_id,
                             step.record.producer_epoch - 1,
                         )
-                        if not await self._complete(step.record):
+                        if not await self._complete(step.record, blob):
                             return tc.CONCURRENT_TRANSACTIONS, -1, -1
                         expected_producer_id = expected_epoch = -1
                         continue
                     return tc.NONE, step.record.producer_id, step.record.producer_epoch
                 return tc.CONCURRENT_TRANSACTIONS, -1, -1
+        except LostRace:
+            return self._lost(transactional_id, "InitProducerId"), -1, -1
         except MetadataUnavailableError as exc:
             log.warning("transactional id %r: InitProducerId failed: %s", transactional_id, exc)
             return COORDINATOR_NOT_AVAILABLE, -1, -1
 
     async def _apply(
-        self, transactional_id: str, change: Callable[[TxnRecord | None, int], tc.Step]
+        self,
+        transactional_id: str,
+        change: Callable[[TxnRecord | None, int], tc.Step],
+        what: str,
+        *,
+        to_group: bool = False,
     ) -> int:
         try:
             async with self._locked(transactional_id):
-                step = change(await self._settled(transactional_id), self.now_ms())
+                record, blob = await self._settled(transactional_id)
+                step = change(record, self.now_ms())
                 if step.error == tc.NONE and step.record is not None:
                     try:
-                        await self.store(step.record)
+                        blob = await self._swap(step.record, blob)
                     except ValueError as exc:  # the catalog's size limit (store.py)
                         log.warning(
                             "transactional id %r: refusing a request whose state would not fit "
@@ -271,8 +331,10 @@ class TxnShell:
                         )
                         return INVALID_REQUEST
                     if step.record.state in tc.PREPARING:
-                        await self._complete(step.record)
+                        await self._complete(step.record, blob)
                 return step.error
+        except LostRace:
+            return self._lost(transactional_id, what, to_group=to_group)
         except MetadataUnavailableError as exc:
             log.warning("transactional id %r: request failed: %s", transactional_id, exc)
             return COORDINATOR_NOT_AVAILABLE
@@ -283,6 +345,7 @@ class TxnShell:
         return await self._apply(
             transactional_id,
             lambda record, now: tc.add_partitions(record, producer_id, epoch, partitions, now),
+            "AddPartitionsToTxn",
         )
 
     async def add_offsets(
@@ -291,6 +354,7 @@ class TxnShell:
         return await self._apply(
             transactional_id,
             lambda record, now: tc.add_offsets(record, producer_id, epoch, group, now),
+            "AddOffsetsToTxn",
         )
 
     async def txn_offset_commit(
@@ -306,6 +370,8 @@ class TxnShell:
             lambda record, now: tc.txn_offset_commit(
                 record, producer_id, epoch, group, offsets, now
             ),
+            "TxnOffsetCommit",
+            to_group=True,
         )
 
     async def end_txn(
@@ -316,6 +382,7 @@ class TxnShell:
         return await self._apply(
             transactional_id,
             lambda record, now: tc.end_txn(record, producer_id, epoch, commit, now),
+            "EndTxn",
         )
 
     async def coordinated(self) -> list[TxnRecord]:
@@ -348,11 +415,15 @@ class TxnShell:
 
     # -- completion and the sweeper -----------------------------------------------------------
 
-    async def _complete(self, record: TxnRecord, *, resumed: bool = False) -> bool:
-        """Markers (and a commit's offsets) of a Prepare state, then its Complete state; False
-        (logged, left for the sweeper) when a marker or the offsets could not be written.
-        ``resumed``: the Prepare state was found stored (a crash or a failure interrupted it),
-        which is logged once it completes."""
+    async def _complete(
+        self, record: TxnRecord, blob: bytes | None, *, resumed: bool = False
+    ) -> bool:
+        """Markers (and a commit's offsets) of a Prepare state, then its Complete state (if the
+        stored definition is still ``blob``, the Prepare state's); False (logged, left for the
+        sweeper) when a marker or the offsets could not be written, or another coordinator
+        changed the record meanwhile (it completes it). ``resumed``: the Prepare state was
+        found stored (a crash or a failure interrupted it), which is logged once it
+        completes."""
         what = "commit" if record.commit else "abort"
         tid = record.transactional_id
         if record.partitions:
@@ -401,7 +472,7 @@ class TxnShell:
         try:
             for group, entries in by_group.items():
                 await self.meta.commit_offsets(group, entries)
-            await self.store(tc.complete(record, self.now_ms()))
+            await self._swap(tc.complete(record, self.now_ms()), blob)
             if resumed:
                 log.info(
                     "transactional id %r: completed its interrupted %s (producer %d epoch %d, "
@@ -412,6 +483,14 @@ class TxnShell:
                     record.producer_epoch,
                     len(record.partitions),
                 )
+        except LostRace:
+            log.warning(
+                "transactional id %r: another coordinator changed its state while this one "
+                "completed the %s; leaving the completion to it",
+                tid,
+                what,
+            )
+            return False
         except MetadataUnavailableError as exc:
             log.warning(
                 "transactional id %r: completing the %s failed: %s; retrying", tid, what, exc
@@ -434,7 +513,7 @@ class TxnShell:
             if not (due or stale) or not self.owns(seen.transactional_id):
                 continue
             async with self._locked(seen.transactional_id):
-                record = await self.load(seen.transactional_id)
+                record, blob = await self._read(seen.transactional_id)
                 if record is None:
                     continue
                 if tc.forgotten(record, self.now_ms(), self.expiration_ms):
@@ -456,10 +535,16 @@ class TxnShell:
                         record.timeout_ms,
                         record.producer_epoch,
                     )
-                    await self.store(aborting)
-                if record.state in tc.PREPARING and await self._complete(record, resumed=True):
+                    try:
+                        blob = await self._swap(aborting, blob)
+                    except LostRace:
+                        self._lost(record.transactional_id, "the timeout sweep")
+                        continue
+                if record.state in tc.PREPARING and await self._complete(
+                    record, blob, resumed=True
+                ):
                     finished += 1
-                elif aborting is not None and await self._complete(aborting):
+                elif aborting is not None and await self._complete(aborting, blob):
                     finished += 1
         return finished
 
