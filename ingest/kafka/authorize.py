@@ -167,6 +167,30 @@ def _split(items: list[Any], allowed: Callable[[Any], bool]) -> tuple[list[Any],
     return yes, no
 
 
+async def _answer_allowed(
+    header: m.RequestHeader,
+    request: Any,
+    call: Call,
+    asked: str,
+    allowed: list[Any],
+    refused: list[Any],
+    only_refused: Callable[[list[Any]], Any],
+    answers: str,
+) -> Any:
+    """The answer to ``request`` whose list ``asked`` was split into ``allowed`` items and the
+    ``refused`` answers for the others: the handler answers the allowed ones (the request as it
+    is when nothing was refused) and the refused answers are appended to the response's list
+    ``answers``; when nothing is allowed the handler is not called and ``only_refused(refused)``
+    is the answer."""
+    if not refused:
+        return await call(header, request)
+    if not allowed:
+        return only_refused(refused)
+    response = await call(header, replace(request, **{asked: allowed}))
+    getattr(response, answers).extend(refused)
+    return response
+
+
 # -- produce and fetch -------------------------------------------------------------------
 
 
@@ -201,7 +225,8 @@ async def _produce(caller: Caller, header: m.RequestHeader, request: Any, call: 
     return response
 
 
-def _fetch_refused(topic: Any, code: int) -> Any:
+def fetch_refused(topic: Any, code: int) -> Any:
+    """The answer of a Fetch for ``topic`` refused as a whole with error ``code``."""
     F = m.FetchResponse
     return F.FetchableTopicResponse(
         topic=topic.topic,
@@ -234,42 +259,34 @@ async def _fetch(caller: Caller, header: m.RequestHeader, request: Any, call: Ca
         denied = [] if allowed else list(request.topics)
     else:
         allowed, denied = _split(request.topics, lambda t: caller.topic(Op.READ, t.topic))
-    if not denied:
-        return await call(header, request)
-    refused = [_fetch_refused(t, errors.TOPIC_AUTHORIZATION_FAILED) for t in denied]
-    if not allowed:
-        return m.FetchResponse(error_code=0, session_id=0, responses=refused)
-    response = await call(header, replace(request, topics=allowed))
-    response.responses.extend(refused)
-    return response
+    refused = [fetch_refused(t, errors.TOPIC_AUTHORIZATION_FAILED) for t in denied]
+    return await _answer_allowed(
+        header,
+        request,
+        call,
+        "topics",
+        allowed,
+        refused,
+        lambda r: m.FetchResponse(error_code=0, session_id=0, responses=r),
+        "responses",
+    )
 
 
 @_rule(2)
 async def _list_offsets(caller: Caller, header: m.RequestHeader, request: Any, call: Call) -> Any:
     L = m.ListOffsetsResponse
     allowed, denied = _split(request.topics, lambda t: caller.topic(Op.DESCRIBE, t.name))
-    refused = [
-        L.ListOffsetsTopicResponse(
-            name=t.name,
-            partitions=[
-                L.ListOffsetsPartitionResponse(
-                    partition_index=p.partition_index,
-                    error_code=errors.TOPIC_AUTHORIZATION_FAILED,
-                    timestamp=-1,
-                    offset=-1,
-                )
-                for p in t.partitions
-            ],
-        )
-        for t in denied
-    ]
-    if not denied:
-        return await call(header, request)
-    if not allowed:
-        return L(topics=refused)
-    response = await call(header, replace(request, topics=allowed))
-    response.topics.extend(refused)
-    return response
+    refused = _topics_with_partition_errors(
+        denied,
+        L.ListOffsetsTopicResponse,
+        L.ListOffsetsPartitionResponse,
+        errors.TOPIC_AUTHORIZATION_FAILED,
+        timestamp=-1,
+        offset=-1,
+    )
+    return await _answer_allowed(
+        header, request, call, "topics", allowed, refused, lambda r: L(topics=r), "topics"
+    )
 
 
 @_rule(23)
@@ -283,8 +300,6 @@ async def _offset_for_leader_epoch(
         request.topics,
         lambda t: request.replica_id < 0 and caller.topic(Op.DESCRIBE, t.topic),
     )
-    if not denied:
-        return await call(header, request)
     refused = [
         R.OffsetForLeaderTopicResult(
             topic=t.topic,
@@ -300,11 +315,9 @@ async def _offset_for_leader_epoch(
         )
         for t in denied
     ]
-    if not allowed:
-        return R(topics=refused)
-    response = await call(header, replace(request, topics=allowed))
-    response.topics.extend(refused)
-    return response
+    return await _answer_allowed(
+        header, request, call, "topics", allowed, refused, lambda r: R(topics=r), "topics"
+    )
 
 
 # -- metadata ----------------------------------------------------------------------------
@@ -314,9 +327,15 @@ def _may_create(caller: Caller, name: str) -> bool:
     return caller.cluster(Op.CREATE) or caller.topic(Op.CREATE, name)
 
 
+def _metadata_refused(name: str | None) -> Any:
+    """Metadata's answer for a topic the caller may not describe (or create)."""
+    return m.MetadataResponse.MetadataResponseTopic(
+        error_code=errors.TOPIC_AUTHORIZATION_FAILED, name=name, topic_id=_ZERO_UUID, partitions=[]
+    )
+
+
 @_rule(3)
 async def _metadata(caller: Caller, header: m.RequestHeader, request: Any, call: Call) -> Any:
-    M = m.MetadataResponse
     version = header.request_api_version
     listing_all = request.topics is None or (version == 0 and not request.topics)
     refused: list[Any] = []
@@ -330,14 +349,7 @@ async def _metadata(caller: Caller, header: m.RequestHeader, request: Any, call:
             if not t.name:
                 kept.append(t)  # by topic id: judged on the answer, by the topic's name
             elif not caller.topic(Op.DESCRIBE, t.name):
-                refused.append(
-                    M.MetadataResponseTopic(
-                        error_code=errors.TOPIC_AUTHORIZATION_FAILED,
-                        name=t.name,
-                        topic_id=_ZERO_UUID,
-                        partitions=[],
-                    )
-                )
+                refused.append(_metadata_refused(t.name))
             else:
                 kept.append(t)
         if creates:  # a missing topic the caller may not create is refused, not created
@@ -348,15 +360,7 @@ async def _metadata(caller: Caller, header: m.RequestHeader, request: Any, call:
                 )
                 missing = {t.name for t, known in zip(uncreatable, found, strict=True) if not known}
                 kept = [t for t in kept if t.name not in missing]
-                refused.extend(
-                    M.MetadataResponseTopic(
-                        error_code=errors.TOPIC_AUTHORIZATION_FAILED,
-                        name=name,
-                        topic_id=_ZERO_UUID,
-                        partitions=[],
-                    )
-                    for name in sorted(missing)
-                )
+                refused.extend(_metadata_refused(name) for name in sorted(missing))
         nothing_left = not kept
         request = replace(request, topics=kept)
     response = await call(header, request)
@@ -366,12 +370,7 @@ async def _metadata(caller: Caller, header: m.RequestHeader, request: Any, call:
         if entry.error_code == 0 and not caller.topic(Op.DESCRIBE, entry.name):
             if listing_all:
                 continue
-            entry = M.MetadataResponseTopic(
-                error_code=errors.TOPIC_AUTHORIZATION_FAILED,
-                name=None if version >= 10 else entry.name,
-                topic_id=_ZERO_UUID,
-                partitions=[],
-            )
+            entry = _metadata_refused(None if version >= 10 else entry.name)
         elif entry.error_code == 0 and entry.topic_authorized_operations != NOT_REQUESTED:
             entry.topic_authorized_operations = caller.operations(ResourceType.TOPIC, entry.name)
         answered.append(entry)
@@ -462,13 +461,16 @@ async def _group_member(caller: Caller, header: m.RequestHeader, request: Any, c
 
 
 def _topics_with_partition_errors(
-    topics: list[Any], topic_cls: Any, part_cls: Any, code: int
+    topics: list[Any], topic_cls: Any, part_cls: Any, code: int, **fields: Any
 ) -> list[Any]:
+    """Per requested topic (``name``, ``partitions`` of ``partition_index``), an answer with
+    error ``code`` for each partition, whose other fields are ``fields``."""
     return [
         topic_cls(
             name=t.name,
             partitions=[
-                part_cls(partition_index=p.partition_index, error_code=code) for p in t.partitions
+                part_cls(partition_index=p.partition_index, error_code=code, **fields)
+                for p in t.partitions
             ],
         )
         for t in topics
@@ -488,19 +490,15 @@ async def _offset_commit(caller: Caller, header: m.RequestHeader, request: Any, 
             )
         )
     allowed, denied = _split(request.topics, lambda t: caller.topic(Op.READ, t.name))
-    if not denied:
-        return await call(header, request)
     refused = _topics_with_partition_errors(
         denied,
         R.OffsetCommitResponseTopic,
         R.OffsetCommitResponsePartition,
         errors.TOPIC_AUTHORIZATION_FAILED,
     )
-    if not allowed:
-        return R(topics=refused)
-    response = await call(header, replace(request, topics=allowed))
-    response.topics.extend(refused)
-    return response
+    return await _answer_allowed(
+        header, request, call, "topics", allowed, refused, lambda r: R(topics=r), "topics"
+    )
 
 
 @_rule(28)
@@ -519,14 +517,10 @@ async def _txn_offset_commit(
     if not caller.group(Op.READ, request.group_id):
         return R(topics=all_topics(errors.GROUP_AUTHORIZATION_FAILED, request.topics))
     allowed, denied = _split(request.topics, lambda t: caller.topic(Op.READ, t.name))
-    if not denied:
-        return await call(header, request)
     refused = all_topics(errors.TOPIC_AUTHORIZATION_FAILED, denied)
-    if not allowed:
-        return R(topics=refused)
-    response = await call(header, replace(request, topics=allowed))
-    response.topics.extend(refused)
-    return response
+    return await _answer_allowed(
+        header, request, call, "topics", allowed, refused, lambda r: R(topics=r), "topics"
+    )
 
 
 def _offset_fetch_refused(topics: list[Any], topic_cls: Any, part_cls: Any, code: int) -> list[Any]:
@@ -562,19 +556,22 @@ async def _offset_fetch(caller: Caller, header: m.RequestHeader, request: Any, c
         response.topics = [t for t in response.topics if caller.topic(Op.DESCRIBE, t.name)]
         return response
     allowed, denied = _split(request.topics, lambda t: caller.topic(Op.DESCRIBE, t.name))
-    if not denied:
-        return await call(header, request)
     refused = _offset_fetch_refused(
         denied,
         R.OffsetFetchResponseTopic,
         R.OffsetFetchResponsePartition,
         errors.TOPIC_AUTHORIZATION_FAILED,
     )
-    if not allowed:
-        return R(error_code=0, topics=refused)
-    response = await call(header, replace(request, topics=allowed))
-    response.topics.extend(refused)
-    return response
+    return await _answer_allowed(
+        header,
+        request,
+        call,
+        "topics",
+        allowed,
+        refused,
+        lambda r: R(error_code=0, topics=r),
+        "topics",
+    )
 
 
 async def _offset_fetch_groups(
@@ -702,19 +699,22 @@ async def _offset_delete(caller: Caller, header: m.RequestHeader, request: Any, 
     if not caller.group(Op.DELETE, request.group_id):
         return R(error_code=errors.GROUP_AUTHORIZATION_FAILED, topics=[])
     allowed, denied = _split(request.topics, lambda t: caller.topic(Op.READ, t.name))
-    if not denied:
-        return await call(header, request)
     refused = _topics_with_partition_errors(
         denied,
         R.OffsetDeleteResponseTopic,
         R.OffsetDeleteResponsePartition,
         errors.TOPIC_AUTHORIZATION_FAILED,
     )
-    if not allowed:
-        return R(error_code=0, topics=refused)
-    response = await call(header, replace(request, topics=allowed))
-    response.topics.extend(refused)
-    return response
+    return await _answer_allowed(
+        header,
+        request,
+        call,
+        "topics",
+        allowed,
+        refused,
+        lambda r: R(error_code=0, topics=r),
+        "topics",
+    )
 
 
 # -- topics and configs ------------------------------------------------------------------
@@ -759,13 +759,16 @@ async def _delete_topics(caller: Caller, header: m.RequestHeader, request: Any, 
             )
             for n in denied
         ]
-        if not denied:
-            return await call(header, request)
-        if not allowed:
-            return R(responses=refused)
-        response = await call(header, replace(request, topic_names=allowed))
-        response.responses.extend(refused)
-        return response
+        return await _answer_allowed(
+            header,
+            request,
+            call,
+            "topic_names",
+            allowed,
+            refused,
+            lambda r: R(responses=r),
+            "responses",
+        )
     by_id: dict[uuid.UUID, str] = {}
     if any(not t.name for t in request.topics):
         by_id = {uuid.UUID(bytes=t.uuid): t.name for t in await caller.broker.meta.list_topics()}
@@ -787,40 +790,25 @@ async def _delete_topics(caller: Caller, header: m.RequestHeader, request: Any, 
         )
         for t in denied
     ]
-    if not denied:
-        return await call(header, request)
-    if not allowed:
-        return R(responses=refused)
-    response = await call(header, replace(request, topics=allowed))
-    response.responses.extend(refused)
-    return response
+    return await _answer_allowed(
+        header, request, call, "topics", allowed, refused, lambda r: R(responses=r), "responses"
+    )
 
 
 @_rule(21)
 async def _delete_records(caller: Caller, header: m.RequestHeader, request: Any, call: Call) -> Any:
     R = m.DeleteRecordsResponse
     allowed, denied = _split(request.topics, lambda t: caller.topic(Op.DELETE, t.name))
-    if not denied:
-        return await call(header, request)
-    refused = [
-        R.DeleteRecordsTopicResult(
-            name=t.name,
-            partitions=[
-                R.DeleteRecordsPartitionResult(
-                    partition_index=p.partition_index,
-                    low_watermark=-1,
-                    error_code=errors.TOPIC_AUTHORIZATION_FAILED,
-                )
-                for p in t.partitions
-            ],
-        )
-        for t in denied
-    ]
-    if not allowed:
-        return R(topics=refused)
-    response = await call(header, replace(request, topics=allowed))
-    response.topics.extend(refused)
-    return response
+    refused = _topics_with_partition_errors(
+        denied,
+        R.DeleteRecordsTopicResult,
+        R.DeleteRecordsPartitionResult,
+        errors.TOPIC_AUTHORIZATION_FAILED,
+        low_watermark=-1,
+    )
+    return await _answer_allowed(
+        header, request, call, "topics", allowed, refused, lambda r: R(topics=r), "topics"
+    )
 
 
 @_rule(37)
@@ -829,8 +817,6 @@ async def _create_partitions(
 ) -> Any:
     R = m.CreatePartitionsResponse
     allowed, denied = _split(request.topics, lambda t: caller.topic(Op.ALTER, t.name))
-    if not denied:
-        return await call(header, request)
     refused = [
         R.CreatePartitionsTopicResult(
             name=t.name,
@@ -839,11 +825,9 @@ async def _create_partitions(
         )
         for t in denied
     ]
-    if not allowed:
-        return R(results=refused)
-    response = await call(header, replace(request, topics=allowed))
-    response.results.extend(refused)
-    return response
+    return await _answer_allowed(
+        header, request, call, "topics", allowed, refused, lambda r: R(results=r), "results"
+    )
 
 
 # Config resource types (Kafka's ConfigResource.Type codes).
@@ -884,13 +868,9 @@ async def _describe_configs(
         for r, problem in checks
         if problem is not None
     ]
-    if not refused:
-        return await call(header, request)
-    if not allowed:
-        return R(results=refused)
-    response = await call(header, replace(request, resources=allowed))
-    response.results.extend(refused)
-    return response
+    return await _answer_allowed(
+        header, request, call, "resources", allowed, refused, lambda r: R(results=r), "results"
+    )
 
 
 @_rule(33, 44)
@@ -912,13 +892,16 @@ async def _alter_configs(caller: Caller, header: m.RequestHeader, request: Any, 
         for r, problem in checks
         if problem is not None
     ]
-    if not refused:
-        return await call(header, request)
-    if not allowed:
-        return R(responses=refused)
-    response = await call(header, replace(request, resources=allowed))
-    response.responses.extend(refused)
-    return response
+    return await _answer_allowed(
+        header,
+        request,
+        call,
+        "resources",
+        allowed,
+        refused,
+        lambda r: R(responses=r),
+        "responses",
+    )
 
 
 # -- producers and transactions ----------------------------------------------------------

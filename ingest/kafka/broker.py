@@ -341,27 +341,8 @@ def _refuse_produce(request: ProduceRequest, message: str) -> Any:
 
 def _refuse_fetch(request: FetchRequest) -> FetchResponse:
     code = ErrorCode.INVALID_REQUEST.kafka_code
-    F = FetchResponse
-    return F(
-        error_code=code,
-        responses=[
-            F.FetchableTopicResponse(
-                topic=t.topic,
-                topic_id=t.topic_id,
-                partitions=[
-                    F.PartitionData(
-                        partition_index=p.partition,
-                        error_code=code,
-                        high_watermark=-1,
-                        last_stable_offset=-1,
-                        log_start_offset=-1,
-                        records=b"",  # empty, never null: librdkafka rejects a null set
-                    )
-                    for p in t.partitions
-                ],
-            )
-            for t in request.topics
-        ],
+    return FetchResponse(
+        error_code=code, responses=[authorize.fetch_refused(t, code) for t in request.topics]
     )
 
 
