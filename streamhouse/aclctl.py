@@ -28,13 +28,11 @@ ClusterAction, DescribeConfigs, AlterConfigs, IdempotentWrite, All). Exit status
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from streamhouse.acl import (
     CATALOG_KIND,
@@ -49,29 +47,16 @@ from streamhouse.acl import (
     decode_binding,
     encode_binding,
 )
+from streamhouse.ctl_common import CtlError, open_metadata_store, read_password
 from streamhouse.kafka import messages as m
 from streamhouse.kafka_connection import BlockingKafkaConnection, KafkaConnectionError
 
 PROG = "streamctl acl"
+T = TypeVar("T")
 
 
-class AclCtlError(Exception):
+class AclCtlError(CtlError):
     """Bad input or an unusable store; the message says what to do."""
-
-
-def _store(target: str | None) -> Any:
-    from metadata.interface import is_postgres_target, open_store
-
-    if target is None:
-        from streamhouse.config import load_settings
-
-        target = str(load_settings().metadata_target)
-    if not is_postgres_target(target) and not os.path.exists(target):
-        raise AclCtlError(
-            f"no metadata store at {target}: start the stack once (streamhouse up), or give "
-            "--metadata PATH-or-postgresql-URL"
-        )
-    return open_store(target)
 
 
 def _operation(text: str) -> AclOperation:
@@ -162,7 +147,7 @@ class _MetadataAcls:
     """The bindings in the metadata store itself (``--metadata``, or the environment's)."""
 
     def __init__(self, target: str | None) -> None:
-        self._store = _store(target)
+        self._store = open_metadata_store(target)
 
     def close(self) -> None:
         self._store.close()
@@ -195,10 +180,7 @@ class _KafkaAcls:
         if protocol.startswith("SASL"):
             if not args.user:
                 raise AclCtlError(f"--security-protocol {protocol} needs --user NAME")
-            if args.password_stdin:
-                password = sys.stdin.readline().rstrip("\r\n")
-            else:
-                password = getpass.getpass(f"password for {args.user}: ")
+            password = read_password(args.password_stdin, args.user)
         try:
             self._connection = BlockingKafkaConnection(
                 args.bootstrap_server,
@@ -304,6 +286,15 @@ def _acls(args: argparse.Namespace) -> _MetadataAcls | _KafkaAcls:
     return _MetadataAcls(args.metadata)
 
 
+def _on_acls(args: argparse.Namespace, action: Callable[[_MetadataAcls | _KafkaAcls], T]) -> T:
+    """``action`` on the ACLs ``args`` names (the store or a broker), closed afterwards."""
+    acls = _acls(args)
+    try:
+        return action(acls)
+    finally:
+        acls.close()
+
+
 def _add(args: argparse.Namespace) -> int:
     resources = _resources(args)
     entries = _entries(args)
@@ -324,11 +315,7 @@ def _add(args: argparse.Namespace) -> int:
         problem = binding_error(b)
         if problem is not None:
             raise AclCtlError(problem)
-    acls = _acls(args)
-    try:
-        acls.add(bindings)
-    finally:
-        acls.close()
+    _on_acls(args, lambda acls: acls.add(bindings))
     _print(bindings, args.json, "added: ")
     return 0
 
@@ -357,11 +344,7 @@ def _filters(args: argparse.Namespace, default_pattern: str) -> list[AclFilter]:
 
 def _list(args: argparse.Namespace) -> int:
     filters = _filters(args, "any")
-    acls = _acls(args)
-    try:
-        chosen = acls.select(filters)
-    finally:
-        acls.close()
+    chosen = _on_acls(args, lambda acls: acls.select(filters))
     _print(chosen, args.json)
     return 0
 
@@ -370,11 +353,7 @@ def _delete(args: argparse.Namespace) -> int:
     if not _resources(args):
         raise AclCtlError("name a resource: --topic, --group, --transactional-id or --cluster")
     filters = _filters(args, "literal")
-    acls = _acls(args)
-    try:
-        chosen = acls.remove(filters)
-    finally:
-        acls.close()
+    chosen = _on_acls(args, lambda acls: acls.remove(filters))
     if not chosen and not args.json:
         print("no ACL matched; nothing deleted")
     _print(chosen, args.json, "deleted: ")
@@ -461,7 +440,7 @@ def main(argv: list[str]) -> int:
         return exit_.code if isinstance(exit_.code, int) else 0
     try:
         return int(args.run(args))
-    except (AclCtlError, KafkaConnectionError) as error:
+    except (CtlError, KafkaConnectionError) as error:
         sys.stderr.write(f"streamctl: error: {error}\n")
         return 1
     except (OSError, ValueError) as error:

@@ -18,44 +18,23 @@ within 2 s (tokens). Once a user exists, Kafka admin clients can manage users to
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
 import sys
 import time
 from typing import Any
 
 from streamhouse import scram
+from streamhouse.ctl_common import CtlError, open_metadata_store, read_password
 
 PROG = "streamctl"
 
 
-class AuthCtlError(Exception):
-    pass
-
-
-def _store(target: str | None) -> Any:
-    from metadata.interface import is_postgres_target, open_store
-
-    if target is None:
-        from streamhouse.config import load_settings
-
-        target = str(load_settings().metadata_target)
-    if not is_postgres_target(target) and not os.path.exists(target):
-        raise AuthCtlError(
-            f"no metadata store at {target}: start the stack once (streamhouse up), or give "
-            "--metadata PATH-or-postgresql-URL"
-        )
-    return open_store(target)
+class AuthCtlError(CtlError):
+    """Bad input or an unusable store; the message says what to do."""
 
 
 def _password(args: argparse.Namespace) -> str:
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = getpass.getpass(f"password for {args.name}: ")
-        if getpass.getpass("again: ") != password:
-            raise AuthCtlError("the passwords differ")
+    password = read_password(args.password_stdin, args.name, confirm=True)
     if not password:
         raise AuthCtlError("the password must not be empty")
     return password
@@ -73,7 +52,7 @@ def _user_add(args: argparse.Namespace) -> int:
             f"--iterations must be {scram.MIN_ITERATIONS}..{scram.MAX_ITERATIONS} (Kafka's bounds)"
         )
     password = _password(args)
-    store = _store(args.metadata)
+    store = open_metadata_store(args.metadata)
     try:
         now = int(time.time() * 1000)
         for mechanism in _mechanisms(args):
@@ -104,7 +83,7 @@ def _user_rows(store: Any) -> dict[str, list[tuple[str, int]]]:
 
 
 def _user_list(args: argparse.Namespace) -> int:
-    store = _store(args.metadata)
+    store = open_metadata_store(args.metadata)
     try:
         users = _user_rows(store)
     finally:
@@ -119,7 +98,7 @@ def _user_list(args: argparse.Namespace) -> int:
 
 
 def _user_delete(args: argparse.Namespace) -> int:
-    store = _store(args.metadata)
+    store = open_metadata_store(args.metadata)
     try:
         deleted = [
             m
@@ -140,7 +119,7 @@ def _token_create(args: argparse.Namespace) -> int:
     if not args.user:
         raise AuthCtlError("the user name must not be empty")
     token = new_token()
-    store = _store(args.metadata)
+    store = open_metadata_store(args.metadata)
     try:
         store.put_catalog_entry(
             CATALOG_KIND,
@@ -160,7 +139,7 @@ def _token_create(args: argparse.Namespace) -> int:
 def _token_list(args: argparse.Namespace) -> int:
     from streamhouse.grpc_auth import CATALOG_KIND, parse_token_record
 
-    store = _store(args.metadata)
+    store = open_metadata_store(args.metadata)
     try:
         entries = store.list_catalog_entries(CATALOG_KIND)
     finally:
@@ -182,7 +161,7 @@ def _token_delete(args: argparse.Namespace) -> int:
 
     if len(args.id) < 6:
         raise AuthCtlError("give at least 6 characters of the token id (`streamctl token list`)")
-    store = _store(args.metadata)
+    store = open_metadata_store(args.metadata)
     try:
         matches = [d for d, _ in store.list_catalog_entries(CATALOG_KIND) if d.startswith(args.id)]
         if len(matches) != 1:
@@ -251,7 +230,7 @@ def main(command: str, argv: list[str]) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
         return int(args.func(args))
-    except AuthCtlError as exc:
+    except CtlError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 1
     except OSError as exc:
