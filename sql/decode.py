@@ -25,9 +25,18 @@ Batches wholly outside the wanted offsets, or whose max timestamp is below the w
 are not decoded at all (``BatchFilter``); rows are not filtered here (the SQL engine applies
 the predicates again, so a batch straddling a bound is simply decoded whole). Control
 batches (transaction markers, ``streamhouse/recordbatch.py``) are not records: never decoded.
+
+Read committed: SQL never shows records of aborted transactions. The caller reads no further
+than the partition's last stable offset and passes its aborted transactions
+(``AbortedRanges``, from metadata ``aborted_transactions``); a transactional batch (attributes
+bit 4) whose producer had a transaction aborted over the batch's first offset is not decoded
+(a transaction's batches are whole: none straddles its ABORT marker).
 """
 
 from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable
 
 import msgspec
 import numpy as np
@@ -41,12 +50,20 @@ from streamhouse.recordbatch import (
     CONTROL_MASK,
     MAX_INFLATED_BYTES,
     TIMESTAMP_TYPE_MASK,
+    TRANSACTIONAL_MASK,
     InvalidBatchError,
     inflate,
     walk_block,
 )
 
-__all__ = ["RAW_SCHEMA", "BatchFilter", "BlockDecodeError", "decode_block_records", "empty_raw"]
+__all__ = [
+    "RAW_SCHEMA",
+    "AbortedRanges",
+    "BatchFilter",
+    "BlockDecodeError",
+    "decode_block_records",
+    "empty_raw",
+]
 
 HEADER_TYPE = pa.list_(
     pa.struct([pa.field("key", pa.utf8(), nullable=False), pa.field("value", pa.binary())])
@@ -77,6 +94,36 @@ class BatchFilter(msgspec.Struct, frozen=True):
     min_timestamp: int | None = None
 
 
+class AbortedRanges:
+    """The aborted transactions of one partition, by producer: ``covers(producer_id,
+    offset)`` says whether ``offset`` lies in one of that producer's aborted ranges (first
+    offset .. its ABORT marker's offset). Built from ``(producer_id, first_offset,
+    last_offset)`` triples (``metadata.transactions.AbortedTxn``); duplicates are harmless."""
+
+    __slots__ = ("_firsts", "_lasts")
+
+    def __init__(self, aborted: Iterable[tuple[int, int, int]] = ()) -> None:
+        by_producer: dict[int, set[tuple[int, int]]] = {}
+        for producer_id, first, last in aborted:
+            by_producer.setdefault(producer_id, set()).add((first, last))
+        self._firsts: dict[int, list[int]] = {}
+        self._lasts: dict[int, list[int]] = {}
+        for producer_id, ranges in by_producer.items():
+            ordered = sorted(ranges)
+            self._firsts[producer_id] = [f for f, _l in ordered]
+            self._lasts[producer_id] = [last for _f, last in ordered]
+
+    def __bool__(self) -> bool:
+        return bool(self._firsts)
+
+    def covers(self, producer_id: int, offset: int) -> bool:
+        firsts = self._firsts.get(producer_id)
+        if not firsts:
+            return False
+        i = bisect_right(firsts, offset) - 1
+        return i >= 0 and offset <= self._lasts[producer_id][i]
+
+
 def empty_raw() -> pa.RecordBatch:
     """A RecordBatch of ``RAW_SCHEMA`` with no rows."""
     return pa.RecordBatch.from_pylist([], schema=RAW_SCHEMA)
@@ -91,10 +138,12 @@ def decode_block_records(
     wanted: BatchFilter | None = None,
     *,
     max_inflated: int = MAX_INFLATED_BYTES,
+    aborted: AbortedRanges | None = None,
 ) -> tuple[pa.RecordBatch, int]:
     """The records of one decoded block (``streamhouse.segment.decode_block`` output) as a
     RecordBatch of ``RAW_SCHEMA``, and how many batches were decoded. ``base_offset``,
-    ``skipped`` and ``end_offset`` are the block row's. Raises ``BlockDecodeError``."""
+    ``skipped`` and ``end_offset`` are the block row's; transactional batches ``aborted``
+    covers are left out (module docstring). Raises ``BlockDecodeError``."""
     view = memoryview(block)
     try:
         batches = walk_block(view, base_offset, skipped, end_offset=end_offset)
@@ -105,6 +154,12 @@ def decode_block_records(
         info = stored.info
         if info.attributes & CONTROL_MASK:
             continue  # a transaction marker
+        if (
+            aborted
+            and info.attributes & TRANSACTIONAL_MASK
+            and aborted.covers(info.producer_id, stored.first_offset)
+        ):
+            continue  # a record of an aborted transaction
         if wanted is not None:
             last = stored.first_offset + info.last_offset_delta
             if last < wanted.from_offset:

@@ -2,8 +2,9 @@
 
 A scan of a topic, given ``ScanBounds`` (partitions, an offset range, a lowest timestamp):
 
-1. one metadata call for the partitions' states (log start, high watermark): offsets below
-   the log start or at/after the high watermark are never read;
+1. one metadata call for the partitions' states (log start, last stable offset): offsets
+   below the log start or at/after the last stable offset (LSO: the high watermark, or the
+   first offset of the oldest open transaction) are never read;
 2. per partition, with a lowest timestamp, ``find_block_by_timestamp`` gives the first block
    whose max timestamp reaches it (blocks before it hold only older records), then
    ``find_blocks`` pages through the block rows from there up to the end of the offset range;
@@ -11,7 +12,10 @@ A scan of a topic, given ``ScanBounds`` (partitions, an offset range, a lowest t
    offsets, so later blocks are checked one by one);
 3. each block is one range GET of exactly its bytes (as the reader does), ``scan_concurrency``
    at a time, checksum-verified and decompressed (``streamhouse.segment.decode_block``), and
-   decoded to Arrow (``sql.decode``), skipping batches outside the bounds.
+   decoded to Arrow (``sql.decode``), skipping batches outside the bounds and, read
+   committed, the batches of aborted transactions (``aborted_ranges``: the partition's
+   aborted transactions overlapping the offsets read, one metadata call per partition read,
+   paged when there are more than ``MAX_ABORTED_LISTED``).
 
 Bounds only ever make a scan read less: the SQL engine applies the full predicates to what is
 read, so a bound that cannot be derived exactly is simply not derived.
@@ -29,12 +33,12 @@ import pyarrow.compute as pc
 
 from metadata import BlockLocation
 from metadata.async_store import AsyncMetadata
-from metadata.store import TopicInfo
-from sql.decode import BatchFilter, BlockDecodeError, decode_block_records
+from metadata.store import MAX_ABORTED_LISTED, TopicInfo
+from sql.decode import AbortedRanges, BatchFilter, BlockDecodeError, decode_block_records
 from streamhouse import objectstore
 from streamhouse.segment import SegmentCorruptError, decode_block
 
-__all__ = ["ScanBounds", "ScanError", "ScanStats", "scan_topic"]
+__all__ = ["ScanBounds", "ScanError", "ScanStats", "aborted_ranges", "scan_topic"]
 
 #: Block rows asked of metadata per call.
 BLOCK_PAGE = 256
@@ -89,6 +93,28 @@ class ScanStats(msgspec.Struct):
     scans: dict[str, ScanBounds] = msgspec.field(default_factory=dict)  # bounds by relation
 
 
+async def aborted_ranges(
+    meta: AsyncMetadata, topic_id: int, partition: int, start: int, stop: int
+) -> AbortedRanges:
+    """The partition's aborted transactions overlapping offsets ``[start, stop)``, paged past
+    metadata's cap per call. Raises ScanError in the pathological case of more than the cap
+    of aborted transactions sharing one first offset (paging cannot move on)."""
+    found: list[tuple[int, int, int]] = []
+    cursor = start
+    while cursor < stop:
+        page = await meta.aborted_transactions(topic_id, partition, cursor, stop)
+        found.extend((a.producer_id, a.first_offset, a.last_offset) for a in page)
+        if len(page) < MAX_ABORTED_LISTED:
+            break
+        if page[-1].first_offset <= cursor:
+            raise ScanError(
+                f"partition {partition}: over {MAX_ABORTED_LISTED} aborted transactions "
+                f"overlap offset {cursor}; read a narrower offset range"
+            )
+        cursor = page[-1].first_offset
+    return AbortedRanges(found)
+
+
 async def _list_blocks(
     meta: AsyncMetadata, topic_id: int, partition: int, start: int, stop: int, bounds: ScanBounds
 ) -> tuple[list[BlockLocation], int]:
@@ -138,11 +164,13 @@ async def scan_topic(
         if bounds.partitions is not None
         else sorted(states)
     )
-    plan: list[tuple[int, int, BlockLocation]] = []  # (partition, first wanted offset, block)
+    # (partition, first wanted offset, end (the LSO or the bound), block)
+    plan: list[tuple[int, int, int, BlockLocation]] = []
+    aborted: dict[int, AbortedRanges] = {}
     for partition in wanted:
         state = states[partition]
         start = max(state.log_start_offset, bounds.from_offset)
-        stop = state.high_watermark
+        stop = state.last_stable_offset  # read committed: never past an open transaction
         if bounds.to_offset is not None:
             stop = min(stop, bounds.to_offset)
         stats.partitions += 1
@@ -150,8 +178,10 @@ async def scan_topic(
             continue
         locs, listed = await _list_blocks(meta, topic.topic_id, partition, start, stop, bounds)
         stats.blocks_listed += listed
-        plan.extend((partition, start, loc) for loc in locs)
-    planned = sum(loc.byte_length for _p, _s, loc in plan)
+        if locs:
+            aborted[partition] = await aborted_ranges(meta, topic.topic_id, partition, start, stop)
+        plan.extend((partition, start, stop, loc) for loc in locs)
+    planned = sum(loc.byte_length for _p, _s, _e, loc in plan)
     if max_read_bytes is not None and stats.bytes_read + planned > max_read_bytes:
         raise ScanError(
             f"the query would read {(stats.bytes_read + planned) / 1e6:.1f} MB of stored blocks "
@@ -161,7 +191,7 @@ async def scan_topic(
         )
     gate = asyncio.Semaphore(max(1, concurrency))
 
-    async def read(partition: int, start: int, loc: BlockLocation) -> pa.RecordBatch:
+    async def read(partition: int, start: int, stop: int, loc: BlockLocation) -> pa.RecordBatch:
         async with gate:
             try:
                 raw = await objectstore.get_range(
@@ -181,8 +211,9 @@ async def scan_topic(
                 loc.base_offset,
                 loc.skipped_batches,
                 loc.end_offset,
-                BatchFilter(start, bounds.to_offset, bounds.min_timestamp),
+                BatchFilter(start, stop, bounds.min_timestamp),
                 max_inflated=max_inflated,
+                aborted=aborted[partition],
             )
         except (SegmentCorruptError, BlockDecodeError) as exc:
             raise ScanError(

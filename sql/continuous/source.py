@@ -8,13 +8,17 @@ Reading a step (``read``)
 1. one metadata call (``list_partitions``) gives every partition's log start and high
    watermark; a partition not seen before (the topic grew) starts at its log start, and a
    position below the log start (retention removed records) moves up to it;
-2. per partition with something new, ``find_blocks`` from its position gives the blocks, as
-   many as fit the step's byte budget (split evenly over the partitions that have something;
-   at least one block each, so a block larger than the budget is still read);
+2. per partition with something new below its last stable offset (LSO: read committed, a
+   query never reads past an open transaction), ``find_blocks`` from its position gives the
+   blocks, as many as fit the step's byte budget (split evenly over the partitions that have
+   something; at least one block each, so a block larger than the budget is still read), and
+   ``aborted_ranges`` the aborted transactions from its position to the LSO;
 3. each block is one range GET of its bytes (``READ_ATTEMPTS`` tries, each bounded by the
    store timeout), ``concurrency`` at a time, checksum-verified and decoded into the raw
    columns (``sql.decode``); records below the position (the block began before it) are
-   dropped. The partition's position becomes the block's end offset.
+   dropped, and so are the batches of aborted transactions and any at or after the LSO. The
+   partition's position becomes the block's end offset, or the LSO when that is inside the
+   block (the rest is read once the open transaction ends).
 
 Decoding (``decode``, CPU only: call it off the event loop)
 -----------------------------------------------------------
@@ -29,7 +33,7 @@ A record that does not match the declaration (not JSON, wrong types, a NOT NULL 
 missing; for a table, no key) is not delivered: its raw row is returned separately (for the
 dead-letter topic) and counted. Nothing a record holds stops the query.
 
-Waiting (``wait_for_data``): when no partition has anything new, the high watermarks are
+Waiting (``wait_for_data``): when no partition has anything new (below its LSO), the states are
 polled (one ``list_partitions`` per poll) with a backoff from 50 ms doubling to 500 ms.
 """
 
@@ -48,9 +52,16 @@ from metadata import BlockLocation
 from metadata.async_store import AsyncMetadata
 from metadata.store import PartitionState, TopicInfo
 from sql.continuous.pipeline import Source
-from sql.decode import RAW_SCHEMA, BatchFilter, BlockDecodeError, decode_block_records
+from sql.decode import (
+    RAW_SCHEMA,
+    AbortedRanges,
+    BatchFilter,
+    BlockDecodeError,
+    decode_block_records,
+)
 from sql.engine import relation_schema
 from sql.formats import decode_json
+from sql.scan import aborted_ranges
 from streamhouse import objectstore
 from streamhouse.segment import SegmentCorruptError, decode_block
 
@@ -214,43 +225,55 @@ class SourceTail:
         )
 
     def has_new(self) -> bool:
-        return any(s.high_watermark > self.positions.get(p, 0) for p, s in self.states.items())
+        """Whether a partition has committed records past its position (below its LSO)."""
+        return any(s.last_stable_offset > self.positions.get(p, 0) for p, s in self.states.items())
 
     async def read(self, max_bytes: int) -> SourceRead:
         """The next blocks of every partition, within ``max_bytes`` of stored bytes
         (module docstring); ``positions`` of the answer are where the next read starts (this
         tail's own positions move only with ``advance``)."""
         await self.refresh()
-        active = [p for p, s in sorted(self.states.items()) if s.high_watermark > self.positions[p]]
+        stable = {p: s.last_stable_offset for p, s in self.states.items()}
+        active = [p for p in sorted(stable) if stable[p] > self.positions[p]]
         if not active:
             return SourceRead([], dict(self.positions))
         budget = max(1, max_bytes // len(active))
-        pages = await asyncio.gather(
-            *(
-                self.meta.find_blocks(self.topic.topic_id, p, self.positions[p], BLOCK_PAGE)
-                for p in active
-            )
+        tid = self.topic.topic_id
+        pages, aborted = await asyncio.gather(
+            asyncio.gather(
+                *(self.meta.find_blocks(tid, p, self.positions[p], BLOCK_PAGE) for p in active)
+            ),
+            asyncio.gather(
+                *(aborted_ranges(self.meta, tid, p, self.positions[p], stable[p]) for p in active)
+            ),
         )
-        plan: list[tuple[int, int, BlockLocation]] = []
+        ranges = dict(zip(active, aborted, strict=True))
+        plan: list[tuple[int, int, int, BlockLocation]] = []
         positions = dict(self.positions)
         for p, page in zip(active, pages, strict=True):
             used = 0
-            hwm = self.states[p].high_watermark
+            lso = stable[p]
             for loc in page:
-                if loc.base_offset >= hwm or (used and used + loc.byte_length > budget):
+                if loc.base_offset >= lso or (used and used + loc.byte_length > budget):
                     break
-                plan.append((p, positions[p], loc))
+                plan.append((p, positions[p], lso, loc))
                 used += loc.byte_length
-                positions[p] = loc.end_offset
+                positions[p] = min(loc.end_offset, lso)
         gate = asyncio.Semaphore(self.concurrency)
-        raw = await asyncio.gather(*(self._block(gate, *item) for item in plan))
-        return SourceRead(list(raw), positions, sum(loc.byte_length for _p, _s, loc in plan))
+        raw = await asyncio.gather(*(self._block(gate, *item, ranges[item[0]]) for item in plan))
+        return SourceRead(list(raw), positions, sum(loc.byte_length for *_x, loc in plan))
 
     def advance(self, positions: dict[int, int]) -> None:
         self.positions.update(positions)
 
     async def _block(
-        self, gate: asyncio.Semaphore, partition: int, start: int, loc: BlockLocation
+        self,
+        gate: asyncio.Semaphore,
+        partition: int,
+        start: int,
+        stop: int,
+        loc: BlockLocation,
+        aborted: AbortedRanges,
     ) -> pa.RecordBatch:
         name = self.topic.name
         async with gate:
@@ -278,8 +301,9 @@ class SourceTail:
                 loc.base_offset,
                 loc.skipped_batches,
                 loc.end_offset,
-                BatchFilter(start),
+                BatchFilter(start, stop),
                 max_inflated=self.max_inflated,
+                aborted=aborted,
             )
         except (SegmentCorruptError, BlockDecodeError) as exc:
             raise SourceError(
