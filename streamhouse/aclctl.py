@@ -47,6 +47,7 @@ from streamhouse.acl import (
     decode_binding,
     encode_binding,
 )
+from streamhouse.acl_wire import binding_from_wire, creation_fields, filter_fields, strict_code
 from streamhouse.ctl_common import CtlError, open_metadata_store, read_password
 from streamhouse.kafka import messages as m
 from streamhouse.kafka_connection import BlockingKafkaConnection, KafkaConnectionError
@@ -201,20 +202,7 @@ class _KafkaAcls:
         response = self._connection.call(
             30,
             self.VERSION,
-            C(
-                creations=[
-                    C.AclCreation(
-                        resource_type=b.resource_type,
-                        resource_name=b.name,
-                        resource_pattern_type=b.pattern_type,
-                        principal=b.principal,
-                        host=b.host,
-                        operation=b.operation,
-                        permission_type=b.permission,
-                    )
-                    for b in bindings
-                ]
-            ),
+            C(creations=[C.AclCreation(**creation_fields(b)) for b in bindings]),
         )
         failed = [r for r in response.results if r.error_code]
         if failed:
@@ -223,7 +211,9 @@ class _KafkaAcls:
     def select(self, filters: list[AclFilter]) -> list[AclBinding]:
         found: dict[AclBinding, None] = {}
         for f in filters:
-            response = self._connection.call(29, self.VERSION, m.DescribeAclsRequest(**_wire(f)))
+            response = self._connection.call(
+                29, self.VERSION, m.DescribeAclsRequest(**filter_fields(f))
+            )
             if response.error_code:
                 raise AclCtlError(_refusal(response.error_code, response.error_message))
             for r in response.resources:
@@ -234,7 +224,7 @@ class _KafkaAcls:
     def remove(self, filters: list[AclFilter]) -> list[AclBinding]:
         D = m.DeleteAclsRequest
         response = self._connection.call(
-            31, self.VERSION, D(filters=[D.DeleteAclsFilter(**_wire(f)) for f in filters])
+            31, self.VERSION, D(filters=[D.DeleteAclsFilter(**filter_fields(f)) for f in filters])
         )
         removed: dict[AclBinding, None] = {}
         for result in response.filter_results:
@@ -245,29 +235,9 @@ class _KafkaAcls:
         return list(removed)
 
 
-def _wire(f: AclFilter) -> dict[str, Any]:
-    """The DescribeAcls / DeleteAcls filter fields of ``f``."""
-    return {
-        "resource_type_filter": f.resource_type,
-        "resource_name_filter": f.name,
-        "pattern_type_filter": f.pattern_type,
-        "principal_filter": f.principal,
-        "host_filter": f.host,
-        "operation": f.operation,
-        "permission_type": f.permission,
-    }
-
-
 def _binding(resource_type: int, name: str, pattern_type: int, entry: Any) -> AclBinding:
-    return AclBinding(
-        ResourceType(resource_type),
-        name,
-        PatternType(pattern_type),
-        entry.principal,
-        entry.host,
-        AclOperation(entry.operation),
-        Permission(entry.permission_type),
-    )
+    """A binding the broker answered (an unknown code is an error, not UNKNOWN)."""
+    return binding_from_wire(resource_type, name, pattern_type, entry, strict_code)
 
 
 def _refusal(code: int, message: str | None) -> str:

@@ -17,16 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from ingest.authorizer import acl_cache
 from ingest.kafka import errors
-from streamhouse.acl import (
-    AclBinding,
-    AclFilter,
-    AclOperation,
-    PatternType,
-    Permission,
-    ResourceType,
-    binding_error,
-    filter_error,
-)
+from streamhouse.acl import binding_error, filter_error
+from streamhouse.acl_wire import binding_from_wire, entry_fields, filter_from_wire, match_fields
 from streamhouse.kafka.messages import (
     CreateAclsRequest,
     CreateAclsResponse,
@@ -46,26 +38,6 @@ _DISABLED = (
 )
 
 
-def _code(kind: Any, value: int) -> Any:
-    """The enum member of a wire code; an unknown code is UNKNOWN (refused by validation)."""
-    try:
-        return kind(value)
-    except ValueError:
-        return kind.UNKNOWN
-
-
-def _filter(f: Any) -> AclFilter:
-    return AclFilter(
-        _code(ResourceType, f.resource_type_filter),
-        f.resource_name_filter,
-        _code(PatternType, f.pattern_type_filter),
-        f.principal_filter,
-        f.host_filter,
-        _code(AclOperation, f.operation),
-        _code(Permission, f.permission_type),
-    )
-
-
 async def create_acls(
     broker: KafkaBroker, header: RequestHeader, request: CreateAclsRequest
 ) -> CreateAclsResponse:
@@ -80,15 +52,7 @@ async def create_acls(
         )
     results = []
     for c in request.creations:
-        binding = AclBinding(
-            _code(ResourceType, c.resource_type),
-            c.resource_name,
-            _code(PatternType, c.resource_pattern_type),
-            c.principal,
-            c.host,
-            _code(AclOperation, c.operation),
-            _code(Permission, c.permission_type),
-        )
+        binding = binding_from_wire(c.resource_type, c.resource_name, c.resource_pattern_type, c)
         problem = binding_error(binding)
         if problem is not None:
             results.append(R(error_code=errors.INVALID_REQUEST, error_message=problem))
@@ -105,7 +69,7 @@ async def describe_acls(
     cache = acl_cache(broker.settings, broker.meta)
     if not cache.enabled:
         return D(error_code=errors.SECURITY_DISABLED, error_message=_DISABLED)
-    selection = _filter(request)
+    selection = filter_from_wire(request)
     problem = filter_error(selection)
     if problem is not None:
         return D(error_code=errors.INVALID_REQUEST, error_message=problem)
@@ -115,12 +79,7 @@ async def describe_acls(
         key=lambda b: (b.resource_type, b.name, b.pattern_type, b.principal, b.host),
     ):
         by_resource.setdefault((b.resource_type, b.name, b.pattern_type), []).append(
-            D.AclDescription(
-                principal=b.principal,
-                host=b.host,
-                operation=b.operation,
-                permission_type=b.permission,
-            )
+            D.AclDescription(**entry_fields(b))
         )
     return D(
         error_code=0,
@@ -150,7 +109,7 @@ async def delete_acls(
         )
     results = []
     for f in request.filters:
-        selection = _filter(f)
+        selection = filter_from_wire(f)
         problem = filter_error(selection)
         if problem is not None:
             results.append(
@@ -163,17 +122,7 @@ async def delete_acls(
                 error_code=0,
                 error_message=None,
                 matching_acls=[
-                    D.DeleteAclsMatchingAcl(
-                        error_code=0,
-                        error_message=None,
-                        resource_type=b.resource_type,
-                        resource_name=b.name,
-                        pattern_type=b.pattern_type,
-                        principal=b.principal,
-                        host=b.host,
-                        operation=b.operation,
-                        permission_type=b.permission,
-                    )
+                    D.DeleteAclsMatchingAcl(error_code=0, error_message=None, **match_fields(b))
                     for b in removed
                 ],
             )
