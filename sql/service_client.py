@@ -26,7 +26,7 @@ import grpc
 import pyarrow as pa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from streamhouse.client import TOKEN_ENV, StreamHouseError, channel_credentials
+from streamhouse.client import TOKEN_ENV, StreamHouseError, open_channel
 from streamhouse.proto import sql_pb2 as pb
 
 __all__ = [
@@ -95,20 +95,18 @@ class SqlClient:
     ) -> None:
         self.address = address or default_address()
         self.timeout = timeout
-        options: list[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", MESSAGE_LIMIT),
-            ("grpc.max_send_message_length", MESSAGE_LIMIT),
-        ]
-        if tls or tls_ca_file or tls_cert_file or tls_key_file:
-            if tls_server_name:
-                options.append(("grpc.ssl_target_name_override", tls_server_name))
-            try:
-                credentials = channel_credentials(tls_ca_file, tls_cert_file, tls_key_file)
-            except StreamHouseError as exc:
-                raise SqlServiceError(exc.code.name, exc.message) from None
-            self.channel = grpc.secure_channel(self.address, credentials, options=options)
-        else:
-            self.channel = grpc.insecure_channel(self.address, options=options)
+        try:
+            self.channel = open_channel(
+                self.address,
+                MESSAGE_LIMIT,
+                tls=tls,
+                tls_ca_file=tls_ca_file,
+                tls_cert_file=tls_cert_file,
+                tls_key_file=tls_key_file,
+                tls_server_name=tls_server_name,
+            )
+        except StreamHouseError as exc:
+            raise SqlServiceError(exc.code.name, exc.message) from None
         token = os.environ.get(TOKEN_ENV) if token is None else token
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._execute = self.channel.unary_stream(

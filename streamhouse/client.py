@@ -228,6 +228,31 @@ def channel_credentials(
     )
 
 
+def open_channel(
+    address: str,
+    message_limit: int,
+    *,
+    tls: bool = False,
+    tls_ca_file: str | None = None,
+    tls_cert_file: str | None = None,
+    tls_key_file: str | None = None,
+    tls_server_name: str | None = None,
+) -> grpc.Channel:
+    """A gRPC channel to ``address`` sending and receiving messages of up to ``message_limit``
+    bytes: TLS (:func:`channel_credentials`) when ``tls`` or any ``tls_*`` file is given, with
+    ``tls_server_name`` as the name the server's certificate must carry; else plaintext."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", message_limit),
+        ("grpc.max_send_message_length", message_limit),
+    ]
+    if not (tls or tls_ca_file or tls_cert_file or tls_key_file):
+        return grpc.insecure_channel(address, options=options)
+    if tls_server_name:
+        options.append(("grpc.ssl_target_name_override", tls_server_name))
+    credentials = channel_credentials(tls_ca_file, tls_cert_file, tls_key_file)
+    return grpc.secure_channel(address, credentials, options=options)
+
+
 class Client:
     """A synchronous StreamHouse client over one gRPC channel.
 
@@ -262,17 +287,15 @@ class Client:
             address = os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
         self.address = address
         self.timeout = timeout
-        options: list[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-        ]
-        if tls or tls_ca_file or tls_cert_file or tls_key_file:
-            if tls_server_name:
-                options.append(("grpc.ssl_target_name_override", tls_server_name))
-            credentials = channel_credentials(tls_ca_file, tls_cert_file, tls_key_file)
-            self._channel = grpc.secure_channel(address, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(address, options=options)
+        self._channel = open_channel(
+            address,
+            _MAX_MESSAGE_BYTES,
+            tls=tls,
+            tls_ca_file=tls_ca_file,
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+            tls_server_name=tls_server_name,
+        )
         token = os.environ.get(TOKEN_ENV) if token is None else token
         if token:
             self._channel = grpc.intercept_channel(self._channel, _TokenInterceptor(token))
