@@ -316,6 +316,13 @@ class StreamHouseService:
             )
         if request.max_records < 0 or request.max_bytes < 0:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "max_records and max_bytes must be >= 0")
+        isolation = int(request.isolation_level)
+        if isolation not in (pb.READ_UNCOMMITTED, pb.READ_COMMITTED):
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"isolation_level {isolation} is invalid: use READ_UNCOMMITTED (0) or "
+                "READ_COMMITTED (1)",
+            )
         offset = request.offset
         if offset < 0:
             state = await self.meta.get_partition(topic.topic_id, request.partition)
@@ -323,8 +330,12 @@ class StreamHouseService:
                 raise _Abort(grpc.StatusCode.NOT_FOUND, f"topic {topic.name!r} does not exist")
             if offset == -2:
                 offset = state.log_start_offset
-            elif offset == -1:
-                offset = state.high_watermark
+            elif offset == -1:  # read_committed: the latest a committed reader may read
+                offset = (
+                    state.last_stable_offset
+                    if isolation == pb.READ_COMMITTED
+                    else state.high_watermark
+                )
             else:
                 raise _Abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -339,6 +350,7 @@ class StreamHouseService:
             format=FORMAT_RECORDS,
             parts=[FetchPart(topic.topic_id, request.partition, offset, max_bytes)],
             max_records=request.max_records or DEFAULT_MAX_RECORDS,
+            isolation_level=isolation,
         )
         return topic, fetch
 
@@ -378,6 +390,7 @@ class StreamHouseService:
                 format=fetch.format,
                 parts=[part],
                 max_records=fetch.max_records,
+                isolation_level=fetch.isolation_level,
             )
 
     # -- offsets and producers -----------------------------------------------------------

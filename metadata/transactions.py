@@ -26,7 +26,8 @@ Rows (schema: ``metadata.migrations`` v7, ``metadata.postgres_migrations`` v8):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 #: (topic_id, partition, producer_id)
@@ -73,3 +74,33 @@ class TxnLog:
         """Open-transaction rows to insert or replace: (topic_id, partition, producer_id,
         first_offset)."""
         return [(*key, first) for key, first in self.open.items() if self._start.get(key) != first]
+
+
+class AbortedRanges:
+    """The aborted transactions of one partition, by producer: ``covers(producer_id,
+    offset)`` says whether ``offset`` lies in one of that producer's aborted ranges (first
+    offset .. its ABORT marker's offset). Built from ``(producer_id, first_offset,
+    last_offset)`` triples (``metadata.transactions.AbortedTxn``); duplicates are harmless."""
+
+    __slots__ = ("_firsts", "_lasts")
+
+    def __init__(self, aborted: Iterable[tuple[int, int, int]] = ()) -> None:
+        by_producer: dict[int, set[tuple[int, int]]] = {}
+        for producer_id, first, last in aborted:
+            by_producer.setdefault(producer_id, set()).add((first, last))
+        self._firsts: dict[int, list[int]] = {}
+        self._lasts: dict[int, list[int]] = {}
+        for producer_id, ranges in by_producer.items():
+            ordered = sorted(ranges)
+            self._firsts[producer_id] = [f for f, _l in ordered]
+            self._lasts[producer_id] = [last for _f, last in ordered]
+
+    def __bool__(self) -> bool:
+        return bool(self._firsts)
+
+    def covers(self, producer_id: int, offset: int) -> bool:
+        firsts = self._firsts.get(producer_id)
+        if not firsts:
+            return False
+        i = bisect_right(firsts, offset) - 1
+        return i >= 0 and offset <= self._lasts[producer_id][i]

@@ -19,7 +19,11 @@ Rules:
   overlap the returned offsets (one metadata read, only when a returned batch is
   transactional: clients drop no other batch by the list); commits, markers included, wake
   it as any commit does. Kafka-format reads return control batches as stored (clients skip
-  them); the records format (gRPC) never renders them.
+  them); the records format (gRPC) never renders them, and read_committed it drops the
+  batches of aborted transactions itself (gRPC clients get records, not the list): at the
+  first transactional batch it reads the aborted transactions from there to the LSO once
+  (``AbortedRanges``); when that list reaches its cap, the read stops at the last listed
+  transaction's first offset, the end of what the list covers.
 - Commits wake long-polls from two sources. This agent's uploader hands each committed
   segment over the committed ring (`on_committed`: its blocks go straight into the cache).
   With a PostgreSQL metadata store, `metadata.commit_feed.CommitFeed` also delivers every
@@ -52,6 +56,7 @@ from metadata import BlockLocation, MetadataStore
 from metadata.async_store import AsyncMetadata, ReadPlan
 from metadata.commit_feed import CommitNotice
 from metadata.store import MAX_ABORTED_LISTED
+from metadata.transactions import AbortedRanges
 from reader.cache import BlockCache, BlockKey
 from streamhouse import objectstore
 from streamhouse.errors import RING_OK, ErrorCode, RingError
@@ -285,6 +290,7 @@ class ReadEngine:
         cold = False
         transactional = 0  # a returned batch is transactional (markers included)
         starts: list[tuple[int, int]] = []  # FORMAT_KAFKA: each chunk's first offset, records
+        dropped: AbortedRanges | None = None  # FORMAT_RECORDS read_committed: aborted ranges
         done = part.offset >= bound
         locs: list[BlockLocation] | None = plan.blocks
         while not done:
@@ -327,6 +333,19 @@ class ReadEngine:
                     if fmt != FORMAT_KAFKA and info.attributes & CONTROL_MASK:
                         next_offset = last + 1  # a transaction marker: not a record
                         continue
+                    if (
+                        fmt != FORMAT_KAFKA
+                        and isolation_level == 1
+                        and info.attributes & TRANSACTIONAL_MASK
+                    ):
+                        if dropped is None:
+                            dropped, bound = await self._aborted_from(part, batch_base, bound)
+                            if batch_base >= bound:
+                                done = True
+                                break
+                        if dropped.covers(info.producer_id, batch_base):
+                            next_offset = last + 1  # an aborted transaction's records
+                            continue
                     bounded = bool(chunks) or not allow_oversize
                     if bounded and size + info.length > max_bytes:
                         done = True
@@ -398,6 +417,18 @@ class ReadEngine:
         )
         return result, b"".join(chunks)
 
+    async def _aborted_from(
+        self, part: FetchPart, start: int, bound: int
+    ) -> tuple[AbortedRanges, int]:
+        """The aborted transactions overlapping ``[start, bound)`` and the bound they cover:
+        ``bound``, or, when the list reached its cap, the first offset of the last one listed
+        (first offsets are distinct within a partition; every transaction starting before it
+        is listed)."""
+        found = await self.meta.aborted_transactions(part.topic_id, part.partition, start, bound)
+        if len(found) >= MAX_ABORTED_LISTED and found[-1].first_offset > start:
+            bound = found[-1].first_offset
+        return AbortedRanges((a.producer_id, a.first_offset, a.last_offset) for a in found), bound
+
     async def fetch(self, request: FetchRequest) -> tuple[FetchResponse, bytes]:
         """Serves a fetch, waiting up to max_wait_ms for min_bytes to be committed."""
         loop = asyncio.get_running_loop()
@@ -433,7 +464,13 @@ class ReadEngine:
                 total = sum(r.length for r in results)
                 errored = any(r.error.code for r in results)
                 remaining = deadline - loop.time()
-                if total >= max(request.min_bytes, 1) or errored or remaining <= 0:
+                # The records format answers its next offset: a read that only passed markers
+                # or aborted records answers at once (Kafka clients would fetch the same
+                # offset again, so a Kafka-format read waits for bytes).
+                moved = request.format != FORMAT_KAFKA and any(
+                    r.next_offset > p.offset for r, p in zip(results, request.parts, strict=True)
+                )
+                if total >= max(request.min_bytes, 1) or errored or moved or remaining <= 0:
                     return FetchResponse(request.request_id, results), b"".join(payloads)
                 if self.waiting >= self.max_waiting:
                     # Over the limit: parked until its deadline and not re-read on commits (no

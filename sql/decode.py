@@ -35,13 +35,11 @@ bit 4) whose producer had a transaction aborted over the batch's first offset is
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Iterable
-
 import msgspec
 import numpy as np
 import pyarrow as pa
 
+from metadata.transactions import AbortedRanges
 from sql._arrowdecode import decode_batches
 from streamhouse.recordbatch import (
     BATCH_HEADER_SIZE,
@@ -92,36 +90,6 @@ class BatchFilter(msgspec.Struct, frozen=True):
     from_offset: int = 0
     to_offset: int | None = None
     min_timestamp: int | None = None
-
-
-class AbortedRanges:
-    """The aborted transactions of one partition, by producer: ``covers(producer_id,
-    offset)`` says whether ``offset`` lies in one of that producer's aborted ranges (first
-    offset .. its ABORT marker's offset). Built from ``(producer_id, first_offset,
-    last_offset)`` triples (``metadata.transactions.AbortedTxn``); duplicates are harmless."""
-
-    __slots__ = ("_firsts", "_lasts")
-
-    def __init__(self, aborted: Iterable[tuple[int, int, int]] = ()) -> None:
-        by_producer: dict[int, set[tuple[int, int]]] = {}
-        for producer_id, first, last in aborted:
-            by_producer.setdefault(producer_id, set()).add((first, last))
-        self._firsts: dict[int, list[int]] = {}
-        self._lasts: dict[int, list[int]] = {}
-        for producer_id, ranges in by_producer.items():
-            ordered = sorted(ranges)
-            self._firsts[producer_id] = [f for f, _l in ordered]
-            self._lasts[producer_id] = [last for _f, last in ordered]
-
-    def __bool__(self) -> bool:
-        return bool(self._firsts)
-
-    def covers(self, producer_id: int, offset: int) -> bool:
-        firsts = self._firsts.get(producer_id)
-        if not firsts:
-            return False
-        i = bisect_right(firsts, offset) - 1
-        return i >= 0 and offset <= self._lasts[producer_id][i]
 
 
 def empty_raw() -> pa.RecordBatch:

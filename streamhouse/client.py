@@ -33,6 +33,8 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "EARLIEST",
     "LATEST",
+    "READ_COMMITTED",
+    "READ_UNCOMMITTED",
     "Client",
     "IdempotentProducer",
     "Record",
@@ -51,7 +53,28 @@ EARLIEST = -2
 """Special consume/subscribe offset: the first offset still in the log."""
 
 LATEST = -1
-"""Special consume/subscribe offset: the high watermark (only records produced from now on)."""
+"""Special consume/subscribe offset: the high watermark (only records produced from now on);
+read committed, the last stable offset."""
+
+READ_UNCOMMITTED = "read_uncommitted"
+"""Consume isolation (the default, as Kafka's): every record up to the high watermark, records
+of open and aborted transactions included."""
+
+READ_COMMITTED = "read_committed"
+"""Consume isolation: only committed records, up to the last stable offset (the first offset of
+the oldest open transaction); records of aborted transactions are skipped."""
+
+_ISOLATION = {READ_UNCOMMITTED: pb.READ_UNCOMMITTED, READ_COMMITTED: pb.READ_COMMITTED}
+
+
+def _isolation(level: str) -> pb.IsolationLevel:
+    try:
+        return _ISOLATION[level]
+    except KeyError:
+        raise ValueError(
+            f"isolation level {level!r} is invalid: use {READ_UNCOMMITTED!r} or {READ_COMMITTED!r}"
+        ) from None
+
 
 _MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
@@ -454,12 +477,17 @@ class Client:
         max_records: int = 0,
         max_bytes: int = 0,
         max_wait_ms: int = 0,
+        isolation: str = READ_UNCOMMITTED,
     ) -> tuple[list[Record], int, int, int]:
         """Reads records from ``offset`` (or :data:`EARLIEST`/:data:`LATEST`).
 
         Returns ``(records, next_offset, high_watermark, log_start_offset)``; pass
         ``next_offset`` to the next call. ``max_wait_ms`` long-polls at the tail.
+        ``isolation``: :data:`READ_UNCOMMITTED` or :data:`READ_COMMITTED` (``ValueError``
+        otherwise); read committed, ``next_offset`` may move past skipped records with
+        none returned.
         """
+        level = _isolation(isolation)
         request = pb.ConsumeRequest(
             topic=topic,
             partition=partition,
@@ -467,6 +495,7 @@ class Client:
             max_records=max_records,
             max_bytes=max_bytes,
             max_wait_ms=max_wait_ms,
+            isolation_level=level,
         )
         response = self._call(
             self._stub.Consume, request, timeout=self.timeout + max(max_wait_ms, 0) / 1000.0
@@ -475,9 +504,16 @@ class Client:
         return records, response.next_offset, response.high_watermark, response.log_start_offset
 
     def subscribe(
-        self, topic: str, partition: int, offset: int, max_records: int = 0, max_bytes: int = 0
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        max_records: int = 0,
+        max_bytes: int = 0,
+        isolation: str = READ_UNCOMMITTED,
     ) -> Iterator[Record]:
-        """Yields records from ``offset`` onwards, following the tail indefinitely.
+        """Yields records from ``offset`` onwards, following the tail indefinitely
+        (``isolation`` as in :meth:`consume`).
 
         The stream stays open until the caller stops iterating; closing the generator
         (``close()``, ``break`` followed by garbage collection, or an exception such as
@@ -489,6 +525,7 @@ class Client:
             offset=offset,
             max_records=max_records,
             max_bytes=max_bytes,
+            isolation_level=_isolation(isolation),
         )
         call = self._stub.Subscribe(request)
         try:

@@ -420,7 +420,9 @@ def _cmd_consume(client: Client, args: argparse.Namespace, out: _Printer) -> int
 
     remaining = args.limit
     if args.follow:
-        records = client.subscribe(args.topic, args.partition, args.offset)
+        records = client.subscribe(
+            args.topic, args.partition, args.offset, isolation=args.isolation
+        )
         try:
             for record in records:
                 emit(record)
@@ -440,6 +442,7 @@ def _cmd_consume(client: Client, args: argparse.Namespace, out: _Printer) -> int
             offset,
             max_records=min(remaining, DEFAULT_BATCH_SIZE) if remaining else 0,
             max_wait_ms=args.max_wait_ms,
+            isolation=args.isolation,
         )
         for record in records[:remaining]:
             emit(record)
@@ -1150,6 +1153,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="MS",
         help="long-poll at the end of the log for up to MS milliseconds (without --follow)",
+    )
+    consume.add_argument(
+        "--isolation",
+        choices=("read_uncommitted", "read_committed"),
+        default="read_uncommitted",
+        help="read_committed: only committed transactions' records, up to the last stable "
+        "offset (default read_uncommitted: everything, as Kafka)",
     )
     consume.set_defaults(func=_cmd_consume)
 

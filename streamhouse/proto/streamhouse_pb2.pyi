@@ -5,8 +5,17 @@ from typing import ClassVar as _ClassVar
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class IsolationLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    READ_UNCOMMITTED: _ClassVar[IsolationLevel]
+    READ_COMMITTED: _ClassVar[IsolationLevel]
+
+READ_UNCOMMITTED: IsolationLevel
+READ_COMMITTED: IsolationLevel
 
 class Header(_message.Message):
     __slots__ = ("key", "value")
@@ -163,9 +172,7 @@ class ProduceResponse(_message.Message):
     BASE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     partition: int
     base_offset: int
-    def __init__(
-        self, partition: int | None = ..., base_offset: int | None = ...
-    ) -> None: ...
+    def __init__(self, partition: int | None = ..., base_offset: int | None = ...) -> None: ...
 
 class ProduceBatchRequest(_message.Message):
     __slots__ = ("topic", "partition", "records", "producer_id", "producer_epoch", "base_sequence")
@@ -225,19 +232,29 @@ class ProduceBatchResponse(_message.Message):
     ) -> None: ...
 
 class ConsumeRequest(_message.Message):
-    __slots__ = ("topic", "partition", "offset", "max_records", "max_bytes", "max_wait_ms")
+    __slots__ = (
+        "topic",
+        "partition",
+        "offset",
+        "max_records",
+        "max_bytes",
+        "max_wait_ms",
+        "isolation_level",
+    )
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     MAX_RECORDS_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    ISOLATION_LEVEL_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     offset: int
     max_records: int
     max_bytes: int
     max_wait_ms: int
+    isolation_level: IsolationLevel
     def __init__(
         self,
         topic: str | None = ...,
@@ -246,6 +263,7 @@ class ConsumeRequest(_message.Message):
         max_records: int | None = ...,
         max_bytes: int | None = ...,
         max_wait_ms: int | None = ...,
+        isolation_level: IsolationLevel | str | None = ...,
     ) -> None: ...
 
 class ConsumeResponse(_message.Message):
@@ -267,17 +285,19 @@ class ConsumeResponse(_message.Message):
     ) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("topic", "partition", "offset", "max_records", "max_bytes")
+    __slots__ = ("topic", "partition", "offset", "max_records", "max_bytes", "isolation_level")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     MAX_RECORDS_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ISOLATION_LEVEL_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     offset: int
     max_records: int
     max_bytes: int
+    isolation_level: IsolationLevel
     def __init__(
         self,
         topic: str | None = ...,
@@ -285,6 +305,7 @@ class SubscribeRequest(_message.Message):
         offset: int | None = ...,
         max_records: int | None = ...,
         max_bytes: int | None = ...,
+        isolation_level: IsolationLevel | str | None = ...,
     ) -> None: ...
 
 class CommitOffsetRequest(_message.Message):
@@ -321,10 +342,7 @@ class GetOffsetRequest(_message.Message):
     topic: str
     partition: int
     def __init__(
-        self,
-        group: str | None = ...,
-        topic: str | None = ...,
-        partition: int | None = ...,
+        self, group: str | None = ..., topic: str | None = ..., partition: int | None = ...
     ) -> None: ...
 
 class GetOffsetResponse(_message.Message):
@@ -345,9 +363,7 @@ class InitProducerResponse(_message.Message):
     PRODUCER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     producer_id: int
     producer_epoch: int
-    def __init__(
-        self, producer_id: int | None = ..., producer_epoch: int | None = ...
-    ) -> None: ...
+    def __init__(self, producer_id: int | None = ..., producer_epoch: int | None = ...) -> None: ...
 
 class DescribeClusterRequest(_message.Message):
     __slots__ = ()

@@ -90,7 +90,16 @@ class FakeClient:
             ],
         )
 
-    def consume(self, topic, partition, offset, max_records=0, max_bytes=0, max_wait_ms=0):
+    def consume(
+        self,
+        topic,
+        partition,
+        offset,
+        max_records=0,
+        max_bytes=0,
+        max_wait_ms=0,
+        isolation="read_uncommitted",
+    ):
         self.calls.append(("consume", (topic, partition, offset, max_records, max_wait_ms)))
         self._maybe_fail()
         start = 0 if offset == -2 else len(self.log) if offset == -1 else offset
@@ -101,7 +110,9 @@ class FakeClient:
         ]
         return records, end, len(self.log), 0
 
-    def subscribe(self, topic, partition, offset, max_records=0) -> Iterator[Record]:
+    def subscribe(
+        self, topic, partition, offset, max_records=0, isolation="read_uncommitted"
+    ) -> Iterator[Record]:
         self.calls.append(("subscribe", (topic, partition, offset)))
         number = 0
         while True:
