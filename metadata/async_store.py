@@ -403,8 +403,12 @@ class AsyncMetadata:
     async def list_catalog_entries(self, kind: str) -> list[tuple[str, bytes]]:
         return await self._read(self.store.list_catalog_entries, kind)
 
-    async def delete_catalog_entry(self, kind: str, name: str) -> bool:
-        return await self._write(self.store.delete_catalog_entry, kind, name)
+    async def delete_catalog_entry(
+        self, kind: str, name: str, *, expect: bytes | None = None
+    ) -> bool:
+        return await self._write(
+            functools.partial(self.store.delete_catalog_entry, expect=expect), kind, name
+        )
 
     # -- continuous queries' checkpoints ---------------------------------------------------
 

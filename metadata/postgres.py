@@ -164,6 +164,7 @@ from metadata.store import (
     _now_ms,
     _Producer,
     _producer_keys,
+    _sql_delete_catalog,
     _topic,
     _validate_partitions,
     agent_row,
@@ -1680,12 +1681,13 @@ class PostgresMetadataStore:
 
         return [(n, _bytes(d)) for n, d in self._read(list_catalog_entries)]
 
-    def delete_catalog_entry(self, kind: str, name: str) -> bool:
+    def delete_catalog_entry(self, kind: str, name: str, *, expect: bytes | None = None) -> bool:
         """See :meth:`metadata.store.MetadataStore.delete_catalog_entry`."""
         check_catalog_key(kind, name)
+        sql, params = _sql_delete_catalog(kind, name, _check_expected_definition(expect))
 
         def delete_catalog_entry(cur: Any) -> bool:
-            cur.execute("DELETE FROM catalog WHERE kind = %s AND name = %s", (kind, name))
+            cur.execute(sql, params)
             return bool(cur.rowcount)
 
         return self._write(delete_catalog_entry)

@@ -1532,6 +1532,16 @@ _SQL_SWAP_CATALOG: Final = (
 )
 
 
+def _sql_delete_catalog(
+    kind: str, name: str, expect: bytes | None
+) -> tuple[str, tuple[object, ...]]:
+    """The DELETE of :meth:`MetadataStore.delete_catalog_entry` and its parameters."""
+    sql = "DELETE FROM catalog WHERE kind = %s AND name = %s"
+    if expect is None:
+        return sql, (kind, name)
+    return sql + " AND definition = %s", (kind, name, expect)
+
+
 def _check_expected_definition(expect: object) -> bytes | None:
     """``expect`` of a compare-and-set as bytes (None stays None), else ``ValueError``."""
     if expect is None:
@@ -2880,12 +2890,15 @@ class MetadataStore:
             ).fetchall()
         return [(r[0], bytes(r[1])) for r in rows]
 
-    def delete_catalog_entry(self, kind: str, name: str) -> bool:
-        """Delete catalog entry ``kind``/``name``; False if there was none. Raises
-        ``ValueError`` for a bad kind or name."""
+    def delete_catalog_entry(self, kind: str, name: str, *, expect: bytes | None = None) -> bool:
+        """Delete catalog entry ``kind``/``name``; False if there was none, or, with
+        ``expect``, if its definition is not byte for byte ``expect`` (a compare-and-delete,
+        as :meth:`swap_catalog_entry`). Raises ``ValueError`` for a bad argument."""
         check_catalog_key(kind, name)
+        old = _check_expected_definition(expect)
+        sql, params = _sql_delete_catalog(kind, name, old)
         with self._write() as db:
-            db.execute("DELETE FROM catalog WHERE kind = ? AND name = ?", (kind, name))
+            db.execute(_qmarks(sql), params)
             return db.changes() > 0
 
     # ------------------------------------------------------------------ consumer groups

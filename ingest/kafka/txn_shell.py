@@ -522,8 +522,9 @@ class TxnShell:
                         record.transactional_id,
                         self.expiration_ms,
                     )
+                    # only the record read: a request that used the id meanwhile keeps it
                     await self.meta.delete_catalog_entry(
-                        CATALOG_KIND, catalog_name(record.transactional_id)
+                        CATALOG_KIND, catalog_name(record.transactional_id), expect=blob
                     )
                     continue
                 aborting = tc.expire(record, self.now_ms())

@@ -1,7 +1,7 @@
 """Conformance (SQLite and PostgreSQL) of what the transactions follow-up added to the metadata
 store: the catalog's compare-and-set (``swap_catalog_entry``, which the transaction
-coordinator writes its state with) and idle producer-state expiry sparing producers with an
-open transaction."""
+coordinator writes its state with) and compare-and-delete, and idle producer-state expiry
+sparing producers with an open transaction."""
 
 from __future__ import annotations
 
@@ -34,6 +34,17 @@ def test_swap_stores_only_over_the_definition_it_expects(store: Store) -> None:
         store.swap_catalog_entry("kafka-txn", "t", b"v", 6, expect="v2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="catalog name"):
         store.swap_catalog_entry("kafka-txn", "", b"v", 6, expect=None)
+
+
+def test_delete_with_an_expected_definition_deletes_only_that(store: Store) -> None:
+    store.put_catalog_entry("kafka-txn", "idle", b"old", 1)
+    assert store.delete_catalog_entry("kafka-txn", "idle", expect=b"older") is False
+    assert store.get_catalog_entry("kafka-txn", "idle") == b"old"
+    assert store.delete_catalog_entry("kafka-txn", "idle", expect=b"old") is True
+    assert store.get_catalog_entry("kafka-txn", "idle") is None
+    assert store.delete_catalog_entry("kafka-txn", "idle", expect=b"old") is False
+    with pytest.raises(ValueError, match="expected catalog definition must be bytes"):
+        store.delete_catalog_entry("kafka-txn", "idle", expect=1)  # type: ignore[arg-type]
 
 
 def test_concurrent_swaps_from_one_definition_store_exactly_one(backend_opener: Opener) -> None:

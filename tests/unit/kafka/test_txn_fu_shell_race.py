@@ -131,3 +131,32 @@ def test_a_new_id_created_twice_keeps_the_first(tmp_path: pathlib.Path) -> None:
         assert (tc.NONE, record.producer_id, record.producer_epoch) == first[0]
 
     run(tmp_path, body)
+
+
+def test_the_sweeper_does_not_forget_an_id_used_meanwhile(tmp_path: pathlib.Path) -> None:
+    async def body(meta: AsyncMetadata) -> None:
+        markers = Markers()
+        slow = AfterRead(meta)
+        now = [1_000_000.0]
+        old = TxnShell(
+            slow,  # type: ignore[arg-type]
+            markers,
+            max_timeout_ms=60_000,
+            expiration_ms=1_000,
+            clock=lambda: now[0],
+        )
+        new = TxnShell(meta, markers, max_timeout_ms=60_000, clock=lambda: now[0])
+        _, pid, epoch = await new.init_producer_id("tx", 10_000)
+        now[0] += 10  # idle for 10 s: past the 1 s expiration
+        again: list[tuple[int, int, int]] = []
+
+        async def reuse() -> None:
+            again.append(await new.init_producer_id("tx", 10_000))
+
+        slow.meanwhile = reuse
+        await old.sweep()
+        assert again == [(tc.NONE, pid, epoch + 1)]
+        record = await new.load("tx")
+        assert record is not None and record.producer_epoch == epoch + 1  # not forgotten
+
+    run(tmp_path, body)
