@@ -21,10 +21,16 @@ data it certainly did not write is answered NOT_ENOUGH_REPLICAS or KAFKA_STORAGE
 bumping its epoch), and REQUEST_TIMED_OUT only when the outcome is genuinely unknown.
 
 Transactional batches (attributes bit 4, with the producer id of a transactional producer)
-are accepted and checked like idempotent ones; their slot's BatchMeta carries the bit, and
-the metadata commit opens the producer's transaction on the partition
-(``metadata/transactions.py``). Control batches (transaction markers) are refused
-(INVALID_RECORD): only the log writes them (``ingest/txn_markers.py``).
+are checked like idempotent ones and verified against the transaction coordinator's durable
+state (``txn_verify.py``: one catalog read per request, only when it carries a transactional
+batch): the request must name the transactional id (else every partition is refused with
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED, as Kafka does), and the batch's producer id and epoch
+must be that id's current ones with the partition added to its ongoing transaction (else
+INVALID_PRODUCER_ID_MAPPING, INVALID_PRODUCER_EPOCH, INVALID_TXN_STATE, or NOT_ENOUGH_REPLICAS
+while it completes). Their slot's BatchMeta carries the bit, and the metadata commit opens
+the producer's transaction on the partition (``metadata/transactions.py``). Control batches
+(transaction markers) are refused (INVALID_RECORD): only the log writes them
+(``ingest/txn_markers.py``).
 """
 
 from __future__ import annotations
@@ -36,11 +42,14 @@ import time
 from typing import TYPE_CHECKING
 
 import crc32c
+import msgspec
 
-from ingest.kafka import errors
+from ingest.kafka import errors, txn_shell, txn_verify
 from ingest.kafka.connection import NO_RESPONSE
+from ingest.kafka.txn_coordinator import TxnRecord
 from ingest.pipeline import BatchOutcome, PipelineUnavailable, ProduceSlot
 from metadata.async_store import TopicLookup, TopicState
+from metadata.errors import MetadataUnavailableError
 from streamhouse.frames import BatchMeta
 from streamhouse.kafka.messages import ProduceRequest, ProduceResponse, RequestHeader
 from streamhouse.recordbatch import (
@@ -130,6 +139,9 @@ async def produce(
     # topic name -> the time its batches were stamped with (LogAppendTime topics only)
     append_times: dict[str, int] = {}
     now_ms = int(time.time() * 1000)
+    # The transactional id's stored state, read once when a transactional batch needs it.
+    txn: tuple[TxnRecord | None, bool] | None = None
+    no_txn_id = False
     # Every topic and partition state the request needs, in one metadata call (off the loop).
     found = await broker.meta.topic_states(
         [TopicLookup(t.name, None, [p.index for p in t.partition_data]) for t in request.topic_data]
@@ -158,8 +170,28 @@ async def produce(
                 outcome[key] = (-1, code, message)
                 record_errors[key] = bad_records
                 continue
+            if any(m.attributes & TRANSACTIONAL_MASK for m in slot.batches):
+                if request.transactional_id is None:
+                    no_txn_id = True
+                    continue
+                if txn is None:
+                    txn = await _txn_record(broker, request.transactional_id)
+                code, message = _verify(txn, request.transactional_id, slot)
+                if code != errors.NONE:
+                    log.info("refused produce to %s[%d]: %s", topic.name, part.index, message)
+                    outcome[key] = (-1, code, message)
+                    continue
             outcome[key] = (len(slots), 0, None)
             slots.append(slot)
+    if no_txn_id:
+        log.info("refused a produce of transactional batches without a transactional id")
+        refused = all_failed(
+            request,
+            errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            "transactional batches need the request's transactional id (the producer's "
+            "transactional.id)",
+        )
+        return NO_RESPONSE if request.acks == 0 else refused
     if request.acks == 0:
         if slots:
             task = asyncio.ensure_future(broker.pipeline.produce(slots))
@@ -207,6 +239,46 @@ async def produce(
             R.TopicProduceResponse(name=topic_data.name, partition_responses=partitions)
         )
     return response
+
+
+async def _txn_record(broker: KafkaBroker, transactional_id: str) -> tuple[TxnRecord | None, bool]:
+    """(the stored record of ``transactional_id`` or None, whether metadata answered)."""
+    try:
+        blob = await broker.meta.get_catalog_entry(
+            txn_shell.CATALOG_KIND, txn_shell.catalog_name(transactional_id)
+        )
+    except MetadataUnavailableError as exc:
+        log.warning("transactional id %r: cannot verify its produce: %s", transactional_id, exc)
+        return None, False
+    if blob is None:
+        return None, True
+    try:
+        return txn_shell.decode(blob), True
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None, True  # unreadable: no producer to match (txn_shell logs and resets it)
+
+
+def _verify(
+    txn: tuple[TxnRecord | None, bool], transactional_id: str, slot: ProduceSlot
+) -> tuple[int, str | None]:
+    """The first refusal among a slot's transactional batches, else (NONE, None)."""
+    record, answered = txn
+    if not answered:
+        return errors.NOT_ENOUGH_REPLICAS, (
+            "the transaction coordinator's state could not be read (metadata unavailable); retry"
+        )
+    for meta in slot.batches:
+        if meta.attributes & TRANSACTIONAL_MASK:
+            code, message = txn_verify.verify(
+                record,
+                transactional_id,
+                meta.producer_id,
+                meta.producer_epoch,
+                (slot.topic_id, slot.partition),
+            )
+            if code != errors.NONE:
+                return code, message
+    return errors.NONE, None
 
 
 def _log_start(states: dict[str, TopicState], topic_name: str, partition: int) -> int:
