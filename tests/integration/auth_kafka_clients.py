@@ -48,26 +48,24 @@ class Auth:
             conf["ssl.ca.location"] = self.ca_file
         return conf
 
-    def kafka_python(self, bootstrap: str) -> dict[str, Any]:
-        conf: dict[str, Any] = {
+    def _python_sasl(self, bootstrap: str) -> dict[str, Any]:
+        """The options kafka-python and aiokafka name alike."""
+        return {
             "bootstrap_servers": bootstrap,
             "security_protocol": self.protocol,
             "sasl_mechanism": self.mechanism,
             "sasl_plain_username": self.user,
             "sasl_plain_password": self.password,
         }
+
+    def kafka_python(self, bootstrap: str) -> dict[str, Any]:
+        conf = self._python_sasl(bootstrap)
         if self.ca_file:
             conf["ssl_cafile"] = self.ca_file
         return conf
 
     def aiokafka(self, bootstrap: str) -> dict[str, Any]:
-        conf: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
-            "security_protocol": self.protocol,
-            "sasl_mechanism": self.mechanism,
-            "sasl_plain_username": self.user,
-            "sasl_plain_password": self.password,
-        }
+        conf = self._python_sasl(bootstrap)
         if self.ca_file:
             conf["ssl_context"] = ssl.create_default_context(cafile=self.ca_file)
         return conf

@@ -11,13 +11,14 @@ serves the module; every test uses its own topics and groups.
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import auth_stack_tools
 import grpc
 import pytest
+from auth_stack_tools import streamctl
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import (
     AclBinding,
@@ -56,14 +57,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def streamctl_acl(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streamhouse.streamctl", "acl", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={"PATH": "/usr/bin:/bin", **stack.env},
-    )
+    return streamctl(stack, "acl", *args)
 
 
 def bootstrap_acl(stack: Stack, *args: str) -> None:
@@ -181,19 +175,13 @@ def _try_create_topic(admin: AdminClient, name: str) -> bool:
 
 def produce_error(stack: Stack, topic: str) -> KafkaError | None:
     """The delivery error of one record produced to ``topic`` (None: it was stored)."""
-    outcome: list[KafkaError | None] = []
-    producer = Producer(
-        {
-            "bootstrap.servers": stack.kafka_address,
-            "message.timeout.ms": 10_000,
-            "enable.idempotence": False,
-            "allow.auto.create.topics": False,
-        }
-    )
-    producer.produce(topic, b"v", on_delivery=lambda err, msg: outcome.append(err))
-    producer.flush(15)
-    assert len(outcome) == 1
-    return outcome[0]
+    return auth_stack_tools.produce_error({"bootstrap.servers": stack.kafka_address}, topic)
+
+
+def produce_refused(stack: Stack, topic: str) -> bool:
+    """Is a record produced to ``topic`` refused with TOPIC_AUTHORIZATION_FAILED?"""
+    error = produce_error(stack, topic)
+    return error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
 def test_a_producer_is_denied_until_an_acl_allows_it(
@@ -205,10 +193,7 @@ def test_a_producer_is_denied_until_an_acl_allows_it(
     assert len(delete(admin, topic_acl(name, AclOperation.ALL))) == 1
     create(admin, topic_acl(name, AclOperation.DESCRIBE))
     wait_until(
-        lambda: (
-            (e := produce_error(stack, name)) is not None
-            and e.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
-        ),
+        lambda: produce_refused(stack, name),
         REFRESH_WAIT_S,
         "a produce without WRITE is refused with TOPIC_AUTHORIZATION_FAILED",
     )
@@ -219,12 +204,7 @@ def test_a_producer_is_denied_until_an_acl_allows_it(
     # A deny wins over the allow.
     create(admin, topic_acl(name, AclOperation.WRITE, AclPermissionType.DENY))
     wait_until(
-        lambda: (
-            (e := produce_error(stack, name)) is not None
-            and e.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
-        ),
-        REFRESH_WAIT_S,
-        "a WRITE deny beats the WRITE allow",
+        lambda: produce_refused(stack, name), REFRESH_WAIT_S, "a WRITE deny beats the WRITE allow"
     )
 
 
@@ -467,10 +447,7 @@ def test_host_specific_acls_apply_to_the_client_address(
     )
     create(admin, here)
     wait_until(
-        lambda: (
-            (e := produce_error(stack, name)) is not None
-            and e.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
-        ),
+        lambda: produce_refused(stack, name),
         REFRESH_WAIT_S,
         "a deny for the client's own address applies",
     )

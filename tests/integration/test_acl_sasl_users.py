@@ -8,13 +8,12 @@ user is the principal (PERMISSION_DENIED names alice; admin's token passes). One
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import grpc
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer
+from auth_stack_tools import produce_error, streamctl
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AclBinding,
     AclBindingFilter,
@@ -38,18 +37,6 @@ PROTOCOL = "SASL_PLAINTEXT"
 MECHANISM = "SCRAM-SHA-256"
 WAIT_S = 15.0
 TOPIC = "acl-sasl-orders"
-
-
-def streamctl(stack: Stack, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streamhouse.streamctl", *args],
-        input=stdin,
-        text=True,
-        capture_output=True,
-        env=stack.env,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -80,20 +67,9 @@ def conf(stack: Stack, user: str) -> dict[str, str]:
     }
 
 
-def produce_error(stack: Stack, user: str, topic: str = TOPIC) -> int | None:
-    outcome: list[KafkaError | None] = []
-    producer = Producer(
-        {
-            **conf(stack, user),
-            "message.timeout.ms": 10_000,
-            "enable.idempotence": False,
-            "allow.auto.create.topics": False,
-        }
-    )
-    producer.produce(topic, b"v", on_delivery=lambda err, msg: outcome.append(err))
-    producer.flush(15)
-    assert len(outcome) == 1
-    return None if outcome[0] is None else int(outcome[0].code())
+def produce_code(stack: Stack, user: str, topic: str = TOPIC) -> int | None:
+    error = produce_error(conf(stack, user), topic)
+    return None if error is None else int(error.code())
 
 
 def token(stack: Stack, user: str) -> str:
@@ -118,13 +94,13 @@ def test_super_user_and_per_user_acls(stack: Stack) -> None:
     admin = AdminClient(conf(stack, "admin"))
     # The super user needs no ACL: it creates the topic and writes to it.
     admin.create_topics([NewTopic(TOPIC, 1)], request_timeout=10)[TOPIC].result()
-    assert produce_error(stack, "admin") is None
-    assert produce_error(stack, "alice") == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    assert produce_code(stack, "admin") is None
+    assert produce_code(stack, "alice") == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
     binding = alice_writes()
     admin.create_acls([binding], request_timeout=10)[binding].result()
-    wait_until(lambda: produce_error(stack, "alice") is None, WAIT_S, "alice may write")
-    assert produce_error(stack, "bob") == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    wait_until(lambda: produce_code(stack, "alice") is None, WAIT_S, "alice may write")
+    assert produce_code(stack, "bob") == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
     # alice is no administrator.
     alice_admin = AdminClient(conf(stack, "alice"))

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import socket
 import struct
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import grpc
 import pytest
 from auth_kafka_clients import CLIENTS, MECHANISMS, Auth, refused, round_trip
+from auth_stack_tools import streamctl
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
     AdminClient,
@@ -36,17 +35,6 @@ from streamhouse.kafka.messages import MetadataRequest, RequestHeader, SaslHands
 from streamhouse.testing import Stack, wait_until
 
 PROTOCOL = "SASL_PLAINTEXT"
-
-
-def streamctl(stack: Stack, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streamhouse.streamctl", *args],
-        input=stdin,
-        text=True,
-        capture_output=True,
-        env=stack.env,
-        timeout=60,
-    )
 
 
 @pytest.fixture(scope="module")
