@@ -285,7 +285,9 @@ class ScramServer:
 
 
 class ScramClient:
-    """The client side (tests, and anyone scripting SCRAM): first(), final(), verify()."""
+    """The client side (tests, and anyone scripting SCRAM): first(), final(), verify().
+    ``final`` refuses a server-first message asking for iterations outside
+    ``MIN_ITERATIONS``..``MAX_ITERATIONS``."""
 
     def __init__(self, mechanism: str, user: str, password: str, nonce: str | None = None) -> None:
         hash_name(mechanism)
@@ -306,6 +308,15 @@ class ScramClient:
         client_nonce = self._bare.split(",r=", 1)[1]
         if not nonce.startswith(client_nonce) or not iterations.isdigit():
             raise ScramError("malformed server-first message")
+        if not MIN_ITERATIONS <= int(iterations) <= MAX_ITERATIONS:
+            # Fewer makes a captured exchange cheap to brute-force; more is a server making the
+            # client burn CPU. Kafka's client refuses fewer than 4096 too; the maximum is the
+            # one Kafka accepts for a stored credential.
+            raise ScramError(
+                f"the server asks for {iterations} iterations, outside {MIN_ITERATIONS}.."
+                f"{MAX_ITERATIONS}: refusing to authenticate (check the server's SCRAM "
+                "credentials; streamctl user add stores them with valid iterations)"
+            )
         salted = salted_password(
             self.mechanism, self.password, _b64decode(salt_b64, "salt"), int(iterations)
         )

@@ -109,3 +109,18 @@ def test_client_first_parsing() -> None:
     ]:
         with pytest.raises(ScramError, match=why):
             parse_client_first(bad)
+
+
+@pytest.mark.parametrize("iterations", [1, 4095, 16385, 10**9])
+def test_client_refuses_iterations_out_of_bounds(iterations: int) -> None:
+    client = ScramClient("SCRAM-SHA-256", "alice", "pw", nonce="abc")
+    first = f"r=abcdef,s={base64.b64encode(b'salt').decode()},i={iterations}".encode()
+    with pytest.raises(ScramError, match=f"{iterations} iterations, outside 4096..16384"):
+        client.final(first)
+
+
+@pytest.mark.parametrize("iterations", [4096, 16384])
+def test_client_accepts_iterations_at_the_bounds(iterations: int) -> None:
+    client = ScramClient("SCRAM-SHA-256", "alice", "pw", nonce="abc")
+    first = f"r=abcdef,s={base64.b64encode(b'salt').decode()},i={iterations}".encode()
+    assert client.final(first).startswith(b"c=biws,r=abcdef,p=")
