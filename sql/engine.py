@@ -232,6 +232,23 @@ def _groups(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
     return out
 
 
+# How a plan may write a table registered under a bare name, or under ``topics.<name>``.
+_DEFAULT_PREFIXES = (("datafusion.public.", ""), ("public.", ""), ("datafusion.topics.", "topics."))
+
+
+def _resolve(written: str, sources: dict[str, Any], views: dict[str, Any]) -> list[str] | None:
+    """The registered names (keys of ``sources`` or ``views``) a plan's table name ``written``
+    can mean, or None when it means none of them. The plan shows names unquoted, so
+    ``public.x`` is table ``x`` of the default schema or a table named "public.x": every
+    reading that is registered counts (the query is checked against all of them)."""
+    candidates = [written]
+    for prefix, replacement in _DEFAULT_PREFIXES:
+        if written.startswith(prefix):
+            candidates.append(replacement + written[len(prefix) :])
+    known = [n for n in dict.fromkeys(candidates) if n in sources or n in views]
+    return known or None
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -769,7 +786,22 @@ class SqlEngine:
             plan = ctx.sql_with_options(sql, options).optimized_logical_plan()
         except Exception as exc:
             raise SqlError(_clean(exc, orphans)) from None
-        bounds = scan_bounds(plan, {n: s.bounds for n, s in sources.items()})
+        scanned = scan_bounds(plan, {n: s.bounds for n, s in sources.items()})
+        # The plan names a table as written (``v``, ``public.v``, ``datafusion.public.v``):
+        # every name is resolved to the registered ones it can mean before any check.
+        bounds: dict[str, ScanBounds] = {}
+        for written, wanted in scanned.items():
+            resolved = _resolve(written, sources, views)
+            if resolved is None:
+                if written.endswith("()"):
+                    continue  # a built-in table function (range(), generate_series())
+                raise SqlError(
+                    f"table {written!r} is not a topic, stream, table or materialized view "
+                    "of this cluster: use a topic's name or one SHOW STREAMS, SHOW TABLES or SHOW "
+                    "MATERIALIZED VIEWS lists"
+                )
+            for name in resolved:
+                bounds[name] = wanted if name not in bounds else bounds[name].union(wanted)
         if self.authorize is not None:
             self.authorize(acl.reads(await self._topics_read(bounds, sources, views)))
         stats = ScanStats()
@@ -777,7 +809,7 @@ class SqlEngine:
         for name, wanted in bounds.items():
             source = sources.get(name)
             if source is None or explain_only:
-                continue  # not ours (information_schema...), or nothing is executed
+                continue  # a view (its rows are registered), or nothing is executed
             stats.scans[name] = wanted
             batches = await self._load(name, source, wanted, stats)
             self._register(ctx, name, source.schema, batches, replace=True)
