@@ -171,21 +171,22 @@ async def _answer_allowed(
     header: m.RequestHeader,
     request: Any,
     call: Call,
-    asked: str,
     allowed: list[Any],
     refused: list[Any],
-    only_refused: Callable[[list[Any]], Any],
-    answers: str,
+    response_type: Any,
+    asked: str = "topics",
+    answers: str = "topics",
+    **fields: Any,
 ) -> Any:
     """The answer to ``request`` whose list ``asked`` was split into ``allowed`` items and the
     ``refused`` answers for the others: the handler answers the allowed ones (the request as it
     is when nothing was refused) and the refused answers are appended to the response's list
-    ``answers``; when nothing is allowed the handler is not called and ``only_refused(refused)``
-    is the answer."""
+    ``answers``; when nothing is allowed the handler is not called and the answer is a
+    ``response_type`` of the refused answers and ``fields``."""
     if not refused:
         return await call(header, request)
     if not allowed:
-        return only_refused(refused)
+        return response_type(**{answers: refused}, **fields)
     response = await call(header, replace(request, **{asked: allowed}))
     getattr(response, answers).extend(refused)
     return response
@@ -264,11 +265,12 @@ async def _fetch(caller: Caller, header: m.RequestHeader, request: Any, call: Ca
         header,
         request,
         call,
-        "topics",
         allowed,
         refused,
-        lambda r: m.FetchResponse(error_code=0, session_id=0, responses=r),
-        "responses",
+        m.FetchResponse,
+        answers="responses",
+        error_code=0,
+        session_id=0,
     )
 
 
@@ -284,9 +286,7 @@ async def _list_offsets(caller: Caller, header: m.RequestHeader, request: Any, c
         timestamp=-1,
         offset=-1,
     )
-    return await _answer_allowed(
-        header, request, call, "topics", allowed, refused, lambda r: L(topics=r), "topics"
-    )
+    return await _answer_allowed(header, request, call, allowed, refused, L)
 
 
 @_rule(23)
@@ -315,9 +315,7 @@ async def _offset_for_leader_epoch(
         )
         for t in denied
     ]
-    return await _answer_allowed(
-        header, request, call, "topics", allowed, refused, lambda r: R(topics=r), "topics"
-    )
+    return await _answer_allowed(header, request, call, allowed, refused, R)
 
 
 # -- metadata ----------------------------------------------------------------------------
@@ -496,9 +494,7 @@ async def _offset_commit(caller: Caller, header: m.RequestHeader, request: Any, 
         R.OffsetCommitResponsePartition,
         errors.TOPIC_AUTHORIZATION_FAILED,
     )
-    return await _answer_allowed(
-        header, request, call, "topics", allowed, refused, lambda r: R(topics=r), "topics"
-    )
+    return await _answer_allowed(header, request, call, allowed, refused, R)
 
 
 @_rule(28)
@@ -518,9 +514,7 @@ async def _txn_offset_commit(
         return R(topics=all_topics(errors.GROUP_AUTHORIZATION_FAILED, request.topics))
     allowed, denied = _split(request.topics, lambda t: caller.topic(Op.READ, t.name))
     refused = all_topics(errors.TOPIC_AUTHORIZATION_FAILED, denied)
-    return await _answer_allowed(
-        header, request, call, "topics", allowed, refused, lambda r: R(topics=r), "topics"
-    )
+    return await _answer_allowed(header, request, call, allowed, refused, R)
 
 
 def _offset_fetch_refused(topics: list[Any], topic_cls: Any, part_cls: Any, code: int) -> list[Any]:
@@ -562,16 +556,7 @@ async def _offset_fetch(caller: Caller, header: m.RequestHeader, request: Any, c
         R.OffsetFetchResponsePartition,
         errors.TOPIC_AUTHORIZATION_FAILED,
     )
-    return await _answer_allowed(
-        header,
-        request,
-        call,
-        "topics",
-        allowed,
-        refused,
-        lambda r: R(error_code=0, topics=r),
-        "topics",
-    )
+    return await _answer_allowed(header, request, call, allowed, refused, R, error_code=0)
 
 
 async def _offset_fetch_groups(
@@ -705,16 +690,7 @@ async def _offset_delete(caller: Caller, header: m.RequestHeader, request: Any, 
         R.OffsetDeleteResponsePartition,
         errors.TOPIC_AUTHORIZATION_FAILED,
     )
-    return await _answer_allowed(
-        header,
-        request,
-        call,
-        "topics",
-        allowed,
-        refused,
-        lambda r: R(error_code=0, topics=r),
-        "topics",
-    )
+    return await _answer_allowed(header, request, call, allowed, refused, R, error_code=0)
 
 
 # -- topics and configs ------------------------------------------------------------------
@@ -760,14 +736,7 @@ async def _delete_topics(caller: Caller, header: m.RequestHeader, request: Any, 
             for n in denied
         ]
         return await _answer_allowed(
-            header,
-            request,
-            call,
-            "topic_names",
-            allowed,
-            refused,
-            lambda r: R(responses=r),
-            "responses",
+            header, request, call, allowed, refused, R, asked="topic_names", answers="responses"
         )
     by_id: dict[uuid.UUID, str] = {}
     if any(not t.name for t in request.topics):
@@ -790,9 +759,7 @@ async def _delete_topics(caller: Caller, header: m.RequestHeader, request: Any, 
         )
         for t in denied
     ]
-    return await _answer_allowed(
-        header, request, call, "topics", allowed, refused, lambda r: R(responses=r), "responses"
-    )
+    return await _answer_allowed(header, request, call, allowed, refused, R, answers="responses")
 
 
 @_rule(21)
@@ -806,9 +773,7 @@ async def _delete_records(caller: Caller, header: m.RequestHeader, request: Any,
         errors.TOPIC_AUTHORIZATION_FAILED,
         low_watermark=-1,
     )
-    return await _answer_allowed(
-        header, request, call, "topics", allowed, refused, lambda r: R(topics=r), "topics"
-    )
+    return await _answer_allowed(header, request, call, allowed, refused, R)
 
 
 @_rule(37)
@@ -825,9 +790,7 @@ async def _create_partitions(
         )
         for t in denied
     ]
-    return await _answer_allowed(
-        header, request, call, "topics", allowed, refused, lambda r: R(results=r), "results"
-    )
+    return await _answer_allowed(header, request, call, allowed, refused, R, answers="results")
 
 
 # Config resource types (Kafka's ConfigResource.Type codes).
@@ -869,7 +832,7 @@ async def _describe_configs(
         if problem is not None
     ]
     return await _answer_allowed(
-        header, request, call, "resources", allowed, refused, lambda r: R(results=r), "results"
+        header, request, call, allowed, refused, R, asked="resources", answers="results"
     )
 
 
@@ -893,14 +856,7 @@ async def _alter_configs(caller: Caller, header: m.RequestHeader, request: Any, 
         if problem is not None
     ]
     return await _answer_allowed(
-        header,
-        request,
-        call,
-        "resources",
-        allowed,
-        refused,
-        lambda r: R(responses=r),
-        "responses",
+        header, request, call, allowed, refused, R, asked="resources", answers="responses"
     )
 
 
