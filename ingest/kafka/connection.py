@@ -47,10 +47,14 @@ bound):
 Security (`sasl.ListenerSecurity`, from the settings): on a TLS listener the transport is
 already encrypted when a connection is made, and a verified client certificate gives the
 connection its principal (streamhouse/tls.py). On a SASL listener nothing but ApiVersions,
-SaslHandshake and SaslAuthenticate is served until the connection has authenticated (anything
-else closes it, as Kafka does), and a failed authentication closes the connection once its
-answer is written (ingest/kafka/sasl.py). Each request's handler runs as a task in a context
-holding the connection's principal (`streamhouse.principal.current_principal`, ANONYMOUS until
+SaslHandshake and SaslAuthenticate is served until the connection has authenticated: anything
+else closes it, as Kafka does, refused from the API key in the frame's first two bytes before
+anything is decoded. Until then frames are limited to `max_pre_auth_frame_bytes` (512 KiB,
+Kafka's `sasl.server.max.receive.size`, refused from the size prefix) and only one request is
+in flight at a time (a client cannot queue SCRAM's PBKDF2 work on the broker's threads). A
+failed authentication closes the connection once its answer is written
+(ingest/kafka/sasl.py). Each request's handler runs as a task in a context holding the
+connection's principal (`streamhouse.principal.current_principal`, ANONYMOUS until
 authenticated) and SASL session (`sasl.current_sasl`). After a failed authentication's answer
 the connection stops reading and closes 100 ms later (Kafka's
 `connection.failed.authentication.delay.ms`), so the client reads the error first.
@@ -115,6 +119,8 @@ class ConnectionLimits:
     send_buffer_bytes: int
     idle_timeout: float  # seconds
     slow_client_timeout: float  # seconds
+    # Largest frame before SASL authentication (Kafka's sasl.server.max.receive.size).
+    max_pre_auth_frame_bytes: int = 512 * 1024
 
 
 class RequestBytesPool:
@@ -164,6 +170,10 @@ class KafkaConnection(asyncio.Protocol):
         self._api_versions = api_versions
         self._limits = limits
         self._receiver = FrameReceiver(limits.max_frame_bytes)
+        if self._sasl is not None:  # until authenticated (see _take_frames)
+            self._receiver.max_frame_size = min(
+                limits.max_frame_bytes, limits.max_pre_auth_frame_bytes
+            )
         self._on_close = on_close
         self._transport: asyncio.Transport | None = None
         # (request header, its answer, the request frame's size)
@@ -232,6 +242,8 @@ class KafkaConnection(asyncio.Protocol):
             return True
         if not self._pending:
             return False
+        if self._sasl is not None and not self._sasl.authenticated:
+            return True  # one request at a time until authenticated (PBKDF2 is costly)
         return (
             len(self._pending) >= self._limits.max_in_flight_requests
             or self._in_flight_bytes >= self._limits.max_in_flight_bytes
@@ -243,8 +255,11 @@ class KafkaConnection(asyncio.Protocol):
 
     def _take_frames(self) -> None:
         """Admits received frames while the limits allow, then pauses or resumes reading."""
-        if self._closing or (self._sasl is not None and self._sasl.failed):
+        sasl = self._sasl
+        if self._closing or (sasl is not None and sasl.failed):
             return
+        if sasl is not None and sasl.authenticated:
+            self._receiver.max_frame_size = self._limits.max_frame_bytes
         took = False
         try:
             while not self._full():
@@ -256,7 +271,13 @@ class KafkaConnection(asyncio.Protocol):
                 if self._closing:
                     return  # closed on a protocol error: what followed it is not served
         except InvalidFrame as exc:
-            self.close(f"invalid frame: {exc}")
+            if sasl is not None and not sasl.authenticated:
+                self.close(
+                    f"invalid frame before SASL authentication: {exc} (frames before "
+                    "authentication are limited as Kafka's sasl.server.max.receive.size)"
+                )
+            else:
+                self.close(f"invalid frame: {exc}")
             return
         transport = self._transport
         if transport is None or self._closing:
@@ -310,6 +331,13 @@ class KafkaConnection(asyncio.Protocol):
     def _refusal_before_decoding(self, frame: memoryview) -> str | None:
         limits = self._limits
         api_key = int.from_bytes(frame[:2], "big", signed=True)
+        sasl = self._sasl
+        if sasl is not None and not sasl.authenticated and api_key not in ALLOWED_BEFORE_AUTH:
+            # Refused from the header's first two bytes: nothing is decoded for it.
+            return (
+                f"API key {api_key} before SASL authentication completed (the listener "
+                "requires SASL: STREAMHOUSE_KAFKA_SECURITY_PROTOCOL)"
+            )
         if api_key != PRODUCE:
             if len(frame) > limits.max_non_produce_frame_bytes:
                 return (
@@ -352,16 +380,6 @@ class KafkaConnection(asyncio.Protocol):
             return
         except CorruptRequest as exc:
             self.close(f"corrupt request: {exc}")
-            return
-        if (
-            sasl is not None
-            and not sasl.authenticated
-            and header.request_api_key not in ALLOWED_BEFORE_AUTH
-        ):
-            self.close(
-                f"API key {header.request_api_key} before SASL authentication completed (the "
-                "listener requires SASL: STREAMHOUSE_KAFKA_SECURITY_PROTOCOL)"
-            )
             return
         handler = self._dispatch(header.request_api_key, header.request_api_version)
         if handler is None:
