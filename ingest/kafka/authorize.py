@@ -192,6 +192,86 @@ async def _answer_allowed(
     return response
 
 
+#: APIs whose request lists topics (``name``) of partitions (``partitions`` of
+#: ``partition_index``) and whose answer has an entry per partition: API key -> the response
+#: type, the names of its topic and partition entry types, and the other fields of a refused
+#: partition's entry.
+_PARTITION_ANSWERS: dict[int, tuple[Any, str, str, dict[str, Any]]] = {
+    2: (
+        m.ListOffsetsResponse,
+        "ListOffsetsTopicResponse",
+        "ListOffsetsPartitionResponse",
+        {"timestamp": -1, "offset": -1},
+    ),
+    8: (m.OffsetCommitResponse, "OffsetCommitResponseTopic", "OffsetCommitResponsePartition", {}),
+    21: (
+        m.DeleteRecordsResponse,
+        "DeleteRecordsTopicResult",
+        "DeleteRecordsPartitionResult",
+        {"low_watermark": -1},
+    ),
+    28: (
+        m.TxnOffsetCommitResponse,
+        "TxnOffsetCommitResponseTopic",
+        "TxnOffsetCommitResponsePartition",
+        {},
+    ),
+    47: (m.OffsetDeleteResponse, "OffsetDeleteResponseTopic", "OffsetDeleteResponsePartition", {}),
+}
+
+
+def _partitions_refused(key: int, topics: list[Any], code: int) -> list[Any]:
+    """API ``key``'s answer entries for ``topics``: error ``code`` on every partition."""
+    response_type, topic_type, partition_type, fields = _PARTITION_ANSWERS[key]
+    T, P = getattr(response_type, topic_type), getattr(response_type, partition_type)
+    return [
+        T(
+            name=t.name,
+            partitions=[
+                P(partition_index=p.partition_index, error_code=code, **fields)
+                for p in t.partitions
+            ],
+        )
+        for t in topics
+    ]
+
+
+async def _topics_of_partitions(
+    caller: Caller,
+    header: m.RequestHeader,
+    request: Any,
+    call: Call,
+    operation: AclOperation,
+    **fields: Any,
+) -> Any:
+    """The answer of a :data:`_PARTITION_ANSWERS` API: a topic the caller may not do
+    ``operation`` on gets TOPIC_AUTHORIZATION_FAILED on each partition, the handler answers the
+    others; ``fields`` are the other fields of an answer that refuses every topic."""
+    key = header.request_api_key
+    allowed, denied = _split(request.topics, lambda t: caller.topic(operation, t.name))
+    refused = _partitions_refused(key, denied, errors.TOPIC_AUTHORIZATION_FAILED)
+    response_type = _PARTITION_ANSWERS[key][0]
+    return await _answer_allowed(header, request, call, allowed, refused, response_type, **fields)
+
+
+#: APIs whose topics each need one operation, and nothing else: API key -> the operation.
+_TOPIC_OPERATION: dict[int, AclOperation] = {
+    2: Op.DESCRIBE,  # ListOffsets
+    21: Op.DELETE,  # DeleteRecords
+}
+
+
+async def _topic_operation(
+    caller: Caller, header: m.RequestHeader, request: Any, call: Call
+) -> Any:
+    operation = _TOPIC_OPERATION[header.request_api_key]
+    return await _topics_of_partitions(caller, header, request, call, operation)
+
+
+for _key in _TOPIC_OPERATION:
+    _RULES[_key] = _topic_operation
+
+
 # -- produce and fetch -------------------------------------------------------------------
 
 
@@ -272,21 +352,6 @@ async def _fetch(caller: Caller, header: m.RequestHeader, request: Any, call: Ca
         error_code=0,
         session_id=0,
     )
-
-
-@_rule(2)
-async def _list_offsets(caller: Caller, header: m.RequestHeader, request: Any, call: Call) -> Any:
-    L = m.ListOffsetsResponse
-    allowed, denied = _split(request.topics, lambda t: caller.topic(Op.DESCRIBE, t.name))
-    refused = _topics_with_partition_errors(
-        denied,
-        L.ListOffsetsTopicResponse,
-        L.ListOffsetsPartitionResponse,
-        errors.TOPIC_AUTHORIZATION_FAILED,
-        timestamp=-1,
-        offset=-1,
-    )
-    return await _answer_allowed(header, request, call, allowed, refused, L)
 
 
 @_rule(23)
@@ -458,43 +523,13 @@ async def _group_member(caller: Caller, header: m.RequestHeader, request: Any, c
     return _group_refused(header, request)
 
 
-def _topics_with_partition_errors(
-    topics: list[Any], topic_cls: Any, part_cls: Any, code: int, **fields: Any
-) -> list[Any]:
-    """Per requested topic (``name``, ``partitions`` of ``partition_index``), an answer with
-    error ``code`` for each partition, whose other fields are ``fields``."""
-    return [
-        topic_cls(
-            name=t.name,
-            partitions=[
-                part_cls(partition_index=p.partition_index, error_code=code, **fields)
-                for p in t.partitions
-            ],
-        )
-        for t in topics
-    ]
-
-
 @_rule(8)
 async def _offset_commit(caller: Caller, header: m.RequestHeader, request: Any, call: Call) -> Any:
-    R = m.OffsetCommitResponse
     if not caller.group(Op.READ, request.group_id):
-        return R(
-            topics=_topics_with_partition_errors(
-                request.topics,
-                R.OffsetCommitResponseTopic,
-                R.OffsetCommitResponsePartition,
-                errors.GROUP_AUTHORIZATION_FAILED,
-            )
+        return m.OffsetCommitResponse(
+            topics=_partitions_refused(8, request.topics, errors.GROUP_AUTHORIZATION_FAILED)
         )
-    allowed, denied = _split(request.topics, lambda t: caller.topic(Op.READ, t.name))
-    refused = _topics_with_partition_errors(
-        denied,
-        R.OffsetCommitResponseTopic,
-        R.OffsetCommitResponsePartition,
-        errors.TOPIC_AUTHORIZATION_FAILED,
-    )
-    return await _answer_allowed(header, request, call, allowed, refused, R)
+    return await _topics_of_partitions(caller, header, request, call, Op.READ)
 
 
 @_rule(28)
@@ -502,19 +537,12 @@ async def _txn_offset_commit(
     caller: Caller, header: m.RequestHeader, request: Any, call: Call
 ) -> Any:
     R = m.TxnOffsetCommitResponse
-
-    def all_topics(code: int, topics: list[Any]) -> list[Any]:
-        return _topics_with_partition_errors(
-            topics, R.TxnOffsetCommitResponseTopic, R.TxnOffsetCommitResponsePartition, code
-        )
-
     if not caller.txn(Op.WRITE, request.transactional_id):
-        return R(topics=all_topics(errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, request.topics))
+        code = errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+        return R(topics=_partitions_refused(28, request.topics, code))
     if not caller.group(Op.READ, request.group_id):
-        return R(topics=all_topics(errors.GROUP_AUTHORIZATION_FAILED, request.topics))
-    allowed, denied = _split(request.topics, lambda t: caller.topic(Op.READ, t.name))
-    refused = all_topics(errors.TOPIC_AUTHORIZATION_FAILED, denied)
-    return await _answer_allowed(header, request, call, allowed, refused, R)
+        return R(topics=_partitions_refused(28, request.topics, errors.GROUP_AUTHORIZATION_FAILED))
+    return await _topics_of_partitions(caller, header, request, call, Op.READ)
 
 
 def _offset_fetch_refused(topics: list[Any], topic_cls: Any, part_cls: Any, code: int) -> list[Any]:
@@ -683,14 +711,7 @@ async def _offset_delete(caller: Caller, header: m.RequestHeader, request: Any, 
     R = m.OffsetDeleteResponse
     if not caller.group(Op.DELETE, request.group_id):
         return R(error_code=errors.GROUP_AUTHORIZATION_FAILED, topics=[])
-    allowed, denied = _split(request.topics, lambda t: caller.topic(Op.READ, t.name))
-    refused = _topics_with_partition_errors(
-        denied,
-        R.OffsetDeleteResponseTopic,
-        R.OffsetDeleteResponsePartition,
-        errors.TOPIC_AUTHORIZATION_FAILED,
-    )
-    return await _answer_allowed(header, request, call, allowed, refused, R, error_code=0)
+    return await _topics_of_partitions(caller, header, request, call, Op.READ, error_code=0)
 
 
 # -- topics and configs ------------------------------------------------------------------
@@ -760,20 +781,6 @@ async def _delete_topics(caller: Caller, header: m.RequestHeader, request: Any, 
         for t in denied
     ]
     return await _answer_allowed(header, request, call, allowed, refused, R, answers="responses")
-
-
-@_rule(21)
-async def _delete_records(caller: Caller, header: m.RequestHeader, request: Any, call: Call) -> Any:
-    R = m.DeleteRecordsResponse
-    allowed, denied = _split(request.topics, lambda t: caller.topic(Op.DELETE, t.name))
-    refused = _topics_with_partition_errors(
-        denied,
-        R.DeleteRecordsTopicResult,
-        R.DeleteRecordsPartitionResult,
-        errors.TOPIC_AUTHORIZATION_FAILED,
-        low_watermark=-1,
-    )
-    return await _answer_allowed(header, request, call, allowed, refused, R)
 
 
 @_rule(37)
