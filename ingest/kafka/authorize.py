@@ -176,14 +176,16 @@ async def _answer_allowed(
     response_type: Any,
     asked: str = "topics",
     answers: str = "topics",
+    ask_when_empty: bool = True,
     **fields: Any,
 ) -> Any:
     """The answer to ``request`` whose list ``asked`` was split into ``allowed`` items and the
     ``refused`` answers for the others: the handler answers the allowed ones (the request as it
     is when nothing was refused) and the refused answers are appended to the response's list
     ``answers``; when nothing is allowed the handler is not called and the answer is a
-    ``response_type`` of the refused answers and ``fields``."""
-    if not refused:
+    ``response_type`` of the refused answers and ``fields``. A request whose list is empty goes
+    to the handler unless ``ask_when_empty`` is false."""
+    if not refused and (allowed or ask_when_empty):
         return await call(header, request)
     if not allowed:
         return response_type(**{answers: refused}, **fields)
@@ -655,11 +657,17 @@ async def _find_coordinator(
         )
         for k in denied
     ]
-    if not allowed:
-        return R(coordinators=refused)
-    response = await call(header, replace(request, coordinator_keys=allowed))
-    response.coordinators.extend(refused)
-    return response
+    return await _answer_allowed(
+        header,
+        request,
+        call,
+        allowed,
+        refused,
+        R,
+        asked="coordinator_keys",
+        answers="coordinators",
+        ask_when_empty=False,
+    )
 
 
 @_rule(15)
@@ -672,14 +680,13 @@ async def _describe_groups(
         R.DescribedGroup(error_code=errors.GROUP_AUTHORIZATION_FAILED, group_id=g, members=[])
         for g in denied
     ]
-    if not allowed:
-        return R(groups=refused)
-    response = await call(header, replace(request, groups=allowed))
+    response = await _answer_allowed(
+        header, request, call, allowed, refused, R, "groups", "groups", ask_when_empty=False
+    )
     if request.include_authorized_operations:
         for g in response.groups:
             if g.error_code == 0:
                 g.authorized_operations = caller.operations(ResourceType.GROUP, g.group_id)
-    response.groups.extend(refused)
     return response
 
 
@@ -699,11 +706,17 @@ async def _delete_groups(caller: Caller, header: m.RequestHeader, request: Any, 
         R.DeletableGroupResult(group_id=g, error_code=errors.GROUP_AUTHORIZATION_FAILED)
         for g in denied
     ]
-    if not allowed:
-        return R(results=refused)
-    response = await call(header, replace(request, groups_names=allowed))
-    response.results.extend(refused)
-    return response
+    return await _answer_allowed(
+        header,
+        request,
+        call,
+        allowed,
+        refused,
+        R,
+        asked="groups_names",
+        answers="results",
+        ask_when_empty=False,
+    )
 
 
 @_rule(47)
@@ -731,14 +744,13 @@ async def _create_topics(caller: Caller, header: m.RequestHeader, request: Any, 
         )
         for t in denied
     ]
-    if not allowed:
-        return R(topics=refused)
-    response = await call(header, replace(request, topics=allowed) if denied else request)
+    response = await _answer_allowed(
+        header, request, call, allowed, refused, R, ask_when_empty=False
+    )
     for result in response.topics:  # configs are shown only with DESCRIBE_CONFIGS (Kafka's rule)
         if result.error_code == 0 and not caller.topic(Op.DESCRIBE_CONFIGS, result.name):
             result.topic_config_error_code = errors.TOPIC_AUTHORIZATION_FAILED
             result.configs = None
-    response.topics.extend(refused)
     return response
 
 
@@ -964,12 +976,19 @@ async def _describe_transactions(
         )
         for t in denied
     ]
-    if not allowed:
-        return R(transaction_states=refused)
-    response = await call(header, replace(request, transactional_ids=allowed))
-    for state in response.transaction_states:
+    response = await _answer_allowed(
+        header,
+        request,
+        call,
+        allowed,
+        refused,
+        R,
+        asked="transactional_ids",
+        answers="transaction_states",
+        ask_when_empty=False,
+    )
+    for state in response.transaction_states:  # refused ones have no topics
         state.topics = [t for t in state.topics if caller.topic(Op.DESCRIBE, t.topic)]
-    response.transaction_states.extend(refused)
     return response
 
 
