@@ -315,13 +315,16 @@ def _peer_host(connection: KafkaConnection | None) -> str:
 
 def _listener_security(settings: Settings, meta: AsyncMetadata) -> ListenerSecurity:
     from ingest.kafka.api_security import lookup_credential
+    from ingest.kafka.sasl import cluster_decoy_secret
 
     mechanisms = tuple(m.strip() for m in settings.sasl_mechanisms.split(",") if m.strip())
 
     async def lookup(mechanism: str, user: str) -> Any:
         return await lookup_credential(meta, mechanism, user)
 
-    return ListenerSecurity(settings.kafka_security_protocol, mechanisms, lookup)
+    return ListenerSecurity(
+        settings.kafka_security_protocol, mechanisms, lookup, cluster_decoy_secret(meta)
+    )
 
 
 class _Refused(asyncio.Protocol):

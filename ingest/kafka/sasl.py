@@ -25,6 +25,20 @@ kind ``scram_credential``, read at each authentication, so a new or deleted user
 the next login). PLAIN checks the password against the user's stored SCRAM credential
 (SCRAM-SHA-512 if there is one, else SCRAM-SHA-256): one user store for every mechanism, no
 password file; the PBKDF2 of that check runs on a worker thread.
+
+Unknown users look like known ones. SCRAM answers them with the challenge of a decoy
+credential (``decoy_credential``): a 32-byte salt, as ``streamctl user add`` and
+``make_credential`` store, that is HMAC-SHA-256 of ``<mechanism>/<user>`` under a secret
+shared by the cluster, so every agent and every attempt shows the same salt for the same name;
+the default iterations (8192, what ``streamctl user add`` stores unless told otherwise); the
+exchange then fails at the proof, as a wrong password does. PLAIN always looks up both SCRAM
+credentials and, for an unknown user, runs the same PBKDF2 (SCRAM-SHA-512 at the default
+iterations) against a decoy before refusing. A user stored with other iterations than the
+default is still told apart from an unknown one by the iterations a SCRAM challenge shows.
+
+The decoy secret (catalog kind ``sasl-decoy``, name ``secret``): the definition is 32 random
+bytes, created by the first agent that needs it (compare-and-set against no entry, so
+concurrent agents agree on one) and kept in memory by each agent afterwards.
 """
 
 from __future__ import annotations
@@ -33,8 +47,10 @@ import asyncio
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 from streamhouse.scram import (
     DEFAULT_ITERATIONS,
@@ -44,6 +60,9 @@ from streamhouse.scram import (
     check_password,
     parse_client_first,
 )
+
+if TYPE_CHECKING:
+    from metadata.async_store import AsyncMetadata
 
 log = logging.getLogger("ingest.kafka")
 
@@ -88,9 +107,15 @@ class SaslFailure(Exception):
 class SaslSession:
     """The SASL state of one connection (see the module docstring for the sequence)."""
 
-    def __init__(self, mechanisms: tuple[str, ...], lookup: CredentialLookup) -> None:
+    def __init__(
+        self,
+        mechanisms: tuple[str, ...],
+        lookup: CredentialLookup,
+        decoy_secret: DecoySecret | None = None,
+    ) -> None:
         self.mechanisms = mechanisms
         self._lookup = lookup
+        self._decoy_secret = decoy_secret or _process_secret
         self.mechanism: str | None = None
         self.principal: str | None = None  # set once authenticated
         self.failed = False  # the connection closes after the answer in flight
@@ -171,18 +196,27 @@ class SaslSession:
                 SASL_AUTHENTICATION_FAILED,
                 "Authentication failed: the authorization id must be empty or the user name",
             )
-        for scram in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
-            credential = await self._lookup(scram, user)
-            if credential is not None:
-                ok = await asyncio.to_thread(check_password, scram, credential, password)
-                if not ok:
-                    raise self._refuse("PLAIN", user, "wrong password")
-                self.principal = f"User:{user}"
-                return b""
-        # The same work as for a known user, so the answer's timing does not tell them apart.
-        decoy = _decoy_credential("SCRAM-SHA-256", user)
-        await asyncio.to_thread(check_password, "SCRAM-SHA-256", decoy, password)
-        raise self._refuse("PLAIN", user, "no such user")
+        # Both lookups always, and for an unknown user the PBKDF2 of a decoy shaped as a
+        # known user's (SHA-512, as streamctl user add stores by default): the same work, so the
+        # answer's timing does not tell them apart.
+        found = [(m, await self._lookup(m, user)) for m in ("SCRAM-SHA-512", "SCRAM-SHA-256")]
+        scram, credential = next(
+            ((m, c) for m, c in found if c is not None),
+            ("SCRAM-SHA-512", None),
+        )
+        known = credential is not None
+        if credential is None:
+            credential = await self._decoy(scram, user)
+        ok = await asyncio.to_thread(check_password, scram, credential, password)
+        if not known:
+            raise self._refuse("PLAIN", user, "no such user")
+        if not ok:
+            raise self._refuse("PLAIN", user, "wrong password")
+        self.principal = f"User:{user}"
+        return b""
+
+    async def _decoy(self, mechanism: str, user: str) -> ScramCredential:
+        return decoy_credential(mechanism, user, await self._decoy_secret())
 
     async def _scram_step(self, mechanism: str, token: bytes) -> bytes:
         if self._scram is None:
@@ -201,7 +235,7 @@ class SaslSession:
             if credential is None:
                 # An unknown user gets a plausible challenge and fails at the proof, like a
                 # wrong password: the exchange does not tell which users exist.
-                credential = _decoy_credential(mechanism, first.user)
+                credential = await self._decoy(mechanism, first.user)
             self._scram = ScramServer(mechanism)
             self._user = first.user
             return self._scram.first(first, credential)
@@ -213,17 +247,78 @@ class SaslSession:
         return final
 
 
-_DECOY_SECRET = secrets.token_bytes(32)
+#: The catalog entry holding the cluster's decoy secret (see the module docstring).
+DECOY_SECRET_KIND = "sasl-decoy"
+DECOY_SECRET_NAME = "secret"
+_DECOY_SECRET_BYTES = 32
+_HASH_BYTES = {"SCRAM-SHA-256": 32, "SCRAM-SHA-512": 64}
+
+#: Gives the secret the decoy salts derive from (the same on every agent of a cluster).
+DecoySecret = Callable[[], Awaitable[bytes]]
+
+_PROCESS_SECRET = secrets.token_bytes(_DECOY_SECRET_BYTES)
 
 
-def _decoy_credential(mechanism: str, user: str) -> ScramCredential:
-    """A credential nobody can prove: a salt stable per user (for this process), random keys."""
-    salt = hmac.new(_DECOY_SECRET, f"{mechanism}/{user}".encode(), "sha256").digest()[:24]
+async def _process_secret() -> bytes:
+    """A listener without a metadata store (tests): a secret of this process only."""
+    return _PROCESS_SECRET
+
+
+def cluster_decoy_secret(meta: AsyncMetadata) -> DecoySecret:
+    """The cluster's decoy secret: read from the catalog, created there by the first agent
+    that needs it (compare-and-set, so every agent ends up with the same one), then kept."""
+    cached: list[bytes] = []
+
+    async def secret() -> bytes:
+        if cached:
+            return cached[0]
+        value = await meta.get_catalog_entry(DECOY_SECRET_KIND, DECOY_SECRET_NAME)
+        if value is None or len(value) != _DECOY_SECRET_BYTES:
+            fresh = secrets.token_bytes(_DECOY_SECRET_BYTES)
+            if value is None:
+                stored = await meta.swap_catalog_entry(
+                    DECOY_SECRET_KIND,
+                    DECOY_SECRET_NAME,
+                    fresh,
+                    int(time.time() * 1000),
+                    expect=None,
+                )
+            else:  # not one of ours (damaged): replaced, logged
+                log.error("the SASL decoy secret in the catalog is damaged; replacing it")
+                stored = await meta.swap_catalog_entry(
+                    DECOY_SECRET_KIND,
+                    DECOY_SECRET_NAME,
+                    fresh,
+                    int(time.time() * 1000),
+                    expect=value,
+                )
+            value = (
+                fresh
+                if stored
+                else await meta.get_catalog_entry(DECOY_SECRET_KIND, DECOY_SECRET_NAME)
+            )
+            if value is None or len(value) != _DECOY_SECRET_BYTES:
+                raise SaslFailure(
+                    SASL_AUTHENTICATION_FAILED,
+                    "Authentication failed: the broker could not read its SASL state; retry",
+                )
+        cached.append(bytes(value))
+        return cached[0]
+
+    return secret
+
+
+def decoy_credential(mechanism: str, user: str, secret: bytes) -> ScramCredential:
+    """A credential nobody can prove, shaped as a real one: a 32-byte salt stable per
+    mechanism and user across the cluster (HMAC-SHA-256 of ``mechanism/user`` under the
+    cluster's secret), the default iterations, random keys of the mechanism's hash size."""
+    salt = hmac.new(secret, f"{mechanism}/{user}".encode(), "sha256").digest()
+    size = _HASH_BYTES.get(mechanism, 64)
     return ScramCredential(
         salt=salt,
         iterations=DEFAULT_ITERATIONS,
-        stored_key=secrets.token_bytes(64),
-        server_key=secrets.token_bytes(64),
+        stored_key=secrets.token_bytes(size),
+        server_key=secrets.token_bytes(size),
     )
 
 
@@ -231,14 +326,21 @@ class ListenerSecurity:
     """What a Kafka listener requires of its connections (from the settings)."""
 
     def __init__(
-        self, protocol: str, mechanisms: tuple[str, ...], lookup: CredentialLookup
+        self,
+        protocol: str,
+        mechanisms: tuple[str, ...],
+        lookup: CredentialLookup,
+        decoy_secret: DecoySecret | None = None,
     ) -> None:
         self.protocol = protocol
         self.sasl = protocol in ("SASL_PLAINTEXT", "SASL_SSL")
         self.tls = protocol in ("SSL", "SASL_SSL")
         self.mechanisms = mechanisms
         self._lookup = lookup
+        self._decoy_secret = decoy_secret
 
     def new_session(self) -> SaslSession | None:
         """A connection's SASL session, or None when the listener does not use SASL."""
-        return SaslSession(self.mechanisms, self._lookup) if self.sasl else None
+        if not self.sasl:
+            return None
+        return SaslSession(self.mechanisms, self._lookup, self._decoy_secret)
