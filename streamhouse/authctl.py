@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from streamhouse import scram
@@ -186,6 +187,12 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         "STREAMHOUSE_* environment's)",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def listing(what: str, run: Callable[[argparse.Namespace], int]) -> None:
+        sub = actions.add_parser("list", parents=[metadata], help=f"list {what}")
+        sub.add_argument("--json", action="store_true")
+        sub.set_defaults(func=run)
+
     if command == "user":
         add = actions.add_parser("add", parents=[metadata], help="create or replace a user")
         add.add_argument("name", metavar="NAME")
@@ -200,9 +207,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             "--password-stdin", action="store_true", help="read the password from stdin"
         )
         add.set_defaults(func=_user_add)
-        listing = actions.add_parser("list", parents=[metadata], help="list users")
-        listing.add_argument("--json", action="store_true")
-        listing.set_defaults(func=_user_list)
+        listing("users", _user_list)
         delete = actions.add_parser("delete", parents=[metadata], help="delete a user")
         delete.add_argument("name", metavar="NAME")
         delete.add_argument(
@@ -213,9 +218,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         create = actions.add_parser("create", parents=[metadata], help="make a gRPC token")
         create.add_argument("user", metavar="USER")
         create.set_defaults(func=_token_create)
-        listing = actions.add_parser("list", parents=[metadata], help="list tokens")
-        listing.add_argument("--json", action="store_true")
-        listing.set_defaults(func=_token_list)
+        listing("tokens", _token_list)
         delete = actions.add_parser("delete", parents=[metadata], help="delete a token")
         delete.add_argument("id", metavar="ID")
         delete.set_defaults(func=_token_delete)

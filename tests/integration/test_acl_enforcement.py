@@ -13,7 +13,6 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import auth_stack_tools
 import grpc
@@ -108,16 +107,15 @@ def cluster_admin(stack: Stack) -> AdminClient:
     return admin
 
 
-def _any_filter() -> tuple[Any, ...]:
-    return (
-        ResourceType.ANY,
-        None,
-        ResourcePatternType.ANY,
-        None,
-        None,
-        AclOperation.ANY,
-        AclPermissionType.ANY,
+def described(
+    admin: AdminClient, resource: ResourceType, name: str, pattern: ResourcePatternType
+) -> list[AclBinding]:
+    """What confluent-kafka's describe_acls answers for the resources ``resource``, ``name``,
+    ``pattern`` select (any principal, host, operation and permission)."""
+    selection = AclBindingFilter(
+        resource, name, pattern, None, None, AclOperation.ANY, AclPermissionType.ANY
     )
+    return list(admin.describe_acls(selection, request_timeout=10).result())
 
 
 def topic_acl(
@@ -297,32 +295,10 @@ def test_admin_clients_manage_acls(stack: Stack, cluster_admin: AdminClient) -> 
         AclPermissionType.DENY,
     )
     create(admin, allow, deny)
-    described = admin.describe_acls(
-        AclBindingFilter(
-            ResourceType.ANY,
-            prefix,
-            ResourcePatternType.ANY,
-            None,
-            None,
-            AclOperation.ANY,
-            AclPermissionType.ANY,
-        ),
-        request_timeout=10,
-    ).result()
-    assert sorted(described, key=str) == sorted([allow, deny], key=str)
+    found = described(admin, ResourceType.ANY, prefix, ResourcePatternType.ANY)
+    assert sorted(found, key=str) == sorted([allow, deny], key=str)
     # MATCH: what applies to topic <prefix>-x (the prefixed allow, not the group deny).
-    matching = admin.describe_acls(
-        AclBindingFilter(
-            ResourceType.TOPIC,
-            f"{prefix}-x",
-            ResourcePatternType.MATCH,
-            None,
-            None,
-            AclOperation.ANY,
-            AclPermissionType.ANY,
-        ),
-        request_timeout=10,
-    ).result()
+    matching = described(admin, ResourceType.TOPIC, f"{prefix}-x", ResourcePatternType.MATCH)
     assert allow in matching and deny not in matching
     # An invalid binding is refused with its reason.
     bad = AclBinding(
