@@ -65,12 +65,13 @@ columns plus ``_partition``, ``_offset``, ``_timestamp``; a declared table has t
 value per key (plus ``_key``). DataFusion plans the query over empty placeholders; the
 optimiser pushes filters onto the scans, and from the conjuncts on partition, offset and
 timestamp each scan gets ``ScanBounds``. The scan reads only the partitions named, only
-offsets in range (from the log start to the high watermark at the time of the query: the
-query is bounded), and for a lowest time only the blocks whose max timestamp reaches it
-(``find_block_by_timestamp``, then block rows checked one by one since timestamps may go
-back); inside a block, batches outside the bounds are not decoded. So "the last minute"
-reads the last minute's blocks. The query then runs on the decoded batches; DataFusion
-applies the full predicates again, so bounds only ever save work.
+offsets in range (from the log start to the last stable offset at the time of the query:
+the query is bounded and reads committed, skipping aborted transactions' records), and for
+a lowest time only the blocks whose max timestamp reaches it (``find_block_by_timestamp``,
+then block rows checked one by one since timestamps may go back); inside a block, batches
+outside the bounds are not decoded. So "the last minute" reads the last minute's blocks.
+The query then runs on the decoded batches; DataFusion applies the full predicates again, so
+bounds only ever save work.
 
 Nexmark
 -------
