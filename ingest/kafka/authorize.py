@@ -506,23 +506,22 @@ async def _describe_cluster(
 # -- groups ------------------------------------------------------------------------------
 
 
-def _group_refused(header: m.RequestHeader, request: Any) -> Any:
-    code = errors.GROUP_AUTHORIZATION_FAILED
-    key = header.request_api_key
-    if key == 11:
-        return m.JoinGroupResponse(error_code=code, generation_id=-1, member_id="", members=[])
-    if key == 14:
-        return m.SyncGroupResponse(error_code=code, assignment=b"")
-    if key == 13:
-        return m.LeaveGroupResponse(error_code=code, members=[])
-    return m.HeartbeatResponse(error_code=code)
+#: A group member's APIs (READ on the group) and their answer when refused with ``code``.
+_GROUP_MEMBER_REFUSED: dict[int, Callable[[int], Any]] = {
+    11: lambda code: m.JoinGroupResponse(
+        error_code=code, generation_id=-1, member_id="", members=[]
+    ),
+    12: lambda code: m.HeartbeatResponse(error_code=code),
+    13: lambda code: m.LeaveGroupResponse(error_code=code, members=[]),
+    14: lambda code: m.SyncGroupResponse(error_code=code, assignment=b""),
+}
 
 
-@_rule(11, 12, 13, 14)
+@_rule(*_GROUP_MEMBER_REFUSED)
 async def _group_member(caller: Caller, header: m.RequestHeader, request: Any, call: Call) -> Any:
     if caller.group(Op.READ, request.group_id):
         return await call(header, request)
-    return _group_refused(header, request)
+    return _GROUP_MEMBER_REFUSED[header.request_api_key](errors.GROUP_AUTHORIZATION_FAILED)
 
 
 @_rule(8)
@@ -1006,53 +1005,64 @@ async def _list_transactions(
 # -- cluster-wide ------------------------------------------------------------------------
 
 
+def _refused_replica_log_dirs(code: int, message: str, request: Any) -> Any:
+    R = m.AlterReplicaLogDirsResponse
+    return R(
+        results=[
+            R.AlterReplicaLogDirTopicResult(
+                topic_name=t.name,
+                partitions=[
+                    R.AlterReplicaLogDirPartitionResult(partition_index=p, error_code=code)
+                    for p in t.partitions
+                ],
+            )
+            for d in request.dirs
+            for t in d.topics
+        ]
+    )
+
+
+def _refused_scram_users(code: int, message: str, request: Any) -> Any:
+    R = m.AlterUserScramCredentialsResponse
+    users = dict.fromkeys(u.name for u in [*request.deletions, *request.upsertions])
+    return R(
+        results=[
+            R.AlterUserScramCredentialsResult(user=u, error_code=code, error_message=message)
+            for u in users
+        ]
+    )
+
+
+#: Cluster-level APIs whose refusal is per item, not one error code: API key -> the answer
+#: to ``request`` refused with ``code`` and ``message``.
+_CLUSTER_REFUSED: dict[int, Callable[[int, str, Any], Any]] = {
+    30: lambda code, message, request: m.CreateAclsResponse(
+        results=[
+            m.CreateAclsResponse.AclCreationResult(error_code=code, error_message=message)
+            for _ in request.creations
+        ]
+    ),
+    31: lambda code, message, request: m.DeleteAclsResponse(
+        filter_results=[
+            m.DeleteAclsResponse.DeleteAclsFilterResult(error_code=code, error_message=message)
+            for _ in request.filters
+        ]
+    ),
+    34: _refused_replica_log_dirs,
+    51: _refused_scram_users,
+}
+
+
 def _cluster_refusal(
     caller: Caller, header: m.RequestHeader, request: Any, op: AclOperation
 ) -> Any:
-    """The answer of a cluster-level API the caller may not use."""
+    """The answer of a cluster-level API the caller may not use: per item where the API
+    answers per item (:data:`_CLUSTER_REFUSED`), else its error code (and message)."""
     code = errors.CLUSTER_AUTHORIZATION_FAILED
     message = caller.denied(op, ResourceType.CLUSTER, CLUSTER_NAME)
     key = header.request_api_key
-    if key == 29:
-        return m.DescribeAclsResponse(error_code=code, error_message=message)
-    if key == 30:
-        return m.CreateAclsResponse(
-            results=[
-                m.CreateAclsResponse.AclCreationResult(error_code=code, error_message=message)
-                for _ in request.creations
-            ]
-        )
-    if key == 31:
-        return m.DeleteAclsResponse(
-            filter_results=[
-                m.DeleteAclsResponse.DeleteAclsFilterResult(error_code=code, error_message=message)
-                for _ in request.filters
-            ]
-        )
-    if key == 34:
-        R = m.AlterReplicaLogDirsResponse
-        return R(
-            results=[
-                R.AlterReplicaLogDirTopicResult(
-                    topic_name=t.name,
-                    partitions=[
-                        R.AlterReplicaLogDirPartitionResult(partition_index=p, error_code=code)
-                        for p in t.partitions
-                    ],
-                )
-                for d in request.dirs
-                for t in d.topics
-            ]
-        )
-    if key == 51:
-        R51 = m.AlterUserScramCredentialsResponse
-        users = dict.fromkeys(u.name for u in [*request.deletions, *request.upsertions])
-        return R51(
-            results=[
-                R51.AlterUserScramCredentialsResult(user=u, error_code=code, error_message=message)
-                for u in users
-            ]
-        )
+    if key in _CLUSTER_REFUSED:
+        return _CLUSTER_REFUSED[key](code, message, request)
     response = m.RESPONSE_TYPES[key]()
     if hasattr(response, "error_code"):
         response.error_code = code
