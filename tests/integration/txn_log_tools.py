@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from ingest.kafka import txn_shell
+from ingest.kafka.txn_coordinator import TxnRecord, TxnState
 from ingest.pipeline import Pipeline
 from ingest.txn_markers import write_txn_markers
 from metadata import MetadataStore
@@ -32,11 +34,41 @@ def create_topic(stack: Stack, name: str, partitions: int = 1) -> int:
     return topic.topic_id
 
 
+def begin_txn(stack: Stack, transactional_id: str, pid: int, topic: str, partition: int) -> None:
+    """Stores the coordinator's record of ``transactional_id`` as producer ``pid`` (epoch 0)
+    with an Ongoing transaction that includes the partition (what InitProducerId and
+    AddPartitionsToTxn would leave), so that Produce admits its transactional batches; the
+    timeout is long enough that the coordinator's sweeper never aborts it during a test."""
+    now = int(time.time() * 1000)
+    with MetadataStore(stack.settings.metadata_path) as meta:
+        info = meta.get_topic(topic)
+        assert info is not None
+        name = txn_shell.catalog_name(transactional_id)
+        blob = meta.get_catalog_entry(txn_shell.CATALOG_KIND, name)
+        partitions = set(txn_shell.decode(blob).partitions) if blob is not None else set()
+        partitions.add((info.topic_id, partition))
+        record = TxnRecord(
+            transactional_id=transactional_id,
+            producer_id=pid,
+            producer_epoch=0,
+            state=TxnState.ONGOING,
+            timeout_ms=24 * 3600 * 1000,
+            start_ms=now,
+            updated_ms=now,
+            partitions=tuple(sorted(partitions)),
+        )
+        meta.put_catalog_entry(
+            txn_shell.CATALOG_KIND, name, txn_shell.encode(record), now, replace=True
+        )
+
+
 def produce_txn(
     stack: Stack, topic: str, partition: int, values: Sequence[bytes], pid: int, seq: int
 ) -> int:
     """Produces one transactional batch of ``values`` as producer ``pid`` (epoch 0) over the
-    Kafka protocol; returns its base offset."""
+    Kafka protocol, as transactional id ``txn-<pid>`` (its coordinator record made first:
+    ``begin_txn``); returns its base offset."""
+    begin_txn(stack, f"txn-{pid}", pid, topic, partition)
     now = int(time.time() * 1000)
     batch = encode_batch(
         [None] * len(values),
