@@ -254,8 +254,10 @@ class Stack:
         )
         log.close()
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        """Blocks until every program runs and the gRPC health check says SERVING."""
+    def wait_ready(self, timeout: float = 60, *, serving: bool = True) -> None:
+        """Blocks until every program runs and the gRPC health check says SERVING (with
+        ``serving=False``: answers at all, SERVING or NOT_SERVING, as ingest does while its
+        object store is unusable)."""
         deadline = time.monotonic() + timeout
         if self.grpc_credentials is not None:
             channel = grpc.secure_channel(self.grpc_address, self.grpc_credentials)
@@ -273,9 +275,12 @@ class Stack:
                         timeout=min(remaining, 2),
                         wait_for_ready=True,
                     )
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING and all(
-                        self.pid(p) for p in PROGRAMS
-                    ):
+                    answered = (
+                        reply.status == health_pb2.HealthCheckResponse.SERVING
+                        or not serving
+                        and reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                    )
+                    if answered and all(self.pid(p) for p in PROGRAMS):
                         return
                 except grpc.RpcError:
                     pass

@@ -23,14 +23,21 @@ def test_produce_is_unavailable_while_the_store_is_unreachable(tmp_path: pathlib
         "STREAMHOUSE_STORE_TIMEOUT_MS": "1000",
         "STREAMHOUSE_PRODUCE_TIMEOUT_MS": "8000",
     }
-    with Stack(tmp_path / "data", env=env) as stack, Client(stack.grpc_address) as client:
-        client.create_topic("outage", 1)
-        with pytest.raises(StreamHouseError) as err:
-            client.produce("outage", b"never acknowledged", partition=0)
-        assert err.value.code.name == "UNAVAILABLE"
-        assert "retry" in str(err.value)
-        # Nothing was committed, and the metadata side keeps answering.
-        topic = client.get_topic("outage")
-        assert topic.partition_info[0].high_watermark == 0
-        records, _, hwm, _ = client.consume("outage", 0, 0)
-        assert (records, hwm) == ([], 0)
+    stack = Stack(tmp_path / "data", env=env)
+    stack.launch()
+    try:
+        # Ingest answers, NOT_SERVING: its store probe cannot reach the object store.
+        stack.wait_ready(serving=False)
+        with Client(stack.grpc_address) as client:
+            client.create_topic("outage", 1)
+            with pytest.raises(StreamHouseError) as err:
+                client.produce("outage", b"never acknowledged", partition=0)
+            assert err.value.code.name == "UNAVAILABLE"
+            assert "retry" in str(err.value)
+            # Nothing was committed, and the metadata side keeps answering.
+            topic = client.get_topic("outage")
+            assert topic.partition_info[0].high_watermark == 0
+            records, _, hwm, _ = client.consume("outage", 0, 0)
+            assert (records, hwm) == ([], 0)
+    finally:
+        stack.stop()
