@@ -25,6 +25,7 @@ So:
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from streamhouse import rings
 from streamhouse.cli import prepare_rpcinterface as _prepare_data_dir
@@ -77,7 +78,32 @@ def prepare_rpcinterface(supervisord: object, **config: str) -> object:
         backups=LOG_BACKUPS,
     )
     options.logger.info(f"streamhouse: supervisord's log and pid file are in {settings.data_path}")
+    _shorten_poll(options)
     return prepared
+
+
+#: Longest wait of supervisord's main loop (seconds).
+POLL_TIMEOUT_S = 0.1
+
+
+def _shorten_poll(options: Any) -> None:
+    """Caps the wait of supervisord's main loop at POLL_TIMEOUT_S (its own is 1 s).
+
+    supervisord stops programs one priority after the other and starts the next only on a
+    later turn of its loop; a child's exit does not end the wait (Python retries a poll a
+    signal interrupted), so each of our seven programs cost a whole second to stop: ~7 s per
+    stop of a stack, and as long again for a `streamctl`/supervisorctl restart. Ten turns a
+    second cost nothing measurable. Tick events are computed from the clock, so they are
+    unaffected. Left alone when the poller is not the one this was written against."""
+    poller = getattr(options, "poller", None)
+    poll = getattr(poller, "poll", None)
+    if poll is None:
+        return
+
+    def capped_poll(timeout: float) -> Any:
+        return poll(min(timeout, POLL_TIMEOUT_S))
+
+    poller.poll = capped_poll
 
 
 _at_import()
