@@ -225,6 +225,15 @@ def _check_producer(record: TxnRecord | None, producer_id: int, epoch: int) -> i
     return NONE
 
 
+def _check_addition(record: TxnRecord | None, producer_id: int, epoch: int) -> int:
+    """What refuses adding to the transaction: the producer's check, then a transaction
+    still being completed (CONCURRENT_TRANSACTIONS)."""
+    error = _check_producer(record, producer_id, epoch)
+    if error == NONE and record is not None and record.state in PREPARING:
+        return CONCURRENT_TRANSACTIONS
+    return error
+
+
 def _begin(record: TxnRecord, now_ms: int) -> TxnRecord:
     """``record`` as Ongoing: a fresh transaction if it was idle."""
     if record.state is TxnState.ONGOING:
@@ -248,12 +257,10 @@ def add_partitions(
     now_ms: int,
 ) -> Step:
     """AddPartitionsToTxn: the (topic id, partition) pairs join the transaction."""
-    error = _check_producer(record, producer_id, epoch)
+    error = _check_addition(record, producer_id, epoch)
     if error != NONE:
         return Step(error)
     assert record is not None
-    if record.state in PREPARING:
-        return Step(CONCURRENT_TRANSACTIONS)
     if record.state is TxnState.ONGOING and set(partitions) <= set(record.partitions):
         return Step()
     ongoing = _begin(record, now_ms)
@@ -265,12 +272,10 @@ def add_offsets(
     record: TxnRecord | None, producer_id: int, epoch: int, group: str, now_ms: int
 ) -> Step:
     """AddOffsetsToTxn: the consumer group's offsets will be committed with the transaction."""
-    error = _check_producer(record, producer_id, epoch)
+    error = _check_addition(record, producer_id, epoch)
     if error != NONE:
         return Step(error)
     assert record is not None
-    if record.state in PREPARING:
-        return Step(CONCURRENT_TRANSACTIONS)
     if record.state is TxnState.ONGOING and group in record.groups:
         return Step()
     ongoing = _begin(record, now_ms)
@@ -287,12 +292,10 @@ def txn_offset_commit(
     now_ms: int,
 ) -> Step:
     """TxnOffsetCommit: ``offsets`` (all of ``group``) wait for the transaction's outcome."""
-    error = _check_producer(record, producer_id, epoch)
+    error = _check_addition(record, producer_id, epoch)
     if error != NONE:
         return Step(error)
     assert record is not None
-    if record.state in PREPARING:
-        return Step(CONCURRENT_TRANSACTIONS)
     if record.state is not TxnState.ONGOING or group not in record.groups:
         return Step(INVALID_TXN_STATE)
     replaced = {(o.group, o.topic_id, o.partition) for o in offsets}
