@@ -48,7 +48,11 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
         settings.metadata_target, forbid_loop_calls=settings.debug_loop_calls
     )
     store = objectstore.open_object_store(settings.object_store_url, settings.store_timeout_ms)
-    engine = ReadEngine(meta, store, BlockCache(settings.cache_bytes), settings.prefetch_blocks)
+    # A window never takes more than a quarter of the cache (a tiny cache reads blocks alone).
+    window = min(settings.read_window_bytes, settings.cache_bytes // 4)
+    engine = ReadEngine(
+        meta, store, BlockCache(settings.cache_bytes), settings.prefetch_blocks, window
+    )
     engine.max_waiting = settings.reader_max_waiting_fetches
     engine.max_wait_ms = settings.reader_max_wait_ms
     engine.max_inflated = settings.max_batch_bytes
@@ -64,9 +68,10 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
         slot_freed.set()
 
     log.info(
-        "reader ready: cache %d bytes, prefetch %d blocks",
+        "reader ready: cache %d bytes, prefetch %d blocks, read window %d bytes",
         settings.cache_bytes,
         settings.prefetch_blocks,
+        window,
     )
 
     async def serve(header: bytes) -> None:

@@ -12,7 +12,14 @@ Rules:
   answered with what there is (latency, not a busy loop of empty answers), so the work a
   commit wakes is bounded. No fetch waits longer than `max_wait_ms` (the reader's cap),
   whatever it asked for, so a fetch slot is never held for long.
-- Cold reads fetch just the needed block by a range GET; the next blocks are prefetched.
+- Cold reads: with `window_bytes` 0 a cold block is read alone by a range GET of its bytes;
+  otherwise by one window GET of its object (`reader/readplan.py`: the whole object when it is
+  small, never more than the window) whose other verified blocks are cached too, so a
+  catch-up of N partitions written together costs one GET per object, not N. At most one
+  window GET per object is in flight: a cold block of an object being read waits for that
+  GET (a shared future) and takes its block from it. After a cold read the partition's next
+  `prefetch` blocks are loaded the same way; a fetch of several partitions looks them up for
+  all its cold partitions in one metadata call.
 - Transactions: every part answers its last stable offset (LSO). A read_committed fetch
   (``isolation_level`` 1) returns only batches below the LSO (a batch never straddles it: an
   open transaction starts at a batch's first offset) and the aborted transactions that
@@ -57,6 +64,7 @@ from metadata.async_store import AsyncMetadata, ReadPlan
 from metadata.commit_feed import CommitNotice
 from metadata.store import MAX_ABORTED_LISTED
 from metadata.transactions import AbortedRanges
+from reader import readplan
 from reader.cache import BlockCache, BlockKey
 from streamhouse import objectstore
 from streamhouse.errors import RING_OK, ErrorCode, RingError
@@ -74,12 +82,11 @@ from streamhouse.frames import (
     ring_error,
     salvage_ids,
 )
-from streamhouse.record_wire import render_records
+from streamhouse.record_wire import render_batch
 from streamhouse.recordbatch import (
     CONTROL_MASK,
     MAX_INFLATED_BYTES,
     TRANSACTIONAL_MASK,
-    decode_records,
     patch_base_offset,
     walk_block,
 )
@@ -95,13 +102,25 @@ REMEMBERED = 4096
 
 class ReadEngine:
     def __init__(
-        self, meta: AsyncMetadata | MetadataStore, store: Any, cache: BlockCache, prefetch: int
+        self,
+        meta: AsyncMetadata | MetadataStore,
+        store: Any,
+        cache: BlockCache,
+        prefetch: int,
+        window_bytes: int = 0,
     ) -> None:
-        """`meta` is awaited off the loop; a bare MetadataStore (unit tests) is wrapped."""
+        """`meta` is awaited off the loop; a bare MetadataStore (unit tests) is wrapped.
+        `window_bytes` is the largest window GET (`reader/readplan.py`; 0: single blocks)."""
         self.meta = meta if isinstance(meta, AsyncMetadata) else AsyncMetadata(meta)
         self.store = store
         self.cache = cache
         self.prefetch = prefetch
+        self.window_bytes = window_bytes
+        # The window GET in flight per object: its verified blocks by byte offset.
+        self._windows: dict[str, asyncio.Future[dict[int, bytes]]] = {}
+        #: Window GETs made, and the blocks they cached.
+        self.window_gets = 0
+        self.window_blocks = 0
         self._waiters: dict[tuple[int, int], set[asyncio.Future[None]]] = {}
         self._loads: dict[BlockKey, asyncio.Task[bytes]] = {}
         self.max_waiting = 1 << 30  # the reader sets reader_max_waiting_fetches
@@ -218,10 +237,59 @@ class ReadEngine:
             return data
         task = self._loads.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._fetch_block(key, loc.byte_length))
+            task = asyncio.ensure_future(self._load(key, loc.byte_length))
             self._loads[key] = task
             task.add_done_callback(lambda _t: self._loads.pop(key, None))
         return await task
+
+    async def _load(self, key: BlockKey, length: int) -> bytes:
+        """A cold block: alone (no windows), or from the window GET of its object in flight,
+        else from a new one (module rules)."""
+        if self.window_bytes <= 0:
+            return await self._fetch_block(key, length)
+        obj, offset = key
+        awaited: set[asyncio.Future[dict[int, bytes]]] = set()
+        while (pending := self._windows.get(obj)) is not None and pending not in awaited:
+            awaited.add(pending)
+            try:
+                blocks = await asyncio.shield(pending)
+            except Exception:  # that GET failed (logged once): this block is read alone
+                return await self._fetch_block(key, length)
+            encoded = blocks.get(offset)
+            if encoded is not None:
+                return self._decode_into_cache(key, encoded)
+        if awaited:  # another window may have cached it meanwhile
+            data = self.cache.get(key)
+            if data is not None:
+                return data
+        window = readplan.window_for(offset, length, self.window_bytes)
+        future = asyncio.ensure_future(self._get_window(obj, window))
+        self._windows[obj] = future
+        future.add_done_callback(lambda f: _forget_window(self._windows, obj, f))
+        blocks = await asyncio.shield(future)
+        encoded = blocks.get(offset)
+        if encoded is None:
+            # Not a verified whole block of the window (a corrupt or truncated object): read
+            # it alone, which fails with the reason.
+            return await self._fetch_block(key, length)
+        return self._decode_into_cache(key, encoded)
+
+    async def _get_window(self, obj: str, window: readplan.Window) -> dict[int, bytes]:
+        """One window GET: its verified blocks, each also cached (encoded) unless cached."""
+        raw = await objectstore.get_range_upto(self.store, obj, window.start, window.length)
+        self.window_gets += 1
+        blocks = readplan.split_blocks(raw, window)
+        for offset, encoded in blocks.items():
+            key = (obj, offset)
+            if key not in self.cache:
+                self.cache.put_encoded(key, encoded)
+                self.window_blocks += 1
+        return blocks
+
+    def _decode_into_cache(self, key: BlockKey, encoded: bytes) -> bytes:
+        data = decode_block(encoded)
+        self.cache.put_decoded(key, data)
+        return data
 
     async def _fetch_block(self, key: BlockKey, length: int) -> bytes:
         raw = await objectstore.get_range(self.store, key[0], key[1], length)
@@ -235,11 +303,27 @@ class ReadEngine:
         task = asyncio.ensure_future(self._prefetch(topic_id, partition, offset))
         task.add_done_callback(_ignore_result)
 
+    def _prefetch_parts(self, parts: list[tuple[int, int, int]]) -> None:
+        """Prefetches after cold reads of several partitions: one metadata call for all."""
+        if self.prefetch <= 0 or not parts:
+            return
+        task = asyncio.ensure_future(self._prefetch_many(parts))
+        task.add_done_callback(_ignore_result)
+
+    async def _prefetch_many(self, parts: list[tuple[int, int, int]]) -> None:
+        plans = await self.meta.read_plans(parts, self.prefetch)
+        await self._prefetch_blocks([loc for plan in plans for loc in plan.blocks])
+
     async def _prefetch(self, topic_id: int, partition: int, offset: int) -> None:
         """Loads the blocks after `offset` that are neither cached nor loading; done when they
         are (each failure is logged)."""
+        await self._prefetch_blocks(
+            await self.meta.find_blocks(topic_id, partition, offset, self.prefetch)
+        )
+
+    async def _prefetch_blocks(self, locs: list[BlockLocation]) -> None:
         loads = []
-        for loc in await self.meta.find_blocks(topic_id, partition, offset, self.prefetch):
+        for loc in locs:
             key = (loc.segment_key, loc.byte_offset)
             if key not in self.cache and key not in self._loads:
                 task = asyncio.ensure_future(self.load_block(loc))
@@ -256,12 +340,15 @@ class ReadEngine:
         allow_oversize: bool = True,
         plan: ReadPlan | None = None,
         isolation_level: int = 0,
+        cold_parts: list[tuple[int, int, int]] | None = None,
     ) -> tuple[FetchPartResult, bytes]:
         """Reads one partition from `part.offset`, up to max_bytes; with allow_oversize the
         first batch is returned even when it alone is larger. `plan` is the partition's
         metadata for `part.offset` when the caller looked it up already. With
         `isolation_level` 1 (read_committed) it stops at the last stable offset and lists
-        the aborted transactions of the returned range."""
+        the aborted transactions of the returned range. After a cold read the next blocks
+        are prefetched, or, with `cold_parts`, the partition and its next offset are added
+        to it for the caller's one prefetch of all its partitions."""
         if plan is None:
             (plan,) = await self.meta.read_plans(
                 [(part.topic_id, part.partition, part.offset)], BLOCKS_PER_LOOKUP
@@ -361,9 +448,13 @@ class ReadEngine:
                         count += info.record_count
                         next_offset = last + 1
                     else:
-                        records = decode_records(batch, max_inflated=self.max_inflated)
-                        rendered, n = render_records(
-                            records, batch_base, next_offset, limit - count
+                        # The whole batch in one call (streamhouse/_recordwire.c).
+                        rendered, n, after = render_batch(
+                            batch,
+                            batch_base,
+                            next_offset,
+                            limit - count,
+                            max_inflated=self.max_inflated,
                         )
                         # Rendered records can outgrow the stored batch: check again.
                         if bounded and size + len(rendered) > max_bytes:
@@ -372,11 +463,8 @@ class ReadEngine:
                         chunks.append(rendered)
                         size += len(rendered)
                         count += n
-                        if count < limit:
-                            next_offset = last + 1
-                        else:  # after the last record rendered (offsets may have gaps)
-                            taken = [d for d, *_ in records if batch_base + d >= next_offset]
-                            next_offset = batch_base + taken[n - 1] + 1
+                        # at the limit: after the last record rendered (offsets may have gaps)
+                        next_offset = last + 1 if count < limit else after
                     if count >= limit:
                         done = True
                         break
@@ -386,7 +474,9 @@ class ReadEngine:
             if next_offset >= bound:
                 break
             locs = None  # read past the blocks looked up: look up the next ones
-        if cold:
+        if cold and cold_parts is not None:
+            cold_parts.append((part.topic_id, part.partition, next_offset))
+        elif cold:
             self._prefetch_after(part.topic_id, part.partition, next_offset)
         aborted: list[tuple[int, int]] = []
         if isolation_level == 1 and transactional:
@@ -442,6 +532,7 @@ class ReadEngine:
                 results: list[FetchPartResult] = []
                 payloads: list[bytes] = []
                 budget = request.max_bytes
+                cold_parts: list[tuple[int, int, int]] = []
                 # Every partition's state and first blocks in one metadata call.
                 plans = await self.meta.read_plans(
                     [(p.topic_id, p.partition, p.offset) for p in request.parts],
@@ -457,10 +548,12 @@ class ReadEngine:
                         allow_oversize=budget == request.max_bytes,
                         plan=plan,
                         isolation_level=request.isolation_level,
+                        cold_parts=cold_parts,
                     )
                     budget -= len(data)
                     results.append(res)
                     payloads.append(data)
+                self._prefetch_parts(cold_parts)
                 total = sum(r.length for r in results)
                 errored = any(r.error.code for r in results)
                 remaining = deadline - loop.time()
@@ -581,6 +674,15 @@ def _remember(memory: OrderedDict[Any, Any], key: Any, value: Any) -> None:
     memory.move_to_end(key)
     if len(memory) > REMEMBERED:
         memory.popitem(last=False)
+
+
+def _forget_window(
+    windows: dict[str, asyncio.Future[dict[int, bytes]]], obj: str, done: asyncio.Future[Any]
+) -> None:
+    if windows.get(obj) is done:
+        del windows[obj]
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("window GET of %s failed (blocks are read alone): %s", obj, done.exception())
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:

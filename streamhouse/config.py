@@ -47,6 +47,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Reader memory cache of decoded blocks.
     cache_bytes: int = 512 * MiB
     prefetch_blocks: int = 2
+    # Largest range GET of a cold read, which caches every block of the object it covers
+    # (reader/readplan.py); 0 reads each cold block alone. At most a quarter of cache_bytes.
+    read_window_bytes: int = 16 * MiB
     # Limits at the edge.
     max_record_bytes: int = 1 * MiB
     max_batch_bytes: int = 16 * MiB
@@ -430,6 +433,8 @@ def _validate(s: Settings) -> None:
         # An ack or fetch request of one partition, with its error message, must fit a frame.
         if getattr(s, ring) < 64 * 1024:
             raise ConfigError(f"STREAMHOUSE_{ring.upper()} must be at least 65536 (64 KiB)")
+    if s.read_window_bytes < 0:
+        raise ConfigError("STREAMHOUSE_READ_WINDOW_BYTES must be >= 0 (0: cold blocks alone)")
     if s.grpc_max_message_bytes < 0:
         raise ConfigError("STREAMHOUSE_GRPC_MAX_MESSAGE_BYTES must be >= 0 (0: derived)")
     if not 0 <= s.reader_max_waiting_fetches < s.reader_max_fetches:

@@ -85,6 +85,7 @@ __all__ = [
     "list_objects",
     "get",
     "get_range",
+    "get_range_upto",
     "open_object_store",
     "put",
 ]
@@ -199,6 +200,22 @@ class LocalFolderStore:
                     errno.EIO, f"object {key!r} gave {len(data)} of {length} bytes at {start}"
                 )
             return data
+        finally:
+            os.close(fd)
+
+    def get_range_upto_blocking(self, key: str, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise ValueError(f"range start {start} and length {length} must not be negative")
+        fd = os.open(self.path_of(key), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if start >= size:
+                raise ObjectTruncatedError(
+                    errno.EIO,
+                    f"object {key!r} is {size} bytes, it ends before byte {start}: it is "
+                    "truncated or the index is wrong",
+                )
+            return os.pread(fd, min(length, size - start), start)
         finally:
             os.close(fd)
 
@@ -373,6 +390,20 @@ async def get_range(store: Any, key: str, start: int, length: int) -> bytes:
             data = await asyncio.to_thread(store.get_range_blocking, key, start, length)
         else:
             data = bytes(await obstore.get_range_async(store, key, start=start, length=length))
+        measured.nbytes = len(data)
+        return data
+
+
+async def get_range_upto(store: Any, key: str, start: int, length: int) -> bytes:
+    """Up to `length` bytes of `key` from byte `start`: fewer when the object ends first (one
+    request, as large as the range asked; the reader's window reads, `reader/readplan.py`).
+    A `start` at or past the object's end is an error."""
+    with _Measured("get") as measured:
+        if isinstance(store, LocalFolderStore):
+            data = await asyncio.to_thread(store.get_range_upto_blocking, key, start, length)
+        else:
+            end = start + length
+            data = bytes(await obstore.get_range_async(store, key, start=start, end=end))
         measured.nbytes = len(data)
         return data
 
