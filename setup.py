@@ -2,8 +2,9 @@
 
 ``pip install -e .`` (and a wheel build) compiles ``streamhouse/_batchcheck.c``, the record
 walk of the ingest edge's batch validation, ``streamhouse/_keycompact.c``, the key map
-and record filter of key compaction, and ``sql/_arrowdecode.c``, the record walk of the SQL
-scan into Arrow buffers.
+and record filter of key compaction, ``sql/_arrowdecode.c``, the record walk of the SQL
+scan into Arrow buffers, and ``ingest/_grpcproduce.c``, gRPC ProduceBatch request bytes
+transcoded into Kafka record batches.
 """
 
 from setuptools import Extension, setup
@@ -18,6 +19,11 @@ setup(
         Extension(
             "streamhouse._keycompact",
             ["streamhouse/_keycompact.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
+        ),
+        Extension(
+            "ingest._grpcproduce",
+            ["ingest/_grpcproduce.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
         ),
         Extension(

@@ -18,9 +18,10 @@ Phases (``--consume-mode``):
   everything produced in this run as fast as possible: the consume throughput.
 
 The client is built to stay out of the server's way (the two share the machine's cores):
-requests are pre-built protobuf messages reused for every call (only the partition and the
-first record's timestamp change), calls go through the generated stub, every producer and
-consumer is its own spawned process with its own channel, and consumers count records from
+requests are serialized once and reused for every call (only the partition and the first
+record's timestamp change, joined in as bytes: ``PreSerializedBatch``), so producing costs the
+client no per-record work, every producer and consumer is its own spawned process with its own
+channel, and consumers count records from
 ``next_offset`` and read only the records they sample for latency (the first record of every
 produced batch; upb parses the response in C, Python objects are made for those records only).
 Consume calls (the default) measured a little faster than Subscribe streams for catch-up reads
@@ -111,19 +112,46 @@ def latency_summary(values_s: list[float]) -> dict[str, float]:
 # -- producer child -----------------------------------------------------------------------------
 
 
+class PreSerializedBatch:
+    """One thread's ProduceBatchRequest as bytes, serialized once: each call joins the topic,
+    the partition field, a freshly stamped first record and the other records' bytes, so the
+    client spends no time building or serializing records (protobuf allows the fields in any
+    order, and the server reads them as one message)."""
+
+    def __init__(self, topic: str, batch: int, record_size: int, partitions: list[int]) -> None:
+        values = [os.urandom(record_size) for _ in range(min(batch, 64))]
+        self.head = pb.ProduceBatchRequest(topic=topic).SerializeToString()
+        self.partition = {
+            p: pb.ProduceBatchRequest(partition=p).SerializeToString() for p in partitions
+        }
+        self.first = pb.ProduceBatchRequest(records=[pb.Record(value=values[0])])
+        rest = [pb.Record(value=values[i % len(values)]) for i in range(1, batch)]
+        self.rest = pb.ProduceBatchRequest(records=rest).SerializeToString()
+
+    def build(self, partition: int, first_timestamp_ms: int) -> bytes:
+        """The request's bytes; the other records carry timestamp 0 (server time)."""
+        self.first.records[0].timestamp_ms = first_timestamp_ms
+        first = self.first.SerializeToString()
+        return b"".join((self.head, self.partition[partition], first, self.rest))
+
+
 def producer_main(index: int, cfg: dict, progress, ready, go, start_at, result_q) -> None:
     """One producer process: `inflight` threads sharing one channel, blocking ProduceBatch."""
     try:
-        channel, stub = open_stub(cfg["address"])
+        channel, _ = open_stub(cfg["address"])
+        produce_batch = channel.unary_unary(
+            "/streamhouse.v1.StreamHouse/ProduceBatch",
+            request_serializer=None,  # the requests are bytes already
+            response_deserializer=pb.ProduceBatchResponse.FromString,
+        )
         batch = cfg["batch_size"]
         partitions = cfg["partitions"]
         inflight = cfg["inflight"]
-        # A few pre-built requests (one per thread; they differ only in the random values).
-        requests = []
-        for _ in range(inflight):
-            values = [os.urandom(cfg["record_size"]) for _ in range(min(batch, 64))]
-            records = [pb.Record(value=values[i % len(values)]) for i in range(batch)]
-            requests.append(pb.ProduceBatchRequest(topic=cfg["topic"], records=records))
+        # One pre-serialized request per thread; they differ only in the random values.
+        requests = [
+            PreSerializedBatch(cfg["topic"], batch, cfg["record_size"], partitions)
+            for _ in range(inflight)
+        ]
         quota = cfg["batches_per_producer"]  # 0: run for the duration
         rate = cfg["rate"] / cfg["producers"] if cfg["rate"] else 0.0
         interval = batch / rate if rate else 0.0
@@ -139,7 +167,6 @@ def producer_main(index: int, cfg: dict, progress, ready, go, start_at, result_q
 
         def worker(tid: int) -> None:
             request = requests[tid]
-            first = request.records[0]
             lat: list[tuple[float, float]] = []
             sent = 0
             t_first = t_last = 0.0
@@ -156,16 +183,16 @@ def producer_main(index: int, cfg: dict, progress, ready, go, start_at, result_q
                         time.sleep(delay)
                 elif time.time() >= deadline:
                     break
-                request.partition = partitions[(slot + index) % len(partitions)]
+                partition = partitions[(slot + index) % len(partitions)]
                 # A failed call is counted and sent again (same slot) for up to 2 minutes.
                 acked = False
                 first_failure = 0.0
                 while not acked:
                     now = time.time()
-                    first.timestamp_ms = int(now * 1000)
+                    data = request.build(partition, int(now * 1000))
                     t0 = time.perf_counter()
                     try:
-                        stub.ProduceBatch(request, timeout=60)
+                        produce_batch(data, timeout=60)
                         acked = True
                     except grpc.RpcError as exc:
                         with errors_lock:

@@ -1,8 +1,10 @@
 """The gRPC front door: service `streamhouse.v1.StreamHouse`, health and reflection.
 
 Consume and Subscribe answer with ConsumeResponse bytes built by the reader and ingest
-(streamhouse.record_wire), so their handlers use an identity serializer; every other call uses
-the generated protobuf classes.
+(streamhouse.record_wire), so their handlers use an identity serializer. ProduceBatch and
+ProduceStream requests stay bytes: their scalar fields are read and their records transcoded
+into Kafka batches in C (ingest/produce.py, ingest/_grpcproduce.c). Every other call uses the
+generated protobuf classes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from ingest.cluster import ClusterView
 from ingest.grpc_acl import guarded
 from ingest.grpc_auth import AuthenticationFailed, GrpcAuthenticator
 from ingest.pipeline import Pipeline
-from ingest.produce import Partitioner, ProduceRejected, plan_produce
+from ingest.produce import (
+    MalformedRequest,
+    Partitioner,
+    ProduceRejected,
+    RawProduceBatch,
+    plan_request,
+)
 from ingest.serving import ServingMonitor
 from metadata import (
     AgentInfo,
@@ -197,15 +205,18 @@ class StreamHouseService:
         self,
         topic_name: str,
         partition: int | None,
-        records: Any,
+        data: bytes,
+        record_count: int,
         producer: tuple[int, int, int] | None,
     ) -> pb.ProduceBatchResponse:
+        """Produces the records of ``data``, a ProduceBatchRequest's bytes (ingest/produce.py)."""
         topic = await self._topic(topic_name)
         try:
-            slots = plan_produce(
+            slots = plan_request(
                 topic.topic_id,
                 topic.partitions,
-                records,
+                data,
+                record_count,
                 partition,
                 self.partitioner,
                 self.settings.max_record_bytes,
@@ -243,22 +254,23 @@ class StreamHouseService:
         return pb.ProduceBatchResponse(
             partition=results[0].partition,
             base_offset=results[0].base_offset,
-            record_count=len(records),
+            record_count=record_count,
             results=results,
         )
 
     async def Produce(self, request: pb.ProduceRequest, context: Any) -> pb.ProduceResponse:
         partition = request.partition if request.HasField("partition") else None
-        result = await self._produce(request.topic, partition, [request.record], None)
+        data = pb.ProduceBatchRequest(records=[request.record]).SerializeToString()
+        result = await self._produce(request.topic, partition, data, 1, None)
         return pb.ProduceResponse(partition=result.partition, base_offset=result.base_offset)
 
-    async def ProduceBatch(
-        self, request: pb.ProduceBatchRequest, context: Any
-    ) -> pb.ProduceBatchResponse:
+    async def ProduceBatch(self, request: RawProduceBatch, context: Any) -> pb.ProduceBatchResponse:
+        # The request arrives as its bytes and scalar fields (_produce_parser): its records are
+        # transcoded in C, never parsed into protobuf objects.
         _refuse_malformed(request)  # ProduceStream passes its requests through here
-        partition = request.partition if request.HasField("partition") else None
+        partition = request.partition
         producer = None
-        if request.HasField("producer_id"):
+        if request.producer_id is not None:
             producer = (request.producer_id, request.producer_epoch, request.base_sequence)
             # A batch carries the epoch as int16; Kafka's rules for the three fields.
             if not (producer[0] >= 0 and 0 <= producer[1] <= 32767 and producer[2] >= 0):
@@ -268,10 +280,12 @@ class StreamHouseService:
                     f"{producer[2]}: an idempotent producer needs producer_id >= 0, "
                     "0 <= producer_epoch <= 32767 and base_sequence >= 0 (use InitProducer)",
                 )
-        return await self._produce(request.topic, partition, request.records, producer)
+        return await self._produce(
+            request.topic, partition, request.data, request.record_count, producer
+        )
 
     async def ProduceStream(
-        self, requests: AsyncIterator[pb.ProduceBatchRequest], context: Any
+        self, requests: AsyncIterator[RawProduceBatch], context: Any
     ) -> AsyncIterator[pb.ProduceBatchResponse]:
         # Requests are admitted as they arrive; answers go out in request order.
         # At most grpc_stream_max_in_flight requests are admitted and unanswered; beyond that
@@ -553,6 +567,14 @@ def _parser(kind: Any) -> Callable[[bytes], Any]:
     return parse
 
 
+def _produce_parser(data: bytes) -> RawProduceBatch | _MalformedRequest:
+    """ProduceBatch and ProduceStream requests stay bytes, their scalar fields read in C."""
+    try:
+        return RawProduceBatch(data)
+    except MalformedRequest as exc:
+        return _MalformedRequest("streamhouse.v1.ProduceBatchRequest", str(exc))
+
+
 def _refuse_malformed(request: Any) -> None:
     if isinstance(request, _MalformedRequest):
         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
@@ -624,7 +646,6 @@ def method_handlers(service: StreamHouseService) -> grpc.GenericRpcHandler:
         "ListTopics": (pb.ListTopicsRequest, pb.ListTopicsResponse),
         "DeleteTopic": (pb.DeleteTopicRequest, pb.DeleteTopicResponse),
         "Produce": (pb.ProduceRequest, pb.ProduceResponse),
-        "ProduceBatch": (pb.ProduceBatchRequest, pb.ProduceBatchResponse),
         "CommitOffset": (pb.CommitOffsetRequest, pb.CommitOffsetResponse),
         "GetOffset": (pb.GetOffsetRequest, pb.GetOffsetResponse),
         "InitProducer": (pb.InitProducerRequest, pb.InitProducerResponse),
@@ -645,6 +666,11 @@ def method_handlers(service: StreamHouseService) -> grpc.GenericRpcHandler:
         )
         for name, (req, resp) in unary.items()
     }
+    handlers["ProduceBatch"] = grpc.unary_unary_rpc_method_handler(
+        _wrap_unary(method("ProduceBatch"), auth),
+        request_deserializer=_produce_parser,
+        response_serializer=pb.ProduceBatchResponse.SerializeToString,
+    )
     handlers["Consume"] = grpc.unary_unary_rpc_method_handler(
         _wrap_unary(method("Consume"), auth),
         request_deserializer=_parser(pb.ConsumeRequest),
@@ -657,7 +683,7 @@ def method_handlers(service: StreamHouseService) -> grpc.GenericRpcHandler:
     )
     handlers["ProduceStream"] = grpc.stream_stream_rpc_method_handler(
         _wrap_stream(method("ProduceStream"), auth),
-        request_deserializer=_parser(pb.ProduceBatchRequest),
+        request_deserializer=_produce_parser,
         response_serializer=pb.ProduceBatchResponse.SerializeToString,
     )
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

@@ -1,18 +1,30 @@
 """gRPC produce admission (sans-I/O): validate records, pick partitions, encode v2 batches.
 
+The request's protobuf bytes go to ``ingest/_grpcproduce.c`` as they came off the wire: it
+walks them once and writes the batches (its header gives the wire layout it reads and the
+batch layout it writes, the bytes ``recordbatch.encode_batch`` writes for the same records),
+so no Python object is made per record. :class:`RawProduceBatch` is what the gRPC handlers
+get for ProduceBatch and ProduceStream: the request's scalar fields and its bytes.
+
 Rules:
 - An explicit partition must exist; otherwise keyed records go to Kafka's default partition
   (murmur2 of the key) and keyless records of one request go together to the next partition
-  in a round robin, so a request's keyless records get consecutive offsets.
+  in a round robin, so a request's keyless records get consecutive offsets. The round robin
+  moves on only when a request with keyless records is accepted.
 - timestamp_ms 0 means server time; on a LogAppendTime topic every record gets server time.
 - Limits: a record (key + value + headers) at most max_record_bytes, a request at most
   max_batch_bytes in total, at least one record; each encoded batch at most the topic's
   max.message.bytes.
 - Timestamps are checked at the edge as the Kafka path checks them (``batch_rules`` of the
   topic config): on a CreateTime topic within
-  [now - message.timestamp.before.max.ms, now + message.timestamp.after.max.ms].
+  [now - message.timestamp.before.max.ms, now + message.timestamp.after.max.ms]; the
+  timestamps of one partition's records in a request are at most 2^63 - 1 ms apart.
 - An idempotent request (producer_id set) names its partition; its records become one batch
   carrying the producer id, epoch and base sequence.
+- Refusals are checked in this order, the first one answering: no records, partition out of
+  range, idempotent without a partition, then each record in request order (key on a
+  compacted topic, size, timestamp), the request's total size, then each partition's batch in
+  partition order (encoded total, max.message.bytes).
 """
 
 from __future__ import annotations
@@ -20,11 +32,46 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from ingest import _grpcproduce
 from ingest.pipeline import ProduceSlot
 from streamhouse.frames import BatchMeta
 from streamhouse.proto import streamhouse_pb2 as pb
-from streamhouse.recordbatch import default_partition, encode_batch
 from streamhouse.topic_config import batch_rules
+
+
+class MalformedRequest(ValueError):
+    """The bytes are not a valid ProduceBatchRequest; the message says what and where."""
+
+
+class RawProduceBatch:
+    """A ProduceBatchRequest as received: its scalar fields, read in C, and its bytes.
+
+    ``partition`` and ``producer_id`` are None when the request leaves them out.
+    """
+
+    __slots__ = (
+        "data",
+        "topic",
+        "partition",
+        "producer_id",
+        "producer_epoch",
+        "base_sequence",
+        "record_count",
+    )
+
+    def __init__(self, data: bytes) -> None:
+        """Raises :class:`MalformedRequest` when ``data`` is not a valid request."""
+        try:
+            fields = _grpcproduce.scan(data)
+        except ValueError as exc:
+            raise MalformedRequest(str(exc)) from None
+        self.data = data
+        self.topic: str = fields[0]
+        self.partition: int | None = fields[1]
+        self.producer_id: int | None = fields[2]
+        self.producer_epoch: int = fields[3]
+        self.base_sequence: int = fields[4]
+        self.record_count: int = fields[5]
 
 
 class ProduceRejected(ValueError):
@@ -38,9 +85,16 @@ class Partitioner:
         self._next: dict[int, int] = {}
 
     def next_partition(self, topic_id: int, partition_count: int) -> int:
-        value = self._next.get(topic_id, 0)
-        self._next[topic_id] = value + 1
-        return value % partition_count
+        value = self.peek(topic_id, partition_count)
+        self.advance(topic_id)
+        return value
+
+    def peek(self, topic_id: int, partition_count: int) -> int:
+        """The partition the topic's next keyless records go to."""
+        return self._next.get(topic_id, 0) % partition_count
+
+    def advance(self, topic_id: int) -> None:
+        self._next[topic_id] = self._next.get(topic_id, 0) + 1
 
 
 def plan_produce(
@@ -55,12 +109,45 @@ def plan_produce(
     log_append_time: bool = False,
     topic_config: dict[str, str] | None = None,
 ) -> list[ProduceSlot]:
-    """One ProduceSlot (one v2 batch) per partition written, in partition order.
+    """:func:`plan_request` for records given as protobuf objects (the Produce call)."""
+    data = pb.ProduceBatchRequest(records=records).SerializeToString()
+    return plan_request(
+        topic_id,
+        partition_count,
+        data,
+        len(records),
+        partition,
+        partitioner,
+        max_record_bytes,
+        max_batch_bytes,
+        producer,
+        log_append_time,
+        topic_config,
+    )
+
+
+def plan_request(
+    topic_id: int,
+    partition_count: int,
+    data: bytes,
+    record_count: int,
+    partition: int | None,
+    partitioner: Partitioner,
+    max_record_bytes: int,
+    max_batch_bytes: int,
+    producer: tuple[int, int, int] | None = None,
+    log_append_time: bool = False,
+    topic_config: dict[str, str] | None = None,
+) -> list[ProduceSlot]:
+    """One ProduceSlot (one v2 batch) per partition written, in partition order, from the
+    bytes of a ProduceBatchRequest holding ``record_count`` records (its other fields are not
+    read: ``partition`` and ``producer`` say what they said).
 
     ``topic_config`` (the topic's configs) sets the timestamp bounds and max.message.bytes;
-    a LogAppendTime topic there implies ``log_append_time``.
+    a LogAppendTime topic there implies ``log_append_time``. Raises :class:`ProduceRejected`
+    naming the first rule broken (see the module docstring for the order).
     """
-    if not records:
+    if record_count == 0:
         raise ProduceRejected("the batch is empty: send at least one record")
     if partition is not None and not 0 <= partition < partition_count:
         raise ProduceRejected(
@@ -71,86 +158,36 @@ def plan_produce(
         raise ProduceRejected("an idempotent produce (producer_id set) must name its partition")
     now_ms = int(time.time() * 1000)
     rules = batch_rules(topic_config or {}, max_batch_bytes)
-    log_append_time = log_append_time or rules.log_append_time
-    ts_low = max(-(2**63), now_ms - rules.timestamp_before_ms)
-    ts_high = min(2**63 - 1, now_ms + rules.timestamp_after_ms)
-    keyless = partition if partition is not None else None
-    groups: dict[int, tuple[list, list, list, list]] = {}
-    total = 0
-    for index, rec in enumerate(records):
-        key = rec.key if rec.HasField("key") else None
-        if key is None and rules.key_required:
-            raise ProduceRejected(
-                f"record {index} has no key: a compacted topic (cleanup.policy=compact) keeps "
-                "the latest record of each key, so every record needs one"
-            )
-        value = rec.value if rec.HasField("value") else None
-        size = (len(key) if key is not None else 0) + (len(value) if value is not None else 0)
-        headers: list[tuple[str, bytes | None]] = []
-        if rec.headers:
-            for h in rec.headers:
-                hv = h.value if h.HasField("value") else None
-                headers.append((h.key, hv))
-                size += len(h.key.encode()) + (len(hv) if hv is not None else 0)
-        if size > max_record_bytes:
-            raise ProduceRejected(
-                f"record {index} is {size} bytes, over the {max_record_bytes}-byte limit"
-            )
-        total += size
-        if partition is not None:
-            target = partition
-        elif key is not None:
-            target = default_partition(key, partition_count)
-        else:
-            if keyless is None:
-                keyless = partitioner.next_partition(topic_id, partition_count)
-            target = keyless
-        group = groups.get(target)
-        if group is None:
-            group = groups[target] = ([], [], [], [])
-        group[0].append(key)
-        group[1].append(value)
-        group[2].append(headers)
-        if log_append_time:
-            timestamp = now_ms
-        else:
-            timestamp = rec.timestamp_ms or now_ms
-            if not ts_low <= timestamp <= ts_high:
-                raise ProduceRejected(
-                    f"record {index}: timestamp_ms {timestamp} is out of range; the topic "
-                    f"accepts {ts_low}..{ts_high} (message.timestamp.before.max.ms / "
-                    "after.max.ms around the server's clock): fix the producer's clock or "
-                    "send 0 for server time"
-                )
-        group[3].append(timestamp)
-    if total > max_batch_bytes:
-        raise ProduceRejected(
-            f"the batch is {total} bytes, over the {max_batch_bytes}-byte limit: split it"
-        )
     pid, epoch, seq = producer if producer is not None else (-1, -1, -1)
-    slots = []
-    encoded = 0
-    for target in sorted(groups):
-        keys, values, headers_list, timestamps = groups[target]
-        batch = encode_batch(
-            keys,
-            values,
-            headers_list,
-            timestamps,
-            producer_id=pid,
-            producer_epoch=epoch,
-            base_sequence=seq,
+    try:
+        keyless_used, batches = _grpcproduce.transcode(
+            data,
+            partition_count,
+            -1 if partition is None else partition,
+            partitioner.peek(topic_id, partition_count),
+            max_record_bytes,
+            max_batch_bytes,
+            pid,
+            epoch,
+            seq,
+            log_append_time or rules.log_append_time,
+            now_ms,
+            max(-(2**63), now_ms - rules.timestamp_before_ms),
+            min(2**63 - 1, now_ms + rules.timestamp_after_ms),
+            rules.key_required,
+            rules.max_message_bytes,
         )
-        encoded += len(batch)
-        if encoded > max_batch_bytes:
-            raise ProduceRejected(
-                f"the batch encodes to over {max_batch_bytes} bytes (the limit): split it"
-            )
-        if len(batch) > rules.max_message_bytes:
-            raise ProduceRejected(
-                f"the records for partition {target} encode to {len(batch)} bytes, over the "
-                f"topic's max.message.bytes {rules.max_message_bytes}: split the batch"
-            )
-        meta = BatchMeta(len(keys), pid, epoch, seq, min(timestamps), max(timestamps))
-        slots.append(ProduceSlot(topic_id, target, [meta], [len(batch)], batch))
-    return slots
+    except ValueError as exc:
+        raise ProduceRejected(str(exc)) from None
+    if keyless_used:
+        partitioner.advance(topic_id)
+    return [
+        ProduceSlot(
+            topic_id,
+            target,
+            [BatchMeta(count, pid, epoch, seq, min_ts, max_ts)],
+            [len(batch)],
+            batch,
+        )
+        for target, batch, count, min_ts, max_ts in batches
+    ]
