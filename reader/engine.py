@@ -17,9 +17,10 @@ Rules:
   small, never more than the window) whose other verified blocks are cached too, so a
   catch-up of N partitions written together costs one GET per object, not N. At most one
   window GET per object is in flight: a cold block of an object being read waits for that
-  GET (a shared future) and takes its block from it. After a cold read the partition's next
-  `prefetch` blocks are loaded the same way; a fetch of several partitions looks them up for
-  all its cold partitions in one metadata call.
+  GET (a shared future) and takes its block from it. After a cold read (a block not cached,
+  or read for the first time after a window cached it) the partition's next `prefetch`
+  blocks are loaded the same way, so a catch-up keeps its next objects loading; a fetch of
+  several partitions looks them up for all its cold partitions in one metadata call.
 - Transactions: every part answers its last stable offset (LSO). A read_committed fetch
   (``isolation_level`` 1) returns only batches below the LSO (a batch never straddles it: an
   open transaction starts at a batch's first offset) and the aborted transactions that
@@ -84,6 +85,7 @@ from streamhouse.frames import (
 )
 from streamhouse.record_wire import render_batch
 from streamhouse.recordbatch import (
+    BATCH_HEADER_SIZE,
     CONTROL_MASK,
     MAX_INFLATED_BYTES,
     TRANSACTIONAL_MASK,
@@ -118,6 +120,9 @@ class ReadEngine:
         self.window_bytes = window_bytes
         # The window GET in flight per object: its verified blocks by byte offset.
         self._windows: dict[str, asyncio.Future[dict[int, bytes]]] = {}
+        # Blocks a window cached ahead of any fetch: the first read of one counts as cold
+        # (it prefetches), so a catch-up keeps its next objects loading.
+        self._ahead: OrderedDict[BlockKey, None] = OrderedDict()
         #: Window GETs made, and the blocks they cached.
         self.window_gets = 0
         self.window_blocks = 0
@@ -283,6 +288,7 @@ class ReadEngine:
             key = (obj, offset)
             if key not in self.cache:
                 self.cache.put_encoded(key, encoded)
+                _remember(self._ahead, key, None)
                 self.window_blocks += 1
         return blocks
 
@@ -379,6 +385,8 @@ class ReadEngine:
         starts: list[tuple[int, int]] = []  # FORMAT_KAFKA: each chunk's first offset, records
         dropped: AbortedRanges | None = None  # FORMAT_RECORDS read_committed: aborted ranges
         done = part.offset >= bound
+        # The least a further batch adds: a Kafka batch header, or one rendered record.
+        smallest = BATCH_HEADER_SIZE if fmt == FORMAT_KAFKA else 1
         locs: list[BlockLocation] | None = plan.blocks
         while not done:
             if locs is None:
@@ -388,8 +396,14 @@ class ReadEngine:
             if not locs:
                 break
             for loc in locs:
+                if chunks and size + smallest > max_bytes:
+                    done = True  # nothing more fits: do not load the next block for nothing
+                    break
                 key = (loc.segment_key, loc.byte_offset)
                 cold = cold or key not in self.cache
+                if key in self._ahead:  # loaded ahead by a window: read on, keep loading
+                    del self._ahead[key]
+                    cold = True
                 try:
                     data = await self.load_block(loc)
                 except Exception as exc:

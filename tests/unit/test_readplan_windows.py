@@ -298,9 +298,9 @@ def test_prefetch_after_cold_partitions_is_one_metadata_call(
 ) -> None:
     """A fetch of 6 partitions over two objects, each partition limited to its first block:
     the next blocks are prefetched with one metadata call for all the cold partitions (never
-    one per partition). With windows only partition 0 was cold (the others hit its window)
-    and the next object is one GET; without, all six were cold and their six blocks of the
-    next object are six GETs."""
+    one per partition). With windows, partition 0's block was not cached and the others were
+    read for the first time after its window cached them: all count as cold, and the next
+    object is one GET. Without, each of the six blocks of each object is a GET."""
     meta = MetadataStore(tmp_path / "meta.sqlite", synchronous="NORMAL")
     try:
         topic = meta.create_topic("events", 6)
@@ -345,12 +345,52 @@ def test_prefetch_after_cold_partitions_is_one_metadata_call(
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             await asyncio.gather(*others)
             if window:
-                assert calls == [6, 1] and gets == [first, second]
+                assert calls == [6, 6] and gets == [first, second]
             else:
                 assert calls == [6, 6] and sorted(gets) == [first] * 6 + [second] * 6
             for p in range(6):
                 (loc,) = meta.find_blocks(topic.topic_id, p, 3, 1)
                 assert (second, loc.byte_offset) in cache
+
+        asyncio.run(go())
+    finally:
+        meta.close()
+
+
+def test_a_catch_up_reading_prefetched_blocks_keeps_prefetching(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefetch 1, one object per fetch: reading the prefetched object (all cache hits)
+    still loads the next one, so each fetch finds its object loaded or loading."""
+    meta = MetadataStore(tmp_path / "meta.sqlite", synchronous="NORMAL")
+    try:
+        topic = meta.create_topic("events", 2)
+        store = objectstore.open_object_store("memory://")
+        cache = BlockCache(64 * MiB)
+        engine = ReadEngine(meta, store, cache, 1, window_bytes=MiB)
+        rig = Rig(meta, store, cache, engine, topic.topic_id)
+        gets: list[str] = []
+        real_upto = objectstore.get_range_upto
+
+        async def upto(store: Any, key: str, start: int, length: int) -> bytes:
+            gets.append(key)
+            return await real_upto(store, key, start, length)
+
+        monkeypatch.setattr(engine_module.objectstore, "get_range_upto", upto)
+
+        async def settle() -> None:
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            await asyncio.gather(*others)
+
+        async def go() -> None:
+            batch = mk("x", 3)
+            keys = [(await rig.commit([(p, [batch]) for p in range(2)]))[0] for _ in range(4)]
+            for n in range(3):
+                parts = [FetchPart(topic.topic_id, p, 3 * n, len(batch)) for p in range(2)]
+                resp, _ = await engine.fetch(FetchRequest(1, 0, 0, MiB, FORMAT_KAFKA, parts))
+                assert [p.next_offset for p in resp.parts] == [3 * n + 3] * 2
+                await settle()
+                assert gets == keys[: n + 2]
 
         asyncio.run(go())
     finally:
