@@ -20,7 +20,9 @@ Rules:
   GET (a shared future) and takes its block from it. After a cold read (a block not cached,
   or read for the first time after a window cached it) the partition's next `prefetch`
   blocks are loaded the same way, so a catch-up keeps its next objects loading; a fetch of
-  several partitions looks them up for all its cold partitions in one metadata call.
+  several partitions looks them up for all its cold partitions in one metadata call. A fetch
+  starts the cold loads it will wait for (per partition, the looked-up blocks up to its
+  max_bytes) all at once before reading its partitions in order.
 - Transactions: every part answers its last stable offset (LSO). A read_committed fetch
   (``isolation_level`` 1) returns only batches below the LSO (a batch never straddles it: an
   open transaction starts at a batch's first offset) and the aborted transactions that
@@ -309,6 +311,24 @@ class ReadEngine:
         task = asyncio.ensure_future(self._prefetch(topic_id, partition, offset))
         task.add_done_callback(_ignore_result)
 
+    def _load_ahead(self, parts: list[FetchPart], plans: list[ReadPlan]) -> None:
+        """With windows: starts the cold loads a fetch will wait for, all at once (its parts
+        are then read in order, and a later part's object is not read only after an earlier
+        part's): per part, the blocks of its plan until their stored bytes reach its
+        max_bytes (at least the first)."""
+        if self.window_bytes <= 0:
+            return
+        for part, plan in zip(parts, plans, strict=True):
+            wanted = 0
+            for loc in plan.blocks:
+                if wanted >= part.max_bytes:
+                    break
+                wanted += loc.byte_length
+                key = (loc.segment_key, loc.byte_offset)
+                if key not in self.cache and key not in self._loads:
+                    task = asyncio.ensure_future(self.load_block(loc))
+                    task.add_done_callback(_ignore_result)
+
     def _prefetch_parts(self, parts: list[tuple[int, int, int]]) -> None:
         """Prefetches after cold reads of several partitions: one metadata call for all."""
         if self.prefetch <= 0 or not parts:
@@ -552,6 +572,7 @@ class ReadEngine:
                     [(p.topic_id, p.partition, p.offset) for p in request.parts],
                     BLOCKS_PER_LOOKUP,
                 )
+                self._load_ahead(request.parts, plans)
                 for part, plan in zip(request.parts, plans, strict=True):
                     # Only the first partition with data may go past the limit (as in Kafka).
                     res, data = await self.read_part(

@@ -397,6 +397,40 @@ def test_a_catch_up_reading_prefetched_blocks_keeps_prefetching(
         meta.close()
 
 
+def test_a_fetch_starts_the_gets_of_all_its_cold_objects_at_once(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Partition 0 in one object, partition 1 in another: one fetch of both has both GETs in
+    flight together (its parts are read in order, their objects are not loaded in order)."""
+    in_flight = 0
+    peak = 0
+    real_upto = objectstore.get_range_upto
+
+    async def upto(store: Any, key: str, start: int, length: int) -> bytes:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        for _ in range(200):  # yield so that another GET can start meanwhile
+            if in_flight > 1:
+                break
+            await asyncio.sleep(0)
+        try:
+            return await real_upto(store, key, start, length)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(engine_module.objectstore, "get_range_upto", upto)
+
+    async def go() -> None:
+        await rig.commit([(0, [mk("a", 3)])])
+        await rig.commit([(1, [mk("b", 3)])])
+        resp, payload = await rig.engine.fetch(fetch_all(rig, range(2)))
+        assert values(payload) == [b"a0", b"a1", b"a2", b"b0", b"b1", b"b2"]
+        assert peak == 2 and rig.engine.window_gets == 2
+
+    asyncio.run(go())
+
+
 def test_get_range_upto_returns_what_the_object_has(tmp_path: pathlib.Path) -> None:
     """The window read of both store kinds: up to the end of the object; a start past the end
     is an error."""
