@@ -27,6 +27,11 @@ setup(
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
         ),
         Extension(
+            "streamhouse._recordwire",
+            ["streamhouse/_recordwire.c"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
+        ),
+        Extension(
             "sql._arrowdecode",
             ["sql/_arrowdecode.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],

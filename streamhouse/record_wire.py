@@ -3,6 +3,14 @@
 The reader renders `repeated Record records = 1` of `streamhouse.v1.ConsumeResponse` straight
 from stored batches; ingest appends the scalar fields and sends the bytes as they are.
 
+``render_batch`` does it a whole batch at a time: it checks the CRC and decompresses here
+(bounded, ``recordbatch.inflate``), then ``streamhouse/_recordwire.c`` walks and checks every
+record and writes the wire bytes of those in range, with no Python object per record.
+``render_records`` is the pure-Python reference it must match byte for byte (over the
+records ``recordbatch.decode_records`` gives); the tests compare the two on generated
+batches. The C walk refuses one thing the reference lets through: a timestamp (base +
+delta) or offset that does not fit an int64, which protobuf's int64 cannot carry either.
+
 Wire layout (proto3, see streamhouse/proto/streamhouse.proto):
   ConsumeResponse: 0x0A len Record (repeated) | 0x10 varint high_watermark
                    | 0x18 varint log_start_offset | 0x20 varint next_offset
@@ -13,6 +21,18 @@ Negative int64 varints take ten bytes (two's complement), as protobuf does.
 """
 
 from __future__ import annotations
+
+import crc32c
+
+from streamhouse._recordwire import RenderError, render
+from streamhouse.errors import ErrorCode
+from streamhouse.recordbatch import (
+    BATCH_HEADER_SIZE,
+    CODEC_MASK,
+    MAX_INFLATED_BYTES,
+    InvalidBatchError,
+    inflate,
+)
 
 _SMALL = [bytes([i]) for i in range(128)]
 
@@ -103,6 +123,59 @@ def render_records(
         parts.append(b"\x0a" + varint(len(rec)) + rec)
         count += 1
     return b"".join(parts), count
+
+
+_LENGTH_AT = 8  # header bytes 8..11: batch_length (int32), the bytes after it
+_CRC_AT = 17  # header bytes 17..20: CRC-32C (big-endian) of bytes 21..end
+_ATTRIBUTES_LOW_AT = 22  # low byte of the int16 attributes: the codec bits
+_MAGIC_AT = 16
+
+
+def render_batch(
+    batch: bytes | memoryview,
+    base_offset: int,
+    first_offset: int,
+    limit: int,
+    *,
+    max_inflated: int = MAX_INFLATED_BYTES,
+    verify_crc: bool = True,
+) -> tuple[bytes, int, int]:
+    """Wire bytes of the records of one whole stored batch with offset >= ``first_offset``,
+    at most ``limit`` of them; ``base_offset`` is the batch's absolute first offset.
+
+    Returns ``(bytes, number rendered, offset after the last one rendered)`` (the last is
+    ``first_offset`` when none was). Every record is checked, rendered or not, as
+    ``decode_records`` does: ``InvalidBatchError`` for a short or non-v2 header, a length or
+    CRC mismatch, records that do not decompress within ``max_inflated`` bytes, and malformed
+    records (the message names the record).
+    """
+    mv = memoryview(batch)
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    if (
+        len(mv) >= BATCH_HEADER_SIZE
+        and mv[_MAGIC_AT] == 2
+        and int.from_bytes(mv[_LENGTH_AT : _LENGTH_AT + 4], "big", signed=True) + 12 == len(mv)
+    ):
+        if verify_crc:
+            stored = int.from_bytes(mv[_CRC_AT : _CRC_AT + 4], "big")
+            actual = crc32c.crc32c(mv[_CRC_AT + 4 :])
+            if actual != stored:
+                raise InvalidBatchError(
+                    ErrorCode.CORRUPT_MESSAGE,
+                    f"CRC-32C mismatch, header says {stored:#010x}, bytes give {actual:#010x}",
+                )
+        codec = mv[_ATTRIBUTES_LOW_AT] & CODEC_MASK
+        records = (
+            None if codec == 0 else inflate(codec, mv[BATCH_HEADER_SIZE:].tobytes(), max_inflated)
+        )
+    else:
+        records = None  # the C side refuses the header (short, magic, length) with the reason
+    try:
+        return render(mv, records, base_offset, first_offset, limit)
+    except RenderError as exc:
+        code, message = exc.args
+        raise InvalidBatchError(ErrorCode[code], message) from None
 
 
 def consume_response_tail(high_watermark: int, log_start_offset: int, next_offset: int) -> bytes:
