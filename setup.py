@@ -3,7 +3,8 @@
 ``pip install -e .`` (and a wheel build) compiles ``streamhouse/_batchcheck.c``, the record
 walk of the ingest edge's batch validation, ``streamhouse/_keycompact.c``, the key map
 and record filter of key compaction, ``sql/_arrowdecode.c``, the record walk of the SQL
-scan into Arrow buffers, and ``ingest/_grpcproduce.c``, gRPC ProduceBatch request bytes
+scan into Arrow buffers, ``streamhouse/_recordwire.c``, the rendering of stored batches as
+gRPC ConsumeResponse records, and ``ingest/_grpcproduce.c``, gRPC ProduceBatch request bytes
 transcoded into Kafka record batches.
 """
 
@@ -22,14 +23,14 @@ setup(
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
         ),
         Extension(
-            "ingest._grpcproduce",
-            ["ingest/_grpcproduce.c"],
-            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
-        ),
-        Extension(
             "streamhouse._recordwire",
             ["streamhouse/_recordwire.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
+        ),
+        Extension(
+            "ingest._grpcproduce",
+            ["ingest/_grpcproduce.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
         ),
         Extension(
             "sql._arrowdecode",
