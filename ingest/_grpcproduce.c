@@ -318,7 +318,7 @@ static int skip_value(const uint8_t **pp, const uint8_t *end, uint32_t tag, int 
     return 0;
 }
 
-/* One record as read from the request. */
+/* One record as read from the request (the walk keeps one at a time, never a list). */
 typedef struct {
     const uint8_t *key; /* NULL: null key */
     const uint8_t *value;
@@ -330,22 +330,20 @@ typedef struct {
     int64_t header_wire;  /* the headers as Kafka encodes them, after the count */
     int64_t header_count;
     int64_t timestamp;
-    int32_t group;        /* index into the request's partition groups */
-    int32_t offset_delta; /* index inside its partition's batch */
-    int64_t length;       /* Kafka record length (after its own length varint) */
 } record;
 
+/* The request's scalar fields. */
 typedef struct {
-    record *items;
-    Py_ssize_t count;
-    Py_ssize_t capacity;
-    /* request scalars */
     const uint8_t *topic;
     uint64_t topic_len;
     int has_partition, has_producer_id;
     int32_t partition, producer_epoch, base_sequence;
     int64_t producer_id;
+    Py_ssize_t count; /* records */
 } request;
+
+/* Called for each record in request order; nonzero stops the walk with that result. */
+typedef int (*record_fn)(void *ctx, Py_ssize_t index, record *r, walk_error *e);
 
 static int zz_len(int64_t n) {
     uint64_t z = ((uint64_t)n << 1) ^ (uint64_t)(n >> 63);
@@ -450,8 +448,9 @@ static int walk_record(const uint8_t *p, const uint8_t *end, int depth, walk_err
     return 0;
 }
 
-/* The whole request: scalars into *q, records appended to q->items when keep is set. */
-static int walk_request(const uint8_t *p, Py_ssize_t len, request *q, int keep, walk_error *e) {
+/* The whole request: scalars into *q, each record to on_record (when not NULL). */
+static int walk_request(const uint8_t *p, Py_ssize_t len, request *q, record_fn on_record,
+                        void *ctx, walk_error *e) {
     const uint8_t *end = p + len;
     e->start = p;
     e->record = -1;
@@ -473,18 +472,9 @@ static int walk_request(const uint8_t *p, Py_ssize_t len, request *q, int keep, 
             } else {
                 record r;
                 if (walk_record(p, p + n, MAX_DEPTH, e, q->count, &r)) return -1;
-                if (keep) {
-                    if (q->count == q->capacity) {
-                        Py_ssize_t cap = q->capacity ? q->capacity * 2 : 1024;
-                        record *grown = realloc(q->items, (size_t)cap * sizeof(record));
-                        if (grown == NULL) {
-                            snprintf(e->message, sizeof e->message, "out of memory");
-                            return -2;
-                        }
-                        q->items = grown;
-                        q->capacity = cap;
-                    }
-                    q->items[q->count] = r;
+                if (on_record != NULL) {
+                    int rc = on_record(ctx, q->count, &r, e);
+                    if (rc) return rc;
                 }
                 q->count++;
             }
@@ -521,7 +511,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     walk_error e;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = walk_request((const uint8_t *)buf.buf, buf.len, &q, 0, &e);
+    rc = walk_request((const uint8_t *)buf.buf, buf.len, &q, NULL, NULL, &e);
     Py_END_ALLOW_THREADS
     if (rc) {
         PyBuffer_Release(&buf);
@@ -545,11 +535,13 @@ static PyObject *scan(PyObject *self, PyObject *args) {
 }
 
 /* ------------------------------------------------------------------------------------- */
-/* transcode */
+/* transcode: two walks over the request, no per-record memory.
+ * Walk 1 (plan_record) checks each record, picks its partition and adds its encoded size to
+ * its partition's group; walk 2 (write_record) writes it into its group's batch. */
 
 typedef struct {
     int32_t partition;
-    int32_t count;
+    int32_t count;   /* records (walk 1), records written (walk 2) */
     int64_t base_ts, min_ts, max_ts;
     int64_t size;    /* the whole batch, header included */
     uint8_t *out;    /* write cursor into the batch */
@@ -565,149 +557,162 @@ typedef struct {
     long long now_ms, ts_low, ts_high;
 } rules;
 
+typedef struct {
+    const rules *r;
+    group *groups;
+    Py_ssize_t ngroups, capacity;
+    int32_t *table; /* partition -> group index, open addressing; -1 empty */
+    size_t slots;
+    int64_t total;
+    int keyless_used;
+} plan_state;
+
 static int by_partition(const void *a, const void *b) {
     int32_t x = ((const group *)a)->partition, y = ((const group *)b)->partition;
     return (x > y) - (x < y);
 }
 
-/* Pass over the records: validation in request order, partition groups, record sizes.
- * Returns the number of groups (sorted by partition, records' group indexes remapped), or -1
- * with e->message set. */
-static Py_ssize_t plan(request *q, const rules *r, group **groups_out, int *keyless_used,
-                       walk_error *e) {
-    Py_ssize_t n = q->count;
-    /* partition -> group: open addressing over a power-of-two table */
-    size_t slots = 16;
-    while (slots < 2 * (size_t)n) slots <<= 1;
+static int out_of_memory(walk_error *e) {
+    snprintf(e->message, sizeof e->message, "out of memory");
+    return -2;
+}
+
+static size_t slot_of(const plan_state *st, int32_t partition) {
+    size_t h = ((uint32_t)partition * 0x9E3779B1u) & (st->slots - 1);
+    while (st->table[h] >= 0 && st->groups[st->table[h]].partition != partition)
+        h = (h + 1) & (st->slots - 1);
+    return h;
+}
+
+/* Rebuilds the table for the groups as they are now (after growth or sorting). */
+static int rehash(plan_state *st, size_t slots) {
     int32_t *table = malloc(slots * sizeof(int32_t));
-    group *groups = malloc((size_t)n * sizeof(group));
-    if (table == NULL || groups == NULL) {
-        free(table);
-        free(groups);
-        snprintf(e->message, sizeof e->message, "out of memory");
-        return -2;
-    }
+    if (table == NULL) return -1;
     memset(table, 0xFF, slots * sizeof(int32_t));
-    Py_ssize_t ngroups = 0;
-    int64_t total = 0;
-    *keyless_used = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        record *rec = &q->items[i];
-        if (rec->key == NULL && r->key_required) {
-            snprintf(e->message, sizeof e->message,
-                     "record %zd has no key: a compacted topic (cleanup.policy=compact) keeps "
-                     "the latest record of each key, so every record needs one",
-                     i);
-            goto fail;
-        }
-        int64_t size = (rec->key ? rec->key_len : 0) + (rec->value ? rec->value_len : 0) +
-                       rec->header_bytes;
-        if (size > r->max_record_bytes) {
-            snprintf(e->message, sizeof e->message, "record %zd is %lld bytes, over the %lld-byte limit",
-                     i, (long long)size, (long long)r->max_record_bytes);
-            goto fail;
-        }
-        total += size;
-        int32_t target;
-        if (r->partition >= 0) {
-            target = r->partition;
-        } else if (rec->key != NULL) {
-            target = (int32_t)(((uint32_t)murmur2(rec->key, rec->key_len) & 0x7FFFFFFFu) %
-                               (uint32_t)r->partition_count);
-        } else {
-            target = r->keyless_partition;
-            *keyless_used = 1;
-        }
-        if (r->log_append_time) {
-            rec->timestamp = r->now_ms;
-        } else {
-            if (rec->timestamp == 0) rec->timestamp = r->now_ms;
-            if (rec->timestamp < r->ts_low || rec->timestamp > r->ts_high) {
-                snprintf(e->message, sizeof e->message,
-                         "record %zd: timestamp_ms %lld is out of range; the topic accepts "
-                         "%lld..%lld (message.timestamp.before.max.ms / after.max.ms around the "
-                         "server's clock): fix the producer's clock or send 0 for server time",
-                         i, (long long)rec->timestamp, (long long)r->ts_low, (long long)r->ts_high);
-                goto fail;
-            }
-        }
-        size_t h = ((uint32_t)target * 0x9E3779B1u) & (slots - 1);
-        while (table[h] >= 0 && groups[table[h]].partition != target) h = (h + 1) & (slots - 1);
-        group *g;
-        if (table[h] < 0) {
-            table[h] = (int32_t)ngroups;
-            g = &groups[ngroups++];
-            memset(g, 0, sizeof *g);
-            g->partition = target;
-            g->base_ts = g->min_ts = g->max_ts = rec->timestamp;
-        } else {
-            g = &groups[table[h]];
-        }
-        rec->group = table[h];
-        rec->offset_delta = g->count++;
-        if (rec->timestamp < g->min_ts) g->min_ts = rec->timestamp;
-        if (rec->timestamp > g->max_ts) g->max_ts = rec->timestamp;
-        /* The batch stores timestamp - base timestamp as a 64-bit varint. */
-        int64_t delta;
-        if (__builtin_sub_overflow(rec->timestamp, g->base_ts, &delta)) {
-            snprintf(e->message, sizeof e->message,
-                     "record %zd: timestamp_ms %lld is too far from %lld, the first timestamp of "
-                     "its partition in this request (a batch stores their difference in 64 "
-                     "bits): send records this far apart in separate requests",
-                     i, (long long)rec->timestamp, (long long)g->base_ts);
-            goto fail;
-        }
-        rec->length = 1 + zz_len(delta) + zz_len(rec->offset_delta) +
-                      (rec->key ? zz_len(rec->key_len) + rec->key_len : 1) +
-                      (rec->value ? zz_len(rec->value_len) + rec->value_len : 1) +
-                      zz_len(rec->header_count) + rec->header_wire;
-        g->size += zz_len(rec->length) + rec->length;
-    }
-    if (total > r->max_batch_bytes) {
+    free(st->table);
+    st->table = table;
+    st->slots = slots;
+    for (Py_ssize_t k = 0; k < st->ngroups; k++) st->table[slot_of(st, st->groups[k].partition)] = (int32_t)k;
+    return 0;
+}
+
+static int32_t target_of(const rules *r, const record *rec) {
+    if (r->partition >= 0) return r->partition;
+    if (rec->key != NULL)
+        return (int32_t)(((uint32_t)murmur2(rec->key, rec->key_len) & 0x7FFFFFFFu) %
+                         (uint32_t)r->partition_count);
+    return r->keyless_partition;
+}
+
+static int64_t timestamp_of(const rules *r, const record *rec) {
+    if (r->log_append_time || rec->timestamp == 0) return r->now_ms;
+    return rec->timestamp;
+}
+
+static int64_t record_length(const record *rec, int64_t delta, int64_t offset_delta) {
+    return 1 + zz_len(delta) + zz_len(offset_delta) +
+           (rec->key ? zz_len(rec->key_len) + rec->key_len : 1) +
+           (rec->value ? zz_len(rec->value_len) + rec->value_len : 1) +
+           zz_len(rec->header_count) + rec->header_wire;
+}
+
+static int plan_record(void *ctx, Py_ssize_t i, record *rec, walk_error *e) {
+    plan_state *st = ctx;
+    const rules *r = st->r;
+    if (rec->key == NULL && r->key_required) {
         snprintf(e->message, sizeof e->message,
-                 "the batch is %lld bytes, over the %lld-byte limit: split it", (long long)total,
-                 (long long)r->max_batch_bytes);
-        goto fail;
+                 "record %zd has no key: a compacted topic (cleanup.policy=compact) keeps "
+                 "the latest record of each key, so every record needs one",
+                 i);
+        return -1;
     }
-    /* groups in partition order; records follow their group to its new index */
-    int32_t *order = table; /* reused: old group index -> new, slots >= n >= ngroups */
-    for (Py_ssize_t k = 0; k < ngroups; k++) groups[k].count = (int32_t)k; /* remember old */
-    qsort(groups, (size_t)ngroups, sizeof(group), by_partition);
+    int64_t size = (rec->key ? rec->key_len : 0) + (rec->value ? rec->value_len : 0) +
+                   rec->header_bytes;
+    if (size > r->max_record_bytes) {
+        snprintf(e->message, sizeof e->message, "record %zd is %lld bytes, over the %lld-byte limit",
+                 i, (long long)size, (long long)r->max_record_bytes);
+        return -1;
+    }
+    st->total += size;
+    int32_t target = target_of(r, rec);
+    if (r->partition < 0 && rec->key == NULL) st->keyless_used = 1;
+    int64_t ts = timestamp_of(r, rec);
+    if (!r->log_append_time && (ts < r->ts_low || ts > r->ts_high)) {
+        snprintf(e->message, sizeof e->message,
+                 "record %zd: timestamp_ms %lld is out of range; the topic accepts "
+                 "%lld..%lld (message.timestamp.before.max.ms / after.max.ms around the "
+                 "server's clock): fix the producer's clock or send 0 for server time",
+                 i, (long long)ts, (long long)r->ts_low, (long long)r->ts_high);
+        return -1;
+    }
+    size_t h = slot_of(st, target);
+    group *g;
+    if (st->table[h] < 0) {
+        if (st->ngroups == st->capacity) {
+            Py_ssize_t cap = st->capacity * 2;
+            group *grown = realloc(st->groups, (size_t)cap * sizeof(group));
+            if (grown == NULL) return out_of_memory(e);
+            st->groups = grown;
+            st->capacity = cap;
+        }
+        g = &st->groups[st->ngroups];
+        memset(g, 0, sizeof *g);
+        g->partition = target;
+        g->base_ts = g->min_ts = g->max_ts = ts;
+        st->table[h] = (int32_t)st->ngroups++;
+        if ((size_t)st->ngroups * 2 > st->slots && rehash(st, st->slots * 2))
+            return out_of_memory(e);
+    } else {
+        g = &st->groups[st->table[h]];
+    }
+    if (ts < g->min_ts) g->min_ts = ts;
+    if (ts > g->max_ts) g->max_ts = ts;
+    /* The batch stores timestamp - base timestamp as a 64-bit varint. */
+    int64_t delta;
+    if (__builtin_sub_overflow(ts, g->base_ts, &delta)) {
+        snprintf(e->message, sizeof e->message,
+                 "record %zd: timestamp_ms %lld is too far from %lld, the first timestamp of "
+                 "its partition in this request (a batch stores their difference in 64 "
+                 "bits): send records this far apart in separate requests",
+                 i, (long long)ts, (long long)g->base_ts);
+        return -1;
+    }
+    int64_t length = record_length(rec, delta, g->count++);
+    g->size += zz_len(length) + length;
+    return 0;
+}
+
+/* After walk 1: the request-wide checks, groups in partition order with their batch sizes. */
+static int finish_plan(plan_state *st, walk_error *e) {
+    const rules *r = st->r;
+    if (st->total > r->max_batch_bytes) {
+        snprintf(e->message, sizeof e->message,
+                 "the batch is %lld bytes, over the %lld-byte limit: split it",
+                 (long long)st->total, (long long)r->max_batch_bytes);
+        return -1;
+    }
+    qsort(st->groups, (size_t)st->ngroups, sizeof(group), by_partition);
+    if (rehash(st, st->slots)) return out_of_memory(e);
     int64_t encoded = 0;
-    for (Py_ssize_t k = 0; k < ngroups; k++) {
-        order[groups[k].count] = (int32_t)k;
-        groups[k].size += BATCH_HEADER;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        record *rec = &q->items[i];
-        rec->group = order[rec->group];
-    }
-    for (Py_ssize_t k = 0; k < ngroups; k++) groups[k].count = 0;
-    for (Py_ssize_t i = 0; i < n; i++) groups[q->items[i].group].count++;
-    for (Py_ssize_t k = 0; k < ngroups; k++) {
-        encoded += groups[k].size;
+    for (Py_ssize_t k = 0; k < st->ngroups; k++) {
+        group *g = &st->groups[k];
+        g->size += BATCH_HEADER;
+        encoded += g->size;
         if (encoded > r->max_batch_bytes) {
             snprintf(e->message, sizeof e->message,
                      "the batch encodes to over %lld bytes (the limit): split it",
                      (long long)r->max_batch_bytes);
-            goto fail;
+            return -1;
         }
-        if (groups[k].size > r->max_message_bytes) {
+        if (g->size > r->max_message_bytes) {
             snprintf(e->message, sizeof e->message,
                      "the records for partition %d encode to %lld bytes, over the topic's "
                      "max.message.bytes %lld: split the batch",
-                     (int)groups[k].partition, (long long)groups[k].size,
-                     (long long)r->max_message_bytes);
-            goto fail;
+                     (int)g->partition, (long long)g->size, (long long)r->max_message_bytes);
+            return -1;
         }
     }
-    free(table);
-    *groups_out = groups;
-    return ngroups;
-fail:
-    free(table);
-    free(groups);
-    return -1;
+    return 0;
 }
 
 static void put_be(uint8_t *out, uint64_t v, int bytes) {
@@ -717,10 +722,10 @@ static void put_be(uint8_t *out, uint64_t v, int bytes) {
     }
 }
 
-/* Header bytes of each group, then every record into its group's batch, then the CRCs. */
-static void write_batches(const request *q, group *groups, Py_ssize_t ngroups, const rules *r) {
-    for (Py_ssize_t k = 0; k < ngroups; k++) {
-        group *g = &groups[k];
+static void start_batches(plan_state *st) {
+    const rules *r = st->r;
+    for (Py_ssize_t k = 0; k < st->ngroups; k++) {
+        group *g = &st->groups[k];
         uint8_t *b = (uint8_t *)PyBytes_AS_STRING(g->batch);
         put_be(b, 0, 8);                                   /* base offset */
         put_be(b + 8, (uint64_t)(g->size - 12), 4);        /* batch length */
@@ -735,64 +740,63 @@ static void write_batches(const request *q, group *groups, Py_ssize_t ngroups, c
         put_be(b + 53, (uint64_t)(int64_t)r->base_sequence, 4);
         put_be(b + 57, (uint64_t)g->count, 4);
         g->out = b + BATCH_HEADER;
+        g->count = 0; /* now counts the records written: their offset deltas */
     }
-    for (Py_ssize_t i = 0; i < q->count; i++) {
-        const record *rec = &q->items[i];
-        group *g = &groups[rec->group];
-        uint8_t *o = put_zz(g->out, rec->length);
-        *o++ = 0;
-        o = put_zz(o, (int64_t)((uint64_t)rec->timestamp - (uint64_t)g->base_ts));
-        o = put_zz(o, rec->offset_delta);
-        if (rec->key) {
-            o = put_zz(o, rec->key_len);
-            memcpy(o, rec->key, (size_t)rec->key_len);
-            o += rec->key_len;
-        } else {
-            *o++ = 1;
-        }
-        if (rec->value) {
-            o = put_zz(o, rec->value_len);
-            memcpy(o, rec->value, (size_t)rec->value_len);
-            o += rec->value_len;
-        } else {
-            *o++ = 1;
-        }
-        o = put_zz(o, rec->header_count);
-        if (rec->header_count) {
-            /* the headers in order, walked again (the request was walked clean already) */
-            walk_error ignored = {.start = rec->body, .record = -1, .header = -1};
-            const uint8_t *p = rec->body;
-            while (p < rec->body_end) {
-                uint32_t tag = 0;
-                uint64_t n = 0;
-                if (read_tag(&p, rec->body_end, &tag)) break;
-                if (tag == ((3u << 3) | 2u)) {
-                    if (read_length(&p, rec->body_end, &n)) break;
-                    const uint8_t *hk, *hv;
-                    uint64_t hkl, hvl;
-                    walk_header(p, p + n, MAX_DEPTH, &ignored, &hk, &hkl, &hv, &hvl);
-                    o = put_zz(o, (int64_t)hkl);
-                    memcpy(o, hk, hkl);
-                    o += hkl;
-                    if (hv) {
-                        o = put_zz(o, (int64_t)hvl);
-                        memcpy(o, hv, hvl);
-                        o += hvl;
-                    } else {
-                        *o++ = 1;
-                    }
-                    p += n;
-                } else if (skip_value(&p, rec->body_end, tag, MAX_DEPTH, &ignored)) {
-                    break;
-                }
+}
+
+static int write_record(void *ctx, Py_ssize_t i, record *rec, walk_error *e) {
+    (void)i;
+    plan_state *st = ctx;
+    group *g = &st->groups[st->table[slot_of(st, target_of(st->r, rec))]];
+    int64_t delta = (int64_t)((uint64_t)timestamp_of(st->r, rec) - (uint64_t)g->base_ts);
+    int64_t offset_delta = g->count++;
+    uint8_t *o = put_zz(g->out, record_length(rec, delta, offset_delta));
+    *o++ = 0;
+    o = put_zz(o, delta);
+    o = put_zz(o, offset_delta);
+    if (rec->key) {
+        o = put_zz(o, rec->key_len);
+        memcpy(o, rec->key, (size_t)rec->key_len);
+        o += rec->key_len;
+    } else {
+        *o++ = 1;
+    }
+    if (rec->value) {
+        o = put_zz(o, rec->value_len);
+        memcpy(o, rec->value, (size_t)rec->value_len);
+        o += rec->value_len;
+    } else {
+        *o++ = 1;
+    }
+    o = put_zz(o, rec->header_count);
+    /* the headers in order, walked again (walk 1 found the record sound) */
+    const uint8_t *p = rec->body;
+    while (rec->header_count && p < rec->body_end) {
+        uint32_t tag = 0;
+        uint64_t n = 0;
+        if (read_tag(&p, rec->body_end, &tag)) break;
+        if (tag == ((3u << 3) | 2u)) {
+            if (read_length(&p, rec->body_end, &n)) break;
+            const uint8_t *hk, *hv;
+            uint64_t hkl, hvl;
+            if (walk_header(p, p + n, MAX_DEPTH, e, &hk, &hkl, &hv, &hvl)) break;
+            o = put_zz(o, (int64_t)hkl);
+            memcpy(o, hk, hkl);
+            o += hkl;
+            if (hv) {
+                o = put_zz(o, (int64_t)hvl);
+                memcpy(o, hv, hvl);
+                o += hvl;
+            } else {
+                *o++ = 1;
             }
+            p += n;
+        } else if (skip_value(&p, rec->body_end, tag, MAX_DEPTH, e)) {
+            break;
         }
-        g->out = o;
     }
-    for (Py_ssize_t k = 0; k < ngroups; k++) {
-        uint8_t *b = (uint8_t *)PyBytes_AS_STRING(groups[k].batch);
-        put_be(b + 17, crc32c(b + CRC_START, (size_t)(groups[k].size - CRC_START)), 4);
-    }
+    g->out = o;
+    return 0;
 }
 
 static PyObject *transcode(PyObject *self, PyObject *args) {
@@ -817,59 +821,68 @@ static PyObject *transcode(PyObject *self, PyObject *args) {
                      keyless, pc - 1);
         return NULL;
     }
+    const uint8_t *data = (const uint8_t *)buf.buf;
+    plan_state st = {.r = &r, .capacity = 8};
+    st.groups = malloc((size_t)st.capacity * sizeof(group));
+    PyObject *result = NULL;
     request q;
     walk_error e;
-    group *groups = NULL;
-    Py_ssize_t ngroups = -1;
-    int keyless_used = 0, rc;
+    int rc;
+    if (st.groups == NULL || rehash(&st, 16)) {
+        PyErr_NoMemory();
+        goto done;
+    }
     Py_BEGIN_ALLOW_THREADS
-    rc = walk_request((const uint8_t *)buf.buf, buf.len, &q, 1, &e);
+    rc = walk_request(data, buf.len, &q, plan_record, &st, &e);
     if (rc == 0 && q.count == 0) {
         snprintf(e.message, sizeof e.message, "the batch is empty: send at least one record");
         rc = -1;
     }
-    if (rc == 0) ngroups = plan(&q, &r, &groups, &keyless_used, &e);
+    if (rc == 0) rc = finish_plan(&st, &e);
     Py_END_ALLOW_THREADS
-    if (rc || ngroups < 0) {
-        free(q.items);
-        PyBuffer_Release(&buf);
-        if (rc == -2 || ngroups == -2) return PyErr_NoMemory();
-        PyErr_SetString(PyExc_ValueError, e.message);
-        return NULL;
+    if (rc) {
+        if (rc == -2)
+            PyErr_NoMemory();
+        else
+            PyErr_SetString(PyExc_ValueError, e.message);
+        goto done;
     }
-    PyObject *result = PyList_New(ngroups);
-    if (result == NULL) goto error;
-    for (Py_ssize_t k = 0; k < ngroups; k++) {
-        groups[k].batch = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)groups[k].size);
-        if (groups[k].batch == NULL) {
-            for (Py_ssize_t j = 0; j < k; j++) Py_DECREF(groups[j].batch);
-            Py_DECREF(result);
-            goto error;
-        }
+    Py_ssize_t k;
+    for (k = 0; k < st.ngroups; k++) {
+        st.groups[k].batch = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)st.groups[k].size);
+        if (st.groups[k].batch == NULL) break;
+    }
+    if (k < st.ngroups) {
+        while (k-- > 0) Py_DECREF(st.groups[k].batch);
+        goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    write_batches(&q, groups, ngroups, &r);
+    start_batches(&st);
+    walk_request(data, buf.len, &q, write_record, &st, &e);
+    for (Py_ssize_t j = 0; j < st.ngroups; j++) {
+        uint8_t *b = (uint8_t *)PyBytes_AS_STRING(st.groups[j].batch);
+        put_be(b + 17, crc32c(b + CRC_START, (size_t)(st.groups[j].size - CRC_START)), 4);
+    }
     Py_END_ALLOW_THREADS
-    for (Py_ssize_t k = 0; k < ngroups; k++) {
-        group *g = &groups[k];
-        PyObject *item = Py_BuildValue("iNiLL", (int)g->partition, g->batch, (int)g->count,
+    PyObject *list = PyList_New(st.ngroups);
+    for (k = 0; list != NULL && k < st.ngroups; k++) {
+        group *g = &st.groups[k];
+        PyObject *item = Py_BuildValue("iOiLL", (int)g->partition, g->batch, (int)g->count,
                                        (long long)g->min_ts, (long long)g->max_ts);
         if (item == NULL) {
-            for (Py_ssize_t j = k + 1; j < ngroups; j++) Py_DECREF(groups[j].batch);
-            Py_DECREF(result);
-            goto error;
+            Py_CLEAR(list);
+            break;
         }
-        PyList_SET_ITEM(result, k, item);
+        PyList_SET_ITEM(list, k, item);
     }
-    free(groups);
-    free(q.items);
+    for (k = 0; k < st.ngroups; k++) Py_DECREF(st.groups[k].batch);
+    if (list != NULL)
+        result = Py_BuildValue("ON", st.keyless_used ? Py_True : Py_False, list);
+done:
+    free(st.groups);
+    free(st.table);
     PyBuffer_Release(&buf);
-    return Py_BuildValue("ON", keyless_used ? Py_True : Py_False, result);
-error:
-    free(groups);
-    free(q.items);
-    PyBuffer_Release(&buf);
-    return NULL;
+    return result;
 }
 
 static PyObject *py_crc32c(PyObject *self, PyObject *args) {
