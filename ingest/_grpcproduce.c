@@ -16,7 +16,10 @@
  *   in partition order (the rules are ingest/produce.py's docstring). ``partition`` is -1
  *   when the request names none; ``keyless_partition`` is where the request's keyless
  *   records go (the caller's round robin), and ``keyless_used`` says whether any went there.
- *   A refused request raises ValueError with the message plan_produce documents.
+ *   A refused request raises ValueError with the message plan_produce documents. It walks
+ *   the bytes twice -- checking each record and adding up its partition's batch size, then
+ *   writing it -- so its memory is the batches and one entry per partition, never one per
+ *   record (a request of millions of empty records costs no more than its batches).
  *
  * Protobuf wire format read (streamhouse/proto/streamhouse.proto, package streamhouse.v1):
  *

@@ -1,9 +1,10 @@
 """gRPC produce admission (sans-I/O): validate records, pick partitions, encode v2 batches.
 
 The request's protobuf bytes go to ``ingest/_grpcproduce.c`` as they came off the wire: it
-walks them once and writes the batches (its header gives the wire layout it reads and the
-batch layout it writes, the bytes ``recordbatch.encode_batch`` writes for the same records),
-so no Python object is made per record. :class:`RawProduceBatch` is what the gRPC handlers
+walks them twice (check and size each record, then write it; no memory per record) and
+returns the batches. Its header gives the wire layout it reads and the batch layout it
+writes: the bytes ``recordbatch.encode_batch`` writes for the same records. No Python object
+is made per record. :class:`RawProduceBatch` is what the gRPC handlers
 get for ProduceBatch and ProduceStream: the request's scalar fields and its bytes.
 
 Rules:
