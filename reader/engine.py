@@ -19,7 +19,8 @@ Rules:
   window GET per object is in flight: a cold block of an object being read waits for that
   GET (a shared future) and takes its block from it. After a cold read (a block not cached,
   or read for the first time after a window cached it) the partition's next `prefetch`
-  blocks are loaded the same way, so a catch-up keeps its next objects loading; a fetch of
+  blocks (with windows, more up to its max_bytes: the next fetch's worth) are loaded the
+  same way, so a catch-up keeps its next objects loading; a fetch of
   several partitions looks them up for all its cold partitions in one metadata call. A fetch
   starts the cold loads it will wait for (per partition, the looked-up blocks up to its
   max_bytes) all at once before reading its partitions in order.
@@ -329,16 +330,29 @@ class ReadEngine:
                     task = asyncio.ensure_future(self.load_block(loc))
                     task.add_done_callback(_ignore_result)
 
-    def _prefetch_parts(self, parts: list[tuple[int, int, int]]) -> None:
-        """Prefetches after cold reads of several partitions: one metadata call for all."""
+    def _prefetch_parts(self, parts: list[tuple[int, int, int, int]]) -> None:
+        """Prefetches after cold reads of several partitions (topic id, partition, next
+        offset, max_bytes): one metadata call for all."""
         if self.prefetch <= 0 or not parts:
             return
         task = asyncio.ensure_future(self._prefetch_many(parts))
         task.add_done_callback(_ignore_result)
 
-    async def _prefetch_many(self, parts: list[tuple[int, int, int]]) -> None:
-        plans = await self.meta.read_plans(parts, self.prefetch)
-        await self._prefetch_blocks([loc for plan in plans for loc in plan.blocks])
+    async def _prefetch_many(self, parts: list[tuple[int, int, int, int]]) -> None:
+        """The next `prefetch` blocks of each partition; with windows, more up to the stored
+        bytes of its next fetch (its max_bytes), so a catch-up's next fetch finds them."""
+        windows = self.window_bytes > 0
+        limit = max(self.prefetch, BLOCKS_PER_LOOKUP) if windows else self.prefetch
+        plans = await self.meta.read_plans([(t, p, o) for t, p, o, _ in parts], limit)
+        locs: list[BlockLocation] = []
+        for (_t, _p, _o, max_bytes), plan in zip(parts, plans, strict=True):
+            stored = 0
+            for n, loc in enumerate(plan.blocks):
+                if n >= self.prefetch and (not windows or stored >= max_bytes):
+                    break
+                stored += loc.byte_length
+                locs.append(loc)
+        await self._prefetch_blocks(locs)
 
     async def _prefetch(self, topic_id: int, partition: int, offset: int) -> None:
         """Loads the blocks after `offset` that are neither cached nor loading; done when they
@@ -366,15 +380,15 @@ class ReadEngine:
         allow_oversize: bool = True,
         plan: ReadPlan | None = None,
         isolation_level: int = 0,
-        cold_parts: list[tuple[int, int, int]] | None = None,
+        cold_parts: list[tuple[int, int, int, int]] | None = None,
     ) -> tuple[FetchPartResult, bytes]:
         """Reads one partition from `part.offset`, up to max_bytes; with allow_oversize the
         first batch is returned even when it alone is larger. `plan` is the partition's
         metadata for `part.offset` when the caller looked it up already. With
         `isolation_level` 1 (read_committed) it stops at the last stable offset and lists
         the aborted transactions of the returned range. After a cold read the next blocks
-        are prefetched, or, with `cold_parts`, the partition and its next offset are added
-        to it for the caller's one prefetch of all its partitions."""
+        are prefetched, or, with `cold_parts`, the partition, its next offset and max_bytes
+        are added to it for the caller's one prefetch of all its partitions."""
         if plan is None:
             (plan,) = await self.meta.read_plans(
                 [(part.topic_id, part.partition, part.offset)], BLOCKS_PER_LOOKUP
@@ -509,7 +523,7 @@ class ReadEngine:
                 break
             locs = None  # read past the blocks looked up: look up the next ones
         if cold and cold_parts is not None:
-            cold_parts.append((part.topic_id, part.partition, next_offset))
+            cold_parts.append((part.topic_id, part.partition, next_offset, max_bytes))
         elif cold:
             self._prefetch_after(part.topic_id, part.partition, next_offset)
         aborted: list[tuple[int, int]] = []
@@ -566,7 +580,7 @@ class ReadEngine:
                 results: list[FetchPartResult] = []
                 payloads: list[bytes] = []
                 budget = request.max_bytes
-                cold_parts: list[tuple[int, int, int]] = []
+                cold_parts: list[tuple[int, int, int, int]] = []
                 # Every partition's state and first blocks in one metadata call.
                 plans = await self.meta.read_plans(
                     [(p.topic_id, p.partition, p.offset) for p in request.parts],

@@ -361,7 +361,7 @@ def test_a_catch_up_reading_prefetched_blocks_keeps_prefetching(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Prefetch 1, one object per fetch: reading the prefetched object (all cache hits)
-    still loads the next one, so each fetch finds its object loaded or loading."""
+    still prefetches, so the loads stay two objects ahead of the fetches."""
     meta = MetadataStore(tmp_path / "meta.sqlite", synchronous="NORMAL")
     try:
         topic = meta.create_topic("events", 2)
@@ -390,7 +390,8 @@ def test_a_catch_up_reading_prefetched_blocks_keeps_prefetching(
                 resp, _ = await engine.fetch(FetchRequest(1, 0, 0, MiB, FORMAT_KAFKA, parts))
                 assert [p.next_offset for p in resp.parts] == [3 * n + 3] * 2
                 await settle()
-                assert gets == keys[: n + 2]
+                # each object read once, in order: the two after this fetch's already loaded
+                assert gets == keys[: min(n + 3, len(keys))]
 
         asyncio.run(go())
     finally:
