@@ -1,10 +1,12 @@
 """``python -m bench SCENARIO [options]``: StreamHouse (and optionally a peer) under a scenario,
-with live progress, a final table, results JSON and PNG charts (bench/harness/)."""
+with live progress, a final table, results JSON and PNG charts (bench/harness/).
+``python -m bench matrix [options]`` runs the issue's whole table (bench/harness/matrix.py)."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -16,7 +18,11 @@ from bench.harness.servers import HarnessError, ObjectStore, StreamHouseServer, 
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.split("\n")[0],
+        epilog="python -m bench matrix --help: the issue's whole table in one command",
+    )
     ap.add_argument("scenario", choices=SCENARIOS)
     ap.add_argument("--protocol", choices=("kafka", "grpc"), default="kafka")
     ap.add_argument("--record-size", type=int, default=100, help="value bytes per record")
@@ -28,6 +34,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of producing")
     ap.add_argument("--records", type=int, default=0, help="records to produce (over --duration)")
     ap.add_argument("--rate", type=float, default=0.0, help="records/s over all producers (0: max)")
+    ap.add_argument(
+        "--linger-ms", type=float, default=5.0, help="the load producers' linger.ms (Kafka)"
+    )
     ap.add_argument("--acks", choices=("all", "1", "0"), default="all")
     ap.add_argument(
         "--compression", choices=("none", "gzip", "snappy", "lz4", "zstd"), default="none"
@@ -51,8 +60,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("record_size", "partitions", "producers", "duration", "sample_every"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be > 0")
-    if args.records < 0 or args.rate < 0 or args.consumers < 0:
-        ap.error("--records, --rate and --consumers must be >= 0")
+    if args.records < 0 or args.rate < 0 or args.consumers < 0 or args.linger_ms < 0:
+        ap.error("--records, --rate, --consumers and --linger-ms must be >= 0")
     if args.peer and args.protocol == "grpc":
         ap.error("the peer speaks Kafka only: --peer needs --protocol kafka")
     for item in args.env:
@@ -62,6 +71,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["matrix"]:
+        from bench.harness import matrix
+
+        return matrix.main(argv[1:])
     args = parse(argv)
     consumers = args.consumers or (10 if args.scenario == "tail" else 1)
     cfg = Config(
@@ -74,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         duration=args.duration,
         records=args.records,
         rate=args.rate,
+        linger_ms=args.linger_ms,
         acks=args.acks,
         compression=args.compression,
         probe_rate=args.probe_rate,
@@ -159,7 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the `finally`s that stop the servers
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         sys.exit(main())
     except HarnessError as exc:

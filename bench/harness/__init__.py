@@ -24,8 +24,12 @@ it after. Results go to the results folder (``--out``):
              "timeline": [[seconds since start, records acknowledged, records consumed], ...]
                          (sampled every 0.5 s),
              "produce": {"records", "seconds", "records_per_s", "mb_per_s", ...},
+             "load_latency_ms": {"count", "p50", "p90", "p99", "max"}: acknowledgement
+                 latency of the load's own records (Kafka: one sample per chunk queued, see
+                 kafka_load.py; gRPC: grpc_bench's ProduceBatch round trips),
+             "load_latency_series": [[seconds, ms], ...] (Kafka),
              "produce_latency_ms": {"count", "p50", "p90", "p99", "max"} (the probe),
-             "produce_latency_series": [[seconds, ms], ...],
+             "produce_latency_series": [[seconds, ms], ...] (the probe),
              "consume": {"records", "seconds", "records_per_s", "mb_per_s", "consumers", ...},
              "e2e_latency_ms": {...}, "e2e_latency_series": [[seconds, ms], ...] (tailing),
              "produced_gb", "consumed_gb": 10^9 bytes of record values,

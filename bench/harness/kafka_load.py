@@ -1,13 +1,24 @@
 """Kafka load processes of the harness (spawned: no GIL shared with the harness or each other).
 
 - `producer_main`: the lean confluent-kafka loop (``produce(topic, value)`` in a tight loop,
-  ``poll(0)`` every 1,000 records, no per-message callback, linger.ms 5, batch.size 1 MiB,
-  acks as asked, null keys spread by librdkafka's sticky partitioner; values cycled from 16 MiB
-  of distinct random values, which do not compress), for a duration or a record
-  count, optionally paced to a rate. Its shared counter holds the records acknowledged so far
-  (queued minus still in librdkafka's queue), which the harness samples for throughput over time.
-  Each record's Kafka timestamp is its CreateTime (set by librdkafka at ``produce()``), which the
-  consumers use for end-to-end latency.
+  ``poll(0)`` every 1,000 records, no per-message callback, linger.ms 5 unless told otherwise,
+  batch.size 1 MiB, acks as asked, null keys spread by librdkafka's sticky partitioner; values
+  cycled from 16 MiB of distinct random values, which do not compress), for a duration or a
+  record count, optionally paced to a rate (open loop, in chunks of one millisecond's records,
+  at most 1,000). Its shared counter holds the records acknowledged so far (queued minus still
+  in librdkafka's queue), which the harness samples for throughput over time. Each record's
+  Kafka timestamp is its CreateTime (set by librdkafka at ``produce()``), which the consumers
+  use for end-to-end latency.
+  **Load latency**: the acknowledgement latency of the load itself, without a per-message
+  callback: after each chunk the producer notes (time, records queued so far); whenever it
+  looks again (after every chunk, and every LOOK_S while it waits for the rate's schedule or
+  for the final acknowledgements) the acknowledged count (queued minus ``len(producer)``, which
+  counts queued, in-flight and unreported records) tells which chunks are now fully
+  acknowledged, and each gives one sample: now minus the time its last record was queued. On
+  one partition acknowledgements come in order, so this is the latency of the chunk's last
+  record within LOOK_S (or one chunk's time at full speed); on several partitions it is the
+  time until that many records were acknowledged in all. Chunks queued in the first WARMUP_S
+  are not sampled (connection and first metadata).
 - `consumer_main`: one consumer assigned a list of partitions from given offsets
   (``queued.min.messages`` raised and ``fetch.queue.backoff.ms=0``: with librdkafka's defaults a
   response of ~100,000 small records makes the client pause each partition for a second),
@@ -24,22 +35,28 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 MiB = 1024 * 1024
-CHUNK = 1000  # records queued between two poll(0) calls
+CHUNK = 1000  # records queued between two poll(0) calls at full speed
+PACE_S = 0.001  # with a rate, a chunk is this long's worth of records (1 to CHUNK)
+LOOK_S = 0.001  # while waiting, the acknowledged count is looked at this often
+WARMUP_S = 1.0  # load-latency samples start this long after the first record
 DRAIN_S = 1.0  # past the end offsets, a consumer stops after this long without a record
 POOL_BYTES = 16 * MiB  # distinct random record values a producer cycles through
 
 
-def producer_config(bootstrap: str, acks: str, compression: str) -> dict[str, Any]:
+def producer_config(
+    bootstrap: str, acks: str, compression: str, linger_ms: float = 5.0
+) -> dict[str, Any]:
     return {
         "bootstrap.servers": bootstrap,
         "acks": acks,
-        "linger.ms": 5,
+        "linger.ms": linger_ms,
         "batch.size": MiB,
         "message.max.bytes": 2 * MiB,
         "compression.type": compression,
@@ -59,6 +76,27 @@ def value_pool(size: int) -> list[bytes]:
     return [pool[i * size : (i + 1) * size] for i in range(count)]
 
 
+class AckLatency:
+    """The load-latency bookkeeping of a producer (no I/O; see the module's docstring): chunks
+    queued, as (time, records queued so far), become samples once the acknowledged count
+    covers them."""
+
+    def __init__(self, sample_from: float) -> None:
+        self.sample_from = sample_from  # chunks queued before this time give no sample
+        self.pending: deque[tuple[float, int]] = deque()
+        self.samples: list[tuple[float, float]] = []  # (time queued, seconds to acknowledged)
+
+    def queued(self, now: float, total: int) -> None:
+        self.pending.append((now, total))
+
+    def acknowledged(self, now: float, acked: int) -> None:
+        pending = self.pending
+        while pending and pending[0][1] <= acked:
+            sent, _ = pending.popleft()
+            if sent >= self.sample_from:
+                self.samples.append((sent, now - sent))
+
+
 def producer_main(
     bootstrap: str,
     topic: str,
@@ -70,9 +108,11 @@ def producer_main(
     rate: float,
     counter: Any,
     conn: Connection,
+    linger_ms: float = 5.0,
 ) -> None:
     """Produces until `seconds` have passed or `records` are queued (0: no limit), at `rate`
-    records/s (0: as fast as the broker takes them); sends its result dict on `conn`."""
+    records/s (0: as fast as the broker takes them); sends its result dict on `conn`, with the
+    load-latency samples as [[wall time queued, seconds], ...]."""
     failures: list[str] = []
 
     def on_error(err: KafkaError | None, _msg: Any) -> None:
@@ -80,19 +120,28 @@ def producer_main(
             failures.append(str(err))
 
     values = value_pool(size)
-    producer = Producer({**producer_config(bootstrap, acks, compression), "on_delivery": on_error})
+    config = producer_config(bootstrap, acks, compression, linger_ms)
+    producer = Producer({**config, "on_delivery": on_error})
     producer.list_topics(topic, timeout=30)  # metadata before the clock starts
     conn.send("ready")
     conn.recv()  # all producers start together
     produce, poll = producer.produce, producer.poll
     count = chunk = full_waits = pos = 0
+    step = CHUNK if rate <= 0 else max(1, min(CHUNK, int(rate * PACE_S)))
     cpu0 = time.process_time()
     started = time.perf_counter()
     t_first = time.time()
+    clock = AckLatency(started + WARMUP_S)
     deadline = started + seconds if seconds > 0 else float("inf")
     limit = records if records > 0 else 1 << 62
+
+    def look() -> None:
+        acked = count - len(producer)
+        counter.value = acked
+        clock.acknowledged(time.perf_counter(), acked)
+
     while count < limit and time.perf_counter() < deadline:
-        want = min(CHUNK, limit - count)
+        want = min(step, limit - count)
         try:
             while chunk < want:
                 produce(topic, values[pos + chunk])
@@ -104,16 +153,18 @@ def producer_main(
         count += chunk
         pos = (pos + chunk) % (len(values) - CHUNK)
         chunk = 0
+        clock.queued(time.perf_counter(), count)
         poll(0)
-        counter.value = count - len(producer)
+        look()
         if rate > 0:  # open loop: the schedule says when the next chunk is due
-            ahead = started + count / rate - time.perf_counter()
-            if ahead > 0:
-                poll(ahead)
+            due = started + count / rate
+            while (ahead := due - time.perf_counter()) > 0:
+                poll(min(ahead, LOOK_S))
+                look()
     flush_deadline = time.monotonic() + 300
     while len(producer) and time.monotonic() < flush_deadline:
-        producer.flush(0.1)  # the acknowledgements of what is queued, the counter kept current
-        counter.value = count - len(producer)
+        producer.flush(LOOK_S)  # the acknowledgements of what is queued, the counter current
+        look()
     remaining = len(producer)
     t_last = time.time()
     failed_reports = len(failures)
@@ -129,6 +180,7 @@ def producer_main(
             "failures": failures[:20],
             "failure_count": len(failures),
             "queue_full_waits": full_waits,
+            "latency": [[t_first + (t - started), lat] for t, lat in clock.samples],
         }
     )
 

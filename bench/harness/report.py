@@ -20,10 +20,11 @@ def figures(run: dict[str, Any]) -> dict[str, float]:
         if "produce" in ph:
             out["produce rec/s"] = ph["produce"]["records_per_s"]
             out["produce MB/s"] = ph["produce"]["mb_per_s"]
-            lat = ph.get("produce_latency_ms") or {}
-            if lat.get("p99") is not None:
-                out["produce p50 ms"] = lat["p50"]
-                out["produce p99 ms"] = lat["p99"]
+            for key, tag in (("load_latency_ms", "produce"), ("produce_latency_ms", "probe")):
+                lat = ph.get(key) or {}
+                if lat.get("p99") is not None:
+                    out[f"{tag} p50 ms"] = lat["p50"]
+                    out[f"{tag} p99 ms"] = lat["p99"]
             if ph.get("produced_gb") and ph.get("store_counted"):
                 req = ph["requests_per_gb_produced"]
                 out["PUT/GB produced"] = sum(req.get(k, 0) for k in PUT_CLASS)
@@ -132,7 +133,8 @@ def _fmt(value: float | None) -> str:
 
 
 def charts(runs: list[dict[str, Any]], path: Path) -> None:
-    """One PNG: throughput over time, produce (probe) latency over time, latency percentiles."""
+    """One PNG: throughput over time, latency over time (the load's produce acknowledgements,
+    the probe's, end to end), latency percentiles."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,12 +155,20 @@ def charts(runs: list[dict[str, Any]], path: Path) -> None:
                 if any(v for _, v in pts):
                     label = f"{run['label']} {ph['name']} {what}"
                     tput.plot([x for x, _ in pts], [y for _, y in pts], label=label)
-            for key, kind in (("produce_latency_series", "produce"), ("e2e_latency_series", "e2e")):
+            for key, kind in (
+                ("load_latency_series", "produce"),
+                ("produce_latency_series", "probe"),
+                ("e2e_latency_series", "e2e"),
+            ):
                 series = ph.get(key) or []
                 if series:
                     xs, ys = [x for x, _ in series], [y for _, y in series]
                     lat.plot(xs, ys, ".", markersize=2, label=f"{run['label']} {kind}")
-            for key, kind in (("produce_latency_ms", "produce"), ("e2e_latency_ms", "e2e")):
+            for key, kind in (
+                ("load_latency_ms", "produce"),
+                ("produce_latency_ms", "probe"),
+                ("e2e_latency_ms", "e2e"),
+            ):
                 if (ph.get(key) or {}).get("p99") is not None:
                     bars.append((f"{run['label']}\n{kind}", ph[key]))
     tput.set_title("throughput over time (records/s)")
