@@ -77,6 +77,22 @@ offset  size  field          meaning
 
 A valid object has the blocks contiguous from byte 8 to ``index_offset`` in index
 order, and ``index_offset + index_length + FOOTER_SIZE`` equal to its size.
+
+Choosing the codec of a block (writer side only; readers just read the codec byte)
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+
+A block is stored LZ4-compressed only if that makes it smaller than ``compression_threshold``
+(0.9) of its raw bytes. Compressing a whole block to find out costs about 1 CPU-second per GB
+on values that do not compress (random bytes, already-compressed or encrypted payloads), more
+than everything else the segmenter does, so a block larger than ``SAMPLE_MIN_BLOCK`` (256 KiB)
+is first judged by a sample (``worth_compressing``): ``SAMPLE_CHUNKS`` (4) slices of
+``SAMPLE_CHUNK`` (32 KiB) spread evenly over it (the first at its start, the last at its end)
+are compressed together; if the sample does not shrink below the threshold, the block is
+stored raw without compressing it. Otherwise the whole block is compressed and the threshold
+applied to the real result, so a sample can only ever cost a compression, never store a
+block compressed that does not pay. The sample sees redundancy within 32 KiB only: a block
+whose repeats are farther apart than that (e.g. records of over 32 KiB repeating whole) may be
+stored raw although it would compress. Smaller blocks are always compressed whole.
 """
 
 from __future__ import annotations
@@ -92,6 +108,9 @@ __all__ = [
     "FOOTER_SIZE",
     "HEADER_SIZE",
     "INDEX_ENTRY_SIZE",
+    "SAMPLE_CHUNK",
+    "SAMPLE_CHUNKS",
+    "SAMPLE_MIN_BLOCK",
     "SEGMENT_VERSION",
     "BlockEntry",
     "SegmentCorruptError",
@@ -100,6 +119,7 @@ __all__ = [
     "parse_footer",
     "parse_index",
     "read_index",
+    "worth_compressing",
 ]
 
 SEGMENT_VERSION = 1
@@ -126,6 +146,49 @@ _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 _HEADER_BYTES = _HEADER.pack(MAGIC, SEGMENT_VERSION, 0)
 
 _hash = xxhash.xxh3_64_intdigest
+
+#: The compression decision's sample (see "Choosing the codec of a block" above).
+SAMPLE_CHUNK = 32 * 1024
+SAMPLE_CHUNKS = 4
+SAMPLE_MIN_BLOCK = 256 * 1024
+
+Buffer = bytes | bytearray | memoryview
+
+
+def _sample(parts: list[Buffer], total: int) -> bytes:
+    """``SAMPLE_CHUNKS`` slices of ``SAMPLE_CHUNK`` bytes evenly spread over the concatenation
+    of ``parts`` (``total`` bytes, at least ``SAMPLE_CHUNKS * SAMPLE_CHUNK``), joined."""
+    span = total - SAMPLE_CHUNK
+    starts = [i * span // (SAMPLE_CHUNKS - 1) for i in range(SAMPLE_CHUNKS)]
+    wanted = [(start, start + SAMPLE_CHUNK) for start in starts]
+    out: list[Buffer] = []
+    base = 0
+    it = iter(wanted)
+    lo, hi = next(it)
+    for part in parts:
+        end = base + len(part)
+        while lo < end:
+            take_hi = min(hi, end)
+            out.append(memoryview(part)[lo - base : take_hi - base])
+            if take_hi < hi:
+                lo = take_hi  # the slice continues in the next part
+                break
+            nxt = next(it, None)
+            if nxt is None:
+                return b"".join(out)
+            lo, hi = nxt
+        base = end
+    return b"".join(out)
+
+
+def worth_compressing(parts: list[Buffer], total: int, threshold: float) -> bool:
+    """Whether a block made of ``parts`` (``total`` bytes) should be compressed in full: True
+    for a block of at most ``SAMPLE_MIN_BLOCK`` bytes, else True only if the sample of it
+    compresses below ``threshold`` of its size (see the module docstring)."""
+    if total <= SAMPLE_MIN_BLOCK:
+        return True
+    sample = _sample(parts, total)
+    return len(lz4.block.compress(sample, store_size=False)) < len(sample) * threshold
 
 
 class SegmentCorruptError(ValueError):
@@ -155,14 +218,15 @@ class SegmentWriter:
     def __init__(self, compression_threshold: float = 0.9) -> None:
         """``compression_threshold``: a block is stored LZ4-compressed only if the
         compressed form is smaller than this fraction of the raw bytes; otherwise raw
-        (decoding raw bytes is free, so a small gain is not worth the CPU).
+        (decoding raw bytes is free, so a small gain is not worth the CPU). Large blocks are
+        judged by a sample first (module docstring, "Choosing the codec of a block").
         """
         if not 0.0 <= compression_threshold <= 1.0:
             raise ValueError(
                 f"compression_threshold must be within [0, 1], got {compression_threshold}"
             )
         self._threshold = compression_threshold
-        self._parts: list[bytes] = [_HEADER_BYTES]
+        self._parts: list[Buffer] = [_HEADER_BYTES]
         self._entries: list[BlockEntry] = []
         self._offset = HEADER_SIZE
         self._finished = False
@@ -205,22 +269,34 @@ class SegmentWriter:
             raise ValueError(
                 f"timestamps [{min_timestamp}, {max_timestamp}] are not an int64 range"
             )
-        # One batch is used as is (no copy); bytes() guards against later mutation of a
-        # caller's bytearray between add_block and finish.
-        raw = bytes(batches[0]) if len(batches) == 1 else b"".join(batches)
-        raw_len = len(raw)
+        # The stored parts are kept by reference until finish joins the object once (one
+        # copy of the data in all). Only immutable buffers are kept as they are; anything a
+        # caller could still change (a bytearray, a writable view) is copied now.
+        parts = [
+            b if type(b) is bytes or (type(b) is memoryview and b.readonly) else bytes(b)
+            for b in batches
+        ]
+        raw_len = sum(len(b) for b in parts)
         if raw_len == 0:
             raise ValueError("a block needs at least one byte of record batches")
         if raw_len + BLOCK_HEADER_SIZE > _U32_MAX:
             raise ValueError(f"block of {raw_len} bytes does not fit a u32 length")
-        compressed = lz4.block.compress(raw, store_size=False)
-        if len(compressed) < raw_len * self._threshold:
-            codec, stored = CODEC_LZ4, compressed
+        codec = CODEC_RAW
+        if worth_compressing(parts, raw_len, self._threshold):
+            raw = parts[0] if len(parts) == 1 else b"".join(parts)
+            compressed = lz4.block.compress(raw, store_size=False)
+            if len(compressed) < raw_len * self._threshold:
+                codec, parts = CODEC_LZ4, [compressed]
+        if len(parts) == 1:
+            checksum = _hash(parts[0])
         else:
-            codec, stored = CODEC_RAW, raw
-        stored_len = len(stored)
-        self._parts.append(_BLOCK_HEADER.pack(codec, raw_len, stored_len, _hash(stored)))
-        self._parts.append(stored)
+            hasher = xxhash.xxh3_64()
+            for part in parts:
+                hasher.update(part)
+            checksum = hasher.intdigest()
+        stored_len = raw_len if codec == CODEC_RAW else len(parts[0])
+        self._parts.append(_BLOCK_HEADER.pack(codec, raw_len, stored_len, checksum))
+        self._parts.extend(parts)
         length = BLOCK_HEADER_SIZE + stored_len
         self._entries.append(
             BlockEntry(
