@@ -49,6 +49,14 @@ only after it returned. Crash consistency, for an OS crash or power loss at any 
   a metadata commit made afterwards (itself durable: SQLite WAL with `synchronous=FULL`)
   never refers to a missing or partial object.
 
+Page cache: after the fsync of step 3 the PUT tells the kernel it will not read the file
+(`posix_fadvise(POSIX_FADV_DONTNEED)`), so the written pages leave the page cache and are
+reused by the next PUT. Without it every PUT's bytes go to pages the kernel has to find anew
+while the folder grows, which cost the uploader 1-2 CPU-seconds per GB written against 0.3
+(this machine, 5 MB objects); the reader keeps its own cache of fresh segments (fed by the
+uploader), and a cold range read of a dropped object costs about 0.1 CPU-s/GB more. Only a
+hint: durability comes from the fsyncs alone.
+
 A failed PUT (disk full, permissions, ...) removes its temporary file, so space is given back,
 and raises `OSError`; the uploader retries it with backoff and finally fails the produce
 requests retriably. The blocking file I/O runs in the event loop's default thread pool, never
@@ -151,6 +159,8 @@ class LocalFolderStore:
                 while written < len(view):
                     written += os.write(fd, view[written:])
                 os.fsync(fd)
+                # The bytes are on disk: drop them from the page cache (see "Page cache").
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
             os.replace(tmp, target)
