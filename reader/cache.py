@@ -24,7 +24,7 @@ class BlockCache:
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
         self.size_bytes = 0
-        self._entries: OrderedDict[BlockKey, tuple[bool, bytes]] = OrderedDict()
+        self._entries: OrderedDict[BlockKey, tuple[bool, bytes | memoryview]] = OrderedDict()
         self.hits = 0
         self.misses = 0
         self._hit_counter = metrics.child(metrics.CACHE_HITS, "blocks")
@@ -37,7 +37,7 @@ class BlockCache:
     def __contains__(self, key: BlockKey) -> bool:
         return key in self._entries
 
-    def put_encoded(self, key: BlockKey, block: bytes) -> None:
+    def put_encoded(self, key: BlockKey, block: bytes | memoryview) -> None:
         self._put(key, False, block)
 
     def put_decoded(self, key: BlockKey, data: bytes) -> None:
@@ -59,7 +59,7 @@ class BlockCache:
             self._put(key, True, data)
         return data
 
-    def _put(self, key: BlockKey, decoded: bool, data: bytes) -> None:
+    def _put(self, key: BlockKey, decoded: bool, data: bytes | memoryview) -> None:
         old = self._entries.pop(key, None)
         if old is not None:
             self.size_bytes -= len(old[1])

@@ -160,7 +160,11 @@ class ReadEngine:
             _remember(self._pid_is_own, pid, True)
         for b in segment.blocks:
             key = (segment.key, b.byte_offset)
-            self.cache.put_encoded(key, bytes(view[b.byte_offset : b.byte_offset + b.byte_length]))
+            block = view[b.byte_offset : b.byte_offset + b.byte_length]
+            # A block of at least half the object is cached as a view of it (no copy; the
+            # cache then holds at most twice the bytes it counts); a smaller one is copied, so
+            # it cannot keep a large object alive.
+            self.cache.put_encoded(key, block if 2 * b.byte_length >= len(obj) else bytes(block))
             arrival = self._arrivals.pop(key, None)
             if arrival is not None and not arrival.done():
                 arrival.set_result(None)
