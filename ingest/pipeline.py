@@ -334,6 +334,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         results: list[list[BatchOutcome | None]] = []
         frames: list[tuple[bytes, ProduceSlot, int]] = []
+        sent: list[ProduceFrame] = []
         for slot_index, slot in enumerate(slots):
             frame = ProduceFrame(
                 request_id,
@@ -343,6 +344,7 @@ class Pipeline:
                 slot.batches,
                 slot.batch_lengths,
                 admitted_ns,
+                len(slots) - 1 - slot_index,  # frames that follow (ProduceFrame.following)
             )
             header = header_encoder.encode(frame)
             refused = self.refuse_slot(slot, header)
@@ -357,6 +359,15 @@ class Pipeline:
             else:
                 results.append([None] * len(slot.batch_lengths))
                 frames.append((header, slot, slot_index))
+                sent.append(frame)
+        if len(frames) < len(slots):
+            # Refused slots are not sent: `following` counts the frames that are (the header
+            # only gets shorter, so it still fits where it was checked).
+            last = len(frames) - 1
+            frames = [
+                (header_encoder.encode(msgspec.structs.replace(f, following=last - i)), slot, at)
+                for i, (f, (_, slot, at)) in enumerate(zip(sent, frames, strict=True))
+            ]
         remaining = sum(r.count(None) for r in results)
         pending = _PendingProduce(loop.create_future(), results, remaining)
         if remaining == 0:

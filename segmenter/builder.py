@@ -103,6 +103,9 @@ class SegmentBuilder:
         self.oldest_ns: int | None = None
         self._cost = SEALED_PER_SEGMENT  # worst-case size of the sealed frame so far
         self._taken_ns: list[int] = []  # when each buffered frame was taken (monotonic ns)
+        # Frames of the last frame's request still to come (ProduceFrame.following): the seal
+        # policy does not seal early in the middle of a request (segmenter/policy.py).
+        self.following = 0
 
     def fits_alone(self, frame: ProduceFrame, payload_length: int) -> bool:
         """Whether the frame fits a sealed frame even in an empty segment."""
@@ -217,6 +220,7 @@ class SegmentBuilder:
         a refusal for the slot it names (or only a log line when not even that is readable).
         """
         out: list[tuple[SealedSegment, bytes]] = []
+        self.following = 0
         try:
             frame = _decode_produce(header)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -228,6 +232,7 @@ class SegmentBuilder:
             log.error("%s; refusing request %d slot %d", why, *ids)
             out.append((self.refusal(ids[0], ids[1], ErrorCode.CORRUPT_MESSAGE, why), b""))
             return out
+        self.following = max(frame.following, 0)
         try:
             check_frame(frame, payload)
         except FrameError as exc:

@@ -37,6 +37,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metadata: str = ""
     flush_interval_ms: int = 50
     max_segment_bytes: int = 8 * MiB
+    # Group commit (segmenter/policy.py): a segment is sealed before flush_interval_ms when
+    # the uploader is idle and the buffer holds the cost rule's minimum object: up to
+    # seal_target_bytes, less in proportion below seal_cost_rate_bytes_per_second of produce.
+    seal_target_bytes: int = 2 * MiB
+    seal_cost_rate_bytes_per_second: int = 10_000_000
     # Rings (shared memory); each frame must fit in half a ring.
     produce_ring_bytes: int = 64 * MiB
     sealed_ring_bytes: int = 64 * MiB
@@ -316,6 +321,8 @@ def _validate(s: Settings) -> None:
     positive = [
         "flush_interval_ms",
         "max_segment_bytes",
+        "seal_target_bytes",
+        "seal_cost_rate_bytes_per_second",
         "cache_bytes",
         "max_record_bytes",
         "max_batch_bytes",

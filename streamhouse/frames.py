@@ -12,6 +12,7 @@ sealed         segmenter -> uploader   SealedSegment     the whole segment objec
                                                          `error` refuses the batches it lists)
 ack            uploader -> ingest      AckFrame          empty
 committed      uploader -> reader      CommittedSegment  the whole segment object
+upload-progress uploader -> segmenter  UploadProgress    empty (streamhouse/upload_progress.py)
 fetch-request  ingest -> reader        FetchRequest      empty
 fetch-response reader -> ingest        FetchResponse     the parts' data, concatenated
 
@@ -20,7 +21,7 @@ code 0 = success, see `streamhouse.errors`). A produce `request_id` also carries
 commit deadline (bits 63..24, ms of the monotonic clock; :func:`make_request_id`)::
 
     ProduceFrame      [request_id, slot, topic_id, partition, [BatchMeta...], [length...],
-                       admitted_ns]
+                       admitted_ns, following]
     BatchMeta         [record_count, producer_id, producer_epoch, base_sequence,
                        min_timestamp, max_timestamp, attributes, control_type]
     SealedSegment     [segmenter_epoch, sequence, [SealedBlock...], [SealedBatch...], RingError]
@@ -30,6 +31,7 @@ commit deadline (bits 63..24, ms of the monotonic clock; :func:`make_request_id`
     AckFrame          [[AckResult...]]
     AckResult         [request_id, slot, ordinal, base_offset, RingError]
     CommittedSegment  [key, [CommittedBlock...]]
+    UploadProgress    [segmenter_epoch, stored_through, done_through]
     CommittedBlock    [topic_id, partition, byte_offset, byte_length, base_offset, end_offset,
                        [skipped ordinal...]]
     FetchRequest      [request_id, max_wait_ms, min_bytes, max_bytes, format, [FetchPart...],
@@ -86,6 +88,7 @@ __all__ = [
     "SealedBatch",
     "SealedBlock",
     "SealedSegment",
+    "UploadProgress",
     "ack_headers",
     "check_committed",
     "check_fetch_request",
@@ -149,7 +152,10 @@ class ProduceFrame(msgspec.Struct, array_like=True, frozen=True):
     `batch_lengths[i]` bytes that follow the previous batches in the payload.
     `admitted_ns` is when ingest admitted the request (`time.monotonic_ns()`, CLOCK_MONOTONIC,
     shared by every process on the host; 0 = unknown): the segmenter measures the ring wait
-    from it (metrics only; nothing is decided by it).
+    from it (metrics only; nothing is decided by it). `following` is how many frames of the
+    same request ingest writes right after this one (0: the last or only one): the segmenter
+    does not seal early in the middle of a request (segmenter/policy.py), so a request's
+    partitions share one segment (one PUT) when they fit.
     """
 
     request_id: int
@@ -159,6 +165,7 @@ class ProduceFrame(msgspec.Struct, array_like=True, frozen=True):
     batches: list[BatchMeta]
     batch_lengths: list[int]
     admitted_ns: int = 0
+    following: int = 0
 
 
 class SealedBlock(msgspec.Struct, array_like=True, frozen=True):
@@ -233,6 +240,18 @@ class CommittedSegment(msgspec.Struct, array_like=True, frozen=True):
 
     key: str
     blocks: list[CommittedBlock]
+
+
+class UploadProgress(msgspec.Struct, array_like=True, frozen=True):
+    """How far the uploader is with one segmenter run's segments (the group-commit feedback;
+    streamhouse/upload_progress.py has the rules). Every segment of run `segmenter_epoch` up
+    to sequence `stored_through` is done uploading (stored or failed for good), and up to
+    `done_through` acknowledged; -1: none yet. `segmenter_epoch` 0 (with -1, -1) is the hello
+    of an uploader that has just started: nothing is in flight."""
+
+    segmenter_epoch: int
+    stored_through: int
+    done_through: int
 
 
 class FetchPart(msgspec.Struct, array_like=True, frozen=True):

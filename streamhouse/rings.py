@@ -14,8 +14,13 @@ ACK = "ack"  # uploader -> ingest
 COMMITTED = "committed"  # uploader -> reader
 FETCH_REQUEST = "fetch-request"  # ingest -> reader
 FETCH_RESPONSE = "fetch-response"  # reader -> ingest
+UPLOAD_PROGRESS = "upload-progress"  # uploader -> segmenter (group commit feedback)
 
-ALL = (PRODUCE, SEALED, ACK, COMMITTED, FETCH_REQUEST, FETCH_RESPONSE)
+ALL = (PRODUCE, SEALED, ACK, COMMITTED, FETCH_REQUEST, FETCH_RESPONSE, UPLOAD_PROGRESS)
+
+#: The upload-progress ring carries frames of about 30 bytes, at most a few per segment; a
+#: full ring only drops reports (streamhouse/upload_progress.py), so it is small and fixed.
+UPLOAD_PROGRESS_RING_BYTES = 256 * 1024
 
 
 def capacity(settings: Settings, name: str) -> int:
@@ -26,6 +31,7 @@ def capacity(settings: Settings, name: str) -> int:
         COMMITTED: settings.committed_ring_bytes,
         FETCH_REQUEST: settings.fetch_request_ring_bytes,
         FETCH_RESPONSE: settings.fetch_response_ring_bytes,
+        UPLOAD_PROGRESS: UPLOAD_PROGRESS_RING_BYTES,
     }[name]
 
 

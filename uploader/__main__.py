@@ -61,6 +61,7 @@ from streamhouse.frames import (
     ring_error,
 )
 from streamhouse.process import run_process, spawn
+from streamhouse.upload_progress import ProgressReporter
 
 log = logging.getLogger("uploader")
 
@@ -194,6 +195,11 @@ class Uploader:
         self.sealed = rings.open_reader(settings, rings.SEALED)
         self.acks = rings.open_writer(settings, rings.ACK)
         self.committed = rings.open_writer(settings, rings.COMMITTED)
+        # Group-commit feedback to the segmenter (streamhouse/upload_progress.py): opened after
+        # the sealed ring, so its hello follows the sealed ring's new reader epoch.
+        self.progress = ProgressReporter(rings.open_writer(settings, rings.UPLOAD_PROGRESS))
+        self._received: tuple[int, int] | None = None  # last segment taken (epoch, sequence)
+        self._committing: list[SealedSegment] = []  # taken off in_order, not yet acked
         self.slots = asyncio.Semaphore(settings.upload_concurrency)
         self.in_order: deque[tuple[SealedSegment, bytes, str, asyncio.Task[bool]]] = deque()
         self.work = asyncio.Event()
@@ -212,6 +218,7 @@ class Uploader:
         async for header, obj in self.sealed:
             sealed = await self.take(header, obj)
             if sealed is None:
+                self._report_progress()  # a refused segment is done
                 continue
             key = new_segment_key()
             # Bound the work in flight: wait for an upload slot before taking more.
@@ -219,6 +226,7 @@ class Uploader:
                 await self._drained()
             task = asyncio.ensure_future(self.upload(key, obj))
             self.in_order.append((sealed, obj, key, task))
+            task.add_done_callback(self._report_progress)
             self.work.set()
             if stop.is_set():
                 return
@@ -234,6 +242,8 @@ class Uploader:
                 exc,
             )
             return None
+        if sealed.sequence >= 0:
+            self._received = (sealed.segmenter_epoch, sealed.sequence)
         try:
             check_sealed(sealed, len(obj))
         except FrameError as exc:
@@ -251,6 +261,12 @@ class Uploader:
         limit = min(MAX_ACK_FRAME_BYTES, self.acks.max_frame_size)
         for header in ack_headers(results, limit):
             await self.acks.write(header)
+
+    def _report_progress(self, _done: object = None) -> None:
+        """Tells the segmenter how far the segments are (upload_progress rule 2)."""
+        pending = [(s.segmenter_epoch, s.sequence, True) for s in self._committing]
+        pending += [(s.segmenter_epoch, s.sequence, t.done()) for s, _, _, t in self.in_order]
+        self.progress.report(self._received, pending)
 
     async def _drained(self) -> None:
         head = self.in_order[0][3]
@@ -271,6 +287,7 @@ class Uploader:
             sealed, obj, key, task = self.in_order[0]
             uploaded = await task
             self.in_order.popleft()
+            self._committing.append(sealed)
             if uploaded:
                 # Segments behind it that are uploaded already go in the same transaction:
                 # when commits are the bottleneck, one lock round and one durable commit
@@ -283,6 +300,7 @@ class Uploader:
                 ):
                     next_sealed, next_obj, next_key, _ = self.in_order.popleft()
                     group.append((next_sealed, next_obj, next_key))
+                    self._committing.append(next_sealed)
                 await self.commit_group(group)
             else:
                 log.error("segment %s could not be stored; failing its produce requests", key)
@@ -292,6 +310,8 @@ class Uploader:
                     f"{self.settings.upload_attempts} attempts; retry",
                 )
                 await self.ack(failed_acks(sealed.batches, error))
+            self._committing.clear()
+            self._report_progress()
 
     def _time_left(self, group: list[tuple[SealedSegment, bytes, str]]) -> float:
         """Seconds left to commit the group: to the earliest deadline of its batches, at most
@@ -478,6 +498,7 @@ class Uploader:
         self.sealed.close()
         self.acks.close()
         self.committed.close()
+        self.progress.close()
         if self._owns_meta:
             self.meta.close_blocking()
 
