@@ -25,7 +25,9 @@ channel, and consumers count records from
 ``next_offset`` and read only the records they sample for latency (the first record of every
 produced batch; upb parses the response in C, Python objects are made for those records only).
 Consume calls (the default) measured a little faster than Subscribe streams for catch-up reads
-and the same when tailing; both are limited by the reader process (bench/RESULTS.md).
+and the same when tailing (bench/RESULTS.md). Since the reader renders records a batch at a time
+in C (streamhouse/_recordwire.c) no server process is at a full core during a catch-up; the
+consumer processes take about as much CPU as the reader (bench/HARNESS_RESULTS.md).
 
 Latency: "produce" is the ProduceBatch round trip, i.e. until the batch is durable (segmented,
 uploaded and committed). "end-to-end" is from the moment the client stamps a batch's first record
