@@ -192,8 +192,8 @@ def _ratio_figure(
         ratio = float("inf") if num else 0.0
     else:
         ratio = num / den
-    what = "fewer" if fewer else ""
-    measured = f"{ratio:.2f}x {what}(SH {_spread(sh)} vs {_spread(peer)} {unit})".replace("  ", " ")
+    what = "fewer " if fewer else ""
+    measured = f"{ratio:.2f}x {what}(SH {_spread(sh)} vs {_spread(peer)} {unit})"
     return Figure(name, measured, aim_text, ratio >= aim, ratio, commands)
 
 

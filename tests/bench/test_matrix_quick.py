@@ -117,3 +117,4 @@ def test_ratio_figures_use_the_medians() -> None:
     fewer = _ratio_figure("objects", [600.0], [5000.0], 10.0, "PUT-class/GB", [], fewer=True)
     assert fewer.value == pytest.approx(5000 / 600) and fewer.met is False
     assert fewer.aim == ">= 10x fewer"
+    assert fewer.measured == "8.33x fewer (SH 600.0 vs 5,000 PUT-class/GB)"
