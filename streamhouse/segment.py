@@ -98,6 +98,7 @@ stored raw although it would compress. Smaller blocks are always compressed whol
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import lz4.block
 import msgspec
@@ -181,6 +182,23 @@ def _sample(parts: list[Buffer], total: int) -> bytes:
     return b"".join(out)
 
 
+def _frozen(buffer: Buffer) -> bytes | memoryview:
+    """``buffer`` itself when no one can change it (bytes, or a read-only flat byte view of
+    them), else a copy."""
+    if type(buffer) is bytes:
+        return buffer
+    if (
+        type(buffer) is memoryview
+        and buffer.readonly
+        and isinstance(buffer.obj, bytes)
+        and buffer.itemsize == 1
+        and buffer.ndim == 1
+        and buffer.c_contiguous
+    ):
+        return buffer
+    return bytes(buffer)
+
+
 def worth_compressing(parts: list[Buffer], total: int, threshold: float) -> bool:
     """Whether a block made of ``parts`` (``total`` bytes) should be compressed in full: True
     for a block of at most ``SAMPLE_MIN_BLOCK`` bytes, else True only if the sample of it
@@ -212,7 +230,9 @@ class SegmentWriter:
     """Builds one segment object in memory, block by block.
 
     Blocks are compressed as they are added, so ``size`` tracks the final object size and
-    the caller can flush once it passes its target.
+    the caller can flush once it passes its target. A raw block is kept as the caller's
+    buffers (bytes, or read-only views of bytes; anything else is copied when added) until
+    ``finish`` joins the object: one copy of the data in all.
     """
 
     def __init__(self, compression_threshold: float = 0.9) -> None:
@@ -245,7 +265,7 @@ class SegmentWriter:
         self,
         topic_id: int,
         partition: int,
-        batches: list[bytes],
+        batches: Sequence[Buffer],
         batch_count: int,
         record_count: int,
         min_timestamp: int,
@@ -272,10 +292,7 @@ class SegmentWriter:
         # The stored parts are kept by reference until finish joins the object once (one
         # copy of the data in all). Only immutable buffers are kept as they are; anything a
         # caller could still change (a bytearray, a writable view) is copied now.
-        parts = [
-            b if type(b) is bytes or (type(b) is memoryview and b.readonly) else bytes(b)
-            for b in batches
-        ]
+        parts = [_frozen(b) for b in batches]
         raw_len = sum(len(b) for b in parts)
         if raw_len == 0:
             raise ValueError("a block needs at least one byte of record batches")

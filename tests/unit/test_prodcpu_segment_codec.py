@@ -118,11 +118,16 @@ def test_mutable_parts_are_copied_when_added() -> None:
     original = rng.randbytes(SAMPLE_MIN_BLOCK * 2)
     mutable = bytearray(original)
     writable_view = memoryview(bytearray(original))
+    behind_read_only = bytearray(original)  # changed through the bytearray, not the view
     w = SegmentWriter()
     w.add_block(1, 0, [mutable], 1, 1, 0, 0)
     w.add_block(1, 1, [writable_view], 1, 1, 0, 0)
+    w.add_block(1, 2, [memoryview(behind_read_only).toreadonly()], 1, 1, 0, 0)
+    w.add_block(1, 3, [memoryview(original).cast("I")], 1, 1, 0, 0)  # 4-byte items
     mutable[:] = bytes(len(mutable))
     writable_view[:] = bytes(len(writable_view))
+    behind_read_only[:] = bytes(len(behind_read_only))
     obj, entries = w.finish()
+    assert len(entries) == 4
     for e in entries:
         assert decode_block(obj[e.offset : e.offset + e.length], e) == original
