@@ -13,6 +13,7 @@ labelled cache="blocks".
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from streamhouse import metrics
 from streamhouse.segment import decode_block
@@ -30,6 +31,8 @@ class BlockCache:
         self._hit_counter = metrics.child(metrics.CACHE_HITS, "blocks")
         self._miss_counter = metrics.child(metrics.CACHE_MISSES, "blocks")
         self._bytes_gauge = metrics.child(metrics.CACHE_BYTES, "blocks")
+        #: Called with the key of each entry evicted to make room (not on replacement).
+        self.on_evict: Callable[[BlockKey], None] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -68,6 +71,8 @@ class BlockCache:
         self._entries[key] = (decoded, data)
         self.size_bytes += len(data)
         while self.size_bytes > self.capacity_bytes:
-            _, (_, evicted) = self._entries.popitem(last=False)
+            gone, (_, evicted) = self._entries.popitem(last=False)
             self.size_bytes -= len(evicted)
+            if self.on_evict is not None:
+                self.on_evict(gone)
         self._bytes_gauge.set(self.size_bytes)

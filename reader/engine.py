@@ -103,6 +103,8 @@ _decode_request = decoder_for(FetchRequest).decode
 BLOCKS_PER_LOOKUP = 8
 #: Segment keys (ring deliveries, notices) and backend pids remembered, each at most.
 REMEMBERED = 4096
+#: Unread blocks cached by windows remembered (beyond, the oldest count as read).
+AHEAD_KEYS = 1 << 16
 
 
 class ReadEngine:
@@ -123,12 +125,24 @@ class ReadEngine:
         self.window_bytes = window_bytes
         # The window GET in flight per object: its verified blocks by byte offset.
         self._windows: dict[str, asyncio.Future[dict[int, bytes]]] = {}
-        # Blocks a window cached ahead of any fetch: the first read of one counts as cold
-        # (it prefetches), so a catch-up keeps its next objects loading.
-        self._ahead: OrderedDict[BlockKey, None] = OrderedDict()
-        #: Window GETs made, and the blocks they cached.
+        # Blocks a window cached ahead of any fetch, not read yet (their stored bytes): the
+        # first read of one counts as cold (it prefetches), so a catch-up keeps its next
+        # objects loading. While they and the windows in flight (each counted at the recent
+        # window size, at first a 32nd of the cache) add up to `ahead_limit` (half the
+        # cache) cold blocks are read alone: windows whose blocks would be evicted unread
+        # (readers far apart for the cache) cost more than they save.
+        self._ahead: OrderedDict[BlockKey, int] = OrderedDict()
+        self._ahead_bytes = 0
+        self._inflight_bytes = 0
+        self._window_estimate = min(window_bytes, max(cache.capacity_bytes // 32, 1))
+        self.ahead_limit = cache.capacity_bytes // 2
+        cache.on_evict = self._evicted
+        #: Window GETs made, blocks they cached, blocks evicted unread, cold blocks read
+        #: alone because of `ahead_limit`.
         self.window_gets = 0
         self.window_blocks = 0
+        self.window_wasted = 0
+        self.window_skipped = 0
         self._waiters: dict[tuple[int, int], set[asyncio.Future[None]]] = {}
         self._loads: dict[BlockKey, asyncio.Task[bytes]] = {}
         self.max_waiting = 1 << 30  # the reader sets reader_max_waiting_fetches
@@ -274,8 +288,13 @@ class ReadEngine:
             data = self.cache.get(key)
             if data is not None:
                 return data
+        if self._ahead_bytes + self._inflight_bytes >= self.ahead_limit:
+            self.window_skipped += 1
+            return await self._fetch_block(key, length)
         window = readplan.window_for(offset, length, self.window_bytes)
-        future = asyncio.ensure_future(self._get_window(obj, window))
+        estimate = min(window.length, self._window_estimate)
+        self._inflight_bytes += estimate
+        future = asyncio.ensure_future(self._get_window(obj, window, estimate))
         self._windows[obj] = future
         future.add_done_callback(lambda f: _forget_window(self._windows, obj, f))
         blocks = await asyncio.shield(future)
@@ -286,18 +305,35 @@ class ReadEngine:
             return await self._fetch_block(key, length)
         return self._decode_into_cache(key, encoded)
 
-    async def _get_window(self, obj: str, window: readplan.Window) -> dict[int, bytes]:
-        """One window GET: its verified blocks, each also cached (encoded) unless cached."""
-        raw = await objectstore.get_range_upto(self.store, obj, window.start, window.length)
+    async def _get_window(
+        self, obj: str, window: readplan.Window, estimate: int
+    ) -> dict[int, bytes]:
+        """One window GET: its verified blocks, each also cached (encoded) unless cached.
+        `estimate` is what it was counted in flight for."""
+        try:
+            raw = await objectstore.get_range_upto(self.store, obj, window.start, window.length)
+        finally:
+            self._inflight_bytes -= estimate
         self.window_gets += 1
+        self._window_estimate = max((3 * self._window_estimate + len(raw)) // 4, 1)
         blocks = readplan.split_blocks(raw, window)
         for offset, encoded in blocks.items():
             key = (obj, offset)
             if key not in self.cache:
                 self.cache.put_encoded(key, encoded)
-                _remember(self._ahead, key, None)
-                self.window_blocks += 1
+                if key in self.cache:  # (not when larger than the whole cache)
+                    self._ahead[key] = len(encoded)
+                    self._ahead_bytes += len(encoded)
+                    self.window_blocks += 1
+        while len(self._ahead) > AHEAD_KEYS:
+            self._ahead_bytes -= self._ahead.popitem(last=False)[1]
         return blocks
+
+    def _evicted(self, key: BlockKey) -> None:
+        size = self._ahead.pop(key, None)
+        if size is not None:
+            self._ahead_bytes -= size
+            self.window_wasted += 1
 
     def _decode_into_cache(self, key: BlockKey, encoded: bytes) -> bytes:
         data = decode_block(encoded)
@@ -440,7 +476,7 @@ class ReadEngine:
                 key = (loc.segment_key, loc.byte_offset)
                 cold = cold or key not in self.cache
                 if key in self._ahead:  # loaded ahead by a window: read on, keep loading
-                    del self._ahead[key]
+                    self._ahead_bytes -= self._ahead.pop(key)
                     cold = True
                 try:
                     data = await self.load_block(loc)

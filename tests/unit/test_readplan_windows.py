@@ -432,6 +432,56 @@ def test_a_fetch_starts_the_gets_of_all_its_cold_objects_at_once(
     asyncio.run(go())
 
 
+def test_windows_give_way_to_single_blocks_when_unread_blocks_fill_half_the_cache(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One partition read far ahead of the other five in a small cache: once the blocks
+    windows cached and nobody read reach half the cache, cold blocks are read alone (a
+    window's blocks would be evicted before the other partitions came for them)."""
+    meta = MetadataStore(tmp_path / "meta.sqlite", synchronous="NORMAL")
+    try:
+        topic = meta.create_topic("events", 6)
+        store = objectstore.open_object_store("memory://")
+        cache = BlockCache(200_000)
+        engine = ReadEngine(meta, store, cache, 0, window_bytes=MiB)
+        rig = Rig(meta, store, cache, engine, topic.topic_id)
+        real_upto, real_range = objectstore.get_range_upto, objectstore.get_range
+
+        async def upto(store: Any, key: str, start: int, length: int) -> bytes:
+            rig.gets.append((key, start, length))
+            return await real_upto(store, key, start, length)
+
+        async def exact(store: Any, key: str, start: int, length: int) -> bytes:
+            rig.gets.append((key, start, length))
+            return await real_range(store, key, start, length)
+
+        monkeypatch.setattr(engine_module.objectstore, "get_range_upto", upto)
+        monkeypatch.setattr(engine_module.objectstore, "get_range", exact)
+
+        async def go() -> None:
+            for s in range(6):
+                await rig.commit([(p, [mk_random(f"s{s}p{p}-", 100, 100)]) for p in range(6)])
+            got = []
+            for s in range(6):  # one object per fetch
+                parts = [FetchPart(topic.topic_id, 0, 100 * s, 1)]
+                _resp, payload = await engine.fetch(FetchRequest(1, 0, 0, MiB, 0, parts))
+                got.extend(v.split(b".")[0] for v in values(payload))
+            assert got == [f"s{s}p0-{i}".encode() for s in range(6) for i in range(100)]
+            windows = [g for g in rig.gets if g[1:] == (0, MiB)]
+            alone = [g for g in rig.gets if g[1:] != (0, MiB)]
+            assert 1 <= len(windows) < 6 and len(windows) + len(alone) == 6
+            assert engine.window_skipped == len(alone)
+            for key, start, length in alone:  # exactly partition 0's block
+                (loc,) = [
+                    b for b in meta.find_blocks(topic.topic_id, 0, 0, 10) if b.segment_key == key
+                ]
+                assert (start, length) == (loc.byte_offset, loc.byte_length)
+
+        asyncio.run(go())
+    finally:
+        meta.close()
+
+
 def test_get_range_upto_returns_what_the_object_has(tmp_path: pathlib.Path) -> None:
     """The window read of both store kinds: up to the end of the object; a start past the end
     is an error."""
