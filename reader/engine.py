@@ -17,13 +17,14 @@ Rules:
   small, never more than the window) whose other verified blocks are cached too, so a
   catch-up of N partitions written together costs one GET per object, not N. At most one
   window GET per object is in flight: a cold block of an object being read waits for that
-  GET (a shared future) and takes its block from it. After a cold read (a block not cached,
-  or read for the first time after a window cached it) the partition's next `prefetch`
-  blocks (with windows, more up to its max_bytes: the next fetch's worth) are loaded the
-  same way, so a catch-up keeps its next objects loading; a fetch of
-  several partitions looks them up for all its cold partitions in one metadata call. A fetch
-  starts the cold loads it will wait for (per partition, the looked-up blocks up to its
-  max_bytes) all at once before reading its partitions in order.
+  GET (a shared future) and takes its block from it. While unread window blocks and windows
+  in flight fill half the cache, cold blocks are read alone (`ahead_limit`). After a cold
+  read (a block not cached, or read for the first time after a window cached it) the
+  partition's next `prefetch` blocks (with windows, more up to its max_bytes: the next
+  fetch's worth) are loaded the same way, so a catch-up keeps its next objects loading; a
+  fetch of several partitions looks them up for all its cold partitions in one metadata
+  call. A fetch starts the cold loads it will wait for (per partition, the looked-up blocks
+  up to its max_bytes) all at once before reading its partitions in order.
 - Transactions: every part answers its last stable offset (LSO). A read_committed fetch
   (``isolation_level`` 1) returns only batches below the LSO (a batch never straddles it: an
   open transaction starts at a batch's first offset) and the aborted transactions that
