@@ -45,6 +45,7 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event) -> None:
         settings.max_segment_bytes,
         settings.seal_target_bytes,
         settings.seal_cost_rate_bytes_per_second,
+        settings.seal_uploads_in_flight,
     )
     wake = asyncio.Event()  # the sealer decides again
     wake_bytes: int | None = 1  # ... once the buffer holds this many bytes (None: not for size)

@@ -12,11 +12,12 @@ often costs object-store requests. The policy seals:
    rule's minimum object (rule 5). While an upload is in flight the batches accumulate, and
    the next segment takes everything that arrived meanwhile: the slower the store, the larger
    the objects, and at low load a produce waits only for its own upload.
-4. Idle means fewer than ``MAX_UPLOADING`` of this segmenter's segments are still uploading
-   and fewer than ``MAX_UNACKED`` are unacknowledged (the uploader's reports,
-   streamhouse/upload_progress.py). One PUT at a time leaves the next segment filling while
-   its predecessor is stored; the second unacknowledged one lets that PUT overlap the
-   predecessor's metadata commit.
+4. Idle means fewer than ``max_uploading`` (``seal_uploads_in_flight``, default 1) of this
+   segmenter's segments are still uploading and at most that many are unacknowledged (the
+   uploader's reports, streamhouse/upload_progress.py). One PUT at a time leaves the next
+   segment filling while its predecessor is stored, and the one more unacknowledged segment
+   lets a PUT overlap its predecessor's metadata commit. A store with long PUT latency may
+   want two PUTs at once (more, smaller objects; the cost rule still bounds them).
 5. The cost rule: an early seal needs ``min_object_bytes(rate)`` buffered, where ``rate`` is
    the produce rate measured over about ``RATE_WINDOW_S`` (bytes taken from the produce ring,
    exponentially decayed)::
@@ -49,10 +50,6 @@ from dataclasses import dataclass
 
 from streamhouse.frames import UploadProgress
 
-#: Segments of this segmenter still uploading from which the uploader counts as busy (rule 4).
-MAX_UPLOADING = 1
-#: Unacknowledged segments from which the uploader counts as busy (rule 4).
-MAX_UNACKED = 2
 #: Time constant of the rate estimate, in seconds (rule 5).
 RATE_WINDOW_S = 1.0
 
@@ -79,16 +76,20 @@ class SealPolicy:
         max_segment_bytes: int,
         target_bytes: int,
         cost_rate: int,
+        max_uploading: int = 1,
     ) -> None:
         if flush_interval_ns <= 0 or max_segment_bytes <= 0 or target_bytes <= 0:
             raise ValueError("flush interval, max segment bytes and target bytes must be > 0")
         if cost_rate <= 0:
             raise ValueError("cost rate must be > 0 (bytes per second)")
+        if max_uploading < 1:
+            raise ValueError("max uploading must be >= 1 (segments)")
         self.epoch = epoch
         self.flush_interval_ns = flush_interval_ns
         self.max_segment_bytes = max_segment_bytes
         self.target_bytes = target_bytes
         self.cost_rate = cost_rate
+        self.max_uploading = max_uploading
         self.sent_through = -1  # last sequence sealed and sent
         self.stored_through = -1  # every segment up to it is done uploading
         self.done_through = -1  # every segment up to it is acknowledged
@@ -126,7 +127,7 @@ class SealPolicy:
 
     @property
     def idle(self) -> bool:
-        return self.uploading < MAX_UPLOADING and self.unacked < MAX_UNACKED
+        return self.uploading < self.max_uploading and self.unacked <= self.max_uploading
 
     # -- the produce rate ------------------------------------------------------------------
 

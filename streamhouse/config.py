@@ -42,6 +42,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # seal_target_bytes, less in proportion below seal_cost_rate_bytes_per_second of produce.
     seal_target_bytes: int = 2 * MiB
     seal_cost_rate_bytes_per_second: int = 10_000_000
+    # ... and "idle" means fewer than this many of its segments are still uploading.
+    seal_uploads_in_flight: int = 1
     # Rings (shared memory); each frame must fit in half a ring.
     produce_ring_bytes: int = 64 * MiB
     sealed_ring_bytes: int = 64 * MiB
@@ -323,6 +325,7 @@ def _validate(s: Settings) -> None:
         "max_segment_bytes",
         "seal_target_bytes",
         "seal_cost_rate_bytes_per_second",
+        "seal_uploads_in_flight",
         "cache_bytes",
         "max_record_bytes",
         "max_batch_bytes",
@@ -424,6 +427,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"STREAMHOUSE_LIFECYCLE_SMALL_OBJECT_BYTES={s.lifecycle_small_object_bytes} must "
             f"not exceed LIFECYCLE_TARGET_OBJECT_BYTES={s.lifecycle_target_object_bytes}"
+        )
+    if s.seal_uploads_in_flight > s.upload_concurrency:
+        raise ConfigError(
+            f"STREAMHOUSE_SEAL_UPLOADS_IN_FLIGHT={s.seal_uploads_in_flight} must not exceed "
+            f"UPLOAD_CONCURRENCY={s.upload_concurrency} (the uploads the uploader runs at once)"
         )
     if s.max_batch_bytes * 2 > s.produce_ring_bytes:
         raise ConfigError("STREAMHOUSE_PRODUCE_RING_BYTES must be at least twice MAX_BATCH_BYTES")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from segmenter.policy import MAX_UNACKED, MAX_UPLOADING, RATE_WINDOW_S, SealPolicy
+from segmenter.policy import RATE_WINDOW_S, SealPolicy
 from streamhouse.frames import UploadProgress
 
 MS = 1_000_000
@@ -63,13 +63,23 @@ def test_busy_uploader_accumulates_until_its_report() -> None:
 
 def test_unacknowledged_segments_also_make_the_uploader_busy() -> None:
     p = policy()
-    for sequence in range(MAX_UNACKED):
+    for sequence in range(2):
         p.sealed(sequence)
-    p.progress(report(MAX_UNACKED - 1, -1))  # all stored, none acknowledged
-    assert p.uploading == 0 and p.unacked == MAX_UNACKED and not p.idle
+    p.progress(report(1, -1))  # both stored, none acknowledged
+    assert p.uploading == 0 and p.unacked == 2 and not p.idle
     assert not p.decide(T0, 100, T0).seal
-    p.progress(report(MAX_UNACKED - 1, 0))
+    p.progress(report(1, 0))  # one commit may overlap the next PUT
     assert p.idle and p.decide(T0, 100, T0).seal
+
+
+def test_two_uploads_in_flight_when_configured() -> None:
+    p = SealPolicy(EPOCH, FLUSH, MAX_SEGMENT, TARGET, COST_RATE, max_uploading=2)
+    p.sealed(0)
+    assert p.idle and p.decide(T0, 100, T0).seal  # one uploading: a second may start
+    p.sealed(1)
+    assert not p.idle and not p.decide(T0, 100, T0).seal
+    p.progress(report(0, 0))
+    assert p.idle
 
 
 def test_flush_interval_bounds_the_wait_whatever_the_uploader_says() -> None:
@@ -165,7 +175,7 @@ def test_uploader_restart_ends_everything_in_flight() -> None:
     assert p.uploading == 0 and p.unacked == 0 and p.idle
     # Not an idle flood: the next segment sealed makes it busy again.
     p.sealed(4)
-    assert p.uploading == MAX_UPLOADING and not p.idle
+    assert p.uploading == 1 and not p.idle
 
 
 def test_refusals_do_not_count_as_uploads() -> None:
@@ -179,6 +189,8 @@ def test_bad_parameters_are_refused() -> None:
         SealPolicy(EPOCH, 0, MAX_SEGMENT, TARGET, COST_RATE)
     with pytest.raises(ValueError, match="cost rate"):
         SealPolicy(EPOCH, FLUSH, MAX_SEGMENT, TARGET, 0)
+    with pytest.raises(ValueError, match="max uploading"):
+        SealPolicy(EPOCH, FLUSH, MAX_SEGMENT, TARGET, COST_RATE, max_uploading=0)
 
 
 def test_no_early_seal_in_the_middle_of_a_request() -> None:
@@ -191,3 +203,14 @@ def test_no_early_seal_in_the_middle_of_a_request() -> None:
     assert p.decide(T0 + FLUSH, 300, T0).seal  # the flush interval still bounds it
     p.in_request = False
     assert p.decide(T0, 300, T0).seal
+
+
+def test_settings_refuse_more_seal_uploads_than_upload_slots() -> None:
+    from streamhouse.config import ConfigError, load_settings
+
+    env = {"STREAMHOUSE_SEAL_UPLOADS_IN_FLIGHT": "5", "STREAMHOUSE_UPLOAD_CONCURRENCY": "4"}
+    with pytest.raises(ConfigError, match="SEAL_UPLOADS_IN_FLIGHT=5 must not exceed"):
+        load_settings(env)
+    with pytest.raises(ConfigError, match="SEAL_TARGET_BYTES must be positive"):
+        load_settings({"STREAMHOUSE_SEAL_TARGET_BYTES": "0"})
+    assert load_settings({"STREAMHOUSE_SEAL_UPLOADS_IN_FLIGHT": "2"}).seal_uploads_in_flight == 2
