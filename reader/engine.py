@@ -60,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -356,20 +357,41 @@ class ReadEngine:
     def _load_ahead(self, parts: list[FetchPart], plans: list[ReadPlan]) -> None:
         """With windows: starts the cold loads a fetch will wait for, all at once (its parts
         are then read in order, and a later part's object is not read only after an earlier
-        part's): per part, the blocks of its plan until their stored bytes reach its
-        max_bytes (at least the first)."""
+        part's): per part, the first block of its plan and, while the window budget allows
+        (`_affordable`), the next ones until their stored bytes reach its max_bytes."""
         if self.window_bytes <= 0:
             return
+        afford = self._affordable()
         for part, plan in zip(parts, plans, strict=True):
             wanted = 0
             for loc in plan.blocks:
-                if wanted >= part.max_bytes:
+                if wanted >= part.max_bytes or (wanted and not afford(loc)):
                     break
                 wanted += loc.byte_length
                 key = (loc.segment_key, loc.byte_offset)
                 if key not in self.cache and key not in self._loads:
                     task = asyncio.ensure_future(self.load_block(loc))
                     task.add_done_callback(_ignore_result)
+
+    def _affordable(self) -> Callable[[BlockLocation], bool]:
+        """A judge of extra blocks to load ahead within the window budget (`ahead_limit`):
+        a block of an object loading, or already chosen, is free; a new object costs the
+        recent window size, while the budget lasts."""
+        room = self.ahead_limit - self._ahead_bytes - self._inflight_bytes
+        chosen: set[str] = set()
+
+        def afford(loc: BlockLocation) -> bool:
+            nonlocal room
+            obj = loc.segment_key
+            if obj in chosen or obj in self._windows:
+                return True
+            if room <= 0:
+                return False
+            room -= self._window_estimate
+            chosen.add(obj)
+            return True
+
+        return afford
 
     def _prefetch_parts(self, parts: list[tuple[int, int, int, int]]) -> None:
         """Prefetches after cold reads of several partitions (topic id, partition, next
@@ -381,15 +403,17 @@ class ReadEngine:
 
     async def _prefetch_many(self, parts: list[tuple[int, int, int, int]]) -> None:
         """The next `prefetch` blocks of each partition; with windows, more up to the stored
-        bytes of its next fetch (its max_bytes), so a catch-up's next fetch finds them."""
+        bytes of its next fetch (its max_bytes) while the window budget allows, so a
+        catch-up's next fetch finds them."""
         windows = self.window_bytes > 0
         limit = max(self.prefetch, BLOCKS_PER_LOOKUP) if windows else self.prefetch
         plans = await self.meta.read_plans([(t, p, o) for t, p, o, _ in parts], limit)
         locs: list[BlockLocation] = []
+        afford = self._affordable()
         for (_t, _p, _o, max_bytes), plan in zip(parts, plans, strict=True):
             stored = 0
             for n, loc in enumerate(plan.blocks):
-                if n >= self.prefetch and (not windows or stored >= max_bytes):
+                if n >= self.prefetch and (not windows or stored >= max_bytes or not afford(loc)):
                     break
                 stored += loc.byte_length
                 locs.append(loc)

@@ -482,6 +482,23 @@ def test_windows_give_way_to_single_blocks_when_unread_blocks_fill_half_the_cach
         meta.close()
 
 
+def test_without_window_budget_reads_are_single_blocks_and_nothing_extra(rig: Rig) -> None:
+    """With the budget spent (here: none), a fetch loads no block ahead and reads each cold
+    block alone, once."""
+
+    async def go() -> None:
+        for s in range(4):
+            await rig.commit([(p, [mk(f"s{s}p{p}-", 3)]) for p in range(6)])
+        rig.engine.ahead_limit = 0
+        _resp, payload = await rig.engine.fetch(fetch_all(rig, range(1)))
+        assert values(payload) == [f"s{s}p0-{i}".encode() for s in range(4) for i in range(3)]
+        assert rig.engine.window_gets == 0 and len(rig.gets) == 4
+        blocks = rig.meta.find_blocks(rig.topic_id, 0, 0, 10)
+        assert rig.gets == [(b.segment_key, b.byte_offset, b.byte_length) for b in blocks]
+
+    asyncio.run(go())
+
+
 def test_get_range_upto_returns_what_the_object_has(tmp_path: pathlib.Path) -> None:
     """The window read of both store kinds: up to the end of the object; a start past the end
     is an error."""
