@@ -10,7 +10,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic, ResourceType
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    ResourceType,
+)
 
 from ingest.kafka import errors
 from streamhouse.kafka.messages import ProduceRequest, ProduceResponse
@@ -93,10 +101,13 @@ def test_topic_changes_through_the_agent_reach_the_next_produce(stack: Stack) ->
             added = produce(conn, topic, 1)
             assert (added.error_code, added.base_offset) == (errors.NONE, 0)
 
-            resource = ConfigResource(
-                ResourceType.TOPIC, topic, set_config={"message.timestamp.type": "LogAppendTime"}
+            entry = ConfigEntry(
+                "message.timestamp.type",
+                "LogAppendTime",
+                incremental_operation=AlterConfigOpType.SET,
             )
-            assert admin_result(admin.alter_configs([resource])) is None
+            resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
+            assert admin_result(admin.incremental_alter_configs([resource])) is None
             stamped = produce(conn, topic, 0)
             assert stamped.error_code == errors.NONE
             assert stamped.log_append_time_ms > 0
