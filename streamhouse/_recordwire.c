@@ -364,7 +364,11 @@ static PyObject *render(PyObject *self, PyObject *args) {
     if (limit < 0) limit = 0;
     /* First guess of the output: the record bytes and 24 more per record (a 100-byte value
      * record grows by about 16); it grows by doubling when a batch needs more. */
-    s.cap = (Py_ssize_t)(end - data) + (Py_ssize_t)count * 24 + 64;
+    /* A record takes at least 7 bytes, so a batch claiming more records than its bytes can
+     * hold (a corrupt count) must not size the first allocation. */
+    Py_ssize_t guess = count;
+    if (guess > (Py_ssize_t)(end - data) / 7) guess = (Py_ssize_t)(end - data) / 7;
+    s.cap = (Py_ssize_t)(end - data) + guess * 24 + 64;
     int64_t rendered = 0, after = first_offset;
     int rc = walk(data, end, (Py_ssize_t)count, base_offset, first_offset, limit, base_ts,
                   (attributes & 0x08) != 0, max_ts, &s, &rendered, &after, &f);

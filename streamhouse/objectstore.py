@@ -160,7 +160,11 @@ class LocalFolderStore:
                     written += os.write(fd, view[written:])
                 os.fsync(fd)
                 # The bytes are on disk: drop them from the page cache (see "Page cache").
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                # Only a hint: a platform without it, or an error from it, never fails a PUT
+                # whose bytes are already durable.
+                if hasattr(os, "posix_fadvise"):
+                    with contextlib.suppress(OSError):
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
             os.replace(tmp, target)

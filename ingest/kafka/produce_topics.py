@@ -108,9 +108,10 @@ class ProduceTopicCache:
             if state is None:
                 self._entries.pop(lookup.name, None)
             else:
-                self._entries[lookup.name] = _Entry(
-                    state, frozenset(lookup.partitions), now, generation
-                )
+                # Only partitions that exist are remembered: a client naming ever new bad
+                # partitions must not grow the entry (and every later lookup) without bound.
+                known = frozenset(p for p in lookup.partitions if p in state.partitions)
+                self._entries[lookup.name] = _Entry(state, known, now, generation)
         return found
 
     def forget(self, name: str) -> None:
