@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import pathlib
+import shutil
 import sys
 import tempfile
 import time
@@ -119,6 +120,7 @@ def main() -> None:
     finally:
         if store is not None:
             store.stop()
+        shutil.rmtree(work, ignore_errors=True)
     if not latencies:
         sys.exit("no record was acknowledged")
 
