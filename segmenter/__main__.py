@@ -46,6 +46,7 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event) -> None:
         settings.seal_target_bytes,
         settings.seal_cost_rate_bytes_per_second,
         settings.seal_uploads_in_flight,
+        settings.seal_max_puts_per_second,
     )
     wake = asyncio.Event()  # the sealer decides again
     wake_bytes: int | None = 1  # ... once the buffer holds this many bytes (None: not for size)
@@ -60,7 +61,7 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event) -> None:
     )
 
     async def send(sealed: SealedSegment, obj: bytes) -> None:
-        policy.sealed(sealed.sequence)
+        policy.sealed(sealed.sequence, time.monotonic_ns())
         await sealed_ring.write(header_encoder.encode(sealed), obj)
         if sealed.error.code:
             log.debug("sent a refusal for %d batch refs", len(sealed.batches))

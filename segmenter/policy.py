@@ -34,13 +34,23 @@ often costs object-store requests. The policy seals:
    the bill, and cost_rate is where that bill is measured against the peer (issue 10:
    at least 10x fewer objects per GB from 10 MB/s). Below it the PUT count is bounded by the
    uploader's pace (one PUT at a time) and by the requests that arrive, and latency wins.
-6. Never early in the middle of a request: while the last frame taken says more frames of
+6. The PUT budget: an early seal of less than ``target_bytes`` comes at least
+   ``1 / max_small_seals_per_second`` after the previous seal (``seal_max_puts_per_second``,
+   default 50). Without it the PUT count below the cost rate is bounded only by the
+   uploader's pace, which on a fast store (a local folder, a nearby MinIO) is hundreds of
+   PUTs a second for a trickle of single-record requests; with it a constantly trickling
+   agent makes at most that many PUTs a second (50/s is about $650 a month at S3's list
+   price; 10/s about $130, for up to 100 ms more latency), a sporadic produce after a
+   quiet spell still seals at once, and seals of ``target_bytes`` or more (sustained
+   rates) are never held back by it.
+7. Never early in the middle of a request: while the last frame taken says more frames of
    its request follow (``ProduceFrame.following``; ingest writes them back to back), the
    early seal waits for them, so a request's partitions share one segment and one PUT, and
    its acknowledgement waits for one upload, not two in a row.
-7. The decision is a function of (now, buffered bytes, oldest batch's time, the uploader's
-   state, the rate): ``decide`` returns seal-now, or the time and buffered size at which to
-   decide again; the process also decides again when an uploader report arrives.
+8. The decision is a function of (now, buffered bytes, oldest batch's time, the uploader's
+   state, the rate, the last seal's time): ``decide`` returns seal-now, or the time and
+   buffered size at which to decide again; the process also decides again when an uploader
+   report arrives.
 """
 
 from __future__ import annotations
@@ -77,6 +87,7 @@ class SealPolicy:
         target_bytes: int,
         cost_rate: int,
         max_uploading: int = 1,
+        max_small_seals_per_second: float = 50.0,
     ) -> None:
         if flush_interval_ns <= 0 or max_segment_bytes <= 0 or target_bytes <= 0:
             raise ValueError("flush interval, max segment bytes and target bytes must be > 0")
@@ -90,17 +101,24 @@ class SealPolicy:
         self.target_bytes = target_bytes
         self.cost_rate = cost_rate
         self.max_uploading = max_uploading
+        if max_small_seals_per_second <= 0:
+            raise ValueError("max small seals per second must be > 0")
+        self.small_seal_gap_ns = int(1e9 / max_small_seals_per_second)  # rule 6
+        self.last_seal_ns: int | None = None
         self.sent_through = -1  # last sequence sealed and sent
         self.stored_through = -1  # every segment up to it is done uploading
         self.done_through = -1  # every segment up to it is acknowledged
-        self.in_request = False  # more frames of the last frame's request follow (rule 6)
+        self.in_request = False  # more frames of the last frame's request follow (rule 7)
         self._decayed = 0.0  # bytes taken, each weighted exp(-age / RATE_WINDOW_S)
         self._decayed_ns = 0  # when _decayed was last brought up to date
 
     # -- the uploader's state --------------------------------------------------------------
 
-    def sealed(self, sequence: int) -> None:
-        """Segment ``sequence`` was sent to the uploader (refusals, sequence -1, are not)."""
+    def sealed(self, sequence: int, now_ns: int | None = None) -> None:
+        """Segment ``sequence`` was sent to the uploader (refusals, sequence -1, are not),
+        sealed at monotonic ``now_ns`` (the PUT budget's clock, rule 6)."""
+        if now_ns is not None and sequence >= 0:
+            self.last_seal_ns = now_ns
         if sequence > self.sent_through:
             self.sent_through = sequence
 
@@ -167,6 +185,10 @@ class SealPolicy:
         if self.in_request:
             return Decision(False, "request in progress", flush_at)
         need = self.min_object_bytes(self.rate(now_ns))
-        if buffered_bytes >= need:
-            return Decision(True, "uploader idle")
-        return Decision(False, "cost rule", flush_at, math.ceil(need))
+        if buffered_bytes < need:
+            return Decision(False, "cost rule", flush_at, math.ceil(need))
+        if buffered_bytes < self.target_bytes and self.last_seal_ns is not None:
+            budget_at = self.last_seal_ns + self.small_seal_gap_ns
+            if now_ns < budget_at:
+                return Decision(False, "PUT budget", min(budget_at, flush_at), self.target_bytes)
+        return Decision(True, "uploader idle")

@@ -44,6 +44,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     seal_cost_rate_bytes_per_second: int = 10_000_000
     # ... and "idle" means fewer than this many of its segments are still uploading.
     seal_uploads_in_flight: int = 1
+    # ... and early seals smaller than seal_target_bytes come at most this often (the PUT
+    # budget of a trickle: 50/s is about $650 a month at S3 list prices).
+    seal_max_puts_per_second: int = 50
     # Rings (shared memory); each frame must fit in half a ring.
     produce_ring_bytes: int = 64 * MiB
     sealed_ring_bytes: int = 64 * MiB
@@ -326,6 +329,7 @@ def _validate(s: Settings) -> None:
         "seal_target_bytes",
         "seal_cost_rate_bytes_per_second",
         "seal_uploads_in_flight",
+        "seal_max_puts_per_second",
         "cache_bytes",
         "max_record_bytes",
         "max_batch_bytes",

@@ -214,3 +214,46 @@ def test_settings_refuse_more_seal_uploads_than_upload_slots() -> None:
     with pytest.raises(ConfigError, match="SEAL_TARGET_BYTES must be positive"):
         load_settings({"STREAMHOUSE_SEAL_TARGET_BYTES": "0"})
     assert load_settings({"STREAMHOUSE_SEAL_UPLOADS_IN_FLIGHT": "2"}).seal_uploads_in_flight == 2
+
+
+def test_put_budget_paces_small_early_seals_of_a_trickle() -> None:
+    p = SealPolicy(EPOCH, FLUSH, MAX_SEGMENT, TARGET, COST_RATE, max_small_seals_per_second=50)
+    steady(p, 100_000, T0)  # a trickle: the cost rule asks for almost nothing
+    p.sealed(0, T0)
+    p.progress(report(0, 0))  # the uploader is idle again at once (a fast store)
+    d = p.decide(T0 + 5 * MS, 200, T0 + 4 * MS)
+    assert not d.seal and d.reason == "PUT budget"
+    assert d.until_ns == T0 + 20 * MS  # 1/50 s after the previous seal
+    assert d.until_bytes == TARGET  # a target-sized object is never held back
+    assert p.decide(T0 + 20 * MS, 200, T0 + 4 * MS).seal
+
+
+def test_put_budget_never_delays_a_produce_after_a_quiet_spell() -> None:
+    p = policy()
+    p.observe(T0, 120)
+    p.sealed(0, T0)
+    p.progress(report(0, 0))
+    later = T0 + 30 * MS  # more than the budget's gap since the last seal
+    p.observe(later, 120)
+    d = p.decide(later, 120, later)
+    assert d.seal and d.reason == "uploader idle"
+
+
+def test_put_budget_does_not_hold_back_target_sized_objects() -> None:
+    p = policy()
+    steady(p, 50_000_000, T0)
+    p.sealed(0, T0)
+    p.progress(report(0, 0))
+    d = p.decide(T0 + 1 * MS, TARGET, T0)
+    assert d.seal and d.reason == "uploader idle"
+
+
+def test_put_budget_bound_by_the_flush_interval() -> None:
+    p = SealPolicy(EPOCH, FLUSH, MAX_SEGMENT, TARGET, COST_RATE, max_small_seals_per_second=1)
+    p.observe(T0, 120)
+    p.sealed(0, T0)
+    p.progress(report(0, 0))
+    d = p.decide(T0 + 1 * MS, 120, T0 + 1 * MS)
+    assert not d.seal and d.until_ns == T0 + 1 * MS + FLUSH  # flush interval comes first
+    with pytest.raises(ValueError, match="seals per second"):
+        SealPolicy(EPOCH, FLUSH, MAX_SEGMENT, TARGET, COST_RATE, max_small_seals_per_second=0)
