@@ -143,10 +143,6 @@ class AsyncMetadata:
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="metadata-read")
         self._writes = ThreadPoolExecutor(write_threads, thread_name_prefix="metadata-write")
         self._control = ThreadPoolExecutor(1, thread_name_prefix="metadata-control")
-        # Bumped when a topic write through this object (create, delete, add partitions,
-        # config, log start) finishes, failed or not: ingest's produce topic cache
-        # (ingest/kafka/produce_topics.py) drops what it read before the bump.
-        self.topics_changed = 0
 
     @classmethod
     async def open(
@@ -190,12 +186,6 @@ class AsyncMetadata:
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._writes, functools.partial(fn, *args))
 
-    async def _topic_write(self, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return await self._write(fn, *args)
-        finally:
-            self.topics_changed += 1
-
     def _controlled(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._control, functools.partial(fn, *args))
@@ -226,16 +216,16 @@ class AsyncMetadata:
     async def create_topic(
         self, name: str, partitions: int, config: dict[str, str] | None = None
     ) -> TopicInfo:
-        return await self._topic_write(self.store.create_topic, name, partitions, config)
+        return await self._write(self.store.create_topic, name, partitions, config)
 
     async def delete_topic(self, name: str) -> TopicInfo:
-        return await self._topic_write(self.store.delete_topic, name)
+        return await self._write(self.store.delete_topic, name)
 
     async def add_partitions(self, name: str, total: int) -> TopicInfo:
-        return await self._topic_write(self.store.add_partitions, name, total)
+        return await self._write(self.store.add_partitions, name, total)
 
     async def update_topic_config(self, name: str, config: dict[str, str]) -> TopicInfo:
-        return await self._topic_write(self.store.update_topic_config, name, config)
+        return await self._write(self.store.update_topic_config, name, config)
 
     async def alter_topic_config(
         self,
@@ -260,7 +250,7 @@ class AsyncMetadata:
         )
         if validate_only:
             return await self._read(call)
-        return await self._topic_write(call)
+        return await self._write(call)
 
     # -- partitions and the log index -----------------------------------------------------
 
@@ -273,7 +263,7 @@ class AsyncMetadata:
     async def set_log_start_offset(
         self, topic_id: int, partition: int, offset: int
     ) -> PartitionState:
-        return await self._topic_write(self.store.set_log_start_offset, topic_id, partition, offset)
+        return await self._write(self.store.set_log_start_offset, topic_id, partition, offset)
 
     async def read_plans(self, parts: Sequence[tuple[int, int, int]], limit: int) -> list[ReadPlan]:
         """For each ``(topic_id, partition, offset)`` of a fetch: the partition's state and,

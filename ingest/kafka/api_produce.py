@@ -44,11 +44,11 @@ from typing import TYPE_CHECKING
 import crc32c
 import msgspec
 
-from ingest.kafka import errors, produce_topics, txn_shell, txn_verify
+from ingest.kafka import errors, txn_shell, txn_verify
 from ingest.kafka.connection import NO_RESPONSE
 from ingest.kafka.txn_coordinator import TxnRecord
 from ingest.pipeline import BatchOutcome, PipelineUnavailable, ProduceSlot
-from metadata.async_store import TopicState
+from metadata.async_store import TopicLookup, TopicState
 from metadata.errors import MetadataUnavailableError
 from streamhouse.frames import BatchMeta
 from streamhouse.kafka.messages import ProduceRequest, ProduceResponse, RequestHeader
@@ -142,11 +142,9 @@ async def produce(
     # The transactional id's stored state, read once when a transactional batch needs it.
     txn: tuple[TxnRecord | None, bool] | None = None
     no_txn_id = False
-    # Every topic and partition state the request needs: from the produce topic cache when
-    # all are fresh, else in one metadata call off the loop (produce_topics.py: staleness).
-    topics = produce_topics.cache_for(broker.meta)
-    found = await topics.topic_states(
-        [(t.name, [p.index for p in t.partition_data]) for t in request.topic_data]
+    # Every topic and partition state the request needs, in one metadata call (off the loop).
+    found = await broker.meta.topic_states(
+        [TopicLookup(t.name, None, [p.index for p in t.partition_data]) for t in request.topic_data]
     )
     states = {t.name: f for t, f in zip(request.topic_data, found, strict=True) if f is not None}
     for topic_data in request.topic_data:
@@ -223,8 +221,6 @@ async def produce(
                     if failed is not None:
                         code, message = failed.code.kafka_code, failed.message
                         base_offset = -1
-                        if code == errors.UNKNOWN_TOPIC_OR_PARTITION:
-                            topics.forget(topic_data.name)  # its topic id is gone
             partitions.append(
                 R.PartitionProduceResponse(
                     index=part.index,
