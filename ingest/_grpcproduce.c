@@ -185,10 +185,12 @@ static int fail(walk_error *e, const uint8_t *at, const char *why) {
     return -1;
 }
 
-static int read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
+/* A base-128 varint of at most `max_bytes` bytes; 0 on success (the cursor moves past it). */
+static int read_varint_upto(const uint8_t **pp, const uint8_t *end, int max_bytes,
+                            uint64_t *out) {
     const uint8_t *p = *pp;
     uint64_t v = 0;
-    for (int i = 0; i < 10; i++) {
+    for (int i = 0; i < max_bytes; i++) {
         if (p >= end) return -1;
         uint8_t b = *p++;
         v |= (uint64_t)(b & 0x7F) << (7 * i);
@@ -199,42 +201,31 @@ static int read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
         }
     }
     return -1;
+}
+
+static int read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
+    return read_varint_upto(pp, end, 10, out);
 }
 
 /* A tag: at most 5 bytes and below 2^32; 0 on success. */
 static int read_tag(const uint8_t **pp, const uint8_t *end, uint32_t *out) {
     const uint8_t *p = *pp;
-    uint64_t v = 0;
-    for (int i = 0; i < 5; i++) {
-        if (p >= end) return -1;
-        uint8_t b = *p++;
-        v |= (uint64_t)(b & 0x7F) << (7 * i);
-        if (!(b & 0x80)) {
-            if (v > 0xFFFFFFFFu) return -1;
-            *pp = p;
-            *out = (uint32_t)v;
-            return 0;
-        }
-    }
-    return -1;
+    uint64_t v;
+    if (read_varint_upto(&p, end, 5, &v) < 0 || v > 0xFFFFFFFFu) return -1;
+    *pp = p;
+    *out = (uint32_t)v;
+    return 0;
 }
 
 /* A length prefix: at most 5 bytes, within the bytes left. */
 static int read_length(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
     const uint8_t *p = *pp;
-    uint64_t v = 0;
-    for (int i = 0; i < 5; i++) {
-        if (p >= end) return -1;
-        uint8_t b = *p++;
-        v |= (uint64_t)(b & 0x7F) << (7 * i);
-        if (!(b & 0x80)) {
-            if (v >= 0x7FFFFFFFu || v > (uint64_t)(end - p)) return -1;
-            *pp = p;
-            *out = v;
-            return 0;
-        }
-    }
-    return -1;
+    uint64_t v;
+    if (read_varint_upto(&p, end, 5, &v) < 0) return -1;
+    if (v >= 0x7FFFFFFFu || v > (uint64_t)(end - p)) return -1;
+    *pp = p;
+    *out = v;
+    return 0;
 }
 
 static int utf8_valid(const uint8_t *s, uint64_t n) {
