@@ -53,6 +53,14 @@ Rules:
   `own_pid_grace_s` for the ring (longer: the frame is on its way; only a full ring makes
   them GET after it). A misjudged pid (pids are reused) costs one GET or one grace, never a
   wrong answer.
+- A fetch can find a segment in the metadata after its commit and before its committed-ring
+  frame has arrived (most often with several consumers at the tail). Segment keys name
+  their writer and sequence (`streamhouse/segment_keys.py`); a cold block of a segment of
+  the writer the ring delivers, with a sequence above the last one delivered, is on its way:
+  it waits up to `ring_grace_s` for the ring (one future per segment, shared by every fetch)
+  before its GET. A frame of a later sequence releases the earlier waits at once (those
+  segments were not delivered: the ring was full), so a block waits at most that grace, and
+  only when a frame is really missing.
 """
 
 from __future__ import annotations
@@ -72,7 +80,7 @@ from metadata.store import MAX_ABORTED_LISTED
 from metadata.transactions import AbortedRanges
 from reader import readplan
 from reader.cache import BlockCache, BlockKey
-from streamhouse import objectstore
+from streamhouse import objectstore, segment_keys
 from streamhouse.errors import RING_OK, ErrorCode, RingError
 from streamhouse.frames import (
     FORMAT_KAFKA,
@@ -166,11 +174,23 @@ class ReadEngine:
         #: Notified blocks loaded by a GET, and found in the cache (ring) instead.
         self.feed_gets = 0
         self.feed_cached = 0
+        # How long a cold block of a segment this agent's uploader has committed but not yet
+        # handed over the committed ring waits for it before its GET (see the module rules).
+        self.ring_grace_s = 0.050
+        # The writer of the segment keys the committed ring delivers, and the last sequence
+        # delivered (streamhouse/segment_keys.py); a future per segment waited for.
+        self._ring_writer: str | None = None
+        self._ring_sequence = -1
+        self._ring_waits: dict[str, asyncio.Future[None]] = {}
+        #: Cold blocks that waited for the committed ring: found there, or GET after all.
+        self.ring_waited = 0
+        self.ring_missed = 0
 
     def on_committed(self, segment: CommittedSegment, obj: bytes) -> None:
         """Caches a freshly committed segment's blocks and wakes fetches waiting on them."""
         view = memoryview(obj)
         _remember(self._ring_segments, segment.key, None)
+        self._delivered(segment.key)
         pid = self._notice_pids.pop(segment.key, 0)
         if pid:
             _remember(self._pid_is_own, pid, True)
@@ -185,6 +205,60 @@ class ReadEngine:
             if arrival is not None and not arrival.done():
                 arrival.set_result(None)
             self._wake((b.topic_id, b.partition))
+
+    def _delivered(self, key: str) -> None:
+        """Notes a segment the committed ring delivered: its writer is this agent's uploader,
+        and every segment of that writer up to its sequence has come or never will (those
+        waiting are released to their GETs; this one's blocks are cached already)."""
+        parsed = segment_keys.parse(key)
+        if parsed is None:
+            return
+        if parsed.writer != self._ring_writer:  # a new uploader process: start over
+            self._ring_writer = parsed.writer
+            self._ring_sequence = -1
+        self._ring_sequence = max(self._ring_sequence, parsed.sequence)
+        if not self._ring_waits:
+            return
+        for waited in list(self._ring_waits):
+            earlier = segment_keys.parse(waited)
+            if (
+                earlier is None
+                or earlier.writer != parsed.writer
+                or earlier.sequence <= parsed.sequence
+            ):
+                self._ring_waits.pop(waited).set_result(None)
+
+    def _on_its_way(self, key: str) -> bool:
+        """True for a segment of this agent's uploader that the committed ring has not
+        delivered yet: committed (a fetch found it in the metadata), its frame follows."""
+        if self._ring_writer is None or self.ring_grace_s <= 0:
+            return False
+        parsed = segment_keys.parse(key)
+        return (
+            parsed is not None
+            and parsed.writer == self._ring_writer
+            and parsed.sequence > self._ring_sequence
+        )
+
+    async def _from_ring(self, key: BlockKey) -> bytes | None:
+        """Waits up to `ring_grace_s` for the committed ring to deliver the block's segment;
+        the block from the cache, or None (it did not come, or did not fit the cache)."""
+        obj = key[0]
+        arrival = self._ring_waits.get(obj)
+        if arrival is None:
+            arrival = self._ring_waits[obj] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(arrival), self.ring_grace_s)
+        except TimeoutError:
+            if self._ring_waits.get(obj) is arrival:
+                del self._ring_waits[obj]
+        data = self.cache.get(key)
+        if data is None:
+            self.ring_missed += 1
+            log.debug("block %s@%d: not delivered by the committed ring in time; GET", *key)
+        else:
+            self.ring_waited += 1
+        return data
 
     def on_notice(self, notice: CommitNotice) -> None:
         """A segment committed by any agent (commit feed): loads its blocks that fetches wait
@@ -271,8 +345,13 @@ class ReadEngine:
         return await task
 
     async def _load(self, key: BlockKey, length: int) -> bytes:
-        """A cold block: alone (no windows), or from the window GET of its object in flight,
-        else from a new one (module rules)."""
+        """A cold block: from the committed ring when its segment is on its way there, else
+        alone (no windows), or from the window GET of its object in flight, else from a new
+        one (module rules)."""
+        if self._on_its_way(key[0]):
+            data = await self._from_ring(key)
+            if data is not None:
+                return data
         if self.window_bytes <= 0:
             return await self._fetch_block(key, length)
         obj, offset = key

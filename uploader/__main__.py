@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import secrets
 import struct
 import time
 from collections import deque
@@ -61,6 +60,7 @@ from streamhouse.frames import (
     ring_error,
 )
 from streamhouse.process import run_process, spawn
+from streamhouse.segment_keys import SegmentKeys
 from streamhouse.upload_progress import ProgressReporter
 
 log = logging.getLogger("uploader")
@@ -71,9 +71,14 @@ _RAW_LENGTH = struct.Struct("<I")
 MAX_ACK_FRAME_BYTES = 1024 * 1024
 
 
+# This process's segment keys (streamhouse/segment_keys.py: one writer, sequences in the
+# order segments are taken, which is the order they are committed and handed to the reader).
+SEGMENT_KEYS = SegmentKeys()
+
+
 def new_segment_key() -> str:
-    """Object key of a new segment: time-ordered, random, and free of user-supplied text."""
-    return f"segments/{time.time_ns():020d}-{secrets.token_hex(8)}.seg"
+    """Object key of a new segment: time-ordered, unique, and free of user-supplied text."""
+    return SEGMENT_KEYS.new_key()
 
 
 async def put_with_retries(store: object, key: str, obj: bytes, settings: Settings) -> bool:
@@ -195,6 +200,11 @@ class Uploader:
         self.sealed = rings.open_reader(settings, rings.SEALED)
         self.acks = rings.open_writer(settings, rings.ACK)
         self.committed = rings.open_writer(settings, rings.COMMITTED)
+        # The key writer's hello (no blocks, no object), so the reader knows which segments
+        # its committed ring will deliver before the first one (segment_keys rules).
+        self.committed.try_write(
+            header_encoder.encode(CommittedSegment(SEGMENT_KEYS.hello_key(), []))
+        )
         # Group-commit feedback to the segmenter (streamhouse/upload_progress.py): opened after
         # the sealed ring, so its hello follows the sealed ring's new reader epoch.
         self.progress = ProgressReporter(rings.open_writer(settings, rings.UPLOAD_PROGRESS))

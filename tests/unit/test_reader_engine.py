@@ -38,6 +38,7 @@ from streamhouse.proto import streamhouse_pb2 as pb
 from streamhouse.record_wire import consume_response_tail, render_records
 from streamhouse.recordbatch import InvalidBatchError, decode_records, encode_batch, scan_batches
 from streamhouse.segment import SegmentWriter
+from streamhouse.segment_keys import SegmentKeys
 
 _keys = itertools.count()
 
@@ -69,6 +70,7 @@ class Harness:
         *,
         put: bool = True,
         feed: bool = False,
+        key: str | None = None,
     ) -> tuple[CommittedSegment, bytes]:
         """Writes one segment of (partition, batches) blocks, PUTs it, commits it to metadata
         (as the uploader does) and optionally hands it to on_committed."""
@@ -87,7 +89,7 @@ class Harness:
                 max(i.max_timestamp for i in info),
             )
         obj, entries = writer.finish()
-        key = f"segments/{next(_keys):020d}.seg"
+        key = key or f"segments/{next(_keys):020d}.seg"
         if put:
             await objectstore.put(self.store, key, obj)
         commit_blocks = [
@@ -887,5 +889,113 @@ def test_notifying_backends_are_learned_as_own_or_foreign(h: Harness) -> None:
         h.engine.on_notice(notice_of(s5)._replace(pid=foreign))
         h.engine.on_committed(s5, obj5)
         assert h.engine._pid_is_own[foreign] is True
+
+    asyncio.run(go())
+
+
+# ----------------------------------------------------------------------------- committed ring
+
+
+def test_block_of_a_segment_on_its_way_waits_for_the_ring(h: Harness) -> None:
+    """A fetch that finds a just-committed segment of this agent's uploader before its ring
+    frame waits for the frame (no GET: the objects were never PUT)."""
+    keys = SegmentKeys()
+    h.engine.ring_grace_s = 60.0
+
+    async def go() -> None:
+        await h.commit([(0, [mk(vals("a", 1))])], put=False, feed=True, key=keys.new_key())
+        segment, obj = await h.commit([(0, [mk(vals("b", 2))])], put=False, key=keys.new_key())
+        task = asyncio.ensure_future(h.engine.fetch(request(h, 1)))
+        await until(lambda: segment.key in h.engine._ring_waits)
+        h.engine.on_committed(segment, obj)
+        _resp, payload = await asyncio.wait_for(task, timeout=30)
+        assert kafka_batches(payload) == [(1, vals("b", 2))]
+        assert h.range_gets == []
+        assert (h.engine.ring_waited, h.engine.ring_missed) == (1, 0)
+        assert h.engine._ring_waits == {}
+
+    asyncio.run(go())
+
+
+def test_a_later_ring_frame_releases_a_wait_for_a_segment_it_skipped(h: Harness) -> None:
+    """A segment the ring never delivered (it was full) is read by a GET as soon as a frame of
+    a later sequence shows it will not come, not after the grace."""
+    keys = SegmentKeys()
+    h.engine.ring_grace_s = 3600.0
+
+    async def go() -> None:
+        await h.commit([(0, [mk(vals("a", 1))])], put=False, feed=True, key=keys.new_key())
+        skipped, _ = await h.commit([(0, [mk(vals("b", 2))])], key=keys.new_key())
+        later, later_obj = await h.commit([(1, [mk(vals("c", 1))])], put=False, key=keys.new_key())
+        task = asyncio.ensure_future(h.engine.fetch(request(h, 1)))
+        await until(lambda: skipped.key in h.engine._ring_waits)
+        h.engine.on_committed(later, later_obj)
+        _resp, payload = await asyncio.wait_for(task, timeout=30)
+        assert kafka_batches(payload) == [(1, vals("b", 2))]
+        assert [get[0] for get in h.range_gets] == [skipped.key]
+        assert (h.engine.ring_waited, h.engine.ring_missed) == (0, 1)
+
+    asyncio.run(go())
+
+
+def test_a_wait_for_the_ring_ends_after_the_grace(h: Harness) -> None:
+    """No frame comes at all (the uploader died after its commit): the block is read by a GET
+    once `ring_grace_s` has passed."""
+    keys = SegmentKeys()
+    h.engine.ring_grace_s = 0.02
+
+    async def go() -> None:
+        await h.commit([(0, [mk(vals("a", 1))])], put=False, feed=True, key=keys.new_key())
+        lost, _ = await h.commit([(0, [mk(vals("b", 2))])], key=keys.new_key())
+        _resp, payload = await asyncio.wait_for(h.engine.fetch(request(h, 1)), timeout=30)
+        assert kafka_batches(payload) == [(1, vals("b", 2))]
+        assert [get[0] for get in h.range_gets] == [lost.key]
+        assert (h.engine.ring_waited, h.engine.ring_missed) == (0, 1)
+        assert h.engine._ring_waits == {}
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("case", ["other writer", "delivered before", "no ring yet", "old key"])
+def test_blocks_the_ring_will_not_deliver_are_read_at_once(h: Harness, case: str) -> None:
+    """Only a later sequence of the writer the ring delivers waits: another writer's segment
+    (another agent, a rewrite, a restarted uploader), a sequence at or below the last one
+    delivered (evicted since), any segment before the first ring frame, and a key of the old
+    random shape are read at once (the grace is an hour: a wait would hang the test)."""
+    ours, theirs = SegmentKeys(), SegmentKeys()
+    h.engine.ring_grace_s = 3600.0
+
+    async def go() -> None:
+        key: str | None = ours.new_key()
+        if case == "delivered before":
+            # Delivered with none of its blocks cached (as if evicted since).
+            h.engine.on_committed(CommittedSegment(key, []), b"")
+        elif case != "no ring yet":
+            await h.commit([(2, [mk(vals("z", 1))])], put=False, feed=True, key=key)
+            key = theirs.new_key() if case == "other writer" else None
+        await h.commit([(0, [mk(vals("b", 2))])], key=key)
+        _resp, payload = await asyncio.wait_for(h.engine.fetch(request(h, 0)), timeout=30)
+        assert kafka_batches(payload) == [(0, vals("b", 2))]
+        assert len(h.range_gets) == 1
+        assert (h.engine.ring_waited, h.engine.ring_missed) == (0, 0)
+
+    asyncio.run(go())
+
+
+def test_the_uploaders_hello_makes_its_first_segment_wait_for_the_ring(h: Harness) -> None:
+    """The uploader's hello frame (no blocks) names its writer: even its first segment is
+    waited for, not read by a GET."""
+    keys = SegmentKeys()
+    h.engine.ring_grace_s = 60.0
+
+    async def go() -> None:
+        h.engine.on_committed(CommittedSegment(keys.hello_key(), []), b"")
+        segment, obj = await h.commit([(0, [mk(vals("a", 2))])], put=False, key=keys.new_key())
+        task = asyncio.ensure_future(h.engine.fetch(request(h, 0)))
+        await until(lambda: segment.key in h.engine._ring_waits)
+        h.engine.on_committed(segment, obj)
+        _resp, payload = await asyncio.wait_for(task, timeout=30)
+        assert kafka_batches(payload) == [(0, vals("a", 2))]
+        assert h.range_gets == []
 
     asyncio.run(go())
