@@ -56,6 +56,7 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
     engine.max_waiting = settings.reader_max_waiting_fetches
     engine.max_wait_ms = settings.reader_max_wait_ms
     engine.max_inflated = settings.max_batch_bytes
+    engine.tail_interest_s = settings.reader_tail_interest_ms / 1000
     requests = rings.open_reader(settings, rings.FETCH_REQUEST)
     responses = rings.open_writer(settings, rings.FETCH_RESPONSE)
     committed = rings.open_reader(settings, rings.COMMITTED)
@@ -112,18 +113,24 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
                 slot_freed.clear()
                 await slot_freed.wait()
 
+    def take_one_committed(header: memoryview, obj: memoryview) -> None:
+        """One committed-segment frame, lent by the ring: the engine copies the blocks it
+        caches (those of partitions read at their tail), nothing else is copied."""
+        try:
+            segment = decode_committed(header)
+            check_committed(segment, len(obj))
+        except (msgspec.DecodeError, msgspec.ValidationError, FrameError) as exc:
+            log.error("dropped a committed-segment frame that does not add up: %s", exc)
+            return
+        try:
+            engine.on_committed(segment, obj, lent=True)
+        except Exception as exc:  # the cache is an optimisation: read from the store
+            log.error("committed segment %s not cached: %s", segment.key, exc)
+
     async def take_committed() -> None:
-        async for header, obj in committed:
-            try:
-                segment = decode_committed(header)
-                check_committed(segment, len(obj))
-            except (msgspec.DecodeError, msgspec.ValidationError, FrameError) as exc:
-                log.error("dropped a committed-segment frame that does not add up: %s", exc)
-                continue
-            try:
-                engine.on_committed(segment, obj)
-            except Exception as exc:  # the cache is an optimisation: read from the store
-                log.error("committed segment %s not cached: %s", segment.key, exc)
+        while True:
+            if not committed.take_frames(take_one_committed):
+                await committed.wait_readable()
 
     tasks = [
         spawn(take_requests(), "fetch-request intake"),

@@ -58,7 +58,7 @@ class BlockCache:
         self._entries.move_to_end(key)
         decoded, data = entry
         if not decoded:
-            data = decode_block(data)
+            data = decode_block(data, view=True)
             self._put(key, True, data)
         return data
 

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -185,26 +186,57 @@ class ReadEngine:
         #: Cold blocks that waited for the committed ring: found there, or GET after all.
         self.ring_waited = 0
         self.ring_missed = 0
+        # Committed blocks are cached only for partitions fetched within this long (0: all;
+        # the reader sets reader_tail_interest_ms): a partition nobody reads costs no copy
+        # and takes no cache space. Last fetch time (monotonic) per partition.
+        self.tail_interest_s = 0.0
+        self._interest: dict[tuple[int, int], float] = {}
+        self._interest_pruned = 0.0
+        #: Committed blocks not cached because nobody reads their partition.
+        self.ring_skipped = 0
 
-    def on_committed(self, segment: CommittedSegment, obj: bytes) -> None:
-        """Caches a freshly committed segment's blocks and wakes fetches waiting on them."""
+    def on_committed(
+        self, segment: CommittedSegment, obj: bytes | memoryview, *, lent: bool = False
+    ) -> None:
+        """Caches a freshly committed segment's blocks of the partitions read at their tail
+        (`tail_interest_s`) and wakes fetches waiting on them. `lent`: `obj` is a view into
+        the committed ring, valid only during this call (kept blocks are copied)."""
         view = memoryview(obj)
         _remember(self._ring_segments, segment.key, None)
         self._delivered(segment.key)
         pid = self._notice_pids.pop(segment.key, 0)
         if pid:
             _remember(self._pid_is_own, pid, True)
+        interested = self._interested()
         for b in segment.blocks:
             key = (segment.key, b.byte_offset)
-            block = view[b.byte_offset : b.byte_offset + b.byte_length]
-            # A block of at least half the object is cached as a view of it (no copy; the
-            # cache then holds at most twice the bytes it counts); a smaller one is copied, so
-            # it cannot keep a large object alive.
-            self.cache.put_encoded(key, block if 2 * b.byte_length >= len(obj) else bytes(block))
+            tp = (b.topic_id, b.partition)
+            if interested is None or tp in interested or key in self._arrivals:
+                block = view[b.byte_offset : b.byte_offset + b.byte_length]
+                # A block of at least half the object is cached as a view of it (no copy; the
+                # cache then holds at most twice the bytes it counts); a smaller one, or any
+                # block of a lent object, is copied.
+                whole = not lent and 2 * b.byte_length >= len(view)
+                self.cache.put_encoded(key, block if whole else bytes(block))
+            else:
+                self.ring_skipped += 1
             arrival = self._arrivals.pop(key, None)
             if arrival is not None and not arrival.done():
                 arrival.set_result(None)
             self._wake((b.topic_id, b.partition))
+
+    def _interested(self) -> dict[tuple[int, int], float] | None:
+        """The partitions fetched within `tail_interest_s` (None: cache everything); older
+        entries are forgotten here, at most once a second."""
+        if self.tail_interest_s <= 0:
+            return None
+        now = time.monotonic()
+        if now >= self._interest_pruned + 1.0:
+            self._interest_pruned = now
+            horizon = now - self.tail_interest_s
+            for tp in [tp for tp, seen in self._interest.items() if seen < horizon]:
+                del self._interest[tp]
+        return self._interest
 
     def _delivered(self, key: str) -> None:
         """Notes a segment the committed ring delivered: its writer is this agent's uploader,
@@ -417,13 +449,14 @@ class ReadEngine:
             self.window_wasted += 1
 
     def _decode_into_cache(self, key: BlockKey, encoded: bytes) -> bytes:
-        data = decode_block(encoded)
+        # `encoded` is a block split_blocks verified; a raw one is kept as a view of it.
+        data = decode_block(encoded, verified=True, view=True)
         self.cache.put_decoded(key, data)
         return data
 
     async def _fetch_block(self, key: BlockKey, length: int) -> bytes:
         raw = await objectstore.get_range(self.store, key[0], key[1], length)
-        data = decode_block(raw)
+        data = decode_block(raw, view=True)
         self.cache.put_decoded(key, data)
         return data
 
@@ -525,7 +558,7 @@ class ReadEngine:
         plan: ReadPlan | None = None,
         isolation_level: int = 0,
         cold_parts: list[tuple[int, int, int, int]] | None = None,
-    ) -> tuple[FetchPartResult, bytes]:
+    ) -> tuple[FetchPartResult, bytes | bytearray]:
         """Reads one partition from `part.offset`, up to max_bytes; with allow_oversize the
         first batch is returned even when it alone is larger. `plan` is the partition's
         metadata for `part.offset` when the caller looked it up already. With
@@ -553,6 +586,10 @@ class ReadEngine:
                 f"offset {part.offset} is outside the log: valid offsets are {lso}..{hwm}",
             )
             return _result(part, error, hwm, lso), b""
+        # FORMAT_KAFKA: the batches are copied once, into `out`, and patched there (`ends`:
+        # where each one ends); FORMAT_RECORDS: the rendered records of each batch.
+        out = bytearray()
+        ends: list[int] = []
         chunks: list[bytes] = []
         size = 0
         count = 0
@@ -574,7 +611,7 @@ class ReadEngine:
             if not locs:
                 break
             for loc in locs:
-                if chunks and size + smallest > max_bytes:
+                if (ends or chunks) and size + smallest > max_bytes:
                     done = True  # nothing more fits: do not load the next block for nothing
                     break
                 key = (loc.segment_key, loc.byte_offset)
@@ -586,7 +623,7 @@ class ReadEngine:
                     data = await self.load_block(loc)
                 except Exception as exc:
                     log.error("cannot read block %s@%d: %s", loc.segment_key, loc.byte_offset, exc)
-                    if chunks:
+                    if ends or chunks:
                         done = True
                         break
                     error = ring_error(
@@ -625,16 +662,16 @@ class ReadEngine:
                         if dropped.covers(info.producer_id, batch_base):
                             next_offset = last + 1  # an aborted transaction's records
                             continue
-                    bounded = bool(chunks) or not allow_oversize
+                    bounded = bool(ends or chunks) or not allow_oversize
                     if bounded and size + info.length > max_bytes:
                         done = True
                         break
                     batch = view[info.position : info.position + info.length]
                     if fmt == FORMAT_KAFKA:
                         transactional |= info.attributes & TRANSACTIONAL_MASK
-                        chunk = bytearray(batch)
-                        patch_base_offset(chunk, 0, batch_base)
-                        chunks.append(bytes(chunk))
+                        out += batch
+                        patch_base_offset(out, size, batch_base)
+                        ends.append(len(out))
                         starts.append((batch_base, info.record_count))
                         size += info.length
                         count += info.record_count
@@ -675,13 +712,14 @@ class ReadEngine:
             found = await self.meta.aborted_transactions(
                 part.topic_id, part.partition, part.offset, next_offset
             )
-            if len(found) >= MAX_ABORTED_LISTED and len(chunks) > 1:
+            if len(found) >= MAX_ABORTED_LISTED and len(ends) > 1:
                 # The list may be cut short: return only the batches it fully covers.
                 cut = max(found[-1].first_offset, starts[1][0])
                 keep = sum(1 for base, _ in starts if base < cut)
                 found = [a for a in found if a.first_offset < cut]
-                chunks, starts = chunks[:keep], starts[:keep]
-                size = sum(len(c) for c in chunks)
+                starts = starts[:keep]
+                size = ends[keep - 1]
+                del out[size:]
                 count = sum(n for _, n in starts)
                 next_offset = cut
             aborted = [(a.producer_id, a.first_offset) for a in found]
@@ -697,7 +735,7 @@ class ReadEngine:
             stable,
             aborted,
         )
-        return result, b"".join(chunks)
+        return result, out if fmt == FORMAT_KAFKA else b"".join(chunks)
 
     async def _aborted_from(
         self, part: FetchPart, start: int, bound: int
@@ -711,18 +749,21 @@ class ReadEngine:
             bound = found[-1].first_offset
         return AbortedRanges((a.producer_id, a.first_offset, a.last_offset) for a in found), bound
 
-    async def fetch(self, request: FetchRequest) -> tuple[FetchResponse, bytes]:
+    async def fetch(self, request: FetchRequest) -> tuple[FetchResponse, bytes | bytearray]:
         """Serves a fetch, waiting up to max_wait_ms for min_bytes to be committed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(request.max_wait_ms, self.max_wait_ms) / 1000
         while True:
             wake: asyncio.Future[None] = loop.create_future()
             tps = [(p.topic_id, p.partition) for p in request.parts]
+            if self.tail_interest_s > 0:
+                now = time.monotonic()
+                self._interest.update((tp, now) for tp in tps)
             for tp in tps:
                 self._waiters.setdefault(tp, set()).add(wake)
             try:
                 results: list[FetchPartResult] = []
-                payloads: list[bytes] = []
+                payloads: list[bytes | bytearray] = []
                 budget = request.max_bytes
                 cold_parts: list[tuple[int, int, int, int]] = []
                 # Every partition's state and first blocks in one metadata call.
@@ -757,7 +798,9 @@ class ReadEngine:
                     r.next_offset > p.offset for r, p in zip(results, request.parts, strict=True)
                 )
                 if total >= max(request.min_bytes, 1) or errored or moved or remaining <= 0:
-                    return FetchResponse(request.request_id, results), b"".join(payloads)
+                    # One partition's bytes go out as they are (no copy to join them).
+                    payload = payloads[0] if len(payloads) == 1 else b"".join(payloads)
+                    return FetchResponse(request.request_id, results), payload
                 if self.waiting >= self.max_waiting:
                     # Over the limit: parked until its deadline and not re-read on commits (no
                     # herd), nor answered early (its client would fetch again at once: a spin).
@@ -813,9 +856,9 @@ def parse_request(header: bytes, max_parts: int) -> FetchRequest | FetchResponse
 def fit_response(
     request: FetchRequest,
     response: FetchResponse,
-    payload: bytes,
+    payload: bytes | bytearray,
     max_frame_bytes: int,
-) -> tuple[bytes, bytes]:
+) -> tuple[bytes, bytes | bytearray]:
     """The encoded header and payload of `response`, trimmed to fit one ring frame.
 
     Parts are kept in order while they fit; the later ones are answered with no data and

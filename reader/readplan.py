@@ -88,6 +88,10 @@ def split_blocks(data: bytes | memoryview, window: Window) -> dict[int, bytes]:
             or xxhash.xxh3_64_intdigest(view[pos + BLOCK_HEADER_SIZE : stop]) != checksum
         ):
             break
-        found[window.start + pos] = bytes(view[pos:stop])
+        # A block of at least half the bytes is kept as a view of them (no copy; the cache
+        # then holds at most twice what it counts); a smaller one is copied, so that it does
+        # not keep a large window alive.
+        block = view[pos:stop]
+        found[window.start + pos] = block if 2 * (stop - pos) >= end else bytes(block)  # type: ignore[assignment]
         pos = stop
     return found

@@ -120,6 +120,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reader_max_fetches: int = 256
     reader_max_waiting_fetches: int = 192
     reader_max_wait_ms: int = 60_000
+    # The reader caches a committed segment's block only for a partition fetched within this
+    # long (a consumer at or near its tail); others are read from the object store when asked
+    # for. 0: cache every committed block.
+    reader_tail_interest_ms: int = 60_000
     # Data lifecycle (lifecycle/): how often a pass runs; how long a dead segment's object and
     # an unknown object are kept before deletion (longer than any produce or read in flight);
     # the object-store budget it may take from produce/consume (concurrent delete requests,
@@ -454,6 +458,10 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"STREAMHOUSE_{ring.upper()} must be at least 65536 (64 KiB)")
     if s.read_window_bytes < 0:
         raise ConfigError("STREAMHOUSE_READ_WINDOW_BYTES must be >= 0 (0: cold blocks alone)")
+    if s.reader_tail_interest_ms < 0:
+        raise ConfigError(
+            "STREAMHOUSE_READER_TAIL_INTEREST_MS must be >= 0 (0: cache every committed block)"
+        )
     if s.grpc_max_message_bytes < 0:
         raise ConfigError("STREAMHOUSE_GRPC_MAX_MESSAGE_BYTES must be >= 0 (0: derived)")
     if not 0 <= s.reader_max_waiting_fetches < s.reader_max_fetches:

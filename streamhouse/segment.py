@@ -468,13 +468,21 @@ def read_index(obj: bytes | memoryview) -> list[BlockEntry]:
     return parse_index(mv[index_offset : index_offset + index_length], tail)
 
 
-def decode_block(block: bytes | memoryview, entry: BlockEntry | None = None) -> bytes:
+def decode_block(
+    block: bytes | memoryview,
+    entry: BlockEntry | None = None,
+    *,
+    verified: bool = False,
+    view: bool = False,
+) -> bytes:
     """The concatenated record batches of one block.
 
     ``block`` is the block exactly as stored (``entry.length`` bytes from ``entry.offset``).
-    Verifies the stored bytes' xxh3-64 and the lengths, then decompresses. ``entry``, when
-    given, is used to check the length and to name the block in error messages. Raises
-    ``SegmentCorruptError``.
+    Verifies the stored bytes' xxh3-64 (unless ``verified``: the caller checked these very
+    bytes against it already) and the lengths, then decompresses. ``entry``, when given, is
+    used to check the length and to name the block in error messages. With ``view`` a raw
+    block comes back as a memoryview of ``block`` (no copy; it keeps ``block`` alive).
+    Raises ``SegmentCorruptError``.
     """
     where = (
         "block"
@@ -497,7 +505,7 @@ def decode_block(block: bytes | memoryview, entry: BlockEntry | None = None) -> 
     if block[1:4] != b"\x00\x00\x00":
         raise SegmentCorruptError(f"{where}: reserved header bytes are not zero")
     stored = memoryview(block)[BLOCK_HEADER_SIZE:]
-    actual = _hash(stored)
+    actual = checksum if verified else _hash(stored)
     if actual != checksum:
         raise SegmentCorruptError(
             f"{where}: checksum mismatch, header says xxh3 {checksum:#018x}, stored bytes "
@@ -508,7 +516,7 @@ def decode_block(block: bytes | memoryview, entry: BlockEntry | None = None) -> 
             raise SegmentCorruptError(
                 f"{where}: raw block with raw_length {raw_len} != stored_length {stored_len}"
             )
-        return bytes(stored)
+        return stored if view else bytes(stored)  # type: ignore[return-value]
     if codec == CODEC_LZ4:
         # LZ4 expands at most ~255x; a larger raw_length is a corrupt header, and trusting
         # it would make lz4 allocate up to 4 GiB.

@@ -401,3 +401,10 @@ def test_cli_settings_environment_maps_flags_to_variables() -> None:
 
     env = settings_environment({"agent_zone": "z", "metadata": None}, {"PATH": "/bin"})
     assert env == {"PATH": "/bin", "STREAMHOUSE_AGENT_ZONE": "z"}
+
+
+def test_reader_tail_interest_is_a_non_negative_duration() -> None:
+    assert load_settings({}).reader_tail_interest_ms == 60_000
+    assert load_settings({"STREAMHOUSE_READER_TAIL_INTEREST_MS": "0"}).reader_tail_interest_ms == 0
+    with pytest.raises(ConfigError, match="READER_TAIL_INTEREST_MS must be >= 0"):
+        load_settings({"STREAMHOUSE_READER_TAIL_INTEREST_MS": "-1"})

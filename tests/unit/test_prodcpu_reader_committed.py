@@ -47,7 +47,12 @@ def test_one_large_block_is_cached_without_a_copy() -> None:
     assert isinstance(stored, memoryview) and stored.obj is obj
     assert cache.size_bytes == segment.blocks[0].byte_length
     assert cache.get(key) == raws[0]  # decodes (and verifies) from the view
-    assert isinstance(cache._entries[key][1], bytes)  # the decoded copy replaced the view
+    decoded, stored = cache._entries[key]
+    # The decoded entry replaced the encoded one; a raw block's records are still a view of
+    # the object (no copy on decoding either).
+    assert decoded
+    assert isinstance(stored, memoryview) and stored.obj is obj
+    assert cache.size_bytes == len(raws[0])
 
 
 def test_small_blocks_of_a_segment_are_copied() -> None:

@@ -906,7 +906,7 @@ def test_block_of_a_segment_on_its_way_waits_for_the_ring(h: Harness) -> None:
         await h.commit([(0, [mk(vals("a", 1))])], put=False, feed=True, key=keys.new_key())
         segment, obj = await h.commit([(0, [mk(vals("b", 2))])], put=False, key=keys.new_key())
         task = asyncio.ensure_future(h.engine.fetch(request(h, 1)))
-        await until(lambda: segment.key in h.engine._ring_waits)
+        await eventually(lambda: segment.key in h.engine._ring_waits)
         h.engine.on_committed(segment, obj)
         _resp, payload = await asyncio.wait_for(task, timeout=30)
         assert kafka_batches(payload) == [(1, vals("b", 2))]
@@ -928,7 +928,7 @@ def test_a_later_ring_frame_releases_a_wait_for_a_segment_it_skipped(h: Harness)
         skipped, _ = await h.commit([(0, [mk(vals("b", 2))])], key=keys.new_key())
         later, later_obj = await h.commit([(1, [mk(vals("c", 1))])], put=False, key=keys.new_key())
         task = asyncio.ensure_future(h.engine.fetch(request(h, 1)))
-        await until(lambda: skipped.key in h.engine._ring_waits)
+        await eventually(lambda: skipped.key in h.engine._ring_waits)
         h.engine.on_committed(later, later_obj)
         _resp, payload = await asyncio.wait_for(task, timeout=30)
         assert kafka_batches(payload) == [(1, vals("b", 2))]
@@ -992,10 +992,67 @@ def test_the_uploaders_hello_makes_its_first_segment_wait_for_the_ring(h: Harnes
         h.engine.on_committed(CommittedSegment(keys.hello_key(), []), b"")
         segment, obj = await h.commit([(0, [mk(vals("a", 2))])], put=False, key=keys.new_key())
         task = asyncio.ensure_future(h.engine.fetch(request(h, 0)))
-        await until(lambda: segment.key in h.engine._ring_waits)
+        await eventually(lambda: segment.key in h.engine._ring_waits)
         h.engine.on_committed(segment, obj)
         _resp, payload = await asyncio.wait_for(task, timeout=30)
         assert kafka_batches(payload) == [(0, vals("a", 2))]
+        assert h.range_gets == []
+
+    asyncio.run(go())
+
+
+# ----------------------------------------------------------------------------- tail interest
+
+
+def test_committed_blocks_are_cached_only_for_partitions_read_lately(h: Harness) -> None:
+    """With a tail interest, a committed block is cached only when its partition was fetched
+    within it: the others cost no copy and are read from the store if ever asked for."""
+    h.engine.tail_interest_s = 60.0
+
+    async def go() -> None:
+        before, _ = await h.commit([(0, [mk(vals("a", 1))])], feed=True)
+        assert (before.key, before.blocks[0].byte_offset) not in h.cache
+        assert h.engine.ring_skipped == 1
+        await h.engine.fetch(request(h, 1))  # partition 0 is read at its tail now
+        segment, _ = await h.commit([(0, [mk(vals("b", 2))]), (1, [mk(vals("x", 3))])], feed=True)
+        cached = [(segment.key, b.byte_offset) in h.cache for b in segment.blocks]
+        assert cached == [True, False]
+        gets = len(h.range_gets)
+        _resp, payload = await h.engine.fetch(request(h, 1))
+        assert kafka_batches(payload) == [(1, vals("b", 2))]
+        assert len(h.range_gets) == gets  # served from the cache
+        _resp, payload = await h.engine.fetch(request(h, 0, partition=1))
+        assert kafka_batches(payload) == [(0, vals("x", 3))]
+        assert len(h.range_gets) == gets + 1  # the uncached partition: one GET
+
+    asyncio.run(go())
+
+
+def test_tail_interest_lapses(h: Harness) -> None:
+    h.engine.tail_interest_s = 60.0
+
+    async def go() -> None:
+        await h.engine.fetch(request(h, 0))
+        h.engine._interest[(h.topic_id, 0)] -= 61.0  # last fetched a minute ago
+        h.engine._interest_pruned = 0.0
+        segment, _ = await h.commit([(0, [mk(vals("a", 1))])], feed=True)
+        assert (segment.key, segment.blocks[0].byte_offset) not in h.cache
+        assert h.engine._interest == {}
+
+    asyncio.run(go())
+
+
+def test_a_lent_segment_is_copied_block_by_block(h: Harness) -> None:
+    """A segment lent by the ring (a view valid only during the call) leaves copies in the
+    cache, never views of the ring, even for a block that is the whole object."""
+
+    async def go() -> None:
+        segment, obj = await h.commit([(0, [mk(vals("a", 50))])], put=False)
+        lent = memoryview(bytearray(obj))
+        h.engine.on_committed(segment, lent, lent=True)
+        lent[:] = b"\0" * len(lent)  # the ring reuses the space
+        _resp, payload = await h.engine.fetch(request(h, 0))
+        assert kafka_batches(payload) == [(0, vals("a", 50))]
         assert h.range_gets == []
 
     asyncio.run(go())

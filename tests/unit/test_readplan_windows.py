@@ -91,6 +91,17 @@ def test_split_of_a_whole_object_finds_exactly_its_blocks() -> None:
         assert found[e.offset] == obj[e.offset : e.offset + e.length]
 
 
+def test_split_keeps_a_large_block_as_a_view_and_copies_small_ones() -> None:
+    """A block of at least half the window's bytes is a view of them (no copy); smaller ones
+    are copies, which do not keep the window alive."""
+    obj, entries = segment([(0, [mk_random("big-", 200, 200)]), (1, [mk("s-", 3)])])
+    found = split_blocks(obj, Window(0, MiB, HEADER_SIZE))
+    big, small = found[entries[0].offset], found[entries[1].offset]
+    assert isinstance(big, memoryview) and big.obj is obj
+    assert type(small) is bytes
+    assert big == obj[entries[0].offset : entries[0].offset + entries[0].length]
+
+
 def test_split_of_a_cut_window_keeps_only_whole_blocks() -> None:
     obj, entries = segment([(p, [mk(f"p{p}-", 20)]) for p in range(4)])
     cut = entries[2].offset + entries[2].length - 1  # the third block lacks its last byte

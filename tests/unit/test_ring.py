@@ -692,3 +692,67 @@ def test_async_for_yields_every_frame_in_order_and_waits_when_empty(
         assert got == [(f"h{i}".encode(), b"p" * (i % 50)) for i in range(300)]
 
     run(loop_factory, go())
+
+
+# ----------------------------------------------------------------------------- take_frames
+
+
+def test_take_frames_lends_views_of_every_frame_across_wraps(ring: RingFixture) -> None:
+    """take_frames sees the same frames as read_frames, in order, across many laps; the
+    callback keeps only a copy of part of each payload."""
+    writer, reader = ring.writer(), ring.reader()
+    rnd = random.Random(7)
+    expected: deque[tuple[bytes, bytes]] = deque()
+    seq = received = 0
+
+    def take(header: memoryview, payload: memoryview) -> tuple[bytes, bytes]:
+        assert isinstance(header, memoryview) and isinstance(payload, memoryview)
+        return bytes(header), bytes(payload[:5])
+
+    while received < 3000:
+        for _ in range(rnd.randint(1, 12)):
+            header = seq.to_bytes(4, "little") * rnd.randint(1, 6)
+            payload = rnd.randbytes(rnd.choice([0, 3, 9, rnd.randint(0, 1500)]))
+            if not writer.try_write(header, payload):
+                break
+            expected.append((header, payload))
+            seq += 1
+        for got in reader.take_frames(take, max_frames=rnd.randint(1, 8)):
+            header, payload = expected.popleft()
+            assert got == (header, payload[:5])
+            received += 1
+    assert writer._head > 20 * CAP
+    assert reader.take_frames(take) == [] or expected
+
+
+def test_take_frames_views_die_with_the_call_and_the_space_is_released(
+    ring: RingFixture,
+) -> None:
+    writer, reader = ring.writer(), ring.reader()
+    payload = b"p" * 48
+    while writer.try_write(b"h" * 8, payload):
+        pass
+    kept: list[memoryview] = []
+    got = reader.take_frames(lambda h, p: kept.append(p) or len(p), max_frames=2)
+    assert got == [48, 48]
+    with pytest.raises(ValueError):
+        bytes(kept[0])  # released: a view cannot outlive the call
+    assert writer.try_write(b"h" * 8, payload)  # the two frames' space is free again
+
+
+def test_take_frames_consumes_the_frame_whose_callback_failed(ring: RingFixture) -> None:
+    """A callback that raises consumes the frames before it and the failing one; the next
+    call starts after them."""
+    writer, reader = ring.writer(), ring.reader()
+    for n in range(4):
+        assert writer.try_write(n.to_bytes(8, "little"), b"x")
+
+    def take(header: memoryview, _payload: memoryview) -> int:
+        n = int.from_bytes(header, "little")
+        if n == 1:
+            raise RuntimeError("bad frame")
+        return n
+
+    with pytest.raises(RuntimeError, match="bad frame"):
+        reader.take_frames(take)
+    assert reader.take_frames(take) == [2, 3]

@@ -330,3 +330,23 @@ def test_writer_validates_input_and_lifecycle():
         w.add_block(1, 0, [b"x"], 1, 1, 0, 0)
     with pytest.raises(RuntimeError):
         w.finish()
+
+
+def test_decode_block_view_and_verified_options() -> None:
+    """``view``: a raw block's records come back as a view of the block (an LZ4 block is
+    decompressed as always); ``verified``: the checksum is not computed again, so a flipped
+    byte passes only when the caller says it checked these bytes already."""
+    obj, entries, raws = small_segment()
+    for entry, raw in zip(entries, raws, strict=True):
+        block = block_of(obj, entry)
+        out = decode_block(block, entry, view=True)
+        assert out == raw
+        assert isinstance(out, memoryview) == (codec_of(obj, entry) == 0)
+        if isinstance(out, memoryview):
+            assert out.obj is block
+    raw_entry = next(e for e in entries if codec_of(obj, e) == 0)
+    flipped = bytearray(block_of(obj, raw_entry))
+    flipped[-1] ^= 0xFF
+    with pytest.raises(SegmentCorruptError, match="checksum"):
+        decode_block(bytes(flipped), raw_entry)
+    assert decode_block(bytes(flipped), raw_entry, verified=True)[-1] == flipped[-1]
