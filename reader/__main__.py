@@ -131,6 +131,8 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
         while True:
             if not committed.take_frames(take_one_committed):
                 await committed.wait_readable()
+            else:
+                await asyncio.sleep(0)  # fetches run between batches of frames
 
     tasks = [
         spawn(take_requests(), "fetch-request intake"),

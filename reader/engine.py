@@ -37,7 +37,8 @@ Rules:
   (``AbortedRanges``); when that list reaches its cap, the read stops at the last listed
   transaction's first offset, the end of what the list covers.
 - Commits wake long-polls from two sources. This agent's uploader hands each committed
-  segment over the committed ring (`on_committed`: its blocks go straight into the cache).
+  segment over the committed ring (`on_committed`: the blocks of partitions fetched within
+  `tail_interest_s`, or waited on now, go straight into the cache; the others are skipped).
   With a PostgreSQL metadata store, `metadata.commit_feed.CommitFeed` also delivers every
   agent's commits (`on_notice`): for each announced block of a partition that has waiters
   the block is loaded first (one range GET, shared with every fetch that then asks for it
@@ -135,7 +136,7 @@ class ReadEngine:
         self.prefetch = prefetch
         self.window_bytes = window_bytes
         # The window GET in flight per object: its verified blocks by byte offset.
-        self._windows: dict[str, asyncio.Future[dict[int, bytes]]] = {}
+        self._windows: dict[str, asyncio.Future[dict[int, bytes | memoryview]]] = {}
         # Blocks a window cached ahead of any fetch, not read yet (their stored bytes): the
         # first read of one counts as cold (it prefetches), so a catch-up keeps its next
         # objects loading. While they and the windows in flight (each counted at the recent
@@ -183,6 +184,8 @@ class ReadEngine:
         self._ring_writer: str | None = None
         self._ring_sequence = -1
         self._ring_waits: dict[str, asyncio.Future[None]] = {}
+        # Segments whose wait ran out (the frame was lost or skipped): read, never waited for.
+        self._ring_given_up: OrderedDict[str, None] = OrderedDict()
         #: Cold blocks that waited for the committed ring: found there, or GET after all.
         self.ring_waited = 0
         self.ring_missed = 0
@@ -211,7 +214,8 @@ class ReadEngine:
         for b in segment.blocks:
             key = (segment.key, b.byte_offset)
             tp = (b.topic_id, b.partition)
-            if interested is None or tp in interested or key in self._arrivals:
+            wanted = tp in self._waiters or key in self._arrivals  # long-polls count too
+            if interested is None or tp in interested or wanted:
                 block = view[b.byte_offset : b.byte_offset + b.byte_length]
                 # A block of at least half the object is cached as a view of it (no copy; the
                 # cache then holds at most twice the bytes it counts); a smaller one, or any
@@ -263,7 +267,7 @@ class ReadEngine:
     def _on_its_way(self, key: str) -> bool:
         """True for a segment of this agent's uploader that the committed ring has not
         delivered yet: committed (a fetch found it in the metadata), its frame follows."""
-        if self._ring_writer is None or self.ring_grace_s <= 0:
+        if self._ring_writer is None or self.ring_grace_s <= 0 or key in self._ring_given_up:
             return False
         parsed = segment_keys.parse(key)
         return (
@@ -273,17 +277,19 @@ class ReadEngine:
         )
 
     async def _from_ring(self, key: BlockKey) -> bytes | None:
-        """Waits up to `ring_grace_s` for the committed ring to deliver the block's segment;
-        the block from the cache, or None (it did not come, or did not fit the cache)."""
+        """Waits for the committed ring to deliver the block's segment, at most `ring_grace_s`
+        after the segment's first wait began; the block from the cache, or None (it did not
+        come, or did not fit the cache). A segment whose wait ran out is given up: every
+        fetch waiting on it goes on to its GET at once, and none waits for it again."""
         obj = key[0]
         arrival = self._ring_waits.get(obj)
         if arrival is None:
             arrival = self._ring_waits[obj] = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(arrival), self.ring_grace_s)
-        except TimeoutError:
-            if self._ring_waits.get(obj) is arrival:
-                del self._ring_waits[obj]
+            timer = asyncio.get_running_loop().call_later(
+                self.ring_grace_s, self._give_up_ring_wait, obj, arrival
+            )
+            arrival.add_done_callback(lambda _f: timer.cancel())
+        await asyncio.shield(arrival)
         data = self.cache.get(key)
         if data is None:
             self.ring_missed += 1
@@ -291,6 +297,13 @@ class ReadEngine:
         else:
             self.ring_waited += 1
         return data
+
+    def _give_up_ring_wait(self, obj: str, arrival: asyncio.Future[None]) -> None:
+        if self._ring_waits.get(obj) is arrival:
+            del self._ring_waits[obj]
+        _remember(self._ring_given_up, obj, None)
+        if not arrival.done():
+            arrival.set_result(None)
 
     def on_notice(self, notice: CommitNotice) -> None:
         """A segment committed by any agent (commit feed): loads its blocks that fetches wait
@@ -387,7 +400,7 @@ class ReadEngine:
         if self.window_bytes <= 0:
             return await self._fetch_block(key, length)
         obj, offset = key
-        awaited: set[asyncio.Future[dict[int, bytes]]] = set()
+        awaited: set[asyncio.Future[dict[int, bytes | memoryview]]] = set()
         while (pending := self._windows.get(obj)) is not None and pending not in awaited:
             awaited.add(pending)
             try:
@@ -420,7 +433,7 @@ class ReadEngine:
 
     async def _get_window(
         self, obj: str, window: readplan.Window, estimate: int
-    ) -> dict[int, bytes]:
+    ) -> dict[int, bytes | memoryview]:
         """One window GET: its verified blocks, each also cached (encoded) unless cached.
         `estimate` is what it was counted in flight for."""
         try:
@@ -448,7 +461,7 @@ class ReadEngine:
             self._ahead_bytes -= size
             self.window_wasted += 1
 
-    def _decode_into_cache(self, key: BlockKey, encoded: bytes) -> bytes:
+    def _decode_into_cache(self, key: BlockKey, encoded: bytes | memoryview) -> bytes:
         # `encoded` is a block split_blocks verified; a raw one is kept as a view of it.
         data = decode_block(encoded, verified=True, view=True)
         self.cache.put_decoded(key, data)
@@ -913,7 +926,9 @@ def _remember(memory: OrderedDict[Any, Any], key: Any, value: Any) -> None:
 
 
 def _forget_window(
-    windows: dict[str, asyncio.Future[dict[int, bytes]]], obj: str, done: asyncio.Future[Any]
+    windows: dict[str, asyncio.Future[dict[int, bytes | memoryview]]],
+    obj: str,
+    done: asyncio.Future[Any],
 ) -> None:
     if windows.get(obj) is done:
         del windows[obj]

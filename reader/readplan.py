@@ -68,12 +68,12 @@ def window_for(offset: int, length: int, window_bytes: int) -> Window:
     return Window(offset, max(length, window_bytes), offset)
 
 
-def split_blocks(data: bytes | memoryview, window: Window) -> dict[int, bytes]:
+def split_blocks(data: bytes | memoryview, window: Window) -> dict[int, bytes | memoryview]:
     """The verified whole blocks of ``data`` (the bytes a GET of ``window`` returned), keyed by
     their byte offset in the object; each value is the block as stored, header included."""
     view = memoryview(data)
     end = len(view)
-    found: dict[int, bytes] = {}
+    found: dict[int, bytes | memoryview] = {}
     pos = window.first_block - window.start
     if window.start == 0 and bytes(view[:4]) != _MAGIC:
         return found  # not a segment object: take nothing from it
@@ -92,6 +92,6 @@ def split_blocks(data: bytes | memoryview, window: Window) -> dict[int, bytes]:
         # then holds at most twice what it counts); a smaller one is copied, so that it does
         # not keep a large window alive.
         block = view[pos:stop]
-        found[window.start + pos] = block if 2 * (stop - pos) >= end else bytes(block)  # type: ignore[assignment]
+        found[window.start + pos] = block if 2 * (stop - pos) >= end else bytes(block)
         pos = stop
     return found

@@ -7,7 +7,8 @@ and a data area, plus two doorbell FIFOs in ``run_dir`` (see ``streamhouse.doorb
 writer waits when the ring is full). Nobody polls or sleeps on the hot path.
 
 A frame is an opaque ``header`` (the caller msgspec-encodes it) followed by a raw ``payload``
-(may be empty, may be many MiB). The reader gets ``(header, payload)`` back as ``bytes``.
+(may be empty, may be many MiB). The reader gets ``(header, payload)`` back as ``bytes``, or
+lent as views into the ring for the length of a callback (``take_frames``).
 
 Ring header (little-endian; head and tail each sit on their own 128-byte block so the two
 processes never write to the same cache line or adjacent-line prefetch pair)::

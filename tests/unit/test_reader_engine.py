@@ -1056,3 +1056,47 @@ def test_a_lent_segment_is_copied_block_by_block(h: Harness) -> None:
         assert h.range_gets == []
 
     asyncio.run(go())
+
+
+def test_a_segment_whose_ring_wait_ran_out_is_never_waited_for_again(h: Harness) -> None:
+    """One grace per segment, counted from its first wait: fetches that joined the wait late
+    go on with the first, and a later cold block of the same segment is read at once."""
+    keys = SegmentKeys()
+    h.engine.ring_grace_s = 0.02
+
+    async def go() -> None:
+        await h.commit([(2, [mk(vals("z", 1))])], put=False, feed=True, key=keys.new_key())
+        lost, _ = await h.commit(
+            [(0, [mk(vals("a", 2))]), (1, [mk(vals("b", 3))])], key=keys.new_key()
+        )
+        first = asyncio.ensure_future(h.engine.fetch(request(h, 0)))
+        second = asyncio.ensure_future(h.engine.fetch(request(h, 1)))
+        (_r0, p0), (_r1, p1) = await asyncio.wait_for(asyncio.gather(first, second), 30)
+        assert kafka_batches(p0) == [(0, vals("a", 2))]
+        assert kafka_batches(p1) == [(0, vals("a", 2))]  # a fetch inside a batch: all of it
+        assert lost.key in h.engine._ring_given_up
+        assert h.engine._ring_waits == {}
+        missed = h.engine.ring_missed
+        _resp, payload = await asyncio.wait_for(h.engine.fetch(request(h, 0, partition=1)), 30)
+        assert kafka_batches(payload) == [(0, vals("b", 3))]
+        assert h.engine.ring_missed == missed  # read at once: no second wait
+
+    asyncio.run(go())
+
+
+def test_a_long_poll_keeps_its_partition_cached_past_the_interest(h: Harness) -> None:
+    """A fetch waiting at the tail longer than the interest still gets its partition's new
+    blocks from the cache."""
+    h.engine.tail_interest_s = 60.0
+
+    async def go() -> None:
+        task = asyncio.ensure_future(h.engine.fetch(request(h, 0, max_wait_ms=60_000)))
+        await eventually(lambda: h.engine.waiting == 1)
+        h.engine._interest[(h.topic_id, 0)] -= 61.0
+        h.engine._interest_pruned = 0.0
+        segment, _ = await h.commit([(0, [mk(vals("a", 2))])], put=False, feed=True)
+        _resp, payload = await asyncio.wait_for(task, 30)
+        assert kafka_batches(payload) == [(0, vals("a", 2))]
+        assert h.range_gets == []
+
+    asyncio.run(go())
