@@ -21,6 +21,13 @@ from streamhouse.segment import decode_block
 BlockKey = tuple[str, int]
 
 
+def keepable(block: memoryview, container_bytes: int) -> bytes | memoryview:
+    """`block`, a view of a larger buffer of `container_bytes`, as the cache should keep it:
+    the view itself when it is at least half of that buffer (no copy; the cache then holds
+    at most twice the bytes it counts), else a copy that does not keep the buffer alive."""
+    return block if 2 * len(block) >= container_bytes else bytes(block)
+
+
 class BlockCache:
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes

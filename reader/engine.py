@@ -59,9 +59,10 @@ Rules:
   their writer and sequence (`streamhouse/segment_keys.py`); a cold block of a segment of
   the writer the ring delivers, with a sequence above the last one delivered, is on its way:
   it waits up to `ring_grace_s` for the ring (one future per segment, shared by every fetch)
-  before its GET. A frame of a later sequence releases the earlier waits at once (those
-  segments were not delivered: the ring was full), so a block waits at most that grace, and
-  only when a frame is really missing.
+  before its GET, counted from the segment's first wait. A frame of a later sequence
+  releases the earlier waits at once (those segments were not delivered: the ring was
+  full), and a segment whose wait ran out is never waited for again, so a segment costs at
+  most one grace, and only when its frame is really missing.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ from metadata.commit_feed import CommitNotice
 from metadata.store import MAX_ABORTED_LISTED
 from metadata.transactions import AbortedRanges
 from reader import readplan
-from reader.cache import BlockCache, BlockKey
+from reader.cache import BlockCache, BlockKey, keepable
 from streamhouse import objectstore, segment_keys
 from streamhouse.errors import RING_OK, ErrorCode, RingError
 from streamhouse.frames import (
@@ -214,14 +215,16 @@ class ReadEngine:
         for b in segment.blocks:
             key = (segment.key, b.byte_offset)
             tp = (b.topic_id, b.partition)
-            wanted = tp in self._waiters or key in self._arrivals  # long-polls count too
-            if interested is None or tp in interested or wanted:
+            # Long-polls and awaited notices count as interest too.
+            if (
+                interested is None
+                or tp in interested
+                or tp in self._waiters
+                or key in self._arrivals
+            ):
                 block = view[b.byte_offset : b.byte_offset + b.byte_length]
-                # A block of at least half the object is cached as a view of it (no copy; the
-                # cache then holds at most twice the bytes it counts); a smaller one, or any
-                # block of a lent object, is copied.
-                whole = not lent and 2 * b.byte_length >= len(view)
-                self.cache.put_encoded(key, block if whole else bytes(block))
+                # A lent object's blocks are always copied (the ring reuses its space).
+                self.cache.put_encoded(key, bytes(block) if lent else keepable(block, len(view)))
             else:
                 self.ring_skipped += 1
             arrival = self._arrivals.pop(key, None)

@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 import xxhash
 
+from reader.cache import keepable
 from streamhouse.segment import BLOCK_HEADER_SIZE, HEADER_SIZE
 
 __all__ = ["Window", "split_blocks", "window_for"]
@@ -88,10 +89,6 @@ def split_blocks(data: bytes | memoryview, window: Window) -> dict[int, bytes | 
             or xxhash.xxh3_64_intdigest(view[pos + BLOCK_HEADER_SIZE : stop]) != checksum
         ):
             break
-        # A block of at least half the bytes is kept as a view of them (no copy; the cache
-        # then holds at most twice what it counts); a smaller one is copied, so that it does
-        # not keep a large window alive.
-        block = view[pos:stop]
-        found[window.start + pos] = block if 2 * (stop - pos) >= end else bytes(block)
+        found[window.start + pos] = keepable(view[pos:stop], end)
         pos = stop
     return found

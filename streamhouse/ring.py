@@ -609,9 +609,8 @@ class RingReader(_RingEnd):
         is readable). No copy is made: ``take`` copies what it keeps. The views are valid
         only during its call and released after it (the view itself then raises ValueError
         when used; a slice of it is not caught, so never keep one): the writer may reuse
-        the space at once. If ``take``
-        raises, the frames before the failing one and that one are consumed and the
-        exception propagates."""
+        the space at once. If ``take`` raises, the frames before the failing one and that
+        one are consumed and the exception propagates."""
         spans, tail = self._scan(max_frames)
         if not spans:
             self._release(tail)  # a wrap marker alone is consumed too
