@@ -440,12 +440,15 @@ def test_a_small_segment_ms_bounds_what_compaction_and_retention_keep(
         finally:
             producer.close()
         assert deliveries.failed == [], deliveries.failed
-        assert len(stored(stack)) == len(flushes)
+        # One object per flush; a flush the client sent as two requests (its linger ran out
+        # mid-flush on a loaded machine) may be two.
+        objects = len(stored(stack))
+        assert objects >= len(flushes)
 
         # Compaction (retention drops nothing at this clock: the records are 30 min old).
         report = run_pass(stack, old_enough())
         c = report["compaction"]
-        assert c["objects_replaced"] == len(flushes) and c["objects_written"] == 1, report
+        assert c["objects_replaced"] == objects and c["objects_written"] == 1, report
         assert c["blocks_written"] == len(kafka.segments), report
 
         meta = open_store(stack.settings.metadata_target)
