@@ -117,6 +117,59 @@ def test_range_past_the_end_of_a_truncated_object_is_an_error(tmp_path: pathlib.
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "refused_o_direct"])
+def test_window_reads_return_exactly_the_bytes_asked_at_any_alignment(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    store = open_local(tmp_path)
+    data = os.urandom(3 * objectstore.DIRECT_ALIGN + 123)
+    opened_direct: list[bool] = []
+    real_open = os.open
+
+    def recording_open(path: object, flags: int, *args: object) -> int:
+        if str(path).endswith("w.seg"):
+            opened_direct.append(bool(flags & os.O_DIRECT))
+            if flags & os.O_DIRECT and not direct:
+                raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    async def go() -> None:
+        await objectstore.put(store, "segments/w.seg", data)
+        monkeypatch.setattr(os, "open", recording_open)
+        size = len(data)
+        for start, length in [(0, size), (1, 10), (4095, 2), (4096, 4096), (5000, 10**6)]:
+            got = await objectstore.get_range_upto(store, "segments/w.seg", start, length)
+            assert bytes(got) == data[start : start + length]
+            assert memoryview(got).readonly
+        with pytest.raises(ObjectTruncatedError, match=f"{size} bytes, it ends before byte"):
+            await objectstore.get_range_upto(store, "segments/w.seg", size, 1)
+
+    asyncio.run(go())
+    # Direct reads are tried until the file system refuses one, then never again.
+    assert opened_direct[0] is True
+    assert all(opened_direct) if direct else not any(opened_direct[1:])
+
+
+def test_a_direct_window_read_of_an_object_that_shrank_is_an_error(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_local(tmp_path)
+    path = store.root / "segments" / "s.seg"
+    real_preadv = os.preadv
+
+    def shrinking_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        os.truncate(path, 5000)  # between the size check and the read
+        return real_preadv(fd, buffers, offset)
+
+    async def go() -> None:
+        await objectstore.put(store, "segments/s.seg", os.urandom(3 * objectstore.DIRECT_ALIGN))
+        monkeypatch.setattr(os, "preadv", shrinking_preadv)
+        with pytest.raises(ObjectTruncatedError, match="gave 904 of 8192 bytes at 4096"):
+            await objectstore.get_range_upto(store, "segments/s.seg", 4096, 10**6)
+
+    asyncio.run(go())
+
+
 def test_failed_put_removes_its_temp_file_and_leaves_no_object(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
