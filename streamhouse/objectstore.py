@@ -66,12 +66,12 @@ range that reaches past the end of the object (a truncated object) raises
 
 Window reads bypass the page cache. `get_range_upto` (the reader's window GETs of up to 16
 MiB, `reader/readplan.py`) opens the object with `O_DIRECT` and reads the range, widened to
-whole 4 KiB pages, into a page-aligned slice of a fresh `bytearray`; it returns a
-read-only `memoryview` of the asked bytes within it. The objects were dropped from the page cache after
-their PUT, so a buffered read would have the kernel fill page-cache pages and then copy them
-out: on this machine 0.3-1.4 system CPU-s per GB, varying by the hour with the kernel's memory
-reclaim, against 0.1 CPU-s per GB (mostly zeroing the buffer) for the direct read. A folder
-whose file system refuses `O_DIRECT` (tmpfs) is read with plain `pread`s from then on.
+whole 4 KiB pages, into a page-aligned slice of a fresh `bytearray`; it returns a read-only
+`memoryview` of the asked bytes within it. The objects were dropped from the page cache
+after their PUT, so a buffered read would have the kernel fill page-cache pages and then copy
+them out: on this machine 0.3-1.4 system CPU-s per GB, varying by the hour with the kernel's
+memory reclaim, against 0.1 CPU-s per GB (mostly zeroing the buffer) for the direct read. A
+folder whose file system refuses `O_DIRECT` is read with plain `pread`s from then on.
 """
 
 from __future__ import annotations

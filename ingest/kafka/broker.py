@@ -253,7 +253,7 @@ class KafkaBroker:
 
         api_txn.start(self)
 
-    def _new_connection(self) -> asyncio.Protocol:
+    def _new_connection(self) -> asyncio.BaseProtocol:
         limit = self.settings.kafka_max_connections
         if len(self.connections) >= limit:
             if self._refused == 0:

@@ -152,7 +152,7 @@ class RequestBytesPool:
         self._waiting.pop(connection, None)
 
 
-class KafkaConnection(asyncio.Protocol):
+class KafkaConnection(asyncio.BufferedProtocol):
     def __init__(
         self,
         dispatch: Callable[[int, int], Handler | None],
@@ -191,7 +191,7 @@ class KafkaConnection(asyncio.Protocol):
         self._write_blocked_since: float | None = None
         self.peer = "?"
 
-    # -- asyncio.Protocol ----------------------------------------------------------------
+    # -- asyncio.BufferedProtocol --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  (uvloop's own class)
@@ -229,7 +229,18 @@ class KafkaConnection(asyncio.Protocol):
         self._write_blocked_since = None
         self._last_activity = asyncio.get_running_loop().time()
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # The socket reads straight into the receiver's memory: a large produce frame into
+        # a buffer of its own (FrameReceiver).
+        return self._receiver.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._last_activity = asyncio.get_running_loop().time()
+        self._receiver.buffer_updated(nbytes)
+        self._take_frames()
+
     def data_received(self, data: bytes) -> None:
+        """Bytes from a transport that does not read into `get_buffer`'s memory."""
         self._last_activity = asyncio.get_running_loop().time()
         self._receiver.feed(data)
         self._take_frames()

@@ -120,13 +120,39 @@ class CorruptRequest(RequestError):
     """The request's bytes do not decode as its header says (truncated, garbage, trailing)."""
 
 
+#: A frame with at least this many bytes still to arrive gets a buffer of its own that the
+#: socket reads into directly (``get_buffer``) ...
+DIRECT_FRAME_MIN_BYTES = 64 * 1024
+#: ... unless it is larger than this: a frame buffer is allocated when the size prefix
+#: arrives, before the bytes it announces, so a client cannot make the broker hold more than
+#: this per connection for bytes it has not sent yet.
+DIRECT_FRAME_MAX_BYTES = 16 * 1024 * 1024
+#: Reads that are not for one large frame go into shared scratch buffers of this size; a new
+#: one is started when less than ``SCRATCH_MIN_ROOM`` is left.
+SCRATCH_BYTES = 64 * 1024
+SCRATCH_MIN_ROOM = 4 * 1024
+
+
 class FrameReceiver:
     """Turns a byte stream into size-prefixed frames.
 
-    Feed it what the socket delivers, then take frames until `next_frame` returns None. A frame
-    that lies within one fed chunk is returned as a memoryview of that chunk (no copy); one
-    split across chunks is assembled once into its own buffer. Chunks must not be modified
-    after they are fed (pass `bytes`, as asyncio's `data_received` does).
+    Bytes come in one of two ways:
+
+    - `feed(data)`: what `asyncio.Protocol.data_received` delivers. A frame that lies within
+      one fed chunk is returned as a memoryview of that chunk (no copy); one split across
+      chunks is assembled once into its own buffer. Chunks must not be modified after they
+      are fed (pass `bytes`, as asyncio's `data_received` does).
+    - `get_buffer()` / `buffer_updated(n)`: `asyncio.BufferedProtocol`, the socket reads
+      straight into memory the receiver hands out. While a frame of at least
+      ``DIRECT_FRAME_MIN_BYTES`` still to come (and at most ``DIRECT_FRAME_MAX_BYTES`` in
+      all) is being received, that memory is the frame's own buffer, exactly as long as what
+      is missing: a large produce request reaches its buffer with the kernel's one copy and
+      none in Python. Other reads fill scratch buffers that are never reused (the frames cut
+      from them may be kept by their handlers), so small requests cost no more than with
+      `feed`. The size prefix is read by `next_frame`, so a frame buffer starts once the
+      caller has asked for the frame.
+
+    Either way, `next_frame` returns each complete frame once, as a memoryview.
     """
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
@@ -134,6 +160,13 @@ class FrameReceiver:
         self._chunks: deque[memoryview] = deque()
         self._buffered = 0
         self._size = -1  # size of the frame being received, -1 until its prefix is read
+        # The frame buffer being read into (get_buffer) and how much of it holds bytes; while
+        # it exists every received byte belongs to it and `_chunks` is empty.
+        self._frame: bytearray | None = None
+        self._frame_filled = 0
+        self._scratch: bytearray | None = None
+        self._scratch_used = 0
+        self._lent = 0  # where the memory get_buffer handed out starts (scratch only)
 
     @property
     def buffered(self) -> int:
@@ -146,8 +179,59 @@ class FrameReceiver:
             view = memoryview(data)
             if view.itemsize != 1 or view.ndim != 1:
                 view = view.cast("B")
+            if self._frame is not None:  # the frame buffer takes what it is missing
+                into = min(len(view), len(self._frame) - self._frame_filled)
+                self._frame[self._frame_filled : self._frame_filled + into] = view[:into]
+                self._frame_filled += into
+                self._buffered += into
+                view = view[into:]
+                if not view:
+                    return
             self._chunks.append(view)
             self._buffered += len(view)
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Writable memory for the next bytes received (``BufferedProtocol.get_buffer``);
+        report how many were written with `buffer_updated` before asking again."""
+        if self._frame is None:
+            missing = self._size - self._buffered
+            if DIRECT_FRAME_MIN_BYTES <= missing and self._size <= DIRECT_FRAME_MAX_BYTES:
+                self._start_frame_buffer()
+        if self._frame is not None:
+            return memoryview(self._frame)[self._frame_filled :]
+        if self._scratch is None or len(self._scratch) - self._scratch_used < SCRATCH_MIN_ROOM:
+            self._scratch = bytearray(SCRATCH_BYTES)
+            self._scratch_used = 0
+        self._lent = self._scratch_used
+        return memoryview(self._scratch)[self._scratch_used :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """`nbytes` were written at the start of the memory `get_buffer` returned last."""
+        if nbytes <= 0:
+            return
+        if self._frame is not None:
+            if nbytes > len(self._frame) - self._frame_filled:
+                raise ValueError(f"{nbytes} bytes written into a smaller buffer")
+            self._frame_filled += nbytes
+            self._buffered += nbytes
+            return
+        assert self._scratch is not None, "buffer_updated without get_buffer"
+        start = self._lent
+        if start != self._scratch_used or start + nbytes > len(self._scratch):
+            raise ValueError(f"{nbytes} bytes written into a smaller or older buffer")
+        self._scratch_used = start + nbytes
+        self._chunks.append(memoryview(self._scratch)[start : start + nbytes])
+        self._buffered += nbytes
+
+    def _start_frame_buffer(self) -> None:
+        """Moves what arrived of the current frame into a buffer of its whole size."""
+        frame = bytearray(self._size)
+        filled = 0
+        for chunk in self._chunks:
+            frame[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        self._chunks.clear()
+        self._frame, self._frame_filled = frame, filled
 
     def next_frame(self) -> memoryview | None:
         """The next complete frame's payload (size prefix removed), or None if incomplete.
@@ -169,7 +253,12 @@ class FrameReceiver:
             self._size = size
         if self._buffered < self._size:
             return None
-        frame = self._take(self._size)
+        if self._frame is not None:
+            frame = memoryview(self._frame)
+            self._frame = None
+            self._buffered -= self._size
+        else:
+            frame = self._take(self._size)
         self._size = -1
         return frame
 

@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from streamhouse.kafka import generate, messages
 from streamhouse.kafka.framing import (
     DECODE_ERRORS,
+    DIRECT_FRAME_MIN_BYTES,
     FrameReceiver,
     InvalidFrame,
     KafkaProtocolError,
@@ -381,6 +382,36 @@ def test_receiver_returns_exactly_the_frames_sent(data: st.DataObject, payloads:
         while (frame := receiver.next_frame()) is not None:
             got.append(bytes(frame))
         assert receiver.buffered <= 300 + 4
+    assert got == payloads
+    assert receiver.buffered == 0
+
+
+@examples(200)
+@given(
+    data=st.data(),
+    sizes=st.lists(st.integers(0, 3 * DIRECT_FRAME_MIN_BYTES), max_size=5),
+)
+def test_receiver_reading_into_its_own_memory_returns_exactly_the_frames_sent(
+    data: st.DataObject, sizes: list[int]
+) -> None:
+    """The BufferedProtocol path: the socket writes any number of bytes up to the room of
+    each buffer handed out; frames large and small come out exactly as sent."""
+    pattern = bytes(range(256)) * (3 * DIRECT_FRAME_MIN_BYTES // 256 + 2)
+    payloads = [pattern[i : i + n] for i, n in enumerate(sizes)]
+    stream = frames_of(payloads)
+    receiver = FrameReceiver(max_frame_size=3 * DIRECT_FRAME_MIN_BYTES)
+    got: list[bytes] = []
+    sent = 0
+    while sent < len(stream):
+        room = receiver.get_buffer(-1)
+        assert len(room) > 0 and not room.readonly
+        n = min(data.draw(st.integers(1, len(room))), len(stream) - sent)
+        room[:n] = stream[sent : sent + n]
+        sent += n
+        receiver.buffer_updated(n)
+        while (frame := receiver.next_frame()) is not None:
+            got.append(bytes(frame))
+        assert receiver.buffered <= 3 * DIRECT_FRAME_MIN_BYTES + 4
     assert got == payloads
     assert receiver.buffered == 0
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from streamhouse import kafka
-from streamhouse.kafka import messages
+from streamhouse.kafka import framing, messages
 from streamhouse.kafka.framing import (
     CorruptRequest,
     FrameReceiver,
@@ -49,6 +49,76 @@ def metadata_request(correlation_id: int = 77, version: int = 9) -> bytes:
 
 
 # ------------------------------------------------------------------------------ FrameReceiver
+
+
+def write(receiver: FrameReceiver, data: bytes) -> memoryview:
+    """Writes `data` (no more than the room offered) where get_buffer says; returns the room."""
+    room = receiver.get_buffer(-1)
+    room[: len(data)] = data
+    receiver.buffer_updated(len(data))
+    return room
+
+
+def test_a_large_frame_is_read_straight_into_its_own_buffer() -> None:
+    payload = bytes(range(256)) * 1024  # 256 KiB
+    stream = frame(payload)
+    receiver = FrameReceiver()
+    write(receiver, stream[:1000])  # prefix and the first bytes land in scratch memory
+    assert receiver.next_frame() is None  # reads the size prefix
+    # From now on the socket gets exactly the frame's missing bytes, in the frame itself.
+    room = receiver.get_buffer(-1)
+    assert len(room) == len(stream) - 1000
+    write(receiver, stream[1000:5000])
+    assert receiver.next_frame() is None
+    rest = write(receiver, stream[5000:])
+    got = receiver.next_frame()
+    assert got is not None and bytes(got) == payload
+    assert got.obj is rest.obj  # the frame is the memory the socket wrote into
+    assert receiver.buffered == 0 and receiver.next_frame() is None
+
+
+def test_frames_too_large_for_a_buffer_of_their_own_still_arrive_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(framing, "DIRECT_FRAME_MAX_BYTES", 100_000)
+    payload = b"z" * 150_000
+    stream = frame(payload) + frame(b"small")
+    receiver = FrameReceiver()
+    sent = 0
+    rooms: list[int] = []
+    got: list[bytes] = []
+    while sent < len(stream):
+        room = receiver.get_buffer(-1)
+        rooms.append(len(room))
+        n = min(len(room), len(stream) - sent)
+        room[:n] = stream[sent : sent + n]
+        receiver.buffer_updated(n)
+        sent += n
+        got += drain(receiver)  # the size prefix is read as soon as it is there
+    assert max(rooms) <= framing.SCRATCH_BYTES  # never a buffer of the announced size
+    assert got == [payload, b"small"]
+
+
+def test_writing_more_than_the_room_offered_is_refused() -> None:
+    receiver = FrameReceiver()
+    room = receiver.get_buffer(-1)
+    with pytest.raises(ValueError, match="smaller or older buffer"):
+        receiver.buffer_updated(len(room) + 1)
+    write(receiver, frame(b"x" * 70_000)[:10])
+    receiver.next_frame()
+    room = receiver.get_buffer(-1)
+    with pytest.raises(ValueError, match="smaller buffer"):
+        receiver.buffer_updated(len(room) + 1)
+
+
+def test_fed_bytes_complete_a_frame_buffer_started_by_get_buffer() -> None:
+    payload = b"q" * 100_000
+    receiver = FrameReceiver()
+    write(receiver, frame(payload)[:100])
+    receiver.next_frame()
+    receiver.get_buffer(-1)  # starts the frame buffer
+    receiver.feed(frame(payload)[100:] + frame(b"next"))
+    assert drain(receiver) == [payload, b"next"]
 
 
 def test_partial_frames_byte_by_byte() -> None:
