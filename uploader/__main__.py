@@ -76,12 +76,25 @@ MAX_ACK_FRAME_BYTES = 1024 * 1024
 SEGMENT_KEYS = SegmentKeys()
 
 
+#: A sealed segment's bytes: a page-aligned copy out of the sealed ring
+#: (objectstore.page_aligned_copy), or plain bytes (tests).
+SegmentBytes = bytes | memoryview
+
+#: Sealed frames taken out of the ring at a time.
+RECEIVE_BATCH = 64
+
+
+def _copy_sealed(header: memoryview, payload: memoryview) -> tuple[bytes, memoryview]:
+    """A sealed frame out of the ring: its header, and its segment as a page-aligned copy."""
+    return bytes(header), objectstore.page_aligned_copy(payload)
+
+
 def new_segment_key() -> str:
     """Object key of a new segment: time-ordered, unique, and free of user-supplied text."""
     return SEGMENT_KEYS.new_key()
 
 
-async def put_with_retries(store: object, key: str, obj: bytes, settings: Settings) -> bool:
+async def put_with_retries(store: object, key: str, obj: SegmentBytes, settings: Settings) -> bool:
     """PUTs `obj`, retrying with exponential backoff; False when every attempt failed."""
     delay = 0.1
     for attempt in range(1, settings.upload_attempts + 1):
@@ -101,7 +114,7 @@ async def put_with_retries(store: object, key: str, obj: bytes, settings: Settin
     return False
 
 
-def commit_blocks(sealed: SealedSegment, obj: bytes) -> list[CommitBlock]:
+def commit_blocks(sealed: SealedSegment, obj: SegmentBytes) -> list[CommitBlock]:
     """The metadata commit request for a sealed segment (batches grouped by block); each
     block's raw length (its batches' bytes, which retention.bytes counts) is read from its
     block header in the object ``obj`` (streamhouse.segment: u32 ``raw_length`` at byte 4)."""
@@ -211,11 +224,11 @@ class Uploader:
         self._received: tuple[int, int] | None = None  # last segment taken (epoch, sequence)
         self._committing: list[SealedSegment] = []  # taken off in_order, not yet acked
         self.slots = asyncio.Semaphore(settings.upload_concurrency)
-        self.in_order: deque[tuple[SealedSegment, bytes, str, asyncio.Task[bool]]] = deque()
+        self.in_order: deque[tuple[SealedSegment, SegmentBytes, str, asyncio.Task[bool]]] = deque()
         self.work = asyncio.Event()
         self._decode = decoder_for(SealedSegment).decode
 
-    async def upload(self, key: str, obj: bytes) -> bool:
+    async def upload(self, key: str, obj: SegmentBytes) -> bool:
         async with self.slots:
             started = time.perf_counter()
             stored = await put_with_retries(self.store, key, obj, self.settings)
@@ -225,23 +238,30 @@ class Uploader:
 
     async def receive(self, stop: asyncio.Event) -> None:
         """Starts an upload for every sealed segment, queued in seal order."""
-        async for header, obj in self.sealed:
-            sealed = await self.take(header, obj)
-            if sealed is None:
-                self._report_progress()  # a refused segment is done
+        while True:
+            # Each segment is copied out of the ring once, into page-aligned memory that a
+            # local-folder PUT writes to disk without the page cache (objectstore).
+            frames = self.sealed.take_frames(_copy_sealed, RECEIVE_BATCH)
+            if not frames:
+                await self.sealed.wait_readable()
                 continue
-            key = new_segment_key()
-            # Bound the work in flight: wait for an upload slot before taking more.
-            while len(self.in_order) >= 4 * self.settings.upload_concurrency:
-                await self._drained()
-            task = asyncio.ensure_future(self.upload(key, obj))
-            self.in_order.append((sealed, obj, key, task))
-            task.add_done_callback(self._report_progress)
-            self.work.set()
-            if stop.is_set():
-                return
+            for header, obj in frames:
+                sealed = await self.take(header, obj)
+                if sealed is None:
+                    self._report_progress()  # a refused segment is done
+                    continue
+                key = new_segment_key()
+                # Bound the work in flight: wait for an upload slot before taking more.
+                while len(self.in_order) >= 4 * self.settings.upload_concurrency:
+                    await self._drained()
+                task = asyncio.ensure_future(self.upload(key, obj))
+                self.in_order.append((sealed, obj, key, task))
+                task.add_done_callback(self._report_progress)
+                self.work.set()
+                if stop.is_set():
+                    return
 
-    async def take(self, header: bytes, obj: bytes) -> SealedSegment | None:
+    async def take(self, header: bytes, obj: SegmentBytes) -> SealedSegment | None:
         """The sealed segment to upload, or None after answering a refused or bad frame."""
         try:
             sealed = self._decode(header)
@@ -323,15 +343,15 @@ class Uploader:
             self._committing.clear()
             self._report_progress()
 
-    def _time_left(self, group: list[tuple[SealedSegment, bytes, str]]) -> float:
+    def _time_left(self, group: list[tuple[SealedSegment, SegmentBytes, str]]) -> float:
         """Seconds left to commit the group: to the earliest deadline of its batches, at most
         the produce timeout (a request id of another format cannot stretch it)."""
         deadline = min(segment_deadline(sealed) for sealed, _, _ in group)
         return min(deadline - time.monotonic(), self.settings.produce_timeout_ms / 1000)
 
     async def _in_time(
-        self, group: list[tuple[SealedSegment, bytes, str]]
-    ) -> list[tuple[SealedSegment, bytes, str]]:
+        self, group: list[tuple[SealedSegment, SegmentBytes, str]]
+    ) -> list[tuple[SealedSegment, SegmentBytes, str]]:
         """The segments of the group that can still be committed; the others (past their
         deadline) are failed as not written and their objects deleted."""
         now = time.monotonic()
@@ -377,7 +397,7 @@ class Uploader:
         except Exception as delete_error:  # the lifecycle job reclaims it later
             log.warning("could not delete uncommitted segment %s: %s", key, delete_error)
 
-    async def commit_group(self, group: list[tuple[SealedSegment, bytes, str]]) -> None:
+    async def commit_group(self, group: list[tuple[SealedSegment, SegmentBytes, str]]) -> None:
         """Commits uploaded segments in one transaction (all or nothing), each as if committed
         alone, then acks them. Segments past their commit deadline are failed, not committed.
         If a transaction of several fails for a reason other than the metadata being
@@ -448,14 +468,14 @@ class Uploader:
             )
         await self.ack(failed_acks(sealed.batches, error))
 
-    async def commit(self, sealed: SealedSegment, obj: bytes, key: str) -> None:
+    async def commit(self, sealed: SealedSegment, obj: SegmentBytes, key: str) -> None:
         """Commits one uploaded segment (:meth:`commit_group` of one)."""
         await self.commit_group([(sealed, obj, key)])
 
     async def _committed(
         self,
         sealed: SealedSegment,
-        obj: bytes,
+        obj: SegmentBytes,
         key: str,
         blocks: list[CommitBlock],
         per_block: list[list[BatchResult]],

@@ -123,10 +123,13 @@ class CorruptRequest(RequestError):
 #: A frame with at least this many bytes still to arrive gets a buffer of its own that the
 #: socket reads into directly (``get_buffer``) ...
 DIRECT_FRAME_MIN_BYTES = 64 * 1024
-#: ... unless it is larger than this: a frame buffer is allocated when the size prefix
-#: arrives, before the bytes it announces, so a client cannot make the broker hold more than
-#: this per connection for bytes it has not sent yet.
+#: ... unless it is larger than this ...
 DIRECT_FRAME_MAX_BYTES = 16 * 1024 * 1024
+#: ... and only once at least this fraction of it has arrived (1/8). A frame buffer is
+#: allocated before the rest of the bytes it is for: this way a client must send an eighth
+#: of what the broker sets aside, never just a size prefix (a 4-byte prefix per connection
+#: must not make the broker allocate 16 MiB on each).
+DIRECT_FRAME_ARRIVED_PART = 8
 #: Reads that are not for one large frame go into shared scratch buffers of this size; a new
 #: one is started when less than ``SCRATCH_MIN_ROOM`` is left.
 SCRATCH_BYTES = 64 * 1024
@@ -144,13 +147,13 @@ class FrameReceiver:
       are fed (pass `bytes`, as asyncio's `data_received` does).
     - `get_buffer()` / `buffer_updated(n)`: `asyncio.BufferedProtocol`, the socket reads
       straight into memory the receiver hands out. While a frame of at least
-      ``DIRECT_FRAME_MIN_BYTES`` still to come (and at most ``DIRECT_FRAME_MAX_BYTES`` in
-      all) is being received, that memory is the frame's own buffer, exactly as long as what
-      is missing: a large produce request reaches its buffer with the kernel's one copy and
-      none in Python. Other reads fill scratch buffers that are never reused (the frames cut
-      from them may be kept by their handlers), so small requests cost no more than with
-      `feed`. The size prefix is read by `next_frame`, so a frame buffer starts once the
-      caller has asked for the frame.
+      ``DIRECT_FRAME_MIN_BYTES`` still to come (at most ``DIRECT_FRAME_MAX_BYTES`` in all, an
+      eighth of it arrived) is being received, that memory is the frame's own buffer, exactly
+      as long as what is missing: most of a large produce request reaches its buffer with
+      the kernel's one copy and none in Python. Other reads fill scratch buffers that are
+      never reused (the frames cut from them may be kept by their handlers), so small
+      requests cost no more than with `feed`. The size prefix is read by `next_frame`, so
+      a frame buffer starts once the caller has asked for the frame.
 
     Either way, `next_frame` returns each complete frame once, as a memoryview.
     """
@@ -194,8 +197,12 @@ class FrameReceiver:
         """Writable memory for the next bytes received (``BufferedProtocol.get_buffer``);
         report how many were written with `buffer_updated` before asking again."""
         if self._frame is None:
-            missing = self._size - self._buffered
-            if DIRECT_FRAME_MIN_BYTES <= missing and self._size <= DIRECT_FRAME_MAX_BYTES:
+            size, arrived = self._size, self._buffered
+            if (
+                DIRECT_FRAME_MIN_BYTES <= size - arrived
+                and size <= DIRECT_FRAME_MAX_BYTES
+                and arrived * DIRECT_FRAME_ARRIVED_PART >= size
+            ):
                 self._start_frame_buffer()
         if self._frame is not None:
             return memoryview(self._frame)[self._frame_filled :]

@@ -170,6 +170,68 @@ def test_a_direct_window_read_of_an_object_that_shrank_is_an_error(
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 3 * 4096 + 5])
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "refused_o_direct"])
+def test_a_page_aligned_copy_is_put_whole_with_or_without_o_direct(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, size: int, direct: bool
+) -> None:
+    store = open_local(tmp_path)
+    data = os.urandom(size)
+    opened: list[int] = []
+    real_open = os.open
+
+    def recording_open(path: object, flags: int, *args: object) -> int:
+        if str(path).endswith(".tmp"):
+            opened.append(flags)
+            if flags & os.O_DIRECT and not direct:
+                raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", recording_open)
+    aligned = objectstore.page_aligned_copy(data)
+    assert bytes(aligned) == data
+    for key in ("segments/a.seg", "segments/b.seg"):
+        asyncio.run(objectstore.put(store, key, aligned))
+        # The object is exactly the bytes: the page padding written with them is cut off.
+        assert (store.root / key).read_bytes() == data
+    # Refused once, the PUT opens the file again without O_DIRECT, and so do later PUTs.
+    expected = [True, True] if direct else [True, False, False]
+    assert [bool(f & os.O_DIRECT) for f in opened] == expected
+    assert not list((store.root / "segments").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"plain bytes", bytearray(b"a bytearray"), memoryview(b"read-only view")],
+    ids=["bytes", "bytearray", "readonly_view"],
+)
+def test_other_bytes_are_put_through_the_page_cache(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, data: bytes
+) -> None:
+    store = open_local(tmp_path)
+    opened: list[int] = []
+    real_open = os.open
+
+    def recording_open(path: object, flags: int, *args: object) -> int:
+        if str(path).endswith(".tmp"):
+            opened.append(flags)
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", recording_open)
+    asyncio.run(objectstore.put(store, "segments/p.seg", data))
+    assert (store.root / "segments" / "p.seg").read_bytes() == bytes(data)
+    assert len(opened) == 1 and not opened[0] & os.O_DIRECT
+
+
+def test_a_slice_of_a_page_aligned_copy_is_not_written_directly(tmp_path: pathlib.Path) -> None:
+    """Only the copy itself lies at a page start with its padding after it."""
+    store = open_local(tmp_path)
+    data = os.urandom(10_000)
+    aligned = objectstore.page_aligned_copy(data)
+    asyncio.run(objectstore.put(store, "segments/s.seg", aligned[1:]))
+    assert (store.root / "segments" / "s.seg").read_bytes() == data[1:]
+
+
 def test_failed_put_removes_its_temp_file_and_leaves_no_object(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
