@@ -4,8 +4,9 @@
 walk of the ingest edge's batch validation, ``streamhouse/_keycompact.c``, the key map
 and record filter of key compaction, ``sql/_arrowdecode.c``, the record walk of the SQL
 scan into Arrow buffers, ``streamhouse/_recordwire.c``, the rendering of stored batches as
-gRPC ConsumeResponse records, and ``ingest/_grpcproduce.c``, gRPC ProduceBatch request bytes
-transcoded into Kafka record batches.
+gRPC ConsumeResponse records, ``ingest/_grpcproduce.c``, gRPC ProduceBatch request bytes
+transcoded into Kafka record batches, and ``streamhouse/_memory.c``, buffers that I/O fills
+without zeroing them first.
 """
 
 from setuptools import Extension, setup
@@ -26,6 +27,11 @@ setup(
             "streamhouse._recordwire",
             ["streamhouse/_recordwire.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
+        ),
+        Extension(
+            "streamhouse._memory",
+            ["streamhouse/_memory.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
         ),
         Extension(
             "ingest._grpcproduce",

@@ -71,12 +71,13 @@ range that reaches past the end of the object (a truncated object) raises
 
 Window reads bypass the page cache. `get_range_upto` (the reader's window GETs of up to 16
 MiB, `reader/readplan.py`) opens the object with `O_DIRECT` and reads the range, widened to
-whole 4 KiB pages, into a page-aligned slice of a fresh `bytearray`; it returns a read-only
-`memoryview` of the asked bytes within it. The objects were dropped from the page cache
-after their PUT, so a buffered read would have the kernel fill page-cache pages and then copy
-them out: on this machine 0.3-1.4 system CPU-s per GB, varying by the hour with the kernel's
-memory reclaim, against 0.1 CPU-s per GB (mostly zeroing the buffer) for the direct read. A
-folder whose file system refuses `O_DIRECT` is read with plain `pread`s from then on.
+whole 4 KiB pages, into a page-aligned slice of a fresh, unzeroed `bytearray`
+(`streamhouse/_memory.c`); it returns a read-only `memoryview` of the asked bytes within it.
+The objects were dropped from the page cache after their PUT (or never entered it), so a
+buffered read would have the kernel fill page-cache pages and then copy them out: on this
+machine 0.3-1.4 system CPU-s per GB, varying by the hour with the kernel's memory reclaim,
+against about 0.05 CPU-s per GB for the direct read. A folder whose file system refuses
+`O_DIRECT` is read with plain `pread`s from then on.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ import obstore
 from obstore.store import MemoryStore, S3Store
 
 from streamhouse import metrics
+from streamhouse._memory import page_offset, uninitialized_bytearray
 
 __all__ = [
     "LocalFolderStore",
@@ -368,10 +370,11 @@ def page_aligned_copy(data: bytes | bytearray | memoryview) -> memoryview:
     (it stays writable only so that the PUT can find its address)."""
     size = memoryview(data).nbytes
     span = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
-    buffer = bytearray(span + DIRECT_ALIGN)
-    lead = -_address(buffer) % DIRECT_ALIGN
+    buffer = uninitialized_bytearray(span + DIRECT_ALIGN)  # every byte written below
+    lead = page_offset(buffer, DIRECT_ALIGN)
     view = memoryview(buffer)
     view[lead : lead + size] = memoryview(data).cast("B")
+    view[lead + size : lead + span] = bytes(span - size)  # the padding PUT writes, then cuts
     return view[lead : lead + size]
 
 
@@ -420,9 +423,8 @@ def _read_direct(fd: int, key: str, start: int, length: int) -> memoryview:
     stop = min(start + length, size)
     first = start - start % DIRECT_ALIGN
     span = -(-(stop - first) // DIRECT_ALIGN) * DIRECT_ALIGN
-    buffer = bytearray(span + DIRECT_ALIGN)
-    address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
-    lead = -address % DIRECT_ALIGN
+    buffer = uninitialized_bytearray(span + DIRECT_ALIGN)  # only the bytes read are returned
+    lead = page_offset(buffer, DIRECT_ALIGN)
     view = memoryview(buffer)
     got = os.preadv(fd, [view[lead : lead + span]], first)
     if got < stop - first:  # shrank between fstat and the read

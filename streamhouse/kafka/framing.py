@@ -37,6 +37,7 @@ import struct
 from collections import deque
 from typing import Any
 
+from streamhouse._memory import uninitialized_bytearray
 from streamhouse.kafka.messages import (
     API_NAMES,
     REQUEST_DECODERS,
@@ -232,7 +233,7 @@ class FrameReceiver:
 
     def _start_frame_buffer(self) -> None:
         """Moves what arrived of the current frame into a buffer of its whole size."""
-        frame = bytearray(self._size)
+        frame = uninitialized_bytearray(self._size)  # returned only once every byte arrived
         filled = 0
         for chunk in self._chunks:
             frame[filled : filled + len(chunk)] = chunk
