@@ -54,13 +54,15 @@ with `O_DIRECT`: the whole pages of the buffer go straight to the disk, then `ft
 the file to the object's size before the fsync of step 3, so the file never holds more than
 the object once it is durable (a crash before that leaves only the temporary file). No page
 cache is filled and dropped, and no kernel copy is made: the uploader's PUT thread spent about
-a third of its time there. Other PUTs (and a folder whose file system refuses `O_DIRECT`, from
-then on) write through the page cache, and after the fsync of step 3 tell the kernel they will
-not read the file (`posix_fadvise(POSIX_FADV_DONTNEED)`), so the written pages leave the page
-cache and are reused by the next PUT. Without it every PUT's bytes go to pages the kernel has
-to find anew while the folder grows, which cost the uploader 1-2 CPU-seconds per GB written
-against 0.3 (this machine, 5 MB objects); the reader keeps its own cache of fresh segments
-(fed by the uploader). Only a hint: durability comes from the fsyncs alone.
+a third of its time there. A file system that refuses `O_DIRECT`, at the open or at the first
+write (blocks larger than 4 KiB), gets buffered PUTs from then on, the refused attempt's
+temporary file removed. Other PUTs write through the page cache, and after the fsync of step
+3 tell the kernel they will not read the file (`posix_fadvise(POSIX_FADV_DONTNEED)`), so the
+written pages leave the page cache and are reused by the next PUT. Without it every PUT's
+bytes go to pages the kernel has to find anew while the folder grows, which cost the uploader
+1-2 CPU-seconds per GB written against 0.3 (this machine, 5 MB objects); the reader keeps its
+own cache of fresh segments (fed by the uploader). Only a hint: durability comes from the
+fsyncs alone.
 
 A failed PUT (disk full, permissions, ...) removes its temporary file, so space is given back,
 and raises `OSError`; the uploader retries it with backoff and finally fails the produce
@@ -72,12 +74,13 @@ range that reaches past the end of the object (a truncated object) raises
 Window reads bypass the page cache. `get_range_upto` (the reader's window GETs of up to 16
 MiB, `reader/readplan.py`) opens the object with `O_DIRECT` and reads the range, widened to
 whole 4 KiB pages, into a page-aligned slice of a fresh, unzeroed `bytearray`
-(`streamhouse/_memory.c`); it returns a read-only `memoryview` of the asked bytes within it.
+(`streamhouse/_memory.c`); it returns a read-only `memoryview` of the asked bytes within it
+(a copy when they are less than half of that buffer: a small object).
 The objects were dropped from the page cache after their PUT (or never entered it), so a
 buffered read would have the kernel fill page-cache pages and then copy them out: on this
 machine 0.3-1.4 system CPU-s per GB, varying by the hour with the kernel's memory reclaim,
 against about 0.05 CPU-s per GB for the direct read. A folder whose file system refuses
-`O_DIRECT` is read with plain `pread`s from then on.
+`O_DIRECT` (at the open or at the first read) is read with plain `pread`s from then on.
 """
 
 from __future__ import annotations
@@ -173,36 +176,10 @@ class LocalFolderStore:
         created = self._make_parents(target.parent)
         directory = target.parent
         tmp = directory / f".{target.name}.{secrets.token_hex(8)}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        pages = _aligned_pages(data) if self._direct_writes else None
-        fd = -1
-        if pages is not None:
-            try:
-                fd = os.open(tmp, flags | os.O_DIRECT, 0o600)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._direct_writes = False  # (EINVAL: the file was not created)
-                pages = None
-        if fd < 0:
-            fd = os.open(tmp, flags, 0o600)
         try:
-            try:
-                if pages is not None:
-                    _write_all(fd, pages)
-                    os.ftruncate(fd, len(pages) - _padding(data))
-                    os.fsync(fd)
-                else:
-                    _write_all(fd, memoryview(data).cast("B"))
-                    os.fsync(fd)
-                    # The bytes are on disk: drop them from the page cache (see "Page
-                    # cache"). Only a hint: a platform without it, or an error from it, never
-                    # fails a PUT whose bytes are already durable.
-                    if hasattr(os, "posix_fadvise"):
-                        with contextlib.suppress(OSError):
-                            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+            pages = _aligned_pages(data) if self._direct_writes else None
+            if pages is None or not self._write_direct(tmp, pages, _padding(data)):
+                self._write_buffered(tmp, data)
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -213,6 +190,56 @@ class LocalFolderStore:
         for made in reversed(created):
             _fsync_directory(made.parent)
             self._synced_dirs.add(made)
+
+    def _write_direct(self, tmp: pathlib.Path, pages: memoryview, padding: int) -> bool:
+        """Writes the whole `pages` to a new file `tmp` with O_DIRECT, cuts the `padding`
+        off and fsyncs it; False (and from now on for every PUT: `tmp` is removed again)
+        when the file system refuses direct writes, at the open or at the first write
+        (EINVAL: e.g. logical blocks larger than DIRECT_ALIGN)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # Linux creates the file before it refuses O_DIRECT: remove it for the retry.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            self._direct_writes = False
+            return False
+        try:
+            try:
+                _write_all(fd, pages)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct_writes = False
+                os.close(fd)
+                fd = -1
+                os.unlink(tmp)
+                return False
+            os.ftruncate(fd, len(pages) - padding)
+            os.fsync(fd)
+            return True
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    @staticmethod
+    def _write_buffered(tmp: pathlib.Path, data: bytes | bytearray | memoryview) -> None:
+        """Writes `data` to a new file `tmp` through the page cache, fsyncs it and drops its
+        pages (see "Page cache")."""
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, memoryview(data).cast("B"))
+            os.fsync(fd)
+            # The bytes are on disk: drop them from the page cache. Only a hint: a platform
+            # without it, or an error from it, never fails a PUT whose bytes are durable.
+            if hasattr(os, "posix_fadvise"):
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
     def _make_parents(self, directory: pathlib.Path) -> list[pathlib.Path]:
         """Creates `directory` and its missing ancestors below `root`; returns those whose
@@ -261,6 +288,10 @@ class LocalFolderStore:
         if fd is not None:
             try:
                 return _read_direct(fd, key, start, length)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct_reads = False  # e.g. blocks larger than DIRECT_ALIGN: read below
             finally:
                 os.close(fd)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -370,7 +401,7 @@ def page_aligned_copy(data: bytes | bytearray | memoryview) -> memoryview:
     (it stays writable only so that the PUT can find its address)."""
     size = memoryview(data).nbytes
     span = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
-    buffer = uninitialized_bytearray(span + DIRECT_ALIGN)  # every byte written below
+    buffer = uninitialized_bytearray(span + DIRECT_ALIGN)  # the view's bytes and padding set
     lead = page_offset(buffer, DIRECT_ALIGN)
     view = memoryview(buffer)
     view[lead : lead + size] = memoryview(data).cast("B")
@@ -415,9 +446,10 @@ def _check_starts_inside(key: str, start: int, size: int) -> None:
         )
 
 
-def _read_direct(fd: int, key: str, start: int, length: int) -> memoryview:
+def _read_direct(fd: int, key: str, start: int, length: int) -> bytes | memoryview:
     """Up to `length` bytes of the object open (O_DIRECT) as `fd` from byte `start`, as a
-    view into a page-aligned slice of a new bytearray (see "Window reads")."""
+    read-only view into a page-aligned slice of a new bytearray (see "Window reads"), or as
+    bytes when they are less than half of that bytearray."""
     size = os.fstat(fd).st_size
     _check_starts_inside(key, start, size)
     stop = min(start + length, size)
@@ -432,7 +464,13 @@ def _read_direct(fd: int, key: str, start: int, length: int) -> memoryview:
             errno.EIO,
             f"object {key!r} gave {got - (start - first)} of {stop - start} bytes at {start}",
         )
-    return view[lead + start - first : lead + stop - first].toreadonly()
+    asked = view[lead + start - first : lead + stop - first]
+    if 2 * len(asked) < len(buffer):
+        # A small object (or the end of one): copy it rather than keep the pages around it
+        # alive, so a cache that keeps views of what it is given never holds more than
+        # twice what it counts (reader.cache.keepable).
+        return bytes(asked)
+    return asked.toreadonly()
 
 
 def _fsync_directory(directory: pathlib.Path) -> None:

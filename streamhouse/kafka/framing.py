@@ -151,9 +151,10 @@ class FrameReceiver:
       ``DIRECT_FRAME_MIN_BYTES`` still to come (at most ``DIRECT_FRAME_MAX_BYTES`` in all, an
       eighth of it arrived) is being received, that memory is the frame's own buffer, exactly
       as long as what is missing: most of a large produce request reaches its buffer with
-      the kernel's one copy and none in Python. Other reads fill scratch buffers that are
-      never reused (the frames cut from them may be kept by their handlers), so small
-      requests cost no more than with `feed`. The size prefix is read by `next_frame`, so
+      the kernel's one copy and none in Python. Other reads fill 64 KiB scratch buffers,
+      each used until less than 4 KiB is left and never reused (frames cut from them may be
+      kept by their handlers, and keep the whole scratch buffer alive meanwhile), much as
+      uvloop's own reads into 256 KiB chunks do for `feed`. The size prefix is read by `next_frame`, so
       a frame buffer starts once the caller has asked for the frame.
 
     Either way, `next_frame` returns each complete frame once, as a memoryview.

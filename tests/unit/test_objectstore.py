@@ -184,6 +184,8 @@ def test_a_page_aligned_copy_is_put_whole_with_or_without_o_direct(
         if str(path).endswith(".tmp"):
             opened.append(flags)
             if flags & os.O_DIRECT and not direct:
+                # As Linux does: the file is created, then O_DIRECT is refused.
+                os.close(real_open(path, flags & ~os.O_DIRECT, *args))  # type: ignore[arg-type]
                 raise OSError(errno.EINVAL, "Invalid argument")
         return real_open(path, flags, *args)  # type: ignore[arg-type]
 
@@ -224,12 +226,83 @@ def test_other_bytes_are_put_through_the_page_cache(
 
 
 def test_a_slice_of_a_page_aligned_copy_is_not_written_directly(tmp_path: pathlib.Path) -> None:
-    """Only the copy itself lies at a page start with its padding after it."""
+    """A slice that does not start on a page is written through the page cache."""
     store = open_local(tmp_path)
     data = os.urandom(10_000)
     aligned = objectstore.page_aligned_copy(data)
     asyncio.run(objectstore.put(store, "segments/s.seg", aligned[1:]))
     assert (store.root / "segments" / "s.seg").read_bytes() == data[1:]
+
+
+def test_a_refused_first_direct_write_falls_back_to_the_page_cache_for_good(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system may take the O_DIRECT open and refuse the write (blocks larger than
+    4 KiB): the PUT is redone through the page cache, and so is every later one."""
+    store = open_local(tmp_path)
+    data = os.urandom(10_000)
+    real_write = os.write
+    refused: list[int] = []
+
+    def refusing_write(fd: int, chunk: object) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp") and not refused:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, chunk)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "write", refusing_write)
+    for key in ("segments/r1.seg", "segments/r2.seg"):
+        asyncio.run(objectstore.put(store, key, objectstore.page_aligned_copy(data)))
+        assert (store.root / key).read_bytes() == data
+    assert len(refused) == 1
+    assert not list((store.root / "segments").glob(".*.tmp"))
+
+
+def test_a_refused_direct_read_is_read_again_with_pread_for_good(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_local(tmp_path)
+    data = os.urandom(5 * objectstore.DIRECT_ALIGN)
+    direct_opens: list[str] = []
+    real_open = os.open
+
+    def recording_open(path: object, flags: int, *args: object) -> int:
+        if flags & os.O_DIRECT and str(path).endswith("r.seg"):
+            direct_opens.append(str(path))
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    def refusing_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    async def go() -> None:
+        await objectstore.put(store, "segments/r.seg", data)
+        monkeypatch.setattr(os, "open", recording_open)
+        monkeypatch.setattr(os, "preadv", refusing_preadv)
+        for start in (0, 100):
+            got = await objectstore.get_range_upto(store, "segments/r.seg", start, 10**6)
+            assert bytes(got) == data[start:]
+
+    asyncio.run(go())
+    assert len(direct_opens) == 1
+
+
+def test_a_small_window_read_is_a_copy_not_a_view_of_its_page_buffer(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A cache that keeps views of what it is given must not keep 8 KiB alive for 300 B."""
+    store = open_local(tmp_path)
+    small, large = os.urandom(300), os.urandom(4 * objectstore.DIRECT_ALIGN)
+
+    async def go() -> None:
+        await objectstore.put(store, "segments/small.seg", small)
+        await objectstore.put(store, "segments/large.seg", large)
+        got = await objectstore.get_range_upto(store, "segments/small.seg", 0, 10**6)
+        assert type(got) is bytes and got == small
+        view = await objectstore.get_range_upto(store, "segments/large.seg", 0, 10**6)
+        assert isinstance(view, memoryview) and bytes(view) == large
+        assert 2 * len(view) >= len(view.obj)  # type: ignore[arg-type]
+
+    asyncio.run(go())
 
 
 def test_failed_put_removes_its_temp_file_and_leaves_no_object(
