@@ -154,8 +154,8 @@ class FrameReceiver:
       the kernel's one copy and none in Python. Other reads fill 64 KiB scratch buffers,
       each used until less than 4 KiB is left and never reused (frames cut from them may be
       kept by their handlers, and keep the whole scratch buffer alive meanwhile), much as
-      uvloop's own reads into 256 KiB chunks do for `feed`. The size prefix is read by `next_frame`, so
-      a frame buffer starts once the caller has asked for the frame.
+      uvloop's own reads into 256 KiB chunks do for `feed`. The size prefix is read by
+      `next_frame`, so a frame buffer starts once the caller has asked for the frame.
 
     Either way, `next_frame` returns each complete frame once, as a memoryview.
     """
