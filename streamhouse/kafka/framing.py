@@ -209,7 +209,7 @@ class FrameReceiver:
         if self._frame is not None:
             return memoryview(self._frame)[self._frame_filled :]
         if self._scratch is None or len(self._scratch) - self._scratch_used < SCRATCH_MIN_ROOM:
-            self._scratch = bytearray(SCRATCH_BYTES)
+            self._scratch = uninitialized_bytearray(SCRATCH_BYTES)  # only read once written
             self._scratch_used = 0
         self._lent = self._scratch_used
         return memoryview(self._scratch)[self._scratch_used :]
