@@ -386,7 +386,7 @@ def test_receiver_returns_exactly_the_frames_sent(data: st.DataObject, payloads:
     assert receiver.buffered == 0
 
 
-@examples(200)
+@examples(60)
 @given(
     data=st.data(),
     sizes=st.lists(st.integers(0, 3 * DIRECT_FRAME_MIN_BYTES), max_size=5),
