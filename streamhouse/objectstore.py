@@ -197,9 +197,13 @@ class LocalFolderStore:
         when the file system refuses direct writes, at the open or at the first write
         (EINVAL: e.g. logical blocks larger than DIRECT_ALIGN)."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT
+        fd = -1
         try:
             fd = os.open(tmp, flags, 0o600)
+            _write_all(fd, pages)
         except OSError as exc:
+            if fd >= 0:
+                os.close(fd)
             if exc.errno != errno.EINVAL:
                 raise
             # Linux creates the file before it refuses O_DIRECT: remove it for the retry.
@@ -208,22 +212,11 @@ class LocalFolderStore:
             self._direct_writes = False
             return False
         try:
-            try:
-                _write_all(fd, pages)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._direct_writes = False
-                os.close(fd)
-                fd = -1
-                os.unlink(tmp)
-                return False
             os.ftruncate(fd, len(pages) - padding)
             os.fsync(fd)
-            return True
         finally:
-            if fd >= 0:
-                os.close(fd)
+            os.close(fd)
+        return True
 
     @staticmethod
     def _write_buffered(tmp: pathlib.Path, data: bytes | bytearray | memoryview) -> None:
@@ -400,13 +393,22 @@ def page_aligned_copy(data: bytes | bytearray | memoryview) -> memoryview:
     zeros to whole pages. Any store takes it like any other bytes; nothing may write to it
     (it stays writable only so that the PUT can find its address)."""
     size = memoryview(data).nbytes
-    span = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
-    buffer = uninitialized_bytearray(span + DIRECT_ALIGN)  # the view's bytes and padding set
+    pages = _page_buffer(size)  # the bytes and the padding are set here
+    pages[:size] = memoryview(data).cast("B")
+    pages[size:] = bytes(len(pages) - size)  # the padding the PUT writes, then cuts off
+    return pages[:size]
+
+
+def _page_buffer(size: int) -> memoryview:
+    """Whole pages for `size` bytes: a page-aligned, unzeroed view into a new bytearray."""
+    span = size + _padding_for(size)
+    buffer = uninitialized_bytearray(span + DIRECT_ALIGN)
     lead = page_offset(buffer, DIRECT_ALIGN)
-    view = memoryview(buffer)
-    view[lead : lead + size] = memoryview(data).cast("B")
-    view[lead + size : lead + span] = bytes(span - size)  # the padding PUT writes, then cuts
-    return view[lead : lead + size]
+    return memoryview(buffer)[lead : lead + span]
+
+
+def _padding_for(size: int) -> int:
+    return -size % DIRECT_ALIGN
 
 
 def _address(buffer: bytearray | memoryview) -> int:
@@ -415,7 +417,7 @@ def _address(buffer: bytearray | memoryview) -> int:
 
 
 def _padding(data: bytes | bytearray | memoryview) -> int:
-    return -memoryview(data).nbytes % DIRECT_ALIGN
+    return _padding_for(memoryview(data).nbytes)
 
 
 def _aligned_pages(data: bytes | bytearray | memoryview) -> memoryview | None:
@@ -424,9 +426,10 @@ def _aligned_pages(data: bytes | bytearray | memoryview) -> memoryview | None:
         return None
     if data.readonly or not data.c_contiguous or data.itemsize != 1 or data.nbytes == 0:
         return None
-    start = _address(data) - _address(data.obj)
+    address = _address(data)
+    start = address - _address(data.obj)
     stop = start + data.nbytes + _padding(data)
-    if _address(data) % DIRECT_ALIGN or start < 0 or stop > len(data.obj):
+    if address % DIRECT_ALIGN or start < 0 or stop > len(data.obj):
         return None
     return memoryview(data.obj)[start:stop]
 
@@ -454,18 +457,15 @@ def _read_direct(fd: int, key: str, start: int, length: int) -> bytes | memoryvi
     _check_starts_inside(key, start, size)
     stop = min(start + length, size)
     first = start - start % DIRECT_ALIGN
-    span = -(-(stop - first) // DIRECT_ALIGN) * DIRECT_ALIGN
-    buffer = uninitialized_bytearray(span + DIRECT_ALIGN)  # only the bytes read are returned
-    lead = page_offset(buffer, DIRECT_ALIGN)
-    view = memoryview(buffer)
-    got = os.preadv(fd, [view[lead : lead + span]], first)
+    pages = _page_buffer(stop - first)  # only the bytes read are returned
+    got = os.preadv(fd, [pages], first)
     if got < stop - first:  # shrank between fstat and the read
         raise ObjectTruncatedError(
             errno.EIO,
             f"object {key!r} gave {got - (start - first)} of {stop - start} bytes at {start}",
         )
-    asked = view[lead + start - first : lead + stop - first]
-    if 2 * len(asked) < len(buffer):
+    asked = pages[start - first : stop - first]
+    if 2 * len(asked) < len(pages.obj):  # type: ignore[arg-type]  (a bytearray)
         # A small object (or the end of one): copy it rather than keep the pages around it
         # alive, so a cache that keeps views of what it is given never holds more than
         # twice what it counts (reader.cache.keepable).

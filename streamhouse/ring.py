@@ -105,7 +105,7 @@ import struct
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import xxhash
 
@@ -675,11 +675,17 @@ class RingReader(_RingEnd):
         """Every frame from now on, in order, as (header, payload) copies (rule 11)."""
         return self.frames()
 
-    async def frames(self, batch: int = 64) -> AsyncIterator[tuple[bytes, bytes]]:
+    async def frames(
+        self,
+        batch: int = 64,
+        take: Callable[[memoryview, memoryview], _T] | None = None,
+    ) -> AsyncIterator[Any]:
         """Like ``async for`` over the ring, taking at most ``batch`` frames out of the ring
-        at a time (``batch=1`` leaves the rest in the ring, for back-pressure)."""
+        at a time (``batch=1`` leaves the rest in the ring, for back-pressure). With
+        ``take``, yields what it returns for each frame lent to it (``take_frames``) instead
+        of copies."""
         while True:
-            frames = self.read_frames(batch)
+            frames = self.read_frames(batch) if take is None else self.take_frames(take, batch)
             if not frames:
                 await self.wait_readable()
                 continue

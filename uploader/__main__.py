@@ -238,28 +238,23 @@ class Uploader:
 
     async def receive(self, stop: asyncio.Event) -> None:
         """Starts an upload for every sealed segment, queued in seal order."""
-        while True:
-            # Each segment is copied out of the ring once, into page-aligned memory that a
-            # local-folder PUT writes to disk without the page cache (objectstore).
-            frames = self.sealed.take_frames(_copy_sealed, RECEIVE_BATCH)
-            if not frames:
-                await self.sealed.wait_readable()
+        # Each segment is copied out of the ring once, into page-aligned memory that a
+        # local-folder PUT writes to disk without the page cache (objectstore).
+        async for header, obj in self.sealed.frames(RECEIVE_BATCH, _copy_sealed):
+            sealed = await self.take(header, obj)
+            if sealed is None:
+                self._report_progress()  # a refused segment is done
                 continue
-            for header, obj in frames:
-                sealed = await self.take(header, obj)
-                if sealed is None:
-                    self._report_progress()  # a refused segment is done
-                    continue
-                key = new_segment_key()
-                # Bound the work in flight: wait for an upload slot before taking more.
-                while len(self.in_order) >= 4 * self.settings.upload_concurrency:
-                    await self._drained()
-                task = asyncio.ensure_future(self.upload(key, obj))
-                self.in_order.append((sealed, obj, key, task))
-                task.add_done_callback(self._report_progress)
-                self.work.set()
-                if stop.is_set():
-                    return
+            key = new_segment_key()
+            # Bound the work in flight: wait for an upload slot before taking more.
+            while len(self.in_order) >= 4 * self.settings.upload_concurrency:
+                await self._drained()
+            task = asyncio.ensure_future(self.upload(key, obj))
+            self.in_order.append((sealed, obj, key, task))
+            task.add_done_callback(self._report_progress)
+            self.work.set()
+            if stop.is_set():
+                return
 
     async def take(self, header: bytes, obj: SegmentBytes) -> SealedSegment | None:
         """The sealed segment to upload, or None after answering a refused or bad frame."""
