@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 
-from segmenter.builder import SegmentBuilder
+from segmenter.builder import SegmentBuilder, SegmentObject
 from segmenter.policy import SealPolicy
 from streamhouse import rings
 from streamhouse.config import Settings
@@ -38,7 +38,10 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event) -> None:
     sealed_ring = rings.open_writer(settings, rings.SEALED)
     progress_ring = rings.open_reader(settings, rings.UPLOAD_PROGRESS)
     epoch = time.time_ns()
-    builder = SegmentBuilder(epoch, settings.max_segment_bytes, sealed_ring.max_frame_size)
+    # Sealed objects go into the sealed ring as their parts: one copy, no joined object first.
+    builder = SegmentBuilder(
+        epoch, settings.max_segment_bytes, sealed_ring.max_frame_size, joined=False
+    )
     policy = SealPolicy(
         epoch,
         settings.flush_interval_ms * 1_000_000,
@@ -60,13 +63,13 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event) -> None:
         settings.max_segment_bytes,
     )
 
-    async def send(sealed: SealedSegment, obj: bytes) -> None:
+    async def send(sealed: SealedSegment, obj: SegmentObject) -> None:
         policy.sealed(sealed.sequence, time.monotonic_ns())
         await sealed_ring.write(header_encoder.encode(sealed), obj)
         if sealed.error.code:
             log.debug("sent a refusal for %d batch refs", len(sealed.batches))
         else:
-            log.debug("sealed segment %d: %d bytes", sealed.sequence, len(obj))
+            log.debug("sealed segment %d", sealed.sequence)
 
     async def intake() -> None:
         async for header, payload in produce:

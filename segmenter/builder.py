@@ -46,6 +46,9 @@ from streamhouse.recordbatch import (
 from streamhouse.segment import SegmentWriter
 
 log = logging.getLogger("segmenter")
+
+#: A sealed segment object: bytes, or the buffers that make it in order (``joined=False``).
+SegmentObject = bytes | list[bytes | bytearray | memoryview]
 _decode_produce = decoder_for(ProduceFrame).decode
 
 
@@ -92,9 +95,18 @@ class SegmentBuilder:
     """Accumulates ProduceFrames and seals them into SealedSegment + object bytes."""
 
     def __init__(
-        self, epoch: int, max_segment_bytes: int, max_frame_bytes: int = 2**32 - 2
+        self,
+        epoch: int,
+        max_segment_bytes: int,
+        max_frame_bytes: int = 2**32 - 2,
+        *,
+        joined: bool = True,
     ) -> None:
+        """``joined=False``: sealed objects come as the list of buffers that make them
+        (`SegmentWriter.finish_parts`), for the sealed ring to copy in without a joined copy
+        first; else as bytes."""
         self.epoch = epoch
+        self.joined = joined
         self.max_segment_bytes = max_segment_bytes
         self.max_frame_bytes = max_frame_bytes
         self._sequence = 0
@@ -163,7 +175,7 @@ class SegmentBuilder:
     def empty(self) -> bool:
         return not self._partitions
 
-    def seal(self) -> tuple[SealedSegment, bytes]:
+    def seal(self) -> tuple[SealedSegment, SegmentObject]:
         """Builds the segment object of everything buffered and resets the buffer."""
         writer = SegmentWriter()
         batches: list[SealedBatch] = []
@@ -194,13 +206,18 @@ class SegmentBuilder:
                         control,
                     )
                 )
-        obj, entries = writer.finish()
+        size = writer.size
+        obj: SegmentObject
+        if self.joined:
+            obj, entries = writer.finish()
+        else:
+            obj, entries = writer.finish_parts()
         blocks = [
             SealedBlock(e.topic_id, e.partition, e.offset, e.length, e.max_timestamp)
             for e in entries
         ]
         sealed = SealedSegment(self.epoch, self._sequence, blocks, batches)
-        metrics.child(metrics.SEGMENT_SIZE, "segmenter").observe(len(obj))
+        metrics.child(metrics.SEGMENT_SIZE, "segmenter").observe(size)
         sealed_ns = time.monotonic_ns()
         seal_stage = metrics.child(metrics.PRODUCE_STAGE, "seal")
         for taken_ns in self._taken_ns:
@@ -213,13 +230,15 @@ class SegmentBuilder:
         self._cost = SEALED_PER_SEGMENT
         return sealed, obj
 
-    def take(self, header: bytes, payload: bytes, now_ns: int) -> list[tuple[SealedSegment, bytes]]:
+    def take(
+        self, header: bytes, payload: bytes, now_ns: int
+    ) -> list[tuple[SealedSegment, SegmentObject]]:
         """Handles one produce-ring frame; returns the sealed frames to send, in order.
 
         Never raises for bad input: a frame that does not decode or does not add up becomes
         a refusal for the slot it names (or only a log line when not even that is readable).
         """
-        out: list[tuple[SealedSegment, bytes]] = []
+        out: list[tuple[SealedSegment, SegmentObject]] = []
         self.following = 0
         try:
             frame = _decode_produce(header)

@@ -7,7 +7,8 @@ and a data area, plus two doorbell FIFOs in ``run_dir`` (see ``streamhouse.doorb
 writer waits when the ring is full). Nobody polls or sleeps on the hot path.
 
 A frame is an opaque ``header`` (the caller msgspec-encodes it) followed by a raw ``payload``
-(may be empty, may be many MiB). The reader gets ``(header, payload)`` back as ``bytes``, or
+(may be empty, may be many MiB; the writer may hand it over as a list of buffers, which are
+copied in one after the other). The reader gets ``(header, payload)`` back as ``bytes``, or
 lent as views into the ring for the length of a callback (``take_frames``).
 
 Ring header (little-endian; head and tail each sit on their own 128-byte block so the two
@@ -111,6 +112,9 @@ import xxhash
 
 from streamhouse import metrics
 from streamhouse.doorbell import Doorbell, check_private
+
+#: What a frame's payload may be: one buffer, or a list of buffers written one after the other.
+Payload = bytes | bytearray | memoryview | list[bytes | bytearray | memoryview]
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -461,18 +465,25 @@ class RingWriter(_RingEnd):
         metrics.child(metrics.RING_CAPACITY, name).set(self._cap)
         self._next_sample = 0.0
 
-    def try_write(self, header: bytes, payload: bytes | bytearray | memoryview = b"") -> bool:
+    def try_write(self, header: bytes, payload: Payload = b"") -> bool:
         """Publish one frame and ring the reader; return False (nothing written) if full.
 
+        ``payload`` is one buffer, or a list of buffers that make the payload concatenated
+        in order (copied into the ring one after the other: no joined copy is made).
         Raises ``ValueError`` at once if header + payload exceeds ``max_frame_size``.
         """
         if type(header) is not bytes:
             header = _byte_view(header)
         tp = type(payload)
-        if tp is not bytes and tp is not bytearray:
-            payload = _byte_view(payload)
+        parts: list[bytes | bytearray | memoryview] | None = None
+        if tp is list:
+            parts = [p if type(p) is bytes else _byte_view(p) for p in payload]  # type: ignore[union-attr]
+            plen = sum(len(p) for p in parts)
+        else:
+            if tp is not bytes and tp is not bytearray:
+                payload = _byte_view(payload)  # type: ignore[arg-type]
+            plen = len(payload)  # type: ignore[arg-type]
         hlen = len(header)
-        plen = len(payload)
         body = hlen + plen
         if body > self.max_frame_size:
             raise ValueError(self._too_big(hlen, plen))
@@ -503,8 +514,13 @@ class RingWriter(_RingEnd):
         start = base + _PREFIX_SIZE
         mid = start + hlen
         buf[start:mid] = header
-        if plen:
-            buf[mid : start + body] = payload
+        if parts is not None:
+            for part in parts:
+                end = mid + len(part)
+                buf[mid:end] = part
+                mid = end
+        elif plen:
+            buf[mid : start + body] = payload  # type: ignore[assignment]
         head += size
         self._head = head
         # Publish only after every byte of the record is in place (rule 3).
@@ -519,7 +535,7 @@ class RingWriter(_RingEnd):
     async def write(
         self,
         header: bytes,
-        payload: bytes | bytearray | memoryview = b"",
+        payload: Payload = b"",
         timeout: float | None = None,
     ) -> None:
         """Publish one frame, waiting on the space doorbell while the ring is full.
@@ -774,5 +790,7 @@ def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
     return view
 
 
-def _frame_len(data: bytes | bytearray | memoryview) -> int:
-    return memoryview(data).nbytes
+def _frame_len(data: Payload) -> int:
+    if type(data) is list:
+        return sum(memoryview(part).nbytes for part in data)
+    return memoryview(data).nbytes  # type: ignore[arg-type]

@@ -331,6 +331,14 @@ class SegmentWriter:
 
     def finish(self) -> tuple[bytes, list[BlockEntry]]:
         """The whole object and its index entries (in block order). Call once."""
+        parts, entries = self.finish_parts()
+        return b"".join(parts), entries
+
+    def finish_parts(self) -> tuple[list[Buffer], list[BlockEntry]]:
+        """Like `finish`, but the object as the buffers that make it when concatenated in
+        order (header, block headers and stored bytes, index, footer): for a writer that
+        copies them where they go (a ring frame) without joining them first. Call once
+        (either this or `finish`)."""
         if self._finished:
             raise RuntimeError("SegmentWriter.finish called twice")
         self._finished = True
@@ -354,9 +362,8 @@ class SegmentWriter:
         parts = self._parts
         parts.append(index)
         parts.append(footer)
-        obj = b"".join(parts)
         self._parts = []
-        return obj, self._entries
+        return parts, self._entries
 
 
 def _check_version(version: int, where: str) -> None:

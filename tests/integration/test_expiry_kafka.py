@@ -27,6 +27,7 @@ MINUTE_MS = 60_000
 QUIET = {
     "STREAMHOUSE_LIFECYCLE_ENABLED": "false",
     "STREAMHOUSE_LIFECYCLE_COMPACTION_ENABLED": "false",
+    "STREAMHOUSE_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",  # groups join at once
 }
 OFFSET_INVALID = -1001  # confluent-kafka: no committed offset
 

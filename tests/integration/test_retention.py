@@ -66,9 +66,11 @@ OFFSET_OUT_OF_RANGE = 1
 # Only the passes a test runs; no small-object compaction, which merges a partition's
 # consecutive small blocks into one (so retention then drops them together, as Kafka drops a
 # whole segment of many batches): here every batch stays a block, Kafka's segment of one.
+# New groups join at once (no initial rebalance delay): every check reads with two of them.
 QUIET = {
     "STREAMHOUSE_LIFECYCLE_ENABLED": "false",
     "STREAMHOUSE_LIFECYCLE_COMPACTION_ENABLED": "false",
+    "STREAMHOUSE_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
 }
 VALUE_BYTES = 300
 

@@ -179,6 +179,40 @@ def test_round_trip_empty_and_large_payloads(ring: RingFixture) -> None:
     assert reader.read_frames() == []
 
 
+def test_a_payload_given_as_parts_arrives_as_their_concatenation(ring: RingFixture) -> None:
+    writer, reader = ring.writer(), ring.reader()
+    data = random.Random(3).randbytes(3000)
+    parts = [
+        data[:10],
+        memoryview(data)[10:1000],
+        bytearray(data[1000:1001]),
+        b"",
+        memoryview(bytearray(data[1001:1401])).cast("I"),  # counted in bytes, not items
+        data[1401:],
+    ]
+    for _ in range(4):  # around the ring more than once: parts are written across wraps too
+        assert writer.try_write(b"hdr", parts)
+        assert reader.read_frames() == [(b"hdr", data)]
+    assert writer.try_write(b"", [])
+    assert reader.read_frames() == [(b"", b"")]
+    # The size check counts every part (header + payload over max_frame_size is refused).
+    with pytest.raises(ValueError, match="payload 4089"):
+        writer.try_write(b"", [b"x" * 4000, b"y" * 89])
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="max frame size"):
+            await writer.write(b"", [b"x" * 4000, b"y" * 90], timeout=None)
+        while writer.try_write(b"", b"z" * 1000):  # fill the ring: write() must wait
+            pass
+        task = asyncio.create_task(writer.write(b"h", [b"a" * 600, b"b" * 600], timeout=10))
+        await assert_blocked(task)
+        reader.read_frames()
+        await task
+        assert reader.read_frames() == [(b"h", b"a" * 600 + b"b" * 600)]
+
+    run(asyncio.new_event_loop, main())
+
+
 def test_max_frame_fits_even_mid_ring(ring: RingFixture) -> None:
     writer, reader = ring.writer(), ring.reader()
     assert writer.max_frame_size == CAP - 8

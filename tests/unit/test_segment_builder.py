@@ -251,3 +251,27 @@ def test_mismatched_frame_lengths_are_refused() -> None:
     bad = msgspec.structs.replace(good, batch_lengths=[*good.batch_lengths, 5])
     with pytest.raises(ValueError):
         b.add(bad, payload, now_ns=0)
+
+
+def test_a_builder_that_does_not_join_seals_the_same_object_as_its_parts() -> None:
+    """``joined=False`` (the segmenter's: the sealed ring copies the parts in) gives the
+    buffers that concatenate to exactly the object a joining builder seals, compressed
+    blocks and raw ones alike."""
+    compressible = [batch("z" * 200, 50)]  # a block LZ4 keeps compressed
+    others = [batch("a1", 3), batch("a2")]
+    objects = []
+    for joined in (True, False):
+        b = SegmentBuilder(epoch=9, max_segment_bytes=1 << 20, joined=joined)
+        b.add(*frame(1, 0, 4, 0, compressible), now_ns=10)
+        b.add(*frame(1, 1, 2, 5, others), now_ns=20)
+        sealed, obj = b.seal()
+        if joined:
+            assert type(obj) is bytes
+        else:
+            assert type(obj) is list and len(obj) > 3
+            obj = b"".join(obj)
+        objects.append((sealed, obj))
+    assert objects[0] == objects[1]
+    entries = read_index(objects[1][1])
+    assert block_batches(objects[1][1], entries[0]) == others
+    assert block_batches(objects[1][1], entries[1]) == compressible
