@@ -31,6 +31,7 @@ from streamhouse import objectstore, rings
 from streamhouse.config import Settings
 from streamhouse.errors import ErrorCode
 from streamhouse.frames import (
+    COMMITTED_HEADERS_ONLY,
     CommittedSegment,
     FetchResponse,
     FrameError,
@@ -61,6 +62,16 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
     responses = rings.open_writer(settings, rings.FETCH_RESPONSE)
     committed = rings.open_reader(settings, rings.COMMITTED)
     decode_committed = decoder_for(CommittedSegment).decode
+
+    def hint_committed() -> None:
+        """Tells the uploader whether committed segments need their objects (the engine
+        caches blocks only of partitions read lately: nobody reading, no copy sent)."""
+        hint = 0 if engine.wants_committed_objects() else COMMITTED_HEADERS_ONLY
+        if committed.hint != hint:
+            committed.set_hint(hint)
+
+    engine.on_interest = hint_committed
+    hint_committed()
     in_flight: set[asyncio.Task[None]] = set()
     slot_freed = asyncio.Event()
 
@@ -132,6 +143,7 @@ async def run_reader(settings: Settings, stop: asyncio.Event) -> None:
             if not committed.take_frames(take_one_committed):
                 await committed.wait_readable()
             else:
+                hint_committed()  # interest may have run out meanwhile
                 await asyncio.sleep(0)  # fetches run between batches of frames
 
     tasks = [

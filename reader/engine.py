@@ -196,8 +196,12 @@ class ReadEngine:
         self.tail_interest_s = 0.0
         self._interest: dict[tuple[int, int], float] = {}
         self._interest_pruned = 0.0
-        #: Committed blocks not cached because nobody reads their partition.
+        #: Committed blocks not cached because nobody reads their partition (or their
+        #: object was not sent: see `wants_committed_objects`).
         self.ring_skipped = 0
+        #: Called when a fetch makes a partition interesting that was not (the reader then
+        #: asks the uploader for committed objects again: reader/__main__.py).
+        self.on_interest: Callable[[], None] | None = None
 
     def on_committed(
         self, segment: CommittedSegment, obj: bytes | memoryview, *, lent: bool = False
@@ -206,6 +210,7 @@ class ReadEngine:
         (`tail_interest_s`) and wakes fetches waiting on them. `lent`: `obj` is a view into
         the committed ring, valid only during this call (kept blocks are copied)."""
         view = memoryview(obj)
+        sent = view.nbytes > 0  # else the frame came without its object: nothing to cache
         _remember(self._ring_segments, segment.key, None)
         self._delivered(segment.key)
         pid = self._notice_pids.pop(segment.key, 0)
@@ -216,7 +221,7 @@ class ReadEngine:
             key = (segment.key, b.byte_offset)
             tp = (b.topic_id, b.partition)
             # Long-polls and awaited notices count as interest too.
-            if (
+            if sent and (
                 interested is None
                 or tp in interested
                 or tp in self._waiters
@@ -231,6 +236,19 @@ class ReadEngine:
             if arrival is not None and not arrival.done():
                 arrival.set_result(None)
             self._wake((b.topic_id, b.partition))
+
+    def wants_committed_objects(self) -> bool:
+        """Whether `on_committed` could cache any block now: some partition was fetched
+        within `tail_interest_s` (or that is 0: every block is cached), or a fetch waits. If
+        not, committed segments may come without their objects (COMMITTED_HEADERS_ONLY): a
+        partition nobody reads costs the uploader no copy into the committed ring."""
+        return (
+            self._interested() is None
+            or bool(self._interest)
+            or bool(self._waiters)
+            or bool(self._arrivals)
+            or bool(self._ring_waits)
+        )
 
     def _interested(self) -> dict[tuple[int, int], float] | None:
         """The partitions fetched within `tail_interest_s` (None: cache everything); older
@@ -774,7 +792,10 @@ class ReadEngine:
             tps = [(p.topic_id, p.partition) for p in request.parts]
             if self.tail_interest_s > 0:
                 now = time.monotonic()
+                new = not self._interest.keys() >= set(tps)
                 self._interest.update((tp, now) for tp in tps)
+                if new and self.on_interest is not None:
+                    self.on_interest()
             for tp in tps:
                 self._waiters.setdefault(tp, set()).add(wake)
             try:

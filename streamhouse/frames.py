@@ -72,6 +72,7 @@ from streamhouse.errors import RING_OK, RingError
 
 __all__ = [
     "ALL_BATCHES",
+    "COMMITTED_HEADERS_ONLY",
     "FORMAT_KAFKA",
     "FORMAT_RECORDS",
     "AckFrame",
@@ -235,8 +236,15 @@ class CommittedBlock(msgspec.Struct, array_like=True, frozen=True):
     skipped_batches: tuple[int, ...] = ()
 
 
+#: The reader's hint on the committed ring (``RingReader.set_hint``): it caches no block of
+#: any partition now, so the uploader sends committed-segment frames without the object.
+COMMITTED_HEADERS_ONLY = 1
+
+
 class CommittedSegment(msgspec.Struct, array_like=True, frozen=True):
-    """A segment that is durable and committed; its payload is the object, for the cache."""
+    """A segment that is durable and committed; its payload is the object, for the cache,
+    or nothing while the reader hints ``COMMITTED_HEADERS_ONLY`` (it still learns of the
+    commit: fetches waiting on these partitions wake and read the object)."""
 
     key: str
     blocks: list[CommittedBlock]
@@ -397,10 +405,15 @@ def check_sealed(segment: SealedSegment, payload_length: int) -> None:
 
 
 def check_committed(segment: CommittedSegment, payload_length: int) -> None:
-    """Raises FrameError unless every block lies inside the object and has offsets."""
+    """Raises FrameError unless every block has offsets and lies inside the object (when
+    it came: a payload of 0 bytes is a frame sent without its object)."""
     for block in segment.blocks:
         end = block.byte_offset + block.byte_length
-        if block.byte_offset < 0 or block.byte_length <= 0 or end > payload_length:
+        if (
+            block.byte_offset < 0
+            or block.byte_length <= 0
+            or (payload_length and end > payload_length)
+        ):
             raise FrameError(
                 f"committed block spans bytes {block.byte_offset}..{end} of a "
                 f"{payload_length}-byte object"

@@ -26,7 +26,10 @@ processes never write to the same cache line or adjacent-line prefetch pair)::
        144   112  reserved        zero
        256     8  tail            reader only: u64 count of bytes ever consumed
        264     8  reader epoch    reader only: u64, +1 each time a RingReader attaches
-       272   112  reserved        zero
+       272     8  reader hint     reader only: u64, what the reader asks of the writer; its
+                                  meaning is the ring's users' (0, the initial value, asks
+                                  nothing), see ``RingReader.set_hint``
+       280   104  reserved        zero
        384   cap  data area       frames, at data offset (counter % capacity)
 
 Frame record in the data area (starts 8-aligned; records never straddle the end)::
@@ -45,8 +48,9 @@ Frame record in the data area (starts 8-aligned; records never straddle the end)
 
 Rules the ring keeps:
 
-1. Only the writer stores ``head`` and ``writer epoch``; only the reader stores ``tail`` and
-   ``reader epoch``. The static fields are written once, by the creator, before ``magic``.
+1. Only the writer stores ``head`` and ``writer epoch``; only the reader stores ``tail``,
+   ``reader epoch`` and ``reader hint``. The static fields are written once, by the creator,
+   before ``magic``.
 2. ``tail <= head <= tail + capacity`` always; ``head - tail`` bytes are in flight. Counters
    only grow (u64 never wraps in practice); positions in the data area are ``counter % cap``.
 3. The writer copies a whole record into free space at ``head`` and only then publishes the new
@@ -140,6 +144,7 @@ _OFF_HEAD = 128
 _OFF_WRITER_EPOCH = 136
 _OFF_TAIL = 256
 _OFF_READER_EPOCH = 264
+_OFF_READER_HINT = 272
 _HEADER_SIZE = 384
 # Indexes of the u64 fields in the header viewed as native "Q" words (see Memory ordering).
 _W_MAGIC = _OFF_MAGIC // 8
@@ -148,6 +153,7 @@ _W_HEAD = _OFF_HEAD // 8
 _W_WRITER_EPOCH = _OFF_WRITER_EPOCH // 8
 _W_TAIL = _OFF_TAIL // 8
 _W_READER_EPOCH = _OFF_READER_EPOCH // 8
+_W_READER_HINT = _OFF_READER_HINT // 8
 
 _PREFIX_SIZE = 8
 _WRAP = 0xFFFFFFFF
@@ -572,6 +578,10 @@ class RingWriter(_RingEnd):
         finally:
             self._queued -= 1
 
+    def reader_hint(self) -> int:
+        """The reader's current hint (``RingReader.set_hint``; 0 when it never set one)."""
+        return self._words[_W_READER_HINT]
+
     def _too_big(self, hlen: int, plen: int) -> str:
         return (
             f"frame of {hlen + plen} bytes (header {hlen} + payload {plen}) is larger than the "
@@ -600,6 +610,18 @@ class RingReader(_RingEnd):
         self.epoch: int = words[_W_READER_EPOCH] + 1
         words[_W_READER_EPOCH] = self.epoch
         self._space_bell.ring()  # a writer blocked on a full ring now has the whole ring
+
+    def set_hint(self, hint: int) -> None:
+        """Publishes a u64 the writer reads with ``RingWriter.reader_hint`` (one aligned
+        8-byte store). What it means is up to the ring's users; it is advice, not a
+        handshake: a frame written just before the writer sees a new hint follows the old
+        one. A hint outlives this object (a reader that attaches later sets its own)."""
+        self._words[_W_READER_HINT] = hint
+
+    @property
+    def hint(self) -> int:
+        """The hint published last (by this object or an earlier reader)."""
+        return self._words[_W_READER_HINT]
 
     def read_frames(self, max_frames: int = 1024) -> list[tuple[bytes, bytes]]:
         """Copy out up to ``max_frames`` frames as (header, payload) and release their space.

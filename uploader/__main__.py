@@ -46,6 +46,7 @@ from streamhouse import metrics, objectstore, rings
 from streamhouse.config import Settings
 from streamhouse.errors import RING_OK, ErrorCode, RingError, StreamHouseError
 from streamhouse.frames import (
+    COMMITTED_HEADERS_ONLY,
     AckResult,
     CommittedBlock,
     CommittedSegment,
@@ -514,6 +515,8 @@ class Uploader:
         await self.ack(results)
         if committed:
             header = header_encoder.encode(CommittedSegment(key, committed))
+            if self.committed.reader_hint() == COMMITTED_HEADERS_ONLY:
+                obj = b""  # the reader reads no partition now: the commit without the object
             if len(header) + len(obj) > self.committed.max_frame_size:
                 log.debug("segment %s is too large for the committed ring; reader reads it", key)
             elif not self.committed.try_write(header, obj):

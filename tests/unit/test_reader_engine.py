@@ -1042,6 +1042,59 @@ def test_tail_interest_lapses(h: Harness) -> None:
     asyncio.run(go())
 
 
+def test_committed_objects_are_wanted_only_while_a_partition_is_read(h: Harness) -> None:
+    """With a tail interest and nobody reading, the engine wants no committed objects (the
+    uploader then sends commits without them); the first fetch of a partition not read yet
+    calls `on_interest` at once, later fetches of it do not; once the interest lapses the
+    objects are not wanted again. Without a tail interest every object is wanted."""
+    calls: list[bool] = []
+    h.engine.on_interest = lambda: calls.append(h.engine.wants_committed_objects())
+    assert h.engine.wants_committed_objects()  # tail_interest_s 0: every block is cached
+    h.engine.tail_interest_s = 60.0
+
+    async def go() -> None:
+        assert not h.engine.wants_committed_objects()
+        await h.engine.fetch(request(h, 0))
+        assert calls == [True] and h.engine.wants_committed_objects()
+        await h.engine.fetch(request(h, 0))
+        assert calls == [True]  # already read: no call
+        await h.engine.fetch(request(h, 0, partition=1))
+        assert calls == [True, True]
+        for tp in h.engine._interest:
+            h.engine._interest[tp] -= 61.0  # both last fetched a minute ago
+        h.engine._interest_pruned = 0.0
+        assert not h.engine.wants_committed_objects()
+
+    asyncio.run(go())
+
+
+def test_a_commit_sent_without_its_object_caches_nothing_and_wakes_the_tail(h: Harness) -> None:
+    """A committed-segment frame without the object (COMMITTED_HEADERS_ONLY) still wakes a
+    long poll on its partition, which then reads the block from the store; nothing is
+    cached from it, even for a partition read at its tail."""
+    h.engine.tail_interest_s = 60.0
+
+    async def go() -> None:
+        first, _ = await h.commit([(0, [mk(vals("a", 1))])], feed=True)
+        _resp, payload = await h.engine.fetch(request(h, 0))
+        assert kafka_batches(payload) == [(0, vals("a", 1))]
+        waiting = asyncio.ensure_future(h.engine.fetch(request(h, 1, max_wait_ms=10_000)))
+        await until(lambda: (h.topic_id, 0) in h.engine._waiters)
+        assert not waiting.done()
+        segment, _ = await h.commit([(0, [mk(vals("b", 2))])])
+        gets = len(h.range_gets)
+        skipped = h.engine.ring_skipped
+        h.engine.on_committed(segment, b"")
+        assert (segment.key, segment.blocks[0].byte_offset) not in h.cache
+        assert h.engine.ring_skipped == skipped + 1
+        _resp, payload = await asyncio.wait_for(waiting, 5)
+        assert kafka_batches(payload) == [(1, vals("b", 2))]
+        assert len(h.range_gets) > gets  # read from the store
+        assert first.key != segment.key
+
+    asyncio.run(go())
+
+
 def test_a_lent_segment_is_copied_block_by_block(h: Harness) -> None:
     """A segment lent by the ring (a view valid only during the call) leaves copies in the
     cache, never views of the ring, even for a block that is the whole object."""

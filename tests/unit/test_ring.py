@@ -790,3 +790,18 @@ def test_take_frames_consumes_the_frame_whose_callback_failed(ring: RingFixture)
     with pytest.raises(RuntimeError, match="bad frame"):
         reader.take_frames(take)
     assert reader.take_frames(take) == [2, 3]
+
+
+def test_the_reader_hint_reaches_the_writer_and_outlives_the_reader(ring: RingFixture) -> None:
+    writer, reader = ring.writer(), ring.reader()
+    assert writer.reader_hint() == 0 and reader.hint == 0  # a new ring asks nothing
+    reader.set_hint(1)
+    assert writer.reader_hint() == 1 and reader.hint == 1
+    reader.set_hint(2**64 - 1)  # any u64
+    assert writer.reader_hint() == 2**64 - 1
+    reader.close()
+    again = ring.reader()  # a restarted reader sees (and replaces) what was hinted before
+    assert again.hint == 2**64 - 1
+    again.set_hint(0)
+    assert writer.reader_hint() == 0
+    assert writer.try_write(b"h", b"p") and again.read_frames() == [(b"h", b"p")]
