@@ -30,7 +30,6 @@ from selenium.common.exceptions import NoAlertPresentException, WebDriverExcepti
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from sql.service_client import SqlClient
@@ -192,7 +191,17 @@ def navigate(driver: webdriver.Chrome, element: WebElement) -> None:
     """Clicks a link or button that loads a page; returns once the new page has loaded."""
     old = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, DEADLINE_S).until(expected_conditions.staleness_of(old))
+
+    def left(_driver: webdriver.Chrome) -> bool:
+        # Stale, or (Chrome, mid-navigation) "does not belong to the document": either way the
+        # old page is gone. Selenium's staleness_of only takes the first for an answer.
+        try:
+            old.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    WebDriverWait(driver, DEADLINE_S).until(left)
     WebDriverWait(driver, DEADLINE_S).until(
         lambda d: d.execute_script("return document.readyState") == "complete"
     )

@@ -212,6 +212,9 @@ class KafkaConnection:
 def hold_write_lock(path: pathlib.Path) -> apsw.Connection:
     """A second connection holding SQLite's write lock (as another agent's long commit)."""
     blocker = apsw.Connection(str(path))
+    # A write of the stack's own in progress (an agent lease renewal, a commit) holds the lock
+    # for milliseconds: wait it out instead of failing the test with "database is locked".
+    blocker.setbusytimeout(10_000)
     blocker.execute("BEGIN IMMEDIATE")
     return blocker
 
