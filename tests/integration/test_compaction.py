@@ -262,7 +262,8 @@ def test_a_partly_live_object_is_rewritten_and_its_old_object_deleted(
     with Stack(tmp_path / "data", env={**store_env, **QUIET}) as stack:
         bootstrap = stack.kafka_address
         create_topics(bootstrap, {"bulky": 1, "kept": 1})
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50})
+        # Sent at flush() (which ignores the linger): each round is one request.
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 60_000})
         deliveries = Deliveries()
         try:
             # Rounds of one flush holding both topics, until an object holds both (the

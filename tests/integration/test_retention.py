@@ -148,7 +148,9 @@ def create_topic(bootstrap: str, topic: str) -> None:
 def produce_batch(bootstrap: str, topic: str, values: list[bytes], timestamp_ms: int) -> None:
     """`values` as one batch to partition 0, all at `timestamp_ms`; waits for the acks."""
     deliveries = Deliveries()
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50})
+    # A linger far longer than the loop below: the batch goes at flush() (which ignores the
+    # linger), whole, however slowly a loaded host runs this loop.
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 60_000})
     try:
         for value in values:
             producer.produce(
