@@ -103,6 +103,11 @@ class S3CountingProxy:
         self._ready.set()
         self._loop.run_forever()
         self._server.close()
+        # Connections still open end here, inside the loop: closing their transports needs it.
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.close()
 
     def _count(self, kind: str) -> None:

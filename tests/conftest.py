@@ -80,6 +80,7 @@ class SeaweedS3:
                 f"-admin.port={free_port()}",
                 f"-metricsPort={free_port()}",
                 f"-s3.port.iceberg={free_port()}",
+                "-s3.port.lance=0",  # its default is a fixed port (9101): two weeds would clash
                 "-webdav=false",
             ],
             stdout=log,
