@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import xmlrpc.client
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, NamedTuple, TypeVar
@@ -101,6 +102,23 @@ def free_port() -> int:
     with socket.socket() as sock:  # below the range is crowded: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+#: Reconnect backoff of the readiness probes' gRPC channels. gRPC's default (1 s, growing 1.6x)
+#: would leave a probe that first tried before the listener was up waiting a second or two
+#: after it is; these poll at the pace of POLL_S instead.
+PROBE_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 200),
+]
+
+
+def _probe_channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    """A channel for a readiness probe (TLS when `credentials` is given)."""
+    if credentials is not None:
+        return grpc.secure_channel(address, credentials, options=PROBE_CHANNEL_OPTIONS)
+    return grpc.insecure_channel(address, options=PROBE_CHANNEL_OPTIONS)
 
 
 class StackError(RuntimeError):
@@ -259,10 +277,7 @@ class Stack:
         ``serving=False``: answers at all, SERVING or NOT_SERVING, as ingest does while its
         object store is unusable)."""
         deadline = time.monotonic() + timeout
-        if self.grpc_credentials is not None:
-            channel = grpc.secure_channel(self.grpc_address, self.grpc_credentials)
-        else:
-            channel = grpc.insecure_channel(self.grpc_address)
+        channel = _probe_channel(self.grpc_address, self.grpc_credentials)
         with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
@@ -280,7 +295,7 @@ class Stack:
                         or not serving
                         and reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
                     )
-                    if answered and all(self.pid(p) for p in PROGRAMS):
+                    if answered and self._all_running():
                         return
                 except grpc.RpcError:
                     pass
@@ -292,10 +307,7 @@ class Stack:
         """Blocks until the sql service answers its health check with SERVING (over TLS with
         ``grpc_credentials``: the sql listener has the gRPC listener's TLS)."""
         deadline = time.monotonic() + timeout
-        if self.grpc_credentials is not None:
-            channel = grpc.secure_channel(self.sql_address, self.grpc_credentials)
-        else:
-            channel = grpc.insecure_channel(self.sql_address)
+        channel = _probe_channel(self.sql_address, self.grpc_credentials)
         with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
@@ -325,10 +337,34 @@ class Stack:
         )
         return out.stdout.strip()
 
+    def program_states(self) -> dict[str, tuple[str, int]]:
+        """Every program's supervisord state and pid (0 when it has no process), from one
+        XML-RPC call on supervisord's unix socket (what supervisorctl asks, without starting
+        one); empty while supervisord does not answer."""
+        from supervisor.xmlrpc import SupervisorTransport
+
+        url = f"unix://{self.data_dir}/run/supervisor.sock"
+        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", SupervisorTransport(None, None, url))
+        try:
+            infos = proxy.supervisor.getAllProcessInfo()
+        except (OSError, xmlrpc.client.Error):
+            return {}  # supervisord not (yet, or any more) answering
+        finally:
+            proxy("close")()
+        return {info["name"]: (info["statename"], info["pid"]) for info in infos}
+
+    def pids(self) -> dict[str, int]:
+        """Every program's pid, 0 for one without a process."""
+        return {name: pid for name, (_, pid) in self.program_states().items()}
+
+    def _all_running(self) -> bool:
+        """Every program is RUNNING (up for supervisord's startsecs, so past its start-up)."""
+        states = self.program_states()
+        return all(states.get(p, ("", 0))[0] == "RUNNING" for p in PROGRAMS)
+
     def pid(self, program: str) -> int:
         """The pid of a running program, 0 when it is not running."""
-        text = self.supervisorctl("pid", program)
-        return int(text) if text.isdigit() else 0
+        return self.pids().get(program, 0)
 
     def kill(self, program: str) -> int:
         """SIGKILLs one program; returns the killed pid (supervisord restarts it)."""
