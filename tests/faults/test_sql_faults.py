@@ -66,7 +66,7 @@ def producing(stack: Stack, done: threading.Event, errors: list[str]) -> None:
                     p.poll(0.1)
             if i % 200 == 0:
                 p.poll(0)
-                pace.wait(0.3)  # spreads the input over ~30 s of kills (workload, not a sync)
+                pace.wait(0.2)  # spreads the input over ~20 s of kills (workload, not a sync)
         if p.flush(120) != 0:
             errors.append("records left unsent after 120 s")
     finally:

@@ -517,7 +517,9 @@ def test_reader_parks_long_polls_beyond_its_limit(stack: Stack) -> None:
     ):
         stub = streamhouse_pb2_grpc.StreamHouseStub(channel)
         assert _poll_woken_by_commit(stub, client, 3, 4.0) < 3.0, "a commit wakes a long poll"
-        waiting = [_consume(stub, 30_000, partition=2) for _ in range(READER_MAX_WAITING)]
+        # Held 12 s: the reader keeps a poll until its max_wait (a cancelled gRPC call does not
+        # reach it), so the check after the holders leave waits this out.
+        waiting = [_consume(stub, 12_000, partition=2) for _ in range(READER_MAX_WAITING)]
         try:
             # Wait until the holders are in the reader: a further poll is then parked.
             deadline = time.monotonic() + 30
