@@ -108,12 +108,18 @@ class _PendingProduce:
     future: asyncio.Future[None]
     results: list[list[BatchOutcome | None]]
     remaining: int
+    # The segmenter's and the uploader's epochs before the first frame was written: a restart
+    # of either after that may have lost the request (the watchdog fails it), one before not.
+    epochs: tuple[int, int] = (0, 0)
 
 
 @dataclass
 class _PendingFetch:
     future: asyncio.Future[tuple[FetchResponse, bytes]]
     parts: int
+    # The reader's epochs (its fetch-request and fetch-response ends) before the request was
+    # written, as for produces.
+    epochs: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -369,7 +375,8 @@ class Pipeline:
                 for i, (f, (_, slot, at)) in enumerate(zip(sent, frames, strict=True))
             ]
         remaining = sum(r.count(None) for r in results)
-        pending = _PendingProduce(loop.create_future(), results, remaining)
+        epochs = (self.produce_ring.peer_epoch(), self.ack_ring.peer_epoch())
+        pending = _PendingProduce(loop.create_future(), results, remaining, epochs)
         if remaining == 0:
             return results  # type: ignore[return-value]
         self._produces[request_id] = pending
@@ -502,7 +509,8 @@ class Pipeline:
         future: asyncio.Future[tuple[FetchResponse, bytes]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._fetches[request_id] = _PendingFetch(future, len(request.parts))
+        epochs = (self.fetch_ring.peer_epoch(), self.response_ring.peer_epoch())
+        self._fetches[request_id] = _PendingFetch(future, len(request.parts), epochs)
         try:
             try:
                 await self.fetch_ring.write(header, timeout=10)
@@ -556,26 +564,40 @@ class Pipeline:
     async def _watch_peers(self) -> None:
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
-            epochs = self._peer_epochs()
-            segmenter, uploader, reader_in, reader_out = epochs
-            old = self._epochs
-            self._epochs = epochs
-            if segmenter != old[0] or uploader != old[1]:
-                who = "segmenter" if segmenter != old[0] else "uploader"
-                log.warning(
-                    "the %s restarted; failing %d pending produces", who, len(self._produces)
-                )
-                self._fail_produces(f"the {who} restarted before the data was durable; retry")
-            if reader_in != old[2] or reader_out != old[3]:
-                log.warning("the reader restarted; failing %d pending fetches", len(self._fetches))
-                self._fail_fetches("the reader restarted; retry")
+            self.check_peers()
 
-    def _fail_produces(self, why: str) -> None:
+    def check_peers(self) -> None:
+        """Fails the requests a restarted (or first attached) peer may have lost: those
+        written before its epoch changed. Requests written after it are its own and wait for
+        their answers (at start-up a peer attaching after ingest fails nothing sent since)."""
+        epochs = self._peer_epochs()
+        segmenter, uploader, reader_in, reader_out = epochs
+        old = self._epochs
+        self._epochs = epochs
+        if segmenter != old[0] or uploader != old[1]:
+            who = "segmenter" if segmenter != old[0] else "uploader"
+            failed = self._fail_produces(
+                f"the {who} restarted before the data was durable; retry", (segmenter, uploader)
+            )
+            log.warning("the %s restarted; failing %d pending produces", who, failed)
+        if reader_in != old[2] or reader_out != old[3]:
+            failed = self._fail_fetches("the reader restarted; retry", (reader_in, reader_out))
+            log.warning("the reader restarted; failing %d pending fetches", failed)
+
+    def _fail_produces(self, why: str, unless_epochs: tuple[int, int] | None = None) -> int:
+        """Fails the pending produces (only those sent before `unless_epochs`, if given)."""
+        failed = 0
         for pending in self._produces.values():
-            if not pending.future.done():
+            if not pending.future.done() and pending.epochs != unless_epochs:
                 pending.future.set_exception(PipelineUnavailable(why))
+                failed += 1
+        return failed
 
-    def _fail_fetches(self, why: str) -> None:
+    def _fail_fetches(self, why: str, unless_epochs: tuple[int, int] | None = None) -> int:
+        """Fails the pending fetches (only those sent before `unless_epochs`, if given)."""
+        failed = 0
         for pending in self._fetches.values():
-            if not pending.future.done():
+            if not pending.future.done() and pending.epochs != unless_epochs:
                 pending.future.set_exception(PipelineUnavailable(why))
+                failed += 1
+        return failed

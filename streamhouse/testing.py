@@ -684,7 +684,8 @@ class Cluster:
     # -- life cycle -----------------------------------------------------------------------------
 
     def start(self, timeout: float = 90) -> Cluster:
-        """Starts every agent that is not running (all at once) and waits until each serves."""
+        """Starts every agent that is not running (all at once) and waits until each serves
+        and all agree on who the brokers are."""
         started = [a for a in self.agents if not a.running]
         try:
             for agent in started:
@@ -692,6 +693,12 @@ class Cluster:
             deadline = time.monotonic() + timeout
             for agent in started:
                 agent.wait_ready(max(1.0, deadline - time.monotonic()))
+            if started:
+                # Ready means one cluster: every agent lists all of them (each learns the
+                # others from the registry on its own schedule).
+                self.wait_brokers(
+                    len(self.running_indices()), max(1.0, deadline - time.monotonic())
+                )
         except BaseException:
             self.stop()
             raise

@@ -459,3 +459,51 @@ def test_pipeline_survives_bad_acks_and_responses(settings) -> None:  # type: ig
             await pipeline.close()
 
     asyncio.run(go())
+
+
+def test_a_peer_attaching_fails_only_the_requests_sent_before_it(settings) -> None:  # type: ignore[no-untyped-def]
+    """Ingest starts before its reader and segmenter: a fetch or produce sent before they
+    attached was dropped by their attach (ring rule 7) and fails retriably; one sent after
+    is theirs and waits for its answer, even when the watchdog looks only afterwards."""
+    decode_fetch = decoder_for(FetchRequest).decode
+
+    async def go() -> None:
+        pipeline = Pipeline(settings)
+        try:
+            lost_fetch = asyncio.ensure_future(pipeline.fetch(fetch_request(1)))
+            lost_produce = asyncio.ensure_future(pipeline.produce([slot(1)]))
+            await asyncio.sleep(0)  # both written into the rings, nobody reading them yet
+            reader_in = rings.open_reader(settings, rings.FETCH_REQUEST)
+            reader_out = rings.open_writer(settings, rings.FETCH_RESPONSE)
+            segmenter = rings.open_reader(settings, rings.PRODUCE)
+            uploader = rings.open_writer(settings, rings.ACK)
+            try:
+                kept_fetch = asyncio.ensure_future(pipeline.fetch(fetch_request(1)))
+                kept_produce = asyncio.ensure_future(pipeline.produce([slot(1)]))
+                await reader_in.wait_readable()
+                ((header, _),) = reader_in.read_frames()  # the first was dropped at attach
+                request = decode_fetch(header)
+                await segmenter.wait_readable()
+                ((produced, _),) = segmenter.read_frames()
+                frame = decoder_for(ProduceFrame).decode(produced)
+
+                pipeline.check_peers()
+                for lost in (lost_fetch, lost_produce):
+                    with pytest.raises(PipelineUnavailable, match="restarted"):
+                        await lost
+                assert not kept_fetch.done() and not kept_produce.done()
+
+                part = FetchPartResult(1, 0, RING_OK, 0, 0, 0, 0, 0)
+                pipeline.on_response(encode(FetchResponse(request.request_id, [part])), b"")
+                response, _ = await kept_fetch
+                assert response.parts == [part]
+                ack = AckFrame([AckResult(frame.request_id, 0, ALL_BATCHES, 7)])
+                pipeline.on_ack(encode(ack))
+                assert (await kept_produce) == [[BatchOutcome(7, None)]]
+            finally:
+                for ring in (reader_in, reader_out, segmenter, uploader):
+                    ring.close()
+        finally:
+            await pipeline.close()
+
+    asyncio.run(go())
