@@ -36,7 +36,7 @@ def test_a_stack_that_never_gets_ready_is_stopped_before_the_error(tmp_path: pat
         port = busy.getsockname()[1]
         stack = Stack(tmp_path / "data", env={"STREAMHOUSE_KAFKA_LISTEN": f"127.0.0.1:{port}"})
         with pytest.raises(StackError, match="not ready"):
-            stack.start(timeout=8)
+            stack.start(timeout=4)
         assert not stack.running
         pids = _started_pids(stack.data_dir)
         # supervisord and the programs it spawned (ingest over and over, the others once).
