@@ -25,7 +25,7 @@ from tests.faults.nemesis.run import RunConfig, run
 
 @pytest.mark.timeout(600)
 def test_short_nemesis_run_has_no_anomalies(tmp_path: pathlib.Path) -> None:
-    config = RunConfig(duration=25, seed=11, interval=1.5, max_pause=3.0)
+    config = RunConfig(duration=45, seed=11, interval=2.0, max_pause=3.0)
     result = run(tmp_path / "nemesis", config, log=False)
     report = result.report()
     assert set(result.faults) == set(KINDS), report
