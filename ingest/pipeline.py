@@ -39,6 +39,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -586,18 +587,22 @@ class Pipeline:
 
     def _fail_produces(self, why: str, unless_epochs: tuple[int, int] | None = None) -> int:
         """Fails the pending produces (only those sent before `unless_epochs`, if given)."""
-        failed = 0
-        for pending in self._produces.values():
-            if not pending.future.done() and pending.epochs != unless_epochs:
-                pending.future.set_exception(PipelineUnavailable(why))
-                failed += 1
-        return failed
+        return _fail_pending(self._produces.values(), why, unless_epochs)
 
     def _fail_fetches(self, why: str, unless_epochs: tuple[int, int] | None = None) -> int:
         """Fails the pending fetches (only those sent before `unless_epochs`, if given)."""
-        failed = 0
-        for pending in self._fetches.values():
-            if not pending.future.done() and pending.epochs != unless_epochs:
-                pending.future.set_exception(PipelineUnavailable(why))
-                failed += 1
-        return failed
+        return _fail_pending(self._fetches.values(), why, unless_epochs)
+
+
+def _fail_pending(
+    pending: Iterable[_PendingProduce | _PendingFetch],
+    why: str,
+    unless_epochs: tuple[int, int] | None,
+) -> int:
+    """Fails each unanswered request not sent under `unless_epochs`; returns how many."""
+    failed = 0
+    for request in pending:
+        if not request.future.done() and request.epochs != unless_epochs:
+            request.future.set_exception(PipelineUnavailable(why))
+            failed += 1
+    return failed

@@ -354,7 +354,7 @@ class Stack:
         return {info["name"]: (info["statename"], info["pid"]) for info in infos}
 
     def pids(self) -> dict[str, int]:
-        """Every program's pid, 0 for one without a process."""
+        """Every program's pid, 0 for one without a process (one call for all of them)."""
         return {name: pid for name, (_, pid) in self.program_states().items()}
 
     def _all_running(self) -> bool:

@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 
 from streamhouse.s3proxy import S3CountingProxy
-from streamhouse.testing import PROGRAMS, Stack, free_port
+from streamhouse.testing import Stack, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 0.1  # pause between readiness polls of a server being started
@@ -170,7 +170,7 @@ class StreamHouseServer(Server):
         self.stack.start(timeout=120)
         self.bootstrap = self.stack.kafka_address
         self.grpc_address = self.stack.grpc_address
-        self._pids = {p: self.stack.pid(p) for p in PROGRAMS}
+        self._pids = self.stack.pids()
         return self
 
     def pids(self) -> dict[str, int]:

@@ -44,7 +44,7 @@ from streamhouse.kafka.messages import (
 )
 from streamhouse.recordbatch import decode_records, encode_batch, scan_batches
 from streamhouse.segment import read_index
-from streamhouse.testing import PROGRAMS, Stack
+from streamhouse.testing import Stack
 
 MiB = 1024 * 1024
 POLL_S = 0.05
@@ -83,7 +83,7 @@ def assert_contiguous(entries: list[tuple[int, bytes]]) -> None:
 
 
 def pids(stack: Stack) -> dict[str, int]:
-    return {p: stack.pid(p) for p in PROGRAMS}
+    return stack.pids()
 
 
 class InBackground:
